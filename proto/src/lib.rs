@@ -1,0 +1,14 @@
+//! kvtier's wire API: the `kvtier.v1` protobuf messages and the `BlockStore` gRPC service.
+//!
+//! Generated from `proto/kvtier.proto` at build time by protox + tonic-prost-build, so no
+//! system `protoc` is needed. See that file for the stream framing of `Put` and `Get`.
+
+/// `kvtier.v1`: messages, the `BlockStore` client and server.
+#[expect(missing_docs, reason = "generated code")]
+#[expect(clippy::allow_attributes, reason = "generated code carries #[allow]s")]
+pub mod v1 {
+    tonic::include_proto!("kvtier.v1");
+}
+
+/// Largest key, in bytes, that the API accepts.
+pub const MAX_KEY_LEN: usize = 64;

@@ -1,0 +1,466 @@
+//! Host-memory tier: a fixed, page-aligned arena cut into slab slots.
+//!
+//! The arena is one `memfd` mapping (anonymous memory where memfd is unavailable) of exactly
+//! the configured capacity, so memory use cannot grow past it. Blocks live in slots chosen by
+//! [`crate::slab`]; block bytes never pass through the heap allocator. Slots are reference
+//! counted: a reader holds its slot until it drops the returned `Bytes`, so eviction or
+//! deletion never frees memory that is still being read, and reads are zero-copy.
+//!
+//! The memfd is kept so that a later local data plane can hand the same mapping to clients
+//! on the host.
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use dashmap::{DashMap, mapref::entry::Entry};
+use futures::future::BoxFuture;
+
+use crate::{
+    Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, human_bytes,
+    slab::{Reclaim, SlabAllocator, SlabLayout, SlotAddr},
+};
+
+/// Builds a [`CpuTier`].
+#[derive(Debug, Clone)]
+pub struct CpuTierBuilder {
+    capacity: u64,
+    region_size: u64,
+    max_block_size: u64,
+    mlock: bool,
+}
+
+impl CpuTierBuilder {
+    /// An arena of `capacity` bytes (rounded down to whole regions).
+    pub fn new(capacity: u64) -> Self {
+        CpuTierBuilder { capacity, region_size: 64 << 20, max_block_size: 64 << 20, mlock: false }
+    }
+
+    /// Bytes per slab region; each region serves one size class at a time. Default 64 MiB.
+    pub fn with_region_size(mut self, bytes: u64) -> Self {
+        self.region_size = bytes;
+        self
+    }
+
+    /// Largest block accepted. Default 64 MiB.
+    pub fn with_max_block_size(mut self, bytes: u64) -> Self {
+        self.max_block_size = bytes;
+        self
+    }
+
+    /// Locks the arena into RAM (`mlock`), failing the build if the memlock limit is too
+    /// low. Default false.
+    pub fn with_mlock(mut self, mlock: bool) -> Self {
+        self.mlock = mlock;
+        self
+    }
+
+    /// Maps the arena.
+    pub fn build(self) -> Result<CpuTier> {
+        let layout = SlabLayout::new("cpu", self.capacity, self.region_size, 0, 0, self.max_block_size)?;
+        let mapping = Mapping::new(layout.capacity(), self.mlock)?;
+        let slots = layout.regions as usize * layout.max_slots_per_region() as usize;
+        let arena = Arc::new(Arena {
+            refs: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            alloc: SlabAllocator::new(layout),
+            mapping,
+        });
+        Ok(CpuTier { arena, map: DashMap::new(), max_block_size: self.max_block_size })
+    }
+}
+
+/// The mapped memory.
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    memfd: Option<OwnedFd>,
+}
+
+// SAFETY: the mapping is plain memory; who may touch which bytes is governed by slot
+// ownership (writers own a slot exclusively until commit; committed slots are read-only).
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(len: u64, mlock: bool) -> Result<Self> {
+        let len = usize::try_from(len).map_err(|_| Error::config("cpu.capacity", "larger than the address space"))?;
+        let memfd = create_memfd(len);
+        let (flags, fd) = match &memfd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+        };
+        // SAFETY: a fresh mapping of `len` bytes; the kernel picks the address.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Io {
+                tier: "cpu".into(),
+                op: "mmap",
+                path: "memfd:kvtier-cpu".into(),
+                offset: None,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let mapping = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len, memfd };
+        // SAFETY: advice on our own mapping; failure only loses the hint.
+        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        // SAFETY: locking our own mapping.
+        if mlock && unsafe { libc::mlock(ptr, len) } != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(Error::config(
+                "cpu.mlock",
+                format!(
+                    "mlock of {} failed ({source}); raise RLIMIT_MEMLOCK (ulimit -l) or set mlock = false",
+                    human_bytes(len as u64)
+                ),
+            ));
+        }
+        Ok(mapping)
+    }
+}
+
+fn create_memfd(len: usize) -> Option<OwnedFd> {
+    // SAFETY: the name is a valid NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(c"kvtier-cpu".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "memfd_create failed; the CPU arena will be private anonymous memory");
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sizing our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "sizing the memfd failed; using anonymous memory");
+        return None;
+    }
+    Some(fd)
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped; no slot handle outlives the arena.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+struct Arena {
+    mapping: Mapping,
+    alloc: SlabAllocator,
+    /// Per-slot reference counts: the map's entry holds one, each reader one more.
+    refs: Box<[AtomicU32]>,
+}
+
+impl fmt::Debug for Arena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arena").field("mapping", &self.mapping).field("alloc", &self.alloc).finish_non_exhaustive()
+    }
+}
+
+impl Arena {
+    fn slot_ptr(&self, addr: SlotAddr) -> *mut u8 {
+        let offset = self.alloc.layout().slot_offset(addr) as usize;
+        debug_assert!(offset + self.alloc.layout().class_size(addr.class) as usize <= self.mapping.len);
+        // SAFETY: the offset lies inside the mapping (slab layout invariant).
+        unsafe { self.mapping.ptr.as_ptr().add(offset) }
+    }
+}
+
+/// A counted reference to one slot holding `len` valid bytes.
+struct SlotRef {
+    arena: Arc<Arena>,
+    addr: SlotAddr,
+    len: usize,
+}
+
+impl SlotRef {
+    /// Takes a fresh slot for `len` bytes (reference count 1).
+    fn alloc(arena: &Arc<Arena>, len: usize) -> Option<SlotRef> {
+        let al = arena.alloc.alloc(len as u64)?;
+        let i = arena.alloc.layout().slot_index(al.addr);
+        arena.refs[i].store(1, Ordering::Release);
+        Some(SlotRef { arena: arena.clone(), addr: al.addr, len })
+    }
+
+    fn share(&self) -> SlotRef {
+        let i = self.arena.alloc.layout().slot_index(self.addr);
+        self.arena.refs[i].fetch_add(1, Ordering::Relaxed);
+        SlotRef { arena: self.arena.clone(), addr: self.addr, len: self.len }
+    }
+
+    /// The slot's bytes, writable. Only for a slot not yet visible to anyone else.
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: a fresh slot is owned exclusively by its writer until it is committed.
+        unsafe { std::slice::from_raw_parts_mut(self.arena.slot_ptr(self.addr), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for SlotRef {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: committed slots are never written again while any reference is held.
+        unsafe { std::slice::from_raw_parts(self.arena.slot_ptr(self.addr), self.len) }
+    }
+}
+
+impl Drop for SlotRef {
+    fn drop(&mut self) {
+        let i = self.arena.alloc.layout().slot_index(self.addr);
+        if self.arena.refs[i].fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.arena.alloc.free(self.addr);
+        }
+    }
+}
+
+impl fmt::Debug for SlotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot({:?}, {} bytes)", self.addr, self.len)
+    }
+}
+
+#[derive(Debug)]
+struct Stored {
+    slot: SlotRef,
+    crc32c: u32,
+}
+
+/// Space taken in the arena for a block that is still being written (see
+/// [`CpuTier::reserve`]). Dropping it without committing frees the space.
+pub struct Reservation {
+    slot: SlotRef,
+    written: usize,
+}
+
+impl Reservation {
+    /// Appends bytes. Fails if they would run past the reserved length.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let end = self.written + data.len();
+        if end > self.slot.len {
+            return Err(Error::InvalidSize {
+                key: "(reservation)".into(),
+                size: end as u64,
+                max: self.slot.len as u64,
+            });
+        }
+        self.slot.as_mut_slice()[self.written..end].copy_from_slice(data);
+        self.written = end;
+        Ok(())
+    }
+
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.slot.len
+    }
+
+    /// True if the reservation is for zero bytes (never: empty blocks are refused).
+    pub fn is_empty(&self) -> bool {
+        self.slot.len == 0
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.slot.as_ref()[..self.written]
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reservation({} of {} bytes)", self.written, self.slot.len)
+    }
+}
+
+/// The host-memory tier. See the module docs.
+#[derive(Debug)]
+pub struct CpuTier {
+    arena: Arc<Arena>,
+    map: DashMap<BlockKey, Stored>,
+    max_block_size: u64,
+}
+
+impl CpuTier {
+    fn no_space(&self, required: u64) -> Error {
+        Error::NoSpace { tier: self.to_string(), capacity: self.capacity(), used: self.arena.alloc.usage().0, required }
+    }
+
+    fn check_size(&self, key: &BlockKey, len: u64) -> Result<()> {
+        if len == 0 || len > self.max_block_size {
+            return Err(Error::InvalidSize { key: key.to_string(), size: len, max: self.max_block_size });
+        }
+        Ok(())
+    }
+
+    /// Bytes of memory the arena maps.
+    pub fn capacity(&self) -> u64 {
+        self.arena.alloc.layout().capacity()
+    }
+
+    /// The arena's memfd, for sharing the mapping with local clients (None when the arena is
+    /// private anonymous memory).
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        self.arena.mapping.memfd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Takes arena space for a block of `len` bytes that the caller will write piece by
+    /// piece (a block arriving over the network), then [`CpuTier::commit`]. Fails with
+    /// [`Error::NoSpace`] when no slot is free.
+    pub fn reserve(&self, key: &BlockKey, len: u64) -> Result<Reservation> {
+        self.check_size(key, len)?;
+        let slot = SlotRef::alloc(&self.arena, len as usize).ok_or_else(|| self.no_space(len))?;
+        Ok(Reservation { slot, written: 0 })
+    }
+
+    /// Makes a fully written reservation visible as `key`. If the key is already present
+    /// the reservation is released and the answer is [`PutStatus::Existed`].
+    pub fn commit(&self, key: BlockKey, reservation: Reservation, crc32c: u32) -> Result<PutStatus> {
+        if reservation.written != reservation.slot.len {
+            return Err(Error::InvalidSize {
+                key: key.to_string(),
+                size: reservation.written as u64,
+                max: reservation.slot.len as u64,
+            });
+        }
+        Ok(self.insert(key, reservation.slot, crc32c))
+    }
+
+    fn insert(&self, key: BlockKey, slot: SlotRef, crc32c: u32) -> PutStatus {
+        match self.map.entry(key) {
+            Entry::Occupied(_) => PutStatus::Existed,
+            Entry::Vacant(v) => {
+                v.insert(Stored { slot, crc32c });
+                PutStatus::Stored
+            }
+        }
+    }
+
+    fn put_one(&self, block: &Block) -> Result<PutStatus> {
+        self.check_size(&block.key, block.len())?;
+        if self.map.contains_key(&block.key) {
+            return Ok(PutStatus::Existed);
+        }
+        let mut slot = SlotRef::alloc(&self.arena, block.data.len()).ok_or_else(|| self.no_space(block.len()))?;
+        slot.as_mut_slice().copy_from_slice(&block.data);
+        Ok(self.insert(block.key.clone(), slot, block.crc32c))
+    }
+
+    fn get_one(&self, key: &BlockKey) -> Option<Block> {
+        let stored = self.map.get(key)?;
+        let data = Bytes::from_owner(stored.slot.share());
+        Some(Block::with_crc32c(key.clone(), data, stored.crc32c))
+    }
+}
+
+impl fmt::Display for CpuTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu({})", human_bytes(self.capacity()))
+    }
+}
+
+impl Tier for CpuTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Cpu
+    }
+
+    fn put_batch<'a>(&'a self, blocks: &'a [Block]) -> BoxFuture<'a, Vec<Result<PutStatus>>> {
+        Box::pin(async move { blocks.iter().map(|b| self.put_one(b)).collect() })
+    }
+
+    fn get_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<Option<Block>>>> {
+        Box::pin(async move { keys.iter().map(|k| Ok(self.get_one(k))).collect() })
+    }
+
+    fn contains_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move { Ok(keys.iter().map(|k| self.map.contains_key(k)).collect()) })
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<bool>>> {
+        Box::pin(async move { keys.iter().map(|k| Ok(self.map.remove(k).is_some())).collect() })
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Result<TierUsage>> {
+        let (used, _) = self.arena.alloc.usage();
+        let usage = TierUsage { capacity: self.capacity(), used, blocks: self.map.len() as u64 };
+        Box::pin(async move { Ok(usage) })
+    }
+
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
+        Box::pin(async move {
+            Ok(self
+                .map
+                .iter()
+                .map(|e| BlockMeta { key: e.key().clone(), len: e.slot.len as u64, crc32c: e.crc32c })
+                .collect())
+        })
+    }
+
+    fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
+        let matches: Box<dyn Fn(SlotAddr) -> bool> = match self.arena.alloc.reclaim_for(size) {
+            Reclaim::Class(c) => Box::new(move |a| a.class == c),
+            Reclaim::Region(r) => Box::new(move |a| a.region == r),
+            Reclaim::Nothing => return Vec::new(),
+        };
+        self.map.iter().filter(|e| matches(e.slot.addr)).take(max).map(|e| e.key().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{TierExt, conformance};
+
+    fn tier(capacity: u64) -> CpuTier {
+        CpuTierBuilder::new(capacity).with_region_size(1 << 20).with_max_block_size(1 << 20).build().unwrap()
+    }
+
+    #[test_log::test(tokio::test)]
+    async fn conformance_suite() {
+        conformance::run_all(
+            &conformance::Subject::new(|| Box::pin(async { Ok(Arc::new(tier(8 << 20)) as Arc<dyn Tier>) }))
+                .max_block(1 << 20),
+        )
+        .await;
+    }
+
+    #[test_log::test(tokio::test)]
+    async fn readers_keep_evicted_slots_alive() {
+        let t = tier(1 << 20);
+        let key = BlockKey::parse("ns", b"k").unwrap();
+        t.put(Block::new(key.clone(), Bytes::from(vec![7u8; 1 << 20]))).await.unwrap();
+        let held = t.get(&key).await.unwrap().unwrap();
+        assert!(t.delete(&key).await.unwrap());
+        // The only slot is still referenced by `held`, so the arena is full.
+        let other = BlockKey::parse("ns", b"other").unwrap();
+        let err = t.put(Block::new(other.clone(), Bytes::from(vec![1u8; 1 << 20]))).await.unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(held.data.iter().all(|&b| b == 7), "a held read sees its bytes, never a reused slot");
+        drop(held);
+        t.put(Block::new(other, Bytes::from(vec![1u8; 1 << 20]))).await.unwrap();
+    }
+
+    #[test_log::test(tokio::test)]
+    async fn reservation_commit_and_abandon() {
+        let t = tier(2 << 20);
+        let key = BlockKey::parse("ns", b"r").unwrap();
+        let mut r = t.reserve(&key, 10).unwrap();
+        r.write(b"hello").unwrap();
+        assert!(t.commit(key.clone(), r, 0).is_err(), "a half-written reservation cannot commit");
+        assert_eq!(t.usage().await.unwrap().used, 0, "an abandoned reservation frees its slot");
+        let mut r = t.reserve(&key, 10).unwrap();
+        r.write(b"hello").unwrap();
+        r.write(b"world").unwrap();
+        assert!(r.write(b"!").is_err());
+        assert_eq!(t.commit(key.clone(), r, crate::crc32c(b"helloworld")).unwrap(), PutStatus::Stored);
+        assert_eq!(&t.get(&key).await.unwrap().unwrap().data[..], b"helloworld");
+        assert!(t.memfd().is_some());
+    }
+}

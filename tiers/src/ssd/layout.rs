@@ -1,0 +1,251 @@
+//! On-disk format of an SSD slot file (all integers little-endian).
+//!
+//! ```text
+//! offset 0          superblock (4 KiB): magic, version, region size, region count, store id
+//! offset 1 MiB      region 0: [region header 4 KiB][slot][slot]...
+//!                   region 1: ...
+//! slot              [slot header 4 KiB][data, padded to 4 KiB]
+//! ```
+//! A region header names the slot class and the epoch of the region's current class
+//! assignment. A slot header names its block (namespace, key, length, CRC-32C of the data),
+//! its generation (a store-wide counter, newer wins) and repeats the store id, epoch, region
+//! and slot number, so a header left over from an earlier use of the space is recognised as
+//! stale. Every header ends with a CRC-32C of itself. A freed slot's header is zeroed (a
+//! tombstone), so deleted blocks do not come back after a restart.
+
+use crate::{BlockKey, Key, Namespace, slab::PAGE};
+
+/// Where region 0 starts; the space before holds the superblock.
+pub(super) const DATA_START: u64 = 1 << 20;
+/// Every header occupies one page.
+pub(super) const HEADER: u64 = PAGE;
+
+const SUPER_MAGIC: &[u8; 8] = b"KVTSSD\0\x01";
+const REGION_MAGIC: &[u8; 8] = b"KVTREG\0\x01";
+const SLOT_MAGIC: &[u8; 8] = b"KVTBLK\0\x01";
+const VERSION: u32 = 1;
+
+/// The first page of the slot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Superblock {
+    pub(super) region_size: u64,
+    pub(super) regions: u32,
+    pub(super) store_id: u64,
+}
+
+/// The first page of a region in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RegionHeader {
+    pub(super) store_id: u64,
+    pub(super) region: u32,
+    /// Data bytes per slot (the class size).
+    pub(super) class_size: u64,
+    pub(super) epoch: u64,
+}
+
+/// The first page of an occupied slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SlotHeader {
+    pub(super) store_id: u64,
+    pub(super) epoch: u64,
+    pub(super) region: u32,
+    pub(super) slot: u32,
+    pub(super) generation: u64,
+    pub(super) len: u64,
+    pub(super) crc32c: u32,
+    pub(super) key: BlockKey,
+}
+
+/// Little-endian cursor over a header page.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+        self
+    }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    /// Appends the CRC-32C of everything written so far.
+    fn seal(&mut self) {
+        let crc = crate::crc32c(&self.buf[..self.at]);
+        self.u32(crc);
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let b = self.buf.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(b)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.bytes(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    /// Checks the CRC-32C that follows everything read so far.
+    fn verify_seal(&mut self) -> Option<()> {
+        let expected = crate::crc32c(&self.buf[..self.at]);
+        (self.u32()? == expected).then_some(())
+    }
+}
+
+fn writer(page: &mut [u8]) -> Writer<'_> {
+    page[..HEADER as usize].fill(0);
+    Writer { buf: page, at: 0 }
+}
+
+impl Superblock {
+    pub(super) fn encode(&self, page: &mut [u8]) {
+        writer(page).bytes(SUPER_MAGIC).u32(VERSION).u64(self.region_size).u32(self.regions).u64(self.store_id).seal();
+    }
+
+    /// Decodes a superblock, or says what is wrong with the page.
+    pub(super) fn decode(page: &[u8]) -> Result<Self, String> {
+        let mut r = Reader { buf: page, at: 0 };
+        if r.bytes(8) != Some(SUPER_MAGIC) {
+            return Err("not a kvtier slot file (bad superblock magic)".into());
+        }
+        let version = r.u32().ok_or("truncated superblock")?;
+        if version != VERSION {
+            return Err(format!("slot file format version {version}, this build reads version {VERSION}"));
+        }
+        let sb = Superblock {
+            region_size: r.u64().ok_or("truncated superblock")?,
+            regions: r.u32().ok_or("truncated superblock")?,
+            store_id: r.u64().ok_or("truncated superblock")?,
+        };
+        r.verify_seal().ok_or("superblock checksum mismatch (the file is corrupt)")?;
+        Ok(sb)
+    }
+}
+
+impl RegionHeader {
+    pub(super) fn encode(&self, page: &mut [u8]) {
+        writer(page)
+            .bytes(REGION_MAGIC)
+            .u64(self.store_id)
+            .u32(self.region)
+            .u64(self.class_size)
+            .u64(self.epoch)
+            .seal();
+    }
+
+    /// `None` for a page that is not a valid region header (never written, torn, zeroed).
+    pub(super) fn decode(page: &[u8]) -> Option<Self> {
+        let mut r = Reader { buf: page, at: 0 };
+        (r.bytes(8)? == REGION_MAGIC).then_some(())?;
+        let h = RegionHeader { store_id: r.u64()?, region: r.u32()?, class_size: r.u64()?, epoch: r.u64()? };
+        r.verify_seal()?;
+        Some(h)
+    }
+}
+
+impl SlotHeader {
+    pub(super) fn encode(&self, page: &mut [u8]) {
+        let ns = self.key.namespace.as_str().as_bytes();
+        let key = self.key.key.as_bytes();
+        writer(page)
+            .bytes(SLOT_MAGIC)
+            .u64(self.store_id)
+            .u64(self.epoch)
+            .u32(self.region)
+            .u32(self.slot)
+            .u64(self.generation)
+            .u64(self.len)
+            .u32(self.crc32c)
+            .u16(ns.len() as u16)
+            .bytes(ns)
+            .u16(key.len() as u16)
+            .bytes(key)
+            .seal();
+    }
+
+    /// `None` for a page that is not a valid slot header (free, torn, corrupt, or naming an
+    /// invalid key).
+    pub(super) fn decode(page: &[u8]) -> Option<Self> {
+        let mut r = Reader { buf: page, at: 0 };
+        (r.bytes(8)? == SLOT_MAGIC).then_some(())?;
+        let (store_id, epoch, region, slot, generation, len, crc32c) =
+            (r.u64()?, r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.u64()?, r.u32()?);
+        let ns_len = r.u16()? as usize;
+        let ns = std::str::from_utf8(r.bytes(ns_len)?).ok()?;
+        let key_len = r.u16()? as usize;
+        let key = r.bytes(key_len)?;
+        r.verify_seal()?;
+        let key = BlockKey::new(Namespace::new(ns).ok()?, Key::new(key).ok()?);
+        Some(SlotHeader { store_id, epoch, region, slot, generation, len, crc32c, key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page() -> Vec<u8> {
+        vec![0xAA; HEADER as usize]
+    }
+
+    #[test]
+    fn headers_round_trip_and_reject_any_flipped_bit() {
+        let h = SlotHeader {
+            store_id: 9,
+            epoch: 3,
+            region: 4,
+            slot: 5,
+            generation: 77,
+            len: 123_456,
+            crc32c: 0xdead_beef,
+            key: BlockKey::parse("acme/m", &[1; 64]).unwrap(),
+        };
+        let mut p = page();
+        h.encode(&mut p);
+        assert_eq!(SlotHeader::decode(&p), Some(h));
+        let used = 8 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 2 + 6 + 2 + 64 + 4;
+        for bit in 0..used * 8 {
+            let mut q = p.clone();
+            q[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(SlotHeader::decode(&q), None, "bit {bit} flipped went unnoticed");
+        }
+        assert_eq!(SlotHeader::decode(&vec![0; HEADER as usize]), None, "a tombstone is not a slot");
+
+        let r = RegionHeader { store_id: 9, region: 2, class_size: 1 << 21, epoch: 8 };
+        let mut p = page();
+        r.encode(&mut p);
+        assert_eq!(RegionHeader::decode(&p), Some(r));
+        p[20] ^= 4;
+        assert_eq!(RegionHeader::decode(&p), None);
+    }
+
+    #[test]
+    fn superblock_errors_say_what_is_wrong() {
+        let sb = Superblock { region_size: 1 << 28, regions: 32, store_id: 5 };
+        let mut p = page();
+        sb.encode(&mut p);
+        assert_eq!(Superblock::decode(&p), Ok(sb));
+        p[13] ^= 1;
+        assert!(Superblock::decode(&p).unwrap_err().contains("checksum"));
+        assert!(Superblock::decode(&page()).unwrap_err().contains("magic"));
+    }
+}

@@ -1,0 +1,588 @@
+//! Local SSD tier: one preallocated slot file, O_DIRECT page-aligned I/O, a header per slot.
+//!
+//! Placement is the same slab scheme as the CPU arena ([`crate::slab`]); each slot is a
+//! 4 KiB header followed by the block (format in `layout.rs`). A put writes header and data
+//! in one call and is acknowledged only after the write returns, so after a `kill -9` the
+//! headers rebuild the index (`recover.rs`) and every acknowledged block reads back. With
+//! `sync_writes` the file is opened `O_DSYNC`, extending that to power loss.
+//!
+//! Invariants:
+//! - A region's header is on disk before any slot in it is acknowledged.
+//! - A freed slot's header is zeroed before the slot can be reused, so a deleted block does
+//!   not return after a restart and a late tombstone never hits a new block.
+//! - A read returns bytes only if the header it read names the key and generation the
+//!   index expects and the data matches its CRC-32C; a mismatch drops the copy.
+
+mod io;
+mod layout;
+mod recover;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::{File, OpenOptions},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use dashmap::{DashMap, mapref::entry::Entry};
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+
+use self::{
+    io::{BufPool, IoEngine, PsyncEngine, WriteData},
+    layout::{DATA_START, HEADER, RegionHeader, SlotHeader, Superblock},
+};
+use crate::{
+    Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, human_bytes,
+    slab::{Allocation, PAGE, Reclaim, SlabAllocator, SlabLayout, SlotAddr},
+};
+
+/// Default region size: 64 MiB of data plus 1 MiB for slot and region headers.
+pub const DEFAULT_REGION_SIZE: u64 = 65 << 20;
+
+/// Name of the slot file inside the tier's directory.
+pub const SLOT_FILE: &str = "slots.kvt";
+
+/// Builds an [`SsdTier`], formatting a new slot file or recovering an existing one.
+#[derive(Debug, Clone)]
+pub struct SsdTierBuilder {
+    dir: PathBuf,
+    capacity: u64,
+    region_size: u64,
+    max_block_size: u64,
+    direct_io: bool,
+    sync_writes: bool,
+    buffer_pool: usize,
+}
+
+impl SsdTierBuilder {
+    /// A tier of `capacity` bytes (rounded down to whole regions) in directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>, capacity: u64) -> Self {
+        SsdTierBuilder {
+            dir: dir.into(),
+            capacity,
+            region_size: DEFAULT_REGION_SIZE,
+            max_block_size: 64 << 20,
+            direct_io: true,
+            sync_writes: false,
+            buffer_pool: 64 << 20,
+        }
+    }
+
+    /// Bytes per region; fixed when the file is formatted. Default 65 MiB: 64 MiB of
+    /// power-of-two blocks plus their 4 KiB headers pack a region exactly.
+    pub fn with_region_size(mut self, bytes: u64) -> Self {
+        self.region_size = bytes;
+        self
+    }
+
+    /// Largest block accepted. Default 64 MiB.
+    pub fn with_max_block_size(mut self, bytes: u64) -> Self {
+        self.max_block_size = bytes;
+        self
+    }
+
+    /// Opens the file with O_DIRECT, bypassing the page cache; falls back to buffered I/O
+    /// with a warning where the filesystem refuses it. Default true.
+    pub fn with_direct_io(mut self, direct: bool) -> Self {
+        self.direct_io = direct;
+        self
+    }
+
+    /// Opens the file O_DSYNC so an acknowledged put also survives power loss, at the cost
+    /// of write latency. Default false (acknowledged puts survive process crashes).
+    pub fn with_sync_writes(mut self, sync: bool) -> Self {
+        self.sync_writes = sync;
+        self
+    }
+
+    /// Bytes of idle aligned read/write buffers kept for reuse. Default 64 MiB.
+    pub fn with_buffer_pool(mut self, bytes: usize) -> Self {
+        self.buffer_pool = bytes;
+        self
+    }
+
+    /// Opens (or formats) the slot file and rebuilds the index from its headers.
+    pub async fn build(self) -> Result<SsdTier> {
+        let runtime = tokio::runtime::Handle::current();
+        runtime
+            .clone()
+            .spawn_blocking(move || self.build_blocking(runtime))
+            .await
+            .map_err(|e| Error::Generic { tier: "ssd".into(), source: Box::new(e) })?
+    }
+
+    fn build_blocking(self, runtime: tokio::runtime::Handle) -> Result<SsdTier> {
+        let layout = SlabLayout::new("ssd", self.capacity, self.region_size, HEADER, HEADER, self.max_block_size)?;
+        let name = format!("ssd({})", self.dir.display());
+        let io_err = |op: &'static str, path: &Path| {
+            let name = name.clone();
+            let path = path.to_path_buf();
+            move |source| Error::Io { tier: name, op, path, offset: None, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io_err("create directory", &self.dir))?;
+        let path = self.dir.join(SLOT_FILE);
+        if !path.exists() {
+            format_new(&path, &layout).map_err(|(op, source)| Error::Io {
+                tier: name.clone(),
+                op,
+                path: path.clone(),
+                offset: None,
+                source,
+            })?;
+        }
+        let (file, direct_io) =
+            open_slot_file(&path, self.direct_io, self.sync_writes).map_err(io_err("open", &path))?;
+        lock_exclusive(&file).map_err(|e| Error::Corrupt {
+            tier: name.clone(),
+            path: path.clone(),
+            reason: format!("cannot lock the slot file ({e}); is another kvtier using this data dir?"),
+        })?;
+        let pool = BufPool::new(self.buffer_pool);
+        let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let store_id = check_superblock(&file, &layout, file_len, &pool).map_err(|reason| Error::Corrupt {
+            tier: name.clone(),
+            path: path.clone(),
+            reason,
+        })?;
+        let recovered = recover::scan(&file, &layout, store_id, &pool).map_err(io_err("recover (pread)", &path))?;
+        let engine: Arc<dyn IoEngine> = Arc::new(PsyncEngine::new(file, runtime.clone()));
+        let tier =
+            SsdTier::assemble(name, self.dir, path, layout, engine, pool, store_id, self.max_block_size, direct_io);
+        tier.restore(recovered);
+        tracing::info!(tier = %tier, blocks = tier.map.len(), direct_io, "ssd tier ready");
+        Ok(tier)
+    }
+}
+
+fn open_slot_file(path: &Path, direct: bool, sync: bool) -> std::io::Result<(File, bool)> {
+    let open = |direct: bool| {
+        let mut flags = libc::O_CLOEXEC;
+        if direct {
+            flags |= libc::O_DIRECT;
+        }
+        if sync {
+            flags |= libc::O_DSYNC;
+        }
+        OpenOptions::new().read(true).write(true).custom_flags(flags).open(path)
+    };
+    if direct {
+        match open(true) {
+            Ok(f) if probe_direct(&f) => return Ok((f, true)),
+            Ok(_) | Err(_) => {
+                tracing::warn!(path = %path.display(), "the filesystem refuses O_DIRECT; using buffered I/O (reads may come from the page cache)");
+            }
+        }
+    }
+    Ok((open(false)?, false))
+}
+
+/// True if an aligned O_DIRECT read works on `file` (some filesystems accept the flag at
+/// open time and fail every I/O).
+fn probe_direct(file: &File) -> bool {
+    let mut buf = io::BufPool::new(0).take(PAGE as usize);
+    match io::pread_all(file, buf.as_mut_slice(), 0) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+    }
+}
+
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates a preallocated slot file with a fresh superblock. It is built under a temporary
+/// name and renamed into place, so a crash never leaves a half-formatted file at `path`.
+fn format_new(path: &Path, layout: &SlabLayout) -> Result<(), (&'static str, std::io::Error)> {
+    use std::os::fd::AsRawFd;
+    let tmp = path.with_extension("kvt.new");
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(|e| ("create", e))?;
+    let len = DATA_START + layout.capacity();
+    // SAFETY: fallocate on a descriptor we own.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(("preallocate (fallocate)", e));
+        }
+        tracing::warn!("the filesystem cannot preallocate; the slot file will be sparse");
+        file.set_len(len).map_err(|e| ("ftruncate", e))?;
+    }
+    let mut page = vec![0u8; HEADER as usize];
+    Superblock { region_size: layout.region_size, regions: layout.regions, store_id: rand_u64() }.encode(&mut page);
+    io::pwritev_all(&file, &[&page], 0).map_err(|e| ("write superblock", e))?;
+    file.sync_all().map_err(|e| ("fsync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ("rename", e))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ("fsync directory", e))?;
+    }
+    Ok(())
+}
+
+fn check_superblock(file: &File, layout: &SlabLayout, file_len: u64, pool: &Arc<BufPool>) -> Result<u64, String> {
+    let mut page = pool.take(HEADER as usize);
+    io::pread_all(file, page.as_mut_slice(), 0).map_err(|e| format!("cannot read the superblock: {e}"))?;
+    let sb = Superblock::decode(page.as_ref())?;
+    if sb.region_size != layout.region_size || sb.regions != layout.regions {
+        return Err(format!(
+            "formatted with region_size {} and {} regions ({}), but the configuration asks for region_size {} and {} regions ({}); \
+             restore the old ssd.capacity/ssd.region_size or use a new data dir",
+            sb.region_size,
+            sb.regions,
+            human_bytes(sb.region_size * sb.regions as u64),
+            layout.region_size,
+            layout.regions,
+            human_bytes(layout.capacity()),
+        ));
+    }
+    let expected = DATA_START + layout.capacity();
+    if file_len < expected {
+        return Err(format!("truncated: {file_len} bytes, a store of this size needs {expected}"));
+    }
+    Ok(sb.store_id)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    RandomState::new().hash_one((t, std::process::id()))
+}
+
+/// Where a block sits and what its header says.
+#[derive(Debug, Clone, Copy)]
+struct SlotInfo {
+    addr: SlotAddr,
+    epoch: u64,
+    generation: u64,
+    len: u64,
+    crc32c: u32,
+}
+
+/// The SSD tier. See the module docs.
+pub struct SsdTier {
+    name: String,
+    dir: PathBuf,
+    path: PathBuf,
+    alloc: SlabAllocator,
+    io: Arc<dyn IoEngine>,
+    pool: Arc<BufPool>,
+    store_id: u64,
+    max_block_size: u64,
+    direct_io: bool,
+    map: DashMap<BlockKey, SlotInfo>,
+    /// Per class: generation -> key, oldest first (eviction order).
+    fifo: Vec<Mutex<BTreeMap<u64, BlockKey>>>,
+    /// Per region: the epoch whose header is on disk.
+    header_epoch: Box<[AtomicU64]>,
+    region_locks: Box<[tokio::sync::Mutex<()>]>,
+    next_generation: AtomicU64,
+}
+
+impl fmt::Debug for SsdTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SsdTier")
+            .field("path", &self.path)
+            .field("direct_io", &self.direct_io)
+            .field("blocks", &self.map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SsdTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl SsdTier {
+    #[expect(clippy::too_many_arguments, reason = "private constructor fed by the builder")]
+    fn assemble(
+        name: String,
+        dir: PathBuf,
+        path: PathBuf,
+        layout: SlabLayout,
+        io: Arc<dyn IoEngine>,
+        pool: Arc<BufPool>,
+        store_id: u64,
+        max_block_size: u64,
+        direct_io: bool,
+    ) -> Self {
+        let regions = layout.regions as usize;
+        let classes = layout.class_count();
+        SsdTier {
+            name,
+            dir,
+            path,
+            alloc: SlabAllocator::new(layout),
+            io,
+            pool,
+            store_id,
+            max_block_size,
+            direct_io,
+            map: DashMap::new(),
+            fifo: (0..classes).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            header_epoch: (0..regions).map(|_| AtomicU64::new(0)).collect(),
+            region_locks: (0..regions).map(|_| tokio::sync::Mutex::new(())).collect(),
+            next_generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The directory holding the slot file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether I/O bypasses the page cache (false where the filesystem refused O_DIRECT).
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
+    }
+
+    fn layout(&self) -> &SlabLayout {
+        self.alloc.layout()
+    }
+
+    fn file_offset(&self, addr: SlotAddr) -> u64 {
+        DATA_START + self.layout().slot_offset(addr)
+    }
+
+    fn io_error(&self, op: &'static str, offset: u64, source: std::io::Error) -> Error {
+        Error::Io { tier: self.name.clone(), op, path: self.path.clone(), offset: Some(offset), source }
+    }
+
+    fn track(&self, key: BlockKey, info: SlotInfo) {
+        self.fifo[info.addr.class as usize].lock().insert(info.generation, key);
+    }
+
+    fn untrack(&self, info: &SlotInfo) {
+        self.fifo[info.addr.class as usize].lock().remove(&info.generation);
+    }
+
+    /// Writes the region's header for this allocation's epoch unless it is already there.
+    async fn ensure_region_header(&self, al: Allocation) -> Result<()> {
+        let r = al.addr.region as usize;
+        if self.header_epoch[r].load(Ordering::Acquire) == al.epoch {
+            return Ok(());
+        }
+        let _guard = self.region_locks[r].lock().await;
+        if self.header_epoch[r].load(Ordering::Acquire) == al.epoch {
+            return Ok(());
+        }
+        let mut page = self.pool.take(HEADER as usize);
+        let class_size = self.layout().class_size(al.addr.class);
+        RegionHeader { store_id: self.store_id, region: al.addr.region, class_size, epoch: al.epoch }
+            .encode(page.as_mut_slice());
+        let offset = DATA_START + self.layout().region_offset(al.addr.region);
+        self.io
+            .write(offset, WriteData::Buf(page))
+            .await
+            .map_err(|e| self.io_error("pwrite region header", offset, e))?;
+        self.header_epoch[r].store(al.epoch, Ordering::Release);
+        Ok(())
+    }
+
+    /// Zeroes a slot's header, then returns the slot to the allocator. If zeroing fails the
+    /// slot is still freed (its next write replaces the header) and the block may return
+    /// after a restart; that is logged.
+    async fn release(&self, addr: SlotAddr) {
+        let offset = self.file_offset(addr);
+        let mut page = self.pool.take(HEADER as usize);
+        page.as_mut_slice().fill(0);
+        if let Err(e) = self.io.write(offset, WriteData::Buf(page)).await {
+            tracing::warn!(tier = %self, offset, error = %e, "could not zero a freed slot header; its block may reappear after a restart");
+        }
+        self.alloc.free(addr);
+    }
+
+    /// Removes `key` if it still is the copy with `generation`, then releases its slot.
+    async fn drop_copy(&self, key: &BlockKey, generation: u64) {
+        if let Some((_, info)) = self.map.remove_if(key, |_, v| v.generation == generation) {
+            self.untrack(&info);
+            self.release(info.addr).await;
+        }
+    }
+
+    async fn put_one(&self, block: &Block) -> Result<PutStatus> {
+        let len = block.len();
+        if len == 0 || len > self.max_block_size {
+            return Err(Error::InvalidSize { key: block.key.to_string(), size: len, max: self.max_block_size });
+        }
+        if self.map.contains_key(&block.key) {
+            return Ok(PutStatus::Existed);
+        }
+        let al = self.alloc.alloc(len).ok_or_else(|| Error::NoSpace {
+            tier: self.name.clone(),
+            capacity: self.layout().capacity(),
+            used: self.alloc.usage().0,
+            required: len,
+        })?;
+        // Frees the slot if anything below fails or the future is dropped.
+        let mut guard = FreeOnDrop { alloc: &self.alloc, addr: Some(al.addr) };
+        self.ensure_region_header(al).await?;
+        let info = SlotInfo {
+            addr: al.addr,
+            epoch: al.epoch,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            len,
+            crc32c: block.crc32c,
+        };
+        let header = SlotHeader {
+            store_id: self.store_id,
+            epoch: al.epoch,
+            region: al.addr.region,
+            slot: al.addr.slot,
+            generation: info.generation,
+            len,
+            crc32c: block.crc32c,
+            key: block.key.clone(),
+        };
+        let offset = self.file_offset(al.addr);
+        let data = self.write_data(&header, &block.data);
+        self.io.write(offset, data).await.map_err(|e| self.io_error("pwrite", offset, e))?;
+        guard.addr = None;
+        match self.map.entry(block.key.clone()) {
+            Entry::Occupied(_) => {
+                // A concurrent put of the same key won; ours is a duplicate.
+                self.release(al.addr).await;
+                Ok(PutStatus::Existed)
+            }
+            Entry::Vacant(v) => {
+                v.insert(info);
+                self.track(block.key.clone(), info);
+                Ok(PutStatus::Stored)
+            }
+        }
+    }
+
+    /// Header page plus data, zero-copy when the data is already page-aligned.
+    fn write_data(&self, header: &SlotHeader, data: &Bytes) -> WriteData {
+        let mut page = self.pool.take(HEADER as usize);
+        header.encode(page.as_mut_slice());
+        if (data.as_ptr() as usize).is_multiple_of(PAGE as usize) && data.len().is_multiple_of(PAGE as usize) {
+            return WriteData::HeaderThen(page, data.clone());
+        }
+        drop(page);
+        let h = HEADER as usize;
+        let mut buf = self.pool.take(h + data.len());
+        let slice = buf.as_mut_slice();
+        header.encode(&mut slice[..h]);
+        slice[h..h + data.len()].copy_from_slice(data);
+        slice[h + data.len()..].fill(0);
+        WriteData::Buf(buf)
+    }
+
+    async fn get_one(&self, key: &BlockKey) -> Result<Option<Block>> {
+        let Some(info) = self.map.get(key).map(|e| *e) else { return Ok(None) };
+        let offset = self.file_offset(info.addr);
+        let h = HEADER as usize;
+        let (buf, res) = self.io.read(offset, self.pool.take(h + info.len as usize)).await;
+        res.map_err(|e| self.io_error("pread", offset, e))?;
+        let header = SlotHeader::decode(&buf.as_ref()[..h]);
+        let same_copy = header.as_ref().is_some_and(|hd| {
+            hd.key == *key && hd.generation == info.generation && hd.epoch == info.epoch && hd.len == info.len
+        });
+        let still_indexed = self.map.get(key).is_some_and(|e| e.generation == info.generation);
+        if !same_copy && !still_indexed {
+            // Deleted (and perhaps reused) while we read: a plain miss.
+            return Ok(None);
+        }
+        let actual = crate::crc32c(&buf.as_ref()[h..h + info.len as usize]);
+        if same_copy && actual == info.crc32c {
+            let data = Bytes::from_owner(buf).slice(h..h + info.len as usize);
+            return Ok(Some(Block::with_crc32c(key.clone(), data, info.crc32c)));
+        }
+        self.drop_copy(key, info.generation).await;
+        Err(Error::ChecksumMismatch {
+            tier: self.name.clone(),
+            key: key.to_string(),
+            location: format!(
+                "{} offset {offset}{}",
+                self.path.display(),
+                if same_copy { "" } else { " (slot header damaged)" }
+            ),
+            expected: info.crc32c,
+            actual,
+        })
+    }
+
+    async fn delete_one(&self, key: &BlockKey) -> bool {
+        let Some((_, info)) = self.map.remove(key) else { return false };
+        self.untrack(&info);
+        self.release(info.addr).await;
+        true
+    }
+}
+
+/// Returns a slot to the allocator unless disarmed (by clearing `addr`).
+struct FreeOnDrop<'a> {
+    alloc: &'a SlabAllocator,
+    addr: Option<SlotAddr>,
+}
+
+impl Drop for FreeOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            self.alloc.free(addr);
+        }
+    }
+}
+
+impl Tier for SsdTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Ssd
+    }
+
+    fn put_batch<'a>(&'a self, blocks: &'a [Block]) -> BoxFuture<'a, Vec<Result<PutStatus>>> {
+        Box::pin(futures::future::join_all(blocks.iter().map(|b| self.put_one(b))))
+    }
+
+    fn get_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<Option<Block>>>> {
+        Box::pin(futures::future::join_all(keys.iter().map(|k| self.get_one(k))))
+    }
+
+    fn contains_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move { Ok(keys.iter().map(|k| self.map.contains_key(k)).collect()) })
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<bool>>> {
+        Box::pin(async move {
+            futures::future::join_all(keys.iter().map(|k| self.delete_one(k))).await.into_iter().map(Ok).collect()
+        })
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Result<TierUsage>> {
+        let (used, _) = self.alloc.usage();
+        let usage = TierUsage { capacity: self.layout().capacity(), used, blocks: self.map.len() as u64 };
+        Box::pin(async move { Ok(usage) })
+    }
+
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
+        Box::pin(async move {
+            Ok(self.map.iter().map(|e| BlockMeta { key: e.key().clone(), len: e.len, crc32c: e.crc32c }).collect())
+        })
+    }
+
+    fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
+        match self.alloc.reclaim_for(size) {
+            Reclaim::Class(c) => self.fifo[c as usize].lock().values().take(max).cloned().collect(),
+            Reclaim::Region(r) => {
+                self.map.iter().filter(|e| e.addr.region == r).take(max).map(|e| e.key().clone()).collect()
+            }
+            Reclaim::Nothing => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+//! Rebuilding the SSD tier's index from slot headers at startup.
+//!
+//! Regions are scanned in parallel on a few threads. Small slots are read in bulk (whole
+//! runs of slots per pread) so a store of 4 KiB blocks does not cost one syscall per slot.
+//! A slot counts only if its header checks out and repeats this store's id, its region's
+//! epoch and its own position; anything else is free space. Where two slots name one key
+//! (a tombstone that never reached the disk), the newest generation wins and the others are
+//! zeroed before the tier serves anything.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    fs::File,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use super::{
+    DATA_START, HEADER, SlotInfo, SsdTier,
+    io::{BufPool, pread_all, pwritev_all},
+    layout::{RegionHeader, SlotHeader},
+};
+use crate::{
+    BlockKey,
+    slab::{SlabLayout, SlotAddr},
+};
+
+/// Slots at most this large are scanned by bulk reads.
+const BULK_SLOT_MAX: u64 = 64 << 10;
+/// Bytes per bulk read.
+const BULK_READ: u64 = 8 << 20;
+
+/// What a region held at startup.
+#[derive(Debug)]
+pub(super) struct RecoveredRegion {
+    region: u32,
+    class: u16,
+    epoch: u64,
+    slots: Vec<SlotHeader>,
+}
+
+/// Scans every region and resolves duplicate keys.
+pub(super) fn scan(
+    file: &File,
+    layout: &SlabLayout,
+    store_id: u64,
+    pool: &Arc<BufPool>,
+) -> std::io::Result<Vec<RecoveredRegion>> {
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let last_log = AtomicU64::new(0);
+    let regions = layout.regions as usize;
+    let threads = regions.clamp(1, 4);
+    let mut found: Vec<RecoveredRegion> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<Vec<RecoveredRegion>> {
+                    let mut mine = Vec::new();
+                    loop {
+                        let r = next.fetch_add(1, Ordering::Relaxed);
+                        if r >= regions {
+                            return Ok(mine);
+                        }
+                        mine.extend(scan_region(file, layout, store_id, pool, r as u32)?);
+                        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        let secs = started.elapsed().as_secs();
+                        if secs >= 2 && last_log.swap(secs, Ordering::Relaxed) != secs {
+                            tracing::info!("ssd recovery: {d}/{regions} regions scanned");
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("recovery thread panicked")).collect::<std::io::Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    found.sort_by_key(|r| r.region);
+    let duplicates = drop_duplicates(&mut found);
+    for addr in &duplicates {
+        let offset = DATA_START + layout.slot_offset(*addr);
+        if let Err(e) = pwritev_all(file, &[zeroed_aligned(pool, HEADER as usize).as_ref()], offset) {
+            tracing::warn!(offset, error = %e, "could not zero a duplicate slot");
+        }
+    }
+    let blocks: usize = found.iter().map(|r| r.slots.len()).sum();
+    tracing::info!(
+        blocks,
+        regions_in_use = found.len(),
+        duplicates = duplicates.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ssd recovery scan done"
+    );
+    Ok(found)
+}
+
+fn zeroed_aligned(pool: &Arc<BufPool>, len: usize) -> super::io::AlignedBuf {
+    let mut buf = pool.take(len);
+    buf.as_mut_slice().fill(0);
+    buf
+}
+
+fn scan_region(
+    file: &File,
+    layout: &SlabLayout,
+    store_id: u64,
+    pool: &Arc<BufPool>,
+    region: u32,
+) -> std::io::Result<Option<RecoveredRegion>> {
+    let region_start = DATA_START + layout.region_offset(region);
+    let mut page = pool.take(HEADER as usize);
+    pread_all(file, page.as_mut_slice(), region_start)?;
+    let Some(rh) = RegionHeader::decode(page.as_ref()) else { return Ok(None) };
+    if rh.store_id != store_id || rh.region != region {
+        return Ok(None);
+    }
+    let Some(class) = layout.class_for(rh.class_size).filter(|&c| layout.class_size(c) == rh.class_size) else {
+        tracing::warn!(
+            region,
+            class_size = rh.class_size,
+            "region header names a slot size this layout does not have; treating the region as free"
+        );
+        return Ok(None);
+    };
+    let n = layout.slots_per_region(class);
+    let slot_size = layout.slot_size(class);
+    let first_slot = region_start + layout.region_header;
+    let valid = |page: &[u8], slot: u32| {
+        SlotHeader::decode(page).filter(|h| {
+            h.store_id == store_id
+                && h.epoch == rh.epoch
+                && h.region == region
+                && h.slot == slot
+                && h.len >= 1
+                && h.len <= rh.class_size
+        })
+    };
+    let mut slots = Vec::new();
+    if slot_size <= BULK_SLOT_MAX {
+        let per_read = (BULK_READ / slot_size).max(1) as u32;
+        let mut s = 0;
+        while s < n {
+            let count = per_read.min(n - s);
+            let mut buf = pool.take((count as u64 * slot_size) as usize);
+            pread_all(
+                file,
+                &mut buf.as_mut_slice()[..(count as u64 * slot_size) as usize],
+                first_slot + s as u64 * slot_size,
+            )?;
+            for i in 0..count {
+                let at = (i as u64 * slot_size) as usize;
+                slots.extend(valid(&buf.as_ref()[at..at + HEADER as usize], s + i));
+            }
+            s += count;
+        }
+    } else {
+        for s in 0..n {
+            pread_all(file, page.as_mut_slice(), first_slot + s as u64 * slot_size)?;
+            slots.extend(valid(page.as_ref(), s));
+        }
+    }
+    Ok(Some(RecoveredRegion { region, class, epoch: rh.epoch, slots }))
+}
+
+/// Keeps the newest copy of each key; returns the addresses of the others.
+fn drop_duplicates(found: &mut [RecoveredRegion]) -> Vec<SlotAddr> {
+    let mut newest: HashMap<BlockKey, (u64, SlotAddr)> = HashMap::new();
+    let mut losers = Vec::new();
+    for r in found.iter() {
+        for h in &r.slots {
+            let addr = SlotAddr { region: r.region, slot: h.slot, class: r.class };
+            match newest.entry(h.key.clone()) {
+                Entry::Vacant(v) => {
+                    v.insert((h.generation, addr));
+                }
+                Entry::Occupied(mut o) => {
+                    if h.generation > o.get().0 {
+                        losers.push(o.insert((h.generation, addr)).1);
+                    } else {
+                        losers.push(addr);
+                    }
+                }
+            }
+        }
+    }
+    let lost: HashSet<SlotAddr> = losers.iter().copied().collect();
+    for r in found.iter_mut() {
+        r.slots.retain(|h| !lost.contains(&SlotAddr { region: r.region, slot: h.slot, class: r.class }));
+    }
+    losers
+}
+
+impl SsdTier {
+    /// Loads a scan's result into the allocator, index and eviction order.
+    pub(super) fn restore(&self, found: Vec<RecoveredRegion>) {
+        let mut max_generation = 0;
+        for r in found {
+            let used: Vec<u32> = r.slots.iter().map(|h| h.slot).collect();
+            self.alloc.restore_region(r.region, r.class, r.epoch, &used);
+            self.header_epoch[r.region as usize].store(r.epoch, Ordering::Release);
+            for h in r.slots {
+                max_generation = max_generation.max(h.generation);
+                let info = SlotInfo {
+                    addr: SlotAddr { region: r.region, slot: h.slot, class: r.class },
+                    epoch: r.epoch,
+                    generation: h.generation,
+                    len: h.len,
+                    crc32c: h.crc32c,
+                };
+                self.track(h.key.clone(), info);
+                self.map.insert(h.key, info);
+            }
+        }
+        self.next_generation.store(max_generation + 1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+impl RecoveredRegion {
+    pub(super) fn for_test(region: u32, class: u16, epoch: u64, slots: Vec<SlotHeader>) -> Self {
+        RecoveredRegion { region, class, epoch, slots }
+    }
+
+    pub(super) fn slot_numbers(&self) -> Vec<u32> {
+        self.slots.iter().map(|h| h.slot).collect()
+    }
+}
+
+#[cfg(test)]
+pub(super) fn drop_duplicates_for_test(found: &mut [RecoveredRegion]) -> Vec<SlotAddr> {
+    drop_duplicates(found)
+}

@@ -1,0 +1,200 @@
+use std::{
+    io::{Read, Seek, SeekFrom, Write},
+    path::PathBuf,
+};
+
+use super::*;
+use crate::{TierExt, conformance};
+
+const MIB: u64 = 1 << 20;
+
+/// 15 regions of 2 MiB + 64 KiB: two 1 MiB blocks (with headers) fit in each.
+const REGION: u64 = 2 * MIB + 64 * 1024;
+
+fn builder(dir: &Path) -> SsdTierBuilder {
+    SsdTierBuilder::new(dir, 32 * MIB).with_region_size(REGION).with_max_block_size(MIB)
+}
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::parse("ssd/test", &i.to_le_bytes()).unwrap()
+}
+
+/// Offset in the slot file of the header of the slot holding `key`, found by scanning.
+fn find_slot(dir: &Path, key: &BlockKey) -> u64 {
+    let mut bytes = Vec::new();
+    File::open(dir.join(SLOT_FILE)).unwrap().read_to_end(&mut bytes).unwrap();
+    (DATA_START..bytes.len() as u64)
+        .step_by(PAGE as usize)
+        .find(|&off| SlotHeader::decode(&bytes[off as usize..(off + HEADER) as usize]).is_some_and(|h| h.key == *key))
+        .unwrap_or_else(|| panic!("no slot for {key}"))
+}
+
+fn flip_byte(dir: &Path, offset: u64) {
+    let mut f = OpenOptions::new().read(true).write(true).open(dir.join(SLOT_FILE)).unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[b[0] ^ 0x5a]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().into();
+    let open_path = path.clone();
+    let subject = conformance::Subject::new(move || {
+        let b = builder(&open_path);
+        Box::pin(async move { Ok(Arc::new(b.build().await?) as Arc<dyn Tier>) })
+    })
+    .max_block(MIB)
+    .persistent(true)
+    .corrupt(move |_tier, key| {
+        let dir = path.clone();
+        Box::pin(async move { flip_byte(&dir, find_slot(&dir, &key) + HEADER + 100) })
+    });
+    conformance::run_all(&subject).await;
+}
+
+#[test_log::test(tokio::test)]
+async fn large_slots_recover_through_header_reads() {
+    // 1 MiB blocks make 1 MiB + 4 KiB slots, above the bulk-scan threshold.
+    let dir = tempfile::tempdir().unwrap();
+    let blocks: Vec<Block> = (0..9).map(|i| Block::new(key(i), conformance::pattern(i, MIB as usize))).collect();
+    {
+        let tier = builder(dir.path()).build().await.unwrap();
+        assert!(tier.put_batch(&blocks).await.into_iter().all(|r| r.unwrap() == PutStatus::Stored));
+    }
+    let tier = builder(dir.path()).build().await.unwrap();
+    for b in &blocks {
+        assert!(tier.get(&b.key).await.unwrap().unwrap().data == b.data);
+    }
+}
+
+#[test_log::test(tokio::test)]
+async fn damaged_slot_header_loses_only_that_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks: Vec<Block> = (0..4).map(|i| Block::new(key(i), conformance::pattern(i, 20_000))).collect();
+    {
+        let tier = builder(dir.path()).build().await.unwrap();
+        tier.put_batch(&blocks).await;
+    }
+    flip_byte(dir.path(), find_slot(dir.path(), &blocks[1].key) + 30);
+    let tier = builder(dir.path()).build().await.unwrap();
+    assert!(tier.get(&blocks[1].key).await.unwrap().is_none(), "a block whose header is damaged is gone, not wrong");
+    for i in [0, 2, 3] {
+        assert!(tier.get(&blocks[i].key).await.unwrap().unwrap().data == blocks[i].data);
+    }
+    assert_eq!(tier.usage().await.unwrap().blocks, 3);
+}
+
+#[test_log::test(tokio::test)]
+async fn corrupt_superblock_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(builder(dir.path()).build().await.unwrap());
+    flip_byte(dir.path(), 12);
+    let err = builder(dir.path()).build().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(SLOT_FILE) && msg.contains("superblock checksum mismatch"), "{msg}");
+}
+
+#[test_log::test(tokio::test)]
+async fn truncated_slot_file_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(builder(dir.path()).build().await.unwrap());
+    let f = OpenOptions::new().write(true).open(dir.path().join(SLOT_FILE)).unwrap();
+    f.set_len(DATA_START + MIB).unwrap();
+    let msg = builder(dir.path()).build().await.unwrap_err().to_string();
+    assert!(msg.contains("truncated"), "{msg}");
+}
+
+#[test_log::test(tokio::test)]
+async fn changed_capacity_is_refused_naming_both_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(builder(dir.path()).build().await.unwrap());
+    let msg = SsdTierBuilder::new(dir.path(), 64 * MIB)
+        .with_region_size(REGION)
+        .with_max_block_size(MIB)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("15 regions") && msg.contains("31 regions") && msg.contains("new data dir"), "{msg}");
+}
+
+#[test_log::test(tokio::test)]
+async fn a_second_user_of_the_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = builder(dir.path()).build().await.unwrap();
+    let msg = builder(dir.path()).build().await.unwrap_err().to_string();
+    assert!(msg.contains("another kvtier"), "{msg}");
+}
+
+#[test_log::test(tokio::test)]
+async fn unusable_data_dir_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let target = file.join("ssd");
+    let err = builder(&target).build().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Io { .. }) && msg.contains("not-a-dir"), "{msg}");
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn concurrent_puts_gets_deletes_stay_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = Arc::new(builder(dir.path()).build().await.unwrap());
+    let kept = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (tier, kept) = (tier.clone(), kept.clone());
+            tokio::spawn(async move {
+                for round in 0..30u64 {
+                    let i = t * 1000 + round;
+                    let b = Block::new(key(i), conformance::pattern(i, 5000 + (i as usize % 7) * 9000));
+                    match tier.put(b.clone()).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_no_space() => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                    assert!(tier.get(&b.key).await.unwrap().unwrap().data == b.data);
+                    if round % 2 == 0 {
+                        assert!(tier.delete(&b.key).await.unwrap());
+                    } else {
+                        kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let usage = tier.usage().await.unwrap();
+    assert_eq!(usage.blocks, kept.load(Ordering::Relaxed));
+    assert!(usage.blocks > 8 * 10, "most puts fit: {usage:?}");
+    drop(tier);
+    let reopened = builder(dir.path()).build().await.unwrap();
+    assert_eq!(reopened.usage().await.unwrap(), usage, "reopen finds exactly what was left");
+}
+
+#[test]
+fn duplicate_keys_keep_the_newest_generation() {
+    let header = |slot: u32, generation: u64| SlotHeader {
+        store_id: 1,
+        epoch: 1,
+        region: 0,
+        slot,
+        generation,
+        len: 10,
+        crc32c: 0,
+        key: key(5),
+    };
+    let mut found = vec![recover::RecoveredRegion::for_test(0, 0, 1, vec![header(0, 7), header(1, 9), header(2, 3)])];
+    let losers = recover::drop_duplicates_for_test(&mut found);
+    assert_eq!(losers.iter().map(|a| a.slot).collect::<Vec<_>>().len(), 2);
+    assert_eq!(found[0].slot_numbers(), [1], "generation 9 wins");
+}
