@@ -305,6 +305,12 @@ impl CpuTier {
         self.arena.alloc.layout().capacity()
     }
 
+    /// Arena bytes a block of `len` bytes occupies: its slot size.
+    pub fn footprint(&self, len: u64) -> u64 {
+        let layout = self.arena.alloc.layout();
+        layout.class_for(len).map_or(len, |c| layout.class_size(c))
+    }
+
     /// The arena's memfd, for sharing the mapping with local clients (None when the arena is
     /// private anonymous memory).
     pub fn memfd(&self) -> Option<BorrowedFd<'_>> {

@@ -1,0 +1,334 @@
+//! The Rust client of a `kvtier serve` node, over TCP or its Unix socket.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kvtier_blockmgr::ClientError> {
+//! use kvtier_blockmgr::{Client, Durability, GetItem, PutItem};
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let ns = "acme/llama3-8b/bf16-16tok";
+//! client.put(ns, &[PutItem::new(b"block-0".to_vec(), vec![7u8; 4096].into())], Durability::Cache).await?;
+//! match &client.get(ns, &[b"block-0".to_vec()]).await?[0] {
+//!     GetItem::Hit { data, tier, .. } => println!("{} bytes from {tier}", data.len()),
+//!     GetItem::Miss { reason, .. } => println!("miss: {reason:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kvtier_proto::v1::{
+    self, block_store_client::BlockStoreClient, get_response::Msg as GetMsg, put_request::Msg as PutMsg,
+};
+use kvtier_tiers::TierKind;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    Durability, MissReason, Stats, TierStats,
+    wire::{durability_to_wire, miss_from_wire, tier_from_wire},
+};
+
+/// Largest gRPC message either side accepts (a data chunk plus framing).
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Default size of the data chunks a client sends.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
+
+/// What went wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address could not be parsed.
+    #[error("invalid server address {addr:?}: {reason}")]
+    Address {
+        /// As given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// As given.
+        addr: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server refused the request.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The server's answer did not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A block to put.
+#[derive(Debug, Clone)]
+pub struct PutItem {
+    /// Key bytes (1..=64).
+    pub key: Vec<u8>,
+    /// Contents.
+    pub data: Bytes,
+}
+
+impl PutItem {
+    /// A block to put.
+    pub fn new(key: Vec<u8>, data: Bytes) -> Self {
+        PutItem { key, data }
+    }
+}
+
+/// The server's answer for one put block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// `Ok` = stored or already present; `Err((code, message))` otherwise.
+    pub result: Result<(), (Code, String)>,
+    /// The key was already stored: the put was a no-op.
+    pub existed: bool,
+    /// The fastest tier now holding the block.
+    pub tier: Option<TierKind>,
+}
+
+/// The answer for one requested key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetItem {
+    /// The block's bytes, verified against its CRC-32C.
+    Hit {
+        /// Contents.
+        data: Bytes,
+        /// The tier they came from.
+        tier: TierKind,
+        /// Their CRC-32C.
+        crc32c: u32,
+    },
+    /// Not returned, and why.
+    Miss {
+        /// Why.
+        reason: MissReason,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// A connection to one kvtier node. Cloning shares the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    rpc: BlockStoreClient<Channel>,
+    chunk: usize,
+}
+
+impl Client {
+    /// Connects to `addr`: `http://host:port`, `host:port`, or `unix:///path/to/kvtier.sock`.
+    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        let uri =
+            if addr.starts_with("unix:") || addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::Address { addr: addr.into(), reason: e.to_string() })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(false)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20);
+        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.into(), source })?;
+        let rpc = BlockStoreClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(Client { rpc, chunk: DEFAULT_CHUNK })
+    }
+
+    /// Size of the data chunks this client sends. Default 1 MiB.
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(1);
+        self
+    }
+
+    /// Puts a batch of blocks in one stream, each with its CRC-32C for the server to check.
+    /// Answers per block, in order.
+    pub async fn put(
+        &self,
+        namespace: &str,
+        blocks: &[PutItem],
+        durability: Durability,
+    ) -> Result<Vec<PutReport>, ClientError> {
+        let mut msgs = Vec::with_capacity(1 + blocks.len() * 2);
+        msgs.push(PutMsg::Open(v1::PutOpen {
+            namespace: namespace.into(),
+            durability: durability_to_wire(durability) as i32,
+        }));
+        for b in blocks {
+            msgs.push(PutMsg::Block(v1::BlockHeader {
+                key: Bytes::copy_from_slice(&b.key),
+                length: b.data.len() as u64,
+                crc32c: Some(kvtier_tiers::crc32c(&b.data)),
+            }));
+            let mut at = 0;
+            while at < b.data.len() {
+                let end = (at + self.chunk).min(b.data.len());
+                msgs.push(PutMsg::Data(b.data.slice(at..end)));
+                at = end;
+            }
+        }
+        self.put_raw(msgs.into_iter().map(|m| v1::PutRequest { msg: Some(m) }).collect()).await.and_then(|r| {
+            if r.results.len() != blocks.len() {
+                return Err(ClientError::Protocol(format!("{} results for {} blocks", r.results.len(), blocks.len())));
+            }
+            Ok(r.results.into_iter().map(report).collect())
+        })
+    }
+
+    /// Sends put messages exactly as given (for tests of malformed streams).
+    pub async fn put_raw(&self, msgs: Vec<v1::PutRequest>) -> Result<v1::PutResponse, ClientError> {
+        Ok(self.rpc.clone().put(tokio_stream::iter(msgs)).await?.into_inner())
+    }
+
+    /// Gets a batch of keys, answering per key in order.
+    pub async fn get(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<GetItem>, ClientError> {
+        let req = v1::GetRequest {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+        };
+        let mut stream = self.rpc.clone().get(req).await?.into_inner();
+        let mut items = Vec::with_capacity(keys.len());
+        let mut current: Option<(v1::GetBlock, Vec<Bytes>, u64)> = None;
+        while let Some(msg) = stream.message().await? {
+            match msg.msg {
+                Some(GetMsg::Block(h)) => {
+                    expect_done(&current)?;
+                    expect_index(items.len(), h.index)?;
+                    current = Some((h, Vec::new(), 0));
+                }
+                Some(GetMsg::Data(chunk)) => {
+                    let Some((h, chunks, got)) = current.as_mut() else {
+                        return Err(ClientError::Protocol("data before a block header".into()));
+                    };
+                    *got += chunk.len() as u64;
+                    if *got > h.length {
+                        return Err(ClientError::Protocol(format!(
+                            "block {} longer than its {} bytes",
+                            h.index, h.length
+                        )));
+                    }
+                    chunks.push(chunk);
+                    if *got == h.length {
+                        let (h, chunks, _) = current.take().expect("current block");
+                        items.push(assemble(h, chunks)?);
+                    }
+                }
+                Some(GetMsg::Miss(m)) => {
+                    expect_done(&current)?;
+                    expect_index(items.len(), m.index)?;
+                    items.push(GetItem::Miss { reason: miss_from_wire(m.reason), message: m.message });
+                }
+                None => return Err(ClientError::Protocol("empty get response message".into())),
+            }
+        }
+        expect_done(&current)?;
+        if items.len() != keys.len() {
+            return Err(ClientError::Protocol(format!("{} answers for {} keys", items.len(), keys.len())));
+        }
+        Ok(items)
+    }
+
+    /// The tier of each key of the longest present prefix of `keys`.
+    pub async fn lookup(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<TierKind>, ClientError> {
+        let req = v1::LookupRequest {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+        };
+        let r = self.rpc.clone().lookup(req).await?.into_inner();
+        r.tiers
+            .iter()
+            .map(|&t| tier_from_wire(t).ok_or_else(|| ClientError::Protocol(format!("unknown tier {t}"))))
+            .collect()
+    }
+
+    /// Deletes keys; answers whether each was present.
+    pub async fn delete(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<bool>, ClientError> {
+        let req = v1::DeleteRequest {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+        };
+        Ok(self.rpc.clone().delete(req).await?.into_inner().deleted)
+    }
+
+    /// Usage and counters of the node.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let s = self.rpc.clone().stats(v1::StatsRequest {}).await?.into_inner();
+        Ok(Stats {
+            version: s.version,
+            uptime_seconds: s.uptime_seconds,
+            tiers: s
+                .tiers
+                .into_iter()
+                .map(|t| TierStats {
+                    tier: tier_from_wire(t.tier).unwrap_or(TierKind::Remote),
+                    name: t.name,
+                    capacity_bytes: t.capacity_bytes,
+                    used_bytes: t.used_bytes,
+                    blocks: t.blocks,
+                    hits: t.hits,
+                    bytes_read: t.bytes_read,
+                    bytes_written: t.bytes_written,
+                    evictions: t.evictions,
+                })
+                .collect(),
+            index_blocks: s.index_blocks,
+            puts: s.puts,
+            gets: s.gets,
+            hits: s.hits,
+            misses: s.misses,
+            demotions: s.demotions,
+            promotions: s.promotions,
+            checksum_failures: s.checksum_failures,
+            dropped: s.dropped,
+        })
+    }
+
+    /// Whether the node is serving, and its version.
+    pub async fn health(&self) -> Result<(bool, String), ClientError> {
+        let h = self.rpc.clone().health(v1::HealthRequest {}).await?.into_inner();
+        Ok((h.status == v1::health_response::ServingStatus::Serving as i32, h.version))
+    }
+}
+
+fn report(r: v1::PutResult) -> PutReport {
+    let status = r.status.unwrap_or_default();
+    let result = if status.code == 0 { Ok(()) } else { Err((Code::from(status.code as i32), status.message)) };
+    PutReport { result, existed: r.existed, tier: tier_from_wire(r.tier) }
+}
+
+fn expect_done(current: &Option<(v1::GetBlock, Vec<Bytes>, u64)>) -> Result<(), ClientError> {
+    match current {
+        Some((h, _, got)) => {
+            Err(ClientError::Protocol(format!("block {} ended after {got} of {} bytes", h.index, h.length)))
+        }
+        None => Ok(()),
+    }
+}
+
+fn expect_index(expected: usize, got: u32) -> Result<(), ClientError> {
+    if got as usize != expected {
+        return Err(ClientError::Protocol(format!("answer for key {got} where key {expected} was due")));
+    }
+    Ok(())
+}
+
+/// Joins a block's chunks (zero-copy when it came in one) and checks its CRC-32C.
+fn assemble(h: v1::GetBlock, mut chunks: Vec<Bytes>) -> Result<GetItem, ClientError> {
+    let data = if chunks.len() == 1 {
+        chunks.pop().expect("one chunk")
+    } else {
+        let mut buf = BytesMut::with_capacity(h.length as usize);
+        chunks.iter().for_each(|c| buf.extend_from_slice(c));
+        buf.freeze()
+    };
+    let actual = kvtier_tiers::crc32c(&data);
+    if actual != h.crc32c {
+        return Err(ClientError::Protocol(format!(
+            "block {} arrived with crc32c {actual:#010x}, the server sent {:#010x}",
+            h.index, h.crc32c
+        )));
+    }
+    let tier = tier_from_wire(h.tier).ok_or_else(|| ClientError::Protocol(format!("unknown tier {}", h.tier)))?;
+    Ok(GetItem::Hit { data, tier, crc32c: h.crc32c })
+}

@@ -1,0 +1,338 @@
+//! `kvtier.toml`: one file, every knob with a default, unknown keys refused.
+//!
+//! `kvtier serve` with no file runs [`Config::default`]: CPU 1 GiB, SSD 8 GiB under
+//! `./kvtier-data`, gRPC on 127.0.0.1:50051, metrics on 127.0.0.1:50052. Sizes are written
+//! `"64MiB"`, `"1GiB"` (or plain byte counts), durations `"30s"`, `"500ms"`.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root directory for the SSD tier, the Unix socket and other state. Default `./kvtier-data`.
+    pub data_dir: PathBuf,
+    /// Largest block accepted. Default 64 MiB.
+    pub max_block_size: ByteSize,
+    /// Network-facing settings.
+    pub server: ServerConfig,
+    /// Host-memory tier.
+    pub cpu: CpuConfig,
+    /// Local SSD tier.
+    pub ssd: SsdConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./kvtier-data"),
+            max_block_size: ByteSize(64 << 20),
+            server: ServerConfig::default(),
+            cpu: CpuConfig::default(),
+            ssd: SsdConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC TCP address. Default `127.0.0.1:50051` (use `0.0.0.0:50051` to serve other hosts).
+    pub listen: String,
+    /// gRPC Unix socket, relative to `data_dir` unless absolute; empty disables it.
+    /// Default `kvtier.sock`.
+    pub unix_socket: PathBuf,
+    /// HTTP address for `/metrics` (Prometheus) and `/healthz`; empty disables it.
+    /// Default `127.0.0.1:50052`.
+    pub metrics_listen: String,
+    /// Most keys in one request. Default 4096.
+    pub max_batch_keys: usize,
+    /// Memory for block bytes in transit that are not in the CPU arena (put buffers, SSD
+    /// reads being sent). Requests wait for it: backpressure, not OOM. Default 256 MiB.
+    pub transfer_budget: ByteSize,
+    /// A put stream that sends nothing for this long is abandoned. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Size of the data chunks a get streams back. Default 1 MiB.
+    pub chunk_size: ByteSize,
+    /// On SIGTERM, move blocks that are only in memory to SSD before exiting, so a restart
+    /// finds a warm cache. Default true.
+    pub persist_on_shutdown: bool,
+    /// Longest a graceful shutdown may take before exiting anyway. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            unix_socket: PathBuf::from("kvtier.sock"),
+            metrics_listen: "127.0.0.1:50052".into(),
+            max_batch_keys: 4096,
+            transfer_budget: ByteSize(256 << 20),
+            stream_idle_timeout: Duration::from_secs(30),
+            chunk_size: ByteSize(1 << 20),
+            persist_on_shutdown: true,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[cpu]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Arena size. Default 1 GiB.
+    pub capacity: ByteSize,
+    /// Slab region size; must hold one `max_block_size` block. Default 64 MiB.
+    pub region_size: ByteSize,
+    /// Lock the arena into RAM. Default false.
+    pub mlock: bool,
+    /// Blocks moved to SSD at once when memory is full. Default 8.
+    pub demotion_concurrency: usize,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            capacity: ByteSize(1 << 30),
+            region_size: ByteSize(64 << 20),
+            mlock: false,
+            demotion_concurrency: 8,
+        }
+    }
+}
+
+/// `[ssd]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsdConfig {
+    /// Whether there is an SSD tier. Default true.
+    pub enabled: bool,
+    /// Slot file size (preallocated). Default 8 GiB.
+    pub capacity: ByteSize,
+    /// Directory of the slot file; relative to `data_dir` unless absolute. Default `ssd`.
+    pub dir: PathBuf,
+    /// Region size, fixed when the slot file is created. Default 65 MiB.
+    pub region_size: ByteSize,
+    /// Bypass the page cache (falls back with a warning where refused). Default true.
+    pub direct_io: bool,
+    /// Acknowledge writes only once on stable storage (O_DSYNC). Default false.
+    pub sync_writes: bool,
+    /// Most SSD reads in flight. Default 64.
+    pub max_concurrent_reads: usize,
+}
+
+impl Default for SsdConfig {
+    fn default() -> Self {
+        SsdConfig {
+            enabled: true,
+            capacity: ByteSize(8 << 30),
+            dir: PathBuf::from("ssd"),
+            region_size: ByteSize(kvtier_tiers::DEFAULT_REGION_SIZE),
+            direct_io: true,
+            sync_writes: false,
+            max_concurrent_reads: 64,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `kvtier=debug`. `RUST_LOG` overrides it. Default `info`.
+    pub level: String,
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the tier builders do not: values that are merely out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |field: &str, why: &str| Err(Error::Config(format!("{field}: {why}")));
+        if self.max_block_size.0 == 0 {
+            return bad("max_block_size", "must be positive");
+        }
+        if self.server.max_batch_keys == 0 {
+            return bad("server.max_batch_keys", "must be positive");
+        }
+        if self.server.chunk_size.0 < 4096 || self.server.chunk_size.0 > 4 << 20 {
+            return bad("server.chunk_size", "must be between 4KiB and 4MiB");
+        }
+        if self.server.transfer_budget.0 < self.max_block_size.0 {
+            return bad("server.transfer_budget", "must be at least max_block_size");
+        }
+        if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
+            return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");
+        }
+        Ok(())
+    }
+
+    /// `path` resolved against `data_dir` unless absolute.
+    pub fn in_data_dir(&self, path: &std::path::Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.data_dir.join(path) }
+    }
+
+    /// The configuration as TOML (what `kvtier serve --print-config` shows).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// A byte count written with an optional unit: `4096`, `"64KiB"`, `"1.5GiB"`, `"10GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = (&s[..split], s[split..].trim());
+        let value: f64 =
+            num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, \"64MiB\", \"1GiB\")"))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => {
+                return Err(format!("unknown size unit {unit:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
+            }
+        };
+        Ok(ByteSize((value * mult as f64).round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&kvtier_tiers::human_bytes(self.0).replace(' ', ""))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (examples: \"30s\", \"500ms\")")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_embedded_setup() {
+        let c = Config::default();
+        assert_eq!((c.cpu.capacity.0, c.ssd.capacity.0), (1 << 30, 8 << 30));
+        assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert_eq!(c.data_dir, PathBuf::from("./kvtier-data"));
+        c.validate().unwrap();
+        assert_eq!(Config::parse("").unwrap(), c, "an empty file is the default");
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "printed config reads back");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        let c = Config::parse(
+            "max_block_size = \"2MiB\"\n[cpu]\ncapacity = 1073741824\n[ssd]\ncapacity = \"1.5GiB\"\n[server]\nstream_idle_timeout = \"500ms\"\ntransfer_budget = \"10MB\"",
+        )
+        .unwrap();
+        assert_eq!(c.max_block_size.0, 2 << 20);
+        assert_eq!(c.cpu.capacity.0, 1 << 30);
+        assert_eq!(c.ssd.capacity.0, 3 << 29);
+        assert_eq!(c.server.stream_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.server.transfer_budget.0, 10_000_000);
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_are_refused_by_name() {
+        let e = Config::parse("[cpu]\ncapacty = \"1GiB\"").unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("capacty"), "{e}");
+        let e = Config::parse("[ssd]\ncapacity = \"8 parsecs\"").unwrap_err().to_string();
+        assert!(e.contains("unknown size unit") && e.contains("parsecs"), "{e}");
+        let e = Config::parse("[server]\nstream_idle_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        let e = Config::parse("[server]\nchunk_size = 1").unwrap_err().to_string();
+        assert!(e.contains("server.chunk_size"), "{e}");
+    }
+}

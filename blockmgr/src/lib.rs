@@ -1,0 +1,32 @@
+//! kvtier's block manager: one node's tiers behind a batched API, served over gRPC.
+//!
+//! - [`Manager`]: tier policy (moka admission/eviction, demotion, promotion, single-flight
+//!   reads) over a [`kvtier_tiers::CpuTier`] and an optional SSD tier.
+//! - [`server`]: the `kvtier.v1.BlockStore` gRPC service on TCP and a Unix socket, plus
+//!   `/metrics` and `/healthz` over HTTP.
+//! - [`Client`]: the Rust client the CLI, benchmarks and tests use.
+//! - [`Config`]: the `kvtier.toml` file.
+
+/// The Rust client of a kvtier node.
+pub mod client;
+/// `kvtier.toml`.
+pub mod config;
+mod error;
+mod flight;
+/// Where each block lives.
+pub mod index;
+mod manager;
+mod metrics;
+mod policy;
+/// A kvtier node seen as a [`kvtier_tiers::Tier`].
+pub mod remote;
+/// `kvtier serve`.
+pub mod server;
+/// Conversions to and from the wire types.
+pub mod wire;
+
+pub use client::{Client, ClientError, GetItem, PutItem, PutReport};
+pub use config::{ByteSize, Config};
+pub use error::Error;
+pub use manager::{Durability, GetOutcome, Manager, MissReason, PutOutcome, PutWriter, Stats, TierStats};
+pub use metrics::Metrics;

@@ -1,0 +1,221 @@
+//! Moving blocks between tiers: demotion out of memory, eviction from SSD, promotion after
+//! an SSD hit, and persisting memory on shutdown. Every move holds the key's lock from the
+//! first look at the index to the last change of it.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Instant,
+};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use kvtier_tiers::{Block, BlockKey, Error as TierError, PutStatus, TierExt, TierKind};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Budgeted, GetOutcome, Inner, MissReason};
+use crate::index::TierSet;
+
+/// Starts the task that drains the demotion queue, `concurrency` blocks at a time. It
+/// holds the manager weakly and ends when the manager is dropped.
+pub(super) fn spawn_demotion_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BlockKey>, concurrency: usize) {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    tokio::spawn(async move {
+        while let Some(key) = rx.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let Some(inner) = weak.upgrade() else { break };
+            tokio::spawn(async move {
+                inner.demote(&key, false).await;
+                drop(permit);
+                inner.metrics.demotion_queue.dec();
+                inner.background.finish();
+            });
+        }
+    });
+}
+
+/// Memory is full though moka thinks it is not (slab classes competing for regions, or
+/// puts holding reservations): name victims by arena layout and queue their demotion.
+/// Skipped while demotions are already under way, since those will free memory.
+pub(super) fn reclaim_cpu(inner: &Inner, len: u64) {
+    let backlog = inner.metrics.demotion_queue.get() > 0;
+    if backlog || inner.policy.weighted_bytes() >= inner.policy.target_bytes() {
+        return;
+    }
+    for key in kvtier_tiers::Tier::eviction_candidates(&*inner.cpu, len, 4) {
+        inner.policy.forget(&key);
+        inner.metrics.demotion_queue.inc();
+        inner.background.start();
+        let _ = inner.demote_tx.send(key);
+    }
+}
+
+/// Persists every memory-only block to SSD (graceful shutdown).
+pub(super) async fn persist_memory(inner: &Arc<Inner>) -> usize {
+    if inner.ssd.is_none() {
+        return 0;
+    }
+    let keys = inner.index.memory_only();
+    if keys.is_empty() {
+        return 0;
+    }
+    tracing::info!(blocks = keys.len(), "persisting memory-only blocks to SSD before exit");
+    let bar = ProgressBar::new(keys.len() as u64).with_style(
+        ProgressStyle::with_template("persisting {bar:40} {pos}/{len} blocks ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    futures::stream::iter(keys)
+        .for_each_concurrent(8, |key| {
+            let bar = bar.clone();
+            async move {
+                inner.demote(&key, true).await;
+                bar.inc(1);
+            }
+        })
+        .await;
+    bar.finish_and_clear();
+    let done = bar.position() as usize;
+    tracing::info!(blocks = done, elapsed_ms = started.elapsed().as_millis() as u64, "memory persisted");
+    done
+}
+
+impl Inner {
+    /// Moves `key` out of memory: to SSD unless a copy is already there, then frees its
+    /// memory. Unless `force`, a block moka has re-admitted meanwhile stays.
+    pub(super) async fn demote(&self, key: &BlockKey, force: bool) {
+        let _guard = self.locks.lock(key).await;
+        let Some(entry) = self.index.get(key) else {
+            // Deleted while queued; make sure no memory copy lingers.
+            let _ = self.cpu.delete(key).await;
+            return;
+        };
+        if !entry.tiers.has(TierKind::Cpu) || (!force && self.policy.contains(key)) {
+            return;
+        }
+        let mut keep = entry.tiers.without(TierKind::Cpu);
+        if !entry.tiers.has(TierKind::Ssd)
+            && self.ssd.is_some()
+            && let Ok(Some(block)) = self.cpu.get(key).await
+        {
+            match self.write_ssd(block).await {
+                Ok(_) => {
+                    keep = keep.with(TierKind::Ssd);
+                    self.metrics.demotions.with_label_values(&["cpu", "ssd"]).inc();
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "demotion to SSD failed; the block is dropped"),
+            }
+        }
+        let _ = self.cpu.delete(key).await;
+        self.policy.forget(key);
+        self.metrics.evictions.with_label_values(&["cpu"]).inc();
+        if keep.is_empty() {
+            self.metrics.dropped.inc();
+        }
+        self.index.set_tiers(key, keep);
+    }
+
+    /// Writes a block to SSD, evicting the SSD's oldest blocks of the needed size class
+    /// when it is full. The caller holds the block's lock and updates the index.
+    pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, TierError> {
+        let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
+        let len = block.len();
+        let mut evicted = 0;
+        loop {
+            match ssd.put(block.clone()).await {
+                Ok(status) => {
+                    self.metrics.bytes_written.with_label_values(&["ssd"]).inc_by(len);
+                    return Ok(status);
+                }
+                Err(e) if e.is_no_space() && evicted < 64 => {
+                    let n = self.evict_ssd(len).await;
+                    if n == 0 {
+                        return Err(e);
+                    }
+                    evicted += n;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes SSD candidates for a block of `len` bytes whose locks are free now.
+    /// Returns how many were removed.
+    async fn evict_ssd(&self, len: u64) -> usize {
+        let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
+        let mut removed = 0;
+        for victim in ssd.eviction_candidates(len, 8) {
+            // try_lock: never wait for a second key while holding one.
+            let Some(_guard) = self.locks.try_lock(&victim) else { continue };
+            if ssd.delete(&victim).await.unwrap_or(false) {
+                removed += 1;
+                self.metrics.evictions.with_label_values(&["ssd"]).inc();
+                let tiers = self.index.get(&victim).map_or(TierSet::EMPTY, |e| e.tiers.without(TierKind::Ssd));
+                if tiers.is_empty() {
+                    self.metrics.dropped.inc();
+                }
+                self.index.set_tiers(&victim, tiers);
+            }
+        }
+        removed
+    }
+
+    /// One SSD read of `key` (callers coalesce through single flight). A good copy is
+    /// returned and promoted to memory in the background; a bad one is dropped.
+    pub(super) async fn read_ssd(self: Arc<Self>, key: BlockKey) -> GetOutcome {
+        let ssd = self.ssd.clone().expect("indexed on SSD implies an SSD tier");
+        let Some(entry) = self.index.get(&key) else { return GetOutcome::not_found() };
+        let Ok(budget) = self.transfer.clone().acquire_many_owned(entry.len as u32).await else {
+            return GetOutcome::not_found();
+        };
+        let Ok(_slot) = self.read_slots.acquire().await else { return GetOutcome::not_found() };
+        match ssd.get(&key).await {
+            Ok(Some(block)) => {
+                let me = self.clone();
+                let copy = block.clone();
+                self.background.start();
+                tokio::spawn(async move {
+                    me.promote(copy).await;
+                    me.background.finish();
+                });
+                let data = bytes::Bytes::from_owner(Budgeted(block.data, budget));
+                GetOutcome::Hit { block: Block::with_crc32c(key, data, block.crc32c), tier: TierKind::Ssd }
+            }
+            Ok(None) => GetOutcome::not_found(),
+            Err(e @ TierError::ChecksumMismatch { .. }) => {
+                self.metrics.checksum_failures.with_label_values(&["ssd"]).inc();
+                tracing::warn!(error = %e, "dropping a corrupt SSD copy");
+                let _guard = self.locks.lock(&key).await;
+                if let Some(entry) = self.index.get(&key) {
+                    self.index.set_tiers(&key, entry.tiers.without(TierKind::Ssd));
+                }
+                GetOutcome::Miss { reason: MissReason::ChecksumMismatch, message: e.to_string() }
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "SSD read failed");
+                GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() }
+            }
+        }
+    }
+
+    /// Copies an SSD hit into memory, if it is still indexed without a memory copy and
+    /// memory has room. moka may decline it, which sends it straight back out.
+    async fn promote(&self, block: Block) {
+        let _guard = self.locks.lock(&block.key).await;
+        let Some(entry) = self.index.get(&block.key) else { return };
+        if entry.tiers.has(TierKind::Cpu) {
+            return;
+        }
+        match self.cpu.put(block.clone()).await {
+            Ok(PutStatus::Stored) => {
+                self.index.set_tiers(&block.key, entry.tiers.with(TierKind::Cpu));
+                self.policy.admit(block.key.clone(), self.cpu.footprint(block.len()));
+                self.metrics.promotions.with_label_values(&["ssd", "cpu"]).inc();
+                self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(block.len());
+            }
+            // moka applies evictions lazily: let it catch up so later promotions find room.
+            Err(e) if e.is_no_space() => self.policy.run_pending(),
+            _ => {}
+        }
+    }
+}

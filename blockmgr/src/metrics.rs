@@ -1,0 +1,112 @@
+//! Prometheus metrics of one node. Counters are also what `Stats` reports, so `kvtier stat`
+//! and `/metrics` never disagree.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the node exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by operation.
+    pub requests: IntCounterVec,
+    /// Request latency by operation (seconds).
+    pub latency: HistogramVec,
+    /// Blocks put, by result (`stored`, `existed`, `error`).
+    pub puts: IntCounterVec,
+    /// Gets served, by tier.
+    pub hits: IntCounterVec,
+    /// Gets not served, by reason (`not_found`, `checksum_mismatch`, `error`).
+    pub misses: IntCounterVec,
+    /// Block bytes read from each tier.
+    pub bytes_read: IntCounterVec,
+    /// Block bytes written to each tier.
+    pub bytes_written: IntCounterVec,
+    /// Blocks removed from a tier to make room.
+    pub evictions: IntCounterVec,
+    /// Blocks moved to a slower tier (`from`, `to`).
+    pub demotions: IntCounterVec,
+    /// Blocks copied to a faster tier after a hit (`from`, `to`).
+    pub promotions: IntCounterVec,
+    /// Copies that failed their checksum, by tier.
+    pub checksum_failures: IntCounterVec,
+    /// Blocks that left the node entirely to make room or after an error.
+    pub dropped: IntCounter,
+    /// Blocks waiting to be moved out of memory or being moved.
+    pub demotion_queue: IntGauge,
+    /// Keys in the index.
+    pub index_blocks: IntGauge,
+    /// Capacity of each tier (bytes), refreshed on scrape.
+    pub tier_capacity: IntGaugeVec,
+    /// Used bytes of each tier, refreshed on scrape.
+    pub tier_used: IntGaugeVec,
+    /// Blocks in each tier, refreshed on scrape.
+    pub tier_blocks: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("kvtier".into()), None).expect("valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Request latency by operation")
+                .buckets(prometheus::exponential_buckets(25e-6, 2.0, 18).expect("valid buckets")),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        let dropped =
+            IntCounter::new("dropped_blocks_total", "Blocks that left the node to make room or after an error")
+                .expect("valid metric");
+        registry.register(Box::new(dropped.clone())).expect("unique metric");
+        let demotion_queue =
+            IntGauge::new("demotion_queue", "Blocks waiting to move out of memory").expect("valid metric");
+        registry.register(Box::new(demotion_queue.clone())).expect("unique metric");
+        let index_blocks = IntGauge::new("index_blocks", "Blocks in the index").expect("valid metric");
+        registry.register(Box::new(index_blocks.clone())).expect("unique metric");
+        Metrics {
+            requests: counter("requests_total", "Requests by operation", &["op"]),
+            latency,
+            puts: counter("blocks_put_total", "Blocks put, by result", &["result"]),
+            hits: counter("get_hits_total", "Gets served, by tier", &["tier"]),
+            misses: counter("get_misses_total", "Gets not served, by reason", &["reason"]),
+            bytes_read: counter("tier_read_bytes_total", "Block bytes read from a tier", &["tier"]),
+            bytes_written: counter("tier_written_bytes_total", "Block bytes written to a tier", &["tier"]),
+            evictions: counter("evictions_total", "Blocks removed from a tier to make room", &["tier"]),
+            demotions: counter("demotions_total", "Blocks moved to a slower tier", &["from", "to"]),
+            promotions: counter("promotions_total", "Blocks copied to a faster tier after a hit", &["from", "to"]),
+            checksum_failures: counter("checksum_failures_total", "Copies that failed their checksum", &["tier"]),
+            dropped,
+            demotion_queue,
+            index_blocks,
+            tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
+            tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
+            tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}

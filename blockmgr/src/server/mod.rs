@@ -1,0 +1,202 @@
+//! `kvtier serve`: the gRPC service on TCP and a Unix socket, `/metrics` and `/healthz`
+//! over HTTP, and a graceful shutdown that persists memory-only blocks to SSD.
+
+mod service;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use axum::{Router, extract::State, routing::get};
+use kvtier_proto::v1::block_store_server::BlockStoreServer;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
+
+pub use self::service::BlockService;
+use crate::{Config, Error, Manager, Metrics, client::MAX_MESSAGE};
+
+/// A started server: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The gRPC TCP address actually bound (port 0 resolved).
+    pub grpc_addr: SocketAddr,
+    /// The gRPC Unix socket, if enabled.
+    pub unix_socket: Option<PathBuf>,
+    /// The HTTP metrics address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    manager: Manager,
+    config: Config,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl RunningServer {
+    /// Opens the manager and binds every listener. Returns once the server is accepting.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Config(format!("data_dir {}: cannot create it: {e}", config.data_dir.display())))?;
+        let manager = Manager::open(&config, Metrics::new()).await?;
+        let bind_err = |addr: &str| {
+            let addr = addr.to_string();
+            move |source| Error::Bind { addr, source }
+        };
+        let tcp = TcpListener::bind(&config.server.listen).await.map_err(bind_err(&config.server.listen))?;
+        let grpc_addr = tcp.local_addr().map_err(bind_err(&config.server.listen))?;
+        let unix = if config.server.unix_socket.as_os_str().is_empty() {
+            None
+        } else {
+            let path = config.in_data_dir(&config.server.unix_socket);
+            // A socket file left by a killed server; the data dir lock proves none is running.
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(bind_err(&path.display().to_string()))?;
+            Some((path, listener))
+        };
+        let metrics = if config.server.metrics_listen.is_empty() {
+            None
+        } else {
+            let l = TcpListener::bind(&config.server.metrics_listen)
+                .await
+                .map_err(bind_err(&config.server.metrics_listen))?;
+            Some(l)
+        };
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let grpc = || {
+            let service = BlockStoreServer::new(BlockService::new(manager.clone(), config.server.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            tonic::transport::Server::builder()
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(32 << 20)
+                .http2_adaptive_window(Some(false))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(service)
+        };
+        let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
+        let (signal, router) = (wait_for(stopped.clone()), grpc());
+        tasks.push(tokio::spawn(async move {
+            router.serve_with_incoming_shutdown(incoming, signal).await.map_err(|e| format!("grpc tcp: {e}"))
+        }));
+        let unix_socket = unix.map(|(path, listener)| {
+            let signal = wait_for(stopped.clone());
+            let router = grpc();
+            tasks.push(tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                    .await
+                    .map_err(|e| format!("grpc unix: {e}"))
+            }));
+            path
+        });
+        if let Some(listener) = metrics {
+            let app = Router::new()
+                .route("/metrics", get(metrics_text))
+                .route("/healthz", get(|| async { "ok\n" }))
+                .with_state(manager.clone());
+            let signal = wait_for(stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await
+                    .map_err(|e| format!("metrics http: {e}"))
+            }));
+        }
+        tracing::info!(
+            grpc = %grpc_addr,
+            unix = ?unix_socket,
+            metrics = ?metrics_addr,
+            data_dir = %config.data_dir.display(),
+            "kvtier serving"
+        );
+        Ok(RunningServer { grpc_addr, unix_socket, metrics_addr, manager, config, stop, tasks })
+    }
+
+    /// The manager behind the server.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// One JSON line describing where the server listens (printed by `kvtier serve`).
+    pub fn ready_line(&self) -> String {
+        serde_json::json!({
+            "event": "ready",
+            "version": env!("CARGO_PKG_VERSION"),
+            "grpc": self.grpc_addr.to_string(),
+            "unix": self.unix_socket.as_ref().map(|p| format!("unix://{}", p.display())),
+            "metrics": self.metrics_addr.map(|a| a.to_string()),
+        })
+        .to_string()
+    }
+
+    /// Stops accepting, waits for requests in flight, persists memory-only blocks to SSD
+    /// (if configured), all within `server.shutdown_timeout`.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let RunningServer { manager, config, stop, tasks, unix_socket, .. } = self;
+        let _ = stop.send(true);
+        let drain = async {
+            for t in tasks {
+                match t.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+                    Err(e) => tracing::warn!(error = %e, "listener task failed"),
+                }
+            }
+            manager.settle().await;
+            if config.server.persist_on_shutdown {
+                manager.persist_memory().await;
+            }
+        };
+        if tokio::time::timeout(config.server.shutdown_timeout, drain).await.is_err() {
+            tracing::warn!(timeout = ?config.server.shutdown_timeout, "shutdown timed out; exiting with work unfinished");
+        }
+        if let Some(path) = unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("kvtier stopped");
+        Ok(())
+    }
+
+    /// Waits until a listener fails (returning its error) or `signal` completes, then shuts
+    /// down gracefully.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let failed = futures::future::select_all(self.tasks.iter_mut());
+        let (outcome, finished) = tokio::select! {
+            _ = signal => (Ok(()), None),
+            (res, i, _) = failed => (Err(Error::Server(match res {
+                Ok(Ok(())) => "a listener stopped unexpectedly".into(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            })), Some(i)),
+        };
+        if let Some(i) = finished {
+            self.tasks.remove(i);
+        }
+        self.shutdown().await?;
+        outcome
+    }
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|&s| s).await;
+}
+
+async fn metrics_text(State(manager): State<Manager>) -> String {
+    manager.refresh_gauges().await;
+    manager.metrics().encode()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,91 @@
+//! Conversions between kvtier's types and the `kvtier.v1` wire types, in one place for the
+//! server and the client alike.
+
+use kvtier_proto::v1;
+use kvtier_tiers::{Error as TierError, TierKind};
+use tonic::{Code, Status};
+
+use crate::{Durability, MissReason};
+
+/// The wire enum of a tier.
+pub fn tier_to_wire(kind: TierKind) -> v1::Tier {
+    match kind {
+        TierKind::Gpu => v1::Tier::Gpu,
+        TierKind::Cpu | TierKind::Memory => v1::Tier::Cpu,
+        TierKind::Ssd => v1::Tier::Ssd,
+        TierKind::Blob => v1::Tier::Blob,
+        TierKind::Remote => v1::Tier::Unspecified,
+    }
+}
+
+/// The tier a wire enum value names (`None` for unspecified or unknown values).
+pub fn tier_from_wire(value: i32) -> Option<TierKind> {
+    match v1::Tier::try_from(value).ok()? {
+        v1::Tier::Gpu => Some(TierKind::Gpu),
+        v1::Tier::Cpu => Some(TierKind::Cpu),
+        v1::Tier::Ssd => Some(TierKind::Ssd),
+        v1::Tier::Blob => Some(TierKind::Blob),
+        v1::Tier::Unspecified => None,
+    }
+}
+
+/// Wire durability to ours; unknown values are an error naming the value.
+pub fn durability_from_wire(value: i32) -> Result<Durability, Status> {
+    match v1::Durability::try_from(value) {
+        Ok(v1::Durability::Cache) => Ok(Durability::Cache),
+        Ok(v1::Durability::LocalDisk) => Ok(Durability::LocalDisk),
+        Err(_) => Err(Status::invalid_argument(format!("unknown durability {value}"))),
+    }
+}
+
+/// Our durability on the wire.
+pub fn durability_to_wire(d: Durability) -> v1::Durability {
+    match d {
+        Durability::Cache => v1::Durability::Cache,
+        Durability::LocalDisk => v1::Durability::LocalDisk,
+    }
+}
+
+/// Miss reason on the wire.
+pub fn miss_to_wire(reason: MissReason) -> v1::MissReason {
+    match reason {
+        MissReason::NotFound => v1::MissReason::NotFound,
+        MissReason::ChecksumMismatch => v1::MissReason::ChecksumMismatch,
+        MissReason::Error => v1::MissReason::Error,
+    }
+}
+
+/// Miss reason from the wire (unknown values read as errors).
+pub fn miss_from_wire(value: i32) -> MissReason {
+    match v1::MissReason::try_from(value) {
+        Ok(v1::MissReason::NotFound) => MissReason::NotFound,
+        Ok(v1::MissReason::ChecksumMismatch) => MissReason::ChecksumMismatch,
+        _ => MissReason::Error,
+    }
+}
+
+/// The gRPC code for a tier error.
+pub fn code_of(e: &TierError) -> Code {
+    match e {
+        TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => Code::InvalidArgument,
+        TierError::NoSpace { .. } => Code::ResourceExhausted,
+        TierError::ChecksumMismatch { .. } => Code::DataLoss,
+        TierError::Config { .. } => Code::FailedPrecondition,
+        TierError::Unsupported { .. } => Code::FailedPrecondition,
+        TierError::Closed { .. } => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// A tier error as a gRPC status carrying its message.
+pub fn status_of(e: &TierError) -> Status {
+    Status::new(code_of(e), e.to_string())
+}
+
+/// A per-block status on the wire.
+pub fn block_status(result: Result<(), &TierError>) -> v1::BlockStatus {
+    match result {
+        Ok(()) => v1::BlockStatus { code: Code::Ok as u32, message: String::new() },
+        Err(e) => v1::BlockStatus { code: code_of(e) as u32, message: e.to_string() },
+    }
+}
