@@ -69,6 +69,7 @@ pub fn code_of(e: &TierError) -> Code {
     match e {
         TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => Code::InvalidArgument,
         TierError::NoSpace { .. } => Code::ResourceExhausted,
+        TierError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */) => Code::ResourceExhausted,
         TierError::ChecksumMismatch { .. } => Code::DataLoss,
         TierError::Config { .. } => Code::FailedPrecondition,
         TierError::Unsupported { .. } => Code::FailedPrecondition,

@@ -86,6 +86,10 @@ fn too_many(n: usize, max: usize) -> Status {
     ))
 }
 
+fn overrun(index: usize) -> Status {
+    Status::invalid_argument(format!("block {index}: more data than its declared length"))
+}
+
 /// A block of a put stream whose bytes are still arriving.
 enum Incoming {
     /// Being stored.
@@ -178,9 +182,7 @@ impl BlockStore for BlockService {
                     None => return Err(Status::invalid_argument("data before any block header (send `block` first)")),
                     Some(Incoming::Skipping(i, remaining)) => {
                         if data.len() as u64 > *remaining {
-                            return Err(Status::invalid_argument(format!(
-                                "block {i}: more data than its declared length"
-                            )));
+                            return Err(overrun(*i));
                         }
                         *remaining -= data.len() as u64;
                         if *remaining == 0 {
@@ -189,6 +191,9 @@ impl BlockStore for BlockService {
                     }
                     Some(Incoming::Writing(i, w)) => {
                         let i = *i;
+                        if w.written() + data.len() as u64 > w.len() {
+                            return Err(overrun(i));
+                        }
                         w.write(&data).map_err(|e| Status::invalid_argument(format!("block {i}: {e}")))?;
                         if w.is_complete() {
                             let Some(Incoming::Writing(_, w)) = current.take() else { unreachable!() };

@@ -1,0 +1,127 @@
+//! The `kvtier` command line as a user runs it: put/get/lookup/delete/stat against a real
+//! node, exit codes and messages, `serve --print-config`, and `demo`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{BIN, Node};
+
+fn kvtier(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("running kvtier")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn put_get_lookup_delete_stat_from_the_command_line() {
+    let node = Node::start();
+    let server = node.addrs.grpc.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("block.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&input, &bytes).unwrap();
+
+    let out =
+        kvtier(&["put", "--server", server, "--namespace", "cli/test", "--key", "00ff10", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("stored 300000 bytes -> cpu"), "{}", text(&out.stderr));
+
+    let output = dir.path().join("out.bin");
+    let out = kvtier(&[
+        "get",
+        "--server",
+        server,
+        "--namespace",
+        "cli/test",
+        "--key",
+        "00ff10",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&output).unwrap(), bytes);
+    let out = kvtier(&["get", "--server", server, "--namespace", "cli/test", "--key", "00ff10"]);
+    assert_eq!(out.stdout, bytes, "without -o the block goes to stdout");
+
+    // Over the unix socket, from stdin.
+    let unix = node.addrs.unix.as_deref().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["put", "--server", unix, "--namespace", "cli/test", "--key", "aa", "--durability", "disk"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"from stdin").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success() && text(&out.stderr).contains("-> "), "{}", text(&out.stderr));
+
+    let out = kvtier(&[
+        "lookup",
+        "--server",
+        server,
+        "--namespace",
+        "cli/test",
+        "--key",
+        "00ff10",
+        "--key",
+        "aa",
+        "--key",
+        "bb",
+    ]);
+    assert_eq!(text(&out.stdout), "prefix 2 of 3\n00ff10 cpu\naa cpu\n");
+
+    let out = kvtier(&["stat", "--server", server, "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stat --json prints JSON");
+    assert_eq!(stats["tiers"][0]["tier"], "cpu");
+    assert_eq!(stats["index_blocks"], 2);
+    let table = text(&kvtier(&["stat", "--server", server]).stdout);
+    assert!(table.contains("cpu(8 MiB)") && table.contains("ssd("), "{table}");
+
+    let out = kvtier(&["delete", "--server", server, "--namespace", "cli/test", "--key", "aa", "--key", "bb"]);
+    assert_eq!(text(&out.stdout), "aa deleted\nbb absent\n");
+}
+
+#[test]
+fn a_miss_exits_1_and_errors_are_clear() {
+    let node = Node::start();
+    let server = node.addrs.grpc.as_str();
+    let out = kvtier(&["get", "--server", server, "--namespace", "cli/test", "--key", "0badc0de"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("miss: cli/test/0badc0de"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+
+    let out = kvtier(&["get", "--server", server, "--namespace", "cli/test", "--key", "xyz"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not hex"), "{}", text(&out.stderr));
+
+    let out = kvtier(&["put", "--server", server, "--namespace", "", "--key", "01", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("namespace"), "{}", text(&out.stderr));
+
+    let out = kvtier(&["stat", "--server", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot connect to 127.0.0.1:1"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn serve_prints_its_effective_config() {
+    let out = kvtier(&["serve", "--print-config", "--listen", "0.0.0.0:6000"]);
+    assert!(out.status.success());
+    let printed = text(&out.stdout);
+    let config = kvtier_blockmgr::Config::parse(&printed).expect("printed config parses");
+    assert_eq!(config.server.listen, "0.0.0.0:6000");
+    assert_eq!(config.cpu.capacity.0, 1 << 30, "the embedded default: CPU 1 GiB");
+    assert_eq!(config.ssd.capacity.0, 8 << 30, "the embedded default: SSD 8 GiB");
+}
+
+#[test]
+fn the_readme_demo_runs() {
+    let out = kvtier(&["demo"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("all 96 byte-exact"), "{stdout}");
+    assert!(stdout.contains("on SSD)") && stdout.contains("demotions"), "{stdout}");
+}

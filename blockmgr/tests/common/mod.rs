@@ -1,0 +1,205 @@
+//! A real `kvtier serve` process for integration tests: its own temp data dir and config,
+//! ports chosen by the OS, readiness read from the JSON line it prints, `kill -9` and
+//! SIGTERM by pid.
+
+#![allow(dead_code, unreachable_pub, clippy::allow_attributes)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use kvtier_blockmgr::Client;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
+pub const MIB: u64 = 1 << 20;
+
+/// Where a started node listens.
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    pub grpc: String,
+    pub unix: Option<String>,
+    pub metrics: Option<String>,
+}
+
+/// A running `kvtier serve`.
+pub struct Node {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub addrs: Addrs,
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+/// A small node: 8 MiB of memory (1 MiB regions), 32 MiB of SSD, blocks up to 1 MiB,
+/// plus `extra` TOML lines (top-level keys must come before any table).
+pub fn small_config(dir: &Path, extra_top: &str, extra_tables: &str) -> String {
+    format!(
+        r#"data_dir = "{dir}"
+max_block_size = "1MiB"
+{extra_top}
+
+[server]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+stream_idle_timeout = "2s"
+shutdown_timeout = "20s"
+max_batch_keys = 512
+
+[cpu]
+capacity = "8MiB"
+region_size = "1MiB"
+
+[ssd]
+capacity = "32MiB"
+region_size = "2112KiB"
+
+{extra_tables}
+"#,
+        dir = dir.display()
+    )
+}
+
+impl Node {
+    /// Starts a node on `small_config`.
+    pub fn start() -> Node {
+        Self::start_with("", "")
+    }
+
+    /// Starts a node on `small_config` with extra TOML.
+    pub fn start_with(extra_top: &str, extra_tables: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("kvtier.toml");
+        std::fs::write(&config_path, small_config(&dir.path().join("data"), extra_top, extra_tables)).unwrap();
+        let (child, addrs, stderr_path) = spawn(&config_path, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        Node { dir, config_path, addrs, child, stderr_path }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addrs.grpc).await.expect("connect over TCP")
+    }
+
+    pub async fn unix_client(&self) -> Client {
+        Client::connect(self.addrs.unix.as_ref().expect("unix socket")).await.expect("connect over the unix socket")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; returns the exit status once the process has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
+    /// Starts the process again on the same config and data dir (after kill9/terminate).
+    pub fn restart(&mut self) {
+        let (child, addrs, stderr_path) =
+            spawn(&self.config_path, self.dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        self.child = child;
+        self.addrs = addrs;
+        self.stderr_path = stderr_path;
+    }
+
+    /// Everything the process logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A plain HTTP GET on the metrics port; returns the body.
+    pub fn http_get(&self, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(self.addrs.metrics.as_ref().expect("metrics port")).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `kvtier serve --config` (optionally wrapped by `prefix`, e.g. `unshare`), waits
+/// for its ready line. On failure returns what it printed.
+pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs, PathBuf), String> {
+    let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let stderr_path = dir.join(format!("kvtier-{n}.stderr"));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("spawning {BIN}: {e}"))?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("\"event\":\"ready\"") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let s = |k: &str| v[k].as_str().map(String::from);
+            Ok((child, Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics") }, stderr_path))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            Err(format!(
+                "kvtier serve did not become ready ({status}); it logged:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// Deterministic bytes for block `i`.
+pub fn data(i: u64, len: usize) -> bytes::Bytes {
+    kvtier_tiers::conformance::pattern(i, len)
+}
+
+pub fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
