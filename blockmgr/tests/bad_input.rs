@@ -330,7 +330,7 @@ fn full_disk_at_startup_is_a_clear_error() {
         &["unshare", "-rm"]
     };
     let prefix: Vec<&str> = unshare.iter().copied().chain(["sh", "-c", &script]).collect();
-    let err = common::spawn(&config, dir.path(), &prefix).err().expect("the node must not start on a full disk");
+    let err = common::spawn(&config, dir.path(), &prefix).expect_err("the node must not start on a full disk");
     assert!(err.contains("No space left on device") && err.contains("slots.kvt"), "{err}");
     assert!(err.contains("preallocate"), "names the operation: {err}");
 }
@@ -342,7 +342,7 @@ fn unwritable_data_dir_is_a_clear_error() {
     std::fs::write(&blocker, b"not a directory").unwrap();
     let config = dir.path().join("kvtier.toml");
     std::fs::write(&config, common::small_config(&blocker.join("data"), "", "")).unwrap();
-    let err = common::spawn(&config, dir.path(), &[]).err().expect("the node must not start");
+    let err = common::spawn(&config, dir.path(), &[]).expect_err("the node must not start");
     assert!(err.contains("a-file") && (err.contains("Not a directory") || err.contains("cannot create")), "{err}");
 }
 
@@ -354,7 +354,7 @@ async fn corrupted_superblock_is_a_clear_startup_error() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[16] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let err = common::spawn(&node.config_path, node.dir.path(), &[]).err().expect("must refuse a corrupt slot file");
+    let err = common::spawn(&node.config_path, node.dir.path(), &[]).expect_err("must refuse a corrupt slot file");
     assert!(err.contains("superblock checksum mismatch") && err.contains("slots.kvt"), "{err}");
 }
 
@@ -363,6 +363,6 @@ fn unknown_config_key_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kvtier.toml");
     std::fs::write(&config, common::small_config(&dir.path().join("data"), "", "[cpu2]\ncapacity = 1")).unwrap();
-    let err = common::spawn(&config, dir.path(), &[]).err().expect("must refuse the config");
+    let err = common::spawn(&config, dir.path(), &[]).expect_err("must refuse the config");
     assert!(err.contains("unknown field") && err.contains("cpu2") && err.contains("kvtier.toml"), "{err}");
 }
