@@ -30,8 +30,11 @@ use crate::{
 
 /// Largest gRPC message either side accepts (a data chunk plus framing).
 pub const MAX_MESSAGE: usize = 16 << 20;
-/// Default size of the data chunks a client sends.
-pub const DEFAULT_CHUNK: usize = 1 << 20;
+/// Largest HTTP/2 frame either side accepts: block data then crosses in a few frames
+/// instead of one per 16 KiB (h2's default), which costs most of the throughput.
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Default size of the data chunks a client sends: blocks up to 4 MiB go as one message.
+pub const DEFAULT_CHUNK: usize = 4 << 20;
 
 /// What went wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_adaptive_window(false)
+            .max_frame_size(MAX_FRAME)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.into(), source })?;
@@ -136,7 +140,7 @@ impl Client {
         Ok(Client { rpc, chunk: DEFAULT_CHUNK })
     }
 
-    /// Size of the data chunks this client sends. Default 1 MiB.
+    /// Size of the data chunks this client sends. Default 4 MiB.
     pub fn with_chunk_size(mut self, bytes: usize) -> Self {
         self.chunk = bytes.max(1);
         self

@@ -61,7 +61,8 @@ pub struct ServerConfig {
     /// A put stream that sends nothing for this long is abandoned. Default 30s.
     #[serde(with = "humantime_serde")]
     pub stream_idle_timeout: Duration,
-    /// Size of the data chunks a get streams back. Default 1 MiB.
+    /// Size of the data chunks a get streams back. Blocks up to this size travel as one
+    /// message, which the client takes without copying. Default 4 MiB.
     pub chunk_size: ByteSize,
     /// On SIGTERM, move blocks that are only in memory to SSD before exiting, so a restart
     /// finds a warm cache. Default true.
@@ -80,7 +81,7 @@ impl Default for ServerConfig {
             max_batch_keys: 4096,
             transfer_budget: ByteSize(256 << 20),
             stream_idle_timeout: Duration::from_secs(30),
-            chunk_size: ByteSize(1 << 20),
+            chunk_size: ByteSize(4 << 20),
             persist_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -97,6 +98,9 @@ pub struct CpuConfig {
     pub region_size: ByteSize,
     /// Lock the arena into RAM. Default false.
     pub mlock: bool,
+    /// Touch every page of the arena at startup: no page faults under load, and a memory
+    /// limit too small for the arena fails at startup. Default true.
+    pub prefault: bool,
     /// Blocks moved to SSD at once when memory is full. Default 8.
     pub demotion_concurrency: usize,
 }
@@ -107,6 +111,7 @@ impl Default for CpuConfig {
             capacity: ByteSize(1 << 30),
             region_size: ByteSize(64 << 20),
             mlock: false,
+            prefault: true,
             demotion_concurrency: 8,
         }
     }

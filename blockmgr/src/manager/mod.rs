@@ -200,6 +200,7 @@ impl Manager {
             .with_region_size(config.cpu.region_size.0)
             .with_max_block_size(config.max_block_size.0)
             .with_mlock(config.cpu.mlock)
+            .with_prefault(config.cpu.prefault)
             .build()?;
         let ssd: Option<Arc<dyn Tier>> = if config.ssd.enabled {
             let tier = SsdTierBuilder::new(config.in_data_dir(&config.ssd.dir), config.ssd.capacity.0)

@@ -16,7 +16,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
 pub use self::service::BlockService;
-use crate::{Config, Error, Manager, Metrics, client::MAX_MESSAGE};
+use crate::{
+    Config, Error, Manager, Metrics,
+    client::{MAX_FRAME, MAX_MESSAGE},
+};
 
 /// A started server: where it listens, and how to stop it.
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl RunningServer {
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .http2_adaptive_window(Some(false))
+                .max_frame_size(Some(MAX_FRAME))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(service)
         };

@@ -1,0 +1,78 @@
+//! `kvtier-bench`: kvtier's benchmarks. Every result is printed next to a baseline measured
+//! in the same run (memcpy, raw O_DIRECT, raw TCP) with the ratio; `--json` prints one
+//! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
+
+mod report;
+mod server;
+mod tiers;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "kvtier-bench", version, about = "kvtier benchmarks, each against its baseline in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// One JSON object per result line.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Small working sets (a smoke run, seconds long).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Directory for scratch files (its disk is the one measured). Default: the system temp dir.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// CPU tier vs memcpy, SSD tier vs raw O_DIRECT, for 2 MiB and 256 KiB blocks.
+    Tiers {
+        /// Block sizes in KiB.
+        #[arg(long, value_delimiter = ',', default_values_t = [2048usize, 256])]
+        sizes_kib: Vec<usize>,
+        /// Bytes per size and tier, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        working_set_mib: usize,
+        /// Operations in flight for the SSD phases.
+        #[arg(long, default_value_t = 8)]
+        qd: usize,
+    },
+    /// gRPC put/get through a node on loopback vs raw TCP with the same bytes.
+    Server {
+        /// Block size in KiB.
+        #[arg(long, default_value_t = 2048)]
+        size_kib: usize,
+        /// Blocks per phase.
+        #[arg(long, default_value_t = 512)]
+        count: usize,
+        /// Concurrency levels to run.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+        concurrency: Vec<usize>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let scratch = tempfile::tempdir_in(cli.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let mut out = report::Reporter::new(cli.json);
+    match cli.command {
+        Command::Tiers { sizes_kib, working_set_mib, qd } => {
+            let args = tiers::Args {
+                sizes: sizes_kib.iter().map(|k| k << 10).collect(),
+                working_set: if cli.quick { 32 << 20 } else { working_set_mib << 20 },
+                qd,
+                rounds: if cli.quick { 1 } else { 3 },
+            };
+            tiers::run(&args, scratch.path(), &mut out).await
+        }
+        Command::Server { size_kib, count, concurrency } => {
+            let args = server::Args { size: size_kib << 10, count: if cli.quick { 32 } else { count }, concurrency };
+            server::run(&args, scratch.path(), &mut out).await
+        }
+    }
+}

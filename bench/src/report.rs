@@ -1,0 +1,82 @@
+//! How results are printed: one JSON object per line with `--json`, a table otherwise.
+//! Every result carries its baseline, measured in the same run, and the ratio.
+
+use serde::Serialize;
+
+/// One measurement next to its baseline.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Result {
+    /// What was measured, e.g. `cpu_put_2MiB`.
+    pub(crate) bench: String,
+    /// Our number.
+    pub(crate) value: f64,
+    /// The baseline's number, same unit, same run.
+    pub(crate) baseline: f64,
+    /// Speed relative to the baseline (higher is better): value/baseline for throughput,
+    /// baseline/value for latency.
+    pub(crate) ratio: f64,
+    /// Unit of `value` and `baseline`.
+    pub(crate) unit: &'static str,
+    /// What the baseline is.
+    pub(crate) baseline_name: &'static str,
+}
+
+impl Result {
+    /// A throughput result (higher is better).
+    pub(crate) fn throughput(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
+        Result { bench, value, baseline, ratio: value / baseline, unit: "MiB/s", baseline_name }
+    }
+
+    /// A latency result in microseconds (lower is better).
+    pub(crate) fn latency(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
+        Result { bench, value, baseline, ratio: baseline / value, unit: "us", baseline_name }
+    }
+}
+
+/// Collects results and prints each as it comes.
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    json: bool,
+    printed_header: bool,
+}
+
+impl Reporter {
+    pub(crate) fn new(json: bool) -> Self {
+        Reporter { json, printed_header: false }
+    }
+
+    pub(crate) fn emit(&mut self, r: Result) {
+        if self.json {
+            println!("{}", serde_json::to_string(&r).expect("serializable"));
+            return;
+        }
+        if !self.printed_header {
+            println!("{:<28} {:>12} {:>12} {:>7}  baseline", "bench", "value", "baseline", "ratio");
+            self.printed_header = true;
+        }
+        println!(
+            "{:<28} {:>12} {:>12} {:>6.2}x  {}",
+            r.bench,
+            format!("{:.1} {}", r.value, r.unit),
+            format!("{:.1} {}", r.baseline, r.unit),
+            r.ratio,
+            r.baseline_name
+        );
+    }
+}
+
+/// A progress bar on stderr for one phase.
+pub(crate) fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template("{prefix:>24} {bar:30} {pos}/{len} ({per_sec})")
+        .expect("valid template");
+    indicatif::ProgressBar::new(len).with_style(style).with_prefix(what.to_string())
+}
+
+/// `2MiB`, `256KiB` for bench names.
+pub(crate) fn size_name(bytes: usize) -> String {
+    kvtier_tiers::human_bytes(bytes as u64).replace(' ', "")
+}
+
+pub(crate) fn mib_per_s(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}

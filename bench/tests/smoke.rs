@@ -1,0 +1,41 @@
+//! The benchmarks run (on tiny working sets) and print one well-formed JSON result per line,
+//! each with its baseline and ratio. Speed itself is not asserted: that is what the
+//! benchmarks are for.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvtier-bench")).args(args).output().expect("running kvtier-bench");
+    assert!(out.status.success(), "kvtier-bench {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn check(results: &[serde_json::Value], expected: &[&str]) {
+    let names: Vec<&str> = results.iter().map(|r| r["bench"].as_str().unwrap()).collect();
+    for e in expected {
+        assert!(names.contains(e), "missing {e} in {names:?}");
+    }
+    for r in results {
+        for field in ["value", "baseline", "ratio"] {
+            let v = r[field].as_f64().unwrap_or_else(|| panic!("{r}: no numeric {field}"));
+            assert!(v.is_finite() && v > 0.0, "{r}: {field} = {v}");
+        }
+        assert!(r["baseline_name"].is_string() && r["unit"].is_string(), "{r}");
+    }
+}
+
+#[test]
+fn tiers_bench_prints_ratios() {
+    let results = run(&["tiers", "--quick", "--json", "--sizes-kib", "256"]);
+    check(&results, &["cpu_put_256KiB", "cpu_get_256KiB", "ssd_put_256KiB", "ssd_get_256KiB"]);
+}
+
+#[test]
+fn server_bench_prints_ratios() {
+    let results = run(&["server", "--quick", "--json", "--size-kib", "256", "--concurrency", "2"]);
+    check(&results, &["grpc_put_256KiB_qd2", "grpc_get_256KiB_qd2", "grpc_put_256KiB_qd2_p99"]);
+}
