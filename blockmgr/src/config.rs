@@ -317,6 +317,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_documents_exactly_the_defaults() {
+        let mut example = Config::parse(include_str!("../../deploy/kvtier.toml")).expect("deploy/kvtier.toml parses");
+        assert_eq!(example.data_dir, PathBuf::from("/var/lib/kvtier"));
+        example.data_dir = Config::default().data_dir;
+        assert_eq!(example, Config::default(), "deploy/kvtier.toml lists every default; update it with the code");
+    }
+
+    #[test]
     fn sizes_and_durations_parse_with_units() {
         let c = Config::parse(
             "max_block_size = \"2MiB\"\n[cpu]\ncapacity = 1073741824\n[ssd]\ncapacity = \"1.5GiB\"\n[server]\nstream_idle_timeout = \"500ms\"\ntransfer_budget = \"10MB\"",

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole kvtier test suite, as CI runs it (.ci/run calls this script).
+#
+# Works on a fresh machine with the Rust toolchain: it installs what the tests need and
+# runs formatting and lint checks, every unit, integration, CLI and benchmark-smoke test,
+# and the doc tests. Tests start real `kvtier` processes, kill -9 them, corrupt their
+# files and fill a disk (a private tmpfs in a mount namespace, via `unshare`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+missing=()
+for tool in unshare mount; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+    # util-linux provides both; present on Debian, installed here when absent.
+    apt-get update -qq && apt-get install -y -qq util-linux >/dev/null
+fi
+cargo --version
+if cargo nextest --version >/dev/null 2>&1; then
+    runner=(cargo nextest run --workspace --locked --no-fail-fast)
+else
+    echo "cargo-nextest not installed; using cargo test"
+    runner=(cargo test --workspace --locked --no-fail-fast)
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "lint (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+"${runner[@]}"
+
+step "doc tests"
+cargo test --workspace --locked --doc
+
+step "all tests passed"
