@@ -24,8 +24,8 @@ use kvtier_tiers::TierKind;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    Durability, MissReason, Stats, TierStats,
-    wire::{durability_to_wire, miss_from_wire, tier_from_wire},
+    Durability, MissReason, Stats,
+    wire::{durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},
 };
 
 /// Largest gRPC message either side accepts (a data chunk plus framing).
@@ -258,34 +258,7 @@ impl Client {
     /// Usage and counters of the node.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         let s = self.rpc.clone().stats(v1::StatsRequest {}).await?.into_inner();
-        Ok(Stats {
-            version: s.version,
-            uptime_seconds: s.uptime_seconds,
-            tiers: s
-                .tiers
-                .into_iter()
-                .map(|t| TierStats {
-                    tier: tier_from_wire(t.tier).unwrap_or(TierKind::Remote),
-                    name: t.name,
-                    capacity_bytes: t.capacity_bytes,
-                    used_bytes: t.used_bytes,
-                    blocks: t.blocks,
-                    hits: t.hits,
-                    bytes_read: t.bytes_read,
-                    bytes_written: t.bytes_written,
-                    evictions: t.evictions,
-                })
-                .collect(),
-            index_blocks: s.index_blocks,
-            puts: s.puts,
-            gets: s.gets,
-            hits: s.hits,
-            misses: s.misses,
-            demotions: s.demotions,
-            promotions: s.promotions,
-            checksum_failures: s.checksum_failures,
-            dropped: s.dropped,
-        })
+        stats_from_wire(s).map_err(ClientError::Protocol)
     }
 
     /// Whether the node is serving, and its version.

@@ -5,7 +5,7 @@ use kvtier_proto::v1;
 use kvtier_tiers::{Error as TierError, TierKind};
 use tonic::{Code, Status};
 
-use crate::{Durability, MissReason};
+use crate::{Durability, MissReason, Stats, TierStats};
 
 /// The wire enum of a tier.
 pub fn tier_to_wire(kind: TierKind) -> v1::Tier {
@@ -89,4 +89,72 @@ pub fn block_status(result: Result<(), &TierError>) -> v1::BlockStatus {
         Ok(()) => v1::BlockStatus { code: Code::Ok as u32, message: String::new() },
         Err(e) => v1::BlockStatus { code: code_of(e) as u32, message: e.to_string() },
     }
+}
+
+/// Node stats on the wire.
+pub fn stats_to_wire(s: Stats) -> v1::StatsResponse {
+    let tiers = s
+        .tiers
+        .into_iter()
+        .map(|t| v1::TierStats {
+            tier: tier_to_wire(t.tier) as i32,
+            name: t.name,
+            capacity_bytes: t.capacity_bytes,
+            used_bytes: t.used_bytes,
+            blocks: t.blocks,
+            hits: t.hits,
+            bytes_read: t.bytes_read,
+            bytes_written: t.bytes_written,
+            evictions: t.evictions,
+        })
+        .collect();
+    v1::StatsResponse {
+        version: s.version,
+        uptime_seconds: s.uptime_seconds,
+        tiers,
+        index_blocks: s.index_blocks,
+        puts: s.puts,
+        gets: s.gets,
+        hits: s.hits,
+        misses: s.misses,
+        demotions: s.demotions,
+        promotions: s.promotions,
+        checksum_failures: s.checksum_failures,
+        dropped: s.dropped,
+    }
+}
+
+/// Node stats from the wire; `Err` names an unknown tier value.
+pub fn stats_from_wire(s: v1::StatsResponse) -> Result<Stats, String> {
+    let tiers = s
+        .tiers
+        .into_iter()
+        .map(|t| {
+            Ok(TierStats {
+                tier: tier_from_wire(t.tier).ok_or_else(|| format!("unknown tier {} in stats", t.tier))?,
+                name: t.name,
+                capacity_bytes: t.capacity_bytes,
+                used_bytes: t.used_bytes,
+                blocks: t.blocks,
+                hits: t.hits,
+                bytes_read: t.bytes_read,
+                bytes_written: t.bytes_written,
+                evictions: t.evictions,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Stats {
+        version: s.version,
+        uptime_seconds: s.uptime_seconds,
+        tiers,
+        index_blocks: s.index_blocks,
+        puts: s.puts,
+        gets: s.gets,
+        hits: s.hits,
+        misses: s.misses,
+        demotions: s.demotions,
+        promotions: s.promotions,
+        checksum_failures: s.checksum_failures,
+        dropped: s.dropped,
+    })
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Durability, GetOutcome, Manager, PutOutcome, PutWriter,
     config::ServerConfig,
-    wire::{block_status, durability_from_wire, miss_to_wire, status_of, tier_to_wire},
+    wire::{block_status, durability_from_wire, miss_to_wire, stats_to_wire, status_of, tier_to_wire},
 };
 
 /// Blocks a get fetches ahead of the one being streamed.
@@ -305,37 +305,9 @@ impl BlockStore for BlockService {
 
     async fn stats(&self, _request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         let started = self.begin("stats");
-        let s = self.manager.stats().await;
-        let tiers = s
-            .tiers
-            .iter()
-            .map(|t| v1::TierStats {
-                tier: tier_to_wire(t.tier) as i32,
-                name: t.name.clone(),
-                capacity_bytes: t.capacity_bytes,
-                used_bytes: t.used_bytes,
-                blocks: t.blocks,
-                hits: t.hits,
-                bytes_read: t.bytes_read,
-                bytes_written: t.bytes_written,
-                evictions: t.evictions,
-            })
-            .collect();
+        let stats = stats_to_wire(self.manager.stats().await);
         self.end("stats", started);
-        Ok(Response::new(v1::StatsResponse {
-            version: s.version,
-            uptime_seconds: s.uptime_seconds,
-            tiers,
-            index_blocks: s.index_blocks,
-            puts: s.puts,
-            gets: s.gets,
-            hits: s.hits,
-            misses: s.misses,
-            demotions: s.demotions,
-            promotions: s.promotions,
-            checksum_failures: s.checksum_failures,
-            dropped: s.dropped,
-        }))
+        Ok(Response::new(stats))
     }
 
     async fn health(&self, _request: Request<v1::HealthRequest>) -> Result<Response<v1::HealthResponse>, Status> {

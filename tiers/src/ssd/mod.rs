@@ -427,8 +427,9 @@ impl SsdTier {
             used: self.alloc.usage().0,
             required: len,
         })?;
-        // Frees the slot if anything below fails or the future is dropped.
-        let mut guard = FreeOnDrop { alloc: &self.alloc, addr: Some(al.addr) };
+        // Frees the slot if anything below fails or the future is dropped before the data
+        // write is submitted.
+        let mut guard = FreeOnDrop { alloc: &self.alloc, addr: Some(al.addr), in_flight: false };
         self.ensure_region_header(al).await?;
         let info = SlotInfo {
             addr: al.addr,
@@ -449,7 +450,10 @@ impl SsdTier {
         };
         let offset = self.file_offset(al.addr);
         let data = self.write_data(&header, &block.data);
-        self.io.write(offset, data).await.map_err(|e| self.io_error("pwrite", offset, e))?;
+        guard.in_flight = true;
+        let written = self.io.write(offset, data).await;
+        guard.in_flight = false;
+        written.map_err(|e| self.io_error("pwrite", offset, e))?;
         guard.addr = None;
         match self.map.entry(block.key.clone()) {
             Entry::Occupied(_) => {
@@ -525,15 +529,25 @@ impl SsdTier {
 }
 
 /// Returns a slot to the allocator unless disarmed (by clearing `addr`).
+///
+/// If the future is dropped while the data write is in flight, the write still completes on
+/// the blocking pool, so freeing the slot could let a later block be overwritten by it. The
+/// slot is leaked instead: recovery at the next start finds either a complete block or free
+/// space there.
 struct FreeOnDrop<'a> {
     alloc: &'a SlabAllocator,
     addr: Option<SlotAddr>,
+    in_flight: bool,
 }
 
 impl Drop for FreeOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(addr) = self.addr.take() {
-            self.alloc.free(addr);
+        match self.addr.take() {
+            Some(addr) if self.in_flight => {
+                tracing::warn!(?addr, "a put was cancelled during its write; its slot stays unused until restart");
+            }
+            Some(addr) => self.alloc.free(addr),
+            None => {}
         }
     }
 }

@@ -3,6 +3,8 @@ use std::{
     path::PathBuf,
 };
 
+use futures::future::BoxFuture;
+
 use super::*;
 use crate::{TierExt, conformance};
 
@@ -197,4 +199,82 @@ fn duplicate_keys_keep_the_newest_generation() {
     let losers = recover::drop_duplicates_for_test(&mut found);
     assert_eq!(losers.iter().map(|a| a.slot).collect::<Vec<_>>().len(), 2);
     assert_eq!(found[0].slot_numbers(), [1], "generation 9 wins");
+}
+
+/// An engine whose first block write waits for a gate, and completes even if the caller's
+/// future is dropped (as psync writes on the blocking pool do). Later writes pass through.
+#[derive(Debug)]
+struct GatedEngine {
+    inner: Arc<dyn IoEngine>,
+    gated_one: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::watch::Sender<bool>,
+    started: Arc<tokio::sync::Notify>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl IoEngine for GatedEngine {
+    fn read(&self, offset: u64, buf: io::AlignedBuf) -> BoxFuture<'static, (io::AlignedBuf, std::io::Result<()>)> {
+        self.inner.read(offset, buf)
+    }
+
+    fn write(&self, offset: u64, data: WriteData) -> BoxFuture<'static, std::io::Result<()>> {
+        let is_block = matches!(&data, WriteData::Buf(b) if b.len() > HEADER as usize)
+            || matches!(data, WriteData::HeaderThen(..));
+        if !is_block || self.gated_one.swap(true, Ordering::SeqCst) {
+            return self.inner.write(offset, data);
+        }
+        self.started.notify_one();
+        let (mut gate, done, inner) = (self.gate.subscribe(), self.done.clone(), self.inner.clone());
+        // The inner write is submitted only once the gate opens (psync submits at call time).
+        let task = tokio::spawn(async move {
+            let _ = gate.wait_for(|&open| open).await;
+            let r = inner.write(offset, data).await;
+            done.notify_one();
+            r
+        });
+        Box::pin(async move { task.await.expect("write task") })
+    }
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_put_cancelled_mid_write_never_lands_on_a_later_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (started, done) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let gate = tokio::sync::watch::channel(false).0;
+    let tier = {
+        // In a block, so the replaced engine is dropped here and the file closes with `tier`.
+        let plain = builder(dir.path()).build().await.unwrap();
+        let engine = GatedEngine {
+            inner: plain.io.clone(),
+            gated_one: false.into(),
+            gate: gate.clone(),
+            started: started.clone(),
+            done: done.clone(),
+        };
+        SsdTier { io: Arc::new(engine), ..plain }
+    };
+    let (a, b) =
+        (Block::new(key(1), conformance::pattern(1, 500_000)), Block::new(key(2), conformance::pattern(2, 500_000)));
+
+    // Start A's put, wait until its data write is submitted, then drop the put.
+    {
+        let put_a = tier.put(a.clone());
+        tokio::pin!(put_a);
+        tokio::select! {
+            _ = &mut put_a => panic!("the gated write cannot finish"),
+            _ = started.notified() => {}
+        }
+    }
+    // B is stored; only then does A's write land, where A's slot was.
+    tier.put(b.clone()).await.unwrap();
+    let _ = gate.send(true);
+    done.notified().await;
+    assert!(tier.get(&b.key).await.unwrap().unwrap().data == b.data, "B is intact after A's late write");
+    assert!(tier.get(&a.key).await.unwrap().is_none(), "A was never acknowledged, so it is not indexed");
+    drop(tier);
+    let reopened = builder(dir.path()).build().await.unwrap();
+    assert!(reopened.get(&b.key).await.unwrap().unwrap().data == b.data);
+    if let Some(got) = reopened.get(&a.key).await.unwrap() {
+        assert!(got.data == a.data, "A's late write is either a whole block or nothing");
+    }
 }
