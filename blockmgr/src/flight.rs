@@ -4,6 +4,10 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use futures::{
@@ -42,9 +46,16 @@ impl KeyLocks {
     }
 }
 
+type Flights<V> = Arc<Mutex<HashMap<BlockKey, (u64, Shared<BoxFuture<'static, V>>)>>>;
+
 /// Coalesces concurrent calls for one key into one execution whose result all share.
+///
+/// The execution runs in its own task, so it finishes (and releases whatever it holds:
+/// buffers, budget, I/O slots) even if every caller gives up, and it removes itself from the
+/// table when done, so no later caller can join a finished or abandoned flight.
 pub(crate) struct SingleFlight<V: Clone> {
-    inflight: Mutex<HashMap<BlockKey, Shared<BoxFuture<'static, V>>>>,
+    inflight: Flights<V>,
+    next_id: AtomicU64,
 }
 
 impl<V: Clone> std::fmt::Debug for SingleFlight<V> {
@@ -55,19 +66,41 @@ impl<V: Clone> std::fmt::Debug for SingleFlight<V> {
 
 impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
     pub(crate) fn new() -> Self {
-        SingleFlight { inflight: Mutex::new(HashMap::new()) }
+        SingleFlight { inflight: Arc::new(Mutex::new(HashMap::new())), next_id: AtomicU64::new(0) }
     }
 
-    /// Runs `make()` unless a call for `key` is already running, in which case its result
-    /// is awaited instead.
+    /// Runs `make()` in a task unless a call for `key` is already running, in which case
+    /// its result is awaited instead. Must be called inside a tokio runtime.
     pub(crate) async fn run(&self, key: &BlockKey, make: impl FnOnce() -> BoxFuture<'static, V>) -> V {
-        let fut = self.inflight.lock().entry(key.clone()).or_insert_with(|| make().shared()).clone();
-        let value = fut.clone().await;
-        let mut inflight = self.inflight.lock();
-        if inflight.get(key).is_some_and(|f| Shared::ptr_eq(f, &fut)) {
-            inflight.remove(key);
-        }
-        value
+        let flight = {
+            let mut table = self.inflight.lock();
+            match table.get(key) {
+                Some((_, flight)) => flight.clone(),
+                None => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let (table_ref, owned) = (self.inflight.clone(), key.clone());
+                    let work = make();
+                    let task = tokio::spawn(async move {
+                        let value = work.await;
+                        let mut table = table_ref.lock();
+                        if table.get(&owned).is_some_and(|(i, _)| *i == id) {
+                            table.remove(&owned);
+                        }
+                        value
+                    });
+                    let flight = async move { task.await.expect("single-flight task panicked") }.boxed().shared();
+                    table.insert(key.clone(), (id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// Flights currently running.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inflight.lock().len()
     }
 }
 
@@ -99,5 +132,30 @@ mod tests {
         assert_eq!(results, vec![42; 16]);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(flight.run(&key, || Box::pin(async { 7 })).await, 7, "a finished flight is not reused");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_flight_still_finishes_and_leaves_the_table() {
+        let flight = SingleFlight::<u64>::new();
+        let key = BlockKey::parse("ns", b"k").unwrap();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let call = flight.run(&key, move || {
+                Box::pin(async move {
+                    release_rx.await.unwrap();
+                    let _ = done_tx.send(());
+                    1
+                })
+            });
+            futures::pin_mut!(call);
+            assert!(futures::poll!(call.as_mut()).is_pending());
+        } // the only caller gives up
+        assert_eq!(flight.len(), 1);
+        release_tx.send(()).unwrap();
+        done_rx.await.expect("the work ran to the end without any caller");
+        tokio::task::yield_now().await;
+        assert_eq!(flight.run(&key, || Box::pin(async { 2 })).await, 2, "a new call starts a new flight");
+        assert_eq!(flight.len(), 0);
     }
 }

@@ -167,6 +167,8 @@ struct Region {
     /// Free slot numbers (a stack; lowest numbers on top).
     free: Vec<u32>,
     live: u32,
+    /// Being emptied for another class: takes no new blocks.
+    draining: bool,
 }
 
 #[derive(Debug)]
@@ -195,7 +197,9 @@ impl SlabAllocator {
         let n = layout.regions as usize;
         let classes = layout.classes.len();
         let state = State {
-            regions: (0..n).map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0 }).collect(),
+            regions: (0..n)
+                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, draining: false })
+                .collect(),
             unassigned: (0..n as u32).rev().collect(),
             partial: vec![Vec::new(); classes],
             class_regions: vec![0; classes],
@@ -251,6 +255,7 @@ impl SlabAllocator {
         r.epoch = epoch;
         r.free = (0..slots).rev().collect();
         r.live = 0;
+        r.draining = false;
         st.partial[class as usize].push(region);
         st.class_regions[class as usize] += 1;
         Some(region)
@@ -266,26 +271,39 @@ impl SlabAllocator {
         let was_full = r.free.is_empty();
         r.free.push(addr.slot);
         r.live -= 1;
-        if was_full {
+        if was_full && !r.draining {
             st.partial[addr.class as usize].push(addr.region);
         }
         st.used -= self.layout.slot_size(addr.class);
         st.live -= 1;
     }
 
-    /// Where to evict for a block of `len` bytes to fit.
+    /// Where to evict for a block of `len` bytes to fit. A region named for reclaim is set
+    /// draining: it takes no new blocks of its class (freed slots would otherwise be refilled
+    /// first and it would never empty) until it is empty and moves to the class that needs it.
     pub(crate) fn reclaim_for(&self, len: u64) -> Reclaim {
         let Some(class) = self.layout.class_for(len) else { return Reclaim::Nothing };
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         if st.class_regions[class as usize] > 0 {
             return Reclaim::Class(class);
         }
-        st.regions
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.class.is_some())
-            .min_by_key(|(_, r)| r.live)
-            .map_or(Reclaim::Nothing, |(i, _)| Reclaim::Region(i as u32))
+        // Keep emptying a region already draining before starting on another.
+        let pick = |draining: bool| {
+            st.regions
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.class.is_some() && r.draining == draining)
+                .min_by_key(|(_, r)| r.live)
+                .map(|(i, _)| i as u32)
+        };
+        let Some(region) = pick(true).or_else(|| pick(false)) else { return Reclaim::Nothing };
+        let r = &mut st.regions[region as usize];
+        if !r.draining {
+            r.draining = true;
+            let old = r.class.expect("assigned");
+            st.partial[old as usize].retain(|&x| x != region);
+        }
+        Reclaim::Region(region)
     }
 
     /// Bytes held by allocated slots (headers included) and the number of live slots.
@@ -309,6 +327,7 @@ impl SlabAllocator {
         }
         r.free = (0..slots).rev().filter(|&s| !taken[s as usize]).collect();
         r.live = used.len() as u32;
+        r.draining = false;
         let has_free = !r.free.is_empty();
         if has_free {
             st.partial[class as usize].push(region);
@@ -371,6 +390,26 @@ mod tests {
         assert_eq!(small.addr.region, slots[2].addr.region);
         assert!(small.epoch > slots[2].epoch, "a new assignment gets a new epoch");
         assert_eq!(a.reclaim_for(2 * MIB), Reclaim::Class(slots[0].addr.class));
+    }
+
+    #[test]
+    fn a_region_drained_for_another_class_is_not_refilled() {
+        let l = layout(4 * MIB, 2 * MIB, 0, 0, 2 * MIB);
+        let a = SlabAllocator::new(l);
+        let small: Vec<_> = (0..1024).map(|_| a.alloc(4096).unwrap().addr).collect(); // fills both regions
+        assert!(a.alloc(4096).is_none() && a.alloc(MIB).is_none());
+        let Reclaim::Region(r) = a.reclaim_for(MIB) else { panic!("a region must be named") };
+        assert_eq!(a.reclaim_for(MIB), Reclaim::Region(r), "the same region keeps draining");
+        let (mine, others): (Vec<_>, Vec<_>) = small.into_iter().partition(|s| s.region == r);
+        a.free(mine[0]);
+        assert!(a.alloc(4096).is_none(), "a draining region takes no new blocks of its class");
+        for s in &mine[1..] {
+            a.free(*s);
+        }
+        let big = a.alloc(MIB).expect("the drained region moves to the class that asked");
+        assert_eq!(big.addr.region, r);
+        a.free(others[0]);
+        assert!(a.alloc(4096).is_some(), "other regions of the class still take blocks");
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Limits {
     max_block_size: u64,
+    /// Bytes of the transfer budget.
+    transfer_budget: u64,
     /// Most bytes of CPU slots held by puts still receiving data.
     reserve_limit: u64,
 }
@@ -249,7 +251,11 @@ impl Manager {
             demote_tx,
             background,
             metrics,
-            limits: Limits { max_block_size: config.max_block_size.0, reserve_limit: cpu_capacity / 4 },
+            limits: Limits {
+                max_block_size: config.max_block_size.0,
+                transfer_budget: config.server.transfer_budget.0,
+                reserve_limit: cpu_capacity / 4,
+            },
             started: Instant::now(),
         });
         inner.rebuild_index().await?;
@@ -267,17 +273,24 @@ impl Manager {
         self.inner.limits.max_block_size
     }
 
-    /// Stores a block whose bytes are already in hand.
+    /// Stores a block whose bytes are already in hand. The work runs in its own task:
+    /// a caller that gives up never leaves a put half done.
     pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
-        let inner = &self.inner;
+        let inner = self.inner.clone();
         inner.check_size(&block.key, block.len())?;
-        let _guard = inner.locks.lock(&block.key).await;
-        let result = match inner.index.get(&block.key) {
-            Some(e) => Ok(inner.existed(e)),
-            None => inner.store(block, durability).await,
-        };
-        inner.count_put(&result);
-        result
+        inner.check_durability(durability)?;
+        detached(async move {
+            let result = {
+                let _guard = inner.locks.lock(&block.key).await;
+                match inner.index.get(&block.key) {
+                    Some(e) => Ok(inner.existed(e)),
+                    None => inner.store(block, durability).await,
+                }
+            };
+            inner.count_put(&result);
+            result
+        })
+        .await
     }
 
     /// Starts a put whose bytes arrive piece by piece. The bytes go straight into a CPU
@@ -288,48 +301,53 @@ impl Manager {
         key: BlockKey,
         len: u64,
         expected_crc32c: Option<u32>,
+        durability: Durability,
     ) -> Result<PutWriter, TierError> {
         let inner = &self.inner;
         inner.check_size(&key, len)?;
+        inner.check_durability(durability)?;
         let sink = match inner.try_reserve(&key, len) {
             Some(sink) => sink,
             None => {
                 let permit = inner
                     .transfer
                     .clone()
-                    .acquire_many_owned(len as u32)
+                    .acquire_many_owned(inner.budget_permits(len))
                     .await
                     .map_err(|_| TierError::Closed { tier: "manager".into() })?;
                 Sink::Heap(BytesMut::with_capacity(len as usize), permit)
             }
         };
-        Ok(PutWriter { key, len, expected_crc32c, crc32c: 0, written: 0, sink })
+        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
     }
 
     /// Completes a put started with [`Manager::begin_put`]: verifies length and checksum,
-    /// then stores the block as [`Manager::put`] does.
-    pub async fn finish_put(&self, writer: PutWriter, durability: Durability) -> Result<PutOutcome, TierError> {
-        let inner = &self.inner;
-        let result = inner.finish(writer, durability).await;
-        inner.count_put(&result);
-        result
+    /// then stores the block as [`Manager::put`] does, in its own task.
+    pub async fn finish_put(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
+        let inner = self.inner.clone();
+        detached(async move {
+            let result = inner.finish(writer).await;
+            inner.count_put(&result);
+            result
+        })
+        .await
     }
 
     /// Reads one block from the fastest tier holding it.
     pub async fn get(&self, key: &BlockKey) -> GetOutcome {
         let inner = &self.inner;
         let started = Instant::now();
-        // A block may move between tiers while we look; each move is finished under its
-        // lock before the index changes, so a second look finds it.
+        // A block may move between tiers while we look. Every move finishes under the key's
+        // lock before the index changes, so when what we find disagrees with the index we
+        // wait for that lock once, then look again.
         for _ in 0..4 {
             let Some(entry) = inner.index.get(key) else { break };
-            if entry.tiers.has(TierKind::Cpu) {
-                if let Ok(Some(block)) = inner.cpu.get(key).await {
-                    inner.policy.touch(key);
-                    inner.count_hit(TierKind::Cpu, block.len(), started);
-                    return GetOutcome::Hit { block, tier: TierKind::Cpu };
-                }
-                continue;
+            if entry.tiers.has(TierKind::Cpu)
+                && let Ok(Some(block)) = inner.cpu.get(key).await
+            {
+                inner.policy.touch(key);
+                inner.count_hit(TierKind::Cpu, block.len(), started);
+                return GetOutcome::Hit { block, tier: TierKind::Cpu };
             }
             if entry.tiers.has(TierKind::Ssd) {
                 let me = self.inner.clone();
@@ -337,11 +355,15 @@ impl Manager {
                 let outcome = inner.ssd_reads.run(key, move || Box::pin(async move { me.read_ssd(owned).await })).await;
                 match &outcome {
                     GetOutcome::Hit { block, tier } => inner.count_hit(*tier, block.len(), started),
-                    GetOutcome::Miss { reason: MissReason::NotFound, .. } => continue,
+                    GetOutcome::Miss { reason: MissReason::NotFound, .. } => {
+                        drop(inner.locks.lock(key).await);
+                        continue;
+                    }
                     GetOutcome::Miss { reason, .. } => inner.count_miss(*reason),
                 }
                 return outcome;
             }
+            drop(inner.locks.lock(key).await);
         }
         inner.count_miss(MissReason::NotFound);
         GetOutcome::not_found()
@@ -352,21 +374,25 @@ impl Manager {
         keys.iter().map_while(|k| self.inner.index.get(k).and_then(|e| e.tiers.fastest())).collect()
     }
 
-    /// Removes a block from every tier. Returns whether it was present.
+    /// Removes a block from every tier, in its own task. Returns whether it was present.
     pub async fn delete(&self, key: &BlockKey) -> bool {
-        let inner = &self.inner;
-        let _guard = inner.locks.lock(key).await;
-        let Some(entry) = inner.index.remove(key) else { return false };
-        inner.policy.forget(key);
-        if entry.tiers.has(TierKind::Cpu) {
-            let _ = inner.cpu.delete(key).await;
-        }
-        if let (true, Some(ssd)) = (entry.tiers.has(TierKind::Ssd), &inner.ssd)
-            && let Err(e) = ssd.delete(key).await
-        {
-            tracing::warn!(%key, error = %e, "deleting the SSD copy failed");
-        }
-        true
+        let (inner, key) = (self.inner.clone(), key.clone());
+        detached(async move {
+            let _guard = inner.locks.lock(&key).await;
+            let Some(entry) = inner.index.remove(&key) else { return Ok(false) };
+            inner.policy.forget(&key);
+            if entry.tiers.has(TierKind::Cpu) {
+                let _ = inner.cpu.delete(&key).await;
+            }
+            if let (true, Some(ssd)) = (entry.tiers.has(TierKind::Ssd), &inner.ssd)
+                && let Err(e) = ssd.delete(&key).await
+            {
+                tracing::warn!(%key, error = %e, "deleting the SSD copy failed");
+            }
+            Ok(true)
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Usage and counters.
@@ -422,6 +448,7 @@ pub struct PutWriter {
     key: BlockKey,
     len: u64,
     expected_crc32c: Option<u32>,
+    durability: Durability,
     crc32c: u32,
     written: u64,
     sink: Sink,
@@ -483,6 +510,22 @@ impl Inner {
         Ok(())
     }
 
+    fn check_durability(&self, durability: Durability) -> Result<(), TierError> {
+        if durability == Durability::LocalDisk && self.ssd.is_none() {
+            return Err(TierError::Unsupported {
+                tier: "manager".into(),
+                what: "durability local_disk needs an SSD tier (ssd.enabled = false)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Transfer-budget permits for `len` bytes: a block larger than the whole budget takes
+    /// all of it (it then moves alone) rather than waiting forever.
+    fn budget_permits(&self, len: u64) -> u32 {
+        len.min(self.limits.transfer_budget).min(u32::MAX as u64) as u32
+    }
+
     fn tiers(&self) -> Vec<Arc<dyn Tier>> {
         let mut tiers: Vec<Arc<dyn Tier>> = vec![self.cpu.clone()];
         tiers.extend(self.ssd.clone());
@@ -516,8 +559,8 @@ impl Inner {
         self.cpu.reserve(key, len).ok().map(|r| Sink::Arena(r, guard))
     }
 
-    async fn finish(&self, writer: PutWriter, durability: Durability) -> Result<PutOutcome, TierError> {
-        let PutWriter { key, len, expected_crc32c, crc32c, written, sink } = writer;
+    async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
+        let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink } = writer;
         if written != len {
             return Err(TierError::InvalidSize { key: key.to_string(), size: written, max: len });
         }
@@ -562,12 +605,6 @@ impl Inner {
         let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
         let entry = |tiers| Entry { len, crc32c, tiers };
         if durability == Durability::LocalDisk {
-            if self.ssd.is_none() {
-                return Err(TierError::Unsupported {
-                    tier: "manager".into(),
-                    what: "durability local_disk needs an SSD tier (ssd.enabled = false)".into(),
-                });
-            }
             self.write_ssd(block.clone()).await?;
             let in_memory = self.put_cpu(&block).await;
             let tiers = TierSet::of(TierKind::Ssd);
@@ -676,6 +713,14 @@ impl Inner {
             dropped: m.dropped.get(),
         }
     }
+}
+
+/// Runs `work` in its own task and waits for it: the caller may give up, the work is never
+/// cut short half way (a lock held, an index half updated, a write in flight).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, TierError>> + Send + 'static,
+) -> Result<T, TierError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(TierError::Generic { tier: "manager".into(), source: Box::new(e) }))
 }
 
 /// Counts background moves so that [`Manager::settle`] can wait for them.

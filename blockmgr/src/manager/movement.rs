@@ -116,35 +116,41 @@ impl Inner {
     }
 
     /// Writes a block to SSD, evicting the SSD's oldest blocks of the needed size class
-    /// when it is full. The caller holds the block's lock and updates the index.
+    /// (or emptying a region for a new class) while it is full and eviction makes progress.
+    /// The caller holds the block's lock and updates the index.
     pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, TierError> {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let len = block.len();
-        let mut evicted = 0;
+        // One eviction frees a slot when the class has a region; when a region must be
+        // emptied for the class, later rounds take many blocks at a time.
+        let mut batch = 1;
         loop {
             match ssd.put(block.clone()).await {
                 Ok(status) => {
                     self.metrics.bytes_written.with_label_values(&["ssd"]).inc_by(len);
                     return Ok(status);
                 }
-                Err(e) if e.is_no_space() && evicted < 64 => {
-                    let n = self.evict_ssd(len).await;
-                    if n == 0 {
+                // Each round removes at least one block, so this ends.
+                Err(e) if e.is_no_space() => {
+                    if self.evict_ssd(len, batch).await == 0 {
                         return Err(e);
                     }
-                    evicted += n;
+                    batch = 64;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Removes SSD candidates for a block of `len` bytes whose locks are free now.
-    /// Returns how many were removed.
-    async fn evict_ssd(&self, len: u64) -> usize {
+    /// Removes up to `max` SSD candidates for a block of `len` bytes, skipping any whose
+    /// lock is taken. Returns how many were removed.
+    async fn evict_ssd(&self, len: u64, max: usize) -> usize {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let mut removed = 0;
-        for victim in ssd.eviction_candidates(len, 8) {
+        for victim in ssd.eviction_candidates(len, max + 8) {
+            if removed == max {
+                break;
+            }
             // try_lock: never wait for a second key while holding one.
             let Some(_guard) = self.locks.try_lock(&victim) else { continue };
             if ssd.delete(&victim).await.unwrap_or(false) {
@@ -165,11 +171,13 @@ impl Inner {
     pub(super) async fn read_ssd(self: Arc<Self>, key: BlockKey) -> GetOutcome {
         let ssd = self.ssd.clone().expect("indexed on SSD implies an SSD tier");
         let Some(entry) = self.index.get(&key) else { return GetOutcome::not_found() };
-        let Ok(budget) = self.transfer.clone().acquire_many_owned(entry.len as u32).await else {
+        let Ok(budget) = self.transfer.clone().acquire_many_owned(self.budget_permits(entry.len)).await else {
             return GetOutcome::not_found();
         };
         let Ok(_slot) = self.read_slots.acquire().await else { return GetOutcome::not_found() };
         match ssd.get(&key).await {
+            // The key was deleted and stored again with other bytes while we read: not it.
+            Ok(Some(block)) if !self.is_current(&block) => GetOutcome::not_found(),
             Ok(Some(block)) => {
                 let me = self.clone();
                 let copy = block.clone();
@@ -186,6 +194,10 @@ impl Inner {
                 self.metrics.checksum_failures.with_label_values(&["ssd"]).inc();
                 tracing::warn!(error = %e, "dropping a corrupt SSD copy");
                 let _guard = self.locks.lock(&key).await;
+                if ssd.contains(&key).await.unwrap_or(false) {
+                    // The tier already holds a newer copy (stored after the bad one): look again.
+                    return GetOutcome::not_found();
+                }
                 if let Some(entry) = self.index.get(&key) {
                     self.index.set_tiers(&key, entry.tiers.without(TierKind::Ssd));
                 }
@@ -198,12 +210,18 @@ impl Inner {
         }
     }
 
+    /// Whether `block` is the version the index has now (a read may race a delete and a
+    /// put of the same key with other bytes).
+    fn is_current(&self, block: &Block) -> bool {
+        self.index.get(&block.key).is_some_and(|e| e.len == block.len() && e.crc32c == block.crc32c)
+    }
+
     /// Copies an SSD hit into memory, if it is still indexed without a memory copy and
     /// memory has room. moka may decline it, which sends it straight back out.
-    async fn promote(&self, block: Block) {
+    pub(super) async fn promote(&self, block: Block) {
         let _guard = self.locks.lock(&block.key).await;
         let Some(entry) = self.index.get(&block.key) else { return };
-        if entry.tiers.has(TierKind::Cpu) {
+        if entry.tiers.has(TierKind::Cpu) || !self.is_current(&block) {
             return;
         }
         match self.cpu.put(block.clone()).await {

@@ -265,32 +265,32 @@ async fn streamed_puts_check_length_and_checksum() {
     let m = open(dir.path()).await;
     let b = block(1, 100_000);
 
-    let mut w = m.begin_put(b.key.clone(), b.len(), Some(b.crc32c)).await.unwrap();
+    let mut w = m.begin_put(b.key.clone(), b.len(), Some(b.crc32c), Durability::Cache).await.unwrap();
     for chunk in b.data.chunks(30_000) {
         w.write(chunk).unwrap();
     }
     assert!(w.write(b"x").is_err(), "bytes past the declared length are refused");
-    assert_eq!(m.finish_put(w, Durability::Cache).await.unwrap().status, PutStatus::Stored);
+    assert_eq!(m.finish_put(w).await.unwrap().status, PutStatus::Stored);
     assert!(hit(m.get(&b.key).await).0.data == b.data);
 
     let other = block(2, 100_000);
-    let mut w = m.begin_put(other.key.clone(), other.len(), Some(other.crc32c ^ 1)).await.unwrap();
+    let mut w = m.begin_put(other.key.clone(), other.len(), Some(other.crc32c ^ 1), Durability::Cache).await.unwrap();
     w.write(&other.data).unwrap();
-    let err = m.finish_put(w, Durability::Cache).await.unwrap_err();
+    let err = m.finish_put(w).await.unwrap_err();
     assert!(matches!(err, TierError::ChecksumMismatch { .. }) && err.to_string().contains("test/model/"), "{err}");
 
-    let mut w = m.begin_put(other.key.clone(), other.len(), None).await.unwrap();
+    let mut w = m.begin_put(other.key.clone(), other.len(), None, Durability::Cache).await.unwrap();
     w.write(&other.data[..5000]).unwrap();
-    assert!(m.finish_put(w, Durability::Cache).await.is_err(), "a short block is refused");
+    assert!(m.finish_put(w).await.is_err(), "a short block is refused");
     assert_eq!(miss(m.get(&other.key).await), MissReason::NotFound, "nothing of a refused block is stored");
 
     let used = m.stats().await.tiers[0].used_bytes;
-    let w = m.begin_put(key(3), 200_000, None).await.unwrap();
+    let w = m.begin_put(key(3), 200_000, None, Durability::Cache).await.unwrap();
     drop(w);
     assert_eq!(m.stats().await.tiers[0].used_bytes, used, "an abandoned put frees its space");
-    let err = m.begin_put(key(4), 0, None).await.unwrap_err();
+    let err = m.begin_put(key(4), 0, None, Durability::Cache).await.unwrap_err();
     assert!(matches!(err, TierError::InvalidSize { .. }));
-    let err = m.begin_put(key(4), (512 << 10) + 1, None).await.unwrap_err();
+    let err = m.begin_put(key(4), (512 << 10) + 1, None, Durability::Cache).await.unwrap_err();
     assert!(err.to_string().contains("524289"), "{err}");
 }
 
@@ -301,9 +301,9 @@ async fn transfer_budget_makes_puts_wait_not_grow() {
     // Exhaust the arena's reservation share (2 MiB of 8), then the 4 MiB budget.
     let mut held = Vec::new();
     for i in 0..12 {
-        held.push(m.begin_put(key(100 + i), 512 << 10, None).await.unwrap());
+        held.push(m.begin_put(key(100 + i), 512 << 10, None, Durability::Cache).await.unwrap());
     }
-    let waiting = m.begin_put(key(200), 512 << 10, None);
+    let waiting = m.begin_put(key(200), 512 << 10, None, Durability::Cache);
     tokio::pin!(waiting);
     assert!(futures::poll!(waiting.as_mut()).is_pending(), "a put beyond the budget waits");
     held.pop();
@@ -336,6 +336,10 @@ async fn local_disk_without_ssd_is_refused_clearly() {
     let m = Manager::open(&c, Metrics::new()).await.unwrap();
     let err = m.put(block(1, 10), Durability::LocalDisk).await.unwrap_err();
     assert!(err.to_string().contains("ssd.enabled"), "{err}");
+    // A streamed put is refused at its header, before any byte is received.
+    let err = m.begin_put(key(1), 10, None, Durability::LocalDisk).await.unwrap_err();
+    assert!(err.to_string().contains("ssd.enabled"), "{err}");
+    assert!(m.lookup(&[key(1)]).is_empty(), "nothing was stored");
     // Memory-only: a full arena refuses with NoSpace rather than growing.
     let mut refused = false;
     for i in 0..40 {
@@ -347,4 +351,54 @@ async fn local_disk_without_ssd_is_refused_clearly() {
     let stats = m.stats().await;
     assert!(stats.tiers[0].used_bytes <= stats.tiers[0].capacity_bytes);
     assert!(refused || stats.dropped > 0, "{stats:?}");
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_new_block_size_gets_ssd_room_when_the_ssd_is_full_of_small_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path()).await;
+    // 4 KiB blocks take every SSD region (15 regions of 263 slots).
+    for i in 0..4500 {
+        m.put(block(i, 4096), Durability::LocalDisk).await.unwrap();
+    }
+    let stats = m.stats().await;
+    assert!(stats.tiers[1].evictions > 0, "the SSD filled up: {stats:?}");
+    // A 512 KiB block needs a region of its own: one must be emptied for it.
+    let big = block(100_000, 512 << 10);
+    m.put(big.clone(), Durability::LocalDisk).await.expect("a region is drained for the new size");
+    assert!(hit(m.get(&big.key).await).0.data == big.data);
+    let stats = m.stats().await;
+    assert!(stats.tiers[1].used_bytes <= stats.tiers[1].capacity_bytes);
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_get_falls_through_to_ssd_when_the_memory_copy_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path()).await;
+    let b = block(1, 100_000);
+    m.put(b.clone(), Durability::LocalDisk).await.unwrap();
+    assert_eq!(m.lookup(std::slice::from_ref(&b.key)), [TierKind::Cpu]);
+    // The memory copy vanishes behind the index's back (what a racing move looks like).
+    m.inner.cpu.delete(&b.key).await.unwrap();
+    let (got, tier) = hit(m.get(&b.key).await);
+    assert!(got.data == b.data && tier == TierKind::Ssd);
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_stale_ssd_read_is_neither_served_nor_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = block(1, 100_000);
+    {
+        let m = open(dir.path()).await;
+        m.put(old.clone(), Durability::LocalDisk).await.unwrap();
+    }
+    let m = open(dir.path()).await;
+    // The key is deleted and stored again with other bytes; a read of the old copy that
+    // was in flight then completes.
+    let new = Block::new(old.key.clone(), pattern(2, 100_000));
+    assert!(m.delete(&old.key).await);
+    m.put(new.clone(), Durability::Cache).await.unwrap();
+    m.inner.promote(old.clone()).await;
+    assert!(hit(m.get(&old.key).await).0.data == new.data, "the old bytes were not promoted over the new ones");
+    assert_eq!(m.stats().await.promotions, 0);
 }

@@ -164,7 +164,7 @@ impl BlockStore for BlockService {
                     }
                     let key = Key::new(&h.key).map(|k| BlockKey::new(ns.clone(), k));
                     let writer = match key {
-                        Ok(key) => self.manager.begin_put(key, h.length, h.crc32c).await,
+                        Ok(key) => self.manager.begin_put(key, h.length, h.crc32c, durability).await,
                         Err(e) => Err(e),
                     };
                     match writer {
@@ -198,8 +198,7 @@ impl BlockStore for BlockService {
                         if w.is_complete() {
                             let Some(Incoming::Writing(_, w)) = current.take() else { unreachable!() };
                             let manager = self.manager.clone();
-                            pending[i] =
-                                Pending::Commit(tokio::spawn(async move { manager.finish_put(w, durability).await }));
+                            pending[i] = Pending::Commit(tokio::spawn(async move { manager.finish_put(w).await }));
                         }
                     }
                 },

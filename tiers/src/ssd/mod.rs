@@ -427,10 +427,15 @@ impl SsdTier {
             used: self.alloc.usage().0,
             required: len,
         })?;
-        // Frees the slot if anything below fails or the future is dropped before the data
-        // write is submitted.
+        // Frees the slot if anything below fails or the future is dropped before a write is
+        // submitted.
         let mut guard = FreeOnDrop { alloc: &self.alloc, addr: Some(al.addr), in_flight: false };
-        self.ensure_region_header(al).await?;
+        // From here the future's drop must not free the slot: a submitted write finishes on
+        // the blocking pool even when nobody awaits it.
+        guard.in_flight = true;
+        let header_written = self.ensure_region_header(al).await;
+        guard.in_flight = false;
+        header_written?;
         let info = SlotInfo {
             addr: al.addr,
             epoch: al.epoch,
@@ -496,15 +501,15 @@ impl SsdTier {
         let same_copy = header.as_ref().is_some_and(|hd| {
             hd.key == *key && hd.generation == info.generation && hd.epoch == info.epoch && hd.len == info.len
         });
-        let still_indexed = self.map.get(key).is_some_and(|e| e.generation == info.generation);
-        if !same_copy && !still_indexed {
-            // Deleted (and perhaps reused) while we read: a plain miss.
-            return Ok(None);
-        }
         let actual = crate::crc32c(&buf.as_ref()[h..h + info.len as usize]);
         if same_copy && actual == info.crc32c {
             let data = Bytes::from_owner(buf).slice(h..h + info.len as usize);
             return Ok(Some(Block::with_crc32c(key.clone(), data, info.crc32c)));
+        }
+        // Checked after the read: if the copy was deleted (and its slot perhaps reused) while
+        // we read, the mismatch is our read's, not the medium's: a plain miss.
+        if self.map.get(key).is_none_or(|e| e.generation != info.generation) {
+            return Ok(None);
         }
         self.drop_copy(key, info.generation).await;
         Err(Error::ChecksumMismatch {

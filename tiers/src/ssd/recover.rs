@@ -8,7 +8,7 @@
 //! zeroed before the tier serves anything.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{HashMap, HashSet},
     fs::File,
     sync::{
         Arc,
@@ -80,7 +80,13 @@ pub(super) fn scan(
     .flatten()
     .collect();
     found.sort_by_key(|r| r.region);
-    let duplicates = drop_duplicates(&mut found);
+    let data_intact = |addr: SlotAddr, h: &SlotHeader| {
+        let mut buf = pool.take(h.len as usize);
+        let offset = DATA_START + layout.slot_offset(addr) + HEADER;
+        pread_all(file, buf.as_mut_slice(), offset).is_ok()
+            && crate::crc32c(&buf.as_ref()[..h.len as usize]) == h.crc32c
+    };
+    let duplicates = drop_duplicates(&mut found, data_intact);
     for addr in &duplicates {
         let offset = DATA_START + layout.slot_offset(*addr);
         if let Err(e) = pwritev_all(file, &[zeroed_aligned(pool, HEADER as usize).as_ref()], offset) {
@@ -166,26 +172,23 @@ fn scan_region(
     Ok(Some(RecoveredRegion { region, class, epoch: rh.epoch, slots }))
 }
 
-/// Keeps the newest copy of each key; returns the addresses of the others.
-fn drop_duplicates(found: &mut [RecoveredRegion]) -> Vec<SlotAddr> {
-    let mut newest: HashMap<BlockKey, (u64, SlotAddr)> = HashMap::new();
-    let mut losers = Vec::new();
+/// Where a key has several copies (a tombstone that never reached the disk, or a put of the
+/// key cut short by a crash), keeps the newest copy whose data passes `intact` (the newest
+/// of all if none does) and returns the addresses of the others. Single copies are not
+/// read: their CRC-32C is checked when they are read.
+fn drop_duplicates(found: &mut [RecoveredRegion], intact: impl Fn(SlotAddr, &SlotHeader) -> bool) -> Vec<SlotAddr> {
+    let mut copies: HashMap<BlockKey, Vec<(u64, SlotAddr, &SlotHeader)>> = HashMap::new();
     for r in found.iter() {
         for h in &r.slots {
             let addr = SlotAddr { region: r.region, slot: h.slot, class: r.class };
-            match newest.entry(h.key.clone()) {
-                Entry::Vacant(v) => {
-                    v.insert((h.generation, addr));
-                }
-                Entry::Occupied(mut o) => {
-                    if h.generation > o.get().0 {
-                        losers.push(o.insert((h.generation, addr)).1);
-                    } else {
-                        losers.push(addr);
-                    }
-                }
-            }
+            copies.entry(h.key.clone()).or_default().push((h.generation, addr, h));
         }
+    }
+    let mut losers = Vec::new();
+    for mut list in copies.into_values().filter(|l| l.len() > 1) {
+        list.sort_by_key(|&(generation, ..)| std::cmp::Reverse(generation));
+        let winner = list.iter().position(|&(_, addr, h)| intact(addr, h)).unwrap_or(0);
+        losers.extend(list.iter().enumerate().filter(|&(i, _)| i != winner).map(|(_, &(_, addr, _))| addr));
     }
     let lost: HashSet<SlotAddr> = losers.iter().copied().collect();
     for r in found.iter_mut() {
@@ -231,6 +234,9 @@ impl RecoveredRegion {
 }
 
 #[cfg(test)]
-pub(super) fn drop_duplicates_for_test(found: &mut [RecoveredRegion]) -> Vec<SlotAddr> {
-    drop_duplicates(found)
+pub(super) fn drop_duplicates_for_test(
+    found: &mut [RecoveredRegion],
+    intact: impl Fn(SlotAddr, &SlotHeader) -> bool,
+) -> Vec<SlotAddr> {
+    drop_duplicates(found, intact)
 }

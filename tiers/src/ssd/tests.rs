@@ -195,10 +195,18 @@ fn duplicate_keys_keep_the_newest_generation() {
         crc32c: 0,
         key: key(5),
     };
-    let mut found = vec![recover::RecoveredRegion::for_test(0, 0, 1, vec![header(0, 7), header(1, 9), header(2, 3)])];
-    let losers = recover::drop_duplicates_for_test(&mut found);
-    assert_eq!(losers.iter().map(|a| a.slot).collect::<Vec<_>>().len(), 2);
+    let region = || vec![recover::RecoveredRegion::for_test(0, 0, 1, vec![header(0, 7), header(1, 9), header(2, 3)])];
+    let mut found = region();
+    let losers = recover::drop_duplicates_for_test(&mut found, |_, _| true);
+    assert_eq!(losers.len(), 2);
     assert_eq!(found[0].slot_numbers(), [1], "generation 9 wins");
+    // A newest copy whose data is torn (a put cut short by a crash) loses to an intact one.
+    let mut found = region();
+    recover::drop_duplicates_for_test(&mut found, |addr, _| addr.slot != 1);
+    assert_eq!(found[0].slot_numbers(), [0], "the newest intact copy wins");
+    let mut found = region();
+    recover::drop_duplicates_for_test(&mut found, |_, _| false);
+    assert_eq!(found[0].slot_numbers(), [1], "with none intact the newest stays (and reads as a miss)");
 }
 
 /// An engine whose first block write waits for a gate, and completes even if the caller's
@@ -277,4 +285,36 @@ async fn a_put_cancelled_mid_write_never_lands_on_a_later_block() {
     if let Some(got) = reopened.get(&a.key).await.unwrap() {
         assert!(got.data == a.data, "A's late write is either a whole block or nothing");
     }
+}
+
+#[test_log::test(tokio::test)]
+async fn recovery_prefers_an_intact_copy_over_a_torn_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Block::new(key(5), conformance::pattern(5, 300_000));
+    {
+        let tier = builder(dir.path()).build().await.unwrap();
+        tier.put(b.clone()).await.unwrap();
+        // What a put of the same key cut short by a crash leaves: a newer valid header over
+        // bytes that are not the block's.
+        let al = tier.alloc.alloc(b.len()).unwrap();
+        tier.ensure_region_header(al).await.unwrap();
+        let header = SlotHeader {
+            store_id: tier.store_id,
+            epoch: al.epoch,
+            region: al.addr.region,
+            slot: al.addr.slot,
+            generation: 999,
+            len: b.len(),
+            crc32c: b.crc32c,
+            key: b.key.clone(),
+        };
+        let torn = Bytes::from(vec![0x5a; b.data.len()]);
+        tier.io.write(tier.file_offset(al.addr), tier.write_data(&header, &torn)).await.unwrap();
+    }
+    let tier = builder(dir.path()).build().await.unwrap();
+    assert!(
+        tier.get(&b.key).await.unwrap().unwrap().data == b.data,
+        "the intact older copy wins over the torn newer one"
+    );
+    assert_eq!(tier.usage().await.unwrap().blocks, 1);
 }
