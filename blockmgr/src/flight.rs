@@ -44,6 +44,11 @@ impl KeyLocks {
     pub(crate) fn try_lock(&self, key: &BlockKey) -> Option<MutexGuard<'_, ()>> {
         self.stripe(key).try_lock().ok()
     }
+
+    /// Whether two keys share a lock: holding one's lock covers the other.
+    pub(crate) fn same_stripe(&self, a: &BlockKey, b: &BlockKey) -> bool {
+        std::ptr::eq(self.stripe(a), self.stripe(b))
+    }
 }
 
 type Flights<V> = Arc<Mutex<HashMap<BlockKey, (u64, Shared<BoxFuture<'static, V>>)>>>;

@@ -167,8 +167,9 @@ struct Region {
     /// Free slot numbers (a stack; lowest numbers on top).
     free: Vec<u32>,
     live: u32,
-    /// Being emptied for another class: takes no new blocks.
-    draining: bool,
+    /// Being emptied for this class: takes no new blocks of its own class, and once empty
+    /// no other class may take it.
+    draining_for: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -198,7 +199,7 @@ impl SlabAllocator {
         let classes = layout.classes.len();
         let state = State {
             regions: (0..n)
-                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, draining: false })
+                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, draining_for: None })
                 .collect(),
             unassigned: (0..n as u32).rev().collect(),
             partial: vec![Vec::new(); classes],
@@ -235,12 +236,19 @@ impl SlabAllocator {
         Some(Allocation { addr: SlotAddr { region, slot, class }, epoch })
     }
 
-    /// Gives `class` a region: an unassigned one, else an empty region of another class.
+    /// Gives `class` a region: an unassigned one, else an empty region drained for it, else
+    /// an empty region of another class that nobody drained for a third class.
     fn assign_region(&self, st: &mut State, class: u16) -> Option<u32> {
         let region = match st.unassigned.pop() {
             Some(r) => r,
             None => {
-                let r = st.regions.iter().position(|r| r.class.is_some() && r.live == 0)? as u32;
+                let empty = |r: &Region| r.class.is_some() && r.live == 0;
+                let r = st
+                    .regions
+                    .iter()
+                    .position(|r| empty(r) && r.draining_for == Some(class))
+                    .or_else(|| st.regions.iter().position(|r| empty(r) && r.draining_for.is_none()))?
+                    as u32;
                 let old = st.regions[r as usize].class.expect("assigned");
                 st.partial[old as usize].retain(|&x| x != r);
                 st.class_regions[old as usize] -= 1;
@@ -255,7 +263,7 @@ impl SlabAllocator {
         r.epoch = epoch;
         r.free = (0..slots).rev().collect();
         r.live = 0;
-        r.draining = false;
+        r.draining_for = None;
         st.partial[class as usize].push(region);
         st.class_regions[class as usize] += 1;
         Some(region)
@@ -271,35 +279,36 @@ impl SlabAllocator {
         let was_full = r.free.is_empty();
         r.free.push(addr.slot);
         r.live -= 1;
-        if was_full && !r.draining {
+        if was_full && r.draining_for.is_none() {
             st.partial[addr.class as usize].push(addr.region);
         }
         st.used -= self.layout.slot_size(addr.class);
         st.live -= 1;
     }
 
-    /// Where to evict for a block of `len` bytes to fit. A region named for reclaim is set
-    /// draining: it takes no new blocks of its class (freed slots would otherwise be refilled
-    /// first and it would never empty) until it is empty and moves to the class that needs it.
+    /// Where to evict for a block of `len` bytes to fit. A region named for reclaim drains
+    /// for that block's class: it takes no new blocks of its own class (freed slots would
+    /// otherwise be refilled first and it would never empty), and once empty it goes to the
+    /// class it drained for, never to another (which would undo the eviction).
     pub(crate) fn reclaim_for(&self, len: u64) -> Reclaim {
         let Some(class) = self.layout.class_for(len) else { return Reclaim::Nothing };
         let mut st = self.state.lock();
         if st.class_regions[class as usize] > 0 {
             return Reclaim::Class(class);
         }
-        // Keep emptying a region already draining before starting on another.
-        let pick = |draining: bool| {
+        // Keep emptying a region already draining for this class before starting another.
+        let pick = |draining_for: Option<u16>| {
             st.regions
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.class.is_some() && r.draining == draining)
+                .filter(|(_, r)| r.class.is_some() && r.draining_for == draining_for)
                 .min_by_key(|(_, r)| r.live)
                 .map(|(i, _)| i as u32)
         };
-        let Some(region) = pick(true).or_else(|| pick(false)) else { return Reclaim::Nothing };
+        let Some(region) = pick(Some(class)).or_else(|| pick(None)) else { return Reclaim::Nothing };
         let r = &mut st.regions[region as usize];
-        if !r.draining {
-            r.draining = true;
+        if r.draining_for.is_none() {
+            r.draining_for = Some(class);
             let old = r.class.expect("assigned");
             st.partial[old as usize].retain(|&x| x != region);
         }
@@ -327,7 +336,7 @@ impl SlabAllocator {
         }
         r.free = (0..slots).rev().filter(|&s| !taken[s as usize]).collect();
         r.live = used.len() as u32;
-        r.draining = false;
+        r.draining_for = None;
         let has_free = !r.free.is_empty();
         if has_free {
             st.partial[class as usize].push(region);
@@ -406,6 +415,7 @@ mod tests {
         for s in &mine[1..] {
             a.free(*s);
         }
+        assert!(a.alloc(4096).is_none(), "an empty region drained for 1 MiB blocks is not taken back by 4 KiB ones");
         let big = a.alloc(MIB).expect("the drained region moves to the class that asked");
         assert_eq!(big.addr.region, r);
         a.free(others[0]);

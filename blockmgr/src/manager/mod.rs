@@ -12,6 +12,14 @@
 //! - **lookup** reads only the index: the longest present prefix and each block's tier.
 
 mod movement;
+mod types;
+mod writer;
+
+use self::writer::{Budgeted, ReservedBytes, Sink};
+pub use self::{
+    types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
+    writer::PutWriter,
+};
 
 use std::{
     fmt,
@@ -22,13 +30,11 @@ use std::{
     time::Instant,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kvtier_tiers::{
-    Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, PutStatus, Reservation, SsdTierBuilder, Tier,
-    TierExt, TierKind,
+    Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, PutStatus, SsdTierBuilder, Tier, TierExt, TierKind,
 };
-use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     Config, Error, Metrics,
@@ -37,118 +43,10 @@ use crate::{
     policy::CpuPolicy,
 };
 
-/// When a put is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Once in the fastest tier with room (possibly memory only).
-    #[default]
-    Cache,
-    /// Once on the SSD tier: survives a kill -9 of the server.
-    LocalDisk,
-}
-
-/// Result of a put.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PutOutcome {
-    /// Stored, or already present (a no-op).
-    pub status: PutStatus,
-    /// The fastest tier now holding the block.
-    pub tier: TierKind,
-}
-
-/// Why a get found nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MissReason {
-    /// No tier holds the key.
-    NotFound,
-    /// The only copy failed its checksum and was dropped.
-    ChecksumMismatch,
-    /// A tier failed to read it.
-    Error,
-}
-
-/// Result of a get.
-#[derive(Debug, Clone)]
-pub enum GetOutcome {
-    /// The block and the tier it was read from.
-    Hit {
-        /// The block.
-        block: Block,
-        /// Where it came from.
-        tier: TierKind,
-    },
-    /// Nothing returned, and why.
-    Miss {
-        /// Why.
-        reason: MissReason,
-        /// Details for logs and clients.
-        message: String,
-    },
-}
-
-impl GetOutcome {
-    fn not_found() -> Self {
-        GetOutcome::Miss { reason: MissReason::NotFound, message: "not found".into() }
-    }
-}
-
-/// Usage and counters of one tier.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct TierStats {
-    /// Which tier (serialized as `cpu`, `ssd`).
-    #[serde(serialize_with = "serialize_tier")]
-    pub tier: TierKind,
-    /// Identity, e.g. `ssd(/var/lib/kvtier/ssd)`.
-    pub name: String,
-    /// Capacity in bytes.
-    pub capacity_bytes: u64,
-    /// Allocated bytes.
-    pub used_bytes: u64,
-    /// Blocks held.
-    pub blocks: u64,
-    /// Gets served from this tier.
-    pub hits: u64,
-    /// Block bytes read from it.
-    pub bytes_read: u64,
-    /// Block bytes written to it.
-    pub bytes_written: u64,
-    /// Blocks removed from it to make room.
-    pub evictions: u64,
-}
-
-fn serialize_tier<S: serde::Serializer>(tier: &TierKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(tier.as_str())
-}
-
-/// Node-wide usage and counters.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Stats {
-    /// Server version.
-    pub version: String,
-    /// Seconds since start.
-    pub uptime_seconds: u64,
-    /// Per tier, fastest first.
-    pub tiers: Vec<TierStats>,
-    /// Blocks in the index.
-    pub index_blocks: u64,
-    /// Blocks put (stored or already present).
-    pub puts: u64,
-    /// Blocks asked for.
-    pub gets: u64,
-    /// Gets served.
-    pub hits: u64,
-    /// Gets not served.
-    pub misses: u64,
-    /// Blocks moved to a slower tier.
-    pub demotions: u64,
-    /// Blocks copied to a faster tier.
-    pub promotions: u64,
-    /// Copies that failed their checksum.
-    pub checksum_failures: u64,
-    /// Blocks that left the node to make room or after an error.
-    pub dropped: u64,
-}
+/// Per-key lock stripes. Unit tests use one, so every key shares a lock with every other:
+/// a path that waited for a second key while holding one would hang there, and every
+/// eviction takes the same-stripe path.
+const LOCK_STRIPES: usize = if cfg!(test) { 1 } else { 1024 };
 
 /// Manager settings taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -243,7 +141,7 @@ impl Manager {
             ssd,
             index: Index::default(),
             policy,
-            locks: KeyLocks::new(1024),
+            locks: KeyLocks::new(LOCK_STRIPES),
             ssd_reads: SingleFlight::new(),
             read_slots: Semaphore::new(config.ssd.max_concurrent_reads),
             transfer: Arc::new(Semaphore::new(config.server.transfer_budget.0 as usize)),
@@ -425,80 +323,6 @@ impl Manager {
     /// Returns how many were persisted.
     pub async fn persist_memory(&self) -> usize {
         movement::persist_memory(&self.inner).await
-    }
-}
-
-/// Where the bytes of an incoming block are being written.
-enum Sink {
-    Arena(Reservation, ReservedBytes),
-    Heap(BytesMut, OwnedSemaphorePermit),
-}
-
-/// Returns reserved arena bytes to the manager's count on drop.
-struct ReservedBytes(Arc<AtomicU64>, u64);
-
-impl Drop for ReservedBytes {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::Relaxed);
-    }
-}
-
-/// A block being received. Dropping it abandons the block and frees its space.
-pub struct PutWriter {
-    key: BlockKey,
-    len: u64,
-    expected_crc32c: Option<u32>,
-    durability: Durability,
-    crc32c: u32,
-    written: u64,
-    sink: Sink,
-}
-
-impl fmt::Debug for PutWriter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PutWriter({} {}/{} bytes)", self.key, self.written, self.len)
-    }
-}
-
-impl PutWriter {
-    /// Appends bytes; refuses bytes past the declared length.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), TierError> {
-        let end = self.written + data.len() as u64;
-        if end > self.len {
-            return Err(TierError::InvalidSize { key: self.key.to_string(), size: end, max: self.len });
-        }
-        match &mut self.sink {
-            Sink::Arena(r, _) => r.write(data)?,
-            Sink::Heap(buf, _) => buf.extend_from_slice(data),
-        }
-        self.crc32c = kvtier_tiers::crc32c_append(self.crc32c, data);
-        self.written = end;
-        Ok(())
-    }
-
-    /// The block's key.
-    pub fn key(&self) -> &BlockKey {
-        &self.key
-    }
-
-    /// Declared length.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True for a zero-length block (never: they are refused).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes received so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// True once every declared byte arrived.
-    pub fn is_complete(&self) -> bool {
-        self.written == self.len
     }
 }
 
@@ -749,15 +573,6 @@ impl Background {
             }
             idle.await;
         }
-    }
-}
-
-/// Wraps bytes so that a transfer-budget permit is held until the last clone is dropped.
-struct Budgeted(Bytes, #[expect(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
-
-impl AsRef<[u8]> for Budgeted {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
     }
 }
 

@@ -15,6 +15,18 @@ use tokio::sync::{Semaphore, mpsc};
 use super::{Budgeted, GetOutcome, Inner, MissReason};
 use crate::index::TierSet;
 
+/// How long an SSD write waits, at most [`MAX_BUSY_WAITS`] times, for eviction candidates
+/// that another move holds.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_BUSY_WAITS: u32 = 500;
+
+/// What one eviction round did.
+struct Evicted {
+    removed: usize,
+    /// Candidates skipped because another move held their lock.
+    busy: usize,
+}
+
 /// Starts the task that drains the demotion queue, `concurrency` blocks at a time. It
 /// holds the manager weakly and ends when the manager is dropped.
 pub(super) fn spawn_demotion_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BlockKey>, concurrency: usize) {
@@ -124,35 +136,53 @@ impl Inner {
         // One eviction frees a slot when the class has a region; when a region must be
         // emptied for the class, later rounds take many blocks at a time.
         let mut batch = 1;
+        let mut waits = 0;
         loop {
             match ssd.put(block.clone()).await {
                 Ok(status) => {
                     self.metrics.bytes_written.with_label_values(&["ssd"]).inc_by(len);
                     return Ok(status);
                 }
-                // Each round removes at least one block, so this ends.
-                Err(e) if e.is_no_space() => {
-                    if self.evict_ssd(len, batch).await == 0 {
-                        return Err(e);
+                Err(e) if e.is_no_space() => match self.evict_ssd(len, batch, &block.key).await {
+                    // Each such round removes a block, so this ends.
+                    Evicted { removed, .. } if removed > 0 => batch = 64,
+                    // The only candidates are being moved right now. Their holders never wait
+                    // for our lock, so they finish soon: wait a little rather than fail.
+                    Evicted { busy, .. } if busy > 0 && waits < MAX_BUSY_WAITS => {
+                        waits += 1;
+                        tokio::time::sleep(BUSY_WAIT).await;
                     }
-                    batch = 64;
-                }
+                    Evicted { .. } => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Removes up to `max` SSD candidates for a block of `len` bytes, skipping any whose
-    /// lock is taken. Returns how many were removed.
-    async fn evict_ssd(&self, len: u64, max: usize) -> usize {
+    /// Removes up to `max` SSD candidates for a block of `len` bytes, skipping (and counting)
+    /// any whose lock is taken. The caller holds `held`'s lock.
+    async fn evict_ssd(&self, len: u64, max: usize, held: &BlockKey) -> Evicted {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
-        let mut removed = 0;
+        let (mut removed, mut busy) = (0, 0);
         for victim in ssd.eviction_candidates(len, max + 8) {
             if removed == max {
                 break;
             }
-            // try_lock: never wait for a second key while holding one.
-            let Some(_guard) = self.locks.try_lock(&victim) else { continue };
+            if victim == *held {
+                continue;
+            }
+            // A victim on the stripe we hold is already ours. Otherwise try_lock: never wait
+            // for a second stripe while holding one (two evictors could deadlock).
+            let _guard = match self.locks.same_stripe(&victim, held) {
+                true => None,
+                false => match self.locks.try_lock(&victim) {
+                    Some(g) => Some(g),
+                    None => {
+                        busy += 1;
+                        continue;
+                    }
+                },
+            };
             if ssd.delete(&victim).await.unwrap_or(false) {
                 removed += 1;
                 self.metrics.evictions.with_label_values(&["ssd"]).inc();
@@ -163,7 +193,7 @@ impl Inner {
                 self.index.set_tiers(&victim, tiers);
             }
         }
-        removed
+        Evicted { removed, busy }
     }
 
     /// One SSD read of `key` (callers coalesce through single flight). A good copy is

@@ -1,4 +1,5 @@
 use std::{
+    fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::PathBuf,
 };

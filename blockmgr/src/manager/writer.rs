@@ -1,0 +1,102 @@
+//! A block arriving piece by piece (`Manager::begin_put` .. `finish_put`), and the
+//! guards that give back arena reservations and transfer budget.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::{Bytes, BytesMut};
+use kvtier_tiers::{BlockKey, Error as TierError, Reservation};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Durability;
+
+/// Where the bytes of an incoming block are being written.
+pub(super) enum Sink {
+    Arena(Reservation, ReservedBytes),
+    Heap(BytesMut, OwnedSemaphorePermit),
+}
+
+/// Returns reserved arena bytes to the manager's count on drop.
+pub(super) struct ReservedBytes(pub(super) Arc<AtomicU64>, pub(super) u64);
+
+impl Drop for ReservedBytes {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// A block being received. Dropping it abandons the block and frees its space.
+pub struct PutWriter {
+    pub(super) key: BlockKey,
+    pub(super) len: u64,
+    pub(super) expected_crc32c: Option<u32>,
+    pub(super) durability: Durability,
+    pub(super) crc32c: u32,
+    pub(super) written: u64,
+    pub(super) sink: Sink,
+}
+
+impl fmt::Debug for PutWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PutWriter({} {}/{} bytes)", self.key, self.written, self.len)
+    }
+}
+
+impl PutWriter {
+    /// Appends bytes; refuses bytes past the declared length.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), TierError> {
+        let end = self.written + data.len() as u64;
+        if end > self.len {
+            return Err(TierError::InvalidSize { key: self.key.to_string(), size: end, max: self.len });
+        }
+        match &mut self.sink {
+            Sink::Arena(r, _) => r.write(data)?,
+            Sink::Heap(buf, _) => buf.extend_from_slice(data),
+        }
+        self.crc32c = kvtier_tiers::crc32c_append(self.crc32c, data);
+        self.written = end;
+        Ok(())
+    }
+
+    /// The block's key.
+    pub fn key(&self) -> &BlockKey {
+        &self.key
+    }
+
+    /// Declared length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for a zero-length block (never: they are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// True once every declared byte arrived.
+    pub fn is_complete(&self) -> bool {
+        self.written == self.len
+    }
+}
+
+/// Wraps bytes so that a transfer-budget permit is held until the last clone is dropped.
+pub(super) struct Budgeted(
+    pub(super) Bytes,
+    #[expect(dead_code, reason = "held for its Drop")] pub(super) OwnedSemaphorePermit,
+);
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
