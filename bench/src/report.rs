@@ -80,3 +80,27 @@ pub(crate) fn size_name(bytes: usize) -> String {
 pub(crate) fn mib_per_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
+
+/// Runs `op(i)` for i in 0..count with `qd` operations in flight. Returns each result with
+/// its latency in microseconds, and the seconds the whole run took.
+pub(crate) async fn run_at_qd<T, F, Fut>(count: usize, qd: usize, op: F) -> (Vec<(T, u64)>, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let results = futures::stream::iter(0..count)
+        .map(|i| {
+            let fut = op(i);
+            async move {
+                let t = std::time::Instant::now();
+                let r = fut.await;
+                (r, t.elapsed().as_micros() as u64)
+            }
+        })
+        .buffer_unordered(qd)
+        .collect()
+        .await;
+    (results, started.elapsed().as_secs_f64())
+}

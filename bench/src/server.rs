@@ -7,11 +7,8 @@
 //! 8-byte header and the block and waits for a 1-byte ack (put), or writes a 1-byte request
 //! and reads the block back (get); `qd` connections work at once.
 
-use std::time::Instant;
-
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use kvtier_blockmgr::{ByteSize, Client, Config, Durability, GetItem, PutItem, server::RunningServer};
 use tokio::{
@@ -19,7 +16,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
+use crate::report::{Reporter, Result as Measured, bar, mib_per_s, run_at_qd, size_name};
 
 /// Settings of one `server` run.
 #[derive(Debug, Clone)]
@@ -145,23 +142,11 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let (results, secs) = run_at_qd(count, qd, op).await;
     let mut latency = Histogram::<u64>::new(3)?;
-    let started = Instant::now();
-    let timings: Vec<Result<u64>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let fut = op(i);
-            async move {
-                let t = Instant::now();
-                fut.await?;
-                Ok(t.elapsed().as_micros() as u64)
-            }
-        })
-        .buffer_unordered(qd)
-        .collect()
-        .await;
-    let secs = started.elapsed().as_secs_f64();
-    for t in timings {
-        latency.record(t?.max(1))?;
+    for (r, micros) in results {
+        r?;
+        latency.record(micros.max(1))?;
     }
     Ok(Phase { mib_s: mib_per_s(count * bytes, secs), latency })
 }

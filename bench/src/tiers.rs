@@ -21,10 +21,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use kvtier_tiers::{Block, BlockKey, CpuTierBuilder, SsdTierBuilder, Tier};
 
-use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
+use crate::report::{Reporter, Result as Measured, bar, mib_per_s, run_at_qd, size_name};
 
 /// Settings of one `tiers` run.
 #[derive(Debug, Clone)]
@@ -188,38 +187,32 @@ pub(crate) async fn run(args: &Args, dir: &Path, out: &mut Reporter) -> Result<(
         for _ in 0..args.rounds {
             ssd.delete_batch(&all).await;
             put_base.push(raw.pass(true, args.qd));
-            let t = Instant::now();
-            let puts: Vec<_> = futures::stream::iter(blocks.chunks(1))
-                .map(|b| {
-                    let (ssd, progress) = (ssd.clone(), progress.clone());
-                    async move {
-                        let r = ssd.put_batch(b).await.remove(0);
-                        progress.inc(1);
-                        r
-                    }
-                })
-                .buffer_unordered(args.qd)
-                .collect()
-                .await;
-            put_ours.push(mib_per_s(n * size, t.elapsed().as_secs_f64()));
-            puts.into_iter().collect::<Result<Vec<_>, _>>().context("ssd put")?;
+            let (puts, secs) = run_at_qd(n, args.qd, |i| {
+                let (ssd, progress, b) = (ssd.clone(), progress.clone(), &blocks[i..=i]);
+                async move {
+                    let r = ssd.put_batch(b).await.remove(0);
+                    progress.inc(1);
+                    r
+                }
+            })
+            .await;
+            put_ours.push(mib_per_s(n * size, secs));
+            for (r, _) in puts {
+                r.context("ssd put")?;
+            }
 
             get_base.push(raw.pass(false, args.qd));
-            let t = Instant::now();
-            let gets: Vec<_> = futures::stream::iter(all.chunks(1))
-                .map(|k| {
-                    let (ssd, progress) = (ssd.clone(), progress.clone());
-                    async move {
-                        let r = ssd.get_batch(k).await.remove(0);
-                        progress.inc(1);
-                        r.map(|b| b.map(|b| b.data.len()))
-                    }
-                })
-                .buffer_unordered(args.qd)
-                .collect()
-                .await;
-            get_ours.push(mib_per_s(n * size, t.elapsed().as_secs_f64()));
-            for g in gets {
+            let (gets, secs) = run_at_qd(n, args.qd, |i| {
+                let (ssd, progress, k) = (ssd.clone(), progress.clone(), &all[i..=i]);
+                async move {
+                    let r = ssd.get_batch(k).await.remove(0);
+                    progress.inc(1);
+                    r.map(|b| b.map(|b| b.data.len()))
+                }
+            })
+            .await;
+            get_ours.push(mib_per_s(n * size, secs));
+            for (g, _) in gets {
                 anyhow::ensure!(g.context("ssd get")? == Some(size), "ssd get returned the wrong block");
             }
         }
