@@ -48,8 +48,8 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// No connection could be made.
-    #[error("cannot connect to {addr}: {source}")]
+    /// No connection could be made (the cause is the error's source).
+    #[error("cannot connect to {addr}")]
     Connect {
         /// As given.
         addr: String,

@@ -171,8 +171,9 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Get { target, key, output } => {
             init_logging("warn", LogFormat::Text);
+            let wire_key = parse_key(&key)?;
             let client = Client::connect(&target.server).await?;
-            match client.get(&target.namespace, &[parse_key(&key)?]).await?.remove(0) {
+            match client.get(&target.namespace, &[wire_key]).await?.remove(0) {
                 GetItem::Hit { data, tier, .. } => {
                     match output {
                         Some(path) => {
@@ -191,8 +192,8 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Lookup { target, keys } => {
             init_logging("warn", LogFormat::Text);
-            let client = Client::connect(&target.server).await?;
             let keys: Vec<Vec<u8>> = keys.iter().map(|k| parse_key(k)).collect::<Result<_>>()?;
+            let client = Client::connect(&target.server).await?;
             let tiers = client.lookup(&target.namespace, &keys).await?;
             println!("prefix {} of {}", tiers.len(), keys.len());
             for (k, t) in keys.iter().zip(&tiers) {
@@ -202,8 +203,8 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Delete { target, keys } => {
             init_logging("warn", LogFormat::Text);
-            let client = Client::connect(&target.server).await?;
             let keys: Vec<Vec<u8>> = keys.iter().map(|k| parse_key(k)).collect::<Result<_>>()?;
+            let client = Client::connect(&target.server).await?;
             for (k, d) in keys.iter().zip(client.delete(&target.namespace, &keys).await?) {
                 println!("{} {}", hex::encode(k), if d { "deleted" } else { "absent" });
             }
@@ -253,9 +254,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 fn parse_key(hex_key: &str) -> Result<Vec<u8>> {
     let key = hex::decode(hex_key).with_context(|| format!("--key {hex_key:?} is not hex"))?;
-    if key.is_empty() || key.len() > kvtier_tiers::MAX_KEY_LEN {
-        bail!("--key is {} bytes; keys are 1..={} bytes", key.len(), kvtier_tiers::MAX_KEY_LEN);
-    }
+    kvtier_tiers::Key::new(&key).with_context(|| format!("--key {hex_key}"))?;
     Ok(key)
 }
 

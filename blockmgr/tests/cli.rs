@@ -97,6 +97,11 @@ fn a_miss_exits_1_and_errors_are_clear() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("is not hex"), "{}", text(&out.stderr));
 
+    let long = "ab".repeat(65);
+    let out = kvtier(&["get", "--server", server, "--namespace", "cli/test", "--key", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("key is 65 bytes, allowed 1..=64"), "{}", text(&out.stderr));
+
     let out = kvtier(&["put", "--server", server, "--namespace", "", "--key", "01", "/dev/null"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("namespace"), "{}", text(&out.stderr));

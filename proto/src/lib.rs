@@ -9,6 +9,3 @@
 pub mod v1 {
     tonic::include_proto!("kvtier.v1");
 }
-
-/// Largest key, in bytes, that the API accepts.
-pub const MAX_KEY_LEN: usize = 64;
