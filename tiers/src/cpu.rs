@@ -367,9 +367,9 @@ impl CpuTier {
         if self.map.contains_key(&block.key) {
             return Ok(PutStatus::Existed);
         }
-        let mut slot = SlotRef::alloc(&self.arena, block.data.len()).ok_or_else(|| self.no_space(block.len()))?;
-        slot.as_mut_slice().copy_from_slice(&block.data);
-        Ok(self.insert(block.key.clone(), slot, block.crc32c))
+        let mut reservation = self.reserve(&block.key, block.len())?;
+        reservation.write(&block.data)?;
+        self.commit(block.key.clone(), reservation, block.crc32c)
     }
 
     fn get_one(&self, key: &BlockKey) -> Option<Block> {

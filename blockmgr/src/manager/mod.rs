@@ -220,15 +220,18 @@ impl Manager {
     }
 
     /// Completes a put started with [`Manager::begin_put`]: verifies length and checksum,
-    /// then stores the block as [`Manager::put`] does, in its own task.
-    pub async fn finish_put(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
+    /// then stores the block as [`Manager::put`] does. The commit starts at once, in its own
+    /// task (so a stream can receive the next block meanwhile); the future yields its result.
+    pub fn finish_put(
+        &self,
+        writer: PutWriter,
+    ) -> impl Future<Output = Result<PutOutcome, TierError>> + Send + 'static {
         let inner = self.inner.clone();
         detached(async move {
             let result = inner.finish(writer).await;
             inner.count_put(&result);
             result
         })
-        .await
     }
 
     /// Reads one block from the fastest tier holding it.
@@ -403,11 +406,9 @@ impl Inner {
         }
         match sink {
             Sink::Arena(reservation, _reserved) => {
-                let footprint = self.cpu.footprint(len);
                 self.cpu.commit(key.clone(), reservation, crc32c)?;
                 self.index.insert(key.clone(), Entry { len, crc32c, tiers: TierSet::of(TierKind::Cpu) });
-                self.policy.admit(key.clone(), footprint);
-                self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(len);
+                self.admitted(&key, len);
                 if durability == Durability::LocalDisk {
                     let block = self.cpu.get(&key).await?.expect("committed under our lock");
                     if let Err(e) = self.write_ssd(block).await {
@@ -459,8 +460,7 @@ impl Inner {
         for attempt in 0..2 {
             match self.cpu.put(block.clone()).await {
                 Ok(_) => {
-                    self.policy.admit(block.key.clone(), self.cpu.footprint(block.len()));
-                    self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(block.len());
+                    self.admitted(&block.key, block.len());
                     return true;
                 }
                 Err(e) if e.is_no_space() && attempt == 0 => self.policy.run_pending(),
@@ -472,6 +472,13 @@ impl Inner {
             }
         }
         false
+    }
+
+    /// Records a block of `len` bytes that just entered memory: moka weighs it, the
+    /// written-bytes counter counts it.
+    fn admitted(&self, key: &BlockKey, len: u64) {
+        self.policy.admit(key.clone(), self.cpu.footprint(len));
+        self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(len);
     }
 
     fn count_put(&self, result: &Result<PutOutcome, TierError>) {
@@ -486,7 +493,12 @@ impl Inner {
     fn count_hit(&self, tier: TierKind, len: u64, started: Instant) {
         self.metrics.hits.with_label_values(&[tier.as_str()]).inc();
         self.metrics.bytes_read.with_label_values(&[tier.as_str()]).inc_by(len);
-        self.metrics.latency.with_label_values(&[&format!("get_{tier}")]).observe(started.elapsed().as_secs_f64());
+        let op = match tier {
+            TierKind::Cpu => "get_cpu",
+            TierKind::Ssd => "get_ssd",
+            _ => "get_other",
+        };
+        self.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
     }
 
     fn count_miss(&self, reason: MissReason) {
@@ -539,12 +551,14 @@ impl Inner {
     }
 }
 
-/// Runs `work` in its own task and waits for it: the caller may give up, the work is never
-/// cut short half way (a lock held, an index half updated, a write in flight).
-async fn detached<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, TierError>> + Send + 'static,
-) -> Result<T, TierError> {
-    tokio::spawn(work).await.unwrap_or_else(|e| Err(TierError::Generic { tier: "manager".into(), source: Box::new(e) }))
+/// Starts `work` in its own task now and returns a future of its result: the caller may
+/// give up, the work is never cut short half way (a lock held, an index half updated, a
+/// write in flight).
+fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, TierError>> + Send + 'static,
+) -> impl Future<Output = Result<T, TierError>> + Send + 'static {
+    let task = tokio::spawn(work);
+    async move { task.await.unwrap_or_else(|e| Err(TierError::Generic { tier: "manager".into(), source: Box::new(e) })) }
 }
 
 /// Counts background moves so that [`Manager::settle`] can wait for them.

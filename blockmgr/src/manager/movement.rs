@@ -257,9 +257,8 @@ impl Inner {
         match self.cpu.put(block.clone()).await {
             Ok(PutStatus::Stored) => {
                 self.index.set_tiers(&block.key, entry.tiers.with(TierKind::Cpu));
-                self.policy.admit(block.key.clone(), self.cpu.footprint(block.len()));
+                self.admitted(&block.key, block.len());
                 self.metrics.promotions.with_label_values(&["ssd", "cpu"]).inc();
-                self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(block.len());
             }
             // moka applies evictions lazily: let it catch up so later promotions find room.
             Err(e) if e.is_no_space() => self.policy.run_pending(),

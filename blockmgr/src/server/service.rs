@@ -10,9 +10,10 @@
 use std::{pin::Pin, time::Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use kvtier_proto::v1::{self, block_store_server::BlockStore, get_response::Msg as GetMsg, put_request::Msg as PutMsg};
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -103,7 +104,8 @@ enum Pending {
     /// Bytes still arriving (always replaced before the response).
     Receiving,
     Done(v1::PutResult),
-    Commit(JoinHandle<Result<PutOutcome, TierError>>),
+    /// Already running in the manager's task.
+    Commit(BoxFuture<'static, Result<PutOutcome, TierError>>),
 }
 
 fn result(index: usize, r: Result<PutOutcome, &TierError>) -> v1::PutResult {
@@ -197,8 +199,7 @@ impl BlockStore for BlockService {
                         w.write(&data).map_err(|e| Status::invalid_argument(format!("block {i}: {e}")))?;
                         if w.is_complete() {
                             let Some(Incoming::Writing(_, w)) = current.take() else { unreachable!() };
-                            let manager = self.manager.clone();
-                            pending[i] = Pending::Commit(tokio::spawn(async move { manager.finish_put(w).await }));
+                            pending[i] = Pending::Commit(Box::pin(self.manager.finish_put(w)));
                         }
                     }
                 },
@@ -220,10 +221,7 @@ impl BlockStore for BlockService {
             results.push(match p {
                 Pending::Receiving => unreachable!("every receiving block is completed or failed above"),
                 Pending::Done(r) => r,
-                Pending::Commit(task) => match task.await {
-                    Ok(r) => result(i, r.as_ref().copied()),
-                    Err(e) => result(i, Err(&TierError::Generic { tier: "manager".into(), source: Box::new(e) })),
-                },
+                Pending::Commit(commit) => result(i, commit.await.as_ref().copied()),
             });
         }
         self.end("put", started);
