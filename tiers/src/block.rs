@@ -14,6 +14,15 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }
 
+/// Checks a block length against the rule every tier and the manager enforce: 1 byte at
+/// least, `max` at most. The error names the key, the size and the limit.
+pub fn check_block_size(key: &BlockKey, len: u64, max: u64) -> crate::Result<()> {
+    if len == 0 || len > max {
+        return Err(crate::Error::InvalidSize { key: key.to_string(), size: len, max });
+    }
+    Ok(())
+}
+
 /// An immutable block. Cloning shares the bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {

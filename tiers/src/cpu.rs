@@ -307,10 +307,7 @@ impl CpuTier {
     }
 
     fn check_size(&self, key: &BlockKey, len: u64) -> Result<()> {
-        if len == 0 || len > self.max_block_size {
-            return Err(Error::InvalidSize { key: key.to_string(), size: len, max: self.max_block_size });
-        }
-        Ok(())
+        crate::check_block_size(key, len, self.max_block_size)
     }
 
     /// Bytes of memory the arena maps.

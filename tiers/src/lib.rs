@@ -42,7 +42,7 @@ mod tier;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use block::{Block, crc32c, crc32c_append};
+pub use block::{Block, check_block_size, crc32c, crc32c_append};
 pub use cpu::{CpuTier, CpuTierBuilder, Reservation};
 pub use error::{Error, Result};
 pub use key::{BlockKey, Key, MAX_KEY_LEN, MAX_NAMESPACE_LEN, Namespace};

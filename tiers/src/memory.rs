@@ -25,9 +25,7 @@ impl MemoryTier {
     }
 
     fn put_one(&self, block: &Block) -> Result<PutStatus> {
-        if block.is_empty() || block.len() > self.max_block_size {
-            return Err(Error::InvalidSize { key: block.key.to_string(), size: block.len(), max: self.max_block_size });
-        }
+        crate::check_block_size(&block.key, block.len(), self.max_block_size)?;
         let mut st = self.state.lock();
         if st.0.contains_key(&block.key) {
             return Ok(PutStatus::Existed);

@@ -331,10 +331,7 @@ impl Manager {
 
 impl Inner {
     fn check_size(&self, key: &BlockKey, len: u64) -> Result<(), TierError> {
-        if len == 0 || len > self.limits.max_block_size {
-            return Err(TierError::InvalidSize { key: key.to_string(), size: len, max: self.limits.max_block_size });
-        }
-        Ok(())
+        kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)
     }
 
     fn check_durability(&self, durability: Durability) -> Result<(), TierError> {

@@ -205,9 +205,7 @@ impl SsdTier {
 
     async fn put_one(&self, block: &Block) -> Result<PutStatus> {
         let len = block.len();
-        if len == 0 || len > self.max_block_size {
-            return Err(Error::InvalidSize { key: block.key.to_string(), size: len, max: self.max_block_size });
-        }
+        crate::check_block_size(&block.key, len, self.max_block_size)?;
         if self.map.contains_key(&block.key) {
             return Ok(PutStatus::Existed);
         }
@@ -217,15 +215,9 @@ impl SsdTier {
             used: self.alloc.usage().0,
             required: len,
         })?;
-        // Frees the slot if anything below fails or the future is dropped before a write is
-        // submitted.
+        // Frees the slot if anything below fails, or the future is dropped outside a write.
         let mut guard = FreeOnDrop { alloc: &self.alloc, addr: Some(al.addr), in_flight: false };
-        // From here the future's drop must not free the slot: a submitted write finishes on
-        // the blocking pool even when nobody awaits it.
-        guard.in_flight = true;
-        let header_written = self.ensure_region_header(al).await;
-        guard.in_flight = false;
-        header_written?;
+        guard.writing(self.ensure_region_header(al)).await?;
         let info = SlotInfo {
             addr: al.addr,
             epoch: al.epoch,
@@ -245,10 +237,7 @@ impl SsdTier {
         };
         let offset = self.file_offset(al.addr);
         let data = self.write_data(&header, &block.data);
-        guard.in_flight = true;
-        let written = self.io.write(offset, data).await;
-        guard.in_flight = false;
-        written.map_err(|e| self.io_error("pwrite", offset, e))?;
+        guard.writing(self.io.write(offset, data)).await.map_err(|e| self.io_error("pwrite", offset, e))?;
         guard.addr = None;
         match self.map.entry(block.key.clone()) {
             Entry::Occupied(_) => {
@@ -333,6 +322,17 @@ struct FreeOnDrop<'a> {
     alloc: &'a SlabAllocator,
     addr: Option<SlotAddr>,
     in_flight: bool,
+}
+
+impl FreeOnDrop<'_> {
+    /// Awaits a write with the slot marked in flight: if the future is dropped meanwhile, the
+    /// slot is leaked, not freed.
+    async fn writing<T>(&mut self, write: impl Future<Output = T>) -> T {
+        self.in_flight = true;
+        let result = write.await;
+        self.in_flight = false;
+        result
+    }
 }
 
 impl Drop for FreeOnDrop<'_> {
