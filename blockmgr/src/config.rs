@@ -24,6 +24,8 @@ pub struct Config {
     pub cpu: CpuConfig,
     /// Local SSD tier.
     pub ssd: SsdConfig,
+    /// Shared-memory data plane for clients on this host.
+    pub shm: ShmConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -36,6 +38,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             cpu: CpuConfig::default(),
             ssd: SsdConfig::default(),
+            shm: ShmConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -151,6 +154,73 @@ impl Default for SsdConfig {
     }
 }
 
+/// `[shm]`: the shared-memory data plane (see [`crate::shm`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShmConfig {
+    /// Unix socket local clients map the CPU arena through; relative to `data_dir` unless
+    /// absolute; empty disables the data plane. Default `kvtier-shm.sock`.
+    pub socket: PathBuf,
+    /// Who may map the arena besides the server's own uid and root (who may open every
+    /// namespace), and which namespaces each may open. A mapped client can read every byte
+    /// of the arena: grant only uids you trust. Default none.
+    pub grants: Vec<ShmGrant>,
+    /// Most bytes one session may hold in allocated and pinned slots at once. Default 512 MiB.
+    pub session_limit: ByteSize,
+    /// How long an allocation waits for memory to be freed (blocks demoted to SSD) when the
+    /// arena is full, before the client is told to send the block over gRPC. Default 200ms.
+    #[serde(with = "humantime_serde")]
+    pub alloc_wait: Duration,
+    /// Recompute the CRC-32C of blocks committed through shared memory and refuse those that
+    /// disagree with the client's. Off, the client's checksum is trusted (faster puts; a
+    /// wrong one shows as a checksum miss on a later read from SSD). Default true.
+    pub verify_commits: bool,
+}
+
+impl Default for ShmConfig {
+    fn default() -> Self {
+        ShmConfig {
+            socket: PathBuf::from("kvtier-shm.sock"),
+            grants: Vec::new(),
+            session_limit: ByteSize(512 << 20),
+            alloc_wait: Duration::from_millis(200),
+            verify_commits: true,
+        }
+    }
+}
+
+/// One `[[shm.grants]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShmGrant {
+    /// The peer's uid (from the socket's credentials, not from anything the client says).
+    pub uid: u32,
+    /// Namespaces it may open: exact names, or prefixes ending in `*` (`"tenant-a/*"`, `"*"`).
+    pub namespaces: Vec<String>,
+}
+
+impl ShmConfig {
+    /// Whether a peer with `uid` may open `namespace`.
+    pub fn allows(&self, uid: u32, namespace: &str) -> bool {
+        // SAFETY: geteuid cannot fail.
+        if uid == 0 || uid == unsafe { libc::geteuid() } {
+            return true;
+        }
+        self.grants.iter().filter(|g| g.uid == uid).flat_map(|g| &g.namespaces).any(|pattern| {
+            match pattern.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => namespace == pattern,
+            }
+        })
+    }
+
+    /// Whether a peer with `uid` may map the arena at all.
+    pub fn admits(&self, uid: u32) -> bool {
+        // SAFETY: geteuid cannot fail.
+        uid == 0 || uid == unsafe { libc::geteuid() } || self.grants.iter().any(|g| g.uid == uid)
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +279,9 @@ impl Config {
         }
         if self.server.transfer_budget.0 < self.max_block_size.0 {
             return bad("server.transfer_budget", "must be at least max_block_size");
+        }
+        if self.shm.session_limit.0 < self.max_block_size.0 {
+            return bad("shm.session_limit", "must be at least max_block_size");
         }
         if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
             return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");

@@ -22,11 +22,13 @@ mod policy;
 pub mod remote;
 /// `kvtier serve`.
 pub mod server;
+/// The shared-memory data plane for clients on the server's host.
+pub mod shm;
 /// Conversions to and from the wire types.
 pub mod wire;
 
 pub use client::{Client, ClientError, GetItem, PutItem, PutReport};
 pub use config::{ByteSize, Config};
 pub use error::Error;
-pub use manager::{Durability, GetOutcome, Manager, MissReason, PutOutcome, PutWriter, Stats, TierStats};
+pub use manager::{ArenaPin, Durability, GetOutcome, Manager, MissReason, PutOutcome, PutWriter, Stats, TierStats};
 pub use metrics::Metrics;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub demotion_queue: IntGauge,
     /// Keys in the index.
     pub index_blocks: IntGauge,
+    /// Open shared-memory sessions (local clients mapping the arena).
+    pub shm_sessions: IntGauge,
     /// Capacity of each tier (bytes), refreshed on scrape.
     pub tier_capacity: IntGaugeVec,
     /// Used bytes of each tier, refreshed on scrape.
@@ -81,6 +83,9 @@ impl Metrics {
         registry.register(Box::new(demotion_queue.clone())).expect("unique metric");
         let index_blocks = IntGauge::new("index_blocks", "Blocks in the index").expect("valid metric");
         registry.register(Box::new(index_blocks.clone())).expect("unique metric");
+        let shm_sessions =
+            IntGauge::new("shm_sessions", "Open shared-memory data plane sessions").expect("valid metric");
+        registry.register(Box::new(shm_sessions.clone())).expect("unique metric");
         Metrics {
             requests: counter("requests_total", "Requests by operation", &["op"]),
             latency,
@@ -96,6 +101,7 @@ impl Metrics {
             dropped,
             demotion_queue,
             index_blocks,
+            shm_sessions,
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),

@@ -6,8 +6,9 @@
 //! counted: a reader holds its slot until it drops the returned `Bytes`, so eviction or
 //! deletion never frees memory that is still being read, and reads are zero-copy.
 //!
-//! The memfd is kept so that a later local data plane can hand the same mapping to clients
-//! on the host.
+//! The memfd is kept so that the local data plane (`kvtier_blockmgr::shm`) can hand the same
+//! mapping to clients on the host. It is sealed against resizing: a client holding the fd
+//! could otherwise truncate it and crash the server with SIGBUS on its next access.
 
 use std::{
     fmt,
@@ -142,7 +143,7 @@ impl Mapping {
 
 fn create_memfd(len: usize) -> Option<OwnedFd> {
     // SAFETY: the name is a valid NUL-terminated string.
-    let fd = unsafe { libc::memfd_create(c"kvtier-cpu".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"kvtier-cpu".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "memfd_create failed; the CPU arena will be private anonymous memory");
         return None;
@@ -152,6 +153,12 @@ fn create_memfd(len: usize) -> Option<OwnedFd> {
     // SAFETY: sizing our own memfd.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "sizing the memfd failed; using anonymous memory");
+        return None;
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: sealing our own memfd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "sealing the memfd failed; using anonymous memory");
         return None;
     }
     Some(fd)
@@ -281,6 +288,17 @@ impl Reservation {
         self.written
     }
 
+    /// Where the slot lies in the arena (see [`CpuTier::memfd`]).
+    pub fn arena_offset(&self) -> u64 {
+        self.slot.arena.alloc.layout().slot_offset(self.slot.addr)
+    }
+
+    /// Declares every byte written by someone who shares the arena's mapping (a local
+    /// client of the shm data plane) rather than through [`Reservation::write`].
+    pub fn mark_filled(&mut self) {
+        self.written = self.slot.len;
+    }
+
     /// The bytes written so far.
     pub fn as_slice(&self) -> &[u8] {
         &self.slot.as_ref()[..self.written]
@@ -325,6 +343,20 @@ impl CpuTier {
     /// private anonymous memory).
     pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
         self.arena.mapping.memfd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Bytes of the arena's mapping (what a client maps from [`CpuTier::memfd`]).
+    pub fn mapping_len(&self) -> u64 {
+        self.arena.mapping.len as u64
+    }
+
+    /// The offset in the arena of `bytes`, when they lie inside it (a block this tier
+    /// returned, or a reservation's bytes); None for bytes elsewhere.
+    pub fn arena_offset(&self, bytes: &[u8]) -> Option<u64> {
+        let base = self.arena.mapping.ptr.as_ptr() as usize;
+        let start = bytes.as_ptr() as usize;
+        let inside = start >= base && start + bytes.len() <= base + self.arena.mapping.len;
+        inside.then(|| (start - base) as u64)
     }
 
     /// Takes arena space for a block of `len` bytes that the caller will write piece by

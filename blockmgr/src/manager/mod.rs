@@ -11,12 +11,14 @@
 //!   (single flight), verified against their checksum, and promoted to memory.
 //! - **lookup** reads only the index: the longest present prefix and each block's tier.
 
+mod arena;
 mod movement;
 mod types;
 mod writer;
 
 use self::writer::{Budgeted, ReservedBytes, Sink};
 pub use self::{
+    arena::ArenaPin,
     types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
     writer::PutWriter,
 };

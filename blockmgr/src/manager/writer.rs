@@ -87,6 +87,37 @@ impl PutWriter {
     pub fn is_complete(&self) -> bool {
         self.written == self.len
     }
+
+    /// Where the block's bytes go in the CPU arena, when they go there (see
+    /// [`super::Manager::begin_put_in_arena`]).
+    pub fn arena_offset(&self) -> Option<u64> {
+        match &self.sink {
+            Sink::Arena(r, _) => Some(r.arena_offset()),
+            Sink::Heap(..) => None,
+        }
+    }
+
+    /// Declares the block's bytes written through the shared arena mapping. With `verify`
+    /// (or when the client declared no checksum) the checksum is computed over the bytes now
+    /// in the slot, so a declared one that disagrees fails the commit; without, the declared
+    /// checksum is taken as is and a wrong one only shows when the block is read back.
+    /// `declared` replaces the checksum given when the put began, if any.
+    pub fn mark_filled(&mut self, declared: Option<u32>, verify: bool) -> Result<(), TierError> {
+        let Sink::Arena(reservation, _) = &mut self.sink else {
+            return Err(TierError::Unsupported {
+                tier: "manager".into(),
+                what: format!("{}: the block is not in the shared arena", self.key),
+            });
+        };
+        reservation.mark_filled();
+        self.written = self.len;
+        self.expected_crc32c = declared.or(self.expected_crc32c);
+        self.crc32c = match self.expected_crc32c {
+            Some(declared) if !verify => declared,
+            _ => kvtier_tiers::crc32c(reservation.as_slice()),
+        };
+        Ok(())
+    }
 }
 
 /// Wraps bytes so that a transfer-budget permit is held until the last clone is dropped.

@@ -30,6 +30,8 @@ pub struct RunningServer {
     pub unix_socket: Option<PathBuf>,
     /// The HTTP metrics address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The shared-memory data plane's socket, if enabled.
+    pub shm_socket: Option<PathBuf>,
     manager: Manager,
     config: Config,
     stop: watch::Sender<bool>,
@@ -56,6 +58,15 @@ impl RunningServer {
             // A socket file left by a killed server; the data dir lock proves none is running.
             let _ = std::fs::remove_file(&path);
             let listener = UnixListener::bind(&path).map_err(bind_err(&path.display().to_string()))?;
+            Some((path, listener))
+        };
+        let shm = if config.shm.socket.as_os_str().is_empty() {
+            None
+        } else {
+            let path = config.in_data_dir(&config.shm.socket);
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(bind_err(&path.display().to_string()))?;
+            crate::shm::open_socket_permissions(&path);
             Some((path, listener))
         };
         let metrics = if config.server.metrics_listen.is_empty() {
@@ -98,6 +109,17 @@ impl RunningServer {
             }));
             path
         });
+        let shm_socket = shm.map(|(path, listener)| {
+            let serve = crate::shm::serve(
+                listener,
+                manager.clone(),
+                config.shm.clone(),
+                config.server.max_batch_keys,
+                stopped.clone(),
+            );
+            tasks.push(tokio::spawn(serve));
+            path
+        });
         if let Some(listener) = metrics {
             let app = Router::new()
                 .route("/metrics", get(metrics_text))
@@ -114,11 +136,12 @@ impl RunningServer {
         tracing::info!(
             grpc = %grpc_addr,
             unix = ?unix_socket,
+            shm = ?shm_socket,
             metrics = ?metrics_addr,
             data_dir = %config.data_dir.display(),
             "kvtier serving"
         );
-        Ok(RunningServer { grpc_addr, unix_socket, metrics_addr, manager, config, stop, tasks })
+        Ok(RunningServer { grpc_addr, unix_socket, metrics_addr, shm_socket, manager, config, stop, tasks })
     }
 
     /// The manager behind the server.
@@ -134,6 +157,7 @@ impl RunningServer {
             "grpc": self.grpc_addr.to_string(),
             "unix": self.unix_socket.as_ref().map(|p| format!("unix://{}", p.display())),
             "metrics": self.metrics_addr.map(|a| a.to_string()),
+            "shm": self.shm_socket.as_ref().map(|p| p.display().to_string()),
         })
         .to_string()
     }
@@ -141,7 +165,7 @@ impl RunningServer {
     /// Stops accepting, waits for requests in flight, persists memory-only blocks to SSD
     /// (if configured), all within `server.shutdown_timeout`.
     pub async fn shutdown(self) -> Result<(), Error> {
-        let RunningServer { manager, config, stop, tasks, unix_socket, .. } = self;
+        let RunningServer { manager, config, stop, tasks, unix_socket, shm_socket, .. } = self;
         let _ = stop.send(true);
         let drain = async {
             for t in tasks {
@@ -159,7 +183,7 @@ impl RunningServer {
         if tokio::time::timeout(config.server.shutdown_timeout, drain).await.is_err() {
             tracing::warn!(timeout = ?config.server.shutdown_timeout, "shutdown timed out; exiting with work unfinished");
         }
-        if let Some(path) = unix_socket {
+        for path in [unix_socket, shm_socket].into_iter().flatten() {
             let _ = std::fs::remove_file(path);
         }
         tracing::info!("kvtier stopped");

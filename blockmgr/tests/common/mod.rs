@@ -24,6 +24,7 @@ pub struct Addrs {
     pub grpc: String,
     pub unix: Option<String>,
     pub metrics: Option<String>,
+    pub shm: Option<String>,
 }
 
 /// A running `kvtier serve`.
@@ -89,6 +90,12 @@ impl Node {
 
     pub async fn unix_client(&self) -> Client {
         Client::connect(self.addrs.unix.as_ref().expect("unix socket")).await.expect("connect over the unix socket")
+    }
+
+    /// A shared-memory session for `namespaces`.
+    pub fn shm(&self, namespaces: &[&str]) -> kvtier_blockmgr::shm::ShmClient {
+        kvtier_blockmgr::shm::ShmClient::connect(self.addrs.shm.as_ref().expect("shm socket"), namespaces)
+            .expect("open a shm session")
     }
 
     pub fn pid(&self) -> i32 {
@@ -182,7 +189,11 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
         Ok(line) => {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let s = |k: &str| v[k].as_str().map(String::from);
-            Ok((child, Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics") }, stderr_path))
+            Ok((
+                child,
+                Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics"), shm: s("shm") },
+                stderr_path,
+            ))
         }
         Err(_) => {
             let _ = child.kill();

@@ -1,0 +1,374 @@
+//! Client side of the shm data plane: a blocking client (the Python package calls it with
+//! the GIL released) that maps the server's arena and moves block bytes by memcpy.
+
+use std::{
+    io::{self, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    path::Path,
+    ptr::NonNull,
+};
+
+use kvtier_proto::v1::{self, shm_request::Msg as Req, shm_response::Msg as Resp};
+use kvtier_tiers::TierKind;
+use tonic::Code;
+
+use super::{decode, frame, frame_len, read_frame, recv_with_fd};
+use crate::{
+    Durability, MissReason,
+    wire::{durability_to_wire, miss_from_wire, tier_from_wire},
+};
+
+/// Bytes copied between checksum updates: small enough that the checksum reads the bytes
+/// just written from cache, large enough that the loop costs nothing.
+const COPY_CHUNK: usize = 256 << 10;
+
+/// What went wrong talking to the shm data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    /// The socket failed or the server closed it.
+    #[error("shm socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server refused the request; the message is the server's.
+    #[error("kvtier refused the shm request ({code:?}): {message}")]
+    Refused {
+        /// The gRPC-style code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered something this client does not understand.
+    #[error("shm protocol: {0}")]
+    Protocol(String),
+}
+
+/// Outcome of one block of a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmPut {
+    /// Stored; the fastest tier now holding it.
+    Stored(TierKind),
+    /// The key was already stored: a no-op.
+    Existed,
+    /// Not stored, and why. `ResourceExhausted` means no shared memory was free: send the
+    /// block over gRPC instead.
+    Failed {
+        /// The code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// Outcome of one key of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmGet {
+    /// Copied into the caller's buffer: its length, and the tier it came from.
+    Hit {
+        /// Bytes copied.
+        len: usize,
+        /// Where the block was.
+        tier: TierKind,
+    },
+    /// Not read, and why.
+    Miss {
+        /// Why.
+        reason: MissReason,
+        /// Details.
+        message: String,
+    },
+}
+
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain shared memory; the protocol decides who writes which bytes when.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what connect mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A session of the shm data plane. One request at a time; open one per thread.
+pub struct ShmClient {
+    stream: UnixStream,
+    path: String,
+    map: Mapping,
+    session_limit: u64,
+}
+
+impl std::fmt::Debug for ShmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShmClient({}, {} byte arena)", self.path, self.map.len)
+    }
+}
+
+impl ShmClient {
+    /// Connects to the shm socket at `path`, opens `namespaces` and maps the arena.
+    pub fn connect(path: impl AsRef<Path>, namespaces: &[&str]) -> Result<Self, ShmError> {
+        let path = path.as_ref().display().to_string();
+        let io_err = |source| ShmError::Io { path: path.clone(), source };
+        let mut stream = UnixStream::connect(&path).map_err(io_err)?;
+        let hello = v1::ShmRequest {
+            msg: Some(Req::Hello(v1::ShmHello { namespaces: namespaces.iter().map(|s| s.to_string()).collect() })),
+        };
+        stream.write_all(&frame(&hello)).map_err(io_err)?;
+        // The reply's first bytes carry the memfd; read the frame header with them.
+        let mut head = [0u8; 4];
+        let (mut got, mut fd) = (0, None);
+        while got < 4 {
+            let (n, f) = recv_with_fd(&mut stream, &mut head[got..]).map_err(io_err)?;
+            if n == 0 {
+                return Err(io_err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")));
+            }
+            got += n;
+            fd = fd.or(f);
+        }
+        let mut body = vec![0u8; frame_len(head).map_err(io_err)?];
+        io::Read::read_exact(&mut stream, &mut body).map_err(io_err)?;
+        let welcome = match decode::<v1::ShmResponse>(&body).map_err(io_err)?.msg {
+            Some(Resp::Welcome(w)) => w,
+            other => return Err(unexpected(other)),
+        };
+        let fd = fd.ok_or_else(|| ShmError::Protocol("the welcome came without the arena's file descriptor".into()))?;
+        let len =
+            usize::try_from(welcome.arena_size).map_err(|_| ShmError::Protocol("arena larger than memory".into()))?;
+        // SAFETY: mapping a memfd the server sealed at exactly `len` bytes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        let map = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len };
+        Ok(ShmClient { stream, path, map, session_limit: welcome.session_limit })
+    }
+
+    /// Most bytes this session may hold in slots at once (the server's `shm.session_limit`).
+    pub fn session_limit(&self) -> u64 {
+        self.session_limit
+    }
+
+    /// Bytes of the mapped arena.
+    pub fn arena_size(&self) -> u64 {
+        self.map.len as u64
+    }
+
+    fn call(&mut self, msg: Req) -> Result<Resp, ShmError> {
+        let io_err = |source| ShmError::Io { path: self.path.clone(), source };
+        self.stream.write_all(&frame(&v1::ShmRequest { msg: Some(msg) })).map_err(io_err)?;
+        let response: v1::ShmResponse = read_frame(&mut self.stream).map_err(io_err)?;
+        match response.msg {
+            Some(Resp::Error(s)) => Err(ShmError::Refused { code: Code::from(s.code as i32), message: s.message }),
+            Some(r) => Ok(r),
+            None => Err(ShmError::Protocol("an empty response".into())),
+        }
+    }
+
+    /// The mapping's bytes at a slot the server gave, checked against the mapping's size.
+    fn slot(&self, slot: &v1::ShmSlot) -> Result<*mut u8, ShmError> {
+        let end = slot.offset.checked_add(slot.length).filter(|&e| e <= self.map.len as u64);
+        end.ok_or_else(|| ShmError::Protocol(format!("slot {slot:?} lies outside the {}-byte arena", self.map.len)))?;
+        // SAFETY: inside the mapping (checked above).
+        Ok(unsafe { self.map.ptr.as_ptr().add(slot.offset as usize) })
+    }
+
+    /// Stores `blocks` (key, bytes) in `namespace`: one alloc, a copy of each block into its
+    /// slot (checksummed while copying), one commit. Per-block outcomes, in order.
+    pub fn put(
+        &mut self,
+        namespace: &str,
+        blocks: &[(&[u8], &[u8])],
+        durability: Durability,
+    ) -> Result<Vec<ShmPut>, ShmError> {
+        let headers = blocks
+            .iter()
+            .map(|(k, v)| v1::BlockHeader {
+                key: bytes::Bytes::copy_from_slice(k),
+                length: v.len() as u64,
+                crc32c: None,
+            })
+            .collect();
+        let alloc = v1::ShmAlloc {
+            namespace: namespace.into(),
+            blocks: headers,
+            durability: durability_to_wire(durability) as i32,
+        };
+        let Resp::Allocated(allocated) = self.call(Req::Alloc(alloc))? else {
+            return Err(ShmError::Protocol("alloc answered with something else".into()));
+        };
+        if allocated.results.len() != blocks.len() {
+            return Err(ShmError::Protocol(format!(
+                "{} alloc results for {} blocks",
+                allocated.results.len(),
+                blocks.len()
+            )));
+        }
+        let mut outcomes = Vec::with_capacity(blocks.len());
+        let (mut handles, mut crcs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, result) in allocated.results.iter().enumerate() {
+            let status = result.status.clone().unwrap_or_default();
+            outcomes.push(if status.code != 0 {
+                ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
+            } else if result.existed {
+                ShmPut::Existed
+            } else {
+                let slot =
+                    result.slot.as_ref().ok_or_else(|| ShmError::Protocol("an allocation without a slot".into()))?;
+                let data = blocks[i].1;
+                if slot.length != data.len() as u64 {
+                    return Err(ShmError::Protocol(format!(
+                        "slot of {} bytes for a {}-byte block",
+                        slot.length,
+                        data.len()
+                    )));
+                }
+                let dst = self.slot(slot)?;
+                // SAFETY: the slot is ours alone until committed, and inside the mapping.
+                crcs.push(unsafe { copy_with_crc(data, dst) });
+                handles.push(slot.handle);
+                positions.push(i);
+                ShmPut::Stored(TierKind::Cpu)
+            });
+        }
+        if handles.is_empty() {
+            return Ok(outcomes);
+        }
+        let Resp::Committed(committed) = self.call(Req::Commit(v1::ShmCommit { handles, crc32c: crcs }))? else {
+            return Err(ShmError::Protocol("commit answered with something else".into()));
+        };
+        if committed.results.len() != positions.len() {
+            return Err(ShmError::Protocol("commit results do not match the handles".into()));
+        }
+        for (result, i) in committed.results.into_iter().zip(positions) {
+            let status = result.status.unwrap_or_default();
+            outcomes[i] = if status.code != 0 {
+                ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
+            } else if result.existed {
+                ShmPut::Existed
+            } else {
+                ShmPut::Stored(tier_from_wire(result.tier).unwrap_or(TierKind::Cpu))
+            };
+        }
+        Ok(outcomes)
+    }
+
+    /// Reads `keys` of `namespace` into `outs` (one buffer per key, at least as long as the
+    /// block): one pin, a copy out of each slot, one release. Per-key outcomes, in order; a
+    /// buffer too small for its block is a miss with reason `Error`.
+    pub fn get_into(
+        &mut self,
+        namespace: &str,
+        keys: &[&[u8]],
+        outs: &mut [&mut [u8]],
+    ) -> Result<Vec<ShmGet>, ShmError> {
+        assert_eq!(keys.len(), outs.len(), "one output buffer per key");
+        self.read(namespace, keys, |i, src, len| {
+            let out = &mut outs[i];
+            if out.len() < len {
+                return Err(format!("the block is {len} bytes; the buffer holds {}", out.len()));
+            }
+            // SAFETY: `src` holds `len` pinned bytes; `out` has room for them.
+            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
+            Ok(())
+        })
+    }
+
+    /// Reads `keys` into fresh buffers; `None` for a miss.
+    pub fn get(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShmError> {
+        let mut bufs: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        self.read(namespace, keys, |i, src, len| {
+            // SAFETY: `src` holds `len` pinned bytes.
+            bufs[i] = Some(unsafe { std::slice::from_raw_parts(src, len) }.to_vec());
+            Ok(())
+        })?;
+        Ok(bufs)
+    }
+
+    /// Pins `keys`, hands each pinned block to `copy` (index, bytes, length), releases the
+    /// pins. `copy` returning `Err` turns that key into a miss with its message.
+    fn read(
+        &mut self,
+        namespace: &str,
+        keys: &[&[u8]],
+        mut copy: impl FnMut(usize, *const u8, usize) -> Result<(), String>,
+    ) -> Result<Vec<ShmGet>, ShmError> {
+        let pin = v1::ShmPin {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect(),
+        };
+        let Resp::Pinned(pinned) = self.call(Req::Pin(pin))? else {
+            return Err(ShmError::Protocol("pin answered with something else".into()));
+        };
+        if pinned.results.len() != keys.len() {
+            return Err(ShmError::Protocol(format!("{} pin results for {} keys", pinned.results.len(), keys.len())));
+        }
+        let handles: Vec<u64> = pinned.results.iter().filter_map(|r| r.slot.as_ref().map(|s| s.handle)).collect();
+        let mut outcomes = Vec::with_capacity(keys.len());
+        let mut failure = None;
+        for (i, result) in pinned.results.iter().enumerate() {
+            let Some(slot) = &result.slot else {
+                let miss = result.miss.clone().unwrap_or_default();
+                outcomes.push(ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message });
+                continue;
+            };
+            let src = match self.slot(slot) {
+                Ok(src) => src,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let len = slot.length as usize;
+            outcomes.push(match copy(i, src, len) {
+                Ok(()) => ShmGet::Hit { len, tier: tier_from_wire(result.tier).unwrap_or(TierKind::Cpu) },
+                Err(message) => ShmGet::Miss { reason: MissReason::Error, message },
+            });
+        }
+        if !handles.is_empty() {
+            self.call(Req::Release(v1::ShmRelease { handles }))?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
+    }
+}
+
+/// Copies `src` to `dst` in cache-sized chunks, checksumming each chunk right after it is
+/// copied (while it is still in cache). Returns the CRC-32C of the bytes.
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes and not overlap `src`.
+unsafe fn copy_with_crc(src: &[u8], dst: *mut u8) -> u32 {
+    let mut crc = 0;
+    for (i, chunk) in src.chunks(COPY_CHUNK).enumerate() {
+        // SAFETY: the caller guarantees room for all of `src`.
+        unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(i * COPY_CHUNK), chunk.len()) };
+        crc = kvtier_tiers::crc32c_append(crc, chunk);
+    }
+    crc
+}
+
+fn unexpected(msg: Option<Resp>) -> ShmError {
+    match msg {
+        Some(Resp::Error(s)) => ShmError::Refused { code: Code::from(s.code as i32), message: s.message },
+        other => ShmError::Protocol(format!("expected a welcome, got {other:?}")),
+    }
+}

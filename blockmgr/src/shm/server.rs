@@ -1,0 +1,411 @@
+//! Server side of the shm data plane: one task per connected client, requests answered in
+//! order, everything the session holds released when the connection closes.
+
+use std::{collections::HashMap, os::fd::AsRawFd, path::Path, time::Instant};
+
+use kvtier_proto::v1::{self, shm_request::Msg as Req, shm_response::Msg as Resp};
+use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tonic::Code;
+
+use super::{decode, frame, frame_len, op_name, send_with_fd};
+use crate::{
+    ArenaPin, GetOutcome, Manager, PutWriter,
+    config::ShmConfig,
+    wire::{block_status, durability_from_wire, miss_to_wire, tier_to_wire},
+};
+
+/// Accepts shm clients on `listener` until `stopped` turns true.
+pub(crate) async fn serve(
+    listener: UnixListener,
+    manager: Manager,
+    config: ShmConfig,
+    max_batch_keys: usize,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut stop = stopped.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|&s| s) => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.map_err(|e| format!("shm accept: {e}"))?;
+                let session = Session::new(manager.clone(), config.clone(), max_batch_keys);
+                let stopped = stopped.clone();
+                tokio::spawn(async move { session.run(stream, stopped).await });
+            }
+        }
+    }
+}
+
+/// Makes the socket connectable by every local uid: who may map the arena is decided by
+/// the peer's credentials ([`ShmConfig::admits`]), not by file permissions.
+pub(crate) fn open_socket_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot open the shm socket to other users");
+    }
+}
+
+/// What a session holds under a handle.
+enum Held {
+    Alloc(PutWriter),
+    Pin(ArenaPin),
+}
+
+impl Held {
+    fn len(&self) -> u64 {
+        match self {
+            Held::Alloc(w) => w.len(),
+            Held::Pin(p) => p.len,
+        }
+    }
+}
+
+struct Session {
+    manager: Manager,
+    config: ShmConfig,
+    max_batch_keys: usize,
+    uid: u32,
+    namespaces: Vec<Namespace>,
+    held: HashMap<u64, Held>,
+    held_bytes: u64,
+    next_handle: u64,
+}
+
+impl Session {
+    fn new(manager: Manager, config: ShmConfig, max_batch_keys: usize) -> Self {
+        Session {
+            manager,
+            config,
+            max_batch_keys,
+            uid: u32::MAX,
+            namespaces: Vec::new(),
+            held: HashMap::new(),
+            held_bytes: 0,
+            next_handle: 1,
+        }
+    }
+
+    async fn run(mut self, mut stream: UnixStream, mut stopped: watch::Receiver<bool>) {
+        let peer = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => return tracing::warn!(error = %e, "shm: cannot read the peer's credentials; closing"),
+        };
+        self.uid = peer.uid();
+        let metrics = self.manager.metrics().clone();
+        metrics.shm_sessions.inc();
+        let result = loop {
+            let request = tokio::select! {
+                _ = stopped.wait_for(|&s| s) => break Ok(()),
+                r = read_request(&mut stream) => r,
+            };
+            let request = match request {
+                Ok(Some(r)) => r,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let op = op_name(&request);
+            let started = Instant::now();
+            metrics.requests.with_label_values(&[op]).inc();
+            let sent = match request.msg {
+                Some(Req::Hello(hello)) => self.hello(&mut stream, hello).await,
+                other => {
+                    let response = self.handle(other).await;
+                    stream.write_all(&frame(&v1::ShmResponse { msg: Some(response) })).await
+                }
+            };
+            metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+            if let Err(e) = sent {
+                break Err(e);
+            }
+        };
+        metrics.shm_sessions.dec();
+        if let Err(e) = result {
+            tracing::debug!(pid = ?peer.pid(), error = %e, "shm session ended");
+        }
+        // Dropping `self` releases every allocation and pin the session still holds.
+    }
+
+    /// Checks the peer and the namespaces, then sends the welcome with the arena's memfd.
+    async fn hello(&mut self, stream: &mut UnixStream, hello: v1::ShmHello) -> std::io::Result<()> {
+        let refused = |message: String| Resp::Error(v1::BlockStatus { code: Code::PermissionDenied as u32, message });
+        let reply = if !self.namespaces.is_empty() {
+            Err(Resp::Error(v1::BlockStatus {
+                code: Code::FailedPrecondition as u32,
+                message: "hello was already sent on this connection".into(),
+            }))
+        } else if !self.config.admits(self.uid) {
+            Err(refused(format!("uid {} is not granted the shared-memory data plane (shm.grants)", self.uid)))
+        } else if hello.namespaces.is_empty() {
+            Err(Resp::Error(v1::BlockStatus {
+                code: Code::InvalidArgument as u32,
+                message: "hello names no namespace".into(),
+            }))
+        } else {
+            self.open_namespaces(&hello.namespaces).map_err(|m| match m {
+                NsRefusal::Invalid(message) => {
+                    Resp::Error(v1::BlockStatus { code: Code::InvalidArgument as u32, message })
+                }
+                NsRefusal::Denied(message) => refused(message),
+            })
+        };
+        let cpu = self.manager.cpu_tier();
+        let (Ok(()), Some(memfd)) = (&reply, cpu.memfd()) else {
+            let response = match reply {
+                Err(r) => r,
+                Ok(()) => Resp::Error(v1::BlockStatus {
+                    code: Code::Unavailable as u32,
+                    message: "the CPU arena is not a memfd on this host; use gRPC".into(),
+                }),
+            };
+            self.namespaces.clear();
+            return stream.write_all(&frame(&v1::ShmResponse { msg: Some(response) })).await;
+        };
+        let welcome = frame(&v1::ShmResponse {
+            msg: Some(Resp::Welcome(v1::ShmWelcome {
+                arena_size: cpu.mapping_len(),
+                session_limit: self.config.session_limit.0,
+                version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        });
+        let socket = stream.as_raw_fd();
+        let sent = stream.async_io(Interest::WRITABLE, || send_with_fd(socket, &welcome, memfd)).await?;
+        stream.write_all(&welcome[sent..]).await
+    }
+
+    fn open_namespaces(&mut self, names: &[String]) -> Result<(), NsRefusal> {
+        for name in names {
+            let ns = Namespace::new(name).map_err(|e| NsRefusal::Invalid(e.to_string()))?;
+            if !self.config.allows(self.uid, name) {
+                return Err(NsRefusal::Denied(format!(
+                    "uid {} may not open namespace {name:?} (shm.grants)",
+                    self.uid
+                )));
+            }
+            self.namespaces.push(ns);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, request: Option<Req>) -> Resp {
+        if self.namespaces.is_empty() {
+            return error(Code::FailedPrecondition, "the first message of a session must be hello".into());
+        }
+        match request {
+            Some(Req::Alloc(a)) => self.alloc(a).await.unwrap_or_else(|e| e),
+            Some(Req::Commit(c)) => self.commit(c).await,
+            Some(Req::Pin(p)) => self.pin(p).await.unwrap_or_else(|e| e),
+            Some(Req::Release(r)) => self.release(r),
+            Some(Req::Hello(_)) => unreachable!("hello is answered by run"),
+            None => error(Code::InvalidArgument, "a message with no field set (an unknown or newer field?)".into()),
+        }
+    }
+
+    /// The namespace of a request, which must be one the session opened.
+    fn namespace(&self, name: &str, count: usize) -> Result<Namespace, Resp> {
+        if count > self.max_batch_keys {
+            return Err(error(
+                Code::InvalidArgument,
+                format!("{count} keys in one request; the limit is {}", self.max_batch_keys),
+            ));
+        }
+        self.namespaces.iter().find(|ns| ns.as_str() == name).cloned().ok_or_else(|| {
+            error(Code::PermissionDenied, format!("namespace {name:?} was not opened by this session's hello"))
+        })
+    }
+
+    fn hold(&mut self, held: Held) -> u64 {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.held_bytes += held.len();
+        self.held.insert(handle, held);
+        handle
+    }
+
+    fn take(&mut self, handle: u64) -> Option<Held> {
+        let held = self.held.remove(&handle)?;
+        self.held_bytes -= held.len();
+        Some(held)
+    }
+
+    fn over_limit(&self, len: u64) -> Option<TierError> {
+        (self.held_bytes + len > self.config.session_limit.0).then(|| TierError::NoSpace {
+            tier: "shm session (release pins or commit allocations first)".into(),
+            capacity: self.config.session_limit.0,
+            used: self.held_bytes,
+            required: len,
+        })
+    }
+
+    async fn alloc(&mut self, req: v1::ShmAlloc) -> Result<Resp, Resp> {
+        let ns = self.namespace(&req.namespace, req.blocks.len())?;
+        let durability = durability_from_wire(req.durability).map_err(|s| error(s.code(), s.message().into()))?;
+        let mut results = Vec::with_capacity(req.blocks.len());
+        for header in req.blocks {
+            let outcome = match Key::new(&header.key) {
+                Err(e) => Err(e),
+                Ok(key) => {
+                    let key = BlockKey::new(ns.clone(), key);
+                    if !self.manager.lookup(std::slice::from_ref(&key)).is_empty() {
+                        results.push(v1::ShmAllocResult {
+                            status: Some(block_status(Ok(()))),
+                            existed: true,
+                            slot: None,
+                        });
+                        continue;
+                    }
+                    match self.over_limit(header.length) {
+                        Some(e) => Err(e),
+                        None => {
+                            self.manager
+                                .begin_put_in_arena(
+                                    key,
+                                    header.length,
+                                    header.crc32c,
+                                    durability,
+                                    self.config.alloc_wait,
+                                )
+                                .await
+                        }
+                    }
+                }
+            };
+            results.push(match outcome {
+                Ok(writer) => {
+                    let (offset, length) = (writer.arena_offset().expect("an arena put"), writer.len());
+                    let handle = self.hold(Held::Alloc(writer));
+                    v1::ShmAllocResult {
+                        status: Some(block_status(Ok(()))),
+                        existed: false,
+                        slot: Some(v1::ShmSlot { handle, offset, length }),
+                    }
+                }
+                Err(e) => v1::ShmAllocResult { status: Some(block_status(Err(&e))), existed: false, slot: None },
+            });
+        }
+        Ok(Resp::Allocated(v1::ShmAllocated { results }))
+    }
+
+    async fn commit(&mut self, req: v1::ShmCommit) -> Resp {
+        if !req.crc32c.is_empty() && req.crc32c.len() != req.handles.len() {
+            let (c, h) = (req.crc32c.len(), req.handles.len());
+            return error(Code::InvalidArgument, format!("{c} checksums for {h} handles; send one per handle or none"));
+        }
+        let mut pending = Vec::with_capacity(req.handles.len());
+        for (index, handle) in req.handles.iter().enumerate() {
+            let declared = req.crc32c.get(index).copied();
+            let started = match self.take(*handle) {
+                Some(Held::Alloc(mut writer)) => match writer.mark_filled(declared, self.config.verify_commits) {
+                    Ok(()) => Ok(self.manager.finish_put(writer)),
+                    Err(e) => Err(e),
+                },
+                Some(pin @ Held::Pin(_)) => {
+                    self.held_bytes += pin.len();
+                    self.held.insert(*handle, pin);
+                    Err(unknown_handle(*handle, "is a pin, not an allocation"))
+                }
+                None => Err(unknown_handle(*handle, "is not held by this session")),
+            };
+            pending.push((index, started));
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for (index, started) in pending {
+            let outcome = match started {
+                Ok(commit) => commit.await,
+                Err(e) => Err(e),
+            };
+            results.push(match outcome {
+                Ok(o) => v1::PutResult {
+                    index: index as u32,
+                    status: Some(block_status(Ok(()))),
+                    existed: o.status == kvtier_tiers::PutStatus::Existed,
+                    tier: tier_to_wire(o.tier) as i32,
+                },
+                Err(e) => v1::PutResult {
+                    index: index as u32,
+                    status: Some(block_status(Err(&e))),
+                    existed: false,
+                    tier: v1::Tier::Unspecified as i32,
+                },
+            });
+        }
+        Resp::Committed(v1::ShmCommitted { results })
+    }
+
+    async fn pin(&mut self, req: v1::ShmPin) -> Result<Resp, Resp> {
+        let ns = self.namespace(&req.namespace, req.keys.len())?;
+        let keys: Vec<_> = req
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Key::new(k).map(|k| BlockKey::new(ns.clone(), k)).map_err(|e| (i, e)))
+            .collect::<Result<_, _>>()
+            .map_err(|(i, e)| error(Code::InvalidArgument, format!("key {i}: {e}")))?;
+        // Reads from SSD run concurrently; results come back in key order.
+        let manager = &self.manager;
+        let pins = futures::future::join_all(keys.iter().map(|k| manager.pin(k))).await;
+        let mut results = Vec::with_capacity(pins.len());
+        for (index, pin) in pins.into_iter().enumerate() {
+            let miss = |reason, message| v1::ShmPinResult {
+                slot: None,
+                crc32c: 0,
+                tier: v1::Tier::Unspecified as i32,
+                miss: Some(v1::GetMiss { index: index as u32, reason: miss_to_wire(reason) as i32, message }),
+            };
+            results.push(match pin {
+                Ok(pin) if self.over_limit(pin.len).is_some() => {
+                    let e = self.over_limit(pin.len).expect("checked");
+                    miss(crate::MissReason::Error, e.to_string())
+                }
+                Ok(pin) => {
+                    let (offset, length, crc32c, tier) = (pin.offset, pin.len, pin.crc32c, tier_to_wire(pin.tier));
+                    let handle = self.hold(Held::Pin(pin));
+                    v1::ShmPinResult {
+                        slot: Some(v1::ShmSlot { handle, offset, length }),
+                        crc32c,
+                        tier: tier as i32,
+                        miss: None,
+                    }
+                }
+                Err(GetOutcome::Miss { reason, message }) => miss(reason, message),
+                Err(GetOutcome::Hit { .. }) => unreachable!("pin returns hits as pins"),
+            });
+        }
+        Ok(Resp::Pinned(v1::ShmPinned { results }))
+    }
+
+    fn release(&mut self, req: v1::ShmRelease) -> Resp {
+        let released = req.handles.iter().filter(|h| self.take(**h).is_some()).count();
+        Resp::Released(v1::ShmReleased { released: released as u32 })
+    }
+}
+
+enum NsRefusal {
+    Invalid(String),
+    Denied(String),
+}
+
+fn error(code: Code, message: String) -> Resp {
+    Resp::Error(v1::BlockStatus { code: code as u32, message })
+}
+
+fn unknown_handle(handle: u64, why: &str) -> TierError {
+    TierError::Unsupported { tier: "shm".into(), what: format!("handle {handle} {why}") }
+}
+
+/// Reads one request; `None` when the client closed the connection between requests.
+async fn read_request(stream: &mut UnixStream) -> std::io::Result<Option<v1::ShmRequest>> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut body = vec![0u8; frame_len(header)?];
+    stream.read_exact(&mut body).await?;
+    decode(&body).map(Some)
+}

@@ -1,0 +1,225 @@
+//! The shared-memory data plane against a real `kvtier serve`: bytes written through the
+//! mapping read back byte-exact over gRPC and the other way round, sessions of different
+//! processes share blocks, namespaces and uids are enforced by the server, and a session
+//! that dies releases what it held.
+
+mod common;
+
+use std::{io::Write, os::unix::net::UnixStream, process::Command};
+
+use common::{MIB, Node, data, key};
+use kvtier_blockmgr::{
+    Durability, GetItem, MissReason, PutItem,
+    shm::{ShmError, ShmGet, ShmPut},
+};
+use kvtier_proto::v1;
+use kvtier_tiers::TierKind;
+use tonic::Code;
+
+const NS: &str = "llama-8b/bf16/tp0";
+
+#[tokio::test]
+async fn blocks_put_through_shm_read_back_over_grpc_and_back() {
+    let node = Node::start();
+    let mut shm = node.shm(&[NS]);
+    assert_eq!(shm.arena_size(), 8 * MIB);
+    let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..6).map(|i| (key(i), data(i, 100_000 + i as usize * 7777))).collect();
+    let refs: Vec<(&[u8], &[u8])> = blocks.iter().map(|(k, v)| (k.as_slice(), v.as_ref())).collect();
+    let put = shm.put(NS, &refs, Durability::Cache).unwrap();
+    assert!(put.iter().all(|p| *p == ShmPut::Stored(TierKind::Cpu)), "{put:?}");
+    assert!(shm.put(NS, &refs[..2], Durability::Cache).unwrap().iter().all(|p| *p == ShmPut::Existed));
+
+    let client = node.unix_client().await;
+    let keys: Vec<Vec<u8>> = blocks.iter().map(|(k, _)| k.clone()).collect();
+    for (item, (_, want)) in client.get(NS, &keys).await.unwrap().into_iter().zip(&blocks) {
+        let GetItem::Hit { data, .. } = item else { panic!("{item:?}") };
+        assert_eq!(&data, want, "bytes written through the mapping read back over gRPC");
+    }
+
+    // The other way: gRPC in, shared memory out, into caller buffers.
+    let items: Vec<PutItem> = (10..13).map(|i| PutItem { key: key(i), data: data(i, 300_000) }).collect();
+    client.put(NS, &items, Durability::Cache).await.unwrap();
+    let mut bufs = vec![vec![0u8; 300_000]; 4];
+    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    let got = shm.get_into(NS, &[&key(10), &key(11), &key(12), &key(99)], &mut outs).unwrap();
+    assert!(matches!(got[3], ShmGet::Miss { reason: MissReason::NotFound, .. }), "{:?}", got[3]);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(got[i], ShmGet::Hit { len: 300_000, tier: TierKind::Cpu });
+        assert_eq!(bufs[i], item.data.as_ref());
+    }
+    // A buffer too small is a miss that says so, not a partial copy.
+    let mut small = [0u8; 10];
+    let got = shm.get_into(NS, &[&key(10)], &mut [&mut small[..]]).unwrap();
+    assert!(matches!(&got[0], ShmGet::Miss { message, .. } if message.contains("300000")), "{got:?}");
+}
+
+#[tokio::test]
+async fn two_engines_share_one_cache_through_their_own_sessions() {
+    let node = Node::start();
+    let (mut a, mut b) = (node.shm(&[NS]), node.shm(&[NS]));
+    let v = data(7, MIB as usize);
+    assert_eq!(a.put(NS, &[(&key(7), &v)], Durability::Cache).unwrap(), vec![ShmPut::Stored(TierKind::Cpu)]);
+    assert_eq!(b.get(NS, &[&key(7)]).unwrap(), vec![Some(v.to_vec())]);
+    assert!(node.http_get("/metrics").contains("kvtier_shm_sessions 2"));
+}
+
+#[tokio::test]
+async fn blocks_on_ssd_are_pinned_through_a_copy_in_memory() {
+    let node = Node::start();
+    let client = node.client().await;
+    let put: Vec<PutItem> = (0..24).map(|i| PutItem { key: key(i), data: data(i, 900_000) }).collect();
+    client.put(NS, &put, Durability::LocalDisk).await.unwrap();
+    let mut on_ssd = None;
+    for i in 0..24 {
+        if client.lookup(NS, &[key(i)]).await.unwrap() == vec![TierKind::Ssd] {
+            on_ssd = Some(i as usize);
+            break;
+        }
+    }
+    let i = on_ssd.expect("24 blocks of 900 KB do not all fit in 8 MiB of memory");
+    let mut shm = node.shm(&[NS]);
+    let mut buf = vec![0u8; 900_000];
+    let got = shm.get_into(NS, &[&key(i as u64)], &mut [&mut buf[..]]).unwrap();
+    assert_eq!(got, vec![ShmGet::Hit { len: 900_000, tier: TierKind::Ssd }]);
+    assert_eq!(buf, put[i].data.as_ref());
+}
+
+#[tokio::test]
+async fn sessions_only_name_blocks_of_the_namespaces_they_opened() {
+    let node = Node::start();
+    let mut a = node.shm(&["tenant-a/m"]);
+    a.put("tenant-a/m", &[(b"k", b"secret")], Durability::Cache).unwrap();
+    let mut b = node.shm(&["tenant-b/m"]);
+    let err = b.get("tenant-a/m", &[b"k"]).unwrap_err();
+    assert!(
+        matches!(&err, ShmError::Refused { code: Code::PermissionDenied, message } if message.contains("tenant-a/m")),
+        "{err}"
+    );
+    let err = b.put("tenant-a/m", &[(b"k2", b"x")], Durability::Cache).unwrap_err();
+    assert!(matches!(err, ShmError::Refused { code: Code::PermissionDenied, .. }), "{err}");
+    // The refused requests cost the session nothing; it still works in its own namespace.
+    assert_eq!(b.get("tenant-b/m", &[b"k"]).unwrap(), vec![None]);
+    // A malformed namespace in hello is refused by name.
+    let err = kvtier_blockmgr::shm::ShmClient::connect(node.addrs.shm.as_ref().unwrap(), &[""]).unwrap_err();
+    assert!(matches!(err, ShmError::Refused { code: Code::InvalidArgument, .. }), "{err}");
+}
+
+/// Runs a hello as uid `nobody` (65534) through `setpriv` and returns what the server said.
+fn hello_as_nobody(socket: &str, namespace: &str) -> String {
+    // ShmRequest{hello: ShmHello{namespaces: [namespace]}}, hand-encoded.
+    let inner = [&[0x0a, namespace.len() as u8][..], namespace.as_bytes()].concat();
+    let msg = [&[0x0a, inner.len() as u8][..], &inner].concat();
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({socket:?})\ns.sendall(bytes({frame:?}))\n\
+         msg,anc,_,_=s.recvmsg(4096,socket.CMSG_SPACE(4))\nprint('fd' if anc else 'nofd', msg)",
+        frame = [&(msg.len() as u32).to_le_bytes()[..], &msg].concat(),
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .output()
+        .expect("setpriv runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn uids_without_a_grant_never_receive_the_arena() {
+    let node = Node::start_with("", "[[shm.grants]]\nuid = 65534\nnamespaces = [\"tenant-a/*\"]\n");
+    // Let `nobody` reach the socket inside the test's private temp dir.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [node.dir.path(), &node.data_dir()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let socket = node.addrs.shm.clone().unwrap();
+    let granted = hello_as_nobody(&socket, "tenant-a/llama");
+    assert!(granted.starts_with("fd"), "a granted namespace gets the memfd: {granted}");
+    let refused = hello_as_nobody(&socket, "tenant-b/llama");
+    assert!(refused.starts_with("nofd") && refused.contains("may not open namespace"), "{refused}");
+
+    let other = Node::start();
+    for dir in [other.dir.path(), &other.data_dir()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let refused = hello_as_nobody(other.addrs.shm.as_ref().unwrap(), "tenant-a/llama");
+    assert!(refused.starts_with("nofd") && refused.contains("not granted"), "{refused}");
+}
+
+/// Sends one frame on a raw shm connection and reads the answer (ancillary data dropped).
+fn raw_call(s: &mut UnixStream, msg: v1::shm_request::Msg) -> v1::ShmResponse {
+    use prost::Message;
+    let body = v1::ShmRequest { msg: Some(msg) }.encode_to_vec();
+    s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut head = [0u8; 4];
+    std::io::Read::read_exact(s, &mut head).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(head) as usize];
+    std::io::Read::read_exact(s, &mut body).unwrap();
+    v1::ShmResponse::decode(body.as_slice()).unwrap()
+}
+
+#[tokio::test]
+async fn a_session_that_dies_holding_slots_gives_them_back() {
+    use v1::shm_request::Msg;
+    let node = Node::start();
+    let client = node.client().await;
+    let used = async || {
+        let s = client.stats().await.unwrap();
+        s.tiers.iter().find(|t| t.tier == TierKind::Cpu).unwrap().used_bytes
+    };
+    let before = used().await;
+    // An engine allocates slots for two blocks, then dies before committing them.
+    let mut s = UnixStream::connect(node.addrs.shm.as_ref().unwrap()).unwrap();
+    raw_call(&mut s, Msg::Hello(v1::ShmHello { namespaces: vec![NS.into()] }));
+    let blocks = (0..2).map(|i| v1::BlockHeader { key: key(i).into(), length: MIB, crc32c: None }).collect();
+    let reply = raw_call(&mut s, Msg::Alloc(v1::ShmAlloc { namespace: NS.into(), blocks, durability: 0 }));
+    let Some(v1::shm_response::Msg::Allocated(a)) = reply.msg else { panic!("{reply:?}") };
+    assert!(a.results.iter().all(|r| r.slot.is_some()), "{a:?}");
+    assert!(used().await >= before + 2 * MIB, "the allocations take arena space");
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while used().await != before {
+        assert!(std::time::Instant::now() < deadline, "slots of a dead session were not given back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(client.lookup(NS, &[key(0)]).await.unwrap().is_empty(), "nothing uncommitted became visible");
+}
+
+#[tokio::test]
+async fn a_session_holds_at_most_its_limit() {
+    let node = Node::start_with("", "[shm]\nsession_limit = \"2MiB\"\n");
+    let mut shm = node.shm(&[NS]);
+    let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..4).map(|i| (key(i), data(i, MIB as usize))).collect();
+    let refs: Vec<(&[u8], &[u8])> = blocks.iter().map(|(k, v)| (k.as_slice(), v.as_ref())).collect();
+    let put = shm.put(NS, &refs, Durability::Cache).unwrap();
+    assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 2, "{put:?}");
+    assert!(
+        put.iter().any(|p| matches!(p, ShmPut::Failed { code: Code::ResourceExhausted, message } if message.contains("shm session"))),
+        "{put:?}"
+    );
+    // Once committed the blocks no longer count against the session: the rest fit now.
+    let put = shm.put(NS, &refs, Durability::Cache).unwrap();
+    assert_eq!(put.iter().filter(|p| **p == ShmPut::Existed).count(), 2, "{put:?}");
+    assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 2, "{put:?}");
+}
+
+#[tokio::test]
+async fn garbage_on_the_socket_ends_that_session_only() {
+    let node = Node::start();
+    let mut s = UnixStream::connect(node.addrs.shm.as_ref().unwrap()).unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    // An operation before hello is refused with a reason.
+    let mut s = UnixStream::connect(node.addrs.shm.as_ref().unwrap()).unwrap();
+    // ShmRequest{release: ShmRelease{}} = field 5, empty.
+    s.write_all(&[2, 0, 0, 0, 0x2a, 0]).unwrap();
+    let mut head = [0u8; 4];
+    std::io::Read::read_exact(&mut s, &mut head).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(head) as usize];
+    std::io::Read::read_exact(&mut s, &mut body).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("must be hello"), "{:?}", String::from_utf8_lossy(&body));
+    // The server is unharmed.
+    let mut shm = node.shm(&[NS]);
+    shm.put(NS, &[(b"k", b"v")], Durability::Cache).unwrap();
+    assert_eq!(shm.get(NS, &[b"k"]).unwrap(), vec![Some(b"v".to_vec())]);
+}

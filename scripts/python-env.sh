@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the Python venv the connector tests and benchmarks run in:
+# vLLM from PyPI (pinned: the offload API is experimental and changes between
+# releases), pytest and maturin. It is ~8 GB, so it lives outside the repo and
+# is reused when its pinned versions are already installed.
+#
+# Prints the venv's path on stdout; everything else goes to stderr.
+set -euo pipefail
+
+VLLM_VERSION=0.32.0
+VENV="${KVTIER_VENV:-$HOME/.cache/kvtier/venv-vllm}"
+STAMP="$VENV/.kvtier-stamp"
+WANT="vllm==$VLLM_VERSION pytest==8.4.2 maturin==1.9.6"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then
+    echo "$VENV"
+    exit 0
+fi
+
+echo "python-env: creating $VENV with $WANT (first run: ~5 minutes, ~8 GB)" >&2
+mkdir -p "$(dirname "$VENV")"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --upgrade pip >&2
+# shellcheck disable=SC2086
+"$VENV/bin/pip" install --quiet $WANT >&2
+echo "$WANT" > "$STAMP"
+echo "$VENV"
