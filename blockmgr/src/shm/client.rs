@@ -302,52 +302,70 @@ impl ShmClient {
     }
 
     /// Pins `keys`, hands each pinned block to `copy` (index, bytes, length), releases the
-    /// pins. `copy` returning `Err` turns that key into a miss with its message.
+    /// pins. `copy` returning `Err` turns that key into a miss with its message. Keys the
+    /// server did not pin because the session's limit was reached are asked for again.
     fn read(
         &mut self,
         namespace: &str,
         keys: &[&[u8]],
         mut copy: impl FnMut(usize, *const u8, usize) -> Result<(), String>,
     ) -> Result<Vec<ShmGet>, ShmError> {
-        let pin = v1::ShmPin {
-            namespace: namespace.into(),
-            keys: keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect(),
-        };
-        let Resp::Pinned(pinned) = self.call(Req::Pin(pin))? else {
-            return Err(ShmError::Protocol("pin answered with something else".into()));
-        };
-        if pinned.results.len() != keys.len() {
-            return Err(ShmError::Protocol(format!("{} pin results for {} keys", pinned.results.len(), keys.len())));
-        }
-        let handles: Vec<u64> = pinned.results.iter().filter_map(|r| r.slot.as_ref().map(|s| s.handle)).collect();
-        let mut outcomes = Vec::with_capacity(keys.len());
-        let mut failure = None;
-        for (i, result) in pinned.results.iter().enumerate() {
-            let Some(slot) = &result.slot else {
-                let miss = result.miss.clone().unwrap_or_default();
-                outcomes.push(ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message });
-                continue;
+        let not_found = || ShmGet::Miss { reason: MissReason::NotFound, message: "not found".into() };
+        let mut outcomes: Vec<ShmGet> = keys.iter().map(|_| not_found()).collect();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        while !pending.is_empty() {
+            let pin = v1::ShmPin {
+                namespace: namespace.into(),
+                keys: pending.iter().map(|&i| bytes::Bytes::copy_from_slice(keys[i])).collect(),
             };
-            let src = match self.slot(slot) {
-                Ok(src) => src,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+            let Resp::Pinned(pinned) = self.call(Req::Pin(pin))? else {
+                return Err(ShmError::Protocol("pin answered with something else".into()));
             };
-            let len = slot.length as usize;
-            outcomes.push(match copy(i, src, len) {
-                Ok(()) => ShmGet::Hit { len, tier: tier_from_wire(result.tier).unwrap_or(TierKind::Cpu) },
-                Err(message) => ShmGet::Miss { reason: MissReason::Error, message },
-            });
+            if pinned.results.len() != pending.len() {
+                return Err(ShmError::Protocol(format!(
+                    "{} pin results for {} keys",
+                    pinned.results.len(),
+                    pending.len()
+                )));
+            }
+            let handles: Vec<u64> = pinned.results.iter().filter_map(|r| r.slot.as_ref().map(|s| s.handle)).collect();
+            let mut again = Vec::new();
+            let mut failure = None;
+            for (&i, result) in pending.iter().zip(&pinned.results) {
+                let Some(slot) = &result.slot else {
+                    let miss = result.miss.clone().unwrap_or_default();
+                    if miss.reason == v1::MissReason::Unspecified as i32 {
+                        again.push(i);
+                    } else {
+                        outcomes[i] = ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message };
+                    }
+                    continue;
+                };
+                let src = match self.slot(slot) {
+                    Ok(src) => src,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let len = slot.length as usize;
+                outcomes[i] = match copy(i, src, len) {
+                    Ok(()) => ShmGet::Hit { len, tier: tier_from_wire(result.tier).unwrap_or(TierKind::Cpu) },
+                    Err(message) => ShmGet::Miss { reason: MissReason::Error, message },
+                };
+            }
+            if !handles.is_empty() {
+                self.call(Req::Release(v1::ShmRelease { handles }))?;
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if again.len() == pending.len() {
+                return Err(ShmError::Protocol("the server pinned nothing though the session holds nothing".into()));
+            }
+            pending = again;
         }
-        if !handles.is_empty() {
-            self.call(Req::Release(v1::ShmRelease { handles }))?;
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(outcomes),
-        }
+        Ok(outcomes)
     }
 }
 

@@ -349,29 +349,26 @@ impl Session {
         let manager = &self.manager;
         let pins = futures::future::join_all(keys.iter().map(|k| manager.pin(k))).await;
         let mut results = Vec::with_capacity(pins.len());
+        let mut full = false;
         for (index, pin) in pins.into_iter().enumerate() {
-            let miss = |reason, message| v1::ShmPinResult {
+            let miss = |reason: i32, message| v1::ShmPinResult {
                 slot: None,
                 crc32c: 0,
                 tier: v1::Tier::Unspecified as i32,
-                miss: Some(v1::GetMiss { index: index as u32, reason: miss_to_wire(reason) as i32, message }),
+                miss: Some(v1::GetMiss { index: index as u32, reason, message }),
             };
+            // Once the session's limit is reached, the rest are answered "not pinned" (reason
+            // unspecified): the client releases what it copied and asks again for those.
+            full = full || matches!(&pin, Ok(p) if self.over_limit(p.len).is_some());
             results.push(match pin {
-                Ok(pin) if self.over_limit(pin.len).is_some() => {
-                    let e = self.over_limit(pin.len).expect("checked");
-                    miss(crate::MissReason::Error, e.to_string())
-                }
+                Ok(_) if full => miss(v1::MissReason::Unspecified as i32, SESSION_FULL.into()),
                 Ok(pin) => {
                     let (offset, length, crc32c, tier) = (pin.offset, pin.len, pin.crc32c, tier_to_wire(pin.tier));
                     let handle = self.hold(Held::Pin(pin));
-                    v1::ShmPinResult {
-                        slot: Some(v1::ShmSlot { handle, offset, length }),
-                        crc32c,
-                        tier: tier as i32,
-                        miss: None,
-                    }
+                    let slot = Some(v1::ShmSlot { handle, offset, length });
+                    v1::ShmPinResult { slot, crc32c, tier: tier as i32, miss: None }
                 }
-                Err(GetOutcome::Miss { reason, message }) => miss(reason, message),
+                Err(GetOutcome::Miss { reason, message }) => miss(miss_to_wire(reason) as i32, message),
                 Err(GetOutcome::Hit { .. }) => unreachable!("pin returns hits as pins"),
             });
         }
@@ -383,6 +380,9 @@ impl Session {
         Resp::Released(v1::ShmReleased { released: released as u32 })
     }
 }
+
+/// The message of a key not pinned because the session holds its limit already.
+const SESSION_FULL: &str = "not pinned: the session holds its limit; release pins and ask again";
 
 enum NsRefusal {
     Invalid(String),

@@ -1,0 +1,40 @@
+"""kvtier: a tiered, replicated KV-cache and checkpoint store.
+
+>>> import kvtier
+>>> c = kvtier.Client("unix://./kvtier-data/kvtier.sock",
+...                   shm_socket="./kvtier-data/kvtier-shm.sock", namespaces=["demo"])
+>>> c.put("demo", [b"k1"], [b"block bytes"])
+[PutResult(ok=True, existed=False, tier="cpu")]
+>>> c.get("demo", [b"k1", b"nope"])
+[b'block bytes', None]
+
+``Client(address)`` talks gRPC to a ``kvtier serve`` (``host:port`` or ``unix:///path``).
+Give ``shm_socket`` (the server's ``kvtier-shm.sock``) and the namespaces you will use, and
+block bytes move through the server's shared-memory arena instead (same host only).
+``Client.embedded(config_toml)`` runs the block manager inside this process.
+
+Errors raise :class:`KvtierError` subclasses carrying the server's message.
+"""
+
+from ._native import (  # noqa: F401
+    Client,
+    InvalidArgumentError,
+    KvtierError,
+    PermissionDeniedError,
+    PutResult,
+    ResourceExhaustedError,
+    UnavailableError,
+    __version__,
+)
+
+
+__all__ = [
+    "Client",
+    "PutResult",
+    "KvtierError",
+    "UnavailableError",
+    "InvalidArgumentError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "__version__",
+]

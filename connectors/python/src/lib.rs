@@ -1,0 +1,481 @@
+//! `kvtier._native`: the Rust half of the `kvtier` Python package.
+//!
+//! One class, [`Client`], with three ways to reach blocks:
+//! - a `kvtier serve` over gRPC (TCP or its Unix socket);
+//! - the same server's shared-memory data plane, when `shm_socket` is given: block bytes are
+//!   copied straight between Python buffers and the server's arena, and blocks the arena has
+//!   no room for go over gRPC instead;
+//! - an embedded manager running in this process (`Client.embedded`), for single-process use.
+//!
+//! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
+//! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
+
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+use kvtier_blockmgr::{
+    Client as RpcClient, ClientError, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
+    shm::{ShmClient, ShmError, ShmGet, ShmPut},
+};
+use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
+use pyo3::{
+    buffer::PyUntypedBuffer,
+    create_exception,
+    exceptions::PyException,
+    prelude::*,
+    types::{PyBytes, PyList},
+};
+use tonic::Code;
+
+create_exception!(_native, KvtierError, PyException, "A kvtier request failed; the message is the server's.");
+create_exception!(_native, UnavailableError, KvtierError, "The kvtier server cannot be reached.");
+create_exception!(_native, InvalidArgumentError, KvtierError, "A key, namespace, size or option was refused.");
+create_exception!(_native, PermissionDeniedError, KvtierError, "The server refused access (shm grants, namespaces).");
+create_exception!(_native, ResourceExhaustedError, KvtierError, "No room: memory, disk or a session limit.");
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kvtier-py")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the kvtier client")
+    })
+}
+
+/// A Python exception for a gRPC-style code and message.
+fn error(code: Code, message: String) -> PyErr {
+    match code {
+        Code::Unavailable | Code::DeadlineExceeded => UnavailableError::new_err(message),
+        Code::InvalidArgument | Code::OutOfRange => InvalidArgumentError::new_err(message),
+        Code::PermissionDenied | Code::Unauthenticated => PermissionDeniedError::new_err(message),
+        Code::ResourceExhausted => ResourceExhaustedError::new_err(message),
+        _ => KvtierError::new_err(message),
+    }
+}
+
+fn client_error(e: ClientError) -> PyErr {
+    match &e {
+        ClientError::Status(s) => error(s.code(), format!("{}: {}", s.code(), s.message())),
+        ClientError::Connect { .. } => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            UnavailableError::new_err(message)
+        }
+        ClientError::Address { .. } => InvalidArgumentError::new_err(e.to_string()),
+        _ => KvtierError::new_err(e.to_string()),
+    }
+}
+
+fn shm_error(e: ShmError) -> PyErr {
+    match e {
+        ShmError::Refused { code, message } => error(code, message),
+        ShmError::Io { .. } => UnavailableError::new_err(e.to_string()),
+        ShmError::Protocol(_) => KvtierError::new_err(e.to_string()),
+    }
+}
+
+fn tier_error(e: &TierError) -> PyErr {
+    error(kvtier_blockmgr::wire::code_of(e), e.to_string())
+}
+
+fn durability(name: &str) -> PyResult<Durability> {
+    match name {
+        "cache" => Ok(Durability::Cache),
+        "local_disk" | "disk" => Ok(Durability::LocalDisk),
+        other => Err(InvalidArgumentError::new_err(format!("durability {other:?}: use \"cache\" or \"local_disk\""))),
+    }
+}
+
+/// The outcome of one block of a put.
+#[pyclass(frozen, get_all, module = "kvtier._native")]
+#[derive(Debug, Clone)]
+struct PutResult {
+    /// True when the block is stored (now, or already before: see `existed`).
+    ok: bool,
+    /// The key was already stored: the put was a no-op.
+    existed: bool,
+    /// The fastest tier holding the block ("cpu", "ssd", ...), or None when not stored.
+    tier: Option<String>,
+    /// Why the block was not stored (the server's message), or None.
+    error: Option<String>,
+}
+
+#[pymethods]
+impl PutResult {
+    fn __repr__(&self) -> String {
+        match &self.error {
+            Some(e) => format!("PutResult(ok=False, error={e:?})"),
+            None => {
+                format!("PutResult(ok=True, existed={}, tier={:?})", self.existed, self.tier.as_deref().unwrap_or("?"))
+            }
+        }
+    }
+}
+
+impl PutResult {
+    fn stored(existed: bool, tier: Option<TierKind>) -> Self {
+        PutResult { ok: true, existed, tier: tier.map(|t| t.as_str().to_string()), error: None }
+    }
+
+    fn failed(message: String) -> Self {
+        PutResult { ok: false, existed: false, tier: None, error: Some(message) }
+    }
+}
+
+/// Where requests go.
+enum Backend {
+    Remote(RpcClient),
+    Embedded(Manager),
+}
+
+/// A client of one kvtier node (remote, or embedded in this process).
+#[pyclass(module = "kvtier._native")]
+struct Client {
+    backend: Backend,
+    /// The shared-memory session, when the node is on this host and one was asked for.
+    shm: Option<Mutex<ShmClient>>,
+    address: String,
+}
+
+/// A buffer's address and length, checked contiguous (and writable when asked), to use with
+/// the GIL released while `_hold` keeps the buffer alive.
+struct Raw {
+    addr: usize,
+    len: usize,
+    _hold: PyUntypedBuffer,
+}
+
+fn raw(obj: &Bound<'_, PyAny>, writable: bool, what: &str, i: usize) -> PyResult<Raw> {
+    let buf = PyUntypedBuffer::get(obj)
+        .map_err(|e| InvalidArgumentError::new_err(format!("{what} {i}: not a buffer ({e})")))?;
+    if !buf.is_c_contiguous() {
+        return Err(InvalidArgumentError::new_err(format!("{what} {i}: the buffer is not C-contiguous")));
+    }
+    if writable && buf.readonly() {
+        return Err(InvalidArgumentError::new_err(format!("{what} {i}: the buffer is read-only")));
+    }
+    Ok(Raw { addr: buf.buf_ptr() as usize, len: buf.len_bytes(), _hold: buf })
+}
+
+impl Raw {
+    /// # Safety
+    /// The buffer must not be resized or freed while the slice lives (`_hold` pins it) and,
+    /// for a mutable slice, nothing else may access it meanwhile.
+    unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: per the caller.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+
+    #[expect(clippy::mut_from_ref, reason = "the buffer is Python's; exclusivity is the caller's contract")]
+    unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: per the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
+    }
+}
+
+fn block_keys(namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<BlockKey>> {
+    let ns = Namespace::new(namespace).map_err(|e| tier_error(&e))?;
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            Key::new(k)
+                .map(|k| BlockKey::new(ns.clone(), k))
+                .map_err(|e| InvalidArgumentError::new_err(format!("key {i}: {e}")))
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Client {
+    /// Connects to a `kvtier serve` at `address` (`host:port`, `http://host:port` or
+    /// `unix:///path/kvtier.sock`). With `shm_socket` (the server's `kvtier-shm.sock`) and
+    /// the `namespaces` this client will use, block bytes move through shared memory.
+    #[new]
+    #[pyo3(signature = (address, shm_socket=None, namespaces=Vec::new()))]
+    fn new(py: Python<'_>, address: String, shm_socket: Option<String>, namespaces: Vec<String>) -> PyResult<Self> {
+        let client = py.detach(|| runtime().block_on(RpcClient::connect(&address))).map_err(client_error)?;
+        let shm = match shm_socket {
+            None => None,
+            Some(path) => {
+                let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+                Some(Mutex::new(py.detach(|| ShmClient::connect(&path, &names)).map_err(shm_error)?))
+            }
+        };
+        Ok(Client { backend: Backend::Remote(client), shm, address })
+    }
+
+    /// A manager running inside this process (no server), configured by `config` (the text
+    /// of a kvtier.toml; empty for the defaults: 1 GiB of memory, 8 GiB of SSD under
+    /// ./kvtier-data).
+    #[staticmethod]
+    #[pyo3(signature = (config=String::new()))]
+    fn embedded(py: Python<'_>, config: String) -> PyResult<Self> {
+        let config = Config::parse(&config).map_err(|e| InvalidArgumentError::new_err(e.to_string()))?;
+        let manager = py
+            .detach(|| {
+                runtime().block_on(async {
+                    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                        kvtier_blockmgr::Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
+                    })?;
+                    Manager::open(&config, Metrics::new()).await
+                })
+            })
+            .map_err(|e| match &e {
+                kvtier_blockmgr::Error::Config(_) => InvalidArgumentError::new_err(e.to_string()),
+                kvtier_blockmgr::Error::Tier(t @ TierError::Config { .. }) => {
+                    InvalidArgumentError::new_err(t.to_string())
+                }
+                kvtier_blockmgr::Error::Tier(t) => tier_error(t),
+                _ => KvtierError::new_err(e.to_string()),
+            })?;
+        Ok(Client { backend: Backend::Embedded(manager), shm: None, address: "embedded".into() })
+    }
+
+    /// True when block bytes move through shared memory.
+    #[getter]
+    fn uses_shm(&self) -> bool {
+        self.shm.is_some()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("kvtier.Client({:?}, shm={})", self.address, self.shm.is_some())
+    }
+
+    /// Stores blocks: `keys[i]` (bytes, 1..=64) gets the bytes of buffer `values[i]`.
+    /// `durability` is "cache" (acknowledged once in memory) or "local_disk" (once on SSD).
+    /// One result per block, in order; request-level failures raise.
+    #[pyo3(signature = (namespace, keys, values, durability="cache"))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        keys: Vec<Vec<u8>>,
+        values: &Bound<'_, PyList>,
+        durability: &str,
+    ) -> PyResult<Vec<PutResult>> {
+        let durability = self::durability(durability)?;
+        if keys.len() != values.len() {
+            return Err(InvalidArgumentError::new_err(format!("{} keys for {} values", keys.len(), values.len())));
+        }
+        let bufs: Vec<Raw> =
+            values.iter().enumerate().map(|(i, v)| raw(&v, false, "value", i)).collect::<PyResult<_>>()?;
+        py.detach(|| {
+            // SAFETY: the buffers are held by `bufs` and only read.
+            let data: Vec<&[u8]> = bufs.iter().map(|b| unsafe { b.bytes() }).collect();
+            self.put_bytes(namespace, &keys, &data, durability)
+        })
+    }
+
+    /// Reads blocks; `None` for each key not found.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let got = py.detach(|| self.get_bytes(namespace, &keys))?;
+        Ok(got.into_iter().map(|g| g.map(|b| PyBytes::new(py, &b))).collect())
+    }
+
+    /// Reads blocks into caller buffers (one writable buffer per key, at least the block's
+    /// size). Returns the bytes read per key, `None` for a miss.
+    fn get_into(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        keys: Vec<Vec<u8>>,
+        buffers: &Bound<'_, PyList>,
+    ) -> PyResult<Vec<Option<usize>>> {
+        if keys.len() != buffers.len() {
+            return Err(InvalidArgumentError::new_err(format!("{} keys for {} buffers", keys.len(), buffers.len())));
+        }
+        let bufs: Vec<Raw> =
+            buffers.iter().enumerate().map(|(i, b)| raw(&b, true, "buffer", i)).collect::<PyResult<_>>()?;
+        py.detach(|| {
+            // SAFETY: held by `bufs`; Python code cannot run while the GIL is released here.
+            let mut outs: Vec<&mut [u8]> = bufs.iter().map(|b| unsafe { b.bytes_mut() }).collect();
+            self.get_into_bytes(namespace, &keys, &mut outs)
+        })
+    }
+
+    /// The tiers ("cpu", "ssd", ...) of the longest present prefix of `keys`: its length is
+    /// the number of leading keys stored. Reads only the index.
+    fn lookup(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<String>> {
+        let tiers = py.detach(|| match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.lookup(namespace, &keys)).map_err(client_error),
+            Backend::Embedded(m) => Ok(m.lookup(&block_keys(namespace, &keys)?)),
+        })?;
+        Ok(tiers.into_iter().map(|t| t.as_str().to_string()).collect())
+    }
+
+    /// Deletes blocks from every tier; whether each was present.
+    fn delete(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<bool>> {
+        py.detach(|| match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.delete(namespace, &keys)).map_err(client_error),
+            Backend::Embedded(m) => {
+                let keys = block_keys(namespace, &keys)?;
+                Ok(runtime().block_on(async { futures::future::join_all(keys.iter().map(|k| m.delete(k))).await }))
+            }
+        })
+    }
+
+    /// Capacity, usage and counters of the node and each tier, as a dict (the fields of
+    /// `kvtier stat --json`).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stats = py.detach(|| match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.stats()).map_err(client_error),
+            Backend::Embedded(m) => Ok(runtime().block_on(m.stats())),
+        })?;
+        let text = serde_json::to_string(&stats).map_err(|e| KvtierError::new_err(e.to_string()))?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    /// (serving, version) of the node.
+    fn health(&self, py: Python<'_>) -> PyResult<(bool, String)> {
+        py.detach(|| match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.health()).map_err(client_error),
+            Backend::Embedded(_) => Ok((true, env!("CARGO_PKG_VERSION").to_string())),
+        })
+    }
+}
+
+impl Client {
+    fn put_bytes(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+        data: &[&[u8]],
+        durability: Durability,
+    ) -> PyResult<Vec<PutResult>> {
+        let mut results: Vec<Option<PutResult>> = vec![None; keys.len()];
+        if let Some(shm) = &self.shm {
+            let blocks: Vec<(&[u8], &[u8])> = keys.iter().map(Vec::as_slice).zip(data.iter().copied()).collect();
+            let outcomes =
+                shm.lock().expect("shm session lock").put(namespace, &blocks, durability).map_err(shm_error)?;
+            for (slot, outcome) in results.iter_mut().zip(outcomes) {
+                *slot = match outcome {
+                    ShmPut::Stored(tier) => Some(PutResult::stored(false, Some(tier))),
+                    ShmPut::Existed => Some(PutResult::stored(true, None)),
+                    // No shared memory free: these go over gRPC below.
+                    ShmPut::Failed { code: Code::ResourceExhausted, .. } => None,
+                    ShmPut::Failed { message, .. } => Some(PutResult::failed(message)),
+                };
+            }
+        }
+        let rest: Vec<usize> = (0..keys.len()).filter(|&i| results[i].is_none()).collect();
+        if rest.is_empty() {
+            return Ok(results.into_iter().map(|r| r.expect("filled")).collect());
+        }
+        match &self.backend {
+            Backend::Remote(c) => {
+                let items: Vec<PutItem> =
+                    rest.iter().map(|&i| PutItem::new(keys[i].clone(), Bytes::copy_from_slice(data[i]))).collect();
+                let reports = runtime().block_on(c.put(namespace, &items, durability)).map_err(client_error)?;
+                for (&i, r) in rest.iter().zip(reports) {
+                    results[i] = Some(match r.result {
+                        Ok(()) => PutResult::stored(r.existed, r.tier),
+                        Err((_, message)) => PutResult::failed(message),
+                    });
+                }
+            }
+            Backend::Embedded(m) => {
+                let bkeys = block_keys(namespace, keys)?;
+                runtime().block_on(async {
+                    for &i in &rest {
+                        results[i] = Some(embedded_put(m, bkeys[i].clone(), data[i], durability).await);
+                    }
+                });
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("filled")).collect())
+    }
+
+    fn get_bytes(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<Option<Bytes>>> {
+        if let Some(shm) = &self.shm {
+            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let got = shm.lock().expect("shm session lock").get(namespace, &refs).map_err(shm_error)?;
+            return Ok(got.into_iter().map(|g| g.map(Bytes::from)).collect());
+        }
+        match &self.backend {
+            Backend::Remote(c) => {
+                let items = runtime().block_on(c.get(namespace, keys)).map_err(client_error)?;
+                Ok(items
+                    .into_iter()
+                    .map(|i| if let GetItem::Hit { data, .. } = i { Some(data) } else { None })
+                    .collect())
+            }
+            Backend::Embedded(m) => {
+                let keys = block_keys(namespace, keys)?;
+                let outcomes = runtime().block_on(futures::future::join_all(keys.iter().map(|k| m.get(k))));
+                Ok(outcomes
+                    .into_iter()
+                    .map(|o| if let GetOutcome::Hit { block, .. } = o { Some(block.data) } else { None })
+                    .collect())
+            }
+        }
+    }
+
+    fn get_into_bytes(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+        outs: &mut [&mut [u8]],
+    ) -> PyResult<Vec<Option<usize>>> {
+        if let Some(shm) = &self.shm {
+            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let got = shm.lock().expect("shm session lock").get_into(namespace, &refs, outs).map_err(shm_error)?;
+            return Ok(got
+                .into_iter()
+                .map(|g| if let ShmGet::Hit { len, .. } = g { Some(len) } else { None })
+                .collect());
+        }
+        let got = self.get_bytes(namespace, keys)?;
+        Ok(got
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(g, out)| match g {
+                Some(data) if data.len() <= out.len() => {
+                    out[..data.len()].copy_from_slice(&data);
+                    Some(data.len())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// One block into an embedded manager, its bytes copied once: straight into a CPU slot.
+async fn embedded_put(m: &Manager, key: BlockKey, data: &[u8], durability: Durability) -> PutResult {
+    let crc = kvtier_tiers::crc32c(data);
+    let started = async {
+        let mut writer = m.begin_put(key, data.len() as u64, Some(crc), durability).await?;
+        writer.write(data)?;
+        m.finish_put(writer).await
+    };
+    match started.await {
+        Ok(o) => PutResult::stored(o.status == PutStatus::Existed, Some(o.tier)),
+        Err(e) => PutResult::failed(e.to_string()),
+    }
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Client>()?;
+    m.add_class::<PutResult>()?;
+    m.add("KvtierError", py.get_type::<KvtierError>())?;
+    m.add("UnavailableError", py.get_type::<UnavailableError>())?;
+    m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
+    m.add("PermissionDeniedError", py.get_type::<PermissionDeniedError>())?;
+    m.add("ResourceExhaustedError", py.get_type::<ResourceExhaustedError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

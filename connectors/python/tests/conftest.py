@@ -1,0 +1,91 @@
+"""A real `kvtier serve` process per test: its own temp data dir, OS-chosen ports, readiness
+read from the JSON line it prints. The binary is $KVTIER_BIN (scripts/test.sh sets it)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+BIN = os.environ.get("KVTIER_BIN", str(REPO / "target" / "debug" / "kvtier"))
+
+
+class Server:
+    def __init__(self, root: pathlib.Path, extra: str = ""):
+        self.root = root
+        self.config = root / "kvtier.toml"
+        self.config.write_text(
+            f"""data_dir = "{root / 'data'}"
+max_block_size = "4MiB"
+[server]
+listen = "127.0.0.1:0"
+metrics_listen = ""
+[cpu]
+capacity = "64MiB"
+region_size = "4MiB"
+[ssd]
+capacity = "128MiB"
+region_size = "4160KiB"
+{extra}
+"""
+        )
+        self.start()
+
+    def start(self):
+        self.stderr = open(self.root / "kvtier.stderr", "ab")
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--config", str(self.config)], stdout=subprocess.PIPE, stderr=self.stderr
+        )
+        ready = {}
+
+        def read():
+            for line in self.proc.stdout:
+                if b'"event":"ready"' in line:
+                    ready.update(json.loads(line))
+                    return
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(60)
+        if not ready:
+            self.proc.kill()
+            raise RuntimeError(f"kvtier serve did not start: {(self.root / 'kvtier.stderr').read_text()}")
+        self.grpc = ready["grpc"]
+        self.unix = ready["unix"]
+        self.shm = ready["shm"]
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    made = []
+
+    def make(extra: str = "", name: str = "node"):
+        root = tmp_path / f"{name}{len(made)}"
+        root.mkdir()
+        s = Server(root, extra)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()

@@ -1,0 +1,117 @@
+"""The Python client against a real `kvtier serve`: gRPC, shared memory and embedded."""
+
+import os
+
+import numpy as np
+import pytest
+
+import kvtier
+
+NS = "llama-8b/bf16/tp0"
+
+
+def blocks(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"key-{seed}-{i}".encode() for i in range(n)], [rng.integers(0, 255, size, dtype=np.uint8) for _ in range(n)]
+
+
+def test_grpc_round_trip_lookup_delete_and_stats(server):
+    c = kvtier.Client(server.grpc)
+    assert not c.uses_shm
+    keys, values = blocks(5, 100_000)
+    res = c.put(NS, keys, values)
+    assert all(r.ok and not r.existed and r.tier == "cpu" for r in res), res
+    assert all(r.existed for r in c.put(NS, keys[:2], values[:2]))
+    got = c.get(NS, keys + [b"absent"])
+    assert got[-1] is None
+    assert all(g == v.tobytes() for g, v in zip(got, values))
+    assert c.lookup(NS, keys[:3] + [b"absent"] + keys[3:]) == ["cpu"] * 3
+    assert c.delete(NS, [keys[0], b"absent"]) == [True, False]
+    assert c.get(NS, [keys[0]]) == [None]
+    stats = c.stats()
+    assert stats["index_blocks"] == 4 and stats["puts"] >= 7, stats
+    assert c.health()[0] is True
+
+
+def test_shared_memory_round_trip_into_numpy_buffers(server):
+    c = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=[NS])
+    assert c.uses_shm
+    keys, values = blocks(8, 2 << 20, seed=1)
+    assert all(r.ok and r.tier == "cpu" for r in c.put(NS, keys, values, durability="local_disk"))
+    out = [np.zeros(2 << 20, dtype=np.uint8) for _ in keys]
+    assert c.get_into(NS, keys, out) == [2 << 20] * len(keys)
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+    # Non-byte dtypes and views work: the buffer protocol, not the element type, matters.
+    f16 = np.zeros((2 << 20) // 2, dtype=np.float16)
+    assert c.get_into(NS, [keys[0]], [f16]) == [2 << 20]
+    assert f16.tobytes() == values[0].tobytes()
+    # What the shm client stored, a plain gRPC client reads back byte-exact.
+    assert kvtier.Client(server.grpc).get(NS, keys[:2]) == [v.tobytes() for v in values[:2]]
+
+
+def test_two_engines_share_hits_through_the_arena(server):
+    a = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=[NS])
+    b = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=[NS])
+    keys, values = blocks(4, 1 << 20, seed=2)
+    a.put(NS, keys, values)
+    out = [bytearray(1 << 20) for _ in keys]
+    assert b.get_into(NS, keys, out) == [1 << 20] * 4
+    assert [bytes(o) for o in out] == [v.tobytes() for v in values]
+
+
+def test_a_full_arena_falls_back_to_grpc(make_server):
+    # A 2 MiB session limit: a batch of eight 1 MiB blocks cannot all get slots at once.
+    s = make_server('[shm]\nsession_limit = "4MiB"\n')
+    c = kvtier.Client(s.unix, shm_socket=s.shm, namespaces=[NS])
+    keys, values = blocks(8, 1 << 20, seed=3)
+    res = c.put(NS, keys, values)
+    assert all(r.ok for r in res), res
+    assert c.get(NS, keys) == [v.tobytes() for v in values]
+
+
+def test_errors_carry_the_servers_message(server, tmp_path):
+    c = kvtier.Client(server.grpc)
+    with pytest.raises(kvtier.InvalidArgumentError, match="namespace"):
+        c.put("bad namespace!", [b"k"], [b"v"])
+    with pytest.raises(kvtier.InvalidArgumentError, match="durability"):
+        c.put(NS, [b"k"], [b"v"], durability="forever")
+    with pytest.raises(kvtier.InvalidArgumentError, match="3 keys for 1 values"):
+        c.put(NS, [b"a", b"b", b"c"], [b"v"])
+    res = c.put(NS, [b"x" * 65], [b"v"])
+    assert not res[0].ok and "65 bytes" in res[0].error
+    with pytest.raises(kvtier.InvalidArgumentError, match="read-only"):
+        c.get_into(NS, [b"k"], [b"immutable"])
+    with pytest.raises(kvtier.UnavailableError):
+        kvtier.Client(f"unix://{tmp_path}/nothing-here.sock")
+    shm = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=["tenant-a"])
+    with pytest.raises(kvtier.PermissionDeniedError, match="tenant-b"):
+        shm.get("tenant-b", [b"k"])
+    with pytest.raises(kvtier.UnavailableError):
+        kvtier.Client(server.unix, shm_socket=str(tmp_path / "no.sock"), namespaces=[NS])
+
+
+def test_a_dead_server_raises_unavailable_not_a_crash(server):
+    c = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=[NS])
+    c.put(NS, [b"k"], [b"v"])
+    server.kill9()
+    with pytest.raises(kvtier.UnavailableError):
+        c.get(NS, [b"k"])
+    with pytest.raises(kvtier.UnavailableError):
+        kvtier.Client(server.grpc).lookup(NS, [b"k"])
+
+
+def test_embedded_manager_in_process(tmp_path):
+    c = kvtier.Client.embedded(
+        f'data_dir = "{tmp_path}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n'
+    )
+    keys, values = blocks(3, 300_000, seed=4)
+    assert all(r.ok and r.tier == "cpu" for r in c.put(NS, keys, values, durability="local_disk"))
+    assert c.get(NS, keys) == [v.tobytes() for v in values]
+    assert c.lookup(NS, keys) == ["cpu"] * 3
+    assert c.delete(NS, keys[:1]) == [True]
+    assert c.stats()["index_blocks"] == 2
+    with pytest.raises(kvtier.InvalidArgumentError, match="capacty"):
+        kvtier.Client.embedded("[cpu]\ncapacty = 1\n")
+    with pytest.raises(kvtier.InvalidArgumentError, match="region_size"):
+        kvtier.Client.embedded(f'data_dir = "{tmp_path}/x"\n[cpu]\nregion_size = "4MiB"\n')
+    assert os.path.exists(tmp_path / "ssd")
