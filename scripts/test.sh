@@ -3,7 +3,7 @@
 #
 # Works on a fresh machine with the Rust toolchain: it installs what the tests need and
 # runs formatting and lint checks, every unit, integration, CLI and benchmark-smoke test,
-# and the doc tests. Tests start real `kvtier` processes, kill -9 them, corrupt their
+# the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). Tests start real `kvtier` processes, kill -9 them, corrupt their
 # files and fill a disk (a private tmpfs in a mount namespace, via `unshare`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,13 @@ step "tests"
 
 step "doc tests"
 cargo test --workspace --locked --doc
+
+step "python package and vLLM connector (pytest, against real kvtier serve processes)"
+# The venv (vLLM, pytest, maturin) is ~8 GB and lives outside the repo; created on first use.
+venv="$(scripts/python-env.sh)"
+# `pip install` of the package from the repo, as a user would (maturin builds the wheel).
+"$venv/bin/pip" install --quiet ./connectors/python
+cargo build --locked --bin kvtier
+KVTIER_BIN="$PWD/target/debug/kvtier" "$venv/bin/python" -m pytest -v -p no:cacheprovider connectors/python/tests
 
 step "all tests passed"
