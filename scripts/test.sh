@@ -42,7 +42,7 @@ step "python package and vLLM connector (pytest, against real kvtier serve proce
 venv="$(scripts/python-env.sh)"
 # `pip install` of the package from the repo, as a user would (maturin builds the wheel).
 "$venv/bin/pip" install --quiet ./connectors/python
-cargo build --locked --bin kvtier
-KVTIER_BIN="$PWD/target/debug/kvtier" "$venv/bin/python" -m pytest -v -p no:cacheprovider connectors/python/tests
+cargo build --locked --bin kvtier --bin kvtier-bench
+KVTIER_BIN="$PWD/target/debug/kvtier" KVTIER_BENCH_BIN="$PWD/target/debug/kvtier-bench" "$venv/bin/python" -m pytest -v -p no:cacheprovider connectors/python/tests
 
 step "all tests passed"

@@ -1,9 +1,10 @@
 //! `kvtier-bench`: kvtier's benchmarks. Every result is printed next to a baseline measured
-//! in the same run (memcpy, raw O_DIRECT, raw TCP) with the ratio; `--json` prints one
+//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy) with the ratio; `--json` prints one
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod report;
 mod server;
+mod shm;
 mod tiers;
 
 use std::path::PathBuf;
@@ -53,6 +54,18 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
         concurrency: Vec<usize>,
     },
+    /// Python put/get through the shared-memory data plane vs numpy memcpy and vs gRPC.
+    Shm {
+        /// Block size in KiB.
+        #[arg(long, default_value_t = 2048)]
+        size_kib: usize,
+        /// Blocks per phase.
+        #[arg(long, default_value_t = 256)]
+        count: usize,
+        /// Python interpreter with the `kvtier` package installed.
+        #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
+        python: String,
+    },
 }
 
 #[tokio::main]
@@ -73,6 +86,11 @@ async fn main() -> Result<()> {
         Command::Server { size_kib, count, concurrency } => {
             let args = server::Args { size: size_kib << 10, count: if cli.quick { 32 } else { count }, concurrency };
             server::run(&args, scratch.path(), &mut out).await
+        }
+        Command::Shm { size_kib, count, python } => {
+            let (count, rounds) = if cli.quick { (16, 1) } else { (count, 5) };
+            let args = shm::Args { size: size_kib << 10, count, rounds, python };
+            shm::run(&args, scratch.path(), &mut out).await
         }
     }
 }

@@ -18,9 +18,9 @@ use crate::{
     wire::{durability_to_wire, miss_from_wire, tier_from_wire},
 };
 
-/// Bytes copied between checksum updates: small enough that the checksum reads the bytes
-/// just written from cache, large enough that the loop costs nothing.
-const COPY_CHUNK: usize = 256 << 10;
+/// Bytes of blocks committed together: the server checksums one group while the client
+/// copies the next.
+const COMMIT_GROUP: usize = 8 << 20;
 
 /// What went wrong talking to the shm data plane.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,7 @@ pub struct ShmClient {
     path: String,
     map: Mapping,
     session_limit: u64,
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for ShmClient {
@@ -157,7 +158,7 @@ impl ShmClient {
             return Err(io_err(io::Error::last_os_error()));
         }
         let map = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len };
-        Ok(ShmClient { stream, path, map, session_limit: welcome.session_limit })
+        Ok(ShmClient { stream, path, map, session_limit: welcome.session_limit, poisoned: false })
     }
 
     /// Most bytes this session may hold in slots at once (the server's `shm.session_limit`).
@@ -171,14 +172,36 @@ impl ShmClient {
     }
 
     fn call(&mut self, msg: Req) -> Result<Resp, ShmError> {
-        let io_err = |source| ShmError::Io { path: self.path.clone(), source };
-        self.stream.write_all(&frame(&v1::ShmRequest { msg: Some(msg) })).map_err(io_err)?;
-        let response: v1::ShmResponse = read_frame(&mut self.stream).map_err(io_err)?;
+        self.send(msg)?;
+        self.receive()
+    }
+
+    fn send(&mut self, msg: Req) -> Result<(), ShmError> {
+        if self.poisoned {
+            return Err(ShmError::Protocol("an earlier error left this session out of step; open a new one".into()));
+        }
+        let frame = frame(&v1::ShmRequest { msg: Some(msg) });
+        self.stream.write_all(&frame).map_err(|source| self.io_error(source))
+    }
+
+    fn receive(&mut self) -> Result<Resp, ShmError> {
+        let response: v1::ShmResponse = read_frame(&mut self.stream).map_err(|source| self.io_error(source))?;
         match response.msg {
             Some(Resp::Error(s)) => Err(ShmError::Refused { code: Code::from(s.code as i32), message: s.message }),
             Some(r) => Ok(r),
-            None => Err(ShmError::Protocol("an empty response".into())),
+            None => Err(self.poison("an empty response".into())),
         }
+    }
+
+    fn io_error(&mut self, source: io::Error) -> ShmError {
+        self.poisoned = true;
+        ShmError::Io { path: self.path.clone(), source }
+    }
+
+    /// A protocol error: the session can no longer tell which answer belongs to which request.
+    fn poison(&mut self, message: String) -> ShmError {
+        self.poisoned = true;
+        ShmError::Protocol(message)
     }
 
     /// The mapping's bytes at a slot the server gave, checked against the mapping's size.
@@ -220,8 +243,11 @@ impl ShmClient {
                 blocks.len()
             )));
         }
+        // Copy and commit overlap: each group of blocks is committed (the server checksums
+        // it) while the next group is being copied; the answers are read at the end.
         let mut outcomes = Vec::with_capacity(blocks.len());
-        let (mut handles, mut crcs, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let (mut handles, mut positions, mut group_bytes) = (Vec::new(), Vec::new(), 0usize);
         for (i, result) in allocated.results.iter().enumerate() {
             let status = result.status.clone().unwrap_or_default();
             outcomes.push(if status.code != 0 {
@@ -229,42 +255,43 @@ impl ShmClient {
             } else if result.existed {
                 ShmPut::Existed
             } else {
-                let slot =
-                    result.slot.as_ref().ok_or_else(|| ShmError::Protocol("an allocation without a slot".into()))?;
+                let slot = result.slot.as_ref().ok_or_else(|| self.poison("an allocation without a slot".into()))?;
                 let data = blocks[i].1;
                 if slot.length != data.len() as u64 {
-                    return Err(ShmError::Protocol(format!(
-                        "slot of {} bytes for a {}-byte block",
-                        slot.length,
-                        data.len()
-                    )));
+                    return Err(self.poison(format!("slot of {} bytes for a {}-byte block", slot.length, data.len())));
                 }
                 let dst = self.slot(slot)?;
                 // SAFETY: the slot is ours alone until committed, and inside the mapping.
-                crcs.push(unsafe { copy_with_crc(data, dst) });
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
                 handles.push(slot.handle);
                 positions.push(i);
+                group_bytes += data.len();
                 ShmPut::Stored(TierKind::Cpu)
             });
+            if group_bytes >= COMMIT_GROUP || (i + 1 == blocks.len() && !handles.is_empty()) {
+                let commit = v1::ShmCommit { handles: std::mem::take(&mut handles), crc32c: Vec::new() };
+                self.send(Req::Commit(commit))?;
+                groups.push(std::mem::take(&mut positions));
+                group_bytes = 0;
+            }
         }
-        if handles.is_empty() {
-            return Ok(outcomes);
-        }
-        let Resp::Committed(committed) = self.call(Req::Commit(v1::ShmCommit { handles, crc32c: crcs }))? else {
-            return Err(ShmError::Protocol("commit answered with something else".into()));
-        };
-        if committed.results.len() != positions.len() {
-            return Err(ShmError::Protocol("commit results do not match the handles".into()));
-        }
-        for (result, i) in committed.results.into_iter().zip(positions) {
-            let status = result.status.unwrap_or_default();
-            outcomes[i] = if status.code != 0 {
-                ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
-            } else if result.existed {
-                ShmPut::Existed
-            } else {
-                ShmPut::Stored(tier_from_wire(result.tier).unwrap_or(TierKind::Cpu))
+        for positions in groups {
+            let Resp::Committed(committed) = self.receive()? else {
+                return Err(self.poison("commit answered with something else".into()));
             };
+            if committed.results.len() != positions.len() {
+                return Err(self.poison("commit results do not match the handles".into()));
+            }
+            for (result, i) in committed.results.into_iter().zip(positions) {
+                let status = result.status.unwrap_or_default();
+                outcomes[i] = if status.code != 0 {
+                    ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
+                } else if result.existed {
+                    ShmPut::Existed
+                } else {
+                    ShmPut::Stored(tier_from_wire(result.tier).unwrap_or(TierKind::Cpu))
+                };
+            }
         }
         Ok(outcomes)
     }
@@ -367,21 +394,6 @@ impl ShmClient {
         }
         Ok(outcomes)
     }
-}
-
-/// Copies `src` to `dst` in cache-sized chunks, checksumming each chunk right after it is
-/// copied (while it is still in cache). Returns the CRC-32C of the bytes.
-///
-/// # Safety
-/// `dst` must be valid for `src.len()` bytes of writes and not overlap `src`.
-unsafe fn copy_with_crc(src: &[u8], dst: *mut u8) -> u32 {
-    let mut crc = 0;
-    for (i, chunk) in src.chunks(COPY_CHUNK).enumerate() {
-        // SAFETY: the caller guarantees room for all of `src`.
-        unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(i * COPY_CHUNK), chunk.len()) };
-        crc = kvtier_tiers::crc32c_append(crc, chunk);
-    }
-    crc
 }
 
 fn unexpected(msg: Option<Resp>) -> ShmError {
