@@ -104,3 +104,20 @@ where
         .await;
     (results, started.elapsed().as_secs_f64())
 }
+
+/// A node for the network benchmarks: memory tier only (no SSD, nothing persisted), blocks of
+/// `size` bytes, room for `blocks` of them plus slab slack, ports chosen by the OS.
+pub(crate) fn memory_node_config(dir: &std::path::Path, size: usize, blocks: usize) -> kvtier_blockmgr::Config {
+    use kvtier_blockmgr::ByteSize;
+    let mut config = kvtier_blockmgr::Config::default();
+    config.data_dir = dir.join("node");
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.metrics_listen = String::new();
+    config.server.persist_on_shutdown = false;
+    config.ssd.enabled = false;
+    config.max_block_size = ByteSize(size as u64);
+    let region = (size as u64).next_power_of_two().max(16 << 20);
+    config.cpu.region_size = ByteSize(region);
+    config.cpu.capacity = ByteSize((blocks * size) as u64 + 4 * region);
+    config
+}

@@ -10,13 +10,13 @@
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use kvtier_blockmgr::{ByteSize, Client, Config, Durability, GetItem, PutItem, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, Client, Durability, GetItem, PutItem, server::RunningServer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
-use crate::report::{Reporter, Result as Measured, bar, mib_per_s, run_at_qd, size_name};
+use crate::report::{Reporter, Result as Measured, bar, memory_node_config, mib_per_s, run_at_qd, size_name};
 
 /// Settings of one `server` run.
 #[derive(Debug, Clone)]
@@ -52,16 +52,7 @@ impl Phase {
 }
 
 pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
-    let mut config = Config::default();
-    config.data_dir = dir.join("node");
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.ssd.enabled = false;
-    config.max_block_size = ByteSize(args.size as u64);
-    let region = (args.size as u64).next_power_of_two().max(16 << 20);
-    config.cpu.region_size = ByteSize(region);
-    config.cpu.capacity = ByteSize((args.count * args.size) as u64 * 2 + 4 * region);
+    let mut config = memory_node_config(dir, args.size, args.count * 2);
     config.server.transfer_budget = ByteSize(config.cpu.capacity.0.max(256 << 20));
     let node = RunningServer::start(config).await.context("starting the node")?;
     let client = Client::connect(&node.grpc_addr.to_string()).await?;

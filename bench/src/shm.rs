@@ -9,9 +9,9 @@
 use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use kvtier_blockmgr::{ByteSize, Config, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, server::RunningServer};
 
-use crate::report::{Reporter, Result as Measured, size_name};
+use crate::report::{Reporter, Result as Measured, memory_node_config, size_name};
 
 const SCRIPT: &str = include_str!("../python/shm_bench.py");
 
@@ -25,19 +25,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
-    let mut config = Config::default();
-    config.data_dir = dir.join("node");
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.ssd.enabled = false;
-    config.max_block_size = ByteSize(args.size as u64);
-    let region = (args.size as u64).next_power_of_two().max(16 << 20);
-    config.cpu.region_size = ByteSize(region);
-    // Both the shm and the gRPC phase's blocks of one round, plus slack for slab classes.
-    config.cpu.capacity = ByteSize((args.count * args.size) as u64 * 3 + 4 * region);
+    // Room for the shm and the gRPC phase's blocks of one round (and one more round's worth).
+    let mut config = memory_node_config(dir, args.size, args.count * 3);
     config.shm.session_limit = ByteSize(config.cpu.capacity.0 / 4);
-    // The server checksums each committed group while the client copies the next.
     let node = RunningServer::start(config).await.context("starting the node")?;
     let unix = node.unix_socket.clone().context("the node has a unix socket")?;
     let shm = node.shm_socket.clone().context("the node has an shm socket")?;
