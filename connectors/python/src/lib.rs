@@ -164,6 +164,14 @@ fn raw(obj: &Bound<'_, PyAny>, writable: bool, what: &str, i: usize) -> PyResult
     Ok(Raw { addr: buf.buf_ptr() as usize, len: buf.len_bytes(), _hold: buf })
 }
 
+/// One buffer per key from a Python list, each checked by [`raw`].
+fn buffers(list: &Bound<'_, PyList>, keys: usize, writable: bool, what: &str) -> PyResult<Vec<Raw>> {
+    if keys != list.len() {
+        return Err(InvalidArgumentError::new_err(format!("{keys} keys for {} {what}s", list.len())));
+    }
+    list.iter().enumerate().map(|(i, b)| raw(&b, writable, what, i)).collect()
+}
+
 impl Raw {
     /// # Safety
     /// The buffer must not be resized or freed while the slice lives (`_hold` pins it) and,
@@ -261,11 +269,7 @@ impl Client {
         durability: &str,
     ) -> PyResult<Vec<PutResult>> {
         let durability = self::durability(durability)?;
-        if keys.len() != values.len() {
-            return Err(InvalidArgumentError::new_err(format!("{} keys for {} values", keys.len(), values.len())));
-        }
-        let bufs: Vec<Raw> =
-            values.iter().enumerate().map(|(i, v)| raw(&v, false, "value", i)).collect::<PyResult<_>>()?;
+        let bufs = buffers(values, keys.len(), false, "value")?;
         py.detach(|| {
             // SAFETY: the buffers are held by `bufs` and only read.
             let data: Vec<&[u8]> = bufs.iter().map(|b| unsafe { b.bytes() }).collect();
@@ -293,11 +297,7 @@ impl Client {
         keys: Vec<Vec<u8>>,
         buffers: &Bound<'_, PyList>,
     ) -> PyResult<Vec<Option<usize>>> {
-        if keys.len() != buffers.len() {
-            return Err(InvalidArgumentError::new_err(format!("{} keys for {} buffers", keys.len(), buffers.len())));
-        }
-        let bufs: Vec<Raw> =
-            buffers.iter().enumerate().map(|(i, b)| raw(&b, true, "buffer", i)).collect::<PyResult<_>>()?;
+        let bufs = self::buffers(buffers, keys.len(), true, "buffer")?;
         py.detach(|| {
             // SAFETY: held by `bufs`; Python code cannot run while the GIL is released here.
             let mut outs: Vec<&mut [u8]> = bufs.iter().map(|b| unsafe { b.bytes_mut() }).collect();
