@@ -167,8 +167,9 @@ pub struct ShmConfig {
     pub grants: Vec<ShmGrant>,
     /// Most bytes one session may hold in allocated and pinned slots at once. Default 512 MiB.
     pub session_limit: ByteSize,
-    /// How long an allocation waits for memory to be freed (blocks demoted to SSD) when the
-    /// arena is full, before the client is told to send the block over gRPC. Default 200ms.
+    /// How long an allocation, or the in-memory copy that pins a block read from SSD, waits
+    /// for memory to be freed (blocks demoted to SSD) when the arena is full, before the
+    /// client is told to send the block over gRPC (or the pin is a miss). Default 200ms.
     #[serde(with = "humantime_serde")]
     pub alloc_wait: Duration,
     /// Recompute the CRC-32C of blocks committed through shared memory and refuse those that

@@ -51,14 +51,21 @@ impl Manager {
         durability: Durability,
         wait: Duration,
     ) -> Result<PutWriter, TierError> {
+        self.inner.check_size(&key, len)?;
+        self.inner.check_durability(durability)?;
+        let sink = self.reserve_in_arena(&key, len, wait).await?;
+        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
+    }
+
+    /// Reserves an arena slot for `len` bytes of `key`. When none is free, memory is
+    /// reclaimed (blocks demoted to SSD) and the reservation retried for up to `wait`.
+    async fn reserve_in_arena(&self, key: &BlockKey, len: u64, wait: Duration) -> Result<Sink, TierError> {
         let inner = &self.inner;
-        inner.check_size(&key, len)?;
-        inner.check_durability(durability)?;
         let deadline = Instant::now() + wait;
         let mut asked = false;
-        let sink = loop {
-            if let Some(sink) = inner.try_reserve(&key, len) {
-                break sink;
+        loop {
+            if let Some(sink) = inner.try_reserve(key, len) {
+                return Ok(sink);
             }
             if Instant::now() >= deadline {
                 return Err(TierError::NoSpace {
@@ -74,14 +81,14 @@ impl Manager {
                 asked = true;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
+        }
     }
 
     /// Reads `key` and holds it in the arena for a local client: a block in memory is
-    /// pinned where it is (zero copies); one from SSD is copied into a free slot first. A
-    /// miss (or no free slot for the copy) is returned as the [`GetOutcome::Miss`] it is.
-    pub async fn pin(&self, key: &BlockKey) -> Result<ArenaPin, GetOutcome> {
+    /// pinned where it is (zero copies); one from SSD is copied into a slot first, waiting
+    /// up to `wait` for memory to be reclaimed. A miss (or no slot for the copy in time) is
+    /// returned as the [`GetOutcome::Miss`] it is.
+    pub async fn pin(&self, key: &BlockKey, wait: Duration) -> Result<ArenaPin, GetOutcome> {
         let (block, tier) = match self.get(key).await {
             GetOutcome::Hit { block, tier } => (block, tier),
             miss => return Err(miss),
@@ -90,11 +97,10 @@ impl Manager {
         if let Some(offset) = self.inner.cpu.arena_offset(&block.data) {
             return Ok(ArenaPin { offset, len, crc32c, tier, _hold: Hold::Resident(block) });
         }
-        let no_room = || GetOutcome::Miss {
+        let sink = self.reserve_in_arena(key, len, wait).await.map_err(|e| GetOutcome::Miss {
             reason: MissReason::Error,
-            message: format!("{key}: no free memory to pin a copy of the block read from {tier}"),
-        };
-        let sink = self.inner.try_reserve(key, len).ok_or_else(no_room)?;
+            message: format!("{key}: no memory to pin a copy of the block read from {tier}: {e}"),
+        })?;
         let mut copy = PutWriter {
             key: key.clone(),
             len,

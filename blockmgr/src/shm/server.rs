@@ -347,7 +347,7 @@ impl Session {
             .map_err(|(i, e)| error(Code::InvalidArgument, format!("key {i}: {e}")))?;
         // Reads from SSD run concurrently; results come back in key order.
         let manager = &self.manager;
-        let pins = futures::future::join_all(keys.iter().map(|k| manager.pin(k))).await;
+        let pins = futures::future::join_all(keys.iter().map(|k| manager.pin(k, self.config.alloc_wait))).await;
         let mut results = Vec::with_capacity(pins.len());
         let mut full = false;
         for (index, pin) in pins.into_iter().enumerate() {
