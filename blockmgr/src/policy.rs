@@ -64,14 +64,4 @@ impl CpuPolicy {
     pub(crate) fn run_pending(&self) {
         self.cache.run_pending_tasks();
     }
-
-    /// Bytes moka believes are in memory.
-    pub(crate) fn weighted_bytes(&self) -> u64 {
-        self.cache.weighted_size() * UNIT
-    }
-
-    /// Bytes moka aims to keep in memory at most.
-    pub(crate) fn target_bytes(&self) -> u64 {
-        self.cache.policy().max_capacity().unwrap_or(0) * UNIT
-    }
 }

@@ -59,29 +59,61 @@ async fn two_engines_share_one_cache_through_their_own_sessions() {
     let (mut a, mut b) = (node.shm(&[NS]), node.shm(&[NS]));
     let v = data(7, MIB as usize);
     assert_eq!(a.put(NS, &[(&key(7), &v)], Durability::Cache).unwrap(), vec![ShmPut::Stored(TierKind::Cpu)]);
-    assert_eq!(b.get(NS, &[&key(7)]).unwrap(), vec![Some(v.to_vec())]);
+    assert_eq!(b.get(NS, &[&key(7)]).unwrap(), vec![Ok(v.to_vec())]);
     assert!(node.http_get("/metrics").contains("kvtier_shm_sessions 2"));
 }
 
 #[tokio::test]
-async fn blocks_on_ssd_are_pinned_through_a_copy_in_memory() {
+async fn blocks_on_ssd_are_pinned_through_copies_in_rounds_that_fit_in_memory() {
+    // 24 blocks of 900 KB do not fit in 8 MiB of memory, and copies of those on SSD may
+    // hold at most a quarter of it at once: one read of all 24 takes several pin rounds.
     let node = Node::start();
     let client = node.client().await;
     let put: Vec<PutItem> = (0..24).map(|i| PutItem { key: key(i), data: data(i, 900_000) }).collect();
     client.put(NS, &put, Durability::LocalDisk).await.unwrap();
+    let mut shm = node.shm(&[NS]);
+    let mut bufs = vec![vec![0u8; 900_000]; 24];
+    let keys: Vec<Vec<u8>> = (0..24).map(key).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+    let got = shm.get_into(NS, &refs, &mut outs).unwrap();
+    let from_ssd = got.iter().filter(|g| matches!(g, ShmGet::Hit { tier: TierKind::Ssd, .. })).count();
+    assert!(got.iter().all(|g| matches!(g, ShmGet::Hit { len: 900_000, .. })), "{got:?}");
+    assert!(from_ssd >= 12, "only {from_ssd} of 24 blocks came from SSD: {got:?}");
+    for (b, p) in bufs.iter().zip(&put) {
+        assert_eq!(b.as_slice(), p.data.as_ref());
+    }
+}
+
+#[tokio::test]
+async fn a_block_with_no_memory_for_its_copy_is_sent_to_grpc_not_missed() {
+    // 2 MiB of memory: copies may hold 512 KiB, less than one 600 KB block.
+    let node = Node::start_with("", "[cpu]\ncapacity = \"2MiB\"\nregion_size = \"1MiB\"\n\n[shm]\nalloc_wait = \"20ms\"");
+    let client = node.client().await;
+    let put: Vec<PutItem> = (0..6).map(|i| PutItem { key: key(i), data: data(i, 600_000) }).collect();
+    client.put(NS, &put, Durability::LocalDisk).await.unwrap();
     let mut on_ssd = None;
-    for i in 0..24 {
+    for i in 0..6 {
         if client.lookup(NS, &[key(i)]).await.unwrap() == vec![TierKind::Ssd] {
             on_ssd = Some(i as usize);
             break;
         }
     }
-    let i = on_ssd.expect("24 blocks of 900 KB do not all fit in 8 MiB of memory");
+    let i = on_ssd.expect("six blocks of 600 KB do not all fit in 2 MiB of memory");
     let mut shm = node.shm(&[NS]);
-    let mut buf = vec![0u8; 900_000];
-    let got = shm.get_into(NS, &[&key(i as u64)], &mut [&mut buf[..]]).unwrap();
-    assert_eq!(got, vec![ShmGet::Hit { len: 900_000, tier: TierKind::Ssd }]);
-    assert_eq!(buf, put[i].data.as_ref());
+    let got = shm.get(NS, &[&key(i as u64)]).unwrap();
+    assert!(
+        matches!(&got[..], [Err(ShmGet::NoRoom { message })] if message.contains("no shared memory free")),
+        "{got:?}"
+    );
+    // What the client then does: read it over gRPC, which needs no arena slot.
+    match &client.get(NS, &[key(i as u64)]).await.unwrap()[..] {
+        [GetItem::Hit { data, .. }] => assert_eq!(data, &put[i].data),
+        other => panic!("{other:?}"),
+    }
+    // A key that does not exist is still a plain miss, not "no room".
+    let got = shm.get(NS, &[b"absent"]).unwrap();
+    assert!(matches!(&got[..], [Err(ShmGet::Miss { reason: MissReason::NotFound, .. })]), "{got:?}");
 }
 
 #[tokio::test]
@@ -98,7 +130,7 @@ async fn sessions_only_name_blocks_of_the_namespaces_they_opened() {
     let err = b.put("tenant-a/m", &[(b"k2", b"x")], Durability::Cache).unwrap_err();
     assert!(matches!(err, ShmError::Refused { code: Code::PermissionDenied, .. }), "{err}");
     // The refused requests cost the session nothing; it still works in its own namespace.
-    assert_eq!(b.get("tenant-b/m", &[b"k"]).unwrap(), vec![None]);
+    assert!(matches!(&b.get("tenant-b/m", &[b"k"]).unwrap()[..], [Err(ShmGet::Miss { reason: MissReason::NotFound, .. })]));
     // A malformed namespace in hello is refused by name.
     let err = kvtier_blockmgr::shm::ShmClient::connect(node.addrs.shm.as_ref().unwrap(), &[""]).unwrap_err();
     assert!(matches!(err, ShmError::Refused { code: Code::InvalidArgument, .. }), "{err}");
@@ -200,6 +232,10 @@ async fn a_session_holds_at_most_its_limit() {
     let put = shm.put(NS, &refs, Durability::Cache).unwrap();
     assert_eq!(put.iter().filter(|p| **p == ShmPut::Existed).count(), 2, "{put:?}");
     assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 2, "{put:?}");
+    // Reads pin at most the limit at once too: 4 MiB come back in rounds of 2 MiB.
+    let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
+    let got = shm.get(NS, &keys).unwrap();
+    assert_eq!(got, blocks.iter().map(|(_, v)| Ok(v.to_vec())).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -221,5 +257,24 @@ async fn garbage_on_the_socket_ends_that_session_only() {
     // The server is unharmed.
     let mut shm = node.shm(&[NS]);
     shm.put(NS, &[(b"k", b"v")], Durability::Cache).unwrap();
-    assert_eq!(shm.get(NS, &[b"k"]).unwrap(), vec![Some(b"v".to_vec())]);
+    assert_eq!(shm.get(NS, &[b"k"]).unwrap(), vec![Ok(b"v".to_vec())]);
+}
+
+#[tokio::test]
+async fn puts_into_a_full_arena_make_room_instead_of_falling_back() {
+    // 8 MiB of memory filled several times over through shm: every allocation must get a
+    // slot (blocks demoted to SSD to make room), none sent back to gRPC for lack of room.
+    let node = Node::start_with("", "[shm]\nalloc_wait = \"2s\"\n");
+    let mut shm = node.shm(&[NS]);
+    for round in 0..12u64 {
+        let blocks: Vec<(Vec<u8>, bytes::Bytes)> =
+            (0..4).map(|i| (key(round * 4 + i), data(round * 4 + i, 500_000))).collect();
+        let refs: Vec<(&[u8], &[u8])> = blocks.iter().map(|(k, v)| (k.as_slice(), v.as_ref())).collect();
+        let put = shm.put(NS, &refs, Durability::Cache).unwrap();
+        assert!(put.iter().all(|p| matches!(p, ShmPut::Stored(_))), "round {round}: {put:?}");
+    }
+    let client = node.client().await;
+    let tiers = client.lookup(NS, &(0..48).map(key).collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(tiers.len(), 48);
+    assert!(tiers.contains(&TierKind::Ssd), "{tiers:?}");
 }

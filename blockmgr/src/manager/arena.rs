@@ -23,6 +23,21 @@ pub struct ArenaPin {
     _hold: Hold,
 }
 
+/// What [`Manager::pin_batch`] did with one key.
+#[derive(Debug)]
+pub enum PinOutcome {
+    /// Held in the arena until the pin is dropped.
+    Pinned(ArenaPin),
+    /// Not found, or unreadable: the miss a get would return.
+    Miss(GetOutcome),
+    /// Present on SSD, but no arena slot could be had to hold a copy; read it another way
+    /// (gRPC streams it without the arena).
+    NoRoom(String),
+    /// Not tried (the batch reached its byte budget) or moved while pinned: ask again once
+    /// the pins held are released.
+    Later,
+}
+
 /// What keeps a pinned slot alive.
 #[derive(Debug)]
 enum Hold {
@@ -67,6 +82,11 @@ impl Manager {
             if let Some(sink) = inner.try_reserve(key, len) {
                 return Ok(sink);
             }
+            if !asked {
+                inner.policy.run_pending();
+                movement::reclaim_cpu(inner, len);
+                asked = true;
+            }
             if Instant::now() >= deadline {
                 return Err(TierError::NoSpace {
                     tier: inner.cpu.to_string(),
@@ -75,32 +95,82 @@ impl Manager {
                     required: inner.cpu.footprint(len),
                 });
             }
-            if !asked {
-                inner.policy.run_pending();
-                movement::reclaim_cpu(inner, len);
-                asked = true;
-            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
-    /// Reads `key` and holds it in the arena for a local client: a block in memory is
-    /// pinned where it is (zero copies); one from SSD is copied into a slot first, waiting
-    /// up to `wait` for memory to be reclaimed. A miss (or no slot for the copy in time) is
-    /// returned as the [`GetOutcome::Miss`] it is.
-    pub async fn pin(&self, key: &BlockKey, wait: Duration) -> Result<ArenaPin, GetOutcome> {
-        let (block, tier) = match self.get(key).await {
+    /// Holds `keys` in the arena for a local client, in order, until `budget` bytes are
+    /// held: a block in memory is pinned where it is (zero copies); one on SSD gets a slot
+    /// reserved first and is then read and copied into it (the reads run concurrently).
+    /// The first copy may wait up to `wait` for memory to be reclaimed; once a slot cannot be
+    /// had, the keys left that need one are [`PinOutcome::NoRoom`], so no SSD read is made
+    /// for a block there is no room to hold. Keys past the budget are [`PinOutcome::Later`].
+    pub async fn pin_batch(&self, keys: &[BlockKey], budget: u64, wait: Duration) -> Vec<PinOutcome> {
+        let mut outcomes: Vec<PinOutcome> = Vec::with_capacity(keys.len());
+        let mut copies = Vec::new();
+        let (mut held, mut room) = (0u64, None::<String>);
+        for (i, key) in keys.iter().enumerate() {
+            let entry = self.inner.index.get(key);
+            if let Some(e) = &entry
+                && held > 0
+                && held + e.len > budget
+            {
+                outcomes.push(PinOutcome::Later);
+                continue;
+            }
+            // Not in the index (a miss, counted by the get) or in memory: no slot needed.
+            let Some(entry) = entry.filter(|e| !e.tiers.has(TierKind::Cpu)) else {
+                let outcome = self.pin_hit(key, self.get(key).await, None);
+                if let PinOutcome::Pinned(p) = &outcome {
+                    held += p.len;
+                }
+                outcomes.push(outcome);
+                continue;
+            };
+            if let Some(why) = &room {
+                outcomes.push(PinOutcome::NoRoom(why.clone()));
+                continue;
+            }
+            // Only a batch that holds nothing yet waits: otherwise what it holds may be what
+            // fills the arena, and the client frees it by copying out and releasing.
+            let wait = if held == 0 { wait } else { Duration::ZERO };
+            match self.reserve_in_arena(key, entry.len, wait).await {
+                Ok(sink) => {
+                    held += entry.len;
+                    copies.push((i, entry.len, sink));
+                    outcomes.push(PinOutcome::Later); // replaced below
+                }
+                Err(e) => {
+                    let why = format!("{key}: no shared memory free to hold a copy of the block: {e}");
+                    room = Some(why.clone());
+                    outcomes.push(PinOutcome::NoRoom(why));
+                }
+            }
+        }
+        let reads = copies.into_iter().map(|(i, len, sink)| async move {
+            let key = &keys[i];
+            (i, self.pin_hit(key, self.get(key).await, Some((len, sink))))
+        });
+        for (i, outcome) in futures::future::join_all(reads).await {
+            outcomes[i] = outcome;
+        }
+        outcomes
+    }
+
+    /// Pins what a get found: where it lies if it is in the arena, else a copy into the
+    /// slot reserved for it (`room`: the length reserved and the slot).
+    fn pin_hit(&self, key: &BlockKey, found: GetOutcome, room: Option<(u64, Sink)>) -> PinOutcome {
+        let (block, tier) = match found {
             GetOutcome::Hit { block, tier } => (block, tier),
-            miss => return Err(miss),
+            miss => return PinOutcome::Miss(miss),
         };
         let (len, crc32c) = (block.len(), block.crc32c);
         if let Some(offset) = self.inner.cpu.arena_offset(&block.data) {
-            return Ok(ArenaPin { offset, len, crc32c, tier, _hold: Hold::Resident(block) });
+            return PinOutcome::Pinned(ArenaPin { offset, len, crc32c, tier, _hold: Hold::Resident(block) });
         }
-        let sink = self.reserve_in_arena(key, len, wait).await.map_err(|e| GetOutcome::Miss {
-            reason: MissReason::Error,
-            message: format!("{key}: no memory to pin a copy of the block read from {tier}: {e}"),
-        })?;
+        // A block that left memory (or was rewritten with another length) since the index
+        // was read: the client asks again.
+        let Some((_, sink)) = room.filter(|(reserved, _)| *reserved == len) else { return PinOutcome::Later };
         let mut copy = PutWriter {
             key: key.clone(),
             len,
@@ -110,11 +180,13 @@ impl Manager {
             written: 0,
             sink,
         };
-        copy.write(&block.data).map_err(|e| GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() })?;
+        if let Err(e) = copy.write(&block.data) {
+            return PinOutcome::Miss(GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() });
+        }
         let offset = match &copy.sink {
             Sink::Arena(r, _) => r.arena_offset(),
-            Sink::Heap(..) => unreachable!("try_reserve only returns arena sinks"),
+            Sink::Heap(..) => unreachable!("reserve_in_arena only returns arena sinks"),
         };
-        Ok(ArenaPin { offset, len, crc32c, tier, _hold: Hold::Copy(copy) })
+        PinOutcome::Pinned(ArenaPin { offset, len, crc32c, tier, _hold: Hold::Copy(copy) })
     }
 }

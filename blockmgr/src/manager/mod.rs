@@ -18,7 +18,7 @@ mod writer;
 
 use self::writer::{Budgeted, ReservedBytes, Sink};
 pub use self::{
-    arena::ArenaPin,
+    arena::{ArenaPin, PinOutcome},
     types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
     writer::PutWriter,
 };

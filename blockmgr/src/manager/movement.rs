@@ -46,12 +46,13 @@ pub(super) fn spawn_demotion_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedR
     });
 }
 
-/// Memory is full though moka thinks it is not (slab classes competing for regions, or
-/// puts holding reservations): name victims by arena layout and queue their demotion.
-/// Skipped while demotions are already under way, since those will free memory.
+/// The arena has no slot for `len` bytes: name victims by arena layout and queue their
+/// demotion. moka keeps committed blocks under its target, but that target leaves no room
+/// for slab classes competing for regions, or for the slots puts and pins hold reserved
+/// (up to a quarter of the arena), so moka alone would never free them. Skipped while
+/// demotions are already under way, since those will free memory.
 pub(super) fn reclaim_cpu(inner: &Inner, len: u64) {
-    let backlog = inner.metrics.demotion_queue.get() > 0;
-    if backlog || inner.policy.weighted_bytes() >= inner.policy.target_bytes() {
+    if inner.metrics.demotion_queue.get() > 0 {
         return;
     }
     for key in kvtier_tiers::Tier::eviction_candidates(&*inner.cpu, len, 4) {

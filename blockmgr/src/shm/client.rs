@@ -81,6 +81,12 @@ pub enum ShmGet {
         /// Details.
         message: String,
     },
+    /// The block exists, but the server had no shared memory free to hold a copy of it
+    /// (it is on SSD): read it over gRPC instead.
+    NoRoom {
+        /// The server's message.
+        message: String,
+    },
 }
 
 struct Mapping {
@@ -317,20 +323,26 @@ impl ShmClient {
         })
     }
 
-    /// Reads `keys` into fresh buffers; `None` for a miss.
-    pub fn get(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShmError> {
-        let mut bufs: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        self.read(namespace, keys, |i, src, len| {
+    /// Reads `keys` into fresh buffers: `Ok(bytes)` for a hit, else the key's outcome (a
+    /// [`ShmGet::Miss`], or [`ShmGet::NoRoom`] for a block to read over gRPC instead).
+    pub fn get(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<Result<Vec<u8>, ShmGet>>, ShmError> {
+        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); keys.len()];
+        let outcomes = self.read(namespace, keys, |i, src, len| {
             // SAFETY: `src` holds `len` pinned bytes.
-            bufs[i] = Some(unsafe { std::slice::from_raw_parts(src, len) }.to_vec());
+            bufs[i] = unsafe { std::slice::from_raw_parts(src, len) }.to_vec();
             Ok(())
         })?;
-        Ok(bufs)
+        Ok(outcomes
+            .into_iter()
+            .zip(bufs)
+            .map(|(o, data)| if matches!(o, ShmGet::Hit { .. }) { Ok(data) } else { Err(o) })
+            .collect())
     }
 
     /// Pins `keys`, hands each pinned block to `copy` (index, bytes, length), releases the
     /// pins. `copy` returning `Err` turns that key into a miss with its message. Keys the
-    /// server did not pin because the session's limit was reached are asked for again.
+    /// server deferred (the session's limit reached, or no room while others were pinned)
+    /// are asked for again once the pins are released.
     fn read(
         &mut self,
         namespace: &str,
@@ -361,10 +373,10 @@ impl ShmClient {
             for (&i, result) in pending.iter().zip(&pinned.results) {
                 let Some(slot) = &result.slot else {
                     let miss = result.miss.clone().unwrap_or_default();
-                    if miss.reason == v1::MissReason::Unspecified as i32 {
-                        again.push(i);
-                    } else {
-                        outcomes[i] = ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message };
+                    match v1::ShmDeferred::try_from(result.deferred) {
+                        Ok(v1::ShmDeferred::Again) => again.push(i),
+                        Ok(v1::ShmDeferred::NoRoom) => outcomes[i] = ShmGet::NoRoom { message: miss.message },
+                        _ => outcomes[i] = ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message },
                     }
                     continue;
                 };

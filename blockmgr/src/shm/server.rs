@@ -14,7 +14,7 @@ use tonic::Code;
 
 use super::{decode, frame, frame_len, op_name, send_with_fd};
 use crate::{
-    ArenaPin, GetOutcome, Manager, PutWriter,
+    ArenaPin, GetOutcome, Manager, PinOutcome, PutWriter,
     config::ShmConfig,
     wire::{block_status, durability_from_wire, miss_to_wire, tier_to_wire},
 };
@@ -345,31 +345,35 @@ impl Session {
             .map(|(i, k)| Key::new(k).map(|k| BlockKey::new(ns.clone(), k)).map_err(|e| (i, e)))
             .collect::<Result<_, _>>()
             .map_err(|(i, e)| error(Code::InvalidArgument, format!("key {i}: {e}")))?;
-        // Reads from SSD run concurrently; results come back in key order.
-        let manager = &self.manager;
-        let pins = futures::future::join_all(keys.iter().map(|k| manager.pin(k, self.config.alloc_wait))).await;
-        let mut results = Vec::with_capacity(pins.len());
-        let mut full = false;
-        for (index, pin) in pins.into_iter().enumerate() {
-            let miss = |reason: i32, message| v1::ShmPinResult {
+        let budget = self.config.session_limit.0.saturating_sub(self.held_bytes);
+        let outcomes = self.manager.pin_batch(&keys, budget, self.config.alloc_wait).await;
+        // A key with no room for its copy is worth asking for again once this answer's pins
+        // are released; only when nothing could be pinned is the client sent to gRPC.
+        let pinned_any = outcomes.iter().any(|o| matches!(o, PinOutcome::Pinned(_)));
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            let not_pinned = |reason: v1::MissReason, message, deferred: v1::ShmDeferred| v1::ShmPinResult {
                 slot: None,
                 crc32c: 0,
                 tier: v1::Tier::Unspecified as i32,
-                miss: Some(v1::GetMiss { index: index as u32, reason, message }),
+                miss: Some(v1::GetMiss { index: index as u32, reason: reason as i32, message }),
+                deferred: deferred as i32,
             };
-            // Once the session's limit is reached, the rest are answered "not pinned" (reason
-            // unspecified): the client releases what it copied and asks again for those.
-            full = full || matches!(&pin, Ok(p) if self.over_limit(p.len).is_some());
-            results.push(match pin {
-                Ok(_) if full => miss(v1::MissReason::Unspecified as i32, SESSION_FULL.into()),
-                Ok(pin) => {
+            let again = |message: String| not_pinned(v1::MissReason::Unspecified, message, v1::ShmDeferred::Again);
+            results.push(match outcome {
+                PinOutcome::Pinned(pin) => {
                     let (offset, length, crc32c, tier) = (pin.offset, pin.len, pin.crc32c, tier_to_wire(pin.tier));
                     let handle = self.hold(Held::Pin(pin));
                     let slot = Some(v1::ShmSlot { handle, offset, length });
-                    v1::ShmPinResult { slot, crc32c, tier: tier as i32, miss: None }
+                    v1::ShmPinResult { slot, crc32c, tier: tier as i32, miss: None, deferred: 0 }
                 }
-                Err(GetOutcome::Miss { reason, message }) => miss(miss_to_wire(reason) as i32, message),
-                Err(GetOutcome::Hit { .. }) => unreachable!("pin returns hits as pins"),
+                PinOutcome::Miss(GetOutcome::Miss { reason, message }) => {
+                    not_pinned(miss_to_wire(reason), message, v1::ShmDeferred::None)
+                }
+                PinOutcome::Miss(GetOutcome::Hit { .. }) => unreachable!("pin_batch returns hits as pins"),
+                PinOutcome::Later => again(SESSION_FULL.into()),
+                PinOutcome::NoRoom(message) if pinned_any => again(message),
+                PinOutcome::NoRoom(message) => not_pinned(v1::MissReason::Unspecified, message, v1::ShmDeferred::NoRoom),
             });
         }
         Ok(Resp::Pinned(v1::ShmPinned { results }))
@@ -381,8 +385,8 @@ impl Session {
     }
 }
 
-/// The message of a key not pinned because the session holds its limit already.
-const SESSION_FULL: &str = "not pinned: the session holds its limit; release pins and ask again";
+/// The message of a key not pinned because the session reached its limit.
+const SESSION_FULL: &str = "not pinned: the session reached its limit; release pins and ask again";
 
 enum NsRefusal {
     Invalid(String),

@@ -37,8 +37,10 @@ pub struct Node {
 }
 
 /// A small node: 8 MiB of memory (1 MiB regions), 32 MiB of SSD, blocks up to 1 MiB,
-/// plus `extra` TOML lines (top-level keys must come before any table).
+/// plus `extra` TOML lines (top-level keys must come before any table). A `[cpu]` table in
+/// `extra_tables` replaces the default one.
 pub fn small_config(dir: &Path, extra_top: &str, extra_tables: &str) -> String {
+    let cpu = if extra_tables.contains("[cpu]") { "" } else { "[cpu]\ncapacity = \"8MiB\"\nregion_size = \"1MiB\"" };
     format!(
         r#"data_dir = "{dir}"
 max_block_size = "1MiB"
@@ -51,9 +53,7 @@ stream_idle_timeout = "2s"
 shutdown_timeout = "20s"
 max_batch_keys = 512
 
-[cpu]
-capacity = "8MiB"
-region_size = "1MiB"
+{cpu}
 
 [ssd]
 capacity = "32MiB"

@@ -397,12 +397,34 @@ impl Client {
         Ok(results.into_iter().map(|r| r.expect("filled")).collect())
     }
 
+    /// Reads through shared memory where there is a session; blocks the server had no
+    /// shared memory to hold (and every block without a session) are read over gRPC.
     fn get_bytes(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<Option<Bytes>>> {
+        let mut results: Vec<Option<Bytes>> = vec![None; keys.len()];
+        let mut rest: Vec<usize> = (0..keys.len()).collect();
         if let Some(shm) = &self.shm {
             let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
             let got = shm.lock().expect("shm session lock").get(namespace, &refs).map_err(shm_error)?;
-            return Ok(got.into_iter().map(|g| g.map(Bytes::from)).collect());
+            rest.clear();
+            for (i, g) in got.into_iter().enumerate() {
+                match g {
+                    Ok(data) => results[i] = Some(Bytes::from(data)),
+                    Err(ShmGet::NoRoom { .. }) => rest.push(i),
+                    Err(_) => {}
+                }
+            }
         }
+        if !rest.is_empty() {
+            let wanted: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
+            for (i, data) in rest.into_iter().zip(self.get_unshared(namespace, &wanted)?) {
+                results[i] = data;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Reads over gRPC (or from the embedded manager).
+    fn get_unshared(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<Option<Bytes>>> {
         match &self.backend {
             Backend::Remote(c) => {
                 let items = runtime().block_on(c.get(namespace, keys)).map_err(client_error)?;
@@ -428,26 +450,33 @@ impl Client {
         keys: &[Vec<u8>],
         outs: &mut [&mut [u8]],
     ) -> PyResult<Vec<Option<usize>>> {
+        let mut results: Vec<Option<usize>> = vec![None; keys.len()];
+        let mut rest: Vec<usize> = (0..keys.len()).collect();
         if let Some(shm) = &self.shm {
             let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
             let got = shm.lock().expect("shm session lock").get_into(namespace, &refs, outs).map_err(shm_error)?;
-            return Ok(got
-                .into_iter()
-                .map(|g| if let ShmGet::Hit { len, .. } = g { Some(len) } else { None })
-                .collect());
-        }
-        let got = self.get_bytes(namespace, keys)?;
-        Ok(got
-            .into_iter()
-            .zip(outs.iter_mut())
-            .map(|(g, out)| match g {
-                Some(data) if data.len() <= out.len() => {
-                    out[..data.len()].copy_from_slice(&data);
-                    Some(data.len())
+            rest.clear();
+            for (i, g) in got.into_iter().enumerate() {
+                match g {
+                    ShmGet::Hit { len, .. } => results[i] = Some(len),
+                    ShmGet::NoRoom { .. } => rest.push(i),
+                    ShmGet::Miss { .. } => {}
                 }
-                _ => None,
-            })
-            .collect())
+            }
+        }
+        if !rest.is_empty() {
+            let wanted: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
+            for (i, data) in rest.into_iter().zip(self.get_unshared(namespace, &wanted)?) {
+                results[i] = match data {
+                    Some(data) if data.len() <= outs[i].len() => {
+                        outs[i][..data.len()].copy_from_slice(&data);
+                        Some(data.len())
+                    }
+                    _ => None,
+                };
+            }
+        }
+        Ok(results)
     }
 }
 

@@ -15,7 +15,7 @@ BIN = os.environ.get("KVTIER_BIN", str(REPO / "target" / "debug" / "kvtier"))
 
 
 class Server:
-    def __init__(self, root: pathlib.Path, extra: str = ""):
+    def __init__(self, root: pathlib.Path, extra: str = "", memory: str = "64MiB"):
         self.root = root
         self.config = root / "kvtier.toml"
         self.config.write_text(
@@ -25,7 +25,7 @@ max_block_size = "4MiB"
 listen = "127.0.0.1:0"
 metrics_listen = ""
 [cpu]
-capacity = "64MiB"
+capacity = "{memory}"
 region_size = "4MiB"
 [ssd]
 capacity = "128MiB"
@@ -79,10 +79,10 @@ def server(tmp_path):
 def make_server(tmp_path):
     made = []
 
-    def make(extra: str = "", name: str = "node"):
+    def make(extra: str = "", name: str = "node", memory: str = "64MiB"):
         root = tmp_path / f"{name}{len(made)}"
         root.mkdir()
-        s = Server(root, extra)
+        s = Server(root, extra, memory)
         made.append(s)
         return s
 

@@ -69,6 +69,30 @@ def test_a_full_arena_falls_back_to_grpc(make_server):
     assert c.get(NS, keys) == [v.tobytes() for v in values]
 
 
+def test_reads_of_more_than_free_shared_memory_come_back_whole(make_server):
+    # 100 MiB into 64 MiB of memory: most blocks end on SSD, and copies of those may hold a
+    # quarter of the arena at once, so one read takes several pin rounds.
+    s = make_server(memory="64MiB")
+    c = kvtier.Client(s.unix, shm_socket=s.shm, namespaces=[NS])
+    keys, values = blocks(100, 1 << 20, seed=5)
+    assert all(r.ok for r in c.put(NS, keys, values, durability="local_disk"))
+    assert c.lookup(NS, keys).count("ssd") >= 30
+    out = [np.zeros(1 << 20, dtype=np.uint8) for _ in keys]
+    assert c.get_into(NS, keys, out) == [1 << 20] * 100
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+    # 12 MiB of memory holds no copy of a 4 MiB block (a quarter is 3 MiB): those come over
+    # gRPC instead, transparently.
+    small = make_server('[shm]\nalloc_wait = "10ms"\n', memory="12MiB")
+    c = kvtier.Client(small.unix, shm_socket=small.shm, namespaces=[NS])
+    keys, values = blocks(6, 4 << 20, seed=6)
+    assert all(r.ok for r in c.put(NS, keys, values, durability="local_disk"))
+    assert "ssd" in c.lookup(NS, keys)
+    assert c.get(NS, keys) == [v.tobytes() for v in values]
+    out = [np.zeros(4 << 20, dtype=np.uint8) for _ in keys]
+    assert c.get_into(NS, keys, out) == [4 << 20] * 6
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+
+
 def test_errors_carry_the_servers_message(server, tmp_path):
     c = kvtier.Client(server.grpc)
     with pytest.raises(kvtier.InvalidArgumentError, match="namespace"):
