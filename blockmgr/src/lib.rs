@@ -30,5 +30,7 @@ pub mod wire;
 pub use client::{Client, ClientError, GetItem, PutItem, PutReport};
 pub use config::{ByteSize, Config};
 pub use error::Error;
-pub use manager::{ArenaPin, Durability, GetOutcome, Manager, MissReason, PinOutcome, PutOutcome, PutWriter, Stats, TierStats};
+pub use manager::{
+    ArenaPin, Durability, GetOutcome, Manager, MissReason, PinOutcome, PutOutcome, PutWriter, Stats, TierStats,
+};
 pub use metrics::Metrics;

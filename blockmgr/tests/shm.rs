@@ -28,6 +28,11 @@ async fn blocks_put_through_shm_read_back_over_grpc_and_back() {
     let put = shm.put(NS, &refs, Durability::Cache).unwrap();
     assert!(put.iter().all(|p| *p == ShmPut::Stored(TierKind::Cpu)), "{put:?}");
     assert!(shm.put(NS, &refs[..2], Durability::Cache).unwrap().iter().all(|p| *p == ShmPut::Existed));
+    // Lookups on the shm socket answer the longest present prefix, as gRPC does.
+    let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(shm.lookup(NS, &keys).unwrap(), vec![TierKind::Cpu; 6]);
+    assert_eq!(shm.lookup(NS, &[keys[0], b"absent", keys[1]]).unwrap(), vec![TierKind::Cpu]);
+    assert!(matches!(shm.lookup("other/ns", &keys), Err(ShmError::Refused { code: Code::PermissionDenied, .. })));
 
     let client = node.unix_client().await;
     let keys: Vec<Vec<u8>> = blocks.iter().map(|(k, _)| k.clone()).collect();
@@ -88,7 +93,8 @@ async fn blocks_on_ssd_are_pinned_through_copies_in_rounds_that_fit_in_memory() 
 #[tokio::test]
 async fn a_block_with_no_memory_for_its_copy_is_sent_to_grpc_not_missed() {
     // 2 MiB of memory: copies may hold 512 KiB, less than one 600 KB block.
-    let node = Node::start_with("", "[cpu]\ncapacity = \"2MiB\"\nregion_size = \"1MiB\"\n\n[shm]\nalloc_wait = \"20ms\"");
+    let node =
+        Node::start_with("", "[cpu]\ncapacity = \"2MiB\"\nregion_size = \"1MiB\"\n\n[shm]\nalloc_wait = \"20ms\"");
     let client = node.client().await;
     let put: Vec<PutItem> = (0..6).map(|i| PutItem { key: key(i), data: data(i, 600_000) }).collect();
     client.put(NS, &put, Durability::LocalDisk).await.unwrap();
@@ -130,7 +136,10 @@ async fn sessions_only_name_blocks_of_the_namespaces_they_opened() {
     let err = b.put("tenant-a/m", &[(b"k2", b"x")], Durability::Cache).unwrap_err();
     assert!(matches!(err, ShmError::Refused { code: Code::PermissionDenied, .. }), "{err}");
     // The refused requests cost the session nothing; it still works in its own namespace.
-    assert!(matches!(&b.get("tenant-b/m", &[b"k"]).unwrap()[..], [Err(ShmGet::Miss { reason: MissReason::NotFound, .. })]));
+    assert!(matches!(
+        &b.get("tenant-b/m", &[b"k"]).unwrap()[..],
+        [Err(ShmGet::Miss { reason: MissReason::NotFound, .. })]
+    ));
     // A malformed namespace in hello is refused by name.
     let err = kvtier_blockmgr::shm::ShmClient::connect(node.addrs.shm.as_ref().unwrap(), &[""]).unwrap_err();
     assert!(matches!(err, ShmError::Refused { code: Code::InvalidArgument, .. }), "{err}");

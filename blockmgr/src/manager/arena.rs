@@ -65,16 +65,26 @@ impl Manager {
         expected_crc32c: Option<u32>,
         durability: Durability,
         wait: Duration,
+        holding: bool,
     ) -> Result<PutWriter, TierError> {
         self.inner.check_size(&key, len)?;
         self.inner.check_durability(durability)?;
-        let sink = self.reserve_in_arena(&key, len, wait).await?;
+        let sink = self.reserve_in_arena(&key, len, wait, holding).await?;
         Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
     }
 
     /// Reserves an arena slot for `len` bytes of `key`. When none is free, memory is
-    /// reclaimed (blocks demoted to SSD) and the reservation retried for up to `wait`.
-    async fn reserve_in_arena(&self, key: &BlockKey, len: u64, wait: Duration) -> Result<Sink, TierError> {
+    /// reclaimed (blocks demoted to SSD) and the reservation retried for up to `wait`. A
+    /// caller `holding` reservations of its own does not wait while reservations are what
+    /// fills the arena: callers each holding part of a batch while waiting for the rest
+    /// would hold each other up until every wait ran out.
+    async fn reserve_in_arena(
+        &self,
+        key: &BlockKey,
+        len: u64,
+        wait: Duration,
+        holding: bool,
+    ) -> Result<Sink, TierError> {
         let inner = &self.inner;
         let deadline = Instant::now() + wait;
         let mut asked = false;
@@ -87,7 +97,9 @@ impl Manager {
                 movement::reclaim_cpu(inner, len);
                 asked = true;
             }
-            if Instant::now() >= deadline {
+            let reserved = inner.reserved.load(std::sync::atomic::Ordering::Relaxed);
+            let by_reservations = reserved + inner.cpu.footprint(len) > inner.limits.reserve_limit;
+            if Instant::now() >= deadline || (holding && by_reservations) {
                 return Err(TierError::NoSpace {
                     tier: inner.cpu.to_string(),
                     capacity: inner.cpu.capacity(),
@@ -131,10 +143,9 @@ impl Manager {
                 outcomes.push(PinOutcome::NoRoom(why.clone()));
                 continue;
             }
-            // Only a batch that holds nothing yet waits: otherwise what it holds may be what
-            // fills the arena, and the client frees it by copying out and releasing.
-            let wait = if held == 0 { wait } else { Duration::ZERO };
-            match self.reserve_in_arena(key, entry.len, wait).await {
+            // What this batch holds may be what fills the arena; the client frees it by
+            // copying out and releasing.
+            match self.reserve_in_arena(key, entry.len, wait, held > 0).await {
                 Ok(sink) => {
                     held += entry.len;
                     copies.push((i, entry.len, sink));

@@ -323,6 +323,25 @@ impl ShmClient {
         })
     }
 
+    /// The tier of each key in the longest present prefix of `keys` (the gRPC `Lookup`, on
+    /// this socket: no HTTP/2 between a scheduler and its answer).
+    pub fn lookup(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<TierKind>, ShmError> {
+        let req = v1::LookupRequest {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect(),
+        };
+        let Resp::LookedUp(found) = self.call(Req::Lookup(req))? else {
+            return Err(self.poison("lookup answered with something else".into()));
+        };
+        found
+            .tiers
+            .iter()
+            .map(|&t| {
+                tier_from_wire(t).ok_or_else(|| ShmError::Protocol(format!("unknown tier {t} in a lookup answer")))
+            })
+            .collect()
+    }
+
     /// Reads `keys` into fresh buffers: `Ok(bytes)` for a hit, else the key's outcome (a
     /// [`ShmGet::Miss`], or [`ShmGet::NoRoom`] for a block to read over gRPC instead).
     pub fn get(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<Result<Vec<u8>, ShmGet>>, ShmError> {

@@ -107,6 +107,7 @@ fn op_name(req: &v1::ShmRequest) -> &'static str {
         Some(Msg::Commit(_)) => "shm_commit",
         Some(Msg::Pin(_)) => "shm_pin",
         Some(Msg::Release(_)) => "shm_release",
+        Some(Msg::Lookup(_)) => "shm_lookup",
         None => "shm_unknown",
     }
 }

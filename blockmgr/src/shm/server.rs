@@ -200,6 +200,7 @@ impl Session {
             Some(Req::Commit(c)) => self.commit(c).await,
             Some(Req::Pin(p)) => self.pin(p).await.unwrap_or_else(|e| e),
             Some(Req::Release(r)) => self.release(r),
+            Some(Req::Lookup(l)) => self.lookup(l).unwrap_or_else(|e| e),
             Some(Req::Hello(_)) => unreachable!("hello is answered by run"),
             None => error(Code::InvalidArgument, "a message with no field set (an unknown or newer field?)".into()),
         }
@@ -261,15 +262,10 @@ impl Session {
                     match self.over_limit(header.length) {
                         Some(e) => Err(e),
                         None => {
-                            self.manager
-                                .begin_put_in_arena(
-                                    key,
-                                    header.length,
-                                    header.crc32c,
-                                    durability,
-                                    self.config.alloc_wait,
-                                )
-                                .await
+                            let holding = results.iter().any(|r: &v1::ShmAllocResult| r.slot.is_some());
+                            let wait = self.config.alloc_wait;
+                            let (len, crc) = (header.length, header.crc32c);
+                            self.manager.begin_put_in_arena(key, len, crc, durability, wait, holding).await
                         }
                     }
                 }
@@ -336,15 +332,18 @@ impl Session {
         Resp::Committed(v1::ShmCommitted { results })
     }
 
-    async fn pin(&mut self, req: v1::ShmPin) -> Result<Resp, Resp> {
-        let ns = self.namespace(&req.namespace, req.keys.len())?;
-        let keys: Vec<_> = req
-            .keys
-            .iter()
+    /// The block keys of a request, in a namespace this session opened.
+    fn keys(&self, namespace: &str, keys: &[bytes::Bytes]) -> Result<Vec<BlockKey>, Resp> {
+        let ns = self.namespace(namespace, keys.len())?;
+        keys.iter()
             .enumerate()
             .map(|(i, k)| Key::new(k).map(|k| BlockKey::new(ns.clone(), k)).map_err(|e| (i, e)))
             .collect::<Result<_, _>>()
-            .map_err(|(i, e)| error(Code::InvalidArgument, format!("key {i}: {e}")))?;
+            .map_err(|(i, e)| error(Code::InvalidArgument, format!("key {i}: {e}")))
+    }
+
+    async fn pin(&mut self, req: v1::ShmPin) -> Result<Resp, Resp> {
+        let keys = self.keys(&req.namespace, &req.keys)?;
         let budget = self.config.session_limit.0.saturating_sub(self.held_bytes);
         let outcomes = self.manager.pin_batch(&keys, budget, self.config.alloc_wait).await;
         // A key with no room for its copy is worth asking for again once this answer's pins
@@ -373,10 +372,18 @@ impl Session {
                 PinOutcome::Miss(GetOutcome::Hit { .. }) => unreachable!("pin_batch returns hits as pins"),
                 PinOutcome::Later => again(SESSION_FULL.into()),
                 PinOutcome::NoRoom(message) if pinned_any => again(message),
-                PinOutcome::NoRoom(message) => not_pinned(v1::MissReason::Unspecified, message, v1::ShmDeferred::NoRoom),
+                PinOutcome::NoRoom(message) => {
+                    not_pinned(v1::MissReason::Unspecified, message, v1::ShmDeferred::NoRoom)
+                }
             });
         }
         Ok(Resp::Pinned(v1::ShmPinned { results }))
+    }
+
+    fn lookup(&self, req: v1::LookupRequest) -> Result<Resp, Resp> {
+        let keys = self.keys(&req.namespace, &req.keys)?;
+        let tiers: Vec<i32> = self.manager.lookup(&keys).into_iter().map(|t| tier_to_wire(t) as i32).collect();
+        Ok(Resp::LookedUp(v1::LookupResponse { prefix_len: tiers.len() as u32, tiers }))
     }
 
     fn release(&mut self, req: v1::ShmRelease) -> Resp {

@@ -308,9 +308,14 @@ impl Client {
     /// The tiers ("cpu", "ssd", ...) of the longest present prefix of `keys`: its length is
     /// the number of leading keys stored. Reads only the index.
     fn lookup(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<String>> {
-        let tiers = py.detach(|| match &self.backend {
-            Backend::Remote(c) => runtime().block_on(c.lookup(namespace, &keys)).map_err(client_error),
-            Backend::Embedded(m) => Ok(m.lookup(&block_keys(namespace, &keys)?)),
+        let tiers = py.detach(|| match (&self.shm, &self.backend) {
+            // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
+            (Some(shm), _) => {
+                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                shm.lock().expect("shm session lock").lookup(namespace, &refs).map_err(shm_error)
+            }
+            (None, Backend::Remote(c)) => runtime().block_on(c.lookup(namespace, &keys)).map_err(client_error),
+            (None, Backend::Embedded(m)) => Ok(m.lookup(&block_keys(namespace, &keys)?)),
         })?;
         Ok(tiers.into_iter().map(|t| t.as_str().to_string()).collect())
     }
