@@ -72,6 +72,10 @@ MISS_TTL_S = 1.0
 KNOWN_KEYS = 1 << 20
 #: Seconds between reconnection attempts while kvtier is unreachable.
 RECONNECT_S = 5.0
+#: Threads moving chunks (each with its own kvtier session), so that one job's SSD reads
+#: overlap the next job's copies. Lookups have a thread of their own and never wait behind
+#: a transfer.
+TRANSFER_THREADS = 4
 
 
 def namespace_for(spec, block_size_bytes: int) -> str:
@@ -117,6 +121,7 @@ class KvtierTier(SecondaryTierManager):
         shm_socket: str | None = None,
         namespace: str | None = None,
         durability: str = "cache",
+        transfer_threads: int = TRANSFER_THREADS,
         backpressure_detector=None,
         locality: str | None = None,
     ) -> None:
@@ -131,20 +136,26 @@ class KvtierTier(SecondaryTierManager):
         self._address, self._shm_socket, self._durability = address, shm_socket, durability
         # Chunk c is bytes [c * size, (c + 1) * size) of the flat view.
         self._flat = primary_kv_view.cast("B") if primary_kv_view.ndim > 1 else primary_kv_view
-        self._client: kvtier.Client | None = None
-        self._next_connect = 0.0
+        # kvtier is treated as down (every lookup a MISS, no connection attempts) until then.
+        self._down_until = 0.0
         self._known: OrderedDict[bytes, None] = OrderedDict()
         self._missing: dict[bytes, float] = {}
         self._asking: dict[bytes, None] = {}
         self._queued: dict[bytes, None] = {}
         self._lock = threading.Lock()
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._lookups: queue.SimpleQueue = queue.SimpleQueue()
+        self._transfers: queue.SimpleQueue = queue.SimpleQueue()
         self._done: list[JobResult] = []
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self.stats = {"lookups": 0, "hits": 0, "stored_chunks": 0, "loaded_chunks": 0, "failed_jobs": 0, "errors": 0}
-        self._thread = threading.Thread(target=self._run, name="kvtier-vllm", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(self._lookups,), name="kvtier-lookup", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._run, args=(self._transfers,), name=f"kvtier-transfer-{i}", daemon=True)
+            for i in range(max(1, int(transfer_threads)))
+        ]
+        for t in self._threads:
+            t.start()
         logger.info("kvtier tier: namespace %s, address %s, shm %s", self.namespace, address, shm_socket)
 
     # -- scheduler-side API (never blocks) -------------------------------------------------
@@ -160,7 +171,7 @@ class KvtierTier(SecondaryTierManager):
             seen = self._missing.get(key)
             if seen is not None and time.monotonic() - seen < MISS_TTL_S:
                 return LookupResult.MISS
-            if self._client is None and time.monotonic() < self._next_connect:
+            if time.monotonic() < self._down_until:
                 return LookupResult.MISS
             if key not in self._asking:
                 self._queued[key] = None
@@ -174,17 +185,17 @@ class KvtierTier(SecondaryTierManager):
             self._asking.update(self._queued)
             self._queued.clear()
             self._in_flight += 1
-        self._work.put(("lookup", keys))
+        self._lookups.put(("lookup", keys))
 
     def submit_store(self, job_metadata: TransferJob) -> None:
         with self._lock:
             self._in_flight += 1
-        self._work.put(("store", job_metadata))
+        self._transfers.put(("store", job_metadata))
 
     def submit_load(self, job_metadata: TransferJob) -> None:
         with self._lock:
             self._in_flight += 1
-        self._work.put(("load", job_metadata))
+        self._transfers.put(("load", job_metadata))
 
     def get_finished_jobs(self) -> Iterable[JobResult]:
         with self._lock:
@@ -206,27 +217,31 @@ class KvtierTier(SecondaryTierManager):
         return
 
     def shutdown(self) -> None:
-        self._work.put(("stop", None))
-        self._thread.join(timeout=10)
+        self._lookups.put(("stop", None))
+        for _ in self._threads[1:]:
+            self._transfers.put(("stop", None))
+        for t in self._threads:
+            t.join(timeout=10)
 
     def get_stats(self):
         with self._lock:
             return dict(self.stats)
 
-    # -- the worker thread -----------------------------------------------------------------
+    # -- the worker threads: one for lookups, `transfer_threads` for stores and loads ------
 
-    def _run(self) -> None:
+    def _run(self, work: queue.SimpleQueue) -> None:
+        conn = _Connection(self)  # each thread its own session: no lock around the copies
         while True:
-            kind, arg = self._work.get()
+            kind, arg = work.get()
             if kind == "stop":
                 return
             try:
                 if kind == "lookup":
-                    self._lookup(arg)
+                    self._lookup(conn, arg)
                 elif kind == "store":
-                    self._finish(self._store(arg))
+                    self._finish(self._store(conn, arg))
                 elif kind == "load":
-                    self._finish(self._load(arg))
+                    self._finish(self._load(conn, arg))
             except Exception:  # never let one job kill the tier: vLLM would hang on it
                 logger.exception("kvtier tier: %s failed", kind)
                 if kind != "lookup":
@@ -236,35 +251,18 @@ class KvtierTier(SecondaryTierManager):
                     self._in_flight -= 1
                     self._idle.notify_all()
 
-    def _connect(self) -> kvtier.Client | None:
-        if self._client is not None:
-            return self._client
-        if time.monotonic() < self._next_connect:
-            return None
-        try:
-            self._client = kvtier.Client(
-                self._address,
-                shm_socket=self._shm_socket,
-                namespaces=[self.namespace] if self._shm_socket else [],
-            )
-            logger.info("kvtier tier: connected to %s (shm=%s)", self._address, self._client.uses_shm)
-        except kvtier.KvtierError as e:
-            logger.warning("kvtier tier: %s; offloading to kvtier is off for %.0fs", e, RECONNECT_S)
-            self._next_connect = time.monotonic() + RECONNECT_S
-        return self._client
-
-    def _failed(self, e: Exception) -> None:
-        """A request failed: count it and, if the node is unreachable, reconnect later."""
+    def _failed(self, conn: "_Connection", e: Exception) -> None:
+        """A request failed: count it and, if the node is unreachable, stop asking for a while."""
         with self._lock:
             self.stats["errors"] += 1
         logger.warning("kvtier tier: %s", e)
         if isinstance(e, kvtier.UnavailableError):
-            self._client = None
-            self._next_connect = time.monotonic() + RECONNECT_S
+            conn.client = None
+            self._down_until = time.monotonic() + RECONNECT_S
 
-    def _lookup(self, keys: list[bytes]) -> None:
+    def _lookup(self, conn: "_Connection", keys: list[bytes]) -> None:
         present: list[bytes] = []
-        client = self._connect()
+        client = conn.get()
         rest = keys
         try:
             # Keys of one request come in prefix order, so the longest-present-prefix
@@ -274,7 +272,7 @@ class KvtierTier(SecondaryTierManager):
                 present.extend(rest[:n])
                 rest = rest[n + 1 :]
         except kvtier.KvtierError as e:
-            self._failed(e)
+            self._failed(conn, e)
         now = time.monotonic()
         with self._lock:
             for k in present:
@@ -303,9 +301,9 @@ class KvtierTier(SecondaryTierManager):
         for i in range(0, len(pairs), per):
             yield pairs[i : i + per]
 
-    def _store(self, job: TransferJob) -> JobResult:
+    def _store(self, conn: "_Connection", job: TransferJob) -> JobResult:
         started, moved, ok = time.monotonic(), 0, True
-        client = self._connect()
+        client = conn.get()
         if client is None:
             return JobResult(job_id=job.job_id, success=False)
         stored: list[bytes] = []
@@ -322,7 +320,7 @@ class KvtierTier(SecondaryTierManager):
                         ok = False
                         logger.warning("kvtier tier: storing a chunk failed: %s", r.error)
         except kvtier.KvtierError as e:
-            self._failed(e)
+            self._failed(conn, e)
             ok = False
         with self._lock:
             for k in stored:
@@ -332,16 +330,16 @@ class KvtierTier(SecondaryTierManager):
             job_id=job.job_id, success=ok, transfer_time=time.monotonic() - started, transfer_bytes=moved
         )
 
-    def _load(self, job: TransferJob) -> JobResult:
+    def _load(self, conn: "_Connection", job: TransferJob) -> JobResult:
         started = time.monotonic()
         loaded: list[bytes] = []
-        client = self._connect()
+        client = conn.get()
         try:
             for batch in self._batches(job) if client is not None else ():
                 got = client.get_into(self.namespace, [k for k, _ in batch], [self._chunk(c) for _, c in batch])
                 loaded.extend(k for (k, _), n in zip(batch, got) if n == self.block_size_bytes)
         except kvtier.KvtierError as e:
-            self._failed(e)
+            self._failed(conn, e)
         keys = [bytes(k) for k in job.keys]
         lost = set(keys) - set(loaded)
         with self._lock:
@@ -367,15 +365,44 @@ class KvtierTier(SecondaryTierManager):
             self._done.append(result)
 
 
+class _Connection:
+    """One worker thread's kvtier client (and shm session), opened on first use and again
+    after a failure once the tier's back-off has passed."""
+
+    def __init__(self, tier: KvtierTier) -> None:
+        self.tier = tier
+        self.client: kvtier.Client | None = None
+
+    def get(self) -> kvtier.Client | None:
+        tier = self.tier
+        if self.client is not None:
+            return self.client
+        if time.monotonic() < tier._down_until:
+            return None
+        try:
+            self.client = kvtier.Client(
+                tier._address,
+                shm_socket=tier._shm_socket,
+                namespaces=[tier.namespace] if tier._shm_socket else [],
+            )
+            logger.debug("kvtier tier: connected to %s (shm=%s)", tier._address, self.client.uses_shm)
+        except kvtier.KvtierError as e:
+            logger.warning("kvtier tier: %s; offloading to kvtier is off for %.0fs", e, RECONNECT_S)
+            with tier._lock:
+                tier.stats["errors"] += 1
+            tier._down_until = time.monotonic() + RECONNECT_S
+        return self.client
+
+
 class KvtierOffloadingSpec(TieringOffloadingSpec):
     """vLLM's tiering spec with kvtier as its secondary tier, configured by ``kvtier_*`` keys
     of ``kv_connector_extra_config``: ``kvtier_address``, ``kvtier_shm_socket``,
-    ``kvtier_namespace``, ``kvtier_durability``."""
+    ``kvtier_namespace``, ``kvtier_durability``, ``kvtier_transfer_threads``."""
 
     def __init__(self, config) -> None:
         extra = dict(config.extra_config)
         tier = {"type": "KvtierTier", "module_path": __name__}
-        for key in ("address", "shm_socket", "namespace", "durability"):
+        for key in ("address", "shm_socket", "namespace", "durability", "transfer_threads"):
             if f"kvtier_{key}" in extra:
                 tier[key] = extra[f"kvtier_{key}"]
         extra["secondary_tiers"] = [tier, *extra.get("secondary_tiers", [])]
