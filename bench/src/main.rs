@@ -1,11 +1,12 @@
 //! `kvtier-bench`: kvtier's benchmarks. Every result is printed next to a baseline measured
-//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy) with the ratio; `--json` prints one
+//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier) with the ratio; `--json` prints one
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod report;
 mod server;
 mod shm;
 mod tiers;
+mod vllm;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,22 @@ enum Command {
         #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// kvtier's vLLM tier vs vLLM 0.32's own `fs` tier on the same disk: store, lookup, load.
+    Vllm {
+        /// Chunk size in KiB.
+        #[arg(long, default_value_t = 2048)]
+        size_kib: usize,
+        /// Chunks stored and loaded per tier.
+        #[arg(long, default_value_t = 10240)]
+        count: usize,
+        /// kvtier's memory tier in MiB (the default config's); the rest of the working set
+        /// is served from its SSD tier.
+        #[arg(long, default_value_t = 1024)]
+        memory_mib: u64,
+        /// Python interpreter with vLLM 0.32 and the `kvtier` package installed.
+        #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
+        python: String,
+    },
 }
 
 #[tokio::main]
@@ -91,6 +108,11 @@ async fn main() -> Result<()> {
             let (count, rounds) = if cli.quick { (16, 1) } else { (count, 5) };
             let args = shm::Args { size: size_kib << 10, count, rounds, python };
             shm::run(&args, scratch.path(), &mut out).await
+        }
+        Command::Vllm { size_kib, count, memory_mib, python } => {
+            let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };
+            let args = vllm::Args { size: size_kib << 10, count, memory: memory_mib << 20, python };
+            vllm::run(&args, scratch.path(), &mut out).await
         }
     }
 }
