@@ -114,9 +114,10 @@ impl Manager {
     /// Holds `keys` in the arena for a local client, in order, until `budget` bytes are
     /// held: a block in memory is pinned where it is (zero copies); one on SSD gets a slot
     /// reserved first and is then read and copied into it (the reads run concurrently).
-    /// The first copy may wait up to `wait` for memory to be reclaimed; once a slot cannot be
-    /// had, the keys left that need one are [`PinOutcome::NoRoom`], so no SSD read is made
-    /// for a block there is no room to hold. Keys past the budget are [`PinOutcome::Later`].
+    /// A copy waits up to `wait` for memory to be reclaimed (not while reservations, this
+    /// batch's among them, are what fills the arena); once a slot cannot be had, the keys
+    /// left that need one are [`PinOutcome::NoRoom`], so no SSD read is made for a block
+    /// there is no room to hold. Keys past the budget are [`PinOutcome::Later`].
     pub async fn pin_batch(&self, keys: &[BlockKey], budget: u64, wait: Duration) -> Vec<PinOutcome> {
         let mut outcomes: Vec<PinOutcome> = Vec::with_capacity(keys.len());
         let mut copies = Vec::new();

@@ -246,6 +246,8 @@ impl Session {
         let ns = self.namespace(&req.namespace, req.blocks.len())?;
         let durability = durability_from_wire(req.durability).map_err(|s| error(s.code(), s.message().into()))?;
         let mut results = Vec::with_capacity(req.blocks.len());
+        // Whether this request holds slots already (see `Manager::begin_put_in_arena`).
+        let mut holding = false;
         for header in req.blocks {
             let outcome = match Key::new(&header.key) {
                 Err(e) => Err(e),
@@ -262,7 +264,6 @@ impl Session {
                     match self.over_limit(header.length) {
                         Some(e) => Err(e),
                         None => {
-                            let holding = results.iter().any(|r: &v1::ShmAllocResult| r.slot.is_some());
                             let wait = self.config.alloc_wait;
                             let (len, crc) = (header.length, header.crc32c);
                             self.manager.begin_put_in_arena(key, len, crc, durability, wait, holding).await
@@ -272,6 +273,7 @@ impl Session {
             };
             results.push(match outcome {
                 Ok(writer) => {
+                    holding = true;
                     let (offset, length) = (writer.arena_offset().expect("an arena put"), writer.len());
                     let handle = self.hold(Held::Alloc(writer));
                     v1::ShmAllocResult {
