@@ -2,7 +2,7 @@
 //!
 //! Lookups and gets read it without locks. Every change of where a block lives (put,
 //! demotion, promotion, eviction, delete) happens under that key's lock in
-//! [`crate::flight::KeyLocks`], so the index and the tiers agree once the lock is released;
+//! `KeyLocks` (crate::flight), so the index and the tiers agree once the lock is released;
 //! a reader that finds a tier no longer holding a block simply looks again.
 
 use dashmap::DashMap;

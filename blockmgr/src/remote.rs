@@ -1,4 +1,4 @@
-//! A [`Tier`] backed by a kvtier server over gRPC. It lets the server run the same
+//! A [`Tier`](kvtier_tiers::Tier) backed by a kvtier server over gRPC. It lets the server run the same
 //! conformance suite as every local tier, and is the seed of peer access between nodes.
 
 use std::{collections::BTreeMap, fmt};

@@ -1,7 +1,7 @@
 //! The shared-memory data plane for clients on the server's host.
 //!
 //! The CPU tier's arena is one sealed memfd. A local client connects to the shm Unix socket,
-//! says which namespaces it will use ([`v1::ShmHello`]), and receives the memfd as
+//! says which namespaces it will use ([`kvtier_proto::v1::ShmHello`]), and receives the memfd as
 //! SCM_RIGHTS ancillary data on the reply; it maps the whole arena shared. From then on:
 //! - **put**: `alloc` gives a slot (offset, length) per block; the client copies the bytes
 //!   in; `commit` publishes them (the manager admits them exactly like a gRPC put).
