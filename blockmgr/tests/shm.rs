@@ -10,7 +10,7 @@ use std::{io::Write, os::unix::net::UnixStream, process::Command};
 use common::{MIB, Node, data, key};
 use kvtier_blockmgr::{
     Durability, GetItem, MissReason, PutItem,
-    shm::{ShmError, ShmGet, ShmPut},
+    shm::{ShmAlloc, ShmError, ShmGet, ShmPin, ShmPut},
 };
 use kvtier_proto::v1;
 use kvtier_tiers::TierKind;
@@ -66,6 +66,56 @@ async fn two_engines_share_one_cache_through_their_own_sessions() {
     assert_eq!(a.put(NS, &[(&key(7), &v)], Durability::Cache).unwrap(), vec![ShmPut::Stored(TierKind::Cpu)]);
     assert_eq!(b.get(NS, &[&key(7)]).unwrap(), vec![Ok(v.to_vec())]);
     assert!(node.http_get("/metrics").contains("kvtier_shm_sessions 2"));
+}
+
+/// What an engine that copies by itself does (vLLM's GPU workers writing into slots a
+/// scheduler allocated): the slot ops one by one, across sessions that share the arena.
+#[tokio::test]
+async fn slots_allocated_by_one_session_are_filled_through_another_and_pinned_by_a_third() {
+    let node = Node::start();
+    let (mut scheduler, writer, mut reader) = (node.shm(&[NS]), node.shm(&[NS]), node.shm(&[NS]));
+    let arena = writer.arena();
+    assert_eq!(arena.id(), scheduler.arena().id(), "sessions of one server map one arena");
+    assert_eq!(arena.len() as u64, scheduler.arena_size());
+
+    let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..3).map(|i| (key(i), data(i, 256 * 1024))).collect();
+    let sizes: Vec<(&[u8], u64)> = blocks.iter().map(|(k, v)| (k.as_slice(), v.len() as u64)).collect();
+    let slots: Vec<_> = scheduler
+        .alloc(NS, &sizes, Durability::Cache)
+        .unwrap()
+        .into_iter()
+        .map(|a| match a {
+            ShmAlloc::Slot(s) => s,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (slot, (_, bytes)) in slots.iter().zip(&blocks) {
+        assert_eq!(slot.offset % 4096, 0, "slots start on pages (GPU copies address them by page)");
+        // SAFETY: the slot is allocated, unshared until committed, inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.as_ptr().add(slot.offset as usize), bytes.len()) };
+    }
+    // The last one is abandoned: released, never committed, never readable.
+    let committed = scheduler.commit(&[slots[0].handle, slots[1].handle]).unwrap();
+    assert_eq!(committed, vec![ShmPut::Stored(TierKind::Cpu); 2]);
+    assert_eq!(scheduler.release(&[slots[2].handle, slots[0].handle]).unwrap(), 1, "a committed handle is gone");
+    assert!(matches!(scheduler.commit(&[slots[2].handle]).unwrap()[0], ShmPut::Failed { .. }));
+    assert!(matches!(&scheduler.alloc(NS, &sizes[..1], Durability::Cache).unwrap()[0], ShmAlloc::Existed));
+
+    let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
+    let pinned = reader.pin(NS, &keys).unwrap();
+    for (pin, (_, want)) in pinned.iter().take(2).zip(&blocks) {
+        let ShmPin::Pinned { slot, tier: TierKind::Cpu } = pin else { panic!("{pin:?}") };
+        // SAFETY: pinned, inside the mapping.
+        let got = unsafe { std::slice::from_raw_parts(arena.as_ptr().add(slot.offset as usize), slot.len as usize) };
+        assert_eq!(got, want.as_ref());
+    }
+    assert!(matches!(&pinned[2], ShmPin::Not(ShmGet::Miss { reason: MissReason::NotFound, .. })), "{pinned:?}");
+
+    // The mapping outlives its session, and a restarted server is a different arena.
+    drop(writer);
+    let other = Node::start();
+    assert_ne!(other.shm(&[NS]).arena().id(), arena.id());
+    assert_eq!(arena.len(), 8 * MIB as usize, "still mapped after its session closed");
 }
 
 #[tokio::test]

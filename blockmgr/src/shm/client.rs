@@ -6,13 +6,14 @@ use std::{
     os::{fd::AsRawFd, unix::net::UnixStream},
     path::Path,
     ptr::NonNull,
+    sync::Arc,
 };
 
 use kvtier_proto::v1::{self, shm_request::Msg as Req, shm_response::Msg as Resp};
 use kvtier_tiers::TierKind;
 use tonic::Code;
 
-use super::{decode, frame, frame_len, read_frame, recv_with_fd};
+use super::{ShmAlloc, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot, decode, frame, frame_len, read_frame, recv_with_fd};
 use crate::{
     Durability, MissReason,
     wire::{durability_to_wire, miss_from_wire, tier_from_wire},
@@ -22,73 +23,6 @@ use crate::{
 /// copies the next.
 const COMMIT_GROUP: usize = 8 << 20;
 
-/// What went wrong talking to the shm data plane.
-#[derive(Debug, thiserror::Error)]
-pub enum ShmError {
-    /// The socket failed or the server closed it.
-    #[error("shm socket {path}: {source}")]
-    Io {
-        /// The socket path.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The server refused the request; the message is the server's.
-    #[error("kvtier refused the shm request ({code:?}): {message}")]
-    Refused {
-        /// The gRPC-style code.
-        code: Code,
-        /// The server's message.
-        message: String,
-    },
-    /// The server answered something this client does not understand.
-    #[error("shm protocol: {0}")]
-    Protocol(String),
-}
-
-/// Outcome of one block of a put.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShmPut {
-    /// Stored; the fastest tier now holding it.
-    Stored(TierKind),
-    /// The key was already stored: a no-op.
-    Existed,
-    /// Not stored, and why. `ResourceExhausted` means no shared memory was free: send the
-    /// block over gRPC instead.
-    Failed {
-        /// The code.
-        code: Code,
-        /// The server's message.
-        message: String,
-    },
-}
-
-/// Outcome of one key of a read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShmGet {
-    /// Copied into the caller's buffer: its length, and the tier it came from.
-    Hit {
-        /// Bytes copied.
-        len: usize,
-        /// Where the block was.
-        tier: TierKind,
-    },
-    /// Not read, and why.
-    Miss {
-        /// Why.
-        reason: MissReason,
-        /// Details.
-        message: String,
-    },
-    /// The block exists, but the server had no shared memory free to hold a copy of it
-    /// (it is on SSD): read it over gRPC instead.
-    NoRoom {
-        /// The server's message.
-        message: String,
-    },
-}
-
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -96,6 +30,8 @@ struct Mapping {
 
 // SAFETY: plain shared memory; the protocol decides who writes which bytes when.
 unsafe impl Send for Mapping {}
+// SAFETY: as above; the mapping itself is never changed after connect.
+unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
@@ -104,18 +40,56 @@ impl Drop for Mapping {
     }
 }
 
+/// The arena as this process mapped it. It stays mapped while any clone lives, also after
+/// its session closed or the server died (then it is memory no one else sees any more).
+#[derive(Clone)]
+pub struct ShmArena {
+    map: Arc<Mapping>,
+    id: u64,
+}
+
+impl std::fmt::Debug for ShmArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShmArena({} bytes, id {})", self.map.len, self.id)
+    }
+}
+
+impl ShmArena {
+    /// The first byte of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.ptr.as_ptr()
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.len
+    }
+
+    /// Never true: the server refuses to run with an empty arena.
+    pub fn is_empty(&self) -> bool {
+        self.map.len == 0
+    }
+
+    /// Which arena this is: the memfd's inode number. Two sessions mapped the same memory
+    /// exactly when their ids are equal (a restarted server has a new memfd, and the old
+    /// one's inode cannot be reused while anything still maps it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// A session of the shm data plane. One request at a time; open one per thread.
 pub struct ShmClient {
     stream: UnixStream,
     path: String,
-    map: Mapping,
+    arena: ShmArena,
     session_limit: u64,
     poisoned: bool,
 }
 
 impl std::fmt::Debug for ShmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShmClient({}, {} byte arena)", self.path, self.map.len)
+        write!(f, "ShmClient({}, {} byte arena {})", self.path, self.arena.len(), self.arena.id)
     }
 }
 
@@ -147,6 +121,8 @@ impl ShmClient {
             other => return Err(unexpected(other)),
         };
         let fd = fd.ok_or_else(|| ShmError::Protocol("the welcome came without the arena's file descriptor".into()))?;
+        let fd = std::fs::File::from(fd);
+        let id = std::os::unix::fs::MetadataExt::ino(&fd.metadata().map_err(io_err)?);
         let len =
             usize::try_from(welcome.arena_size).map_err(|_| ShmError::Protocol("arena larger than memory".into()))?;
         // SAFETY: mapping a memfd the server sealed at exactly `len` bytes.
@@ -163,8 +139,9 @@ impl ShmClient {
         if ptr == libc::MAP_FAILED {
             return Err(io_err(io::Error::last_os_error()));
         }
-        let map = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len };
-        Ok(ShmClient { stream, path, map, session_limit: welcome.session_limit, poisoned: false })
+        let map = Arc::new(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len });
+        let arena = ShmArena { map, id };
+        Ok(ShmClient { stream, path, arena, session_limit: welcome.session_limit, poisoned: false })
     }
 
     /// Most bytes this session may hold in slots at once (the server's `shm.session_limit`).
@@ -174,7 +151,12 @@ impl ShmClient {
 
     /// Bytes of the mapped arena.
     pub fn arena_size(&self) -> u64 {
-        self.map.len as u64
+        self.arena.len() as u64
+    }
+
+    /// The mapped arena, for callers that copy into and out of slots themselves.
+    pub fn arena(&self) -> ShmArena {
+        self.arena.clone()
     }
 
     fn call(&mut self, msg: Req) -> Result<Resp, ShmError> {
@@ -211,28 +193,34 @@ impl ShmClient {
     }
 
     /// The mapping's bytes at a slot the server gave, checked against the mapping's size.
-    fn slot(&self, slot: &v1::ShmSlot) -> Result<*mut u8, ShmError> {
-        let end = slot.offset.checked_add(slot.length).filter(|&e| e <= self.map.len as u64);
-        end.ok_or_else(|| ShmError::Protocol(format!("slot {slot:?} lies outside the {}-byte arena", self.map.len)))?;
-        // SAFETY: inside the mapping (checked above).
-        Ok(unsafe { self.map.ptr.as_ptr().add(slot.offset as usize) })
+    fn slot(&self, slot: &ShmSlot) -> *mut u8 {
+        // SAFETY: `checked_slot` kept every slot inside the mapping.
+        unsafe { self.arena.as_ptr().add(slot.offset as usize) }
     }
 
-    /// Stores `blocks` (key, bytes) in `namespace`: one alloc, a copy of each block into its
-    /// slot (checksummed while copying), one commit. Per-block outcomes, in order.
-    pub fn put(
+    /// A slot of the server's answer, refused (and the session poisoned) if it does not lie
+    /// inside the mapping: nothing is ever copied outside it.
+    fn checked_slot(&mut self, slot: Option<&v1::ShmSlot>) -> Result<ShmSlot, ShmError> {
+        let slot = slot.ok_or_else(|| self.poison("a result without its slot".into()))?;
+        let len = self.arena.len() as u64;
+        if slot.offset.checked_add(slot.length).is_none_or(|end| end > len) {
+            return Err(self.poison(format!("slot {slot:?} lies outside the {len}-byte arena")));
+        }
+        Ok(ShmSlot { handle: slot.handle, offset: slot.offset, len: slot.length })
+    }
+
+    /// Takes a slot for each block (key, length) of `namespace`. The caller writes each
+    /// block's bytes at its slot's offset, then [`commit`](Self::commit)s the handles, or
+    /// releases them to abandon the blocks. Per-block outcomes, in order.
+    pub fn alloc(
         &mut self,
         namespace: &str,
-        blocks: &[(&[u8], &[u8])],
+        blocks: &[(&[u8], u64)],
         durability: Durability,
-    ) -> Result<Vec<ShmPut>, ShmError> {
+    ) -> Result<Vec<ShmAlloc>, ShmError> {
         let headers = blocks
             .iter()
-            .map(|(k, v)| v1::BlockHeader {
-                key: bytes::Bytes::copy_from_slice(k),
-                length: v.len() as u64,
-                crc32c: None,
-            })
+            .map(|(k, len)| v1::BlockHeader { key: bytes::Bytes::copy_from_slice(k), length: *len, crc32c: None })
             .collect();
         let alloc = v1::ShmAlloc {
             namespace: namespace.into(),
@@ -240,39 +228,128 @@ impl ShmClient {
             durability: durability_to_wire(durability) as i32,
         };
         let Resp::Allocated(allocated) = self.call(Req::Alloc(alloc))? else {
-            return Err(ShmError::Protocol("alloc answered with something else".into()));
+            return Err(self.poison("alloc answered with something else".into()));
         };
         if allocated.results.len() != blocks.len() {
-            return Err(ShmError::Protocol(format!(
-                "{} alloc results for {} blocks",
-                allocated.results.len(),
-                blocks.len()
-            )));
+            let (r, b) = (allocated.results.len(), blocks.len());
+            return Err(self.poison(format!("{r} alloc results for {b} blocks")));
         }
+        let mut outcomes = Vec::with_capacity(blocks.len());
+        for (result, (_, len)) in allocated.results.iter().zip(blocks) {
+            let status = result.status.clone().unwrap_or_default();
+            outcomes.push(if status.code != 0 {
+                ShmAlloc::Failed { code: Code::from(status.code as i32), message: status.message }
+            } else if result.existed {
+                ShmAlloc::Existed
+            } else {
+                let slot = self.checked_slot(result.slot.as_ref())?;
+                if slot.len != *len {
+                    return Err(self.poison(format!("slot of {} bytes for a {len}-byte block", slot.len)));
+                }
+                ShmAlloc::Slot(slot)
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Publishes allocated slots whose bytes are written; the server checksums them. One
+    /// outcome per handle, in order.
+    pub fn commit(&mut self, handles: &[u64]) -> Result<Vec<ShmPut>, ShmError> {
+        self.send(Req::Commit(v1::ShmCommit { handles: handles.to_vec(), crc32c: Vec::new() }))?;
+        self.committed(handles.len())
+    }
+
+    /// Reads the answer to one commit of `count` handles.
+    fn committed(&mut self, count: usize) -> Result<Vec<ShmPut>, ShmError> {
+        let Resp::Committed(committed) = self.receive()? else {
+            return Err(self.poison("commit answered with something else".into()));
+        };
+        if committed.results.len() != count {
+            return Err(self.poison(format!("{} commit results for {count} handles", committed.results.len())));
+        }
+        Ok(committed
+            .results
+            .into_iter()
+            .map(|result| {
+                let status = result.status.unwrap_or_default();
+                if status.code != 0 {
+                    ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
+                } else if result.existed {
+                    ShmPut::Existed
+                } else {
+                    ShmPut::Stored(tier_from_wire(result.tier).unwrap_or(TierKind::Cpu))
+                }
+            })
+            .collect())
+    }
+
+    /// Pins `keys` of `namespace` in the arena (reading blocks on SSD into it first): the
+    /// caller may read each pinned slot until it releases the handle.
+    pub fn pin(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<ShmPin>, ShmError> {
+        let pin = v1::ShmPin {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect(),
+        };
+        let Resp::Pinned(pinned) = self.call(Req::Pin(pin))? else {
+            return Err(self.poison("pin answered with something else".into()));
+        };
+        if pinned.results.len() != keys.len() {
+            return Err(self.poison(format!("{} pin results for {} keys", pinned.results.len(), keys.len())));
+        }
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for result in pinned.results {
+            outcomes.push(if result.slot.is_some() {
+                let slot = self.checked_slot(result.slot.as_ref())?;
+                ShmPin::Pinned { slot, tier: tier_from_wire(result.tier).unwrap_or(TierKind::Cpu) }
+            } else {
+                let miss = result.miss.unwrap_or_default();
+                match v1::ShmDeferred::try_from(result.deferred) {
+                    Ok(v1::ShmDeferred::Again) => ShmPin::Again,
+                    Ok(v1::ShmDeferred::NoRoom) => ShmPin::Not(ShmGet::NoRoom { message: miss.message }),
+                    _ => ShmPin::Not(ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message }),
+                }
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Releases pins and abandons uncommitted allocations; how many handles the session held.
+    pub fn release(&mut self, handles: &[u64]) -> Result<u32, ShmError> {
+        let Resp::Released(released) = self.call(Req::Release(v1::ShmRelease { handles: handles.to_vec() }))? else {
+            return Err(self.poison("release answered with something else".into()));
+        };
+        Ok(released.released)
+    }
+
+    /// Stores `blocks` (key, bytes) in `namespace`: one alloc, a copy of each block into its
+    /// slot, one commit per group. Per-block outcomes, in order.
+    pub fn put(
+        &mut self,
+        namespace: &str,
+        blocks: &[(&[u8], &[u8])],
+        durability: Durability,
+    ) -> Result<Vec<ShmPut>, ShmError> {
+        let sizes: Vec<(&[u8], u64)> = blocks.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
+        let allocated = self.alloc(namespace, &sizes, durability)?;
         // Copy and commit overlap: each group of blocks is committed (the server checksums
         // it) while the next group is being copied; the answers are read at the end.
         let mut outcomes = Vec::with_capacity(blocks.len());
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let (mut handles, mut positions, mut group_bytes) = (Vec::new(), Vec::new(), 0usize);
-        for (i, result) in allocated.results.iter().enumerate() {
-            let status = result.status.clone().unwrap_or_default();
-            outcomes.push(if status.code != 0 {
-                ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
-            } else if result.existed {
-                ShmPut::Existed
-            } else {
-                let slot = result.slot.as_ref().ok_or_else(|| self.poison("an allocation without a slot".into()))?;
-                let data = blocks[i].1;
-                if slot.length != data.len() as u64 {
-                    return Err(self.poison(format!("slot of {} bytes for a {}-byte block", slot.length, data.len())));
+        for (i, result) in allocated.into_iter().enumerate() {
+            outcomes.push(match result {
+                ShmAlloc::Failed { code, message } => ShmPut::Failed { code, message },
+                ShmAlloc::Existed => ShmPut::Existed,
+                ShmAlloc::Slot(slot) => {
+                    let data = blocks[i].1;
+                    // SAFETY: the slot is ours alone until committed, inside the mapping, and
+                    // exactly `data.len()` bytes (checked by `alloc`).
+                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.slot(&slot), data.len()) };
+                    handles.push(slot.handle);
+                    positions.push(i);
+                    group_bytes += data.len();
+                    ShmPut::Stored(TierKind::Cpu)
                 }
-                let dst = self.slot(slot)?;
-                // SAFETY: the slot is ours alone until committed, and inside the mapping.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-                handles.push(slot.handle);
-                positions.push(i);
-                group_bytes += data.len();
-                ShmPut::Stored(TierKind::Cpu)
             });
             if group_bytes >= COMMIT_GROUP || (i + 1 == blocks.len() && !handles.is_empty()) {
                 let commit = v1::ShmCommit { handles: std::mem::take(&mut handles), crc32c: Vec::new() };
@@ -282,21 +359,8 @@ impl ShmClient {
             }
         }
         for positions in groups {
-            let Resp::Committed(committed) = self.receive()? else {
-                return Err(self.poison("commit answered with something else".into()));
-            };
-            if committed.results.len() != positions.len() {
-                return Err(self.poison("commit results do not match the handles".into()));
-            }
-            for (result, i) in committed.results.into_iter().zip(positions) {
-                let status = result.status.unwrap_or_default();
-                outcomes[i] = if status.code != 0 {
-                    ShmPut::Failed { code: Code::from(status.code as i32), message: status.message }
-                } else if result.existed {
-                    ShmPut::Existed
-                } else {
-                    ShmPut::Stored(tier_from_wire(result.tier).unwrap_or(TierKind::Cpu))
-                };
+            for (result, i) in self.committed(positions.len())?.into_iter().zip(positions) {
+                outcomes[i] = result;
             }
         }
         Ok(outcomes)
@@ -372,51 +436,25 @@ impl ShmClient {
         let mut outcomes: Vec<ShmGet> = keys.iter().map(|_| not_found()).collect();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         while !pending.is_empty() {
-            let pin = v1::ShmPin {
-                namespace: namespace.into(),
-                keys: pending.iter().map(|&i| bytes::Bytes::copy_from_slice(keys[i])).collect(),
-            };
-            let Resp::Pinned(pinned) = self.call(Req::Pin(pin))? else {
-                return Err(ShmError::Protocol("pin answered with something else".into()));
-            };
-            if pinned.results.len() != pending.len() {
-                return Err(ShmError::Protocol(format!(
-                    "{} pin results for {} keys",
-                    pinned.results.len(),
-                    pending.len()
-                )));
-            }
-            let handles: Vec<u64> = pinned.results.iter().filter_map(|r| r.slot.as_ref().map(|s| s.handle)).collect();
-            let mut again = Vec::new();
-            let mut failure = None;
-            for (&i, result) in pending.iter().zip(&pinned.results) {
-                let Some(slot) = &result.slot else {
-                    let miss = result.miss.clone().unwrap_or_default();
-                    match v1::ShmDeferred::try_from(result.deferred) {
-                        Ok(v1::ShmDeferred::Again) => again.push(i),
-                        Ok(v1::ShmDeferred::NoRoom) => outcomes[i] = ShmGet::NoRoom { message: miss.message },
-                        _ => outcomes[i] = ShmGet::Miss { reason: miss_from_wire(miss.reason), message: miss.message },
+            let wanted: Vec<&[u8]> = pending.iter().map(|&i| keys[i]).collect();
+            let pinned = self.pin(namespace, &wanted)?;
+            let (mut handles, mut again) = (Vec::new(), Vec::new());
+            for (&i, result) in pending.iter().zip(pinned) {
+                match result {
+                    ShmPin::Again => again.push(i),
+                    ShmPin::Not(outcome) => outcomes[i] = outcome,
+                    ShmPin::Pinned { slot, tier } => {
+                        handles.push(slot.handle);
+                        let len = slot.len as usize;
+                        outcomes[i] = match copy(i, self.slot(&slot), len) {
+                            Ok(()) => ShmGet::Hit { len, tier },
+                            Err(message) => ShmGet::Miss { reason: MissReason::Error, message },
+                        };
                     }
-                    continue;
-                };
-                let src = match self.slot(slot) {
-                    Ok(src) => src,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                };
-                let len = slot.length as usize;
-                outcomes[i] = match copy(i, src, len) {
-                    Ok(()) => ShmGet::Hit { len, tier: tier_from_wire(result.tier).unwrap_or(TierKind::Cpu) },
-                    Err(message) => ShmGet::Miss { reason: MissReason::Error, message },
-                };
+                }
             }
             if !handles.is_empty() {
-                self.call(Req::Release(v1::ShmRelease { handles }))?;
-            }
-            if let Some(e) = failure {
-                return Err(e);
+                self.release(&handles)?;
             }
             if again.len() == pending.len() {
                 return Err(ShmError::Protocol("the server pinned nothing though the session holds nothing".into()));

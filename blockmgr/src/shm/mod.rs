@@ -21,6 +21,7 @@
 
 mod client;
 mod server;
+mod types;
 
 use std::{
     io::{self, IoSlice, IoSliceMut, Read},
@@ -31,8 +32,11 @@ use kvtier_proto::v1;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use prost::Message;
 
-pub use self::client::{ShmClient, ShmError, ShmGet, ShmPut};
 pub(crate) use self::server::{open_socket_permissions, serve};
+pub use self::{
+    client::{ShmArena, ShmClient},
+    types::{ShmAlloc, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot},
+};
 
 /// Largest control message either side accepts (a batch of 4096 keys is ~300 KiB).
 const MAX_MESSAGE: usize = 16 << 20;
