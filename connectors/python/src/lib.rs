@@ -10,6 +10,8 @@
 //! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
 //! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
 
+mod session;
+
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -505,6 +507,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Client>()?;
     m.add_class::<PutResult>()?;
+    m.add_class::<session::ShmSession>()?;
+    m.add_class::<session::Arena>()?;
+    m.add_class::<session::Slot>()?;
+    m.add_class::<session::Miss>()?;
     m.add("KvtierError", py.get_type::<KvtierError>())?;
     m.add("UnavailableError", py.get_type::<UnavailableError>())?;
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;

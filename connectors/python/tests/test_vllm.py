@@ -32,19 +32,22 @@ CHUNKS = 16
 END = ScheduleEndContext(new_req_ids=(), preempted_req_ids=())
 
 
-def offloading_config(extra: dict, model="tiny/llama", dtype="bfloat16") -> OffloadingConfig:
+def offloading_config(
+    extra: dict, model="tiny/llama", dtype="bfloat16", kv_bytes_per_block=KV_BYTES_PER_BLOCK, rank=0, world_size=1
+) -> OffloadingConfig:
+    """The OffloadingConfig vLLM builds for one worker `rank` of `world_size` (tensor parallel)."""
     return OffloadingConfig(
         groups=(OffloadingGroupConfig(tokens_per_block=16, layer_names=("model.layers.0.attn",), group_id=0),),
-        worker_kv_bytes_per_block=KV_BYTES_PER_BLOCK,
+        worker_kv_bytes_per_block=kv_bytes_per_block,
         enable_kv_cache_events=False,
         extra_config={"cpu_bytes_to_use": CHUNKS * KV_BYTES_PER_BLOCK, **extra},
         engine_id=f"kvtier-test-{uuid.uuid4().hex[:8]}",
         model=OffloadingModelConfig(name=model, dtype=dtype),
         cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=1),
         parallel=OffloadingParallelConfig(
-            rank=0,
-            world_size=1,
-            tp_size=1,
+            rank=rank,
+            world_size=world_size,
+            tp_size=world_size,
             pp_size=1,
             pcp_size=1,
             dcp_size=1,

@@ -12,17 +12,23 @@
 Give ``shm_socket`` (the server's ``kvtier-shm.sock``) and the namespaces you will use, and
 block bytes move through the server's shared-memory arena instead (same host only).
 ``Client.embedded(config_toml)`` runs the block manager inside this process.
+``ShmSession`` is the data plane's slot operations (alloc, commit, pin, release) and the
+mapped arena, for engines that copy block bytes themselves (``kvtier.vllm_shared``).
 
 Errors raise :class:`KvtierError` subclasses carrying the server's message.
 """
 
 from ._native import (  # noqa: F401
+    Arena,
     Client,
     InvalidArgumentError,
     KvtierError,
+    Miss,
     PermissionDeniedError,
     PutResult,
     ResourceExhaustedError,
+    ShmSession,
+    Slot,
     UnavailableError,
     __version__,
 )
@@ -31,6 +37,10 @@ from ._native import (  # noqa: F401
 __all__ = [
     "Client",
     "PutResult",
+    "ShmSession",
+    "Arena",
+    "Slot",
+    "Miss",
     "KvtierError",
     "UnavailableError",
     "InvalidArgumentError",
