@@ -81,7 +81,7 @@ async fn slots_allocated_by_one_session_are_filled_through_another_and_pinned_by
     let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..3).map(|i| (key(i), data(i, 256 * 1024))).collect();
     let sizes: Vec<(&[u8], u64)> = blocks.iter().map(|(k, v)| (k.as_slice(), v.len() as u64)).collect();
     let slots: Vec<_> = scheduler
-        .alloc(NS, &sizes, Durability::Cache)
+        .alloc(NS, &sizes, Durability::Cache, Some(std::time::Duration::ZERO))
         .unwrap()
         .into_iter()
         .map(|a| match a {
@@ -99,7 +99,7 @@ async fn slots_allocated_by_one_session_are_filled_through_another_and_pinned_by
     assert_eq!(committed, vec![ShmPut::Stored(TierKind::Cpu); 2]);
     assert_eq!(scheduler.release(&[slots[2].handle, slots[0].handle]).unwrap(), 1, "a committed handle is gone");
     assert!(matches!(scheduler.commit(&[slots[2].handle]).unwrap()[0], ShmPut::Failed { .. }));
-    assert!(matches!(&scheduler.alloc(NS, &sizes[..1], Durability::Cache).unwrap()[0], ShmAlloc::Existed));
+    assert!(matches!(&scheduler.alloc(NS, &sizes[..1], Durability::Cache, None).unwrap()[0], ShmAlloc::Existed));
 
     let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
     let pinned = reader.pin(NS, &keys).unwrap();
@@ -262,7 +262,8 @@ async fn a_session_that_dies_holding_slots_gives_them_back() {
     let mut s = UnixStream::connect(node.addrs.shm.as_ref().unwrap()).unwrap();
     raw_call(&mut s, Msg::Hello(v1::ShmHello { namespaces: vec![NS.into()] }));
     let blocks = (0..2).map(|i| v1::BlockHeader { key: key(i).into(), length: MIB, crc32c: None }).collect();
-    let reply = raw_call(&mut s, Msg::Alloc(v1::ShmAlloc { namespace: NS.into(), blocks, durability: 0 }));
+    let reply =
+        raw_call(&mut s, Msg::Alloc(v1::ShmAlloc { namespace: NS.into(), blocks, durability: 0, wait_ms: None }));
     let Some(v1::shm_response::Msg::Allocated(a)) = reply.msg else { panic!("{reply:?}") };
     assert!(a.results.iter().all(|r| r.slot.is_some()), "{a:?}");
     assert!(used().await >= before + 2 * MIB, "the allocations take arena space");

@@ -211,12 +211,14 @@ impl ShmClient {
 
     /// Takes a slot for each block (key, length) of `namespace`. The caller writes each
     /// block's bytes at its slot's offset, then [`commit`](Self::commit)s the handles, or
-    /// releases them to abandon the blocks. Per-block outcomes, in order.
+    /// releases them to abandon the blocks. `wait` bounds the wait for room in a full arena
+    /// (`None`: the server's `shm.alloc_wait`). Per-block outcomes, in order.
     pub fn alloc(
         &mut self,
         namespace: &str,
         blocks: &[(&[u8], u64)],
         durability: Durability,
+        wait: Option<std::time::Duration>,
     ) -> Result<Vec<ShmAlloc>, ShmError> {
         let headers = blocks
             .iter()
@@ -226,6 +228,7 @@ impl ShmClient {
             namespace: namespace.into(),
             blocks: headers,
             durability: durability_to_wire(durability) as i32,
+            wait_ms: wait.map(|w| w.as_millis() as u64),
         };
         let Resp::Allocated(allocated) = self.call(Req::Alloc(alloc))? else {
             return Err(self.poison("alloc answered with something else".into()));
@@ -330,7 +333,7 @@ impl ShmClient {
         durability: Durability,
     ) -> Result<Vec<ShmPut>, ShmError> {
         let sizes: Vec<(&[u8], u64)> = blocks.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
-        let allocated = self.alloc(namespace, &sizes, durability)?;
+        let allocated = self.alloc(namespace, &sizes, durability, None)?;
         // Copy and commit overlap: each group of blocks is committed (the server checksums
         // it) while the next group is being copied; the answers are read at the end.
         let mut outcomes = Vec::with_capacity(blocks.len());

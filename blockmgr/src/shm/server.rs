@@ -264,7 +264,8 @@ impl Session {
                     match self.over_limit(header.length) {
                         Some(e) => Err(e),
                         None => {
-                            let wait = self.config.alloc_wait;
+                            let asked = req.wait_ms.map(std::time::Duration::from_millis);
+                            let wait = asked.map_or(self.config.alloc_wait, |w| w.min(self.config.alloc_wait));
                             let (len, crc) = (header.length, header.crc32c);
                             self.manager.begin_put_in_arena(key, len, crc, durability, wait, holding).await
                         }

@@ -145,8 +145,9 @@ impl ShmSession {
 
     /// A slot for each block (`keys[i]`, `lengths[i]` bytes) of `namespace`: a [`Slot`] to
     /// write the bytes into and commit, or, for a block that gets none, its final
-    /// `PutResult` (already stored: `existed`; refused: `error`, e.g. no room).
-    #[pyo3(signature = (namespace, keys, lengths, durability="cache"))]
+    /// `PutResult` (already stored: `existed`; refused: `error`, e.g. no room). `wait_ms`
+    /// bounds the wait for room in a full arena (None: the server's `shm.alloc_wait`).
+    #[pyo3(signature = (namespace, keys, lengths, durability="cache", wait_ms=None))]
     fn alloc(
         &self,
         py: Python<'_>,
@@ -154,6 +155,7 @@ impl ShmSession {
         keys: Vec<Vec<u8>>,
         lengths: Vec<u64>,
         durability: &str,
+        wait_ms: Option<u64>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         if keys.len() != lengths.len() {
             let (k, l) = (keys.len(), lengths.len());
@@ -161,7 +163,9 @@ impl ShmSession {
         }
         let durability = crate::durability(durability)?;
         let blocks: Vec<(&[u8], u64)> = keys.iter().map(Vec::as_slice).zip(lengths).collect();
-        let got = self.with(py, |c| c.alloc(namespace, &blocks, durability))?.map_err(shm_error)?;
+        let got = self
+            .with(py, |c| c.alloc(namespace, &blocks, durability, wait_ms.map(std::time::Duration::from_millis)))?
+            .map_err(shm_error)?;
         got.into_iter()
             .map(|a| match a {
                 ShmAlloc::Slot(s) => slot(s, None).into_py_any(py),

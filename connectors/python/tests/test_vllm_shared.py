@@ -285,3 +285,38 @@ def test_pins_beyond_the_session_limit_are_misses_not_stalls(make_server):
     assert res == [LookupResult.HIT] * fits
     for m in (mgr, reader):
         m.shutdown()
+
+
+def test_slots_are_held_only_as_long_as_vllm_can_still_use_them(server):
+    spec = spec_for(server)
+    writer, mgr = Rank(spec, seed=5), spec.get_manager()
+    keys = [key(500 + i) for i in range(8)]
+    store(mgr, [writer], keys, blocks=list(range(8)))
+    held = lambda: sum(mgr._live.values())  # noqa: E731 (slots the manager holds in kvtier)
+    assert held() == 0
+
+    # A chunk is allocated once even if vLLM asks twice before the first store completed.
+    ctx = ReqContext(req_id="twice")
+    mgr.on_new_request(ctx)
+    first = mgr.prepare_store([key(600), key(601)], ctx)
+    again = mgr.prepare_store([key(601), key(602)], ctx)
+    assert first.keys_to_store == [key(600), key(601)] and again.keys_to_store == [key(602)]
+    assert held() == 3
+
+    # Lookups pin the whole prompt; the load takes a prefix, and the rest is given back.
+    res, reader = lookup(mgr, keys)
+    assert res == [LookupResult.HIT] * 8 and held() == 3 + 8
+    mgr.prepare_load(keys[:5], reader)
+    mgr.drain()
+    assert held() == 3 + 5
+
+    # vLLM's reset drops in-flight transfers and never completes them: their slots are given
+    # back at the end of the next step.
+    mgr.reset_cache()
+    mgr.on_schedule_end(END)
+    mgr.drain()
+    assert held() == 0
+    res, _ = lookup(mgr, keys)
+    assert res == [LookupResult.HIT] * 8, "the pins are released on the server too"
+    assert kvtier.Client(server.unix).lookup(spec.namespace, [bytes(key(600))]) == [], "abandoned, not stored"
+    mgr.shutdown()

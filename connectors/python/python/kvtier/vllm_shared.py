@@ -37,10 +37,12 @@ bounds the chunks of requests waiting to load; lookups beyond it miss (vLLM reco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -83,7 +85,8 @@ class ArenaLoadStoreSpec(CPULoadStoreSpec):
 
 class KvtierSharedOffloadingSpec(OffloadingSpec):
     """Configured by ``kv_connector_extra_config``: ``kvtier_shm_socket`` (required),
-    ``kvtier_namespace``, ``kvtier_durability`` ("cache" or "local_disk")."""
+    ``kvtier_namespace``, ``kvtier_durability`` ("cache" or "local_disk"),
+    ``kvtier_alloc_wait_ms`` (default 0)."""
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -95,6 +98,9 @@ class KvtierSharedOffloadingSpec(OffloadingSpec):
         self.chunk_bytes = self.worker_chunk_bytes * max(1, config.parallel.world_size)
         self.namespace = self.extra_config.get("kvtier_namespace") or namespace_for(self, self.chunk_bytes)
         self.durability = self.extra_config.get("kvtier_durability", "cache")
+        #: How long a store may wait for room in a full arena, on vLLM's scheduler thread.
+        #: 0: never; a chunk that finds no room is not offloaded, and kvtier starts making room.
+        self.alloc_wait_ms = int(self.extra_config.get("kvtier_alloc_wait_ms", 0))
         self._manager: KvtierArenaManager | None = None
         self._worker: KvtierArenaWorker | None = None
 
@@ -111,28 +117,43 @@ class KvtierSharedOffloadingSpec(OffloadingSpec):
         return self._worker
 
 
-@dataclass
-class _Request:
-    """One request's slots: pins from lookups (kept until loaded), allocations to commit."""
-
-    pinned: dict[bytes, tuple[int, kvtier.Slot]] = field(default_factory=dict)  # key -> (arena id, slot)
-    loading: set[bytes] = field(default_factory=set)
-    missed: set[bytes] = field(default_factory=set)
-    asking: set[bytes] = field(default_factory=set)
-    storing: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # key -> (arena id, handle)
-    finished: bool = False
-
-
 class _Sessions:
-    """The scheduler's two sessions: ``store`` (allocs on the scheduler thread, commits on the
-    store thread, under ``lock``) and ``pin`` (pins and releases, on the pin thread only)."""
+    """The scheduler's sessions. ``stores``: allocs on the scheduler thread, commits (of the
+    same session's handles) on the commit thread, each session under its lock. There are two
+    so that an alloc never waits behind a commit, which takes milliseconds (kvtier checksums
+    every byte). ``pin``: pins and releases, on the pin thread only."""
 
     def __init__(self, spec: KvtierSharedOffloadingSpec) -> None:
         names = [spec.namespace]
-        self.store = kvtier.ShmSession(spec.shm_socket, names)
+        self.stores = [kvtier.ShmSession(spec.shm_socket, names) for _ in range(2)]
+        self.locks = [threading.Lock() for _ in self.stores]
         self.pin = kvtier.ShmSession(spec.shm_socket, names)
-        self.arena_id = self.store.arena.id
-        self.lock = threading.Lock()
+        self.arena_id = self.pin.arena.id
+
+    def free_store(self) -> int:
+        """Locks and returns a store session no commit is using (waits only if all are)."""
+        for i, lock in enumerate(self.locks):
+            if lock.acquire(blocking=False):
+                return i
+        self.locks[0].acquire()
+        return 0
+
+    def close(self) -> None:
+        for session in (*self.stores, self.pin):
+            session.close()
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request's slots: pins from lookups (kept until loaded), allocations to commit.
+    Every handle is kept with the sessions that issued it (handles are per session)."""
+
+    pinned: dict[bytes, tuple[_Sessions, kvtier.Slot]] = field(default_factory=dict)
+    loading: set[bytes] = field(default_factory=set)
+    missed: set[bytes] = field(default_factory=set)
+    asking: set[bytes] = field(default_factory=set)
+    storing: dict[bytes, tuple[_Sessions, tuple[int, int]]] = field(default_factory=dict)  # (store session, handle)
+    finished: bool = False
 
 
 class KvtierArenaManager(OffloadingManager):
@@ -148,6 +169,9 @@ class KvtierArenaManager(OffloadingManager):
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self._live: dict[int, int] = {}  # arena id -> slots held in it
+        self._requests: weakref.WeakSet[_Request] = weakref.WeakSet()
+        self._storing: set[bytes] = set()  # keys with an allocation not yet committed
+        self._reset: list = []  # what reset_cache dropped, given back at the next step's end
         self.stats = {"lookups": 0, "hits": 0, "stored_chunks": 0, "loaded_chunks": 0, "skipped_stores": 0, "errors": 0}
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._commits: queue.SimpleQueue = queue.SimpleQueue()
@@ -168,18 +192,22 @@ class KvtierArenaManager(OffloadingManager):
                 try:
                     self._sessions = _Sessions(self.spec)
                 except kvtier.KvtierError as e:
-                    self._failed(None, e)
+                    self._failed(None, e, locked=True)
             return self._sessions
 
-    def _failed(self, sessions: _Sessions | None, e: Exception) -> None:
+    def _failed(self, sessions: _Sessions | None, e: Exception, locked: bool = False) -> None:
         with self._lock:
             self.stats["errors"] += 1
         logger.warning("kvtier shared offload: %s; vLLM recomputes what kvtier would have served", e)
-        # Unreachable, or out of step (a protocol error poisons a session): open new ones
-        # later. A refusal (a bad key, no room) leaves the sessions as they are.
-        if sessions is None or isinstance(e, kvtier.UnavailableError) or type(e) is kvtier.KvtierError:
-            self._sessions = None
-            self._down_until = time.monotonic() + RECONNECT_S
+        # Unreachable, or out of step (a protocol error poisons a session): new sessions
+        # later. A refusal leaves them. Old sessions stay open while handles refer to them:
+        # closing one would make the server drop pins that loads are reading.
+        if not (sessions is None or isinstance(e, kvtier.UnavailableError) or "shm protocol" in str(e)):
+            return
+        with contextlib.nullcontext() if locked else self._connect_lock:
+            if sessions is None or self._sessions is sessions:
+                self._sessions = None
+                self._down_until = time.monotonic() + RECONNECT_S
 
     def _hold(self, arena_id: int, n: int) -> None:
         """Counts slots per arena (under ``_lock``): specs tell workers which arenas are live."""
@@ -189,11 +217,14 @@ class KvtierArenaManager(OffloadingManager):
         else:
             self._live.pop(arena_id, None)
 
-    def _spec(self, ids: list[int], arena_id: int) -> ArenaLoadStoreSpec:
+    def _spec(self, ids: list[int], arena_id: int | None) -> ArenaLoadStoreSpec:
+        current = self._sessions  # read once: other threads may replace it
         with self._lock:
             live = set(self._live)
-        if self._sessions is not None:
-            live.add(self._sessions.arena_id)
+        if current is not None:
+            live.add(current.arena_id)
+        if arena_id is None:  # no slots: any arena will do
+            arena_id = current.arena_id if current is not None else next(iter(live), 0)
         return ArenaLoadStoreSpec(ids, arena_id, live)
 
     # -- lookups and loads -------------------------------------------------------------------
@@ -203,6 +234,7 @@ class KvtierArenaManager(OffloadingManager):
         if req is None:
             req = _Request()
             ctx.set_state(req)
+            self._requests.add(req)
         return req
 
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
@@ -221,24 +253,29 @@ class KvtierArenaManager(OffloadingManager):
 
     def on_schedule_end(self, context: ScheduleEndContext | None = None) -> None:
         with self._lock:
-            if not self._queued:
-                return
+            reset, self._reset = self._reset, []
             batch, self._queued = self._queued, []
-            self._in_flight += 1
-        self._work.put(("pin", batch))
+            self._in_flight += bool(batch) + bool(reset)
+        if reset:
+            self._commits.put(("reset", reset))
+        if batch:
+            self._work.put(("pin", batch))
 
     def has_pending_work(self) -> bool:
         with self._lock:
-            return self._in_flight > 0 or bool(self._queued)
+            return self._in_flight > 0 or bool(self._queued) or bool(self._reset)
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> ArenaLoadStoreSpec:
-        req = self._request(req_context)
+        req, wanted = self._request(req_context), {bytes(k) for k in keys}
         with self._lock:
             held = [req.pinned[bytes(k)] for k in keys]  # every key was a HIT: pinned by lookup
-            req.loading.update(bytes(k) for k in keys)
-        arenas = {a for a, _ in held}
-        assert len(arenas) <= 1, "one load reads one arena (kvtier restarted between its lookups)"
-        return self._spec([s.offset // ROW for _, s in held], arenas.pop() if arenas else 0)
+            req.loading.update(wanted)
+            # Pins past the loaded prefix will not be read by this request: give them back now.
+            unused = [req.pinned.pop(k) for k in list(req.pinned) if k not in req.loading]
+        self._release(unused)
+        arenas = {s.arena_id for s, _ in held}
+        assert len(arenas) <= 1, "one load reads one arena (lookups never pin across two)"
+        return self._spec([slot.offset // ROW for _, slot in held], arenas.pop() if arenas else None)
 
     def complete_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         req = self._request(req_context)
@@ -259,7 +296,7 @@ class KvtierArenaManager(OffloadingManager):
             unused = [req.pinned.pop(k) for k in list(req.pinned) if k not in req.loading]
         self._release(unused)
 
-    def _release(self, held: list[tuple[int, kvtier.Slot]]) -> None:
+    def _release(self, held: list[tuple[_Sessions, kvtier.Slot]]) -> None:
         if held:
             with self._lock:
                 self._in_flight += 1
@@ -271,34 +308,48 @@ class KvtierArenaManager(OffloadingManager):
         sessions, req = self._connected(), self._request(req_context)
         if sessions is None:
             return None
+        with self._lock:  # a key being stored (by any request) is not allocated twice
+            keys = [k for k in keys if bytes(k) not in self._storing]
+            self._storing.update(bytes(k) for k in keys)
         wanted = [bytes(k) for k in keys]
+        got = []
         try:
-            with sessions.lock:
-                got = sessions.store.alloc(
-                    self.spec.namespace, wanted, [self.spec.chunk_bytes] * len(wanted), self.spec.durability
+            i = sessions.free_store()
+            try:
+                got = sessions.stores[i].alloc(
+                    self.spec.namespace,
+                    wanted,
+                    [self.spec.chunk_bytes] * len(wanted),
+                    self.spec.durability,
+                    wait_ms=self.spec.alloc_wait_ms,
                 )
+            finally:
+                sessions.locks[i].release()
         except kvtier.KvtierError as e:
             self._failed(sessions, e)
-            return None
         to_store, ids = [], []
         with self._lock:
-            for k, key, r in zip(wanted, keys, got):
+            for n, (k, key) in enumerate(zip(wanted, keys)):
+                r = got[n] if n < len(got) else None
                 if isinstance(r, kvtier.Slot):
                     to_store.append(key)
                     ids.append(r.offset // ROW)
-                    req.storing[k] = (sessions.arena_id, r.handle)
-                elif not r.ok:
+                    req.storing[k] = (sessions, (i, r.handle))
+                    continue
+                self._storing.discard(k)
+                if r is not None and not r.ok:
                     self.stats["skipped_stores"] += 1
                     logger.debug("kvtier shared offload: not storing a chunk: %s", r.error)
             self._hold(sessions.arena_id, len(to_store))
-        return PrepareStoreOutput(
-            keys_to_store=to_store, store_spec=self._spec(ids, sessions.arena_id), evicted_keys=[]
-        )
+        if got == [] and wanted:
+            return None
+        return PrepareStoreOutput(keys_to_store=to_store, store_spec=self._spec(ids, sessions.arena_id), evicted_keys=[])
 
     def complete_store(self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True) -> None:
         req = self._request(req_context)
         with self._lock:
             handles = [req.storing.pop(bytes(k)) for k in keys if bytes(k) in req.storing]
+            self._storing.difference_update(bytes(k) for k in keys)
             if not handles:
                 return
             self._in_flight += 1
@@ -307,15 +358,15 @@ class KvtierArenaManager(OffloadingManager):
     # -- the pin and commit threads ----------------------------------------------------------
 
     def _run(self, work: queue.SimpleQueue) -> None:
+        jobs = {"pin": self._pin, "release": self._unpin, "commit": self._commit, "abandon": self._commit}
+        jobs["reset"] = self._give_back_all
         while True:
             kind, arg = work.get()
             if kind == "stop":
                 return
             try:
-                {"pin": self._pin, "release": self._unpin, "commit": self._commit, "abandon": self._commit}[kind](
-                    arg, kind
-                )
-            except Exception:  # a thread that dies would leave vLLM waiting on has_pending_work
+                jobs[kind](arg, kind)
+            except BaseException:  # a dead thread would leave vLLM waiting on has_pending_work
                 logger.exception("kvtier shared offload: %s failed", kind)
             finally:
                 with self._idle:
@@ -323,82 +374,102 @@ class KvtierArenaManager(OffloadingManager):
                     self._idle.notify_all()
 
     def _pin(self, batch: list[tuple[_Request, bytes]], _kind: str) -> None:
-        sessions = self._connected()
-        got: list = []
-        if sessions is not None:
-            try:
+        sessions, got = self._connected(), []
+        try:
+            if sessions is not None:
                 got = sessions.pin.pin(self.spec.namespace, [k for _, k in batch])
-            except kvtier.KvtierError as e:
-                self._failed(sessions, e)
-        late = []
+        except kvtier.KvtierError as e:
+            self._failed(sessions, e)
+        finally:
+            self._settle(batch, sessions, got)
+
+    def _settle(self, batch, sessions: _Sessions | None, got: list) -> None:
+        """Records each key's pin (or miss); pins nobody can use are given back."""
+        useless = []
         with self._lock:
-            for i, (req, k) in enumerate(batch):
+            for n, (req, k) in enumerate(batch):
                 req.asking.discard(k)
-                r = got[i] if i < len(got) else None
-                # One load reads one arena: a pin in a newer arena than the request's other
-                # pins (kvtier restarted between its lookups) is of no use to it.
-                other_arena = any(a != sessions.arena_id for a, _ in req.pinned.values()) if got else False
+                r = got[n] if n < len(got) else None
                 if not isinstance(r, kvtier.Slot):
-                    req.missed.add(k)  # not found, no room, over the session's limit, or down
-                elif req.finished or k in req.pinned or other_arena:
-                    if other_arena:
-                        req.missed.add(k)
-                    late.append((sessions.arena_id, r))
-                else:
-                    req.pinned[k] = (sessions.arena_id, r)
-                    self._hold(sessions.arena_id, 1)
+                    req.missed.add(k)  # not found, no room, past the session's limit, or down
                     continue
-                if r is not None:
-                    logger.debug("kvtier shared offload: %s", r)
-        if late:
-            with self._lock:
-                self._hold(sessions.arena_id, len(late))
-            self._unpin(late, "release")
+                self._hold(sessions.arena_id, 1)
+                # A pin in another arena than the request's other pins (kvtier restarted
+                # between its lookups), or of another chunk size (a shared namespace) is a miss.
+                other_arena = any(s.arena_id != sessions.arena_id for s, _ in req.pinned.values())
+                if req.finished or k in req.pinned or other_arena or r.length != self.spec.chunk_bytes:
+                    if not req.finished and k not in req.pinned:
+                        req.missed.add(k)
+                    useless.append((sessions, r))
+                else:
+                    req.pinned[k] = (sessions, r)
+        self._unpin(useless, "release")
 
-    def _unpin(self, held: list[tuple[int, kvtier.Slot]], _kind: str) -> None:
-        self._give_back([(a, s.handle) for a, s in held], lambda sessions, h: sessions.pin.release(h))
+    def _unpin(self, held: list[tuple[_Sessions, kvtier.Slot]], _kind: str) -> None:
+        self._give_back([(s, slot.handle) for s, slot in held], lambda s, hs: s.pin.release(hs))
 
-    def _commit(self, held: list[tuple[int, int]], kind: str) -> None:
-        def commit(sessions: _Sessions, handles: list[int]) -> None:
-            with sessions.lock:
-                if kind == "abandon":
-                    sessions.store.release(handles)
-                    return
-                results = sessions.store.commit(handles)
-            stored = sum(r.ok for r in results)
-            for r in results:
-                if not r.ok:
-                    logger.warning("kvtier shared offload: a chunk was not stored: %s", r.error)
-            with self._lock:
-                self.stats["stored_chunks"] += stored
+    def _commit(self, held: list[tuple[_Sessions, tuple[int, int]]], kind: str) -> None:
+        def commit(sessions: _Sessions, handles: list[tuple[int, int]]) -> None:
+            for i, (store, lock) in enumerate(zip(sessions.stores, sessions.locks)):
+                mine = [h for s, h in handles if s == i]
+                if not mine:
+                    continue
+                with lock:
+                    if kind == "abandon":
+                        store.release(mine)
+                        continue
+                    results = store.commit(mine)
+                for r in results:
+                    if not r.ok:
+                        logger.warning("kvtier shared offload: a chunk was not stored: %s", r.error)
+                with self._lock:
+                    self.stats["stored_chunks"] += sum(r.ok for r in results)
 
         self._give_back(held, commit)
 
-    def _give_back(self, held: list[tuple[int, int]], act) -> None:
-        """Runs ``act(sessions, handles)`` for the handles of the current arena; handles in an
-        arena kvtier no longer serves died with it. Either way they stop counting as live."""
-        sessions = self._sessions
-        current = [h for a, h in held if sessions is not None and a == sessions.arena_id]
-        with self._lock:
-            for a, _ in held:
-                self._hold(a, -1)
-        if current:
+    def _give_back(self, held: list[tuple[_Sessions, object]], act) -> None:
+        """Runs ``act(sessions, handles)`` per issuing sessions; handles stop counting as
+        live either way (a failed call means the server dropped them with the session)."""
+        by_sessions: dict[int, tuple[_Sessions, list]] = {}
+        for s, h in held:
+            by_sessions.setdefault(id(s), (s, []))[1].append(h)
+        for sessions, handles in by_sessions.values():
             try:
-                act(sessions, current)
+                act(sessions, handles)
             except kvtier.KvtierError as e:
                 self._failed(sessions, e)
+            finally:
+                with self._lock:
+                    self._hold(sessions.arena_id, -len(handles))
+
+    def _give_back_all(self, dropped: list[_Request], _kind: str) -> None:
+        """After reset_cache: vLLM dropped these requests' transfers and will never complete
+        them, so their pins are released and their allocations abandoned."""
+        pins, allocs = [], []
+        with self._lock:
+            for req in dropped:
+                pins.extend(req.pinned.values())
+                allocs.extend(req.storing.values())
+                self._storing.difference_update(req.storing)
+                req.pinned.clear()
+                req.loading.clear()
+                req.storing.clear()
+        self._unpin(pins, "release")
+        self._commit(allocs, "abandon")
 
     # -- the rest of OffloadingManager --------------------------------------------------------
 
     def drain(self) -> None:
         """Waits until every queued pin, release and commit is done (tests, shutdown)."""
         with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0)
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=60)
 
     def reset_cache(self) -> None:
-        # kvtier is shared by every instance on the node: one instance's reset never
-        # deletes what the others stored.
-        return
+        # kvtier is shared by every instance on the node: a reset never deletes what the
+        # others stored. vLLM drops its in-flight transfers, whose completions never come:
+        # their slots are given back once those copies ended (at the next step's end).
+        with self._lock:
+            self._reset.extend(r for r in self._requests if r.pinned or r.storing)
 
     def shutdown(self) -> None:
         self.drain()
@@ -406,8 +477,7 @@ class KvtierArenaManager(OffloadingManager):
             (self._work if t.name == "kvtier-pin" else self._commits).put(("stop", None))
             t.join(timeout=10)
         if self._sessions is not None:
-            self._sessions.store.close()
-            self._sessions.pin.close()
+            self._sessions.close()
             self._sessions = None
 
 
@@ -498,6 +568,10 @@ class KvtierArenaWorker(OffloadingWorker):
 
     def _submit(self, job_id: int, arena_spec: ArenaLoadStoreSpec, submit) -> bool:
         self._retire(arena_spec.live_arena_ids | {arena_spec.arena_id})
+        if len(arena_spec.block_ids) == 0 and arena_spec.arena_id not in self._inner:
+            # Nothing to copy (and perhaps no arena to map): done.
+            self._finished.append(TransferResult(job_id=job_id, success=True, transfer_size=0))
+            return True
         inner = self._inner_for(arena_spec.arena_id)
         self._jobs[job_id] = arena_spec.arena_id
         return submit(inner)
