@@ -7,7 +7,10 @@ Per tier (one working set per run; `kvtier-bench vllm` runs a large and a small 
 A stores every chunk; engine B (a second instance, as another vLLM process on the node would be) looks up
 every request's chunks and loads them. Every loaded chunk is
 checked: its first 8 bytes name the key it was stored under, and a sample is compared with
-the stored bytes in full. Prints one JSON object per tier and phase."""
+the stored bytes in full. Prints one JSON object per tier and phase.
+
+With `--sched`: the scheduler-side cost of kvtier's shared-arena spec (`kvtier.vllm_shared`)
+against vLLM's own CPU offloading spec, whose host buffer it replaces (see `sched`)."""
 
 import argparse
 import hashlib
@@ -42,6 +45,7 @@ p.add_argument("--batch", type=int, default=16, help="chunks per job (one reques
 p.add_argument("--window", type=int, default=8, help="jobs in flight")
 p.add_argument("--hot", action="store_true", help="this is the small working set: phases are suffixed _hot")
 p.add_argument("--tiers", default="fs,kvtier")
+p.add_argument("--sched", action="store_true", help="compare the scheduler side of kvtier's shared spec with vLLM's CPU spec")
 a = p.parse_args()
 
 END = ScheduleEndContext(new_req_ids=(), preempted_req_ids=())
@@ -50,7 +54,7 @@ CHECK_EVERY = 16  # one chunk in this many is compared in full
 STEP_S = 0.0001  # between scheduler steps while a lookup is pending
 
 
-def spec() -> TieringOffloadingSpec:
+def config(extra: dict) -> OffloadingConfig:
     parallel = OffloadingParallelConfig(
         rank=0,
         world_size=1,
@@ -67,13 +71,17 @@ def spec() -> TieringOffloadingSpec:
         groups=(OffloadingGroupConfig(tokens_per_block=16, layer_names=("model.layers.0.attn",), group_id=0),),
         worker_kv_bytes_per_block=a.size,
         enable_kv_cache_events=False,
-        extra_config={"cpu_bytes_to_use": a.size, "secondary_tiers": []},
+        extra_config=extra,
         engine_id=f"bench-{uuid.uuid4().hex[:8]}",
         model=OffloadingModelConfig(name="bench/llama-8b", dtype="bfloat16"),
         cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=1),
         parallel=parallel,
     )
-    return TieringOffloadingSpec(config)
+    return config
+
+
+def spec() -> TieringOffloadingSpec:
+    return TieringOffloadingSpec(config({"cpu_bytes_to_use": a.size, "secondary_tiers": []}))
 
 
 def primary() -> np.ndarray:
@@ -219,6 +227,69 @@ def store_then_load(name: str, numbers: range, phase: str, with_lookup: bool):
     reader.shutdown()
     print(f"{name}{phase}: done ({stats})", file=sys.stderr, flush=True)
 
+
+def sched(name: str):
+    """What each spec's manager costs vLLM's scheduler thread per chunk: a store is
+    prepare_store + complete_store, a load is the lookups until answered + prepare_load +
+    complete_load (kvtier answers RETRY once, pins in the background, then HIT: the time
+    between steps is not counted, the steps are). No chunk bytes move: GPU workers copy them,
+    the same kernels for both. vLLM's spec keeps its own buffer of `count` chunks."""
+    if name == "cpu":
+        from vllm.v1.kv_offload.cpu.spec import CPUOffloadingSpec
+
+        mgr = CPUOffloadingSpec(config({"cpu_bytes_to_use": a.count * a.size})).get_manager()
+    else:
+        from kvtier.vllm_shared import KvtierSharedOffloadingSpec
+
+        mgr = KvtierSharedOffloadingSpec(config({"kvtier_shm_socket": a.shm})).get_manager()
+    drain = getattr(mgr, "drain", lambda: None)
+    numbers = range(2 << 40, (2 << 40) + a.count)
+    batches = [[key(i) for i in numbers[j : j + a.batch]] for j in range(0, len(numbers), a.batch)]
+    busy = committing = 0.0
+    for n, keys in enumerate(batches):
+        ctx = ReqContext(req_id=f"store-{n}")
+        mgr.on_new_request(ctx)
+        t = time.perf_counter()
+        out = mgr.prepare_store(keys, ctx)
+        assert out is not None and len(out.keys_to_store) == len(keys), f"{name}: store {n} refused"
+        mgr.complete_store(out.keys_to_store, ctx)
+        busy += time.perf_counter() - t
+        mgr.on_request_finished(ctx)
+        # Stores are paced by the GPU copies; kvtier checksums each batch meanwhile.
+        t = time.perf_counter()
+        drain()
+        committing += time.perf_counter() - t
+    commits = {"commit_mib_s": a.count * a.size / (1 << 20) / committing} if name == "kvtier" else {}
+    emit(name, "sched_store", us_per_chunk=busy / a.count * 1e6, **commits)
+    busy, steps = 0.0, 0
+    for n, keys in enumerate(batches):
+        ctx = ReqContext(req_id=f"load-{n}")
+        mgr.on_new_request(ctx)
+        while True:
+            t = time.perf_counter()
+            res = [mgr.lookup(k, ctx) for k in keys]
+            if LookupResult.RETRY in res:
+                mgr.on_schedule_end(END)
+            busy += time.perf_counter() - t
+            steps += 1
+            if LookupResult.RETRY not in res:
+                break
+            drain()  # the model's forward pass, during which the pins are answered
+        assert all(r is LookupResult.HIT for r in res), f"{name}: request {n}: {res}"
+        t = time.perf_counter()
+        mgr.prepare_load(keys, ctx)
+        mgr.complete_load(keys, ctx)
+        mgr.on_request_finished(ctx)
+        busy += time.perf_counter() - t
+    drain()
+    emit(name, "sched_load", us_per_chunk=busy / a.count * 1e6, steps_per_request=steps / len(batches))
+    mgr.shutdown()
+
+
+if a.sched:
+    for name in ("cpu", "kvtier"):
+        sched(name)
+    sys.exit(0)
 
 for name in a.tiers.split(","):
     if a.hot:

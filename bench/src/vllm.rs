@@ -7,7 +7,9 @@
 //! each on a fresh node: `count` chunks, far more than kvtier's memory, so its loads come
 //! from its SSD tier (disk against disk); and a set of half its memory (`_hot`), the
 //! prefixes a fleet re-uses most, which kvtier serves from memory shared by every engine on
-//! the node and fs from its files. The Python side
+//! the node and fs from its files. On the second node, the scheduler-side cost per chunk of
+//! kvtier's shared-arena spec (`kvtier.vllm_shared`) is measured against vLLM's own CPU
+//! offloading spec, whose host buffer it replaces. The Python side
 //! (`bench/python/vllm_bench.py`, run by `--python`, which needs vLLM 0.32 and the `kvtier`
 //! package) drives both tiers, checks every chunk it loads, and prints its numbers.
 
@@ -51,6 +53,10 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         config.ssd.capacity = ByteSize((count * args.size) as u64 * 9 / 8 + 4 * config.ssd.region_size.0);
         let node = RunningServer::start(config).await.context("starting the node")?;
         stdout.push_str(&run_python(args, &script, dir, set, count, Some(&node)).await?);
+        if set == "hot" {
+            // The shared-arena spec's scheduler side against vLLM's CPU spec, on this node.
+            stdout.push_str(&run_python(args, &script, dir, "sched", count, Some(&node)).await?);
+        }
         // Where kvtier's loads came from, to read each ratio as what it is.
         let stats = node.manager().stats().await;
         let served: Vec<String> = stats.tiers.iter().map(|t| format!("{} {}", t.tier.as_str(), t.hits)).collect();
@@ -81,6 +87,14 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
             "vLLM fs tier",
         ));
     }
+    for phase in ["sched_store", "sched_load"] {
+        out.emit(Measured::latency(
+            format!("vllm_{phase}_us_per_chunk"),
+            get("kvtier", phase, "us_per_chunk")?,
+            get("cpu", phase, "us_per_chunk")?,
+            "vLLM CPU offloading spec",
+        ));
+    }
     for q in ["p50", "p99"] {
         let field = format!("{q}_us");
         out.emit(Measured::latency(
@@ -106,9 +120,11 @@ async fn run_python(
     let tier = if node.is_some() { "kvtier" } else { "fs" };
     let mut cmd = Command::new(&args.python);
     cmd.arg(script).args(["--tiers", tier, "--size", &args.size.to_string(), "--count", &count.to_string()]);
-    if set == "hot" {
-        cmd.arg("--hot");
-    }
+    match set {
+        "hot" => cmd.arg("--hot"),
+        "sched" => cmd.arg("--sched"),
+        _ => &mut cmd,
+    };
     cmd.args(["--fs-root", &dir.join("vllm-fs").display().to_string()]);
     if let Some(node) = node {
         let unix = node.unix_socket.as_ref().context("the node has a unix socket")?;
