@@ -161,9 +161,9 @@ pub struct ShmConfig {
     /// Unix socket local clients map the CPU arena through; relative to `data_dir` unless
     /// absolute; empty disables the data plane. Default `kvtier-shm.sock`.
     pub socket: PathBuf,
-    /// Who may map the arena besides the server's own uid and root (who may open every
-    /// namespace), and which namespaces each may open. A mapped client can read every byte
-    /// of the arena: grant only uids you trust. Default none.
+    /// Who may use the data plane besides the server's own uid and root (who may open every
+    /// namespace), and which namespaces each may open. Only a uid granted every namespace
+    /// (`"*"`) maps the arena itself; the others get private windows. Default none.
     pub grants: Vec<ShmGrant>,
     /// Most bytes one session may hold in allocated and pinned slots at once. Default 512 MiB.
     pub session_limit: ByteSize,
@@ -176,6 +176,11 @@ pub struct ShmConfig {
     /// disagree with the client's. Off, the client's checksum is trusted (faster puts; a
     /// wrong one shows as a checksum miss on a later read from SSD). Default true.
     pub verify_commits: bool,
+    /// Give every session a private window (a memfd of `session_limit` bytes of its own,
+    /// blocks copied in and out by the server) instead of the arena. Sessions of uids that
+    /// may not open every namespace always get one, so they never map another tenant's
+    /// blocks. Default false.
+    pub private_windows: bool,
 }
 
 impl Default for ShmConfig {
@@ -186,6 +191,7 @@ impl Default for ShmConfig {
             session_limit: ByteSize(512 << 20),
             alloc_wait: Duration::from_millis(200),
             verify_commits: true,
+            private_windows: false,
         }
     }
 }
@@ -201,6 +207,16 @@ pub struct ShmGrant {
 }
 
 impl ShmConfig {
+    /// Whether a peer with `uid` maps the arena itself (it may read every namespace, and
+    /// private windows are not forced); otherwise it gets a private window.
+    pub fn shares_arena(&self, uid: u32) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let all = uid == 0
+            || uid == unsafe { libc::geteuid() }
+            || self.grants.iter().any(|g| g.uid == uid && g.namespaces.iter().any(|n| n == "*"));
+        all && !self.private_windows
+    }
+
     /// Whether a peer with `uid` may open `namespace`.
     pub fn allows(&self, uid: u32, namespace: &str) -> bool {
         // SAFETY: geteuid cannot fail.

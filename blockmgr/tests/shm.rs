@@ -195,14 +195,16 @@ async fn sessions_only_name_blocks_of_the_namespaces_they_opened() {
     assert!(matches!(err, ShmError::Refused { code: Code::InvalidArgument, .. }), "{err}");
 }
 
-/// Runs a hello as uid `nobody` (65534) through `setpriv` and returns what the server said.
-fn hello_as_nobody(socket: &str, namespace: &str) -> String {
+/// Runs a hello as uid `nobody` (65534) through `setpriv`: whether a file descriptor came
+/// with the answer, and the answer.
+fn hello_as_nobody(socket: &str, namespace: &str) -> (bool, v1::ShmResponse) {
     // ShmRequest{hello: ShmHello{namespaces: [namespace]}}, hand-encoded.
     let inner = [&[0x0a, namespace.len() as u8][..], namespace.as_bytes()].concat();
     let msg = [&[0x0a, inner.len() as u8][..], &inner].concat();
     let script = format!(
         "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({socket:?})\ns.sendall(bytes({frame:?}))\n\
-         msg,anc,_,_=s.recvmsg(4096,socket.CMSG_SPACE(4))\nprint('fd' if anc else 'nofd', msg)",
+         msg,anc,_,_=s.recvmsg(4096,socket.CMSG_SPACE(4))\nmsg+=s.recv(4096) if len(msg)<4 else b''\n\
+         print('fd' if anc else 'nofd', msg.hex())",
         frame = [&(msg.len() as u32).to_le_bytes()[..], &msg].concat(),
     );
     let out = Command::new("setpriv")
@@ -210,11 +212,29 @@ fn hello_as_nobody(socket: &str, namespace: &str) -> String {
         .output()
         .expect("setpriv runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (fd, hex) = text.trim().split_once(' ').expect("two words");
+    let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    use prost::Message;
+    (fd == "fd", v1::ShmResponse::decode(&bytes[4..]).expect("one whole frame"))
+}
+
+fn welcome(answer: &(bool, v1::ShmResponse)) -> Option<&v1::ShmWelcome> {
+    match &answer.1.msg {
+        Some(v1::shm_response::Msg::Welcome(w)) if answer.0 => Some(w),
+        _ => None,
+    }
+}
+
+fn refusal(answer: &(bool, v1::ShmResponse)) -> String {
+    match &answer.1.msg {
+        Some(v1::shm_response::Msg::Error(e)) if !answer.0 => e.message.clone(),
+        other => panic!("expected a refusal without a descriptor, got {other:?}"),
+    }
 }
 
 #[test]
-fn uids_without_a_grant_never_receive_the_arena() {
+fn uids_get_the_arena_only_when_granted_every_namespace() {
     let node = Node::start_with("", "[[shm.grants]]\nuid = 65534\nnamespaces = [\"tenant-a/*\"]\n");
     // Let `nobody` reach the socket inside the test's private temp dir.
     use std::os::unix::fs::PermissionsExt;
@@ -223,16 +243,25 @@ fn uids_without_a_grant_never_receive_the_arena() {
     }
     let socket = node.addrs.shm.clone().unwrap();
     let granted = hello_as_nobody(&socket, "tenant-a/llama");
-    assert!(granted.starts_with("fd"), "a granted namespace gets the memfd: {granted}");
-    let refused = hello_as_nobody(&socket, "tenant-b/llama");
-    assert!(refused.starts_with("nofd") && refused.contains("may not open namespace"), "{refused}");
+    // Granted some namespaces only: a window of its own, never the arena.
+    let w = welcome(&granted).expect("a granted namespace gets a mapping");
+    assert!(w.private_window && w.arena_size == w.session_limit, "{w:?}");
+    assert!(refusal(&hello_as_nobody(&socket, "tenant-b/llama")).contains("may not open namespace"));
 
     let other = Node::start();
     for dir in [other.dir.path(), &other.data_dir()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let refused = hello_as_nobody(other.addrs.shm.as_ref().unwrap(), "tenant-a/llama");
-    assert!(refused.starts_with("nofd") && refused.contains("not granted"), "{refused}");
+    assert!(refusal(&hello_as_nobody(other.addrs.shm.as_ref().unwrap(), "tenant-a/llama")).contains("not granted"));
+
+    // Granted every namespace: the arena itself.
+    let trusted = Node::start_with("", "[[shm.grants]]\nuid = 65534\nnamespaces = [\"*\"]\n");
+    for dir in [trusted.dir.path(), &trusted.data_dir()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let w = hello_as_nobody(trusted.addrs.shm.as_ref().unwrap(), "tenant-a/llama");
+    let w = welcome(&w).expect("a mapping");
+    assert!(!w.private_window && w.arena_size == 8 * MIB, "{w:?}");
 }
 
 /// Sends one frame on a raw shm connection and reads the answer (ancillary data dropped).
@@ -337,4 +366,43 @@ async fn puts_into_a_full_arena_make_room_instead_of_falling_back() {
     let tiers = client.lookup(NS, &(0..48).map(key).collect::<Vec<_>>()).await.unwrap();
     assert_eq!(tiers.len(), 48);
     assert!(tiers.contains(&TierKind::Ssd), "{tiers:?}");
+}
+
+/// Sessions that get private windows (forced here; uids limited to some namespaces always
+/// get one) move bytes through copies: the same protocol, and a window never shows a byte
+/// of a block its session did not write or pin.
+#[tokio::test]
+async fn private_windows_hold_only_what_their_session_wrote_or_pinned() {
+    let node = Node::start_with("", "[shm]\nprivate_windows = true\nsession_limit = \"2MiB\"\n");
+    let (mut a, mut b) = (node.shm(&[NS]), node.shm(&[NS]));
+    let (wa, wb) = (a.arena(), b.arena());
+    assert!(wa.is_private() && wb.is_private());
+    assert_ne!(wa.id(), wb.id(), "each session its own memory");
+    assert_eq!(wa.len(), 2 * MIB as usize, "a window is the session's limit, not the arena");
+    // SAFETY: reading our own mapping.
+    let window =
+        |w: &kvtier_blockmgr::shm::ShmArena| unsafe { std::slice::from_raw_parts(w.as_ptr(), w.len()) }.to_vec();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+
+    let secret = [b"tenant-b-secret:".as_slice(), &data(1, 300_000)].concat();
+    assert_eq!(b.put(NS, &[(b"s", &secret)], Durability::Cache).unwrap(), vec![ShmPut::Stored(TierKind::Cpu)]);
+    assert!(!contains(&window(&wa), b"tenant-b-secret:"), "another session's block is not in this window");
+    // Read back through the window, and over gRPC: the commit copied it into the store.
+    assert_eq!(a.get(NS, &[b"s"]).unwrap(), vec![Ok(secret.clone())]);
+    let GetItem::Hit { data: over_grpc, .. } =
+        node.unix_client().await.get(NS, &[b"s".to_vec()]).await.unwrap().remove(0)
+    else {
+        panic!("stored")
+    };
+    assert_eq!(over_grpc.as_ref(), secret.as_slice());
+
+    // More than the window holds at once: pins go in rounds, as in the arena.
+    let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..5).map(|i| (key(i), data(10 + i, 700_000))).collect();
+    let refs: Vec<(&[u8], &[u8])> = blocks.iter().map(|(k, v)| (k.as_slice(), v.as_ref())).collect();
+    for chunk in refs.chunks(2) {
+        assert!(a.put(NS, chunk, Durability::Cache).unwrap().iter().all(|p| *p == ShmPut::Stored(TierKind::Cpu)));
+    }
+    let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
+    let got = b.get(NS, &keys).unwrap();
+    assert_eq!(got, blocks.iter().map(|(_, v)| Ok(v.to_vec())).collect::<Vec<_>>());
 }

@@ -142,26 +142,31 @@ impl Mapping {
 }
 
 fn create_memfd(len: usize) -> Option<OwnedFd> {
+    sealed_memfd(c"kvtier-cpu", len)
+        .inspect_err(|e| tracing::warn!(error = %e, "no sealed memfd; the CPU arena will be private anonymous memory"))
+        .ok()
+}
+
+/// A memfd of exactly `len` bytes, sealed against shrinking and growing: a process it is
+/// handed to can map it but never truncate it under the server's mapping (SIGBUS).
+pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> std::io::Result<OwnedFd> {
     // SAFETY: the name is a valid NUL-terminated string.
-    let fd = unsafe { libc::memfd_create(c"kvtier-cpu".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "memfd_create failed; the CPU arena will be private anonymous memory");
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sizing our own memfd.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "sizing the memfd failed; using anonymous memory");
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: sealing our own memfd.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "sealing the memfd failed; using anonymous memory");
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
-    Some(fd)
+    Ok(fd)
 }
 
 impl Drop for Mapping {

@@ -43,7 +43,7 @@ mod tier;
 pub mod conformance;
 
 pub use block::{Block, check_block_size, crc32c, crc32c_append};
-pub use cpu::{CpuTier, CpuTierBuilder, Reservation};
+pub use cpu::{CpuTier, CpuTierBuilder, Reservation, sealed_memfd};
 pub use error::{Error, Result};
 pub use key::{BlockKey, Key, MAX_KEY_LEN, MAX_NAMESPACE_LEN, Namespace};
 pub use memory::MemoryTier;

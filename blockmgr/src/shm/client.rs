@@ -46,11 +46,12 @@ impl Drop for Mapping {
 pub struct ShmArena {
     map: Arc<Mapping>,
     id: u64,
+    private: bool,
 }
 
 impl std::fmt::Debug for ShmArena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShmArena({} bytes, id {})", self.map.len, self.id)
+        write!(f, "ShmArena({} bytes, id {}, private {})", self.map.len, self.id, self.private)
     }
 }
 
@@ -75,6 +76,12 @@ impl ShmArena {
     /// one's inode cannot be reused while anything still maps it).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// A window of this session's own rather than the server's arena (the server gives one to
+    /// uids that may not read every namespace): slots are copies no other session sees.
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 }
 
@@ -140,7 +147,7 @@ impl ShmClient {
             return Err(io_err(io::Error::last_os_error()));
         }
         let map = Arc::new(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len });
-        let arena = ShmArena { map, id };
+        let arena = ShmArena { map, id, private: welcome.private_window };
         Ok(ShmClient { stream, path, arena, session_limit: welcome.session_limit, poisoned: false })
     }
 

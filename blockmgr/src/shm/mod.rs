@@ -12,16 +12,17 @@
 //! (gRPC cannot pass file descriptors, hence a socket of its own). A session's allocations
 //! and pins die with its connection, so a client killed mid-transfer leaks nothing.
 //!
-//! Trust: a mapped client can read and write every byte of the arena, whatever namespace
-//! it opened. The server therefore hands the mapping only to uids it trusts
-//! ([`crate::config::ShmConfig::grants`]); namespaces limit which blocks a session can
-//! name (it is never given the offset of another namespace's block), which keeps tenants
-//! sharing a trusted engine apart but is no defence against a hostile process. Untrusted
-//! clients use gRPC.
+//! Isolation: a client that maps the arena can read and write every byte of it, whatever
+//! namespace it opened. So only uids that may open every namespace map the arena
+//! ([`crate::config::ShmConfig::shares_arena`]); every other session gets a private window
+//! (`window.rs`): a memfd of its own, into which the server copies what it pins and out of
+//! which it copies what it commits. The protocol is the same, and such a client never sees
+//! a byte of a namespace it may not read. Uids without a grant get no mapping at all.
 
 mod client;
 mod server;
 mod types;
+mod window;
 
 use std::{
     io::{self, IoSlice, IoSliceMut, Read},

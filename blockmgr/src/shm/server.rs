@@ -12,7 +12,9 @@ use tokio::{
 };
 use tonic::Code;
 
-use super::{decode, frame, frame_len, op_name, send_with_fd};
+mod private;
+
+use super::{decode, frame, frame_len, op_name, send_with_fd, window::Window};
 use crate::{
     ArenaPin, GetOutcome, Manager, PinOutcome, PutWriter,
     config::ShmConfig,
@@ -54,13 +56,22 @@ pub(crate) fn open_socket_permissions(path: &Path) {
 enum Held {
     Alloc(PutWriter),
     Pin(ArenaPin),
+    /// An allocation in the session's private window (at this offset), copied into the
+    /// writer at commit.
+    WindowAlloc(PutWriter, u64),
+    /// A block copied into the private window.
+    WindowPin {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Held {
     fn len(&self) -> u64 {
         match self {
-            Held::Alloc(w) => w.len(),
+            Held::Alloc(w) | Held::WindowAlloc(w, _) => w.len(),
             Held::Pin(p) => p.len,
+            Held::WindowPin { len, .. } => *len,
         }
     }
 }
@@ -74,6 +85,8 @@ struct Session {
     held: HashMap<u64, Held>,
     held_bytes: u64,
     next_handle: u64,
+    /// The session's private window, when it does not map the arena.
+    window: Option<Window>,
 }
 
 impl Session {
@@ -87,6 +100,7 @@ impl Session {
             held: HashMap::new(),
             held_bytes: 0,
             next_handle: 1,
+            window: None,
         }
     }
 
@@ -153,23 +167,38 @@ impl Session {
                 NsRefusal::Denied(message) => refused(message),
             })
         };
+        let unavailable = |message: String| Resp::Error(v1::BlockStatus { code: Code::Unavailable as u32, message });
+        // A uid that may not read every namespace never maps the arena: it gets a window.
+        let private = !self.config.shares_arena(self.uid);
+        let reply = reply.and_then(|()| {
+            if private {
+                let window = Window::new(self.config.session_limit.0)
+                    .map_err(|e| unavailable(format!("cannot create the session's private window: {e}")))?;
+                self.window = Some(window);
+            }
+            Ok(())
+        });
         let cpu = self.manager.cpu_tier();
-        let (Ok(()), Some(memfd)) = (&reply, cpu.memfd()) else {
+        let mapping = match (&self.window, cpu.memfd()) {
+            (Some(w), _) => Some((w.fd(), w.len())),
+            (None, Some(fd)) => Some((fd, cpu.mapping_len())),
+            (None, None) => None,
+        };
+        let (Ok(()), Some((memfd, size))) = (&reply, mapping) else {
             let response = match reply {
                 Err(r) => r,
-                Ok(()) => Resp::Error(v1::BlockStatus {
-                    code: Code::Unavailable as u32,
-                    message: "the CPU arena is not a memfd on this host; use gRPC".into(),
-                }),
+                Ok(()) => unavailable("the CPU arena is not a memfd on this host; use gRPC".into()),
             };
             self.namespaces.clear();
+            self.window = None;
             return stream.write_all(&frame(&v1::ShmResponse { msg: Some(response) })).await;
         };
         let welcome = frame(&v1::ShmResponse {
             msg: Some(Resp::Welcome(v1::ShmWelcome {
-                arena_size: cpu.mapping_len(),
+                arena_size: size,
                 session_limit: self.config.session_limit.0,
                 version: env!("CARGO_PKG_VERSION").into(),
+                private_window: private,
             })),
         });
         let socket = stream.as_raw_fd();
@@ -227,9 +256,15 @@ impl Session {
         handle
     }
 
+    /// Removes a handle. A window slot's pages are free again at once; its bytes stay as
+    /// they are until the session's next alloc or pin.
     fn take(&mut self, handle: u64) -> Option<Held> {
         let held = self.held.remove(&handle)?;
         self.held_bytes -= held.len();
+        if let (Some(window), Held::WindowAlloc(_, offset) | Held::WindowPin { offset, .. }) = (&mut self.window, &held)
+        {
+            window.free(*offset, held.len());
+        }
         Some(held)
     }
 
@@ -263,6 +298,21 @@ impl Session {
                     }
                     match self.over_limit(header.length) {
                         Some(e) => Err(e),
+                        None if self.window.is_some() => {
+                            let (len, crc) = (header.length, header.crc32c);
+                            match self.window_alloc(key, len, crc, durability).await {
+                                Ok((held, offset)) => {
+                                    let handle = self.hold(held);
+                                    results.push(v1::ShmAllocResult {
+                                        status: Some(block_status(Ok(()))),
+                                        existed: false,
+                                        slot: Some(v1::ShmSlot { handle, offset, length: len }),
+                                    });
+                                    continue;
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
                         None => {
                             let asked = req.wait_ms.map(std::time::Duration::from_millis);
                             let wait = asked.map_or(self.config.alloc_wait, |w| w.min(self.config.alloc_wait));
@@ -302,7 +352,10 @@ impl Session {
                     Ok(()) => Ok(self.manager.finish_put(writer)),
                     Err(e) => Err(e),
                 },
-                Some(pin @ Held::Pin(_)) => {
+                Some(Held::WindowAlloc(writer, offset)) => {
+                    self.window_fill(writer, offset, declared).map(|w| self.manager.finish_put(w))
+                }
+                Some(pin @ (Held::Pin(_) | Held::WindowPin { .. })) => {
                     self.held_bytes += pin.len();
                     self.held.insert(*handle, pin);
                     Err(unknown_handle(*handle, "is a pin, not an allocation"))
@@ -347,6 +400,9 @@ impl Session {
 
     async fn pin(&mut self, req: v1::ShmPin) -> Result<Resp, Resp> {
         let keys = self.keys(&req.namespace, &req.keys)?;
+        if self.window.is_some() {
+            return Ok(Resp::Pinned(v1::ShmPinned { results: self.window_pin(keys).await }));
+        }
         let budget = self.config.session_limit.0.saturating_sub(self.held_bytes);
         let outcomes = self.manager.pin_batch(&keys, budget, self.config.alloc_wait).await;
         // A key with no room for its copy is worth asking for again once this answer's pins
@@ -354,13 +410,7 @@ impl Session {
         let pinned_any = outcomes.iter().any(|o| matches!(o, PinOutcome::Pinned(_)));
         let mut results = Vec::with_capacity(outcomes.len());
         for (index, outcome) in outcomes.into_iter().enumerate() {
-            let not_pinned = |reason: v1::MissReason, message, deferred: v1::ShmDeferred| v1::ShmPinResult {
-                slot: None,
-                crc32c: 0,
-                tier: v1::Tier::Unspecified as i32,
-                miss: Some(v1::GetMiss { index: index as u32, reason: reason as i32, message }),
-                deferred: deferred as i32,
-            };
+            let not_pinned = |reason, message, deferred| not_pinned(index, reason, message, deferred);
             let again = |message: String| not_pinned(v1::MissReason::Unspecified, message, v1::ShmDeferred::Again);
             results.push(match outcome {
                 PinOutcome::Pinned(pin) => {
@@ -392,6 +442,17 @@ impl Session {
     fn release(&mut self, req: v1::ShmRelease) -> Resp {
         let released = req.handles.iter().filter(|h| self.take(**h).is_some()).count();
         Resp::Released(v1::ShmReleased { released: released as u32 })
+    }
+}
+
+/// The result of a key that was not pinned.
+fn not_pinned(index: usize, reason: v1::MissReason, message: String, deferred: v1::ShmDeferred) -> v1::ShmPinResult {
+    v1::ShmPinResult {
+        slot: None,
+        crc32c: 0,
+        tier: v1::Tier::Unspecified as i32,
+        miss: Some(v1::GetMiss { index: index as u32, reason: reason as i32, message }),
+        deferred: deferred as i32,
     }
 }
 

@@ -28,6 +28,13 @@ impl Arena {
         self.arena.id()
     }
 
+    /// True for a window of this session's own instead of the server's arena (the server
+    /// gives one to uids that may not read every namespace): no other session sees it.
+    #[getter]
+    fn private(&self) -> bool {
+        self.arena.is_private()
+    }
+
     fn __len__(&self) -> usize {
         self.arena.len()
     }

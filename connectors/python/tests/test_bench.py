@@ -49,9 +49,12 @@ def test_vllm_bench_compares_kvtier_with_vllms_fs_tier(tmp_path):
         "vllm_load_hot_2MiB",
         "vllm_lookup_p50",
         "vllm_lookup_p99",
+        "vllm_sched_store_us_per_chunk",
+        "vllm_sched_load_us_per_chunk",
     }, rows
     for r in rows.values():
-        assert r["baseline_name"] == "vLLM fs tier"
+        sched = r["bench"].startswith("vllm_sched")
+        assert r["baseline_name"] == ("vLLM CPU offloading spec" if sched else "vLLM fs tier")
         expected = r["value"] / r["baseline"] if r["unit"] == "MiB/s" else r["baseline"] / r["value"]
         assert r["value"] > 0 and r["baseline"] > 0 and abs(r["ratio"] - expected) < 1e-9, r
     # The loads really went through kvtier: the node reports the gets it served.

@@ -320,3 +320,18 @@ def test_slots_are_held_only_as_long_as_vllm_can_still_use_them(server):
     assert res == [LookupResult.HIT] * 8, "the pins are released on the server too"
     assert kvtier.Client(server.unix).lookup(spec.namespace, [bytes(key(600))]) == [], "abandoned, not stored"
     mgr.shutdown()
+
+
+def test_a_uid_kvtier_gives_a_private_window_is_refused_at_start(make_server):
+    server = make_server("[shm]\nprivate_windows = true\n")
+    with pytest.raises(shared.PrivateWindowError, match="namespaces"):
+        spec_for(server).get_manager()
+    with pytest.raises(shared.PrivateWindowError):
+        Rank(spec_for(server))
+    # The plain client works through its window: copies, same API.
+    ns = "tenant-a/llama"
+    c = kvtier.Client(server.unix, shm_socket=server.shm, namespaces=[ns])
+    assert c.put(ns, [b"k"], [b"v" * 5000])[0].ok
+    assert c.get(ns, [b"k"]) == [b"v" * 5000]
+    session = kvtier.ShmSession(server.shm, [ns])
+    assert session.arena.private and len(session.arena) == session.session_limit

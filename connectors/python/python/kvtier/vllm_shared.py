@@ -73,6 +73,18 @@ logger = logging.getLogger(__name__)
 ROW = 4096
 
 
+class PrivateWindowError(RuntimeError):
+    """kvtier gave this process a private window, not its arena: it may not read every
+    namespace, so it cannot share the arena as vLLM's host buffer."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "kvtier gives this uid a private window instead of its arena (its [[shm.grants]] entry "
+            'does not cover every namespace, or shm.private_windows is on); KvtierSharedOffloadingSpec '
+            'needs the arena: grant the uid namespaces = ["*"], or use kvtier.vllm.KvtierOffloadingSpec'
+        )
+
+
 class ArenaLoadStoreSpec(CPULoadStoreSpec):
     """Chunk ids (arena offset // ROW) in the arena ``arena_id``; ``live_arena_ids`` are the
     arenas the scheduler still holds slots in (a worker unmaps the others)."""
@@ -129,6 +141,9 @@ class _Sessions:
         self.locks = [threading.Lock() for _ in self.stores]
         self.pin = kvtier.ShmSession(spec.shm_socket, names)
         self.arena_id = self.pin.arena.id
+        if self.pin.arena.private:
+            self.close()
+            raise PrivateWindowError()
 
     def free_store(self) -> int:
         """Locks and returns a store session no commit is using (waits only if all are)."""
@@ -182,15 +197,20 @@ class KvtierArenaManager(OffloadingManager):
         for t in self._threads:
             t.start()
         logger.info("kvtier shared offload: namespace %s, shm %s", spec.namespace, spec.shm_socket)
+        self._connected(strict=True)  # a misconfiguration fails vLLM's start, not every lookup
 
     # -- connection --------------------------------------------------------------------------
 
-    def _connected(self) -> _Sessions | None:
+    def _connected(self, strict: bool = False) -> _Sessions | None:
         """The sessions, opened on first use and again once the back-off after a failure passed."""
         with self._connect_lock:
             if self._sessions is None and time.monotonic() >= self._down_until:
                 try:
                     self._sessions = _Sessions(self.spec)
+                except PrivateWindowError as e:
+                    if strict:
+                        raise
+                    self._failed(None, e, locked=True)
                 except kvtier.KvtierError as e:
                     self._failed(None, e, locked=True)
             return self._sessions
@@ -489,6 +509,8 @@ class KvtierArenaRegion:
         session = kvtier.ShmSession(spec.shm_socket, [spec.namespace])
         self._arena = session.arena  # the mapping outlives the session
         session.close()
+        if self._arena.private:
+            raise PrivateWindowError()
         self.arena_id = self._arena.id
         self.rank = rank
         self._row_stride = ROW
