@@ -54,16 +54,12 @@ impl Session {
 
     /// Pins by copying each block into the window, in key order until the session's limit.
     pub(super) async fn window_pin(&mut self, keys: Vec<BlockKey>) -> Vec<v1::ShmPinResult> {
+        let again = |index| not_pinned(index, v1::MissReason::Unspecified, SESSION_FULL.into(), v1::ShmDeferred::Again);
         let mut results = Vec::with_capacity(keys.len());
         let mut full = false;
         for (index, key) in keys.iter().enumerate() {
             if full {
-                results.push(not_pinned(
-                    index,
-                    v1::MissReason::Unspecified,
-                    SESSION_FULL.into(),
-                    v1::ShmDeferred::Again,
-                ));
+                results.push(again(index));
                 continue;
             }
             let (block, tier) = match self.manager.get(key).await {
@@ -83,12 +79,7 @@ impl Session {
                         window.free(offset, len);
                     }
                     full = true;
-                    results.push(not_pinned(
-                        index,
-                        v1::MissReason::Unspecified,
-                        SESSION_FULL.into(),
-                        v1::ShmDeferred::Again,
-                    ));
+                    results.push(again(index));
                     continue;
                 }
             };
