@@ -105,6 +105,21 @@ pub enum Error {
         what: String,
     },
 
+    /// An object store request failed (the Blob tier): the operation, the object, and the
+    /// store's own error (HTTP status, credentials, a missing container, ...).
+    #[error("{tier}: {op} {object} failed: {source}")]
+    Store {
+        /// The tier's identity (its URL).
+        tier: String,
+        /// `put`, `get`, `list`, ...
+        op: &'static str,
+        /// The object's path under the store.
+        object: String,
+        /// The store's error (boxed: it is large, and every tier result carries this enum).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
     /// The tier has been shut down.
     #[error("{tier}: closed")]
     Closed {

@@ -42,6 +42,8 @@ mod tier;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+mod blob;
+pub use blob::{BlobTier, BlobTierBuilder};
 pub use block::{Block, check_block_size, crc32c, crc32c_append};
 pub use cpu::{CpuTier, CpuTierBuilder, Reservation, sealed_memfd};
 pub use error::{Error, Result};

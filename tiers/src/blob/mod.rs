@@ -1,0 +1,432 @@
+//! The Blob tier: blocks packed into segment objects in any object store (Azure Blob, S3,
+//! GCS, a local directory), through the `object_store` crate.
+//!
+//! A put writes its new blocks as one or more segments of at most `segment_size` bytes
+//! (one PUT each, plus one for the segment's index), so a GiB of 2 MiB blocks costs a few
+//! PUTs instead of 512; the caller (the flusher) hands it segment-sized batches. A get is a
+//! ranged GET of the block's bytes, verified against its CRC-32C. A delete writes one
+//! deletion record per batch. Opening the tier lists the index and deletion records and
+//! replays them in order, so a node with an empty disk serves every block under the prefix.
+//! The object layout is in `format.rs`. Blob is the last tier: it never evicts and never
+//! fills (`capacity` is reported as `u64::MAX`).
+
+mod format;
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt, future::BoxFuture};
+use object_store::{ObjectStore, PutPayload, path::Path};
+use parking_lot::Mutex;
+
+use self::format::{Entry, Stamp};
+use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};
+
+/// Where a stored block's bytes are.
+#[derive(Debug, Clone)]
+struct Location {
+    segment: Arc<Path>,
+    stamp: Stamp,
+    offset: u64,
+    len: u64,
+    crc32c: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: HashMap<BlockKey, Location>,
+    next_seq: u64,
+    used: u64,
+}
+
+/// Builds a [`BlobTier`].
+#[derive(Debug, Clone)]
+pub struct BlobTierBuilder {
+    url: String,
+    options: Vec<(String, String)>,
+    segment_size: u64,
+    max_block_size: u64,
+}
+
+impl BlobTierBuilder {
+    /// A tier at `url`: `az://container/prefix`, `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `file:///absolute/dir`. `options` are `object_store`'s (account, keys, endpoint, ...).
+    pub fn new(url: impl Into<String>) -> Self {
+        BlobTierBuilder { url: url.into(), options: Vec::new(), segment_size: 128 << 20, max_block_size: 64 << 20 }
+    }
+
+    /// Options for the store, as `object_store` names them (e.g. `azure_storage_account_name`).
+    pub fn options(mut self, options: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.options.extend(options);
+        self
+    }
+
+    /// Most bytes per segment object. Default 128 MiB.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Largest block accepted. Default 64 MiB.
+    pub fn max_block_size(mut self, bytes: u64) -> Self {
+        self.max_block_size = bytes;
+        self
+    }
+
+    /// Connects and rebuilds the index from the records under the prefix.
+    pub async fn open(self) -> Result<BlobTier> {
+        // `az://container/prefix` as Azure users write it; object_store's URL parser reads
+        // `az://` as `az://account/container/...` and would drop the prefix, so it is given
+        // the equivalent `azure://container/prefix`.
+        let normalized = match self.url.strip_prefix("az://") {
+            Some(rest) => format!("azure://{rest}"),
+            None => self.url.clone(),
+        };
+        let parsed =
+            url::Url::parse(&normalized).map_err(|e| Error::config("blob.url", format!("{}: {e}", self.url)))?;
+        if parsed.scheme() == "file" {
+            // object_store's local store wants the directory to exist.
+            let dir =
+                parsed.to_file_path().map_err(|()| Error::config("blob.url", "a file URL needs an absolute path"))?;
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                tier: self.url.clone(),
+                op: "create_dir_all",
+                path: dir.clone(),
+                offset: None,
+                source,
+            })?;
+        }
+        let (store, prefix) = object_store::parse_url_opts(&parsed, self.options.clone())
+            .map_err(|e| Error::config("blob.url", format!("{}: {e}", self.url)))?;
+        let tier = BlobTier {
+            store: Arc::from(store),
+            prefix: prefix.to_string(),
+            url: self.url,
+            writer: rand::random(),
+            segment_size: self.segment_size.max(1),
+            max_block_size: self.max_block_size,
+            state: Mutex::new(State::default()),
+        };
+        tier.rebuild().await?;
+        Ok(tier)
+    }
+}
+
+/// Blocks in an object store. See the module documentation.
+pub struct BlobTier {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    url: String,
+    writer: u32,
+    segment_size: u64,
+    max_block_size: u64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for BlobTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobTier({})", self.url)
+    }
+}
+
+impl std::fmt::Display for BlobTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "blob({})", self.url)
+    }
+}
+
+impl BlobTier {
+    fn store_error(&self, op: &'static str, object: &str, source: object_store::Error) -> Error {
+        Error::Store { tier: self.to_string(), op, object: object.to_string(), source: Box::new(source) }
+    }
+
+    fn stamp(&self) -> Stamp {
+        let mut state = self.state.lock();
+        state.next_seq += 1;
+        Stamp { seq: state.next_seq, writer: self.writer }
+    }
+
+    /// Lists and replays every index and deletion record under the prefix, in stamp order.
+    async fn rebuild(&self) -> Result<()> {
+        let mut records: Vec<(Stamp, bool, Path)> = Vec::new();
+        for (dir, ext, is_index) in [("idx", "idx", true), ("del", "del", false)] {
+            let sep = if self.prefix.is_empty() { "" } else { "/" };
+            let listed = format!("{}{sep}{dir}", self.prefix);
+            let objects: Vec<_> = self
+                .store
+                .list(Some(&Path::from(listed.as_str())))
+                .try_collect()
+                .await
+                .map_err(|e| self.store_error("list", &listed, e))?;
+            for meta in objects {
+                match meta.location.filename().and_then(|f| Stamp::parse(f, ext)) {
+                    Some(stamp) => records.push((stamp, is_index, meta.location)),
+                    None => {
+                        tracing::warn!(object = %meta.location, "blob: skipping an object that is not a kvtier record")
+                    }
+                }
+            }
+        }
+        records.sort_by_key(|(stamp, is_index, _)| (*stamp, !*is_index));
+        let fetches: Vec<_> = records.iter().map(|(_, _, path)| self.fetch(path)).collect();
+        let bodies: Vec<_> = futures::stream::iter(fetches).buffered(16).collect().await;
+        let mut state = self.state.lock();
+        for ((stamp, is_index, path), body) in records.iter().zip(bodies) {
+            state.next_seq = state.next_seq.max(stamp.seq);
+            let body = body?;
+            if *is_index {
+                let entries = match format::decode_index(&body) {
+                    Ok(e) => e,
+                    Err(why) => {
+                        tracing::warn!(object = %path, why, "blob: skipping a damaged index");
+                        continue;
+                    }
+                };
+                let segment = Arc::new(Path::from(stamp.name(&self.prefix, "seg", "seg")));
+                for e in entries {
+                    let loc = Location {
+                        segment: segment.clone(),
+                        stamp: *stamp,
+                        offset: e.offset,
+                        len: e.len,
+                        crc32c: e.crc32c,
+                    };
+                    state.used += e.len;
+                    if let Some(old) = state.index.insert(e.key, loc) {
+                        state.used -= old.len;
+                    }
+                }
+            } else {
+                let keys = match format::decode_deletes(&body) {
+                    Ok(k) => k,
+                    Err(why) => {
+                        tracing::warn!(object = %path, why, "blob: skipping a damaged deletion record");
+                        continue;
+                    }
+                };
+                for k in keys {
+                    if state.index.get(&k).is_some_and(|l| l.stamp < *stamp)
+                        && let Some(old) = state.index.remove(&k)
+                    {
+                        state.used -= old.len;
+                    }
+                }
+            }
+        }
+        tracing::info!(tier = %self, blocks = state.index.len(), bytes = state.used, "blob: index rebuilt");
+        Ok(())
+    }
+
+    /// A whole object.
+    async fn fetch(&self, path: &Path) -> Result<Bytes> {
+        let got = self.store.get(path).await.map_err(|e| self.store_error("get", path.as_ref(), e))?;
+        got.bytes().await.map_err(|e| self.store_error("get", path.as_ref(), e))
+    }
+
+    /// Writes `blocks` as one segment and its index; the entries once both are stored.
+    async fn write_segment(&self, blocks: &[&Block]) -> Result<()> {
+        let stamp = self.stamp();
+        let total: usize = blocks.iter().map(|b| b.data.len()).sum();
+        let mut data = BytesMut::with_capacity(total);
+        let mut entries = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            entries.push(Entry {
+                key: b.key.clone(),
+                offset: data.len() as u64,
+                len: b.data.len() as u64,
+                crc32c: b.crc32c,
+            });
+            data.extend_from_slice(&b.data);
+        }
+        let segment = stamp.name(&self.prefix, "seg", "seg");
+        let index = stamp.name(&self.prefix, "idx", "idx");
+        self.put_object(&segment, data.freeze()).await?;
+        self.put_object(&index, format::encode_index(&entries)).await?;
+        let segment = Arc::new(Path::from(segment));
+        let mut state = self.state.lock();
+        for e in entries {
+            state.used += e.len;
+            let loc = Location { segment: segment.clone(), stamp, offset: e.offset, len: e.len, crc32c: e.crc32c };
+            if let Some(old) = state.index.insert(e.key, loc) {
+                state.used -= old.len;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_object(&self, name: &str, bytes: Bytes) -> Result<()> {
+        self.store
+            .put(&Path::from(name), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.store_error("put", name, e))
+    }
+
+    async fn put_blocks(&self, blocks: &[Block]) -> Vec<Result<PutStatus>> {
+        let mut results: Vec<Option<Result<PutStatus>>> = Vec::with_capacity(blocks.len());
+        let mut fresh: Vec<usize> = Vec::new();
+        {
+            let state = self.state.lock();
+            for (i, b) in blocks.iter().enumerate() {
+                results.push(match check_block_size(&b.key, b.data.len() as u64, self.max_block_size) {
+                    Err(e) => Some(Err(e)),
+                    Ok(()) if state.index.contains_key(&b.key) => Some(Ok(PutStatus::Existed)),
+                    Ok(()) if fresh.iter().any(|&j| blocks[j].key == b.key) => Some(Ok(PutStatus::Existed)),
+                    Ok(()) => {
+                        fresh.push(i);
+                        None
+                    }
+                });
+            }
+        }
+        // Consecutive blocks fill a segment up to `segment_size` (a bigger block gets its own).
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = 0u64;
+        for i in fresh {
+            let len = blocks[i].data.len() as u64;
+            match groups.last_mut() {
+                Some(g) if bytes + len <= self.segment_size => g.push(i),
+                _ => {
+                    groups.push(vec![i]);
+                    bytes = 0;
+                }
+            }
+            bytes += len;
+        }
+        let written = futures::future::join_all(groups.iter().map(|g| {
+            let members: Vec<&Block> = g.iter().map(|&i| &blocks[i]).collect();
+            async move { self.write_segment(&members).await }
+        }))
+        .await;
+        for (group, outcome) in groups.iter().zip(written) {
+            for &i in group {
+                results[i] = Some(match &outcome {
+                    Ok(()) => Ok(PutStatus::Stored),
+                    Err(e) => Err(Error::Generic { tier: self.to_string(), source: e.to_string().into() }),
+                });
+            }
+        }
+        results.into_iter().map(|r| r.expect("every block answered")).collect()
+    }
+
+    async fn get_blocks(&self, keys: &[BlockKey]) -> Vec<Result<Option<Block>>> {
+        let found: Vec<Option<Location>> = {
+            let state = self.state.lock();
+            keys.iter().map(|k| state.index.get(k).cloned()).collect()
+        };
+        // Collected first: a stream over a closure would not be `Send` (rust#110338).
+        let reads: Vec<_> = found.into_iter().zip(keys).map(|(loc, key)| self.read_one(key, loc)).collect();
+        futures::stream::iter(reads).buffered(32).collect().await
+    }
+
+    /// One block's bytes by a ranged GET, checked against its CRC-32C.
+    async fn read_one(&self, key: &BlockKey, loc: Option<Location>) -> Result<Option<Block>> {
+        let Some(loc) = loc else { return Ok(None) };
+        let range = loc.offset..loc.offset + loc.len;
+        let data = match self.store.get_range(&loc.segment, range).await {
+            Ok(d) => d,
+            Err(object_store::Error::NotFound { .. }) => {
+                tracing::warn!(key = %key, segment = %loc.segment, "blob: the segment is gone; a miss");
+                self.forget(key, &loc);
+                return Ok(None);
+            }
+            Err(e) => return Err(self.store_error("get", &loc.segment.to_string(), e)),
+        };
+        let actual = crate::crc32c(&data);
+        if data.len() as u64 != loc.len || actual != loc.crc32c {
+            self.forget(key, &loc);
+            return Err(Error::ChecksumMismatch {
+                tier: self.to_string(),
+                key: key.to_string(),
+                location: format!("{} at {}", loc.segment, loc.offset),
+                expected: loc.crc32c,
+                actual,
+            });
+        }
+        Ok(Some(Block::with_crc32c(key.clone(), data, actual)))
+    }
+
+    /// Drops a copy that cannot be read (damaged, or its segment vanished) from the index.
+    fn forget(&self, key: &BlockKey, loc: &Location) {
+        let mut state = self.state.lock();
+        if state.index.get(key).is_some_and(|l| l.stamp == loc.stamp)
+            && let Some(old) = state.index.remove(key)
+        {
+            state.used -= old.len;
+        }
+    }
+
+    async fn delete_blocks(&self, keys: &[BlockKey]) -> Vec<Result<bool>> {
+        let present: Vec<BlockKey> = {
+            let state = self.state.lock();
+            keys.iter().filter(|k| state.index.contains_key(*k)).cloned().collect()
+        };
+        if present.is_empty() {
+            return keys.iter().map(|_| Ok(false)).collect();
+        }
+        // The record goes first: a delete acknowledged is a delete that survives a restart.
+        let stamp = self.stamp();
+        let name = stamp.name(&self.prefix, "del", "del");
+        if let Err(e) = self.put_object(&name, format::encode_deletes(&present)).await {
+            let message = e.to_string();
+            return keys
+                .iter()
+                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
+                .collect();
+        }
+        let mut state = self.state.lock();
+        keys.iter()
+            .map(|k| {
+                let gone = state.index.get(k).is_some_and(|l| l.stamp < stamp);
+                if gone && let Some(old) = state.index.remove(k) {
+                    state.used -= old.len;
+                }
+                Ok(gone)
+            })
+            .collect()
+    }
+}
+
+impl Tier for BlobTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Blob
+    }
+
+    fn put_batch<'a>(&'a self, blocks: &'a [Block]) -> BoxFuture<'a, Vec<Result<PutStatus>>> {
+        Box::pin(self.put_blocks(blocks))
+    }
+
+    fn get_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<Option<Block>>>> {
+        Box::pin(self.get_blocks(keys))
+    }
+
+    fn contains_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Result<Vec<bool>>> {
+        let state = self.state.lock();
+        let found = keys.iter().map(|k| state.index.contains_key(k)).collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn delete_batch<'a>(&'a self, keys: &'a [BlockKey]) -> BoxFuture<'a, Vec<Result<bool>>> {
+        Box::pin(self.delete_blocks(keys))
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Result<TierUsage>> {
+        let state = self.state.lock();
+        let usage = TierUsage { capacity: u64::MAX, used: state.used, blocks: state.index.len() as u64 };
+        Box::pin(async move { Ok(usage) })
+    }
+
+    fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
+        let state = self.state.lock();
+        let metas =
+            state.index.iter().map(|(k, l)| BlockMeta { key: k.clone(), len: l.len, crc32c: l.crc32c }).collect();
+        Box::pin(async move { Ok(metas) })
+    }
+
+    fn eviction_candidates(&self, _size: u64, _max: usize) -> Vec<BlockKey> {
+        Vec::new() // the last tier keeps everything
+    }
+}
+
+#[cfg(test)]
+mod tests;
