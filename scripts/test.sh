@@ -3,7 +3,8 @@
 #
 # Works on a fresh machine with the Rust toolchain: it installs what the tests need and
 # runs formatting and lint checks, every unit, integration, CLI and benchmark-smoke test,
-# the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). Tests start real `kvtier` processes, kill -9 them, corrupt their
+# the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). The Blob tier's
+# tests run against a real Azurite (npm), which scripts/azurite.sh installs and starts. Tests start real `kvtier` processes, kill -9 them, corrupt their
 # files and fill a disk (a private tmpfs in a mount namespace, via `unshare`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ else
     echo "cargo-nextest not installed; using cargo test"
     runner=(cargo test --workspace --locked --no-fail-fast)
 fi
+
+step "Azurite (Azure Blob emulator, from npm; the Blob tier's tests start their own)"
+scripts/azurite.sh install
+echo "azurite installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
 
 step "format"
 cargo fmt --all --check

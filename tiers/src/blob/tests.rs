@@ -1,39 +1,85 @@
-//! The Blob tier against the local-directory backend (the same suite runs against Azurite
-//! in blockmgr's tests, where the test command starts one).
+//! The Blob tier against the local-directory backend and a real Azurite (started by
+//! `scripts/azurite.sh`, which installs it from npm on first use).
 
-use std::sync::Arc;
+use std::{process::Command, sync::Arc};
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, path::Path};
 
 use super::{BlobTierBuilder, format};
 use crate::{Tier, conformance::Subject};
 
-fn subject(dir: &std::path::Path) -> Subject {
-    let url = format!("file://{}/kv", dir.display());
-    let root = dir.join("kv");
+/// A running Azurite with the container `kvtier`; stopped when dropped.
+pub(crate) struct Azurite {
+    pub(crate) endpoint: String,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    pub(crate) fn start() -> Azurite {
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
+        let out = Command::new(script).arg("start").arg(dir.path()).output().expect("running scripts/azurite.sh");
+        assert!(out.status.success(), "azurite: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
+        Azurite { endpoint: endpoint.into(), pid: pid.parse().unwrap(), _dir: dir }
+    }
+
+    /// object_store's options for this Azurite (the emulator's account and key).
+    pub(crate) fn options(&self) -> Vec<(String, String)> {
+        [
+            ("azure_storage_account_name", "devstoreaccount1"),
+            (
+                "azure_storage_account_key",
+                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+            ),
+            ("azure_storage_endpoint", &self.endpoint),
+            ("azure_allow_http", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child the script started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    }
+}
+
+fn subject(url: String, options: Vec<(String, String)>) -> Subject {
+    let (url2, options2) = (url.clone(), options.clone());
     Subject::new(move || {
-        let url = url.clone();
+        let (url, options) = (url.clone(), options.clone());
         Box::pin(async move {
-            let tier = BlobTierBuilder::new(url).segment_size(256 << 10).max_block_size(1 << 20).open().await?;
-            Ok(Arc::new(tier) as Arc<dyn Tier>)
+            let builder = BlobTierBuilder::new(url).options(options).segment_size(256 << 10).max_block_size(1 << 20);
+            Ok(Arc::new(builder.open().await?) as Arc<dyn Tier>)
         })
     })
     .persistent(true)
     .bounded(false)
     .corrupt(move |_tier, key| {
-        let root = root.clone();
-        Box::pin(async move { flip_a_byte_of(&root, &key) })
+        let (url, options) = (url2.clone(), options2.clone());
+        Box::pin(async move { flip_a_byte_of(&url, options, &key).await })
     })
 }
 
-/// Damages `key`'s bytes in whichever segment file its index names.
-pub(crate) fn flip_a_byte_of(root: &std::path::Path, key: &crate::BlockKey) {
-    for idx in std::fs::read_dir(root.join("idx")).unwrap() {
-        let idx = idx.unwrap().path();
-        let entries = format::decode_index(&std::fs::read(&idx).unwrap()).unwrap();
-        if let Some(e) = entries.iter().find(|e| &e.key == key) {
-            let seg = root.join("seg").join(idx.file_name().unwrap()).with_extension("seg");
-            let mut bytes = std::fs::read(&seg).unwrap();
-            bytes[(e.offset + e.len / 2) as usize] ^= 0x40;
-            std::fs::write(&seg, bytes).unwrap();
+/// Damages `key`'s bytes in whichever segment its index names, through the store itself.
+async fn flip_a_byte_of(url: &str, options: Vec<(String, String)>, key: &crate::BlockKey) {
+    let url = url::Url::parse(&url.replacen("az://", "azure://", 1)).unwrap();
+    let (store, prefix) = object_store::parse_url_opts(&url, options).unwrap();
+    let idx: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/idx")))).try_collect().await.unwrap();
+    for meta in idx {
+        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        if let Some(e) = format::decode_index(&bytes).unwrap().into_iter().find(|e| &e.key == key) {
+            let seg = Path::from(meta.location.as_ref().replace("/idx/", "/seg/").replace(".idx", ".seg"));
+            let mut data = store.get(&seg).await.unwrap().bytes().await.unwrap().to_vec();
+            data[(e.offset + e.len / 2) as usize] ^= 0x40;
+            store.put(&seg, data.into()).await.unwrap();
             return;
         }
     }
@@ -43,7 +89,13 @@ pub(crate) fn flip_a_byte_of(root: &std::path::Path, key: &crate::BlockKey) {
 #[tokio::test]
 async fn the_local_directory_backend_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    crate::conformance::run_all(&subject(dir.path())).await;
+    crate::conformance::run_all(&subject(format!("file://{}/kv", dir.path().display()), Vec::new())).await;
+}
+
+#[tokio::test]
+async fn azurite_passes_the_conformance_suite() {
+    let azurite = Azurite::start();
+    crate::conformance::run_all(&subject("az://kvtier/conformance".into(), azurite.options())).await;
 }
 
 #[tokio::test]
@@ -90,4 +142,16 @@ async fn a_bad_url_or_an_unreachable_store_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("list") && err.to_string().contains("p/idx"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_a_missing_container_are_clear_errors() {
+    let azurite = Azurite::start();
+    let mut wrong = azurite.options();
+    wrong[1].1 = "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXk=".into();
+    let err = BlobTierBuilder::new("az://kvtier/p").options(wrong).open().await.unwrap_err().to_string();
+    assert!(err.contains("list p/idx") && err.contains("403"), "{err}");
+    let err = BlobTierBuilder::new("az://no-such-container/p").options(azurite.options()).open().await.unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("list p/idx") && err.contains("ContainerNotFound"), "{err}");
 }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Azurite, the Azure Blob emulator, for kvtier's tests and benchmarks.
+#
+#   scripts/azurite.sh install        npm-installs Azurite under $KVTIER_CACHE/azurite (once)
+#   scripts/azurite.sh start DIR      starts its Blob service on a free port with its data
+#                                     in DIR, creates the container `kvtier`, and prints
+#                                     one line: "<endpoint> <pid>", e.g.
+#                                     "http://127.0.0.1:41234/devstoreaccount1 12345"
+#
+# The account is the emulator's well-known devstoreaccount1 and key. Stop it with kill PID.
+set -euo pipefail
+cache="${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
+bin="$cache/node_modules/.bin/azurite-blob"
+
+install() {
+    [[ -x "$bin" ]] && return
+    if ! command -v npm >/dev/null; then
+        apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    mkdir -p "$cache"
+    npm install --silent --no-audit --no-fund --prefix "$cache" azurite@3 >&2
+}
+
+start() {
+    local dir="$1"
+    install
+    mkdir -p "$dir"
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    "$bin" --silent --loose --skipApiVersionCheck --blobHost 127.0.0.1 --blobPort "$port" \
+        --location "$dir" >"$dir/azurite.log" 2>&1 &
+    local pid=$!
+    local endpoint="http://127.0.0.1:$port/devstoreaccount1"
+    for _ in $(seq 100); do
+        if python3 "$(dirname "$0")/azurite_container.py" "$endpoint" kvtier 2>/dev/null; then
+            echo "$endpoint $pid"
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    echo "azurite did not start; its log:" >&2
+    cat "$dir/azurite.log" >&2
+    exit 1
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start "${2:?usage: azurite.sh start DIR}" ;;
+    *) echo "usage: $0 install | start DIR" >&2; exit 2 ;;
+esac
