@@ -3,9 +3,10 @@
 #
 # Works on a fresh machine with the Rust toolchain: it installs what the tests need and
 # runs formatting and lint checks, every unit, integration, CLI and benchmark-smoke test,
-# the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). The Blob tier's
-# tests run against a real Azurite (npm), which scripts/azurite.sh installs and starts. Tests start real `kvtier` processes, kill -9 them, corrupt their
-# files and fill a disk (a private tmpfs in a mount namespace, via `unshare`).
+# the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). The Blob
+# tier's tests run against a real Azurite (npm), which scripts/azurite.sh installs and
+# starts. Tests start real `kvtier` processes, kill -9 them, corrupt their files and fill a
+# disk (a private tmpfs in a mount namespace, via `unshare`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
