@@ -10,15 +10,20 @@
 //! The object layout is in `format.rs`. Blob is the last tier: it never evicts and never
 //! fills (`capacity` is reported as `u64::MAX`).
 
+mod compact;
 mod format;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use object_store::{ObjectStore, PutPayload, path::Path};
 use parking_lot::Mutex;
 
+pub use self::compact::Compaction;
 use self::format::{Entry, Stamp};
 use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};
 
@@ -32,11 +37,58 @@ struct Location {
     crc32c: u32,
 }
 
+/// A segment object and how much of it is still referenced.
+#[derive(Debug)]
+struct Segment {
+    path: Arc<Path>,
+    total: u64,
+    live: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     index: HashMap<BlockKey, Location>,
+    segments: BTreeMap<Stamp, Segment>,
+    deletions: BTreeSet<Stamp>,
     next_seq: u64,
     used: u64,
+}
+
+impl State {
+    /// Records a segment and places its entries (newer locations than theirs win).
+    fn add_segment(&mut self, stamp: Stamp, path: Arc<Path>, entries: Vec<Entry>) {
+        self.segments
+            .insert(stamp, Segment { path: path.clone(), total: entries.iter().map(|e| e.len).sum(), live: 0 });
+        for e in entries {
+            if self.index.get(&e.key).is_some_and(|l| l.stamp > stamp) {
+                continue;
+            }
+            let loc = Location { segment: path.clone(), stamp, offset: e.offset, len: e.len, crc32c: e.crc32c };
+            self.used += loc.len;
+            self.segments.get_mut(&stamp).expect("just added").live += loc.len;
+            if let Some(old) = self.index.insert(e.key, loc) {
+                self.unreference(&old);
+            }
+        }
+    }
+
+    /// Removes `key`'s location if it is older than `before` (any location for `None`).
+    fn remove(&mut self, key: &BlockKey, before: Option<Stamp>) -> Option<Location> {
+        let loc = self.index.get(key)?;
+        if before.is_some_and(|b| loc.stamp >= b) {
+            return None;
+        }
+        let old = self.index.remove(key)?;
+        self.unreference(&old);
+        Some(old)
+    }
+
+    fn unreference(&mut self, loc: &Location) {
+        self.used -= loc.len;
+        if let Some(seg) = self.segments.get_mut(&loc.stamp) {
+            seg.live -= loc.len;
+        }
+    }
 }
 
 /// Builds a [`BlobTier`].
@@ -183,19 +235,7 @@ impl BlobTier {
                     }
                 };
                 let segment = Arc::new(Path::from(stamp.name(&self.prefix, "seg", "seg")));
-                for e in entries {
-                    let loc = Location {
-                        segment: segment.clone(),
-                        stamp: *stamp,
-                        offset: e.offset,
-                        len: e.len,
-                        crc32c: e.crc32c,
-                    };
-                    state.used += e.len;
-                    if let Some(old) = state.index.insert(e.key, loc) {
-                        state.used -= old.len;
-                    }
-                }
+                state.add_segment(*stamp, segment, entries);
             } else {
                 let keys = match format::decode_deletes(&body) {
                     Ok(k) => k,
@@ -204,12 +244,9 @@ impl BlobTier {
                         continue;
                     }
                 };
+                state.deletions.insert(*stamp);
                 for k in keys {
-                    if state.index.get(&k).is_some_and(|l| l.stamp < *stamp)
-                        && let Some(old) = state.index.remove(&k)
-                    {
-                        state.used -= old.len;
-                    }
+                    state.remove(&k, Some(*stamp));
                 }
             }
         }
@@ -226,6 +263,14 @@ impl BlobTier {
     /// Writes `blocks` as one segment and its index; the entries once both are stored.
     async fn write_segment(&self, blocks: &[&Block]) -> Result<()> {
         let stamp = self.stamp();
+        let entries = self.write_segment_at(stamp, blocks).await?;
+        let segment = Arc::new(Path::from(stamp.name(&self.prefix, "seg", "seg")));
+        self.state.lock().add_segment(stamp, segment, entries);
+        Ok(())
+    }
+
+    /// Stores `blocks` as the segment `stamp`, then its index; returns the entries.
+    async fn write_segment_at(&self, stamp: Stamp, blocks: &[&Block]) -> Result<Vec<Entry>> {
         let total: usize = blocks.iter().map(|b| b.data.len()).sum();
         let mut data = BytesMut::with_capacity(total);
         let mut entries = Vec::with_capacity(blocks.len());
@@ -242,16 +287,7 @@ impl BlobTier {
         let index = stamp.name(&self.prefix, "idx", "idx");
         self.put_object(&segment, data.freeze()).await?;
         self.put_object(&index, format::encode_index(&entries)).await?;
-        let segment = Arc::new(Path::from(segment));
-        let mut state = self.state.lock();
-        for e in entries {
-            state.used += e.len;
-            let loc = Location { segment: segment.clone(), stamp, offset: e.offset, len: e.len, crc32c: e.crc32c };
-            if let Some(old) = state.index.insert(e.key, loc) {
-                state.used -= old.len;
-            }
-        }
-        Ok(())
+        Ok(entries)
     }
 
     async fn put_object(&self, name: &str, bytes: Bytes) -> Result<()> {
@@ -349,10 +385,8 @@ impl BlobTier {
     /// Drops a copy that cannot be read (damaged, or its segment vanished) from the index.
     fn forget(&self, key: &BlockKey, loc: &Location) {
         let mut state = self.state.lock();
-        if state.index.get(key).is_some_and(|l| l.stamp == loc.stamp)
-            && let Some(old) = state.index.remove(key)
-        {
-            state.used -= old.len;
+        if state.index.get(key).is_some_and(|l| l.stamp == loc.stamp) {
+            state.remove(key, None);
         }
     }
 
@@ -375,15 +409,8 @@ impl BlobTier {
                 .collect();
         }
         let mut state = self.state.lock();
-        keys.iter()
-            .map(|k| {
-                let gone = state.index.get(k).is_some_and(|l| l.stamp < stamp);
-                if gone && let Some(old) = state.index.remove(k) {
-                    state.used -= old.len;
-                }
-                Ok(gone)
-            })
-            .collect()
+        state.deletions.insert(stamp);
+        keys.iter().map(|k| Ok(state.remove(k, Some(stamp)).is_some())).collect()
     }
 }
 

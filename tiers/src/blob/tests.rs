@@ -155,3 +155,47 @@ async fn wrong_credentials_and_a_missing_container_are_clear_errors() {
     let err = err.to_string();
     assert!(err.contains("list p/idx") && err.contains("ContainerNotFound"), "{err}");
 }
+
+#[tokio::test]
+async fn compaction_rewrites_sparse_segments_and_what_it_keeps_survives_a_reopen() {
+    use crate::{Block, BlockKey, TierExt, conformance::pattern};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/kv", dir.path().display());
+    let open = || BlobTierBuilder::new(&url).segment_size(256 << 10).open();
+    let tier = open().await.unwrap();
+    let blocks: Vec<Block> =
+        (0..12).map(|i| Block::new(BlockKey::parse("t/m", &[i as u8; 8]).unwrap(), pattern(i, 64 << 10))).collect();
+    tier.put_batch(&blocks).await.into_iter().for_each(|r| assert!(r.is_ok()));
+    let count = |d: &str| std::fs::read_dir(dir.path().join("kv").join(d)).map_or(0, |r| r.count());
+    assert_eq!(count("seg"), 3, "12 blocks of 64 KiB in 256 KiB segments");
+    // Segment 1: 3 of 4 deleted (25% live). Segment 2: all deleted. Segment 3: untouched.
+    let gone: Vec<BlockKey> = [0, 1, 2, 4, 5, 6, 7].iter().map(|&i| blocks[i].key.clone()).collect();
+    assert!(tier.delete_batch(&gone).await.into_iter().all(|r| r.unwrap()));
+    let used = tier.usage().await.unwrap().used;
+
+    let report = tier.compact(0.5).await.unwrap();
+    assert_eq!((report.segments_removed, report.blocks_moved), (2, 1), "{report:?}");
+    // The deletion record stays: segment 3 is older than it (records are kept conservatively).
+    assert_eq!(report.deletions_removed, 0);
+    assert_eq!((count("seg"), count("idx"), count("del")), (2, 2, 1));
+    assert_eq!(tier.usage().await.unwrap().used, used, "compaction moves bytes, it does not lose them");
+    assert_eq!(tier.compact(0.5).await.unwrap(), super::Compaction::default(), "nothing left to do");
+    // Once every segment older than it is gone, so is the deletion record.
+    let rest: Vec<BlockKey> = (8..12).map(|i| blocks[i].key.clone()).collect();
+    tier.delete_batch(&rest).await;
+    let report = tier.compact(0.5).await.unwrap();
+    assert_eq!((report.segments_removed, report.deletions_removed), (1, 1), "{report:?}");
+    let used = tier.usage().await.unwrap().used;
+
+    drop(tier);
+    let tier = open().await.unwrap();
+    assert_eq!(tier.usage().await.unwrap().used, used);
+    for (i, b) in blocks.iter().enumerate() {
+        let got = tier.get(&b.key).await.unwrap();
+        if gone.contains(&b.key) || i >= 8 {
+            assert!(got.is_none(), "block {i} was deleted");
+        } else {
+            assert_eq!(got.expect("kept").data, b.data, "block {i}");
+        }
+    }
+}

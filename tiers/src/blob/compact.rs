@@ -1,0 +1,97 @@
+//! Compaction: segments whose live fraction fell below a threshold are rewritten (their live
+//! blocks into new segments) and removed, and deletion records no segment needs any more
+//! are removed with them.
+//!
+//! Ordering makes it safe against concurrent puts and deletes, and against a crash at any
+//! point: the new segment's stamp is taken *before* its blocks are read, so a delete that
+//! races the rewrite has a later stamp and still wins on replay; in memory a key moves to
+//! the new segment only if it still points at the old one; the old objects are deleted only
+//! after the new segment and its index are stored (a crash in between leaves both, and the
+//! newer wins on replay).
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+
+use super::{BlobTier, Location, format::Stamp};
+use crate::{Block, Result};
+
+/// What one [`BlobTier::compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Segments removed (rewritten or empty).
+    pub segments_removed: usize,
+    /// Live blocks copied into new segments.
+    pub blocks_moved: usize,
+    /// Bytes copied.
+    pub bytes_moved: u64,
+    /// Deletion records removed.
+    pub deletions_removed: usize,
+}
+
+impl BlobTier {
+    /// Rewrites every segment whose live bytes are below `min_live_fraction` of its size
+    /// (0.0..=1.0), then removes what no segment needs any more.
+    pub async fn compact(&self, min_live_fraction: f64) -> Result<Compaction> {
+        let victims: Vec<(Stamp, Arc<Path>)> = {
+            let state = self.state.lock();
+            state
+                .segments
+                .iter()
+                .filter(|(_, s)| (s.live as f64) < min_live_fraction * s.total as f64)
+                .map(|(stamp, s)| (*stamp, s.path.clone()))
+                .collect()
+        };
+        let mut report = Compaction::default();
+        for (stamp, path) in victims {
+            let live: Vec<(crate::BlockKey, Location)> = {
+                let state = self.state.lock();
+                state.index.iter().filter(|(_, l)| l.stamp == stamp).map(|(k, l)| (k.clone(), l.clone())).collect()
+            };
+            if !live.is_empty() {
+                let new_stamp = self.stamp(); // before reading: see the module comment
+                let mut blocks = Vec::with_capacity(live.len());
+                for (key, loc) in &live {
+                    if let Some(block) = self.read_one(key, Some(loc.clone())).await? {
+                        blocks.push(block);
+                    }
+                }
+                let refs: Vec<&Block> = blocks.iter().collect();
+                let entries = self.write_segment_at(new_stamp, &refs).await?;
+                report.blocks_moved += entries.len();
+                report.bytes_moved += entries.iter().map(|e| e.len).sum::<u64>();
+                let segment = Arc::new(Path::from(new_stamp.name(&self.prefix, "seg", "seg")));
+                let mut state = self.state.lock();
+                // Keys deleted or stored again meanwhile keep what they have now.
+                let moved: Vec<_> =
+                    entries.into_iter().filter(|e| state.index.get(&e.key).is_some_and(|l| l.stamp == stamp)).collect();
+                state.add_segment(new_stamp, segment, moved);
+            }
+            // Index first: without it the segment is never read again, even if its delete fails.
+            self.delete_object(&stamp.name(&self.prefix, "idx", "idx")).await?;
+            self.delete_object(&path.to_string()).await?;
+            self.state.lock().segments.remove(&stamp);
+            report.segments_removed += 1;
+        }
+        // A deletion record only matters to segments older than it.
+        let stale: Vec<Stamp> = {
+            let state = self.state.lock();
+            let oldest = state.segments.keys().next().copied();
+            state.deletions.iter().filter(|d| oldest.is_none_or(|o| **d < o)).copied().collect()
+        };
+        for d in stale {
+            self.delete_object(&d.name(&self.prefix, "del", "del")).await?;
+            self.state.lock().deletions.remove(&d);
+            report.deletions_removed += 1;
+        }
+        tracing::info!(tier = %self, ?report, "blob: compacted");
+        Ok(report)
+    }
+
+    async fn delete_object(&self, name: &str) -> Result<()> {
+        match self.store.delete(&Path::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_error("delete", name, e)),
+        }
+    }
+}
