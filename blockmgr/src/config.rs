@@ -4,7 +4,7 @@
 //! `./kvtier-data`, gRPC on 127.0.0.1:50051, metrics on 127.0.0.1:50052. Sizes are written
 //! `"64MiB"`, `"1GiB"` (or plain byte counts), durations `"30s"`, `"500ms"`.
 
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -26,6 +26,8 @@ pub struct Config {
     pub ssd: SsdConfig,
     /// Shared-memory data plane for clients on this host.
     pub shm: ShmConfig,
+    /// The Blob tier (any object store).
+    pub blob: BlobConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -39,6 +41,7 @@ impl Default for Config {
             cpu: CpuConfig::default(),
             ssd: SsdConfig::default(),
             shm: ShmConfig::default(),
+            blob: BlobConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -196,6 +199,32 @@ impl Default for ShmConfig {
     }
 }
 
+/// `[blob]`: the last tier, in an object store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobConfig {
+    /// Where blocks go: `az://container/prefix` (Azure Blob), `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `file:///absolute/dir`, or a directory relative to `data_dir`.
+    /// Empty turns the tier off. Default `blob`: a local directory standing in for Blob.
+    pub url: String,
+    /// The store's options, as the `object_store` crate names them: for Azure
+    /// `azure_storage_account_name` and `azure_storage_account_key` (or
+    /// `azure_storage_sas_key`), `azure_storage_endpoint` for an emulator or sovereign
+    /// cloud; for S3 `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
+    /// `aws_endpoint`. Unset options are also read from the environment (`AZURE_*`, `AWS_*`).
+    /// Default none.
+    pub options: BTreeMap<String, String>,
+    /// Most bytes per segment object (blocks are packed into segments: a few PUTs per GiB
+    /// instead of one per block). Default 128 MiB.
+    pub segment_size: ByteSize,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        BlobConfig { url: "blob".into(), options: BTreeMap::new(), segment_size: ByteSize(128 << 20) }
+    }
+}
+
 /// One `[[shm.grants]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -300,10 +329,28 @@ impl Config {
         if self.shm.session_limit.0 < self.max_block_size.0 {
             return bad("shm.session_limit", "must be at least max_block_size");
         }
+        if self.blob.segment_size.0 < self.max_block_size.0 {
+            return bad("blob.segment_size", "must be at least max_block_size");
+        }
         if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
             return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");
         }
         Ok(())
+    }
+
+    /// The Blob tier's URL (a directory becomes a `file://` URL under `data_dir`), or `None`
+    /// when the tier is off.
+    pub fn blob_url(&self) -> Option<String> {
+        let url = self.blob.url.trim();
+        if url.is_empty() {
+            return None;
+        }
+        if url.contains("://") {
+            return Some(url.to_string());
+        }
+        let dir = self.in_data_dir(std::path::Path::new(url));
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        Some(format!("file://{}", dir.display()))
     }
 
     /// `path` resolved against `data_dir` unless absolute.

@@ -17,12 +17,14 @@ impl TierSet {
     pub const EMPTY: TierSet = TierSet(0);
     const CPU: u8 = 1;
     const SSD: u8 = 2;
+    const BLOB: u8 = 4;
 
     fn bit(kind: TierKind) -> u8 {
         match kind {
             TierKind::Cpu => Self::CPU,
             TierKind::Ssd => Self::SSD,
-            other => unreachable!("the index tracks cpu and ssd only, not {other}"),
+            TierKind::Blob => Self::BLOB,
+            other => unreachable!("the index tracks cpu, ssd and blob only, not {other}"),
         }
     }
 
@@ -57,6 +59,8 @@ impl TierSet {
             Some(TierKind::Cpu)
         } else if self.has(TierKind::Ssd) {
             Some(TierKind::Ssd)
+        } else if self.has(TierKind::Blob) {
+            Some(TierKind::Blob)
         } else {
             None
         }

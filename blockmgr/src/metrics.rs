@@ -29,6 +29,8 @@ pub struct Metrics {
     pub demotions: IntCounterVec,
     /// Blocks copied to a faster tier after a hit (`from`, `to`).
     pub promotions: IntCounterVec,
+    /// Reads issued to a tier below memory: one per key however many gets wait on it.
+    pub tier_reads: IntCounterVec,
     /// Copies that failed their checksum, by tier.
     pub checksum_failures: IntCounterVec,
     /// Blocks that left the node entirely to make room or after an error.
@@ -97,6 +99,11 @@ impl Metrics {
             evictions: counter("evictions_total", "Blocks removed from a tier to make room", &["tier"]),
             demotions: counter("demotions_total", "Blocks moved to a slower tier", &["from", "to"]),
             promotions: counter("promotions_total", "Blocks copied to a faster tier after a hit", &["from", "to"]),
+            tier_reads: counter(
+                "tier_reads_total",
+                "Reads issued to a tier below memory (one per key, however many gets wait on it)",
+                &["tier"],
+            ),
             checksum_failures: counter("checksum_failures_total", "Copies that failed their checksum", &["tier"]),
             dropped,
             demotion_queue,

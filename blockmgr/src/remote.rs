@@ -181,9 +181,10 @@ impl Tier for RemoteTier {
         Box::pin(async move {
             let s = self.client.stats().await.map_err(|e| self.error(e))?;
             Ok(s.tiers.iter().fold(TierUsage::default(), |u, t| TierUsage {
-                capacity: u.capacity + t.capacity_bytes,
-                used: u.used + t.used_bytes,
-                blocks: u.blocks + t.blocks,
+                // Blob reports an unbounded capacity (u64::MAX).
+                capacity: u.capacity.saturating_add(t.capacity_bytes),
+                used: u.used.saturating_add(t.used_bytes),
+                blocks: u.blocks.saturating_add(t.blocks),
             }))
         })
     }

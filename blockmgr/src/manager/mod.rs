@@ -12,6 +12,7 @@
 //! - **lookup** reads only the index: the longest present prefix and each block's tier.
 
 mod arena;
+mod blob;
 mod movement;
 mod types;
 mod writer;
@@ -34,7 +35,8 @@ use std::{
 
 use bytes::BytesMut;
 use kvtier_tiers::{
-    Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, PutStatus, SsdTierBuilder, Tier, TierExt, TierKind,
+    BlobTier, BlobTierBuilder, Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, PutStatus, SsdTierBuilder,
+    Tier, TierExt, TierKind,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -63,10 +65,12 @@ struct Limits {
 pub(crate) struct Inner {
     cpu: Arc<CpuTier>,
     ssd: Option<Arc<dyn Tier>>,
+    blob: Option<Arc<BlobTier>>,
     index: Index,
     policy: CpuPolicy,
     locks: KeyLocks,
     ssd_reads: SingleFlight<GetOutcome>,
+    blob_reads: SingleFlight<GetOutcome>,
     read_slots: Semaphore,
     transfer: Arc<Semaphore>,
     reserved: Arc<AtomicU64>,
@@ -116,7 +120,19 @@ impl Manager {
         } else {
             None
         };
-        Self::with_tiers(cpu, ssd, config, metrics).await
+        let blob = match config.blob_url() {
+            None => None,
+            Some(url) => {
+                let tier = BlobTierBuilder::new(url)
+                    .options(config.blob.options.clone())
+                    .segment_size(config.blob.segment_size.0)
+                    .max_block_size(config.max_block_size.0)
+                    .open()
+                    .await?;
+                Some(Arc::new(tier))
+            }
+        };
+        Self::assemble(cpu, ssd, blob, config, metrics).await
     }
 
     /// Assembles a manager over tiers built by the caller (tests use a [`kvtier_tiers::MemoryTier`]
@@ -124,6 +140,16 @@ impl Manager {
     pub async fn with_tiers(
         cpu: CpuTier,
         ssd: Option<Arc<dyn Tier>>,
+        config: &Config,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        Self::assemble(cpu, ssd, None, config, metrics).await
+    }
+
+    async fn assemble(
+        cpu: CpuTier,
+        ssd: Option<Arc<dyn Tier>>,
+        blob: Option<Arc<BlobTier>>,
         config: &Config,
         metrics: Metrics,
     ) -> Result<Self, Error> {
@@ -141,10 +167,12 @@ impl Manager {
         let inner = Arc::new(Inner {
             cpu: Arc::new(cpu),
             ssd,
+            blob,
             index: Index::default(),
             policy,
             locks: KeyLocks::new(LOCK_STRIPES),
             ssd_reads: SingleFlight::new(),
+            blob_reads: SingleFlight::new(),
             read_slots: Semaphore::new(config.ssd.max_concurrent_reads),
             transfer: Arc::new(Semaphore::new(config.server.transfer_budget.0 as usize)),
             reserved: Arc::new(AtomicU64::new(0)),
@@ -159,6 +187,7 @@ impl Manager {
             started: Instant::now(),
         });
         inner.rebuild_index().await?;
+        inner.index_blob().await?;
         movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
         Ok(Manager { inner })
     }
@@ -252,21 +281,35 @@ impl Manager {
                 inner.count_hit(TierKind::Cpu, block.len(), started);
                 return GetOutcome::Hit { block, tier: TierKind::Cpu };
             }
-            if entry.tiers.has(TierKind::Ssd) {
-                let me = self.inner.clone();
-                let owned = key.clone();
-                let outcome = inner.ssd_reads.run(key, move || Box::pin(async move { me.read_ssd(owned).await })).await;
-                match &outcome {
-                    GetOutcome::Hit { block, tier } => inner.count_hit(*tier, block.len(), started),
-                    GetOutcome::Miss { reason: MissReason::NotFound, .. } => {
-                        drop(inner.locks.lock(key).await);
-                        continue;
-                    }
-                    GetOutcome::Miss { reason, .. } => inner.count_miss(*reason),
+            // Below memory: SSD, else Blob (read through), one read per key at a time.
+            let (flights, tier) = match entry.tiers {
+                t if t.has(TierKind::Ssd) => (&inner.ssd_reads, TierKind::Ssd),
+                t if t.has(TierKind::Blob) && inner.blob.is_some() => (&inner.blob_reads, TierKind::Blob),
+                _ => {
+                    drop(inner.locks.lock(key).await);
+                    continue;
                 }
-                return outcome;
+            };
+            let (me, owned) = (self.inner.clone(), key.clone());
+            let outcome = flights
+                .run(key, move || {
+                    Box::pin(async move {
+                        match tier {
+                            TierKind::Ssd => me.read_ssd(owned).await,
+                            _ => me.read_blob(owned).await,
+                        }
+                    })
+                })
+                .await;
+            match &outcome {
+                GetOutcome::Hit { block, tier } => inner.count_hit(*tier, block.len(), started),
+                GetOutcome::Miss { reason: MissReason::NotFound, .. } => {
+                    drop(inner.locks.lock(key).await);
+                    continue;
+                }
+                GetOutcome::Miss { reason, .. } => inner.count_miss(*reason),
             }
-            drop(inner.locks.lock(key).await);
+            return outcome;
         }
         inner.count_miss(MissReason::NotFound);
         GetOutcome::not_found()
@@ -292,6 +335,11 @@ impl Manager {
             {
                 tracing::warn!(%key, error = %e, "deleting the SSD copy failed");
             }
+            if let (true, Some(blob)) = (entry.tiers.has(TierKind::Blob), &inner.blob)
+                && let Err(e) = blob.delete(&key).await
+            {
+                tracing::warn!(%key, error = %e, "deleting the Blob copy failed");
+            }
             Ok(true)
         })
         .await
@@ -309,7 +357,8 @@ impl Manager {
         for tier in inner.tiers() {
             if let Ok(u) = tier.usage().await {
                 let label = tier.kind().as_str();
-                inner.metrics.tier_capacity.with_label_values(&[label]).set(u.capacity as i64);
+                let capacity = i64::try_from(u.capacity).unwrap_or(i64::MAX); // Blob: unbounded
+                inner.metrics.tier_capacity.with_label_values(&[label]).set(capacity);
                 inner.metrics.tier_used.with_label_values(&[label]).set(u.used as i64);
                 inner.metrics.tier_blocks.with_label_values(&[label]).set(u.blocks as i64);
             }
@@ -355,6 +404,7 @@ impl Inner {
     fn tiers(&self) -> Vec<Arc<dyn Tier>> {
         let mut tiers: Vec<Arc<dyn Tier>> = vec![self.cpu.clone()];
         tiers.extend(self.ssd.clone());
+        tiers.extend(self.blob.clone().map(|b| b as Arc<dyn Tier>));
         tiers
     }
 

@@ -206,6 +206,7 @@ impl Inner {
             return GetOutcome::not_found();
         };
         let Ok(_slot) = self.read_slots.acquire().await else { return GetOutcome::not_found() };
+        self.metrics.tier_reads.with_label_values(&["ssd"]).inc();
         match ssd.get(&key).await {
             // The key was deleted and stored again with other bytes while we read: not it.
             Ok(Some(block)) if !self.is_current(&block) => GetOutcome::not_found(),
@@ -214,7 +215,7 @@ impl Inner {
                 let copy = block.clone();
                 self.background.start();
                 tokio::spawn(async move {
-                    me.promote(copy).await;
+                    me.promote(copy, TierKind::Ssd).await;
                     me.background.finish();
                 });
                 let data = bytes::Bytes::from_owner(Budgeted(block.data, budget));
@@ -243,13 +244,13 @@ impl Inner {
 
     /// Whether `block` is the version the index has now (a read may race a delete and a
     /// put of the same key with other bytes).
-    fn is_current(&self, block: &Block) -> bool {
+    pub(super) fn is_current(&self, block: &Block) -> bool {
         self.index.get(&block.key).is_some_and(|e| e.len == block.len() && e.crc32c == block.crc32c)
     }
 
-    /// Copies an SSD hit into memory, if it is still indexed without a memory copy and
-    /// memory has room. moka may decline it, which sends it straight back out.
-    pub(super) async fn promote(&self, block: Block) {
+    /// Copies a hit from a slower tier (`from`) into memory, if it is still indexed without
+    /// a memory copy and memory has room. moka may decline it, which sends it straight back out.
+    pub(super) async fn promote(&self, block: Block, from: TierKind) {
         let _guard = self.locks.lock(&block.key).await;
         let Some(entry) = self.index.get(&block.key) else { return };
         if entry.tiers.has(TierKind::Cpu) || !self.is_current(&block) {
@@ -259,7 +260,7 @@ impl Inner {
             Ok(PutStatus::Stored) => {
                 self.index.set_tiers(&block.key, entry.tiers.with(TierKind::Cpu));
                 self.admitted(&block.key, block.len());
-                self.metrics.promotions.with_label_values(&["ssd", "cpu"]).inc();
+                self.metrics.promotions.with_label_values(&[from.as_str(), "cpu"]).inc();
             }
             // moka applies evictions lazily: let it catch up so later promotions find room.
             Err(e) if e.is_no_space() => self.policy.run_pending(),

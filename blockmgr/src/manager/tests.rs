@@ -398,7 +398,7 @@ async fn a_stale_ssd_read_is_neither_served_nor_promoted() {
     let new = Block::new(old.key.clone(), pattern(2, 100_000));
     assert!(m.delete(&old.key).await);
     m.put(new.clone(), Durability::Cache).await.unwrap();
-    m.inner.promote(old.clone()).await;
+    m.inner.promote(old.clone(), TierKind::Ssd).await;
     assert!(hit(m.get(&old.key).await).0.data == new.data, "the old bytes were not promoted over the new ones");
     assert_eq!(m.stats().await.promotions, 0);
 }

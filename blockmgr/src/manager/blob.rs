@@ -1,0 +1,90 @@
+//! The Blob tier in the manager: what it holds is indexed at start (so a node with an empty
+//! disk serves every block under its prefix), and a block found only there is read through
+//! (one GET per key however many readers ask at once) and cached in memory on the way back.
+
+use std::sync::Arc;
+
+use kvtier_tiers::{BlockKey, Error as TierError, Tier, TierExt, TierKind};
+
+use super::{Budgeted, Inner};
+use crate::{
+    Error, GetOutcome, MissReason,
+    index::{Entry, TierSet},
+};
+
+impl Inner {
+    /// Indexes the Blob tier's blocks. Runs after SSD recovery: a block in both keeps both
+    /// copies; where the two differ (a key stored again locally) the local one wins.
+    pub(super) async fn index_blob(&self) -> Result<(), Error> {
+        let Some(blob) = &self.blob else { return Ok(()) };
+        let blocks = blob.blocks().await?;
+        for b in &blocks {
+            match self.index.get(&b.key) {
+                Some(e) if e.len == b.len && e.crc32c == b.crc32c => {
+                    self.index.set_tiers(&b.key, e.tiers.with(TierKind::Blob));
+                }
+                Some(_) => {}
+                None => {
+                    let entry = Entry { len: b.len, crc32c: b.crc32c, tiers: TierSet::of(TierKind::Blob) };
+                    self.index.insert(b.key.clone(), entry);
+                }
+            }
+        }
+        tracing::info!(blocks = blocks.len(), tier = %blob, "blob blocks indexed");
+        Ok(())
+    }
+
+    /// One Blob read of `key` (callers coalesce through single flight). A good copy is
+    /// cached in memory, then returned; a bad or vanished one leaves the index.
+    pub(super) async fn read_blob(self: Arc<Self>, key: BlockKey) -> GetOutcome {
+        let blob = self.blob.clone().expect("indexed in Blob implies a Blob tier");
+        let Some(entry) = self.index.get(&key) else { return GetOutcome::not_found() };
+        // A flight that ended just before this one started has cached the block already.
+        if entry.tiers.has(TierKind::Cpu)
+            && let Ok(Some(block)) = self.cpu.get(&key).await
+        {
+            return GetOutcome::Hit { block, tier: TierKind::Cpu };
+        }
+        let Ok(budget) = self.transfer.clone().acquire_many_owned(self.budget_permits(entry.len)).await else {
+            return GetOutcome::not_found();
+        };
+        self.metrics.tier_reads.with_label_values(&["blob"]).inc();
+        match blob.get(&key).await {
+            Ok(Some(block)) if !self.is_current(&block) => GetOutcome::not_found(),
+            Ok(Some(block)) => {
+                // Cached before the flight ends (unlike an SSD hit, promoted in the
+                // background): a get arriving after it finds memory, not a second GET.
+                self.promote(block.clone(), TierKind::Blob).await;
+                let data = bytes::Bytes::from_owner(Budgeted(block.data, budget));
+                let block = kvtier_tiers::Block::with_crc32c(key, data, block.crc32c);
+                GetOutcome::Hit { block, tier: TierKind::Blob }
+            }
+            Ok(None) => {
+                self.drop_blob_copy(&key).await;
+                GetOutcome::Miss { reason: MissReason::NotFound, message: format!("{key}: no longer in {blob}") }
+            }
+            Err(e @ TierError::ChecksumMismatch { .. }) => {
+                self.metrics.checksum_failures.with_label_values(&["blob"]).inc();
+                tracing::warn!(error = %e, "dropping a corrupt Blob copy");
+                self.drop_blob_copy(&key).await;
+                GetOutcome::Miss { reason: MissReason::ChecksumMismatch, message: e.to_string() }
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "Blob read failed");
+                GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() }
+            }
+        }
+    }
+
+    async fn drop_blob_copy(&self, key: &BlockKey) {
+        let _guard = self.locks.lock(key).await;
+        if let Some(entry) = self.index.get(key) {
+            let tiers = entry.tiers.without(TierKind::Blob);
+            if tiers.is_empty() {
+                self.index.remove(key);
+            } else {
+                self.index.set_tiers(key, tiers);
+            }
+        }
+    }
+}
