@@ -2,6 +2,7 @@
 //! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier) with the ratio; `--json` prints one
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
+mod blob;
 mod report;
 mod server;
 mod shm;
@@ -67,6 +68,15 @@ enum Command {
         #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// The Blob tier (segment packing) vs a plain object_store put loop, on a real Azurite
+    Blob {
+        #[arg(long, default_value_t = 2048)]
+        size_kib: usize,
+        #[arg(long, default_value_t = 1024)]
+        total_mib: usize,
+        #[arg(long, default_value_t = 64)]
+        segment_mib: usize,
+    },
     /// kvtier's vLLM tier vs vLLM 0.32's own `fs` tier on the same disk: store, lookup, load.
     Vllm {
         /// Chunk size in KiB.
@@ -108,6 +118,11 @@ async fn main() -> Result<()> {
             let (count, rounds) = if cli.quick { (16, 1) } else { (count, 5) };
             let args = shm::Args { size: size_kib << 10, count, rounds, python };
             shm::run(&args, scratch.path(), &mut out).await
+        }
+        Command::Blob { size_kib, total_mib, segment_mib } => {
+            let (total_mib, samples) = if cli.quick { (64, 16) } else { (total_mib, 200) };
+            let args = blob::Args { size: size_kib << 10, total: total_mib << 20, segment: segment_mib << 20, samples };
+            blob::run(&args, scratch.path(), &mut out).await
         }
         Command::Vllm { size_kib, count, memory_mib, python } => {
             let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };

@@ -27,6 +27,17 @@ impl Result {
         Result { bench, value, baseline, ratio: value / baseline, unit: "MiB/s", baseline_name }
     }
 
+    /// A count per unit of work (lower is better), e.g. PUTs per GiB.
+    pub(crate) fn fewer(
+        bench: String,
+        value: f64,
+        baseline: f64,
+        unit: &'static str,
+        baseline_name: &'static str,
+    ) -> Self {
+        Result { bench, value, baseline, ratio: baseline / value, unit, baseline_name }
+    }
+
     /// A latency result in microseconds (lower is better).
     pub(crate) fn latency(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
         Result { bench, value, baseline, ratio: baseline / value, unit: "us", baseline_name }

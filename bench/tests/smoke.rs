@@ -39,3 +39,12 @@ fn server_bench_prints_ratios() {
     let results = run(&["server", "--quick", "--json", "--size-kib", "256", "--concurrency", "2"]);
     check(&results, &["grpc_put_256KiB_qd2", "grpc_get_256KiB_qd2", "grpc_put_256KiB_qd2_p99"]);
 }
+
+#[test]
+fn blob_bench_prints_ratios_against_azurite() {
+    let results = run(&["blob", "--quick", "--json", "--segment-mib", "16"]);
+    check(&results, &["blob_write_2MiB", "blob_puts_per_gib_2MiB", "blob_bytes_per_byte_2MiB", "blob_read_p50_2MiB"]);
+    // 64 MiB in 16 MiB segments: 4 segments and 4 indexes, against 32 single-block PUTs.
+    let puts = results.iter().find(|r| r["bench"] == "blob_puts_per_gib_2MiB").unwrap();
+    assert_eq!((puts["value"].as_f64(), puts["baseline"].as_f64()), (Some(128.0), Some(512.0)), "{puts}");
+}
