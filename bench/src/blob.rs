@@ -6,11 +6,14 @@
 //! Blob per byte stored (goal 1.0), and the latency of reading one block back (a ranged GET
 //! inside a segment, checked, against a GET of the block's own object).
 
-use std::{process::Command, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{BlobTierBuilder, Block, BlockKey, Tier, TierExt, conformance::pattern};
+use kvtier_tiers::{
+    BlobTierBuilder, Block, BlockKey, Tier, TierExt,
+    conformance::{Azurite, pattern},
+};
 use object_store::{ObjectStore, path::Path};
 
 use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
@@ -24,21 +27,12 @@ pub(crate) struct Args {
     pub(crate) samples: usize,
 }
 
-const KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 /// Bytes in flight, the same for both writers: four segments, or as many single blocks.
 const SEGMENTS_IN_FLIGHT: usize = 4;
 
-pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
-    let azurite = Azurite::start(&dir.join("azurite"))?;
-    let options: Vec<(String, String)> = [
-        ("azure_storage_account_name", "devstoreaccount1"),
-        ("azure_storage_account_key", KEY),
-        ("azure_storage_endpoint", azurite.endpoint.as_str()),
-        ("azure_allow_http", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+pub(crate) async fn run(args: &Args, out: &mut Reporter) -> Result<()> {
+    let azurite = Azurite::start();
+    let options = azurite.options();
     let count = args.total / args.size;
     let blocks: Vec<Block> = (0..count)
         .map(|i| {
@@ -150,28 +144,4 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         "GET of its own object",
     ));
     Ok(())
-}
-
-/// An Azurite for the run; killed when dropped.
-struct Azurite {
-    endpoint: String,
-    pid: i32,
-}
-
-impl Azurite {
-    fn start(dir: &std::path::Path) -> Result<Azurite> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
-        let out = Command::new(script).arg("start").arg(dir).output().context("running scripts/azurite.sh")?;
-        ensure!(out.status.success(), "azurite did not start: {}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8(out.stdout)?;
-        let (endpoint, pid) = line.trim().split_once(' ').context("endpoint and pid")?;
-        Ok(Azurite { endpoint: endpoint.into(), pid: pid.parse()? })
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        // SAFETY: signalling the process the script started for us.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-    }
 }

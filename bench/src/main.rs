@@ -122,7 +122,7 @@ async fn main() -> Result<()> {
         Command::Blob { size_kib, total_mib, segment_mib } => {
             let (total_mib, samples) = if cli.quick { (64, 16) } else { (total_mib, 200) };
             let args = blob::Args { size: size_kib << 10, total: total_mib << 20, segment: segment_mib << 20, samples };
-            blob::run(&args, scratch.path(), &mut out).await
+            blob::run(&args, &mut out).await
         }
         Command::Vllm { size_kib, count, memory_mib, python } => {
             let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };

@@ -3,7 +3,7 @@
 //! Every implementation (and every wrapper, and the gRPC-backed tier of the block manager)
 //! runs [`run_all`] from its own tests. Differences in capability are parameters of
 //! [`Subject`], not forks of the suite. Compiled for tests and under the `conformance`
-//! feature.
+//! feature. [`Azurite`] starts a real Azure Blob emulator for tests and benchmarks.
 
 use std::{fmt, sync::Arc};
 
@@ -279,4 +279,55 @@ pub async fn reopen_recovers(subject: &Subject) {
     assert_eq!(tier.put(more.clone()).await.unwrap(), PutStatus::Stored, "a reopened tier takes new blocks");
     let keys: Vec<BlockKey> = blocks.into_iter().map(|b| b.key).chain([more.key]).collect();
     tier.delete_batch(&keys).await;
+}
+
+/// The Azure Blob emulator's well-known account key (account `devstoreaccount1`).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A running Azurite with the container `kvtier`, started by `scripts/azurite.sh` (which
+/// installs it from npm on first use); killed when dropped.
+#[derive(Debug)]
+pub struct Azurite {
+    /// Its Blob endpoint, e.g. `http://127.0.0.1:41234/devstoreaccount1`.
+    pub endpoint: String,
+    pid: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts one on a free port with a fresh workspace. Panics with its log if it cannot.
+    pub fn start() -> Azurite {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("running scripts/azurite.sh");
+        assert!(out.status.success(), "azurite: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).expect("utf-8");
+        let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
+        Azurite { endpoint: endpoint.into(), pid: pid.parse().expect("a pid"), _dir: dir }
+    }
+
+    /// `object_store`'s options for it (the emulator's account and key).
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("azure_storage_account_name", "devstoreaccount1"),
+            ("azure_storage_account_key", AZURITE_KEY),
+            ("azure_storage_endpoint", self.endpoint.as_str()),
+            ("azure_allow_http", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process the script started for us.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
 }

@@ -1,55 +1,16 @@
 //! The Blob tier against the local-directory backend and a real Azurite (started by
 //! `scripts/azurite.sh`, which installs it from npm on first use).
 
-use std::{process::Command, sync::Arc};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::{ObjectStore, path::Path};
 
 use super::{BlobTierBuilder, format};
-use crate::{Tier, conformance::Subject};
-
-/// A running Azurite with the container `kvtier`; stopped when dropped.
-pub(crate) struct Azurite {
-    pub(crate) endpoint: String,
-    pid: u32,
-    _dir: tempfile::TempDir,
-}
-
-impl Azurite {
-    pub(crate) fn start() -> Azurite {
-        let dir = tempfile::tempdir().unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
-        let out = Command::new(script).arg("start").arg(dir.path()).output().expect("running scripts/azurite.sh");
-        assert!(out.status.success(), "azurite: {}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8(out.stdout).unwrap();
-        let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
-        Azurite { endpoint: endpoint.into(), pid: pid.parse().unwrap(), _dir: dir }
-    }
-
-    /// object_store's options for this Azurite (the emulator's account and key).
-    pub(crate) fn options(&self) -> Vec<(String, String)> {
-        [
-            ("azure_storage_account_name", "devstoreaccount1"),
-            (
-                "azure_storage_account_key",
-                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-            ),
-            ("azure_storage_endpoint", &self.endpoint),
-            ("azure_allow_http", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        // SAFETY: signalling the child the script started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-    }
-}
+use crate::{
+    Tier,
+    conformance::{Azurite, Subject},
+};
 
 fn subject(url: String, options: Vec<(String, String)>) -> Subject {
     let (url2, options2) = (url.clone(), options.clone());
