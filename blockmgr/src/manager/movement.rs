@@ -221,7 +221,24 @@ impl Inner {
                 let data = bytes::Bytes::from_owner(Budgeted(block.data, budget));
                 GetOutcome::Hit { block: Block::with_crc32c(key, data, block.crc32c), tier: TierKind::Ssd }
             }
-            Ok(None) => GetOutcome::not_found(),
+            Ok(None) => {
+                // Gone from SSD without the index saying so (a mover updates both under the
+                // key's lock, which we wait for): forget the SSD copy, so the get looks in the
+                // next tier (Blob) instead of asking SSD again.
+                let _guard = self.locks.lock(&key).await;
+                if let Some(entry) = self.index.get(&key)
+                    && entry.tiers.has(TierKind::Ssd)
+                    && !ssd.contains(&key).await.unwrap_or(true)
+                {
+                    let tiers = entry.tiers.without(TierKind::Ssd);
+                    if tiers.is_empty() {
+                        self.index.remove(&key);
+                    } else {
+                        self.index.set_tiers(&key, tiers);
+                    }
+                }
+                GetOutcome::not_found()
+            }
             Err(e @ TierError::ChecksumMismatch { .. }) => {
                 self.metrics.checksum_failures.with_label_values(&["ssd"]).inc();
                 tracing::warn!(error = %e, "dropping a corrupt SSD copy");

@@ -3,8 +3,9 @@
 //! are removed with them.
 //!
 //! Ordering makes it safe against concurrent puts and deletes, and against a crash at any
-//! point: the new segment's stamp is taken *before* its blocks are read, so a delete that
-//! races the rewrite has a later stamp and still wins on replay; in memory a key moves to
+//! point: the live blocks are picked and the new segment's stamp taken while no delete is
+//! between its stamp and its removal (`BlobTier::stamping`), before the blocks are read, so
+//! a delete either was seen or has a later stamp and still wins on replay; in memory a key moves to
 //! the new segment only if it still points at the old one; the old objects are deleted only
 //! after the new segment and its index are stored (a crash in between leaves both, and the
 //! newer wins on replay).
@@ -33,28 +34,38 @@ impl BlobTier {
     /// Rewrites every segment whose live bytes are below `min_live_fraction` of its size
     /// (0.0..=1.0), then removes what no segment needs any more.
     pub async fn compact(&self, min_live_fraction: f64) -> Result<Compaction> {
+        let _one_at_a_time = self.compacting.lock().await;
         let victims: Vec<(Stamp, Arc<Path>)> = {
             let state = self.state.lock();
             state
                 .segments
                 .iter()
-                .filter(|(_, s)| (s.live as f64) < min_live_fraction * s.total as f64)
+                .filter(|(_, s)| s.live == 0 || (s.live as f64) < min_live_fraction * s.total as f64)
                 .map(|(stamp, s)| (*stamp, s.path.clone()))
                 .collect()
         };
         let mut report = Compaction::default();
         for (stamp, path) in victims {
-            let live: Vec<(crate::BlockKey, Location)> = {
+            // No delete is between taking its stamp and applying it while we pick the live
+            // blocks and take ours (see `BlobTier::stamping`).
+            let (live, new_stamp) = {
+                let _exclusive = self.stamping.write().await;
                 let state = self.state.lock();
-                state.index.iter().filter(|(_, l)| l.stamp == stamp).map(|(k, l)| (k.clone(), l.clone())).collect()
+                let live: Vec<(crate::BlockKey, Location)> =
+                    state.index.iter().filter(|(_, l)| l.stamp == stamp).map(|(k, l)| (k.clone(), l.clone())).collect();
+                drop(state);
+                let new_stamp = (!live.is_empty()).then(|| self.stamp()); // before reading: see above
+                (live, new_stamp)
             };
-            if !live.is_empty() {
-                let new_stamp = self.stamp(); // before reading: see the module comment
+            if let Some(new_stamp) = new_stamp {
                 let mut blocks = Vec::with_capacity(live.len());
                 for (key, loc) in &live {
                     if let Some(block) = self.read_one(key, Some(loc.clone())).await? {
                         blocks.push(block);
                     }
+                }
+                if blocks.is_empty() {
+                    continue; // nothing readable left to move; the segment stays for a later pass
                 }
                 let refs: Vec<&Block> = blocks.iter().collect();
                 let entries = self.write_segment_at(new_stamp, &refs).await?;

@@ -9,6 +9,11 @@
 //! replays them in order, so a node with an empty disk serves every block under the prefix.
 //! The object layout is in `format.rs`. Blob is the last tier: it never evicts and never
 //! fills (`capacity` is reported as `u64::MAX`).
+//!
+//! One writer per prefix: a tier's view is its own replay plus its own writes, so a second
+//! process writing, deleting or compacting under the same prefix is not seen until the
+//! next open (and a compaction by one removes segments the other still points at). Readers
+//! may share a prefix with its writer; segments never change once written.
 
 mod compact;
 mod format;
@@ -158,6 +163,8 @@ impl BlobTierBuilder {
             segment_size: self.segment_size.max(1),
             max_block_size: self.max_block_size,
             state: Mutex::new(State::default()),
+            stamping: tokio::sync::RwLock::new(()),
+            compacting: tokio::sync::Mutex::new(()),
         };
         tier.rebuild().await?;
         Ok(tier)
@@ -173,6 +180,12 @@ pub struct BlobTier {
     segment_size: u64,
     max_block_size: u64,
     state: Mutex<State>,
+    /// Deletes hold it shared from taking their stamp until their keys are removed;
+    /// compaction holds it exclusively while it picks live blocks and takes its stamp. So a
+    /// delete is either seen by compaction's snapshot, or stamped after the rewrite.
+    stamping: tokio::sync::RwLock<()>,
+    /// One compaction at a time.
+    compacting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for BlobTier {
@@ -225,7 +238,15 @@ impl BlobTier {
         let mut state = self.state.lock();
         for ((stamp, is_index, path), body) in records.iter().zip(bodies) {
             state.next_seq = state.next_seq.max(stamp.seq);
-            let body = body?;
+            let body = match body {
+                Ok(b) => b,
+                // Listed, then gone: removed by a compaction since (another process's).
+                Err(Error::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {
+                    tracing::warn!(object = %path, "blob: a listed record vanished before it was read; skipped");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if *is_index {
                 let entries = match format::decode_index(&body) {
                     Ok(e) => e,
@@ -399,6 +420,7 @@ impl BlobTier {
             return keys.iter().map(|_| Ok(false)).collect();
         }
         // The record goes first: a delete acknowledged is a delete that survives a restart.
+        let _stamping = self.stamping.read().await;
         let stamp = self.stamp();
         let name = stamp.name(&self.prefix, "del", "del");
         if let Err(e) = self.put_object(&name, format::encode_deletes(&present)).await {
