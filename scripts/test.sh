@@ -49,6 +49,6 @@ venv="$(scripts/python-env.sh)"
 # `pip install` of the package from the repo, as a user would (maturin builds the wheel).
 "$venv/bin/pip" install --quiet ./connectors/python
 cargo build --locked --bin kvtier --bin kvtier-bench
-KVTIER_BIN="$PWD/target/debug/kvtier" KVTIER_BENCH_BIN="$PWD/target/debug/kvtier-bench" "$venv/bin/python" -m pytest -v -p no:cacheprovider connectors/python/tests
+KVTIER_BIN="$PWD/target/debug/kvtier" KVTIER_BENCH_BIN="$PWD/target/debug/kvtier-bench" "$venv/bin/python" -m pytest -v -p no:cacheprovider -o tmp_path_retention_policy=failed connectors/python/tests
 
 step "all tests passed"
