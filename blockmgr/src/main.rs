@@ -285,12 +285,19 @@ pub(crate) fn render_stats(s: &Stats) -> String {
         "evictions"
     );
     for t in &s.tiers {
-        let pct = (100 * t.used_bytes).checked_div(t.capacity_bytes).unwrap_or(0);
+        // Blob reports u64::MAX: it never fills.
+        let used = match t.capacity_bytes {
+            u64::MAX => format!("{} (unbounded)", human_bytes(t.used_bytes)),
+            cap => {
+                let pct = (100 * t.used_bytes).checked_div(cap).unwrap_or(0);
+                format!("{} / {} ({pct}%)", human_bytes(t.used_bytes), human_bytes(cap))
+            }
+        };
         out += &format!(
             "{:<5} {:<40} {:>22} {:>8} {:>8} {:>10} {:>10} {:>9}\n",
             t.tier.as_str(),
             t.name,
-            format!("{} / {} ({pct}%)", human_bytes(t.used_bytes), human_bytes(t.capacity_bytes)),
+            used,
             t.blocks,
             t.hits,
             human_bytes(t.bytes_read),
