@@ -79,12 +79,7 @@ impl Inner {
     async fn drop_blob_copy(&self, key: &BlockKey) {
         let _guard = self.locks.lock(key).await;
         if let Some(entry) = self.index.get(key) {
-            let tiers = entry.tiers.without(TierKind::Blob);
-            if tiers.is_empty() {
-                self.index.remove(key);
-            } else {
-                self.index.set_tiers(key, tiers);
-            }
+            self.index.set_tiers(key, entry.tiers.without(TierKind::Blob)); // none left: removed
         }
     }
 }

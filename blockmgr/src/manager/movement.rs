@@ -230,12 +230,7 @@ impl Inner {
                     && entry.tiers.has(TierKind::Ssd)
                     && !ssd.contains(&key).await.unwrap_or(true)
                 {
-                    let tiers = entry.tiers.without(TierKind::Ssd);
-                    if tiers.is_empty() {
-                        self.index.remove(&key);
-                    } else {
-                        self.index.set_tiers(&key, tiers);
-                    }
+                    self.index.set_tiers(&key, entry.tiers.without(TierKind::Ssd)); // none left: removed
                 }
                 GetOutcome::not_found()
             }

@@ -14,7 +14,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::{BlockKey, Key, Namespace};
+use crate::BlockKey;
 
 const MAGIC: &[u8; 8] = b"KVTBLOB1";
 const KIND_INDEX: u8 = 1;
@@ -136,8 +136,7 @@ fn get_key(body: &mut &[u8]) -> Result<BlockKey, String> {
     };
     let ns = String::from_utf8(part("namespace")?).map_err(|_| "a namespace that is not UTF-8".to_string())?;
     let key = part("key")?;
-    let ns = Namespace::new(&ns).map_err(|e| e.to_string())?;
-    Ok(BlockKey::new(ns, Key::new(&key).map_err(|e| e.to_string())?))
+    BlockKey::parse(&ns, &key).map_err(|e| e.to_string())
 }
 
 fn need(body: &[u8], n: usize) -> Result<(), String> {
@@ -147,6 +146,7 @@ fn need(body: &[u8], n: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Key, Namespace};
 
     fn key(i: u8) -> BlockKey {
         BlockKey::new(Namespace::new("t/m").unwrap(), Key::new(&[i; 5]).unwrap())
