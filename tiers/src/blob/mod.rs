@@ -322,13 +322,15 @@ impl BlobTier {
     async fn put_blocks(&self, blocks: &[Block]) -> Vec<Result<PutStatus>> {
         let mut results: Vec<Option<Result<PutStatus>>> = Vec::with_capacity(blocks.len());
         let mut fresh: Vec<usize> = Vec::new();
+        let mut seen: std::collections::HashSet<&BlockKey> = std::collections::HashSet::new();
         {
             let state = self.state.lock();
             for (i, b) in blocks.iter().enumerate() {
                 results.push(match check_block_size(&b.key, b.data.len() as u64, self.max_block_size) {
                     Err(e) => Some(Err(e)),
                     Ok(()) if state.index.contains_key(&b.key) => Some(Ok(PutStatus::Existed)),
-                    Ok(()) if fresh.iter().any(|&j| blocks[j].key == b.key) => Some(Ok(PutStatus::Existed)),
+                    // A key twice in one batch: the first is stored, the second is a no-op.
+                    Ok(()) if !seen.insert(&b.key) => Some(Ok(PutStatus::Existed)),
                     Ok(()) => {
                         fresh.push(i);
                         None
