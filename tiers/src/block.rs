@@ -24,7 +24,7 @@ pub fn check_block_size(key: &BlockKey, len: u64, max: u64) -> crate::Result<()>
 }
 
 /// An immutable block. Cloning shares the bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Block {
     /// Identity.
     pub key: BlockKey,
@@ -33,18 +33,36 @@ pub struct Block {
     /// CRC-32C of `data`, computed once when the block entered the store and checked by
     /// every tier that reads it back from a medium that can corrupt it.
     pub crc32c: u32,
+    /// Written with write-back durability: the node must not let its last local copy go
+    /// before the block is in the Blob tier. Tiers that persist blocks (SSD) record it, so
+    /// the mark survives a restart; it is not part of the block's identity.
+    pub durable: bool,
 }
+
+impl PartialEq for Block {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.crc32c == other.crc32c && self.data == other.data
+    }
+}
+
+impl Eq for Block {}
 
 impl Block {
     /// A block whose checksum is computed here.
     pub fn new(key: BlockKey, data: Bytes) -> Self {
         let crc32c = crc32c(&data);
-        Block { key, data, crc32c }
+        Block { key, data, crc32c, durable: false }
     }
 
     /// A block whose checksum the caller already computed over `data`.
     pub fn with_crc32c(key: BlockKey, data: Bytes, crc32c: u32) -> Self {
-        Block { key, data, crc32c }
+        Block { key, data, crc32c, durable: false }
+    }
+
+    /// The block marked (or not) as written with write-back durability.
+    pub fn with_durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
     }
 
     /// Length in bytes.
@@ -64,6 +82,7 @@ impl std::fmt::Debug for Block {
             .field("key", &self.key)
             .field("len", &self.data.len())
             .field("crc32c", &format_args!("{:#010x}", self.crc32c))
+            .field("durable", &self.durable)
             .finish()
     }
 }

@@ -451,7 +451,7 @@ impl Tier for CpuTier {
             Ok(self
                 .map
                 .iter()
-                .map(|e| BlockMeta { key: e.key().clone(), len: e.slot.len as u64, crc32c: e.crc32c })
+                .map(|e| BlockMeta { key: e.key().clone(), len: e.slot.len as u64, crc32c: e.crc32c, durable: false })
                 .collect())
         })
     }

@@ -97,7 +97,11 @@ impl Tier for MemoryTier {
     fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
         Box::pin(async move {
             let st = self.state.lock();
-            Ok(st.0.values().map(|b| BlockMeta { key: b.key.clone(), len: b.len(), crc32c: b.crc32c }).collect())
+            Ok(st
+                .0
+                .values()
+                .map(|b| BlockMeta { key: b.key.clone(), len: b.len(), crc32c: b.crc32c, durable: b.durable })
+                .collect())
         })
     }
 

@@ -72,6 +72,9 @@ pub struct BlockMeta {
     pub len: u64,
     /// CRC-32C of the bytes.
     pub crc32c: u32,
+    /// Stored with write-back durability ([`crate::Block::durable`]); only tiers that
+    /// persist blocks remember it.
+    pub durable: bool,
 }
 
 /// A storage tier: a bounded map from [`BlockKey`] to immutable bytes.

@@ -17,6 +17,7 @@
 
 mod compact;
 mod format;
+mod store;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -28,8 +29,8 @@ use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use object_store::{ObjectStore, PutPayload, path::Path};
 use parking_lot::Mutex;
 
-pub use self::compact::Compaction;
 use self::format::{Entry, Stamp};
+pub use self::{compact::Compaction, store::Retries};
 use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};
 
 /// Where a stored block's bytes are.
@@ -103,13 +104,26 @@ pub struct BlobTierBuilder {
     options: Vec<(String, String)>,
     segment_size: u64,
     max_block_size: u64,
+    retries: Retries,
 }
 
 impl BlobTierBuilder {
     /// A tier at `url`: `az://container/prefix`, `s3://bucket/prefix`, `gs://bucket/prefix`,
     /// `file:///absolute/dir`. `options` are `object_store`'s (account, keys, endpoint, ...).
     pub fn new(url: impl Into<String>) -> Self {
-        BlobTierBuilder { url: url.into(), options: Vec::new(), segment_size: 128 << 20, max_block_size: 64 << 20 }
+        BlobTierBuilder {
+            url: url.into(),
+            options: Vec::new(),
+            segment_size: 128 << 20,
+            max_block_size: 64 << 20,
+            retries: Retries::default(),
+        }
+    }
+
+    /// How each request to the store is retried. Default [`Retries::default`].
+    pub fn retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// Options for the store, as `object_store` names them (e.g. `azure_storage_account_name`).
@@ -153,10 +167,9 @@ impl BlobTierBuilder {
                 source,
             })?;
         }
-        let (store, prefix) = object_store::parse_url_opts(&parsed, self.options.clone())
-            .map_err(|e| Error::config("blob.url", format!("{}: {e}", self.url)))?;
+        let (store, prefix) = store::open(&parsed, &self.options, self.retries)?;
         let tier = BlobTier {
-            store: Arc::from(store),
+            store,
             prefix: prefix.to_string(),
             url: self.url,
             writer: rand::random(),
@@ -469,8 +482,11 @@ impl Tier for BlobTier {
 
     fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
         let state = self.state.lock();
-        let metas =
-            state.index.iter().map(|(k, l)| BlockMeta { key: k.clone(), len: l.len, crc32c: l.crc32c }).collect();
+        let metas = state
+            .index
+            .iter()
+            .map(|(k, l)| BlockMeta { key: k.clone(), len: l.len, crc32c: l.crc32c, durable: false })
+            .collect();
         Box::pin(async move { Ok(metas) })
     }
 

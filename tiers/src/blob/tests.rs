@@ -90,6 +90,15 @@ async fn a_bad_url_or_an_unreachable_store_is_a_clear_error() {
     assert!(err.to_string().contains("blob.url"), "{err}");
     let err = BlobTierBuilder::new("ftp://host/x").open().await.unwrap_err();
     assert!(err.to_string().contains("blob.url"), "{err}");
+    // A misspelt option is refused by name, not dropped (which would fall back to other
+    // credentials); a local directory takes no options.
+    let misspelt = [("azure_storage_acount_name".to_string(), "x".to_string())];
+    let err = BlobTierBuilder::new("az://c/p").options(misspelt.clone()).open().await.unwrap_err();
+    assert!(err.to_string().contains("blob.options") && err.to_string().contains("azure_storage_acount_name"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let err = BlobTierBuilder::new(url).options(misspelt).open().await.unwrap_err();
+    assert!(err.to_string().contains("azure_storage_acount_name"), "{err}");
     // Azure at a port where nothing listens: the list at open fails, naming the object.
     let err = BlobTierBuilder::new("az://c/p")
         .options([

@@ -8,7 +8,8 @@
 //! ```
 //! A region header names the slot class and the epoch of the region's current class
 //! assignment. A slot header names its block (namespace, key, length, CRC-32C of the data),
-//! its generation (a store-wide counter, newer wins) and repeats the store id, epoch, region
+//! its generation (a store-wide counter, newer wins), its flags (version 2: bit 0 = written
+//! with write-back durability, so a restart knows it must still reach Blob) and repeats the store id, epoch, region
 //! and slot number, so a header left over from an earlier use of the space is recognised as
 //! stale. Every header ends with a CRC-32C of itself. A freed slot's header is zeroed (a
 //! tombstone), so deleted blocks do not come back after a restart.
@@ -22,7 +23,10 @@ pub(super) const HEADER: u64 = PAGE;
 
 const SUPER_MAGIC: &[u8; 8] = b"KVTSSD\0\x01";
 const REGION_MAGIC: &[u8; 8] = b"KVTREG\0\x01";
-const SLOT_MAGIC: &[u8; 8] = b"KVTBLK\0\x01";
+/// Version 2 slot headers end with a flags byte; version 1 headers (no flags) still read.
+const SLOT_MAGIC: &[u8; 8] = b"KVTBLK\0\x02";
+const SLOT_MAGIC_V1: &[u8; 8] = b"KVTBLK\0\x01";
+const FLAG_DURABLE: u8 = 1;
 const VERSION: u32 = 1;
 
 /// The first page of the slot file.
@@ -53,6 +57,7 @@ pub(super) struct SlotHeader {
     pub(super) generation: u64,
     pub(super) len: u64,
     pub(super) crc32c: u32,
+    pub(super) durable: bool,
     pub(super) key: BlockKey,
 }
 
@@ -67,6 +72,9 @@ impl Writer<'_> {
         self.buf[self.at..self.at + b.len()].copy_from_slice(b);
         self.at += b.len();
         self
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.bytes(&[v])
     }
     fn u16(&mut self, v: u16) -> &mut Self {
         self.bytes(&v.to_le_bytes())
@@ -94,6 +102,9 @@ impl<'a> Reader<'a> {
         let b = self.buf.get(self.at..self.at + n)?;
         self.at += n;
         Some(b)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.bytes(1)?[0])
     }
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes(self.bytes(2)?.try_into().ok()?))
@@ -179,6 +190,7 @@ impl SlotHeader {
             .bytes(ns)
             .u16(key.len() as u16)
             .bytes(key)
+            .u8(if self.durable { FLAG_DURABLE } else { 0 })
             .seal();
     }
 
@@ -186,16 +198,22 @@ impl SlotHeader {
     /// invalid key).
     pub(super) fn decode(page: &[u8]) -> Option<Self> {
         let mut r = Reader { buf: page, at: 0 };
-        (r.bytes(8)? == SLOT_MAGIC).then_some(())?;
+        let v1 = match r.bytes(8)? {
+            m if m == SLOT_MAGIC => false,
+            m if m == SLOT_MAGIC_V1 => true,
+            _ => return None,
+        };
         let (store_id, epoch, region, slot, generation, len, crc32c) =
             (r.u64()?, r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.u64()?, r.u32()?);
         let ns_len = r.u16()? as usize;
         let ns = std::str::from_utf8(r.bytes(ns_len)?).ok()?;
         let key_len = r.u16()? as usize;
         let key = r.bytes(key_len)?;
+        let flags = if v1 { 0 } else { r.u8()? };
         r.verify_seal()?;
         let key = BlockKey::new(Namespace::new(ns).ok()?, Key::new(key).ok()?);
-        Some(SlotHeader { store_id, epoch, region, slot, generation, len, crc32c, key })
+        let durable = flags & FLAG_DURABLE != 0;
+        Some(SlotHeader { store_id, epoch, region, slot, generation, len, crc32c, durable, key })
     }
 }
 
@@ -217,18 +235,27 @@ mod tests {
             generation: 77,
             len: 123_456,
             crc32c: 0xdead_beef,
+            durable: true,
             key: BlockKey::parse("acme/m", &[1; 64]).unwrap(),
         };
         let mut p = page();
         h.encode(&mut p);
-        assert_eq!(SlotHeader::decode(&p), Some(h));
-        let used = 8 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 2 + 6 + 2 + 64 + 4;
+        assert_eq!(SlotHeader::decode(&p), Some(h.clone()));
+        let used = 8 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 2 + 6 + 2 + 64 + 1 + 4;
         for bit in 0..used * 8 {
             let mut q = p.clone();
             q[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(SlotHeader::decode(&q), None, "bit {bit} flipped went unnoticed");
         }
         assert_eq!(SlotHeader::decode(&vec![0; HEADER as usize]), None, "a tombstone is not a slot");
+
+        // A version 1 header (no flags byte) still reads, as not durable.
+        let mut v1 = page();
+        let ns = h.key.namespace.as_str().as_bytes();
+        let mut w = writer(&mut v1);
+        w.bytes(SLOT_MAGIC_V1).u64(9).u64(3).u32(4).u32(5).u64(77).u64(123_456).u32(0xdead_beef);
+        w.u16(ns.len() as u16).bytes(ns).u16(64).bytes(h.key.key.as_bytes()).seal();
+        assert_eq!(SlotHeader::decode(&v1), Some(SlotHeader { durable: false, ..h }));
 
         let r = RegionHeader { store_id: 9, region: 2, class_size: 1 << 21, epoch: 8 };
         let mut p = page();

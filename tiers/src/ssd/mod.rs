@@ -58,6 +58,7 @@ struct SlotInfo {
     generation: u64,
     len: u64,
     crc32c: u32,
+    durable: bool,
 }
 
 /// The SSD tier. See the module docs.
@@ -224,6 +225,7 @@ impl SsdTier {
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
             len,
             crc32c: block.crc32c,
+            durable: block.durable,
         };
         let header = SlotHeader {
             store_id: self.store_id,
@@ -233,6 +235,7 @@ impl SsdTier {
             generation: info.generation,
             len,
             crc32c: block.crc32c,
+            durable: block.durable,
             key: block.key.clone(),
         };
         let offset = self.file_offset(al.addr);
@@ -378,7 +381,11 @@ impl Tier for SsdTier {
 
     fn blocks(&self) -> BoxFuture<'_, Result<Vec<BlockMeta>>> {
         Box::pin(async move {
-            Ok(self.map.iter().map(|e| BlockMeta { key: e.key().clone(), len: e.len, crc32c: e.crc32c }).collect())
+            Ok(self
+                .map
+                .iter()
+                .map(|e| BlockMeta { key: e.key().clone(), len: e.len, crc32c: e.crc32c, durable: e.durable })
+                .collect())
         })
     }
 

@@ -213,6 +213,7 @@ impl SsdTier {
                     generation: h.generation,
                     len: h.len,
                     crc32c: h.crc32c,
+                    durable: h.durable,
                 };
                 self.track(h.key.clone(), info);
                 self.map.insert(h.key, info);

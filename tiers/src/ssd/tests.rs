@@ -194,6 +194,7 @@ fn duplicate_keys_keep_the_newest_generation() {
         generation,
         len: 10,
         crc32c: 0,
+        durable: false,
         key: key(5),
     };
     let region = || vec![recover::RecoveredRegion::for_test(0, 0, 1, vec![header(0, 7), header(1, 9), header(2, 3)])];
@@ -307,6 +308,7 @@ async fn recovery_prefers_an_intact_copy_over_a_torn_newer_one() {
             generation: 999,
             len: b.len(),
             crc32c: b.crc32c,
+            durable: false,
             key: b.key.clone(),
         };
         let torn = Bytes::from(vec![0x5a; b.data.len()]);
@@ -318,4 +320,21 @@ async fn recovery_prefers_an_intact_copy_over_a_torn_newer_one() {
         "the intact older copy wins over the torn newer one"
     );
     assert_eq!(tier.usage().await.unwrap().blocks, 1);
+}
+
+#[tokio::test]
+async fn the_durable_mark_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = builder(dir.path()).build().await.unwrap();
+    let plain = Block::new(key(1), conformance::pattern(1, 9000));
+    let durable = Block::new(key(2), conformance::pattern(2, 9000)).with_durable(true);
+    tier.put_batch(&[plain.clone(), durable.clone()]).await.into_iter().for_each(|r| {
+        r.unwrap();
+    });
+    drop(tier);
+    let reopened = builder(dir.path()).build().await.unwrap();
+    let mut metas = reopened.blocks().await.unwrap();
+    metas.sort_by(|a, b| a.key.key.as_bytes().cmp(b.key.key.as_bytes()));
+    let marks: Vec<(BlockKey, bool)> = metas.into_iter().map(|m| (m.key, m.durable)).collect();
+    assert_eq!(marks, vec![(plain.key, false), (durable.key, true)]);
 }
