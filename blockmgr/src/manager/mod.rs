@@ -14,10 +14,12 @@
 mod arena;
 mod blob;
 mod movement;
+mod stats;
+mod store;
 mod types;
 mod writer;
 
-use self::writer::{Budgeted, ReservedBytes, Sink};
+use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
     types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
@@ -35,15 +37,15 @@ use std::{
 
 use bytes::BytesMut;
 use kvtier_tiers::{
-    BlobTier, BlobTierBuilder, Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, PutStatus, SsdTierBuilder,
-    Tier, TierExt, TierKind,
+    BlobTier, BlobTierBuilder, Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, SsdTierBuilder, Tier,
+    TierExt, TierKind,
 };
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     Config, Error, Metrics,
     flight::{KeyLocks, SingleFlight},
-    index::{Entry, Index, TierSet},
+    index::Index,
     policy::CpuPolicy,
 };
 
@@ -377,226 +379,6 @@ impl Manager {
     /// Returns how many were persisted.
     pub async fn persist_memory(&self) -> usize {
         movement::persist_memory(&self.inner).await
-    }
-}
-
-impl Inner {
-    fn check_size(&self, key: &BlockKey, len: u64) -> Result<(), TierError> {
-        kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)
-    }
-
-    fn check_durability(&self, durability: Durability) -> Result<(), TierError> {
-        if durability == Durability::LocalDisk && self.ssd.is_none() {
-            return Err(TierError::Unsupported {
-                tier: "manager".into(),
-                what: "durability local_disk needs an SSD tier (ssd.enabled = false)".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Transfer-budget permits for `len` bytes: a block larger than the whole budget takes
-    /// all of it (it then moves alone) rather than waiting forever.
-    fn budget_permits(&self, len: u64) -> u32 {
-        len.min(self.limits.transfer_budget).min(u32::MAX as u64) as u32
-    }
-
-    fn tiers(&self) -> Vec<Arc<dyn Tier>> {
-        let mut tiers: Vec<Arc<dyn Tier>> = vec![self.cpu.clone()];
-        tiers.extend(self.ssd.clone());
-        tiers.extend(self.blob.clone().map(|b| b as Arc<dyn Tier>));
-        tiers
-    }
-
-    fn existed(&self, e: Entry) -> PutOutcome {
-        PutOutcome { status: PutStatus::Existed, tier: e.tiers.fastest().unwrap_or(TierKind::Cpu) }
-    }
-
-    /// Rebuilds the index from the slow tier's blocks after a restart.
-    async fn rebuild_index(&self) -> Result<(), Error> {
-        if let Some(ssd) = &self.ssd {
-            let blocks = ssd.blocks().await?;
-            for b in &blocks {
-                self.index
-                    .insert(b.key.clone(), Entry { len: b.len, crc32c: b.crc32c, tiers: TierSet::of(TierKind::Ssd) });
-            }
-            tracing::info!(blocks = blocks.len(), tier = %ssd, "index rebuilt");
-        }
-        Ok(())
-    }
-
-    fn try_reserve(&self, key: &BlockKey, len: u64) -> Option<Sink> {
-        let footprint = self.cpu.footprint(len);
-        let before = self.reserved.fetch_add(footprint, Ordering::Relaxed);
-        let guard = ReservedBytes(self.reserved.clone(), footprint);
-        if before + footprint > self.limits.reserve_limit {
-            return None;
-        }
-        self.cpu.reserve(key, len).ok().map(|r| Sink::Arena(r, guard))
-    }
-
-    async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
-        let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink } = writer;
-        if written != len {
-            return Err(TierError::InvalidSize { key: key.to_string(), size: written, max: len });
-        }
-        if let Some(expected) = expected_crc32c.filter(|&e| e != crc32c) {
-            return Err(TierError::ChecksumMismatch {
-                tier: "ingress".into(),
-                key: key.to_string(),
-                location: "the bytes received".into(),
-                expected,
-                actual: crc32c,
-            });
-        }
-        let _guard = self.locks.lock(&key).await;
-        if let Some(e) = self.index.get(&key) {
-            return Ok(self.existed(e));
-        }
-        match sink {
-            Sink::Arena(reservation, _reserved) => {
-                self.cpu.commit(key.clone(), reservation, crc32c)?;
-                self.index.insert(key.clone(), Entry { len, crc32c, tiers: TierSet::of(TierKind::Cpu) });
-                self.admitted(&key, len);
-                if durability == Durability::LocalDisk {
-                    let block = self.cpu.get(&key).await?.expect("committed under our lock");
-                    if let Err(e) = self.write_ssd(block).await {
-                        self.index.remove(&key);
-                        self.policy.forget(&key);
-                        let _ = self.cpu.delete(&key).await;
-                        return Err(e);
-                    }
-                    self.index.set_tiers(&key, TierSet::of(TierKind::Cpu).with(TierKind::Ssd));
-                }
-                Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu })
-            }
-            Sink::Heap(buf, _permit) => self.store(Block::with_crc32c(key, buf.freeze(), crc32c), durability).await,
-        }
-    }
-
-    /// Places a new block (the caller holds its lock and saw it absent).
-    async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
-        let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
-        let entry = |tiers| Entry { len, crc32c, tiers };
-        if durability == Durability::LocalDisk {
-            self.write_ssd(block.clone()).await?;
-            let in_memory = self.put_cpu(&block).await;
-            let tiers = TierSet::of(TierKind::Ssd);
-            let tiers = if in_memory { tiers.with(TierKind::Cpu) } else { tiers };
-            self.index.insert(key, entry(tiers));
-            return Ok(PutOutcome { status: PutStatus::Stored, tier: tiers.fastest().expect("ssd is set") });
-        }
-        if self.put_cpu(&block).await {
-            self.index.insert(key, entry(TierSet::of(TierKind::Cpu)));
-            return Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu });
-        }
-        // Memory is full: write around it.
-        if self.ssd.is_none() {
-            return Err(TierError::NoSpace {
-                tier: self.cpu.to_string(),
-                capacity: self.cpu.capacity(),
-                used: self.cpu.usage().await.map(|u| u.used).unwrap_or(0),
-                required: len,
-            });
-        }
-        self.write_ssd(block).await?;
-        self.index.insert(key, entry(TierSet::of(TierKind::Ssd)));
-        Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Ssd })
-    }
-
-    /// Copies a block into memory and admits it. False when memory is full.
-    async fn put_cpu(&self, block: &Block) -> bool {
-        for attempt in 0..2 {
-            match self.cpu.put(block.clone()).await {
-                Ok(_) => {
-                    self.admitted(&block.key, block.len());
-                    return true;
-                }
-                Err(e) if e.is_no_space() && attempt == 0 => self.policy.run_pending(),
-                Err(e) if e.is_no_space() => movement::reclaim_cpu(self, block.len()),
-                Err(e) => {
-                    tracing::warn!(key = %block.key, error = %e, "cpu put failed");
-                    return false;
-                }
-            }
-        }
-        false
-    }
-
-    /// Records a block of `len` bytes that just entered memory: moka weighs it, the
-    /// written-bytes counter counts it.
-    fn admitted(&self, key: &BlockKey, len: u64) {
-        self.policy.admit(key.clone(), self.cpu.footprint(len));
-        self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(len);
-    }
-
-    fn count_put(&self, result: &Result<PutOutcome, TierError>) {
-        let label = match result {
-            Ok(PutOutcome { status: PutStatus::Stored, .. }) => "stored",
-            Ok(PutOutcome { status: PutStatus::Existed, .. }) => "existed",
-            Err(_) => "error",
-        };
-        self.metrics.puts.with_label_values(&[label]).inc();
-    }
-
-    fn count_hit(&self, tier: TierKind, len: u64, started: Instant) {
-        self.metrics.hits.with_label_values(&[tier.as_str()]).inc();
-        self.metrics.bytes_read.with_label_values(&[tier.as_str()]).inc_by(len);
-        let op = match tier {
-            TierKind::Cpu => "get_cpu",
-            TierKind::Ssd => "get_ssd",
-            _ => "get_other",
-        };
-        self.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-    }
-
-    fn count_miss(&self, reason: MissReason) {
-        let label = match reason {
-            MissReason::NotFound => "not_found",
-            MissReason::ChecksumMismatch => "checksum_mismatch",
-            MissReason::Error => "error",
-        };
-        self.metrics.misses.with_label_values(&[label]).inc();
-    }
-
-    async fn stats(&self) -> Stats {
-        let m = &self.metrics;
-        let mut tiers = Vec::new();
-        for tier in self.tiers() {
-            let label = tier.kind().as_str();
-            let usage = tier.usage().await.unwrap_or_default();
-            tiers.push(TierStats {
-                tier: tier.kind(),
-                name: tier.to_string(),
-                capacity_bytes: usage.capacity,
-                used_bytes: usage.used,
-                blocks: usage.blocks,
-                hits: m.hits.with_label_values(&[label]).get(),
-                bytes_read: m.bytes_read.with_label_values(&[label]).get(),
-                bytes_written: m.bytes_written.with_label_values(&[label]).get(),
-                evictions: m.evictions.with_label_values(&[label]).get(),
-            });
-        }
-        use prometheus::core::Collector;
-        let sum = |c: &prometheus::IntCounterVec| -> u64 {
-            c.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
-        };
-        let hits = sum(&m.hits);
-        let misses = sum(&m.misses);
-        Stats {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            tiers,
-            index_blocks: self.index.len() as u64,
-            puts: m.puts.with_label_values(&["stored"]).get() + m.puts.with_label_values(&["existed"]).get(),
-            gets: hits + misses,
-            hits,
-            misses,
-            demotions: sum(&m.demotions),
-            promotions: sum(&m.promotions),
-            checksum_failures: sum(&m.checksum_failures),
-            dropped: m.dropped.get(),
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use kvtier_tiers::{BlockMeta, TierUsage, conformance::pattern};
+use kvtier_tiers::{BlockMeta, PutStatus, TierUsage, conformance::pattern};
 
 use super::*;
 use crate::ByteSize;

@@ -1,0 +1,166 @@
+//! The put path inside the node: size and durability checks, reserving arena slots for
+//! streamed puts, placing a new block in memory or on SSD, and recovering the index.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use kvtier_tiers::{Block, BlockKey, Error as TierError, PutStatus, Tier, TierExt, TierKind};
+
+use super::{
+    Durability, Inner, PutOutcome, PutWriter, movement,
+    writer::{ReservedBytes, Sink},
+};
+use crate::{
+    Error,
+    index::{Entry, TierSet},
+};
+
+impl Inner {
+    pub(super) fn check_size(&self, key: &BlockKey, len: u64) -> Result<(), TierError> {
+        kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)
+    }
+
+    pub(super) fn check_durability(&self, durability: Durability) -> Result<(), TierError> {
+        if durability == Durability::LocalDisk && self.ssd.is_none() {
+            return Err(TierError::Unsupported {
+                tier: "manager".into(),
+                what: "durability local_disk needs an SSD tier (ssd.enabled = false)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Transfer-budget permits for `len` bytes: a block larger than the whole budget takes
+    /// all of it (it then moves alone) rather than waiting forever.
+    pub(super) fn budget_permits(&self, len: u64) -> u32 {
+        len.min(self.limits.transfer_budget).min(u32::MAX as u64) as u32
+    }
+
+    pub(super) fn tiers(&self) -> Vec<Arc<dyn Tier>> {
+        let mut tiers: Vec<Arc<dyn Tier>> = vec![self.cpu.clone()];
+        tiers.extend(self.ssd.clone());
+        tiers.extend(self.blob.clone().map(|b| b as Arc<dyn Tier>));
+        tiers
+    }
+
+    pub(super) fn existed(&self, e: Entry) -> PutOutcome {
+        PutOutcome { status: PutStatus::Existed, tier: e.tiers.fastest().unwrap_or(TierKind::Cpu) }
+    }
+
+    /// Rebuilds the index from the slow tier's blocks after a restart.
+    pub(super) async fn rebuild_index(&self) -> Result<(), Error> {
+        if let Some(ssd) = &self.ssd {
+            let blocks = ssd.blocks().await?;
+            for b in &blocks {
+                self.index
+                    .insert(b.key.clone(), Entry { len: b.len, crc32c: b.crc32c, tiers: TierSet::of(TierKind::Ssd) });
+            }
+            tracing::info!(blocks = blocks.len(), tier = %ssd, "index rebuilt");
+        }
+        Ok(())
+    }
+
+    pub(super) fn try_reserve(&self, key: &BlockKey, len: u64) -> Option<Sink> {
+        let footprint = self.cpu.footprint(len);
+        let before = self.reserved.fetch_add(footprint, Ordering::Relaxed);
+        let guard = ReservedBytes(self.reserved.clone(), footprint);
+        if before + footprint > self.limits.reserve_limit {
+            return None;
+        }
+        self.cpu.reserve(key, len).ok().map(|r| Sink::Arena(r, guard))
+    }
+
+    pub(super) async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
+        let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink } = writer;
+        if written != len {
+            return Err(TierError::InvalidSize { key: key.to_string(), size: written, max: len });
+        }
+        if let Some(expected) = expected_crc32c.filter(|&e| e != crc32c) {
+            return Err(TierError::ChecksumMismatch {
+                tier: "ingress".into(),
+                key: key.to_string(),
+                location: "the bytes received".into(),
+                expected,
+                actual: crc32c,
+            });
+        }
+        let _guard = self.locks.lock(&key).await;
+        if let Some(e) = self.index.get(&key) {
+            return Ok(self.existed(e));
+        }
+        match sink {
+            Sink::Arena(reservation, _reserved) => {
+                self.cpu.commit(key.clone(), reservation, crc32c)?;
+                self.index.insert(key.clone(), Entry { len, crc32c, tiers: TierSet::of(TierKind::Cpu) });
+                self.admitted(&key, len);
+                if durability == Durability::LocalDisk {
+                    let block = self.cpu.get(&key).await?.expect("committed under our lock");
+                    if let Err(e) = self.write_ssd(block).await {
+                        self.index.remove(&key);
+                        self.policy.forget(&key);
+                        let _ = self.cpu.delete(&key).await;
+                        return Err(e);
+                    }
+                    self.index.set_tiers(&key, TierSet::of(TierKind::Cpu).with(TierKind::Ssd));
+                }
+                Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu })
+            }
+            Sink::Heap(buf, _permit) => self.store(Block::with_crc32c(key, buf.freeze(), crc32c), durability).await,
+        }
+    }
+
+    /// Places a new block (the caller holds its lock and saw it absent).
+    pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+        let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
+        let entry = |tiers| Entry { len, crc32c, tiers };
+        if durability == Durability::LocalDisk {
+            self.write_ssd(block.clone()).await?;
+            let in_memory = self.put_cpu(&block).await;
+            let tiers = TierSet::of(TierKind::Ssd);
+            let tiers = if in_memory { tiers.with(TierKind::Cpu) } else { tiers };
+            self.index.insert(key, entry(tiers));
+            return Ok(PutOutcome { status: PutStatus::Stored, tier: tiers.fastest().expect("ssd is set") });
+        }
+        if self.put_cpu(&block).await {
+            self.index.insert(key, entry(TierSet::of(TierKind::Cpu)));
+            return Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu });
+        }
+        // Memory is full: write around it.
+        if self.ssd.is_none() {
+            return Err(TierError::NoSpace {
+                tier: self.cpu.to_string(),
+                capacity: self.cpu.capacity(),
+                used: self.cpu.usage().await.map(|u| u.used).unwrap_or(0),
+                required: len,
+            });
+        }
+        self.write_ssd(block).await?;
+        self.index.insert(key, entry(TierSet::of(TierKind::Ssd)));
+        Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Ssd })
+    }
+
+    /// Copies a block into memory and admits it. False when memory is full.
+    pub(super) async fn put_cpu(&self, block: &Block) -> bool {
+        for attempt in 0..2 {
+            match self.cpu.put(block.clone()).await {
+                Ok(_) => {
+                    self.admitted(&block.key, block.len());
+                    return true;
+                }
+                Err(e) if e.is_no_space() && attempt == 0 => self.policy.run_pending(),
+                Err(e) if e.is_no_space() => movement::reclaim_cpu(self, block.len()),
+                Err(e) => {
+                    tracing::warn!(key = %block.key, error = %e, "cpu put failed");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Records a block of `len` bytes that just entered memory: moka weighs it, the
+    /// written-bytes counter counts it.
+    pub(super) fn admitted(&self, key: &BlockKey, len: u64) {
+        self.policy.admit(key.clone(), self.cpu.footprint(len));
+        self.metrics.bytes_written.with_label_values(&["cpu"]).inc_by(len);
+    }
+}
