@@ -2,8 +2,11 @@
 # Azurite, the Azure Blob emulator, for kvtier's tests and benchmarks.
 #
 #   scripts/azurite.sh install        npm-installs Azurite under $KVTIER_CACHE/azurite (once)
-#   scripts/azurite.sh start DIR      starts its Blob service on a free port with its data
-#                                     in DIR, creates the container `kvtier`, and prints
+#   scripts/azurite.sh start DIR [PORT]
+#                                     starts its Blob service on PORT (default: a free one)
+#                                     with its data in DIR (a restart on the same DIR and
+#                                     PORT finds what it held), creates the container
+#                                     `kvtier` if absent, and prints
 #                                     one line: "<endpoint> <pid>", e.g.
 #                                     "http://127.0.0.1:41234/devstoreaccount1 12345"
 #
@@ -22,13 +25,14 @@ install() {
 }
 
 start() {
-    local dir="$1"
+    local dir="$1" port="${2:-}"
     install
     mkdir -p "$dir"
-    local port
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    if [[ -z "$port" ]]; then
+        port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    fi
     "$bin" --silent --loose --skipApiVersionCheck --blobHost 127.0.0.1 --blobPort "$port" \
-        --location "$dir" >"$dir/azurite.log" 2>&1 &
+        --location "$dir" >>"$dir/azurite.log" 2>&1 &
     local pid=$!
     local endpoint="http://127.0.0.1:$port/devstoreaccount1"
     for _ in $(seq 100); do
@@ -47,6 +51,6 @@ start() {
 
 case "${1:-}" in
     install) install ;;
-    start) start "${2:?usage: azurite.sh start DIR}" ;;
-    *) echo "usage: $0 install | start DIR" >&2; exit 2 ;;
+    start) start "${2:?usage: azurite.sh start DIR [PORT]}" "${3:-}" ;;
+    *) echo "usage: $0 install | start DIR [PORT]" >&2; exit 2 ;;
 esac

@@ -28,6 +28,9 @@ pub struct Config {
     pub shm: ShmConfig,
     /// The Blob tier (any object store).
     pub blob: BlobConfig,
+    /// Per-namespace policy, keyed by namespace pattern: an exact name, or a prefix ending
+    /// in `*` (`[namespaces."scratch/*"]`). The most specific pattern wins.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -42,6 +45,7 @@ impl Default for Config {
             ssd: SsdConfig::default(),
             shm: ShmConfig::default(),
             blob: BlobConfig::default(),
+            namespaces: BTreeMap::new(),
             log: LogConfig::default(),
         }
     }
@@ -217,11 +221,65 @@ pub struct BlobConfig {
     /// Most bytes per segment object (blocks are packed into segments: a few PUTs per GiB
     /// instead of one per block). Default 128 MiB.
     pub segment_size: ByteSize,
+    /// Retries of one request to the store before its error surfaces (the flusher then
+    /// retries on its own, with exponential backoff). Default 3.
+    pub retries: usize,
+    /// No retry of a request starts later than this. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
+    /// Most bytes written with write-back durability that may wait for the flush to Blob,
+    /// as a fraction of the SSD tier's capacity. Past it, write-back puts wait up to
+    /// `flush_wait`, then fail with a backpressure error. Default 0.75.
+    pub max_unflushed: f64,
+    /// How long a write-back put waits for the flush to make room. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub flush_wait: Duration,
+    /// How long the flusher waits for more blocks to fill a segment. Default 50ms.
+    #[serde(with = "humantime_serde")]
+    pub flush_linger: Duration,
+    /// Above this fraction of SSD use, the flusher copies the blocks SSD will evict next to
+    /// Blob ahead of their eviction (demotion). 1.0 turns demotion off. Default 0.9.
+    pub demote_above: f64,
+    /// Compaction rewrites segments whose live fraction fell below this. Default 0.5.
+    pub compact_below: f64,
+    /// How often compaction runs; 0 turns it off. Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: Duration,
 }
 
 impl Default for BlobConfig {
     fn default() -> Self {
-        BlobConfig { url: "blob".into(), options: BTreeMap::new(), segment_size: ByteSize(128 << 20) }
+        BlobConfig {
+            url: "blob".into(),
+            options: BTreeMap::new(),
+            segment_size: ByteSize(128 << 20),
+            retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            max_unflushed: 0.75,
+            flush_wait: Duration::from_secs(5),
+            flush_linger: Duration::from_millis(50),
+            demote_above: 0.9,
+            compact_below: 0.5,
+            compact_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One `[namespaces."pattern"]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Blocks of these namespaces never go to Blob (neither demoted nor written back):
+    /// they leave the node when SSD evicts them, and write-back puts are refused.
+    /// Default false.
+    pub cache_only: bool,
+}
+
+/// Whether `namespace` matches `pattern`: an exact name, or a prefix ending in `*`.
+fn matches(pattern: &str, namespace: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => namespace.starts_with(prefix),
+        None => namespace == pattern,
     }
 }
 
@@ -252,12 +310,7 @@ impl ShmConfig {
         if uid == 0 || uid == unsafe { libc::geteuid() } {
             return true;
         }
-        self.grants.iter().filter(|g| g.uid == uid).flat_map(|g| &g.namespaces).any(|pattern| {
-            match pattern.strip_suffix('*') {
-                Some(prefix) => namespace.starts_with(prefix),
-                None => namespace == pattern,
-            }
-        })
+        self.grants.iter().filter(|g| g.uid == uid).flat_map(|g| &g.namespaces).any(|p| matches(p, namespace))
     }
 
     /// Whether a peer with `uid` may map the arena at all.
@@ -332,6 +385,15 @@ impl Config {
         if self.blob.segment_size.0 < self.max_block_size.0 {
             return bad("blob.segment_size", "must be at least max_block_size");
         }
+        for (field, value) in [
+            ("blob.max_unflushed", self.blob.max_unflushed),
+            ("blob.demote_above", self.blob.demote_above),
+            ("blob.compact_below", self.blob.compact_below),
+        ] {
+            if !(0.0..=1.0).contains(&value) || (field == "blob.max_unflushed" && value == 0.0) {
+                return bad(field, "must be a fraction in (0, 1]");
+            }
+        }
         if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
             return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");
         }
@@ -351,6 +413,17 @@ impl Config {
         let dir = self.in_data_dir(std::path::Path::new(url));
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         Some(format!("file://{}", dir.display()))
+    }
+
+    /// The policy of `namespace`: the most specific matching `[namespaces]` entry (an exact
+    /// name, else the longest prefix), or the defaults.
+    pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
+        self.namespaces
+            .iter()
+            .filter(|(pattern, _)| matches(pattern, namespace))
+            .max_by_key(|(pattern, _)| (!pattern.ends_with('*'), pattern.len()))
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
     }
 
     /// `path` resolved against `data_dir` unless absolute.
@@ -484,5 +557,22 @@ mod tests {
         assert!(e.contains("soon"), "{e}");
         let e = Config::parse("[server]\nchunk_size = 1").unwrap_err().to_string();
         assert!(e.contains("server.chunk_size"), "{e}");
+        let e = Config::parse("[blob]\nmax_unflushed = 1.5").unwrap_err().to_string();
+        assert!(e.contains("blob.max_unflushed"), "{e}");
+        let e = Config::parse("[namespaces.\"a/*\"]\ncache_olny = true").unwrap_err().to_string();
+        assert!(e.contains("cache_olny"), "{e}");
+    }
+
+    #[test]
+    fn the_most_specific_namespace_pattern_wins() {
+        let c = Config::parse(
+            "[namespaces.\"acme/*\"]\ncache_only = true\n[namespaces.\"acme/ckpt*\"]\ncache_only = false\n[namespaces.\"acme/ckpt-scratch\"]\ncache_only = true",
+        )
+        .unwrap();
+        let cache_only = |ns: &str| c.namespace(ns).cache_only;
+        assert!(cache_only("acme/llama3-8b"));
+        assert!(!cache_only("acme/ckpt-run1"), "the longer prefix wins");
+        assert!(cache_only("acme/ckpt-scratch"), "an exact name wins over any prefix");
+        assert!(!cache_only("other/x"), "unmatched namespaces take the defaults");
     }
 }

@@ -4,6 +4,12 @@
 //! demotion, promotion, eviction, delete) happens under that key's lock in
 //! `KeyLocks` (crate::flight), so the index and the tiers agree once the lock is released;
 //! a reader that finds a tier no longer holding a block simply looks again.
+//!
+//! The index also keeps the count of unflushed bytes: blocks written with write-back
+//! durability that the Blob tier does not hold yet. Every change goes through `insert`,
+//! `set_tiers` and `remove`, so the count follows the entries exactly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use kvtier_tiers::{BlockKey, TierKind};
@@ -76,12 +82,31 @@ pub struct Entry {
     pub crc32c: u32,
     /// Tiers holding a copy.
     pub tiers: TierSet,
+    /// Written with write-back durability: its last local copy may not go before Blob has it.
+    pub durable: bool,
+}
+
+impl Entry {
+    /// A block of `len` bytes with checksum `crc32c` in `tiers`, not write-back.
+    pub fn new(len: u64, crc32c: u32, tiers: TierSet) -> Self {
+        Entry { len, crc32c, tiers, durable: false }
+    }
+
+    /// Write-back and not in Blob yet: it must reach Blob before it may leave the node.
+    pub fn unflushed(&self) -> bool {
+        self.durable && !self.tiers.has(TierKind::Blob) && !self.tiers.is_empty()
+    }
+
+    fn unflushed_bytes(&self) -> u64 {
+        if self.unflushed() { self.len } else { 0 }
+    }
 }
 
 /// Key -> [`Entry`].
 #[derive(Debug, Default)]
 pub struct Index {
     map: DashMap<BlockKey, Entry>,
+    unflushed: AtomicU64,
 }
 
 impl Index {
@@ -92,18 +117,26 @@ impl Index {
 
     /// Records a new block (the caller holds the key's lock and checked it was absent).
     pub fn insert(&self, key: BlockKey, entry: Entry) {
-        self.map.insert(key, entry);
+        self.add_unflushed(entry.unflushed_bytes());
+        if let Some(old) = self.map.insert(key, entry) {
+            self.sub_unflushed(old.unflushed_bytes());
+        }
     }
 
     /// Sets the tiers of `key`, removing the entry when no tier is left.
     /// Returns false if the key was not indexed.
     pub fn set_tiers(&self, key: &BlockKey, tiers: TierSet) -> bool {
         if tiers.is_empty() {
-            return self.map.remove(key).is_some();
+            return self.remove(key).is_some();
         }
         match self.map.get_mut(key) {
             Some(mut e) => {
+                let before = e.unflushed_bytes();
                 e.tiers = tiers;
+                let after = e.unflushed_bytes();
+                drop(e);
+                self.add_unflushed(after);
+                self.sub_unflushed(before);
                 true
             }
             None => false,
@@ -112,7 +145,31 @@ impl Index {
 
     /// Removes `key`.
     pub fn remove(&self, key: &BlockKey) -> Option<Entry> {
-        self.map.remove(key).map(|(_, e)| e)
+        let (_, e) = self.map.remove(key)?;
+        self.sub_unflushed(e.unflushed_bytes());
+        Some(e)
+    }
+
+    /// Bytes of write-back blocks the Blob tier does not hold yet.
+    pub fn unflushed(&self) -> u64 {
+        self.unflushed.load(Ordering::Acquire)
+    }
+
+    /// Keys of write-back blocks the Blob tier does not hold yet (what a restart queues).
+    pub fn unflushed_keys(&self) -> Vec<BlockKey> {
+        self.map.iter().filter(|e| e.unflushed()).map(|e| e.key().clone()).collect()
+    }
+
+    fn add_unflushed(&self, bytes: u64) {
+        if bytes > 0 {
+            self.unflushed.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    fn sub_unflushed(&self, bytes: u64) {
+        if bytes > 0 {
+            self.unflushed.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Number of blocks.
@@ -128,5 +185,32 @@ impl Index {
     /// Keys whose only copy is in memory (what a graceful shutdown persists).
     pub fn memory_only(&self) -> Vec<BlockKey> {
         self.map.iter().filter(|e| e.tiers == TierSet::of(TierKind::Cpu)).map(|e| e.key().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unflushed_bytes_follow_every_change_of_a_write_back_entry() {
+        let index = Index::default();
+        let key = |i: u8| BlockKey::parse("t/ns", &[i]).unwrap();
+        let ssd = TierSet::of(TierKind::Ssd);
+        index.insert(key(1), Entry { durable: true, ..Entry::new(100, 1, ssd) });
+        index.insert(key(2), Entry::new(50, 2, ssd)); // a cache block never counts
+        index.insert(key(3), Entry { durable: true, ..Entry::new(30, 3, ssd.with(TierKind::Cpu)) });
+        assert_eq!((index.unflushed(), index.unflushed_keys().len()), (130, 2));
+        index.set_tiers(&key(1), ssd.with(TierKind::Blob)); // flushed
+        assert_eq!(index.unflushed(), 30);
+        index.set_tiers(&key(1), TierSet::of(TierKind::Blob)); // evicted once flushed
+        index.set_tiers(&key(3), ssd); // memory copy dropped: still unflushed
+        assert_eq!(index.unflushed(), 30);
+        index.remove(&key(3));
+        index.remove(&key(2));
+        assert_eq!((index.unflushed(), index.len()), (0, 1));
+        index.insert(key(4), Entry { durable: true, ..Entry::new(7, 4, ssd) });
+        index.set_tiers(&key(4), TierSet::EMPTY); // lost: removed, no longer counted
+        assert_eq!(index.unflushed(), 0);
     }
 }

@@ -121,6 +121,7 @@ struct Target {
 enum DurabilityArg {
     Cache,
     Disk,
+    WriteBack,
 }
 
 impl From<DurabilityArg> for Durability {
@@ -128,6 +129,7 @@ impl From<DurabilityArg> for Durability {
         match d {
             DurabilityArg::Cache => Durability::Cache,
             DurabilityArg::Disk => Durability::LocalDisk,
+            DurabilityArg::WriteBack => Durability::WriteBack,
         }
     }
 }
@@ -309,5 +311,13 @@ pub(crate) fn render_stats(s: &Stats) -> String {
         "puts {}  gets {} (hits {}, misses {})  demotions {}  promotions {}  checksum failures {}  dropped {}\n",
         s.puts, s.gets, s.hits, s.misses, s.demotions, s.promotions, s.checksum_failures, s.dropped
     );
+    if s.flushed_blocks + s.unflushed_bytes + s.flush_queue > 0 {
+        out += &format!(
+            "flushed to blob {}  unflushed {}  flush queue {}\n",
+            s.flushed_blocks,
+            human_bytes(s.unflushed_bytes),
+            s.flush_queue
+        );
+    }
     out
 }

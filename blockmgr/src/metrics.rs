@@ -2,7 +2,8 @@
 //! and `/metrics` never disagree.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the node exports.
@@ -37,6 +38,26 @@ pub struct Metrics {
     pub dropped: IntCounter,
     /// Blocks waiting to be moved out of memory or being moved.
     pub demotion_queue: IntGauge,
+    /// Blocks waiting in the flush queue.
+    pub flush_queue: IntGauge,
+    /// How long the oldest block in the flush queue has waited (seconds).
+    pub flush_lag: Gauge,
+    /// Bytes of write-back blocks Blob does not hold yet.
+    pub unflushed_bytes: IntGauge,
+    /// Blocks flushed to Blob (write-back and demoted).
+    pub flushed_blocks: IntCounter,
+    /// Bytes flushed to Blob.
+    pub flushed_bytes: IntCounter,
+    /// Flush batches that failed (each is retried).
+    pub flush_errors: IntCounter,
+    /// Write-back puts refused by backpressure.
+    pub flush_backpressure: IntCounter,
+    /// Write-back blocks whose only copy was damaged before it reached Blob.
+    pub lost_write_back: IntCounter,
+    /// Requests to the Blob tier's store, by op (`put`, `get`, `other`).
+    pub blob_requests: IntCounterVec,
+    /// Bytes to and from the Blob tier's store, by direction (`put`, `get`).
+    pub blob_bytes: IntCounterVec,
     /// Keys in the index.
     pub index_blocks: IntGauge,
     /// Open shared-memory sessions (local clients mapping the arena).
@@ -83,6 +104,19 @@ impl Metrics {
         let demotion_queue =
             IntGauge::new("demotion_queue", "Blocks waiting to move out of memory").expect("valid metric");
         registry.register(Box::new(demotion_queue.clone())).expect("unique metric");
+        let one_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let one_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let flush_lag = Gauge::new("flush_lag_seconds", "How long the oldest block in the flush queue has waited")
+            .expect("valid metric");
+        registry.register(Box::new(flush_lag.clone())).expect("unique metric");
         let index_blocks = IntGauge::new("index_blocks", "Blocks in the index").expect("valid metric");
         registry.register(Box::new(index_blocks.clone())).expect("unique metric");
         let shm_sessions =
@@ -107,6 +141,22 @@ impl Metrics {
             checksum_failures: counter("checksum_failures_total", "Copies that failed their checksum", &["tier"]),
             dropped,
             demotion_queue,
+            flush_queue: one_gauge("flush_queue", "Blocks waiting to be flushed to Blob"),
+            flush_lag,
+            unflushed_bytes: one_gauge("unflushed_bytes", "Bytes written with write-back durability not yet in Blob"),
+            flushed_blocks: one_counter("flushed_blocks_total", "Blocks flushed to Blob (write-back and demoted)"),
+            flushed_bytes: one_counter("flushed_bytes_total", "Bytes flushed to Blob"),
+            flush_errors: one_counter("flush_errors_total", "Flush batches that failed (each is retried)"),
+            flush_backpressure: one_counter(
+                "flush_backpressure_total",
+                "Write-back puts refused because too many bytes waited for the flush",
+            ),
+            lost_write_back: one_counter(
+                "lost_write_back_total",
+                "Write-back blocks whose only copy was damaged before it reached Blob",
+            ),
+            blob_requests: counter("blob_requests_total", "Requests to the Blob tier's store, by op", &["op"]),
+            blob_bytes: counter("blob_bytes_total", "Bytes to and from the Blob tier's store", &["direction"]),
             index_blocks,
             shm_sessions,
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),

@@ -34,6 +34,7 @@ pub fn durability_from_wire(value: i32) -> Result<Durability, Status> {
     match v1::Durability::try_from(value) {
         Ok(v1::Durability::Cache) => Ok(Durability::Cache),
         Ok(v1::Durability::LocalDisk) => Ok(Durability::LocalDisk),
+        Ok(v1::Durability::WriteBack) => Ok(Durability::WriteBack),
         Err(_) => Err(Status::invalid_argument(format!("unknown durability {value}"))),
     }
 }
@@ -43,6 +44,7 @@ pub fn durability_to_wire(d: Durability) -> v1::Durability {
     match d {
         Durability::Cache => v1::Durability::Cache,
         Durability::LocalDisk => v1::Durability::LocalDisk,
+        Durability::WriteBack => v1::Durability::WriteBack,
     }
 }
 
@@ -68,7 +70,7 @@ pub fn miss_from_wire(value: i32) -> MissReason {
 pub fn code_of(e: &TierError) -> Code {
     match e {
         TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => Code::InvalidArgument,
-        TierError::NoSpace { .. } => Code::ResourceExhausted,
+        TierError::NoSpace { .. } | TierError::Backpressure { .. } => Code::ResourceExhausted,
         TierError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */) => Code::ResourceExhausted,
         TierError::ChecksumMismatch { .. } => Code::DataLoss,
         TierError::Config { .. } => Code::FailedPrecondition,
@@ -121,6 +123,9 @@ pub fn stats_to_wire(s: Stats) -> v1::StatsResponse {
         promotions: s.promotions,
         checksum_failures: s.checksum_failures,
         dropped: s.dropped,
+        unflushed_bytes: s.unflushed_bytes,
+        flush_queue: s.flush_queue,
+        flushed_blocks: s.flushed_blocks,
     }
 }
 
@@ -156,5 +161,8 @@ pub fn stats_from_wire(s: v1::StatsResponse) -> Result<Stats, String> {
         promotions: s.promotions,
         checksum_failures: s.checksum_failures,
         dropped: s.dropped,
+        unflushed_bytes: s.unflushed_bytes,
+        flush_queue: s.flush_queue,
+        flushed_blocks: s.flushed_blocks,
     })
 }

@@ -281,6 +281,12 @@ pub async fn reopen_recovers(subject: &Subject) {
     tier.delete_batch(&keys).await;
 }
 
+/// Flips a bit of `key`'s bytes in the Blob segment holding it under `url` (with the
+/// store's `options`), as damage at rest would.
+pub async fn damage_blob_copy(url: &str, options: Vec<(String, String)>, key: &BlockKey) {
+    crate::blob::damage_copy(url, options, key).await
+}
+
 /// The Azure Blob emulator's well-known account key (account `devstoreaccount1`).
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -292,23 +298,53 @@ pub struct Azurite {
     /// Its Blob endpoint, e.g. `http://127.0.0.1:41234/devstoreaccount1`.
     pub endpoint: String,
     pid: i32,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Azurite {
     /// Starts one on a free port with a fresh workspace. Panics with its log if it cannot.
     pub fn start() -> Azurite {
         let dir = tempfile::tempdir().expect("a temp dir");
+        let (endpoint, pid) = Self::run_script(dir.path(), None);
+        Azurite { endpoint, pid, dir }
+    }
+
+    fn run_script(dir: &std::path::Path, port: Option<&str>) -> (String, i32) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
         let out = std::process::Command::new(script)
             .arg("start")
-            .arg(dir.path())
+            .arg(dir)
+            .args(port)
             .output()
             .expect("running scripts/azurite.sh");
         assert!(out.status.success(), "azurite: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout).expect("utf-8");
         let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
-        Azurite { endpoint: endpoint.into(), pid: pid.parse().expect("a pid"), _dir: dir }
+        (endpoint.into(), pid.parse().expect("a pid"))
+    }
+
+    /// Stops it (SIGTERM, so it saves what it holds) and waits until it is gone: its
+    /// endpoint then refuses connections, as a dead Blob endpoint does.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling the process the script started for us.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        for _ in 0..300 {
+            // Gone, or a zombie nobody reaps (its parent, the script, has exited).
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+            if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("azurite (pid {}) did not stop within 6 s of SIGTERM", self.pid);
+    }
+
+    /// Starts it again on the same port and workspace, after [`Azurite::stop`].
+    pub fn resume(&mut self) {
+        let port = self.endpoint.rsplit(':').next().and_then(|p| p.split('/').next()).expect("a port").to_string();
+        let (endpoint, pid) = Self::run_script(self.dir.path(), Some(&port));
+        assert_eq!(endpoint, self.endpoint, "resumed on the same endpoint");
+        self.pid = pid;
     }
 
     /// `object_store`'s options for it (the emulator's account and key).

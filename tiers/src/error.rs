@@ -120,6 +120,23 @@ pub enum Error {
         source: Box<object_store::Error>,
     },
 
+    /// Writes that must reach a slower tier are further behind than allowed (backpressure):
+    /// the caller should retry later. Nothing was stored.
+    #[error(
+        "{tier}: backpressure: {waiting} bytes wait to be flushed (limit {limit}); retry later{}",
+        cause.as_ref().map(|c| format!(" (the last flush failed: {c})")).unwrap_or_default()
+    )]
+    Backpressure {
+        /// The tier being written to.
+        tier: String,
+        /// Bytes waiting.
+        waiting: u64,
+        /// The configured limit.
+        limit: u64,
+        /// Why the flush is behind, when a flush failed.
+        cause: Option<String>,
+    },
+
     /// The tier has been shut down.
     #[error("{tier}: closed")]
     Closed {

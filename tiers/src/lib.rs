@@ -43,7 +43,7 @@ mod tier;
 pub mod conformance;
 
 mod blob;
-pub use blob::{BlobTier, BlobTierBuilder, Compaction, Retries};
+pub use blob::{BlobTier, BlobTierBuilder, Compaction, Retries, StoreRequests};
 pub use block::{Block, check_block_size, crc32c, crc32c_append};
 pub use cpu::{CpuTier, CpuTierBuilder, Reservation, sealed_memfd};
 pub use error::{Error, Result};

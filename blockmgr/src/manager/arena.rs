@@ -68,7 +68,7 @@ impl Manager {
         holding: bool,
     ) -> Result<PutWriter, TierError> {
         self.inner.check_size(&key, len)?;
-        self.inner.check_durability(durability)?;
+        self.inner.check_durability(&key, durability)?;
         let sink = self.reserve_in_arena(&key, len, wait, holding).await?;
         Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
     }

@@ -2,9 +2,9 @@
 //! disk serves every block under its prefix), and a block found only there is read through
 //! (one GET per key however many readers ask at once) and cached in memory on the way back.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use kvtier_tiers::{BlockKey, Error as TierError, Tier, TierExt, TierKind};
+use kvtier_tiers::{BlobTier, BlockKey, Error as TierError, Tier, TierExt, TierKind};
 
 use super::{Budgeted, Inner};
 use crate::{
@@ -25,7 +25,7 @@ impl Inner {
                 }
                 Some(_) => {}
                 None => {
-                    let entry = Entry { len: b.len, crc32c: b.crc32c, tiers: TierSet::of(TierKind::Blob) };
+                    let entry = Entry::new(b.len, b.crc32c, TierSet::of(TierKind::Blob));
                     self.index.insert(b.key.clone(), entry);
                 }
             }
@@ -82,4 +82,28 @@ impl Inner {
             self.index.set_tiers(key, entry.tiers.without(TierKind::Blob)); // none left: removed
         }
     }
+}
+
+/// Compacts the Blob tier every `interval` (0: never), rewriting segments less than
+/// `below` live. Holds the tier weakly: it ends with the manager.
+pub(super) fn spawn_compaction(blob: &Arc<BlobTier>, interval: Duration, below: f64) {
+    if interval.is_zero() {
+        return;
+    }
+    let weak = Arc::downgrade(blob);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(blob) = weak.upgrade() else { return };
+            match blob.compact(below).await {
+                Ok(c) if c.segments_removed > 0 || c.deletions_removed > 0 => {
+                    tracing::info!(tier = %blob, ?c, "blob compaction");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(tier = %blob, error = %e, "blob compaction failed; next try in {interval:?}"),
+            }
+        }
+    });
 }

@@ -13,6 +13,7 @@
 
 mod arena;
 mod blob;
+mod flush;
 mod movement;
 mod stats;
 mod store;
@@ -68,6 +69,9 @@ pub(crate) struct Inner {
     cpu: Arc<CpuTier>,
     ssd: Option<Arc<dyn Tier>>,
     blob: Option<Arc<BlobTier>>,
+    /// Write-back to Blob; present when there are both an SSD and a Blob tier.
+    flusher: Option<Arc<flush::Flusher>>,
+    config: Config,
     index: Index,
     policy: CpuPolicy,
     locks: KeyLocks,
@@ -129,6 +133,10 @@ impl Manager {
                     .options(config.blob.options.clone())
                     .segment_size(config.blob.segment_size.0)
                     .max_block_size(config.max_block_size.0)
+                    .retries(kvtier_tiers::Retries {
+                        max_retries: config.blob.retries,
+                        timeout: config.blob.retry_timeout,
+                    })
                     .open()
                     .await?;
                 Some(Arc::new(tier))
@@ -166,10 +174,19 @@ impl Manager {
             let _ = listener_tx.send(key);
         });
         let cpu_capacity = cpu.capacity();
+        let flusher = match (&ssd, &blob) {
+            (Some(ssd), Some(blob)) => {
+                let capacity = ssd.usage().await?.capacity;
+                Some(Arc::new(flush::Flusher::new(blob.clone(), capacity, config)))
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             cpu: Arc::new(cpu),
             ssd,
             blob,
+            flusher: flusher.clone(),
+            config: config.clone(),
             index: Index::default(),
             policy,
             locks: KeyLocks::new(LOCK_STRIPES),
@@ -191,6 +208,20 @@ impl Manager {
         inner.rebuild_index().await?;
         inner.index_blob().await?;
         movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
+        if let Some(flusher) = flusher {
+            // Write-back blocks on SSD that Blob lacks (a kill -9 before their flush).
+            let unflushed = inner.index.unflushed_keys();
+            if !unflushed.is_empty() {
+                tracing::info!(blocks = unflushed.len(), bytes = inner.index.unflushed(), "queueing unflushed blocks");
+            }
+            for key in unflushed {
+                flusher.enqueue(key);
+            }
+            flush::spawn_flusher(&inner, flusher);
+        }
+        if let Some(blob) = &inner.blob {
+            blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
+        }
         Ok(Manager { inner })
     }
 
@@ -209,7 +240,7 @@ impl Manager {
     pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let inner = self.inner.clone();
         inner.check_size(&block.key, block.len())?;
-        inner.check_durability(durability)?;
+        inner.check_durability(&block.key, durability)?;
         detached(async move {
             let result = {
                 let _guard = inner.locks.lock(&block.key).await;
@@ -236,7 +267,7 @@ impl Manager {
     ) -> Result<PutWriter, TierError> {
         let inner = &self.inner;
         inner.check_size(&key, len)?;
-        inner.check_durability(durability)?;
+        inner.check_durability(&key, durability)?;
         let sink = match inner.try_reserve(&key, len) {
             Some(sink) => sink,
             None => {
@@ -366,6 +397,23 @@ impl Manager {
             }
         }
         inner.metrics.index_blocks.set(inner.index.len() as i64);
+        inner.metrics.unflushed_bytes.set(inner.index.unflushed() as i64);
+        if let Some(flusher) = &inner.flusher {
+            let (queued, lag) = flusher.backlog();
+            inner.metrics.flush_queue.set(queued as i64);
+            inner.metrics.flush_lag.set(lag.as_secs_f64());
+        }
+        if let Some(blob) = &inner.blob {
+            // The tier counts; Prometheus counters only go up, so add what is new.
+            let r = blob.requests();
+            let m = &inner.metrics;
+            let catch_up = |c: prometheus::IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+            catch_up(m.blob_requests.with_label_values(&["put"]), r.puts);
+            catch_up(m.blob_requests.with_label_values(&["get"]), r.gets);
+            catch_up(m.blob_requests.with_label_values(&["other"]), r.other);
+            catch_up(m.blob_bytes.with_label_values(&["put"]), r.put_bytes);
+            catch_up(m.blob_bytes.with_label_values(&["get"]), r.get_bytes);
+        }
     }
 
     /// Applies moka's pending evictions and waits until every background move (demotion,

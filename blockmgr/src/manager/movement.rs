@@ -134,19 +134,26 @@ impl Inner {
     pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, TierError> {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let len = block.len();
-        // One eviction frees a slot when the class has a region; when a region must be
-        // emptied for the class, later rounds take many blocks at a time.
+        // One eviction frees a slot when the class has a region (unless a concurrent writer
+        // takes it first); when a region must be emptied for the class, rounds double up to
+        // 64 blocks at a time. Doubling, not jumping: a burst evicts past the blocks already
+        // demoted to Blob, and the extra ones are dropped.
         let mut batch = 1;
         let mut waits = 0;
         loop {
             match ssd.put(block.clone()).await {
                 Ok(status) => {
                     self.metrics.bytes_written.with_label_values(&["ssd"]).inc_by(len);
+                    if let Some(flusher) = &self.flusher
+                        && let Ok(u) = ssd.usage().await
+                    {
+                        flusher.pressure(len, u.used, u.capacity);
+                    }
                     return Ok(status);
                 }
                 Err(e) if e.is_no_space() => match self.evict_ssd(len, batch, &block.key).await {
                     // Each such round removes a block, so this ends.
-                    Evicted { removed, .. } if removed > 0 => batch = 64,
+                    Evicted { removed, .. } if removed > 0 => batch = (batch * 2).min(64),
                     // The only candidates are being moved right now. Their holders never wait
                     // for our lock, so they finish soon: wait a little rather than fail.
                     Evicted { busy, .. } if busy > 0 && waits < MAX_BUSY_WAITS => {
@@ -161,40 +168,88 @@ impl Inner {
     }
 
     /// Removes up to `max` SSD candidates for a block of `len` bytes, skipping (and counting)
-    /// any whose lock is taken. The caller holds `held`'s lock.
+    /// any whose lock is taken. Write-back blocks Blob lacks are never taken; while blocks
+    /// are being demoted to Blob, those Blob holds go first (dropping them loses nothing)
+    /// and cache blocks Blob lacks only when no other will do. The window of candidates
+    /// widens past what it skips. The caller holds `held`'s lock.
     async fn evict_ssd(&self, len: u64, max: usize, held: &BlockKey) -> Evicted {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let (mut removed, mut busy) = (0, 0);
-        for victim in ssd.eviction_candidates(len, max + 8) {
-            if removed == max {
+        let demoting = self.flusher.as_ref().is_some_and(|f| f.demotes());
+        for spare_cache in [true, false].into_iter().filter(|&spare| demoting || !spare) {
+            let mut window = max + 8;
+            loop {
+                let candidates = ssd.eviction_candidates(len, window);
+                let (seen, skipped) =
+                    self.evict_from(&candidates, max, held, spare_cache, &mut removed, &mut busy).await;
+                if removed == max {
+                    return Evicted { removed, busy };
+                }
+                if skipped == 0 || seen < window || window >= 1 << 16 {
+                    break;
+                }
+                window *= 4;
+            }
+        }
+        Evicted { removed, busy }
+    }
+
+    /// One pass of [`Inner::evict_ssd`] over `candidates`. Returns how many it looked at and
+    /// how many it skipped as not evictable yet.
+    async fn evict_from(
+        &self,
+        candidates: &[BlockKey],
+        max: usize,
+        held: &BlockKey,
+        spare_cache: bool,
+        removed: &mut usize,
+        busy: &mut usize,
+    ) -> (usize, usize) {
+        let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
+        let mut unflushed = 0;
+        // Write-back blocks Blob lacks always stay; cache blocks Blob lacks stay in the
+        // first pass when they will be demoted.
+        let stays = |victim: &BlockKey| {
+            self.index.get(victim).is_some_and(|e| {
+                e.unflushed() || (spare_cache && !e.tiers.has(TierKind::Blob) && self.flushable(victim))
+            })
+        };
+        for victim in candidates {
+            if *removed == max {
                 break;
             }
-            if victim == *held {
+            if victim == held || stays(victim) {
+                unflushed += usize::from(victim != held);
                 continue;
             }
             // A victim on the stripe we hold is already ours. Otherwise try_lock: never wait
             // for a second stripe while holding one (two evictors could deadlock).
-            let _guard = match self.locks.same_stripe(&victim, held) {
+            let _guard = match self.locks.same_stripe(victim, held) {
                 true => None,
-                false => match self.locks.try_lock(&victim) {
+                false => match self.locks.try_lock(victim) {
                     Some(g) => Some(g),
                     None => {
-                        busy += 1;
+                        *busy += 1;
                         continue;
                     }
                 },
             };
-            if ssd.delete(&victim).await.unwrap_or(false) {
-                removed += 1;
+            // Again under its lock: a write-back put holds it from its SSD write to its index entry.
+            if stays(victim) {
+                unflushed += 1;
+                continue;
+            }
+            if ssd.delete(victim).await.unwrap_or(false) {
+                *removed += 1;
                 self.metrics.evictions.with_label_values(&["ssd"]).inc();
-                let tiers = self.index.get(&victim).map_or(TierSet::EMPTY, |e| e.tiers.without(TierKind::Ssd));
+                let tiers = self.index.get(victim).map_or(TierSet::EMPTY, |e| e.tiers.without(TierKind::Ssd));
                 if tiers.is_empty() {
                     self.metrics.dropped.inc();
                 }
-                self.index.set_tiers(&victim, tiers);
+                self.index.set_tiers(victim, tiers);
             }
         }
-        Evicted { removed, busy }
+        (candidates.len(), unflushed)
     }
 
     /// One SSD read of `key` (callers coalesce through single flight). A good copy is
@@ -222,16 +277,8 @@ impl Inner {
                 GetOutcome::Hit { block: Block::with_crc32c(key, data, block.crc32c), tier: TierKind::Ssd }
             }
             Ok(None) => {
-                // Gone from SSD without the index saying so (a mover updates both under the
-                // key's lock, which we wait for): forget the SSD copy, so the get looks in the
-                // next tier (Blob) instead of asking SSD again.
-                let _guard = self.locks.lock(&key).await;
-                if let Some(entry) = self.index.get(&key)
-                    && entry.tiers.has(TierKind::Ssd)
-                    && !ssd.contains(&key).await.unwrap_or(true)
-                {
-                    self.index.set_tiers(&key, entry.tiers.without(TierKind::Ssd)); // none left: removed
-                }
+                // The get then looks in the next tier (Blob) instead of asking SSD again.
+                self.forget_vanished_ssd_copy(&key).await;
                 GetOutcome::not_found()
             }
             Err(e @ TierError::ChecksumMismatch { .. }) => {
@@ -251,6 +298,26 @@ impl Inner {
                 tracing::warn!(%key, error = %e, "SSD read failed");
                 GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() }
             }
+        }
+    }
+
+    /// Drops the index's SSD copy of `key` if the SSD tier no longer holds it (it dropped a
+    /// damaged copy) without the index saying so. A mover updates both under the key's lock,
+    /// which this waits for. A write-back block lost this way before reaching Blob is an
+    /// error worth a loud log: an acknowledged block is gone.
+    pub(super) async fn forget_vanished_ssd_copy(&self, key: &BlockKey) {
+        let Some(ssd) = &self.ssd else { return };
+        let _guard = self.locks.lock(key).await;
+        if let Some(entry) = self.index.get(key)
+            && entry.tiers.has(TierKind::Ssd)
+            && !ssd.contains(key).await.unwrap_or(true)
+        {
+            let left = entry.tiers.without(TierKind::Ssd);
+            if entry.unflushed() && left.is_empty() {
+                self.metrics.lost_write_back.inc();
+                tracing::error!(%key, "a write-back block's only copy was damaged on SSD before it reached Blob");
+            }
+            self.index.set_tiers(key, left); // none left: removed
         }
     }
 

@@ -74,6 +74,9 @@ impl Inner {
             promotions: sum(&m.promotions),
             checksum_failures: sum(&m.checksum_failures),
             dropped: m.dropped.get(),
+            unflushed_bytes: self.index.unflushed(),
+            flush_queue: self.flusher.as_ref().map_or(0, |f| f.backlog().0 as u64),
+            flushed_blocks: m.flushed_blocks.get(),
         }
     }
 }

@@ -19,12 +19,21 @@ impl Inner {
         kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)
     }
 
-    pub(super) fn check_durability(&self, durability: Durability) -> Result<(), TierError> {
-        if durability == Durability::LocalDisk && self.ssd.is_none() {
-            return Err(TierError::Unsupported {
-                tier: "manager".into(),
-                what: "durability local_disk needs an SSD tier (ssd.enabled = false)".into(),
-            });
+    pub(super) fn check_durability(&self, key: &BlockKey, durability: Durability) -> Result<(), TierError> {
+        let refuse = |what: String| Err(TierError::Unsupported { tier: "manager".into(), what });
+        if durability.on_disk() && self.ssd.is_none() {
+            return refuse(format!("durability {} needs an SSD tier (ssd.enabled = false)", durability.as_str()));
+        }
+        if durability == Durability::WriteBack {
+            if self.flusher.is_none() {
+                return refuse("durability write_back needs a Blob tier (blob.url is empty)".into());
+            }
+            if !self.flushable(key) {
+                return refuse(format!(
+                    "durability write_back: namespace {} is cache_only in [namespaces]; its blocks never go to Blob",
+                    key.namespace
+                ));
+            }
         }
         Ok(())
     }
@@ -51,8 +60,8 @@ impl Inner {
         if let Some(ssd) = &self.ssd {
             let blocks = ssd.blocks().await?;
             for b in &blocks {
-                self.index
-                    .insert(b.key.clone(), Entry { len: b.len, crc32c: b.crc32c, tiers: TierSet::of(TierKind::Ssd) });
+                let entry = Entry { durable: b.durable, ..Entry::new(b.len, b.crc32c, TierSet::of(TierKind::Ssd)) };
+                self.index.insert(b.key.clone(), entry);
             }
             tracing::info!(blocks = blocks.len(), tier = %ssd, "index rebuilt");
         }
@@ -89,18 +98,23 @@ impl Inner {
         }
         match sink {
             Sink::Arena(reservation, _reserved) => {
+                let durable = durability == Durability::WriteBack;
+                let admitted = if durable { Some(self.admit_write_back(len).await?) } else { None };
                 self.cpu.commit(key.clone(), reservation, crc32c)?;
-                self.index.insert(key.clone(), Entry { len, crc32c, tiers: TierSet::of(TierKind::Cpu) });
+                self.index
+                    .insert(key.clone(), Entry { durable, ..Entry::new(len, crc32c, TierSet::of(TierKind::Cpu)) });
+                drop(admitted); // the index counts it now
                 self.admitted(&key, len);
-                if durability == Durability::LocalDisk {
+                if durability.on_disk() {
                     let block = self.cpu.get(&key).await?.expect("committed under our lock");
-                    if let Err(e) = self.write_ssd(block).await {
+                    if let Err(e) = self.write_ssd(block.with_durable(durable)).await {
                         self.index.remove(&key);
                         self.policy.forget(&key);
                         let _ = self.cpu.delete(&key).await;
                         return Err(e);
                     }
                     self.index.set_tiers(&key, TierSet::of(TierKind::Cpu).with(TierKind::Ssd));
+                    self.queue_flush(key, durable);
                 }
                 Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu })
             }
@@ -111,13 +125,16 @@ impl Inner {
     /// Places a new block (the caller holds its lock and saw it absent).
     pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
-        let entry = |tiers| Entry { len, crc32c, tiers };
-        if durability == Durability::LocalDisk {
-            self.write_ssd(block.clone()).await?;
+        let durable = durability == Durability::WriteBack;
+        let entry = |tiers| Entry { durable, ..Entry::new(len, crc32c, tiers) };
+        if durability.on_disk() {
+            let _admitted = if durable { Some(self.admit_write_back(len).await?) } else { None };
+            self.write_ssd(block.clone().with_durable(durable)).await?;
             let in_memory = self.put_cpu(&block).await;
             let tiers = TierSet::of(TierKind::Ssd);
             let tiers = if in_memory { tiers.with(TierKind::Cpu) } else { tiers };
-            self.index.insert(key, entry(tiers));
+            self.index.insert(key.clone(), entry(tiers));
+            self.queue_flush(key, durable);
             return Ok(PutOutcome { status: PutStatus::Stored, tier: tiers.fastest().expect("ssd is set") });
         }
         if self.put_cpu(&block).await {

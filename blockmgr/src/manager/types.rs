@@ -11,6 +11,25 @@ pub enum Durability {
     Cache,
     /// Once on the SSD tier: survives a kill -9 of the server.
     LocalDisk,
+    /// Once on the SSD tier, then flushed to the Blob tier in the background; the node
+    /// keeps a local copy until Blob has one (across restarts).
+    WriteBack,
+}
+
+impl Durability {
+    /// Whether the put is acknowledged only once on SSD.
+    pub fn on_disk(self) -> bool {
+        matches!(self, Durability::LocalDisk | Durability::WriteBack)
+    }
+
+    /// The name used in configuration, the CLI and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Cache => "cache",
+            Durability::LocalDisk => "local_disk",
+            Durability::WriteBack => "write_back",
+        }
+    }
 }
 
 /// Result of a put.
@@ -114,4 +133,10 @@ pub struct Stats {
     pub checksum_failures: u64,
     /// Blocks that left the node to make room or after an error.
     pub dropped: u64,
+    /// Bytes written with write-back durability that Blob does not hold yet.
+    pub unflushed_bytes: u64,
+    /// Blocks waiting in the flush queue.
+    pub flush_queue: u64,
+    /// Blocks flushed to Blob since start.
+    pub flushed_blocks: u64,
 }

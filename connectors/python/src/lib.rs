@@ -91,7 +91,10 @@ fn durability(name: &str) -> PyResult<Durability> {
     match name {
         "cache" => Ok(Durability::Cache),
         "local_disk" | "disk" => Ok(Durability::LocalDisk),
-        other => Err(InvalidArgumentError::new_err(format!("durability {other:?}: use \"cache\" or \"local_disk\""))),
+        "write_back" => Ok(Durability::WriteBack),
+        other => Err(InvalidArgumentError::new_err(format!(
+            "durability {other:?}: use \"cache\", \"local_disk\" or \"write_back\""
+        ))),
     }
 }
 
@@ -259,7 +262,8 @@ impl Client {
     }
 
     /// Stores blocks: `keys[i]` (bytes, 1..=64) gets the bytes of buffer `values[i]`.
-    /// `durability` is "cache" (acknowledged once in memory) or "local_disk" (once on SSD).
+    /// `durability` is "cache" (acknowledged once in memory), "local_disk" (once on SSD) or
+    /// "write_back" (once on SSD, then flushed to Blob in the background).
     /// One result per block, in order; request-level failures raise.
     #[pyo3(signature = (namespace, keys, values, durability="cache"))]
     fn put(

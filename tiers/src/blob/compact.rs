@@ -100,6 +100,7 @@ impl BlobTier {
     }
 
     async fn delete_object(&self, name: &str) -> Result<()> {
+        super::Counters::count(&self.counters.other, 1);
         match self.store.delete(&Path::from(name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_error("delete", name, e)),

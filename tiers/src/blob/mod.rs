@@ -21,7 +21,10 @@ mod store;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::{Bytes, BytesMut};
@@ -94,6 +97,36 @@ impl State {
         if let Some(seg) = self.segments.get_mut(&loc.stamp) {
             seg.live -= loc.len;
         }
+    }
+}
+
+/// Requests a [`BlobTier`] has sent to its store since it opened (what metrics export).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreRequests {
+    /// PUTs (segments, indexes, deletion records).
+    pub puts: u64,
+    /// Bytes sent by PUTs.
+    pub put_bytes: u64,
+    /// GETs, whole or ranged.
+    pub gets: u64,
+    /// Bytes received by GETs.
+    pub get_bytes: u64,
+    /// LISTs and DELETEs.
+    pub other: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Counters {
+    fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -176,6 +209,7 @@ impl BlobTierBuilder {
             segment_size: self.segment_size.max(1),
             max_block_size: self.max_block_size,
             state: Mutex::new(State::default()),
+            counters: Counters::default(),
             stamping: tokio::sync::RwLock::new(()),
             compacting: tokio::sync::Mutex::new(()),
         };
@@ -193,6 +227,7 @@ pub struct BlobTier {
     segment_size: u64,
     max_block_size: u64,
     state: Mutex<State>,
+    counters: Counters,
     /// Deletes hold it shared from taking their stamp until their keys are removed;
     /// compaction holds it exclusively while it picks live blocks and takes its stamp. So a
     /// delete is either seen by compaction's snapshot, or stamped after the rewrite.
@@ -214,6 +249,19 @@ impl std::fmt::Display for BlobTier {
 }
 
 impl BlobTier {
+    /// Requests sent to the store so far.
+    pub fn requests(&self) -> StoreRequests {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreRequests {
+            puts: get(&c.puts),
+            put_bytes: get(&c.put_bytes),
+            gets: get(&c.gets),
+            get_bytes: get(&c.get_bytes),
+            other: get(&c.other),
+        }
+    }
+
     fn store_error(&self, op: &'static str, object: &str, source: object_store::Error) -> Error {
         Error::Store { tier: self.to_string(), op, object: object.to_string(), source: Box::new(source) }
     }
@@ -230,6 +278,7 @@ impl BlobTier {
         for (dir, ext, is_index) in [("idx", "idx", true), ("del", "del", false)] {
             let sep = if self.prefix.is_empty() { "" } else { "/" };
             let listed = format!("{}{sep}{dir}", self.prefix);
+            Counters::count(&self.counters.other, 1);
             let objects: Vec<_> = self
                 .store
                 .list(Some(&Path::from(listed.as_str())))
@@ -290,8 +339,11 @@ impl BlobTier {
 
     /// A whole object.
     async fn fetch(&self, path: &Path) -> Result<Bytes> {
+        Counters::count(&self.counters.gets, 1);
         let got = self.store.get(path).await.map_err(|e| self.store_error("get", path.as_ref(), e))?;
-        got.bytes().await.map_err(|e| self.store_error("get", path.as_ref(), e))
+        let bytes = got.bytes().await.map_err(|e| self.store_error("get", path.as_ref(), e))?;
+        Counters::count(&self.counters.get_bytes, bytes.len() as u64);
+        Ok(bytes)
     }
 
     /// Writes `blocks` as one segment and its index; the entries once both are stored.
@@ -325,6 +377,8 @@ impl BlobTier {
     }
 
     async fn put_object(&self, name: &str, bytes: Bytes) -> Result<()> {
+        Counters::count(&self.counters.puts, 1);
+        Counters::count(&self.counters.put_bytes, bytes.len() as u64);
         self.store
             .put(&Path::from(name), PutPayload::from_bytes(bytes))
             .await
@@ -395,8 +449,12 @@ impl BlobTier {
     async fn read_one(&self, key: &BlockKey, loc: Option<Location>) -> Result<Option<Block>> {
         let Some(loc) = loc else { return Ok(None) };
         let range = loc.offset..loc.offset + loc.len;
+        Counters::count(&self.counters.gets, 1);
         let data = match self.store.get_range(&loc.segment, range).await {
-            Ok(d) => d,
+            Ok(d) => {
+                Counters::count(&self.counters.get_bytes, d.len() as u64);
+                d
+            }
             Err(object_store::Error::NotFound { .. }) => {
                 tracing::warn!(key = %key, segment = %loc.segment, "blob: the segment is gone; a miss");
                 self.forget(key, &loc);
@@ -493,6 +551,26 @@ impl Tier for BlobTier {
     fn eviction_candidates(&self, _size: u64, _max: usize) -> Vec<BlockKey> {
         Vec::new() // the last tier keeps everything
     }
+}
+
+/// Damages `key`'s bytes in whichever segment its index names under `url`, through the
+/// store itself (for tests: a bit flipped at rest).
+#[cfg(any(test, feature = "conformance"))]
+pub(crate) async fn damage_copy(url: &str, options: Vec<(String, String)>, key: &crate::BlockKey) {
+    let url = url::Url::parse(&url.replacen("az://", "azure://", 1)).unwrap();
+    let (store, prefix) = store::open(&url, &options, Retries::default()).unwrap();
+    let idx: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/idx")))).try_collect().await.unwrap();
+    for meta in idx {
+        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        if let Some(e) = format::decode_index(&bytes).unwrap().into_iter().find(|e| &e.key == key) {
+            let seg = Path::from(meta.location.as_ref().replace("/idx/", "/seg/").replace(".idx", ".seg"));
+            let mut data = store.get(&seg).await.unwrap().bytes().await.unwrap().to_vec();
+            data[(e.offset + e.len / 2) as usize] ^= 0x40;
+            store.put(&seg, data.into()).await.unwrap();
+            return;
+        }
+    }
+    panic!("{key} is in no index");
 }
 
 #[cfg(test)]

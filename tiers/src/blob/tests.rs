@@ -3,10 +3,7 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
-use object_store::{ObjectStore, path::Path};
-
-use super::{BlobTierBuilder, format};
+use super::BlobTierBuilder;
 use crate::{
     Tier,
     conformance::{Azurite, Subject},
@@ -25,26 +22,8 @@ fn subject(url: String, options: Vec<(String, String)>) -> Subject {
     .bounded(false)
     .corrupt(move |_tier, key| {
         let (url, options) = (url2.clone(), options2.clone());
-        Box::pin(async move { flip_a_byte_of(&url, options, &key).await })
+        Box::pin(async move { crate::conformance::damage_blob_copy(&url, options, &key).await })
     })
-}
-
-/// Damages `key`'s bytes in whichever segment its index names, through the store itself.
-async fn flip_a_byte_of(url: &str, options: Vec<(String, String)>, key: &crate::BlockKey) {
-    let url = url::Url::parse(&url.replacen("az://", "azure://", 1)).unwrap();
-    let (store, prefix) = object_store::parse_url_opts(&url, options).unwrap();
-    let idx: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/idx")))).try_collect().await.unwrap();
-    for meta in idx {
-        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
-        if let Some(e) = format::decode_index(&bytes).unwrap().into_iter().find(|e| &e.key == key) {
-            let seg = Path::from(meta.location.as_ref().replace("/idx/", "/seg/").replace(".idx", ".seg"));
-            let mut data = store.get(&seg).await.unwrap().bytes().await.unwrap().to_vec();
-            data[(e.offset + e.len / 2) as usize] ^= 0x40;
-            store.put(&seg, data.into()).await.unwrap();
-            return;
-        }
-    }
-    panic!("{key} is in no index");
 }
 
 #[tokio::test]

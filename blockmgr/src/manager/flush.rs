@@ -1,0 +1,368 @@
+//! Write-back to the Blob tier: one queue, drained by one task in segment-sized batches
+//! (a GiB of blocks costs a few PUTs, not one per block).
+//!
+//! Two kinds of blocks go through it:
+//! - **write-back** blocks ([`Durability::WriteBack`]) are on SSD when acknowledged and are
+//!   queued at once. Until Blob has them they are not evictable from SSD; the SSD slot
+//!   header marks them, so after a `kill -9` those Blob lacks are queued again at start.
+//! - **demoted** blocks: once SSD use passes `blob.demote_above`, the oldest blocks of the
+//!   size class being written, as many bytes as use is over that mark, are copied to Blob
+//!   ahead of their eviction (SSD evicts oldest first), so eviction drops copies Blob holds.
+//!   A cache block that eviction reaches first (the flush fell behind) is dropped as before:
+//!   it is a cache.
+//!
+//! Namespaces configured `cache_only` never reach Blob. A failed batch is retried with
+//! exponential backoff until it succeeds; meanwhile write-back puts go on until
+//! `blob.max_unflushed` bytes wait, then wait up to `blob.flush_wait` and fail with
+//! [`TierError::Backpressure`].
+//!
+//! [`Durability::WriteBack`]: super::Durability::WriteBack
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use kvtier_tiers::{BlobTier, Block, BlockKey, Error as TierError, Tier, TierExt, TierKind};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::Inner;
+use crate::index::Entry;
+
+/// Longest pause between retries of a failed batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// SSD eviction candidates looked at per pressed size class.
+const DEMOTE_SCAN: usize = 4096;
+
+/// What the flusher is asked to do, in order.
+#[derive(Debug, Default)]
+struct Queue {
+    keys: VecDeque<(BlockKey, Instant)>,
+    members: HashSet<BlockKey>,
+    /// Block size -> bytes of SSD use over the demotion threshold, since the last look.
+    pressed: BTreeMap<u64, u64>,
+}
+
+/// The flush queue and its limits. Shared by the manager (which queues) and the flush task.
+#[derive(Debug)]
+pub(super) struct Flusher {
+    blob: Arc<BlobTier>,
+    queue: Mutex<Queue>,
+    /// New work queued.
+    wake: Notify,
+    /// Blocks reached Blob (write-back puts waiting for room look again).
+    progress: Notify,
+    /// Bytes of write-back puts admitted but not yet in the index.
+    admitted: Mutex<u64>,
+    /// Most unflushed bytes.
+    limit: u64,
+    wait: Duration,
+    linger: Duration,
+    segment_size: u64,
+    demote_above: f64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Flusher {
+    pub(super) fn new(blob: Arc<BlobTier>, ssd_capacity: u64, config: &crate::Config) -> Self {
+        Flusher {
+            blob,
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            admitted: Mutex::new(0),
+            limit: ((ssd_capacity as f64 * config.blob.max_unflushed) as u64).max(config.max_block_size.0),
+            wait: config.blob.flush_wait,
+            linger: config.blob.flush_linger,
+            segment_size: config.blob.segment_size.0,
+            demote_above: config.blob.demote_above,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Queues `key` (once, however often asked).
+    pub(super) fn enqueue(&self, key: BlockKey) {
+        let mut q = self.queue.lock();
+        if q.members.insert(key.clone()) {
+            q.keys.push_back((key, Instant::now()));
+            drop(q);
+            self.wake.notify_one();
+        }
+    }
+
+    /// SSD is `used`/`capacity` full after a write of `len` bytes: past the threshold, ask
+    /// for that class's oldest blocks, as many bytes as use is over it, to be in Blob.
+    pub(super) fn pressure(&self, len: u64, used: u64, capacity: u64) {
+        let mark = (capacity as f64 * self.demote_above) as u64;
+        if self.demotes() && used > mark {
+            let over = used - mark;
+            let previous = self.queue.lock().pressed.insert(len, over);
+            if previous.is_none() {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Whether SSD blocks are demoted to Blob ahead of eviction.
+    pub(super) fn demotes(&self) -> bool {
+        self.demote_above < 1.0
+    }
+
+    /// Blocks queued, and how long the oldest has waited.
+    pub(super) fn backlog(&self) -> (usize, Duration) {
+        let q = self.queue.lock();
+        (q.keys.len(), q.keys.front().map(|(_, t)| t.elapsed()).unwrap_or_default())
+    }
+}
+
+/// Room for one write-back put in the unflushed budget; given back when dropped (by then
+/// the index counts the block, or the put failed).
+pub(super) struct Admitted<'a> {
+    flusher: &'a Flusher,
+    len: u64,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        *self.flusher.admitted.lock() -= self.len;
+        self.flusher.progress.notify_waiters();
+    }
+}
+
+impl Inner {
+    /// Queues a write-back block just stored for its flush.
+    pub(super) fn queue_flush(&self, key: BlockKey, durable: bool) {
+        if let (true, Some(flusher)) = (durable, &self.flusher) {
+            flusher.enqueue(key);
+        }
+    }
+
+    /// Whether blocks of `key`'s namespace may go to Blob.
+    pub(super) fn flushable(&self, key: &BlockKey) -> bool {
+        !self.config.namespace(key.namespace.as_str()).cache_only
+    }
+
+    /// Waits (up to `blob.flush_wait`) until a write-back block of `len` bytes fits under
+    /// the unflushed limit, or fails with backpressure.
+    pub(super) async fn admit_write_back(&self, len: u64) -> Result<Admitted<'_>, TierError> {
+        let flusher = self.flusher.as_ref().expect("check_durability requires a flusher");
+        let deadline = tokio::time::Instant::now() + flusher.wait;
+        loop {
+            let progress = flusher.progress.notified();
+            {
+                let mut admitted = flusher.admitted.lock();
+                let waiting = self.index.unflushed() + *admitted;
+                // A lone block larger than the limit still goes (it would never fit).
+                if waiting + len <= flusher.limit || waiting == 0 {
+                    *admitted += len;
+                    return Ok(Admitted { flusher, len });
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    self.metrics.flush_backpressure.inc();
+                    return Err(TierError::Backpressure {
+                        tier: flusher.blob.to_string(),
+                        waiting,
+                        limit: flusher.limit,
+                        cause: flusher.last_error.lock().clone(),
+                    });
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, progress).await;
+        }
+    }
+}
+
+/// Starts the flush task. It holds the manager weakly and ends when the manager is dropped.
+pub(super) fn spawn_flusher(inner: &Arc<Inner>, flusher: Arc<Flusher>) {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let work = flusher.wake.notified();
+            let Some(inner) = weak.upgrade() else { return };
+            let batch = take_batch(&inner, &flusher).await;
+            if batch.is_empty() {
+                drop(inner);
+                // Woken by new work; the timeout notices a dropped manager.
+                let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
+                continue;
+            }
+            let blocks = read_batch(&inner, &flusher, batch).await;
+            if blocks.is_empty() {
+                // Nothing readable (every key moved or failed): do not spin on a requeue.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let mut pending = blocks;
+            while !pending.is_empty() {
+                pending = flush_once(&inner, &flusher, pending).await;
+                if pending.is_empty() {
+                    failures = 0;
+                    break;
+                }
+                failures += 1;
+                let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
+                tokio::time::sleep(pause).await;
+                if Arc::strong_count(&inner) == 1 {
+                    return; // the manager is gone; what is left stays queued on SSD
+                }
+            }
+        }
+    });
+}
+
+/// Up to a segment's worth of keys to flush. A batch under half a segment waits for more
+/// keys until `linger` after its first.
+async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut deadline = None;
+    loop {
+        let more = flusher.wake.notified();
+        fill_from_pressure(inner, flusher);
+        {
+            let mut q = flusher.queue.lock();
+            while let Some((key, _)) = q.keys.front().cloned() {
+                let Some(entry) = inner.index.get(&key).filter(|e| wants_flush(inner, &key, e)) else {
+                    q.keys.pop_front();
+                    q.members.remove(&key);
+                    continue;
+                };
+                if !batch.is_empty() && bytes + entry.len > flusher.segment_size {
+                    break;
+                }
+                q.keys.pop_front();
+                q.members.remove(&key);
+                bytes += entry.len;
+                batch.push((key, entry));
+            }
+        }
+        inner.metrics.flush_queue.set(flusher.backlog().0 as i64);
+        if batch.is_empty() || bytes * 2 >= flusher.segment_size {
+            return batch;
+        }
+        let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + flusher.linger);
+        if tokio::time::Instant::now() >= deadline {
+            return batch;
+        }
+        let _ = tokio::time::timeout_at(deadline, more).await;
+    }
+}
+
+/// Whether `key` still needs to go to Blob: indexed locally, not in Blob, flushable.
+fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
+    !e.tiers.has(TierKind::Blob) && (e.tiers.has(TierKind::Cpu) || e.tiers.has(TierKind::Ssd)) && inner.flushable(key)
+}
+
+/// Queues, for each pressed size class, the oldest SSD blocks Blob lacks among the first
+/// `over` bytes of eviction candidates.
+fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
+    let pressed = std::mem::take(&mut flusher.queue.lock().pressed);
+    let Some(ssd) = &inner.ssd else { return };
+    for (len, over) in pressed {
+        let mut covered = 0;
+        for key in ssd.eviction_candidates(len, DEMOTE_SCAN) {
+            if covered >= over {
+                break;
+            }
+            let Some(e) = inner.index.get(&key) else { continue };
+            covered += e.len;
+            if e.tiers.has(TierKind::Ssd) && wants_flush(inner, &key, &e) {
+                flusher.enqueue(key);
+            }
+        }
+    }
+}
+
+/// The bytes of each key, from memory when there, else SSD. A key that moved meanwhile is
+/// queued again; one whose only copy turned out damaged is gone (and said so).
+async fn read_batch(inner: &Arc<Inner>, flusher: &Flusher, batch: Vec<(BlockKey, Entry)>) -> Vec<Block> {
+    let reads = batch.into_iter().map(|(key, entry)| async move {
+        let read = if entry.tiers.has(TierKind::Cpu) {
+            inner.cpu.get(&key).await
+        } else {
+            inner.ssd.as_ref().expect("indexed on SSD implies an SSD tier").get(&key).await
+        };
+        (key, read)
+    });
+    let mut blocks = Vec::new();
+    for (key, read) in futures::future::join_all(reads).await {
+        match read {
+            Ok(Some(block)) if inner.is_current(&block) => blocks.push(block),
+            Ok(_) => {
+                // Moved between tiers, deleted, or replaced: look again if still wanted.
+                if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
+                    inner.forget_vanished_ssd_copy(&key).await;
+                    flusher.enqueue(key);
+                }
+            }
+            Err(e) => {
+                tracing::error!(%key, error = %e, "flush: reading the local copy failed");
+                inner.forget_vanished_ssd_copy(&key).await;
+                if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
+                    flusher.enqueue(key);
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// One attempt to store `blocks` in Blob. Returns those still to store.
+async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, blocks: Vec<Block>) -> Vec<Block> {
+    let started = Instant::now();
+    let results = flusher.blob.put_batch(&blocks).await;
+    let mut failed = Vec::new();
+    let mut stored = Vec::new();
+    for (block, result) in blocks.into_iter().zip(results) {
+        match result {
+            Ok(_) => stored.push(block),
+            Err(e) => {
+                *flusher.last_error.lock() = Some(e.to_string());
+                failed.push((block, e));
+            }
+        }
+    }
+    if let Some((_, e)) = failed.first() {
+        inner.metrics.flush_errors.inc();
+        tracing::warn!(blocks = failed.len(), error = %e, "flush to Blob failed; retrying with backoff");
+    } else {
+        *flusher.last_error.lock() = None;
+    }
+    for block in &stored {
+        inner.flushed(block).await;
+    }
+    if !stored.is_empty() {
+        let bytes: u64 = stored.iter().map(|b| b.len()).sum();
+        inner.metrics.flushed_blocks.inc_by(stored.len() as u64);
+        inner.metrics.flushed_bytes.inc_by(bytes);
+        inner.metrics.latency.with_label_values(&["flush_batch"]).observe(started.elapsed().as_secs_f64());
+        flusher.progress.notify_waiters();
+    }
+    failed.into_iter().map(|(b, _)| b).collect()
+}
+
+impl Inner {
+    /// Records that Blob holds `block`. A block deleted (or stored again with other bytes)
+    /// while it was being flushed must not outlive that in Blob: its copy is deleted there.
+    async fn flushed(&self, block: &Block) {
+        let _guard = self.locks.lock(&block.key).await;
+        match self.index.get(&block.key) {
+            Some(e) if self.is_current(block) => {
+                self.index.set_tiers(&block.key, e.tiers.with(TierKind::Blob));
+                if !e.durable {
+                    self.metrics.demotions.with_label_values(&["ssd", "blob"]).inc();
+                }
+            }
+            _ => {
+                if let Some(blob) = &self.blob
+                    && let Err(e) = blob.delete(&block.key).await
+                {
+                    tracing::warn!(key = %block.key, error = %e, "deleting the Blob copy of a deleted block failed");
+                }
+            }
+        }
+    }
+}

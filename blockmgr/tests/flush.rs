@@ -1,0 +1,303 @@
+//! The Blob tier's write side in a real `kvtier serve`, against a real Azurite and against
+//! a local directory (the same suite on both): demotion CPU -> SSD -> Blob and read-through
+//! back; write-back blocks flushed after a `kill -9`; a wiped data dir served from Blob;
+//! Blob stopped mid-run (backpressure, then recovery with nothing lost); a damaged segment
+//! range read as a miss.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, data, key};
+use kvtier_blockmgr::{Client, Durability, GetItem, MissReason, PutItem, Stats};
+use kvtier_tiers::{BlobTier, BlobTierBuilder, BlockKey, Tier, TierExt, TierKind, conformance::Azurite};
+use tonic::Code;
+
+const NS: &str = "acme/ckpt/run1";
+const BLOCK: usize = 256 << 10;
+
+/// Where the node's Blob tier lives.
+enum Store {
+    Dir(tempfile::TempDir),
+    Azurite(Azurite),
+}
+
+struct Backend {
+    store: Store,
+    url: String,
+}
+
+impl Backend {
+    fn dir() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket/kv", dir.path().display());
+        Backend { store: Store::Dir(dir), url }
+    }
+
+    fn azurite() -> Backend {
+        Backend { store: Store::Azurite(Azurite::start()), url: "az://kvtier/nodes/kv".into() }
+    }
+
+    fn options(&self) -> Vec<(String, String)> {
+        match &self.store {
+            Store::Dir(_) => Vec::new(),
+            Store::Azurite(a) => a.options(),
+        }
+    }
+
+    /// The node's `[blob]` table: 4 MiB segments plus `extra` lines.
+    fn toml(&self, extra: &str) -> String {
+        let options: String = self.options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+        let segment = if extra.contains("segment_size") { "" } else { "segment_size = \"4MiB\"" };
+        format!("[blob]\nurl = \"{}\"\n{segment}\n{extra}\n[blob.options]\n{options}", self.url)
+    }
+
+    /// An independent view of what Blob holds (a fresh replay of its records).
+    async fn view(&self) -> BlobTier {
+        BlobTierBuilder::new(&self.url).options(self.options()).open().await.unwrap()
+    }
+
+    /// Makes the store unreachable: Azurite stops; a directory is moved away and a plain
+    /// file takes its place, so every write under it fails.
+    fn stop(&mut self) {
+        match &mut self.store {
+            Store::Azurite(a) => a.stop(),
+            Store::Dir(d) => {
+                let bucket = d.path().join("bucket");
+                std::fs::rename(&bucket, d.path().join("away")).unwrap();
+                std::fs::write(&bucket, b"not a directory").unwrap();
+            }
+        }
+    }
+
+    fn resume(&mut self) {
+        match &mut self.store {
+            Store::Azurite(a) => a.resume(),
+            Store::Dir(d) => {
+                std::fs::remove_file(d.path().join("bucket")).unwrap();
+                std::fs::rename(d.path().join("away"), d.path().join("bucket")).unwrap();
+            }
+        }
+    }
+}
+
+fn items(range: std::ops::Range<u64>) -> Vec<PutItem> {
+    range.map(|i| PutItem::new(key(i), data(i, BLOCK))).collect()
+}
+
+fn block_key(i: u64) -> BlockKey {
+    BlockKey::parse(NS, &key(i)).unwrap()
+}
+
+/// Polls the node's stats until `done` holds (at most 30 s).
+async fn wait_for(client: &Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = client.stats().await.unwrap();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn put_all(client: &Client, blocks: &[PutItem], durability: Durability) {
+    for r in client.put(NS, blocks, durability).await.unwrap() {
+        assert_eq!(r.result, Ok(()), "{r:?}");
+    }
+}
+
+/// Every block of `range` reads back byte-exact; returns the tiers it came from.
+async fn read_all(client: &Client, range: std::ops::Range<u64>) -> Vec<TierKind> {
+    let keys: Vec<Vec<u8>> = range.clone().map(key).collect();
+    let mut tiers = Vec::new();
+    for (i, item) in range.zip(client.get(NS, &keys).await.unwrap()) {
+        let GetItem::Hit { data: got, tier, .. } = item else { panic!("block {i}: {item:?}") };
+        assert!(got == data(i, BLOCK), "block {i} read back other bytes");
+        tiers.push(tier);
+    }
+    tiers
+}
+
+async fn demotion_goes_cpu_ssd_blob_and_reads_back(backend: Backend) {
+    // 50 MiB of cache blocks through 8 MiB of memory and 32 MiB of SSD, in waves.
+    let node = Node::start_with("", &backend.toml("demote_above = 0.5"));
+    let client = node.unix_client().await;
+    for wave in 0..25 {
+        put_all(&client, &items(wave * 8..wave * 8 + 8), Durability::Cache).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for(&client, "the flush queue to drain", |s| s.flush_queue == 0).await;
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.dropped, 0, "every block SSD evicted was in Blob first: {stats:?}");
+    assert!(stats.flushed_blocks > 0, "{stats:?}");
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let placed = client.lookup(NS, &keys).await.unwrap();
+    assert_eq!(placed.len(), 200, "every block is somewhere");
+    assert!(placed.contains(&TierKind::Blob), "some left the node's disk for Blob: {placed:?}");
+    let tiers = read_all(&client, 0..200).await;
+    assert!(tiers.contains(&TierKind::Blob) && tiers.contains(&TierKind::Cpu), "{tiers:?}");
+    let metrics = node.http_get("/metrics");
+    assert!(metrics.contains("kvtier_demotions_total{from=\"ssd\",to=\"blob\"}"), "{metrics}");
+    let puts_line = metrics.lines().find(|l| l.starts_with("kvtier_blob_requests_total{op=\"put\"}")).unwrap();
+    let puts: u64 = puts_line.rsplit(' ').next().unwrap().parse().unwrap();
+    // Segments of up to 4 MiB (16 blocks) plus their indexes: far fewer PUTs than blocks.
+    assert!(puts < stats.flushed_blocks, "{puts} PUTs for {} blocks", stats.flushed_blocks);
+}
+
+async fn write_back_blocks_reach_blob_after_a_kill_9(backend: Backend) {
+    // A long linger holds the (partial) batch back, so the kill lands before its flush.
+    let mut node = Node::start_with("", &backend.toml("flush_linger = \"2s\"\nsegment_size = \"64MiB\""));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..16), Durability::WriteBack).await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.unflushed_bytes, 16 * BLOCK as u64, "acknowledged, not flushed yet: {stats:?}");
+    node.kill9();
+    node.restart();
+    let client = node.unix_client().await;
+    wait_for(&client, "the restarted node to flush", |s| s.unflushed_bytes == 0 && s.flushed_blocks == 16).await;
+    assert!(node.stderr().contains("queueing unflushed blocks"), "{}", node.stderr());
+    let view = backend.view().await;
+    for i in 0..16 {
+        let got = view.get(&block_key(i)).await.unwrap().unwrap_or_else(|| panic!("block {i} is not in Blob"));
+        assert!(got.data == data(i, BLOCK));
+    }
+}
+
+async fn a_wiped_node_serves_flushed_blocks_from_blob(backend: Backend) {
+    let mut node = Node::start_with("", &backend.toml(""));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..24), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let client = node.unix_client().await;
+    let keys: Vec<Vec<u8>> = (0..24).map(key).collect();
+    assert_eq!(client.lookup(NS, &keys).await.unwrap(), vec![TierKind::Blob; 24]);
+    assert_eq!(read_all(&client, 0..24).await, vec![TierKind::Blob; 24]);
+}
+
+async fn blob_down_is_backpressure_then_recovery_loses_nothing(mut backend: Backend) {
+    // At most 8 MiB (a quarter of the SSD) may wait for the flush.
+    let extra = "max_unflushed = 0.25\nflush_wait = \"500ms\"\nretries = 1\nretry_timeout = \"1s\"";
+    let node = Node::start_with("", &backend.toml(extra));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..4), Durability::WriteBack).await;
+    wait_for(&client, "the first flush", |s| s.unflushed_bytes == 0).await;
+    backend.stop();
+    let mut acked = 4;
+    let refusal = loop {
+        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
+        match r.result {
+            Ok(()) => acked += 1,
+            Err(refused) => break refused,
+        }
+        assert!(acked < 100, "never refused");
+    };
+    assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
+    assert!(refusal.1.contains("backpressure") && refusal.1.contains("the last flush failed"), "{}", refusal.1);
+    assert!(acked >= 4 + 28, "puts went on into local tiers up to the limit: {acked}");
+    // Cache puts still land locally meanwhile.
+    let cache: Vec<PutItem> = (1000..1004).map(|i| PutItem::new(key(i), data(i, BLOCK))).collect();
+    put_all(&client, &cache, Durability::Cache).await;
+
+    backend.resume();
+    wait_for(&client, "the flush to resume", |s| s.unflushed_bytes == 0 && s.flush_queue == 0).await;
+    let view = backend.view().await;
+    for i in 0..acked {
+        let got = view.get(&block_key(i)).await.unwrap().unwrap_or_else(|| panic!("acknowledged block {i} lost"));
+        assert!(got.data == data(i, BLOCK));
+    }
+    read_all(&client, 0..acked).await;
+    assert!(node.http_get("/metrics").contains("kvtier_flush_backpressure_total 1"));
+}
+
+async fn a_damaged_segment_range_is_a_miss(backend: Backend) {
+    let mut node = Node::start_with("", &backend.toml(""));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..4), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    kvtier_tiers::conformance::damage_blob_copy(&backend.url, backend.options(), &block_key(0)).await;
+    node.restart();
+    let client = node.unix_client().await;
+    let got = client.get(NS, &[key(0)]).await.unwrap().remove(0);
+    assert!(matches!(got, GetItem::Miss { reason: MissReason::ChecksumMismatch, .. }), "{got:?}");
+    assert_eq!(read_all(&client, 1..4).await, vec![TierKind::Blob; 3], "its neighbours in the segment are intact");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local_dir {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::dir()).await })*
+        }
+        mod azurite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::azurite()).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    demotion_goes_cpu_ssd_blob_and_reads_back,
+    write_back_blocks_reach_blob_after_a_kill_9,
+    a_wiped_node_serves_flushed_blocks_from_blob,
+    blob_down_is_backpressure_then_recovery_loses_nothing,
+    a_damaged_segment_range_is_a_miss,
+);
+
+#[tokio::test]
+async fn cache_only_namespaces_never_reach_blob_and_refuse_write_back() {
+    let backend = Backend::dir();
+    let policy = "[namespaces.\"acme/*\"]\ncache_only = true\n";
+    let node = Node::start_with("", &format!("{}\n{policy}", backend.toml("demote_above = 0.5")));
+    let client = node.unix_client().await;
+    let r = client.put(NS, &items(0..1), Durability::WriteBack).await.unwrap().remove(0);
+    let (code, message) = r.result.unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.contains("cache_only") && message.contains(NS), "{message}");
+    // 50 MiB of cache blocks: SSD evicts, nothing is demoted to Blob.
+    for wave in 0..25 {
+        put_all(&client, &items(wave * 8..wave * 8 + 8), Durability::Cache).await;
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.flushed_blocks, 0, "{stats:?}");
+    assert!(stats.dropped > 0, "SSD evicted without a Blob copy: {stats:?}");
+    assert_eq!(backend.view().await.blocks().await.unwrap().len(), 0);
+
+    // Without a Blob tier, write-back is refused by name too.
+    let no_blob = Node::start_with("", "[blob]\nurl = \"\"\n");
+    let r = no_blob.unix_client().await.put(NS, &items(0..1), Durability::WriteBack).await.unwrap().remove(0);
+    assert!(r.result.unwrap_err().1.contains("needs a Blob tier"));
+}
+
+#[tokio::test]
+async fn ssd_never_evicts_a_write_back_block_blob_lacks() {
+    // The unflushed limit is the whole SSD: with Blob down, write-back fills it, and then
+    // puts are refused rather than older acknowledged blocks evicted.
+    let mut backend = Backend::dir();
+    let node = Node::start_with("", &backend.toml("max_unflushed = 1.0\nflush_wait = \"200ms\"\nretries = 0"));
+    let client = node.unix_client().await;
+    backend.stop();
+    let mut acked = 0;
+    let refusal = loop {
+        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
+        match r.result {
+            Ok(()) => acked += 1,
+            Err(refused) => break refused,
+        }
+        assert!(acked < 200, "never refused");
+    };
+    assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert!(acked > 100, "the SSD filled first: {acked}");
+    backend.resume();
+    wait_for(&client, "the flush to resume", |s| s.unflushed_bytes == 0).await;
+    read_all(&client, 0..acked).await;
+    assert_eq!(backend.view().await.blocks().await.unwrap().len() as u64, acked);
+}
