@@ -234,6 +234,8 @@ pub struct BlobConfig {
     /// How long a write-back put waits for the flush to make room. Default 5s.
     #[serde(with = "humantime_serde")]
     pub flush_wait: Duration,
+    /// Segments written to the store at once. Default 4.
+    pub flush_concurrency: usize,
     /// How long the flusher waits for more blocks to fill a segment. Default 50ms.
     #[serde(with = "humantime_serde")]
     pub flush_linger: Duration,
@@ -257,6 +259,7 @@ impl Default for BlobConfig {
             retry_timeout: Duration::from_secs(10),
             max_unflushed: 0.75,
             flush_wait: Duration::from_secs(5),
+            flush_concurrency: 4,
             flush_linger: Duration::from_millis(50),
             demote_above: 0.9,
             compact_below: 0.5,
@@ -386,6 +389,16 @@ impl Config {
             return bad("blob.segment_size", "must be at least max_block_size");
         }
         for (field, value) in [
+            ("blob.flush_wait", self.blob.flush_wait),
+            ("blob.flush_linger", self.blob.flush_linger),
+            ("blob.compact_interval", self.blob.compact_interval),
+            ("blob.retry_timeout", self.blob.retry_timeout),
+        ] {
+            if value > Duration::from_secs(7 * 24 * 3600) {
+                return bad(field, "must be at most a week (168h)");
+            }
+        }
+        for (field, value) in [
             ("blob.max_unflushed", self.blob.max_unflushed),
             ("blob.demote_above", self.blob.demote_above),
             ("blob.compact_below", self.blob.compact_below),
@@ -394,8 +407,12 @@ impl Config {
                 return bad(field, "must be a fraction in (0, 1]");
             }
         }
-        if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
-            return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");
+        if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 || self.blob.flush_concurrency == 0
+        {
+            return bad(
+                "cpu.demotion_concurrency / ssd.max_concurrent_reads / blob.flush_concurrency",
+                "must be positive",
+            );
         }
         Ok(())
     }

@@ -229,6 +229,31 @@ async fn a_damaged_segment_range_is_a_miss(backend: Backend) {
     assert_eq!(read_all(&client, 1..4).await, vec![TierKind::Blob; 3], "its neighbours in the segment are intact");
 }
 
+async fn a_stale_copy_in_blob_never_passes_for_a_newer_version(mut backend: Backend) {
+    // v1 is flushed; its delete cannot reach Blob (down); v2 of the same key is written
+    // back. Once Blob returns, v2 must replace v1 there, not be taken as already flushed.
+    let extra = "retries = 0\nretry_timeout = \"1s\"";
+    let mut node = Node::start_with("", &backend.toml(extra));
+    let client = node.unix_client().await;
+    let v1 = PutItem::new(key(0), data(1, BLOCK));
+    let v2 = PutItem::new(key(0), data(2, BLOCK));
+    put_all(&client, std::slice::from_ref(&v1), Durability::WriteBack).await;
+    wait_for(&client, "v1's flush", |s| s.unflushed_bytes == 0).await;
+    backend.stop();
+    assert_eq!(client.delete(NS, &[key(0)]).await.unwrap(), vec![true]);
+    put_all(&client, std::slice::from_ref(&v2), Durability::WriteBack).await;
+    backend.resume();
+    wait_for(&client, "v2's flush", |s| s.unflushed_bytes == 0 && s.flush_queue == 0).await;
+    assert!(backend.view().await.get(&block_key(0)).await.unwrap().unwrap().data == v2.data, "Blob holds v2");
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let got = node.unix_client().await.get(NS, &[key(0)]).await.unwrap().remove(0);
+    let GetItem::Hit { data: got, tier, .. } = got else { panic!("{got:?}") };
+    assert_eq!(tier, TierKind::Blob);
+    assert!(got == v2.data, "a wiped node reads v2 from Blob");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local_dir {
@@ -248,6 +273,7 @@ on_both_backends!(
     a_wiped_node_serves_flushed_blocks_from_blob,
     blob_down_is_backpressure_then_recovery_loses_nothing,
     a_damaged_segment_range_is_a_miss,
+    a_stale_copy_in_blob_never_passes_for_a_newer_version,
 );
 
 #[tokio::test]

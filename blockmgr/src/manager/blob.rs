@@ -79,7 +79,12 @@ impl Inner {
     async fn drop_blob_copy(&self, key: &BlockKey) {
         let _guard = self.locks.lock(key).await;
         if let Some(entry) = self.index.get(key) {
-            self.index.set_tiers(key, entry.tiers.without(TierKind::Blob)); // none left: removed
+            let left = entry.tiers.without(TierKind::Blob);
+            self.index.set_tiers(key, left); // none left: removed
+            // A write-back block still held locally must reach Blob again.
+            if entry.durable && !left.is_empty() {
+                self.queue_flush(key.clone(), true);
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ use kvtier_tiers::{BlobTier, Block, BlockKey, Error as TierError, Tier, TierExt,
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::Inner;
-use crate::index::Entry;
+use super::{Durability, Inner};
+use crate::index::{Entry, TierSet};
 
 /// Longest pause between retries of a failed batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -40,7 +40,12 @@ const DEMOTE_SCAN: usize = 4096;
 #[derive(Debug, Default)]
 struct Queue {
     keys: VecDeque<(BlockKey, Instant)>,
+    /// Keys queued or in a batch being flushed: never queued twice.
     members: HashSet<BlockKey>,
+    /// Keys of a batch in flight queued again (unreadable this time): they stay members.
+    requeued: HashSet<BlockKey>,
+    /// Members deleted meanwhile: a copy their flush writes must go again.
+    deleted: HashSet<BlockKey>,
     /// Block size -> bytes of SSD use over the demotion threshold, since the last look.
     pressed: BTreeMap<u64, u64>,
 }
@@ -62,6 +67,7 @@ pub(super) struct Flusher {
     linger: Duration,
     segment_size: u64,
     demote_above: f64,
+    concurrency: usize,
     last_error: Mutex<Option<String>>,
 }
 
@@ -78,11 +84,12 @@ impl Flusher {
             linger: config.blob.flush_linger,
             segment_size: config.blob.segment_size.0,
             demote_above: config.blob.demote_above,
+            concurrency: config.blob.flush_concurrency,
             last_error: Mutex::new(None),
         }
     }
 
-    /// Queues `key` (once, however often asked).
+    /// Queues `key` unless it is queued or being flushed already.
     pub(super) fn enqueue(&self, key: BlockKey) {
         let mut q = self.queue.lock();
         if q.members.insert(key.clone()) {
@@ -90,6 +97,44 @@ impl Flusher {
             drop(q);
             self.wake.notify_one();
         }
+    }
+
+    /// Queues again a key of a batch being flushed (it could not be read this time).
+    fn requeue(&self, key: BlockKey) {
+        let mut q = self.queue.lock();
+        q.requeued.insert(key.clone());
+        q.keys.push_back((key, Instant::now()));
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// A batch is done with `keys`: later asks queue them again.
+    fn done(&self, keys: &[BlockKey]) {
+        let mut q = self.queue.lock();
+        for key in keys {
+            if !q.requeued.remove(key) {
+                q.members.remove(key);
+                q.deleted.remove(key);
+            }
+        }
+    }
+
+    /// `key` was deleted (it was `unflushed`): a flush of it in flight must not leave a
+    /// copy behind, and puts waiting for room may find some.
+    pub(super) fn deleted(&self, key: &BlockKey, unflushed: bool) {
+        {
+            let mut q = self.queue.lock();
+            if q.members.contains(key) {
+                q.deleted.insert(key.clone());
+            }
+        }
+        if unflushed {
+            self.progress.notify_waiters();
+        }
+    }
+
+    fn take_deleted(&self, key: &BlockKey) -> bool {
+        self.queue.lock().deleted.remove(key)
     }
 
     /// SSD is `used`/`capacity` full after a write of `len` bytes: past the threshold, ask
@@ -139,15 +184,42 @@ impl Inner {
         }
     }
 
+    /// The write-back blocks Blob lacks (what a start queues), less those of namespaces
+    /// configured cache_only since they were written: those can never be flushed, so they
+    /// become cache blocks (said once per start) rather than pin SSD space for ever.
+    pub(super) fn forget_write_back_of_cache_only(&self) -> Vec<BlockKey> {
+        let (flushable, stuck): (Vec<_>, Vec<_>) =
+            self.index.unflushed_keys().into_iter().partition(|k| self.flushable(k));
+        if !stuck.is_empty() {
+            tracing::warn!(
+                blocks = stuck.len(),
+                "write-back blocks of namespaces now cache_only will not be flushed; they are cache blocks now"
+            );
+        }
+        for key in stuck {
+            if let Some(e) = self.index.get(&key) {
+                self.index.insert(key, Entry { durable: false, ..e });
+            }
+        }
+        flushable
+    }
+
     /// Whether blocks of `key`'s namespace may go to Blob.
     pub(super) fn flushable(&self, key: &BlockKey) -> bool {
         !self.config.namespace(key.namespace.as_str()).cache_only
     }
 
-    /// Waits (up to `blob.flush_wait`) until a write-back block of `len` bytes fits under
-    /// the unflushed limit, or fails with backpressure.
-    pub(super) async fn admit_write_back(&self, len: u64) -> Result<Admitted<'_>, TierError> {
-        let flusher = self.flusher.as_ref().expect("check_durability requires a flusher");
+    /// For a write-back put, waits (up to `blob.flush_wait`) until `len` bytes fit under the
+    /// unflushed limit, or fails with backpressure. Other puts need no room. Never called
+    /// with a key's lock held: the flush that makes room takes key locks.
+    pub(super) async fn admit(&self, durability: Durability, len: u64) -> Result<Option<Admitted<'_>>, TierError> {
+        match (&self.flusher, durability) {
+            (Some(flusher), Durability::WriteBack) => self.admit_write_back(flusher, len).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn admit_write_back<'a>(&'a self, flusher: &'a Flusher, len: u64) -> Result<Admitted<'a>, TierError> {
         let deadline = tokio::time::Instant::now() + flusher.wait;
         loop {
             let progress = flusher.progress.notified();
@@ -174,43 +246,60 @@ impl Inner {
     }
 }
 
-/// Starts the flush task. It holds the manager weakly and ends when the manager is dropped.
+/// Starts the flush task: it forms batches and runs up to `blob.flush_concurrency` of them
+/// at once. Every task holds the manager weakly (strongly only while it works, not while
+/// it waits), so all end once the manager is dropped.
 pub(super) fn spawn_flusher(inner: &Arc<Inner>, flusher: Arc<Flusher>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
+    let slots = Arc::new(tokio::sync::Semaphore::new(flusher.concurrency));
     tokio::spawn(async move {
-        let mut failures = 0u32;
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
             let work = flusher.wake.notified();
             let Some(inner) = weak.upgrade() else { return };
             let batch = take_batch(&inner, &flusher).await;
+            drop(inner);
             if batch.is_empty() {
-                drop(inner);
+                drop(slot);
                 // Woken by new work; the timeout notices a dropped manager.
                 let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
                 continue;
             }
-            let blocks = read_batch(&inner, &flusher, batch).await;
-            if blocks.is_empty() {
-                // Nothing readable (every key moved or failed): do not spin on a requeue.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            let mut pending = blocks;
-            while !pending.is_empty() {
-                pending = flush_once(&inner, &flusher, pending).await;
-                if pending.is_empty() {
-                    failures = 0;
-                    break;
-                }
-                failures += 1;
-                let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
-                tokio::time::sleep(pause).await;
-                if Arc::strong_count(&inner) == 1 {
-                    return; // the manager is gone; what is left stays queued on SSD
-                }
-            }
+            let (weak, flusher) = (weak.clone(), flusher.clone());
+            tokio::spawn(async move {
+                let keys: Vec<BlockKey> = batch.iter().map(|(k, _)| k.clone()).collect();
+                flush_batch(&weak, &flusher, batch).await;
+                flusher.done(&keys);
+                drop(slot);
+            });
         }
     });
+}
+
+/// Reads a batch and stores it in Blob, retrying what fails with exponential backoff until
+/// it succeeds or the manager is gone (what is left then stays unflushed on SSD, and the
+/// next start queues it again).
+async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey, Entry)>) {
+    let Some(inner) = weak.upgrade() else { return };
+    let mut pending = read_batch(&inner, flusher, batch).await;
+    drop(inner);
+    if pending.is_empty() {
+        // Nothing readable (every key moved or failed): do not spin on a requeue.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return;
+    }
+    let mut failures = 0u32;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        pending = flush_once(&inner, flusher, pending).await;
+        drop(inner);
+        if pending.is_empty() {
+            return;
+        }
+        failures += 1;
+        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Up to a segment's worth of keys to flush. A batch under half a segment waits for more
@@ -228,13 +317,13 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
                 let Some(entry) = inner.index.get(&key).filter(|e| wants_flush(inner, &key, e)) else {
                     q.keys.pop_front();
                     q.members.remove(&key);
+                    q.deleted.remove(&key);
                     continue;
                 };
                 if !batch.is_empty() && bytes + entry.len > flusher.segment_size {
                     break;
                 }
-                q.keys.pop_front();
-                q.members.remove(&key);
+                q.keys.pop_front(); // still a member until its batch is done
                 bytes += entry.len;
                 batch.push((key, entry));
             }
@@ -295,14 +384,14 @@ async fn read_batch(inner: &Arc<Inner>, flusher: &Flusher, batch: Vec<(BlockKey,
                 // Moved between tiers, deleted, or replaced: look again if still wanted.
                 if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
                     inner.forget_vanished_ssd_copy(&key).await;
-                    flusher.enqueue(key);
+                    flusher.requeue(key);
                 }
             }
             Err(e) => {
                 tracing::error!(%key, error = %e, "flush: reading the local copy failed");
                 inner.forget_vanished_ssd_copy(&key).await;
                 if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
-                    flusher.enqueue(key);
+                    flusher.requeue(key);
                 }
             }
         }
@@ -311,8 +400,23 @@ async fn read_batch(inner: &Arc<Inner>, flusher: &Flusher, batch: Vec<(BlockKey,
 }
 
 /// One attempt to store `blocks` in Blob. Returns those still to store.
-async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, blocks: Vec<Block>) -> Vec<Block> {
+async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, mut blocks: Vec<Block>) -> Vec<Block> {
     let started = Instant::now();
+    // Deleted (or stored again with other bytes) since the last attempt: not ours to write.
+    blocks.retain(|b| inner.is_current(b));
+    // Blob holding a key the index does not place there holds another version of it (left
+    // by a delete that failed): Blob keeps the first copy of a key, so that one goes first.
+    let keys: Vec<BlockKey> = blocks.iter().map(|b| b.key.clone()).collect();
+    let held = flusher.blob.contains_batch(&keys).await.unwrap_or_default();
+    let stale: Vec<BlockKey> = keys.into_iter().zip(held).filter(|(_, h)| *h).map(|(k, _)| k).collect();
+    if !stale.is_empty() {
+        tracing::warn!(blocks = stale.len(), "flush: replacing Blob copies of other versions of these keys");
+        if let Some(Err(e)) = flusher.blob.delete_batch(&stale).await.into_iter().find(|r| r.is_err()) {
+            *flusher.last_error.lock() = Some(e.to_string());
+            inner.metrics.flush_errors.inc();
+            return blocks;
+        }
+    }
     let results = flusher.blob.put_batch(&blocks).await;
     let mut failed = Vec::new();
     let mut stored = Vec::new();
@@ -332,7 +436,7 @@ async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, blocks: Vec<Block>) -
         *flusher.last_error.lock() = None;
     }
     for block in &stored {
-        inner.flushed(block).await;
+        inner.flushed(block, flusher.take_deleted(&block.key)).await;
     }
     if !stored.is_empty() {
         let bytes: u64 = stored.iter().map(|b| b.len()).sum();
@@ -345,9 +449,10 @@ async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, blocks: Vec<Block>) -
 }
 
 impl Inner {
-    /// Records that Blob holds `block`. A block deleted (or stored again with other bytes)
-    /// while it was being flushed must not outlive that in Blob: its copy is deleted there.
-    async fn flushed(&self, block: &Block) {
+    /// Records that Blob holds `block`. One evicted while it was being flushed is indexed
+    /// in Blob again (the demotion's point); one deleted, or stored again with other bytes,
+    /// must not outlive that in Blob: its copy is deleted there.
+    async fn flushed(&self, block: &Block, deleted: bool) {
         let _guard = self.locks.lock(&block.key).await;
         match self.index.get(&block.key) {
             Some(e) if self.is_current(block) => {
@@ -355,6 +460,11 @@ impl Inner {
                 if !e.durable {
                     self.metrics.demotions.with_label_values(&["ssd", "blob"]).inc();
                 }
+            }
+            None if !deleted => {
+                let entry = Entry::new(block.len(), block.crc32c, TierSet::of(TierKind::Blob));
+                self.index.insert(block.key.clone(), entry);
+                self.metrics.demotions.with_label_values(&["ssd", "blob"]).inc();
             }
             _ => {
                 if let Some(blob) = &self.blob

@@ -210,7 +210,7 @@ impl Manager {
         movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
         if let Some(flusher) = flusher {
             // Write-back blocks on SSD that Blob lacks (a kill -9 before their flush).
-            let unflushed = inner.index.unflushed_keys();
+            let unflushed = inner.forget_write_back_of_cache_only();
             if !unflushed.is_empty() {
                 tracing::info!(blocks = unflushed.len(), bytes = inner.index.unflushed(), "queueing unflushed blocks");
             }
@@ -242,13 +242,17 @@ impl Manager {
         inner.check_size(&block.key, block.len())?;
         inner.check_durability(&block.key, durability)?;
         detached(async move {
-            let result = {
+            let result = async {
+                // Room in the unflushed budget is waited for before the key's lock: the
+                // flush that makes room takes key locks.
+                let _admitted = inner.admit(durability, block.len()).await?;
                 let _guard = inner.locks.lock(&block.key).await;
                 match inner.index.get(&block.key) {
                     Some(e) => Ok(inner.existed(e)),
                     None => inner.store(block, durability).await,
                 }
-            };
+            }
+            .await;
             inner.count_put(&result);
             result
         })
@@ -368,10 +372,15 @@ impl Manager {
             {
                 tracing::warn!(%key, error = %e, "deleting the SSD copy failed");
             }
-            if let (true, Some(blob)) = (entry.tiers.has(TierKind::Blob), &inner.blob)
+            // Whether or not the index places it there: a flush may have just written it.
+            // (The tier sends nothing when it holds no copy.)
+            if let Some(blob) = &inner.blob
                 && let Err(e) = blob.delete(&key).await
             {
                 tracing::warn!(%key, error = %e, "deleting the Blob copy failed");
+            }
+            if let Some(flusher) = &inner.flusher {
+                flusher.deleted(&key, entry.unflushed());
             }
             Ok(true)
         })

@@ -111,7 +111,9 @@ impl Inner {
             && self.ssd.is_some()
             && let Ok(Some(block)) = self.cpu.get(key).await
         {
-            match self.write_ssd(block).await {
+            // A write-back block keeps its mark (it can be in memory only after its SSD copy
+            // was found damaged): a restart must still know to flush it.
+            match self.write_ssd(block.with_durable(entry.durable)).await {
                 Ok(_) => {
                     keep = keep.with(TierKind::Ssd);
                     self.metrics.demotions.with_label_values(&["cpu", "ssd"]).inc();
@@ -185,7 +187,7 @@ impl Inner {
                 if removed == max {
                     return Evicted { removed, busy };
                 }
-                if skipped == 0 || seen < window || window >= 1 << 16 {
+                if skipped == 0 || seen < window || window >= 1 << 12 {
                     break;
                 }
                 window *= 4;

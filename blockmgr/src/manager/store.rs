@@ -92,6 +92,8 @@ impl Inner {
                 actual: crc32c,
             });
         }
+        // Before the key's lock: the flush that makes room takes key locks.
+        let admitted = self.admit(durability, len).await?;
         let _guard = self.locks.lock(&key).await;
         if let Some(e) = self.index.get(&key) {
             return Ok(self.existed(e));
@@ -99,7 +101,6 @@ impl Inner {
         match sink {
             Sink::Arena(reservation, _reserved) => {
                 let durable = durability == Durability::WriteBack;
-                let admitted = if durable { Some(self.admit_write_back(len).await?) } else { None };
                 self.cpu.commit(key.clone(), reservation, crc32c)?;
                 self.index
                     .insert(key.clone(), Entry { durable, ..Entry::new(len, crc32c, TierSet::of(TierKind::Cpu)) });
@@ -122,13 +123,13 @@ impl Inner {
         }
     }
 
-    /// Places a new block (the caller holds its lock and saw it absent).
+    /// Places a new block (the caller holds its lock, saw it absent, and holds its room in
+    /// the unflushed budget if it is write-back).
     pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
         let durable = durability == Durability::WriteBack;
         let entry = |tiers| Entry { durable, ..Entry::new(len, crc32c, tiers) };
         if durability.on_disk() {
-            let _admitted = if durable { Some(self.admit_write_back(len).await?) } else { None };
             self.write_ssd(block.clone().with_durable(durable)).await?;
             let in_memory = self.put_cpu(&block).await;
             let tiers = TierSet::of(TierKind::Ssd);
