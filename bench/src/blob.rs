@@ -192,6 +192,9 @@ async fn node_rows(args: &Args, azurite: &Azurite, blocks: &[Block]) -> Result<N
         c.blob.options = azurite.options().into_iter().collect();
         c.blob.segment_size = ByteSize(args.segment as u64);
         c.blob.max_unflushed = 1.0;
+        // A checkpoint-style burst: wait up to a second for full segments (fewest PUTs)
+        // rather than the default 50 ms (least time to durability).
+        c.blob.flush_linger = std::time::Duration::from_secs(1);
         c
     };
     let writer = Manager::open(&config("writer"), Metrics::new()).await?;

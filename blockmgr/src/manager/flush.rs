@@ -302,8 +302,9 @@ async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey
     }
 }
 
-/// Up to a segment's worth of keys to flush. A batch under half a segment waits for more
-/// keys until `linger` after its first.
+/// Up to a segment's worth of keys to flush. A batch short of a full segment waits for
+/// more keys until `linger` after its first: with a backlog (Blob slower than the writes)
+/// every segment is full, so a GiB costs the fewest PUTs.
 async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> {
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -311,6 +312,7 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
     loop {
         let more = flusher.wake.notified();
         fill_from_pressure(inner, flusher);
+        let mut full = false;
         {
             let mut q = flusher.queue.lock();
             while let Some((key, _)) = q.keys.front().cloned() {
@@ -321,6 +323,7 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
                     continue;
                 };
                 if !batch.is_empty() && bytes + entry.len > flusher.segment_size {
+                    full = true;
                     break;
                 }
                 q.keys.pop_front(); // still a member until its batch is done
@@ -329,7 +332,7 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
             }
         }
         inner.metrics.flush_queue.set(flusher.backlog().0 as i64);
-        if batch.is_empty() || bytes * 2 >= flusher.segment_size {
+        if batch.is_empty() || full || bytes >= flusher.segment_size {
             return batch;
         }
         let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + flusher.linger);

@@ -1,6 +1,7 @@
 """The Python client against a real `kvtier serve`: gRPC, shared memory and embedded."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,19 @@ def test_grpc_round_trip_lookup_delete_and_stats(server):
     stats = c.stats()
     assert stats["index_blocks"] == 4 and stats["puts"] >= 7, stats
     assert c.health()[0] is True
+
+
+def test_write_back_puts_are_flushed_to_blob(server):
+    # The default node has a Blob tier (a directory standing in for it).
+    c = kvtier.Client(server.grpc)
+    keys, values = blocks(4, 300_000, seed=7)
+    assert all(r.ok for r in c.put(NS, keys, values, durability="write_back"))
+    deadline = time.monotonic() + 30
+    while (stats := c.stats())["unflushed_bytes"] > 0:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+    assert stats["flushed_blocks"] == 4, stats
+    assert all(g == v.tobytes() for g, v in zip(c.get(NS, keys), values))
 
 
 def test_shared_memory_round_trip_into_numpy_buffers(server):
