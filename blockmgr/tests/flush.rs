@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{Node, data, key};
 use kvtier_blockmgr::{Client, Durability, GetItem, MissReason, PutItem, Stats};
-use kvtier_tiers::{BlobTier, BlobTierBuilder, BlockKey, Tier, TierExt, TierKind, conformance::Azurite};
+use kvtier_tiers::{
+    BlobTier, BlobTierBuilder, BlockKey, Tier, TierExt, TierKind,
+    conformance::{Azurite, FaultProxy},
+};
 use tonic::Code;
 
 const NS: &str = "acme/ckpt/run1";
@@ -252,6 +255,66 @@ async fn a_stale_copy_in_blob_never_passes_for_a_newer_version(mut backend: Back
     let GetItem::Hit { data: got, tier, .. } = got else { panic!("{got:?}") };
     assert_eq!(tier, TierKind::Blob);
     assert!(got == v2.data, "a wiped node reads v2 from Blob");
+}
+
+/// Azurite behind a fault proxy, and the `[blob]` table of a node that goes through it.
+fn faulty(prefix: &str, extra: &str) -> (Azurite, FaultProxy, String) {
+    let azurite = Azurite::start();
+    let upstream = azurite.endpoint.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let proxy = FaultProxy::start(&upstream);
+    let options: String = azurite
+        .options()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "azure_storage_endpoint" => format!("{k} = \"http://{}/devstoreaccount1\"\n", proxy.addr),
+            _ => format!("{k} = \"{v}\"\n"),
+        })
+        .collect();
+    let toml = format!("[blob]\nurl = \"az://kvtier/{prefix}\"\nretries = 1\n{extra}\n[blob.options]\n{options}");
+    (azurite, proxy, toml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_from_blob_delay_the_flush_and_lose_nothing() {
+    // Revoked credentials, a conflict, server errors: each fails the flush for a while;
+    // the puts are acknowledged meanwhile and everything reaches Blob once it answers.
+    for status in [403, 409, 500, 503] {
+        let (azurite, proxy, toml) = faulty(&format!("faults-{status}"), "");
+        let node = Node::start_with("", &toml);
+        let client = node.unix_client().await;
+        proxy.fail(status, 3);
+        put_all(&client, &items(0..8), Durability::WriteBack).await;
+        wait_for(&client, "the flush past the errors", |s| s.unflushed_bytes == 0).await;
+        assert_eq!(proxy.pending_failures(), 0, "{status}: every injected failure was met");
+        let metrics = node.http_get("/metrics");
+        assert!(!metrics.contains("kvtier_flush_errors_total 0"), "{status}: the failures were counted");
+        let url = format!("az://kvtier/faults-{status}");
+        let view = BlobTierBuilder::new(url).options(azurite.options()).open().await.unwrap();
+        for i in 0..8 {
+            let got = view.get(&block_key(i)).await.unwrap().unwrap_or_else(|| panic!("{status}: block {i} lost"));
+            assert!(got.data == data(i, BLOCK));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_on_read_through_are_misses_then_hits() {
+    let (_azurite, proxy, toml) = faulty("read-faults", "retry_timeout = \"1s\"");
+    let mut node = Node::start_with("", &toml);
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..2), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let client = node.unix_client().await;
+    proxy.fail(500, 1000);
+    let got = client.get(NS, &[key(0)]).await.unwrap().remove(0);
+    let GetItem::Miss { reason: MissReason::Error, message } = &got else { panic!("{got:?}") };
+    assert!(message.contains("500"), "the miss names the store's answer: {message}");
+    assert!(node.alive());
+    proxy.fail(500, 0);
+    assert_eq!(read_all(&client, 0..2).await, vec![TierKind::Blob; 2], "Blob answering again: read through");
 }
 
 macro_rules! on_both_backends {

@@ -287,6 +287,8 @@ pub async fn damage_blob_copy(url: &str, options: Vec<(String, String)>, key: &B
     crate::blob::damage_copy(url, options, key).await
 }
 
+pub use crate::fault_proxy::FaultProxy;
+
 /// The Azure Blob emulator's well-known account key (account `devstoreaccount1`).
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";

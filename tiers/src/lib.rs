@@ -41,6 +41,8 @@ mod tier;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+mod fault_proxy;
 
 mod blob;
 pub use blob::{BlobTier, BlobTierBuilder, Compaction, Retries, StoreRequests};

@@ -61,6 +61,18 @@ async fn blocks_are_packed_into_few_segments_and_foreign_objects_are_skipped() {
     let more = Block::new(BlockKey::parse("t/m", b"more").unwrap(), pattern(99, 1000));
     tier.put(more.clone()).await.unwrap();
     assert_eq!(tier.get(&more.key).await.unwrap().unwrap().data, more.data);
+
+    // A torn segment (cut short after its index was written): blocks past the cut are
+    // errors, never short or wrong bytes; those before it still read.
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("kv/seg")).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    let first = std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap();
+    first.set_len(8 << 10).unwrap(); // blocks 0..16 of 64 KiB lived here
+    drop(first);
+    let err = tier.get(&blocks[0].key).await.unwrap_err().to_string();
+    assert!(err.contains("checksum"), "cut short in this block: {err}");
+    assert!(tier.get(&blocks[15].key).await.is_err(), "past the end: an error");
+    assert_eq!(tier.get(&blocks[16].key).await.unwrap().unwrap().data, blocks[16].data);
 }
 
 #[tokio::test]
