@@ -317,6 +317,38 @@ async fn http_errors_on_read_through_are_misses_then_hits() {
     assert_eq!(read_all(&client, 0..2).await, vec![TierKind::Blob; 2], "Blob answering again: read through");
 }
 
+async fn a_node_started_while_blob_is_down_serves_locally_then_catches_up(mut backend: Backend) {
+    // Blob holds blocks 0..4 from an earlier run; block 0 is deleted while Blob is down.
+    let mut node = Node::start_with("", &backend.toml("retries = 0\nretry_timeout = \"1s\""));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..4), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    backend.stop();
+    node.restart();
+    assert!(node.stderr().contains("Blob is unreachable at start"), "{}", node.stderr());
+    let client = node.unix_client().await;
+    put_all(&client, &items(4..8), Durability::WriteBack).await;
+    assert_eq!(read_all(&client, 4..8).await, vec![TierKind::Cpu; 4], "the local tiers serve");
+    assert_eq!(client.lookup(NS, &[key(1)]).await.unwrap(), vec![], "Blob's blocks are unknown yet");
+    put_all(&client, &items(0..1), Durability::Cache).await;
+    assert_eq!(client.delete(NS, &[key(0)]).await.unwrap(), vec![true]);
+
+    backend.resume();
+    wait_for(&client, "the flush after Blob returned", |s| s.unflushed_bytes == 0).await;
+    let keys: Vec<Vec<u8>> = (1..8).map(key).collect();
+    assert_eq!(client.lookup(NS, &keys).await.unwrap().len(), 7, "Blob's blocks are indexed once it answers");
+    read_all(&client, 1..8).await;
+    assert_eq!(
+        client.get(NS, &[key(0)]).await.unwrap().remove(0),
+        GetItem::Miss { reason: MissReason::NotFound, message: "not found".into() }
+    );
+    let view = backend.view().await;
+    assert!(view.get(&block_key(0)).await.unwrap().is_none(), "the delete made while Blob was down reached it");
+    assert!(view.get(&block_key(7)).await.unwrap().is_some());
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local_dir {
@@ -337,6 +369,7 @@ on_both_backends!(
     blob_down_is_backpressure_then_recovery_loses_nothing,
     a_damaged_segment_range_is_a_miss,
     a_stale_copy_in_blob_never_passes_for_a_newer_version,
+    a_node_started_while_blob_is_down_serves_locally_then_catches_up,
 );
 
 #[tokio::test]

@@ -161,6 +161,12 @@ impl Error {
         Error::Config { field: field.into(), reason: reason.into() }
     }
 
+    /// True for an object store that could not be reached or answered with a server error
+    /// (after its retries): worth trying again later, unlike a refusal (403, 404, ...).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Store { source, .. } if matches!(**source, object_store::Error::Generic { .. }))
+    }
+
     /// True for [`Error::NoSpace`].
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::NoSpace { .. })

@@ -13,6 +13,45 @@ use crate::{
 };
 
 impl Inner {
+    /// Replays the Blob tier's records and indexes its blocks. Answers false when the store
+    /// cannot be reached (it is then loaded in the background, see [`spawn_blob_loader`]);
+    /// a refusal (wrong credentials, a missing container) is an error: the node should not
+    /// start on a broken configuration.
+    pub(super) async fn load_blob(&self) -> Result<bool, Error> {
+        let Some(blob) = &self.blob else { return Ok(true) };
+        match blob.load().await {
+            Ok(()) => {
+                self.index_blob().await?;
+                Ok(true)
+            }
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    tier = %blob,
+                    error = %e,
+                    "Blob is unreachable at start: serving the local tiers; write-back blocks wait on SSD until it answers"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes `key`'s Blob copy, if any. Before the tier is loaded the delete is held and
+    /// applied once it is, so a copy the load finds does not come back.
+    pub(super) async fn delete_from_blob(&self, key: &BlockKey) {
+        let Some(blob) = &self.blob else { return };
+        if !blob.is_loaded() {
+            self.blob_deletes.lock().push(key.clone());
+            if !blob.is_loaded() {
+                return;
+            }
+            // Loaded meanwhile: the loader may have missed it; delete now.
+        }
+        if let Err(e) = blob.delete(key).await {
+            tracing::warn!(%key, error = %e, "deleting the Blob copy failed");
+        }
+    }
+
     /// Indexes the Blob tier's blocks. Runs after SSD recovery: a block in both keeps both
     /// copies; where the two differ (a key stored again locally) the local one wins.
     pub(super) async fn index_blob(&self) -> Result<(), Error> {
@@ -87,6 +126,38 @@ impl Inner {
             }
         }
     }
+}
+
+/// Loads the Blob tier of a node that started while the store was unreachable: retries with
+/// backoff (1 s to 30 s), then applies the deletes made meanwhile, indexes what Blob holds
+/// and wakes the flusher.
+pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(30));
+            let Some(inner) = weak.upgrade() else { return };
+            let blob = inner.blob.clone().expect("a loader implies a Blob tier");
+            if let Err(e) = blob.load().await {
+                tracing::warn!(tier = %blob, error = %e, "Blob still unreachable; next try in {pause:?}");
+                continue;
+            }
+            let held = std::mem::take(&mut *inner.blob_deletes.lock());
+            if !held.is_empty() && blob.delete_batch(&held).await.iter().any(|r| r.is_err()) {
+                tracing::warn!(blocks = held.len(), "applying deletes made while Blob was unreachable failed");
+            }
+            if let Err(e) = inner.index_blob().await {
+                tracing::warn!(tier = %blob, error = %e, "indexing Blob after it came back failed");
+            }
+            if let Some(flusher) = &inner.flusher {
+                flusher.wake();
+            }
+            tracing::info!(tier = %blob, "Blob reachable again: loaded");
+            return;
+        }
+    });
 }
 
 /// Compacts the Blob tier every `interval` (0: never), rewriting segments less than

@@ -150,6 +150,11 @@ impl Flusher {
         }
     }
 
+    /// Looks at the queue again (Blob came back).
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Whether SSD blocks are demoted to Blob ahead of eviction.
     pub(super) fn demotes(&self) -> bool {
         self.demote_above < 1.0
@@ -306,6 +311,9 @@ async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey
 /// more keys until `linger` after its first: with a backlog (Blob slower than the writes)
 /// every segment is full, so a GiB costs the fewest PUTs.
 async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> {
+    if !flusher.blob.is_loaded() {
+        return Vec::new(); // nothing may be written before the replay (see spawn_blob_loader)
+    }
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut deadline = None;

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     blob: Option<Arc<BlobTier>>,
     /// Write-back to Blob; present when there are both an SSD and a Blob tier.
     flusher: Option<Arc<flush::Flusher>>,
+    /// Deletes made before the Blob tier was loaded, applied once it is.
+    blob_deletes: parking_lot::Mutex<Vec<BlockKey>>,
     config: Config,
     index: Index,
     policy: CpuPolicy,
@@ -137,8 +139,7 @@ impl Manager {
                         max_retries: config.blob.retries,
                         timeout: config.blob.retry_timeout,
                     })
-                    .open()
-                    .await?;
+                    .build()?;
                 Some(Arc::new(tier))
             }
         };
@@ -186,6 +187,7 @@ impl Manager {
             ssd,
             blob,
             flusher: flusher.clone(),
+            blob_deletes: parking_lot::Mutex::new(Vec::new()),
             config: config.clone(),
             index: Index::default(),
             policy,
@@ -206,7 +208,7 @@ impl Manager {
             started: Instant::now(),
         });
         inner.rebuild_index().await?;
-        inner.index_blob().await?;
+        let blob_loaded = inner.load_blob().await?;
         movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
         if let Some(flusher) = flusher {
             // Write-back blocks on SSD that Blob lacks (a kill -9 before their flush).
@@ -218,6 +220,9 @@ impl Manager {
                 flusher.enqueue(key);
             }
             flush::spawn_flusher(&inner, flusher);
+        }
+        if !blob_loaded {
+            blob::spawn_blob_loader(&inner);
         }
         if let Some(blob) = &inner.blob {
             blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
@@ -374,11 +379,7 @@ impl Manager {
             }
             // Whether or not the index places it there: a flush may have just written it.
             // (The tier sends nothing when it holds no copy.)
-            if let Some(blob) = &inner.blob
-                && let Err(e) = blob.delete(&key).await
-            {
-                tracing::warn!(%key, error = %e, "deleting the Blob copy failed");
-            }
+            inner.delete_from_blob(&key).await;
             if let Some(flusher) = &inner.flusher {
                 flusher.deleted(&key, entry.unflushed());
             }

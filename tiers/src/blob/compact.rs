@@ -34,6 +34,7 @@ impl BlobTier {
     /// Rewrites every segment whose live bytes are below `min_live_fraction` of its size
     /// (0.0..=1.0), then removes what no segment needs any more.
     pub async fn compact(&self, min_live_fraction: f64) -> Result<Compaction> {
+        self.check_loaded()?;
         let _one_at_a_time = self.compacting.lock().await;
         let victims: Vec<(Stamp, Arc<Path>)> = {
             let state = self.state.lock();

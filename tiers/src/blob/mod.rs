@@ -179,6 +179,15 @@ impl BlobTierBuilder {
 
     /// Connects and rebuilds the index from the records under the prefix.
     pub async fn open(self) -> Result<BlobTier> {
+        let tier = self.build()?;
+        tier.load().await?;
+        Ok(tier)
+    }
+
+    /// Sets the tier up without touching the store; [`BlobTier::load`] then replays its
+    /// records. (A node whose store is unreachable at start serves its local tiers
+    /// meanwhile.)
+    pub fn build(self) -> Result<BlobTier> {
         // `az://container/prefix` as Azure users write it; object_store's URL parser reads
         // `az://` as `az://account/container/...` and would drop the prefix, so it is given
         // the equivalent `azure://container/prefix`.
@@ -188,18 +197,12 @@ impl BlobTierBuilder {
         };
         let parsed =
             url::Url::parse(&normalized).map_err(|e| Error::config("blob.url", format!("{}: {e}", self.url)))?;
-        if parsed.scheme() == "file" {
-            // object_store's local store wants the directory to exist.
-            let dir =
-                parsed.to_file_path().map_err(|()| Error::config("blob.url", "a file URL needs an absolute path"))?;
-            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-                tier: self.url.clone(),
-                op: "create_dir_all",
-                path: dir.clone(),
-                offset: None,
-                source,
-            })?;
-        }
+        let local_dir = match parsed.scheme() {
+            "file" => Some(
+                parsed.to_file_path().map_err(|()| Error::config("blob.url", "a file URL needs an absolute path"))?,
+            ),
+            _ => None,
+        };
         let (store, prefix) = store::open(&parsed, &self.options, self.retries)?;
         let tier = BlobTier {
             store,
@@ -209,11 +212,12 @@ impl BlobTierBuilder {
             segment_size: self.segment_size.max(1),
             max_block_size: self.max_block_size,
             state: Mutex::new(State::default()),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+            local_dir,
             counters: Counters::default(),
             stamping: tokio::sync::RwLock::new(()),
             compacting: tokio::sync::Mutex::new(()),
         };
-        tier.rebuild().await?;
         Ok(tier)
     }
 }
@@ -227,6 +231,10 @@ pub struct BlobTier {
     segment_size: u64,
     max_block_size: u64,
     state: Mutex<State>,
+    /// Whether [`BlobTier::load`] has replayed the records.
+    loaded: std::sync::atomic::AtomicBool,
+    /// The directory of a `file://` store, made at load if missing.
+    local_dir: Option<std::path::PathBuf>,
     counters: Counters,
     /// Deletes hold it shared from taking their stamp until their keys are removed;
     /// compaction holds it exclusively while it picks live blocks and takes its stamp. So a
@@ -249,6 +257,21 @@ impl std::fmt::Display for BlobTier {
 }
 
 impl BlobTier {
+    /// Whether the records have been replayed ([`BlobTier::load`]); until then the tier
+    /// holds nothing and must not write.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Refuses writes before [`BlobTier::load`]: new records take their stamps from the
+    /// replay, and a delete not applied to what the replay will find would be lost.
+    fn check_loaded(&self) -> Result<()> {
+        if self.is_loaded() {
+            return Ok(());
+        }
+        Err(Error::Unsupported { tier: self.to_string(), what: "writing before its records are loaded".into() })
+    }
+
     /// Requests sent to the store so far.
     pub fn requests(&self) -> StoreRequests {
         let c = &self.counters;
@@ -273,7 +296,16 @@ impl BlobTier {
     }
 
     /// Lists and replays every index and deletion record under the prefix, in stamp order.
-    async fn rebuild(&self) -> Result<()> {
+    /// Once, before any other use of a tier made by [`BlobTierBuilder::build`] (new records
+    /// take their sequence numbers from it).
+    pub async fn load(&self) -> Result<()> {
+        if let Some(dir) = &self.local_dir {
+            // A missing directory is made; one that cannot be (a mount not there yet, a
+            // file in the way) fails the listing below like an unreachable store.
+            if let Err(e) = tokio::fs::create_dir_all(dir).await {
+                tracing::warn!(dir = %dir.display(), error = %e, "blob: cannot create the directory");
+            }
+        }
         let mut records: Vec<(Stamp, bool, Path)> = Vec::new();
         for (dir, ext, is_index) in [("idx", "idx", true), ("del", "del", false)] {
             let sep = if self.prefix.is_empty() { "" } else { "/" };
@@ -334,6 +366,7 @@ impl BlobTier {
             }
         }
         tracing::info!(tier = %self, blocks = state.index.len(), bytes = state.used, "blob: index rebuilt");
+        self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -387,6 +420,13 @@ impl BlobTier {
     }
 
     async fn put_blocks(&self, blocks: &[Block]) -> Vec<Result<PutStatus>> {
+        if let Err(e) = self.check_loaded() {
+            let message = e.to_string();
+            return blocks
+                .iter()
+                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
+                .collect();
+        }
         let mut results: Vec<Option<Result<PutStatus>>> = Vec::with_capacity(blocks.len());
         let mut fresh: Vec<usize> = Vec::new();
         let mut seen: std::collections::HashSet<&BlockKey> = std::collections::HashSet::new();
@@ -485,6 +525,13 @@ impl BlobTier {
     }
 
     async fn delete_blocks(&self, keys: &[BlockKey]) -> Vec<Result<bool>> {
+        if let Err(e) = self.check_loaded() {
+            let message = e.to_string();
+            return keys
+                .iter()
+                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
+                .collect();
+        }
         let present: Vec<BlockKey> = {
             let state = self.state.lock();
             keys.iter().filter(|k| state.index.contains_key(*k)).cloned().collect()
