@@ -349,6 +349,35 @@ async fn a_node_started_while_blob_is_down_serves_locally_then_catches_up(mut ba
     assert!(view.get(&block_key(7)).await.unwrap().is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_blob_endpoint_is_backpressure_then_catches_up() {
+    // Azurite frozen: requests time out (after `timeout`) instead of being refused.
+    let backend = Backend::azurite();
+    let Store::Azurite(azurite) = &backend.store else { unreachable!() };
+    let extra = "max_unflushed = 0.25\nflush_wait = \"500ms\"\nretries = 0\nretry_timeout = \"1s\"";
+    let toml = backend.toml(extra).replace("[blob.options]\n", "[blob.options]\ntimeout = \"1s\"\n");
+    let node = Node::start_with("", &toml);
+    let client = node.unix_client().await;
+    azurite.freeze();
+    let mut acked = 0;
+    let refusal = loop {
+        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
+        match r.result {
+            Ok(()) => acked += 1,
+            Err(refused) => break refused,
+        }
+        assert!(acked < 100, "never refused");
+    };
+    azurite.thaw();
+    assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
+    assert!(acked >= 28, "puts went on into local tiers up to the limit: {acked}");
+    wait_for(&client, "the flush after the endpoint answered again", |s| s.unflushed_bytes == 0).await;
+    let view = backend.view().await;
+    for i in 0..acked {
+        assert!(view.get(&block_key(i)).await.unwrap().is_some(), "acknowledged block {i} lost");
+    }
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local_dir {

@@ -341,6 +341,19 @@ impl Azurite {
         panic!("azurite (pid {}) did not stop within 6 s of SIGTERM", self.pid);
     }
 
+    /// Freezes it (SIGSTOP): connections are accepted by the kernel but never answered, as
+    /// an overloaded or hung endpoint does. [`Azurite::thaw`] resumes it.
+    pub fn freeze(&self) {
+        // SAFETY: signalling the process the script started for us.
+        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+    }
+
+    /// Resumes it after [`Azurite::freeze`].
+    pub fn thaw(&self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+
     /// Starts it again on the same port and workspace, after [`Azurite::stop`].
     pub fn resume(&mut self) {
         let port = self.endpoint.rsplit(':').next().and_then(|p| p.split('/').next()).expect("a port").to_string();
