@@ -105,6 +105,20 @@ async fn wait_for(client: &Client, what: &str, done: impl Fn(&Stats) -> bool) ->
     }
 }
 
+/// Write-back puts of one block at a time from block `first` until one is refused: how
+/// many were acknowledged, and the refusal (code, message).
+async fn put_until_refused(client: &Client, first: u64) -> (u64, (Code, String)) {
+    let mut acked = first;
+    loop {
+        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
+        match r.result {
+            Ok(()) => acked += 1,
+            Err(refused) => return (acked, refused),
+        }
+        assert!(acked < first + 500, "never refused");
+    }
+}
+
 async fn put_all(client: &Client, blocks: &[PutItem], durability: Durability) {
     for r in client.put(NS, blocks, durability).await.unwrap() {
         assert_eq!(r.result, Ok(()), "{r:?}");
@@ -190,15 +204,7 @@ async fn blob_down_is_backpressure_then_recovery_loses_nothing(mut backend: Back
     put_all(&client, &items(0..4), Durability::WriteBack).await;
     wait_for(&client, "the first flush", |s| s.unflushed_bytes == 0).await;
     backend.stop();
-    let mut acked = 4;
-    let refusal = loop {
-        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
-        match r.result {
-            Ok(()) => acked += 1,
-            Err(refused) => break refused,
-        }
-        assert!(acked < 100, "never refused");
-    };
+    let (acked, refusal) = put_until_refused(&client, 4).await;
     assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
     assert!(refusal.1.contains("backpressure") && refusal.1.contains("the last flush failed"), "{}", refusal.1);
     assert!(acked >= 4 + 28, "puts went on into local tiers up to the limit: {acked}");
@@ -359,15 +365,7 @@ async fn a_hung_blob_endpoint_is_backpressure_then_catches_up() {
     let node = Node::start_with("", &toml);
     let client = node.unix_client().await;
     azurite.freeze();
-    let mut acked = 0;
-    let refusal = loop {
-        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
-        match r.result {
-            Ok(()) => acked += 1,
-            Err(refused) => break refused,
-        }
-        assert!(acked < 100, "never refused");
-    };
+    let (acked, refusal) = put_until_refused(&client, 0).await;
     azurite.thaw();
     assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
     assert!(acked >= 28, "puts went on into local tiers up to the limit: {acked}");
@@ -434,15 +432,7 @@ async fn ssd_never_evicts_a_write_back_block_blob_lacks() {
     let node = Node::start_with("", &backend.toml("max_unflushed = 1.0\nflush_wait = \"200ms\"\nretries = 0"));
     let client = node.unix_client().await;
     backend.stop();
-    let mut acked = 0;
-    let refusal = loop {
-        let r = client.put(NS, &items(acked..acked + 1), Durability::WriteBack).await.unwrap().remove(0);
-        match r.result {
-            Ok(()) => acked += 1,
-            Err(refused) => break refused,
-        }
-        assert!(acked < 200, "never refused");
-    };
+    let (acked, refusal) = put_until_refused(&client, 0).await;
     assert_eq!(refusal.0, Code::ResourceExhausted, "{refusal:?}");
     let stats = client.stats().await.unwrap();
     assert_eq!(stats.dropped, 0, "{stats:?}");

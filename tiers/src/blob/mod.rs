@@ -263,6 +263,16 @@ impl BlobTier {
         self.loaded.load(Ordering::Acquire)
     }
 
+    /// One failure shared by several blocks of a batch, for each of them (the error itself
+    /// cannot be cloned; its message names what failed).
+    fn shared_failure(&self, e: &Error) -> Error {
+        Error::Generic { tier: self.to_string(), source: e.to_string().into() }
+    }
+
+    fn each_failed<T>(&self, n: usize, e: &Error) -> Vec<Result<T>> {
+        (0..n).map(|_| Err(self.shared_failure(e))).collect()
+    }
+
     /// Refuses writes before [`BlobTier::load`]: new records take their stamps from the
     /// replay, and a delete not applied to what the replay will find would be lost.
     fn check_loaded(&self) -> Result<()> {
@@ -421,11 +431,7 @@ impl BlobTier {
 
     async fn put_blocks(&self, blocks: &[Block]) -> Vec<Result<PutStatus>> {
         if let Err(e) = self.check_loaded() {
-            let message = e.to_string();
-            return blocks
-                .iter()
-                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
-                .collect();
+            return self.each_failed(blocks.len(), &e);
         }
         let mut results: Vec<Option<Result<PutStatus>>> = Vec::with_capacity(blocks.len());
         let mut fresh: Vec<usize> = Vec::new();
@@ -468,7 +474,7 @@ impl BlobTier {
             for &i in group {
                 results[i] = Some(match &outcome {
                     Ok(()) => Ok(PutStatus::Stored),
-                    Err(e) => Err(Error::Generic { tier: self.to_string(), source: e.to_string().into() }),
+                    Err(e) => Err(self.shared_failure(e)),
                 });
             }
         }
@@ -526,11 +532,7 @@ impl BlobTier {
 
     async fn delete_blocks(&self, keys: &[BlockKey]) -> Vec<Result<bool>> {
         if let Err(e) = self.check_loaded() {
-            let message = e.to_string();
-            return keys
-                .iter()
-                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
-                .collect();
+            return self.each_failed(keys.len(), &e);
         }
         let present: Vec<BlockKey> = {
             let state = self.state.lock();
@@ -544,11 +546,7 @@ impl BlobTier {
         let stamp = self.stamp();
         let name = stamp.name(&self.prefix, "del", "del");
         if let Err(e) = self.put_object(&name, format::encode_deletes(&present)).await {
-            let message = e.to_string();
-            return keys
-                .iter()
-                .map(|_| Err(Error::Generic { tier: self.to_string(), source: message.clone().into() }))
-                .collect();
+            return self.each_failed(keys.len(), &e);
         }
         let mut state = self.state.lock();
         state.deletions.insert(stamp);
