@@ -31,6 +31,10 @@ step "Azurite (Azure Blob emulator, from npm; the Blob tier's tests start their 
 scripts/azurite.sh install
 echo "azurite installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
 
+step "moto (an S3-compatible server, from PyPI; the S3 backend's tests start their own)"
+scripts/moto.sh install
+echo "moto installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
+
 step "format"
 cargo fmt --all --check
 

@@ -289,6 +289,61 @@ pub async fn damage_blob_copy(url: &str, options: Vec<(String, String)>, key: &B
 
 pub use crate::fault_proxy::FaultProxy;
 
+/// Runs `scripts/<script> start DIR [PORT]`, which prints "<endpoint> <pid>".
+fn start_emulator(script: &str, dir: &std::path::Path, port: Option<&str>) -> (String, i32) {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&path)
+        .arg("start")
+        .arg(dir)
+        .args(port)
+        .output()
+        .unwrap_or_else(|e| panic!("running {path}: {e}"));
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).expect("utf-8");
+    let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
+    (endpoint.into(), pid.parse().expect("a pid"))
+}
+
+/// A running S3-compatible server (moto, from PyPI) with the bucket `kvtier`, started by
+/// `scripts/moto.sh` (which installs it on first use); killed when dropped.
+#[derive(Debug)]
+pub struct S3Server {
+    /// Its endpoint, e.g. `http://127.0.0.1:41235`.
+    pub endpoint: String,
+    pid: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts one on a free port. Panics with its log if it cannot.
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (endpoint, pid) = start_emulator("moto.sh", dir.path(), None);
+        S3Server { endpoint, pid, _dir: dir }
+    }
+
+    /// `object_store`'s options for it (moto takes any credentials).
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process the script started for us.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
 /// The Azure Blob emulator's well-known account key (account `devstoreaccount1`).
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -312,17 +367,7 @@ impl Azurite {
     }
 
     fn run_script(dir: &std::path::Path, port: Option<&str>) -> (String, i32) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/azurite.sh");
-        let out = std::process::Command::new(script)
-            .arg("start")
-            .arg(dir)
-            .args(port)
-            .output()
-            .expect("running scripts/azurite.sh");
-        assert!(out.status.success(), "azurite: {}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8(out.stdout).expect("utf-8");
-        let (endpoint, pid) = line.trim().split_once(' ').expect("endpoint and pid");
-        (endpoint.into(), pid.parse().expect("a pid"))
+        start_emulator("azurite.sh", dir, port)
     }
 
     /// Stops it (SIGTERM, so it saves what it holds) and waits until it is gone: its

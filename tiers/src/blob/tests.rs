@@ -39,6 +39,12 @@ async fn azurite_passes_the_conformance_suite() {
 }
 
 #[tokio::test]
+async fn an_s3_compatible_store_passes_the_conformance_suite() {
+    let s3 = crate::conformance::S3Server::start();
+    crate::conformance::run_all(&subject("s3://kvtier/conformance".into(), s3.options())).await;
+}
+
+#[tokio::test]
 async fn blocks_are_packed_into_few_segments_and_foreign_objects_are_skipped() {
     use crate::{Block, BlockKey, TierExt, conformance::pattern};
     let dir = tempfile::tempdir().unwrap();
