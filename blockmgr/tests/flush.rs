@@ -376,6 +376,24 @@ async fn a_hung_blob_endpoint_is_backpressure_then_catches_up() {
     }
 }
 
+async fn a_damaged_ssd_copy_is_read_from_blob_instead(backend: Backend) {
+    let mut node = Node::start_with("", &backend.toml(""));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..2), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    let path = node.data_dir().join("ssd").join(kvtier_tiers::SLOT_FILE);
+    let mut file = std::fs::read(&path).unwrap();
+    let needle = &data(1, BLOCK)[5000..5064];
+    let at = file.windows(needle.len()).position(|w| w == needle).expect("block bytes on disk");
+    file[at + 10] ^= 0x40;
+    std::fs::write(&path, &file).unwrap();
+    node.restart();
+    let client = node.unix_client().await;
+    assert_eq!(read_all(&client, 0..2).await, vec![TierKind::Ssd, TierKind::Blob], "the good copy in Blob serves");
+    assert!(node.http_get("/metrics").contains("kvtier_checksum_failures_total{tier=\"ssd\"} 1"));
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local_dir {
@@ -397,6 +415,7 @@ on_both_backends!(
     a_damaged_segment_range_is_a_miss,
     a_stale_copy_in_blob_never_passes_for_a_newer_version,
     a_node_started_while_blob_is_down_serves_locally_then_catches_up,
+    a_damaged_ssd_copy_is_read_from_blob_instead,
 );
 
 #[tokio::test]

@@ -349,6 +349,12 @@ impl Manager {
                     drop(inner.locks.lock(key).await);
                     continue;
                 }
+                // A damaged SSD copy (dropped by now) of a block Blob also holds: read it there.
+                GetOutcome::Miss { reason: MissReason::ChecksumMismatch, .. }
+                    if tier == TierKind::Ssd && inner.index.get(key).is_some_and(|e| e.tiers.has(TierKind::Blob)) =>
+                {
+                    continue;
+                }
                 GetOutcome::Miss { reason, .. } => inner.count_miss(*reason),
             }
             return outcome;
