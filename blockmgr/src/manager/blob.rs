@@ -174,7 +174,7 @@ pub(super) fn spawn_compaction(blob: &Arc<BlobTier>, interval: Duration, below: 
             ticks.tick().await;
             let Some(blob) = weak.upgrade() else { return };
             match blob.compact(below).await {
-                Ok(c) if c.segments_removed > 0 || c.deletions_removed > 0 => {
+                Ok(c) if c.segments_removed + c.deletions_removed + c.orphans_removed > 0 => {
                     tracing::info!(tier = %blob, ?c, "blob compaction");
                 }
                 Ok(_) => {}

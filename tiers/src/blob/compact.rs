@@ -9,10 +9,16 @@
 //! the new segment only if it still points at the old one; the old objects are deleted only
 //! after the new segment and its index are stored (a crash in between leaves both, and the
 //! newer wins on replay).
+//!
+//! Segments no index names (an upload whose index never made it: a failed put retried under
+//! a new stamp, a crash between the two PUTs, a compaction whose segment delete failed) are
+//! never read, only paid for: compaction deletes those older than an hour, an age no
+//! upload in flight reaches.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use object_store::path::Path;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, path::Path};
 
 use super::{BlobTier, Location, format::Stamp};
 use crate::{Block, Result};
@@ -28,12 +34,22 @@ pub struct Compaction {
     pub bytes_moved: u64,
     /// Deletion records removed.
     pub deletions_removed: usize,
+    /// Segments no index names, removed.
+    pub orphans_removed: usize,
 }
+
+/// How old a segment no index names must be before compaction deletes it.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 impl BlobTier {
     /// Rewrites every segment whose live bytes are below `min_live_fraction` of its size
     /// (0.0..=1.0), then removes what no segment needs any more.
     pub async fn compact(&self, min_live_fraction: f64) -> Result<Compaction> {
+        self.compact_with(min_live_fraction, ORPHAN_AGE).await
+    }
+
+    /// [`BlobTier::compact`], deleting segments no index names once `orphan_age` old.
+    pub(super) async fn compact_with(&self, min_live_fraction: f64, orphan_age: Duration) -> Result<Compaction> {
         self.check_loaded()?;
         let _one_at_a_time = self.compacting.lock().await;
         let victims: Vec<(Stamp, Arc<Path>)> = {
@@ -96,8 +112,34 @@ impl BlobTier {
             self.state.lock().deletions.remove(&d);
             report.deletions_removed += 1;
         }
+        report.orphans_removed = self.remove_orphans(orphan_age).await?;
         tracing::info!(tier = %self, ?report, "blob: compacted");
         Ok(report)
+    }
+
+    /// Deletes segment objects that no index names and that are older than `age`.
+    async fn remove_orphans(&self, age: Duration) -> Result<usize> {
+        let sep = if self.prefix.is_empty() { "" } else { "/" };
+        let listed = format!("{}{sep}seg", self.prefix);
+        super::Counters::count(&self.counters.other, 1);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&Path::from(listed.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error("list", &listed, e))?;
+        let cutoff = unix_seconds_now() - age.as_secs() as i64;
+        let mut removed = 0;
+        for meta in objects {
+            let Some(stamp) = meta.location.filename().and_then(|f| Stamp::parse(f, "seg")) else { continue };
+            let named = self.state.lock().segments.contains_key(&stamp);
+            if !named && meta.last_modified.timestamp() <= cutoff {
+                tracing::info!(object = %meta.location, "blob: removing a segment no index names");
+                self.delete_object(meta.location.as_ref()).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn delete_object(&self, name: &str) -> Result<()> {
@@ -107,4 +149,9 @@ impl BlobTier {
             Err(e) => Err(self.store_error("delete", name, e)),
         }
     }
+}
+
+/// Seconds since the Unix epoch, as object stores date their objects.
+fn unix_seconds_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -166,3 +166,22 @@ async fn compaction_rewrites_sparse_segments_and_what_it_keeps_survives_a_reopen
         }
     }
 }
+
+#[tokio::test]
+async fn compaction_removes_segments_no_index_names_once_old_enough() {
+    use crate::{Block, BlockKey, conformance::pattern};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/kv", dir.path().display());
+    let tier = BlobTierBuilder::new(&url).open().await.unwrap();
+    let block = Block::new(BlockKey::parse("t/m", b"kept").unwrap(), pattern(1, 4096));
+    tier.put_batch(std::slice::from_ref(&block)).await.into_iter().for_each(|r| assert!(r.is_ok()));
+    // An upload whose index never landed.
+    std::fs::write(dir.path().join("kv/seg/00000000000000ff-00000001.seg"), vec![7u8; 4096]).unwrap();
+    let count = || std::fs::read_dir(dir.path().join("kv/seg")).unwrap().count();
+    assert_eq!(tier.compact(0.5).await.unwrap().orphans_removed, 0, "younger than an hour: maybe in flight");
+    assert_eq!(count(), 2);
+    assert_eq!(tier.compact_with(0.5, std::time::Duration::ZERO).await.unwrap().orphans_removed, 1);
+    assert_eq!(count(), 1, "the named segment stays");
+    use crate::TierExt;
+    assert!(tier.get(&block.key).await.unwrap().unwrap() == block);
+}
