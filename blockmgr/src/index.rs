@@ -182,6 +182,11 @@ impl Index {
         self.map.is_empty()
     }
 
+    /// Keys for which `pick` holds.
+    pub fn keys_where(&self, pick: impl Fn(&BlockKey) -> bool) -> Vec<BlockKey> {
+        self.map.iter().filter(|e| pick(e.key())).map(|e| e.key().clone()).collect()
+    }
+
     /// Keys whose only copy is in memory (what a graceful shutdown persists).
     pub fn memory_only(&self) -> Vec<BlockKey> {
         self.map.iter().filter(|e| e.tiers == TierSet::of(TierKind::Cpu)).map(|e| e.key().clone()).collect()

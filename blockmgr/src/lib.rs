@@ -17,6 +17,7 @@ mod flight;
 pub mod index;
 mod manager;
 mod metrics;
+pub mod objects;
 mod policy;
 /// A kvtier node seen as a [`kvtier_tiers::Tier`].
 pub mod remote;

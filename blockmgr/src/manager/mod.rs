@@ -93,6 +93,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
+    /// Named objects: path -> current manifest (see crate::objects).
+    pub(crate) catalog: Arc<crate::objects::Catalog>,
 }
 
 impl fmt::Debug for Manager {
@@ -227,7 +229,9 @@ impl Manager {
         if let Some(blob) = &inner.blob {
             blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
         }
-        Ok(Manager { inner })
+        let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()) };
+        manager.rebuild_catalog().await;
+        Ok(manager)
     }
 
     /// The metrics this manager updates.
@@ -238,6 +242,16 @@ impl Manager {
     /// Largest block accepted.
     pub fn max_block_size(&self) -> u64 {
         self.inner.limits.max_block_size
+    }
+
+    /// Bytes per chunk of a named object: 16 MiB, or the largest block if smaller.
+    pub(crate) fn object_chunk_size(&self) -> u64 {
+        self.inner.limits.max_block_size.min(16 << 20)
+    }
+
+    /// Every indexed key whose key bytes start with `prefix` (named objects' manifests).
+    pub(crate) fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<BlockKey> {
+        self.inner.index.keys_where(|k| k.key.as_bytes().starts_with(prefix))
     }
 
     /// Stores a block whose bytes are already in hand. The work runs in its own task:

@@ -1,0 +1,317 @@
+//! Named objects: files of any size (checkpoint shards, model weights) stored as blocks.
+//!
+//! An object is a **manifest** plus **chunks**, all blocks in the object's namespace:
+//! - chunk `i` of generation `g`: key `c/` + the generation's random id (8 bytes) + `i`
+//!   (4 bytes, big-endian), at most `objects.chunk_size` bytes;
+//! - the manifest of generation `g`: key `m/` + the first 24 bytes of SHA-256(path) + `g`
+//!   (8 bytes, big-endian), a JSON document naming the path, size, chunk size, generation
+//!   id and CRC-32C of the whole object.
+//!
+//! Blocks are immutable, so a new version never touches the old one: its chunks go under
+//! a new id, then its manifest under the next generation (the commit), then the catalog
+//! (in memory) points at it, then the old manifest and chunks are deleted. A reader
+//! resolves the path once and reads one generation: the old or the new, never a mix (a
+//! reader of an old generation whose chunks were deleted meanwhile gets an error, not
+//! bytes of the new one). At start the catalog is rebuilt from the manifests the index
+//! holds (local tiers and Blob); the highest generation of a path wins and older ones left
+//! by a crash mid-commit are removed.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Durability, GetOutcome, Manager};
+
+const MANIFEST: &[u8] = b"m/";
+const CHUNK: &[u8] = b"c/";
+
+/// What is known of one object (its manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// The object's path in its namespace.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Incremented by every put of the path.
+    pub generation: u64,
+    /// Bytes per chunk (the last may be shorter).
+    pub chunk_size: u64,
+    /// CRC-32C of the whole object.
+    pub crc32c: u32,
+    /// When the generation was committed (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// The random id naming this generation's chunks.
+    id: u64,
+}
+
+impl ObjectInfo {
+    /// Number of chunks.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size.max(1))
+    }
+}
+
+/// Namespace + path -> the current generation's manifest.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    objects: RwLock<HashMap<(Namespace, String), ObjectInfo>>,
+    /// One commit or delete of a path at a time.
+    locks: crate::flight::KeyLocks,
+}
+
+impl Catalog {
+    pub(crate) fn new() -> Self {
+        Catalog { objects: RwLock::default(), locks: crate::flight::KeyLocks::new(256) }
+    }
+}
+
+fn invalid(what: String) -> TierError {
+    TierError::InvalidKey { reason: what }
+}
+
+fn check_path(path: &str) -> Result<(), TierError> {
+    if path.is_empty() || path.len() > 1024 || path.contains('\0') {
+        return Err(invalid(format!("object path {path:?}: 1 to 1024 bytes, no NUL")));
+    }
+    Ok(())
+}
+
+fn manifest_key(ns: &Namespace, path: &str, generation: u64) -> BlockKey {
+    let digest = Sha256::digest(path.as_bytes());
+    let mut key = MANIFEST.to_vec();
+    key.extend_from_slice(&digest[..24]);
+    key.extend_from_slice(&generation.to_be_bytes());
+    BlockKey::new(ns.clone(), Key::new(&key).expect("34 bytes"))
+}
+
+fn chunk_key(ns: &Namespace, id: u64, index: u64) -> BlockKey {
+    let mut key = CHUNK.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key.extend_from_slice(&(index as u32).to_be_bytes());
+    BlockKey::new(ns.clone(), Key::new(&key).expect("14 bytes"))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Bytes of a new object arriving piece by piece; chunks are stored as they fill.
+/// Nothing is visible until [`ObjectWriter::commit`].
+pub struct ObjectWriter {
+    manager: Manager,
+    namespace: Namespace,
+    path: String,
+    durability: Durability,
+    chunk_size: u64,
+    id: u64,
+    buf: BytesMut,
+    stored: u64,
+    size: u64,
+    crc32c: u32,
+}
+
+impl std::fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("namespace", &self.namespace)
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("chunks_stored", &self.stored)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectWriter {
+    /// Appends bytes.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), TierError> {
+        self.crc32c = kvtier_tiers::crc32c_append(self.crc32c, data);
+        self.size += data.len() as u64;
+        while !data.is_empty() {
+            let room = self.chunk_size as usize - self.buf.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.buf.extend_from_slice(now);
+            data = rest;
+            if self.buf.len() as u64 == self.chunk_size {
+                self.store_chunk().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_chunk(&mut self) -> Result<(), TierError> {
+        let bytes = self.buf.split().freeze();
+        let key = chunk_key(&self.namespace, self.id, self.stored);
+        self.manager.put(Block::new(key, bytes), self.durability).await?;
+        self.stored += 1;
+        Ok(())
+    }
+
+    /// Stores the last chunk and commits the manifest: from here readers see this version.
+    pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
+        if !self.buf.is_empty() {
+            self.store_chunk().await?;
+        }
+        let manager = self.manager.clone();
+        let catalog = &manager.catalog;
+        let slot = (self.namespace.clone(), self.path.clone());
+        let _one_at_a_time = catalog.locks.lock(&manifest_key(&self.namespace, &self.path, 0)).await;
+        let old = catalog.objects.read().get(&slot).cloned();
+        let info = ObjectInfo {
+            path: self.path.clone(),
+            size: self.size,
+            generation: old.as_ref().map_or(1, |o| o.generation + 1),
+            chunk_size: self.chunk_size,
+            crc32c: self.crc32c,
+            created_unix: now_unix(),
+            id: self.id,
+        };
+        let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
+        let key = manifest_key(&self.namespace, &self.path, info.generation);
+        manager.put(Block::new(key, manifest), self.durability).await?;
+        catalog.objects.write().insert(slot, info.clone());
+        if let Some(old) = old {
+            manager.remove_generation(&self.namespace, &old).await;
+        }
+        Ok(info)
+    }
+
+    /// Gives up: the chunks stored so far are deleted; the object stays as it was.
+    pub async fn abort(self) {
+        for i in 0..self.stored {
+            self.manager.delete(&chunk_key(&self.namespace, self.id, i)).await;
+        }
+    }
+}
+
+impl Manager {
+    /// Starts a new version of `path` in `namespace`.
+    pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
+        check_path(path)?;
+        let namespace = Namespace::new(namespace)?;
+        Ok(ObjectWriter {
+            manager: self.clone(),
+            namespace,
+            path: path.to_string(),
+            durability,
+            chunk_size: self.object_chunk_size(),
+            id: rand::random(),
+            buf: BytesMut::new(),
+            stored: 0,
+            size: 0,
+            crc32c: 0,
+        })
+    }
+
+    /// The current version of `path`, if any.
+    pub fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
+        let namespace = Namespace::new(namespace)?;
+        Ok(self.catalog.objects.read().get(&(namespace, path.to_string())).cloned())
+    }
+
+    /// Objects of `namespace` whose path starts with `prefix`, sorted by path.
+    pub fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+        let namespace = Namespace::new(namespace)?;
+        let mut found: Vec<ObjectInfo> = self
+            .catalog
+            .objects
+            .read()
+            .iter()
+            .filter(|((ns, path), _)| *ns == namespace && path.starts_with(prefix))
+            .map(|(_, info)| info.clone())
+            .collect();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(found)
+    }
+
+    /// `len` bytes of `info`'s generation from `offset` (clamped to the object), chunk by
+    /// chunk. A chunk that cannot be read fails the read, naming it: never other bytes.
+    pub async fn read_object(
+        &self,
+        namespace: &str,
+        info: &ObjectInfo,
+        offset: u64,
+        len: u64,
+        mut each: impl FnMut(Bytes) -> Result<(), TierError>,
+    ) -> Result<(), TierError> {
+        let namespace = Namespace::new(namespace)?;
+        let end = offset.saturating_add(len).min(info.size);
+        let mut at = offset.min(end);
+        while at < end {
+            let index = at / info.chunk_size;
+            let key = chunk_key(&namespace, info.id, index);
+            let chunk = match self.get(&key).await {
+                GetOutcome::Hit { block, .. } => block.data,
+                GetOutcome::Miss { reason, message } => {
+                    return Err(TierError::Unsupported {
+                        tier: "objects".into(),
+                        what: format!(
+                            "{namespace}/{}: chunk {index} of generation {} cannot be read ({reason:?}: {message})",
+                            info.path, info.generation
+                        ),
+                    });
+                }
+            };
+            let from = (at - index * info.chunk_size) as usize;
+            let to = ((end - index * info.chunk_size) as usize).min(chunk.len());
+            each(chunk.slice(from..to))?;
+            at = index * info.chunk_size + to as u64;
+        }
+        Ok(())
+    }
+
+    /// Removes `path`. Returns whether it existed.
+    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
+        let ns = Namespace::new(namespace)?;
+        let _one_at_a_time = self.catalog.locks.lock(&manifest_key(&ns, path, 0)).await;
+        let Some(info) = self.catalog.objects.write().remove(&(ns.clone(), path.to_string())) else {
+            return Ok(false);
+        };
+        self.remove_generation(&ns, &info).await;
+        Ok(true)
+    }
+
+    /// Deletes a generation's manifest, then its chunks.
+    async fn remove_generation(&self, ns: &Namespace, info: &ObjectInfo) {
+        self.delete(&manifest_key(ns, &info.path, info.generation)).await;
+        for i in 0..info.chunks() {
+            self.delete(&chunk_key(ns, info.id, i)).await;
+        }
+    }
+
+    /// Rebuilds the catalog from the manifests in the index (after a restart). The highest
+    /// generation of a path wins; older ones (a crash mid-commit) are removed.
+    pub(crate) async fn rebuild_catalog(&self) {
+        let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
+        let mut stale = Vec::new();
+        for key in self.keys_with_prefix(MANIFEST) {
+            let GetOutcome::Hit { block, .. } = self.get(&key).await else { continue };
+            let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else {
+                tracing::warn!(%key, "objects: skipping a manifest that does not parse");
+                continue;
+            };
+            let slot = (key.namespace.clone(), info.path.clone());
+            match newest.get(&slot) {
+                Some(have) if have.generation >= info.generation => stale.push((slot.0, info)),
+                _ => {
+                    if let Some(older) = newest.insert(slot.clone(), info) {
+                        stale.push((slot.0, older));
+                    }
+                }
+            }
+        }
+        for (ns, info) in stale {
+            self.remove_generation(&ns, &info).await;
+        }
+        if !newest.is_empty() {
+            tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
+        }
+        *self.catalog.objects.write() = newest;
+    }
+}
+
+#[cfg(test)]
+mod tests;

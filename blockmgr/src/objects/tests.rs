@@ -1,0 +1,107 @@
+use bytes::Bytes;
+use kvtier_tiers::conformance::pattern;
+
+use crate::{ByteSize, Config, Durability, Manager, Metrics};
+
+const NS: &str = "ckpt/run1";
+
+/// 512 KiB chunks (the largest block), memory and SSD, no Blob tier.
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.into();
+    c.max_block_size = ByteSize(512 << 10);
+    c.cpu.capacity = ByteSize(8 << 20);
+    c.cpu.region_size = ByteSize(1 << 20);
+    c.ssd.capacity = ByteSize(32 << 20);
+    c.ssd.region_size = ByteSize((2 << 20) + (64 << 10));
+    c.server.transfer_budget = ByteSize(4 << 20);
+    c.blob.url = String::new();
+    c
+}
+
+async fn put(m: &Manager, path: &str, data: &Bytes) -> crate::objects::ObjectInfo {
+    let mut w = m.write_object(NS, path, Durability::LocalDisk).unwrap();
+    // In uneven pieces, as a stream delivers them.
+    for piece in data.chunks(100_000) {
+        w.write(piece).await.unwrap();
+    }
+    w.commit().await.unwrap()
+}
+
+async fn read(m: &Manager, path: &str, offset: u64, len: u64) -> Vec<u8> {
+    let info = m.stat_object(NS, path).unwrap().expect("the object exists");
+    let mut out = Vec::new();
+    m.read_object(NS, &info, offset, len, |b| {
+        out.extend_from_slice(&b);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn objects_round_trip_in_chunks_with_ranges_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let data = pattern(1, 1_300_000);
+    let info = put(&m, "shard-0.pt", &data).await;
+    assert_eq!((info.size, info.generation, info.chunks()), (1_300_000, 1, 3));
+    assert_eq!(info.crc32c, kvtier_tiers::crc32c(&data));
+    assert_eq!(read(&m, "shard-0.pt", 0, u64::MAX).await, data);
+    // Ranges inside a chunk, across chunk boundaries, and past the end.
+    assert_eq!(read(&m, "shard-0.pt", 10, 20).await, data[10..30]);
+    assert_eq!(read(&m, "shard-0.pt", 500_000, 600_000).await, data[500_000..1_100_000]);
+    assert_eq!(read(&m, "shard-0.pt", 1_299_990, 100).await, data[1_299_990..]);
+    assert!(read(&m, "shard-0.pt", 2_000_000, 10).await.is_empty());
+    put(&m, "shard-1.pt", &pattern(2, 10)).await;
+    put(&m, "other/x", &pattern(3, 10)).await;
+    let listed: Vec<String> = m.list_objects(NS, "shard-").unwrap().into_iter().map(|o| o.path).collect();
+    assert_eq!(listed, ["shard-0.pt", "shard-1.pt"]);
+    assert!(m.list_objects("elsewhere/ns", "").unwrap().is_empty(), "namespaces are separate");
+
+    drop(m);
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    assert_eq!(m.stat_object(NS, "shard-0.pt").unwrap(), Some(info));
+    assert_eq!(read(&m, "shard-0.pt", 0, u64::MAX).await, data, "the catalog is rebuilt from the manifests");
+    assert_eq!(m.list_objects(NS, "").unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let v1 = put(&m, "model.bin", &pattern(1, 700_000)).await;
+    let v2_data = pattern(2, 900_000);
+    let v2 = put(&m, "model.bin", &v2_data).await;
+    assert_eq!((v1.generation, v2.generation), (1, 2));
+    assert_eq!(read(&m, "model.bin", 0, u64::MAX).await, v2_data);
+    // The old generation is gone: one manifest and two chunks are left.
+    assert_eq!(m.stats().await.index_blocks, 1 + 2);
+    // A reader that resolved v1 before the replace gets an error, never v2's bytes.
+    let err = m.read_object(NS, &v1, 0, u64::MAX, |_| Ok(())).await.unwrap_err().to_string();
+    assert!(err.contains("chunk 0 of generation 1 cannot be read"), "{err}");
+
+    assert!(m.delete_object(NS, "model.bin").await.unwrap());
+    assert!(!m.delete_object(NS, "model.bin").await.unwrap());
+    assert_eq!(m.stat_object(NS, "model.bin").unwrap(), None);
+    assert_eq!(m.stats().await.index_blocks, 0, "manifest and chunks deleted");
+
+    // An abandoned write leaves nothing either, and changes nothing.
+    let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
+    w.write(&pattern(3, 1_200_000)).await.unwrap();
+    w.abort().await;
+    assert_eq!((m.stat_object(NS, "model.bin").unwrap(), m.stats().await.index_blocks), (None, 0));
+}
+
+#[tokio::test]
+async fn bad_paths_and_namespaces_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    for bad in ["", "a\0b", &"x".repeat(1025)] {
+        let err = m.write_object(NS, bad, Durability::Cache).expect_err("refused").to_string();
+        assert!(err.contains("object path"), "{err}");
+    }
+    assert!(m.write_object("", "p", Durability::Cache).is_err());
+    assert!(m.stat_object("bad namespace!", "p").is_err());
+}
