@@ -150,6 +150,11 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// Bytes received so far, and their CRC-32C.
+    pub fn received(&self) -> (u64, u32) {
+        (self.size, self.crc32c)
+    }
+
     /// Stores the last chunk and commits the manifest: from here readers see this version.
     pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
         if !self.buf.is_empty() {
@@ -227,40 +232,41 @@ impl Manager {
         Ok(found)
     }
 
-    /// `len` bytes of `info`'s generation from `offset` (clamped to the object), chunk by
-    /// chunk. A chunk that cannot be read fails the read, naming it: never other bytes.
-    pub async fn read_object(
+    /// `len` bytes of `info`'s generation from `offset` (clamped to the object), a chunk at
+    /// a time. A chunk that cannot be read ends the stream with an error naming it: never
+    /// other bytes.
+    pub fn read_object(
         &self,
-        namespace: &str,
+        namespace: &Namespace,
         info: &ObjectInfo,
         offset: u64,
         len: u64,
-        mut each: impl FnMut(Bytes) -> Result<(), TierError>,
-    ) -> Result<(), TierError> {
-        let namespace = Namespace::new(namespace)?;
+    ) -> impl futures::Stream<Item = Result<Bytes, TierError>> + Send + 'static {
         let end = offset.saturating_add(len).min(info.size);
-        let mut at = offset.min(end);
-        while at < end {
+        let state = (self.clone(), namespace.clone(), info.clone(), offset.min(end), false);
+        futures::stream::unfold(state, move |(m, ns, info, at, failed)| async move {
+            if at >= end || failed {
+                return None;
+            }
             let index = at / info.chunk_size;
-            let key = chunk_key(&namespace, info.id, index);
-            let chunk = match self.get(&key).await {
+            let chunk = match m.get(&chunk_key(&ns, info.id, index)).await {
                 GetOutcome::Hit { block, .. } => block.data,
                 GetOutcome::Miss { reason, message } => {
-                    return Err(TierError::Unsupported {
-                        tier: "objects".into(),
-                        what: format!(
-                            "{namespace}/{}: chunk {index} of generation {} cannot be read ({reason:?}: {message})",
-                            info.path, info.generation
-                        ),
-                    });
+                    let what = format!(
+                        "{ns}/{}: chunk {index} of generation {} cannot be read ({reason:?}: {message})",
+                        info.path, info.generation
+                    );
+                    return Some((
+                        Err(TierError::Unsupported { tier: "objects".into(), what }),
+                        (m, ns, info, at, true),
+                    ));
                 }
             };
             let from = (at - index * info.chunk_size) as usize;
             let to = ((end - index * info.chunk_size) as usize).min(chunk.len());
-            each(chunk.slice(from..to))?;
-            at = index * info.chunk_size + to as u64;
-        }
-        Ok(())
+            let next = index * info.chunk_size + to as u64;
+            Some((Ok(chunk.slice(from..to)), (m, ns, info, next, false)))
+        })
     }
 
     /// Removes `path`. Returns whether it existed.

@@ -1,4 +1,5 @@
 use bytes::Bytes;
+use futures::TryStreamExt;
 use kvtier_tiers::conformance::pattern;
 
 use crate::{ByteSize, Config, Durability, Manager, Metrics};
@@ -30,14 +31,9 @@ async fn put(m: &Manager, path: &str, data: &Bytes) -> crate::objects::ObjectInf
 
 async fn read(m: &Manager, path: &str, offset: u64, len: u64) -> Vec<u8> {
     let info = m.stat_object(NS, path).unwrap().expect("the object exists");
-    let mut out = Vec::new();
-    m.read_object(NS, &info, offset, len, |b| {
-        out.extend_from_slice(&b);
-        Ok(())
-    })
-    .await
-    .unwrap();
-    out
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    let pieces: Vec<Bytes> = m.read_object(&ns, &info, offset, len).try_collect().await.unwrap();
+    pieces.concat()
 }
 
 #[tokio::test]
@@ -79,7 +75,8 @@ async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
     // The old generation is gone: one manifest and two chunks are left.
     assert_eq!(m.stats().await.index_blocks, 1 + 2);
     // A reader that resolved v1 before the replace gets an error, never v2's bytes.
-    let err = m.read_object(NS, &v1, 0, u64::MAX, |_| Ok(())).await.unwrap_err().to_string();
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    let err = m.read_object(&ns, &v1, 0, u64::MAX).try_collect::<Vec<_>>().await.unwrap_err().to_string();
     assert!(err.contains("chunk 0 of generation 1 cannot be read"), "{err}");
 
     assert!(m.delete_object(NS, "model.bin").await.unwrap());

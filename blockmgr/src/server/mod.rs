@@ -1,12 +1,13 @@
 //! `kvtier serve`: the gRPC service on TCP and a Unix socket, `/metrics` and `/healthz`
 //! over HTTP, and a graceful shutdown that persists memory-only blocks to SSD.
 
+mod objects;
 mod service;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use axum::{Router, extract::State, routing::get};
-use kvtier_proto::v1::block_store_server::BlockStoreServer;
+use kvtier_proto::v1::{block_store_server::BlockStoreServer, objects_server::ObjectsServer};
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
@@ -15,7 +16,7 @@ use tokio::{
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
-pub use self::service::BlockService;
+pub use self::{objects::ObjectService, service::BlockService};
 use crate::{
     Config, Error, Manager, Metrics,
     client::{MAX_FRAME, MAX_MESSAGE},
@@ -85,6 +86,9 @@ impl RunningServer {
             let service = BlockStoreServer::new(BlockService::new(manager.clone(), config.server.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
+            let objects = ObjectsServer::new(ObjectService::new(manager.clone(), config.server.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
             tonic::transport::Server::builder()
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
@@ -92,6 +96,7 @@ impl RunningServer {
                 .max_frame_size(Some(MAX_FRAME))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(service)
+                .add_service(objects)
         };
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
         let (signal, router) = (wait_for(stopped.clone()), grpc());

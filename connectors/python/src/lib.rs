@@ -136,7 +136,7 @@ impl PutResult {
 
 /// Where requests go.
 enum Backend {
-    Remote(RpcClient),
+    Remote(Box<RpcClient>),
     Embedded(Manager),
 }
 
@@ -221,7 +221,7 @@ impl Client {
                 Some(Mutex::new(py.detach(|| ShmClient::connect(&path, &names)).map_err(shm_error)?))
             }
         };
-        Ok(Client { backend: Backend::Remote(client), shm, address })
+        Ok(Client { backend: Backend::Remote(Box::new(client)), shm, address })
     }
 
     /// A manager running inside this process (no server), configured by `config` (the text

@@ -14,15 +14,19 @@
 //! # Ok(()) }
 //! ```
 
+mod objects;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kvtier_proto::v1::{
-    self, block_store_client::BlockStoreClient, get_response::Msg as GetMsg, put_request::Msg as PutMsg,
+    self, block_store_client::BlockStoreClient, get_response::Msg as GetMsg, objects_client::ObjectsClient,
+    put_request::Msg as PutMsg,
 };
 use kvtier_tiers::TierKind;
 use tonic::{Code, transport::Channel};
 
+pub use self::objects::ObjectInfo;
 use crate::{
     Durability, MissReason, Stats,
     wire::{durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},
@@ -117,6 +121,7 @@ pub enum GetItem {
 #[derive(Debug, Clone)]
 pub struct Client {
     rpc: BlockStoreClient<Channel>,
+    objects: ObjectsClient<Channel>,
     chunk: usize,
 }
 
@@ -134,10 +139,12 @@ impl Client {
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.into(), source })?;
-        let rpc = BlockStoreClient::new(channel)
+        let rpc = BlockStoreClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(Client { rpc, chunk: DEFAULT_CHUNK })
+        let objects =
+            ObjectsClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+        Ok(Client { rpc, objects, chunk: DEFAULT_CHUNK })
     }
 
     /// Size of the data chunks this client sends. Default 4 MiB.

@@ -1,0 +1,109 @@
+//! Named objects through a [`Client`]: put a stream of bytes, read a range back, stat,
+//! list, delete.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use kvtier_proto::v1::{self, get_object_response::Msg as GetMsg, put_object_request::Msg as PutMsg};
+
+use super::{Client, ClientError};
+use crate::{Durability, wire::durability_to_wire};
+
+/// What a node knows of one object.
+pub type ObjectInfo = v1::ObjectInfo;
+
+impl Client {
+    /// Stores a new version of `path` from `data` (pieces of any size). With `size` or
+    /// `crc32c`, the server refuses (and does not commit) bytes that do not match.
+    pub async fn put_object(
+        &self,
+        namespace: &str,
+        path: &str,
+        data: impl Stream<Item = Bytes> + Send + 'static,
+        durability: Durability,
+        size: Option<u64>,
+        crc32c: Option<u32>,
+    ) -> Result<ObjectInfo, ClientError> {
+        let open = v1::PutObjectOpen {
+            namespace: namespace.into(),
+            path: path.into(),
+            durability: durability_to_wire(durability) as i32,
+            size,
+            crc32c,
+        };
+        let chunk = self.chunk;
+        let pieces = data.flat_map(move |b| {
+            let n = b.len().div_ceil(chunk).max(1);
+            futures::stream::iter(
+                (0..n).map(move |i| b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len()))),
+            )
+        });
+        let msgs = futures::stream::once(async move { PutMsg::Open(open) })
+            .chain(pieces.filter(|p| futures::future::ready(!p.is_empty())).map(PutMsg::Data))
+            .map(|m| v1::PutObjectRequest { msg: Some(m) });
+        Ok(self.objects.clone().put_object(msgs).await?.into_inner())
+    }
+
+    /// Reads `length` bytes (all with `None`) of `path` from `offset`: the object's info,
+    /// then its bytes as they arrive.
+    pub async fn get_object(
+        &self,
+        namespace: &str,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(ObjectInfo, impl Stream<Item = Result<Bytes, ClientError>> + use<>), ClientError> {
+        let req = v1::GetObjectRequest { namespace: namespace.into(), path: path.into(), offset, length };
+        let mut stream = self.objects.clone().get_object(req).await?.into_inner();
+        let info = match stream.message().await? {
+            Some(v1::GetObjectResponse { msg: Some(GetMsg::Info(info)) }) => info,
+            other => return Err(ClientError::Protocol(format!("an object read began with {other:?}, not its info"))),
+        };
+        let bytes = stream.map_err(ClientError::from).and_then(|m| async move {
+            match m.msg {
+                Some(GetMsg::Data(b)) => Ok(b),
+                other => Err(ClientError::Protocol(format!("{other:?} inside an object's bytes"))),
+            }
+        });
+        Ok((info, bytes))
+    }
+
+    /// The whole of `path` (or a range) in memory, checked against the object's CRC-32C when
+    /// whole.
+    pub async fn read_object(
+        &self,
+        namespace: &str,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Bytes, ClientError> {
+        let (info, stream) = self.get_object(namespace, path, offset, length).await?;
+        let pieces: Vec<Bytes> = stream.try_collect().await?;
+        let data = Bytes::from(pieces.concat());
+        if offset == 0 && data.len() as u64 == info.size && kvtier_tiers::crc32c(&data) != info.crc32c {
+            return Err(ClientError::Protocol(format!("{path}: the bytes read do not match the object's crc32c")));
+        }
+        Ok(data)
+    }
+
+    /// The current version of `path`, or `None`.
+    pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, ClientError> {
+        let r = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        match self.objects.clone().stat_object(r).await {
+            Ok(info) => Ok(Some(info.into_inner())),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Objects of `namespace` whose path starts with `prefix`, sorted by path.
+    pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, ClientError> {
+        let r = v1::ListObjectsRequest { namespace: namespace.into(), prefix: prefix.into() };
+        Ok(self.objects.clone().list_objects(r).await?.into_inner().objects)
+    }
+
+    /// Removes `path`; whether it existed.
+    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, ClientError> {
+        let r = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        Ok(self.objects.clone().delete_object(r).await?.into_inner().deleted)
+    }
+}

@@ -1,0 +1,156 @@
+//! The `kvtier.v1.Objects` gRPC service: named objects (see crate::objects) over streams.
+
+use std::pin::Pin;
+
+use futures::StreamExt;
+use kvtier_proto::v1::{self, get_object_response::Msg as GetMsg, objects_server, put_object_request::Msg as PutMsg};
+use kvtier_tiers::Namespace;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    Manager,
+    config::ServerConfig,
+    objects::ObjectInfo,
+    wire::{durability_from_wire, status_of},
+};
+
+/// Serves a manager's named objects.
+#[derive(Debug, Clone)]
+pub struct ObjectService {
+    manager: Manager,
+    config: ServerConfig,
+}
+
+impl ObjectService {
+    /// Serves `manager`'s objects with the limits of `config`.
+    pub fn new(manager: Manager, config: ServerConfig) -> Self {
+        ObjectService { manager, config }
+    }
+
+    /// The next message of a put, or `None` at its end; silence past the idle timeout is an
+    /// abandoned put.
+    async fn next(&self, stream: &mut Streaming<v1::PutObjectRequest>) -> Result<Option<PutMsg>, Status> {
+        let idle = self.config.stream_idle_timeout;
+        match tokio::time::timeout(idle, stream.message()).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no message for {}; the object put was abandoned and not committed",
+                humantime::format_duration(idle)
+            ))),
+            Ok(Err(status)) => Err(status),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(req))) => req.msg.map(Some).ok_or_else(|| Status::invalid_argument("an empty put message")),
+        }
+    }
+
+    fn count(&self, op: &str) {
+        self.manager.metrics().requests.with_label_values(&[op]).inc();
+    }
+}
+
+fn info_to_wire(info: &ObjectInfo) -> v1::ObjectInfo {
+    v1::ObjectInfo {
+        path: info.path.clone(),
+        size: info.size,
+        generation: info.generation,
+        chunk_size: info.chunk_size,
+        crc32c: info.crc32c,
+        created_unix: info.created_unix,
+    }
+}
+
+fn not_found(namespace: &str, path: &str) -> Status {
+    Status::not_found(format!("no object {path:?} in namespace {namespace}"))
+}
+
+#[tonic::async_trait]
+impl objects_server::Objects for ObjectService {
+    async fn put_object(
+        &self,
+        request: Request<Streaming<v1::PutObjectRequest>>,
+    ) -> Result<Response<v1::ObjectInfo>, Status> {
+        self.count("put_object");
+        let mut stream = request.into_inner();
+        let Some(PutMsg::Open(open)) = self.next(&mut stream).await? else {
+            return Err(Status::invalid_argument("an object put must begin with `open` (namespace, path)"));
+        };
+        let durability = durability_from_wire(open.durability)?;
+        let mut writer =
+            self.manager.write_object(&open.namespace, &open.path, durability).map_err(|e| status_of(&e))?;
+        let received = async {
+            while let Some(msg) = self.next(&mut stream).await? {
+                match msg {
+                    PutMsg::Data(bytes) => writer.write(&bytes).await.map_err(|e| status_of(&e))?,
+                    PutMsg::Open(_) => return Err(Status::invalid_argument("a second `open` in one object put")),
+                }
+            }
+            let (size, crc32c) = writer.received();
+            if let Some(want) = open.size.filter(|&want| want != size) {
+                return Err(Status::data_loss(format!("{size} bytes arrived of the {want} announced; not committed")));
+            }
+            if let Some(want) = open.crc32c.filter(|&want| want != crc32c) {
+                return Err(Status::data_loss(format!(
+                    "the bytes' crc32c is {crc32c:#010x}, not the {want:#010x} announced; not committed"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(status) = received {
+            writer.abort().await;
+            return Err(status);
+        }
+        let info = writer.commit().await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(info_to_wire(&info)))
+    }
+
+    type GetObjectStream = Pin<Box<dyn futures::Stream<Item = Result<v1::GetObjectResponse, Status>> + Send>>;
+
+    async fn get_object(
+        &self,
+        request: Request<v1::GetObjectRequest>,
+    ) -> Result<Response<Self::GetObjectStream>, Status> {
+        self.count("get_object");
+        let req = request.into_inner();
+        let ns = Namespace::new(&req.namespace).map_err(|e| status_of(&e))?;
+        let info = self
+            .manager
+            .stat_object(&req.namespace, &req.path)
+            .map_err(|e| status_of(&e))?
+            .ok_or_else(|| not_found(&req.namespace, &req.path))?;
+        let first = v1::GetObjectResponse { msg: Some(GetMsg::Info(info_to_wire(&info))) };
+        let head = futures::stream::once(async move { Ok(first) });
+        let body = self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).map(|piece| {
+            piece.map(|data| v1::GetObjectResponse { msg: Some(GetMsg::Data(data)) }).map_err(|e| status_of(&e))
+        });
+        Ok(Response::new(Box::pin(head.chain(body))))
+    }
+
+    async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<v1::ObjectInfo>, Status> {
+        self.count("stat_object");
+        let r = request.into_inner();
+        match self.manager.stat_object(&r.namespace, &r.path).map_err(|e| status_of(&e))? {
+            Some(info) => Ok(Response::new(info_to_wire(&info))),
+            None => Err(not_found(&r.namespace, &r.path)),
+        }
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<v1::ListObjectsRequest>,
+    ) -> Result<Response<v1::ListObjectsResponse>, Status> {
+        self.count("list_objects");
+        let r = request.into_inner();
+        let found = self.manager.list_objects(&r.namespace, &r.prefix).map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::ListObjectsResponse { objects: found.iter().map(info_to_wire).collect() }))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<v1::ObjectRef>,
+    ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
+        self.count("delete_object");
+        let r = request.into_inner();
+        let deleted = self.manager.delete_object(&r.namespace, &r.path).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(v1::DeleteObjectResponse { deleted }))
+    }
+}
