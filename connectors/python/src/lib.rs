@@ -10,6 +10,7 @@
 //! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
 //! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
 
+mod objects;
 mod session;
 
 use std::sync::{Mutex, OnceLock};

@@ -16,7 +16,7 @@ use crate::{PutResult, shm_error};
 /// object or a buffer over it lives, also after the session closed or the server died.
 #[pyclass(frozen, module = "kvtier._native")]
 #[derive(Debug)]
-pub struct Arena {
+pub(crate) struct Arena {
     arena: ShmArena,
 }
 
@@ -62,7 +62,7 @@ impl Arena {
 /// block to read then release.
 #[pyclass(frozen, get_all, module = "kvtier._native")]
 #[derive(Debug, Clone)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// The session's handle (for commit and release).
     handle: u64,
     /// Byte offset of the block in the arena.
@@ -83,7 +83,7 @@ impl Slot {
 /// Why a key was not pinned.
 #[pyclass(frozen, get_all, module = "kvtier._native")]
 #[derive(Debug, Clone)]
-pub struct Miss {
+pub(crate) struct Miss {
     /// "not_found", "corrupt" (its only copy failed its checksum), "error" (a tier failed),
     /// "no_room" (stored, but the arena had no room to bring it in from SSD: read it over
     /// gRPC), or "again" (this session holds too much: release pins and ask again).
@@ -103,7 +103,7 @@ impl Miss {
 /// One request at a time: open one per thread that issues requests.
 #[pyclass(module = "kvtier._native")]
 #[derive(Debug)]
-pub struct ShmSession {
+pub(crate) struct ShmSession {
     client: Mutex<Option<ShmClient>>,
     arena: ShmArena,
     session_limit: u64,

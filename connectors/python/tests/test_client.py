@@ -153,3 +153,28 @@ def test_embedded_manager_in_process(tmp_path):
     with pytest.raises(kvtier.InvalidArgumentError, match="region_size"):
         kvtier.Client.embedded(f'data_dir = "{tmp_path}/x"\n[cpu]\nregion_size = "4MiB"\n')
     assert os.path.exists(tmp_path / "ssd")
+
+
+@pytest.mark.parametrize("where", ["remote", "embedded"])
+def test_named_objects_put_read_list_delete(server, tmp_path, where):
+    if where == "remote":
+        c = kvtier.Client(server.grpc)
+    else:
+        c = kvtier.Client.embedded(
+            f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
+            '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n[blob]\nurl = ""\n'
+        )
+    ns = "acme/ckpt"
+    data = np.random.default_rng(5).integers(0, 255, 3_000_000, dtype=np.uint8).tobytes()
+    meta = c.put_object(ns, "step-1/rank-0.distcp", data, durability="local_disk")
+    assert meta["size"] == len(data) and meta["generation"] == 1, meta
+    assert c.read_object(ns, "step-1/rank-0.distcp") == data
+    assert c.read_object(ns, "step-1/rank-0.distcp", offset=1_000_000, length=10) == data[1_000_000:1_000_010]
+    assert c.read_object(ns, "absent") is None and c.stat_object(ns, "absent") is None
+    c.put_object(ns, "step-1/rank-0.distcp", b"v2")
+    assert c.stat_object(ns, "step-1/rank-0.distcp")["generation"] == 2
+    c.put_object(ns, "step-1/meta", b"{}")
+    assert [o["path"] for o in c.list_objects(ns, "step-1/")] == ["step-1/meta", "step-1/rank-0.distcp"]
+    assert c.delete_object(ns, "step-1/meta") and not c.delete_object(ns, "step-1/meta")
+    with pytest.raises(kvtier.InvalidArgumentError, match="object path"):
+        c.put_object(ns, "", b"x")
