@@ -1,5 +1,5 @@
 //! Named objects through a real `kvtier serve`: streamed puts of any size, whole and ranged
-//! reads, versions, deletes; a truncated or mismatched upload never commits; objects
+//! reads, versions, deletes; a truncated, mismatched or abandoned upload never commits; objects
 //! written to disk survive `kill -9`.
 
 mod common;
@@ -78,4 +78,14 @@ async fn a_truncated_or_mismatched_upload_never_commits() {
     assert_eq!(client.stats().await.unwrap().index_blocks, blocks_before, "the refused uploads left no chunks");
     let err = client.put_object(NS, "", pieces(&old, 10), Durability::Cache, None, None).await.unwrap_err();
     assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::InvalidArgument), "{err}");
+
+    // A writer that sends 3 MiB and then goes silent: abandoned after stream_idle_timeout
+    // (2s), its chunks deleted, nothing committed.
+    use futures::StreamExt;
+    let stalled = pieces(&new, 1 << 20).chain(futures::stream::pending());
+    let err = client.put_object(NS, "weights.bin", stalled, Durability::LocalDisk, None, None).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::DeadlineExceeded), "{err}");
+    assert!(err.to_string().contains("not committed"), "{err}");
+    assert_eq!(client.read_object(NS, "weights.bin", 0, None).await.unwrap(), old);
+    assert_eq!(client.stats().await.unwrap().index_blocks, blocks_before);
 }

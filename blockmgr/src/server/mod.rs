@@ -233,3 +233,19 @@ pub async fn termination() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }
+
+/// The next message of a client stream, `None` at its end. Silence for `idle` abandons the
+/// stream: DEADLINE_EXCEEDED, saying `what` that means.
+async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    idle: Duration,
+    what: &str,
+) -> Result<Option<T>, tonic::Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no message for {}; {what}",
+            humantime::format_duration(idle)
+        ))),
+        Ok(result) => result,
+    }
+}

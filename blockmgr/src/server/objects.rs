@@ -31,14 +31,9 @@ impl ObjectService {
     /// abandoned put.
     async fn next(&self, stream: &mut Streaming<v1::PutObjectRequest>) -> Result<Option<PutMsg>, Status> {
         let idle = self.config.stream_idle_timeout;
-        match tokio::time::timeout(idle, stream.message()).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no message for {}; the object put was abandoned and not committed",
-                humantime::format_duration(idle)
-            ))),
-            Ok(Err(status)) => Err(status),
-            Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(req))) => req.msg.map(Some).ok_or_else(|| Status::invalid_argument("an empty put message")),
+        match super::next_message(stream, idle, "the object put was abandoned and not committed").await? {
+            None => Ok(None),
+            Some(req) => req.msg.map(Some).ok_or_else(|| Status::invalid_argument("an empty put message")),
         }
     }
 

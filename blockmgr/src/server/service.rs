@@ -67,14 +67,9 @@ impl BlockService {
     /// The next put message, or `None` at the end of the stream.
     async fn next(&self, stream: &mut Streaming<v1::PutRequest>) -> Result<Option<PutMsg>, Status> {
         let idle = self.config.stream_idle_timeout;
-        match tokio::time::timeout(idle, stream.message()).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no message for {}; the put stream was abandoned",
-                humantime::format_duration(idle)
-            ))),
-            Ok(Err(status)) => Err(status),
-            Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(req))) => req.msg.map(Some).ok_or_else(|| {
+        match super::next_message(stream, idle, "the put stream was abandoned").await? {
+            None => Ok(None),
+            Some(req) => req.msg.map(Some).ok_or_else(|| {
                 Status::invalid_argument("a put message with no field set (an unknown or newer field?)")
             }),
         }

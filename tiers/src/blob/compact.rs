@@ -17,7 +17,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::TryStreamExt;
 use object_store::{ObjectStore, path::Path};
 
 use super::{BlobTier, Location, format::Stamp};
@@ -119,15 +118,7 @@ impl BlobTier {
 
     /// Deletes segment objects that no index names and that are older than `age`.
     async fn remove_orphans(&self, age: Duration) -> Result<usize> {
-        let sep = if self.prefix.is_empty() { "" } else { "/" };
-        let listed = format!("{}{sep}seg", self.prefix);
-        super::Counters::count(&self.counters.other, 1);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&Path::from(listed.as_str())))
-            .try_collect()
-            .await
-            .map_err(|e| self.store_error("list", &listed, e))?;
+        let objects = self.list_dir("seg").await?;
         let cutoff = unix_seconds_now() - age.as_secs() as i64;
         let mut removed = 0;
         for meta in objects {

@@ -318,16 +318,7 @@ impl BlobTier {
         }
         let mut records: Vec<(Stamp, bool, Path)> = Vec::new();
         for (dir, ext, is_index) in [("idx", "idx", true), ("del", "del", false)] {
-            let sep = if self.prefix.is_empty() { "" } else { "/" };
-            let listed = format!("{}{sep}{dir}", self.prefix);
-            Counters::count(&self.counters.other, 1);
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&Path::from(listed.as_str())))
-                .try_collect()
-                .await
-                .map_err(|e| self.store_error("list", &listed, e))?;
-            for meta in objects {
+            for meta in self.list_dir(dir).await? {
                 match meta.location.filename().and_then(|f| Stamp::parse(f, ext)) {
                     Some(stamp) => records.push((stamp, is_index, meta.location)),
                     None => {
@@ -378,6 +369,18 @@ impl BlobTier {
         tracing::info!(tier = %self, blocks = state.index.len(), bytes = state.used, "blob: index rebuilt");
         self.loaded.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Every object under `dir` of the prefix (`idx`, `del`, `seg`).
+    async fn list_dir(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        let sep = if self.prefix.is_empty() { "" } else { "/" };
+        let listed = format!("{}{sep}{dir}", self.prefix);
+        Counters::count(&self.counters.other, 1);
+        self.store
+            .list(Some(&Path::from(listed.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error("list", &listed, e))
     }
 
     /// A whole object.
