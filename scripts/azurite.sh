@@ -12,6 +12,7 @@
 #
 # The account is the emulator's well-known devstoreaccount1 and key. Stop it with kill PID.
 set -euo pipefail
+source "$(dirname "$0")/emulator-lib.sh"
 cache="${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
 bin="$cache/node_modules/.bin/azurite-blob"
 
@@ -28,25 +29,12 @@ start() {
     local dir="$1" port="${2:-}"
     install
     mkdir -p "$dir"
-    if [[ -z "$port" ]]; then
-        port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    fi
+    [[ -n "$port" ]] || port="$(free_port)"
     "$bin" --silent --loose --skipApiVersionCheck --blobHost 127.0.0.1 --blobPort "$port" \
         --location "$dir" >>"$dir/azurite.log" 2>&1 &
-    local pid=$!
     local endpoint="http://127.0.0.1:$port/devstoreaccount1"
-    for _ in $(seq 100); do
-        if python3 "$(dirname "$0")/azurite_container.py" "$endpoint" kvtier 2>/dev/null; then
-            echo "$endpoint $pid"
-            return
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "azurite did not start; its log:" >&2
-    cat "$dir/azurite.log" >&2
-    exit 1
+    await_ready azurite $! "$dir/azurite.log" "$endpoint" \
+        python3 "$(dirname "$0")/azurite_container.py" "$endpoint" kvtier
 }
 
 case "${1:-}" in

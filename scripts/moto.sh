@@ -10,6 +10,7 @@
 #
 # Credentials are anything (moto does not check them). Stop it with kill PID.
 set -euo pipefail
+source "$(dirname "$0")/emulator-lib.sh"
 venv="${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
 
 install() {
@@ -24,27 +25,13 @@ start() {
     install
     mkdir -p "$dir"
     local port
-    port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    port="$(free_port)"
     "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
-    local pid=$!
     local endpoint="http://127.0.0.1:$port"
-    for _ in $(seq 100); do
-        if "$venv/bin/python" - "$endpoint" <<'PY' 2>/dev/null; then
-import sys, boto3
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="test", aws_secret_access_key="test")
-s3.create_bucket(Bucket="kvtier")
-PY
-            echo "$endpoint $pid"
-            return
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "moto did not start; its log:" >&2
-    cat "$dir/moto.log" >&2
-    exit 1
+    local create_bucket='import sys, boto3
+boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+             aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket="kvtier")'
+    await_ready moto $! "$dir/moto.log" "$endpoint" "$venv/bin/python" -c "$create_bucket" "$endpoint"
 }
 
 case "${1:-}" in

@@ -1,0 +1,27 @@
+# Shared by scripts/azurite.sh and scripts/moto.sh (sourced, not run): starting a local
+# storage emulator in the background and waiting until it answers.
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# await_ready NAME PID LOG ENDPOINT PROBE...: runs PROBE (which creates the container or
+# bucket, exit 0 once it exists) until it succeeds, then prints "ENDPOINT PID". If the
+# process dies or 10 s pass, kills it, prints its log and exits 1.
+await_ready() {
+    local name="$1" pid="$2" log="$3" endpoint="$4"
+    shift 4
+    for _ in $(seq 100); do
+        if "$@" 2>/dev/null; then
+            echo "$endpoint $pid"
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    echo "$name did not start; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
