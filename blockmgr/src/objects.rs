@@ -55,6 +55,20 @@ impl ObjectInfo {
     }
 }
 
+/// An object's metadata on the wire (the generation's chunk id stays inside the node).
+impl From<&ObjectInfo> for kvtier_proto::v1::ObjectInfo {
+    fn from(info: &ObjectInfo) -> Self {
+        kvtier_proto::v1::ObjectInfo {
+            path: info.path.clone(),
+            size: info.size,
+            generation: info.generation,
+            chunk_size: info.chunk_size,
+            crc32c: info.crc32c,
+            created_unix: info.created_unix,
+        }
+    }
+}
+
 /// Namespace + path -> the current generation's manifest.
 #[derive(Debug)]
 pub(crate) struct Catalog {

@@ -391,15 +391,11 @@ async fn read_batch(inner: &Arc<Inner>, flusher: &Flusher, batch: Vec<(BlockKey,
     for (key, read) in futures::future::join_all(reads).await {
         match read {
             Ok(Some(block)) if inner.is_current(&block) => blocks.push(block),
-            Ok(_) => {
-                // Moved between tiers, deleted, or replaced: look again if still wanted.
-                if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
-                    inner.forget_vanished_ssd_copy(&key).await;
-                    flusher.requeue(key);
+            // Moved between tiers, deleted, replaced, or unreadable: look again if still wanted.
+            other => {
+                if let Err(e) = &other {
+                    tracing::error!(%key, error = %e, "flush: reading the local copy failed");
                 }
-            }
-            Err(e) => {
-                tracing::error!(%key, error = %e, "flush: reading the local copy failed");
                 inner.forget_vanished_ssd_copy(&key).await;
                 if inner.index.get(&key).is_some_and(|e| wants_flush(inner, &key, &e)) {
                     flusher.requeue(key);

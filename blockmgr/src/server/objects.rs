@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Manager,
     config::ServerConfig,
-    objects::ObjectInfo,
     wire::{durability_from_wire, status_of},
 };
 
@@ -39,17 +38,6 @@ impl ObjectService {
 
     fn count(&self, op: &str) {
         self.manager.metrics().requests.with_label_values(&[op]).inc();
-    }
-}
-
-fn info_to_wire(info: &ObjectInfo) -> v1::ObjectInfo {
-    v1::ObjectInfo {
-        path: info.path.clone(),
-        size: info.size,
-        generation: info.generation,
-        chunk_size: info.chunk_size,
-        crc32c: info.crc32c,
-        created_unix: info.created_unix,
     }
 }
 
@@ -95,7 +83,7 @@ impl objects_server::Objects for ObjectService {
             return Err(status);
         }
         let info = writer.commit().await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(info_to_wire(&info)))
+        Ok(Response::new(v1::ObjectInfo::from(&info)))
     }
 
     type GetObjectStream = Pin<Box<dyn futures::Stream<Item = Result<v1::GetObjectResponse, Status>> + Send>>;
@@ -112,7 +100,7 @@ impl objects_server::Objects for ObjectService {
             .stat_object(&req.namespace, &req.path)
             .map_err(|e| status_of(&e))?
             .ok_or_else(|| not_found(&req.namespace, &req.path))?;
-        let first = v1::GetObjectResponse { msg: Some(GetMsg::Info(info_to_wire(&info))) };
+        let first = v1::GetObjectResponse { msg: Some(GetMsg::Info(v1::ObjectInfo::from(&info))) };
         let head = futures::stream::once(async move { Ok(first) });
         let body = self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).map(|piece| {
             piece.map(|data| v1::GetObjectResponse { msg: Some(GetMsg::Data(data)) }).map_err(|e| status_of(&e))
@@ -124,7 +112,7 @@ impl objects_server::Objects for ObjectService {
         self.count("stat_object");
         let r = request.into_inner();
         match self.manager.stat_object(&r.namespace, &r.path).map_err(|e| status_of(&e))? {
-            Some(info) => Ok(Response::new(info_to_wire(&info))),
+            Some(info) => Ok(Response::new(v1::ObjectInfo::from(&info))),
             None => Err(not_found(&r.namespace, &r.path)),
         }
     }
@@ -136,7 +124,7 @@ impl objects_server::Objects for ObjectService {
         self.count("list_objects");
         let r = request.into_inner();
         let found = self.manager.list_objects(&r.namespace, &r.prefix).map_err(|e| status_of(&e))?;
-        Ok(Response::new(v1::ListObjectsResponse { objects: found.iter().map(info_to_wire).collect() }))
+        Ok(Response::new(v1::ListObjectsResponse { objects: found.iter().map(v1::ObjectInfo::from).collect() }))
     }
 
     async fn delete_object(

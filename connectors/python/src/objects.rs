@@ -23,9 +23,7 @@ struct Meta {
 
 impl From<kvtier_blockmgr::objects::ObjectInfo> for Meta {
     fn from(o: kvtier_blockmgr::objects::ObjectInfo) -> Self {
-        let (path, size, generation, chunk_size, crc32c, created_unix) =
-            (o.path, o.size, o.generation, o.chunk_size, o.crc32c, o.created_unix);
-        Meta { path, size, generation, chunk_size, crc32c, created_unix }
+        kvtier_blockmgr::ObjectInfo::from(&o).into()
     }
 }
 
