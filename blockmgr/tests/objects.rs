@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Node, data};
-use kvtier_blockmgr::{ClientError, Durability};
+use kvtier_blockmgr::{ClientError, Durability, ObjectRange};
 use tonic::Code;
 
 const NS: &str = "acme/ckpt";
@@ -27,8 +27,8 @@ async fn objects_stream_in_and_out_by_version_and_survive_a_kill_9() {
         .await
         .unwrap();
     assert_eq!((info.size, info.generation, info.crc32c), (5 << 20, 1, kvtier_tiers::crc32c(&v1)));
-    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", 0, None).await.unwrap(), v1);
-    let range = client.read_object(NS, "step-100/rank-0.distcp", (1 << 20) - 10, Some(20)).await.unwrap();
+    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", ObjectRange::all()).await.unwrap(), v1);
+    let range = client.read_object(NS, "step-100/rank-0.distcp", ObjectRange::bytes((1 << 20) - 10, 20)).await.unwrap();
     assert_eq!(range, v1.slice((1 << 20) - 10..(1 << 20) + 10), "a range across a chunk boundary");
     let small = data(2, 1000);
     client.put_object(NS, "step-100/meta.json", pieces(&small, 64), Durability::LocalDisk, None, None).await.unwrap();
@@ -39,17 +39,25 @@ async fn objects_stream_in_and_out_by_version_and_survive_a_kill_9() {
     node.restart();
     let client = node.unix_client().await;
     assert_eq!(client.stat_object(NS, "step-100/rank-0.distcp").await.unwrap(), Some(info));
-    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", 0, None).await.unwrap(), v1);
+    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", ObjectRange::all()).await.unwrap(), v1);
 
     // A new version replaces it whole; a delete removes it.
     let v2 = data(3, 2 << 20);
     let info2 =
         client.put_object(NS, "step-100/rank-0.distcp", pieces(&v2, 1 << 20), Durability::LocalDisk, None, None);
     assert_eq!(info2.await.unwrap().generation, 2);
-    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", 0, None).await.unwrap(), v2);
+    assert_eq!(client.read_object(NS, "step-100/rank-0.distcp", ObjectRange::all()).await.unwrap(), v2);
+    // A reader pinned to generation 1 (several ranged reads of one version) is told it was
+    // replaced, rather than given generation 2's bytes.
+    let pinned = ObjectRange::bytes(0, 10).of_generation(1);
+    let err = client.read_object(NS, "step-100/rank-0.distcp", pinned).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("generation 1 was replaced by generation 2"), "{err}");
+    let current = client.read_object(NS, "step-100/rank-0.distcp", pinned.of_generation(2)).await.unwrap();
+    assert_eq!(current, v2.slice(0..10));
     assert!(client.delete_object(NS, "step-100/rank-0.distcp").await.unwrap());
     assert_eq!(client.stat_object(NS, "step-100/rank-0.distcp").await.unwrap(), None);
-    let err = client.read_object(NS, "step-100/rank-0.distcp", 0, None).await.unwrap_err();
+    let err = client.read_object(NS, "step-100/rank-0.distcp", ObjectRange::all()).await.unwrap_err();
     assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::NotFound), "{err}");
 }
 
@@ -74,7 +82,7 @@ async fn a_truncated_or_mismatched_upload_never_commits() {
         .unwrap_err();
     assert!(err.to_string().contains("crc32c"), "{err}");
 
-    assert_eq!(client.read_object(NS, "weights.bin", 0, None).await.unwrap(), old, "the old version stands");
+    assert_eq!(client.read_object(NS, "weights.bin", ObjectRange::all()).await.unwrap(), old, "the old version stands");
     assert_eq!(client.stats().await.unwrap().index_blocks, blocks_before, "the refused uploads left no chunks");
     let err = client.put_object(NS, "", pieces(&old, 10), Durability::Cache, None, None).await.unwrap_err();
     assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::InvalidArgument), "{err}");
@@ -86,6 +94,6 @@ async fn a_truncated_or_mismatched_upload_never_commits() {
     let err = client.put_object(NS, "weights.bin", stalled, Durability::LocalDisk, None, None).await.unwrap_err();
     assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::DeadlineExceeded), "{err}");
     assert!(err.to_string().contains("not committed"), "{err}");
-    assert_eq!(client.read_object(NS, "weights.bin", 0, None).await.unwrap(), old);
+    assert_eq!(client.read_object(NS, "weights.bin", ObjectRange::all()).await.unwrap(), old);
     assert_eq!(client.stats().await.unwrap().index_blocks, blocks_before);
 }

@@ -26,7 +26,7 @@ use kvtier_proto::v1::{
 use kvtier_tiers::TierKind;
 use tonic::{Code, transport::Channel};
 
-pub use self::objects::ObjectInfo;
+pub use self::objects::{ObjectInfo, ObjectRange};
 use crate::{
     Durability, MissReason, Stats,
     wire::{durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},

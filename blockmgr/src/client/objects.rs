@@ -11,6 +11,35 @@ use crate::{Durability, wire::durability_to_wire};
 /// What a node knows of one object.
 pub type ObjectInfo = v1::ObjectInfo;
 
+/// Which bytes of an object to read: `length` bytes from `offset` (to the end with `None`),
+/// of `generation` only if set (a reader of several ranges pins the version it started on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectRange {
+    /// The first byte.
+    pub offset: u64,
+    /// Bytes from `offset`; `None` reads to the end.
+    pub length: Option<u64>,
+    /// Only this version; another current one is FAILED_PRECONDITION.
+    pub generation: Option<u64>,
+}
+
+impl ObjectRange {
+    /// The whole object, whatever its current generation.
+    pub fn all() -> Self {
+        ObjectRange::default()
+    }
+
+    /// `length` bytes from `offset`.
+    pub fn bytes(offset: u64, length: u64) -> Self {
+        ObjectRange { offset, length: Some(length), generation: None }
+    }
+
+    /// The same bytes, of `generation` only.
+    pub fn of_generation(self, generation: u64) -> Self {
+        ObjectRange { generation: Some(generation), ..self }
+    }
+}
+
 impl Client {
     /// Stores a new version of `path` from `data` (pieces of any size). With `size` or
     /// `crc32c`, the server refuses (and does not commit) bytes that do not match.
@@ -43,16 +72,15 @@ impl Client {
         Ok(self.objects.clone().put_object(msgs).await?.into_inner())
     }
 
-    /// Reads `length` bytes (all with `None`) of `path` from `offset`: the object's info,
-    /// then its bytes as they arrive.
+    /// Reads `range` of `path`: the object's info, then its bytes as they arrive.
     pub async fn get_object(
         &self,
         namespace: &str,
         path: &str,
-        offset: u64,
-        length: Option<u64>,
+        range: ObjectRange,
     ) -> Result<(ObjectInfo, impl Stream<Item = Result<Bytes, ClientError>> + use<>), ClientError> {
-        let req = v1::GetObjectRequest { namespace: namespace.into(), path: path.into(), offset, length };
+        let ObjectRange { offset, length, generation } = range;
+        let req = v1::GetObjectRequest { namespace: namespace.into(), path: path.into(), offset, length, generation };
         let mut stream = self.objects.clone().get_object(req).await?.into_inner();
         let info = match stream.message().await? {
             Some(v1::GetObjectResponse { msg: Some(GetMsg::Info(info)) }) => info,
@@ -67,19 +95,12 @@ impl Client {
         Ok((info, bytes))
     }
 
-    /// The whole of `path` (or a range) in memory, checked against the object's CRC-32C when
-    /// whole.
-    pub async fn read_object(
-        &self,
-        namespace: &str,
-        path: &str,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Result<Bytes, ClientError> {
-        let (info, stream) = self.get_object(namespace, path, offset, length).await?;
+    /// `range` of `path` in memory, checked against the object's CRC-32C when whole.
+    pub async fn read_object(&self, namespace: &str, path: &str, range: ObjectRange) -> Result<Bytes, ClientError> {
+        let (info, stream) = self.get_object(namespace, path, range).await?;
         let pieces: Vec<Bytes> = stream.try_collect().await?;
         let data = Bytes::from(pieces.concat());
-        if offset == 0 && data.len() as u64 == info.size && kvtier_tiers::crc32c(&data) != info.crc32c {
+        if range.offset == 0 && data.len() as u64 == info.size && kvtier_tiers::crc32c(&data) != info.crc32c {
             return Err(ClientError::Protocol(format!("{path}: the bytes read do not match the object's crc32c")));
         }
         Ok(data)

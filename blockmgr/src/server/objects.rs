@@ -100,6 +100,12 @@ impl objects_server::Objects for ObjectService {
             .stat_object(&req.namespace, &req.path)
             .map_err(|e| status_of(&e))?
             .ok_or_else(|| not_found(&req.namespace, &req.path))?;
+        if let Some(wanted) = req.generation.filter(|&g| g != info.generation) {
+            return Err(Status::failed_precondition(format!(
+                "{}/{}: generation {wanted} was replaced by generation {}",
+                req.namespace, req.path, info.generation
+            )));
+        }
         let first = v1::GetObjectResponse { msg: Some(GetMsg::Info(v1::ObjectInfo::from(&info))) };
         let head = futures::stream::once(async move { Ok(first) });
         let body = self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).map(|piece| {
