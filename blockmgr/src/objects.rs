@@ -16,7 +16,7 @@
 //! holds (local tiers and Blob); the highest generation of a path wins and older ones left
 //! by a crash mid-commit are removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
@@ -303,7 +303,8 @@ impl Manager {
     }
 
     /// Rebuilds the catalog from the manifests in the index (after a restart). The highest
-    /// generation of a path wins; older ones (a crash mid-commit) are removed.
+    /// generation of a path wins; older ones (a crash mid-commit) are removed, and so are
+    /// chunks no manifest names (an upload cut short by a crash).
     pub(crate) async fn rebuild_catalog(&self) {
         let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
         let mut stale = Vec::new();
@@ -325,6 +326,18 @@ impl Manager {
         }
         for (ns, info) in stale {
             self.remove_generation(&ns, &info).await;
+        }
+        let live: HashSet<(Namespace, u64)> = newest.iter().map(|((ns, _), info)| (ns.clone(), info.id)).collect();
+        let mut orphans = 0usize;
+        for key in self.keys_with_prefix(CHUNK) {
+            let Ok(&[_, _, ref id @ .., _, _, _, _]) = <&[u8; 14]>::try_from(key.key.as_bytes()) else { continue };
+            if !live.contains(&(key.namespace.clone(), u64::from_be_bytes(*id))) {
+                self.delete(&key).await;
+                orphans += 1;
+            }
+        }
+        if orphans > 0 {
+            tracing::info!(chunks = orphans, "objects: removed chunks of uploads that never committed");
         }
         if !newest.is_empty() {
             tracing::info!(objects = newest.len(), "objects: catalog rebuilt");

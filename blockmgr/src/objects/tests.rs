@@ -89,6 +89,19 @@ async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
     w.write(&pattern(3, 1_200_000)).await.unwrap();
     w.abort().await;
     assert_eq!((m.stat_object(NS, "model.bin").unwrap(), m.stats().await.index_blocks), (None, 0));
+
+    // One cut short by a crash (neither committed nor aborted) is cleared at the next start;
+    // a committed object beside it stays whole.
+    let kept = pattern(4, 600_000);
+    put(&m, "kept.bin", &kept).await;
+    let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
+    w.write(&pattern(5, 1_200_000)).await.unwrap();
+    drop(w);
+    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the cut-short upload's two chunks are stored");
+    drop(m);
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    assert_eq!(m.stats().await.index_blocks, 1 + 2, "only the committed object is left");
+    assert_eq!(read(&m, "kept.bin", 0, u64::MAX).await, kept);
 }
 
 #[tokio::test]
