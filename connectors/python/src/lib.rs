@@ -512,6 +512,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Client>()?;
     m.add_class::<PutResult>()?;
+    m.add_class::<objects::ObjectUpload>()?;
     m.add_class::<session::ShmSession>()?;
     m.add_class::<session::Arena>()?;
     m.add_class::<session::Slot>()?;

@@ -1,14 +1,19 @@
-//! Named objects from Python: `Client.put_object`, `read_object`, `stat_object`,
-//! `list_objects`, `delete_object` (remote or embedded), with metadata as dicts.
+//! Named objects from Python: `Client.put_object`, `open_object` (a streamed upload),
+//! `read_object`, `stat_object`, `list_objects`, `delete_object` (remote or embedded), with
+//! metadata as dicts.
+
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use kvtier_blockmgr::{ClientError, Durability, ObjectRange, objects::ObjectWriter};
 use kvtier_tiers::Namespace;
 use pyo3::{prelude::*, types::PyBytes};
 use serde::Serialize;
+use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::Code;
 
-use super::{Backend, Client, KvtierError, client_error, runtime, tier_error};
+use super::{Backend, Client, KvtierError, client_error, raw, runtime, tier_error};
 
 /// An object's metadata, as Python sees it (a dict).
 #[derive(Serialize)]
@@ -50,30 +55,40 @@ impl Client {
         py: Python<'py>,
         namespace: &str,
         path: &str,
-        data: Vec<u8>,
+        data: &Bound<'py, PyAny>,
         durability: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let upload = self.open_object(py, namespace, path, durability, None)?;
+        upload.write(py, data)?;
+        upload.commit(py)
+    }
+
+    /// Starts a new version of `path`, written piece by piece with `write` and made visible
+    /// by `commit` (or dropped by `abort`). As a context manager it commits on a clean exit
+    /// and aborts on an exception. With `size`, the server refuses a different length.
+    #[pyo3(signature = (namespace, path, durability = "cache", size = None))]
+    fn open_object(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        path: &str,
+        durability: &str,
+        size: Option<u64>,
+    ) -> PyResult<ObjectUpload> {
         let durability = super::durability(durability)?;
-        let data = Bytes::from(data);
-        let meta: Meta = py.detach(|| match &self.backend {
-            Backend::Remote(c) => {
-                let len = data.len() as u64;
-                let put =
-                    c.put_object(namespace, path, futures::stream::once(async { data }), durability, Some(len), None);
-                runtime().block_on(put).map(Meta::from).map_err(client_error)
+        let upload = py.detach(|| match &self.backend {
+            Backend::Remote(c) => Ok(Upload::Remote(RemoteUpload::start(c, namespace, path, durability, size))),
+            Backend::Embedded(m) => {
+                m.write_object(namespace, path, durability).map(Upload::Embedded).map_err(|e| tier_error(&e))
             }
-            Backend::Embedded(m) => runtime().block_on(async {
-                let mut w = m.write_object(namespace, path, durability).map_err(|e| tier_error(&e))?;
-                w.write(&data).await.map_err(|e| tier_error(&e))?;
-                w.commit().await.map(Meta::from).map_err(|e| tier_error(&e))
-            }),
         })?;
-        to_py(py, &meta)
+        Ok(ObjectUpload { path: path.to_string(), size, upload: Mutex::new(Some(upload)) })
     }
 
     /// `length` bytes of `path` from `offset` (to the end by default), or None if there is
-    /// no such object.
-    #[pyo3(signature = (namespace, path, offset = 0, length = None))]
+    /// no such object. With `generation`, only that version: if another is current, the
+    /// read fails (a reader of several ranges never mixes two versions).
+    #[pyo3(signature = (namespace, path, offset = 0, length = None, generation = None))]
     fn read_object<'py>(
         &self,
         py: Python<'py>,
@@ -81,15 +96,26 @@ impl Client {
         path: &str,
         offset: u64,
         length: Option<u64>,
+        generation: Option<u64>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let range = ObjectRange { offset, length, generation };
         let data: Option<Bytes> = py.detach(|| match &self.backend {
-            Backend::Remote(c) => match runtime().block_on(c.read_object(namespace, path, offset, length)) {
+            Backend::Remote(c) => match runtime().block_on(c.read_object(namespace, path, range)) {
                 Ok(b) => Ok(Some(b)),
-                Err(kvtier_blockmgr::ClientError::Status(s)) if s.code() == Code::NotFound => Ok(None),
+                Err(ClientError::Status(s)) if s.code() == Code::NotFound => Ok(None),
                 Err(e) => Err(client_error(e)),
             },
             Backend::Embedded(m) => {
                 let Some(info) = m.stat_object(namespace, path).map_err(|e| tier_error(&e))? else { return Ok(None) };
+                if let Some(wanted) = generation.filter(|&g| g != info.generation) {
+                    return Err(super::error(
+                        Code::FailedPrecondition,
+                        format!(
+                            "{namespace}/{path}: generation {wanted} was replaced by generation {}",
+                            info.generation
+                        ),
+                    ));
+                }
                 let ns = Namespace::new(namespace).map_err(|e| tier_error(&e))?;
                 runtime().block_on(async {
                     let mut pieces = std::pin::pin!(m.read_object(&ns, &info, offset, length.unwrap_or(u64::MAX)));
@@ -139,5 +165,175 @@ impl Client {
             Backend::Remote(c) => runtime().block_on(c.delete_object(namespace, path)).map_err(client_error),
             Backend::Embedded(m) => runtime().block_on(m.delete_object(namespace, path)).map_err(|e| tier_error(&e)),
         })
+    }
+}
+
+/// A streamed upload of one object version (`Client.open_object`).
+#[pyclass(module = "kvtier._native")]
+pub(crate) struct ObjectUpload {
+    path: String,
+    size: Option<u64>,
+    /// `None` once committed or aborted.
+    upload: Mutex<Option<Upload>>,
+}
+
+enum Upload {
+    Remote(RemoteUpload),
+    Embedded(ObjectWriter),
+}
+
+/// A `PutObject` stream fed from Python: pieces go through a small channel to the call
+/// running on the client's runtime. A clean end of the stream commits, so the call is
+/// aborted (the server then deletes what it stored) unless `commit` ends it.
+struct RemoteUpload {
+    pieces: Option<mpsc::Sender<Bytes>>,
+    call: JoinHandle<Result<kvtier_blockmgr::ObjectInfo, ClientError>>,
+}
+
+impl RemoteUpload {
+    fn start(
+        client: &kvtier_blockmgr::Client,
+        namespace: &str,
+        path: &str,
+        durability: Durability,
+        size: Option<u64>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let pieces = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let (client, namespace, path) = (client.clone(), namespace.to_string(), path.to_string());
+        let call =
+            runtime().spawn(async move { client.put_object(&namespace, &path, pieces, durability, size, None).await });
+        RemoteUpload { pieces: Some(tx), call }
+    }
+
+    /// The call's outcome once it ended (after the last piece, or on a refusal).
+    fn outcome(mut self) -> PyResult<kvtier_blockmgr::ObjectInfo> {
+        self.pieces = None;
+        let call = &mut self.call;
+        match runtime().block_on(call) {
+            Ok(result) => result.map_err(client_error),
+            Err(e) => Err(KvtierError::new_err(format!("the object upload task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for RemoteUpload {
+    fn drop(&mut self) {
+        // Before the sender goes: a clean end of the stream would commit a partial object.
+        self.call.abort();
+    }
+}
+
+#[pymethods]
+impl ObjectUpload {
+    /// Appends bytes (any bytes-like object).
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = raw(data, false, "data", 0)?;
+        let mut guard = self.upload.lock().expect("upload lock");
+        let Some(upload) = guard.as_mut() else {
+            return Err(KvtierError::new_err(format!("{}: the upload is already committed or aborted", self.path)));
+        };
+        // SAFETY: `data` holds the buffer; Python code cannot run while the GIL is released.
+        let bytes = unsafe { data.bytes() };
+        let sent = py.detach(|| match upload {
+            Upload::Remote(r) => {
+                let tx = r.pieces.as_ref().expect("the sender lives until the upload ends");
+                Ok(tx.blocking_send(Bytes::copy_from_slice(bytes)).is_ok())
+            }
+            Upload::Embedded(w) => runtime().block_on(w.write(bytes)).map(|()| true).map_err(|e| tier_error(&e)),
+        });
+        match sent {
+            Ok(true) => Ok(()),
+            // The call ended early: the server refused the upload. Its answer says why.
+            Ok(false) => match guard.take() {
+                Some(Upload::Remote(r)) => match py.detach(|| r.outcome()) {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(KvtierError::new_err(format!("{}: the upload ended before its last byte", self.path))),
+                },
+                _ => unreachable!("only a remote upload has a channel"),
+            },
+            Err(e) => {
+                if let Some(Upload::Embedded(w)) = guard.take() {
+                    py.detach(|| runtime().block_on(w.abort()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores what is left and makes this version the object's current one; its metadata.
+    fn commit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let Some(upload) = self.upload.lock().expect("upload lock").take() else {
+            return Err(KvtierError::new_err(format!("{}: the upload is already committed or aborted", self.path)));
+        };
+        let meta: Meta = py.detach(|| match upload {
+            Upload::Remote(r) => r.outcome().map(Meta::from),
+            Upload::Embedded(w) => {
+                if let Some(size) = self.size.filter(|&s| s != w.received().0) {
+                    let got = w.received().0;
+                    runtime().block_on(w.abort());
+                    let message = format!("{}: {got} bytes arrived of the {size} announced; not committed", self.path);
+                    return Err(super::error(Code::DataLoss, message));
+                }
+                runtime().block_on(w.commit()).map(Meta::from).map_err(|e| tier_error(&e))
+            }
+        })?;
+        to_py(py, &meta)
+    }
+
+    /// Gives up: nothing written is kept and the object stays as it was. Idempotent.
+    fn abort(&self, py: Python<'_>) {
+        let upload = self.upload.lock().expect("upload lock").take();
+        py.detach(|| match upload {
+            Some(Upload::Remote(r)) => {
+                r.call.abort();
+                let _ = r.outcome();
+            }
+            Some(Upload::Embedded(w)) => runtime().block_on(w.abort()),
+            None => {}
+        });
+    }
+
+    /// The object's path.
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, _exc = None, _tb = None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        match exc_type {
+            Some(t) if !t.is_none() => self.abort(py),
+            _ => {
+                if self.upload.lock().expect("upload lock").is_some() {
+                    self.commit(py)?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.upload.lock().expect("upload lock").is_some() { "open" } else { "closed" };
+        format!("ObjectUpload({:?}, {state})", self.path)
+    }
+}
+
+impl Drop for ObjectUpload {
+    fn drop(&mut self) {
+        // Dropped open (never committed): nothing of it is kept.
+        if let Some(Upload::Embedded(w)) = self.upload.get_mut().expect("upload lock").take() {
+            runtime().spawn(w.abort());
+        }
     }
 }

@@ -1,5 +1,6 @@
 """The Python client against a real `kvtier serve`: gRPC, shared memory and embedded."""
 
+import gc
 import os
 import time
 
@@ -178,3 +179,58 @@ def test_named_objects_put_read_list_delete(server, tmp_path, where):
     assert c.delete_object(ns, "step-1/meta") and not c.delete_object(ns, "step-1/meta")
     with pytest.raises(kvtier.InvalidArgumentError, match="object path"):
         c.put_object(ns, "", b"x")
+
+
+@pytest.mark.parametrize("where", ["remote", "embedded"])
+def test_streamed_object_upload_commits_whole_or_not_at_all(server, tmp_path, where):
+    if where == "remote":
+        c = kvtier.Client(server.grpc)
+    else:
+        c = kvtier.Client.embedded(
+            f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
+            '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n[blob]\nurl = ""\n'
+        )
+    ns = "acme/ckpt"
+    data = np.random.default_rng(6).integers(0, 255, 9_000_000, dtype=np.uint8)
+    c.put_object(ns, "w.bin", b"old")
+    # Pieces of any size, from any buffer; nothing shows until the commit.
+    with c.open_object(ns, "w.bin", durability="local_disk", size=data.size) as up:
+        for at in range(0, data.size, 1_000_003):
+            up.write(data[at : at + 1_000_003])
+        assert c.read_object(ns, "w.bin") == b"old"
+    assert c.read_object(ns, "w.bin") == data.tobytes()
+    gen = c.stat_object(ns, "w.bin")["generation"]
+    assert c.read_object(ns, "w.bin", offset=5, length=3, generation=gen) == data[5:8].tobytes()
+
+    # An exception inside the block, an explicit abort, a dropped upload and a wrong size
+    # all leave the object as it was.
+    with pytest.raises(RuntimeError):
+        with c.open_object(ns, "w.bin") as up:
+            up.write(b"partial")
+            raise RuntimeError("the writer failed")
+    up = c.open_object(ns, "w.bin")
+    up.write(b"partial")
+    up.abort()
+    up.abort()
+    with pytest.raises(kvtier.KvtierError, match="already committed or aborted"):
+        up.write(b"more")
+    up = c.open_object(ns, "w.bin")
+    up.write(b"partial")
+    del up
+    gc.collect()
+    up = c.open_object(ns, "w.bin", size=100)
+    up.write(b"too short")
+    with pytest.raises(kvtier.KvtierError, match="100"):
+        up.commit()
+    time.sleep(0.2)  # a dropped remote upload is cancelled asynchronously
+    assert c.stat_object(ns, "w.bin")["generation"] == gen
+    assert c.read_object(ns, "w.bin") == data.tobytes()
+
+    # A reader pinned to a replaced version is told so.
+    c.put_object(ns, "w.bin", b"new")
+    with pytest.raises(kvtier.KvtierError, match=f"generation {gen} was replaced by generation {gen + 1}"):
+        c.read_object(ns, "w.bin", generation=gen)
+    # An empty object is an object.
+    with c.open_object(ns, "empty"):
+        pass
+    assert c.read_object(ns, "empty") == b"" and c.stat_object(ns, "empty")["size"] == 0
