@@ -51,7 +51,7 @@ step "python package and vLLM connector (pytest, against real kvtier serve proce
 # The venv (vLLM, pytest, maturin) is ~8 GB and lives outside the repo; created on first use.
 venv="$(scripts/python-env.sh)"
 # `pip install` of the package from the repo, as a user would (maturin builds the wheel).
-"$venv/bin/pip" install --quiet ./connectors/python
+"$venv/bin/pip" install --quiet "./connectors/python[fsspec]"
 cargo build --locked --bin kvtier --bin kvtier-bench
 KVTIER_BIN="$PWD/target/debug/kvtier" KVTIER_BENCH_BIN="$PWD/target/debug/kvtier-bench" "$venv/bin/python" -m pytest -v -p no:cacheprovider -o tmp_path_retention_policy=failed connectors/python/tests
 
