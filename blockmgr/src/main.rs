@@ -1,6 +1,8 @@
 //! `kvtier`: run a node (`serve`), talk to one (`put`, `get`, `lookup`, `delete`, `stat`),
-//! or watch the whole block path once (`demo`).
+//! copy files to and from its named objects (`cp`), or watch the whole block path once
+//! (`demo`).
 
+mod cp;
 mod demo;
 
 use std::{
@@ -69,6 +71,25 @@ enum Command {
         /// Keys as hex.
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
+    },
+    /// Copy files to or from named objects: one side a local path, the other
+    /// kvtier://NAMESPACE/PATH (%2F for a '/' in the namespace). A URL ending in '/' is a
+    /// directory to copy into.
+    Cp {
+        /// Server address: host:port, http://host:port or unix:///path.
+        #[arg(long, env = "KVTIER_SERVER", default_value = "127.0.0.1:50051")]
+        server: String,
+        /// Copy a directory tree, or every object under a prefix.
+        #[arg(short, long)]
+        recursive: bool,
+        /// When an uploaded object is acknowledged: on SSD (disk), also queued for Blob
+        /// (write-back), or in the fastest tier (cache, evictable).
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Disk)]
+        durability: DurabilityArg,
+        /// From: a file, a directory (with -r) or a kvtier:// URL.
+        src: String,
+        /// To.
+        dst: String,
     },
     /// Show usage and counters of a node.
     Stat {
@@ -191,6 +212,10 @@ async fn run(cli: Cli) -> Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Command::Cp { server, recursive, durability, src, dst } => {
+            init_logging("warn", LogFormat::Text);
+            cp::cp(cp::CpArgs { server, src, dst, recursive, durability: durability.into() }).await.map(|()| 0)
         }
         Command::Lookup { target, keys } => {
             init_logging("warn", LogFormat::Text);

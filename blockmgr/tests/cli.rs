@@ -130,3 +130,62 @@ fn the_readme_demo_runs() {
     assert!(stdout.contains("all 96 byte-exact"), "{stdout}");
     assert!(stdout.contains("on SSD)") && stdout.contains("demotions"), "{stdout}");
 }
+
+#[test]
+fn cp_copies_files_and_trees_to_objects_and_back() {
+    let mut node = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("step-100");
+    std::fs::create_dir_all(src.join("optim")).unwrap();
+    // Larger than a chunk (4 MiB in the test config) and than one 4 MiB read, and empty.
+    let shard = common::data(1, 9_000_001);
+    std::fs::write(src.join("__0_0.distcp"), &shard).unwrap();
+    std::fs::write(src.join(".metadata"), b"meta").unwrap();
+    std::fs::write(src.join("optim/state.pt"), b"").unwrap();
+    let cp = |server: &str, args: &[&str]| {
+        let out = kvtier(&[&["cp", "--server", server], args].concat());
+        (out.status.code(), text(&out.stderr))
+    };
+
+    let server = node.addrs.grpc.clone();
+    let (code, err) = cp(&server, &["-r", src.to_str().unwrap(), "kvtier://acme%2Fckpt/run1/step-100"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("copied 3 file(s)"), "{err}");
+    // One file into a "directory" URL keeps its name.
+    let (code, err) = cp(&server, &[src.join(".metadata").to_str().unwrap(), "kvtier://acme%2Fckpt/single/"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // Back, after a kill -9 (disk durability by default): a tree, and a single object.
+    node.kill9();
+    node.restart();
+    let server = node.addrs.grpc.clone();
+    let back = dir.path().join("back");
+    let (code, err) = cp(&server, &["-r", "kvtier://acme%2Fckpt/run1/step-100", back.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(std::fs::read(back.join("__0_0.distcp")).unwrap(), shard);
+    assert_eq!(std::fs::read(back.join(".metadata")).unwrap(), b"meta");
+    assert_eq!(std::fs::read(back.join("optim/state.pt")).unwrap(), b"");
+    let one = dir.path().join("one.bin");
+    let (code, err) = cp(&server, &["kvtier://acme%2Fckpt/single/.metadata", one.to_str().unwrap()]);
+    assert_eq!((code, std::fs::read(&one).unwrap()), (Some(0), b"meta".to_vec()), "{err}");
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".kvtier-tmp")), "no temporary file is left: {names:?}");
+
+    // Mistakes are named, and nothing is written.
+    for (args, says) in [
+        (vec![src.to_str().unwrap(), "kvtier://acme%2Fckpt/x"], "is a directory: copy it with -r"),
+        (vec!["kvtier://acme%2Fckpt/run1", back.to_str().unwrap()], "copy it with -r"),
+        (vec!["kvtier://acme%2Fckpt/nothing", back.to_str().unwrap()], "no such object or directory"),
+        (vec!["/no/such/file", "kvtier://acme%2Fckpt/x"], "/no/such/file"),
+        (vec!["kvtier:///x", back.to_str().unwrap()], "names a namespace first"),
+        (vec!["kvtier://a/x", "kvtier://a/y"], "both sides are kvtier:// URLs"),
+        (vec![src.to_str().unwrap(), "kvtier://bad namespace!/x"], "namespace"),
+    ] {
+        let (code, err) = cp(&server, &args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (code, err) = cp("127.0.0.1:1", &[src.join(".metadata").to_str().unwrap(), "kvtier://a/x"]);
+    assert_eq!(code, Some(2), "a dead node: {err}");
+}
