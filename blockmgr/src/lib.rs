@@ -9,6 +9,7 @@
 
 /// The Rust client of a kvtier node.
 pub mod client;
+pub mod cluster;
 /// `kvtier.toml`.
 pub mod config;
 mod error;

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub blob_requests: IntCounterVec,
     /// Bytes to and from the Blob tier's store, by direction (`put`, `get`).
     pub blob_bytes: IntCounterVec,
+    /// Requests to other members, by op (`put`, `get`, `delete`) and outcome (`ok`, `error`).
+    pub peer_requests: IntCounterVec,
     /// Keys in the index.
     pub index_blocks: IntGauge,
     /// Open shared-memory sessions (local clients mapping the arena).
@@ -156,6 +158,11 @@ impl Metrics {
                 "Write-back blocks whose only copy was damaged before it reached Blob",
             ),
             blob_requests: counter("blob_requests_total", "Requests to the Blob tier's store, by op", &["op"]),
+            peer_requests: counter(
+                "peer_requests_total",
+                "Requests to other members, by op and outcome",
+                &["op", "outcome"],
+            ),
             blob_bytes: counter("blob_bytes_total", "Bytes to and from the Blob tier's store", &["direction"]),
             index_blocks,
             shm_sessions,

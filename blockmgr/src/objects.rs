@@ -102,6 +102,20 @@ fn manifest_key(ns: &Namespace, path: &str, generation: u64) -> BlockKey {
     BlockKey::new(ns.clone(), Key::new(&key).expect("34 bytes"))
 }
 
+/// Whether `key` is an object's chunk or manifest (by its prefix and length).
+pub(crate) fn is_object_key(key: &BlockKey) -> bool {
+    let k = key.key.as_bytes();
+    (k.starts_with(MANIFEST) && k.len() == 34) || (k.starts_with(CHUNK) && k.len() == 14)
+}
+
+/// What places `key` on nodes: its namespace and bytes, except that every generation of a
+/// path's manifest places alike (so the same nodes always know a path's versions).
+pub(crate) fn placement_key(key: &BlockKey) -> Vec<u8> {
+    let k = key.key.as_bytes();
+    let k = if k.starts_with(MANIFEST) && k.len() == 34 { &k[..26] } else { k };
+    [key.namespace.as_str().as_bytes(), &[0], k].concat()
+}
+
 fn chunk_key(ns: &Namespace, id: u64, index: u64) -> BlockKey {
     let mut key = CHUNK.to_vec();
     key.extend_from_slice(&id.to_be_bytes());

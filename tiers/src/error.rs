@@ -137,6 +137,20 @@ pub enum Error {
         cause: Option<String>,
     },
 
+    /// Fewer nodes than the write quorum stored a block: the put is not acknowledged (the
+    /// copies that were made stay, and a retry completes them).
+    #[error("{key}: stored on {stored} of the {wanted} nodes the write quorum needs ({failures})")]
+    Quorum {
+        /// The block.
+        key: String,
+        /// Copies stored.
+        stored: usize,
+        /// Copies needed.
+        wanted: usize,
+        /// What each failed copy said, by node.
+        failures: String,
+    },
+
     /// The tier has been shut down.
     #[error("{tier}: closed")]
     Closed {

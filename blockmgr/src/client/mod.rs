@@ -123,7 +123,13 @@ pub struct Client {
     rpc: BlockStoreClient<Channel>,
     objects: ObjectsClient<Channel>,
     chunk: usize,
+    /// Set on a member's connection to another: every request carries it.
+    peer: Option<tonic::metadata::AsciiMetadataValue>,
 }
+
+/// The request header naming the member a peer request comes from. A node serves such a
+/// request from its own tiers only (it never forwards it), and only for a member.
+pub const PEER_HEADER: &str = "x-kvtier-peer";
 
 impl Client {
     /// Connects to `addr`: `http://host:port`, `host:port`, or `unix:///path/to/kvtier.sock`.
@@ -144,7 +150,26 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE);
         let objects =
             ObjectsClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok(Client { rpc, objects, chunk: DEFAULT_CHUNK })
+        Ok(Client { rpc, objects, chunk: DEFAULT_CHUNK, peer: None })
+    }
+
+    /// This connection as member `node_id`'s to another member: requests are answered from
+    /// that node's own tiers, not forwarded.
+    pub fn as_peer(mut self, node_id: &str) -> Result<Self, ClientError> {
+        let value = node_id
+            .parse()
+            .map_err(|_| ClientError::Address { addr: node_id.into(), reason: "not a valid node id".into() })?;
+        self.peer = Some(value);
+        Ok(self)
+    }
+
+    /// `message` as a request, with the peer header when this is a member's connection.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(id) = &self.peer {
+            request.metadata_mut().insert(PEER_HEADER, id.clone());
+        }
+        request
     }
 
     /// Size of the data chunks this client sends. Default 4 MiB.
@@ -189,7 +214,7 @@ impl Client {
 
     /// Sends put messages exactly as given (for tests of malformed streams).
     pub async fn put_raw(&self, msgs: Vec<v1::PutRequest>) -> Result<v1::PutResponse, ClientError> {
-        Ok(self.rpc.clone().put(tokio_stream::iter(msgs)).await?.into_inner())
+        Ok(self.rpc.clone().put(self.request(tokio_stream::iter(msgs))).await?.into_inner())
     }
 
     /// Gets a batch of keys, answering per key in order.
@@ -198,7 +223,7 @@ impl Client {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
-        let mut stream = self.rpc.clone().get(req).await?.into_inner();
+        let mut stream = self.rpc.clone().get(self.request(req)).await?.into_inner();
         let mut items = Vec::with_capacity(keys.len());
         let mut current: Option<(v1::GetBlock, Vec<Bytes>, u64)> = None;
         while let Some(msg) = stream.message().await? {
@@ -246,7 +271,7 @@ impl Client {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
-        let r = self.rpc.clone().lookup(req).await?.into_inner();
+        let r = self.rpc.clone().lookup(self.request(req)).await?.into_inner();
         r.tiers
             .iter()
             .map(|&t| tier_from_wire(t).ok_or_else(|| ClientError::Protocol(format!("unknown tier {t}"))))
@@ -259,7 +284,7 @@ impl Client {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
-        Ok(self.rpc.clone().delete(req).await?.into_inner().deleted)
+        Ok(self.rpc.clone().delete(self.request(req)).await?.into_inner().deleted)
     }
 
     /// Usage and counters of the node.

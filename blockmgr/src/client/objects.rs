@@ -69,7 +69,7 @@ impl Client {
         let msgs = futures::stream::once(async move { PutMsg::Open(open) })
             .chain(pieces.filter(|p| futures::future::ready(!p.is_empty())).map(PutMsg::Data))
             .map(|m| v1::PutObjectRequest { msg: Some(m) });
-        Ok(self.objects.clone().put_object(msgs).await?.into_inner())
+        Ok(self.objects.clone().put_object(self.request(msgs)).await?.into_inner())
     }
 
     /// Reads `range` of `path`: the object's info, then its bytes as they arrive.
@@ -81,7 +81,7 @@ impl Client {
     ) -> Result<(ObjectInfo, impl Stream<Item = Result<Bytes, ClientError>> + use<>), ClientError> {
         let ObjectRange { offset, length, generation } = range;
         let req = v1::GetObjectRequest { namespace: namespace.into(), path: path.into(), offset, length, generation };
-        let mut stream = self.objects.clone().get_object(req).await?.into_inner();
+        let mut stream = self.objects.clone().get_object(self.request(req)).await?.into_inner();
         let info = match stream.message().await? {
             Some(v1::GetObjectResponse { msg: Some(GetMsg::Info(info)) }) => info,
             other => return Err(ClientError::Protocol(format!("an object read began with {other:?}, not its info"))),
@@ -109,7 +109,7 @@ impl Client {
     /// The current version of `path`, or `None`.
     pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, ClientError> {
         let r = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
-        match self.objects.clone().stat_object(r).await {
+        match self.objects.clone().stat_object(self.request(r)).await {
             Ok(info) => Ok(Some(info.into_inner())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(s.into()),
@@ -119,12 +119,12 @@ impl Client {
     /// Objects of `namespace` whose path starts with `prefix`, sorted by path.
     pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, ClientError> {
         let r = v1::ListObjectsRequest { namespace: namespace.into(), prefix: prefix.into() };
-        Ok(self.objects.clone().list_objects(r).await?.into_inner().objects)
+        Ok(self.objects.clone().list_objects(self.request(r)).await?.into_inner().objects)
     }
 
     /// Removes `path`; whether it existed.
     pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, ClientError> {
         let r = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
-        Ok(self.objects.clone().delete_object(r).await?.into_inner().deleted)
+        Ok(self.objects.clone().delete_object(self.request(r)).await?.into_inner().deleted)
     }
 }

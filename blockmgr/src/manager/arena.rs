@@ -67,10 +67,11 @@ impl Manager {
         wait: Duration,
         holding: bool,
     ) -> Result<PutWriter, TierError> {
+        let (durability, route) = self.route(&key, durability);
         self.inner.check_size(&key, len)?;
         self.inner.check_durability(&key, durability)?;
         let sink = self.reserve_in_arena(&key, len, wait, holding).await?;
-        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
+        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink, route })
     }
 
     /// Reserves an arena slot for `len` bytes of `key`. When none is free, memory is
@@ -191,6 +192,7 @@ impl Manager {
             crc32c: 0,
             written: 0,
             sink,
+            route: None,
         };
         if let Err(e) = copy.write(&block.data) {
             return PinOutcome::Miss(GetOutcome::Miss { reason: MissReason::Error, message: e.to_string() });

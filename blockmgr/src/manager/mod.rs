@@ -15,6 +15,7 @@ mod arena;
 mod blob;
 mod flush;
 mod movement;
+mod replicas;
 mod stats;
 mod store;
 mod types;
@@ -95,6 +96,8 @@ pub struct Manager {
     inner: Arc<Inner>,
     /// Named objects: path -> current manifest (see crate::objects).
     pub(crate) catalog: Arc<crate::objects::Catalog>,
+    /// The other nodes, when there are any (see replicas.rs).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl fmt::Debug for Manager {
@@ -166,6 +169,7 @@ impl Manager {
         config: &Config,
         metrics: Metrics,
     ) -> Result<Self, Error> {
+        let cluster = crate::cluster::Cluster::from_config(config, metrics.clone())?;
         let (demote_tx, demote_rx) = mpsc::unbounded_channel();
         let background = Arc::new(Background::default());
         let listener_tx = demote_tx.clone();
@@ -229,7 +233,7 @@ impl Manager {
         if let Some(blob) = &inner.blob {
             blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
         }
-        let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()) };
+        let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
         manager.rebuild_catalog().await;
         Ok(manager)
     }
@@ -254,9 +258,9 @@ impl Manager {
         self.inner.index.keys_where(|k| k.key.as_bytes().starts_with(prefix))
     }
 
-    /// Stores a block whose bytes are already in hand. The work runs in its own task:
-    /// a caller that gives up never leaves a put half done.
-    pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+    /// Stores a block whose bytes are already in hand, on this node only. The work runs in
+    /// its own task: a caller that gives up never leaves a put half done.
+    pub(crate) async fn put_here(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let inner = self.inner.clone();
         inner.check_size(&block.key, block.len())?;
         inner.check_durability(&block.key, durability)?;
@@ -289,6 +293,7 @@ impl Manager {
         durability: Durability,
     ) -> Result<PutWriter, TierError> {
         let inner = &self.inner;
+        let (durability, route) = self.route(&key, durability);
         inner.check_size(&key, len)?;
         inner.check_durability(&key, durability)?;
         let sink = match inner.try_reserve(&key, len) {
@@ -303,26 +308,30 @@ impl Manager {
                 Sink::Heap(BytesMut::with_capacity(len as usize), permit)
             }
         };
-        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink })
+        Ok(PutWriter { key, len, expected_crc32c, durability, crc32c: 0, written: 0, sink, route })
     }
 
     /// Completes a put started with [`Manager::begin_put`]: verifies length and checksum,
-    /// then stores the block as [`Manager::put`] does. The commit starts at once, in its own
-    /// task (so a stream can receive the next block meanwhile); the future yields its result.
+    /// then stores the block as [`Manager::put`] does (copies on other owners included).
+    /// The commit starts at once, in its own task (so a stream can receive the next block
+    /// meanwhile); the future yields its result.
     pub fn finish_put(
         &self,
-        writer: PutWriter,
+        mut writer: PutWriter,
     ) -> impl Future<Output = Result<PutOutcome, TierError>> + Send + 'static {
-        let inner = self.inner.clone();
+        let me = self.clone();
         detached(async move {
-            let result = inner.finish(writer).await;
-            inner.count_put(&result);
-            result
+            let (route, key) = (writer.route.take(), writer.key.clone());
+            let result = me.inner.finish(writer).await;
+            me.inner.count_put(&result);
+            let Some(route) = route else { return result };
+            let block = if result.is_ok() { me.copy_for_peers(&key).await } else { None };
+            me.replicate(route, block, result).await
         })
     }
 
-    /// Reads one block from the fastest tier holding it.
-    pub async fn get(&self, key: &BlockKey) -> GetOutcome {
+    /// Reads one block from the fastest tier of this node holding it.
+    pub(crate) async fn get_here(&self, key: &BlockKey) -> GetOutcome {
         let inner = &self.inner;
         let started = Instant::now();
         // A block may move between tiers while we look. Every move finishes under the key's
@@ -382,8 +391,9 @@ impl Manager {
         keys.iter().map_while(|k| self.inner.index.get(k).and_then(|e| e.tiers.fastest())).collect()
     }
 
-    /// Removes a block from every tier, in its own task. Returns whether it was present.
-    pub async fn delete(&self, key: &BlockKey) -> bool {
+    /// Removes a block from every tier of this node, in its own task. Returns whether it
+    /// was present.
+    pub(crate) async fn delete_here(&self, key: &BlockKey) -> bool {
         let (inner, key) = (self.inner.clone(), key.clone());
         detached(async move {
             let _guard = inner.locks.lock(&key).await;

@@ -79,7 +79,7 @@ impl Inner {
     }
 
     pub(super) async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
-        let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink } = writer;
+        let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink, .. } = writer;
         if written != len {
             return Err(TierError::InvalidSize { key: key.to_string(), size: written, max: len });
         }

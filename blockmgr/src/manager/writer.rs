@@ -39,6 +39,8 @@ pub struct PutWriter {
     pub(super) crc32c: u32,
     pub(super) written: u64,
     pub(super) sink: Sink,
+    /// Where the other copies go, with a cluster.
+    pub(super) route: Option<Box<super::replicas::Route>>,
 }
 
 impl fmt::Debug for PutWriter {

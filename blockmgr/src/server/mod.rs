@@ -249,3 +249,21 @@ async fn next_message<T>(
         Ok(result) => result,
     }
 }
+
+/// Who serves `request`: `manager` (the node and its cluster), or, for a request a member
+/// sent ([`crate::client::PEER_HEADER`]), this node alone, so a copy is never forwarded
+/// again. A request claiming to come from a non-member is refused.
+fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager, tonic::Status> {
+    let Some(from) = request.metadata().get(crate::client::PEER_HEADER) else { return Ok(manager.clone()) };
+    let from = from.to_str().unwrap_or("?");
+    match manager.cluster() {
+        Some(cluster) if cluster.is_member(from) => Ok(manager.here_only()),
+        Some(cluster) => Err(tonic::Status::permission_denied(format!(
+            "{from:?} is not a member of {}'s cluster: peer requests are refused",
+            cluster.local_id()
+        ))),
+        None => Err(tonic::Status::permission_denied(format!(
+            "a peer request from {from:?}, but this node is in no cluster ([cluster] members is empty)"
+        ))),
+    }
+}

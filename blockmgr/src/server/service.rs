@@ -39,6 +39,12 @@ impl BlockService {
         BlockService { manager, config }
     }
 
+    /// Who serves `request`: the node (and its cluster), or for a member's request this
+    /// node alone.
+    fn serving<T>(&self, request: &Request<T>) -> Result<Manager, Status> {
+        super::serving(&self.manager, request)
+    }
+
     fn begin(&self, op: &str) -> Instant {
         self.manager.metrics().requests.with_label_values(&[op]).inc();
         Instant::now()
@@ -128,6 +134,7 @@ fn failed(index: usize, code: tonic::Code, message: String) -> Pending {
 impl BlockStore for BlockService {
     async fn put(&self, request: Request<Streaming<v1::PutRequest>>) -> Result<Response<v1::PutResponse>, Status> {
         let started = self.begin("put");
+        let manager = self.serving(&request)?;
         let mut stream = request.into_inner();
         let open = match self.next(&mut stream).await? {
             Some(PutMsg::Open(open)) => open,
@@ -161,7 +168,7 @@ impl BlockStore for BlockService {
                     }
                     let key = Key::new(&h.key).map(|k| BlockKey::new(ns.clone(), k));
                     let writer = match key {
-                        Ok(key) => self.manager.begin_put(key, h.length, h.crc32c, durability).await,
+                        Ok(key) => manager.begin_put(key, h.length, h.crc32c, durability).await,
                         Err(e) => Err(e),
                     };
                     match writer {
@@ -194,7 +201,7 @@ impl BlockStore for BlockService {
                         w.write(&data).map_err(|e| Status::invalid_argument(format!("block {i}: {e}")))?;
                         if w.is_complete() {
                             let Some(Incoming::Writing(_, w)) = current.take() else { unreachable!() };
-                            pending[i] = Pending::Commit(Box::pin(self.manager.finish_put(w)));
+                            pending[i] = Pending::Commit(Box::pin(manager.finish_put(w)));
                         }
                     }
                 },
@@ -227,12 +234,12 @@ impl BlockStore for BlockService {
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let started = self.begin("get");
+        let manager = self.serving(&request)?;
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
         let (tx, rx) = mpsc::channel(16);
         let (service, chunk) = (self.clone(), self.config.chunk_size.0 as usize);
         tokio::spawn(async move {
-            let manager = service.manager.clone();
             let mut outcomes = futures::stream::iter(keys)
                 .map(|k| {
                     let m = manager.clone();
@@ -285,11 +292,12 @@ impl BlockStore for BlockService {
 
     async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
         let started = self.begin("delete");
+        let manager = self.serving(&request)?;
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
         let mut deleted = Vec::with_capacity(keys.len());
         for k in &keys {
-            deleted.push(self.manager.delete(k).await);
+            deleted.push(manager.delete(k).await);
         }
         self.end("delete", started);
         Ok(Response::new(v1::DeleteResponse { deleted }))

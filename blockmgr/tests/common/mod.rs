@@ -80,6 +80,15 @@ impl Node {
         Node { dir, config_path, addrs, child, stderr_path }
     }
 
+    /// Starts a node on the config `make` writes for its data dir.
+    pub fn start_with_config(make: impl FnOnce(&Path) -> String) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("kvtier.toml");
+        std::fs::write(&config_path, make(&dir.path().join("data"))).unwrap();
+        let (child, addrs, stderr_path) = spawn(&config_path, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        Node { dir, config_path, addrs, child, stderr_path }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

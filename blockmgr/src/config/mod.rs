@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
 
+mod cluster;
+pub use self::cluster::ClusterConfig;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +34,8 @@ pub struct Config {
     /// Per-namespace policy, keyed by namespace pattern: an exact name, or a prefix ending
     /// in `*` (`[namespaces."scratch/*"]`). The most specific pattern wins.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Other nodes: membership and replication.
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -46,6 +51,7 @@ impl Default for Config {
             shm: ShmConfig::default(),
             blob: BlobConfig::default(),
             namespaces: BTreeMap::new(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -276,6 +282,11 @@ pub struct NamespaceConfig {
     /// they leave the node when SSD evicts them, and write-back puts are refused.
     /// Default false.
     pub cache_only: bool,
+    /// Nodes holding a copy of each block: its owners by rendezvous hashing over the live
+    /// members. Default 1 for blocks and 2 for named objects (checkpoints).
+    pub replicas: Option<usize>,
+    /// Copies stored before a put is acknowledged. Default: `replicas`.
+    pub write_quorum: Option<usize>,
 }
 
 /// Whether `namespace` matches `pattern`: an exact name, or a prefix ending in `*`.
@@ -414,6 +425,18 @@ impl Config {
                 "must be positive",
             );
         }
+        self.cluster.static_members()?;
+        for (pattern, ns) in &self.namespaces {
+            match (ns.replicas, ns.write_quorum) {
+                (Some(0), _) | (_, Some(0)) => {
+                    return bad(&format!("namespaces.{pattern:?}"), "replicas and write_quorum must be positive");
+                }
+                (Some(r), Some(w)) if w > r => {
+                    return bad(&format!("namespaces.{pattern:?}.write_quorum"), "must be at most replicas");
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -529,67 +552,4 @@ mod humantime_serde {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_match_the_documented_embedded_setup() {
-        let c = Config::default();
-        assert_eq!((c.cpu.capacity.0, c.ssd.capacity.0), (1 << 30, 8 << 30));
-        assert_eq!(c.server.listen, "127.0.0.1:50051");
-        assert_eq!(c.data_dir, PathBuf::from("./kvtier-data"));
-        c.validate().unwrap();
-        assert_eq!(Config::parse("").unwrap(), c, "an empty file is the default");
-        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "printed config reads back");
-    }
-
-    #[test]
-    fn the_deploy_example_documents_exactly_the_defaults() {
-        let mut example = Config::parse(include_str!("../../deploy/kvtier.toml")).expect("deploy/kvtier.toml parses");
-        assert_eq!(example.data_dir, PathBuf::from("/var/lib/kvtier"));
-        example.data_dir = Config::default().data_dir;
-        assert_eq!(example, Config::default(), "deploy/kvtier.toml lists every default; update it with the code");
-    }
-
-    #[test]
-    fn sizes_and_durations_parse_with_units() {
-        let c = Config::parse(
-            "max_block_size = \"2MiB\"\n[cpu]\ncapacity = 1073741824\n[ssd]\ncapacity = \"1.5GiB\"\n[server]\nstream_idle_timeout = \"500ms\"\ntransfer_budget = \"10MB\"",
-        )
-        .unwrap();
-        assert_eq!(c.max_block_size.0, 2 << 20);
-        assert_eq!(c.cpu.capacity.0, 1 << 30);
-        assert_eq!(c.ssd.capacity.0, 3 << 29);
-        assert_eq!(c.server.stream_idle_timeout, Duration::from_millis(500));
-        assert_eq!(c.server.transfer_budget.0, 10_000_000);
-    }
-
-    #[test]
-    fn unknown_and_malformed_keys_are_refused_by_name() {
-        let e = Config::parse("[cpu]\ncapacty = \"1GiB\"").unwrap_err().to_string();
-        assert!(e.contains("unknown field") && e.contains("capacty"), "{e}");
-        let e = Config::parse("[ssd]\ncapacity = \"8 parsecs\"").unwrap_err().to_string();
-        assert!(e.contains("unknown size unit") && e.contains("parsecs"), "{e}");
-        let e = Config::parse("[server]\nstream_idle_timeout = \"soon\"").unwrap_err().to_string();
-        assert!(e.contains("soon"), "{e}");
-        let e = Config::parse("[server]\nchunk_size = 1").unwrap_err().to_string();
-        assert!(e.contains("server.chunk_size"), "{e}");
-        let e = Config::parse("[blob]\nmax_unflushed = 1.5").unwrap_err().to_string();
-        assert!(e.contains("blob.max_unflushed"), "{e}");
-        let e = Config::parse("[namespaces.\"a/*\"]\ncache_olny = true").unwrap_err().to_string();
-        assert!(e.contains("cache_olny"), "{e}");
-    }
-
-    #[test]
-    fn the_most_specific_namespace_pattern_wins() {
-        let c = Config::parse(
-            "[namespaces.\"acme/*\"]\ncache_only = true\n[namespaces.\"acme/ckpt*\"]\ncache_only = false\n[namespaces.\"acme/ckpt-scratch\"]\ncache_only = true",
-        )
-        .unwrap();
-        let cache_only = |ns: &str| c.namespace(ns).cache_only;
-        assert!(cache_only("acme/llama3-8b"));
-        assert!(!cache_only("acme/ckpt-run1"), "the longer prefix wins");
-        assert!(cache_only("acme/ckpt-scratch"), "an exact name wins over any prefix");
-        assert!(!cache_only("other/x"), "unmatched namespaces take the defaults");
-    }
-}
+mod tests;

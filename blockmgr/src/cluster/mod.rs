@@ -1,0 +1,206 @@
+//! Many nodes: who the members are, which of them own a key (rendezvous placement, see
+//! [`placement`]), and the connections that carry copies between them.
+//!
+//! The manager routes puts, gets and deletes through here (manager/replicas.rs). A request
+//! from a peer carries [`PEER_HEADER`](crate::client::PEER_HEADER) and is served from the
+//! node's own tiers only, so a copy is never forwarded twice; it is refused unless the
+//! sender is a member.
+
+pub mod placement;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kvtier_tiers::{Block, BlockKey, TierKind};
+use parking_lot::{Mutex, RwLock};
+
+pub use self::placement::Placement;
+use crate::{Client, Durability, Error, GetItem, PutItem, config::Config, metrics::Metrics};
+
+/// How long a member whose connection failed is skipped before it is tried again.
+const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
+
+/// The members as this node sees them now.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Placement over the members.
+    pub placement: Placement,
+    /// Each member's gRPC address.
+    pub addrs: HashMap<String, String>,
+}
+
+/// Where one block's copies go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The owners, best first: the first is the primary.
+    pub owners: Vec<String>,
+    /// Copies to store before acknowledging.
+    pub quorum: usize,
+}
+
+impl Plan {
+    /// Whether `id` is one of the owners.
+    pub fn owns(&self, id: &str) -> bool {
+        self.owners.iter().any(|o| o == id)
+    }
+}
+
+/// This node's membership and its connections to the others.
+pub struct Cluster {
+    local: String,
+    view: RwLock<Arc<View>>,
+    /// Open connections by member, with the address each was made to.
+    peers: tokio::sync::Mutex<HashMap<String, (String, Client)>>,
+    /// Members whose last connection failed, until when they are skipped.
+    down: Mutex<HashMap<String, Instant>>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("local", &self.local).field("members", &self.view().addrs).finish()
+    }
+}
+
+impl Cluster {
+    /// The cluster `config` describes, or `None` for a single node.
+    pub fn from_config(config: &Config, metrics: Metrics) -> Result<Option<Arc<Cluster>>, Error> {
+        let members = config.cluster.static_members()?;
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let cluster = Cluster {
+            local: config.cluster.local_id(),
+            view: RwLock::new(Arc::default()),
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            timeout: config.cluster.peer_timeout,
+            metrics,
+        };
+        cluster.set_members(members);
+        Ok(Some(Arc::new(cluster)))
+    }
+
+    /// This node's id.
+    pub fn local_id(&self) -> &str {
+        &self.local
+    }
+
+    /// The members now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().clone()
+    }
+
+    /// Replaces the member list (id, address).
+    pub fn set_members(&self, members: Vec<(String, String)>) {
+        let placement = Placement::new(members.iter().map(|(id, _)| id.clone()));
+        *self.view.write() = Arc::new(View { placement, addrs: members.into_iter().collect() });
+    }
+
+    /// Whether `id` is a member now.
+    pub fn is_member(&self, id: &str) -> bool {
+        self.view().addrs.contains_key(id)
+    }
+
+    /// Where the copies of a block placed by `placement_key` go, for `replicas` copies and a
+    /// write quorum of `quorum` (both at most the members there are).
+    pub fn plan(&self, placement_key: &[u8], replicas: usize, quorum: usize) -> Plan {
+        let view = self.view();
+        let owners: Vec<String> =
+            view.placement.owners(placement_key, replicas).into_iter().map(String::from).collect();
+        Plan { quorum: quorum.min(owners.len()).max(1), owners }
+    }
+
+    /// A connection to member `id` (made on first use, remade when its address changed).
+    async fn peer(&self, id: &str) -> Result<Client, String> {
+        let Some(addr) = self.view().addrs.get(id).cloned() else { return Err(format!("{id} is not a member")) };
+        if self.down.lock().get(id).is_some_and(|until| Instant::now() < *until) {
+            return Err(format!("{id} ({addr}) was unreachable moments ago"));
+        }
+        let mut peers = self.peers.lock().await;
+        if let Some((at, client)) = peers.get(id)
+            && *at == addr
+        {
+            return Ok(client.clone());
+        }
+        let connected = tokio::time::timeout(self.timeout, Client::connect(&addr)).await;
+        match connected.map_err(|_| "connecting timed out".to_string()).and_then(|c| c.map_err(|e| e.to_string())) {
+            Ok(client) => {
+                let client = client.as_peer(&self.local).map_err(|e| e.to_string())?;
+                peers.insert(id.to_string(), (addr, client.clone()));
+                self.down.lock().remove(id);
+                Ok(client)
+            }
+            Err(e) => {
+                self.down.lock().insert(id.to_string(), Instant::now() + RETRY_DOWN_AFTER);
+                Err(format!("{id} ({addr}): {e}"))
+            }
+        }
+    }
+
+    /// Runs one request to `id` under the peer timeout, counting it.
+    async fn call<T, F>(&self, id: &str, op: &str, f: impl FnOnce(Client) -> F) -> Result<T, String>
+    where
+        F: Future<Output = Result<T, crate::ClientError>>,
+    {
+        let result = match self.peer(id).await {
+            Ok(client) => match tokio::time::timeout(self.timeout, f(client)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => {
+                    if matches!(&e, crate::ClientError::Status(s) if s.code() == tonic::Code::Unavailable) {
+                        self.forget(id).await;
+                    }
+                    Err(format!("{id}: {e}"))
+                }
+                Err(_) => Err(format!("{id}: no answer within {:?}", self.timeout)),
+            },
+            Err(e) => Err(e),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.peer_requests.with_label_values(&[op, outcome]).inc();
+        result
+    }
+
+    /// Drops the connection to `id`, so the next request reconnects.
+    async fn forget(&self, id: &str) {
+        self.peers.lock().await.remove(id);
+    }
+
+    /// Stores `block` on member `id` with `durability`.
+    pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), String> {
+        let item = [PutItem::new(block.key.key.as_bytes().to_vec(), block.data.clone())];
+        let ns = block.key.namespace.as_str();
+        let reports = self.call(id, "put", |c| async move { c.put(ns, &item, durability).await }).await?;
+        match reports.into_iter().next().map(|r| r.result) {
+            Some(Ok(())) => Ok(()),
+            Some(Err((code, message))) => Err(format!("{id}: {code}: {message}")),
+            None => Err(format!("{id}: no answer for the block")),
+        }
+    }
+
+    /// Reads `key` from member `id`'s own tiers, with the tier it came from: `None` if it
+    /// has no copy.
+    pub async fn get_from(&self, id: &str, key: &BlockKey) -> Result<Option<(Block, TierKind)>, String> {
+        let wire = [key.key.as_bytes().to_vec()];
+        let ns = key.namespace.as_str();
+        let mut items = self.call(id, "get", |c| async move { c.get(ns, &wire).await }).await?;
+        match items.pop() {
+            Some(GetItem::Hit { data, crc32c, tier }) => {
+                Ok(Some((Block::with_crc32c(key.clone(), data, crc32c), tier)))
+            }
+            Some(GetItem::Miss { .. }) | None => Ok(None),
+        }
+    }
+
+    /// Deletes `key` from member `id`: whether it had a copy.
+    pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
+        let wire = [key.key.as_bytes().to_vec()];
+        let ns = key.namespace.as_str();
+        let deleted = self.call(id, "delete", |c| async move { c.delete(ns, &wire).await }).await?;
+        Ok(deleted.first().copied().unwrap_or(false))
+    }
+}

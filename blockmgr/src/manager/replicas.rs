@@ -1,0 +1,181 @@
+//! Copies on other nodes. With a cluster, a put stores the block here and sends it to the
+//! key's other owners, acknowledging once the write quorum holds it; a get that misses here
+//! asks the owners and keeps what it finds; a delete reaches every owner.
+//!
+//! Each copy's durability is the sender's decision: the primary owner takes the put's own
+//! (so a write-back block is flushed to Blob by the primary alone: each byte once), another
+//! owner keeps it on disk, and a node that owns no copy (the one a client happened to write
+//! to, or one that read it) keeps an evictable cache copy.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use kvtier_tiers::{Block, BlockKey, Error as TierError, TierExt, TierKind};
+
+use super::{Durability, GetOutcome, Manager, MissReason, PutOutcome};
+use crate::cluster::{Cluster, Plan};
+
+/// Where a put's copies go, decided when it starts.
+pub(crate) struct Route {
+    cluster: Arc<Cluster>,
+    plan: Plan,
+    /// What the client asked for (the primary's copy).
+    durability: Durability,
+}
+
+impl Manager {
+    /// Copies of `key` and the write quorum, from its namespace's `[namespaces]` entry:
+    /// 1 for blocks and 2 for named objects unless set.
+    fn replication(&self, key: &BlockKey) -> (usize, usize) {
+        let ns = self.inner.config.namespace(key.namespace.as_str());
+        let replicas = ns.replicas.unwrap_or(if crate::objects::is_object_key(key) { 2 } else { 1 });
+        (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
+    }
+
+    fn plan(&self, key: &BlockKey) -> Option<(&Arc<Cluster>, Plan)> {
+        let cluster = self.cluster.as_ref()?;
+        let (replicas, quorum) = self.replication(key);
+        Some((cluster, cluster.plan(&crate::objects::placement_key(key), replicas, quorum)))
+    }
+
+    /// The durability of this node's own copy, and where the others go.
+    pub(super) fn route(&self, key: &BlockKey, durability: Durability) -> (Durability, Option<Box<Route>>) {
+        let Some((cluster, plan)) = self.plan(key) else { return (durability, None) };
+        let local = self.copy_durability(&plan, cluster.local_id(), durability);
+        (local, Some(Box::new(Route { cluster: cluster.clone(), plan, durability })))
+    }
+
+    /// What `node`'s copy keeps of a put asked with `durability`.
+    fn copy_durability(&self, plan: &Plan, node: &str, durability: Durability) -> Durability {
+        if plan.owners.first().is_some_and(|p| p == node) {
+            durability
+        } else if plan.owns(node) && durability != Durability::Cache {
+            Durability::LocalDisk
+        } else {
+            Durability::Cache
+        }
+    }
+
+    /// Stores `block` here and on its other owners.
+    pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+        let (local, route) = self.route(&block.key, durability);
+        let here = self.put_here(block.clone(), local).await;
+        match route {
+            None => here,
+            Some(route) => self.replicate(route, Some(block), here).await,
+        }
+    }
+
+    /// The bytes of a block just stored here, to send to its other owners.
+    pub(super) async fn copy_for_peers(&self, key: &BlockKey) -> Option<Block> {
+        if let Ok(Some(block)) = self.inner.cpu.get(key).await {
+            return Some(block);
+        }
+        match self.get_here(key).await {
+            GetOutcome::Hit { block, .. } => Some(block),
+            GetOutcome::Miss { .. } => None,
+        }
+    }
+
+    /// Sends the block to the owners other than this node and waits for the quorum. `here`
+    /// is this node's own outcome; `block` is `None` when it is not in hand (this node
+    /// failed to store it, or it left before it could be read back).
+    pub(super) async fn replicate(
+        &self,
+        route: Box<Route>,
+        block: Option<Block>,
+        here: Result<PutOutcome, TierError>,
+    ) -> Result<PutOutcome, TierError> {
+        let Route { cluster, plan, durability } = *route;
+        let local = cluster.local_id();
+        let key = match (&block, &here) {
+            (Some(b), _) => b.key.to_string(),
+            (None, Err(_)) => return here,
+            (None, Ok(_)) => "a block".to_string(),
+        };
+        let mut failures = Vec::new();
+        let mut stored = 0;
+        if let Some(block) = &block {
+            let sends = plan.owners.iter().filter(|id| *id != local).map(|id| {
+                let copy = self.copy_durability(&plan, id, durability);
+                cluster.put_on(id, block, copy)
+            });
+            for answer in join_all(sends).await {
+                match answer {
+                    Ok(()) => stored += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+        } else {
+            failures.push(format!("{local}: the block left this node before it could be sent on"));
+        }
+        match (&here, plan.owns(local)) {
+            (Ok(_), true) => stored += 1,
+            (Err(e), true) => failures.push(format!("{local}: {e}")),
+            _ => {}
+        }
+        if stored < plan.quorum {
+            return Err(TierError::Quorum { key, stored, wanted: plan.quorum, failures: failures.join("; ") });
+        }
+        if !failures.is_empty() {
+            tracing::warn!(%key, stored, wanted = plan.owners.len(), failures = %failures.join("; "), "a copy failed; the quorum holds the block");
+        }
+        // A node that owns no copy may have had no room for its cache copy: fine.
+        here.or(Ok(PutOutcome { status: kvtier_tiers::PutStatus::Stored, tier: TierKind::Cpu }))
+    }
+
+    /// Reads `key`: from this node's tiers, else from an owner (the copy is kept here).
+    pub async fn get(&self, key: &BlockKey) -> GetOutcome {
+        let outcome = self.get_here(key).await;
+        let Some((cluster, plan)) = self.plan(key) else { return outcome };
+        if !matches!(outcome, GetOutcome::Miss { reason: MissReason::NotFound, .. }) {
+            return outcome;
+        }
+        let local = cluster.local_id();
+        for id in plan.owners.iter().filter(|id| *id != local) {
+            match cluster.get_from(id, key).await {
+                Ok(Some((block, tier))) => {
+                    // An owner that lacked its copy repairs it; another node caches it.
+                    let keep = if plan.owns(local) && self.inner.ssd.is_some() {
+                        Durability::LocalDisk
+                    } else {
+                        Durability::Cache
+                    };
+                    if let Err(e) = self.put_here(block.clone(), keep).await {
+                        tracing::debug!(%key, error = %e, "keeping a copy read from a peer failed");
+                    }
+                    return GetOutcome::Hit { block, tier };
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(%key, error = %e, "an owner could not be read"),
+            }
+        }
+        outcome
+    }
+
+    /// Removes `key` here and from every owner: whether any had it.
+    pub async fn delete(&self, key: &BlockKey) -> bool {
+        let here = self.delete_here(key).await;
+        let Some((cluster, plan)) = self.plan(key) else { return here };
+        let local = cluster.local_id();
+        let deletes = plan.owners.iter().filter(|id| *id != local).map(|id| cluster.delete_on(id, key));
+        let mut any = here;
+        for (id, result) in plan.owners.iter().filter(|id| *id != local).zip(join_all(deletes).await) {
+            match result {
+                Ok(had) => any |= had,
+                Err(e) => tracing::warn!(%key, owner = %id, error = %e, "deleting a copy failed"),
+            }
+        }
+        any
+    }
+
+    /// The other nodes, with a cluster.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// This manager without its cluster: what a peer's request is served by.
+    pub fn here_only(&self) -> Manager {
+        Manager { cluster: None, ..self.clone() }
+    }
+}

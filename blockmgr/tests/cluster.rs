@@ -1,0 +1,168 @@
+//! Several real `kvtier serve` processes on loopback as one cluster (static membership):
+//! blocks land on their owners by rendezvous placement, read from any node, survive a
+//! `kill -9` of an owner, and a put needs its write quorum.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Node, data, key, small_config};
+use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem, cluster::Placement};
+use tonic::Code;
+
+const IDS: [&str; 3] = ["n1", "n2", "n3"];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three members; `ckpt/*` keeps 2 copies (write quorum `ckpt_quorum`), `kv/*` the default 1.
+fn start_cluster(ckpt_quorum: usize) -> Vec<Node> {
+    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
+    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
+    IDS.iter()
+        .zip(&ports)
+        .map(|(id, port)| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
+                 [namespaces.\"ckpt/*\"]\nreplicas = 2\nwrite_quorum = {ckpt_quorum}\n",
+                members.join(", ")
+            );
+            Node::start_with_config(|dir| {
+                small_config(dir, "", &tables)
+                    .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""))
+            })
+        })
+        .collect()
+}
+
+/// Whether each node holds `k` of `ns` itself (asked as a member: no forwarding).
+async fn holders(nodes: &[Node], ns: &str, k: &[u8]) -> HashSet<&'static str> {
+    let mut found = HashSet::new();
+    for (node, id) in nodes.iter().zip(IDS) {
+        let peer = Client::connect(&node.addrs.grpc).await.unwrap().as_peer("n1").unwrap();
+        if matches!(peer.get(ns, &[k.to_vec()]).await.unwrap().pop(), Some(GetItem::Hit { .. })) {
+            found.insert(id);
+        }
+    }
+    found
+}
+
+fn owners(ns: &str, k: &[u8], r: usize) -> Vec<&'static str> {
+    let placement = Placement::new(IDS);
+    let placement_key = [ns.as_bytes(), &[0], k].concat();
+    let owners = placement.owners(&placement_key, r);
+    IDS.iter().copied().filter(|id| owners.contains(id)).collect()
+}
+
+#[tokio::test]
+async fn blocks_land_on_their_owners_and_read_back_from_any_node() {
+    let nodes = start_cluster(2);
+    let writer = nodes[0].client().await;
+    let items: Vec<PutItem> = (0..24).map(|i| PutItem::new(key(i), data(i, 100_000 + i as usize))).collect();
+    for ns in ["ckpt/run1", "kv/llama"] {
+        for r in writer.put(ns, &items, Durability::LocalDisk).await.unwrap() {
+            assert!(r.result.is_ok(), "{ns}: {:?}", r.result);
+        }
+    }
+    let mut elsewhere = 0;
+    for item in &items {
+        for (ns, r) in [("ckpt/run1", 2), ("kv/llama", 1)] {
+            let want = owners(ns, &item.key, r);
+            let have = holders(&nodes, ns, &item.key).await;
+            for owner in &want {
+                assert!(have.contains(owner), "{ns}: an owner ({owner}) lacks its copy: {have:?}");
+            }
+            // Besides the owners, only the node written to keeps a (cache) copy.
+            assert!(have.iter().all(|id| want.contains(id) || *id == "n1"), "{ns}: {have:?} vs owners {want:?}");
+            elsewhere += usize::from(!want.contains(&"n1"));
+        }
+    }
+    assert!(elsewhere > 0, "some blocks are owned by other nodes than the one written to");
+
+    // Every block reads back byte-exact from a node that may hold none of it.
+    let reader = nodes[2].client().await;
+    let keys: Vec<Vec<u8>> = items.iter().map(|i| i.key.clone()).collect();
+    for ns in ["ckpt/run1", "kv/llama"] {
+        for (item, got) in items.iter().zip(reader.get(ns, &keys).await.unwrap()) {
+            assert!(matches!(&got, GetItem::Hit { data, .. } if *data == item.data), "{ns}: {got:?}");
+        }
+    }
+    // A delete through any node removes every copy on the owners.
+    assert!(reader.delete("ckpt/run1", &keys[..1]).await.unwrap()[0]);
+    let left = holders(&nodes, "ckpt/run1", &keys[0]).await;
+    assert!(left.iter().all(|id| !owners("ckpt/run1", &keys[0], 2).contains(id)), "owners still hold it: {left:?}");
+}
+
+#[tokio::test]
+async fn a_put_needs_its_write_quorum_and_an_owners_kill_9_loses_no_read() {
+    let mut nodes = start_cluster(2);
+    let writer = nodes[0].client().await;
+    let before: Vec<PutItem> = (0..16).map(|i| PutItem::new(key(i), data(i, 50_000))).collect();
+    for r in writer.put("ckpt/run1", &before, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    nodes[1].kill9();
+    // Acknowledged blocks read from the surviving owner.
+    let reader = nodes[2].client().await;
+    let keys: Vec<Vec<u8>> = before.iter().map(|i| i.key.clone()).collect();
+    for (item, got) in before.iter().zip(reader.get("ckpt/run1", &keys).await.unwrap()) {
+        assert!(matches!(&got, GetItem::Hit { data, .. } if *data == item.data), "{got:?}");
+    }
+    // W = R = 2: a block one of whose owners is n2 is refused, naming the quorum and n2.
+    let after: Vec<PutItem> = (100..116).map(|i| PutItem::new(key(i), data(i, 50_000))).collect();
+    let reports = writer.put("ckpt/run1", &after, Durability::LocalDisk).await.unwrap();
+    let mut refused = 0;
+    for (item, r) in after.iter().zip(&reports) {
+        let needs_n2 = owners("ckpt/run1", &item.key, 2).contains(&"n2");
+        match &r.result {
+            Ok(()) => assert!(!needs_n2, "a block owned by the dead n2 was acknowledged"),
+            Err((code, message)) => {
+                assert!(needs_n2, "{message}");
+                assert_eq!(*code, Code::Unavailable, "{message}");
+                assert!(
+                    message.contains("of the 2 nodes the write quorum needs") && message.contains("n2"),
+                    "{message}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0);
+
+    // Back on the same address, n2 takes copies again (after the down back-off).
+    nodes[1].restart();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    for r in writer.put("ckpt/run1", &after, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    for item in &after {
+        let have = holders(&nodes, "ckpt/run1", &item.key).await;
+        assert!(owners("ckpt/run1", &item.key, 2).iter().all(|o| have.contains(o)), "{have:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_quorum_of_one_acknowledges_with_an_owner_down() {
+    let mut nodes = start_cluster(1);
+    nodes[2].kill9();
+    let writer = nodes[0].client().await;
+    let items: Vec<PutItem> = (0..16).map(|i| PutItem::new(key(i), data(i, 20_000))).collect();
+    for r in writer.put("ckpt/run1", &items, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+}
+
+#[tokio::test]
+async fn peer_requests_from_non_members_are_refused() {
+    let nodes = start_cluster(2);
+    let intruder = Client::connect(&nodes[0].addrs.grpc).await.unwrap().as_peer("intruder").unwrap();
+    let err = intruder.get("ckpt/run1", &[key(1)]).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Status(s) if s.code() == Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("\"intruder\" is not a member"), "{err}");
+    let single = Node::start();
+    let peer = Client::connect(&single.addrs.grpc).await.unwrap().as_peer("n1").unwrap();
+    let err = peer.delete("kv", &[key(1)]).await.unwrap_err();
+    assert!(err.to_string().contains("this node is in no cluster"), "{err}");
+}
