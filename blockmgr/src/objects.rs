@@ -102,17 +102,23 @@ fn manifest_key(ns: &Namespace, path: &str, generation: u64) -> BlockKey {
     BlockKey::new(ns.clone(), Key::new(&key).expect("34 bytes"))
 }
 
-/// Whether `key` is an object's chunk or manifest (by its prefix and length).
+/// Whether `key` is an object's manifest (by its prefix and length).
+pub(crate) fn is_manifest_key(key: &BlockKey) -> bool {
+    let k = key.key.as_bytes();
+    k.starts_with(MANIFEST) && k.len() == 34
+}
+
+/// Whether `key` is an object's chunk or manifest.
 pub(crate) fn is_object_key(key: &BlockKey) -> bool {
     let k = key.key.as_bytes();
-    (k.starts_with(MANIFEST) && k.len() == 34) || (k.starts_with(CHUNK) && k.len() == 14)
+    is_manifest_key(key) || (k.starts_with(CHUNK) && k.len() == 14)
 }
 
 /// What places `key` on nodes: its namespace and bytes, except that every generation of a
 /// path's manifest places alike (so the same nodes always know a path's versions).
 pub(crate) fn placement_key(key: &BlockKey) -> Vec<u8> {
     let k = key.key.as_bytes();
-    let k = if k.starts_with(MANIFEST) && k.len() == 34 { &k[..26] } else { k };
+    let k = if is_manifest_key(key) { &k[..26] } else { k };
     [key.namespace.as_str().as_bytes(), &[0], k].concat()
 }
 
@@ -188,28 +194,16 @@ impl ObjectWriter {
         if !self.buf.is_empty() {
             self.store_chunk().await?;
         }
-        let manager = self.manager.clone();
-        let catalog = &manager.catalog;
-        let slot = (self.namespace.clone(), self.path.clone());
-        let _one_at_a_time = catalog.locks.lock(&manifest_key(&self.namespace, &self.path, 0)).await;
-        let old = catalog.objects.read().get(&slot).cloned();
         let info = ObjectInfo {
             path: self.path.clone(),
             size: self.size,
-            generation: old.as_ref().map_or(1, |o| o.generation + 1),
+            generation: 0, // the path's primary assigns it
             chunk_size: self.chunk_size,
             crc32c: self.crc32c,
             created_unix: now_unix(),
             id: self.id,
         };
-        let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
-        let key = manifest_key(&self.namespace, &self.path, info.generation);
-        manager.put(Block::new(key, manifest), self.durability).await?;
-        catalog.objects.write().insert(slot, info.clone());
-        if let Some(old) = old {
-            manager.remove_generation(&self.namespace, &old).await;
-        }
-        Ok(info)
+        self.manager.commit_manifest(&self.namespace, info, self.durability).await
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
@@ -221,6 +215,28 @@ impl ObjectWriter {
 }
 
 impl Manager {
+    /// Commits a new version on this node (the path's primary, or a node alone): the next
+    /// generation under the path's lock, its manifest stored (on the path's owners), the
+    /// catalog switched to it, the previous version deleted.
+    pub(crate) async fn commit_here(
+        &self,
+        ns: &Namespace,
+        mut info: ObjectInfo,
+        durability: Durability,
+    ) -> Result<ObjectInfo, TierError> {
+        let slot = (ns.clone(), info.path.clone());
+        let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
+        let old = self.catalog.objects.read().get(&slot).cloned();
+        info.generation = old.as_ref().map_or(1, |o| o.generation + 1);
+        let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
+        self.put(Block::new(manifest_key(ns, &info.path, info.generation), manifest), durability).await?;
+        self.catalog.objects.write().insert(slot, info.clone());
+        if let Some(old) = old {
+            self.remove_generation(ns, &old).await;
+        }
+        Ok(info)
+    }
+
     /// Starts a new version of `path` in `namespace`.
     pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
         check_path(path)?;
@@ -239,25 +255,28 @@ impl Manager {
         })
     }
 
-    /// The current version of `path`, if any.
-    pub fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
-        let namespace = Namespace::new(namespace)?;
-        Ok(self.catalog.objects.read().get(&(namespace, path.to_string())).cloned())
+    /// The current version of `path` as this node's catalog has it.
+    pub(crate) fn stat_object_here(&self, namespace: &Namespace, path: &str) -> Option<ObjectInfo> {
+        self.catalog.objects.read().get(&(namespace.clone(), path.to_string())).cloned()
     }
 
-    /// Objects of `namespace` whose path starts with `prefix`, sorted by path.
-    pub fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
-        let namespace = Namespace::new(namespace)?;
+    /// This node's catalog entries of `namespace` under `prefix` that `keep` accepts, by path.
+    pub(crate) fn list_objects_here(
+        &self,
+        namespace: &Namespace,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<ObjectInfo> {
         let mut found: Vec<ObjectInfo> = self
             .catalog
             .objects
             .read()
             .iter()
-            .filter(|((ns, path), _)| *ns == namespace && path.starts_with(prefix))
+            .filter(|((ns, path), _)| ns == namespace && path.starts_with(prefix) && keep(path))
             .map(|(_, info)| info.clone())
             .collect();
         found.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(found)
+        found
     }
 
     /// `len` bytes of `info`'s generation from `offset` (clamped to the object), a chunk at
@@ -297,15 +316,14 @@ impl Manager {
         })
     }
 
-    /// Removes `path`. Returns whether it existed.
-    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
-        let ns = Namespace::new(namespace)?;
-        let _one_at_a_time = self.catalog.locks.lock(&manifest_key(&ns, path, 0)).await;
+    /// Removes `path` on this node (its primary, or a node alone). Whether it existed.
+    pub(crate) async fn delete_object_here(&self, ns: &Namespace, path: &str) -> bool {
+        let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, path, 0)).await;
         let Some(info) = self.catalog.objects.write().remove(&(ns.clone(), path.to_string())) else {
-            return Ok(false);
+            return false;
         };
-        self.remove_generation(&ns, &info).await;
-        Ok(true)
+        self.remove_generation(ns, &info).await;
+        true
     }
 
     /// Deletes a generation's manifest, then its chunks.
@@ -323,7 +341,7 @@ impl Manager {
         let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
         let mut stale = Vec::new();
         for key in self.keys_with_prefix(MANIFEST) {
-            let GetOutcome::Hit { block, .. } = self.get(&key).await else { continue };
+            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else { continue };
             let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else {
                 tracing::warn!(%key, "objects: skipping a manifest that does not parse");
                 continue;
@@ -341,6 +359,15 @@ impl Manager {
         for (ns, info) in stale {
             self.remove_generation(&ns, &info).await;
         }
+        if !newest.is_empty() {
+            tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
+        }
+        *self.catalog.objects.write() = newest.clone();
+        if self.cluster().is_some() {
+            // Chunks and manifests live on different owners: a chunk without a manifest
+            // here is normal. Orphans are left to a cluster-wide sweep.
+            return;
+        }
         let live: HashSet<(Namespace, u64)> = newest.iter().map(|((ns, _), info)| (ns.clone(), info.id)).collect();
         let mut orphans = 0usize;
         for key in self.keys_with_prefix(CHUNK) {
@@ -353,12 +380,9 @@ impl Manager {
         if orphans > 0 {
             tracing::info!(chunks = orphans, "objects: removed chunks of uploads that never committed");
         }
-        if !newest.is_empty() {
-            tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
-        }
-        *self.catalog.objects.write() = newest;
     }
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;

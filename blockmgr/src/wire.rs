@@ -75,7 +75,7 @@ pub fn code_of(e: &TierError) -> Code {
         TierError::ChecksumMismatch { .. } => Code::DataLoss,
         TierError::Config { .. } => Code::FailedPrecondition,
         TierError::Unsupported { .. } => Code::FailedPrecondition,
-        TierError::Closed { .. } | TierError::Quorum { .. } => Code::Unavailable,
+        TierError::Closed { .. } | TierError::Quorum { .. } | TierError::Unreachable { .. } => Code::Unavailable,
         _ => Code::Internal,
     }
 }

@@ -166,3 +166,99 @@ async fn peer_requests_from_non_members_are_refused() {
     let err = peer.delete("kv", &[key(1)]).await.unwrap_err();
     assert!(err.to_string().contains("this node is in no cluster"), "{err}");
 }
+
+/// The owners of `path`'s manifests (2 copies), primary first.
+fn path_owners(ns: &str, path: &str) -> Vec<&'static str> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let placement_key = [ns.as_bytes(), &[0], b"m/", &digest[..24]].concat();
+    let placement = Placement::new(IDS);
+    let owners = placement.owners(&placement_key, 2);
+    owners.iter().map(|o| *IDS.iter().find(|id| *id == o).unwrap()).collect()
+}
+
+fn stream(data: &bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> + Send + 'static {
+    let parts: Vec<bytes::Bytes> =
+        (0..data.len()).step_by(300_000).map(|at| data.slice(at..(at + 300_000).min(data.len()))).collect();
+    futures::stream::iter(parts)
+}
+
+#[tokio::test]
+async fn objects_written_on_one_node_are_read_listed_replaced_and_deleted_from_any_other() {
+    use kvtier_blockmgr::ObjectRange;
+    let mut nodes = start_cluster(2);
+    let ns = "ckpt/run1";
+    let shard = data(1, 3_000_000);
+    let c1 = nodes[0].client().await;
+    let info =
+        c1.put_object(ns, "step-1/rank-0.distcp", stream(&shard), Durability::LocalDisk, None, None).await.unwrap();
+    assert_eq!((info.generation, info.size), (1, 3_000_000));
+    c1.put_object(ns, "step-1/.metadata", stream(&data(2, 100)), Durability::LocalDisk, None, None).await.unwrap();
+    for node in &nodes[1..] {
+        let c = node.client().await;
+        assert_eq!(c.stat_object(ns, "step-1/rank-0.distcp").await.unwrap(), Some(info.clone()));
+        assert_eq!(c.read_object(ns, "step-1/rank-0.distcp", ObjectRange::all()).await.unwrap(), shard);
+        let listed: Vec<String> = c.list_objects(ns, "step-1/").await.unwrap().into_iter().map(|o| o.path).collect();
+        assert_eq!(listed, ["step-1/.metadata", "step-1/rank-0.distcp"]);
+    }
+
+    // Two writers of one path on two nodes at once: the primary numbers them apart, and the
+    // object is one of the two, whole.
+    let (a, b) = (data(3, 1_500_000), data(4, 1_200_000));
+    let (c2, c3) = (nodes[1].client().await, nodes[2].client().await);
+    let (ia, ib) = tokio::join!(
+        c2.put_object(ns, "step-1/rank-0.distcp", stream(&a), Durability::LocalDisk, None, None),
+        c3.put_object(ns, "step-1/rank-0.distcp", stream(&b), Durability::LocalDisk, None, None),
+    );
+    let mut gens = [ia.unwrap().generation, ib.unwrap().generation];
+    gens.sort();
+    assert_eq!(gens, [2, 3]);
+    let now = c1.read_object(ns, "step-1/rank-0.distcp", ObjectRange::all()).await.unwrap();
+    assert!(now == a || now == b, "the object is one version, whole");
+
+    // An owner of the path's manifests dies: its other owner answers, chunks have 2 copies.
+    let owners = path_owners(ns, "step-1/rank-0.distcp");
+    let victim = IDS.iter().position(|id| *id == owners[0]).unwrap();
+    nodes[victim].kill9();
+    let reader = nodes[(victim + 1) % 3].client().await;
+    assert_eq!(reader.read_object(ns, "step-1/rank-0.distcp", ObjectRange::all()).await.unwrap(), now);
+    let listed = reader.list_objects(ns, "").await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    nodes[victim].restart();
+
+    // A delete through any node removes it for all.
+    let deleter = nodes[(victim + 2) % 3].client().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // the down back-off
+    assert!(deleter.delete_object(ns, "step-1/rank-0.distcp").await.unwrap());
+    for node in &nodes {
+        let c = node.client().await;
+        assert_eq!(c.stat_object(ns, "step-1/rank-0.distcp").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn the_peer_service_answers_members_only() {
+    use kvtier_proto::{peer::v1::peer_client::PeerClient, v1::ObjectRef};
+    let nodes = start_cluster(2);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", nodes[0].addrs.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut peer = PeerClient::new(channel);
+    let ask = |from: Option<&str>| {
+        let mut req = tonic::Request::new(ObjectRef { namespace: "ckpt/x".into(), path: "p".into() });
+        if let Some(from) = from {
+            req.metadata_mut().insert("x-kvtier-peer", from.parse().unwrap());
+        }
+        req
+    };
+    let err = peer.stat_object(ask(None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("members only"), "{err}");
+    let err = peer.stat_object(ask(Some("stranger"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("\"stranger\" is not a member"), "{err}");
+    let answer = peer.stat_object(ask(Some("n2"))).await.unwrap().into_inner();
+    assert!(answer.json.is_empty(), "a member is answered: no such object");
+}

@@ -9,3 +9,13 @@
 pub mod v1 {
     tonic::include_proto!("kvtier.v1");
 }
+
+/// `kvtier.peer.v1`: what cluster members ask each other beyond the block API.
+#[expect(missing_docs, reason = "generated code")]
+#[expect(clippy::allow_attributes, reason = "generated code carries #[allow]s")]
+pub mod peer {
+    /// The generated messages and the `Peer` client and server.
+    pub mod v1 {
+        tonic::include_proto!("kvtier.peer.v1");
+    }
+}

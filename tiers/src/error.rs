@@ -151,6 +151,15 @@ pub enum Error {
         failures: String,
     },
 
+    /// None of the nodes that could answer was reachable.
+    #[error("{what}: no node that holds it answered ({failures})")]
+    Unreachable {
+        /// What was asked.
+        what: String,
+        /// What each node said, by node.
+        failures: String,
+    },
+
     /// The tier has been shut down.
     #[error("{tier}: closed")]
     Closed {

@@ -19,9 +19,12 @@ mod objects;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kvtier_proto::v1::{
-    self, block_store_client::BlockStoreClient, get_response::Msg as GetMsg, objects_client::ObjectsClient,
-    put_request::Msg as PutMsg,
+use kvtier_proto::{
+    peer::v1::peer_client::PeerClient,
+    v1::{
+        self, block_store_client::BlockStoreClient, get_response::Msg as GetMsg, objects_client::ObjectsClient,
+        put_request::Msg as PutMsg,
+    },
 };
 use kvtier_tiers::TierKind;
 use tonic::{Code, transport::Channel};
@@ -122,6 +125,8 @@ pub enum GetItem {
 pub struct Client {
     rpc: BlockStoreClient<Channel>,
     objects: ObjectsClient<Channel>,
+    /// What members ask each other (used on a member's connection only).
+    peer_rpc: PeerClient<Channel>,
     chunk: usize,
     /// Set on a member's connection to another: every request carries it.
     peer: Option<tonic::metadata::AsciiMetadataValue>,
@@ -148,9 +153,12 @@ impl Client {
         let rpc = BlockStoreClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let objects =
-            ObjectsClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok(Client { rpc, objects, chunk: DEFAULT_CHUNK, peer: None })
+        let objects = ObjectsClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let peer_rpc =
+            PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+        Ok(Client { rpc, objects, peer_rpc, chunk: DEFAULT_CHUNK, peer: None })
     }
 
     /// This connection as member `node_id`'s to another member: requests are answered from
@@ -161,6 +169,11 @@ impl Client {
             .map_err(|_| ClientError::Address { addr: node_id.into(), reason: "not a valid node id".into() })?;
         self.peer = Some(value);
         Ok(self)
+    }
+
+    /// The peer service over this connection.
+    pub(crate) fn peer_rpc(&self) -> PeerClient<Channel> {
+        self.peer_rpc.clone()
     }
 
     /// `message` as a request, with the peer header when this is a member's connection.

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kvtier_proto::{peer::v1 as peer, v1};
 use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
@@ -202,5 +203,65 @@ impl Cluster {
         let ns = key.namespace.as_str();
         let deleted = self.call(id, "delete", |c| async move { c.delete(ns, &wire).await }).await?;
         Ok(deleted.first().copied().unwrap_or(false))
+    }
+}
+
+/// Object metadata between members: manifests travel as their stored JSON.
+impl Cluster {
+    /// Commits an object version on member `id` (its path's primary); the manifest stored.
+    pub(crate) async fn commit_object_on(
+        &self,
+        id: &str,
+        namespace: &str,
+        manifest: Vec<u8>,
+        durability: Durability,
+    ) -> Result<Vec<u8>, String> {
+        let req = peer::CommitObjectRequest {
+            namespace: namespace.into(),
+            manifest: Some(peer::Manifest { json: manifest.into() }),
+            durability: crate::wire::durability_to_wire(durability) as i32,
+        };
+        let got = self
+            .call(id, "commit_object", |c| async move { Ok(c.peer_rpc().commit_object(c.request(req)).await?) })
+            .await?;
+        Ok(got.into_inner().json.to_vec())
+    }
+
+    /// The current manifest of `path` as member `id` knows it.
+    pub(crate) async fn stat_object_on(
+        &self,
+        id: &str,
+        namespace: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        let got = self
+            .call(id, "stat_object", |c| async move { Ok(c.peer_rpc().stat_object(c.request(req)).await?) })
+            .await?;
+        let json = got.into_inner().json;
+        Ok((!json.is_empty()).then(|| json.to_vec()))
+    }
+
+    /// The manifests under `prefix` of the paths member `id` owns.
+    pub(crate) async fn list_objects_on(
+        &self,
+        id: &str,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let req = v1::ListObjectsRequest { namespace: namespace.into(), prefix: prefix.into() };
+        let got = self
+            .call(id, "list_objects", |c| async move { Ok(c.peer_rpc().list_objects(c.request(req)).await?) })
+            .await?;
+        Ok(got.into_inner().manifests.into_iter().map(|m| m.json.to_vec()).collect())
+    }
+
+    /// Deletes `path` on member `id` (its primary): whether it existed.
+    pub(crate) async fn delete_object_on(&self, id: &str, namespace: &str, path: &str) -> Result<bool, String> {
+        let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        let got = self
+            .call(id, "delete_object", |c| async move { Ok(c.peer_rpc().delete_object(c.request(req)).await?) })
+            .await?;
+        Ok(got.into_inner().deleted)
     }
 }

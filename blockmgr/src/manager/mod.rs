@@ -324,6 +324,9 @@ impl Manager {
             let (route, key) = (writer.route.take(), writer.key.clone());
             let result = me.inner.finish(writer).await;
             me.inner.count_put(&result);
+            if result.is_ok() && crate::objects::is_manifest_key(&key) {
+                me.learn_manifest(&key).await;
+            }
             let Some(route) = route else { return result };
             let block = if result.is_ok() { me.copy_for_peers(&key).await } else { None };
             me.replicate(route, block, result).await

@@ -32,7 +32,7 @@ impl Manager {
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
     }
 
-    fn plan(&self, key: &BlockKey) -> Option<(&Arc<Cluster>, Plan)> {
+    pub(crate) fn plan(&self, key: &BlockKey) -> Option<(&Arc<Cluster>, Plan)> {
         let cluster = self.cluster.as_ref()?;
         let (replicas, quorum) = self.replication(key);
         Some((cluster, cluster.plan(&crate::objects::placement_key(key), replicas, quorum)))
@@ -60,6 +60,9 @@ impl Manager {
     pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let (local, route) = self.route(&block.key, durability);
         let here = self.put_here(block.clone(), local).await;
+        if here.is_ok() && crate::objects::is_manifest_key(&block.key) {
+            self.learn_manifest(&block.key).await;
+        }
         match route {
             None => here,
             Some(route) => self.replicate(route, Some(block), here).await,
@@ -156,6 +159,7 @@ impl Manager {
     /// Removes `key` here and from every owner: whether any had it.
     pub async fn delete(&self, key: &BlockKey) -> bool {
         let here = self.delete_here(key).await;
+        self.forget_manifest(key);
         let Some((cluster, plan)) = self.plan(key) else { return here };
         let local = cluster.local_id();
         let deletes = plan.owners.iter().filter(|id| *id != local).map(|id| cluster.delete_on(id, key));

@@ -30,7 +30,7 @@ async fn put(m: &Manager, path: &str, data: &Bytes) -> crate::objects::ObjectInf
 }
 
 async fn read(m: &Manager, path: &str, offset: u64, len: u64) -> Vec<u8> {
-    let info = m.stat_object(NS, path).unwrap().expect("the object exists");
+    let info = m.stat_object(NS, path).await.unwrap().expect("the object exists");
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
     let pieces: Vec<Bytes> = m.read_object(&ns, &info, offset, len).try_collect().await.unwrap();
     pieces.concat()
@@ -52,15 +52,15 @@ async fn objects_round_trip_in_chunks_with_ranges_and_survive_a_restart() {
     assert!(read(&m, "shard-0.pt", 2_000_000, 10).await.is_empty());
     put(&m, "shard-1.pt", &pattern(2, 10)).await;
     put(&m, "other/x", &pattern(3, 10)).await;
-    let listed: Vec<String> = m.list_objects(NS, "shard-").unwrap().into_iter().map(|o| o.path).collect();
+    let listed: Vec<String> = m.list_objects(NS, "shard-").await.unwrap().into_iter().map(|o| o.path).collect();
     assert_eq!(listed, ["shard-0.pt", "shard-1.pt"]);
-    assert!(m.list_objects("elsewhere/ns", "").unwrap().is_empty(), "namespaces are separate");
+    assert!(m.list_objects("elsewhere/ns", "").await.unwrap().is_empty(), "namespaces are separate");
 
     drop(m);
     let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
-    assert_eq!(m.stat_object(NS, "shard-0.pt").unwrap(), Some(info));
+    assert_eq!(m.stat_object(NS, "shard-0.pt").await.unwrap(), Some(info));
     assert_eq!(read(&m, "shard-0.pt", 0, u64::MAX).await, data, "the catalog is rebuilt from the manifests");
-    assert_eq!(m.list_objects(NS, "").unwrap().len(), 3);
+    assert_eq!(m.list_objects(NS, "").await.unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -81,14 +81,14 @@ async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
 
     assert!(m.delete_object(NS, "model.bin").await.unwrap());
     assert!(!m.delete_object(NS, "model.bin").await.unwrap());
-    assert_eq!(m.stat_object(NS, "model.bin").unwrap(), None);
+    assert_eq!(m.stat_object(NS, "model.bin").await.unwrap(), None);
     assert_eq!(m.stats().await.index_blocks, 0, "manifest and chunks deleted");
 
     // An abandoned write leaves nothing either, and changes nothing.
     let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
     w.write(&pattern(3, 1_200_000)).await.unwrap();
     w.abort().await;
-    assert_eq!((m.stat_object(NS, "model.bin").unwrap(), m.stats().await.index_blocks), (None, 0));
+    assert_eq!((m.stat_object(NS, "model.bin").await.unwrap(), m.stats().await.index_blocks), (None, 0));
 
     // One cut short by a crash (neither committed nor aborted) is cleared at the next start;
     // a committed object beside it stays whole.
@@ -113,5 +113,5 @@ async fn bad_paths_and_namespaces_are_clear_errors() {
         assert!(err.contains("object path"), "{err}");
     }
     assert!(m.write_object("", "p", Durability::Cache).is_err());
-    assert!(m.stat_object("bad namespace!", "p").is_err());
+    assert!(m.stat_object("bad namespace!", "p").await.is_err());
 }

@@ -2,12 +2,16 @@
 //! over HTTP, and a graceful shutdown that persists memory-only blocks to SSD.
 
 mod objects;
+mod peer;
 mod service;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use axum::{Router, extract::State, routing::get};
-use kvtier_proto::v1::{block_store_server::BlockStoreServer, objects_server::ObjectsServer};
+use kvtier_proto::{
+    peer::v1::peer_server::PeerServer,
+    v1::{block_store_server::BlockStoreServer, objects_server::ObjectsServer},
+};
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
@@ -16,7 +20,7 @@ use tokio::{
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
-pub use self::{objects::ObjectService, service::BlockService};
+pub use self::{objects::ObjectService, peer::PeerService, service::BlockService};
 use crate::{
     Config, Error, Manager, Metrics,
     client::{MAX_FRAME, MAX_MESSAGE},
@@ -89,6 +93,9 @@ impl RunningServer {
             let objects = ObjectsServer::new(ObjectService::new(manager.clone(), config.server.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
+            let peer = PeerServer::new(PeerService::new(manager.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
             tonic::transport::Server::builder()
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
@@ -97,6 +104,7 @@ impl RunningServer {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(service)
                 .add_service(objects)
+                .add_service(peer)
         };
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
         let (signal, router) = (wait_for(stopped.clone()), grpc());

@@ -98,6 +98,7 @@ impl objects_server::Objects for ObjectService {
         let info = self
             .manager
             .stat_object(&req.namespace, &req.path)
+            .await
             .map_err(|e| status_of(&e))?
             .ok_or_else(|| not_found(&req.namespace, &req.path))?;
         if let Some(wanted) = req.generation.filter(|&g| g != info.generation) {
@@ -117,7 +118,7 @@ impl objects_server::Objects for ObjectService {
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<v1::ObjectInfo>, Status> {
         self.count("stat_object");
         let r = request.into_inner();
-        match self.manager.stat_object(&r.namespace, &r.path).map_err(|e| status_of(&e))? {
+        match self.manager.stat_object(&r.namespace, &r.path).await.map_err(|e| status_of(&e))? {
             Some(info) => Ok(Response::new(v1::ObjectInfo::from(&info))),
             None => Err(not_found(&r.namespace, &r.path)),
         }
@@ -129,7 +130,7 @@ impl objects_server::Objects for ObjectService {
     ) -> Result<Response<v1::ListObjectsResponse>, Status> {
         self.count("list_objects");
         let r = request.into_inner();
-        let found = self.manager.list_objects(&r.namespace, &r.prefix).map_err(|e| status_of(&e))?;
+        let found = self.manager.list_objects(&r.namespace, &r.prefix).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(v1::ListObjectsResponse { objects: found.iter().map(v1::ObjectInfo::from).collect() }))
     }
 

@@ -106,7 +106,8 @@ impl Client {
                 Err(e) => Err(client_error(e)),
             },
             Backend::Embedded(m) => {
-                let Some(info) = m.stat_object(namespace, path).map_err(|e| tier_error(&e))? else { return Ok(None) };
+                let stat = runtime().block_on(m.stat_object(namespace, path));
+                let Some(info) = stat.map_err(|e| tier_error(&e))? else { return Ok(None) };
                 if let Some(wanted) = generation.filter(|&g| g != info.generation) {
                     return Err(super::error(
                         Code::FailedPrecondition,
@@ -136,9 +137,10 @@ impl Client {
             Backend::Remote(c) => {
                 runtime().block_on(c.stat_object(namespace, path)).map(|o| o.map(Meta::from)).map_err(client_error)
             }
-            Backend::Embedded(m) => {
-                m.stat_object(namespace, path).map(|o| o.map(Meta::from)).map_err(|e| tier_error(&e))
-            }
+            Backend::Embedded(m) => runtime()
+                .block_on(m.stat_object(namespace, path))
+                .map(|o| o.map(Meta::from))
+                .map_err(|e| tier_error(&e)),
         })?;
         meta.map(|m| to_py(py, &m)).transpose()
     }
@@ -151,8 +153,8 @@ impl Client {
                 .block_on(c.list_objects(namespace, prefix))
                 .map(|v| v.into_iter().map(Meta::from).collect())
                 .map_err(client_error),
-            Backend::Embedded(m) => m
-                .list_objects(namespace, prefix)
+            Backend::Embedded(m) => runtime()
+                .block_on(m.list_objects(namespace, prefix))
                 .map(|v| v.into_iter().map(Meta::from).collect())
                 .map_err(|e| tier_error(&e)),
         })?;

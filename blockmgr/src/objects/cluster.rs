@@ -1,0 +1,166 @@
+//! Named objects across nodes. A path's manifests are placed like one block (all
+//! generations alike), so the same R nodes, the path's owners, hold its versions; their
+//! catalogs are the truth about it. The primary owner commits and deletes (the generation is
+//! assigned under its lock, so two writers on two nodes never claim the same one); a node
+//! that owns no copy asks the owners, in order, and a listing asks every member for the
+//! paths it owns. Chunks are ordinary blocks with their own owners.
+
+use kvtier_tiers::{BlockKey, Error as TierError, Namespace};
+
+use super::{ObjectInfo, check_path, is_manifest_key, manifest_key};
+use crate::{Durability, GetOutcome, Manager, cluster::Plan};
+
+/// Where a path's metadata is decided: here, or on which members in order.
+enum Owners {
+    /// A node alone, or the primary: this node's catalog.
+    Here,
+    /// The owners, primary first (this node among them when it is one).
+    These(Plan),
+}
+
+fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
+    serde_json::from_slice(json).map_err(|e| TierError::Unreachable {
+        what: "an object's manifest".into(),
+        failures: format!("{from} sent a manifest that does not parse: {e}"),
+    })
+}
+
+impl Manager {
+    fn path_owners(&self, ns: &Namespace, path: &str) -> Owners {
+        let Some((cluster, plan)) = self.plan(&manifest_key(ns, path, 0)) else { return Owners::Here };
+        if plan.owners.first().is_some_and(|p| p == cluster.local_id()) { Owners::Here } else { Owners::These(plan) }
+    }
+
+    /// Whether this node holds `path`'s manifests (always, alone).
+    pub(crate) fn owns_path(&self, ns: &Namespace, path: &str) -> bool {
+        match (self.path_owners(ns, path), self.cluster()) {
+            (Owners::Here, _) | (_, None) => true,
+            (Owners::These(plan), Some(c)) => plan.owns(c.local_id()),
+        }
+    }
+
+    /// Commits `info` (its chunks stored) on the path's primary, or the next owner that
+    /// answers: the committed version, with its generation.
+    pub(crate) async fn commit_manifest(
+        &self,
+        ns: &Namespace,
+        info: ObjectInfo,
+        durability: Durability,
+    ) -> Result<ObjectInfo, TierError> {
+        let (plan, cluster) = match (self.path_owners(ns, &info.path), self.cluster()) {
+            (Owners::These(plan), Some(cluster)) => (plan, cluster),
+            _ => return self.commit_here(ns, info, durability).await,
+        };
+        let json = serde_json::to_vec(&info).expect("serializes");
+        let mut failures = Vec::new();
+        for id in &plan.owners {
+            if id == cluster.local_id() {
+                return self.commit_here(ns, info, durability).await;
+            }
+            match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability).await {
+                Ok(json) => return parse(&json, id),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(TierError::Unreachable { what: format!("committing {ns}/{}", info.path), failures: failures.join("; ") })
+    }
+
+    /// The current version of `path`, if any: from this node's catalog when it holds the
+    /// path's manifests, else from their owners.
+    pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
+        let ns = Namespace::new(namespace)?;
+        let (plan, cluster) = match (self.path_owners(&ns, path), self.cluster()) {
+            (Owners::These(plan), Some(cluster)) if !plan.owns(cluster.local_id()) => (plan, cluster),
+            _ => return Ok(self.stat_object_here(&ns, path)),
+        };
+        let mut failures = Vec::new();
+        for id in &plan.owners {
+            match cluster.stat_object_on(id, namespace, path).await {
+                Ok(Some(json)) => return parse(&json, id).map(Some),
+                Ok(None) => return Ok(None),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") })
+    }
+
+    /// Objects of `namespace` whose path starts with `prefix`, sorted by path: with a
+    /// cluster, every member's owned paths (the newest generation wins where two disagree).
+    pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+        let ns = Namespace::new(namespace)?;
+        let Some(cluster) = self.cluster() else { return Ok(self.list_objects_here(&ns, prefix, |_| true)) };
+        let mut found: std::collections::BTreeMap<String, ObjectInfo> = std::collections::BTreeMap::new();
+        let mut keep = |info: ObjectInfo| {
+            if found.get(&info.path).is_none_or(|have| have.generation < info.generation) {
+                found.insert(info.path.clone(), info);
+            }
+        };
+        self.list_objects_here(&ns, prefix, |p| self.owns_path(&ns, p)).into_iter().for_each(&mut keep);
+        let others: Vec<String> = cluster.view().addrs.keys().filter(|id| *id != cluster.local_id()).cloned().collect();
+        let answers =
+            futures::future::join_all(others.iter().map(|id| cluster.list_objects_on(id, namespace, prefix))).await;
+        let mut failures = Vec::new();
+        for (id, answer) in others.iter().zip(answers) {
+            match answer {
+                Ok(manifests) => {
+                    for json in manifests {
+                        keep(parse(&json, id)?);
+                    }
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        // A member down is covered by the other owners of its paths (R >= 2).
+        if !failures.is_empty() {
+            tracing::warn!(namespace, prefix, failures = %failures.join("; "), "objects: listing without some members");
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Removes `path` (on its primary, or the next owner that answers): whether it existed.
+    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
+        let ns = Namespace::new(namespace)?;
+        check_path(path)?;
+        let (plan, cluster) = match (self.path_owners(&ns, path), self.cluster()) {
+            (Owners::These(plan), Some(cluster)) => (plan, cluster),
+            _ => return Ok(self.delete_object_here(&ns, path).await),
+        };
+        let mut failures = Vec::new();
+        for id in &plan.owners {
+            if id == cluster.local_id() {
+                return Ok(self.delete_object_here(&ns, path).await);
+            }
+            match cluster.delete_object_on(id, namespace, path).await {
+                Ok(existed) => return Ok(existed),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(TierError::Unreachable { what: format!("deleting {namespace}/{path}"), failures: failures.join("; ") })
+    }
+
+    /// A manifest just stored on this node (a copy from the path's primary): the catalog
+    /// takes it when it is newer than what it has.
+    pub(crate) async fn learn_manifest(&self, key: &BlockKey) {
+        if !is_manifest_key(key) {
+            return;
+        }
+        let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return };
+        let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
+        let slot = (key.namespace.clone(), info.path.clone());
+        let mut objects = self.catalog.objects.write();
+        if objects.get(&slot).is_none_or(|have| have.generation < info.generation) {
+            objects.insert(slot, info);
+        }
+    }
+
+    /// A manifest just deleted on this node: the catalog drops the version it names.
+    pub(crate) fn forget_manifest(&self, key: &BlockKey) {
+        if !is_manifest_key(key) {
+            return;
+        }
+        self.catalog
+            .objects
+            .write()
+            .retain(|(ns, path), info| *ns != key.namespace || manifest_key(ns, path, info.generation) != *key);
+    }
+}

@@ -1,0 +1,112 @@
+//! The peer service: what members ask each other about named objects (commit on a path's
+//! primary, stat, list of owned paths, delete). Every call must come from a member.
+
+use bytes::Bytes;
+use kvtier_proto::{
+    peer::v1::{self as peer, peer_server},
+    v1,
+};
+use kvtier_tiers::{Error as TierError, Namespace};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    Manager,
+    objects::ObjectInfo,
+    wire::{durability_from_wire, status_of},
+};
+
+/// Serves a member's object requests from this node's catalog.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    manager: Manager,
+}
+
+impl PeerService {
+    /// Serves `manager`'s catalog to its cluster's members.
+    pub fn new(manager: Manager) -> Self {
+        PeerService { manager }
+    }
+
+    /// Refuses a caller that is not a member, or no peer at all.
+    fn check<T>(&self, request: &Request<T>, op: &str) -> Result<Namespace, Status>
+    where
+        T: HasNamespace,
+    {
+        if request.metadata().get(crate::client::PEER_HEADER).is_none() {
+            return Err(Status::permission_denied("the peer service answers cluster members only"));
+        }
+        super::serving(&self.manager, request)?;
+        self.manager.metrics().requests.with_label_values(&[op]).inc();
+        Namespace::new(request.get_ref().namespace()).map_err(|e| status_of(&e))
+    }
+}
+
+/// Requests that name a namespace.
+trait HasNamespace {
+    fn namespace(&self) -> &str;
+}
+
+impl HasNamespace for peer::CommitObjectRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+impl HasNamespace for v1::ObjectRef {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+impl HasNamespace for v1::ListObjectsRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+fn manifest(info: &ObjectInfo) -> peer::Manifest {
+    peer::Manifest { json: Bytes::from(serde_json::to_vec(info).expect("serializes")) }
+}
+
+#[tonic::async_trait]
+impl peer_server::Peer for PeerService {
+    async fn commit_object(
+        &self,
+        request: Request<peer::CommitObjectRequest>,
+    ) -> Result<Response<peer::Manifest>, Status> {
+        let ns = self.check(&request, "peer_commit_object")?;
+        let req = request.into_inner();
+        let durability = durability_from_wire(req.durability)?;
+        let json = req.manifest.map(|m| m.json).unwrap_or_default();
+        let info: ObjectInfo = serde_json::from_slice(&json)
+            .map_err(|e| Status::invalid_argument(format!("the manifest does not parse: {e}")))?;
+        let committed = self.manager.commit_here(&ns, info, durability).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(manifest(&committed)))
+    }
+
+    async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<peer::Manifest>, Status> {
+        let ns = self.check(&request, "peer_stat_object")?;
+        let found = self.manager.stat_object_here(&ns, &request.get_ref().path);
+        Ok(Response::new(found.as_ref().map(manifest).unwrap_or_default()))
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<v1::ListObjectsRequest>,
+    ) -> Result<Response<peer::Manifests>, Status> {
+        let ns = self.check(&request, "peer_list_objects")?;
+        let found = self.manager.list_objects_here(&ns, &request.get_ref().prefix, |p| self.manager.owns_path(&ns, p));
+        Ok(Response::new(peer::Manifests { manifests: found.iter().map(manifest).collect() }))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<v1::ObjectRef>,
+    ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
+        let ns = self.check(&request, "peer_delete_object")?;
+        let path = &request.get_ref().path;
+        if path.is_empty() {
+            return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
+        }
+        let deleted = self.manager.delete_object_here(&ns, path).await;
+        Ok(Response::new(v1::DeleteObjectResponse { deleted }))
+    }
+}
