@@ -1,12 +1,16 @@
-//! Compiles `kvtier.proto` with protox (pure Rust), so building needs no system `protoc`.
+//! Compiles `kvtier.proto`, `peer.proto` and etcd's v3 API (`etcd/`, client side only) with
+//! protox (pure Rust), so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let fds = protox::compile(["kvtier.proto", "peer.proto"], ["."])?;
+    let ours = protox::compile(["kvtier.proto", "peer.proto"], ["."])?;
     tonic_prost_build::configure()
         // Block bytes decode as `bytes::Bytes` slices of the receive buffer, not fresh Vecs.
         .bytes(".")
-        .compile_fds(fds)?;
-    println!("cargo:rerun-if-changed=kvtier.proto");
-    println!("cargo:rerun-if-changed=peer.proto");
+        .compile_fds(ours)?;
+    let etcd = protox::compile(["rpc.proto"], ["etcd"])?;
+    tonic_prost_build::configure().build_server(false).compile_fds(etcd)?;
+    for file in ["kvtier.proto", "peer.proto", "etcd"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     Ok(())
 }

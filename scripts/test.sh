@@ -35,6 +35,10 @@ step "moto (an S3-compatible server, from PyPI; the S3 backend's tests start the
 scripts/moto.sh install
 echo "moto installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
 
+step "etcd (Debian etcd-server; the membership tests start their own)"
+scripts/etcd.sh install
+/usr/bin/etcd --version | head -1
+
 step "format"
 cargo fmt --all --check
 

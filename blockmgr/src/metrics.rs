@@ -64,6 +64,8 @@ pub struct Metrics {
     pub index_blocks: IntGauge,
     /// Open shared-memory sessions (local clients mapping the arena).
     pub shm_sessions: IntGauge,
+    /// Members of this node's cluster as it sees them (1 alone).
+    pub members: IntGauge,
     /// Capacity of each tier (bytes), refreshed on scrape.
     pub tier_capacity: IntGaugeVec,
     /// Used bytes of each tier, refreshed on scrape.
@@ -124,6 +126,10 @@ impl Metrics {
         let shm_sessions =
             IntGauge::new("shm_sessions", "Open shared-memory data plane sessions").expect("valid metric");
         registry.register(Box::new(shm_sessions.clone())).expect("unique metric");
+        let members =
+            IntGauge::new("cluster_members", "Members of the cluster as this node sees them").expect("valid metric");
+        registry.register(Box::new(members.clone())).expect("unique metric");
+        members.set(1);
         Metrics {
             requests: counter("requests_total", "Requests by operation", &["op"]),
             latency,
@@ -166,6 +172,7 @@ impl Metrics {
             blob_bytes: counter("blob_bytes_total", "Bytes to and from the Blob tier's store", &["direction"]),
             index_blocks,
             shm_sessions,
+            members,
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),

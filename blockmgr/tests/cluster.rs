@@ -6,15 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Node, data, key, small_config};
+use common::{Node, data, free_port, key};
 use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem, cluster::Placement};
 use tonic::Code;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Three members; `ckpt/*` keeps 2 copies (write quorum `ckpt_quorum`), `kv/*` the default 1.
 fn start_cluster(ckpt_quorum: usize) -> Vec<Node> {
@@ -28,10 +24,7 @@ fn start_cluster(ckpt_quorum: usize) -> Vec<Node> {
                  [namespaces.\"ckpt/*\"]\nreplicas = 2\nwrite_quorum = {ckpt_quorum}\n",
                 members.join(", ")
             );
-            Node::start_with_config(|dir| {
-                small_config(dir, "", &tables)
-                    .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""))
-            })
+            Node::start_on_port(*port, &tables)
         })
         .collect()
 }

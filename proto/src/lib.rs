@@ -19,3 +19,20 @@ pub mod peer {
         tonic::include_proto!("kvtier.peer.v1");
     }
 }
+
+/// etcd's v3 API, client side (the KV, Lease and Watch services kvtier's membership uses).
+#[expect(missing_docs, reason = "generated code")]
+pub mod etcd {
+    /// `etcdserverpb`: the services and their messages.
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    /// `mvccpb`: keys and events.
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// `authpb`: users and roles.
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+}

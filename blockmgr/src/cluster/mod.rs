@@ -6,6 +6,7 @@
 //! node's own tiers only, so a copy is never forwarded twice; it is refused unless the
 //! sender is a member.
 
+mod etcd;
 pub mod placement;
 
 use std::{
@@ -70,8 +71,11 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// The cluster `config` describes, or `None` for a single node.
     pub fn from_config(config: &Config, metrics: Metrics) -> Result<Option<Arc<Cluster>>, Error> {
-        let members = config.cluster.static_members()?;
-        if members.is_empty() {
+        let mut members = config.cluster.static_members()?;
+        if !config.cluster.etcd.is_empty() {
+            // Alone until etcd lists the others (see etcd.rs).
+            members = vec![(config.cluster.local_id(), config.cluster.advertised(&config.server.listen)?)];
+        } else if members.is_empty() {
             return Ok(None);
         }
         let cluster = Cluster {
@@ -84,6 +88,15 @@ impl Cluster {
         };
         cluster.set_members(members);
         Ok(Some(Arc::new(cluster)))
+    }
+
+    /// Keeps the view from etcd when `config` names it (waiting for the first member list).
+    pub async fn join_etcd(self: &Arc<Self>, config: &Config) -> Result<(), Error> {
+        if !config.cluster.etcd.is_empty() {
+            let address = config.cluster.advertised(&config.server.listen)?;
+            etcd::join(self.clone(), &config.cluster, address).await;
+        }
+        Ok(())
     }
 
     /// This node's id.
@@ -99,6 +112,7 @@ impl Cluster {
     /// Replaces the member list (id, address).
     pub fn set_members(&self, members: Vec<(String, String)>) {
         let placement = Placement::new(members.iter().map(|(id, _)| id.clone()));
+        self.metrics.members.set(placement.len() as i64);
         *self.view.write() = Arc::new(View { placement, addrs: members.into_iter().collect() });
     }
 

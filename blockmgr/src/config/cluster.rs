@@ -15,6 +15,20 @@ pub struct ClusterConfig {
     /// Static membership: `"id=host:port"` for every node, this one included (the address
     /// is the node's gRPC `server.listen` as the others reach it). Empty: a single node.
     pub members: Vec<String>,
+    /// Membership from etcd instead (production): its client URLs. Each node registers its
+    /// id and `advertise` address under a lease and watches the others; a node whose lease
+    /// expires is out until it registers again. Empty: `members` decides.
+    pub etcd: Vec<String>,
+    /// The etcd key prefix of this cluster (several clusters may share an etcd).
+    /// Default `/kvtier/default`.
+    pub etcd_prefix: String,
+    /// How long a node stays a member without renewing its lease (it renews every third of
+    /// it). Default 10s.
+    #[serde(with = "super::humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The gRPC address other nodes reach this one on, registered in etcd. Default: the
+    /// `server.listen` address (which must then not be a wildcard).
+    pub advertise: String,
     /// A peer request that takes longer counts as a failed copy. Default 10s.
     #[serde(with = "super::humantime_serde")]
     pub peer_timeout: Duration,
@@ -22,7 +36,15 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { node_id: String::new(), members: Vec::new(), peer_timeout: Duration::from_secs(10) }
+        ClusterConfig {
+            node_id: String::new(),
+            members: Vec::new(),
+            etcd: Vec::new(),
+            etcd_prefix: "/kvtier/default".into(),
+            lease_ttl: Duration::from_secs(10),
+            advertise: String::new(),
+            peer_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -61,6 +83,21 @@ impl ClusterConfig {
         if !members.is_empty() && !members.iter().any(|(id, _)| *id == local) {
             return bad(format!("this node ({local:?}, cluster.node_id) is not among them"));
         }
+        if !members.is_empty() && !self.etcd.is_empty() {
+            return bad("set either members (static) or etcd, not both".into());
+        }
         Ok(members)
+    }
+
+    /// The address registered in etcd for this node: `advertise`, else `listen`.
+    pub fn advertised(&self, listen: &str) -> Result<String, Error> {
+        let addr = if self.advertise.is_empty() { listen } else { self.advertise.as_str() };
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        if ["0.0.0.0", "[::]", "::", ""].contains(&host) || addr.ends_with(":0") {
+            return Err(Error::Config(format!(
+                "cluster.advertise: other nodes cannot reach {addr:?}; set the address they should use"
+            )));
+        }
+        Ok(addr.to_string())
     }
 }

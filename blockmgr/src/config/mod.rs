@@ -426,6 +426,12 @@ impl Config {
             );
         }
         self.cluster.static_members()?;
+        if !self.cluster.etcd.is_empty() {
+            self.cluster.advertised(&self.server.listen)?;
+            if self.cluster.lease_ttl < Duration::from_secs(2) || self.cluster.lease_ttl > Duration::from_secs(3600) {
+                return bad("cluster.lease_ttl", "must be between 2s and 1h");
+            }
+        }
         for (pattern, ns) in &self.namespaces {
             match (ns.replicas, ns.write_quorum) {
                 (Some(0), _) | (_, Some(0)) => {

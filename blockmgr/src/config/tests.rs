@@ -82,3 +82,20 @@ fn cluster_members_and_replication_are_checked() {
     let e = Config::parse("[namespaces.\"ckpt/*\"]\nreplicas = 0").unwrap_err().to_string();
     assert!(e.contains("must be positive"), "{e}");
 }
+
+#[test]
+fn etcd_membership_needs_an_address_the_others_can_reach() {
+    let e = Config::parse("[server]\nlisten = \"0.0.0.0:50051\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cluster.advertise") && e.contains("0.0.0.0:50051"), "{e}");
+    let c = Config::parse(
+        "[server]\nlisten = \"0.0.0.0:50051\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nadvertise = \"10.0.0.7:50051\"",
+    )
+    .unwrap();
+    assert_eq!(c.cluster.advertised(&c.server.listen).unwrap(), "10.0.0.7:50051");
+    let e = Config::parse("[cluster]\netcd = [\"http://e:2379\"]\nmembers = [\"a=1:1\"]\nnode_id = \"a\"").unwrap_err();
+    assert!(e.to_string().contains("not both"), "{e}");
+    let e = Config::parse("[cluster]\netcd = [\"http://e:2379\"]\nlease_ttl = \"1s\"").unwrap_err();
+    assert!(e.to_string().contains("cluster.lease_ttl"), "{e}");
+}

@@ -233,6 +233,9 @@ impl Manager {
         if let Some(blob) = &inner.blob {
             blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
         }
+        if let Some(cluster) = &cluster {
+            cluster.join_etcd(config).await?;
+        }
         let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
         manager.rebuild_catalog().await;
         Ok(manager)

@@ -80,6 +80,14 @@ impl Node {
         Node { dir, config_path, addrs, child, stderr_path }
     }
 
+    /// Starts a node on `small_config` plus `extra_tables`, its gRPC on `port`.
+    pub fn start_on_port(port: u16, extra_tables: &str) -> Node {
+        Self::start_with_config(|dir| {
+            small_config(dir, "", extra_tables)
+                .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""))
+        })
+    }
+
     /// Starts a node on the config `make` writes for its data dir.
     pub fn start_with_config(make: impl FnOnce(&Path) -> String) -> Node {
         let dir = tempfile::tempdir().unwrap();
@@ -116,6 +124,12 @@ impl Node {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGKILL) };
         self.child.wait().unwrap();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) without waiting.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), signal) };
     }
 
     /// SIGTERM; returns the exit status once the process has exited.
@@ -216,6 +230,11 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
 }
 
 /// Deterministic bytes for block `i`.
+/// A TCP port free at the moment (for configs that must name theirs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn data(i: u64, len: usize) -> bytes::Bytes {
     kvtier_tiers::conformance::pattern(i, len)
 }

@@ -1,0 +1,108 @@
+//! Membership from a real etcd (Debian's etcd-server, started by scripts/etcd.sh): nodes
+//! register under leases, see each other, drop a node whose lease expires (SIGSTOP past the
+//! TTL, kill -9) and take it back when it returns. Placement follows the live members.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Node, data, free_port, key};
+use kvtier_blockmgr::{Durability, GetItem, PutItem};
+
+/// A one-member etcd for one test, killed on drop.
+struct Etcd {
+    endpoint: String,
+    pid: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/etcd.sh");
+        let out = Command::new(script).arg("start").arg(dir.path()).output().expect("running scripts/etcd.sh");
+        assert!(out.status.success(), "etcd did not start: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (endpoint, pid) = line.trim().split_once(' ').expect("\"<endpoint> <pid>\"");
+        Etcd { endpoint: endpoint.to_string(), pid: pid.parse().unwrap(), _dir: dir }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // SAFETY: a plain kill of the etcd this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
+const IDS: [&str; 3] = ["n1", "n2", "n3"];
+const TTL_S: u64 = 3;
+
+fn start_nodes(etcd: &Etcd) -> Vec<Node> {
+    IDS.iter()
+        .map(|id| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\netcd = [\"{}\"]\netcd_prefix = \"/test\"\nlease_ttl = \"{TTL_S}s\"\n\
+                 peer_timeout = \"3s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\n",
+                etcd.endpoint
+            );
+            Node::start_on_port(free_port(), &tables)
+        })
+        .collect()
+}
+
+/// The members `node` sees (its `kvtier_cluster_members` gauge).
+fn members(node: &Node) -> i64 {
+    let metrics = node.http_get("/metrics");
+    let line = metrics.lines().find(|l| l.starts_with("kvtier_cluster_members ")).expect("the members gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn wait_for_members(node: &Node, want: i64, within: Duration) {
+    let started = Instant::now();
+    while members(node) != want {
+        assert!(started.elapsed() < within, "{} members after {within:?}, not {want}", members(node));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones() {
+    let etcd = Etcd::start();
+    let mut nodes = start_nodes(&etcd);
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(10));
+    }
+    let writer = nodes[0].client().await;
+    let before: Vec<PutItem> = (0..24).map(|i| PutItem::new(key(i), data(i, 40_000))).collect();
+    for r in writer.put("ckpt/run1", &before, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+
+    // n3 stops past its lease: the others drop it, and W = R = 2 puts go to the two left.
+    nodes[2].signal(libc::SIGSTOP);
+    wait_for_members(&nodes[0], 2, Duration::from_secs(3 * TTL_S));
+    let during: Vec<PutItem> = (100..124).map(|i| PutItem::new(key(i), data(i, 40_000))).collect();
+    for r in writer.put("ckpt/run1", &during, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "with n3 out, n1 and n2 own everything: {:?}", r.result);
+    }
+    // Back: its renewal finds the lease gone, it registers again, everyone sees 3.
+    nodes[2].signal(libc::SIGCONT);
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(3 * TTL_S));
+    }
+
+    // kill -9 of n2: out after its TTL; every acknowledged block still reads from n1.
+    nodes[1].kill9();
+    wait_for_members(&nodes[0], 2, Duration::from_secs(3 * TTL_S));
+    let keys: Vec<Vec<u8>> = before.iter().chain(&during).map(|i| i.key.clone()).collect();
+    let got = writer.get("ckpt/run1", &keys).await.unwrap();
+    for (item, got) in before.iter().chain(&during).zip(got) {
+        assert!(matches!(&got, GetItem::Hit { data, .. } if *data == item.data), "{got:?}");
+    }
+    let stderr = nodes[2].stderr();
+    assert!(stderr.contains("registering again"), "n3 noticed it was out: {stderr}");
+}
