@@ -33,6 +33,7 @@ pub use client::{Client, ClientError, GetItem, ObjectInfo, ObjectRange, PutItem,
 pub use config::{ByteSize, Config};
 pub use error::Error;
 pub use manager::{
-    ArenaPin, Durability, GetOutcome, Manager, MissReason, PinOutcome, PutOutcome, PutWriter, Stats, TierStats,
+    ArenaPin, Durability, GetOutcome, Manager, MissReason, PinOutcome, PutOutcome, PutWriter, ResyncReport, Stats,
+    TierStats,
 };
 pub use metrics::Metrics;

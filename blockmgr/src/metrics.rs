@@ -66,6 +66,14 @@ pub struct Metrics {
     pub shm_sessions: IntGauge,
     /// Members of this node's cluster as it sees them (1 alone).
     pub members: IntGauge,
+    /// Resync rounds run.
+    pub resync_runs: IntCounter,
+    /// Blocks pulled from peers by resync.
+    pub resync_blocks: IntCounter,
+    /// Bytes pulled from peers by resync.
+    pub resync_bytes: IntCounter,
+    /// Resync steps that failed (a peer unreachable, a block unreadable).
+    pub resync_failures: IntCounter,
     /// Capacity of each tier (bytes), refreshed on scrape.
     pub tier_capacity: IntGaugeVec,
     /// Used bytes of each tier, refreshed on scrape.
@@ -173,6 +181,10 @@ impl Metrics {
             index_blocks,
             shm_sessions,
             members,
+            resync_runs: one_counter("resync_runs_total", "Resync rounds run"),
+            resync_blocks: one_counter("resync_blocks_total", "Blocks pulled from peers by resync"),
+            resync_bytes: one_counter("resync_bytes_total", "Bytes pulled from peers by resync"),
+            resync_failures: one_counter("resync_failures_total", "Resync steps that failed"),
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),

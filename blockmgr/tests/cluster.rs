@@ -255,3 +255,34 @@ async fn the_peer_service_answers_members_only() {
     let answer = peer.stat_object(ask(Some("n2"))).await.unwrap().into_inner();
     assert!(answer.json.is_empty(), "a member is answered: no such object");
 }
+
+#[tokio::test]
+async fn a_returning_node_pulls_the_writes_it_missed() {
+    let mut nodes = start_cluster(1);
+    nodes[1].kill9();
+    let writer = nodes[0].client().await;
+    let items: Vec<PutItem> = (0..30).map(|i| PutItem::new(key(i), data(i, 30_000))).collect();
+    for r in writer.put("ckpt/run1", &items, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "W = 1: acknowledged with n2 down: {:?}", r.result);
+    }
+    let missed: Vec<&PutItem> = items.iter().filter(|i| owners("ckpt/run1", &i.key, 2).contains(&"n2")).collect();
+    assert!(!missed.is_empty());
+
+    // Back, n2 compares digests with n1 and n3 and pulls what it owns.
+    nodes[1].restart();
+    let started = std::time::Instant::now();
+    for item in &missed {
+        while !holders(&nodes, "ckpt/run1", &item.key).await.contains("n2") {
+            assert!(started.elapsed().as_secs() < 15, "n2 did not get back {:?}", item.key);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let metrics = nodes[1].http_get("/metrics");
+    let pulled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kvtier_resync_blocks_total "))
+        .expect("the resync counter")
+        .parse()
+        .unwrap();
+    assert_eq!(pulled, missed.len() as u64, "exactly the missed blocks were pulled");
+}

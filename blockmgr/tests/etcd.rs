@@ -105,4 +105,24 @@ async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones()
     }
     let stderr = nodes[2].stderr();
     assert!(stderr.contains("registering again"), "n3 noticed it was out: {stderr}");
+
+    // n2 is gone for good: n1 and n3 own every key now, and resync brings each to 2 copies.
+    let started = Instant::now();
+    for k in &keys {
+        loop {
+            let mut copies = 0;
+            for node in [&nodes[0], &nodes[2]] {
+                let peer = kvtier_blockmgr::Client::connect(&node.addrs.grpc).await.unwrap().as_peer("n1").unwrap();
+                copies += usize::from(matches!(
+                    peer.get("ckpt/run1", std::slice::from_ref(k)).await.unwrap()[0],
+                    GetItem::Hit { .. }
+                ));
+            }
+            if copies == 2 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{k:?} has {copies} copies");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -20,7 +20,12 @@ use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
 pub use self::placement::Placement;
-use crate::{Client, Durability, Error, GetItem, PutItem, config::Config, metrics::Metrics};
+use crate::{
+    Client, Durability, Error, GetItem, PutItem,
+    config::Config,
+    manager::{Digest, key_from_wire},
+    metrics::Metrics,
+};
 
 /// How long a member whose connection failed is skipped before it is tried again.
 const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
@@ -54,6 +59,8 @@ impl Plan {
 pub struct Cluster {
     local: String,
     view: RwLock<Arc<View>>,
+    /// Bumped at every change of the member list (resync waits on it).
+    changed: tokio::sync::watch::Sender<u64>,
     /// Open connections by member, with the address each was made to.
     peers: tokio::sync::Mutex<HashMap<String, (String, Client)>>,
     /// Members whose last connection failed, until when they are skipped.
@@ -81,6 +88,7 @@ impl Cluster {
         let cluster = Cluster {
             local: config.cluster.local_id(),
             view: RwLock::new(Arc::default()),
+            changed: tokio::sync::watch::Sender::new(0),
             peers: tokio::sync::Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             timeout: config.cluster.peer_timeout,
@@ -113,7 +121,20 @@ impl Cluster {
     pub fn set_members(&self, members: Vec<(String, String)>) {
         let placement = Placement::new(members.iter().map(|(id, _)| id.clone()));
         self.metrics.members.set(placement.len() as i64);
-        *self.view.write() = Arc::new(View { placement, addrs: members.into_iter().collect() });
+        let view = View { placement, addrs: members.into_iter().collect() };
+        let same = {
+            let old = self.view.read();
+            old.addrs == view.addrs
+        };
+        *self.view.write() = Arc::new(view);
+        if !same {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Wakes at every change of the member list.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Whether `id` is a member now.
@@ -277,5 +298,27 @@ impl Cluster {
             .call(id, "delete_object", |c| async move { Ok(c.peer_rpc().delete_object(c.request(req)).await?) })
             .await?;
         Ok(got.into_inner().deleted)
+    }
+}
+
+/// Resync between members.
+impl Cluster {
+    /// Member `id`'s digests of the keys it holds that `node` owns.
+    pub(crate) async fn digests_on(&self, id: &str, node: &str) -> Result<Vec<Digest>, String> {
+        let req = peer::DigestsRequest { node: node.into() };
+        let got = self.call(id, "digests", |c| async move { Ok(c.peer_rpc().digests(c.request(req)).await?) }).await?;
+        Ok(got.into_inner().buckets.into_iter().map(|b| Digest { count: b.count, xor: b.xor }).collect())
+    }
+
+    /// The keys of `bucket` member `id` holds that `node` owns.
+    pub(crate) async fn owned_keys_on(&self, id: &str, node: &str, bucket: usize) -> Result<Vec<BlockKey>, String> {
+        let req = peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32 };
+        let got =
+            self.call(id, "owned_keys", |c| async move { Ok(c.peer_rpc().owned_keys(c.request(req)).await?) }).await?;
+        got.into_inner()
+            .keys
+            .into_iter()
+            .map(|k| key_from_wire(&k.namespace, &k.key).ok_or_else(|| format!("{id} listed a malformed key")))
+            .collect()
     }
 }

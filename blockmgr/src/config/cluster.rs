@@ -32,6 +32,10 @@ pub struct ClusterConfig {
     /// A peer request that takes longer counts as a failed copy. Default 10s.
     #[serde(with = "super::humantime_serde")]
     pub peer_timeout: Duration,
+    /// Besides at start and at every change of the member list, resync (pull the blocks
+    /// this node owns and lacks) this often; "0s": only then. Default 5m.
+    #[serde(with = "super::humantime_serde")]
+    pub resync_interval: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -44,6 +48,7 @@ impl Default for ClusterConfig {
             lease_ttl: Duration::from_secs(10),
             advertise: String::new(),
             peer_timeout: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }

@@ -16,14 +16,17 @@ mod blob;
 mod flush;
 mod movement;
 mod replicas;
+mod resync;
 mod stats;
 mod store;
 mod types;
 mod writer;
 
+pub(crate) use self::resync::{BUCKETS, Digest, key_from_wire};
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
+    resync::ResyncReport,
     types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
     writer::PutWriter,
 };
@@ -238,6 +241,7 @@ impl Manager {
         }
         let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
         manager.rebuild_catalog().await;
+        manager.spawn_resync(config.cluster.resync_interval);
         Ok(manager)
     }
 

@@ -27,16 +27,12 @@ impl PeerService {
         PeerService { manager }
     }
 
-    /// Refuses a caller that is not a member, or no peer at all.
+    /// Refuses a caller that is not a member; the namespace the request names.
     fn check<T>(&self, request: &Request<T>, op: &str) -> Result<Namespace, Status>
     where
         T: HasNamespace,
     {
-        if request.metadata().get(crate::client::PEER_HEADER).is_none() {
-            return Err(Status::permission_denied("the peer service answers cluster members only"));
-        }
-        super::serving(&self.manager, request)?;
-        self.manager.metrics().requests.with_label_values(&[op]).inc();
+        self.check_member(request, op)?;
         Namespace::new(request.get_ref().namespace()).map_err(|e| status_of(&e))
     }
 }
@@ -59,6 +55,18 @@ impl HasNamespace for v1::ObjectRef {
 impl HasNamespace for v1::ListObjectsRequest {
     fn namespace(&self) -> &str {
         &self.namespace
+    }
+}
+
+impl PeerService {
+    /// Refuses a caller that is not a member (for requests that name no namespace).
+    fn check_member<T>(&self, request: &Request<T>, op: &str) -> Result<(), Status> {
+        if request.metadata().get(crate::client::PEER_HEADER).is_none() {
+            return Err(Status::permission_denied("the peer service answers cluster members only"));
+        }
+        super::serving(&self.manager, request)?;
+        self.manager.metrics().requests.with_label_values(&[op]).inc();
+        Ok(())
     }
 }
 
@@ -108,5 +116,33 @@ impl peer_server::Peer for PeerService {
         }
         let deleted = self.manager.delete_object_here(&ns, path).await;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
+    }
+
+    async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
+        self.check_member(&request, "peer_digests")?;
+        let digests = self.manager.owned_digests(&request.get_ref().node);
+        let buckets = digests.into_iter().map(|d| peer::BucketDigest { count: d.count, xor: d.xor }).collect();
+        Ok(Response::new(peer::DigestsResponse { buckets }))
+    }
+
+    async fn owned_keys(
+        &self,
+        request: Request<peer::OwnedKeysRequest>,
+    ) -> Result<Response<peer::OwnedKeysResponse>, Status> {
+        self.check_member(&request, "peer_owned_keys")?;
+        let req = request.get_ref();
+        if req.bucket as usize >= crate::manager::BUCKETS {
+            return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::manager::BUCKETS)));
+        }
+        let keys = self
+            .manager
+            .owned_keys(&req.node, req.bucket as usize)
+            .into_iter()
+            .map(|k| peer::KeyRef {
+                namespace: k.namespace.as_str().into(),
+                key: Bytes::copy_from_slice(k.key.as_bytes()),
+            })
+            .collect();
+        Ok(Response::new(peer::OwnedKeysResponse { keys }))
     }
 }
