@@ -41,12 +41,13 @@ impl Drop for Etcd {
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 const TTL_S: u64 = 3;
 
-fn start_nodes(etcd: &Etcd) -> Vec<Node> {
+/// Three nodes on `etcd`, `ckpt/*` with 2 copies, plus `extra` tables.
+fn start_nodes(etcd: &Etcd, extra: &str) -> Vec<Node> {
     IDS.iter()
         .map(|id| {
             let tables = format!(
                 "[cluster]\nnode_id = \"{id}\"\netcd = [\"{}\"]\netcd_prefix = \"/test\"\nlease_ttl = \"{TTL_S}s\"\n\
-                 peer_timeout = \"3s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\n",
+                 peer_timeout = \"3s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\n\n{extra}",
                 etcd.endpoint
             );
             Node::start_on_port(free_port(), &tables)
@@ -54,11 +55,26 @@ fn start_nodes(etcd: &Etcd) -> Vec<Node> {
         .collect()
 }
 
-/// The members `node` sees (its `kvtier_cluster_members` gauge).
-fn members(node: &Node) -> i64 {
+/// The value of an unlabelled metric of `node` (`kvtier_` + `name`).
+fn metric(node: &Node, name: &str) -> u64 {
     let metrics = node.http_get("/metrics");
-    let line = metrics.lines().find(|l| l.starts_with("kvtier_cluster_members ")).expect("the members gauge");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    let prefix = format!("kvtier_{name} ");
+    let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// The members `node` sees.
+fn members(node: &Node) -> i64 {
+    metric(node, "cluster_members") as i64
+}
+
+/// Waits until `done` holds.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn wait_for_members(node: &Node, want: i64, within: Duration) {
@@ -72,7 +88,7 @@ fn wait_for_members(node: &Node, want: i64, within: Duration) {
 #[tokio::test(flavor = "multi_thread")]
 async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones() {
     let etcd = Etcd::start();
-    let mut nodes = start_nodes(&etcd);
+    let mut nodes = start_nodes(&etcd, "");
     for node in &nodes {
         wait_for_members(node, 3, Duration::from_secs(10));
     }
@@ -125,4 +141,55 @@ async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones()
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Placement over `ids`, as the nodes compute it.
+fn owners_among(ids: &[&str], ns: &str, k: &[u8]) -> Vec<String> {
+    let placement = kvtier_blockmgr::cluster::Placement::new(ids.iter().copied());
+    placement.owners(&[ns.as_bytes(), &[0], k].concat(), 2).into_iter().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_primarys_flush() {
+    let etcd = Etcd::start();
+    // Each flush waits up to 2 s for a full segment: time to kill a primary before it flushes.
+    let mut nodes = start_nodes(&etcd, "[blob]\nflush_linger = \"2s\"\n");
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(10));
+    }
+    let writer = nodes[0].client().await;
+    let flushed =
+        |nodes: &[Node], alive: &[usize]| alive.iter().map(|&i| metric(&nodes[i], "flushed_blocks_total")).sum::<u64>();
+
+    // Two copies each, one flush each: Blob gets every byte once, and the replicas' copies
+    // are released once the primary says it flushed them.
+    let items: Vec<PutItem> = (0..20).map(|i| PutItem::new(key(i), data(i, 30_000))).collect();
+    for r in writer.put("ckpt/run1", &items, Durability::WriteBack).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    wait_until("20 flushes", Duration::from_secs(15), || flushed(&nodes, &[0, 1, 2]) >= 20);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(flushed(&nodes, &[0, 1, 2]), 20, "each block flushed once, by its primary");
+    wait_until("replicas released", Duration::from_secs(10), || {
+        nodes.iter().all(|n| metric(n, "unflushed_bytes") == 0)
+    });
+
+    // Blocks whose primary is n2, acknowledged, then n2 killed before its flush: once its
+    // lease expires, the surviving owners take the flush over, still once per block.
+    let doomed: Vec<PutItem> = (1000..1200)
+        .filter(|&i| owners_among(&IDS, "ckpt/run1", &key(i))[0] == "n2")
+        .take(10)
+        .map(|i| PutItem::new(key(i), data(i, 30_000)))
+        .collect();
+    let before = flushed(&nodes, &[0, 2]);
+    for r in writer.put("ckpt/run1", &doomed, Durability::WriteBack).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    nodes[1].kill9();
+    wait_until("the take-over flushes", Duration::from_secs(6 * TTL_S), || flushed(&nodes, &[0, 2]) >= before + 10);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(flushed(&nodes, &[0, 2]), before + 10, "each of the dead primary's blocks flushed once");
+    wait_until("nothing left unflushed", Duration::from_secs(10), || {
+        [0, 2].iter().all(|&i| metric(&nodes[i], "unflushed_bytes") == 0)
+    });
 }

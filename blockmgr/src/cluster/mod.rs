@@ -310,15 +310,42 @@ impl Cluster {
         Ok(got.into_inner().buckets.into_iter().map(|b| Digest { count: b.count, xor: b.xor }).collect())
     }
 
-    /// The keys of `bucket` member `id` holds that `node` owns.
-    pub(crate) async fn owned_keys_on(&self, id: &str, node: &str, bucket: usize) -> Result<Vec<BlockKey>, String> {
+    /// The keys of `bucket` member `id` holds that `node` owns, each with whether it is a
+    /// write-back block Blob lacks.
+    pub(crate) async fn owned_keys_on(
+        &self,
+        id: &str,
+        node: &str,
+        bucket: usize,
+    ) -> Result<Vec<(BlockKey, bool)>, String> {
         let req = peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32 };
         let got =
             self.call(id, "owned_keys", |c| async move { Ok(c.peer_rpc().owned_keys(c.request(req)).await?) }).await?;
         got.into_inner()
             .keys
             .into_iter()
-            .map(|k| key_from_wire(&k.namespace, &k.key).ok_or_else(|| format!("{id} listed a malformed key")))
+            .map(|k| {
+                let key = key_from_wire(&k.namespace, &k.key).ok_or_else(|| format!("{id} listed a malformed key"))?;
+                Ok((key, k.unflushed))
+            })
             .collect()
+    }
+}
+
+/// Flush hand-off between owners.
+impl Cluster {
+    /// Tells member `id` that Blob has these write-back blocks.
+    pub(crate) async fn flushed_on(&self, id: &str, keys: &[BlockKey]) -> Result<(), String> {
+        let keys = keys
+            .iter()
+            .map(|k| peer::KeyRef {
+                namespace: k.namespace.as_str().into(),
+                key: k.key.as_bytes().to_vec().into(),
+                unflushed: false,
+            })
+            .collect();
+        let req = peer::FlushedRequest { keys };
+        self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
+        Ok(())
     }
 }

@@ -184,7 +184,9 @@ impl Drop for Admitted<'_> {
 impl Inner {
     /// Queues a write-back block just stored for its flush.
     pub(super) fn queue_flush(&self, key: BlockKey, durable: bool) {
-        if let (true, Some(flusher)) = (durable, &self.flusher) {
+        if let (true, Some(flusher)) = (durable, &self.flusher)
+            && self.flushes(&key)
+        {
             flusher.enqueue(key);
         }
     }
@@ -445,6 +447,9 @@ async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, mut blocks: Vec<Block
     for block in &stored {
         inner.flushed(block, flusher.take_deleted(&block.key)).await;
     }
+    let write_back: Vec<BlockKey> =
+        stored.iter().filter(|b| inner.index.get(&b.key).is_some_and(|e| e.durable)).map(|b| b.key.clone()).collect();
+    inner.tell_owners_flushed(&write_back);
     if !stored.is_empty() {
         let bytes: u64 = stored.iter().map(|b| b.len()).sum();
         inner.metrics.flushed_blocks.inc_by(stored.len() as u64);

@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     metrics: Metrics,
     limits: Limits,
     started: Instant,
+    /// The other nodes (also on a [`Manager::here_only`]): who flushes which block.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The block manager. Cloning shares it.
@@ -215,6 +217,7 @@ impl Manager {
                 reserve_limit: cpu_capacity / 4,
             },
             started: Instant::now(),
+            cluster: cluster.clone(),
         });
         inner.rebuild_index().await?;
         let blob_loaded = inner.load_blob().await?;
@@ -225,7 +228,7 @@ impl Manager {
             if !unflushed.is_empty() {
                 tracing::info!(blocks = unflushed.len(), bytes = inner.index.unflushed(), "queueing unflushed blocks");
             }
-            for key in unflushed {
+            for key in unflushed.into_iter().filter(|k| inner.flushes(k)) {
                 flusher.enqueue(key);
             }
             flush::spawn_flusher(&inner, flusher);

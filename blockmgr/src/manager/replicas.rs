@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, TierExt, TierKind};
 
-use super::{Durability, GetOutcome, Manager, MissReason, PutOutcome};
+use super::{Durability, GetOutcome, Inner, Manager, MissReason, PutOutcome};
 use crate::cluster::{Cluster, Plan};
 
 /// Where a put's copies go, decided when it starts.
@@ -23,19 +23,88 @@ pub(crate) struct Route {
     durability: Durability,
 }
 
-impl Manager {
+impl Inner {
     /// Copies of `key` and the write quorum, from its namespace's `[namespaces]` entry:
     /// 1 for blocks and 2 for named objects unless set.
     fn replication(&self, key: &BlockKey) -> (usize, usize) {
-        let ns = self.inner.config.namespace(key.namespace.as_str());
+        let ns = self.config.namespace(key.namespace.as_str());
         let replicas = ns.replicas.unwrap_or(if crate::objects::is_object_key(key) { 2 } else { 1 });
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
     }
 
+    fn plan_in(&self, cluster: &Cluster, key: &BlockKey) -> Plan {
+        let (replicas, quorum) = self.replication(key);
+        cluster.plan(&crate::objects::placement_key(key), replicas, quorum)
+    }
+
+    /// Whether this node flushes `key` to Blob: alone, or as its primary owner now. The
+    /// other owners hold their write-back copies unflushed (never evicted) until the
+    /// primary says it flushed them, and flush them themselves if they become primary.
+    pub(super) fn flushes(&self, key: &BlockKey) -> bool {
+        let Some(cluster) = &self.cluster else { return true };
+        self.plan_in(cluster, key).owners.first().is_none_or(|p| p == cluster.local_id())
+    }
+
+    /// After a flush: tells the other owners of the write-back blocks flushed that Blob has
+    /// them, so their copies become evictable (in the background; one that misses the news
+    /// flushes its copy again if it becomes primary).
+    pub(super) fn tell_owners_flushed(&self, keys: &[BlockKey]) {
+        let Some(cluster) = &self.cluster else { return };
+        let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
+        for key in keys {
+            for owner in self.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
+                by_owner.entry(owner).or_default().push(key.clone());
+            }
+        }
+        for (owner, keys) in by_owner {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.flushed_on(&owner, &keys).await {
+                    tracing::debug!(%owner, error = %e, "telling an owner its copies are flushed failed");
+                }
+            });
+        }
+    }
+
+    /// Another owner flushed these blocks: this node's write-back copies of them need no
+    /// flush any more (and may be evicted).
+    pub(crate) async fn flushed_elsewhere(&self, keys: &[BlockKey]) {
+        for key in keys {
+            let _guard = self.locks.lock(key).await;
+            if let Some(e) = self.index.get(key).filter(|e| e.unflushed()) {
+                self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
+            }
+        }
+    }
+}
+
+impl Manager {
     pub(crate) fn plan(&self, key: &BlockKey) -> Option<(&Arc<Cluster>, Plan)> {
         let cluster = self.cluster.as_ref()?;
-        let (replicas, quorum) = self.replication(key);
-        Some((cluster, cluster.plan(&crate::objects::placement_key(key), replicas, quorum)))
+        Some((cluster, self.inner.plan_in(cluster, key)))
+    }
+
+    /// Whether `key` is a write-back block here that Blob lacks.
+    pub(crate) fn unflushed(&self, key: &BlockKey) -> bool {
+        self.inner.index.get(key).is_some_and(|e| e.unflushed())
+    }
+
+    /// Another owner flushed these blocks (see [`Inner::flushed_elsewhere`]).
+    pub(crate) async fn flushed_elsewhere(&self, keys: &[BlockKey]) {
+        self.inner.flushed_elsewhere(keys).await;
+    }
+
+    /// Queues the flush of the write-back blocks Blob lacks that this node is now the
+    /// primary of (the primary that held them left): the flush takes over.
+    pub(crate) fn take_over_flushes(&self) -> usize {
+        let Some(flusher) = &self.inner.flusher else { return 0 };
+        let mine: Vec<BlockKey> =
+            self.inner.index.unflushed_keys().into_iter().filter(|k| self.inner.flushes(k)).collect();
+        let n = mine.len();
+        for key in mine {
+            flusher.enqueue(key);
+        }
+        n
     }
 
     /// The durability of this node's own copy, and where the others go.
@@ -45,15 +114,11 @@ impl Manager {
         (local, Some(Box::new(Route { cluster: cluster.clone(), plan, durability })))
     }
 
-    /// What `node`'s copy keeps of a put asked with `durability`.
+    /// What `node`'s copy keeps of a put asked with `durability`: an owner the same (a
+    /// write-back copy is flushed by the primary alone, see [`Inner::flushes`]), a node
+    /// that owns no copy an evictable one.
     fn copy_durability(&self, plan: &Plan, node: &str, durability: Durability) -> Durability {
-        if plan.owners.first().is_some_and(|p| p == node) {
-            durability
-        } else if plan.owns(node) && durability != Durability::Cache {
-            Durability::LocalDisk
-        } else {
-            Durability::Cache
-        }
+        if plan.owns(node) { durability } else { Durability::Cache }
     }
 
     /// Stores `block` here and on its other owners.

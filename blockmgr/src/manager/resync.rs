@@ -103,13 +103,13 @@ impl Manager {
                     }
                 };
                 let have: HashSet<BlockKey> = self.owned_keys(&me, bucket).into_iter().collect();
-                let missing: Vec<BlockKey> =
-                    listed.into_iter().filter(|k| !have.contains(k) && self.owned_by(k, &me)).collect();
+                let missing: Vec<(BlockKey, bool)> =
+                    listed.into_iter().filter(|(k, _)| !have.contains(k) && self.owned_by(k, &me)).collect();
                 bar.inc_length(missing.len() as u64);
                 bar.set_message(format!("from {peer}"));
-                for key in missing {
+                for (key, unflushed) in missing {
                     bar.inc(1);
-                    match self.pull(&cluster, peer, &key).await {
+                    match self.pull(&cluster, peer, &key, unflushed).await {
                         Ok(Some(len)) => {
                             report.blocks += 1;
                             report.bytes += len;
@@ -140,12 +140,23 @@ impl Manager {
         report
     }
 
-    /// Reads `key` from `peer` and keeps it here as an owner's copy: its length, or `None`
-    /// if the peer no longer has it.
-    async fn pull(&self, cluster: &Arc<Cluster>, peer: &str, key: &BlockKey) -> Result<Option<u64>, String> {
+    /// Reads `key` from `peer` and keeps it here as an owner's copy (a write-back one when
+    /// the peer's is `unflushed`: if this node is the primary now, it flushes it): its
+    /// length, or `None` if the peer no longer has it.
+    async fn pull(
+        &self,
+        cluster: &Arc<Cluster>,
+        peer: &str,
+        key: &BlockKey,
+        unflushed: bool,
+    ) -> Result<Option<u64>, String> {
         let Some((block, _)) = cluster.get_from(peer, key).await? else { return Ok(None) };
         let len = block.len();
-        let keep = if self.inner.ssd.is_some() { Durability::LocalDisk } else { Durability::Cache };
+        let keep = match (unflushed && self.inner.flusher.is_some(), self.inner.ssd.is_some()) {
+            (true, _) => Durability::WriteBack,
+            (false, true) => Durability::LocalDisk,
+            (false, false) => Durability::Cache,
+        };
         self.put_here(block, keep).await.map_err(|e| format!("{key}: keeping the copy pulled from {peer}: {e}"))?;
         if crate::objects::is_manifest_key(key) {
             self.learn_manifest(key).await;
@@ -163,6 +174,10 @@ impl Manager {
             loop {
                 // Let a burst of changes (several members joining) settle first.
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                let taken = me.take_over_flushes();
+                if taken > 0 {
+                    tracing::info!(blocks = taken, "flush take-over: this node is now the primary of unflushed blocks");
+                }
                 me.resync().await;
                 let periodic = async {
                     if interval.is_zero() {

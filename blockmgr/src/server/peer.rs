@@ -118,6 +118,19 @@ impl peer_server::Peer for PeerService {
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 
+    async fn flushed(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedResponse>, Status> {
+        self.check_member(&request, "peer_flushed")?;
+        let keys: Vec<_> = request
+            .get_ref()
+            .keys
+            .iter()
+            .map(|k| crate::manager::key_from_wire(&k.namespace, &k.key))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Status::invalid_argument("a malformed key"))?;
+        self.manager.flushed_elsewhere(&keys).await;
+        Ok(Response::new(peer::FlushedResponse {}))
+    }
+
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
         self.check_member(&request, "peer_digests")?;
         let digests = self.manager.owned_digests(&request.get_ref().node);
@@ -141,6 +154,7 @@ impl peer_server::Peer for PeerService {
             .map(|k| peer::KeyRef {
                 namespace: k.namespace.as_str().into(),
                 key: Bytes::copy_from_slice(k.key.as_bytes()),
+                unflushed: self.manager.unflushed(&k),
             })
             .collect();
         Ok(Response::new(peer::OwnedKeysResponse { keys }))
