@@ -227,7 +227,9 @@ impl Manager {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
-        info.generation = old.as_ref().map_or(1, |o| o.generation + 1);
+        // Another owner may know a newer version than this one (it was away meanwhile).
+        let elsewhere = self.generation_elsewhere(ns, &info.path).await;
+        info.generation = old.as_ref().map_or(0, |o| o.generation).max(elsewhere) + 1;
         let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
         self.put(Block::new(manifest_key(ns, &info.path, info.generation), manifest), durability).await?;
         self.catalog.objects.write().insert(slot, info.clone());

@@ -12,7 +12,7 @@ use crate::{Durability, GetOutcome, Manager, cluster::Plan};
 
 /// Where a path's metadata is decided: here, or on which members in order.
 enum Owners {
-    /// A node alone, or the primary: this node's catalog.
+    /// A node alone: this node's catalog.
     Here,
     /// The owners, primary first (this node among them when it is one).
     These(Plan),
@@ -27,8 +27,24 @@ fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
 
 impl Manager {
     fn path_owners(&self, ns: &Namespace, path: &str) -> Owners {
-        let Some((cluster, plan)) = self.plan(&manifest_key(ns, path, 0)) else { return Owners::Here };
-        if plan.owners.first().is_some_and(|p| p == cluster.local_id()) { Owners::Here } else { Owners::These(plan) }
+        match self.plan(&manifest_key(ns, path, 0)) {
+            Some((_, plan)) => Owners::These(plan),
+            None => Owners::Here,
+        }
+    }
+
+    /// The newest generation of `path` the other owners know (those that answer).
+    pub(crate) async fn generation_elsewhere(&self, ns: &Namespace, path: &str) -> u64 {
+        let (Owners::These(plan), Some(cluster)) = (self.path_owners(ns, path), self.cluster()) else { return 0 };
+        let others = plan.owners.iter().filter(|id| *id != cluster.local_id());
+        let answers = futures::future::join_all(others.map(|id| cluster.stat_object_on(id, ns.as_str(), path))).await;
+        answers
+            .into_iter()
+            .filter_map(|a| a.ok().flatten())
+            .filter_map(|json| serde_json::from_slice::<ObjectInfo>(&json).ok())
+            .map(|info| info.generation)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether this node holds `path`'s manifests (always, alone).
@@ -65,23 +81,42 @@ impl Manager {
         Err(TierError::Unreachable { what: format!("committing {ns}/{}", info.path), failures: failures.join("; ") })
     }
 
-    /// The current version of `path`, if any: from this node's catalog when it holds the
-    /// path's manifests, else from their owners.
+    /// The current version of `path`, if any: the newest its owners know (all of them are
+    /// asked, this node's catalog among them when it is one: an owner back from an absence
+    /// may not have resynced the latest commit yet).
     pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
         let (plan, cluster) = match (self.path_owners(&ns, path), self.cluster()) {
-            (Owners::These(plan), Some(cluster)) if !plan.owns(cluster.local_id()) => (plan, cluster),
+            (Owners::These(plan), Some(cluster)) => (plan, cluster),
             _ => return Ok(self.stat_object_here(&ns, path)),
         };
+        let local = cluster.local_id();
+        let remote = plan.owners.iter().filter(|id| *id != local);
+        let answers = futures::future::join_all(
+            remote.map(|id| async move { (id, cluster.stat_object_on(id, namespace, path).await) }),
+        )
+        .await;
         let mut failures = Vec::new();
-        for id in &plan.owners {
-            match cluster.stat_object_on(id, namespace, path).await {
-                Ok(Some(json)) => return parse(&json, id).map(Some),
-                Ok(None) => return Ok(None),
+        let mut answered = plan.owns(local);
+        let mut newest = if answered { self.stat_object_here(&ns, path) } else { None };
+        for (id, answer) in answers {
+            match answer {
+                Ok(json) => {
+                    answered = true;
+                    if let Some(json) = json {
+                        let info = parse(&json, id)?;
+                        if newest.as_ref().is_none_or(|n| n.generation < info.generation) {
+                            newest = Some(info);
+                        }
+                    }
+                }
                 Err(e) => failures.push(e),
             }
         }
-        Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") })
+        if !answered {
+            return Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
+        }
+        Ok(newest)
     }
 
     /// Objects of `namespace` whose path starts with `prefix`, sorted by path: with a
