@@ -156,15 +156,19 @@ def test_embedded_manager_in_process(tmp_path):
     assert os.path.exists(tmp_path / "ssd")
 
 
+def objects_client(server, tmp_path, where):
+    """A client of `server`, or of a node embedded in this process."""
+    if where == "remote":
+        return kvtier.Client(server.grpc)
+    return kvtier.Client.embedded(
+        f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
+        '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n[blob]\nurl = ""\n'
+    )
+
+
 @pytest.mark.parametrize("where", ["remote", "embedded"])
 def test_named_objects_put_read_list_delete(server, tmp_path, where):
-    if where == "remote":
-        c = kvtier.Client(server.grpc)
-    else:
-        c = kvtier.Client.embedded(
-            f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
-            '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n[blob]\nurl = ""\n'
-        )
+    c = objects_client(server, tmp_path, where)
     ns = "acme/ckpt"
     data = np.random.default_rng(5).integers(0, 255, 3_000_000, dtype=np.uint8).tobytes()
     meta = c.put_object(ns, "step-1/rank-0.distcp", data, durability="local_disk")
@@ -183,13 +187,7 @@ def test_named_objects_put_read_list_delete(server, tmp_path, where):
 
 @pytest.mark.parametrize("where", ["remote", "embedded"])
 def test_streamed_object_upload_commits_whole_or_not_at_all(server, tmp_path, where):
-    if where == "remote":
-        c = kvtier.Client(server.grpc)
-    else:
-        c = kvtier.Client.embedded(
-            f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
-            '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n[blob]\nurl = ""\n'
-        )
+    c = objects_client(server, tmp_path, where)
     ns = "acme/ckpt"
     data = np.random.default_rng(6).integers(0, 255, 9_000_000, dtype=np.uint8)
     c.put_object(ns, "w.bin", b"old")
