@@ -69,7 +69,8 @@ pub(crate) struct CpArgs {
 pub(crate) async fn cp(args: CpArgs) -> Result<()> {
     let (src, dst) = (ObjectUrl::parse(&args.src)?, ObjectUrl::parse(&args.dst)?);
     let started = Instant::now();
-    let client = Client::connect(&args.server).await?;
+    let tls = kvtier_blockmgr::ClientTls::from_env()?;
+    let client = Client::connect_with(&args.server, tls.as_ref()).await?;
     let (files, bytes) = match (src, dst) {
         (None, Some(dst)) => upload(&client, Path::new(&args.src), &dst, &args).await?,
         (Some(src), None) => {

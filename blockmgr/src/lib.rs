@@ -29,7 +29,7 @@ pub mod shm;
 /// Conversions to and from the wire types.
 pub mod wire;
 
-pub use client::{Client, ClientError, GetItem, ObjectInfo, ObjectRange, PutItem, PutReport};
+pub use client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, ObjectRange, PutItem, PutReport};
 pub use config::{ByteSize, Config};
 pub use error::Error;
 pub use manager::{

@@ -179,7 +179,7 @@ async fn run(cli: Cli) -> Result<i32> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             };
-            let client = Client::connect(&target.server).await?;
+            let client = connect(&target.server).await?;
             let len = data.len();
             let report = client
                 .put(&target.namespace, &[PutItem::new(parse_key(&key)?, data.into())], durability.into())
@@ -195,7 +195,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Get { target, key, output } => {
             init_logging("warn", LogFormat::Text);
             let wire_key = parse_key(&key)?;
-            let client = Client::connect(&target.server).await?;
+            let client = connect(&target.server).await?;
             match client.get(&target.namespace, &[wire_key]).await?.remove(0) {
                 GetItem::Hit { data, tier, .. } => {
                     match output {
@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Lookup { target, keys } => {
             init_logging("warn", LogFormat::Text);
             let keys: Vec<Vec<u8>> = keys.iter().map(|k| parse_key(k)).collect::<Result<_>>()?;
-            let client = Client::connect(&target.server).await?;
+            let client = connect(&target.server).await?;
             let tiers = client.lookup(&target.namespace, &keys).await?;
             println!("prefix {} of {}", tiers.len(), keys.len());
             for (k, t) in keys.iter().zip(&tiers) {
@@ -231,7 +231,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Delete { target, keys } => {
             init_logging("warn", LogFormat::Text);
             let keys: Vec<Vec<u8>> = keys.iter().map(|k| parse_key(k)).collect::<Result<_>>()?;
-            let client = Client::connect(&target.server).await?;
+            let client = connect(&target.server).await?;
             for (k, d) in keys.iter().zip(client.delete(&target.namespace, &keys).await?) {
                 println!("{} {}", hex::encode(k), if d { "deleted" } else { "absent" });
             }
@@ -239,7 +239,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Stat { server, json } => {
             init_logging("warn", LogFormat::Text);
-            let stats = Client::connect(&server).await?.stats().await?;
+            let stats = connect(&server).await?.stats().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -345,4 +345,10 @@ pub(crate) fn render_stats(s: &Stats) -> String {
         );
     }
     out
+}
+
+/// A client of `server`, over TLS when `KVTIER_TLS_CA` names the CA (see `ClientTls::from_env`).
+async fn connect(server: &str) -> Result<Client> {
+    let tls = kvtier_blockmgr::ClientTls::from_env()?;
+    Ok(Client::connect_with(server, tls.as_ref()).await?)
 }

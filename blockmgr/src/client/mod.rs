@@ -136,13 +136,62 @@ pub struct Client {
 /// request from its own tiers only (it never forwards it), and only for a member.
 pub const PEER_HEADER: &str = "x-kvtier-peer";
 
+/// TLS for a connection to a node serving `[server.tls]` (PEM bytes).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The CA that signed the node's certificate.
+    pub ca: Vec<u8>,
+    /// This client's certificate and key, for a node that requires one (mTLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the node's certificate must carry, when not the host dialed (members dial
+    /// each other by node id).
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// From the files `KVTIER_TLS_CA` (and `KVTIER_TLS_CERT` / `KVTIER_TLS_KEY` for mTLS)
+    /// name, or `None` when `KVTIER_TLS_CA` is unset: how the `kvtier` CLI is given TLS.
+    pub fn from_env() -> Result<Option<Self>, ClientError> {
+        let Ok(ca) = std::env::var("KVTIER_TLS_CA") else { return Ok(None) };
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| ClientError::Address { addr: path.into(), reason: e.to_string() })
+        };
+        let identity = match (std::env::var("KVTIER_TLS_CERT"), std::env::var("KVTIER_TLS_KEY")) {
+            (Ok(cert), Ok(key)) => Some((read(&cert)?, read(&key)?)),
+            _ => None,
+        };
+        Ok(Some(ClientTls { ca: read(&ca)?, identity, domain: None }))
+    }
+}
+
 impl Client {
     /// Connects to `addr`: `http://host:port`, `host:port`, or `unix:///path/to/kvtier.sock`.
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        let uri =
-            if addr.starts_with("unix:") || addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::Address { addr: addr.into(), reason: e.to_string() })?
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects to `addr`, over TLS with `tls` (`host:port` then means `https://host:port`).
+    pub async fn connect_with(addr: &str, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = if addr.starts_with("unix:") || addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("{scheme}://{addr}")
+        };
+        let bad = |reason: String| ClientError::Address { addr: addr.into(), reason };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri).map_err(|e| bad(e.to_string()))?;
+        if let Some(tls) = tls {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(config).map_err(|e| bad(format!("TLS: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_adaptive_window(false)

@@ -65,6 +65,9 @@ pub struct Cluster {
     peers: tokio::sync::Mutex<HashMap<String, (String, Client)>>,
     /// Members whose last connection failed, until when they are skipped.
     down: Mutex<HashMap<String, Instant>>,
+    /// TLS to the other members (`[server.tls]` on): the cluster CA, this node's
+    /// certificate as client identity, and each member's id as the name to verify.
+    tls: Option<crate::ClientTls>,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -91,6 +94,7 @@ impl Cluster {
             changed: tokio::sync::watch::Sender::new(0),
             peers: tokio::sync::Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            tls: peer_tls(&config.server.tls)?,
             timeout: config.cluster.peer_timeout,
             metrics,
         };
@@ -163,7 +167,8 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let connected = tokio::time::timeout(self.timeout, Client::connect(&addr)).await;
+        let tls = self.tls.clone().map(|t| crate::ClientTls { domain: Some(id.to_string()), ..t });
+        let connected = tokio::time::timeout(self.timeout, Client::connect_with(&addr, tls.as_ref())).await;
         match connected.map_err(|_| "connecting timed out".to_string()).and_then(|c| c.map_err(|e| e.to_string())) {
             Ok(client) => {
                 let client = client.as_peer(&self.local).map_err(|e| e.to_string())?;
@@ -348,4 +353,17 @@ impl Cluster {
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
         Ok(())
     }
+}
+
+/// The members' TLS, from `[server.tls]`: none when it is off.
+fn peer_tls(tls: &crate::config::TlsConfig) -> Result<Option<crate::ClientTls>, Error> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
+    };
+    let identity = Some((read("cert", &tls.cert)?, read("key", &tls.key)?));
+    Ok(Some(crate::ClientTls { ca: read("ca", &tls.ca)?, identity, domain: None }))
 }

@@ -86,6 +86,32 @@ pub struct ServerConfig {
     /// Longest a graceful shutdown may take before exiting anyway. Default 30s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TLS on the TCP gRPC port (the Unix socket stays local and plain).
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: with `cert` and `key`, gRPC over TCP is TLS (rustls).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this node. Empty (default): plaintext. In a cluster, name
+    /// the node id among its DNS names: members dial each other by id.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA that signs the cluster's certificates: members verify each other with it (and
+    /// present `cert` to each other), and with `require_client_cert` every TCP client must
+    /// present a certificate it signed (mTLS): others are refused at the handshake.
+    pub ca: PathBuf,
+    /// Refuse TCP clients without a certificate signed by `ca`. Default false.
+    pub require_client_cert: bool,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
 }
 
 impl Default for ServerConfig {
@@ -100,6 +126,7 @@ impl Default for ServerConfig {
             chunk_size: ByteSize(4 << 20),
             persist_on_shutdown: true,
             shutdown_timeout: Duration::from_secs(30),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -424,6 +451,19 @@ impl Config {
                 "cpu.demotion_concurrency / ssd.max_concurrent_reads / blob.flush_concurrency",
                 "must be positive",
             );
+        }
+        let tls = &self.server.tls;
+        if tls.enabled() == tls.key.as_os_str().is_empty() {
+            return bad("server.tls", "cert and key go together");
+        }
+        if tls.require_client_cert && tls.ca.as_os_str().is_empty() {
+            return bad("server.tls.require_client_cert", "needs server.tls.ca to check client certificates");
+        }
+        if (!self.cluster.members.is_empty() || !self.cluster.etcd.is_empty())
+            && tls.enabled()
+            && tls.ca.as_os_str().is_empty()
+        {
+            return bad("server.tls.ca", "a cluster with TLS needs the CA its members verify each other with");
         }
         self.cluster.static_members()?;
         if !self.cluster.etcd.is_empty() {

@@ -99,3 +99,19 @@ fn etcd_membership_needs_an_address_the_others_can_reach() {
     let e = Config::parse("[cluster]\netcd = [\"http://e:2379\"]\nlease_ttl = \"1s\"").unwrap_err();
     assert!(e.to_string().contains("cluster.lease_ttl"), "{e}");
 }
+
+#[test]
+fn tls_settings_are_checked_together() {
+    let e = Config::parse("[server.tls]\ncert = \"/c.pem\"").unwrap_err().to_string();
+    assert!(e.contains("cert and key go together"), "{e}");
+    let e = Config::parse("[server.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nrequire_client_cert = true")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs server.tls.ca"), "{e}");
+    let e = Config::parse(
+        "[server.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[cluster]\nnode_id = \"a\"\nmembers = [\"a=1.2.3.4:5\"]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("server.tls.ca"), "{e}");
+}

@@ -86,7 +86,8 @@ impl RunningServer {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let grpc = || {
+        let tls = server_tls(&config.server.tls)?;
+        let grpc = |tls: Option<tonic::transport::ServerTlsConfig>| -> Result<_, Error> {
             let service = BlockStoreServer::new(BlockService::new(manager.clone(), config.server.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
@@ -96,7 +97,11 @@ impl RunningServer {
             let peer = PeerServer::new(PeerService::new(manager.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("server.tls: {e}")))?;
+            }
+            Ok(builder
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .http2_adaptive_window(Some(false))
@@ -104,16 +109,17 @@ impl RunningServer {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(service)
                 .add_service(objects)
-                .add_service(peer)
+                .add_service(peer))
         };
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
-        let (signal, router) = (wait_for(stopped.clone()), grpc());
+        let (signal, router) = (wait_for(stopped.clone()), grpc(tls)?);
         tasks.push(tokio::spawn(async move {
             router.serve_with_incoming_shutdown(incoming, signal).await.map_err(|e| format!("grpc tcp: {e}"))
         }));
+        let unix_router = grpc(None)?;
         let unix_socket = unix.map(|(path, listener)| {
             let signal = wait_for(stopped.clone());
-            let router = grpc();
+            let router = unix_router;
             tasks.push(tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
@@ -274,4 +280,24 @@ fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager,
             "a peer request from {from:?}, but this node is in no cluster ([cluster] members is empty)"
         ))),
     }
+}
+
+/// The TCP port's TLS settings, read from `[server.tls]` (none when it is off).
+fn server_tls(tls: &crate::config::TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read("cert", &tls.cert)?, read("key", &tls.key)?));
+    if !tls.ca.as_os_str().is_empty() {
+        config = config
+            .client_ca_root(Certificate::from_pem(read("ca", &tls.ca)?))
+            .client_auth_optional(!tls.require_client_cert);
+    }
+    Ok(Some(config))
 }
