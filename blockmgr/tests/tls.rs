@@ -128,4 +128,13 @@ async fn members_replicate_over_mutual_tls() {
     let n3 = Client::connect_with(&nodes[2].addrs.grpc, Some(&member)).await.unwrap().as_peer("n1").unwrap();
     let got = n3.get("tls/test", &items.iter().map(|i| i.key.clone()).collect::<Vec<_>>()).await.unwrap();
     assert!(got.iter().all(|g| matches!(g, GetItem::Hit { .. })), "n3 holds its own copies: {got:?}");
+
+    // A client with a good certificate that is not n2's cannot speak as n2.
+    let impostor = Client::connect_with(&nodes[0].addrs.grpc, Some(&pki.client(Some("trainer-0")))).await.unwrap();
+    let err = impostor.as_peer("n2").unwrap().get("tls/test", &[key(0)]).await.unwrap_err();
+    assert!(
+        matches!(&err, kvtier_blockmgr::ClientError::Status(s) if s.code() == tonic::Code::PermissionDenied),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not name this node id"), "{err}");
 }

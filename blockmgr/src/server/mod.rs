@@ -270,6 +270,7 @@ async fn next_message<T>(
 fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager, tonic::Status> {
     let Some(from) = request.metadata().get(crate::client::PEER_HEADER) else { return Ok(manager.clone()) };
     let from = from.to_str().unwrap_or("?");
+    check_peer_certificate(request, from)?;
     match manager.cluster() {
         Some(cluster) if cluster.is_member(from) => Ok(manager.here_only()),
         Some(cluster) => Err(tonic::Status::permission_denied(format!(
@@ -300,4 +301,22 @@ fn server_tls(tls: &crate::config::TlsConfig) -> Result<Option<tonic::transport:
             .client_auth_optional(!tls.require_client_cert);
     }
     Ok(Some(config))
+}
+
+/// Over TLS, a member proves its name: the certificate it presented (signed by the cluster
+/// CA, or the handshake would have failed) must name the node id it claims. Over the Unix
+/// socket (local) or plaintext TCP there is nothing to check.
+fn check_peer_certificate<T>(request: &tonic::Request<T>, from: &str) -> Result<(), tonic::Status> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().is_none() {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(tonic::Status::permission_denied(format!("a peer request as {from:?}: {why}")));
+    let Some(certs) = request.peer_certs() else { return refuse("a member must present its certificate") };
+    let Some(leaf) = certs.first() else { return refuse("a member must present its certificate") };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(from) else { return refuse("not a valid certificate name") };
+    match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) if cert.verify_is_valid_for_subject_name(&name).is_ok() => Ok(()),
+        _ => refuse("the client certificate does not name this node id"),
+    }
 }
