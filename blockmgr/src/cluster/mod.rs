@@ -360,10 +360,7 @@ fn peer_tls(tls: &crate::config::TlsConfig) -> Result<Option<crate::ClientTls>, 
     if !tls.enabled() {
         return Ok(None);
     }
-    let read = |field: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
-    };
-    let identity = Some((read("cert", &tls.cert)?, read("key", &tls.key)?));
-    Ok(Some(crate::ClientTls { ca: read("ca", &tls.ca)?, identity, domain: None }))
+    let crate::config::TlsPems { cert, key, ca } = tls.read_pems()?;
+    let ca = ca.ok_or_else(|| Error::Config("server.tls.ca: a cluster with TLS needs its CA".into()))?;
+    Ok(Some(crate::ClientTls { ca, identity: Some((cert, key)), domain: None }))
 }

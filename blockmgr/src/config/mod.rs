@@ -112,6 +112,27 @@ impl TlsConfig {
     pub fn enabled(&self) -> bool {
         !self.cert.as_os_str().is_empty()
     }
+
+    /// The PEM files read, each error naming the setting and the file.
+    pub fn read_pems(&self) -> Result<TlsPems, Error> {
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
+        };
+        let ca = if self.ca.as_os_str().is_empty() { None } else { Some(read("ca", &self.ca)?) };
+        Ok(TlsPems { cert: read("cert", &self.cert)?, key: read("key", &self.key)?, ca })
+    }
+}
+
+/// The contents of `[server.tls]`'s files.
+#[derive(Debug, Clone)]
+pub struct TlsPems {
+    /// The certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// The cluster CA, when set.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Default for ServerConfig {

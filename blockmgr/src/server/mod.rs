@@ -289,16 +289,10 @@ fn server_tls(tls: &crate::config::TlsConfig) -> Result<Option<tonic::transport:
     if !tls.enabled() {
         return Ok(None);
     }
-    let read = |field: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read("cert", &tls.cert)?, read("key", &tls.key)?));
-    if !tls.ca.as_os_str().is_empty() {
-        config = config
-            .client_ca_root(Certificate::from_pem(read("ca", &tls.ca)?))
-            .client_auth_optional(!tls.require_client_cert);
+    let crate::config::TlsPems { cert, key, ca } = tls.read_pems()?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = ca {
+        config = config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(!tls.require_client_cert);
     }
     Ok(Some(config))
 }
