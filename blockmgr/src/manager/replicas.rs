@@ -37,6 +37,17 @@ impl Inner {
         cluster.plan(&crate::objects::placement_key(key), replicas, quorum)
     }
 
+    /// The durability of an owner's copy fetched from a peer (a repair or a resync pull):
+    /// write-back when the peer's copy is not flushed yet (and this node can flush), else on
+    /// disk when there is one.
+    pub(super) fn owner_copy(&self, unflushed: bool) -> Durability {
+        match (unflushed && self.flusher.is_some(), self.ssd.is_some()) {
+            (true, _) => Durability::WriteBack,
+            (false, true) => Durability::LocalDisk,
+            (false, false) => Durability::Cache,
+        }
+    }
+
     /// Whether this node flushes `key` to Blob: alone, or as its primary owner now. The
     /// other owners hold their write-back copies unflushed (never evicted) until the
     /// primary says it flushed them, and flush them themselves if they become primary.
@@ -204,11 +215,7 @@ impl Manager {
             match cluster.get_from(id, key).await {
                 Ok(Some((block, tier))) => {
                     // An owner that lacked its copy repairs it; another node caches it.
-                    let keep = if plan.owns(local) && self.inner.ssd.is_some() {
-                        Durability::LocalDisk
-                    } else {
-                        Durability::Cache
-                    };
+                    let keep = if plan.owns(local) { self.inner.owner_copy(false) } else { Durability::Cache };
                     if let Err(e) = self.put_here(block.clone(), keep).await {
                         tracing::debug!(%key, error = %e, "keeping a copy read from a peer failed");
                     }

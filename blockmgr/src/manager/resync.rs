@@ -13,7 +13,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use kvtier_tiers::{BlockKey, Key, Namespace};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Durability, Manager};
+use super::Manager;
 use crate::cluster::Cluster;
 
 /// Buckets the key space is compared in.
@@ -152,12 +152,9 @@ impl Manager {
     ) -> Result<Option<u64>, String> {
         let Some((block, _)) = cluster.get_from(peer, key).await? else { return Ok(None) };
         let len = block.len();
-        let keep = match (unflushed && self.inner.flusher.is_some(), self.inner.ssd.is_some()) {
-            (true, _) => Durability::WriteBack,
-            (false, true) => Durability::LocalDisk,
-            (false, false) => Durability::Cache,
-        };
-        self.put_here(block, keep).await.map_err(|e| format!("{key}: keeping the copy pulled from {peer}: {e}"))?;
+        self.put_here(block, self.inner.owner_copy(unflushed))
+            .await
+            .map_err(|e| format!("{key}: keeping the copy pulled from {peer}: {e}"))?;
         if crate::objects::is_manifest_key(key) {
             self.learn_manifest(key).await;
         }

@@ -18,6 +18,9 @@ enum Owners {
     These(Plan),
 }
 
+/// One owner's answer to "what is the current manifest": by owner id.
+type OwnerAnswer = (String, Result<Option<Vec<u8>>, String>);
+
 fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
     serde_json::from_slice(json).map_err(|e| TierError::Unreachable {
         what: "an object's manifest".into(),
@@ -33,14 +36,24 @@ impl Manager {
         }
     }
 
+    /// The path's owners, and what each of the others says its current manifest is (the
+    /// JSON, or `None` for no such object); `None` for a node alone.
+    async fn ask_other_owners(&self, ns: &Namespace, path: &str) -> Option<(Plan, Vec<OwnerAnswer>)> {
+        let (Owners::These(plan), Some(cluster)) = (self.path_owners(ns, path), self.cluster()) else { return None };
+        let others = plan.owners.iter().filter(|id| *id != cluster.local_id());
+        let answers = futures::future::join_all(
+            others.map(|id| async move { (id.clone(), cluster.stat_object_on(id, ns.as_str(), path).await) }),
+        )
+        .await;
+        Some((plan, answers))
+    }
+
     /// The newest generation of `path` the other owners know (those that answer).
     pub(crate) async fn generation_elsewhere(&self, ns: &Namespace, path: &str) -> u64 {
-        let (Owners::These(plan), Some(cluster)) = (self.path_owners(ns, path), self.cluster()) else { return 0 };
-        let others = plan.owners.iter().filter(|id| *id != cluster.local_id());
-        let answers = futures::future::join_all(others.map(|id| cluster.stat_object_on(id, ns.as_str(), path))).await;
+        let Some((_, answers)) = self.ask_other_owners(ns, path).await else { return 0 };
         answers
             .into_iter()
-            .filter_map(|a| a.ok().flatten())
+            .filter_map(|(_, a)| a.ok().flatten())
             .filter_map(|json| serde_json::from_slice::<ObjectInfo>(&json).ok())
             .map(|info| info.generation)
             .max()
@@ -86,25 +99,18 @@ impl Manager {
     /// may not have resynced the latest commit yet).
     pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
-        let (plan, cluster) = match (self.path_owners(&ns, path), self.cluster()) {
-            (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return Ok(self.stat_object_here(&ns, path)),
+        let (Some((plan, answers)), Some(cluster)) = (self.ask_other_owners(&ns, path).await, self.cluster()) else {
+            return Ok(self.stat_object_here(&ns, path));
         };
-        let local = cluster.local_id();
-        let remote = plan.owners.iter().filter(|id| *id != local);
-        let answers = futures::future::join_all(
-            remote.map(|id| async move { (id, cluster.stat_object_on(id, namespace, path).await) }),
-        )
-        .await;
         let mut failures = Vec::new();
-        let mut answered = plan.owns(local);
+        let mut answered = plan.owns(cluster.local_id());
         let mut newest = if answered { self.stat_object_here(&ns, path) } else { None };
         for (id, answer) in answers {
             match answer {
                 Ok(json) => {
                     answered = true;
                     if let Some(json) = json {
-                        let info = parse(&json, id)?;
+                        let info = parse(&json, &id)?;
                         if newest.as_ref().is_none_or(|n| n.generation < info.generation) {
                             newest = Some(info);
                         }
