@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Node, data, free_port, key};
-use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem, cluster::Placement};
+use common::{Node, block_owners, data, free_port, key, path_owners};
+use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem};
 use tonic::Code;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
@@ -41,13 +41,6 @@ async fn holders(nodes: &[Node], ns: &str, k: &[u8]) -> HashSet<&'static str> {
     found
 }
 
-fn owners(ns: &str, k: &[u8], r: usize) -> Vec<&'static str> {
-    let placement = Placement::new(IDS);
-    let placement_key = [ns.as_bytes(), &[0], k].concat();
-    let owners = placement.owners(&placement_key, r);
-    IDS.iter().copied().filter(|id| owners.contains(id)).collect()
-}
-
 #[tokio::test]
 async fn blocks_land_on_their_owners_and_read_back_from_any_node() {
     let nodes = start_cluster(2);
@@ -61,7 +54,7 @@ async fn blocks_land_on_their_owners_and_read_back_from_any_node() {
     let mut elsewhere = 0;
     for item in &items {
         for (ns, r) in [("ckpt/run1", 2), ("kv/llama", 1)] {
-            let want = owners(ns, &item.key, r);
+            let want = block_owners(&IDS, ns, &item.key, r);
             let have = holders(&nodes, ns, &item.key).await;
             for owner in &want {
                 assert!(have.contains(owner), "{ns}: an owner ({owner}) lacks its copy: {have:?}");
@@ -84,7 +77,10 @@ async fn blocks_land_on_their_owners_and_read_back_from_any_node() {
     // A delete through any node removes every copy on the owners.
     assert!(reader.delete("ckpt/run1", &keys[..1]).await.unwrap()[0]);
     let left = holders(&nodes, "ckpt/run1", &keys[0]).await;
-    assert!(left.iter().all(|id| !owners("ckpt/run1", &keys[0], 2).contains(id)), "owners still hold it: {left:?}");
+    assert!(
+        left.iter().all(|id| !block_owners(&IDS, "ckpt/run1", &keys[0], 2).contains(id)),
+        "owners still hold it: {left:?}"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +104,7 @@ async fn a_put_needs_its_write_quorum_and_an_owners_kill_9_loses_no_read() {
     let reports = writer.put("ckpt/run1", &after, Durability::LocalDisk).await.unwrap();
     let mut refused = 0;
     for (item, r) in after.iter().zip(&reports) {
-        let needs_n2 = owners("ckpt/run1", &item.key, 2).contains(&"n2");
+        let needs_n2 = block_owners(&IDS, "ckpt/run1", &item.key, 2).contains(&"n2");
         match &r.result {
             Ok(()) => assert!(!needs_n2, "a block owned by the dead n2 was acknowledged"),
             Err((code, message)) => {
@@ -132,7 +128,7 @@ async fn a_put_needs_its_write_quorum_and_an_owners_kill_9_loses_no_read() {
     }
     for item in &after {
         let have = holders(&nodes, "ckpt/run1", &item.key).await;
-        assert!(owners("ckpt/run1", &item.key, 2).iter().all(|o| have.contains(o)), "{have:?}");
+        assert!(block_owners(&IDS, "ckpt/run1", &item.key, 2).iter().all(|o| have.contains(o)), "{have:?}");
     }
 }
 
@@ -158,16 +154,6 @@ async fn peer_requests_from_non_members_are_refused() {
     let peer = Client::connect(&single.addrs.grpc).await.unwrap().as_peer("n1").unwrap();
     let err = peer.delete("kv", &[key(1)]).await.unwrap_err();
     assert!(err.to_string().contains("this node is in no cluster"), "{err}");
-}
-
-/// The owners of `path`'s manifests (2 copies), primary first.
-fn path_owners(ns: &str, path: &str) -> Vec<&'static str> {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(path.as_bytes());
-    let placement_key = [ns.as_bytes(), &[0], b"m/", &digest[..24]].concat();
-    let placement = Placement::new(IDS);
-    let owners = placement.owners(&placement_key, 2);
-    owners.iter().map(|o| *IDS.iter().find(|id| *id == o).unwrap()).collect()
 }
 
 fn stream(data: &bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> + Send + 'static {
@@ -210,7 +196,7 @@ async fn objects_written_on_one_node_are_read_listed_replaced_and_deleted_from_a
     assert!(now == a || now == b, "the object is one version, whole");
 
     // An owner of the path's manifests dies: its other owner answers, chunks have 2 copies.
-    let owners = path_owners(ns, "step-1/rank-0.distcp");
+    let owners = path_owners(&IDS, ns, "step-1/rank-0.distcp");
     let victim = IDS.iter().position(|id| *id == owners[0]).unwrap();
     nodes[victim].kill9();
     let reader = nodes[(victim + 1) % 3].client().await;
@@ -265,7 +251,8 @@ async fn a_returning_node_pulls_the_writes_it_missed() {
     for r in writer.put("ckpt/run1", &items, Durability::LocalDisk).await.unwrap() {
         assert!(r.result.is_ok(), "W = 1: acknowledged with n2 down: {:?}", r.result);
     }
-    let missed: Vec<&PutItem> = items.iter().filter(|i| owners("ckpt/run1", &i.key, 2).contains(&"n2")).collect();
+    let missed: Vec<&PutItem> =
+        items.iter().filter(|i| block_owners(&IDS, "ckpt/run1", &i.key, 2).contains(&"n2")).collect();
     assert!(!missed.is_empty());
 
     // Back, n2 compares digests with n1 and n3 and pulls what it owns.

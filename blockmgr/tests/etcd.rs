@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Node, data, free_port, key};
+use common::{Node, block_owners, data, free_port, key, path_owners};
 use kvtier_blockmgr::{Durability, GetItem, PutItem};
 
 /// A one-member etcd for one test, killed on drop.
@@ -78,11 +78,7 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn wait_for_members(node: &Node, want: i64, within: Duration) {
-    let started = Instant::now();
-    while members(node) != want {
-        assert!(started.elapsed() < within, "{} members after {within:?}, not {want}", members(node));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(&format!("{want} members"), within, || members(node) == want);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,12 +139,6 @@ async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones()
     }
 }
 
-/// Placement over `ids`, as the nodes compute it.
-fn owners_among(ids: &[&str], ns: &str, k: &[u8]) -> Vec<String> {
-    let placement = kvtier_blockmgr::cluster::Placement::new(ids.iter().copied());
-    placement.owners(&[ns.as_bytes(), &[0], k].concat(), 2).into_iter().map(String::from).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_primarys_flush() {
     let etcd = Etcd::start();
@@ -177,7 +167,7 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     // Blocks whose primary is n2, acknowledged, then n2 killed before its flush: once its
     // lease expires, the surviving owners take the flush over, still once per block.
     let doomed: Vec<PutItem> = (1000..1200)
-        .filter(|&i| owners_among(&IDS, "ckpt/run1", &key(i))[0] == "n2")
+        .filter(|&i| block_owners(&IDS, "ckpt/run1", &key(i), 2)[0] == "n2")
         .take(10)
         .map(|i| PutItem::new(key(i), data(i, 30_000)))
         .collect();
@@ -192,15 +182,6 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     wait_until("nothing left unflushed", Duration::from_secs(10), || {
         [0, 2].iter().all(|&i| metric(&nodes[i], "unflushed_bytes") == 0)
     });
-}
-
-/// The owners of `path`'s manifests among `ids`, primary first.
-fn path_owners_among(ids: &[&str], ns: &str, path: &str) -> Vec<String> {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(path.as_bytes());
-    let placement = kvtier_blockmgr::cluster::Placement::new(ids.iter().copied());
-    let key = [ns.as_bytes(), &[0], b"m/", &digest[..24]].concat();
-    placement.owners(&key, 2).into_iter().map(String::from).collect()
 }
 
 /// Writes `data` as `path` (write-back: a checkpoint lands in Blob) through the live nodes
@@ -242,16 +223,16 @@ async fn checkpoints_survive_kill_9_of_a_primary_and_a_replica_and_a_stop_past_t
     write_round(&nodes, &[0, 1, 2], &mut acked).await;
 
     // 1. kill -9 of the primary of the next path, mid-run; it comes back after its lease.
-    let primary = path_owners_among(&IDS, "ckpt/run1", "step-5/rank-0.distcp")[0].clone();
-    let p = IDS.iter().position(|id| **id == primary).unwrap();
+    let primary = path_owners(&IDS, "ckpt/run1", "step-5/rank-0.distcp")[0];
+    let p = IDS.iter().position(|id| *id == primary).unwrap();
     nodes[p].kill9();
     faults += 1;
     let alive: Vec<usize> = (0..3).filter(|&i| i != p).collect();
     write_round(&nodes, &alive, &mut acked).await;
     nodes[p].restart();
     // 2. kill -9 of a replica (the second owner of the next path).
-    let replica = path_owners_among(&IDS, "ckpt/run1", "step-9/rank-0.distcp")[1].clone();
-    let r = IDS.iter().position(|id| **id == replica).unwrap();
+    let replica = path_owners(&IDS, "ckpt/run1", "step-9/rank-0.distcp")[1];
+    let r = IDS.iter().position(|id| *id == replica).unwrap();
     for node in &nodes {
         wait_for_members(node, 3, Duration::from_secs(4 * TTL_S));
     }

@@ -230,6 +230,24 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
 }
 
 /// Deterministic bytes for block `i`.
+/// The `r` owners among `ids` of block `k` of `ns`, primary first, as the nodes place it.
+pub fn block_owners(ids: &[&'static str], ns: &str, k: &[u8], r: usize) -> Vec<&'static str> {
+    owners_of(ids, &[ns.as_bytes(), &[0], k].concat(), r)
+}
+
+/// The 2 owners among `ids` of `path`'s manifests in `ns`, primary first.
+pub fn path_owners(ids: &[&'static str], ns: &str, path: &str) -> Vec<&'static str> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    owners_of(ids, &[ns.as_bytes(), &[0], b"m/", &digest[..24]].concat(), 2)
+}
+
+fn owners_of(ids: &[&'static str], placement_key: &[u8], r: usize) -> Vec<&'static str> {
+    let placement = kvtier_blockmgr::cluster::Placement::new(ids.iter().copied());
+    let owners = placement.owners(placement_key, r);
+    owners.iter().map(|o| *ids.iter().find(|id| *id == o).expect("a member")).collect()
+}
+
 /// A TCP port free at the moment (for configs that must name theirs).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
