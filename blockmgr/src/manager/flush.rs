@@ -444,16 +444,15 @@ async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, mut blocks: Vec<Block
     } else {
         *flusher.last_error.lock() = None;
     }
+    // Counted before the index says so: whoever sees a block flushed sees it counted.
+    let bytes: u64 = stored.iter().map(|b| b.len()).sum();
+    inner.metrics.flushed_blocks.inc_by(stored.len() as u64);
+    inner.metrics.flushed_bytes.inc_by(bytes);
     for block in &stored {
         inner.flushed(block, flusher.take_deleted(&block.key)).await;
     }
-    let write_back: Vec<BlockKey> =
-        stored.iter().filter(|b| inner.index.get(&b.key).is_some_and(|e| e.durable)).map(|b| b.key.clone()).collect();
-    inner.tell_owners_flushed(&write_back);
+    inner.tell_owners_flushed(&stored);
     if !stored.is_empty() {
-        let bytes: u64 = stored.iter().map(|b| b.len()).sum();
-        inner.metrics.flushed_blocks.inc_by(stored.len() as u64);
-        inner.metrics.flushed_bytes.inc_by(bytes);
         inner.metrics.latency.with_label_values(&["flush_batch"]).observe(started.elapsed().as_secs_f64());
         flusher.progress.notify_waiters();
     }

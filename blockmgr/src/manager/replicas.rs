@@ -56,13 +56,14 @@ impl Inner {
         self.plan_in(cluster, key).owners.first().is_none_or(|p| p == cluster.local_id())
     }
 
-    /// After a flush: tells the other owners of the write-back blocks flushed that Blob has
-    /// them, so their copies become evictable (in the background; one that misses the news
-    /// flushes its copy again if it becomes primary).
-    pub(super) fn tell_owners_flushed(&self, keys: &[BlockKey]) {
+    /// After a flush: tells the other owners of the write-back blocks among those flushed
+    /// that Blob has them, so their copies become evictable (in the background; one that
+    /// misses the news flushes its copy again if it becomes primary).
+    pub(super) fn tell_owners_flushed(&self, flushed: &[Block]) {
         let Some(cluster) = &self.cluster else { return };
         let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
-        for key in keys {
+        let write_back = flushed.iter().map(|b| &b.key).filter(|k| self.index.get(k).is_some_and(|e| e.durable));
+        for key in write_back {
             for owner in self.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
                 by_owner.entry(owner).or_default().push(key.clone());
             }
