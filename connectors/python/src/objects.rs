@@ -185,10 +185,13 @@ enum Upload {
 }
 
 /// A `PutObject` stream fed from Python: pieces go through a small channel to the call
-/// running on the client's runtime. A clean end of the stream commits, so the call is
-/// aborted (the server then deletes what it stored) unless `commit` ends it.
+/// running on the client's runtime. A clean end of the stream commits, so the stream ends
+/// only on `commit`'s end marker (`None`): a sender dropped without it (abort, a dropped
+/// upload) leaves the stream pending until the call is aborted, which the server sees as a
+/// cancelled put and deletes what it stored. (Ending the stream on the sender's drop raced
+/// with the abort: a call polled at that moment sent a clean end and committed.)
 struct RemoteUpload {
-    pieces: Option<mpsc::Sender<Bytes>>,
+    pieces: Option<mpsc::Sender<Option<Bytes>>>,
     call: JoinHandle<Result<kvtier_blockmgr::ObjectInfo, ClientError>>,
 }
 
@@ -200,15 +203,30 @@ impl RemoteUpload {
         durability: Durability,
         size: Option<u64>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
-        let pieces = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let (tx, rx) = mpsc::channel::<Option<Bytes>>(4);
+        let pieces = futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Some(Some(piece)) => Some((piece, rx)),
+                Some(None) => None, // commit
+                None => std::future::pending().await,
+            }
+        });
         let (client, namespace, path) = (client.clone(), namespace.to_string(), path.to_string());
         let call =
             runtime().spawn(async move { client.put_object(&namespace, &path, pieces, durability, size, None).await });
         RemoteUpload { pieces: Some(tx), call }
     }
 
-    /// The call's outcome once it ended (after the last piece, or on a refusal).
+    /// Ends the stream (the server commits) and waits for the call's answer.
+    fn commit(mut self) -> PyResult<kvtier_blockmgr::ObjectInfo> {
+        if let Some(tx) = self.pieces.take() {
+            // Fails only when the call already ended (refused): its answer says why.
+            let _ = tx.blocking_send(None);
+        }
+        self.outcome()
+    }
+
+    /// The call's answer once it ended (committed, refused or aborted).
     fn outcome(mut self) -> PyResult<kvtier_blockmgr::ObjectInfo> {
         self.pieces = None;
         let call = &mut self.call;
@@ -221,7 +239,8 @@ impl RemoteUpload {
 
 impl Drop for RemoteUpload {
     fn drop(&mut self) {
-        // Before the sender goes: a clean end of the stream would commit a partial object.
+        // Not committed: the stream is left pending (no end marker), and the call is
+        // cancelled, which the server takes as an abandoned put.
         self.call.abort();
     }
 }
@@ -240,7 +259,7 @@ impl ObjectUpload {
         let sent = py.detach(|| match upload {
             Upload::Remote(r) => {
                 let tx = r.pieces.as_ref().expect("the sender lives until the upload ends");
-                Ok(tx.blocking_send(Bytes::copy_from_slice(bytes)).is_ok())
+                Ok(tx.blocking_send(Some(Bytes::copy_from_slice(bytes))).is_ok())
             }
             Upload::Embedded(w) => runtime().block_on(w.write(bytes)).map(|()| true).map_err(|e| tier_error(&e)),
         });
@@ -269,7 +288,7 @@ impl ObjectUpload {
             return Err(KvtierError::new_err(format!("{}: the upload is already committed or aborted", self.path)));
         };
         let meta: Meta = py.detach(|| match upload {
-            Upload::Remote(r) => r.outcome().map(Meta::from),
+            Upload::Remote(r) => r.commit().map(Meta::from),
             Upload::Embedded(w) => {
                 if let Some(size) = self.size.filter(|&s| s != w.received().0) {
                     let got = w.received().0;
