@@ -37,7 +37,7 @@ echo "moto installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
 
 step "etcd (Debian etcd-server; the membership tests start their own)"
 scripts/etcd.sh install
-/usr/bin/etcd --version | head -1
+/usr/bin/etcd --version | sed -n 1p  # sed reads to the end: head would close the pipe early, and SIGPIPE fails pipefail
 
 step "format"
 cargo fmt --all --check
