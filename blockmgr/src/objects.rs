@@ -134,7 +134,9 @@ fn now_unix() -> u64 {
 }
 
 /// Bytes of a new object arriving piece by piece; chunks are stored as they fill.
-/// Nothing is visible until [`ObjectWriter::commit`].
+/// Nothing is visible until [`ObjectWriter::commit`]. A writer dropped before its commit or
+/// abort (a request cancelled by its client, a dropped Python upload) deletes its chunks
+/// in the background, as an abort would.
 pub struct ObjectWriter {
     manager: Manager,
     namespace: Namespace,
@@ -143,9 +145,14 @@ pub struct ObjectWriter {
     chunk_size: u64,
     id: u64,
     buf: BytesMut,
-    stored: u64,
+    /// Chunks whose store began (the last may have failed or been cut short).
+    begun: u64,
     size: u64,
     crc32c: u32,
+    /// Set at commit or abort: from then on `Drop` leaves the chunks alone.
+    finished: bool,
+    /// The runtime the chunks were stored from, for `Drop`'s clean-up.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for ObjectWriter {
@@ -154,7 +161,7 @@ impl std::fmt::Debug for ObjectWriter {
             .field("namespace", &self.namespace)
             .field("path", &self.path)
             .field("size", &self.size)
-            .field("chunks_stored", &self.stored)
+            .field("chunks_begun", &self.begun)
             .finish_non_exhaustive()
     }
 }
@@ -178,10 +185,26 @@ impl ObjectWriter {
 
     async fn store_chunk(&mut self) -> Result<(), TierError> {
         let bytes = self.buf.split().freeze();
-        let key = chunk_key(&self.namespace, self.id, self.stored);
+        let key = chunk_key(&self.namespace, self.id, self.begun);
+        self.runtime.get_or_insert_with(tokio::runtime::Handle::current);
+        self.begun += 1;
         self.manager.put(Block::new(key, bytes), self.durability).await?;
-        self.stored += 1;
         Ok(())
+    }
+
+    /// Deletes every chunk this writer may have stored, on a task of its own: a caller
+    /// cancelled while waiting (hyper drops a handler whose client reset the stream) does not
+    /// cut the clean-up short. `None` if nothing was stored.
+    fn delete_chunks(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.finished = true;
+        let runtime = self.runtime.take()?;
+        let keys: Vec<BlockKey> = (0..self.begun).map(|i| chunk_key(&self.namespace, self.id, i)).collect();
+        let manager = self.manager.clone();
+        Some(runtime.spawn(async move {
+            for key in keys {
+                manager.delete(&key).await;
+            }
+        }))
     }
 
     /// Bytes received so far, and their CRC-32C.
@@ -203,13 +226,25 @@ impl ObjectWriter {
             created_unix: now_unix(),
             id: self.id,
         };
+        // From here a manifest may name the chunks, so they are never deleted on this
+        // writer's behalf: a commit that fails or is cut short leaves them to the start-up
+        // sweep of unnamed chunks rather than risk breaking a version that did commit.
+        self.finished = true;
         self.manager.commit_manifest(&self.namespace, info, self.durability).await
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
-    pub async fn abort(self) {
-        for i in 0..self.stored {
-            self.manager.delete(&chunk_key(&self.namespace, self.id, i)).await;
+    pub async fn abort(mut self) {
+        if let Some(deleting) = self.delete_chunks() {
+            let _ = deleting.await;
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if !self.finished && self.delete_chunks().is_some() {
+            tracing::debug!(path = %self.path, "an object upload dropped before its commit: deleting its chunks");
         }
     }
 }
@@ -251,9 +286,11 @@ impl Manager {
             chunk_size: self.object_chunk_size(),
             id: rand::random(),
             buf: BytesMut::new(),
-            stored: 0,
+            begun: 0,
             size: 0,
             crc32c: 0,
+            finished: false,
+            runtime: None,
         })
     }
 

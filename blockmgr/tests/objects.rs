@@ -97,3 +97,63 @@ async fn a_truncated_or_mismatched_upload_never_commits() {
     assert_eq!(client.read_object(NS, "weights.bin", ObjectRange::all()).await.unwrap(), old);
     assert_eq!(client.stats().await.unwrap().index_blocks, blocks_before);
 }
+
+#[tokio::test]
+async fn only_the_commit_message_commits_an_upload() {
+    use futures::StreamExt;
+    use kvtier_proto::v1::{self, put_object_request::Msg};
+    let node = Node::start();
+    let client = node.client().await;
+    let old = data(1, 100_000);
+    client.put_object(NS, "weights.bin", pieces(&old, 10_000), Durability::LocalDisk, None, None).await.unwrap();
+    let blocks_before = client.stats().await.unwrap().index_blocks;
+
+    // A stream that ends cleanly after its bytes but without `commit`: ABORTED, not kept.
+    let mut raw = v1::objects_client::ObjectsClient::connect(format!("http://{}", node.addrs.grpc)).await.unwrap();
+    let open = v1::PutObjectOpen {
+        namespace: NS.into(),
+        path: "weights.bin".into(),
+        durability: v1::Durability::LocalDisk as i32,
+        size: None,
+        crc32c: None,
+    };
+    let msgs = vec![Msg::Open(open), Msg::Data(data(2, 1 << 20)), Msg::Data(data(3, 1 << 20))];
+    let requests = futures::stream::iter(msgs).map(|m| v1::PutObjectRequest { msg: Some(m) });
+    let status = raw.put_object(requests).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status}");
+    assert!(status.message().contains("without `commit`") && status.message().contains("not committed"), "{status}");
+
+    // A call cancelled mid-upload (the client's task is aborted: HTTP/2 RST_STREAM CANCEL,
+    // which the server's HTTP stack hands over as a clean end of the request).
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    let stalled = pieces(&data(4, 3 << 20), 1 << 20)
+        .inspect(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .chain(futures::stream::pending());
+    let uploader = client.clone();
+    let call = tokio::spawn(async move {
+        uploader.put_object(NS, "weights.bin", stalled, Durability::LocalDisk, None, None).await
+    });
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the pieces reach the node
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    // The node deletes what either upload stored, well before the 2s idle timeout would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client.stats().await.unwrap().index_blocks != blocks_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned uploads' chunks were never deleted: {}",
+            node.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let info = client.stat_object(NS, "weights.bin").await.unwrap().expect("the object");
+    assert_eq!(info.generation, 1, "nothing but the first put committed");
+    assert_eq!(client.read_object(NS, "weights.bin", ObjectRange::all()).await.unwrap(), old, "the old version stands");
+}

@@ -66,8 +66,10 @@ impl Client {
                 (0..n).map(move |i| b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len()))),
             )
         });
+        // `commit` follows the last piece: a call cancelled before it never commits.
         let msgs = futures::stream::once(async move { PutMsg::Open(open) })
             .chain(pieces.filter(|p| futures::future::ready(!p.is_empty())).map(PutMsg::Data))
+            .chain(futures::stream::once(async { PutMsg::Commit(v1::PutObjectCommit {}) }))
             .map(|m| v1::PutObjectRequest { msg: Some(m) });
         Ok(self.objects.clone().put_object(self.request(msgs)).await?.into_inner())
     }

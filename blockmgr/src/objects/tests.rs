@@ -90,14 +90,29 @@ async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
     w.abort().await;
     assert_eq!((m.stat_object(NS, "model.bin").await.unwrap(), m.stats().await.index_blocks), (None, 0));
 
-    // One cut short by a crash (neither committed nor aborted) is cleared at the next start;
-    // a committed object beside it stays whole.
+    // One dropped without either (a cancelled request) deletes its chunks in the background.
     let kept = pattern(4, 600_000);
     put(&m, "kept.bin", &kept).await;
     let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
     w.write(&pattern(5, 1_200_000)).await.unwrap();
+    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the dropped upload's two chunks are stored");
     drop(w);
-    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the cut-short upload's two chunks are stored");
+    for _ in 0..100 {
+        if m.stats().await.index_blocks == 1 + 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.stats().await.index_blocks, 1 + 2, "the dropped upload's chunks are deleted");
+
+    // One cut short by a crash (chunks stored, no manifest, no writer left to clean up) is
+    // cleared at the next start; a committed object beside it stays whole.
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    for i in 0..2 {
+        let chunk = kvtier_tiers::Block::new(super::chunk_key(&ns, 7, i), pattern(6, 1000));
+        m.put(chunk, Durability::LocalDisk).await.unwrap();
+    }
+    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the crashed upload's two chunks are stored");
     drop(m);
     let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
     assert_eq!(m.stats().await.index_blocks, 1 + 2, "only the committed object is left");

@@ -60,10 +60,24 @@ impl objects_server::Objects for ObjectService {
         let mut writer =
             self.manager.write_object(&open.namespace, &open.path, durability).map_err(|e| status_of(&e))?;
         let received = async {
-            while let Some(msg) = self.next(&mut stream).await? {
-                match msg {
-                    PutMsg::Data(bytes) => writer.write(&bytes).await.map_err(|e| status_of(&e))?,
-                    PutMsg::Open(_) => return Err(Status::invalid_argument("a second `open` in one object put")),
+            // Only `commit` commits: hyper ends the request body cleanly on a client's
+            // RST_STREAM CANCEL, so an aborted upload looks, here, like one that ended.
+            loop {
+                match self.next(&mut stream).await? {
+                    Some(PutMsg::Data(bytes)) => writer.write(&bytes).await.map_err(|e| status_of(&e))?,
+                    Some(PutMsg::Commit(_)) => break,
+                    Some(PutMsg::Open(_)) => {
+                        return Err(Status::invalid_argument("a second `open` in one object put"));
+                    }
+                    None => {
+                        return Err(Status::aborted(format!(
+                            "{}/{}: the put stream ended without `commit` (the client cancelled or broke \
+                             off); {} bytes received, not committed",
+                            open.namespace,
+                            open.path,
+                            writer.received().0
+                        )));
+                    }
                 }
             }
             let (size, crc32c) = writer.received();
@@ -82,7 +96,14 @@ impl objects_server::Objects for ObjectService {
             writer.abort().await;
             return Err(status);
         }
-        let info = writer.commit().await.map_err(|e| status_of(&e))?;
+        // Once `commit` arrived the commit runs to its end, even if the client goes away
+        // (hyper drops this handler when the client resets the stream): half a commit would
+        // leave its chunks to the start-up sweep. (A handler dropped before `commit` drops
+        // the writer, which deletes its chunks.)
+        let info = tokio::spawn(writer.commit())
+            .await
+            .map_err(|e| Status::internal(format!("the commit of {}/{} failed: {e}", open.namespace, open.path)))?
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(v1::ObjectInfo::from(&info)))
     }
 

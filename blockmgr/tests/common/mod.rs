@@ -194,7 +194,8 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
     let mut child = cmd
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        // KVTIER_TEST_LOG=debug (any RUST_LOG filter) lets a failing test's node say more.
+        .env("RUST_LOG", std::env::var("KVTIER_TEST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()

@@ -175,7 +175,8 @@ impl Client {
 pub(crate) struct ObjectUpload {
     path: String,
     size: Option<u64>,
-    /// `None` once committed or aborted.
+    /// `None` once committed or aborted. Dropped open, either kind cleans up: a remote
+    /// one cancels its call, an embedded `ObjectWriter` deletes its chunks.
     upload: Mutex<Option<Upload>>,
 }
 
@@ -185,11 +186,10 @@ enum Upload {
 }
 
 /// A `PutObject` stream fed from Python: pieces go through a small channel to the call
-/// running on the client's runtime. A clean end of the stream commits, so the stream ends
-/// only on `commit`'s end marker (`None`): a sender dropped without it (abort, a dropped
-/// upload) leaves the stream pending until the call is aborted, which the server sees as a
-/// cancelled put and deletes what it stored. (Ending the stream on the sender's drop raced
-/// with the abort: a call polled at that moment sent a clean end and committed.)
+/// running on the client's runtime. The pieces end only on `commit`'s end marker (`None`),
+/// after which the client sends the protocol's `commit` message; a sender dropped without
+/// it (abort, a dropped upload) leaves the stream pending until the call is aborted, and
+/// the server, seeing no `commit`, deletes what it stored.
 struct RemoteUpload {
     pieces: Option<mpsc::Sender<Option<Bytes>>>,
     call: JoinHandle<Result<kvtier_blockmgr::ObjectInfo, ClientError>>,
@@ -347,14 +347,5 @@ impl ObjectUpload {
     fn __repr__(&self) -> String {
         let state = if self.upload.lock().expect("upload lock").is_some() { "open" } else { "closed" };
         format!("ObjectUpload({:?}, {state})", self.path)
-    }
-}
-
-impl Drop for ObjectUpload {
-    fn drop(&mut self) {
-        // Dropped open (never committed): nothing of it is kept.
-        if let Some(Upload::Embedded(w)) = self.upload.get_mut().expect("upload lock").take() {
-            runtime().spawn(w.abort());
-        }
     }
 }
