@@ -45,7 +45,7 @@ pub mod conformance;
 mod fault_proxy;
 
 mod blob;
-pub use blob::{BlobTier, BlobTierBuilder, Compaction, Retries, StoreRequests};
+pub use blob::{BlobTier, BlobTierBuilder, Compaction, ObjectBlobs, Retries, StoreRequests, Upload, chunks_per_part};
 pub use block::{Block, check_block_size, crc32c, crc32c_append};
 pub use cpu::{CpuTier, CpuTierBuilder, Reservation, sealed_memfd};
 pub use error::{Error, Result};

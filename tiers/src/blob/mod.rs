@@ -17,6 +17,8 @@
 
 mod compact;
 mod format;
+mod objects;
+mod staged_parts;
 mod store;
 
 use std::{
@@ -33,7 +35,11 @@ use object_store::{ObjectStore, PutPayload, path::Path};
 use parking_lot::Mutex;
 
 use self::format::{Entry, Stamp};
-pub use self::{compact::Compaction, store::Retries};
+pub use self::{
+    compact::Compaction,
+    objects::{ObjectBlobs, Upload, chunks_per_part},
+    store::Retries,
+};
 use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};
 
 /// Where a stored block's bytes are.
@@ -128,6 +134,17 @@ impl Counters {
     fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    fn snapshot(&self) -> StoreRequests {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreRequests {
+            puts: get(&self.puts),
+            put_bytes: get(&self.put_bytes),
+            gets: get(&self.gets),
+            get_bytes: get(&self.get_bytes),
+            other: get(&self.other),
+        }
+    }
 }
 
 /// Builds a [`BlobTier`].
@@ -188,22 +205,8 @@ impl BlobTierBuilder {
     /// records. (A node whose store is unreachable at start serves its local tiers
     /// meanwhile.)
     pub fn build(self) -> Result<BlobTier> {
-        // `az://container/prefix` as Azure users write it; object_store's URL parser reads
-        // `az://` as `az://account/container/...` and would drop the prefix, so it is given
-        // the equivalent `azure://container/prefix`.
-        let normalized = match self.url.strip_prefix("az://") {
-            Some(rest) => format!("azure://{rest}"),
-            None => self.url.clone(),
-        };
-        let parsed =
-            url::Url::parse(&normalized).map_err(|e| Error::config("blob.url", format!("{}: {e}", self.url)))?;
-        let local_dir = match parsed.scheme() {
-            "file" => Some(
-                parsed.to_file_path().map_err(|()| Error::config("blob.url", "a file URL needs an absolute path"))?,
-            ),
-            _ => None,
-        };
-        let (store, prefix) = store::open(&parsed, &self.options, self.retries)?;
+        let (parsed, local_dir) = store::parse(&self.url, "blob.url")?;
+        let store::Opened { store, prefix, .. } = store::open(&parsed, &self.options, self.retries)?;
         let tier = BlobTier {
             store,
             prefix: prefix.to_string(),
@@ -284,15 +287,7 @@ impl BlobTier {
 
     /// Requests sent to the store so far.
     pub fn requests(&self) -> StoreRequests {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StoreRequests {
-            puts: get(&c.puts),
-            put_bytes: get(&c.put_bytes),
-            gets: get(&c.gets),
-            get_bytes: get(&c.get_bytes),
-            other: get(&c.other),
-        }
+        self.counters.snapshot()
     }
 
     fn store_error(&self, op: &'static str, object: &str, source: object_store::Error) -> Error {
@@ -605,8 +600,8 @@ impl Tier for BlobTier {
 /// store itself (for tests: a bit flipped at rest).
 #[cfg(any(test, feature = "conformance"))]
 pub(crate) async fn damage_copy(url: &str, options: Vec<(String, String)>, key: &crate::BlockKey) {
-    let url = url::Url::parse(&url.replacen("az://", "azure://", 1)).unwrap();
-    let (store, prefix) = store::open(&url, &options, Retries::default()).unwrap();
+    let (url, _) = store::parse(url, "blob.url").unwrap();
+    let store::Opened { store, prefix, .. } = store::open(&url, &options, Retries::default()).unwrap();
     let idx: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/idx")))).try_collect().await.unwrap();
     for meta in idx {
         let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();

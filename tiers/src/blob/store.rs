@@ -15,9 +15,11 @@ use object_store::{
     gcp::{GoogleCloudStorageBuilder, GoogleConfigKey},
     local::LocalFileSystem,
     memory::InMemory,
+    multipart::MultipartStore,
     path::Path,
 };
 
+use super::staged_parts::StagedParts;
 use crate::{Error, Result};
 
 /// How often and how long one request to the store is retried before its error surfaces.
@@ -51,12 +53,36 @@ impl Retries {
     }
 }
 
-/// The store and the prefix inside it that `url` names.
-pub(super) fn open(
-    url: &url::Url,
-    options: &[(String, String)],
-    retries: Retries,
-) -> Result<(Arc<dyn ObjectStore>, Path)> {
+/// `url` as the store parser reads it, and the directory of a `file://` URL. `setting` names
+/// the configuration it came from, for errors.
+pub(super) fn parse(url: &str, setting: &str) -> Result<(url::Url, Option<std::path::PathBuf>)> {
+    // `az://container/prefix` as Azure users write it; object_store's URL parser reads
+    // `az://` as `az://account/container/...` and would drop the prefix, so it is given
+    // the equivalent `azure://container/prefix`.
+    let normalized = match url.strip_prefix("az://") {
+        Some(rest) => format!("azure://{rest}"),
+        None => url.to_string(),
+    };
+    let parsed = url::Url::parse(&normalized).map_err(|e| Error::config(setting, format!("{url}: {e}")))?;
+    let local_dir = match parsed.scheme() {
+        "file" => {
+            Some(parsed.to_file_path().map_err(|()| Error::config(setting, "a file URL needs an absolute path"))?)
+        }
+        _ => None,
+    };
+    Ok((parsed, local_dir))
+}
+
+/// What `url` names: the store, the same store's multipart uploads (staged parts and one
+/// commit: Azure's Put Block / Put Block List, S3's multipart upload), and the prefix.
+pub(super) struct Opened {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) parts: Arc<dyn MultipartStore>,
+    pub(super) prefix: Path,
+}
+
+/// The store, its multipart uploads and the prefix inside it that `url` names.
+pub(super) fn open(url: &url::Url, options: &[(String, String)], retries: Retries) -> Result<Opened> {
     let (scheme, prefix) =
         ObjectStoreScheme::parse(url).map_err(|e| Error::config("blob.url", format!("{url}: {e}")))?;
     let unknown = |key: &str| {
@@ -65,19 +91,27 @@ pub(super) fn open(
             format!("{key:?} is not an option of {scheme:?} stores (see object_store's config keys)"),
         )
     };
-    fn built<S: ObjectStore>(url: &url::Url, r: object_store::Result<S>) -> Result<Arc<dyn ObjectStore>> {
-        let store = r.map_err(|e| Error::config("blob", format!("cannot set up the store at {url}: {e}")))?;
-        Ok(Arc::new(store))
+    type Both = (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>);
+    fn built<S: ObjectStore + MultipartStore>(url: &url::Url, r: object_store::Result<S>) -> Result<Both> {
+        let store = Arc::new(r.map_err(|e| Error::config("blob", format!("cannot set up the store at {url}: {e}")))?);
+        Ok((store.clone(), store))
     }
     let text = url.to_string();
-    let store: Arc<dyn ObjectStore> = match scheme {
+    let (store, parts): Both = match scheme {
         ObjectStoreScheme::Local | ObjectStoreScheme::Memory => {
             if let Some((key, _)) = options.first() {
                 return Err(unknown(key));
             }
             match scheme {
-                ObjectStoreScheme::Local => Arc::new(LocalFileSystem::new()),
-                _ => Arc::new(InMemory::new()),
+                ObjectStoreScheme::Local => {
+                    // Staged parts' directories go once empty.
+                    let staging = Arc::new(LocalFileSystem::new().with_automatic_cleanup(true));
+                    (Arc::new(LocalFileSystem::new()), Arc::new(StagedParts::new(staging)))
+                }
+                _ => {
+                    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+                    (memory.clone(), Arc::new(StagedParts::new(memory)))
+                }
             }
         }
         ObjectStoreScheme::MicrosoftAzure => {
@@ -108,5 +142,5 @@ pub(super) fn open(
             ));
         }
     };
-    Ok((store, prefix))
+    Ok(Opened { store, parts, prefix })
 }
