@@ -74,6 +74,16 @@ pub struct Metrics {
     pub resync_bytes: IntCounter,
     /// Resync steps that failed (a peer unreachable, a block unreadable).
     pub resync_failures: IntCounter,
+    /// Objects whose file this node committed in Blob, under their own names.
+    pub objects_exported: IntCounter,
+    /// Bytes of those objects.
+    pub object_export_bytes: IntCounter,
+    /// Parts of objects' files this node staged in Blob (its share of the fan-in).
+    pub object_parts_staged: IntCounter,
+    /// Exports that failed (and are retried).
+    pub object_export_failures: IntCounter,
+    /// Object chunks read back from their object's file in Blob (no node held them).
+    pub object_blob_reads: IntCounter,
     /// Capacity of each tier (bytes), refreshed on scrape.
     pub tier_capacity: IntGaugeVec,
     /// Used bytes of each tier, refreshed on scrape.
@@ -185,6 +195,11 @@ impl Metrics {
             resync_blocks: one_counter("resync_blocks_total", "Blocks pulled from peers by resync"),
             resync_bytes: one_counter("resync_bytes_total", "Bytes pulled from peers by resync"),
             resync_failures: one_counter("resync_failures_total", "Resync steps that failed"),
+            objects_exported: one_counter("objects_exported_total", "Objects committed in Blob under their own names"),
+            object_export_bytes: one_counter("object_export_bytes_total", "Bytes of the objects committed in Blob"),
+            object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),
+            object_export_failures: one_counter("object_export_failures_total", "Object exports that failed"),
+            object_blob_reads: one_counter("object_blob_reads_total", "Object chunks read from their file in Blob"),
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),

@@ -46,6 +46,10 @@ pub struct ObjectInfo {
     pub created_unix: u64,
     /// The random id naming this generation's chunks.
     id: u64,
+    /// Each chunk's CRC-32C: a chunk read back from the object's file in Blob is checked
+    /// against it. (Manifests written before it existed have none.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chunk_crc32c: Vec<u32>,
 }
 
 impl ObjectInfo {
@@ -108,10 +112,15 @@ pub(crate) fn is_manifest_key(key: &BlockKey) -> bool {
     k.starts_with(MANIFEST) && k.len() == 34
 }
 
+/// Whether `key` is an object's chunk (by its prefix and length).
+pub(crate) fn is_chunk_key(key: &BlockKey) -> bool {
+    let k = key.key.as_bytes();
+    k.starts_with(CHUNK) && k.len() == 14
+}
+
 /// Whether `key` is an object's chunk or manifest.
 pub(crate) fn is_object_key(key: &BlockKey) -> bool {
-    let k = key.key.as_bytes();
-    is_manifest_key(key) || (k.starts_with(CHUNK) && k.len() == 14)
+    is_manifest_key(key) || is_chunk_key(key)
 }
 
 /// What places `key` on nodes: its namespace and bytes, except that every generation of a
@@ -149,6 +158,7 @@ pub struct ObjectWriter {
     begun: u64,
     size: u64,
     crc32c: u32,
+    chunk_crc32c: Vec<u32>,
     /// Set at commit or abort: from then on `Drop` leaves the chunks alone.
     finished: bool,
     /// The runtime the chunks were stored from, for `Drop`'s clean-up.
@@ -188,7 +198,9 @@ impl ObjectWriter {
         let key = chunk_key(&self.namespace, self.id, self.begun);
         self.runtime.get_or_insert_with(tokio::runtime::Handle::current);
         self.begun += 1;
-        self.manager.put(Block::new(key, bytes), self.durability).await?;
+        let block = Block::new(key, bytes);
+        self.chunk_crc32c.push(block.crc32c);
+        self.manager.put(block, self.durability).await?;
         Ok(())
     }
 
@@ -225,6 +237,7 @@ impl ObjectWriter {
             crc32c: self.crc32c,
             created_unix: now_unix(),
             id: self.id,
+            chunk_crc32c: std::mem::take(&mut self.chunk_crc32c),
         };
         // From here a manifest may name the chunks, so they are never deleted on this
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
@@ -289,6 +302,7 @@ impl Manager {
             begun: 0,
             size: 0,
             crc32c: 0,
+            chunk_crc32c: Vec::new(),
             finished: false,
             runtime: None,
         })
@@ -337,6 +351,8 @@ impl Manager {
             let index = at / info.chunk_size;
             let chunk = match m.get(&chunk_key(&ns, info.id, index)).await {
                 GetOutcome::Hit { block, .. } => block.data,
+                // No node holds it: the object's file in Blob may.
+                GetOutcome::Miss { .. } if let Some(data) = m.chunk_from_blob(&ns, &info, index).await => data,
                 GetOutcome::Miss { reason, message } => {
                     let what = format!(
                         "{ns}/{}: chunk {index} of generation {} cannot be read ({reason:?}: {message})",
@@ -362,6 +378,7 @@ impl Manager {
             return false;
         };
         self.remove_generation(ns, &info).await;
+        self.delete_export(ns, path).await;
         true
     }
 
@@ -423,5 +440,8 @@ impl Manager {
 }
 
 mod cluster;
+mod export;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use export::Exports;

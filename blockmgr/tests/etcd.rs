@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Node, block_owners, data, free_port, key, path_owners};
+use common::{Node, block_owners, data, free_port, key, path_owners, wait_until};
 use kvtier_blockmgr::{Durability, GetItem, PutItem};
 
 /// A one-member etcd for one test, killed on drop.
@@ -55,26 +55,9 @@ fn start_nodes(etcd: &Etcd, extra: &str) -> Vec<Node> {
         .collect()
 }
 
-/// The value of an unlabelled metric of `node` (`kvtier_` + `name`).
-fn metric(node: &Node, name: &str) -> u64 {
-    let metrics = node.http_get("/metrics");
-    let prefix = format!("kvtier_{name} ");
-    let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}"));
-    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
-}
-
 /// The members `node` sees.
 fn members(node: &Node) -> i64 {
-    metric(node, "cluster_members") as i64
-}
-
-/// Waits until `done` holds.
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    node.metric("cluster_members") as i64
 }
 
 fn wait_for_members(node: &Node, want: i64, within: Duration) {
@@ -149,7 +132,7 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     }
     let writer = nodes[0].client().await;
     let flushed =
-        |nodes: &[Node], alive: &[usize]| alive.iter().map(|&i| metric(&nodes[i], "flushed_blocks_total")).sum::<u64>();
+        |nodes: &[Node], alive: &[usize]| alive.iter().map(|&i| nodes[i].metric("flushed_blocks_total")).sum::<u64>();
 
     // Two copies each, one flush each: Blob gets every byte once, and the replicas' copies
     // are released once the primary says it flushed them.
@@ -160,9 +143,7 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     wait_until("20 flushes", Duration::from_secs(15), || flushed(&nodes, &[0, 1, 2]) >= 20);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(flushed(&nodes, &[0, 1, 2]), 20, "each block flushed once, by its primary");
-    wait_until("replicas released", Duration::from_secs(10), || {
-        nodes.iter().all(|n| metric(n, "unflushed_bytes") == 0)
-    });
+    wait_until("replicas released", Duration::from_secs(10), || nodes.iter().all(|n| n.metric("unflushed_bytes") == 0));
 
     // Blocks whose primary is n2, acknowledged, then n2 killed before its flush: once its
     // lease expires, the surviving owners take the flush over, still once per block.
@@ -180,7 +161,7 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(flushed(&nodes, &[0, 2]), before + 10, "each of the dead primary's blocks flushed once");
     wait_until("nothing left unflushed", Duration::from_secs(10), || {
-        [0, 2].iter().all(|&i| metric(&nodes[i], "unflushed_bytes") == 0)
+        [0, 2].iter().all(|&i| nodes[i].metric("unflushed_bytes") == 0)
     });
 }
 

@@ -8,81 +8,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, data, key};
+use common::{
+    Node,
+    blob::{Backend, Store},
+    data, key,
+};
 use kvtier_blockmgr::{Client, Durability, GetItem, MissReason, PutItem, Stats};
 use kvtier_tiers::{
-    BlobTier, BlobTierBuilder, BlockKey, Tier, TierExt, TierKind,
+    BlobTierBuilder, BlockKey, Tier, TierExt, TierKind,
     conformance::{Azurite, FaultProxy},
 };
 use tonic::Code;
 
 const NS: &str = "acme/ckpt/run1";
 const BLOCK: usize = 256 << 10;
-
-/// Where the node's Blob tier lives.
-enum Store {
-    Dir(tempfile::TempDir),
-    Azurite(Azurite),
-}
-
-struct Backend {
-    store: Store,
-    url: String,
-}
-
-impl Backend {
-    fn dir() -> Backend {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}/bucket/kv", dir.path().display());
-        Backend { store: Store::Dir(dir), url }
-    }
-
-    fn azurite() -> Backend {
-        Backend { store: Store::Azurite(Azurite::start()), url: "az://kvtier/nodes/kv".into() }
-    }
-
-    fn options(&self) -> Vec<(String, String)> {
-        match &self.store {
-            Store::Dir(_) => Vec::new(),
-            Store::Azurite(a) => a.options(),
-        }
-    }
-
-    /// The node's `[blob]` table: 4 MiB segments plus `extra` lines.
-    fn toml(&self, extra: &str) -> String {
-        let options: String = self.options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
-        let segment = if extra.contains("segment_size") { "" } else { "segment_size = \"4MiB\"" };
-        format!("[blob]\nurl = \"{}\"\n{segment}\n{extra}\n[blob.options]\n{options}", self.url)
-    }
-
-    /// An independent view of what Blob holds (a fresh replay of its records).
-    async fn view(&self) -> BlobTier {
-        BlobTierBuilder::new(&self.url).options(self.options()).open().await.unwrap()
-    }
-
-    /// Makes the store unreachable: Azurite stops; a directory is moved away and a plain
-    /// file takes its place, so every write under it fails.
-    fn stop(&mut self) {
-        match &mut self.store {
-            Store::Azurite(a) => a.stop(),
-            Store::Dir(d) => {
-                let bucket = d.path().join("bucket");
-                std::fs::rename(&bucket, d.path().join("away")).unwrap();
-                std::fs::write(&bucket, b"not a directory").unwrap();
-            }
-        }
-    }
-
-    fn resume(&mut self) {
-        match &mut self.store {
-            Store::Azurite(a) => a.resume(),
-            Store::Dir(d) => {
-                std::fs::remove_file(d.path().join("bucket")).unwrap();
-                std::fs::rename(d.path().join("away"), d.path().join("bucket")).unwrap();
-            }
-        }
-    }
-}
 
 fn items(range: std::ops::Range<u64>) -> Vec<PutItem> {
     range.map(|i| PutItem::new(key(i), data(i, BLOCK))).collect()

@@ -353,6 +353,33 @@ impl Cluster {
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
         Ok(())
     }
+
+    /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part
+    /// ids in the order asked.
+    pub(crate) async fn stage_parts_on(
+        &self,
+        id: &str,
+        ns: &kvtier_tiers::Namespace,
+        info: &crate::objects::ObjectInfo,
+        upload: &kvtier_tiers::Upload,
+        parts: &[u32],
+    ) -> Result<Vec<String>, String> {
+        let req = peer::StagePartsRequest {
+            namespace: ns.as_str().into(),
+            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
+            name: upload.name.clone(),
+            upload: upload.id.clone(),
+            parts: parts.to_vec(),
+        };
+        let staged = self
+            .call(id, "stage_parts", |c| async move { Ok(c.peer_rpc().stage_parts(c.request(req)).await?) })
+            .await?;
+        let ids = staged.into_inner().part_ids;
+        if ids.len() != parts.len() {
+            return Err(format!("{id} staged {} parts of the {} asked", ids.len(), parts.len()));
+        }
+        Ok(ids)
+    }
 }
 
 /// The members' TLS, from `[server.tls]`: none when it is off.

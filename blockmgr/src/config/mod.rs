@@ -265,6 +265,12 @@ pub struct BlobConfig {
     /// `gs://bucket/prefix`, `file:///absolute/dir`, or a directory relative to `data_dir`.
     /// Empty turns the tier off. Default `blob`: a local directory standing in for Blob.
     pub url: String,
+    /// Where named objects written with write-back durability land under their own names,
+    /// `<objects_url>/<namespace>/<path>` (a `/` in the namespace written `%2F`), so other
+    /// tools read a checkpoint file where its name says. Same forms as `url`, with the same
+    /// `options`. Nodes of a cluster must share it (each file is written by its path's
+    /// primary, which changes with the members). Default empty: `<url>/objects`.
+    pub objects_url: String,
     /// The store's options, as the `object_store` crate names them: for Azure
     /// `azure_storage_account_name` and `azure_storage_account_key` (or
     /// `azure_storage_sas_key`), `azure_storage_endpoint` for an emulator or sovereign
@@ -307,6 +313,7 @@ impl Default for BlobConfig {
     fn default() -> Self {
         BlobConfig {
             url: "blob".into(),
+            objects_url: String::new(),
             options: BTreeMap::new(),
             segment_size: ByteSize(128 << 20),
             retries: 3,
@@ -510,7 +517,22 @@ impl Config {
     /// The Blob tier's URL (a directory becomes a `file://` URL under `data_dir`), or `None`
     /// when the tier is off.
     pub fn blob_url(&self) -> Option<String> {
-        let url = self.blob.url.trim();
+        self.store_url(&self.blob.url)
+    }
+
+    /// Where named objects' files go (see [`BlobConfig::objects_url`]), or `None` when the
+    /// Blob tier is off.
+    pub fn objects_url(&self) -> Option<String> {
+        let blob = self.blob_url()?;
+        match self.blob.objects_url.trim() {
+            "" => Some(format!("{}/objects", blob.trim_end_matches('/'))),
+            url => self.store_url(url),
+        }
+    }
+
+    /// `url` as a store URL: a directory becomes a `file://` URL under `data_dir`.
+    fn store_url(&self, url: &str) -> Option<String> {
+        let url = url.trim();
         if url.is_empty() {
             return None;
         }

@@ -183,11 +183,17 @@ impl Drop for Admitted<'_> {
 
 impl Inner {
     /// Queues a write-back block just stored for its flush.
+    /// With objects' files in Blob, a manifest's flush first exports its object, and a
+    /// chunk is flushed by that export, never into a segment.
     pub(super) fn queue_flush(&self, key: BlockKey, durable: bool) {
         if let (true, Some(flusher)) = (durable, &self.flusher)
             && self.flushes(&key)
         {
-            flusher.enqueue(key);
+            match &self.exports {
+                Some(exports) if crate::objects::is_manifest_key(&key) => exports.enqueue(key),
+                Some(_) if crate::objects::is_chunk_key(&key) => {}
+                _ => flusher.enqueue(key),
+            }
         }
     }
 
@@ -355,7 +361,11 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
 
 /// Whether `key` still needs to go to Blob: indexed locally, not in Blob, flushable.
 fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
-    !e.tiers.has(TierKind::Blob) && (e.tiers.has(TierKind::Cpu) || e.tiers.has(TierKind::Ssd)) && inner.flushable(key)
+    !e.tiers.has(TierKind::Blob)
+        && (e.tiers.has(TierKind::Cpu) || e.tiers.has(TierKind::Ssd))
+        && inner.flushable(key)
+        // An object's chunks reach Blob in its file (objects/export.rs), not in segments.
+        && !(inner.exports.is_some() && crate::objects::is_chunk_key(key))
 }
 
 /// Queues, for each pressed size class, the oldest SSD blocks Blob lacks among the first
@@ -464,6 +474,9 @@ impl Inner {
     /// in Blob again (the demotion's point); one deleted, or stored again with other bytes,
     /// must not outlive that in Blob: its copy is deleted there.
     async fn flushed(&self, block: &Block, deleted: bool) {
+        if let Some(exports) = &self.exports {
+            exports.forget(&block.key); // a manifest: its export is done with
+        }
         let _guard = self.locks.lock(&block.key).await;
         match self.index.get(&block.key) {
             Some(e) if self.is_current(block) => {

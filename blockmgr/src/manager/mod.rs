@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     blob: Option<Arc<BlobTier>>,
     /// Write-back to Blob; present when there are both an SSD and a Blob tier.
     flusher: Option<Arc<flush::Flusher>>,
+    /// Named objects' files in Blob (with the flusher): a write-back object's chunks are
+    /// exported with it, never flushed into segments.
+    exports: Option<Arc<crate::objects::Exports>>,
     /// Deletes made before the Blob tier was loaded, applied once it is.
     blob_deletes: parking_lot::Mutex<Vec<BlockKey>>,
     config: Config,
@@ -193,11 +196,22 @@ impl Manager {
             }
             _ => None,
         };
+        let exports = match (&flusher, config.objects_url()) {
+            (Some(_), Some(url)) => {
+                let retries =
+                    kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
+                let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
+                let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
+                Some(Arc::new(crate::objects::Exports::new(blobs)))
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             cpu: Arc::new(cpu),
             ssd,
             blob,
             flusher: flusher.clone(),
+            exports,
             blob_deletes: parking_lot::Mutex::new(Vec::new()),
             config: config.clone(),
             index: Index::default(),
@@ -228,8 +242,8 @@ impl Manager {
             if !unflushed.is_empty() {
                 tracing::info!(blocks = unflushed.len(), bytes = inner.index.unflushed(), "queueing unflushed blocks");
             }
-            for key in unflushed.into_iter().filter(|k| inner.flushes(k)) {
-                flusher.enqueue(key);
+            for key in unflushed {
+                inner.queue_flush(key, true);
             }
             flush::spawn_flusher(&inner, flusher);
         }
@@ -244,6 +258,7 @@ impl Manager {
         }
         let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
         manager.rebuild_catalog().await;
+        manager.spawn_exporter();
         manager.spawn_resync(config.cluster.resync_interval);
         Ok(manager)
     }
@@ -425,6 +440,9 @@ impl Manager {
             inner.delete_from_blob(&key).await;
             if let Some(flusher) = &inner.flusher {
                 flusher.deleted(&key, entry.unflushed());
+                if let Some(exports) = &inner.exports {
+                    exports.forget(&key);
+                }
             }
             Ok(true)
         })

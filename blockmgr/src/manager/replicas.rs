@@ -109,16 +109,77 @@ impl Manager {
     /// Queues the flush of the write-back blocks Blob lacks that this node is now the
     /// primary of (the primary that held them left): the flush takes over.
     pub(crate) fn take_over_flushes(&self) -> usize {
-        let Some(flusher) = &self.inner.flusher else { return 0 };
+        if self.inner.flusher.is_none() {
+            return 0;
+        }
         let mine: Vec<BlockKey> =
             self.inner.index.unflushed_keys().into_iter().filter(|k| self.inner.flushes(k)).collect();
         let n = mine.len();
         for key in mine {
-            flusher.enqueue(key);
+            self.inner.queue_flush(key, true);
         }
         n
     }
 
+    /// Blob has these write-back blocks by another route (their object's file): no owner
+    /// needs to flush them, here or elsewhere (told in the background, as after a flush).
+    pub(crate) async fn released_everywhere(&self, keys: &[BlockKey]) {
+        self.inner.flushed_elsewhere(keys).await;
+        let Some(cluster) = &self.cluster else { return };
+        let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
+        for key in keys {
+            for owner in self.inner.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
+                by_owner.entry(owner).or_default().push(key.clone());
+            }
+        }
+        for (owner, keys) in by_owner {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.flushed_on(&owner, &keys).await {
+                    tracing::debug!(%owner, error = %e, "telling an owner its chunks are in Blob failed");
+                }
+            });
+        }
+    }
+
+    /// Queues `key` for a segment of its own kind's flush (a manifest, once its object's file
+    /// is in Blob), bypassing the export.
+    pub(crate) fn queue_segment_flush(&self, key: BlockKey) {
+        if let Some(flusher) = &self.inner.flusher {
+            flusher.enqueue(key);
+        }
+    }
+
+    /// Named objects' files in Blob, when there is a Blob tier to flush to.
+    pub(crate) fn exports(&self) -> Option<&Arc<crate::objects::Exports>> {
+        self.inner.exports.as_ref()
+    }
+
+    /// A handle that does not keep the manager alive (for its background tasks).
+    pub(crate) fn downgrade(&self) -> WeakManager {
+        WeakManager {
+            inner: Arc::downgrade(&self.inner),
+            catalog: Arc::downgrade(&self.catalog),
+            cluster: self.cluster.clone(),
+        }
+    }
+}
+
+/// A [`Manager`] held weakly.
+pub(crate) struct WeakManager {
+    inner: std::sync::Weak<Inner>,
+    catalog: std::sync::Weak<crate::objects::Catalog>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl WeakManager {
+    /// The manager, unless it was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Manager> {
+        Some(Manager { inner: self.inner.upgrade()?, catalog: self.catalog.upgrade()?, cluster: self.cluster.clone() })
+    }
+}
+
+impl Manager {
     /// The durability of this node's own copy, and where the others go.
     pub(super) fn route(&self, key: &BlockKey, durability: Durability) -> (Durability, Option<Box<Route>>) {
         let Some((cluster, plan)) = self.plan(key) else { return (durability, None) };

@@ -52,6 +52,11 @@ impl HasNamespace for v1::ObjectRef {
         &self.namespace
     }
 }
+impl HasNamespace for peer::StagePartsRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
 impl HasNamespace for v1::ListObjectsRequest {
     fn namespace(&self) -> &str {
         &self.namespace
@@ -129,6 +134,21 @@ impl peer_server::Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("a malformed key"))?;
         self.manager.flushed_elsewhere(&keys).await;
         Ok(Response::new(peer::FlushedResponse {}))
+    }
+
+    async fn stage_parts(
+        &self,
+        request: Request<peer::StagePartsRequest>,
+    ) -> Result<Response<peer::StagePartsResponse>, Status> {
+        let ns = self.check(&request, "peer_stage_parts")?;
+        let req = request.into_inner();
+        let json = req.manifest.map(|m| m.json).unwrap_or_default();
+        let info: ObjectInfo = serde_json::from_slice(&json)
+            .map_err(|e| Status::invalid_argument(format!("the manifest does not parse: {e}")))?;
+        let upload = kvtier_tiers::Upload { name: req.name, id: req.upload };
+        let part_ids =
+            self.manager.stage_parts_here(&ns, &info, &upload, &req.parts).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(peer::StagePartsResponse { part_ids }))
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {

@@ -15,6 +15,8 @@ use std::{
 use kvtier_blockmgr::Client;
 use tempfile::TempDir;
 
+pub mod blob;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
 pub const MIB: u64 = 1 << 20;
 
@@ -158,6 +160,14 @@ impl Node {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// The value of the unlabelled metric `kvtier_<name>`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let metrics = self.http_get("/metrics");
+        let prefix = format!("kvtier_{name} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    }
+
     /// A plain HTTP GET on the metrics port; returns the body.
     pub fn http_get(&self, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(self.addrs.metrics.as_ref().expect("metrics port")).unwrap();
@@ -227,6 +237,15 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             ))
         }
+    }
+}
+
+/// Waits (polling every 100 ms, blocking the thread) until `done` holds.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -1,0 +1,301 @@
+//! Objects' files in Blob under their own names (`blob.objects_url`), and the fan-in that
+//! writes them.
+//!
+//! A write-back object's chunks never go into Blob segments: its manifest's flush exports
+//! the whole object instead. The path's primary (who flushes the manifest) starts a
+//! multipart upload, asks each part's stager (the primary of the part's first chunk, which
+//! holds it) to stage that part straight to Blob, and commits the upload from the part ids
+//! they answer: each byte reaches Blob once, and no node relays the whole file. Then every
+//! owner of the chunks is told Blob has them (they become evictable), and the manifest
+//! itself is flushed into a segment, so a node with an empty disk learns of the object.
+//! A failed export is retried with backoff; one cut short by a crash is redone, since the
+//! manifest is still unflushed at the next start (or on the next primary).
+//!
+//! A chunk no node holds is read back from the file (a ranged GET), checked against the
+//! manifest's CRC-32C of that chunk, and cached on the reading node.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace, ObjectBlobs, Upload, chunks_per_part};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{ObjectInfo, chunk_key};
+use crate::{Durability, GetOutcome, Manager};
+
+/// Longest pause between retries of a failed export.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Parts one node stages at once.
+const STAGE_CONCURRENCY: usize = 4;
+
+/// Where objects' files go, and the manifests whose export waits (queued by the flush).
+#[derive(Debug)]
+pub(crate) struct Exports {
+    pub(crate) blobs: Arc<ObjectBlobs>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    keys: VecDeque<BlockKey>,
+    /// Queued or being exported: never queued twice (a take-over of the flushes while an
+    /// export runs must not start a second one).
+    members: HashSet<BlockKey>,
+    /// Exported, their manifest's own flush still to come: not exported again meanwhile.
+    exported: HashSet<BlockKey>,
+}
+
+impl Exports {
+    pub(crate) fn new(blobs: ObjectBlobs) -> Self {
+        Exports { blobs: Arc::new(blobs), queue: Mutex::default(), wake: Notify::new() }
+    }
+
+    /// Queues the export of the object whose manifest is `key`, unless it is queued,
+    /// being exported, or exported already.
+    pub(crate) fn enqueue(&self, key: BlockKey) {
+        let mut q = self.queue.lock();
+        if !q.exported.contains(&key) && q.members.insert(key.clone()) {
+            q.keys.push_back(key);
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Option<BlockKey> {
+        self.queue.lock().keys.pop_front()
+    }
+
+    /// `key`'s file is in Blob; its manifest's flush comes next.
+    fn exported(&self, key: &BlockKey) {
+        self.queue.lock().exported.insert(key.clone());
+    }
+
+    /// The export of `key` ended (done or moot): a later ask queues it again.
+    fn done(&self, key: &BlockKey) {
+        self.queue.lock().members.remove(key);
+    }
+
+    /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.
+    pub(crate) fn forget(&self, key: &BlockKey) {
+        self.queue.lock().exported.remove(key);
+    }
+}
+
+fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
+    serde_json::from_slice(&block.data).map_err(|e| TierError::Corrupt {
+        tier: "objects".into(),
+        path: block.key.to_string().into(),
+        reason: format!("the manifest does not parse: {e}"),
+    })
+}
+
+impl Manager {
+    /// Starts the export task: one object at a time, each retried with exponential backoff
+    /// until it succeeds. It holds the manager weakly, so it ends once the manager is dropped.
+    pub(crate) fn spawn_exporter(&self) {
+        let Some(exports) = self.exports().cloned() else { return };
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                let work = exports.wake.notified();
+                let Some(key) = exports.take() else {
+                    // Woken by new work; the timeout notices a dropped manager.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
+                    if weak.upgrade().is_none() {
+                        return;
+                    }
+                    continue;
+                };
+                let mut failures = 0u32;
+                loop {
+                    let Some(manager) = weak.upgrade() else { return };
+                    match manager.export(&key).await {
+                        Ok(()) => {
+                            exports.done(&key);
+                            break;
+                        }
+                        Err(e) => {
+                            manager.metrics().object_export_failures.inc();
+                            tracing::warn!(manifest = %key, error = %e, "exporting an object to Blob failed; retrying");
+                        }
+                    }
+                    drop(manager);
+                    failures += 1;
+                    let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+    }
+
+    /// Writes the object whose manifest is `key` to Blob under its name (see the module
+    /// documentation). A manifest gone meanwhile (the version replaced or deleted), or one
+    /// another primary flushed, needs nothing.
+    async fn export(&self, key: &BlockKey) -> Result<(), TierError> {
+        let exports = self.exports().expect("the exporter runs with exports").clone();
+        if !self.unflushed(key) {
+            exports.forget(key);
+            return Ok(());
+        }
+        let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return Ok(()) };
+        let info = parse(&block)?;
+        let ns = key.namespace.clone();
+        let name = exports.blobs.name(&ns, &info.path);
+        if info.size == 0 {
+            exports.blobs.put(&name, Bytes::new()).await?;
+        } else {
+            let upload = exports.blobs.begin(&name).await?;
+            match self.stage_everywhere(&ns, &info, &upload).await {
+                Ok(ids) => exports.blobs.finish(&upload, ids).await?,
+                Err(e) => {
+                    exports.blobs.abort(&upload).await;
+                    return Err(e);
+                }
+            }
+        }
+        let chunks: Vec<BlockKey> = (0..info.chunks()).map(|i| chunk_key(&ns, info.id, i)).collect();
+        self.released_everywhere(&chunks).await;
+        self.metrics().objects_exported.inc();
+        self.metrics().object_export_bytes.inc_by(info.size);
+        tracing::debug!(object = %name, bytes = info.size, generation = info.generation, "object exported to Blob");
+        // Marked before the manifest's flush is queued, whose end forgets it.
+        exports.exported(key);
+        self.queue_segment_flush(key.clone());
+        Ok(())
+    }
+
+    /// Has every part of `info` staged by its stager; the part ids in order.
+    async fn stage_everywhere(
+        &self,
+        ns: &Namespace,
+        info: &ObjectInfo,
+        upload: &Upload,
+    ) -> Result<Vec<String>, TierError> {
+        let per = chunks_per_part(info.size, info.chunk_size);
+        let parts = info.chunks().div_ceil(per);
+        // Stager -> its parts; `None` is this node.
+        let mut by_stager: BTreeMap<Option<String>, Vec<u32>> = BTreeMap::new();
+        for part in 0..parts {
+            let first = chunk_key(ns, info.id, part * per);
+            let stager = self
+                .plan(&first)
+                .and_then(|(cluster, plan)| plan.owners.first().filter(|p| *p != cluster.local_id()).cloned());
+            by_stager.entry(stager).or_default().push(part as u32);
+        }
+        let staged = futures::future::try_join_all(by_stager.into_iter().map(|(stager, parts)| async move {
+            let ids = match (&stager, self.cluster()) {
+                (Some(id), Some(cluster)) => {
+                    cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| {
+                        TierError::Unreachable { what: format!("staging parts of {}", upload.name), failures }
+                    })?
+                }
+                _ => self.stage_parts_here(ns, info, upload, &parts).await?,
+            };
+            Ok::<_, TierError>(parts.into_iter().zip(ids).collect::<Vec<_>>())
+        }))
+        .await?;
+        let mut ids: BTreeMap<u32, String> = staged.into_iter().flatten().collect();
+        (0..parts as u32).map(|p| ids.remove(&p)).collect::<Option<Vec<_>>>().ok_or_else(|| TierError::Unreachable {
+            what: upload.name.clone(),
+            failures: "a stager skipped a part".into(),
+        })
+    }
+
+    /// Stages `parts` of `info`'s upload from the chunks, read here or from their owners and
+    /// checked against the manifest; the part ids in the order asked.
+    pub(crate) async fn stage_parts_here(
+        &self,
+        ns: &Namespace,
+        info: &ObjectInfo,
+        upload: &Upload,
+        parts: &[u32],
+    ) -> Result<Vec<String>, TierError> {
+        let exports = self.exports().ok_or_else(|| TierError::Unsupported {
+            tier: "objects".into(),
+            what: "staging object parts on a node without a Blob tier".into(),
+        })?;
+        let per = chunks_per_part(info.size, info.chunk_size);
+        futures::stream::iter(parts.iter().copied())
+            .map(|part| async move {
+                let first = u64::from(part) * per;
+                let mut data = BytesMut::new();
+                for index in first..(first + per).min(info.chunks()) {
+                    data.extend_from_slice(&self.chunk(ns, info, index).await?);
+                }
+                let id = exports.blobs.stage(upload, part as usize, data.freeze()).await?;
+                self.metrics().object_parts_staged.inc();
+                Ok::<_, TierError>(id)
+            })
+            .buffered(STAGE_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Chunk `index` of `info` from any node, checked against the manifest's CRC-32C.
+    async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
+        let key = chunk_key(ns, info.id, index);
+        match self.get(&key).await {
+            GetOutcome::Hit { block, .. } => {
+                if let Some(&want) = info.chunk_crc32c.get(index as usize)
+                    && want != block.crc32c
+                {
+                    return Err(TierError::ChecksumMismatch {
+                        tier: "objects".into(),
+                        key: key.to_string(),
+                        location: format!("chunk {index} of {ns}/{}", info.path),
+                        expected: want,
+                        actual: block.crc32c,
+                    });
+                }
+                Ok(block.data)
+            }
+            GetOutcome::Miss { reason, message } => Err(TierError::Unreachable {
+                what: format!("chunk {index} of {ns}/{} generation {}", info.path, info.generation),
+                failures: format!("{reason:?}: {message}"),
+            }),
+        }
+    }
+
+    /// Chunk `index` of `info` read back from the object's file in Blob (no node holds
+    /// it), checked against the manifest and cached here; `None` if the file lacks it or
+    /// holds other bytes (another version replaced it).
+    pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
+        let exports = self.exports()?;
+        let want = *info.chunk_crc32c.get(index as usize)?;
+        let from = index * info.chunk_size;
+        let name = exports.blobs.name(ns, &info.path);
+        let bytes = match exports.blobs.read(&name, from..(from + info.chunk_size).min(info.size)).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(object = %name, chunk = index, error = %e, "reading a chunk from the object's file failed");
+                return None;
+            }
+        };
+        let block = Block::new(chunk_key(ns, info.id, index), bytes);
+        if block.crc32c != want {
+            tracing::warn!(object = %name, chunk = index, "the object's file in Blob holds other bytes (another version)");
+            return None;
+        }
+        self.metrics().object_blob_reads.inc();
+        let data = block.data.clone();
+        if let Err(e) = self.put_here(block, Durability::Cache).await {
+            tracing::debug!(object = %name, chunk = index, error = %e, "caching a chunk read from Blob failed");
+        }
+        Some(data)
+    }
+
+    /// Removes `path`'s file from Blob (its object was deleted).
+    pub(crate) async fn delete_export(&self, ns: &Namespace, path: &str) {
+        let Some(exports) = self.exports() else { return };
+        let name = exports.blobs.name(ns, path);
+        if let Err(e) = exports.blobs.delete(&name).await {
+            tracing::warn!(object = %name, error = %e, "deleting a deleted object's file from Blob failed");
+        }
+    }
+}

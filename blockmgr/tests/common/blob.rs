@@ -1,0 +1,69 @@
+//! A node's Blob store for tests: a local directory or a real Azurite, the same suite on
+//! both, and a way to make it unreachable and bring it back.
+
+use kvtier_tiers::{BlobTier, BlobTierBuilder, conformance::Azurite};
+
+/// Where the node's Blob tier lives.
+pub enum Store {
+    Dir(tempfile::TempDir),
+    Azurite(Azurite),
+}
+
+pub struct Backend {
+    pub store: Store,
+    pub url: String,
+}
+
+impl Backend {
+    pub fn dir() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket/kv", dir.path().display());
+        Backend { store: Store::Dir(dir), url }
+    }
+
+    pub fn azurite() -> Backend {
+        Backend { store: Store::Azurite(Azurite::start()), url: "az://kvtier/nodes/kv".into() }
+    }
+
+    pub fn options(&self) -> Vec<(String, String)> {
+        match &self.store {
+            Store::Dir(_) => Vec::new(),
+            Store::Azurite(a) => a.options(),
+        }
+    }
+
+    /// The node's `[blob]` table: 4 MiB segments plus `extra` lines.
+    pub fn toml(&self, extra: &str) -> String {
+        let options: String = self.options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+        let segment = if extra.contains("segment_size") { "" } else { "segment_size = \"4MiB\"" };
+        format!("[blob]\nurl = \"{}\"\n{segment}\n{extra}\n[blob.options]\n{options}", self.url)
+    }
+
+    /// An independent view of what Blob holds (a fresh replay of its records).
+    pub async fn view(&self) -> BlobTier {
+        BlobTierBuilder::new(&self.url).options(self.options()).open().await.unwrap()
+    }
+
+    /// Makes the store unreachable: Azurite stops; a directory is moved away and a plain
+    /// file takes its place, so every write under it fails.
+    pub fn stop(&mut self) {
+        match &mut self.store {
+            Store::Azurite(a) => a.stop(),
+            Store::Dir(d) => {
+                let bucket = d.path().join("bucket");
+                std::fs::rename(&bucket, d.path().join("away")).unwrap();
+                std::fs::write(&bucket, b"not a directory").unwrap();
+            }
+        }
+    }
+
+    pub fn resume(&mut self) {
+        match &mut self.store {
+            Store::Azurite(a) => a.resume(),
+            Store::Dir(d) => {
+                std::fs::remove_file(d.path().join("bucket")).unwrap();
+                std::fs::rename(d.path().join("away"), d.path().join("bucket")).unwrap();
+            }
+        }
+    }
+}

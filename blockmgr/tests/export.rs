@@ -1,0 +1,156 @@
+//! Named objects written back to Blob under their own names, through real `kvtier serve`
+//! processes, against a local directory and a real Azurite: the file is the object's bytes
+//! where other tools look for it, its chunks never go into segments (each byte once), a
+//! node with a wiped disk reads the object back from the file, and a delete removes it.
+//! Across three nodes the parts are staged by the nodes that hold them (fan-in) and
+//! committed once.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Node, blob::Backend, data, free_port, wait_until};
+use kvtier_blockmgr::{Durability, ObjectRange};
+use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier};
+
+const NS: &str = "acme/ckpt";
+const PATH: &str = "run1/step-100/rank-0.distcp";
+
+fn pieces(data: &Bytes) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    let parts: Vec<Bytes> =
+        (0..data.len()).step_by(300_000).map(|at| data.slice(at..(at + 300_000).min(data.len()))).collect();
+    futures::stream::iter(parts)
+}
+
+/// What another tool sees at the object's name under `objects_url`.
+async fn file_in_blob(objects_url: &str, options: &[(String, String)], len: u64) -> Option<Bytes> {
+    let blobs = ObjectBlobs::open(objects_url, options, Retries::default()).unwrap();
+    let name = blobs.name(&Namespace::new(NS).unwrap(), PATH);
+    blobs.read(&name, 0..len).await.unwrap()
+}
+
+async fn a_write_back_object_lands_in_blob_under_its_name_and_serves_a_wiped_node(backend: Backend) {
+    let mut node = Node::start_with("", &backend.toml(""));
+    let client = node.unix_client().await;
+    // 13 chunks of 1 MiB (the test's largest block): parts of 5 chunks (S3's 5 MiB minimum).
+    let object = data(7, (12 << 20) + 12_345);
+    let size = object.len() as u64;
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, Some(size), None).await.unwrap();
+    wait_until("the export", Duration::from_secs(30), || node.metric("objects_exported_total") == 1);
+    wait_until("the manifest's flush", Duration::from_secs(30), || node.metric("unflushed_bytes") == 0);
+
+    let objects_url = format!("{}/objects", backend.url);
+    let file = file_in_blob(&objects_url, &backend.options(), size).await.expect("the object's file");
+    assert!(file == object, "the file holds the object's bytes");
+    if let common::blob::Store::Dir(dir) = &backend.store {
+        let plain = dir.path().join("bucket/kv/objects/acme%2Fckpt").join(PATH);
+        assert_eq!(std::fs::metadata(&plain).unwrap().len(), size, "a plain file at {}", plain.display());
+    }
+    assert_eq!(node.metric("object_parts_staged_total"), 3);
+    assert_eq!(node.metric("object_export_bytes_total"), size);
+    // Each byte once: the segments hold the manifest, not the chunks.
+    let segments = backend.view().await.blocks().await.unwrap();
+    assert_eq!(segments.len(), 1, "only the manifest went into a segment: {segments:?}");
+
+    // A node with an empty disk learns of the object from the manifest's segment and
+    // reads its chunks back from the file (checked against the manifest's CRCs).
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let client = node.unix_client().await;
+    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
+    assert_eq!(node.metric("object_blob_reads_total"), 13);
+    let range = client.read_object(NS, PATH, ObjectRange::bytes(5 << 20, 100)).await.unwrap();
+    assert_eq!(range, object.slice((5 << 20)..(5 << 20) + 100));
+
+    // A delete removes the file too.
+    assert!(client.delete_object(NS, PATH).await.unwrap());
+    assert_eq!(file_in_blob(&objects_url, &backend.options(), 1).await, None);
+}
+
+async fn an_object_replaced_in_blob_is_never_read_for_the_old_version(backend: Backend) {
+    // Generation 1 is exported; the file is then overwritten by other bytes (another
+    // writer, a restore gone wrong). A node without the chunks refuses the file's bytes.
+    let mut node = Node::start_with("", &backend.toml(""));
+    let client = node.unix_client().await;
+    let object = data(8, 3 << 20);
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    wait_until("the manifest's flush", Duration::from_secs(30), || {
+        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
+    });
+    let objects_url = format!("{}/objects", backend.url);
+    let blobs = ObjectBlobs::open(&objects_url, &backend.options(), Retries::default()).unwrap();
+    let name = blobs.name(&Namespace::new(NS).unwrap(), PATH);
+    blobs.put(&name, data(9, 3 << 20)).await.unwrap();
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let client = node.unix_client().await;
+    let err = client.read_object(NS, PATH, ObjectRange::all()).await.unwrap_err();
+    assert!(err.to_string().contains("chunk 0 of generation 1 cannot be read"), "{err}");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod dir {
+            $(#[tokio::test]
+            async fn $name() { super::$name(super::Backend::dir()).await })*
+        }
+        mod azurite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::azurite()).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_write_back_object_lands_in_blob_under_its_name_and_serves_a_wiped_node,
+    an_object_replaced_in_blob_is_never_read_for_the_old_version,
+);
+
+#[tokio::test]
+async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
+    const IDS: [&str; 3] = ["n1", "n2", "n3"];
+    let shared = tempfile::tempdir().unwrap();
+    let objects_url = format!("file://{}/objects", shared.path().display());
+    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
+    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
+    let nodes: Vec<Node> = IDS
+        .iter()
+        .zip(&ports)
+        .map(|(id, port)| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
+                 [blob]\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
+                members.join(", ")
+            );
+            Node::start_on_port(*port, &tables)
+        })
+        .collect();
+    // 20 chunks of 1 MiB, each on 2 of the 3 nodes: 4 parts of 5 chunks. (Every chunk
+    // waits unflushed until the commit's export: an object's share per node must fit in
+    // blob.max_unflushed of its SSD, here 24 of 32 MiB.)
+    let object = data(10, 20 << 20);
+    let writer = nodes[0].client().await;
+    writer.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    let exported = || nodes.iter().map(|n| n.metric("objects_exported_total")).sum::<u64>();
+    wait_until("the export", Duration::from_secs(30), || exported() >= 1);
+    wait_until("every copy released", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+    let file = file_in_blob(&objects_url, &[], object.len() as u64).await.expect("the object's file");
+    assert!(file == object, "the file holds the object's bytes");
+
+    // Fan-in: the parts were staged where their chunks are, by more than one node, once each.
+    let staged: Vec<u64> = nodes.iter().map(|n| n.metric("object_parts_staged_total")).collect();
+    assert_eq!(staged.iter().sum::<u64>(), 4, "{staged:?}");
+    assert!(staged.iter().filter(|&&n| n > 0).count() >= 2, "one node staged every part: {staged:?}");
+    assert_eq!(exported(), 1, "committed once");
+    let exported_bytes: u64 = nodes.iter().map(|n| n.metric("object_export_bytes_total")).sum();
+    assert_eq!(exported_bytes, object.len() as u64);
+
+    // Deleted from any node: the file goes too.
+    assert!(nodes[2].client().await.delete_object(NS, PATH).await.unwrap());
+    assert_eq!(file_in_blob(&objects_url, &[], 1).await, None);
+}
