@@ -178,12 +178,20 @@ mod tests {
         (dir, blobs)
     }
 
-    #[tokio::test]
+    /// Every backend: a directory, memory, a real Azurite and a real S3 server (moto).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parts_staged_in_any_order_make_one_file_under_its_own_name() {
-        for (dir, blobs) in [
+        let azurite = crate::conformance::Azurite::start();
+        let s3 = crate::conformance::S3Server::start();
+        let open =
+            |url: &str, options: Vec<(String, String)>| ObjectBlobs::open(url, &options, Retries::default()).unwrap();
+        let backends = [
             local(),
-            (tempfile::tempdir().unwrap(), ObjectBlobs::open("memory:///o", &[], Retries::default()).unwrap()),
-        ] {
+            (tempfile::tempdir().unwrap(), open("memory:///o", vec![])),
+            (tempfile::tempdir().unwrap(), open("az://kvtier/objects", azurite.options())),
+            (tempfile::tempdir().unwrap(), open("s3://kvtier/objects", s3.options())),
+        ];
+        for (dir, blobs) in backends {
             let ns = Namespace::new("acme/ckpt").unwrap();
             let name = blobs.name(&ns, "run1/step-100/rank-0.distcp");
             assert!(name.ends_with("acme%2Fckpt/run1/step-100/rank-0.distcp"), "{name}");
