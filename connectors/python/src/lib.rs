@@ -17,7 +17,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use kvtier_blockmgr::{
-    Client as RpcClient, ClientError, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
+    Client as RpcClient, ClientError, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
     shm::{ShmClient, ShmError, ShmGet, ShmPut},
 };
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
@@ -56,6 +56,30 @@ fn error(code: Code, message: String) -> PyErr {
         Code::PermissionDenied | Code::Unauthenticated => PermissionDeniedError::new_err(message),
         Code::ResourceExhausted => ResourceExhaustedError::new_err(message),
         _ => KvtierError::new_err(message),
+    }
+}
+
+/// The client's TLS from its arguments (PEM file paths), else from the environment as the
+/// CLI reads it; `None` for plaintext.
+fn client_tls(ca: Option<String>, cert: Option<String>, key: Option<String>) -> PyResult<Option<ClientTls>> {
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| InvalidArgumentError::new_err(format!("{what} {path}: {e}")))
+    };
+    let identity = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some((read("tls_cert", cert)?, read("tls_key", key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(InvalidArgumentError::new_err(
+                "tls_cert and tls_key go together: the client's certificate and its private key",
+            ));
+        }
+    };
+    match ca {
+        Some(ca) => Ok(Some(ClientTls { ca: read("tls_ca", &ca)?, identity, domain: None })),
+        None if identity.is_some() => {
+            Err(InvalidArgumentError::new_err("tls_cert and tls_key need tls_ca (the CA that signed the node)"))
+        }
+        None => ClientTls::from_env().map_err(client_error),
     }
 }
 
@@ -211,10 +235,23 @@ impl Client {
     /// Connects to a `kvtier serve` at `address` (`host:port`, `http://host:port` or
     /// `unix:///path/kvtier.sock`). With `shm_socket` (the server's `kvtier-shm.sock`) and
     /// the `namespaces` this client will use, block bytes move through shared memory.
+    /// Over TLS with `tls_ca` (the PEM file of the CA that signed the node), plus
+    /// `tls_cert` and `tls_key` where the node requires client certificates; without them,
+    /// from `$KVTIER_TLS_CA`, `$KVTIER_TLS_CERT` and `$KVTIER_TLS_KEY`, as the CLI.
     #[new]
-    #[pyo3(signature = (address, shm_socket=None, namespaces=Vec::new()))]
-    fn new(py: Python<'_>, address: String, shm_socket: Option<String>, namespaces: Vec<String>) -> PyResult<Self> {
-        let client = py.detach(|| runtime().block_on(RpcClient::connect(&address))).map_err(client_error)?;
+    #[pyo3(signature = (address, shm_socket=None, namespaces=Vec::new(), tls_ca=None, tls_cert=None, tls_key=None))]
+    fn new(
+        py: Python<'_>,
+        address: String,
+        shm_socket: Option<String>,
+        namespaces: Vec<String>,
+        tls_ca: Option<String>,
+        tls_cert: Option<String>,
+        tls_key: Option<String>,
+    ) -> PyResult<Self> {
+        let tls = client_tls(tls_ca, tls_cert, tls_key)?;
+        let client =
+            py.detach(|| runtime().block_on(RpcClient::connect_with(&address, tls.as_ref()))).map_err(client_error)?;
         let shm = match shm_socket {
             None => None,
             Some(path) => {

@@ -16,9 +16,11 @@ without an exception (an exception inside ``with fs.open(...)`` drops it, and th
 stays as it was). A file opened for reading reads the version current when it was opened;
 if that version is replaced meanwhile, reads fail rather than mix versions.
 
-Storage options: ``address`` (default ``$KVTIER_SERVER`` or ``127.0.0.1:50051``) and
+Storage options: ``address`` (default ``$KVTIER_SERVER`` or ``127.0.0.1:50051``),
 ``durability`` of written objects (``"local_disk"``, default; ``"write_back"`` to have
-them flushed to Blob; ``"cache"`` for evictable copies). PyTorch Distributed Checkpoint
+them flushed to Blob; ``"cache"`` for evictable copies), and for a node that speaks TLS
+``tls_ca`` (plus ``tls_cert`` and ``tls_key`` where it requires client certificates),
+PEM file paths, by default ``$KVTIER_TLS_CA``, ``$KVTIER_TLS_CERT``, ``$KVTIER_TLS_KEY``. PyTorch Distributed Checkpoint
 takes ``kvtier://`` paths through its ``FsspecWriter``/``FsspecReader``.
 """
 
@@ -44,10 +46,19 @@ class KvtierFileSystem(AbstractFileSystem):
     protocol = "kvtier"
     root_marker = ""
 
-    def __init__(self, address: str | None = None, durability: str = "local_disk", **kwargs):
+    def __init__(
+        self,
+        address: str | None = None,
+        durability: str = "local_disk",
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.address = address or os.environ.get("KVTIER_SERVER", "127.0.0.1:50051")
         self.durability = durability
+        self.tls = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
         self._client: Client | None = None
         self._pid = None
 
@@ -55,7 +66,7 @@ class KvtierFileSystem(AbstractFileSystem):
     def client(self) -> Client:
         # One client per process: a forked child must not use its parent's connection.
         if self._client is None or self._pid != os.getpid():
-            self._client = Client(self.address)
+            self._client = Client(self.address, **self.tls)
             self._pid = os.getpid()
         return self._client
 
