@@ -109,36 +109,51 @@ on_both_backends!(
     an_object_replaced_in_blob_is_never_read_for_the_old_version,
 );
 
-#[tokio::test]
-async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
+/// Three members sharing one store: each its own segments (`<shared>/nodes/<id>`, outside
+/// its data dir, so wiping a disk keeps them), one objects location (`<shared>/objects`).
+fn start_three(shared: &std::path::Path) -> (Vec<Node>, String) {
     const IDS: [&str; 3] = ["n1", "n2", "n3"];
-    let shared = tempfile::tempdir().unwrap();
-    let objects_url = format!("file://{}/objects", shared.path().display());
+    let objects_url = format!("file://{}/objects", shared.display());
     let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
     let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    let nodes: Vec<Node> = IDS
+    let nodes = IDS
         .iter()
         .zip(&ports)
         .map(|(id, port)| {
             let tables = format!(
                 "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
-                 [blob]\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
-                members.join(", ")
+                 [blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
+                members.join(", "),
+                shared.display()
             );
             Node::start_on_port(*port, &tables)
         })
         .collect();
-    // 20 chunks of 1 MiB, each on 2 of the 3 nodes: 4 parts of 5 chunks. (Every chunk
-    // waits unflushed until the commit's export: an object's share per node must fit in
-    // blob.max_unflushed of its SSD, here 24 of 32 MiB.)
-    let object = data(10, 20 << 20);
+    (nodes, objects_url)
+}
+
+/// Writes `object` write-back through the first node and waits until its file is in Blob
+/// and no copy waits for a flush.
+async fn write_back_on(nodes: &[Node], object: &Bytes) {
     let writer = nodes[0].client().await;
-    writer.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    writer.put_object(NS, PATH, pieces(object), Durability::WriteBack, None, None).await.unwrap();
     let exported = || nodes.iter().map(|n| n.metric("objects_exported_total")).sum::<u64>();
     wait_until("the export", Duration::from_secs(30), || exported() >= 1);
     wait_until("every copy released", Duration::from_secs(30), || {
         nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
     });
+}
+
+#[tokio::test]
+async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
+    let shared = tempfile::tempdir().unwrap();
+    let (nodes, objects_url) = start_three(shared.path());
+    // 20 chunks of 1 MiB, each on 2 of the 3 nodes: 4 parts of 5 chunks. (Every chunk
+    // waits unflushed until the commit's export: an object's share per node must fit in
+    // blob.max_unflushed of its SSD, here 24 of 32 MiB.)
+    let object = data(10, 20 << 20);
+    write_back_on(&nodes, &object).await;
+    let exported = || nodes.iter().map(|n| n.metric("objects_exported_total")).sum::<u64>();
     let file = file_in_blob(&objects_url, &[], object.len() as u64).await.expect("the object's file");
     assert!(file == object, "the file holds the object's bytes");
 
@@ -153,4 +168,37 @@ async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
     // Deleted from any node: the file goes too.
     assert!(nodes[2].client().await.delete_object(NS, PATH).await.unwrap());
     assert_eq!(file_in_blob(&objects_url, &[], 1).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_restoring_one_checkpoint_read_each_chunk_from_blob_once() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_three(shared.path());
+    let object = data(11, 10 << 20);
+    write_back_on(&nodes, &object).await;
+
+    // Every disk wiped: the object is only in Blob (its file, and its manifest in the
+    // primary's segments). All three nodes restore it at once.
+    for node in &mut nodes {
+        assert!(node.terminate().success());
+        std::fs::remove_dir_all(node.data_dir()).unwrap();
+    }
+    for node in &mut nodes {
+        node.restart();
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+    let restores = clients.iter().map(|c| c.read_object(NS, PATH, ObjectRange::all()));
+    for restored in futures::future::join_all(restores).await {
+        assert!(restored.unwrap() == object, "every node restores the object byte-exact");
+    }
+    // Each chunk came from Blob once, read by its primary; the other readers got it from
+    // the primary, and keep a copy of their own.
+    let reads: Vec<u64> = nodes.iter().map(|n| n.metric("object_blob_reads_total")).collect();
+    assert_eq!(reads.iter().sum::<u64>(), 10, "{reads:?}");
+    let again = clients[1].read_object(NS, PATH, ObjectRange::all()).await.unwrap();
+    assert!(again == object);
+    assert_eq!(nodes.iter().map(|n| n.metric("object_blob_reads_total")).sum::<u64>(), 10, "read from copies after");
 }

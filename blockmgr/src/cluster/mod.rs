@@ -354,6 +354,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
+    /// file in Blob (`None`: the file lacks it).
+    pub(crate) async fn fetch_chunk_on(
+        &self,
+        id: &str,
+        ns: &kvtier_tiers::Namespace,
+        info: &crate::objects::ObjectInfo,
+        index: u64,
+    ) -> Result<Option<bytes::Bytes>, String> {
+        let req = peer::FetchChunkRequest {
+            namespace: ns.as_str().into(),
+            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
+            index,
+        };
+        let got = self
+            .call(id, "fetch_chunk", |c| async move { Ok(c.peer_rpc().fetch_chunk(c.request(req)).await?) })
+            .await?;
+        let got = got.into_inner();
+        Ok(got.found.then_some(got.data))
+    }
+
     /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part
     /// ids in the order asked.
     pub(crate) async fn stage_parts_on(

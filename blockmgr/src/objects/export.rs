@@ -11,8 +11,10 @@
 //! A failed export is retried with backoff; one cut short by a crash is redone, since the
 //! manifest is still unflushed at the next start (or on the next primary).
 //!
-//! A chunk no node holds is read back from the file (a ranged GET), checked against the
-//! manifest's CRC-32C of that chunk, and cached on the reading node.
+//! A chunk no node holds is read back from the file (a ranged GET) by its primary, once
+//! however many nodes ask at the same time (`Peer/FetchChunk`, a single flight there),
+//! checked against the manifest's CRC-32C of that chunk, and cached on the primary and on
+//! each reader: N nodes restoring one checkpoint read it from Blob once, from peers after.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
@@ -27,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{ObjectInfo, chunk_key};
-use crate::{Durability, GetOutcome, Manager};
+use crate::{Durability, GetOutcome, Manager, flight::SingleFlight};
 
 /// Longest pause between retries of a failed export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -40,6 +42,8 @@ pub(crate) struct Exports {
     pub(crate) blobs: Arc<ObjectBlobs>,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Chunks being read back from their object's file (one read each at a time).
+    reads: SingleFlight<Option<Bytes>>,
 }
 
 #[derive(Debug, Default)]
@@ -54,7 +58,7 @@ struct Queue {
 
 impl Exports {
     pub(crate) fn new(blobs: ObjectBlobs) -> Self {
-        Exports { blobs: Arc::new(blobs), queue: Mutex::default(), wake: Notify::new() }
+        Exports { blobs: Arc::new(blobs), queue: Mutex::default(), wake: Notify::new(), reads: SingleFlight::new() }
     }
 
     /// Queues the export of the object whose manifest is `key`, unless it is queued,
@@ -262,10 +266,48 @@ impl Manager {
         }
     }
 
-    /// Chunk `index` of `info` read back from the object's file in Blob (no node holds
-    /// it), checked against the manifest and cached here; `None` if the file lacks it or
-    /// holds other bytes (another version replaced it).
+    /// Chunk `index` of `info`, which no node holds, from the object's file in Blob; `None`
+    /// if the file lacks it or holds other bytes (another version replaced it). The chunk's
+    /// primary reads the file, once however many nodes ask at the same time (they all ask
+    /// it), and caches the chunk; this node caches it too (a read replica). A primary that
+    /// does not answer is passed by: this node reads the file itself.
     pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
+        let key = chunk_key(ns, info.id, index);
+        if let Some((cluster, plan)) = self.plan(&key)
+            && let Some(primary) = plan.owners.first().filter(|p| *p != cluster.local_id())
+        {
+            match cluster.fetch_chunk_on(primary, ns, info, index).await {
+                Ok(found) => {
+                    let data = found?;
+                    if let Err(e) = self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
+                        tracing::debug!(chunk = index, error = %e, "caching a chunk fetched by its primary failed");
+                    }
+                    return Some(data);
+                }
+                Err(e) => {
+                    tracing::debug!(%primary, error = %e, "the chunk's primary did not fetch it; reading the file here")
+                }
+            }
+        }
+        self.fetch_chunk_here(ns, info, index).await
+    }
+
+    /// Chunk `index` of `info` from the object's file, read by this node: one read per
+    /// chunk at a time (concurrent asks share it), skipped if a copy is here by then.
+    pub(crate) async fn fetch_chunk_here(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
+        let exports = self.exports()?.clone();
+        let (manager, ns, info) = (self.clone(), ns.clone(), info.clone());
+        let key = chunk_key(&ns, info.id, index);
+        exports.reads.run(&key, move || Box::pin(async move { manager.read_chunk_file(&ns, &info, index).await })).await
+    }
+
+    /// Chunk `index` of `info` read from the object's file (unless a copy is here now),
+    /// checked against the manifest and cached here.
+    async fn read_chunk_file(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
+        let key = chunk_key(ns, info.id, index);
+        if let GetOutcome::Hit { block, .. } = self.get_here(&key).await {
+            return Some(block.data);
+        }
         let exports = self.exports()?;
         let want = *info.chunk_crc32c.get(index as usize)?;
         let from = index * info.chunk_size;
@@ -277,7 +319,7 @@ impl Manager {
                 return None;
             }
         };
-        let block = Block::new(chunk_key(ns, info.id, index), bytes);
+        let block = Block::new(key, bytes);
         if block.crc32c != want {
             tracing::warn!(object = %name, chunk = index, "the object's file in Blob holds other bytes (another version)");
             return None;

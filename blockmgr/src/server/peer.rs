@@ -57,6 +57,11 @@ impl HasNamespace for peer::StagePartsRequest {
         &self.namespace
     }
 }
+impl HasNamespace for peer::FetchChunkRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
 impl HasNamespace for v1::ListObjectsRequest {
     fn namespace(&self) -> &str {
         &self.namespace
@@ -75,6 +80,12 @@ impl PeerService {
     }
 }
 
+/// A manifest a member sent.
+fn parse_manifest(manifest: Option<peer::Manifest>) -> Result<ObjectInfo, Status> {
+    let json = manifest.map(|m| m.json).unwrap_or_default();
+    serde_json::from_slice(&json).map_err(|e| Status::invalid_argument(format!("the manifest does not parse: {e}")))
+}
+
 fn manifest(info: &ObjectInfo) -> peer::Manifest {
     peer::Manifest { json: Bytes::from(serde_json::to_vec(info).expect("serializes")) }
 }
@@ -88,9 +99,7 @@ impl peer_server::Peer for PeerService {
         let ns = self.check(&request, "peer_commit_object")?;
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
-        let json = req.manifest.map(|m| m.json).unwrap_or_default();
-        let info: ObjectInfo = serde_json::from_slice(&json)
-            .map_err(|e| Status::invalid_argument(format!("the manifest does not parse: {e}")))?;
+        let info = parse_manifest(req.manifest)?;
         let committed = self.manager.commit_here(&ns, info, durability).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(manifest(&committed)))
     }
@@ -142,13 +151,25 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<peer::StagePartsResponse>, Status> {
         let ns = self.check(&request, "peer_stage_parts")?;
         let req = request.into_inner();
-        let json = req.manifest.map(|m| m.json).unwrap_or_default();
-        let info: ObjectInfo = serde_json::from_slice(&json)
-            .map_err(|e| Status::invalid_argument(format!("the manifest does not parse: {e}")))?;
+        let info = parse_manifest(req.manifest)?;
         let upload = kvtier_tiers::Upload { name: req.name, id: req.upload };
         let part_ids =
             self.manager.stage_parts_here(&ns, &info, &upload, &req.parts).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(peer::StagePartsResponse { part_ids }))
+    }
+
+    async fn fetch_chunk(
+        &self,
+        request: Request<peer::FetchChunkRequest>,
+    ) -> Result<Response<peer::FetchChunkResponse>, Status> {
+        let ns = self.check(&request, "peer_fetch_chunk")?;
+        let req = request.into_inner();
+        let info = parse_manifest(req.manifest)?;
+        if req.index >= info.chunks() {
+            return Err(Status::invalid_argument(format!("{}: no chunk {}", info.path, req.index)));
+        }
+        let found = self.manager.fetch_chunk_here(&ns, &info, req.index).await;
+        Ok(Response::new(peer::FetchChunkResponse { found: found.is_some(), data: found.unwrap_or_default() }))
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
