@@ -1,16 +1,18 @@
 //! Several real `kvtier serve` processes on loopback as one cluster (static membership):
 //! blocks land on their owners by rendezvous placement, read from any node, survive a
-//! `kill -9` of an owner, and a put needs its write quorum.
+//! `kill -9` of an owner, and a put needs its write quorum; a block no node holds is read
+//! from Blob once, by its owner, however many nodes ask.
 
 mod common;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use common::{Node, block_owners, data, free_port, key, path_owners};
+use common::{Node, block_owners, data, free_port, key, path_owners, start_three_sharing_blob, wait_until};
 use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem};
 use tonic::Code;
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
+const KV: &str = "kv/llama";
 
 /// Three members; `ckpt/*` keeps 2 copies (write quorum `ckpt_quorum`), `kv/*` the default 1.
 fn start_cluster(ckpt_quorum: usize) -> Vec<Node> {
@@ -272,4 +274,48 @@ async fn a_returning_node_pulls_the_writes_it_missed() {
         .parse()
         .unwrap();
     assert_eq!(pulled, missed.len() as u64, "exactly the missed blocks were pulled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_no_node_holds_is_read_from_blob_once_by_its_owner() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_three_sharing_blob(shared.path());
+    // 12 KV blocks (one copy each), written back and flushed by their owners.
+    let items: Vec<PutItem> = (0..12).map(|i| PutItem::new(key(i), data(i, 200_000))).collect();
+    let writer = nodes[0].client().await;
+    for r in writer.put(KV, &items, Durability::WriteBack).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    wait_until("the flush", Duration::from_secs(30), || nodes.iter().all(|n| n.metric("unflushed_bytes") == 0));
+
+    // Every disk wiped: the blocks are only in their owners' segments. All three nodes
+    // read every block at once.
+    for node in &mut nodes {
+        assert!(node.terminate().success());
+        std::fs::remove_dir_all(node.data_dir()).unwrap();
+    }
+    for node in &mut nodes {
+        node.restart();
+    }
+    let blob_gets =
+        |nodes: &[Node]| nodes.iter().map(|n| n.labelled_metric("blob_requests_total", "op=\"get\"")).sum::<u64>();
+    let before = blob_gets(&nodes);
+    let keys: Vec<Vec<u8>> = items.iter().map(|i| i.key.clone()).collect();
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+    let reads = clients.iter().map(|c| c.get(KV, &keys));
+    for got in futures::future::join_all(reads).await {
+        for (item, got) in items.iter().zip(got.unwrap()) {
+            assert!(matches!(&got, GetItem::Hit { data, .. } if *data == item.data), "{got:?}");
+        }
+    }
+    // Each block was read from Blob once, by its owner (the others asked it), and the
+    // readers keep copies: a second round reads Blob no more.
+    assert_eq!(blob_gets(&nodes) - before, 12);
+    for got in clients[2].get(KV, &keys).await.unwrap() {
+        assert!(matches!(got, GetItem::Hit { .. }));
+    }
+    assert_eq!(blob_gets(&nodes) - before, 12);
 }

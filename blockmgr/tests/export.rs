@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Node, blob::Backend, data, free_port, wait_until};
+use common::{Node, blob::Backend, data, start_three_sharing_blob, wait_until};
 use kvtier_blockmgr::{Durability, ObjectRange};
 use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier};
 
@@ -109,29 +109,6 @@ on_both_backends!(
     an_object_replaced_in_blob_is_never_read_for_the_old_version,
 );
 
-/// Three members sharing one store: each its own segments (`<shared>/nodes/<id>`, outside
-/// its data dir, so wiping a disk keeps them), one objects location (`<shared>/objects`).
-fn start_three(shared: &std::path::Path) -> (Vec<Node>, String) {
-    const IDS: [&str; 3] = ["n1", "n2", "n3"];
-    let objects_url = format!("file://{}/objects", shared.display());
-    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
-    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    let nodes = IDS
-        .iter()
-        .zip(&ports)
-        .map(|(id, port)| {
-            let tables = format!(
-                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
-                 [blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
-                members.join(", "),
-                shared.display()
-            );
-            Node::start_on_port(*port, &tables)
-        })
-        .collect();
-    (nodes, objects_url)
-}
-
 /// Writes `object` write-back through the first node and waits until its file is in Blob
 /// and no copy waits for a flush.
 async fn write_back_on(nodes: &[Node], object: &Bytes) {
@@ -147,7 +124,7 @@ async fn write_back_on(nodes: &[Node], object: &Bytes) {
 #[tokio::test]
 async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
     let shared = tempfile::tempdir().unwrap();
-    let (nodes, objects_url) = start_three(shared.path());
+    let (nodes, objects_url) = start_three_sharing_blob(shared.path());
     // 20 chunks of 1 MiB, each on 2 of the 3 nodes: 4 parts of 5 chunks. (Every chunk
     // waits unflushed until the commit's export: an object's share per node must fit in
     // blob.max_unflushed of its SSD, here 24 of 32 MiB.)
@@ -173,7 +150,7 @@ async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_restoring_one_checkpoint_read_each_chunk_from_blob_once() {
     let shared = tempfile::tempdir().unwrap();
-    let (mut nodes, _) = start_three(shared.path());
+    let (mut nodes, _) = start_three_sharing_blob(shared.path());
     let object = data(11, 10 << 20);
     write_back_on(&nodes, &object).await;
 

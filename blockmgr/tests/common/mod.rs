@@ -168,6 +168,17 @@ impl Node {
         line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
     }
 
+    /// The sum of metric `kvtier_<name>` over its series whose labels contain `label`
+    /// (e.g. `op="get"`).
+    pub fn labelled_metric(&self, name: &str, label: &str) -> u64 {
+        let prefix = format!("kvtier_{name}{{");
+        self.http_get("/metrics")
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
+    }
+
     /// A plain HTTP GET on the metrics port; returns the body.
     pub fn http_get(&self, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(self.addrs.metrics.as_ref().expect("metrics port")).unwrap();
@@ -238,6 +249,29 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
             ))
         }
     }
+}
+
+/// Three members sharing one store: each its own segments (`<shared>/nodes/<id>`, outside
+/// its data dir, so wiping a disk keeps them), one objects location (`<shared>/objects`).
+pub fn start_three_sharing_blob(shared: &std::path::Path) -> (Vec<Node>, String) {
+    const IDS: [&str; 3] = ["n1", "n2", "n3"];
+    let objects_url = format!("file://{}/objects", shared.display());
+    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
+    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
+    let nodes = IDS
+        .iter()
+        .zip(&ports)
+        .map(|(id, port)| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
+                 [blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
+                members.join(", "),
+                shared.display()
+            );
+            Node::start_on_port(*port, &tables)
+        })
+        .collect();
+    (nodes, objects_url)
 }
 
 /// Waits (polling every 100 ms, blocking the thread) until `done` holds.
