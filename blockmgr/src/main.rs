@@ -123,6 +123,13 @@ struct ServeArgs {
     /// Overrides `server.metrics_listen` (empty disables it).
     #[arg(long, env = "KVTIER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Overrides `cluster.node_id` (default: the host name).
+    #[arg(long, env = "KVTIER_NODE_ID")]
+    node_id: Option<String>,
+    /// Overrides `cluster.advertise`, the address the other members dial (on Kubernetes,
+    /// `KVTIER_ADVERTISE=$(POD_IP):50051` from the downward API).
+    #[arg(long, env = "KVTIER_ADVERTISE")]
+    advertise: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -264,6 +271,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(l) = args.listen {
         config.server.listen = l;
+    }
+    if let Some(id) = args.node_id {
+        config.cluster.node_id = id;
+    }
+    if let Some(addr) = args.advertise {
+        config.cluster.advertise = addr;
     }
     if let Some(m) = args.metrics_listen {
         config.server.metrics_listen = m;

@@ -113,11 +113,13 @@ fn a_miss_exits_1_and_errors_are_clear() {
 
 #[test]
 fn serve_prints_its_effective_config() {
-    let out = kvtier(&["serve", "--print-config", "--listen", "0.0.0.0:6000"]);
+    let args = ["serve", "--print-config", "--listen", "0.0.0.0:6000", "--node-id", "gpu-node-7"];
+    let out = kvtier(&[&args[..], &["--advertise", "10.1.2.3:6000"]].concat());
     assert!(out.status.success());
     let printed = text(&out.stdout);
     let config = kvtier_blockmgr::Config::parse(&printed).expect("printed config parses");
     assert_eq!(config.server.listen, "0.0.0.0:6000");
+    assert_eq!((config.cluster.node_id.as_str(), config.cluster.advertise.as_str()), ("gpu-node-7", "10.1.2.3:6000"));
     assert_eq!(config.cpu.capacity.0, 1 << 30, "the embedded default: CPU 1 GiB");
     assert_eq!(config.ssd.capacity.0, 8 << 30, "the embedded default: SSD 8 GiB");
 }
