@@ -3,6 +3,7 @@
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod blob;
+mod checkpoint;
 mod report;
 mod server;
 mod shm;
@@ -77,6 +78,16 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         segment_mib: usize,
     },
+    /// A checkpoint saved through a 3-node cluster (R = 2, write-back) vs the same writers
+    /// straight to Azurite; then restored by as many readers from wiped disks.
+    Checkpoint {
+        /// Writers (one shard each) and, later, readers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Bytes per shard, in MiB.
+        #[arg(long, default_value_t = 128)]
+        shard_mib: usize,
+    },
     /// kvtier's vLLM tier vs vLLM 0.32's own `fs` tier on the same disk: store, lookup, load.
     Vllm {
         /// Chunk size in KiB.
@@ -123,6 +134,10 @@ async fn main() -> Result<()> {
             let (total_mib, samples) = if cli.quick { (64, 16) } else { (total_mib, 200) };
             let args = blob::Args { size: size_kib << 10, total: total_mib << 20, segment: segment_mib << 20, samples };
             blob::run(&args, &mut out).await
+        }
+        Command::Checkpoint { writers, shard_mib } => {
+            let shard = if cli.quick { 16 << 20 } else { shard_mib << 20 };
+            checkpoint::run(&checkpoint::Args { writers, shard }, scratch.path(), &mut out).await
         }
         Command::Vllm { size_kib, count, memory_mib, python } => {
             let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };

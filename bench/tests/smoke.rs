@@ -53,3 +53,22 @@ fn blob_bench_prints_ratios_against_azurite() {
     let value = puts["value"].as_f64().unwrap();
     assert!((128.0..=288.0).contains(&value), "{puts}");
 }
+
+#[test]
+fn checkpoint_bench_sends_each_byte_to_blob_once_and_restores_from_it_once() {
+    let results = run(&["checkpoint", "--quick", "--json", "--writers", "3"]);
+    let names =
+        ["write_acked", "write_in_blob", "blob_bytes_per_byte", "blob_puts_per_gib", "restore_blob_reads", "restore"];
+    let expected: Vec<String> = names.iter().map(|n| format!("checkpoint_{n}_3x16MiB")).collect();
+    check(&results, &expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let value = |name: &str| {
+        let r = results.iter().find(|r| r["bench"] == format!("checkpoint_{name}_3x16MiB")).unwrap();
+        r["value"].as_f64().unwrap()
+    };
+    // R = 2 copies on the nodes, one in Blob: the shards' bytes plus their small manifests.
+    let sent = value("blob_bytes_per_byte");
+    assert!((1.0..1.01).contains(&sent), "{sent} bytes to Blob per byte written");
+    // Three readers from wiped disks read Blob once between them, not three times.
+    let restore = value("restore_blob_reads");
+    assert!((1.0..1.01).contains(&restore), "{restore} Blob bytes read per checkpoint byte");
+}

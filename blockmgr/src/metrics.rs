@@ -84,6 +84,8 @@ pub struct Metrics {
     pub object_export_failures: IntCounter,
     /// Object chunks read back from their object's file in Blob (no node held them).
     pub object_blob_reads: IntCounter,
+    /// Bytes of those chunks.
+    pub object_blob_read_bytes: IntCounter,
     /// Capacity of each tier (bytes), refreshed on scrape.
     pub tier_capacity: IntGaugeVec,
     /// Used bytes of each tier, refreshed on scrape.
@@ -200,6 +202,10 @@ impl Metrics {
             object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),
             object_export_failures: one_counter("object_export_failures_total", "Object exports that failed"),
             object_blob_reads: one_counter("object_blob_reads_total", "Object chunks read from their file in Blob"),
+            object_blob_read_bytes: one_counter(
+                "object_blob_read_bytes_total",
+                "Bytes of object chunks read from Blob",
+            ),
             tier_capacity: gauge("tier_capacity_bytes", "Tier capacity", &["tier"]),
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),

@@ -119,7 +119,10 @@ impl Manager {
                 Err(e) => failures.push(e),
             }
         }
-        if !answered {
+        // "No such object" only when no owner that could hold it was out of reach: an owner
+        // that answered may be one back from an absence (not resynced yet) while the one
+        // holding the object does not answer.
+        if !answered || (newest.is_none() && !failures.is_empty()) {
             return Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
         }
         Ok(newest)

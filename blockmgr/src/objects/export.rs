@@ -325,6 +325,7 @@ impl Manager {
             return None;
         }
         self.metrics().object_blob_reads.inc();
+        self.metrics().object_blob_read_bytes.inc_by(block.len());
         let data = block.data.clone();
         if let Err(e) = self.put_here(block, Durability::Cache).await {
             tracing::debug!(object = %name, chunk = index, error = %e, "caching a chunk read from Blob failed");
