@@ -91,20 +91,7 @@ async fn an_object_replaced_in_blob_is_never_read_for_the_old_version(backend: B
     assert!(err.to_string().contains("chunk 0 of generation 1 cannot be read"), "{err}");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod dir {
-            $(#[tokio::test]
-            async fn $name() { super::$name(super::Backend::dir()).await })*
-        }
-        mod azurite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::azurite()).await })*
-        }
-    };
-}
-
-on_both_backends!(
+common::blob::on_both_backends!(
     a_write_back_object_lands_in_blob_under_its_name_and_serves_a_wiped_node,
     an_object_replaced_in_blob_is_never_read_for_the_old_version,
 );

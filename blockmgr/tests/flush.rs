@@ -333,20 +333,7 @@ async fn a_damaged_ssd_copy_is_read_from_blob_instead(backend: Backend) {
     assert!(node.http_get("/metrics").contains("kvtier_checksum_failures_total{tier=\"ssd\"} 1"));
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local_dir {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::dir()).await })*
-        }
-        mod azurite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::azurite()).await })*
-        }
-    };
-}
-
-on_both_backends!(
+common::blob::on_both_backends!(
     demotion_goes_cpu_ssd_blob_and_reads_back,
     write_back_blocks_reach_blob_after_a_kill_9,
     a_wiped_node_serves_flushed_blocks_from_blob,

@@ -60,10 +60,15 @@ impl Inner {
     /// that Blob has them, so their copies become evictable (in the background; one that
     /// misses the news flushes its copy again if it becomes primary).
     pub(super) fn tell_owners_flushed(&self, flushed: &[Block]) {
+        let write_back = flushed.iter().map(|b| &b.key).filter(|k| self.index.get(k).is_some_and(|e| e.durable));
+        self.tell_other_owners_flushed(write_back);
+    }
+
+    /// Tells each other owner of `keys`, in the background, that Blob has them (`Peer/Flushed`).
+    fn tell_other_owners_flushed<'a>(&self, keys: impl Iterator<Item = &'a BlockKey>) {
         let Some(cluster) = &self.cluster else { return };
         let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
-        let write_back = flushed.iter().map(|b| &b.key).filter(|k| self.index.get(k).is_some_and(|e| e.durable));
-        for key in write_back {
+        for key in keys {
             for owner in self.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
                 by_owner.entry(owner).or_default().push(key.clone());
             }
@@ -125,21 +130,7 @@ impl Manager {
     /// needs to flush them, here or elsewhere (told in the background, as after a flush).
     pub(crate) async fn released_everywhere(&self, keys: &[BlockKey]) {
         self.inner.flushed_elsewhere(keys).await;
-        let Some(cluster) = &self.cluster else { return };
-        let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
-        for key in keys {
-            for owner in self.inner.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
-                by_owner.entry(owner).or_default().push(key.clone());
-            }
-        }
-        for (owner, keys) in by_owner {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.flushed_on(&owner, &keys).await {
-                    tracing::debug!(%owner, error = %e, "telling an owner its chunks are in Blob failed");
-                }
-            });
-        }
+        self.inner.tell_other_owners_flushed(keys.iter());
     }
 
     /// Queues `key` for a segment of its own kind's flush (a manifest, once its object's file

@@ -67,3 +67,21 @@ impl Backend {
         }
     }
 }
+
+/// Runs each named `async fn(Backend)` of the calling test file as two tests, `dir::<name>`
+/// and `azurite::<name>` (the file imports `Backend`).
+#[allow(unused_macros, reason = "test files that run on one backend do not use it")]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local_dir {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::dir()).await })*
+        }
+        mod azurite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::azurite()).await })*
+        }
+    };
+}
+#[allow(unused_imports, reason = "test files that run on one backend do not use it")]
+pub(crate) use on_both_backends;
