@@ -287,8 +287,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     init_logging(&config.log.level, config.log.format);
     let server = RunningServer::start(config).await?;
+    let stop = termination(); // the handlers are in place before anyone is told we are ready
     println!("{}", server.ready_line());
-    server.run_until(termination()).await?;
+    server.run_until(stop).await?;
     Ok(())
 }
 

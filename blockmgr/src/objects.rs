@@ -131,6 +131,12 @@ pub(crate) fn placement_key(key: &BlockKey) -> Vec<u8> {
     [key.namespace.as_str().as_bytes(), &[0], k].concat()
 }
 
+/// The id of the version a chunk belongs to.
+fn chunk_id(key: &BlockKey) -> Option<u64> {
+    let k = key.key.as_bytes();
+    is_chunk_key(key).then(|| u64::from_be_bytes(k[2..10].try_into().expect("8 bytes")))
+}
+
 fn chunk_key(ns: &Namespace, id: u64, index: u64) -> BlockKey {
     let mut key = CHUNK.to_vec();
     key.extend_from_slice(&id.to_be_bytes());
@@ -427,8 +433,8 @@ impl Manager {
         let live: HashSet<(Namespace, u64)> = newest.iter().map(|((ns, _), info)| (ns.clone(), info.id)).collect();
         let mut orphans = 0usize;
         for key in self.keys_with_prefix(CHUNK) {
-            let Ok(&[_, _, ref id @ .., _, _, _, _]) = <&[u8; 14]>::try_from(key.key.as_bytes()) else { continue };
-            if !live.contains(&(key.namespace.clone(), u64::from_be_bytes(*id))) {
+            let Some(id) = chunk_id(&key) else { continue };
+            if !live.contains(&(key.namespace.clone(), id)) {
                 self.delete(&key).await;
                 orphans += 1;
             }

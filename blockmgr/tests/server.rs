@@ -192,3 +192,14 @@ async fn the_server_passes_the_tier_conformance_suite() {
     .bounded(false);
     conformance::run_all(&subject).await;
 }
+
+#[test]
+fn a_sigterm_right_after_the_ready_line_is_a_clean_shutdown() {
+    // The signal handlers are installed before the ready line is printed: a supervisor
+    // that stops a node the moment it is up gets a clean exit, not a kill.
+    for _ in 0..10 {
+        let mut node = Node::start();
+        let status = node.terminate();
+        assert!(status.success(), "{status}: {}", node.stderr());
+    }
+}

@@ -341,17 +341,17 @@ impl Cluster {
 impl Cluster {
     /// Tells member `id` that Blob has these write-back blocks.
     pub(crate) async fn flushed_on(&self, id: &str, keys: &[BlockKey]) -> Result<(), String> {
-        let keys = keys
-            .iter()
-            .map(|k| peer::KeyRef {
-                namespace: k.namespace.as_str().into(),
-                key: k.key.as_bytes().to_vec().into(),
-                unflushed: false,
-            })
-            .collect();
+        let keys = keys.iter().map(key_to_wire).collect();
         let req = peer::FlushedRequest { keys };
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
         Ok(())
+    }
+
+    /// Which of `keys` member `id` knows Blob has (`Peer/InBlob`).
+    pub(crate) async fn in_blob_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
+        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+        let got = self.call(id, "in_blob", |c| async move { Ok(c.peer_rpc().in_blob(c.request(req)).await?) }).await?;
+        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
     }
 
     /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
@@ -401,6 +401,11 @@ impl Cluster {
         }
         Ok(ids)
     }
+}
+
+/// A key as a member names it to another.
+pub(crate) fn key_to_wire(k: &BlockKey) -> peer::KeyRef {
+    peer::KeyRef { namespace: k.namespace.as_str().into(), key: k.key.as_bytes().to_vec().into(), unflushed: false }
 }
 
 /// The members' TLS, from `[server.tls]`: none when it is off.

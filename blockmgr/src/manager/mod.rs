@@ -259,6 +259,11 @@ impl Manager {
         let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
         manager.rebuild_catalog().await;
         manager.spawn_exporter();
+        if manager.cluster.is_none() {
+            // Exported objects' chunks read as write-back again after a restart (the SSD
+            // keeps the mark); a cluster does this after each resync, asking the members.
+            manager.release_what_blob_has().await;
+        }
         manager.spawn_resync(config.cluster.resync_interval);
         Ok(manager)
     }

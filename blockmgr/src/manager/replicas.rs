@@ -101,6 +101,22 @@ impl Manager {
         Some((cluster, self.inner.plan_in(cluster, key)))
     }
 
+    /// Write-back blocks here that Blob lacks.
+    pub(crate) fn unflushed_keys(&self) -> Vec<BlockKey> {
+        self.inner.index.unflushed_keys()
+    }
+
+    /// Whether this node flushes `key` itself (alone, or as its primary) and is not an
+    /// object's chunk (which its object's export flushes): what it must not wait to be told.
+    pub(crate) fn flushes_here(&self, key: &BlockKey) -> bool {
+        self.inner.flushes(key) && !(self.inner.exports.is_some() && crate::objects::is_chunk_key(key))
+    }
+
+    /// Whether this node's own Blob segments hold `key` (it flushed it, or found it there).
+    pub(crate) fn in_own_blob(&self, key: &BlockKey) -> bool {
+        self.inner.index.get(key).is_some_and(|e| e.tiers.has(TierKind::Blob))
+    }
+
     /// Whether `key` is a write-back block here that Blob lacks.
     pub(crate) fn unflushed(&self, key: &BlockKey) -> bool {
         self.inner.index.get(key).is_some_and(|e| e.unflushed())

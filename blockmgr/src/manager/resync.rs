@@ -176,6 +176,7 @@ impl Manager {
                     tracing::info!(blocks = taken, "flush take-over: this node is now the primary of unflushed blocks");
                 }
                 me.resync().await;
+                me.release_what_blob_has().await;
                 let periodic = async {
                     if interval.is_zero() {
                         std::future::pending::<()>().await

@@ -333,6 +333,55 @@ impl Manager {
         Some(data)
     }
 
+    /// Which of `keys` this node knows Blob has (`Peer/InBlob`): a block in its own
+    /// segments, or a chunk of a current version whose manifest it flushed (the export
+    /// flushes the manifest last). A cache copy vouches for nothing.
+    pub(crate) fn in_blob_here(&self, keys: &[BlockKey]) -> Vec<BlockKey> {
+        let mut exported: BTreeMap<(String, u64), bool> = BTreeMap::new();
+        let mut is_exported = |ns: &Namespace, id: u64| {
+            *exported.entry((ns.as_str().to_string(), id)).or_insert_with(|| {
+                self.list_objects_here(ns, "", |_| true).into_iter().any(|info| {
+                    info.id == id && self.in_own_blob(&super::manifest_key(ns, &info.path, info.generation))
+                })
+            })
+        };
+        keys.iter()
+            .filter(|k| match super::chunk_id(k) {
+                Some(id) => is_exported(&k.namespace, id),
+                None => self.in_own_blob(k),
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Releases this node's write-back copies that Blob has, as this node or any member
+    /// vouches (`Peer/InBlob`): a copy whose `Flushed` never came (the node was down,
+    /// stopped or restarted, which brings the SSD's write-back mark back) would otherwise
+    /// stay pinned, counted against `blob.max_unflushed`, for ever. How many.
+    pub(crate) async fn release_what_blob_has(&self) -> usize {
+        let pinned: Vec<BlockKey> = self.unflushed_keys().into_iter().filter(|k| !self.flushes_here(k)).collect();
+        if pinned.is_empty() {
+            return 0;
+        }
+        let mut vouched: HashSet<BlockKey> = self.in_blob_here(&pinned).into_iter().collect();
+        if let Some(cluster) = self.cluster() {
+            let others: Vec<String> =
+                cluster.view().addrs.keys().filter(|id| *id != cluster.local_id()).cloned().collect();
+            for member in others {
+                match cluster.in_blob_on(&member, &pinned).await {
+                    Ok(found) => vouched.extend(found),
+                    Err(e) => tracing::debug!(%member, error = %e, "asking what Blob has failed"),
+                }
+            }
+        }
+        let released: Vec<BlockKey> = pinned.into_iter().filter(|k| vouched.contains(k)).collect();
+        if !released.is_empty() {
+            tracing::info!(blocks = released.len(), "released write-back copies Blob already has");
+            self.flushed_elsewhere(&released).await;
+        }
+        released.len()
+    }
+
     /// Removes `path`'s file from Blob (its object was deleted).
     pub(crate) async fn delete_export(&self, ns: &Namespace, path: &str) {
         let Some(exports) = self.exports() else { return };

@@ -238,13 +238,18 @@ async fn metrics_text(State(manager): State<Manager>) -> String {
     manager.metrics().encode()
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not when the
+/// future is first polled: a SIGTERM right after the ready line (a supervisor, a test)
+/// must shut the node down cleanly, not kill it with the default action.
+pub fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 

@@ -80,6 +80,14 @@ impl PeerService {
     }
 }
 
+/// Keys a member sent.
+fn keys_from_wire(keys: &[peer::KeyRef]) -> Result<Vec<kvtier_tiers::BlockKey>, Status> {
+    keys.iter()
+        .map(|k| crate::manager::key_from_wire(&k.namespace, &k.key))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Status::invalid_argument("a malformed key"))
+}
+
 /// A manifest a member sent.
 fn parse_manifest(manifest: Option<peer::Manifest>) -> Result<ObjectInfo, Status> {
     let json = manifest.map(|m| m.json).unwrap_or_default();
@@ -134,13 +142,7 @@ impl peer_server::Peer for PeerService {
 
     async fn flushed(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedResponse>, Status> {
         self.check_member(&request, "peer_flushed")?;
-        let keys: Vec<_> = request
-            .get_ref()
-            .keys
-            .iter()
-            .map(|k| crate::manager::key_from_wire(&k.namespace, &k.key))
-            .collect::<Option<_>>()
-            .ok_or_else(|| Status::invalid_argument("a malformed key"))?;
+        let keys = keys_from_wire(&request.get_ref().keys)?;
         self.manager.flushed_elsewhere(&keys).await;
         Ok(Response::new(peer::FlushedResponse {}))
     }
@@ -170,6 +172,13 @@ impl peer_server::Peer for PeerService {
         }
         let found = self.manager.fetch_chunk_here(&ns, &info, req.index).await;
         Ok(Response::new(peer::FetchChunkResponse { found: found.is_some(), data: found.unwrap_or_default() }))
+    }
+
+    async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
+        self.check_member(&request, "peer_in_blob")?;
+        let keys = keys_from_wire(&request.get_ref().keys)?;
+        let vouched = self.manager.in_blob_here(&keys);
+        Ok(Response::new(peer::FlushedRequest { keys: vouched.iter().map(crate::cluster::key_to_wire).collect() }))
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
