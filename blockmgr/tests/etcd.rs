@@ -272,19 +272,30 @@ async fn checkpoints_survive_kill_9_of_a_primary_and_a_replica_and_a_stop_past_t
     let files = kvtier_tiers::ObjectBlobs::open("az://kvtier/objects", &azurite.options(), Default::default()).unwrap();
     let ns = kvtier_tiers::Namespace::new("ckpt/run1").unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut missing_in_blob;
+    let mut missing: Vec<&str>;
     loop {
-        missing_in_blob = 0;
+        missing = Vec::new();
         for (path, body) in &acked {
             let file = files.read(&files.name(&ns, path), 0..body.len() as u64).await.unwrap();
             if file.as_ref() != Some(body) {
-                missing_in_blob += 1;
+                missing.push(path);
             }
         }
-        if missing_in_blob == 0 || Instant::now() > deadline {
+        if missing.is_empty() || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let missing_in_blob = missing.len();
+    for path in &missing {
+        eprintln!("not in Blob: {path} (owners {:?})", path_owners(&IDS, "ckpt/run1", path));
+    }
+    if !missing.is_empty() {
+        for (id, node) in IDS.iter().zip(&nodes) {
+            let log = node.stderr();
+            let said: Vec<&str> = log.lines().filter(|l| l.contains("export") || l.contains("WARN")).collect();
+            eprintln!("--- {id} ({} lines), its warnings and exports:\n{}", log.lines().count(), said.join("\n"));
+        }
     }
     let exported: u64 = nodes.iter().map(|n| n.metric("objects_exported_total")).sum();
     println!(

@@ -98,9 +98,39 @@ async fn an_object_replaced_in_blob_is_never_read_for_the_old_version(backend: B
     assert!(err.to_string().contains("chunk 0 of generation 1 cannot be read"), "{err}");
 }
 
+async fn objects_written_while_blob_is_down_and_ssd_is_pressed_all_land_in_blob(mut backend: Backend) {
+    // SSD past its demotion mark from the first object on: the flusher looks for blocks to
+    // copy to Blob ahead of eviction, and write-back manifests are among them. Their file
+    // is what makes them durable, so they must wait for their export, never go into a
+    // segment first (which left the export nothing to do: the object never reached Blob).
+    let mut node = Node::start_with(
+        "",
+        &backend.toml("demote_above = 0.05\nflush_linger = \"1ms\"\nretry_timeout = \"1s\"\nretries = 1"),
+    );
+    let client = node.unix_client().await;
+    backend.stop();
+    let objects: Vec<(String, Bytes)> =
+        (0..8).map(|i| (format!("run1/step-{i}/rank-0.distcp"), data(100 + i, 1_100_000))).collect();
+    for (path, object) in &objects {
+        client.put_object(NS, path, pieces(object), Durability::WriteBack, None, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend.resume();
+    wait_until("every export", Duration::from_secs(60), || node.metric("objects_exported_total") == 8);
+    wait_until("nothing unflushed", Duration::from_secs(60), || node.metric("unflushed_bytes") == 0);
+    let blobs = ObjectBlobs::open(&format!("{}/objects", backend.url), &backend.options(), Retries::default()).unwrap();
+    for (path, object) in &objects {
+        let name = blobs.name(&Namespace::new(NS).unwrap(), path);
+        let file = blobs.read(&name, 0..object.len() as u64).await.unwrap();
+        assert!(file.as_ref() == Some(object), "{path}: not in Blob ({:?} bytes)", file.map(|f| f.len()));
+    }
+    assert!(node.terminate().success());
+}
+
 common::blob::on_both_backends!(
     a_write_back_object_lands_in_blob_under_its_name_and_serves_a_wiped_node,
     an_object_replaced_in_blob_is_never_read_for_the_old_version,
+    objects_written_while_blob_is_down_and_ssd_is_pressed_all_land_in_blob,
 );
 
 /// Writes `object` write-back through the first node and waits until its file is in Blob

@@ -359,13 +359,19 @@ async fn take_batch(inner: &Inner, flusher: &Flusher) -> Vec<(BlockKey, Entry)> 
     }
 }
 
-/// Whether `key` still needs to go to Blob: indexed locally, not in Blob, flushable.
+/// Whether `key` still needs to go to a segment in Blob: indexed locally, not in Blob,
+/// flushable.
 fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
     !e.tiers.has(TierKind::Blob)
         && (e.tiers.has(TierKind::Cpu) || e.tiers.has(TierKind::Ssd))
         && inner.flushable(key)
-        // An object's chunks reach Blob in its file (objects/export.rs), not in segments.
-        && !(inner.exports.is_some() && crate::objects::is_chunk_key(key))
+        && !inner.exports.as_ref().is_some_and(|exports| {
+            // An object's chunks reach Blob in its file (objects/export.rs), never in
+            // segments; a write-back manifest only once that file is there (a manifest in a
+            // segment first would tell its export there is nothing left to do).
+            crate::objects::is_chunk_key(key)
+                || (e.durable && crate::objects::is_manifest_key(key) && !exports.is_exported(key))
+        })
 }
 
 /// Queues, for each pressed size class, the oldest SSD blocks Blob lacks among the first
@@ -381,7 +387,11 @@ fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
             }
             let Some(e) = inner.index.get(&key) else { continue };
             covered += e.len;
-            if e.tiers.has(TierKind::Ssd) && wants_flush(inner, &key, &e) {
+            if e.unflushed() {
+                // Write-back: its own flush (or its object's export) is queued, on the node
+                // that flushes it; no other copy goes to Blob (each byte once).
+                inner.queue_flush(key, true);
+            } else if e.tiers.has(TierKind::Ssd) && wants_flush(inner, &key, &e) {
                 flusher.enqueue(key);
             }
         }

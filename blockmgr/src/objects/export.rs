@@ -85,6 +85,11 @@ impl Exports {
         self.queue.lock().members.remove(key);
     }
 
+    /// Whether `key`'s file is in Blob, its manifest's own flush still to come.
+    pub(crate) fn is_exported(&self, key: &BlockKey) -> bool {
+        self.queue.lock().exported.contains(key)
+    }
+
     /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.
     pub(crate) fn forget(&self, key: &BlockKey) {
         self.queue.lock().exported.remove(key);
@@ -144,10 +149,14 @@ impl Manager {
     async fn export(&self, key: &BlockKey) -> Result<(), TierError> {
         let exports = self.exports().expect("the exporter runs with exports").clone();
         if !self.unflushed(key) {
+            tracing::debug!(manifest = %key, "export skipped: not unflushed here");
             exports.forget(key);
             return Ok(());
         }
-        let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return Ok(()) };
+        let GetOutcome::Hit { block, .. } = self.get_here(key).await else {
+            tracing::debug!(manifest = %key, "export skipped: manifest not here");
+            return Ok(());
+        };
         let info = parse(&block)?;
         let ns = key.namespace.clone();
         let name = exports.blobs.name(&ns, &info.path);
