@@ -1,9 +1,20 @@
 # Shared by scripts/azurite.sh and scripts/moto.sh (sourced, not run): starting a local
 # storage emulator in the background and waiting until it answers.
 
-# A free TCP port on 127.0.0.1.
+# A free TCP port on 127.0.0.1, below Linux's ephemeral range (32768 and up, where the OS
+# puts every `:0` listener and outgoing connection): a port the OS handed out could be
+# taken again by a test's node before the emulator binds it; one picked here only by
+# another pick (1 in 12,000).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c 'import random, socket
+while True:
+    port = random.randrange(20000, 32000)
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+        print(port)
+        break
+    except OSError:
+        pass'
 }
 
 # await_ready NAME PID LOG ENDPOINT PROBE...: runs PROBE (which creates the container or

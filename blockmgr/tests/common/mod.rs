@@ -302,9 +302,19 @@ fn owners_of(ids: &[&'static str], placement_key: &[u8], r: usize) -> Vec<&'stat
     owners.iter().map(|o| *ids.iter().find(|id| *id == o).expect("a member")).collect()
 }
 
-/// A TCP port free at the moment (for configs that must name theirs).
+/// A TCP port free at the moment (for configs that must name theirs), below Linux's
+/// ephemeral range (32768 and up, where the OS puts every `:0` listener and outgoing
+/// connection): a port the OS handed out could be taken by another test's node before
+/// ours binds it (CI saw it); one picked here only by another pick (1 in 12,000).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::BuildHasher;
+    loop {
+        let random = std::hash::RandomState::new().hash_one(std::time::Instant::now());
+        let port = 20_000 + (random % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn data(i: u64, len: usize) -> bytes::Bytes {

@@ -130,11 +130,18 @@ DCP_SCRIPT = textwrap.dedent(
 def run_ranks(tmp_path, world: int, address: str, url: str, phase: str) -> list[str]:
     script = tmp_path / "dcp_ranks.py"
     script.write_text(DCP_SCRIPT)
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Below Linux's ephemeral range (32768+), where the OS puts `:0` listeners and outgoing
+    # connections: a port the OS handed out could be taken again before rank 0 binds it.
+    while True:
+        port = random.randrange(20000, 32000)
+        try:
+            socket.create_server(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            pass
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     procs = [
         subprocess.Popen(
