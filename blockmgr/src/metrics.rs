@@ -60,6 +60,12 @@ pub struct Metrics {
     pub blob_bytes: IntCounterVec,
     /// Requests to other members, by op (`put`, `get`, `delete`) and outcome (`ok`, `error`).
     pub peer_requests: IntCounterVec,
+    /// Reads other members asked this node for and it answered, by `answer`: `owner` (the
+    /// bytes, as an owner), `replica` (the bytes, as a read replica), `redirect` (the read
+    /// replicas to read from instead).
+    pub peer_reads: IntCounterVec,
+    /// Copies this node kept of blocks it read from other nodes, as read replicas.
+    pub read_replicas_kept: IntCounter,
     /// Keys in the index.
     pub index_blocks: IntGauge,
     /// Open shared-memory sessions (local clients mapping the arena).
@@ -190,6 +196,15 @@ impl Metrics {
                 &["op", "outcome"],
             ),
             blob_bytes: counter("blob_bytes_total", "Bytes to and from the Blob tier's store", &["direction"]),
+            peer_reads: counter(
+                "peer_reads_total",
+                "Reads other members asked for, by answer (owner, replica: the bytes; redirect: read replicas named)",
+                &["answer"],
+            ),
+            read_replicas_kept: one_counter(
+                "read_replicas_kept_total",
+                "Copies kept of blocks read from other nodes, as read replicas",
+            ),
             index_blocks,
             shm_sessions,
             members,

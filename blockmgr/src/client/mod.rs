@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod member;
 mod objects;
 
 use std::time::Duration;
@@ -29,7 +30,11 @@ use kvtier_proto::{
 use kvtier_tiers::TierKind;
 use tonic::{Code, transport::Channel};
 
-pub use self::objects::{ObjectInfo, ObjectRange};
+pub(crate) use self::member::{MemberHint, MemberRead};
+pub use self::{
+    member::{READ_HEADER, TRIED_HEADER},
+    objects::{ObjectInfo, ObjectRange},
+};
 use crate::{
     Durability, MissReason, Stats,
     wire::{durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},
@@ -285,8 +290,19 @@ impl Client {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
-        let mut stream = self.rpc.clone().get(self.request(req)).await?.into_inner();
-        let mut items = Vec::with_capacity(keys.len());
+        let answers = self.get_answers(self.request(req), keys.len()).await?;
+        Ok(answers.into_iter().map(|(item, _)| item).collect())
+    }
+
+    /// Sends a get and reads its answers, each with what it tells a member (see
+    /// [`MemberHint`]).
+    async fn get_answers(
+        &self,
+        request: tonic::Request<v1::GetRequest>,
+        expected: usize,
+    ) -> Result<Vec<(GetItem, MemberHint)>, ClientError> {
+        let mut stream = self.rpc.clone().get(request).await?.into_inner();
+        let mut items = Vec::with_capacity(expected);
         let mut current: Option<(v1::GetBlock, Vec<Bytes>, u64)> = None;
         while let Some(msg) = stream.message().await? {
             match msg.msg {
@@ -309,20 +325,22 @@ impl Client {
                     chunks.push(chunk);
                     if *got == h.length {
                         let (h, chunks, _) = current.take().expect("current block");
-                        items.push(assemble(h, chunks)?);
+                        let hint = MemberHint { keep: h.keep, holders: Vec::new() };
+                        items.push((assemble(h, chunks)?, hint));
                     }
                 }
                 Some(GetMsg::Miss(m)) => {
                     expect_done(&current)?;
                     expect_index(items.len(), m.index)?;
-                    items.push(GetItem::Miss { reason: miss_from_wire(m.reason), message: m.message });
+                    let hint = MemberHint { keep: false, holders: m.holders };
+                    items.push((GetItem::Miss { reason: miss_from_wire(m.reason), message: m.message }, hint));
                 }
                 None => return Err(ClientError::Protocol("empty get response message".into())),
             }
         }
         expect_done(&current)?;
-        if items.len() != keys.len() {
-            return Err(ClientError::Protocol(format!("{} answers for {} keys", items.len(), keys.len())));
+        if items.len() != expected {
+            return Err(ClientError::Protocol(format!("{} answers for {} keys", items.len(), expected)));
         }
         Ok(items)
     }

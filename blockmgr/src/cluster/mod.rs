@@ -8,6 +8,7 @@
 
 mod etcd;
 pub mod placement;
+mod read_replicas;
 
 use std::{
     collections::HashMap,
@@ -20,8 +21,10 @@ use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
 pub use self::placement::Placement;
+pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
 use crate::{
     Client, Durability, Error, GetItem, PutItem,
+    client::MemberRead,
     config::Config,
     manager::{Digest, key_from_wire},
     metrics::Metrics,
@@ -70,6 +73,8 @@ pub struct Cluster {
     tls: Option<crate::ClientTls>,
     timeout: Duration,
     metrics: Metrics,
+    /// Reads other members asked this node for, and the read replicas they made.
+    pub(crate) reads: ReadReplicas,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -97,6 +102,7 @@ impl Cluster {
             tls: peer_tls(&config.server.tls)?,
             timeout: config.cluster.peer_timeout,
             metrics,
+            reads: ReadReplicas::new(config.cluster.read_replica_after, config.cluster.read_replicas),
         };
         cluster.set_members(members);
         Ok(Some(Arc::new(cluster)))
@@ -237,6 +243,15 @@ impl Cluster {
         }
     }
 
+    /// Reads `key` from member `id` as a reader whose own copy is missing: the bytes, or
+    /// the read replicas to read from instead (see read_replicas.rs). `tried`: holders an
+    /// earlier answer named that did not have it.
+    pub(crate) async fn read_from(&self, id: &str, key: &BlockKey, tried: &[String]) -> Result<MemberRead, String> {
+        let ns = key.namespace.as_str();
+        let k = key.key.as_bytes();
+        self.call(id, "read", |c| async move { c.read_as_member(ns, k, tried).await }).await
+    }
+
     /// Deletes `key` from member `id`: whether it had a copy.
     pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
         let wire = [key.key.as_bytes().to_vec()];
@@ -355,14 +370,14 @@ impl Cluster {
     }
 
     /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
-    /// file in Blob (`None`: the file lacks it).
+    /// file in Blob (`None`: the file lacks it), and whether to keep it as a read replica.
     pub(crate) async fn fetch_chunk_on(
         &self,
         id: &str,
         ns: &kvtier_tiers::Namespace,
         info: &crate::objects::ObjectInfo,
         index: u64,
-    ) -> Result<Option<bytes::Bytes>, String> {
+    ) -> Result<Option<(bytes::Bytes, bool)>, String> {
         let req = peer::FetchChunkRequest {
             namespace: ns.as_str().into(),
             manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
@@ -372,7 +387,7 @@ impl Cluster {
             .call(id, "fetch_chunk", |c| async move { Ok(c.peer_rpc().fetch_chunk(c.request(req)).await?) })
             .await?;
         let got = got.into_inner();
-        Ok(got.found.then_some(got.data))
+        Ok(got.found.then_some((got.data, got.keep)))
     }
 
     /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part

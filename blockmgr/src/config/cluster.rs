@@ -36,6 +36,14 @@ pub struct ClusterConfig {
     /// this node owns and lacks) this often; "0s": only then. Default 5m.
     #[serde(with = "super::humantime_serde")]
     pub resync_interval: Duration,
+    /// Read replicas: once an owner has served a key to other nodes this many times, the
+    /// readers' nodes keep copies of it and the owner sends further readers to those
+    /// copies, so a key every node reads (a checkpoint being restored, a shared prompt
+    /// prefix) is served by many nodes, not by its owners alone. Below it a reader keeps
+    /// nothing. 0 turns read replicas off. Default 2.
+    pub read_replica_after: u32,
+    /// Most read replicas of one key an owner tracks and sends readers to. Default 8.
+    pub read_replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -49,6 +57,8 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             peer_timeout: Duration::from_secs(10),
             resync_interval: Duration::from_secs(300),
+            read_replica_after: 2,
+            read_replicas: 8,
         }
     }
 }

@@ -500,6 +500,9 @@ impl Config {
                 return bad("cluster.lease_ttl", "must be between 2s and 1h");
             }
         }
+        if self.cluster.read_replica_after > 0 && self.cluster.read_replicas == 0 {
+            return bad("cluster.read_replicas", "must be at least 1 (read_replica_after = 0 turns read replicas off)");
+        }
         for (pattern, ns) in &self.namespaces {
             match (ns.replicas, ns.write_quorum) {
                 (Some(0), _) | (_, Some(0)) => {

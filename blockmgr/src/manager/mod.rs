@@ -22,13 +22,16 @@ mod store;
 mod types;
 mod writer;
 
-pub(crate) use self::resync::{BUCKETS, Digest, key_from_wire};
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
     resync::ResyncReport,
     types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
     writer::PutWriter,
+};
+pub(crate) use self::{
+    replicas::MemberAnswer,
+    resync::{BUCKETS, Digest, key_from_wire},
 };
 
 use std::{

@@ -13,7 +13,28 @@ use futures::future::join_all;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, TierExt, TierKind};
 
 use super::{Durability, GetOutcome, Inner, Manager, MissReason, PutOutcome};
-use crate::cluster::{Cluster, Plan};
+use crate::{
+    client::MemberRead,
+    cluster::{Cluster, Plan, ReadRoute},
+};
+
+/// How this node answers a member's read of a key the member lacks.
+pub(crate) enum MemberAnswer {
+    /// The outcome here; `true`: the reader keeps it as a read replica.
+    Here(GetOutcome, bool),
+    /// Read it from these read replicas instead.
+    Elsewhere(Vec<String>),
+}
+
+/// The owners other than `local`, starting at one that depends on `local` and `key`:
+/// readers spread over the copies instead of all asking the primary first.
+fn spread<'a>(owners: &'a [String], local: &str, key: &BlockKey) -> impl Iterator<Item = &'a str> {
+    let others: Vec<&str> = owners.iter().map(String::as_str).filter(|o| *o != local).collect();
+    let n = others.len();
+    let h = xxhash_rust::xxh3::xxh3_64(&[local.as_bytes(), &[0], key.key.as_bytes()].concat());
+    let start = if n == 0 { 0 } else { (h % n as u64) as usize };
+    others.into_iter().cycle().skip(start).take(n)
+}
 
 /// Where a put's copies go, decided when it starts.
 pub(crate) struct Route {
@@ -272,35 +293,144 @@ impl Manager {
         here.or(Ok(PutOutcome { status: kvtier_tiers::PutStatus::Stored, tier: TierKind::Cpu }))
     }
 
-    /// Reads `key`: from this node's tiers, else from an owner (the copy is kept here).
+    /// Reads `key`: from this node's tiers, else from its owners (the other owners in an
+    /// order that differs by reader and key, so reads spread over the copies), or from the
+    /// read replicas an owner names. An owner that lacked its copy keeps what it reads; any
+    /// other node keeps it only when the owner says the key is popular (a read replica).
     pub async fn get(&self, key: &BlockKey) -> GetOutcome {
         let outcome = self.get_here(key).await;
         let Some((cluster, plan)) = self.plan(key) else { return outcome };
         if !matches!(outcome, GetOutcome::Miss { reason: MissReason::NotFound, .. }) {
             return outcome;
         }
-        let local = cluster.local_id();
-        for id in plan.owners.iter().filter(|id| *id != local) {
-            match cluster.get_from(id, key).await {
-                Ok(Some((block, tier))) => {
-                    // An owner that lacked its copy repairs it; another node caches it.
-                    let keep = if plan.owns(local) { self.inner.owner_copy(false) } else { Durability::Cache };
-                    if let Err(e) = self.put_here(block.clone(), keep).await {
-                        tracing::debug!(%key, error = %e, "keeping a copy read from a peer failed");
-                    }
-                    return GetOutcome::Hit { block, tier };
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(%key, error = %e, "an owner could not be read"),
+        for owner in spread(&plan.owners, cluster.local_id(), key) {
+            if let Some(hit) = self.read_through_owner(cluster, &plan, owner, key).await {
+                return hit;
             }
         }
         outcome
     }
 
-    /// Removes `key` here and from every owner: whether any had it.
+    /// Reads `key` from `owner`, or from the read replicas it names (and from `owner` again,
+    /// telling it which of them lacked the key): the hit, kept here as the owner says.
+    async fn read_through_owner(
+        &self,
+        cluster: &Cluster,
+        plan: &Plan,
+        owner: &str,
+        key: &BlockKey,
+    ) -> Option<GetOutcome> {
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            match cluster.read_from(owner, key, &tried).await {
+                Ok(MemberRead::Hit { data, crc32c, tier, keep }) => {
+                    let block = Block::with_crc32c(key.clone(), data, crc32c);
+                    self.keep_read(plan, &block, keep).await;
+                    return Some(GetOutcome::Hit { block, tier });
+                }
+                Ok(MemberRead::Elsewhere(holders)) if tried.is_empty() => {
+                    for holder in holders {
+                        match cluster.read_from(&holder, key, &[]).await {
+                            Ok(MemberRead::Hit { data, crc32c, tier, .. }) => {
+                                let block = Block::with_crc32c(key.clone(), data, crc32c);
+                                self.keep_read(plan, &block, true).await;
+                                return Some(GetOutcome::Hit { block, tier });
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(%key, %holder, error = %e, "a read replica could not be read"),
+                        }
+                        tried.push(holder);
+                    }
+                }
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::debug!(%key, %owner, error = %e, "an owner could not be read");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Keeps a copy of `block` read from another node: an owner's own (a repair), or a read
+    /// replica when `popular`; otherwise nothing.
+    async fn keep_read(&self, plan: &Plan, block: &Block, popular: bool) {
+        let owner = self.cluster.as_ref().is_some_and(|c| plan.owns(c.local_id()));
+        let durability = match (owner, popular) {
+            (true, _) => self.inner.owner_copy(false),
+            (false, true) => Durability::Cache,
+            (false, false) => return,
+        };
+        match self.put_here(block.clone(), durability).await {
+            Ok(_) if !owner => self.metrics().read_replicas_kept.inc(),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(key = %block.key, error = %e, "keeping a copy read from a peer failed"),
+        }
+    }
+
+    /// Answers member `reader`'s read of `key`, which it lacks (`tried`: read replicas it
+    /// was sent to that lacked it too). An owner counts the read, and may tell the reader
+    /// to keep its copy as a read replica or send it to one (see cluster/read_replicas.rs);
+    /// any other node (a read replica) answers what it holds.
+    pub(crate) async fn answer_member_read(&self, key: &BlockKey, reader: &str, tried: &[String]) -> MemberAnswer {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return MemberAnswer::Here(self.get_here(key).await, false);
+        };
+        let plan = self.inner.plan_in(&cluster, key);
+        let answered = |outcome: &GetOutcome, by: &str| {
+            if matches!(outcome, GetOutcome::Hit { .. }) {
+                self.metrics().peer_reads.with_label_values(&[by]).inc();
+            }
+        };
+        if !plan.owns(cluster.local_id()) {
+            let outcome = self.get_here(key).await;
+            answered(&outcome, "replica");
+            return MemberAnswer::Here(outcome, false);
+        }
+        match cluster.reads.route(key, reader, tried, true, plan.owns(reader), |m| cluster.is_member(m)) {
+            ReadRoute::Elsewhere(holders) => {
+                self.metrics().peer_reads.with_label_values(&["redirect"]).inc();
+                MemberAnswer::Elsewhere(holders)
+            }
+            ReadRoute::Here { keep } => {
+                let outcome = self.get_here(key).await;
+                answered(&outcome, "owner");
+                let keep = keep && matches!(outcome, GetOutcome::Hit { .. });
+                if keep {
+                    cluster.reads.kept(key, reader);
+                }
+                MemberAnswer::Here(outcome, keep)
+            }
+        }
+    }
+
+    /// Whether member `reader`, asking this node (the primary) for a chunk read from Blob,
+    /// keeps it as a read replica; counted as a read of it.
+    pub(crate) fn keeps_fetched(&self, key: &BlockKey, reader: &str) -> bool {
+        let Some(cluster) = &self.inner.cluster else { return false };
+        let reader_owns = self.inner.plan_in(cluster, key).owns(reader);
+        let route = cluster.reads.route(key, reader, &[], false, reader_owns, |m| cluster.is_member(m));
+        let keep = route == ReadRoute::Here { keep: true };
+        if keep {
+            cluster.reads.kept(key, reader);
+        }
+        keep
+    }
+
+    /// Removes `key` here, from every owner and from the read replicas this node knows of:
+    /// whether any owner had it.
     pub async fn delete(&self, key: &BlockKey) -> bool {
         let here = self.delete_here(key).await;
         self.forget_manifest(key);
+        if let Some(cluster) = &self.inner.cluster {
+            let holders = cluster.reads.forget(key);
+            for (holder, result) in
+                holders.iter().zip(join_all(holders.iter().map(|h| cluster.delete_on(h, key))).await)
+            {
+                if let Err(e) = result {
+                    tracing::debug!(%key, %holder, error = %e, "deleting a read replica failed (it stays a cache copy)");
+                }
+            }
+        }
         let Some((cluster, plan)) = self.plan(key) else { return here };
         let local = cluster.local_id();
         let deletes = plan.owners.iter().filter(|id| *id != local).map(|id| cluster.delete_on(id, key));

@@ -13,8 +13,9 @@
 //!
 //! A chunk no node holds is read back from the file (a ranged GET) by its primary, once
 //! however many nodes ask at the same time (`Peer/FetchChunk`, a single flight there),
-//! checked against the manifest's CRC-32C of that chunk, and cached on the primary and on
-//! each reader: N nodes restoring one checkpoint read it from Blob once, from peers after.
+//! checked against the manifest's CRC-32C of that chunk, and cached on the primary (and on
+//! readers, once it is popular: read replicas): N nodes restoring one checkpoint read it
+//! from Blob once, from peers after.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
@@ -278,8 +279,9 @@ impl Manager {
     /// Chunk `index` of `info`, which no node holds, from the object's file in Blob; `None`
     /// if the file lacks it or holds other bytes (another version replaced it). The chunk's
     /// primary reads the file, once however many nodes ask at the same time (they all ask
-    /// it), and caches the chunk; this node caches it too (a read replica). A primary that
-    /// does not answer is passed by: this node reads the file itself.
+    /// it), and caches the chunk; this node keeps it too when the primary says it is
+    /// popular (a read replica, see cluster/read_replicas.rs). A primary that does not
+    /// answer is passed by: this node reads the file itself.
     pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
         let key = chunk_key(ns, info.id, index);
         if let Some((cluster, plan)) = self.plan(&key)
@@ -287,9 +289,12 @@ impl Manager {
         {
             match cluster.fetch_chunk_on(primary, ns, info, index).await {
                 Ok(found) => {
-                    let data = found?;
-                    if let Err(e) = self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
-                        tracing::debug!(chunk = index, error = %e, "caching a chunk fetched by its primary failed");
+                    let (data, keep) = found?;
+                    if keep {
+                        match self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
+                            Ok(_) => self.metrics().read_replicas_kept.inc(),
+                            Err(e) => tracing::debug!(chunk = index, error = %e, "keeping a read replica failed"),
+                        }
                     }
                     return Some(data);
                 }
@@ -299,6 +304,20 @@ impl Manager {
             }
         }
         self.fetch_chunk_here(ns, info, index).await
+    }
+
+    /// `Peer/FetchChunk` on the chunk's primary: chunk `index` of `info` for member
+    /// `reader`, and whether it keeps it as a read replica.
+    pub(crate) async fn fetch_chunk_for(
+        &self,
+        ns: &Namespace,
+        info: &ObjectInfo,
+        index: u64,
+        reader: &str,
+    ) -> (Option<Bytes>, bool) {
+        let found = self.fetch_chunk_here(ns, info, index).await;
+        let keep = found.is_some() && self.keeps_fetched(&chunk_key(ns, info.id, index), reader);
+        (found, keep)
     }
 
     /// Chunk `index` of `info` from the object's file, read by this node: one read per

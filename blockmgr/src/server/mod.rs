@@ -288,6 +288,23 @@ fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager,
     }
 }
 
+/// The member a peer request says it comes from ([`crate::client::PEER_HEADER`]).
+fn peer_of<T>(request: &tonic::Request<T>) -> Option<String> {
+    request.metadata().get(crate::client::PEER_HEADER)?.to_str().ok().map(String::from)
+}
+
+/// A member's read that may count towards read replicas ([`crate::client::READ_HEADER`]):
+/// the reader, and the read replicas it tried ([`crate::client::TRIED_HEADER`]). Only a
+/// request [`serving`] accepted as a member's is asked.
+fn member_read<T>(request: &tonic::Request<T>) -> Option<(String, Vec<String>)> {
+    let headers = request.metadata();
+    headers.get(crate::client::READ_HEADER)?;
+    let reader = peer_of(request)?;
+    let tried =
+        headers.get_all(crate::client::TRIED_HEADER).iter().filter_map(|v| v.to_str().ok().map(String::from)).collect();
+    Some((reader, tried))
+}
+
 /// The TCP port's TLS settings, read from `[server.tls]` (none when it is off).
 fn server_tls(tls: &crate::config::TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};

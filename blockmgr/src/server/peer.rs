@@ -165,13 +165,14 @@ impl peer_server::Peer for PeerService {
         request: Request<peer::FetchChunkRequest>,
     ) -> Result<Response<peer::FetchChunkResponse>, Status> {
         let ns = self.check(&request, "peer_fetch_chunk")?;
+        let reader = super::peer_of(&request).unwrap_or_default();
         let req = request.into_inner();
         let info = parse_manifest(req.manifest)?;
         if req.index >= info.chunks() {
             return Err(Status::invalid_argument(format!("{}: no chunk {}", info.path, req.index)));
         }
-        let found = self.manager.fetch_chunk_here(&ns, &info, req.index).await;
-        Ok(Response::new(peer::FetchChunkResponse { found: found.is_some(), data: found.unwrap_or_default() }))
+        let (found, keep) = self.manager.fetch_chunk_for(&ns, &info, req.index, &reader).await;
+        Ok(Response::new(peer::FetchChunkResponse { found: found.is_some(), data: found.unwrap_or_default(), keep }))
     }
 
     async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {

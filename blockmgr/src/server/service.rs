@@ -7,7 +7,7 @@
 //! whose stream ends early is not stored and its result says so. Blocks completed before a
 //! failure are stored (puts are idempotent, so clients simply retry).
 
-use std::{pin::Pin, time::Instant};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Durability, GetOutcome, Manager, PutOutcome, PutWriter,
     config::ServerConfig,
+    manager::MemberAnswer,
     wire::{block_status, durability_from_wire, miss_to_wire, stats_to_wire, status_of, tier_to_wire},
 };
 
@@ -235,26 +236,40 @@ impl BlockStore for BlockService {
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let started = self.begin("get");
         let manager = self.serving(&request)?;
+        let member_read = super::member_read(&request);
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
         let (tx, rx) = mpsc::channel(16);
         let (service, chunk) = (self.clone(), self.config.chunk_size.0 as usize);
         tokio::spawn(async move {
+            let member_read = Arc::new(member_read);
             let mut outcomes = futures::stream::iter(keys)
                 .map(|k| {
-                    let m = manager.clone();
-                    async move { m.get(&k).await }
+                    let (m, member_read) = (manager.clone(), member_read.clone());
+                    async move {
+                        match member_read.as_ref() {
+                            Some((reader, tried)) => m.answer_member_read(&k, reader, tried).await,
+                            None => MemberAnswer::Here(m.get(&k).await, false),
+                        }
+                    }
                 })
                 .buffered(GET_LOOKAHEAD);
             let mut index = 0u32;
-            while let Some(outcome) = outcomes.next().await {
-                let msgs: Vec<GetMsg> = match outcome {
-                    GetOutcome::Hit { block, tier } => {
+            while let Some(answer) = outcomes.next().await {
+                let msgs: Vec<GetMsg> = match answer {
+                    MemberAnswer::Elsewhere(holders) => vec![GetMsg::Miss(v1::GetMiss {
+                        index,
+                        reason: v1::MissReason::Elsewhere as i32,
+                        message: "read it from a read replica".into(),
+                        holders,
+                    })],
+                    MemberAnswer::Here(GetOutcome::Hit { block, tier }, keep) => {
                         let header = GetMsg::Block(v1::GetBlock {
                             index,
                             length: block.len(),
                             crc32c: block.crc32c,
                             tier: tier_to_wire(tier) as i32,
+                            keep,
                         });
                         let data = block.data;
                         std::iter::once(header)
@@ -265,8 +280,13 @@ impl BlockStore for BlockService {
                             )
                             .collect()
                     }
-                    GetOutcome::Miss { reason, message } => {
-                        vec![GetMsg::Miss(v1::GetMiss { index, reason: miss_to_wire(reason) as i32, message })]
+                    MemberAnswer::Here(GetOutcome::Miss { reason, message }, _) => {
+                        vec![GetMsg::Miss(v1::GetMiss {
+                            index,
+                            reason: miss_to_wire(reason) as i32,
+                            message,
+                            holders: Vec::new(),
+                        })]
                     }
                 };
                 for msg in msgs {
