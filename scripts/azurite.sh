@@ -11,6 +11,7 @@
 #                                     "http://127.0.0.1:41234/devstoreaccount1 12345"
 #
 # The account is the emulator's well-known devstoreaccount1 and key. Stop it with kill PID.
+# It listens on 127.0.0.1, or on $KVTIER_LISTEN_HOST when set.
 set -euo pipefail
 source "$(dirname "$0")/emulator-lib.sh"
 cache="${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
@@ -30,9 +31,9 @@ start() {
     install
     mkdir -p "$dir"
     [[ -n "$port" ]] || port="$(free_port)"
-    "$bin" --silent --loose --skipApiVersionCheck --blobHost 127.0.0.1 --blobPort "$port" \
+    "$bin" --silent --loose --skipApiVersionCheck --blobHost "$listen_host" --blobPort "$port" \
         --location "$dir" >>"$dir/azurite.log" 2>&1 &
-    local endpoint="http://127.0.0.1:$port/devstoreaccount1"
+    local endpoint="http://$listen_host:$port/devstoreaccount1"
     await_ready azurite $! "$dir/azurite.log" "$endpoint" \
         python3 "$(dirname "$0")/azurite_container.py" "$endpoint" kvtier
 }

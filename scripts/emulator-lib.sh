@@ -1,20 +1,24 @@
 # Shared by scripts/azurite.sh and scripts/moto.sh (sourced, not run): starting a local
 # storage emulator in the background and waiting until it answers.
 
-# A free TCP port on 127.0.0.1, below Linux's ephemeral range (32768 and up, where the OS
-# puts every `:0` listener and outgoing connection): a port the OS handed out could be
+# The address emulators listen on: $KVTIER_LISTEN_HOST (a multi-host test's bridge, which
+# nodes in network namespaces reach), else 127.0.0.1.
+listen_host="${KVTIER_LISTEN_HOST:-127.0.0.1}"
+
+# A free TCP port on $listen_host, below Linux's ephemeral range (32768 and up, where the
+# OS puts every `:0` listener and outgoing connection): a port the OS handed out could be
 # taken again by a test's node before the emulator binds it; one picked here only by
 # another pick (1 in 12,000).
 free_port() {
-    python3 -c 'import random, socket
+    python3 -c 'import random, socket, sys
 while True:
     port = random.randrange(20000, 32000)
     try:
-        socket.create_server(("127.0.0.1", port)).close()
+        socket.create_server((sys.argv[1], port)).close()
         print(port)
         break
     except OSError:
-        pass'
+        pass' "$listen_host"
 }
 
 # await_ready NAME PID LOG ENDPOINT PROBE...: runs PROBE (which creates the container or

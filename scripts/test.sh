@@ -5,8 +5,9 @@
 # runs formatting and lint checks, every unit, integration, CLI and benchmark-smoke test,
 # the doc tests, and the Python package's tests (pytest, with vLLM from PyPI). The Blob
 # tier's tests run against a real Azurite (npm), which scripts/azurite.sh installs and
-# starts. Tests start real `kvtier` processes, kill -9 them, corrupt their files and fill a
-# disk (a private tmpfs in a mount namespace, via `unshare`).
+# starts. Tests start real `kvtier` processes, kill -9 them, corrupt their files, fill a
+# disk (a private tmpfs in a mount namespace, via `unshare`), and run nodes as separate
+# hosts in network namespaces (`ip netns`, veth, a bridge) to cut one off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +15,11 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "tools"
 missing=()
-for tool in unshare mount; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in unshare mount ip; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
-    # util-linux provides both; present on Debian, installed here when absent.
-    apt-get update -qq && apt-get install -y -qq util-linux >/dev/null
+    # util-linux (unshare, mount) and iproute2 (ip: the multi-host tests' network
+    # namespaces, veth and bridge); present on Debian, installed here when absent.
+    apt-get update -qq && apt-get install -y -qq util-linux iproute2 >/dev/null
 fi
 cargo --version
 if cargo nextest --version >/dev/null 2>&1; then

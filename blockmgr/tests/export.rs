@@ -134,17 +134,10 @@ common::blob::on_both_backends!(
 );
 
 /// The random id naming the chunks of `PATH`'s current version, from its manifest as an
-/// owner keeps it (asked as a member).
+/// owner keeps it.
 async fn object_id(nodes: &[Node]) -> u64 {
     for node in nodes {
-        let mut peer = kvtier_proto::peer::v1::peer_client::PeerClient::connect(format!("http://{}", node.addrs.grpc))
-            .await
-            .unwrap();
-        let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: NS.into(), path: PATH.into() });
-        request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, "n1".parse().unwrap());
-        let json = peer.stat_object(request).await.unwrap().into_inner().json;
-        if !json.is_empty() {
-            let manifest: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        if let Some(manifest) = common::manifest_on(node, NS, PATH).await {
             return manifest["id"].as_u64().expect("the manifest names its chunks' id");
         }
     }

@@ -290,12 +290,13 @@ pub async fn damage_blob_copy(url: &str, options: Vec<(String, String)>, key: &B
 pub use crate::fault_proxy::FaultProxy;
 
 /// Runs `scripts/<script> start DIR [PORT]`, which prints "<endpoint> <pid>".
-fn start_emulator(script: &str, dir: &std::path::Path, port: Option<&str>) -> (String, i32) {
+fn start_emulator(script: &str, dir: &std::path::Path, port: Option<&str>, host: &str) -> (String, i32) {
     let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(&path)
         .arg("start")
         .arg(dir)
         .args(port)
+        .env("KVTIER_LISTEN_HOST", host)
         .output()
         .unwrap_or_else(|e| panic!("running {path}: {e}"));
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
@@ -318,7 +319,7 @@ impl S3Server {
     /// Starts one on a free port. Panics with its log if it cannot.
     pub fn start() -> S3Server {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (endpoint, pid) = start_emulator("moto.sh", dir.path(), None);
+        let (endpoint, pid) = start_emulator("moto.sh", dir.path(), None, "127.0.0.1");
         S3Server { endpoint, pid, _dir: dir }
     }
 
@@ -354,20 +355,24 @@ pub const AZURITE_KEY: &str =
 pub struct Azurite {
     /// Its Blob endpoint, e.g. `http://127.0.0.1:41234/devstoreaccount1`.
     pub endpoint: String,
+    host: String,
     pid: i32,
     dir: tempfile::TempDir,
 }
 
 impl Azurite {
-    /// Starts one on a free port with a fresh workspace. Panics with its log if it cannot.
+    /// Starts one on a free port of 127.0.0.1 with a fresh workspace. Panics with its log
+    /// if it cannot.
     pub fn start() -> Azurite {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let (endpoint, pid) = Self::run_script(dir.path(), None);
-        Azurite { endpoint, pid, dir }
+        Self::start_on("127.0.0.1")
     }
 
-    fn run_script(dir: &std::path::Path, port: Option<&str>) -> (String, i32) {
-        start_emulator("azurite.sh", dir, port)
+    /// Starts one listening on `host` (an address of this machine, e.g. a test network's
+    /// bridge).
+    pub fn start_on(host: &str) -> Azurite {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (endpoint, pid) = start_emulator("azurite.sh", dir.path(), None, host);
+        Azurite { endpoint, host: host.to_string(), pid, dir }
     }
 
     /// Stops it (SIGTERM, so it saves what it holds) and waits until it is gone: its
@@ -402,7 +407,7 @@ impl Azurite {
     /// Starts it again on the same port and workspace, after [`Azurite::stop`].
     pub fn resume(&mut self) {
         let port = self.endpoint.rsplit(':').next().and_then(|p| p.split('/').next()).expect("a port").to_string();
-        let (endpoint, pid) = Self::run_script(self.dir.path(), Some(&port));
+        let (endpoint, pid) = start_emulator("azurite.sh", self.dir.path(), Some(&port), &self.host);
         assert_eq!(endpoint, self.endpoint, "resumed on the same endpoint");
         self.pid = pid;
     }

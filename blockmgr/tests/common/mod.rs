@@ -16,6 +16,7 @@ use kvtier_blockmgr::Client;
 use tempfile::TempDir;
 
 pub mod blob;
+pub mod hosts;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
 pub const MIB: u64 = 1 << 20;
@@ -36,6 +37,8 @@ pub struct Node {
     pub addrs: Addrs,
     child: Child,
     stderr_path: PathBuf,
+    /// What the process is started under (a host's `ip netns exec`), again at a restart.
+    prefix: Vec<String>,
 }
 
 /// A small node: 8 MiB of memory (1 MiB regions), 32 MiB of SSD, blocks up to 1 MiB,
@@ -79,7 +82,7 @@ impl Node {
         let config_path = dir.path().join("kvtier.toml");
         std::fs::write(&config_path, small_config(&dir.path().join("data"), extra_top, extra_tables)).unwrap();
         let (child, addrs, stderr_path) = spawn(&config_path, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
-        Node { dir, config_path, addrs, child, stderr_path }
+        Node { dir, config_path, addrs, child, stderr_path, prefix: Vec::new() }
     }
 
     /// Starts a node on `small_config` plus `extra_tables`, its gRPC on `port`.
@@ -92,11 +95,28 @@ impl Node {
 
     /// Starts a node on the config `make` writes for its data dir.
     pub fn start_with_config(make: impl FnOnce(&Path) -> String) -> Node {
+        Self::start_under(Vec::new(), make)
+    }
+
+    /// Starts a node on `small_config` plus `extra_tables` on host `i` of `hosts` (its
+    /// listeners on the host's address), its gRPC on `port`.
+    pub fn start_on_host(hosts: &hosts::Hosts, i: usize, port: u16, extra_tables: &str) -> Node {
+        let ip = hosts.ip(i);
+        Self::start_under(hosts.prefix(i), |dir| {
+            small_config(dir, "", extra_tables)
+                .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{ip}:{port}\""))
+                .replace("\nmetrics_listen = \"127.0.0.1:0\"", &format!("\nmetrics_listen = \"{ip}:0\""))
+        })
+    }
+
+    /// Starts a node under `prefix` on the config `make` writes for its data dir.
+    fn start_under(prefix: Vec<String>, make: impl FnOnce(&Path) -> String) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("kvtier.toml");
         std::fs::write(&config_path, make(&dir.path().join("data"))).unwrap();
-        let (child, addrs, stderr_path) = spawn(&config_path, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
-        Node { dir, config_path, addrs, child, stderr_path }
+        let args: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        let (child, addrs, stderr_path) = spawn(&config_path, dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
+        Node { dir, config_path, addrs, child, stderr_path, prefix }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -143,8 +163,9 @@ impl Node {
 
     /// Starts the process again on the same config and data dir (after kill9/terminate).
     pub fn restart(&mut self) {
+        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
         let (child, addrs, stderr_path) =
-            spawn(&self.config_path, self.dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+            spawn(&self.config_path, self.dir.path(), &prefix).unwrap_or_else(|e| panic!("{e}"));
         self.child = child;
         self.addrs = addrs;
         self.stderr_path = stderr_path;
@@ -300,6 +321,17 @@ fn owners_of(ids: &[&'static str], placement_key: &[u8], r: usize) -> Vec<&'stat
     let placement = kvtier_blockmgr::cluster::Placement::new(ids.iter().copied());
     let owners = placement.owners(placement_key, r);
     owners.iter().map(|o| *ids.iter().find(|id| *id == o).expect("a member")).collect()
+}
+
+/// `path`'s current manifest in `ns` as `node` keeps it, asked as member n1 (no
+/// forwarding): `None` if it keeps none.
+pub async fn manifest_on(node: &Node, ns: &str, path: &str) -> Option<serde_json::Value> {
+    let mut peer =
+        kvtier_proto::peer::v1::peer_client::PeerClient::connect(format!("http://{}", node.addrs.grpc)).await.unwrap();
+    let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: ns.into(), path: path.into() });
+    request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, "n1".parse().unwrap());
+    let json = peer.stat_object(request).await.unwrap().into_inner().json;
+    (!json.is_empty()).then(|| serde_json::from_slice(&json).unwrap())
 }
 
 /// A TCP port free at the moment (for configs that must name theirs), below Linux's
