@@ -7,6 +7,7 @@ mod checkpoint;
 mod report;
 mod server;
 mod shm;
+mod sim;
 mod tiers;
 mod vllm;
 
@@ -88,6 +89,20 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         shard_mib: usize,
     },
+    /// A simulated cluster of `--nodes` (and a tenth as many) real managers in one process
+    /// over an in-process network: placement balance, write and Blob traffic, resync after
+    /// a node loss, and a checkpoint restored by every node.
+    Sim {
+        /// The largest cluster.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Write-back blocks (16 KiB, two copies) each node writes.
+        #[arg(long, default_value_t = 8)]
+        blocks_per_node: usize,
+        /// Size of the checkpoint file every node restores, in KiB.
+        #[arg(long, default_value_t = 2048)]
+        checkpoint_kib: usize,
+    },
     /// kvtier's vLLM tier vs vLLM 0.32's own `fs` tier on the same disk: store, lookup, load.
     Vllm {
         /// Chunk size in KiB.
@@ -138,6 +153,11 @@ async fn main() -> Result<()> {
         Command::Checkpoint { writers, shard_mib } => {
             let shard = if cli.quick { 16 << 20 } else { shard_mib << 20 };
             checkpoint::run(&checkpoint::Args { writers, shard }, scratch.path(), &mut out).await
+        }
+        Command::Sim { nodes, blocks_per_node, checkpoint_kib } => {
+            let nodes = if cli.quick { nodes.min(100) } else { nodes };
+            sim::run(&sim::Args { nodes, blocks_per_node, checkpoint: checkpoint_kib << 10 }, scratch.path(), &mut out)
+                .await
         }
         Command::Vllm { size_kib, count, memory_mib, python } => {
             let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };

@@ -72,3 +72,32 @@ fn checkpoint_bench_sends_each_byte_to_blob_once_and_restores_from_it_once() {
     let restore = value("restore_blob_reads");
     assert!((1.0..1.01).contains(&restore), "{restore} Blob bytes read per checkpoint byte");
 }
+
+#[test]
+fn sim_of_many_nodes_restores_copies_and_reads_blob_once() {
+    let results = run(&["sim", "--quick", "--json", "--nodes", "30"]);
+    let names = [
+        "placement_busiest",
+        "east_west_per_byte",
+        "blob_bytes_per_byte",
+        "resync_bytes_per_lost",
+        "resync_requests",
+        "restore_blob_reads",
+        "restore_busiest_served",
+    ];
+    let expected: Vec<String> =
+        [10, 30].iter().flat_map(|n| names.iter().map(move |m| format!("sim{n}_{m}"))).collect();
+    check(&results, &expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let value = |name: &str| results.iter().find(|r| r["bench"] == name).unwrap()["value"].as_f64().unwrap();
+    for n in [10, 30] {
+        // Each write-back block reaches Blob once (its segments' indexes add a little).
+        let sent = value(&format!("sim{n}_blob_bytes_per_byte"));
+        assert!((1.0..1.1).contains(&sent), "{n} nodes: {sent} bytes to Blob per byte written");
+        // A lost node's copies are made again, not more (a new owner may hold a cache copy).
+        let moved = value(&format!("sim{n}_resync_bytes_per_lost"));
+        assert!((0.5..=1.0).contains(&moved), "{n} nodes: {moved} bytes moved per byte lost");
+        // Every node restores the checkpoint; Blob is read once between them.
+        let read = value(&format!("sim{n}_restore_blob_reads"));
+        assert!((1.0..1.05).contains(&read), "{n} nodes: {read} Blob bytes read per checkpoint byte");
+    }
+}

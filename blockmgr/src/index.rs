@@ -107,6 +107,8 @@ impl Entry {
 pub struct Index {
     map: DashMap<BlockKey, Entry>,
     unflushed: AtomicU64,
+    /// Bumped whenever a key comes or goes (what resync's cached ownership checks).
+    key_set: AtomicU64,
 }
 
 impl Index {
@@ -118,9 +120,17 @@ impl Index {
     /// Records a new block (the caller holds the key's lock and checked it was absent).
     pub fn insert(&self, key: BlockKey, entry: Entry) {
         self.add_unflushed(entry.unflushed_bytes());
-        if let Some(old) = self.map.insert(key, entry) {
-            self.sub_unflushed(old.unflushed_bytes());
+        match self.map.insert(key, entry) {
+            Some(old) => self.sub_unflushed(old.unflushed_bytes()),
+            None => {
+                self.key_set.fetch_add(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Changes whenever a key is added or removed.
+    pub fn key_set_version(&self) -> u64 {
+        self.key_set.load(Ordering::Acquire)
     }
 
     /// Sets the tiers of `key`, removing the entry when no tier is left.
@@ -146,6 +156,7 @@ impl Index {
     /// Removes `key`.
     pub fn remove(&self, key: &BlockKey) -> Option<Entry> {
         let (_, e) = self.map.remove(key)?;
+        self.key_set.fetch_add(1, Ordering::AcqRel);
         self.sub_unflushed(e.unflushed_bytes());
         Some(e)
     }

@@ -80,6 +80,10 @@ pub struct Metrics {
     pub resync_bytes: IntCounter,
     /// Resync steps that failed (a peer unreachable, a block unreadable).
     pub resync_failures: IntCounter,
+    /// Blocks this node handed to their new owners after a change of the member list.
+    pub handoff_blocks: IntCounter,
+    /// Bytes of those blocks.
+    pub handoff_bytes: IntCounter,
     /// Objects whose file this node committed in Blob, under their own names.
     pub objects_exported: IntCounter,
     /// Bytes of those objects.
@@ -212,6 +216,11 @@ impl Metrics {
             resync_blocks: one_counter("resync_blocks_total", "Blocks pulled from peers by resync"),
             resync_bytes: one_counter("resync_bytes_total", "Bytes pulled from peers by resync"),
             resync_failures: one_counter("resync_failures_total", "Resync steps that failed"),
+            handoff_blocks: one_counter(
+                "handoff_blocks_total",
+                "Blocks handed to their new owners after a member change",
+            ),
+            handoff_bytes: one_counter("handoff_bytes_total", "Bytes handed to new owners after a member change"),
             objects_exported: one_counter("objects_exported_total", "Objects committed in Blob under their own names"),
             object_export_bytes: one_counter("object_export_bytes_total", "Bytes of the objects committed in Blob"),
             object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),

@@ -28,7 +28,8 @@ use kvtier_proto::{
     },
 };
 use kvtier_tiers::TierKind;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
+use tower::ServiceExt;
 
 pub(crate) use self::member::{MemberHint, MemberRead};
 pub use self::{
@@ -125,13 +126,40 @@ pub enum GetItem {
     },
 }
 
+/// What a client's requests travel over: a tonic channel (TCP, TLS, a Unix socket), or
+/// any other service answering gRPC requests, such as a node served in process
+/// ([`crate::server::routes`]: the cluster simulation of `kvtier-bench sim`).
+pub type Transport = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    TransportError,
+>;
+
+/// Why a [`Transport`] could not carry a request (the channel's own error as the source,
+/// so tonic still reads a refused connection as UNAVAILABLE). A named type rather than a
+/// boxed trait object: the async code around the generated clients then stays `Send`.
+#[derive(Debug)]
+pub struct TransportError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
 /// A connection to one kvtier node. Cloning shares the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    rpc: BlockStoreClient<Channel>,
-    objects: ObjectsClient<Channel>,
+    rpc: BlockStoreClient<Transport>,
+    objects: ObjectsClient<Transport>,
     /// What members ask each other (used on a member's connection only).
-    peer_rpc: PeerClient<Channel>,
+    peer_rpc: PeerClient<Transport>,
     chunk: usize,
     /// Set on a member's connection to another: every request carries it.
     peer: Option<tonic::metadata::AsciiMetadataValue>,
@@ -204,15 +232,20 @@ impl Client {
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.into(), source })?;
-        let rpc = BlockStoreClient::new(channel.clone())
+        Ok(Self::over(Transport::new(channel.map_err(|e| TransportError(Box::new(e))))))
+    }
+
+    /// A client whose requests go over `transport`.
+    pub fn over(transport: Transport) -> Self {
+        let rpc = BlockStoreClient::new(transport.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let objects = ObjectsClient::new(channel.clone())
+        let objects = ObjectsClient::new(transport.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let peer_rpc =
-            PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok(Client { rpc, objects, peer_rpc, chunk: DEFAULT_CHUNK, peer: None })
+            PeerClient::new(transport).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+        Client { rpc, objects, peer_rpc, chunk: DEFAULT_CHUNK, peer: None }
     }
 
     /// This connection as member `node_id`'s to another member: requests are answered from
@@ -226,7 +259,7 @@ impl Client {
     }
 
     /// The peer service over this connection.
-    pub(crate) fn peer_rpc(&self) -> PeerClient<Channel> {
+    pub(crate) fn peer_rpc(&self) -> PeerClient<Transport> {
         self.peer_rpc.clone()
     }
 

@@ -50,6 +50,7 @@ pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address:
         loop {
             if let Err(e) = session(&cluster, &reg, &mut ready).await {
                 tracing::warn!(error = %e, "etcd membership: reconnecting");
+                cluster.mark_rejoined();
             }
             tokio::time::sleep(RETRY).await;
         }

@@ -33,6 +33,12 @@ use crate::{
 /// How long a member whose connection failed is skipped before it is tried again.
 const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
 
+/// How this node reaches a member, from the member's address: a client over TCP (with the
+/// cluster's TLS) unless the node was built with another, as the cluster simulation of
+/// `kvtier-bench sim` builds its nodes over an in-process network.
+pub type Dialer =
+    Arc<dyn Fn(&str) -> futures::future::BoxFuture<'static, Result<Client, crate::ClientError>> + Send + Sync>;
+
 /// The members as this node sees them now.
 #[derive(Debug, Default)]
 pub struct View {
@@ -75,6 +81,11 @@ pub struct Cluster {
     metrics: Metrics,
     /// Reads other members asked this node for, and the read replicas they made.
     pub(crate) reads: ReadReplicas,
+    /// Connections made otherwise than by TCP (see [`Dialer`]).
+    dialer: Option<Dialer>,
+    /// This node was out of the member list (its etcd lease lapsed) and is back: what it
+    /// missed meanwhile must be pulled, not only handed to it.
+    rejoined: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -84,8 +95,13 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// The cluster `config` describes, or `None` for a single node.
-    pub fn from_config(config: &Config, metrics: Metrics) -> Result<Option<Arc<Cluster>>, Error> {
+    /// The cluster `config` describes, or `None` for a single node; members are dialled
+    /// with `dialer`, else over TCP.
+    pub fn from_config(
+        config: &Config,
+        metrics: Metrics,
+        dialer: Option<Dialer>,
+    ) -> Result<Option<Arc<Cluster>>, Error> {
         let mut members = config.cluster.static_members()?;
         if !config.cluster.etcd.is_empty() {
             // Alone until etcd lists the others (see etcd.rs).
@@ -103,6 +119,8 @@ impl Cluster {
             timeout: config.cluster.peer_timeout,
             metrics,
             reads: ReadReplicas::new(config.cluster.read_replica_after, config.cluster.read_replicas),
+            dialer,
+            rejoined: std::sync::atomic::AtomicBool::new(false),
         };
         cluster.set_members(members);
         Ok(Some(Arc::new(cluster)))
@@ -147,6 +165,21 @@ impl Cluster {
         self.changed.subscribe()
     }
 
+    /// This node registers again after being out of the member list.
+    pub(crate) fn mark_rejoined(&self) {
+        self.rejoined.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this node came back since the last ask.
+    pub(crate) fn take_rejoined(&self) -> bool {
+        self.rejoined.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// How many times the member list changed.
+    pub(crate) fn epoch(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// Whether `id` is a member now.
     pub fn is_member(&self, id: &str) -> bool {
         self.view().addrs.contains_key(id)
@@ -173,8 +206,15 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let tls = self.tls.clone().map(|t| crate::ClientTls { domain: Some(id.to_string()), ..t });
-        let connected = tokio::time::timeout(self.timeout, Client::connect_with(&addr, tls.as_ref())).await;
+        let connecting = match &self.dialer {
+            Some(dial) => dial(&addr),
+            None => {
+                let tls = self.tls.clone().map(|t| crate::ClientTls { domain: Some(id.to_string()), ..t });
+                let addr = addr.clone();
+                Box::pin(async move { Client::connect_with(&addr, tls.as_ref()).await })
+            }
+        };
+        let connected = tokio::time::timeout(self.timeout, connecting).await;
         match connected.map_err(|_| "connecting timed out".to_string()).and_then(|c| c.map_err(|e| e.to_string())) {
             Ok(client) => {
                 let client = client.as_peer(&self.local).map_err(|e| e.to_string())?;
@@ -360,6 +400,13 @@ impl Cluster {
         let req = peer::FlushedRequest { keys };
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
         Ok(())
+    }
+
+    /// Which of `keys` member `id` lacks and owns (`Peer/Offer`, the handoff).
+    pub(crate) async fn offer_to(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
+        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+        let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
+        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
     }
 
     /// Which of `keys` member `id` knows Blob has (`Peer/InBlob`).

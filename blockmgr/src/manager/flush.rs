@@ -182,6 +182,19 @@ impl Drop for Admitted<'_> {
 }
 
 impl Inner {
+    /// Queues the flush of a block just stored (its key's lock held), unless another owner
+    /// already said Blob has it (a `Flushed` that overtook this copy): then the copy is
+    /// released at once instead of pinned until a reconciliation.
+    pub(super) fn queue_new_flush(&self, key: BlockKey, durable: bool) {
+        if durable && self.flushed_ahead.remove(&key).is_some() {
+            if let Some(e) = self.index.get(&key) {
+                self.index.insert(key, Entry { durable: false, ..e });
+            }
+            return;
+        }
+        self.queue_flush(key, durable);
+    }
+
     /// Queues a write-back block just stored for its flush.
     /// With objects' files in Blob, a manifest's flush first exports its object, and a
     /// chunk is flushed by that export, never into a segment.

@@ -14,7 +14,9 @@
 mod arena;
 mod blob;
 mod flush;
+mod handoff;
 mod movement;
+mod open;
 mod replicas;
 mod resync;
 mod stats;
@@ -44,14 +46,11 @@ use std::{
 };
 
 use bytes::BytesMut;
-use kvtier_tiers::{
-    BlobTier, BlobTierBuilder, Block, BlockKey, CpuTier, CpuTierBuilder, Error as TierError, SsdTierBuilder, Tier,
-    TierExt, TierKind,
-};
+use kvtier_tiers::{BlobTier, Block, BlockKey, CpuTier, Error as TierError, Tier, TierExt, TierKind};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    Config, Error, Metrics,
+    Config, Metrics,
     flight::{KeyLocks, SingleFlight},
     index::Index,
     policy::CpuPolicy,
@@ -87,6 +86,12 @@ pub(crate) struct Inner {
     index: Index,
     policy: CpuPolicy,
     locks: KeyLocks,
+    /// Write-back keys another owner said Blob has before this node's copy of them arrived
+    /// (a `Peer/Flushed` that overtook the put carrying the copy): the copy, when it comes,
+    /// needs no flush. Bounded, and forgotten after five minutes or a delete.
+    flushed_ahead: moka::sync::Cache<BlockKey, ()>,
+    /// Owners of the keys held here, placed once per member list and key set (resync.rs).
+    ownership: parking_lot::Mutex<Option<Arc<resync::Ownership>>>,
     ssd_reads: SingleFlight<GetOutcome>,
     blob_reads: SingleFlight<GetOutcome>,
     read_slots: Semaphore,
@@ -122,155 +127,6 @@ impl fmt::Debug for Manager {
 }
 
 impl Manager {
-    /// Builds the tiers from `config`, recovers the SSD tier's blocks into the index and
-    /// starts the demotion worker. Must run inside a tokio runtime.
-    pub async fn open(config: &Config, metrics: Metrics) -> Result<Self, Error> {
-        config.validate()?;
-        let cpu = CpuTierBuilder::new(config.cpu.capacity.0)
-            .with_region_size(config.cpu.region_size.0)
-            .with_max_block_size(config.max_block_size.0)
-            .with_mlock(config.cpu.mlock)
-            .with_prefault(config.cpu.prefault)
-            .build()?;
-        let ssd: Option<Arc<dyn Tier>> = if config.ssd.enabled {
-            let tier = SsdTierBuilder::new(config.in_data_dir(&config.ssd.dir), config.ssd.capacity.0)
-                .with_region_size(config.ssd.region_size.0)
-                .with_max_block_size(config.max_block_size.0)
-                .with_direct_io(config.ssd.direct_io)
-                .with_sync_writes(config.ssd.sync_writes)
-                .build()
-                .await?;
-            Some(Arc::new(tier))
-        } else {
-            None
-        };
-        let blob = match config.blob_url() {
-            None => None,
-            Some(url) => {
-                let tier = BlobTierBuilder::new(url)
-                    .options(config.blob.options.clone())
-                    .segment_size(config.blob.segment_size.0)
-                    .max_block_size(config.max_block_size.0)
-                    .retries(kvtier_tiers::Retries {
-                        max_retries: config.blob.retries,
-                        timeout: config.blob.retry_timeout,
-                    })
-                    .build()?;
-                Some(Arc::new(tier))
-            }
-        };
-        Self::assemble(cpu, ssd, blob, config, metrics).await
-    }
-
-    /// Assembles a manager over tiers built by the caller (tests use a [`kvtier_tiers::MemoryTier`]
-    /// as the slow tier).
-    pub async fn with_tiers(
-        cpu: CpuTier,
-        ssd: Option<Arc<dyn Tier>>,
-        config: &Config,
-        metrics: Metrics,
-    ) -> Result<Self, Error> {
-        Self::assemble(cpu, ssd, None, config, metrics).await
-    }
-
-    async fn assemble(
-        cpu: CpuTier,
-        ssd: Option<Arc<dyn Tier>>,
-        blob: Option<Arc<BlobTier>>,
-        config: &Config,
-        metrics: Metrics,
-    ) -> Result<Self, Error> {
-        let cluster = crate::cluster::Cluster::from_config(config, metrics.clone())?;
-        let (demote_tx, demote_rx) = mpsc::unbounded_channel();
-        let background = Arc::new(Background::default());
-        let listener_tx = demote_tx.clone();
-        let (queue, listener_bg) = (metrics.demotion_queue.clone(), background.clone());
-        let policy = CpuPolicy::new(cpu.capacity(), move |key| {
-            queue.inc();
-            listener_bg.start();
-            // The receiver lives as long as the manager; a send after shutdown is moot.
-            let _ = listener_tx.send(key);
-        });
-        let cpu_capacity = cpu.capacity();
-        let flusher = match (&ssd, &blob) {
-            (Some(ssd), Some(blob)) => {
-                let capacity = ssd.usage().await?.capacity;
-                Some(Arc::new(flush::Flusher::new(blob.clone(), capacity, config)))
-            }
-            _ => None,
-        };
-        let exports = match (&flusher, config.objects_url()) {
-            (Some(_), Some(url)) => {
-                let retries =
-                    kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
-                let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
-                let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
-                Some(Arc::new(crate::objects::Exports::new(blobs)))
-            }
-            _ => None,
-        };
-        let inner = Arc::new(Inner {
-            cpu: Arc::new(cpu),
-            ssd,
-            blob,
-            flusher: flusher.clone(),
-            exports,
-            blob_deletes: parking_lot::Mutex::new(Vec::new()),
-            config: config.clone(),
-            index: Index::default(),
-            policy,
-            locks: KeyLocks::new(LOCK_STRIPES),
-            ssd_reads: SingleFlight::new(),
-            blob_reads: SingleFlight::new(),
-            read_slots: Semaphore::new(config.ssd.max_concurrent_reads),
-            transfer: Arc::new(Semaphore::new(config.server.transfer_budget.0 as usize)),
-            reserved: Arc::new(AtomicU64::new(0)),
-            demote_tx,
-            background,
-            metrics,
-            limits: Limits {
-                max_block_size: config.max_block_size.0,
-                transfer_budget: config.server.transfer_budget.0,
-                reserve_limit: cpu_capacity / 4,
-            },
-            started: Instant::now(),
-            cluster: cluster.clone(),
-        });
-        inner.rebuild_index().await?;
-        let blob_loaded = inner.load_blob().await?;
-        movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
-        if let Some(flusher) = flusher {
-            // Write-back blocks on SSD that Blob lacks (a kill -9 before their flush).
-            let unflushed = inner.forget_write_back_of_cache_only();
-            if !unflushed.is_empty() {
-                tracing::info!(blocks = unflushed.len(), bytes = inner.index.unflushed(), "queueing unflushed blocks");
-            }
-            for key in unflushed {
-                inner.queue_flush(key, true);
-            }
-            flush::spawn_flusher(&inner, flusher);
-        }
-        if !blob_loaded {
-            blob::spawn_blob_loader(&inner);
-        }
-        if let Some(blob) = &inner.blob {
-            blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
-        }
-        if let Some(cluster) = &cluster {
-            cluster.join_etcd(config).await?;
-        }
-        let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
-        manager.rebuild_catalog().await;
-        manager.spawn_exporter();
-        if manager.cluster.is_none() {
-            // Exported objects' chunks read as write-back again after a restart (the SSD
-            // keeps the mark); a cluster does this after each resync, asking the members.
-            manager.release_what_blob_has().await;
-        }
-        manager.spawn_resync(config.cluster.resync_interval);
-        Ok(manager)
-    }
-
     /// The metrics this manager updates.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -433,6 +289,7 @@ impl Manager {
         let (inner, key) = (self.inner.clone(), key.clone());
         detached(async move {
             let _guard = inner.locks.lock(&key).await;
+            inner.flushed_ahead.invalidate(&key);
             let Some(entry) = inner.index.remove(&key) else { return Ok(false) };
             inner.policy.forget(&key);
             if entry.tiers.has(TierKind::Cpu) {

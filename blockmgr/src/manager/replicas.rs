@@ -47,7 +47,7 @@ pub(crate) struct Route {
 impl Inner {
     /// Copies of `key` and the write quorum, from its namespace's `[namespaces]` entry:
     /// 1 for blocks and 2 for named objects unless set.
-    fn replication(&self, key: &BlockKey) -> (usize, usize) {
+    pub(super) fn replication(&self, key: &BlockKey) -> (usize, usize) {
         let ns = self.config.namespace(key.namespace.as_str());
         let replicas = ns.replicas.unwrap_or(if crate::objects::is_object_key(key) { 2 } else { 1 });
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
@@ -109,8 +109,14 @@ impl Inner {
     pub(crate) async fn flushed_elsewhere(&self, keys: &[BlockKey]) {
         for key in keys {
             let _guard = self.locks.lock(key).await;
-            if let Some(e) = self.index.get(key).filter(|e| e.unflushed()) {
-                self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
+            match self.index.get(key) {
+                Some(e) if e.unflushed() => {
+                    self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
+                }
+                Some(_) => {}
+                // The news overtook the copy (the primary flushed before this owner's copy
+                // arrived): the copy is released when it comes.
+                None => self.flushed_ahead.insert(key.clone(), ()),
             }
         }
     }

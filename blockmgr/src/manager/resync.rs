@@ -1,12 +1,17 @@
 //! Resync: a node pulls from its peers the blocks it owns and lacks. It runs when the node
-//! starts, whenever the member list changes, and every `cluster.resync_interval`:
-//! - a node that was away pulls the writes it missed (what hinted handoff would replay);
-//! - after a member leaves for good, the nodes that now own its keys pull them from the
-//!   surviving copies, so every key is back to R copies.
+//! starts, when it comes back after being out of the member list, and every
+//! `cluster.resync_interval`; at every other change of the member list the blocks whose
+//! owners changed are handed to their new owners instead (handoff.rs), so a change costs
+//! requests in proportion to what moved, not to the square of the members:
+//! - a node that was away pulls the writes it missed from the members that own them with
+//!   it (and the members that held its keys meanwhile hand them back);
+//! - after a member leaves for good, the surviving owner of each of its keys hands it to
+//!   the key's new owner, so every key is back to R copies.
 //!
-//! Comparing is cheap when nothing differs: each side hashes the keys it holds that the
-//! asking node owns into [`BUCKETS`] buckets (count and XOR of key hashes per bucket); only
-//! the buckets that differ are listed key by key, and only the keys missing here are read.
+//! Comparing is cheap when nothing differs: for a pair of members, each side hashes the keys
+//! it holds that both own into [`BUCKETS`] buckets (count and XOR of key hashes per bucket:
+//! the same set on both sides when they are in sync); only the buckets that differ are
+//! listed key by key, and only the keys missing here are read.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -48,33 +53,91 @@ fn bucket_and_hash(key: &BlockKey) -> (usize, u64) {
     ((h % BUCKETS as u64) as usize, h)
 }
 
+/// The keys a node holds, each with its bucket, hash and owners, as placed by one member
+/// list over one set of keys. After a change of the member list every member asks every
+/// other for digests at once; this is placed once and read by all of them (placing a key
+/// costs a hash per member: at 1000 members, placing every key again for each of 999 asks
+/// was most of a resync's work).
+#[derive(Debug)]
+pub(crate) struct Ownership {
+    /// (member-list epoch, index key-set version) it was computed at.
+    at: (u64, u64),
+    pub(super) keys: Vec<(BlockKey, usize, u64, Vec<String>)>,
+}
+
 impl Manager {
     /// Whether member `node` is among `key`'s owners.
     fn owned_by(&self, key: &BlockKey, node: &str) -> bool {
         self.plan(key).is_some_and(|(_, plan)| plan.owns(node))
     }
 
-    /// Digests of the keys this node holds that `node` owns, per bucket.
+    /// The keys held here with their owners, for the current member list and keys.
+    fn ownership(&self) -> Arc<Ownership> {
+        let epoch = self.cluster().map_or(0, |c| c.epoch());
+        let at = (epoch, self.inner.index.key_set_version());
+        let mut cached = self.inner.ownership.lock();
+        if let Some(o) = cached.as_ref().filter(|o| o.at == at) {
+            return o.clone();
+        }
+        let keys = self
+            .inner
+            .index
+            .keys_where(|_| true)
+            .into_iter()
+            .map(|key| {
+                let (bucket, hash) = bucket_and_hash(&key);
+                let owners = self.plan(&key).map(|(_, plan)| plan.owners).unwrap_or_default();
+                (key, bucket, hash, owners)
+            })
+            .collect();
+        let fresh = Arc::new(Ownership { at, keys });
+        *cached = Some(fresh.clone());
+        fresh
+    }
+
+    /// Whether `owners` holds both `node` and this node.
+    fn co_owned(&self, owners: &[String], node: &str) -> bool {
+        let me = self.cluster().map(|c| c.local_id().to_string()).unwrap_or_default();
+        owners.iter().any(|o| o == node) && owners.contains(&me)
+    }
+
+    /// Digests of the keys this node holds that `node` and this node both own, per bucket.
     pub(crate) fn owned_digests(&self, node: &str) -> Vec<Digest> {
         let mut digests = vec![Digest::default(); BUCKETS];
-        for key in self.inner.index.keys_where(|k| self.owned_by(k, node)) {
-            let (bucket, hash) = bucket_and_hash(&key);
-            digests[bucket].count += 1;
-            digests[bucket].xor ^= hash;
+        for (_, bucket, hash, owners) in &self.ownership().keys {
+            if self.co_owned(owners, node) {
+                digests[*bucket].count += 1;
+                digests[*bucket].xor ^= hash;
+            }
         }
         digests
     }
 
-    /// The keys this node holds that `node` owns, in `bucket`.
+    /// The keys this node holds that `node` and this node both own, in `bucket`.
     pub(crate) fn owned_keys(&self, node: &str, bucket: usize) -> Vec<BlockKey> {
-        self.inner.index.keys_where(|k| bucket_and_hash(k).0 == bucket && self.owned_by(k, node))
+        let ownership = self.ownership();
+        let owned = ownership.keys.iter().filter(|(_, b, _, owners)| *b == bucket && self.co_owned(owners, node));
+        owned.map(|(key, ..)| key.clone()).collect()
+    }
+
+    /// Which of `keys` this node owns and lacks (`Peer/Offer`).
+    pub(crate) fn wanted(&self, keys: &[BlockKey]) -> Vec<BlockKey> {
+        let Some(cluster) = self.cluster() else { return Vec::new() };
+        keys.iter()
+            .filter(|k| self.inner.index.get(k).is_none() && self.owned_by(k, cluster.local_id()))
+            .cloned()
+            .collect()
+    }
+
+    /// The owners of every key held here (the cached placement).
+    pub(super) fn held_with_owners(&self) -> Arc<Ownership> {
+        self.ownership()
     }
 
     /// Pulls from every other member the blocks this node owns and lacks.
     pub async fn resync(&self) -> ResyncReport {
         let Some(cluster) = self.cluster().cloned() else { return ResyncReport::default() };
         let me = cluster.local_id().to_string();
-        let mine = self.owned_digests(&me);
         let peers: Vec<String> = cluster.view().addrs.keys().filter(|id| **id != me).cloned().collect();
         let metrics = self.metrics().clone();
         let mut report = ResyncReport { peers: peers.len(), ..Default::default() };
@@ -91,6 +154,7 @@ impl Manager {
                     continue;
                 }
             };
+            let mine = self.owned_digests(peer);
             let differing: Vec<usize> =
                 (0..BUCKETS).filter(|&b| theirs.get(b).is_some_and(|d| *d != mine[b])).collect();
             report.buckets += differing.len();
@@ -102,7 +166,7 @@ impl Manager {
                         continue;
                     }
                 };
-                let have: HashSet<BlockKey> = self.owned_keys(&me, bucket).into_iter().collect();
+                let have: HashSet<BlockKey> = self.owned_keys(peer, bucket).into_iter().collect();
                 let missing: Vec<(BlockKey, bool)> =
                     listed.into_iter().filter(|(k, _)| !have.contains(k) && self.owned_by(k, &me)).collect();
                 bar.inc_length(missing.len() as u64);
@@ -161,13 +225,16 @@ impl Manager {
         Ok(Some(len))
     }
 
-    /// Runs [`Manager::resync`] at start, after every change of the member list, and every
-    /// `interval` (never with zero), one at a time.
+    /// Runs [`Manager::resync`] at start, when this node comes back into the member list,
+    /// and every `interval` (never with zero), and [`Manager::handoff`] at every change of
+    /// the member list, one at a time.
     pub(crate) fn spawn_resync(&self, interval: Duration) {
         let Some(cluster) = self.cluster().cloned() else { return };
         let me = self.clone();
         let mut changes = cluster.changes();
         tokio::spawn(async move {
+            let mut handed_from = cluster.view();
+            let mut full = true;
             loop {
                 // Let a burst of changes (several members joining) settle first.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,8 +242,16 @@ impl Manager {
                 if taken > 0 {
                     tracing::info!(blocks = taken, "flush take-over: this node is now the primary of unflushed blocks");
                 }
-                me.resync().await;
+                let now = cluster.view();
+                if now.addrs != handed_from.addrs {
+                    me.handoff(&handed_from).await;
+                    handed_from = now;
+                }
+                if full || cluster.take_rejoined() {
+                    me.resync().await;
+                }
                 me.release_what_blob_has().await;
+                full = false;
                 let periodic = async {
                     if interval.is_zero() {
                         std::future::pending::<()>().await
@@ -186,7 +261,7 @@ impl Manager {
                 };
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
-                    () = periodic => {}
+                    () = periodic => full = true,
                 }
             }
         });

@@ -115,7 +115,7 @@ impl Inner {
                         return Err(e);
                     }
                     self.index.set_tiers(&key, TierSet::of(TierKind::Cpu).with(TierKind::Ssd));
-                    self.queue_flush(key, durable);
+                    self.queue_new_flush(key, durable);
                 }
                 Ok(PutOutcome { status: PutStatus::Stored, tier: TierKind::Cpu })
             }
@@ -135,7 +135,7 @@ impl Inner {
             let tiers = TierSet::of(TierKind::Ssd);
             let tiers = if in_memory { tiers.with(TierKind::Cpu) } else { tiers };
             self.index.insert(key.clone(), entry(tiers));
-            self.queue_flush(key, durable);
+            self.queue_new_flush(key, durable);
             return Ok(PutOutcome { status: PutStatus::Stored, tier: tiers.fastest().expect("ssd is set") });
         }
         if self.put_cpu(&block).await {

@@ -6,7 +6,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use kvtier_tiers::{BlockMeta, PutStatus, TierUsage, conformance::pattern};
+use kvtier_tiers::{BlockMeta, CpuTierBuilder, PutStatus, SsdTierBuilder, TierUsage, conformance::pattern};
 
 use super::*;
 use crate::ByteSize;
@@ -404,4 +404,42 @@ async fn a_stale_ssd_read_is_neither_served_nor_promoted() {
     m.inner.promote(old.clone(), TierKind::Ssd).await;
     assert!(hit(m.get(&old.key).await).0.data == new.data, "the old bytes were not promoted over the new ones");
     assert_eq!(m.stats().await.promotions, 0);
+}
+
+/// A member of a two-node cluster whose other member is unreachable, with two copies per
+/// block and a write quorum of one: this node keeps its own copy of every put.
+async fn open_in_pair(dir: &Path) -> Manager {
+    let mut c = config(dir);
+    c.cluster.node_id = "a".into();
+    c.cluster.members = vec!["a=127.0.0.1:9".into(), "b=127.0.0.1:9".into()];
+    c.cluster.peer_timeout = std::time::Duration::from_millis(200);
+    c.namespaces.insert(
+        "test/*".into(),
+        crate::config::NamespaceConfig { replicas: Some(2), write_quorum: Some(1), ..Default::default() },
+    );
+    Manager::open(&c, Metrics::new()).await.unwrap()
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_flushed_notice_that_overtakes_the_copy_releases_it_on_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open_in_pair(dir.path()).await;
+    // Keys whose primary is the other member: this node holds its copies unflushed until
+    // the primary says Blob has them.
+    let placement = crate::cluster::Placement::new(["a", "b"]);
+    let not_primary: Vec<u64> =
+        (0..100).filter(|&i| placement.owners(&crate::objects::placement_key(&key(i)), 2)[0] == "b").take(3).collect();
+    let (early, late, deleted) = (not_primary[0], not_primary[1], not_primary[2]);
+    // The primary's notice for `early` arrives before this node's copy of it does.
+    m.flushed_elsewhere(&[key(early)]).await;
+    m.put(block(early, 10_000), Durability::WriteBack).await.unwrap();
+    m.put(block(late, 10_000), Durability::WriteBack).await.unwrap();
+    assert!(!m.unflushed(&key(early)), "the early notice released the copy");
+    assert!(m.unflushed(&key(late)), "a copy no notice named waits for one");
+    assert_eq!(m.stats().await.unflushed_bytes, 10_000);
+    // A delete forgets an early notice: the key stored again waits for its own.
+    m.flushed_elsewhere(&[key(deleted)]).await;
+    m.delete(&key(deleted)).await;
+    m.put(block(deleted, 10_000), Durability::WriteBack).await.unwrap();
+    assert!(m.unflushed(&key(deleted)), "a notice from before a delete releases nothing");
 }

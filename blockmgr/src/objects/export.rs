@@ -278,28 +278,29 @@ impl Manager {
 
     /// Chunk `index` of `info`, which no node holds, from the object's file in Blob; `None`
     /// if the file lacks it or holds other bytes (another version replaced it). The chunk's
-    /// primary reads the file, once however many nodes ask at the same time (they all ask
-    /// it), and caches the chunk; this node keeps it too when the primary says it is
-    /// popular (a read replica, see cluster/read_replicas.rs). A primary that does not
-    /// answer is passed by: this node reads the file itself.
+    /// first owner that answers reads the file (its primary, unless that one is down), once
+    /// however many nodes ask at the same time (they all ask it), and caches the chunk; this
+    /// node keeps it too when that owner says it is popular (a read replica, see
+    /// cluster/read_replicas.rs). With no owner answering, this node reads the file itself.
     pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
         let key = chunk_key(ns, info.id, index);
-        if let Some((cluster, plan)) = self.plan(&key)
-            && let Some(primary) = plan.owners.first().filter(|p| *p != cluster.local_id())
-        {
-            match cluster.fetch_chunk_on(primary, ns, info, index).await {
-                Ok(found) => {
-                    let (data, keep) = found?;
-                    if keep {
-                        match self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
-                            Ok(_) => self.metrics().read_replicas_kept.inc(),
-                            Err(e) => tracing::debug!(chunk = index, error = %e, "keeping a read replica failed"),
-                        }
-                    }
-                    return Some(data);
+        if let Some((cluster, plan)) = self.plan(&key) {
+            for owner in &plan.owners {
+                if owner == cluster.local_id() {
+                    break; // this node is the first owner up: it reads the file
                 }
-                Err(e) => {
-                    tracing::debug!(%primary, error = %e, "the chunk's primary did not fetch it; reading the file here")
+                match cluster.fetch_chunk_on(owner, ns, info, index).await {
+                    Ok(found) => {
+                        let (data, keep) = found?;
+                        if keep {
+                            match self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
+                                Ok(_) => self.metrics().read_replicas_kept.inc(),
+                                Err(e) => tracing::debug!(chunk = index, error = %e, "keeping a read replica failed"),
+                            }
+                        }
+                        return Some(data);
+                    }
+                    Err(e) => tracing::debug!(%owner, error = %e, "a chunk's owner did not fetch it; trying the next"),
                 }
             }
         }

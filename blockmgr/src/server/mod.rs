@@ -88,15 +88,6 @@ impl RunningServer {
         let mut tasks = Vec::new();
         let tls = server_tls(&config.server.tls)?;
         let grpc = |tls: Option<tonic::transport::ServerTlsConfig>| -> Result<_, Error> {
-            let service = BlockStoreServer::new(BlockService::new(manager.clone(), config.server.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-            let objects = ObjectsServer::new(ObjectService::new(manager.clone(), config.server.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-            let peer = PeerServer::new(PeerService::new(manager.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
             let mut builder = tonic::transport::Server::builder();
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).map_err(|e| Error::Config(format!("server.tls: {e}")))?;
@@ -107,9 +98,7 @@ impl RunningServer {
                 .http2_adaptive_window(Some(false))
                 .max_frame_size(Some(MAX_FRAME))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(service)
-                .add_service(objects)
-                .add_service(peer))
+                .add_routes(routes(&manager, &config.server)))
         };
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
         let (signal, router) = (wait_for(stopped.clone()), grpc(tls)?);
@@ -286,6 +275,22 @@ fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager,
             "a peer request from {from:?}, but this node is in no cluster ([cluster] members is empty)"
         ))),
     }
+}
+
+/// The gRPC services of a node serving `manager`: the block API, named objects and what
+/// members ask each other. The TCP and Unix listeners serve them; so can anything else
+/// that carries gRPC requests (see [`crate::client::Transport`]).
+pub fn routes(manager: &Manager, server: &crate::config::ServerConfig) -> tonic::service::Routes {
+    let service = BlockStoreServer::new(BlockService::new(manager.clone(), server.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let objects = ObjectsServer::new(ObjectService::new(manager.clone(), server.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let peer = PeerServer::new(PeerService::new(manager.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tonic::service::Routes::new(service).add_service(objects).add_service(peer)
 }
 
 /// The member a peer request says it comes from ([`crate::client::PEER_HEADER`]).

@@ -182,6 +182,13 @@ impl peer_server::Peer for PeerService {
         Ok(Response::new(peer::FlushedRequest { keys: vouched.iter().map(crate::cluster::key_to_wire).collect() }))
     }
 
+    async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
+        self.check_member(&request, "peer_offer")?;
+        let keys = keys_from_wire(&request.get_ref().keys)?;
+        let wanted = self.manager.wanted(&keys);
+        Ok(Response::new(peer::FlushedRequest { keys: wanted.iter().map(crate::cluster::key_to_wire).collect() }))
+    }
+
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
         self.check_member(&request, "peer_digests")?;
         let digests = self.manager.owned_digests(&request.get_ref().node);
