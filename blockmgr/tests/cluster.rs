@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{Node, block_owners, data, free_port, key, path_owners, start_three_sharing_blob, wait_until};
+use common::{Node, block_owners, data, key, path_owners, start_static_cluster, start_three_sharing_blob, wait_until};
 use kvtier_blockmgr::{Client, ClientError, Durability, GetItem, PutItem};
 use tonic::Code;
 
@@ -16,19 +16,9 @@ const KV: &str = "kv/llama";
 
 /// Three members; `ckpt/*` keeps 2 copies (write quorum `ckpt_quorum`), `kv/*` the default 1.
 fn start_cluster(ckpt_quorum: usize) -> Vec<Node> {
-    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
-    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    IDS.iter()
-        .zip(&ports)
-        .map(|(id, port)| {
-            let tables = format!(
-                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
-                 [namespaces.\"ckpt/*\"]\nreplicas = 2\nwrite_quorum = {ckpt_quorum}\n",
-                members.join(", ")
-            );
-            Node::start_on_port(*port, &tables)
-        })
-        .collect()
+    start_static_cluster(&IDS, |_| {
+        format!("peer_timeout = \"3s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\nwrite_quorum = {ckpt_quorum}\n")
+    })
 }
 
 /// Whether each node holds `k` of `ns` itself (asked as a member: no forwarding).

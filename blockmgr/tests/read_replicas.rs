@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Node, block_owners, data, free_port, key};
+use common::{Node, block_owners, data, key, start_static_cluster};
 use kvtier_blockmgr::{Client, Durability, GetItem, PutItem};
 
 const IDS: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
@@ -14,18 +14,7 @@ const KV: &str = "kv/llama";
 
 /// Five members; a key is popular from its second read by another node.
 fn start_five() -> Vec<Node> {
-    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
-    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    IDS.iter()
-        .zip(&ports)
-        .map(|(id, port)| {
-            let tables = format!(
-                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\nread_replica_after = 2\n",
-                members.join(", ")
-            );
-            Node::start_on_port(*port, &tables)
-        })
-        .collect()
+    start_static_cluster(&IDS, |_| "peer_timeout = \"3s\"\nread_replica_after = 2\n".into())
 }
 
 /// Whether `node` holds `k` itself (asked as a member, without counting as a read).

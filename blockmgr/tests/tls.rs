@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Node, data, free_port, key};
+use common::{Node, data, free_port, key, start_static_cluster};
 use kvtier_blockmgr::{Client, ClientTls, Durability, GetItem, PutItem};
 
 /// A CA and the certificates it signs, written as PEM files in `dir`.
@@ -103,21 +103,9 @@ async fn clients_need_the_ca_and_with_mtls_a_certificate_it_signed() {
 async fn members_replicate_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "cluster");
-    let ids = ["n1", "n2", "n3"];
-    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
-    let members: Vec<String> = ids.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    let nodes: Vec<Node> = ids
-        .iter()
-        .zip(&ports)
-        .map(|(id, port)| {
-            let tables = format!(
-                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\n\n[namespaces.\"tls/*\"]\nreplicas = 3\n\n{}",
-                members.join(", "),
-                tls_table(&pki, id, true)
-            );
-            Node::start_on_port(*port, &tables)
-        })
-        .collect();
+    let nodes = start_static_cluster(&["n1", "n2", "n3"], |id| {
+        format!("\n[namespaces.\"tls/*\"]\nreplicas = 3\n\n{}", tls_table(&pki, id, true))
+    });
     // W = R = 3: acknowledged only once every member, over mTLS, stored a copy.
     let writer = Client::connect_with(&nodes[0].addrs.grpc, Some(&pki.client(Some("trainer-0")))).await.unwrap();
     let items: Vec<PutItem> = (0..8).map(|i| PutItem::new(key(i), data(i, 20_000))).collect();

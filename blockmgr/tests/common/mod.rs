@@ -272,26 +272,32 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
     }
 }
 
+/// Members `ids` on loopback ports picked now, static membership: each node's `[cluster]`
+/// table names it and every member, then `tables(id)` follows (more `[cluster]` keys first,
+/// then tables of its own).
+pub fn start_static_cluster(ids: &[&str], tables: impl Fn(&str) -> String) -> Vec<Node> {
+    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
+    let members: Vec<String> = ids.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
+    ids.iter()
+        .zip(&ports)
+        .map(|(id, port)| {
+            let table = format!("[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\n{}", members.join(", "), tables(id));
+            Node::start_on_port(*port, &table)
+        })
+        .collect()
+}
+
 /// Three members sharing one store: each its own segments (`<shared>/nodes/<id>`, outside
 /// its data dir, so wiping a disk keeps them), one objects location (`<shared>/objects`).
 pub fn start_three_sharing_blob(shared: &std::path::Path) -> (Vec<Node>, String) {
-    const IDS: [&str; 3] = ["n1", "n2", "n3"];
     let objects_url = format!("file://{}/objects", shared.display());
-    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
-    let members: Vec<String> = IDS.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
-    let nodes = IDS
-        .iter()
-        .zip(&ports)
-        .map(|(id, port)| {
-            let tables = format!(
-                "[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\npeer_timeout = \"3s\"\n\n\
-                 [blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\nflush_linger = \"10ms\"\n",
-                members.join(", "),
-                shared.display()
-            );
-            Node::start_on_port(*port, &tables)
-        })
-        .collect();
+    let nodes = start_static_cluster(&["n1", "n2", "n3"], |id| {
+        format!(
+            "peer_timeout = \"3s\"\n\n[blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\n\
+             flush_linger = \"10ms\"\n",
+            shared.display()
+        )
+    });
     (nodes, objects_url)
 }
 
