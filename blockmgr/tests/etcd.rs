@@ -106,10 +106,28 @@ async fn members_come_and_go_with_their_leases_and_writes_follow_the_live_ones()
     for r in writer.put("ckpt/run1", &during, Durability::LocalDisk).await.unwrap() {
         assert!(r.result.is_ok(), "with n3 out, n1 and n2 own everything: {:?}", r.result);
     }
+    // KV blocks keep one copy: those n3 owns once it is back are held meanwhile by n1 or n2.
+    let kv: Vec<PutItem> = (200..400)
+        .filter(|&i| block_owners(&IDS, "kv/llama", &key(i), 1)[0] == "n3")
+        .take(6)
+        .map(|i| PutItem::new(key(i), data(i, 30_000)))
+        .collect();
+    for r in writer.put("kv/llama", &kv, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
     // Back: its renewal finds the lease gone, it registers again, everyone sees 3.
     nodes[2].signal(libc::SIGCONT);
     for node in &nodes {
         wait_for_members(node, 3, Duration::from_secs(3 * TTL_S));
+    }
+    // The blocks held for n3 while it was out are handed back to it (its one copy).
+    let n3 = kvtier_blockmgr::Client::connect(&nodes[2].addrs.grpc).await.unwrap().as_peer("n1").unwrap();
+    let started = Instant::now();
+    for item in &kv {
+        while !matches!(n3.get("kv/llama", std::slice::from_ref(&item.key)).await.unwrap()[0], GetItem::Hit { .. }) {
+            assert!(started.elapsed() < Duration::from_secs(15), "n3 never got back {:?}", item.key);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     // kill -9 of n2: out after its TTL; every acknowledged block still reads from n1.

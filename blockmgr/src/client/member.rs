@@ -28,8 +28,9 @@ pub(crate) struct MemberHint {
 pub(crate) enum MemberRead {
     /// The bytes (checked); `keep`: the reader's node keeps them as a read replica.
     Hit { data: Bytes, crc32c: u32, tier: TierKind, keep: bool },
-    /// Read it from one of these members instead.
-    Elsewhere(Vec<String>),
+    /// Read it from one of these members instead; `keep`: the reader's node keeps what it
+    /// reads (it is a read replica now).
+    Elsewhere { holders: Vec<String>, keep: bool },
     /// The member does not have it.
     Miss,
 }
@@ -55,7 +56,9 @@ impl Client {
         let (item, hint) = self.get_answers(request, 1).await?.pop().expect("one answer for one key");
         Ok(match item {
             GetItem::Hit { data, tier, crc32c } => MemberRead::Hit { data, crc32c, tier, keep: hint.keep },
-            GetItem::Miss { .. } if !hint.holders.is_empty() => MemberRead::Elsewhere(hint.holders),
+            GetItem::Miss { .. } if !hint.holders.is_empty() => {
+                MemberRead::Elsewhere { holders: hint.holders, keep: hint.keep }
+            }
             GetItem::Miss { .. } => MemberRead::Miss,
         })
     }

@@ -365,7 +365,7 @@ impl Client {
                 Some(GetMsg::Miss(m)) => {
                     expect_done(&current)?;
                     expect_index(items.len(), m.index)?;
-                    let hint = MemberHint { keep: false, holders: m.holders };
+                    let hint = MemberHint { keep: m.keep, holders: m.holders };
                     items.push((GetItem::Miss { reason: miss_from_wire(m.reason), message: m.message }, hint));
                 }
                 None => return Err(ClientError::Protocol("empty get response message".into())),

@@ -30,6 +30,9 @@ use crate::{
     metrics::Metrics,
 };
 
+/// How long a reader waits for a read replica before asking the owner instead.
+const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a member whose connection failed is skipped before it is tried again.
 const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
 
@@ -46,6 +49,8 @@ pub struct View {
     pub placement: Placement,
     /// Each member's gRPC address.
     pub addrs: HashMap<String, String>,
+    /// How many times the member list had changed when this view was made.
+    pub epoch: u64,
 }
 
 /// Where one block's copies go.
@@ -86,6 +91,9 @@ pub struct Cluster {
     /// This node was out of the member list (its etcd lease lapsed) and is back: what it
     /// missed meanwhile must be pulled, not only handed to it.
     rejoined: std::sync::atomic::AtomicBool,
+    /// Wakes resync when this node comes back (its member list may not change: it kept
+    /// the old one while cut off).
+    rejoin: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -121,6 +129,7 @@ impl Cluster {
             reads: ReadReplicas::new(config.cluster.read_replica_after, config.cluster.read_replicas),
             dialer,
             rejoined: std::sync::atomic::AtomicBool::new(false),
+            rejoin: tokio::sync::Notify::new(),
         };
         cluster.set_members(members);
         Ok(Some(Arc::new(cluster)))
@@ -149,15 +158,16 @@ impl Cluster {
     pub fn set_members(&self, members: Vec<(String, String)>) {
         let placement = Placement::new(members.iter().map(|(id, _)| id.clone()));
         self.metrics.members.set(placement.len() as i64);
-        let view = View { placement, addrs: members.into_iter().collect() };
-        let same = {
-            let old = self.view.read();
-            old.addrs == view.addrs
-        };
-        *self.view.write() = Arc::new(view);
-        if !same {
-            self.changed.send_modify(|n| *n += 1);
+        let addrs: HashMap<String, String> = members.into_iter().collect();
+        {
+            // The epoch moves with the view it numbers: whoever reads a view reads its epoch.
+            let mut view = self.view.write();
+            if view.addrs == addrs && view.epoch > 0 {
+                return;
+            }
+            *view = Arc::new(View { placement, addrs, epoch: view.epoch + 1 });
         }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Wakes at every change of the member list.
@@ -168,16 +178,17 @@ impl Cluster {
     /// This node registers again after being out of the member list.
     pub(crate) fn mark_rejoined(&self) {
         self.rejoined.store(true, std::sync::atomic::Ordering::Release);
+        self.rejoin.notify_one();
+    }
+
+    /// Wakes when this node is marked as back (see [`Cluster::mark_rejoined`]).
+    pub(crate) async fn rejoined(&self) {
+        self.rejoin.notified().await;
     }
 
     /// Whether this node came back since the last ask.
     pub(crate) fn take_rejoined(&self) -> bool {
         self.rejoined.swap(false, std::sync::atomic::Ordering::AcqRel)
-    }
-
-    /// How many times the member list changed.
-    pub(crate) fn epoch(&self) -> u64 {
-        *self.changed.borrow()
     }
 
     /// Whether `id` is a member now.
@@ -292,6 +303,16 @@ impl Cluster {
         self.call(id, "read", |c| async move { c.read_as_member(ns, k, tried).await }).await
     }
 
+    /// Reads `key` from member `id`, a read replica an owner named: within a couple of
+    /// seconds (a replica that does not answer by then is passed by for the owner).
+    pub(crate) async fn read_from_replica(&self, id: &str, key: &BlockKey) -> Result<MemberRead, String> {
+        let (ns, k) = (key.namespace.as_str(), key.key.as_bytes());
+        let read = self.call(id, "read", |c| async move { c.read_as_member(ns, k, &[]).await });
+        tokio::time::timeout(REPLICA_READ_TIMEOUT.min(self.timeout), read)
+            .await
+            .unwrap_or_else(|_| Err(format!("{id}: no answer within {REPLICA_READ_TIMEOUT:?}")))
+    }
+
     /// Deletes `key` from member `id`: whether it had a copy.
     pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
         let wire = [key.key.as_bytes().to_vec()];
@@ -370,15 +391,28 @@ impl Cluster {
         Ok(got.into_inner().buckets.into_iter().map(|b| Digest { count: b.count, xor: b.xor }).collect())
     }
 
-    /// The keys of `bucket` member `id` holds that `node` owns, each with whether it is a
-    /// write-back block Blob lacks.
+    /// The keys member `id` keeps (on disk or as write-back) that `node` owns and `id` does
+    /// not, each with whether it is a write-back block Blob lacks.
+    pub(crate) async fn held_for_on(&self, id: &str, node: &str) -> Result<Vec<(BlockKey, bool)>, String> {
+        self.list_keys_on(id, peer::OwnedKeysRequest { node: node.into(), bucket: 0, held_not_owned: true }).await
+    }
+
+    /// The keys of `bucket` member `id` holds that `node` and `id` both own, each with
+    /// whether it is a write-back block Blob lacks.
     pub(crate) async fn owned_keys_on(
         &self,
         id: &str,
         node: &str,
         bucket: usize,
     ) -> Result<Vec<(BlockKey, bool)>, String> {
-        let req = peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32 };
+        self.list_keys_on(
+            id,
+            peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32, held_not_owned: false },
+        )
+        .await
+    }
+
+    async fn list_keys_on(&self, id: &str, req: peer::OwnedKeysRequest) -> Result<Vec<(BlockKey, bool)>, String> {
         let got =
             self.call(id, "owned_keys", |c| async move { Ok(c.peer_rpc().owned_keys(c.request(req)).await?) }).await?;
         got.into_inner()
@@ -394,17 +428,20 @@ impl Cluster {
 
 /// Flush hand-off between owners.
 impl Cluster {
-    /// Tells member `id` that Blob has these write-back blocks.
-    pub(crate) async fn flushed_on(&self, id: &str, keys: &[BlockKey]) -> Result<(), String> {
-        let keys = keys.iter().map(key_to_wire).collect();
+    /// Tells member `id` that Blob has these write-back blocks (with the CRC-32C of the
+    /// bytes it has, when known).
+    pub(crate) async fn flushed_on(&self, id: &str, keys: &[(BlockKey, Option<u32>)]) -> Result<(), String> {
+        let keys = keys.iter().map(|(k, crc32c)| peer::KeyRef { crc32c: *crc32c, ..key_to_wire(k) }).collect();
         let req = peer::FlushedRequest { keys };
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
         Ok(())
     }
 
-    /// Which of `keys` member `id` lacks and owns (`Peer/Offer`, the handoff).
-    pub(crate) async fn offer_to(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
-        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+    /// Which of `keys` member `id` lacks and owns (`Peer/Offer`, the handoff); each with
+    /// whether it is a write-back block Blob lacks.
+    pub(crate) async fn offer_to(&self, id: &str, keys: &[(BlockKey, bool)]) -> Result<Vec<BlockKey>, String> {
+        let keys = keys.iter().map(|(k, unflushed)| peer::KeyRef { unflushed: *unflushed, ..key_to_wire(k) });
+        let req = peer::FlushedRequest { keys: keys.collect() };
         let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
         Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
     }
@@ -467,7 +504,12 @@ impl Cluster {
 
 /// A key as a member names it to another.
 pub(crate) fn key_to_wire(k: &BlockKey) -> peer::KeyRef {
-    peer::KeyRef { namespace: k.namespace.as_str().into(), key: k.key.as_bytes().to_vec().into(), unflushed: false }
+    peer::KeyRef {
+        namespace: k.namespace.as_str().into(),
+        key: k.key.as_bytes().to_vec().into(),
+        unflushed: false,
+        crc32c: None,
+    }
 }
 
 /// The members' TLS, from `[server.tls]`: none when it is off.

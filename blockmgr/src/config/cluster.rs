@@ -32,8 +32,10 @@ pub struct ClusterConfig {
     /// A peer request that takes longer counts as a failed copy. Default 10s.
     #[serde(with = "super::humantime_serde")]
     pub peer_timeout: Duration,
-    /// Besides at start and at every change of the member list, resync (pull the blocks
-    /// this node owns and lacks) this often; "0s": only then. Default 5m.
+    /// Besides at start and when this node comes back into the member list, resync (pull
+    /// the blocks this node owns and lacks from every member) this often; "0s": only then.
+    /// At the other changes of the member list the blocks that moved are handed to their
+    /// new owners instead (retried until they take them). Default 5m.
     #[serde(with = "super::humantime_serde")]
     pub resync_interval: Duration,
     /// Read replicas: once an owner has served a key to other nodes this many times, the

@@ -186,10 +186,11 @@ impl Inner {
     /// already said Blob has it (a `Flushed` that overtook this copy): then the copy is
     /// released at once instead of pinned until a reconciliation.
     pub(super) fn queue_new_flush(&self, key: BlockKey, durable: bool) {
-        if durable && self.flushed_ahead.remove(&key).is_some() {
-            if let Some(e) = self.index.get(&key) {
-                self.index.insert(key, Entry { durable: false, ..e });
-            }
+        if durable
+            && let Some(crc32c) = self.flushed_ahead.remove(&key)
+            && let Some(e) = self.index.get(&key).filter(|e| e.crc32c == crc32c)
+        {
+            self.index.insert(key, Entry { durable: false, ..e });
             return;
         }
         self.queue_flush(key, durable);
@@ -399,13 +400,19 @@ fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
                 break;
             }
             let Some(e) = inner.index.get(&key) else { continue };
-            covered += e.len;
             if e.unflushed() {
                 // Write-back: its own flush (or its object's export) is queued, on the node
-                // that flushes it; no other copy goes to Blob (each byte once).
-                inner.queue_flush(key, true);
+                // that flushes it; no other copy goes to Blob (each byte once). A copy
+                // another owner flushes frees nothing here yet: look past it.
+                if inner.flushes(&key) {
+                    covered += e.len;
+                    inner.queue_flush(key, true);
+                }
             } else if e.tiers.has(TierKind::Ssd) && wants_flush(inner, &key, &e) {
+                covered += e.len;
                 flusher.enqueue(key);
+            } else {
+                covered += e.len; // in Blob already, or never going there: evictable as is
             }
         }
     }

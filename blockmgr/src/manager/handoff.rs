@@ -11,7 +11,7 @@
 //! that still lacks it by then). Cache copies on other nodes offer nothing. The pull resync
 //! (at start, on return, every `cluster.resync_interval`) is the backstop.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use kvtier_tiers::BlockKey;
 
@@ -20,14 +20,16 @@ use crate::cluster::{Cluster, View};
 
 impl Manager {
     /// Offers the blocks held here whose owners changed since `before` to their owners now,
-    /// and puts what they lack.
-    pub(crate) async fn handoff(&self, before: &View) -> ResyncReport {
-        let Some(cluster) = self.cluster().cloned() else { return ResyncReport::default() };
+    /// and puts what they lack. What it did, and the member list it placed them over (the
+    /// next handoff's `before`, unless something failed: then this one is tried again).
+    pub(crate) async fn handoff(&self, before: &View) -> (ResyncReport, Arc<View>) {
+        let ownership = self.ownership();
+        let Some(cluster) = self.cluster().cloned() else { return (ResyncReport::default(), ownership.view.clone()) };
         let me = cluster.local_id();
         // (owner, keys) offered at once (this node an owner now), then a second later (an
         // owner before only).
         let (mut first, mut later): (Offers, Offers) = Default::default();
-        for (key, _, _, owners) in &self.held_with_owners().keys {
+        for (key, _, _, owners) in &ownership.keys {
             let (replicas, _) = self.inner.replication(key);
             let former = before.placement.owners(&crate::objects::placement_key(key), replicas);
             if former.len() == owners.len() && former.iter().all(|f| owners.iter().any(|o| o == f)) {
@@ -40,8 +42,9 @@ impl Manager {
             } else {
                 continue; // a cache copy: the owners hand it
             };
+            let unflushed = self.unflushed(key);
             for owner in owners.iter().filter(|o| *o != me) {
-                offers.entry(owner.clone()).or_default().push(key.clone());
+                offers.entry(owner.clone()).or_default().push((key.clone(), unflushed));
             }
         }
         let mut report = ResyncReport { peers: first.len() + later.len(), ..Default::default() };
@@ -59,7 +62,7 @@ impl Manager {
                 "handoff: gave owners the blocks they lacked"
             );
         }
-        report
+        (report, ownership.view.clone())
     }
 
     /// Offers each owner its keys and puts those it lacks.
@@ -93,5 +96,5 @@ impl Manager {
     }
 }
 
-/// Keys to offer, by owner.
-type Offers = BTreeMap<String, Vec<BlockKey>>;
+/// Keys to offer, by owner, each with whether it is a write-back block Blob lacks.
+type Offers = BTreeMap<String, Vec<(BlockKey, bool)>>;

@@ -87,9 +87,10 @@ pub(crate) struct Inner {
     policy: CpuPolicy,
     locks: KeyLocks,
     /// Write-back keys another owner said Blob has before this node's copy of them arrived
-    /// (a `Peer/Flushed` that overtook the put carrying the copy): the copy, when it comes,
-    /// needs no flush. Bounded, and forgotten after five minutes or a delete.
-    flushed_ahead: moka::sync::Cache<BlockKey, ()>,
+    /// (a `Peer/Flushed` that overtook the put carrying the copy), with the CRC-32C of the
+    /// bytes Blob has: the copy, when it comes with those bytes, needs no flush. Bounded, and
+    /// forgotten after five minutes or a delete.
+    flushed_ahead: moka::sync::Cache<BlockKey, u32>,
     /// Owners of the keys held here, placed once per member list and key set (resync.rs).
     ownership: parking_lot::Mutex<Option<Arc<resync::Ownership>>>,
     ssd_reads: SingleFlight<GetOutcome>,
@@ -160,7 +161,7 @@ impl Manager {
                 let _admitted = inner.admit(durability, block.len()).await?;
                 let _guard = inner.locks.lock(&block.key).await;
                 match inner.index.get(&block.key) {
-                    Some(e) => Ok(inner.existed(e)),
+                    Some(e) => inner.existing(&block.key, e, durability, block.crc32c).await,
                     None => inner.store(block, durability).await,
                 }
             }

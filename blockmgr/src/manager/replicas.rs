@@ -22,8 +22,8 @@ use crate::{
 pub(crate) enum MemberAnswer {
     /// The outcome here; `true`: the reader keeps it as a read replica.
     Here(GetOutcome, bool),
-    /// Read it from these read replicas instead.
-    Elsewhere(Vec<String>),
+    /// Read it from these read replicas instead; `true`: the reader is one now (keeps it).
+    Elsewhere(Vec<String>, bool),
 }
 
 /// The owners other than `local`, starting at one that depends on `local` and `key`:
@@ -81,17 +81,19 @@ impl Inner {
     /// that Blob has them, so their copies become evictable (in the background; one that
     /// misses the news flushes its copy again if it becomes primary).
     pub(super) fn tell_owners_flushed(&self, flushed: &[Block]) {
-        let write_back = flushed.iter().map(|b| &b.key).filter(|k| self.index.get(k).is_some_and(|e| e.durable));
-        self.tell_other_owners_flushed(write_back);
+        let write_back = flushed.iter().filter(|b| self.index.get(&b.key).is_some_and(|e| e.durable));
+        self.tell_other_owners_flushed(write_back.map(|b| (&b.key, Some(b.crc32c))));
     }
 
-    /// Tells each other owner of `keys`, in the background, that Blob has them (`Peer/Flushed`).
-    fn tell_other_owners_flushed<'a>(&self, keys: impl Iterator<Item = &'a BlockKey>) {
+    /// Tells each other owner of `keys`, in the background, that Blob has them, with the
+    /// CRC-32C of the bytes it has when known (`Peer/Flushed`).
+    fn tell_other_owners_flushed<'a>(&self, keys: impl Iterator<Item = (&'a BlockKey, Option<u32>)>) {
         let Some(cluster) = &self.cluster else { return };
-        let mut by_owner: std::collections::HashMap<String, Vec<BlockKey>> = std::collections::HashMap::new();
-        for key in keys {
+        let mut by_owner: std::collections::HashMap<String, Vec<(BlockKey, Option<u32>)>> =
+            std::collections::HashMap::new();
+        for (key, crc32c) in keys {
             for owner in self.plan_in(cluster, key).owners.into_iter().filter(|o| o != cluster.local_id()) {
-                by_owner.entry(owner).or_default().push(key.clone());
+                by_owner.entry(owner).or_default().push((key.clone(), crc32c));
             }
         }
         for (owner, keys) in by_owner {
@@ -104,19 +106,24 @@ impl Inner {
         }
     }
 
-    /// Another owner flushed these blocks: this node's write-back copies of them need no
-    /// flush any more (and may be evicted).
-    pub(crate) async fn flushed_elsewhere(&self, keys: &[BlockKey]) {
-        for key in keys {
+    /// Another owner flushed these blocks (Blob has the bytes of the CRC-32C given, when
+    /// given): this node's write-back copies of them need no flush any more (and may be
+    /// evicted). A copy of other bytes is left alone.
+    pub(crate) async fn flushed_elsewhere(&self, keys: &[(BlockKey, Option<u32>)]) {
+        for (key, crc32c) in keys {
             let _guard = self.locks.lock(key).await;
             match self.index.get(key) {
-                Some(e) if e.unflushed() => {
+                Some(e) if e.unflushed() && crc32c.is_none_or(|c| c == e.crc32c) => {
                     self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
                 }
                 Some(_) => {}
                 // The news overtook the copy (the primary flushed before this owner's copy
-                // arrived): the copy is released when it comes.
-                None => self.flushed_ahead.insert(key.clone(), ()),
+                // arrived): the copy, if of the same bytes, is released when it comes.
+                None => {
+                    if let Some(c) = crc32c {
+                        self.flushed_ahead.insert(key.clone(), *c);
+                    }
+                }
             }
         }
     }
@@ -150,7 +157,7 @@ impl Manager {
     }
 
     /// Another owner flushed these blocks (see [`Inner::flushed_elsewhere`]).
-    pub(crate) async fn flushed_elsewhere(&self, keys: &[BlockKey]) {
+    pub(crate) async fn flushed_elsewhere(&self, keys: &[(BlockKey, Option<u32>)]) {
         self.inner.flushed_elsewhere(keys).await;
     }
 
@@ -171,9 +178,9 @@ impl Manager {
 
     /// Blob has these write-back blocks by another route (their object's file): no owner
     /// needs to flush them, here or elsewhere (told in the background, as after a flush).
-    pub(crate) async fn released_everywhere(&self, keys: &[BlockKey]) {
+    pub(crate) async fn released_everywhere(&self, keys: &[(BlockKey, Option<u32>)]) {
         self.inner.flushed_elsewhere(keys).await;
-        self.inner.tell_other_owners_flushed(keys.iter());
+        self.inner.tell_other_owners_flushed(keys.iter().map(|(k, c)| (k, *c)));
     }
 
     /// Queues `key` for a segment of its own kind's flush (a manifest, once its object's file
@@ -334,12 +341,12 @@ impl Manager {
                     self.keep_read(plan, &block, keep).await;
                     return Some(GetOutcome::Hit { block, tier });
                 }
-                Ok(MemberRead::Elsewhere(holders)) if tried.is_empty() => {
+                Ok(MemberRead::Elsewhere { holders, keep }) if tried.is_empty() => {
                     for holder in holders {
-                        match cluster.read_from(&holder, key, &[]).await {
+                        match cluster.read_from_replica(&holder, key).await {
                             Ok(MemberRead::Hit { data, crc32c, tier, .. }) => {
                                 let block = Block::with_crc32c(key.clone(), data, crc32c);
-                                self.keep_read(plan, &block, true).await;
+                                self.keep_read(plan, &block, keep).await;
                                 return Some(GetOutcome::Hit { block, tier });
                             }
                             Ok(_) => {}
@@ -392,18 +399,16 @@ impl Manager {
             answered(&outcome, "replica");
             return MemberAnswer::Here(outcome, false);
         }
-        match cluster.reads.route(key, reader, tried, true, plan.owns(reader), |m| cluster.is_member(m)) {
-            ReadRoute::Elsewhere(holders) => {
+        let candidate = |m: &str| cluster.is_member(m) && !plan.owns(m);
+        match cluster.reads.route(key, reader, tried, true, plan.owns(reader), candidate) {
+            ReadRoute::Elsewhere { holders, keep } => {
                 self.metrics().peer_reads.with_label_values(&["redirect"]).inc();
-                MemberAnswer::Elsewhere(holders)
+                MemberAnswer::Elsewhere(holders, keep)
             }
             ReadRoute::Here { keep } => {
                 let outcome = self.get_here(key).await;
                 answered(&outcome, "owner");
-                let keep = keep && matches!(outcome, GetOutcome::Hit { .. });
-                if keep {
-                    cluster.reads.kept(key, reader);
-                }
+                let keep = keep && matches!(outcome, GetOutcome::Hit { .. }) && cluster.reads.kept(key, reader);
                 MemberAnswer::Here(outcome, keep)
             }
         }
@@ -413,13 +418,10 @@ impl Manager {
     /// keeps it as a read replica; counted as a read of it.
     pub(crate) fn keeps_fetched(&self, key: &BlockKey, reader: &str) -> bool {
         let Some(cluster) = &self.inner.cluster else { return false };
-        let reader_owns = self.inner.plan_in(cluster, key).owns(reader);
-        let route = cluster.reads.route(key, reader, &[], false, reader_owns, |m| cluster.is_member(m));
-        let keep = route == ReadRoute::Here { keep: true };
-        if keep {
-            cluster.reads.kept(key, reader);
-        }
-        keep
+        let plan = self.inner.plan_in(cluster, key);
+        let candidate = |m: &str| cluster.is_member(m) && !plan.owns(m);
+        let route = cluster.reads.route(key, reader, &[], false, plan.owns(reader), candidate);
+        route == ReadRoute::Here { keep: true } && cluster.reads.kept(key, reader)
     }
 
     /// Removes `key` here, from every owner and from the read replicas this node knows of:
@@ -428,13 +430,14 @@ impl Manager {
         let here = self.delete_here(key).await;
         self.forget_manifest(key);
         if let Some(cluster) = &self.inner.cluster {
-            let holders = cluster.reads.forget(key);
-            for (holder, result) in
-                holders.iter().zip(join_all(holders.iter().map(|h| cluster.delete_on(h, key))).await)
-            {
-                if let Err(e) = result {
-                    tracing::debug!(%key, %holder, error = %e, "deleting a read replica failed (it stays a cache copy)");
-                }
+            // In the background: a read replica that does not answer must not fail the delete.
+            for holder in cluster.reads.forget(key) {
+                let (cluster, key) = (cluster.clone(), key.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = cluster.delete_on(&holder, &key).await {
+                        tracing::debug!(%key, %holder, error = %e, "deleting a read replica failed (it stays a cache copy)");
+                    }
+                });
             }
         }
         let Some((cluster, plan)) = self.plan(key) else { return here };

@@ -13,13 +13,16 @@
 //! the same set on both sides when they are in sync); only the buckets that differ are
 //! listed key by key, and only the keys missing here are read.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use kvtier_tiers::{BlockKey, Key, Namespace};
+use kvtier_tiers::{BlockKey, Key, Namespace, TierKind};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::Manager;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, View};
+
+/// How soon a handoff that failed (an owner unreachable) is tried again.
+const HANDOFF_RETRY: Duration = Duration::from_secs(5);
 
 /// Buckets the key space is compared in.
 pub(crate) const BUCKETS: usize = 256;
@@ -60,8 +63,10 @@ fn bucket_and_hash(key: &BlockKey) -> (usize, u64) {
 /// was most of a resync's work).
 #[derive(Debug)]
 pub(crate) struct Ownership {
-    /// (member-list epoch, index key-set version) it was computed at.
-    at: (u64, u64),
+    /// The member list the owners come from.
+    pub(super) view: Arc<View>,
+    /// The index key-set version it was computed at.
+    key_set: u64,
     pub(super) keys: Vec<(BlockKey, usize, u64, Vec<String>)>,
 }
 
@@ -71,12 +76,13 @@ impl Manager {
         self.plan(key).is_some_and(|(_, plan)| plan.owns(node))
     }
 
-    /// The keys held here with their owners, for the current member list and keys.
-    fn ownership(&self) -> Arc<Ownership> {
-        let epoch = self.cluster().map_or(0, |c| c.epoch());
-        let at = (epoch, self.inner.index.key_set_version());
+    /// The keys held here with their owners, for the current member list and keys (placed
+    /// over one snapshot of the member list, which carries its own epoch).
+    pub(super) fn ownership(&self) -> Arc<Ownership> {
+        let view = self.cluster().map(|c| c.view()).unwrap_or_default();
+        let key_set = self.inner.index.key_set_version();
         let mut cached = self.inner.ownership.lock();
-        if let Some(o) = cached.as_ref().filter(|o| o.at == at) {
+        if let Some(o) = cached.as_ref().filter(|o| o.view.epoch == view.epoch && o.key_set == key_set) {
             return o.clone();
         }
         let keys = self
@@ -86,26 +92,28 @@ impl Manager {
             .into_iter()
             .map(|key| {
                 let (bucket, hash) = bucket_and_hash(&key);
-                let owners = self.plan(&key).map(|(_, plan)| plan.owners).unwrap_or_default();
+                let (replicas, _) = self.inner.replication(&key);
+                let owners = view.placement.owners(&crate::objects::placement_key(&key), replicas);
+                let owners = owners.into_iter().map(String::from).collect();
                 (key, bucket, hash, owners)
             })
             .collect();
-        let fresh = Arc::new(Ownership { at, keys });
+        let fresh = Arc::new(Ownership { view, key_set, keys });
         *cached = Some(fresh.clone());
         fresh
     }
 
-    /// Whether `owners` holds both `node` and this node.
-    fn co_owned(&self, owners: &[String], node: &str) -> bool {
-        let me = self.cluster().map(|c| c.local_id().to_string()).unwrap_or_default();
-        owners.iter().any(|o| o == node) && owners.contains(&me)
+    /// Whether `owners` holds both `node` and `me`.
+    fn co_owned(owners: &[String], node: &str, me: &str) -> bool {
+        owners.iter().any(|o| o == node) && owners.iter().any(|o| o == me)
     }
 
     /// Digests of the keys this node holds that `node` and this node both own, per bucket.
     pub(crate) fn owned_digests(&self, node: &str) -> Vec<Digest> {
+        let me = self.local_id();
         let mut digests = vec![Digest::default(); BUCKETS];
         for (_, bucket, hash, owners) in &self.ownership().keys {
-            if self.co_owned(owners, node) {
+            if Self::co_owned(owners, node, &me) {
                 digests[*bucket].count += 1;
                 digests[*bucket].xor ^= hash;
             }
@@ -115,23 +123,49 @@ impl Manager {
 
     /// The keys this node holds that `node` and this node both own, in `bucket`.
     pub(crate) fn owned_keys(&self, node: &str, bucket: usize) -> Vec<BlockKey> {
-        let ownership = self.ownership();
-        let owned = ownership.keys.iter().filter(|(_, b, _, owners)| *b == bucket && self.co_owned(owners, node));
+        let (me, ownership) = (self.local_id(), self.ownership());
+        let owned = ownership.keys.iter().filter(|(_, b, _, owners)| *b == bucket && Self::co_owned(owners, node, &me));
         owned.map(|(key, ..)| key.clone()).collect()
     }
 
-    /// Which of `keys` this node owns and lacks (`Peer/Offer`).
-    pub(crate) fn wanted(&self, keys: &[BlockKey]) -> Vec<BlockKey> {
+    /// The keys this node keeps on disk or as write-back that `node` owns and this node
+    /// does not (`Peer/OwnedKeys` with `held_not_owned`).
+    pub(crate) fn held_for(&self, node: &str) -> Vec<BlockKey> {
+        let (me, ownership) = (self.local_id(), self.ownership());
+        let held = ownership.keys.iter().filter(|(key, _, _, owners)| {
+            owners.iter().any(|o| o == node)
+                && !owners.contains(&me)
+                && self.inner.index.get(key).is_some_and(|e| e.durable || e.tiers.has(TierKind::Ssd))
+        });
+        held.map(|(key, ..)| key.clone()).collect()
+    }
+
+    /// This node's id in its cluster ("" alone).
+    fn local_id(&self) -> String {
+        self.cluster().map(|c| c.local_id().to_string()).unwrap_or_default()
+    }
+
+    /// Which of `keys` this node owns and lacks (`Peer/Offer`; `true`: a write-back block
+    /// Blob lacks).
+    pub(crate) fn wanted(&self, keys: &[(BlockKey, bool)]) -> Vec<BlockKey> {
         let Some(cluster) = self.cluster() else { return Vec::new() };
         keys.iter()
-            .filter(|k| self.inner.index.get(k).is_none() && self.owned_by(k, cluster.local_id()))
-            .cloned()
+            .filter(|(k, unflushed)| self.lacks(k, *unflushed) && self.owned_by(k, cluster.local_id()))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// The owners of every key held here (the cached placement).
-    pub(super) fn held_with_owners(&self) -> Arc<Ownership> {
-        self.ownership()
+    /// Whether an owner's copy of `key` would be more than this node holds: none, or only
+    /// a cache copy (in memory, not write-back), or a copy not marked write-back where the
+    /// other side's is (`unflushed`) and Blob lacks it. A put of it makes the copy here that
+    /// (see `Inner::existing`).
+    fn lacks(&self, key: &BlockKey, unflushed: bool) -> bool {
+        match self.inner.index.get(key) {
+            None => true,
+            Some(e) => {
+                (!e.durable && !e.tiers.has(TierKind::Ssd)) || (unflushed && !e.durable && !e.tiers.has(TierKind::Blob))
+            }
+        }
     }
 
     /// Pulls from every other member the blocks this node owns and lacks.
@@ -147,42 +181,24 @@ impl Manager {
                 .expect("a valid template"),
         );
         for peer in &peers {
-            let theirs = match cluster.digests_on(peer, &me).await {
-                Ok(d) => d,
-                Err(e) => {
-                    report.failures.push(e);
-                    continue;
-                }
-            };
-            let mine = self.owned_digests(peer);
-            let differing: Vec<usize> =
-                (0..BUCKETS).filter(|&b| theirs.get(b).is_some_and(|d| *d != mine[b])).collect();
-            report.buckets += differing.len();
-            for bucket in differing {
-                let listed = match cluster.owned_keys_on(peer, &me, bucket).await {
-                    Ok(keys) => keys,
-                    Err(e) => {
-                        report.failures.push(e);
-                        continue;
+            let listed = self.listed_by(&cluster, peer, &mut report).await;
+            let missing: Vec<(BlockKey, bool)> = listed
+                .into_iter()
+                .filter(|(k, unflushed)| self.lacks(k, *unflushed) && self.owned_by(k, &me))
+                .collect();
+            bar.inc_length(missing.len() as u64);
+            bar.set_message(format!("from {peer}"));
+            for (key, unflushed) in missing {
+                bar.inc(1);
+                match self.pull(&cluster, peer, &key, unflushed).await {
+                    Ok(Some(len)) => {
+                        report.blocks += 1;
+                        report.bytes += len;
+                        metrics.resync_blocks.inc();
+                        metrics.resync_bytes.inc_by(len);
                     }
-                };
-                let have: HashSet<BlockKey> = self.owned_keys(peer, bucket).into_iter().collect();
-                let missing: Vec<(BlockKey, bool)> =
-                    listed.into_iter().filter(|(k, _)| !have.contains(k) && self.owned_by(k, &me)).collect();
-                bar.inc_length(missing.len() as u64);
-                bar.set_message(format!("from {peer}"));
-                for (key, unflushed) in missing {
-                    bar.inc(1);
-                    match self.pull(&cluster, peer, &key, unflushed).await {
-                        Ok(Some(len)) => {
-                            report.blocks += 1;
-                            report.bytes += len;
-                            metrics.resync_blocks.inc();
-                            metrics.resync_bytes.inc_by(len);
-                        }
-                        Ok(None) => {} // gone meanwhile (deleted)
-                        Err(e) => report.failures.push(e),
-                    }
+                    Ok(None) => {} // gone meanwhile (deleted)
+                    Err(e) => report.failures.push(e),
                 }
             }
         }
@@ -202,6 +218,37 @@ impl Manager {
             );
         }
         report
+    }
+
+    /// The keys `peer` holds that this node owns and may lack: those of the buckets whose
+    /// digests of the keys both own differ, and those `peer` keeps without owning them (it
+    /// held them while this node was away, or owned them before the member list changed).
+    async fn listed_by(&self, cluster: &Cluster, peer: &str, report: &mut ResyncReport) -> Vec<(BlockKey, bool)> {
+        let me = cluster.local_id();
+        let mut listed = match cluster.held_for_on(peer, me).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                report.failures.push(e);
+                return Vec::new();
+            }
+        };
+        let theirs = match cluster.digests_on(peer, me).await {
+            Ok(d) => d,
+            Err(e) => {
+                report.failures.push(e);
+                return listed;
+            }
+        };
+        let mine = self.owned_digests(peer);
+        let differing: Vec<usize> = (0..BUCKETS).filter(|&b| theirs.get(b).is_some_and(|d| *d != mine[b])).collect();
+        report.buckets += differing.len();
+        for bucket in differing {
+            match cluster.owned_keys_on(peer, me, bucket).await {
+                Ok(keys) => listed.extend(keys),
+                Err(e) => report.failures.push(e),
+            }
+        }
+        listed
     }
 
     /// Reads `key` from `peer` and keeps it here as an owner's copy (a write-back one when
@@ -227,7 +274,7 @@ impl Manager {
 
     /// Runs [`Manager::resync`] at start, when this node comes back into the member list,
     /// and every `interval` (never with zero), and [`Manager::handoff`] at every change of
-    /// the member list, one at a time.
+    /// the member list (again every few seconds until it succeeds), one at a time.
     pub(crate) fn spawn_resync(&self, interval: Duration) {
         let Some(cluster) = self.cluster().cloned() else { return };
         let me = self.clone();
@@ -242,12 +289,17 @@ impl Manager {
                 if taken > 0 {
                     tracing::info!(blocks = taken, "flush take-over: this node is now the primary of unflushed blocks");
                 }
-                let now = cluster.view();
-                if now.addrs != handed_from.addrs {
-                    me.handoff(&handed_from).await;
-                    handed_from = now;
+                let mut retry = false;
+                if cluster.view().addrs != handed_from.addrs {
+                    let (report, placed_over) = me.handoff(&handed_from).await;
+                    if report.failures.is_empty() {
+                        handed_from = placed_over;
+                    } else {
+                        retry = true; // an owner did not take what it lacks: offer it again
+                    }
                 }
-                if full || cluster.take_rejoined() {
+                let rejoined = cluster.take_rejoined();
+                if full || rejoined {
                     me.resync().await;
                 }
                 me.release_what_blob_has().await;
@@ -259,9 +311,14 @@ impl Manager {
                         tokio::time::sleep(interval).await
                     }
                 };
+                let again = async {
+                    if retry { tokio::time::sleep(HANDOFF_RETRY).await } else { std::future::pending::<()>().await }
+                };
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = periodic => full = true,
+                    () = cluster.rejoined() => {}
+                    () = again => {}
                 }
             }
         });

@@ -55,6 +55,59 @@ impl Inner {
         PutOutcome { status: PutStatus::Existed, tier: e.tiers.fastest().unwrap_or(TierKind::Cpu) }
     }
 
+    /// A put of `key`, already here as `e`, with `durability` and bytes of CRC `crc32c`
+    /// (its lock held). A no-op, unless the put asks more than the copy here has: a copy on
+    /// disk, or a write-back one, where a cache copy was (a read replica, or a writer's
+    /// copy, on a node that became an owner; the copy an owner is handed or sent). Then the
+    /// copy here is made that: written to SSD, marked write-back and queued for its flush.
+    /// Other bytes under the same key (another version) are left alone.
+    pub(super) async fn existing(
+        &self,
+        key: &BlockKey,
+        e: Entry,
+        durability: Durability,
+        crc32c: u32,
+    ) -> Result<PutOutcome, TierError> {
+        let to_disk = durability.on_disk() && self.ssd.is_some() && !e.tiers.has(TierKind::Ssd);
+        let to_write_back = durability == Durability::WriteBack
+            && !e.durable
+            && !e.tiers.has(TierKind::Blob)
+            && self.flusher.is_some()
+            && self.flushable(key);
+        if e.crc32c != crc32c || !(to_disk || to_write_back) {
+            return Ok(self.existed(e));
+        }
+        let block = match self.cpu.get(key).await? {
+            Some(block) => block,
+            None => match &self.ssd {
+                Some(ssd) => match ssd.get(key).await? {
+                    Some(block) => block,
+                    None => return Ok(self.existed(e)),
+                },
+                None => return Ok(self.existed(e)),
+            },
+        };
+        let durable = e.durable || to_write_back;
+        if e.tiers.has(TierKind::Ssd) {
+            // Only the write-back mark is missing: the slot header records it (a restart
+            // must flush it), so the copy is written again with it.
+            let ssd = self.ssd.as_ref().expect("indexed on SSD implies an SSD tier");
+            ssd.delete(key).await?;
+            if let Err(err) = self.write_ssd(block.with_durable(true)).await {
+                self.index.set_tiers(key, e.tiers.without(TierKind::Ssd));
+                return Err(err);
+            }
+        } else {
+            self.write_ssd(block.with_durable(durable)).await?;
+        }
+        let tiers = e.tiers.with(TierKind::Ssd);
+        self.index.insert(key.clone(), Entry { durable, tiers, ..e });
+        if to_write_back {
+            self.queue_new_flush(key.clone(), true);
+        }
+        Ok(PutOutcome { status: PutStatus::Stored, tier: tiers.fastest().unwrap_or(TierKind::Ssd) })
+    }
+
     /// Rebuilds the index from the slow tier's blocks after a restart.
     pub(super) async fn rebuild_index(&self) -> Result<(), Error> {
         if let Some(ssd) = &self.ssd {
@@ -96,7 +149,7 @@ impl Inner {
         let admitted = self.admit(durability, len).await?;
         let _guard = self.locks.lock(&key).await;
         if let Some(e) = self.index.get(&key) {
-            return Ok(self.existed(e));
+            return self.existing(&key, e, durability, crc32c).await;
         }
         match sink {
             Sink::Arena(reservation, _reserved) => {

@@ -431,15 +431,52 @@ async fn a_flushed_notice_that_overtakes_the_copy_releases_it_on_arrival() {
         (0..100).filter(|&i| placement.owners(&crate::objects::placement_key(&key(i)), 2)[0] == "b").take(3).collect();
     let (early, late, deleted) = (not_primary[0], not_primary[1], not_primary[2]);
     // The primary's notice for `early` arrives before this node's copy of it does.
-    m.flushed_elsewhere(&[key(early)]).await;
+    m.flushed_elsewhere(&[(key(early), Some(block(early, 10_000).crc32c))]).await;
     m.put(block(early, 10_000), Durability::WriteBack).await.unwrap();
     m.put(block(late, 10_000), Durability::WriteBack).await.unwrap();
     assert!(!m.unflushed(&key(early)), "the early notice released the copy");
     assert!(m.unflushed(&key(late)), "a copy no notice named waits for one");
     assert_eq!(m.stats().await.unflushed_bytes, 10_000);
     // A delete forgets an early notice: the key stored again waits for its own.
-    m.flushed_elsewhere(&[key(deleted)]).await;
+    m.flushed_elsewhere(&[(key(deleted), Some(block(deleted, 10_000).crc32c))]).await;
     m.delete(&key(deleted)).await;
     m.put(block(deleted, 10_000), Durability::WriteBack).await.unwrap();
     assert!(m.unflushed(&key(deleted)), "a notice from before a delete releases nothing");
+    // A notice about other bytes under a key (another version) releases no copy.
+    let other =
+        (0..200).filter(|&i| placement.owners(&crate::objects::placement_key(&key(i)), 2)[0] == "b").nth(3).unwrap();
+    m.flushed_elsewhere(&[(key(other), Some(block(other, 9_999).crc32c))]).await;
+    m.put(block(other, 10_000), Durability::WriteBack).await.unwrap();
+    m.flushed_elsewhere(&[(key(other), Some(block(other, 9_999).crc32c))]).await;
+    assert!(m.unflushed(&key(other)), "neither early nor late");
+    m.flushed_elsewhere(&[(key(other), Some(block(other, 10_000).crc32c))]).await;
+    assert!(!m.unflushed(&key(other)), "the notice of its own bytes releases it");
+}
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_put_asking_more_than_the_copy_here_has_makes_it_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path()).await;
+    // A cache copy (memory only), as a read replica or a writer's copy is.
+    let b = block(1, 100_000);
+    m.put(b.clone(), Durability::Cache).await.unwrap();
+    assert!(!m.inner.index.get(&b.key).unwrap().tiers.has(TierKind::Ssd));
+    // An owner's copy of the same bytes: now on SSD too.
+    let stored = m.put(b.clone(), Durability::LocalDisk).await.unwrap();
+    assert_eq!(stored.status, PutStatus::Stored, "an upgrade, not a no-op");
+    assert!(m.inner.index.get(&b.key).unwrap().tiers.has(TierKind::Ssd));
+    // A write-back copy: marked (a restart would flush it) and flushed to Blob.
+    m.put(b.clone(), Durability::WriteBack).await.unwrap();
+    let e = m.inner.index.get(&b.key).unwrap();
+    assert!(e.durable || e.tiers.has(TierKind::Blob), "{e:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !m.inner.index.get(&b.key).unwrap().tiers.has(TierKind::Blob) {
+        assert!(std::time::Instant::now() < deadline, "the upgraded copy was never flushed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Asking no more than what is here is the usual no-op; other bytes under the key too.
+    assert_eq!(m.put(b.clone(), Durability::LocalDisk).await.unwrap().status, PutStatus::Existed);
+    let other = Block::new(b.key.clone(), pattern(2, 100_000));
+    assert_eq!(m.put(other, Durability::WriteBack).await.unwrap().status, PutStatus::Existed);
+    assert!(hit(m.get(&b.key).await).0.data == b.data, "the first bytes stay");
 }

@@ -173,7 +173,9 @@ impl Manager {
                 }
             }
         }
-        let chunks: Vec<BlockKey> = (0..info.chunks()).map(|i| chunk_key(&ns, info.id, i)).collect();
+        let chunks: Vec<(BlockKey, Option<u32>)> = (0..info.chunks())
+            .map(|i| (chunk_key(&ns, info.id, i), info.chunk_crc32c.get(i as usize).copied()))
+            .collect();
         self.released_everywhere(&chunks).await;
         self.metrics().objects_exported.inc();
         self.metrics().object_export_bytes.inc_by(info.size);
@@ -403,7 +405,8 @@ impl Manager {
                 }
             }
         }
-        let released: Vec<BlockKey> = pinned.into_iter().filter(|k| vouched.contains(k)).collect();
+        let released: Vec<(BlockKey, Option<u32>)> =
+            pinned.into_iter().filter(|k| vouched.contains(k)).map(|k| (k, None)).collect();
         if !released.is_empty() {
             tracing::info!(blocks = released.len(), "released write-back copies Blob already has");
             self.flushed_elsewhere(&released).await;

@@ -49,13 +49,15 @@ impl RunningServer {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("data_dir {}: cannot create it: {e}", config.data_dir.display())))?;
-        let manager = Manager::open(&config, Metrics::new()).await?;
         let bind_err = |addr: &str| {
             let addr = addr.to_string();
             move |source| Error::Bind { addr, source }
         };
+        // Bound before the manager registers in etcd: members that see this node at once
+        // (to hand it blocks) queue on the port until it serves, instead of being refused.
         let tcp = TcpListener::bind(&config.server.listen).await.map_err(bind_err(&config.server.listen))?;
         let grpc_addr = tcp.local_addr().map_err(bind_err(&config.server.listen))?;
+        let manager = Manager::open(&config, Metrics::new()).await?;
         let unix = if config.server.unix_socket.as_os_str().is_empty() {
             None
         } else {

@@ -143,6 +143,8 @@ impl peer_server::Peer for PeerService {
     async fn flushed(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedResponse>, Status> {
         self.check_member(&request, "peer_flushed")?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
+        let crcs = request.get_ref().keys.iter().map(|k| k.crc32c);
+        let keys: Vec<_> = keys.into_iter().zip(crcs).collect();
         self.manager.flushed_elsewhere(&keys).await;
         Ok(Response::new(peer::FlushedResponse {}))
     }
@@ -185,7 +187,8 @@ impl peer_server::Peer for PeerService {
     async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_offer")?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
-        let wanted = self.manager.wanted(&keys);
+        let offered: Vec<_> = keys.into_iter().zip(request.get_ref().keys.iter().map(|k| k.unflushed)).collect();
+        let wanted = self.manager.wanted(&offered);
         Ok(Response::new(peer::FlushedRequest { keys: wanted.iter().map(crate::cluster::key_to_wire).collect() }))
     }
 
@@ -205,15 +208,14 @@ impl peer_server::Peer for PeerService {
         if req.bucket as usize >= crate::manager::BUCKETS {
             return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::manager::BUCKETS)));
         }
-        let keys = self
-            .manager
-            .owned_keys(&req.node, req.bucket as usize)
+        let listed = if req.held_not_owned {
+            self.manager.held_for(&req.node)
+        } else {
+            self.manager.owned_keys(&req.node, req.bucket as usize)
+        };
+        let keys = listed
             .into_iter()
-            .map(|k| peer::KeyRef {
-                namespace: k.namespace.as_str().into(),
-                key: Bytes::copy_from_slice(k.key.as_bytes()),
-                unflushed: self.manager.unflushed(&k),
-            })
+            .map(|k| peer::KeyRef { unflushed: self.manager.unflushed(&k), ..crate::cluster::key_to_wire(&k) })
             .collect();
         Ok(Response::new(peer::OwnedKeysResponse { keys }))
     }

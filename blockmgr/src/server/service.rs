@@ -257,11 +257,12 @@ impl BlockStore for BlockService {
             let mut index = 0u32;
             while let Some(answer) = outcomes.next().await {
                 let msgs: Vec<GetMsg> = match answer {
-                    MemberAnswer::Elsewhere(holders) => vec![GetMsg::Miss(v1::GetMiss {
+                    MemberAnswer::Elsewhere(holders, keep) => vec![GetMsg::Miss(v1::GetMiss {
                         index,
                         reason: v1::MissReason::Elsewhere as i32,
                         message: "read it from a read replica".into(),
                         holders,
+                        keep,
                     })],
                     MemberAnswer::Here(GetOutcome::Hit { block, tier }, keep) => {
                         let header = GetMsg::Block(v1::GetBlock {
@@ -286,6 +287,7 @@ impl BlockStore for BlockService {
                             reason: miss_to_wire(reason) as i32,
                             message,
                             holders: Vec::new(),
+                            keep: false,
                         })]
                     }
                 };

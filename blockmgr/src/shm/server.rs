@@ -451,7 +451,13 @@ fn not_pinned(index: usize, reason: v1::MissReason, message: String, deferred: v
         slot: None,
         crc32c: 0,
         tier: v1::Tier::Unspecified as i32,
-        miss: Some(v1::GetMiss { index: index as u32, reason: reason as i32, message, holders: Vec::new() }),
+        miss: Some(v1::GetMiss {
+            index: index as u32,
+            reason: reason as i32,
+            message,
+            holders: Vec::new(),
+            keep: false,
+        }),
         deferred: deferred as i32,
     }
 }
