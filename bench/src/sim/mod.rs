@@ -33,7 +33,10 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kvtier_blockmgr::{
-    ByteSize, Config, Durability, Manager, Metrics, cluster::Placement, config::NamespaceConfig, server::routes,
+    ByteSize, Config, Durability, Manager, Metrics,
+    cluster::{Placement, placement_key},
+    config::NamespaceConfig,
+    server::routes,
 };
 use kvtier_tiers::{Block, BlockKey, CpuTierBuilder, MemoryTier, conformance::pattern};
 
@@ -230,7 +233,7 @@ async fn writes(cluster: &Cluster, n: usize, args: &Args, out: &mut Reporter) ->
                     let key = BlockKey::parse(BLOCKS, format!("{i:05}-{b:04}").as_bytes())?;
                     let data = pattern((i * 10_000 + b) as u64, BLOCK);
                     node.manager.put(Block::new(key.clone(), data), Durability::WriteBack).await?;
-                    keys.push(key);
+                    keys.push((node.id.as_str(), key));
                 }
                 progress.inc(1);
                 Ok::<_, anyhow::Error>(keys)
@@ -240,18 +243,16 @@ async fn writes(cluster: &Cluster, n: usize, args: &Args, out: &mut Reporter) ->
         .try_collect::<Vec<_>>()
         .await?;
     progress.finish_and_clear();
-    let keys: Vec<BlockKey> = writes.into_iter().flatten().collect();
-    let written = (keys.len() * BLOCK) as f64;
+    let written_by: Vec<(&str, BlockKey)> = writes.into_iter().flatten().collect();
+    let written = (written_by.len() * BLOCK) as f64;
     let between = cluster.net.take().bytes() as f64;
     // Each block's copies go to its owners; the writer keeps one itself when it is one.
     let placement = Placement::new(cluster.nodes.iter().map(|node| node.id.clone()));
-    let sent: usize = keys
+    let sent: usize = written_by
         .iter()
-        .map(|k| {
-            let writer = &cluster.nodes[k.key.as_bytes()[..5].iter().fold(0, |n, d| n * 10 + usize::from(d - b'0'))].id;
-            2 - usize::from(placement.owners(&placement_key(k), 2).contains(&writer.as_str()))
-        })
+        .map(|(writer, k)| 2 - usize::from(placement.owners(&placement_key(k), 2).contains(writer)))
         .sum();
+    let keys: Vec<BlockKey> = written_by.into_iter().map(|(_, k)| k).collect();
     while cluster.unflushed().await > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -391,11 +392,6 @@ async fn restore(cluster: Cluster, n: usize, args: &Args, out: &mut Reporter) ->
         crate::report::size_name(args.checkpoint)
     );
     Ok(())
-}
-
-/// What places a block (its namespace and key, as the nodes place it).
-fn placement_key(key: &BlockKey) -> Vec<u8> {
-    [key.namespace.as_str().as_bytes(), &[0], key.key.as_bytes()].concat()
 }
 
 /// A thousand nodes hold a few descriptors each (a memfd per CPU tier): lift the soft limit.

@@ -21,6 +21,12 @@ use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
 pub use self::placement::Placement;
+
+/// What places `key` on members (its namespace and bytes; every generation of an object's
+/// manifest alike): what [`Placement::owners`] takes.
+pub fn placement_key(key: &BlockKey) -> Vec<u8> {
+    crate::objects::placement_key(key)
+}
 pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
 use crate::{
     Client, Durability, Error, GetItem, PutItem,
@@ -292,6 +298,21 @@ impl Cluster {
             }
             Some(GetItem::Miss { .. }) | None => Ok(None),
         }
+    }
+
+    /// How this node, an owner of `key` placed by `plan`, answers member `reader`'s read of
+    /// it (see read_replicas.rs): a read replica is a member that owns no copy.
+    pub(crate) fn route_read(
+        &self,
+        key: &BlockKey,
+        plan: &Plan,
+        reader: &str,
+        tried: &[String],
+        redirect: bool,
+    ) -> ReadRoute {
+        let view = self.view();
+        let candidate = |m: &str| view.addrs.contains_key(m) && !plan.owns(m);
+        self.reads.route(key, reader, tried, redirect, plan.owns(reader), candidate)
     }
 
     /// Reads `key` from member `id` as a reader whose own copy is missing: the bytes, or

@@ -399,8 +399,7 @@ impl Manager {
             answered(&outcome, "replica");
             return MemberAnswer::Here(outcome, false);
         }
-        let candidate = |m: &str| cluster.is_member(m) && !plan.owns(m);
-        match cluster.reads.route(key, reader, tried, true, plan.owns(reader), candidate) {
+        match cluster.route_read(key, &plan, reader, tried, true) {
             ReadRoute::Elsewhere { holders, keep } => {
                 self.metrics().peer_reads.with_label_values(&["redirect"]).inc();
                 MemberAnswer::Elsewhere(holders, keep)
@@ -418,9 +417,7 @@ impl Manager {
     /// keeps it as a read replica; counted as a read of it.
     pub(crate) fn keeps_fetched(&self, key: &BlockKey, reader: &str) -> bool {
         let Some(cluster) = &self.inner.cluster else { return false };
-        let plan = self.inner.plan_in(cluster, key);
-        let candidate = |m: &str| cluster.is_member(m) && !plan.owns(m);
-        let route = cluster.reads.route(key, reader, &[], false, plan.owns(reader), candidate);
+        let route = cluster.route_read(key, &self.inner.plan_in(cluster, key), reader, &[], false);
         route == ReadRoute::Here { keep: true } && cluster.reads.kept(key, reader)
     }
 

@@ -313,7 +313,8 @@ pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
 /// Deterministic bytes for block `i`.
 /// The `r` owners among `ids` of block `k` of `ns`, primary first, as the nodes place it.
 pub fn block_owners(ids: &[&'static str], ns: &str, k: &[u8], r: usize) -> Vec<&'static str> {
-    owners_of(ids, &[ns.as_bytes(), &[0], k].concat(), r)
+    let key = kvtier_tiers::BlockKey::parse(ns, k).unwrap();
+    owners_of(ids, &kvtier_blockmgr::cluster::placement_key(&key), r)
 }
 
 /// The 2 owners among `ids` of `path`'s manifests in `ns`, primary first.
