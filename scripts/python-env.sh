@@ -10,7 +10,8 @@ set -euo pipefail
 VLLM_VERSION=0.32.0
 VENV="${KVTIER_VENV:-$HOME/.cache/kvtier/venv-vllm}"
 STAMP="$VENV/.kvtier-stamp"
-WANT="vllm==$VLLM_VERSION pytest==8.4.2 maturin==1.9.6"
+LMCACHE_VERSION=0.5.6
+WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION pytest==8.4.2 maturin==1.9.6"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then
     echo "$VENV"

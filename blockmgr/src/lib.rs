@@ -16,6 +16,7 @@ mod error;
 mod flight;
 /// Where each block lives.
 pub mod index;
+pub mod lmcache;
 mod manager;
 mod metrics;
 pub mod objects;
@@ -33,7 +34,7 @@ pub use client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, ObjectRang
 pub use config::{ByteSize, Config};
 pub use error::Error;
 pub use manager::{
-    ArenaPin, Durability, GetOutcome, Manager, MissReason, PinOutcome, PutOutcome, PutWriter, ResyncReport, Stats,
-    TierStats,
+    ArenaPin, Durability, GetOutcome, Manager, MissReason, NamespaceStats, PinOutcome, PutOutcome, PutWriter,
+    ResyncReport, Stats, TierStats,
 };
 pub use metrics::Metrics;

@@ -123,6 +123,9 @@ struct ServeArgs {
     /// Overrides `server.metrics_listen` (empty disables it).
     #[arg(long, env = "KVTIER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Overrides `lmcache.listen`: serve LMCache's `lm://` protocol there (empty: not).
+    #[arg(long, env = "KVTIER_LMCACHE_LISTEN")]
+    lmcache_listen: Option<String>,
     /// Overrides `cluster.node_id` (default: the host name).
     #[arg(long, env = "KVTIER_NODE_ID")]
     node_id: Option<String>,
@@ -278,6 +281,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(addr) = args.advertise {
         config.cluster.advertise = addr;
     }
+    if let Some(l) = args.lmcache_listen {
+        config.lmcache.listen = l;
+    }
     if let Some(m) = args.metrics_listen {
         config.server.metrics_listen = m;
     }
@@ -357,6 +363,25 @@ pub(crate) fn render_stats(s: &Stats) -> String {
             human_bytes(s.unflushed_bytes),
             s.flush_queue
         );
+    }
+    if !s.namespaces.is_empty() {
+        out += &format!(
+            "\n{:<64} {:>10} {:>10} {:>10} {:>8} {:>10}\n",
+            "namespace", "puts", "hits", "misses", "hit rate", "read"
+        );
+        for n in &s.namespaces {
+            let gets = n.hits + n.misses;
+            let rate = if gets == 0 { "-".to_string() } else { format!("{:.1}%", 100.0 * n.hits as f64 / gets as f64) };
+            out += &format!(
+                "{:<64} {:>10} {:>10} {:>10} {:>8} {:>10}\n",
+                n.namespace,
+                n.puts,
+                n.hits,
+                n.misses,
+                rate,
+                human_bytes(n.bytes_read)
+            );
+        }
     }
     out
 }

@@ -66,6 +66,16 @@ pub struct Metrics {
     pub peer_reads: IntCounterVec,
     /// Copies this node kept of blocks it read from other nodes, as read replicas.
     pub read_replicas_kept: IntCounter,
+    /// Blocks put, by namespace (see `manager::namespaces` for the label's bound).
+    pub namespace_puts: IntCounterVec,
+    /// Gets served, by namespace.
+    pub namespace_hits: IntCounterVec,
+    /// Gets not served, by namespace.
+    pub namespace_misses: IntCounterVec,
+    /// Block bytes served, by namespace.
+    pub namespace_bytes_read: IntCounterVec,
+    /// `lm://` connections closed for a malformed request, by reason.
+    pub lmcache_protocol_errors: IntCounterVec,
     /// Keys in the index.
     pub index_blocks: IntGauge,
     /// Open shared-memory sessions (local clients mapping the arena).
@@ -208,6 +218,19 @@ impl Metrics {
             read_replicas_kept: one_counter(
                 "read_replicas_kept_total",
                 "Copies kept of blocks read from other nodes, as read replicas",
+            ),
+            namespace_puts: counter("namespace_puts_total", "Blocks put, by namespace", &["namespace"]),
+            namespace_hits: counter("namespace_hits_total", "Gets served, by namespace", &["namespace"]),
+            namespace_misses: counter("namespace_misses_total", "Gets not served, by namespace", &["namespace"]),
+            namespace_bytes_read: counter(
+                "namespace_bytes_read_total",
+                "Block bytes served, by namespace",
+                &["namespace"],
+            ),
+            lmcache_protocol_errors: counter(
+                "lmcache_protocol_errors_total",
+                "lm:// connections closed for a malformed request, by reason",
+                &["reason"],
             ),
             index_blocks,
             shm_sessions,

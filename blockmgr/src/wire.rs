@@ -5,7 +5,7 @@ use kvtier_proto::v1;
 use kvtier_tiers::{Error as TierError, TierKind};
 use tonic::{Code, Status};
 
-use crate::{Durability, MissReason, Stats, TierStats};
+use crate::{Durability, MissReason, NamespaceStats, Stats, TierStats};
 
 /// The wire enum of a tier.
 pub fn tier_to_wire(kind: TierKind) -> v1::Tier {
@@ -126,6 +126,17 @@ pub fn stats_to_wire(s: Stats) -> v1::StatsResponse {
         unflushed_bytes: s.unflushed_bytes,
         flush_queue: s.flush_queue,
         flushed_blocks: s.flushed_blocks,
+        namespaces: s
+            .namespaces
+            .into_iter()
+            .map(|n| v1::NamespaceStats {
+                namespace: n.namespace,
+                puts: n.puts,
+                hits: n.hits,
+                misses: n.misses,
+                bytes_read: n.bytes_read,
+            })
+            .collect(),
     }
 }
 
@@ -164,5 +175,16 @@ pub fn stats_from_wire(s: v1::StatsResponse) -> Result<Stats, String> {
         unflushed_bytes: s.unflushed_bytes,
         flush_queue: s.flush_queue,
         flushed_blocks: s.flushed_blocks,
+        namespaces: s
+            .namespaces
+            .into_iter()
+            .map(|n| NamespaceStats {
+                namespace: n.namespace,
+                puts: n.puts,
+                hits: n.hits,
+                misses: n.misses,
+                bytes_read: n.bytes_read,
+            })
+            .collect(),
     })
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::Error;
 
 mod cluster;
-pub use self::cluster::ClusterConfig;
+mod lmcache;
+pub use self::{cluster::ClusterConfig, lmcache::LmcacheConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Other nodes: membership and replication.
     pub cluster: ClusterConfig,
+    /// LMCache's `lm://` protocol.
+    pub lmcache: LmcacheConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -52,6 +55,7 @@ impl Default for Config {
             blob: BlobConfig::default(),
             namespaces: BTreeMap::new(),
             cluster: ClusterConfig::default(),
+            lmcache: LmcacheConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -494,6 +498,7 @@ impl Config {
             return bad("server.tls.ca", "a cluster with TLS needs the CA its members verify each other with");
         }
         self.cluster.static_members()?;
+        self.lmcache.validate()?;
         if !self.cluster.etcd.is_empty() {
             self.cluster.advertised(&self.server.listen)?;
             if self.cluster.lease_ttl < Duration::from_secs(2) || self.cluster.lease_ttl > Duration::from_secs(3600) {

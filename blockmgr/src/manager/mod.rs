@@ -16,6 +16,7 @@ mod blob;
 mod flush;
 mod handoff;
 mod movement;
+mod namespaces;
 mod open;
 mod replicas;
 mod resync;
@@ -28,7 +29,7 @@ use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
     resync::ResyncReport,
-    types::{Durability, GetOutcome, MissReason, PutOutcome, Stats, TierStats},
+    types::{Durability, GetOutcome, MissReason, NamespaceStats, PutOutcome, Stats, TierStats},
     writer::PutWriter,
 };
 pub(crate) use self::{
@@ -101,6 +102,8 @@ pub(crate) struct Inner {
     demote_tx: mpsc::UnboundedSender<BlockKey>,
     background: Arc<Background>,
     metrics: Metrics,
+    /// Which namespaces have counters of their own.
+    namespaces: namespaces::NamespaceLabels,
     limits: Limits,
     started: Instant,
     /// The other nodes (also on a [`Manager::here_only`]): who flushes which block.
@@ -154,6 +157,7 @@ impl Manager {
         let inner = self.inner.clone();
         inner.check_size(&block.key, block.len())?;
         inner.check_durability(&block.key, durability)?;
+        let namespace = block.key.namespace.clone();
         detached(async move {
             let result = async {
                 // Room in the unflushed budget is waited for before the key's lock: the
@@ -166,7 +170,7 @@ impl Manager {
                 }
             }
             .await;
-            inner.count_put(&result);
+            inner.count_put(&namespace, &result);
             result
         })
         .await
@@ -213,7 +217,7 @@ impl Manager {
         detached(async move {
             let (route, key) = (writer.route.take(), writer.key.clone());
             let result = me.inner.finish(writer).await;
-            me.inner.count_put(&result);
+            me.inner.count_put(&key.namespace, &result);
             if result.is_ok() && crate::objects::is_manifest_key(&key) {
                 me.learn_manifest(&key).await;
             }
@@ -236,7 +240,7 @@ impl Manager {
                 && let Ok(Some(block)) = inner.cpu.get(key).await
             {
                 inner.policy.touch(key);
-                inner.count_hit(TierKind::Cpu, block.len(), started);
+                inner.count_hit(key, TierKind::Cpu, block.len(), started);
                 return GetOutcome::Hit { block, tier: TierKind::Cpu };
             }
             // Below memory: SSD, else Blob (read through), one read per key at a time.
@@ -260,7 +264,7 @@ impl Manager {
                 })
                 .await;
             match &outcome {
-                GetOutcome::Hit { block, tier } => inner.count_hit(*tier, block.len(), started),
+                GetOutcome::Hit { block, tier } => inner.count_hit(key, *tier, block.len(), started),
                 GetOutcome::Miss { reason: MissReason::NotFound, .. } => {
                     drop(inner.locks.lock(key).await);
                     continue;
@@ -271,11 +275,11 @@ impl Manager {
                 {
                     continue;
                 }
-                GetOutcome::Miss { reason, .. } => inner.count_miss(*reason),
+                GetOutcome::Miss { reason, .. } => inner.count_miss(key, *reason),
             }
             return outcome;
         }
-        inner.count_miss(MissReason::NotFound);
+        inner.count_miss(key, MissReason::NotFound);
         GetOutcome::not_found()
     }
 

@@ -128,6 +128,7 @@ impl Manager {
             demote_tx,
             background,
             metrics,
+            namespaces: Default::default(),
             limits: Limits {
                 max_block_size: config.max_block_size.0,
                 transfer_budget: config.server.transfer_budget.0,

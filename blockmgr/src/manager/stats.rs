@@ -3,12 +3,18 @@
 
 use std::time::Instant;
 
-use kvtier_tiers::{Error as TierError, PutStatus, TierKind};
+use kvtier_tiers::{BlockKey, Error as TierError, Namespace, PutStatus, TierKind};
 
-use super::{Inner, MissReason, PutOutcome, Stats, TierStats};
+use super::{
+    Inner, MissReason, PutOutcome, Stats, TierStats,
+    namespaces::{self, Counted},
+};
 
 impl Inner {
-    pub(super) fn count_put(&self, result: &Result<PutOutcome, TierError>) {
+    pub(super) fn count_put(&self, namespace: &Namespace, result: &Result<PutOutcome, TierError>) {
+        if result.is_ok() {
+            self.namespaces.count(&self.metrics, namespace, Counted::Put);
+        }
         let label = match result {
             Ok(PutOutcome { status: PutStatus::Stored, .. }) => "stored",
             Ok(PutOutcome { status: PutStatus::Existed, .. }) => "existed",
@@ -17,7 +23,8 @@ impl Inner {
         self.metrics.puts.with_label_values(&[label]).inc();
     }
 
-    pub(super) fn count_hit(&self, tier: TierKind, len: u64, started: Instant) {
+    pub(super) fn count_hit(&self, key: &BlockKey, tier: TierKind, len: u64, started: Instant) {
+        self.namespaces.count(&self.metrics, &key.namespace, Counted::Hit { bytes: len });
         self.metrics.hits.with_label_values(&[tier.as_str()]).inc();
         self.metrics.bytes_read.with_label_values(&[tier.as_str()]).inc_by(len);
         let op = match tier {
@@ -28,7 +35,8 @@ impl Inner {
         self.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
     }
 
-    pub(super) fn count_miss(&self, reason: MissReason) {
+    pub(super) fn count_miss(&self, key: &BlockKey, reason: MissReason) {
+        self.namespaces.count(&self.metrics, &key.namespace, Counted::Miss);
         let label = match reason {
             MissReason::NotFound => "not_found",
             MissReason::ChecksumMismatch => "checksum_mismatch",
@@ -77,6 +85,7 @@ impl Inner {
             unflushed_bytes: self.index.unflushed(),
             flush_queue: self.flusher.as_ref().map_or(0, |f| f.backlog().0 as u64),
             flushed_blocks: m.flushed_blocks.get(),
+            namespaces: namespaces::snapshot(m),
         }
     }
 }

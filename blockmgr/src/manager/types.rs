@@ -139,4 +139,21 @@ pub struct Stats {
     pub flush_queue: u64,
     /// Blocks flushed to Blob since start.
     pub flushed_blocks: u64,
+    /// Per namespace, busiest first (namespaces beyond the first 1024 seen share `other`).
+    pub namespaces: Vec<NamespaceStats>,
+}
+
+/// One namespace's counters on this node.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct NamespaceStats {
+    /// The namespace (or `other`).
+    pub namespace: String,
+    /// Blocks put (stored or already present).
+    pub puts: u64,
+    /// Gets served.
+    pub hits: u64,
+    /// Gets not served.
+    pub misses: u64,
+    /// Block bytes served.
+    pub bytes_read: u64,
 }

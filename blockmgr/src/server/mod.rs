@@ -37,6 +37,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The shared-memory data plane's socket, if enabled.
     pub shm_socket: Option<PathBuf>,
+    /// LMCache's `lm://` listener, if enabled.
+    pub lmcache_addr: Option<SocketAddr>,
     manager: Manager,
     config: Config,
     stop: watch::Sender<bool>,
@@ -85,6 +87,13 @@ impl RunningServer {
             Some(l)
         };
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        let lmcache = if config.lmcache.listen.is_empty() {
+            None
+        } else {
+            let l = TcpListener::bind(&config.lmcache.listen).await.map_err(bind_err(&config.lmcache.listen))?;
+            Some(l)
+        };
+        let lmcache_addr = lmcache.as_ref().and_then(|l| l.local_addr().ok());
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -130,6 +139,19 @@ impl RunningServer {
             tasks.push(tokio::spawn(serve));
             path
         });
+        if let Some(listener) = lmcache {
+            let settings = crate::lmcache::server::LmSettings {
+                namespace_prefix: config.lmcache.namespace_prefix.clone(),
+                durability: config.lmcache.durability()?,
+                idle_timeout: config.server.stream_idle_timeout,
+            };
+            tasks.push(tokio::spawn(crate::lmcache::server::serve(
+                listener,
+                manager.clone(),
+                settings,
+                stopped.clone(),
+            )));
+        }
         if let Some(listener) = metrics {
             let app = Router::new()
                 .route("/metrics", get(metrics_text))
@@ -148,10 +170,21 @@ impl RunningServer {
             unix = ?unix_socket,
             shm = ?shm_socket,
             metrics = ?metrics_addr,
+            lmcache = ?lmcache_addr,
             data_dir = %config.data_dir.display(),
             "kvtier serving"
         );
-        Ok(RunningServer { grpc_addr, unix_socket, metrics_addr, shm_socket, manager, config, stop, tasks })
+        Ok(RunningServer {
+            grpc_addr,
+            unix_socket,
+            metrics_addr,
+            shm_socket,
+            lmcache_addr,
+            manager,
+            config,
+            stop,
+            tasks,
+        })
     }
 
     /// The manager behind the server.
@@ -168,6 +201,7 @@ impl RunningServer {
             "unix": self.unix_socket.as_ref().map(|p| format!("unix://{}", p.display())),
             "metrics": self.metrics_addr.map(|a| a.to_string()),
             "shm": self.shm_socket.as_ref().map(|p| p.display().to_string()),
+            "lmcache": self.lmcache_addr.map(|a| a.to_string()),
         })
         .to_string()
     }

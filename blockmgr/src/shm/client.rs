@@ -339,7 +339,22 @@ impl ShmClient {
         blocks: &[(&[u8], &[u8])],
         durability: Durability,
     ) -> Result<Vec<ShmPut>, ShmError> {
-        let sizes: Vec<(&[u8], u64)> = blocks.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
+        let parts: Vec<[&[u8]; 1]> = blocks.iter().map(|(_, v)| [*v]).collect();
+        let blocks: Vec<(&[u8], &[&[u8]])> = blocks.iter().zip(&parts).map(|((k, _), p)| (*k, &p[..])).collect();
+        self.put_parts(namespace, &blocks, durability)
+    }
+
+    /// [`ShmClient::put`] of blocks given in parts (key, pieces): each block is its pieces
+    /// one after the other, copied straight into its slot (a header and a payload that
+    /// live apart need no copy to join them).
+    pub fn put_parts(
+        &mut self,
+        namespace: &str,
+        blocks: &[(&[u8], &[&[u8]])],
+        durability: Durability,
+    ) -> Result<Vec<ShmPut>, ShmError> {
+        let sizes: Vec<(&[u8], u64)> =
+            blocks.iter().map(|(k, parts)| (*k, parts.iter().map(|p| p.len() as u64).sum())).collect();
         let allocated = self.alloc(namespace, &sizes, durability, None)?;
         // Copy and commit overlap: each group of blocks is committed (the server checksums
         // it) while the next group is being copied; the answers are read at the end.
@@ -351,13 +366,16 @@ impl ShmClient {
                 ShmAlloc::Failed { code, message } => ShmPut::Failed { code, message },
                 ShmAlloc::Existed => ShmPut::Existed,
                 ShmAlloc::Slot(slot) => {
-                    let data = blocks[i].1;
-                    // SAFETY: the slot is ours alone until committed, inside the mapping, and
-                    // exactly `data.len()` bytes (checked by `alloc`).
-                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.slot(&slot), data.len()) };
+                    let (dst, mut at) = (self.slot(&slot), 0);
+                    for part in blocks[i].1 {
+                        // SAFETY: the slot is ours alone until committed, inside the mapping,
+                        // and exactly as long as the parts together (checked by `alloc`).
+                        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(at), part.len()) };
+                        at += part.len();
+                    }
                     handles.push(slot.handle);
                     positions.push(i);
-                    group_bytes += data.len();
+                    group_bytes += at;
                     ShmPut::Stored(TierKind::Cpu)
                 }
             });
@@ -385,15 +403,23 @@ impl ShmClient {
         keys: &[&[u8]],
         outs: &mut [&mut [u8]],
     ) -> Result<Vec<ShmGet>, ShmError> {
-        assert_eq!(keys.len(), outs.len(), "one output buffer per key");
+        let mut parts: Vec<[&mut [u8]; 1]> = outs.iter_mut().map(|o| [&mut **o]).collect();
+        let mut outs: Vec<&mut [&mut [u8]]> = parts.iter_mut().map(|p| &mut p[..]).collect();
+        self.get_into_parts(namespace, keys, &mut outs)
+    }
+
+    /// [`ShmClient::get_into`] with each key's output in parts, filled in order (a header
+    /// buffer, then the payload's): the parts together must hold the block.
+    pub fn get_into_parts(
+        &mut self,
+        namespace: &str,
+        keys: &[&[u8]],
+        outs: &mut [&mut [&mut [u8]]],
+    ) -> Result<Vec<ShmGet>, ShmError> {
+        assert_eq!(keys.len(), outs.len(), "one output per key");
         self.read(namespace, keys, |i, src, len| {
-            let out = &mut outs[i];
-            if out.len() < len {
-                return Err(format!("the block is {len} bytes; the buffer holds {}", out.len()));
-            }
-            // SAFETY: `src` holds `len` pinned bytes; `out` has room for them.
-            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
-            Ok(())
+            // SAFETY: `src` holds `len` pinned bytes until the release after this call.
+            scatter(unsafe { std::slice::from_raw_parts(src, len) }, outs[i])
         })
     }
 
@@ -473,6 +499,21 @@ impl ShmClient {
         }
         Ok(outcomes)
     }
+}
+
+/// Copies `data` into `parts` in order; `Err` when they hold less than all of it.
+pub fn scatter(data: &[u8], parts: &mut [&mut [u8]]) -> Result<(), String> {
+    let room: usize = parts.iter().map(|p| p.len()).sum();
+    if room < data.len() {
+        return Err(format!("the block is {} bytes; the buffers hold {room}", data.len()));
+    }
+    let mut rest = data;
+    for part in parts.iter_mut() {
+        let n = part.len().min(rest.len());
+        part[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+    Ok(())
 }
 
 fn unexpected(msg: Option<Resp>) -> ShmError {

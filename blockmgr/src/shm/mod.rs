@@ -35,7 +35,7 @@ use prost::Message;
 
 pub(crate) use self::server::{open_socket_permissions, serve};
 pub use self::{
-    client::{ShmArena, ShmClient},
+    client::{ShmArena, ShmClient, scatter},
     types::{ShmAlloc, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot},
 };
 

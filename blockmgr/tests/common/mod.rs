@@ -28,6 +28,7 @@ pub struct Addrs {
     pub unix: Option<String>,
     pub metrics: Option<String>,
     pub shm: Option<String>,
+    pub lmcache: Option<String>,
 }
 
 /// A running `kvtier serve`.
@@ -257,7 +258,7 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
             let s = |k: &str| v[k].as_str().map(String::from);
             Ok((
                 child,
-                Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics"), shm: s("shm") },
+                Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics"), shm: s("shm"), lmcache: s("lmcache") },
                 stderr_path,
             ))
         }

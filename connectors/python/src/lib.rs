@@ -10,15 +10,17 @@
 //! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
 //! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
 
+mod lmcache;
 mod objects;
 mod session;
+mod sessions;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use kvtier_blockmgr::{
     Client as RpcClient, ClientError, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
-    shm::{ShmClient, ShmError, ShmGet, ShmPut},
+    shm::{ShmError, ShmGet, ShmPut},
 };
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
 use pyo3::{
@@ -170,7 +172,7 @@ enum Backend {
 struct Client {
     backend: Backend,
     /// The shared-memory session, when the node is on this host and one was asked for.
-    shm: Option<Mutex<ShmClient>>,
+    shm: Option<sessions::ShmSessions>,
     address: String,
 }
 
@@ -194,12 +196,23 @@ fn raw(obj: &Bound<'_, PyAny>, writable: bool, what: &str, i: usize) -> PyResult
     Ok(Raw { addr: buf.buf_ptr() as usize, len: buf.len_bytes(), _hold: buf })
 }
 
-/// One buffer per key from a Python list, each checked by [`raw`].
-fn buffers(list: &Bound<'_, PyList>, keys: usize, writable: bool, what: &str) -> PyResult<Vec<Raw>> {
+/// One buffer per key from a Python list, each checked by [`raw`]. An item may also be a
+/// tuple (or list) of buffers: the block is those buffers one after the other (a header
+/// and a payload that live apart, with no copy to join them).
+fn buffers(list: &Bound<'_, PyList>, keys: usize, writable: bool, what: &str) -> PyResult<Vec<Vec<Raw>>> {
     if keys != list.len() {
         return Err(InvalidArgumentError::new_err(format!("{keys} keys for {} {what}s", list.len())));
     }
-    list.iter().enumerate().map(|(i, b)| raw(&b, writable, what, i)).collect()
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if b.is_instance_of::<pyo3::types::PyTuple>() || b.is_instance_of::<PyList>() {
+                b.try_iter()?.map(|part| raw(&part?, writable, what, i)).collect()
+            } else {
+                Ok(vec![raw(&b, writable, what, i)?])
+            }
+        })
+        .collect()
 }
 
 impl Raw {
@@ -233,8 +246,9 @@ fn block_keys(namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<BlockKey>> {
 #[pymethods]
 impl Client {
     /// Connects to a `kvtier serve` at `address` (`host:port`, `http://host:port` or
-    /// `unix:///path/kvtier.sock`). With `shm_socket` (the server's `kvtier-shm.sock`) and
-    /// the `namespaces` this client will use, block bytes move through shared memory.
+    /// `unix:///path/kvtier.sock`). With `shm_socket` (the server's `kvtier-shm.sock`),
+    /// block bytes move through shared memory: one session for the `namespaces` given, and
+    /// one more for each other namespace the first time it is used.
     /// Over TLS with `tls_ca` (the PEM file of the CA that signed the node), plus
     /// `tls_cert` and `tls_key` where the node requires client certificates; without them,
     /// from `$KVTIER_TLS_CA`, `$KVTIER_TLS_CERT` and `$KVTIER_TLS_KEY`, as the CLI.
@@ -254,10 +268,7 @@ impl Client {
             py.detach(|| runtime().block_on(RpcClient::connect_with(&address, tls.as_ref()))).map_err(client_error)?;
         let shm = match shm_socket {
             None => None,
-            Some(path) => {
-                let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-                Some(Mutex::new(py.detach(|| ShmClient::connect(&path, &names)).map_err(shm_error)?))
-            }
+            Some(path) => Some(py.detach(|| sessions::ShmSessions::connect(path, &namespaces)).map_err(shm_error)?),
         };
         Ok(Client { backend: Backend::Remote(Box::new(client)), shm, address })
     }
@@ -299,7 +310,8 @@ impl Client {
         format!("kvtier.Client({:?}, shm={})", self.address, self.shm.is_some())
     }
 
-    /// Stores blocks: `keys[i]` (bytes, 1..=64) gets the bytes of buffer `values[i]`.
+    /// Stores blocks: `keys[i]` (bytes, 1..=64) gets the bytes of buffer `values[i]` (or of
+    /// a tuple of buffers, joined in order).
     /// `durability` is "cache" (acknowledged once in memory), "local_disk" (once on SSD) or
     /// "write_back" (once on SSD, then flushed to Blob in the background).
     /// One result per block, in order; request-level failures raise.
@@ -316,7 +328,7 @@ impl Client {
         let bufs = buffers(values, keys.len(), false, "value")?;
         py.detach(|| {
             // SAFETY: the buffers are held by `bufs` and only read.
-            let data: Vec<&[u8]> = bufs.iter().map(|b| unsafe { b.bytes() }).collect();
+            let data: Vec<Vec<&[u8]>> = bufs.iter().map(|p| p.iter().map(|b| unsafe { b.bytes() }).collect()).collect();
             self.put_bytes(namespace, &keys, &data, durability)
         })
     }
@@ -333,7 +345,8 @@ impl Client {
     }
 
     /// Reads blocks into caller buffers (one writable buffer per key, at least the block's
-    /// size). Returns the bytes read per key, `None` for a miss.
+    /// size; or a tuple of buffers filled in order). Returns the bytes read per key, `None`
+    /// for a miss.
     fn get_into(
         &self,
         py: Python<'_>,
@@ -344,7 +357,8 @@ impl Client {
         let bufs = self::buffers(buffers, keys.len(), true, "buffer")?;
         py.detach(|| {
             // SAFETY: held by `bufs`; Python code cannot run while the GIL is released here.
-            let mut outs: Vec<&mut [u8]> = bufs.iter().map(|b| unsafe { b.bytes_mut() }).collect();
+            let mut outs: Vec<Vec<&mut [u8]>> =
+                bufs.iter().map(|p| p.iter().map(|b| unsafe { b.bytes_mut() }).collect()).collect();
             self.get_into_bytes(namespace, &keys, &mut outs)
         })
     }
@@ -352,27 +366,13 @@ impl Client {
     /// The tiers ("cpu", "ssd", ...) of the longest present prefix of `keys`: its length is
     /// the number of leading keys stored. Reads only the index.
     fn lookup(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<String>> {
-        let tiers = py.detach(|| match (&self.shm, &self.backend) {
-            // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
-            (Some(shm), _) => {
-                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                shm.lock().expect("shm session lock").lookup(namespace, &refs).map_err(shm_error)
-            }
-            (None, Backend::Remote(c)) => runtime().block_on(c.lookup(namespace, &keys)).map_err(client_error),
-            (None, Backend::Embedded(m)) => Ok(m.lookup(&block_keys(namespace, &keys)?)),
-        })?;
+        let tiers = py.detach(|| self.lookup_tiers(namespace, &keys))?;
         Ok(tiers.into_iter().map(|t| t.as_str().to_string()).collect())
     }
 
     /// Deletes blocks from every tier; whether each was present.
     fn delete(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<bool>> {
-        py.detach(|| match &self.backend {
-            Backend::Remote(c) => runtime().block_on(c.delete(namespace, &keys)).map_err(client_error),
-            Backend::Embedded(m) => {
-                let keys = block_keys(namespace, &keys)?;
-                Ok(runtime().block_on(async { futures::future::join_all(keys.iter().map(|k| m.delete(k))).await }))
-            }
-        })
+        py.detach(|| self.delete_keys(namespace, &keys))
     }
 
     /// Capacity, usage and counters of the node and each tier, as a dict (the fields of
@@ -396,18 +396,40 @@ impl Client {
 }
 
 impl Client {
+    fn delete_keys(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<bool>> {
+        match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.delete(namespace, keys)).map_err(client_error),
+            Backend::Embedded(m) => {
+                let keys = block_keys(namespace, keys)?;
+                Ok(runtime().block_on(async { futures::future::join_all(keys.iter().map(|k| m.delete(k))).await }))
+            }
+        }
+    }
+
+    fn lookup_tiers(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<TierKind>> {
+        match (&self.shm, &self.backend) {
+            // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
+            (Some(shm), _) => {
+                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                shm.call(namespace, |c| c.lookup(namespace, &refs)).map_err(shm_error)
+            }
+            (None, Backend::Remote(c)) => runtime().block_on(c.lookup(namespace, keys)).map_err(client_error),
+            (None, Backend::Embedded(m)) => Ok(m.lookup(&block_keys(namespace, keys)?)),
+        }
+    }
+
     fn put_bytes(
         &self,
         namespace: &str,
         keys: &[Vec<u8>],
-        data: &[&[u8]],
+        data: &[Vec<&[u8]>],
         durability: Durability,
     ) -> PyResult<Vec<PutResult>> {
         let mut results: Vec<Option<PutResult>> = vec![None; keys.len()];
         if let Some(shm) = &self.shm {
-            let blocks: Vec<(&[u8], &[u8])> = keys.iter().map(Vec::as_slice).zip(data.iter().copied()).collect();
-            let outcomes =
-                shm.lock().expect("shm session lock").put(namespace, &blocks, durability).map_err(shm_error)?;
+            let blocks: Vec<(&[u8], &[&[u8]])> =
+                keys.iter().map(Vec::as_slice).zip(data.iter().map(Vec::as_slice)).collect();
+            let outcomes = shm.call(namespace, |c| c.put_parts(namespace, &blocks, durability)).map_err(shm_error)?;
             for (slot, outcome) in results.iter_mut().zip(outcomes) {
                 *slot = match outcome {
                     ShmPut::Stored(tier) => Some(PutResult::stored(false, Some(tier))),
@@ -425,7 +447,7 @@ impl Client {
         match &self.backend {
             Backend::Remote(c) => {
                 let items: Vec<PutItem> =
-                    rest.iter().map(|&i| PutItem::new(keys[i].clone(), Bytes::copy_from_slice(data[i]))).collect();
+                    rest.iter().map(|&i| PutItem::new(keys[i].clone(), Bytes::from(data[i].concat()))).collect();
                 let reports = runtime().block_on(c.put(namespace, &items, durability)).map_err(client_error)?;
                 for (&i, r) in rest.iter().zip(reports) {
                     results[i] = Some(match r.result {
@@ -438,7 +460,7 @@ impl Client {
                 let bkeys = block_keys(namespace, keys)?;
                 runtime().block_on(async {
                     for &i in &rest {
-                        results[i] = Some(embedded_put(m, bkeys[i].clone(), data[i], durability).await);
+                        results[i] = Some(embedded_put(m, bkeys[i].clone(), &data[i], durability).await);
                     }
                 });
             }
@@ -453,7 +475,7 @@ impl Client {
         let mut rest: Vec<usize> = (0..keys.len()).collect();
         if let Some(shm) = &self.shm {
             let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let got = shm.lock().expect("shm session lock").get(namespace, &refs).map_err(shm_error)?;
+            let got = shm.call(namespace, |c| c.get(namespace, &refs)).map_err(shm_error)?;
             rest.clear();
             for (i, g) in got.into_iter().enumerate() {
                 match g {
@@ -497,13 +519,14 @@ impl Client {
         &self,
         namespace: &str,
         keys: &[Vec<u8>],
-        outs: &mut [&mut [u8]],
+        outs: &mut [Vec<&mut [u8]>],
     ) -> PyResult<Vec<Option<usize>>> {
         let mut results: Vec<Option<usize>> = vec![None; keys.len()];
         let mut rest: Vec<usize> = (0..keys.len()).collect();
         if let Some(shm) = &self.shm {
             let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let got = shm.lock().expect("shm session lock").get_into(namespace, &refs, outs).map_err(shm_error)?;
+            let mut parts: Vec<&mut [&mut [u8]]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            let got = shm.call(namespace, |c| c.get_into_parts(namespace, &refs, &mut parts)).map_err(shm_error)?;
             rest.clear();
             for (i, g) in got.into_iter().enumerate() {
                 match g {
@@ -516,25 +539,22 @@ impl Client {
         if !rest.is_empty() {
             let wanted: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
             for (i, data) in rest.into_iter().zip(self.get_unshared(namespace, &wanted)?) {
-                results[i] = match data {
-                    Some(data) if data.len() <= outs[i].len() => {
-                        outs[i][..data.len()].copy_from_slice(&data);
-                        Some(data.len())
-                    }
-                    _ => None,
-                };
+                results[i] = data.filter(|d| kvtier_blockmgr::shm::scatter(d, &mut outs[i]).is_ok()).map(|d| d.len());
             }
         }
         Ok(results)
     }
 }
 
-/// One block into an embedded manager, its bytes copied once: straight into a CPU slot.
-async fn embedded_put(m: &Manager, key: BlockKey, data: &[u8], durability: Durability) -> PutResult {
-    let crc = kvtier_tiers::crc32c(data);
+/// One block (in parts) into an embedded manager, its bytes copied once: straight into a CPU slot.
+async fn embedded_put(m: &Manager, key: BlockKey, parts: &[&[u8]], durability: Durability) -> PutResult {
+    let crc = parts.iter().fold(0, |crc, p| kvtier_tiers::crc32c_append(crc, p));
+    let len = parts.iter().map(|p| p.len() as u64).sum();
     let started = async {
-        let mut writer = m.begin_put(key, data.len() as u64, Some(crc), durability).await?;
-        writer.write(data)?;
+        let mut writer = m.begin_put(key, len, Some(crc), durability).await?;
+        for part in parts {
+            writer.write(part)?;
+        }
         m.finish_put(writer).await
     };
     match started.await {
@@ -554,6 +574,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::Arena>()?;
     m.add_class::<session::Slot>()?;
     m.add_class::<session::Miss>()?;
+    lmcache::register(m)?;
     m.add("KvtierError", py.get_type::<KvtierError>())?;
     m.add("UnavailableError", py.get_type::<UnavailableError>())?;
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
