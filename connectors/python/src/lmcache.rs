@@ -263,9 +263,15 @@ impl LMCacheL2Client {
             shared.complete((id, false, "the client is closed".into(), Some(vec![false; keys.len()])));
             return id;
         }
+        // `ok` is whether the batch ran: LMCache reads per-key results of lookups and loads
+        // only from a batch that did; a store is one result, every key stored.
+        let is_store = matches!(op, Op::Set(_));
         runtime().spawn_blocking(move || {
             let (ok, error, results) = match run(&shared, &keys, op) {
-                Ok(results) => (results.iter().all(|&r| r), String::new(), results),
+                Ok(results) if is_store && !results.iter().all(|&r| r) => {
+                    (false, "some chunks were not stored".to_string(), results)
+                }
+                Ok(results) => (true, String::new(), results),
                 Err(e) => (false, e, vec![false; keys.len()]),
             };
             shared.complete((id, ok, error, Some(results)));

@@ -57,6 +57,7 @@ region_size = "4160KiB"
         self.grpc = ready["grpc"]
         self.unix = ready["unix"]
         self.shm = ready["shm"]
+        self.lmcache = ready.get("lmcache")
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
