@@ -1,9 +1,10 @@
 //! `kvtier-bench`: kvtier's benchmarks. Every result is printed next to a baseline measured
-//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier) with the ratio; `--json` prints one
+//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier, LMCache's server) with the ratio; `--json` prints one
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod blob;
 mod checkpoint;
+mod lmcache;
 mod report;
 mod server;
 mod shm;
@@ -103,6 +104,19 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         checkpoint_kib: usize,
     },
+    /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
+    /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
+    Lmcache {
+        /// Layers of the model (32 for an 8B Llama; a chunk is 1 MiB per layer).
+        #[arg(long, default_value_t = 32)]
+        layers: usize,
+        /// Chunks stored and read per path.
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        /// Python interpreter with lmcache 0.5.6 and the `kvtier` package installed.
+        #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
+        python: String,
+    },
     /// kvtier's vLLM tier vs vLLM 0.32's own `fs` tier on the same disk: store, lookup, load.
     Vllm {
         /// Chunk size in KiB.
@@ -158,6 +172,10 @@ async fn main() -> Result<()> {
             let nodes = if cli.quick { nodes.min(100) } else { nodes };
             sim::run(&sim::Args { nodes, blocks_per_node, checkpoint: checkpoint_kib << 10 }, scratch.path(), &mut out)
                 .await
+        }
+        Command::Lmcache { layers, count, python } => {
+            let (layers, count) = if cli.quick { (4, 8) } else { (layers, count) };
+            lmcache::run(&lmcache::Args { layers, count, python }, scratch.path(), &mut out).await
         }
         Command::Vllm { size_kib, count, memory_mib, python } => {
             let (count, memory_mib) = if cli.quick { (128, 128) } else { (count, memory_mib) };
