@@ -11,6 +11,7 @@ import select
 import sys
 import threading
 import time
+import zlib
 
 import torch
 from lmcache.utils import CacheEngineKey
@@ -81,7 +82,9 @@ def chunks(engine, a):
 
 
 def remote_path(a, name, **kw):
-    keys = [CacheEngineKey(MODEL, 1, 0, 0x5EED0000 + i, torch.bfloat16) for i in range(a.count)]
+    # Keys of their own per path: no path finds chunks another already stored.
+    base = zlib.crc32(name.encode()) << 20
+    keys = [CacheEngineKey(MODEL, 1, 0, base + i, torch.bfloat16) for i in range(a.count)]
     writer = Engine(a, **kw)
     objs = chunks(writer, a)
     expected = [bytes(o.byte_array) for o in objs]

@@ -75,7 +75,9 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
     config.lmcache.listen = "127.0.0.1:0".into();
     // A chunk and its header in one block; three paths' working sets in memory.
     config.max_block_size = ByteSize(((chunk as u64 + 4096) + (1 << 20) - 1) & !((1 << 20) - 1));
-    config.cpu.capacity = ByteSize((3 * args.count as u64 + 4) * config.max_block_size.0);
+    // Regions of several chunks (docs/operations.md, "Sizing"): a 64 MiB region holds one.
+    config.cpu.region_size = ByteSize(8 * config.max_block_size.0);
+    config.cpu.capacity = ByteSize((3 * args.count as u64 + 32) * config.max_block_size.0);
     config.server.transfer_budget = ByteSize(config.server.transfer_budget.0.max(4 * config.max_block_size.0));
     config.shm.session_limit = ByteSize(config.shm.session_limit.0.max(2 * config.max_block_size.0));
     let node = RunningServer::start(config).await.context("starting the node")?;

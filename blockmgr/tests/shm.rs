@@ -311,16 +311,20 @@ async fn a_session_holds_at_most_its_limit() {
     let mut shm = node.shm(&[NS]);
     let blocks: Vec<(Vec<u8>, bytes::Bytes)> = (0..4).map(|i| (key(i), data(i, MIB as usize))).collect();
     let refs: Vec<(&[u8], &[u8])> = blocks.iter().map(|(k, v)| (k.as_slice(), v.as_ref())).collect();
-    let put = shm.put(NS, &refs, Durability::Cache).unwrap();
-    assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 2, "{put:?}");
+    // The server gives one alloc no more than the limit.
+    let sizes: Vec<(&[u8], u64)> = refs.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
+    let allocated = shm.alloc(NS, &sizes, Durability::Cache, None).unwrap();
+    let slots: Vec<u64> =
+        allocated.iter().filter_map(|a| if let ShmAlloc::Slot(s) = a { Some(s.handle) } else { None }).collect();
+    assert_eq!(slots.len(), 2, "{allocated:?}");
     assert!(
-        put.iter().any(|p| matches!(p, ShmPut::Failed { code: Code::ResourceExhausted, message } if message.contains("shm session"))),
-        "{put:?}"
+        allocated.iter().any(|a| matches!(a, ShmAlloc::Failed { code: Code::ResourceExhausted, message } if message.contains("shm session"))),
+        "{allocated:?}"
     );
-    // Once committed the blocks no longer count against the session: the rest fit now.
+    shm.release(&slots).unwrap();
+    // A put sends blocks in batches the limit holds (committed blocks no longer count).
     let put = shm.put(NS, &refs, Durability::Cache).unwrap();
-    assert_eq!(put.iter().filter(|p| **p == ShmPut::Existed).count(), 2, "{put:?}");
-    assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 2, "{put:?}");
+    assert_eq!(put.iter().filter(|p| matches!(p, ShmPut::Stored(_))).count(), 4, "{put:?}");
     // Reads pin at most the limit at once too: 4 MiB come back in rounds of 2 MiB.
     let keys: Vec<&[u8]> = blocks.iter().map(|(k, _)| k.as_slice()).collect();
     let got = shm.get(NS, &keys).unwrap();

@@ -347,7 +347,34 @@ impl ShmClient {
     /// [`ShmClient::put`] of blocks given in parts (key, pieces): each block is its pieces
     /// one after the other, copied straight into its slot (a header and a payload that
     /// live apart need no copy to join them).
+    ///
+    /// Blocks go in batches the session's limit can hold at once (a batch of one block
+    /// larger than the limit is refused by the server, and the caller sends it otherwise).
     pub fn put_parts(
+        &mut self,
+        namespace: &str,
+        blocks: &[(&[u8], &[&[u8]])],
+        durability: Durability,
+    ) -> Result<Vec<ShmPut>, ShmError> {
+        let mut outcomes = Vec::with_capacity(blocks.len());
+        let (mut start, mut bytes) = (0, 0u64);
+        for (i, (_, parts)) in blocks.iter().enumerate() {
+            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            if i > start && bytes + len > self.session_limit {
+                outcomes.extend(self.put_batch(namespace, &blocks[start..i], durability)?);
+                (start, bytes) = (i, 0);
+            }
+            bytes += len;
+        }
+        if start < blocks.len() {
+            outcomes.extend(self.put_batch(namespace, &blocks[start..], durability)?);
+        }
+        Ok(outcomes)
+    }
+
+    /// One alloc, the copies, the commits: [`ShmClient::put_parts`] of blocks that fit the
+    /// session's limit together.
+    fn put_batch(
         &mut self,
         namespace: &str,
         blocks: &[(&[u8], &[&[u8]])],

@@ -67,3 +67,22 @@ def test_vllm_bench_compares_kvtier_with_vllms_fs_tier(tmp_path):
     gets = int(served.group(1))
     hits = sum(int(part.split()[1]) for part in served.group(2).split(", "))
     assert gets >= 128 and hits == gets, served.group(0)
+
+
+def test_lmcache_bench_compares_every_path_with_lmcaches_own_server(tmp_path):
+    """LMCache's own code on each path, each chunk checked by the script."""
+    out = subprocess.run(
+        [BENCH, "lmcache", "--quick", "--json", "--python", sys.executable, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = {r["bench"]: r for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))}
+    assert set(rows) == {f"lmcache_{p}_{op}_4MiB" for p in ("lm", "plugin", "native_l2") for op in ("put", "get")}, rows
+    for r in rows.values():
+        assert r["baseline_name"] == "lmcache.v1.server over lm://" and r["unit"] == "MiB/s"
+        assert r["value"] > 0 and r["baseline"] > 0 and abs(r["ratio"] - r["value"] / r["baseline"]) < 1e-9, r
+    # The gets really came from kvtier: 8 chunks per path, every one a hit.
+    served = re.search(r"kvtier served (\d+) gets, (\d+) hits", out.stderr)
+    assert served and int(served.group(1)) >= 24 and served.group(1) == served.group(2), out.stderr[-2000:]

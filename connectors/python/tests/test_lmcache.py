@@ -43,18 +43,18 @@ class Engine:
     """What an LMCache worker builds: a config, its metadata, the event loop, the local CPU
     backend (the buffer every remote read is allocated from) and a RemoteBackend."""
 
-    def __init__(self, server, plugin=True, shm=True, worker=0):
+    def __init__(self, server, plugin=True, shm=True, worker=0, name="kvtier", cls="KvtierConnector"):
         extra = {"save_chunk_meta": True}
         if plugin:
             extra.update(
                 {
-                    "remote_storage_plugin.kvtier.module_path": "kvtier.lmcache",
-                    "remote_storage_plugin.kvtier.class_name": "KvtierConnector",
-                    "remote_storage_plugin.kvtier.url": server.grpc,
+                    f"remote_storage_plugin.{name}.module_path": "kvtier.lmcache",
+                    f"remote_storage_plugin.{name}.class_name": cls,
+                    f"remote_storage_plugin.{name}.url": server.grpc,
                 }
             )
             if shm:
-                extra["remote_storage_plugin.kvtier.shm_socket"] = server.shm
+                extra[f"remote_storage_plugin.{name}.shm_socket"] = server.shm
         self.config = LMCacheEngineConfig.from_dict(
             {
                 "chunk_size": CHUNK,
@@ -62,7 +62,7 @@ class Engine:
                 "max_local_cpu_size": 0.1,
                 "remote_serde": "naive",
                 "blocking_timeout_secs": 5,
-                "remote_storage_plugins": ["kvtier"] if plugin else None,
+                "remote_storage_plugins": [name] if plugin else None,
                 "remote_url": None if plugin else f"lm://{server.lmcache}",
                 "extra_config": extra,
             }
@@ -82,7 +82,7 @@ class Engine:
         self.thread.start()
         self.cpu = LocalCPUBackend(config=self.config, metadata=self.metadata, dst_device="cpu")
         self.backend = RemoteBackend(
-            self.config, self.metadata, self.loop, self.cpu, dst_device="cpu", plugin_name="kvtier" if plugin else None
+            self.config, self.metadata, self.loop, self.cpu, dst_device="cpu", plugin_name=name if plugin else None
         )
         assert self.backend.connection is not None, "LMCache created the connector"
 
@@ -166,6 +166,23 @@ def test_plugin_connector_stores_and_reads_chunks_through_lmcache(make_server, s
     assert ns["puts"] == 6 and ns["hits"] >= 6
     kill_and_miss(server, reader, keys)
     reader.close()
+
+
+def test_named_plugin_instances_read_their_own_options(make_server):
+    """`remote_storage_plugins: [kvtier.a, kvtier.b]` through KvtierConnectorAdapter: two
+    connectors on two servers, each configured under its instance name."""
+    a, b = make_server(name="a"), make_server(name="b")
+    ea = Engine(a, name="kvtier.a", cls="KvtierConnectorAdapter")
+    eb = Engine(b, name="kvtier.b", cls="KvtierConnectorAdapter")
+    assert ea.backend.connection.getWrappedConnector().url == a.grpc
+    assert eb.backend.connection.getWrappedConnector().url == b.grpc
+    obj = ea.chunk(3)
+    expected = raw(obj)
+    ea.store([ea.key(3)], [obj])
+    assert raw(ea.backend.get_blocking(ea.key(3))) == expected
+    assert eb.backend.get_blocking(eb.key(3)) is None, "b is another store"
+    ea.close()
+    eb.close()
 
 
 def test_plugin_connector_starts_with_the_server_down_and_recovers(make_server):

@@ -7,6 +7,9 @@ protocol, is served by ``kvtier serve`` itself (``[lmcache] listen``).
   framework (``remote_storage_plugins: [kvtier]``, with
   ``remote_storage_plugin.kvtier.module_path: kvtier.lmcache`` and
   ``remote_storage_plugin.kvtier.class_name: KvtierConnector`` in ``extra_config``).
+  For several kvtier plugins (``kvtier.a``, ``kvtier.b``), name
+  ``class_name: KvtierConnectorAdapter`` instead: each instance reads its own
+  ``remote_storage_plugin.kvtier.a.*`` options.
 - :class:`KvtierL2Client`: the native client of LMCache's multiprocess mode
   (``{"type": "native_plugin", "module_path": "kvtier.lmcache",
   "class_name": "KvtierL2Client", "adapter_params": {...}}``); its transfers run on Rust
@@ -29,6 +32,7 @@ from typing import List, Optional
 from lmcache.utils import CacheEngineKey
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.protocol import DTYPE_TO_INT, strip_shape_padding
+from lmcache.v1.storage_backend.connector import ConnectorAdapter
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from . import _native
@@ -281,3 +285,19 @@ class KvtierConnector(RemoteConnector):
             if obj is not None:
                 obj.ref_count_down()
         return prefix
+
+
+class KvtierConnectorAdapter(ConnectorAdapter):
+    """The plugin as a ``ConnectorAdapter``: LMCache hands it the plugin's instance name, so
+    ``remote_storage_plugins: [kvtier.a, kvtier.b]`` gives two connectors, each configured
+    by its own ``remote_storage_plugin.<instance>.*`` options."""
+
+    def __init__(self):
+        super().__init__("plugin://kvtier")
+
+    def can_parse(self, url: str) -> bool:
+        return url == "plugin://kvtier" or url.startswith("plugin://kvtier.")
+
+    def create_connector(self, context) -> RemoteConnector:
+        name = context.plugin_name or "kvtier"
+        return KvtierConnector(context.loop, context.local_cpu_backend, context.config, plugin_name=name)
