@@ -93,7 +93,8 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         .stderr(Stdio::inherit());
     let python = args.python.clone();
     let output = tokio::task::spawn_blocking(move || {
-        cmd.output().with_context(|| format!("running {python} (set --python to an interpreter with lmcache and kvtier)"))
+        cmd.output()
+            .with_context(|| format!("running {python} (set --python to an interpreter with lmcache and kvtier)"))
     })
     .await??;
     ensure!(output.status.success(), "the Python side failed (its stderr is above)");

@@ -258,7 +258,13 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
             let s = |k: &str| v[k].as_str().map(String::from);
             Ok((
                 child,
-                Addrs { grpc: s("grpc").unwrap(), unix: s("unix"), metrics: s("metrics"), shm: s("shm"), lmcache: s("lmcache") },
+                Addrs {
+                    grpc: s("grpc").unwrap(),
+                    unix: s("unix"),
+                    metrics: s("metrics"),
+                    shm: s("shm"),
+                    lmcache: s("lmcache"),
+                },
                 stderr_path,
             ))
         }
