@@ -247,8 +247,8 @@ fn block_keys(namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<BlockKey>> {
 impl Client {
     /// Connects to a `kvtier serve` at `address` (`host:port`, `http://host:port` or
     /// `unix:///path/kvtier.sock`). With `shm_socket` (the server's `kvtier-shm.sock`),
-    /// block bytes move through shared memory: one session for the `namespaces` given, and
-    /// one more for each other namespace the first time it is used.
+    /// block bytes move through shared memory: one session for the `namespaces` given (and
+    /// only those), or, given none, a session per namespace on its first use.
     /// Over TLS with `tls_ca` (the PEM file of the CA that signed the node), plus
     /// `tls_cert` and `tls_key` where the node requires client certificates; without them,
     /// from `$KVTIER_TLS_CA`, `$KVTIER_TLS_CERT` and `$KVTIER_TLS_KEY`, as the CLI.

@@ -250,5 +250,12 @@ def test_blocks_in_parts_join_on_put_and_split_on_read(server, tmp_path, where):
     assert bytes(h) == head and (b[:50_000] == body).all() and not b[50_000:].any()
     # Parts too small for the block: a miss, nothing half-copied reported as a hit.
     assert c.get_into(NS, [b"parts"], [(bytearray(40), bytearray(100))]) == [None]
-    # Shm sessions open per namespace on first use: a second namespace needs no setup.
+    # A client naming no namespaces opens a shm session per namespace on first use.
     assert c.put(NS + "/other", [b"k"], [b"v"])[0].ok and c.get(NS + "/other", [b"k"]) == [b"v"]
+    if where == "shm":
+        # The server restarted: the broken session is dropped and the next call reconnects.
+        server.kill9()
+        server.start()  # the same data dir: the same shm socket path
+        with pytest.raises(kvtier.KvtierError):
+            c.get(NS, [b"parts"])  # the old session's socket is dead
+        assert c.put(NS, [b"again"], [b"v"])[0].ok and c.get(NS, [b"again"]) == [b"v"]
