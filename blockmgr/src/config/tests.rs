@@ -115,3 +115,14 @@ fn tls_settings_are_checked_together() {
     .to_string();
     assert!(e.contains("server.tls.ca"), "{e}");
 }
+
+#[test]
+fn lmcache_settings_are_checked_by_name() {
+    let c = Config::parse("[lmcache]\nlisten = \"127.0.0.1:65432\"\ndurability = \"write_back\"").unwrap();
+    assert_eq!(c.lmcache.durability().unwrap(), crate::Durability::WriteBack);
+    assert_eq!(c.lmcache.namespace_prefix, "lmcache");
+    let e = Config::parse("[lmcache]\ndurability = \"forever\"").unwrap_err().to_string();
+    assert!(e.contains("lmcache.durability") && e.contains("forever"), "{e}");
+    let e = Config::parse("[lmcache]\nnamespace_prefix = \"../up\"").unwrap_err().to_string();
+    assert!(e.contains("lmcache.namespace_prefix"), "{e}");
+}
