@@ -128,28 +128,23 @@ class KvtierConnector(RemoteConnector):
     def _prefix(self, keys: List[CacheEngineKey]) -> int:
         """How many leading keys are stored: one lookup per run of keys sharing a
         namespace (one run, for the keys of one engine)."""
-        present, run_ns, run = 0, None, []
+        runs: list = []  # [(namespace, [key bytes])], in key order
         for key in keys:
             try:
                 ns, k = _native.lmcache_engine_key(self.prefix, key.to_string())
             except KvtierError as e:
                 logger.warning("LMCache key not in kvtier's form: %s", e)
+                break  # a key kvtier cannot hold ends the prefix
+            if runs and runs[-1][0] == ns:
+                runs[-1][1].append(k)
+            else:
+                runs.append((ns, [k]))
+        present = 0
+        for ns, run in runs:
+            found = self._call("lookup", lambda c: len(c.lookup(ns, run)), 0)
+            present += found
+            if found < len(run):
                 break
-            if run and ns != run_ns:
-                found = self._call("lookup", lambda c: len(c.lookup(run_ns, run)), 0)
-                present += found
-                if found < len(run):
-                    return present
-                run = []
-            run_ns = ns
-            run.append(k)
-        else:
-            if run:
-                present += self._call("lookup", lambda c: len(c.lookup(run_ns, run)), 0)
-            return present
-        # A key that cannot be stored ended the prefix: count the run before it.
-        if run:
-            present += self._call("lookup", lambda c: len(c.lookup(run_ns, run)), 0)
         return present
 
     def _get_many(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:
