@@ -1,7 +1,7 @@
 //! LMCache's `lm://` protocol against a real `kvtier serve`: chunks round-trip with their
-//! format, dtype and shape, land in a namespace per model, and every malformed request
-//! closes only its own connection (with a count in the metrics) while the server keeps
-//! serving the others.
+//! format, dtype and shape, land in a namespace per model; a request that can be refused alone
+//! (a foreign key, an oversized PUT) is, and the connection goes on; one that leaves the stream
+//! out of step closes only its own connection. Each is counted in the metrics.
 
 mod common;
 
@@ -115,9 +115,6 @@ fn malformed_requests_close_their_connection_and_nothing_else() {
             h[4..8].copy_from_slice(&(-1i32).to_le_bytes());
             h.to_vec()
         }),
-        ("key", header(Command::Get, 0, "not an lmcache key").to_vec()),
-        // 2 MiB is over this node's 1 MiB max_block_size.
-        ("oversize", header(Command::Put, 2 << 20, KEY).to_vec()),
         ("truncated", header(Command::Get, 0, KEY)[..100].to_vec()),
         ("truncated", {
             let other = KEY.replace("1f2e3d", "aaaa");
@@ -142,6 +139,25 @@ fn malformed_requests_close_their_connection_and_nothing_else() {
     // The cut-short PUT stored nothing.
     assert!(!exists(&mut healthy, &KEY.replace("1f2e3d", "aaaa")));
     assert!(node.stderr().contains("closing an lm:// connection"));
+}
+
+#[test]
+fn foreign_keys_and_oversized_puts_are_refused_and_the_connection_goes_on() {
+    let node = node();
+    let mut s = connect(&node);
+    let count = |reason: &str| node.labelled_metric("lmcache_protocol_errors_total", &format!("reason=\"{reason}\""));
+    // A key that is not LMCache's: GET and EXIST answer failure; a PUT's payload is dropped.
+    assert_eq!(get(&mut s, "not an lmcache key"), None);
+    assert!(!exists(&mut s, "m@x@0@ab@half"));
+    put(&mut s, "@1@0@ab@half", &chunk(4, 1000));
+    assert_eq!(count("key"), 3);
+    // 2 MiB is over this node's 1 MiB max_block_size: read, dropped, counted.
+    put(&mut s, KEY, &chunk(5, 2 << 20));
+    assert_eq!(count("oversize"), 1);
+    assert!(!exists(&mut s, KEY));
+    // The stream stayed in step: the same connection stores and reads.
+    put(&mut s, KEY, &chunk(6, 4096));
+    assert_eq!(get(&mut s, KEY).as_deref(), Some(&chunk(6, 4096)[..]));
 }
 
 #[test]

@@ -29,20 +29,26 @@ impl Default for LmcacheConfig {
 impl LmcacheConfig {
     /// The configured durability; `Err` names the bad value.
     pub fn durability(&self) -> Result<Durability, Error> {
-        match self.durability.as_str() {
-            "cache" => Ok(Durability::Cache),
-            "local_disk" => Ok(Durability::LocalDisk),
-            "write_back" => Ok(Durability::WriteBack),
-            other => Err(Error::Config(format!(
-                "lmcache.durability {other:?}: use \"cache\", \"local_disk\" or \"write_back\""
-            ))),
-        }
+        self.durability.parse().map_err(|e| Error::Config(format!("lmcache.{e}")))
     }
 
-    pub(super) fn validate(&self) -> Result<(), Error> {
+    /// `tls_required`: the node requires client certificates, which `lm://` cannot carry, so
+    /// it may listen on loopback only.
+    pub(super) fn validate(&self, tls_required: bool) -> Result<(), Error> {
         self.durability()?;
         kvtier_tiers::Namespace::new(&self.namespace_prefix)
             .map_err(|e| Error::Config(format!("lmcache.namespace_prefix: {e}")))?;
+        if tls_required && !self.listen.is_empty() {
+            let loopback = self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+                || self.listen.starts_with("localhost:");
+            if !loopback {
+                return Err(Error::Config(format!(
+                    "lmcache.listen {:?}: lm:// has no authentication; with server.tls.require_client_cert \
+                     it may listen on loopback only",
+                    self.listen
+                )));
+            }
+        }
         Ok(())
     }
 }

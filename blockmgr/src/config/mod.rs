@@ -498,7 +498,7 @@ impl Config {
             return bad("server.tls.ca", "a cluster with TLS needs the CA its members verify each other with");
         }
         self.cluster.static_members()?;
-        self.lmcache.validate()?;
+        self.lmcache.validate(self.server.tls.require_client_cert)?;
         if !self.cluster.etcd.is_empty() {
             self.cluster.advertised(&self.server.listen)?;
             if self.cluster.lease_ttl < Duration::from_secs(2) || self.cluster.lease_ttl > Duration::from_secs(3600) {

@@ -125,4 +125,9 @@ fn lmcache_settings_are_checked_by_name() {
     assert!(e.contains("lmcache.durability") && e.contains("forever"), "{e}");
     let e = Config::parse("[lmcache]\nnamespace_prefix = \"../up\"").unwrap_err().to_string();
     assert!(e.contains("lmcache.namespace_prefix"), "{e}");
+    // lm:// cannot carry client certificates: a node requiring them serves it on loopback only.
+    let tls = "[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\nrequire_client_cert = true\n";
+    let e = Config::parse(&format!("{tls}[lmcache]\nlisten = \"0.0.0.0:65432\"")).unwrap_err().to_string();
+    assert!(e.contains("loopback only"), "{e}");
+    Config::parse(&format!("{tls}[lmcache]\nlisten = \"127.0.0.1:65432\"")).unwrap();
 }

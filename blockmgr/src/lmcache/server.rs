@@ -5,24 +5,37 @@
 //! kvtier block: the value header of [`super::keys`] (format, dtype, shape) then the payload,
 //! in the namespace its key maps to, so the Python connectors read what `lm://` wrote.
 //!
-//! Anything malformed (an unknown command, a negative or oversized length, a key that is not
-//! LMCache's, a payload cut short or stalled) closes that connection with a log line and a
-//! count in `kvtier_lmcache_protocol_errors_total{reason}`; a PUT cut short stores nothing.
+//! A request kvtier can answer without losing its place in the stream is refused alone: a
+//! key that is not LMCache's (a GET or EXIST answered with a failure, a PUT's payload read
+//! and dropped) or a PUT larger than a block (read and dropped): LMCache's client never
+//! reconnects, so closing would end that worker's remote cache. What leaves the stream out of
+//! step (an unknown command, a negative length, a header or payload cut short) or a client too
+//! slow (no bytes for `server.stream_idle_timeout`, on a read or a write) closes that
+//! connection. Each is logged and counted in `kvtier_lmcache_protocol_errors_total{reason}`;
+//! nothing is stored from a refused or cut-short PUT. At most [`MAX_CONNECTIONS`] clients are
+//! served at once; more wait to be accepted.
+//!
+//! The protocol has no authentication or encryption (neither has LMCache's server): listen on
+//! loopback or a private network (the config refuses other addresses when `server.tls`
+//! requires client certificates).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use kvtier_tiers::{BlockKey, PutStatus};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{Semaphore, watch},
 };
 
 use super::{
-    keys::{KeyError, ValueHeader, engine_key},
+    keys::{ValueHeader, engine_key},
     wire::{self, Command, REQUEST_LEN, Request},
 };
 use crate::{Durability, GetOutcome, Manager};
+
+/// Clients served at once.
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
 
 /// How the listener stores and reads chunks.
 #[derive(Debug, Clone)]
@@ -38,10 +51,7 @@ pub(crate) struct LmSettings {
 enum Closed {
     #[error("malformed header: {0}")]
     Header(#[from] wire::WireError),
-    #[error("{0}")]
-    Key(#[from] KeyError),
-    #[error("a PUT of {length} bytes exceeds the largest chunk accepted ({limit} bytes)")]
-    Oversize { length: u64, limit: u64 },
+
     #[error("the connection ended {0}")]
     Truncated(&'static str),
     #[error("no payload bytes for {0:?}")]
@@ -54,8 +64,6 @@ impl Closed {
     fn reason(&self) -> &'static str {
         match self {
             Closed::Header(_) => "header",
-            Closed::Key(_) => "key",
-            Closed::Oversize { .. } => "oversize",
             Closed::Truncated(_) => "truncated",
             Closed::Stalled(_) => "stalled",
             Closed::Io(_) => "io",
@@ -71,16 +79,21 @@ pub(crate) async fn serve(
     stopped: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut stop = stopped.clone();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|&s| s) => return Ok(()),
-            accepted = listener.accept() => accepted,
+            accepted = async {
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                listener.accept().await.map(|a| (a, slot))
+            } => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok(((stream, peer), slot)) => {
                 let _ = stream.set_nodelay(true);
                 let (manager, settings, mut stop) = (manager.clone(), settings.clone(), stopped.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     tokio::select! {
                         _ = stop.wait_for(|&s| s) => {}
                         () = connection(stream, peer, manager, settings) => {}
@@ -127,44 +140,86 @@ where
         })?;
         let req = Request::decode(&header)?;
         let metrics = manager.metrics();
+        let key =
+            || engine_key(&s.namespace_prefix, &req.key).inspect_err(|e| refused(manager, "key", &e.to_string())).ok();
         match req.command {
             Command::Put => {
                 metrics.requests.with_label_values(&["lm_put"]).inc();
-                put(read, manager, s, &req).await?;
+                put(read, manager, s, &req, key()).await?;
             }
             Command::Get => {
                 metrics.requests.with_label_values(&["lm_get"]).inc();
-                let key = engine_key(&s.namespace_prefix, &req.key)?;
-                get(write, manager, &key).await?;
+                match key() {
+                    Some(key) => get(write, manager, &key, s.idle_timeout).await?,
+                    None => send(write, &wire::failure(), s.idle_timeout).await?,
+                }
             }
             Command::Exist => {
                 metrics.requests.with_label_values(&["lm_exist"]).inc();
-                let key = engine_key(&s.namespace_prefix, &req.key)?;
-                let found = !manager.lookup(std::slice::from_ref(&key)).is_empty();
+                let found = key().is_some_and(|k| !manager.lookup(std::slice::from_ref(&k)).is_empty());
                 let reply = if found { wire::reply(true, 0, 1, 2, [0; 4]) } else { wire::failure() };
-                write.write_all(&reply).await?;
+                send(write, &reply, s.idle_timeout).await?;
             }
-            Command::Health => write.write_all(&wire::reply(true, 0, 1, 2, [0; 4])).await?,
+            Command::Health => send(write, &wire::reply(true, 0, 1, 2, [0; 4]), s.idle_timeout).await?,
             // The reference server has no LIST either; its client never sends one.
-            Command::List => write.write_all(&wire::failure()).await?,
+            Command::List => send(write, &wire::failure(), s.idle_timeout).await?,
         }
     }
 }
 
+/// A request refused alone (the connection goes on): logged and counted.
+fn refused(m: &Manager, reason: &str, why: &str) {
+    m.metrics().lmcache_protocol_errors.with_label_values(&[reason]).inc();
+    tracing::warn!(reason, why, "refused an lm:// request");
+}
+
+/// Writes `bytes`, giving up on a client that takes none for `idle`.
+async fn send<W: AsyncWriteExt + Unpin>(write: &mut W, bytes: &[u8], idle: Duration) -> Result<(), Closed> {
+    for piece in bytes.chunks(1 << 20) {
+        match tokio::time::timeout(idle, write.write_all(piece)).await {
+            Err(_) => return Err(Closed::Stalled(idle)),
+            Ok(r) => r?,
+        }
+    }
+    Ok(())
+}
+
 /// Receives a PUT's payload straight into the block being stored.
-async fn put<R: AsyncReadExt + Unpin>(read: &mut R, m: &Manager, s: &LmSettings, req: &Request) -> Result<(), Closed> {
-    let key = engine_key(&s.namespace_prefix, &req.key)?;
+/// A PUT whose key is refused (`None`), too large or finds no room has its payload read and
+/// dropped, so the stream stays in step.
+async fn put<R: AsyncReadExt + Unpin>(
+    read: &mut R,
+    m: &Manager,
+    s: &LmSettings,
+    req: &Request,
+    key: Option<BlockKey>,
+) -> Result<(), Closed> {
     let header = ValueHeader { fmt: req.fmt, length: req.length, groups: vec![(req.dtype, req.shape)] }.encode();
     let total = req.length + header.len() as u64;
-    if total > m.max_block_size() {
-        return Err(Closed::Oversize { length: req.length, limit: m.max_block_size() - header.len() as u64 });
-    }
-    let mut writer = match m.begin_put(key.clone(), total, None, s.durability).await {
-        Ok(w) => Some(w),
-        Err(e) => {
-            // No room and the like: the bytes are read (the stream stays in step) and dropped.
-            tracing::warn!(%key, error = %e, "an lm:// PUT was not stored");
+    let mut writer = match key {
+        None => None,
+        Some(_) if total > m.max_block_size() => {
+            let why = format!(
+                "{} bytes; the largest chunk accepted is {}",
+                req.length,
+                m.max_block_size() - header.len() as u64
+            );
+            refused(m, "oversize", &why);
             None
+        }
+        // Budget for the block is waited for no longer than the client may idle.
+        Some(key) => {
+            match tokio::time::timeout(s.idle_timeout, m.begin_put(key.clone(), total, None, s.durability)).await {
+                Ok(Ok(w)) => Some(w),
+                Ok(Err(e)) => {
+                    tracing::warn!(%key, error = %e, "an lm:// PUT was not stored");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(%key, "an lm:// PUT was not stored: no room within the idle timeout");
+                    None
+                }
+            }
         }
     };
     if let Some(w) = writer.as_mut() {
@@ -187,6 +242,7 @@ async fn put<R: AsyncReadExt + Unpin>(read: &mut R, m: &Manager, s: &LmSettings,
         left -= n;
     }
     if let Some(w) = writer {
+        let key = w.key().clone();
         match m.finish_put(w).await {
             Ok(o) if o.status == PutStatus::Existed => tracing::trace!(%key, "lm:// PUT of a chunk already stored"),
             Ok(_) => {}
@@ -198,10 +254,14 @@ async fn put<R: AsyncReadExt + Unpin>(read: &mut R, m: &Manager, s: &LmSettings,
 
 /// Answers a GET: the chunk's header and bytes, or a failure code for a miss and for a
 /// block that is not an `lm://`-shaped chunk (no header, or several groups).
-async fn get<W: AsyncWriteExt + Unpin>(write: &mut W, m: &Manager, key: &BlockKey) -> Result<(), Closed> {
+async fn get<W: AsyncWriteExt + Unpin>(
+    write: &mut W,
+    m: &Manager,
+    key: &BlockKey,
+    idle: Duration,
+) -> Result<(), Closed> {
     let GetOutcome::Hit { block, .. } = m.get(key).await else {
-        write.write_all(&wire::failure()).await?;
-        return Ok(());
+        return send(write, &wire::failure(), idle).await;
     };
     let data = block.data;
     let parsed = ValueHeader::decode(&data).and_then(|h| {
@@ -216,13 +276,12 @@ async fn get<W: AsyncWriteExt + Unpin>(write: &mut W, m: &Manager, key: &BlockKe
     });
     match parsed {
         Ok((reply, at)) => {
-            write.write_all(&reply).await?;
-            write.write_all(&data[at..]).await?;
+            send(write, &reply, idle).await?;
+            send(write, &data[at..], idle).await
         }
         Err(why) => {
             tracing::warn!(%key, why, "answering an lm:// GET with a miss");
-            write.write_all(&wire::failure()).await?;
+            send(write, &wire::failure(), idle).await
         }
     }
-    Ok(())
 }

@@ -16,6 +16,20 @@ pub enum Durability {
     WriteBack,
 }
 
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    /// `cache`, `local_disk` (or `disk`), `write_back`; `Err` says what is accepted.
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "cache" => Ok(Durability::Cache),
+            "local_disk" | "disk" => Ok(Durability::LocalDisk),
+            "write_back" => Ok(Durability::WriteBack),
+            other => Err(format!("durability {other:?}: use \"cache\", \"local_disk\" or \"write_back\"")),
+        }
+    }
+}
+
 impl Durability {
     /// Whether the put is acknowledged only once on SSD.
     pub fn on_disk(self) -> bool {

@@ -115,14 +115,7 @@ fn tier_error(e: &TierError) -> PyErr {
 }
 
 fn durability(name: &str) -> PyResult<Durability> {
-    match name {
-        "cache" => Ok(Durability::Cache),
-        "local_disk" | "disk" => Ok(Durability::LocalDisk),
-        "write_back" => Ok(Durability::WriteBack),
-        other => Err(InvalidArgumentError::new_err(format!(
-            "durability {other:?}: use \"cache\", \"local_disk\" or \"write_back\""
-        ))),
-    }
+    name.parse().map_err(InvalidArgumentError::new_err)
 }
 
 /// The outcome of one block of a put.
@@ -406,15 +399,25 @@ impl Client {
         }
     }
 
+    /// `op` on the shared-memory session of `namespace`; `None` where there is none (no
+    /// `shm_socket`, or the server gives this namespace none): the caller uses gRPC.
+    fn shm_call<T>(
+        &self,
+        namespace: &str,
+        op: impl FnOnce(&mut kvtier_blockmgr::shm::ShmClient) -> Result<T, ShmError>,
+    ) -> PyResult<Option<T>> {
+        self.shm.as_ref().and_then(|s| s.call(namespace, op)).transpose().map_err(shm_error)
+    }
+
     fn lookup_tiers(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<TierKind>> {
-        match (&self.shm, &self.backend) {
-            // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
-            (Some(shm), _) => {
-                let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                shm.call(namespace, |c| c.lookup(namespace, &refs)).map_err(shm_error)
-            }
-            (None, Backend::Remote(c)) => runtime().block_on(c.lookup(namespace, keys)).map_err(client_error),
-            (None, Backend::Embedded(m)) => Ok(m.lookup(&block_keys(namespace, keys)?)),
+        // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        if let Some(tiers) = self.shm_call(namespace, |c| c.lookup(namespace, &refs))? {
+            return Ok(tiers);
+        }
+        match &self.backend {
+            Backend::Remote(c) => runtime().block_on(c.lookup(namespace, keys)).map_err(client_error),
+            Backend::Embedded(m) => Ok(m.lookup(&block_keys(namespace, keys)?)),
         }
     }
 
@@ -426,10 +429,9 @@ impl Client {
         durability: Durability,
     ) -> PyResult<Vec<PutResult>> {
         let mut results: Vec<Option<PutResult>> = vec![None; keys.len()];
-        if let Some(shm) = &self.shm {
-            let blocks: Vec<(&[u8], &[&[u8]])> =
-                keys.iter().map(Vec::as_slice).zip(data.iter().map(Vec::as_slice)).collect();
-            let outcomes = shm.call(namespace, |c| c.put_parts(namespace, &blocks, durability)).map_err(shm_error)?;
+        let blocks: Vec<(&[u8], &[&[u8]])> =
+            keys.iter().map(Vec::as_slice).zip(data.iter().map(Vec::as_slice)).collect();
+        if let Some(outcomes) = self.shm_call(namespace, |c| c.put_parts(namespace, &blocks, durability))? {
             for (slot, outcome) in results.iter_mut().zip(outcomes) {
                 *slot = match outcome {
                     ShmPut::Stored(tier) => Some(PutResult::stored(false, Some(tier))),
@@ -473,9 +475,8 @@ impl Client {
     fn get_bytes(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<Option<Bytes>>> {
         let mut results: Vec<Option<Bytes>> = vec![None; keys.len()];
         let mut rest: Vec<usize> = (0..keys.len()).collect();
-        if let Some(shm) = &self.shm {
-            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let got = shm.call(namespace, |c| c.get(namespace, &refs)).map_err(shm_error)?;
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        if let Some(got) = self.shm_call(namespace, |c| c.get(namespace, &refs))? {
             rest.clear();
             for (i, g) in got.into_iter().enumerate() {
                 match g {
@@ -523,10 +524,12 @@ impl Client {
     ) -> PyResult<Vec<Option<usize>>> {
         let mut results: Vec<Option<usize>> = vec![None; keys.len()];
         let mut rest: Vec<usize> = (0..keys.len()).collect();
-        if let Some(shm) = &self.shm {
-            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let got = {
             let mut parts: Vec<&mut [&mut [u8]]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-            let got = shm.call(namespace, |c| c.get_into_parts(namespace, &refs, &mut parts)).map_err(shm_error)?;
+            self.shm_call(namespace, |c| c.get_into_parts(namespace, &refs, &mut parts))?
+        };
+        if let Some(got) = got {
             rest.clear();
             for (i, g) in got.into_iter().enumerate() {
                 match g {

@@ -128,27 +128,26 @@ impl Shared {
     }
 
     fn complete(&self, c: Completion) {
-        self.done.lock().expect("completions lock").push(c);
+        // A panic elsewhere must not stop completions (LMCache waits for every one).
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(c);
         let one = 1u64.to_ne_bytes();
         // SAFETY: writing 8 bytes to our own eventfd; it fails only when the counter is
         // saturated, and then the reader is signalled already.
         unsafe { libc::write(self.efd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        let mut running = self.running.lock().expect("running lock");
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         *running -= 1;
         if *running == 0 {
             self.idle.notify_all();
         }
     }
 
-    /// Keys grouped by namespace: `(namespace, [(position, key bytes)])`; a key that is
-    /// not an object key fails alone.
-    fn group(&self, keys: &[String], failed: &mut [bool]) -> BTreeMap<String, Vec<(usize, Vec<u8>)>> {
+    /// Keys grouped by namespace: `(namespace, [(position, key bytes)])`. A key that is not
+    /// an object key is in no group: its result stays false (not found, not stored).
+    fn group(&self, keys: &[String]) -> BTreeMap<String, Vec<(usize, Vec<u8>)>> {
         let mut groups: BTreeMap<String, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
         for (i, k) in keys.iter().enumerate() {
-            match object_key(&self.prefix, k) {
-                Ok(bk) => groups.entry(bk.namespace.to_string()).or_default().push((i, bk.key.as_bytes().to_vec())),
-                // Reported as not found / not stored: LMCache treats that key as a miss.
-                Err(_) => failed[i] = true,
+            if let Ok(bk) = object_key(&self.prefix, k) {
+                groups.entry(bk.namespace.to_string()).or_default().push((i, bk.key.as_bytes().to_vec()));
             }
         }
         groups
@@ -239,13 +238,14 @@ impl LMCacheL2Client {
         std::mem::take(&mut *self.shared.done.lock().expect("completions lock"))
     }
 
-    /// Refuses new submits and waits (up to 30 s) for those running: they hold LMCache's
-    /// buffers.
+    /// Refuses new submits and waits for those running: they write into LMCache's buffers,
+    /// which LMCache frees once this returns. (Each transfer ends: gRPC calls and shm
+    /// sockets fail when the server is gone.)
     fn close(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::SeqCst);
         py.detach(|| {
-            let running = self.shared.running.lock().expect("running lock");
-            let _ = self.shared.idle.wait_timeout_while(running, Duration::from_secs(30), |n| *n > 0);
+            let running = self.shared.running.lock().unwrap_or_else(|p| p.into_inner());
+            drop(self.shared.idle.wait_while(running, |n| *n > 0));
         });
     }
 
@@ -267,23 +267,53 @@ impl LMCacheL2Client {
         // only from a batch that did; a store is one result, every key stored.
         let is_store = matches!(op, Op::Set(_));
         runtime().spawn_blocking(move || {
-            let (ok, error, results) = match run(&shared, &keys, op) {
+            // Completes even if `run` panics: LMCache holds locks until every submit completes.
+            let guard = Completes { shared: &shared, id, keys: keys.len(), done: false };
+            let (ok, error, results) = match run(guard.shared, &keys, op) {
                 Ok(results) if is_store && !results.iter().all(|&r| r) => {
                     (false, "some chunks were not stored".to_string(), results)
                 }
                 Ok(results) => (true, String::new(), results),
                 Err(e) => (false, e, vec![false; keys.len()]),
             };
-            shared.complete((id, ok, error, Some(results)));
+            guard.finish((id, ok, error, Some(results)));
         });
         id
     }
 }
 
+/// Reports a submit's completion exactly once: its result, or a failure when dropped
+/// without one (the work panicked).
+struct Completes<'a> {
+    shared: &'a Shared,
+    id: u64,
+    keys: usize,
+    done: bool,
+}
+
+impl Completes<'_> {
+    fn finish(mut self, c: Completion) {
+        self.done = true;
+        self.shared.complete(c);
+    }
+}
+
+impl Drop for Completes<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.complete((
+                self.id,
+                false,
+                "the transfer failed (panicked)".into(),
+                Some(vec![false; self.keys]),
+            ));
+        }
+    }
+}
+
 /// One submit's work on a blocking thread: per-key results, or why the batch failed.
 fn run(shared: &Shared, keys: &[String], op: Op) -> Result<Vec<bool>, String> {
-    let mut failed = vec![false; keys.len()];
-    let groups = shared.group(keys, &mut failed);
+    let groups = shared.group(keys);
     let client = shared.client()?;
     let mut results = vec![false; keys.len()];
     for (ns, members) in groups {
@@ -312,7 +342,7 @@ fn run(shared: &Shared, keys: &[String], op: Op) -> Result<Vec<bool>, String> {
             }
             Op::Exists => {
                 let present = client.lookup_tiers(&ns, &names).map_err(err)?.len();
-                for (i, _) in &members[..present] {
+                for (i, _) in &members[..present.min(members.len())] {
                     results[*i] = true;
                 }
             }

@@ -97,13 +97,14 @@ class KvtierConnector(RemoteConnector):
             return self._client
 
     def _call(self, what: str, op, default):
-        """`op(client)`, or `default` (a miss) when there is no server or the call fails."""
+        """`op(client)`, or `default` (a miss) when there is no server or the call fails
+        (any error: a kvtier one, or a buffer LMCache handed over that is not usable)."""
         client = self._connected()
         if client is None:
             return default
         try:
             return op(client)
-        except KvtierError as e:
+        except Exception as e:  # noqa: BLE001 - whatever fails, LMCache's request goes on
             logger.warning("kvtier %s failed, treated as a miss: %s", what, e)
             return default
 
@@ -122,6 +123,23 @@ class KvtierConnector(RemoteConnector):
     async def _off_loop(self, fn, *args):
         # The calls block (the GIL is released while they wait); LMCache's loop keeps going.
         return await self.loop.run_in_executor(None, fn, *args)
+
+    async def _read_off_loop(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:
+        """`_get_many` on the executor. LMCache cancels reads that pass its timeout, but the
+        thread runs on: the chunks it then returns nobody takes are released."""
+        future = self.loop.run_in_executor(None, self._get_many, keys)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+
+            def release(done):
+                if not done.cancelled() and done.exception() is None:
+                    for obj in done.result():
+                        if obj is not None:
+                            obj.ref_count_down()
+
+            future.add_done_callback(release)
+            raise
 
     # -- sync halves -----------------------------------------------------------------
 
@@ -164,10 +182,10 @@ class KvtierConnector(RemoteConnector):
                 [None] * len(wanted),
             )
             for ((i, _), obj, head), n in zip(wanted, got):
-                if n is not None:
-                    out[i] = self._shaped(keys[i], obj, head, n)
-                else:
+                if n is None:
                     obj.ref_count_down()
+                else:
+                    out[i] = self._shaped(keys[i], obj, head, n)  # releases what it refuses
         return out
 
     def _shaped(self, key, obj: MemoryObj, head: bytearray, n: int) -> Optional[MemoryObj]:
@@ -187,26 +205,31 @@ class KvtierConnector(RemoteConnector):
             if getattr(obj.meta, "shapes", None) is not None:
                 obj.meta.shapes = [strip_shape_padding(dims, obj.meta.fmt) for _, dims in groups]
             return obj
-        except (KvtierError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - any surprise in a stored chunk is a miss
             logger.warning("kvtier chunk %s read as a miss: %s", key.to_string(), e)
             obj.ref_count_down()
             return None
 
     def _put_many(self, keys: List[CacheEngineKey], objs: List[MemoryObj]) -> None:
         for ns, members in self._by_namespace(keys).items():
-            values = []
-            for i, _ in members:
+            names, values = [], []
+            for i, k in members:
                 obj = objs[i]
-                data = obj.byte_array
-                groups = [(DTYPE_TO_INT[d], list(s)) for s, d in zip(obj.get_shapes(), obj.get_dtypes())]
-                head = _native.lmcache_header(obj.get_memory_format().value, groups, len(data))
+                try:
+                    data = obj.byte_array
+                    groups = [(DTYPE_TO_INT[d], list(s)) for s, d in zip(obj.get_shapes(), obj.get_dtypes())]
+                    head = _native.lmcache_header(obj.get_memory_format().value, groups, len(data))
+                except (KeyError, KvtierError) as e:
+                    logger.warning("LMCache chunk %s not stored in kvtier: %s", keys[i].to_string(), e)
+                    continue
+                names.append(k)
                 values.append((head, data))
-            results = self._call(
-                "put", lambda c: c.put(ns, [k for _, k in members], values, durability=self.durability), []
-            )
+            if not names:
+                continue
+            results = self._call("put", lambda c: c.put(ns, names, values, durability=self.durability), [])
             failed = [r.error for r in results if not r.ok]
             if failed:
-                logger.warning("kvtier stored %d of %d chunks: %s", len(members) - len(failed), len(members), failed[0])
+                logger.warning("kvtier stored %d of %d chunks: %s", len(names) - len(failed), len(names), failed[0])
 
     # -- RemoteConnector -------------------------------------------------------------
 
@@ -217,7 +240,7 @@ class KvtierConnector(RemoteConnector):
         return self._prefix([key]) == 1
 
     async def get(self, key: CacheEngineKey) -> Optional[MemoryObj]:
-        return (await self._off_loop(self._get_many, [key]))[0]
+        return (await self._read_off_loop([key]))[0]
 
     async def put(self, key: CacheEngineKey, memory_obj: MemoryObj):
         await self._off_loop(self._put_many, [key], [memory_obj])
@@ -245,7 +268,7 @@ class KvtierConnector(RemoteConnector):
         return True
 
     async def batched_get(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:
-        return await self._off_loop(self._get_many, list(keys))
+        return await self._read_off_loop(list(keys))
 
     def support_batched_put(self) -> bool:
         return True
@@ -270,7 +293,7 @@ class KvtierConnector(RemoteConnector):
 
     async def batched_get_non_blocking(self, lookup_id: str, keys: List[CacheEngineKey]) -> List[MemoryObj]:
         """The chunks of the leading keys found; those after the first miss are released."""
-        got = await self._off_loop(self._get_many, list(keys))
+        got = await self._read_off_loop(list(keys))
         prefix: List[MemoryObj] = []
         for obj in got:
             if obj is None:
