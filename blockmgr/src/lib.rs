@@ -23,6 +23,7 @@ pub mod objects;
 mod policy;
 /// A kvtier node seen as a [`kvtier_tiers::Tier`].
 pub mod remote;
+pub mod s3;
 /// `kvtier serve`.
 pub mod server;
 /// The shared-memory data plane for clients on the server's host.
