@@ -74,7 +74,7 @@ pub struct Metrics {
     pub namespace_misses: IntCounterVec,
     /// Block bytes served, by namespace.
     pub namespace_bytes_read: IntCounterVec,
-    /// `lm://` connections closed for a malformed request, by reason.
+    /// `lm://` requests refused or connections closed, by reason.
     pub lmcache_protocol_errors: IntCounterVec,
     /// Keys in the index.
     pub index_blocks: IntGauge,
@@ -229,7 +229,7 @@ impl Metrics {
             ),
             lmcache_protocol_errors: counter(
                 "lmcache_protocol_errors_total",
-                "lm:// connections closed for a malformed request, by reason",
+                "lm:// requests refused (key, oversize) or connections closed (header, truncated, stalled, io), by reason",
                 &["reason"],
             ),
             index_blocks,
