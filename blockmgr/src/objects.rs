@@ -319,6 +319,13 @@ impl Manager {
         self.catalog.objects.read().get(&(namespace.clone(), path.to_string())).cloned()
     }
 
+    /// Every object of this node's catalog at `path`, whatever its namespace (the S3
+    /// endpoint's bucket markers).
+    pub(crate) fn objects_named_here(&self, path: &str) -> Vec<(String, ObjectInfo)> {
+        let catalog = self.catalog.objects.read();
+        catalog.iter().filter(|((_, p), _)| p == path).map(|((ns, _), info)| (ns.to_string(), info.clone())).collect()
+    }
+
     /// This node's catalog entries of `namespace` under `prefix` that `keep` accepts, by path.
     pub(crate) fn list_objects_here(
         &self,

@@ -12,7 +12,12 @@ use crate::Error;
 
 mod cluster;
 mod lmcache;
-pub use self::{cluster::ClusterConfig, lmcache::LmcacheConfig};
+mod s3;
+pub use self::{
+    cluster::ClusterConfig,
+    lmcache::LmcacheConfig,
+    s3::{S3Config, S3Key},
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,6 +44,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// LMCache's `lm://` protocol.
     pub lmcache: LmcacheConfig,
+    /// The S3-compatible endpoint.
+    pub s3: S3Config,
     /// Logging.
     pub log: LogConfig,
 }
@@ -56,6 +63,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             cluster: ClusterConfig::default(),
             lmcache: LmcacheConfig::default(),
+            s3: S3Config::default(),
             log: LogConfig::default(),
         }
     }
@@ -499,6 +507,7 @@ impl Config {
         }
         self.cluster.static_members()?;
         self.lmcache.validate(self.server.tls.require_client_cert)?;
+        self.s3.validate()?;
         if !self.cluster.etcd.is_empty() {
             self.cluster.advertised(&self.server.listen)?;
             if self.cluster.lease_ttl < Duration::from_secs(2) || self.cluster.lease_ttl > Duration::from_secs(3600) {

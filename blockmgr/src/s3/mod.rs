@@ -1,5 +1,8 @@
-//! The S3-compatible endpoint (issue 8), in progress: so far the request authentication,
-//! AWS Signature Version 4 ([`sigv4`]), which S3 clients (boto3, s3fs, `object_store`, NIXL's
-//! OBJ plugin) sign every request with.
+//! The S3-compatible endpoint (issue 8, in progress): buckets as namespaces, objects as
+//! named objects, every request signed with AWS Signature Version 4 ([`sigv4`]).
+//! Served on `[s3] listen`; multipart uploads, virtual-host addressing and aws-chunked
+//! bodies are not there yet.
 
+pub(crate) mod server;
 pub mod sigv4;
+pub mod xml;

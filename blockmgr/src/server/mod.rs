@@ -39,6 +39,8 @@ pub struct RunningServer {
     pub shm_socket: Option<PathBuf>,
     /// LMCache's `lm://` listener, if enabled.
     pub lmcache_addr: Option<SocketAddr>,
+    /// The S3 endpoint, if enabled.
+    pub s3_addr: Option<SocketAddr>,
     manager: Manager,
     config: Config,
     stop: watch::Sender<bool>,
@@ -94,6 +96,12 @@ impl RunningServer {
             Some(l)
         };
         let lmcache_addr = lmcache.as_ref().and_then(|l| l.local_addr().ok());
+        let s3 = if config.s3.listen.is_empty() {
+            None
+        } else {
+            Some(TcpListener::bind(&config.s3.listen).await.map_err(bind_err(&config.s3.listen))?)
+        };
+        let s3_addr = s3.as_ref().and_then(|l| l.local_addr().ok());
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -152,6 +160,16 @@ impl RunningServer {
                 stopped.clone(),
             )));
         }
+        if let Some(listener) = s3 {
+            let serve = crate::s3::server::serve(
+                listener,
+                manager.clone(),
+                config.s3.clone(),
+                config.server.stream_idle_timeout,
+                wait_for(stopped.clone()),
+            );
+            tasks.push(tokio::spawn(serve));
+        }
         if let Some(listener) = metrics {
             let app = Router::new()
                 .route("/metrics", get(metrics_text))
@@ -171,6 +189,7 @@ impl RunningServer {
             shm = ?shm_socket,
             metrics = ?metrics_addr,
             lmcache = ?lmcache_addr,
+            s3 = ?s3_addr,
             data_dir = %config.data_dir.display(),
             "kvtier serving"
         );
@@ -180,6 +199,7 @@ impl RunningServer {
             metrics_addr,
             shm_socket,
             lmcache_addr,
+            s3_addr,
             manager,
             config,
             stop,
@@ -202,6 +222,7 @@ impl RunningServer {
             "metrics": self.metrics_addr.map(|a| a.to_string()),
             "shm": self.shm_socket.as_ref().map(|p| p.display().to_string()),
             "lmcache": self.lmcache_addr.map(|a| a.to_string()),
+            "s3": self.s3_addr.map(|a| a.to_string()),
         })
         .to_string()
     }

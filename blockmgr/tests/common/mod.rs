@@ -29,6 +29,7 @@ pub struct Addrs {
     pub metrics: Option<String>,
     pub shm: Option<String>,
     pub lmcache: Option<String>,
+    pub s3: Option<String>,
 }
 
 /// A running `kvtier serve`.
@@ -264,6 +265,7 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
                     metrics: s("metrics"),
                     shm: s("shm"),
                     lmcache: s("lmcache"),
+                    s3: s("s3"),
                 },
                 stderr_path,
             ))

@@ -1,0 +1,575 @@
+//! The S3 endpoint's requests over named objects.
+//!
+//! Bucket `B` is namespace `<prefix>/B`; it exists while its marker object (`bucket`) does.
+//! Object `K` is the named object `o/K` of that namespace, so objects get everything named
+//! objects have (chunking, replicas, flush and export to Blob, cache-on-read). Every request
+//! is signed (SigV4) by a configured access key allowed the bucket. A body is streamed into
+//! the object as it arrives, its SHA-256 checked against the signed one before the commit; a
+//! body that stalls past the idle timeout, runs past its declared length or the size limit,
+//! or fails its hash stores nothing.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::Mutex};
+
+use super::{
+    sigv4::{self, AuthError},
+    xml::{self, Entry, Listing, S3Error},
+};
+use crate::{Durability, Manager, config::S3Config, objects::ObjectInfo};
+
+/// The marker object of a bucket.
+const BUCKET_MARKER: &str = "bucket";
+/// Object paths are `o/` + the key.
+const OBJECT_PREFIX: &str = "o/";
+/// Longest key S3 allows.
+const MAX_KEY_BYTES: usize = 1024;
+
+type Result<T, E = S3Error> = std::result::Result<T, E>;
+
+struct S3 {
+    manager: Manager,
+    config: S3Config,
+    durability: Durability,
+    idle: Duration,
+    /// Conditional creates (`If-None-Match: *`) of one node are decided one at a time.
+    creates: Mutex<()>,
+}
+
+/// Serves the S3 endpoint on `listener` until `stop` resolves.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    manager: Manager,
+    config: S3Config,
+    idle: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let durability = config.durability().map_err(|e| e.to_string())?;
+    let app = Arc::new(S3 { manager, config, durability, idle, creates: Mutex::new(()) });
+    let router = Router::new().fallback(handle).with_state(app);
+    axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(|e| format!("s3 http: {e}"))
+}
+
+fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> S3Error {
+    S3Error::new(status, code, message)
+}
+
+fn no_such_bucket(b: &str) -> S3Error {
+    err(StatusCode::NOT_FOUND, "NoSuchBucket", format!("the bucket {b:?} does not exist"))
+}
+
+fn internal(e: impl std::fmt::Display) -> S3Error {
+    err(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string())
+}
+
+async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    match s3.route(req).await {
+        Ok(r) => r,
+        // HEAD answers carry no body, only the status.
+        Err(e) if head => e.status.into_response(),
+        Err(e) => {
+            tracing::debug!(code = e.code, message = %e.message, %method, "s3 request refused");
+            e.into_response()
+        }
+    }
+}
+
+/// `%xx`-decoded `s`; `None` when it does not decode to UTF-8.
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // SigV4 clients encode every byte that needs it (a space as %20): `+` is itself.
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The query's parameters, decoded.
+fn params(query: &str) -> Result<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match (decode(k), decode(v)) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(err(StatusCode::BAD_REQUEST, "InvalidArgument", "the query does not decode")),
+            }
+        })
+        .collect()
+}
+
+/// The value of query parameter `name`.
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A bucket name as S3 allows it: 3 to 63 of `a-z0-9.-`, starting and ending alphanumeric.
+fn check_bucket(b: &str) -> Result<()> {
+    let ok = (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+        && !b.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(err(StatusCode::BAD_REQUEST, "InvalidBucketName", format!("{b:?} is not a bucket name")))
+    }
+}
+
+/// A key kvtier stores: 1 to 1024 bytes, no NUL, and no `.` or `..` segment (objects are
+/// exported to Blob under their keys: no key may climb out of its bucket).
+fn check_key(k: &str) -> Result<()> {
+    if k.is_empty() || k.len() > MAX_KEY_BYTES || k.contains('\0') {
+        return Err(err(StatusCode::BAD_REQUEST, "KeyTooLongError", "a key is 1 to 1024 bytes, no NUL"));
+    }
+    if k.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            format!("the key {k:?} has a '.' or '..' segment"),
+        ));
+    }
+    Ok(())
+}
+
+fn etag(info: &ObjectInfo) -> String {
+    format!("\"{:08x}{:016x}\"", info.crc32c, info.generation)
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
+fn range(value: &str, size: u64) -> Result<(u64, u64)> {
+    let invalid = || err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("range {value:?} of {size} bytes"));
+    let spec = value.strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b.min(size.saturating_sub(1))),
+        (Ok(a), Err(_)) if b.is_empty() => (a, size.saturating_sub(1)),
+        (Err(_), Ok(n)) if a.is_empty() && n > 0 => (size.saturating_sub(n), size.saturating_sub(1)),
+        _ => return Err(invalid()),
+    };
+    if start >= size {
+        return Err(invalid());
+    }
+    Ok((start, end - start + 1))
+}
+
+impl S3 {
+    fn namespace(&self, bucket: &str) -> String {
+        format!("{}/{bucket}", self.config.namespace_prefix)
+    }
+
+    /// Checks the signature; the access key's entry.
+    fn authenticate(&self, method: &str, path: &str, query: &str, headers: &HeaderMap) -> Result<(usize, String)> {
+        let pairs: Vec<(&str, &str)> =
+            headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect();
+        let req = sigv4::Request { method, path, query, headers: &pairs };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let keys = &self.config.keys;
+        let secret = |ak: &str| keys.iter().find(|k| k.access_key == ak).map(|k| k.secret_key.clone());
+        let v = sigv4::verify(&req, secret, now).map_err(|e| {
+            let status = match e {
+                AuthError::Malformed(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::FORBIDDEN,
+            };
+            err(status, e.code(), e.to_string())
+        })?;
+        let i = keys.iter().position(|k| k.access_key == v.access_key).expect("verified against it");
+        Ok((i, v.payload_hash))
+    }
+
+    fn allowed(&self, key: usize, bucket: &str) -> Result<()> {
+        if self.config.keys[key].allows(bucket) {
+            return Ok(());
+        }
+        Err(err(StatusCode::FORBIDDEN, "AccessDenied", format!("this access key may not use bucket {bucket:?}")))
+    }
+
+    async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
+        Ok(self.manager.stat_object(&self.namespace(bucket), BUCKET_MARKER).await.map_err(internal)?.is_some())
+    }
+
+    async fn route(&self, req: Request) -> Result<Response> {
+        let (parts, body) = req.into_parts();
+        let (path, query) = (parts.uri.path().to_string(), parts.uri.query().unwrap_or("").to_string());
+        let (key_index, payload_hash) = self.authenticate(parts.method.as_str(), &path, &query, &parts.headers)?;
+        let params = params(&query)?;
+        let param = |name: &str| param(&params, name);
+        let decoded =
+            decode(&path).ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidURI", "the path does not decode"))?;
+        let trimmed = decoded.strip_prefix('/').unwrap_or(&decoded);
+        let (bucket, key) = match trimmed.split_once('/') {
+            Some((b, k)) => (b, Some(k)),
+            None => (trimmed, None),
+        };
+        let key = key.filter(|k| !k.is_empty());
+        if bucket.is_empty() {
+            return match parts.method {
+                Method::GET => self.list_buckets(key_index).await,
+                _ => Err(err(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET / (ListBuckets)")),
+            };
+        }
+        check_bucket(bucket)?;
+        self.allowed(key_index, bucket)?;
+        let m = &parts.method;
+        match key {
+            None if *m == Method::PUT => self.create_bucket(bucket).await,
+            None if *m == Method::HEAD => {
+                if self.bucket_exists(bucket).await? {
+                    Ok(StatusCode::OK.into_response())
+                } else {
+                    Err(no_such_bucket(bucket))
+                }
+            }
+            None if *m == Method::DELETE => self.delete_bucket(bucket).await,
+            None if *m == Method::GET => {
+                if param("location").is_some() {
+                    return Ok(xml::document(format!(
+                        "<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{}</LocationConstraint>",
+                        xml::escape(&self.config.region)
+                    )));
+                }
+                self.list(bucket, &params).await
+            }
+            Some(k) => {
+                check_key(k)?;
+                match *m {
+                    Method::PUT => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
+                    Method::GET => self.get(bucket, k, &parts.headers, false).await,
+                    Method::HEAD => self.get(bucket, k, &parts.headers, true).await,
+                    Method::DELETE => self.delete(bucket, k).await,
+                    _ => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on an object"))),
+                }
+            }
+            None => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on a bucket"))),
+        }
+    }
+
+    async fn list_buckets(&self, key_index: usize) -> Result<Response> {
+        let prefix = format!("{}/", self.config.namespace_prefix);
+        let mut names: Vec<(String, u64)> = self
+            .manager
+            .objects_named_here(BUCKET_MARKER)
+            .into_iter()
+            .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)))
+            .filter(|(b, _)| !b.contains('/') && self.config.keys[key_index].allows(b))
+            .collect();
+        names.sort();
+        let buckets: String = names
+            .iter()
+            .map(|(b, t)| {
+                format!(
+                    "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+                    xml::escape(b),
+                    xml::iso8601(*t)
+                )
+            })
+            .collect();
+        Ok(xml::document(format!(
+            "<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>kvtier</ID>\
+             <DisplayName>kvtier</DisplayName></Owner><Buckets>{buckets}</Buckets></ListAllMyBucketsResult>"
+        )))
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<Response> {
+        let _one = self.creates.lock().await;
+        if self.bucket_exists(bucket).await? {
+            return Err(err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists")));
+        }
+        let mut w =
+            self.manager.write_object(&self.namespace(bucket), BUCKET_MARKER, self.durability).map_err(internal)?;
+        w.write(b"kvtier s3 bucket").await.map_err(internal)?;
+        w.commit().await.map_err(internal)?;
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, format!("/{bucket}").parse().expect("a bucket name is a header value"));
+        Ok(r)
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<Response> {
+        let ns = self.namespace(bucket);
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        if !self.manager.list_objects(&ns, OBJECT_PREFIX).await.map_err(internal)?.is_empty() {
+            return Err(err(StatusCode::CONFLICT, "BucketNotEmpty", format!("{bucket:?} holds objects")));
+        }
+        self.manager.delete_object(&ns, BUCKET_MARKER).await.map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn list(&self, bucket: &str, params: &[(String, String)]) -> Result<Response> {
+        let param = |name: &str| param(params, name);
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        let prefix = param("prefix").unwrap_or("").to_string();
+        let delimiter = param("delimiter").unwrap_or("").to_string();
+        let max_keys = match param("max-keys") {
+            None => 1000,
+            Some(v) => {
+                v.parse::<usize>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "max-keys"))?.min(1000)
+            }
+        };
+        let continuation = param("continuation-token").map(String::from);
+        let start_after = param("start-after").map(String::from);
+        // Listing resumes after the token's key (the token is that key), else after start-after.
+        let after = continuation.clone().or_else(|| start_after.clone()).unwrap_or_default();
+        let all = self
+            .manager
+            .list_objects(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{prefix}"))
+            .await
+            .map_err(internal)?;
+        let mut listing = Listing {
+            bucket: bucket.into(),
+            prefix: prefix.clone(),
+            delimiter: delimiter.clone(),
+            max_keys,
+            continuation,
+            start_after,
+            ..Default::default()
+        };
+        let mut last = String::new();
+        for info in all {
+            let key = &info.path[OBJECT_PREFIX.len()..];
+            if key <= after.as_str() {
+                continue;
+            }
+            // Keys under one delimited prefix roll up into one common prefix.
+            let rolled = (!delimiter.is_empty())
+                .then(|| {
+                    key[prefix.len()..]
+                        .find(&delimiter)
+                        .map(|at| key[..prefix.len() + at + delimiter.len()].to_string())
+                })
+                .flatten();
+            if let Some(p) = &rolled
+                && listing.common_prefixes.last() == Some(p)
+            {
+                continue;
+            }
+            if listing.contents.len() + listing.common_prefixes.len() == max_keys {
+                listing.next = Some(last.clone());
+                break;
+            }
+            match rolled {
+                Some(p) => {
+                    // Resume past every key under this prefix.
+                    last = format!("{p}\u{10ffff}");
+                    listing.common_prefixes.push(p);
+                }
+                None => {
+                    last = key.to_string();
+                    listing.contents.push(Entry {
+                        key: key.into(),
+                        size: info.size,
+                        etag: etag(&info),
+                        modified: info.created_unix,
+                    });
+                }
+            }
+        }
+        Ok(xml::document(listing.to_xml()))
+    }
+
+    async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
+        self.manager.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &HeaderMap,
+        body: Body,
+        payload_hash: &str,
+    ) -> Result<Response> {
+        let header = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+        let length = header(header::CONTENT_LENGTH)
+            .map(|v| v.parse::<u64>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
+            .transpose()?
+            .ok_or_else(|| err(StatusCode::LENGTH_REQUIRED, "MissingContentLength", "a PUT needs Content-Length"))?;
+        if length > self.config.max_object_size.0 {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "EntityTooLarge",
+                format!("{length} bytes; one PUT takes at most {}", self.config.max_object_size.0),
+            ));
+        }
+        let expected = match payload_hash {
+            "UNSIGNED-PAYLOAD" => None,
+            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
+            other => {
+                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
+            }
+        };
+        let conditional = match header(header::IF_NONE_MATCH) {
+            None => false,
+            Some("*") => true,
+            Some(other) => {
+                return Err(err(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    format!("If-None-Match: {other} (only *)"),
+                ));
+            }
+        };
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        // A conditional create holds the node's create lock from check to commit.
+        let _one = if conditional { Some(self.creates.lock().await) } else { None };
+        if conditional && self.stat(bucket, key).await?.is_some() {
+            return Err(err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists")));
+        }
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let (mut hash, mut got) = (Sha256::new(), 0u64);
+        let mut stream = body.into_data_stream();
+        let received: Result<()> = async {
+            loop {
+                let chunk = match tokio::time::timeout(self.idle, stream.next()).await {
+                    Err(_) => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "RequestTimeout",
+                            "no body bytes within the idle timeout",
+                        ));
+                    }
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(e))) => return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", e.to_string())),
+                    Ok(Some(Ok(c))) => c,
+                };
+                got += chunk.len() as u64;
+                if got > length {
+                    return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", "more bytes than Content-Length"));
+                }
+                hash.update(&chunk);
+                w.write(&chunk).await.map_err(internal)?;
+            }
+        }
+        .await;
+        let checked = received.and_then(|()| {
+            if got != length {
+                return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", format!("{got} of {length} bytes arrived")));
+            }
+            match expected {
+                Some(h) if hex::encode(hash.finalize()) != h => {
+                    Err(err(StatusCode::BAD_REQUEST, "XAmzContentSHA256Mismatch", "the body does not hash as signed"))
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = checked {
+            w.abort().await;
+            return Err(e);
+        }
+        let info = w.commit().await.map_err(internal)?;
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        Ok(r)
+    }
+
+    async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        let info = self
+            .stat(bucket, key)
+            .await?
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{key:?} does not exist")))?;
+        let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let (offset, len) = match ranged {
+            Some(r) => range(r, info.size)?,
+            None => (0, info.size),
+        };
+        let mut r = if head {
+            Response::new(Body::empty())
+        } else {
+            let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
+            let stream = self.manager.read_object(&ns, &info, offset, len).map(|c| c.map_err(std::io::Error::other));
+            Response::new(Body::from_stream(stream))
+        };
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, len.into());
+        h.insert(header::ETAG, etag(&info).parse().expect("hex"));
+        h.insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
+        h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
+        h.insert(header::CONTENT_TYPE, "binary/octet-stream".parse().expect("ascii"));
+        if ranged.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {offset}-{}/{}", offset + len - 1, info.size);
+            r.headers_mut().insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
+        }
+        Ok(r)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<Response> {
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        self.manager
+            .delete_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}"))
+            .await
+            .map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_http() {
+        assert_eq!(range("bytes=0-9", 100), Ok((0, 10)));
+        assert_eq!(range("bytes=90-200", 100), Ok((90, 10)));
+        assert_eq!(range("bytes=95-", 100), Ok((95, 5)));
+        assert_eq!(range("bytes=-10", 100), Ok((90, 10)));
+        for bad in ["bytes=100-", "bytes=5-1", "items=0-1", "bytes=x-y", "bytes=-0"] {
+            assert_eq!(range(bad, 100).unwrap_err().code, "InvalidRange", "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_that_could_climb_out_of_their_bucket_are_refused() {
+        assert!(check_key("a/b/c.txt").is_ok());
+        for bad in ["../x", "a/../b", "a/./b", "", "a\0b"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key(&"k".repeat(1025)).is_err());
+        assert!(check_bucket("my-bucket.1").is_ok());
+        for bad in ["ab", "My-Bucket", "-ab", "a..b", "a_b"] {
+            assert_eq!(check_bucket(bad).unwrap_err().code, "InvalidBucketName", "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_refuses_what_is_not_utf8() {
+        assert_eq!(decode("a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%ff"), None);
+        assert_eq!(decode("%2"), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! S3's XML: error documents and the listings.
+
+use std::fmt::Write;
+
+use axum::{
+    body::Body,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+/// An S3 error: its HTTP status, code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Error {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// S3's error code (`NoSuchKey`, `AccessDenied`, ...).
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl S3Error {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        S3Error { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for S3Error {
+    fn into_response(self) -> Response {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
+            self.code,
+            escape(&self.message)
+        );
+        let mut r = (self.status, body).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        r
+    }
+}
+
+/// `s` with XML's five special characters escaped.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An XML document response with status 200.
+pub fn document(body: String) -> Response {
+    let mut r = Response::new(Body::from(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}")));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    r
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The object's key.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its ETag (quoted).
+    pub etag: String,
+    /// Seconds since the epoch.
+    pub modified: u64,
+}
+
+/// `ListObjectsV2`'s result.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) delimiter: String,
+    pub(crate) max_keys: usize,
+    pub(crate) continuation: Option<String>,
+    pub(crate) start_after: Option<String>,
+    pub(crate) contents: Vec<Entry>,
+    pub(crate) common_prefixes: Vec<String>,
+    pub(crate) next: Option<String>,
+}
+
+impl Listing {
+    /// The `ListBucketResult` document.
+    pub fn to_xml(&self) -> String {
+        let mut x = String::from("<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+        let _ = write!(x, "<Name>{}</Name><Prefix>{}</Prefix>", escape(&self.bucket), escape(&self.prefix));
+        if !self.delimiter.is_empty() {
+            let _ = write!(x, "<Delimiter>{}</Delimiter>", escape(&self.delimiter));
+        }
+        let _ = write!(
+            x,
+            "<MaxKeys>{}</MaxKeys><KeyCount>{}</KeyCount><IsTruncated>{}</IsTruncated>",
+            self.max_keys,
+            self.contents.len() + self.common_prefixes.len(),
+            self.next.is_some()
+        );
+        if let Some(c) = &self.continuation {
+            let _ = write!(x, "<ContinuationToken>{}</ContinuationToken>", escape(c));
+        }
+        if let Some(n) = &self.next {
+            let _ = write!(x, "<NextContinuationToken>{}</NextContinuationToken>", escape(n));
+        }
+        if let Some(s) = &self.start_after {
+            let _ = write!(x, "<StartAfter>{}</StartAfter>", escape(s));
+        }
+        for e in &self.contents {
+            let _ = write!(
+                x,
+                "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size>\
+                 <StorageClass>STANDARD</StorageClass></Contents>",
+                escape(&e.key),
+                iso8601(e.modified),
+                escape(&e.etag),
+                e.size
+            );
+        }
+        for p in &self.common_prefixes {
+            let _ = write!(x, "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>", escape(p));
+        }
+        x.push_str("</ListBucketResult>");
+        x
+    }
+}
+
+/// `2026-12-03T10:11:12.000Z` of seconds since the epoch.
+pub fn iso8601(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// `Thu, 03 Dec 2026 10:11:12 GMT` (HTTP dates: Last-Modified).
+pub fn http_date(secs: u64) -> String {
+    let iso = iso8601(secs);
+    let days = secs / 86_400;
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        [iso[5..7].parse::<usize>().expect("two digits") - 1];
+    format!("{weekday}, {} {month} {} {} GMT", &iso[8..10], &iso[0..4], &iso[11..19])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_print_as_s3_and_http_want_them() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_796_292_672), "2026-12-03T10:11:12.000Z");
+        assert_eq!(http_date(1_796_292_672), "Thu, 03 Dec 2026 10:11:12 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+
+    #[test]
+    fn errors_and_keys_are_escaped() {
+        assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+    }
+}

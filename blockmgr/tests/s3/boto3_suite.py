@@ -1,0 +1,93 @@
+"""boto3 (botocore's own signing and parsing) against kvtier's S3 endpoint. Prints "ok" when
+every check passed; an assertion names what did not."""
+
+import os
+import sys
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+endpoint, ak, sk = os.environ["S3_ENDPOINT"], os.environ["S3_KEY"], os.environ["S3_SECRET"]
+cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key=sk, region_name="us-east-1", config=cfg)
+
+
+def code(fn, *a, **kw):
+    try:
+        fn(*a, **kw)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__} did not fail")
+
+
+s3.create_bucket(Bucket="ckpt")
+assert code(s3.create_bucket, Bucket="ckpt")[0] == "BucketAlreadyOwnedByYou"
+assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["ckpt"]
+s3.head_bucket(Bucket="ckpt")
+assert code(s3.head_bucket, Bucket="nothere")[1] == 404
+assert code(s3.put_object, Bucket="nothere", Key="k", Body=b"x")[0] == "NoSuchBucket"
+
+data = os.urandom(3 << 20) + b"tail"
+put = s3.put_object(Bucket="ckpt", Key="run1/step-1/shard-0.bin", Body=data)
+got = s3.get_object(Bucket="ckpt", Key="run1/step-1/shard-0.bin")
+assert got["Body"].read() == data and got["ContentLength"] == len(data)
+assert got["ETag"] == put["ETag"]
+part = s3.get_object(Bucket="ckpt", Key="run1/step-1/shard-0.bin", Range="bytes=100-199")
+assert part["Body"].read() == data[100:200] and part["ContentRange"] == f"bytes 100-199/{len(data)}"
+tail = s3.get_object(Bucket="ckpt", Key="run1/step-1/shard-0.bin", Range="bytes=-4")["Body"].read()
+assert tail == b"tail"
+assert code(s3.get_object, Bucket="ckpt", Key="run1/step-1/shard-0.bin", Range=f"bytes={len(data)}-")[0] == "InvalidRange"
+head = s3.head_object(Bucket="ckpt", Key="run1/step-1/shard-0.bin")
+assert head["ContentLength"] == len(data) and head["ETag"] == put["ETag"]
+assert code(s3.get_object, Bucket="ckpt", Key="absent")[0] == "NoSuchKey"
+assert code(s3.head_object, Bucket="ckpt", Key="absent")[1] == 404
+
+# Keys with spaces, unicode and characters that need encoding.
+odd = "dir with space/ünïcødé+plus=eq&amp.txt"
+s3.put_object(Bucket="ckpt", Key=odd, Body=b"odd")
+assert s3.get_object(Bucket="ckpt", Key=odd)["Body"].read() == b"odd"
+
+# Conditional create: the second If-None-Match: * put fails, the object keeps its bytes.
+s3.put_object(Bucket="ckpt", Key="lock", Body=b"first", IfNoneMatch="*")
+assert code(s3.put_object, Bucket="ckpt", Key="lock", Body=b"second", IfNoneMatch="*") == ("PreconditionFailed", 412)
+assert s3.get_object(Bucket="ckpt", Key="lock")["Body"].read() == b"first"
+
+# Listing: prefix, delimiter, pages.
+for i in range(5):
+    s3.put_object(Bucket="ckpt", Key=f"run1/step-2/shard-{i}.bin", Body=b"s%d" % i)
+listed = s3.list_objects_v2(Bucket="ckpt", Prefix="run1/", Delimiter="/")
+assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["run1/step-1/", "run1/step-2/"], listed
+assert listed.get("Contents", []) == []
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket="ckpt", Prefix="run1/step-2/", PaginationConfig={"PageSize": 2})
+keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+assert keys == [f"run1/step-2/shard-{i}.bin" for i in range(5)], keys
+every = [o["Key"] for o in s3.list_objects_v2(Bucket="ckpt")["Contents"]]
+assert every == sorted(every) and "lock" in every and odd in every
+
+# Bad input: path traversal, a wrong secret, an unknown key, an unsigned request, too large.
+assert code(s3.put_object, Bucket="ckpt", Key="a/../../etc/passwd", Body=b"x")[0] == "InvalidArgument"
+bad = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key="wrong", region_name="us-east-1", config=cfg)
+assert code(bad.get_object, Bucket="ckpt", Key="lock") == ("SignatureDoesNotMatch", 403)
+nobody = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDNOBODY", aws_secret_access_key="x", region_name="us-east-1", config=cfg)
+assert code(nobody.list_buckets) == ("InvalidAccessKeyId", 403)
+import urllib.request, urllib.error  # noqa: E401,E402
+
+try:
+    urllib.request.urlopen(f"{endpoint}/ckpt/lock")
+    raise AssertionError("an unsigned GET was served")
+except urllib.error.HTTPError as e:
+    assert e.code == 403 and b"<Code>AccessDenied</Code>" in e.read()
+big = int(os.environ["S3_MAX_OBJECT"]) + 1
+assert code(s3.put_object, Bucket="ckpt", Key="big", Body=b"z" * big)[0] == "EntityTooLarge"
+# A key restricted to other buckets.
+other = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDREADER", aws_secret_access_key="reader-secret", region_name="us-east-1", config=cfg)
+assert code(other.get_object, Bucket="ckpt", Key="lock") == ("AccessDenied", 403)
+assert other.list_buckets()["Buckets"] == []
+
+# Deletes; a bucket with objects is not deleted.
+assert code(s3.delete_bucket, Bucket="ckpt")[0] == "BucketNotEmpty"
+s3.delete_object(Bucket="ckpt", Key="lock")
+assert code(s3.get_object, Bucket="ckpt", Key="lock")[0] == "NoSuchKey"
+print("ok")
+sys.stdout.flush()
