@@ -9,7 +9,7 @@ use std::process::Command;
 use common::Node;
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/boto3_suite.py");
-const MAX_OBJECT: u64 = 8 << 20;
+const MAX_OBJECT: u64 = 8 << 20; // above a part (5 MiB), below the 12 MiB multipart object
 
 fn python() -> String {
     let cache = std::env::var("KVTIER_CACHE")

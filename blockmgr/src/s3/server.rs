@@ -30,16 +30,16 @@ use crate::{Durability, Manager, config::S3Config, objects::ObjectInfo};
 /// The marker object of a bucket.
 const BUCKET_MARKER: &str = "bucket";
 /// Object paths are `o/` + the key.
-const OBJECT_PREFIX: &str = "o/";
+pub(super) const OBJECT_PREFIX: &str = "o/";
 /// Longest key S3 allows.
 const MAX_KEY_BYTES: usize = 1024;
 
 type Result<T, E = S3Error> = std::result::Result<T, E>;
 
-struct S3 {
-    manager: Manager,
-    config: S3Config,
-    durability: Durability,
+pub(super) struct S3 {
+    pub(super) manager: Manager,
+    pub(super) config: S3Config,
+    pub(super) durability: Durability,
     idle: Duration,
     /// Conditional creates (`If-None-Match: *`) of one node are decided one at a time.
     creates: Mutex<()>,
@@ -59,15 +59,15 @@ pub(crate) async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(|e| format!("s3 http: {e}"))
 }
 
-fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> S3Error {
+pub(super) fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> S3Error {
     S3Error::new(status, code, message)
 }
 
-fn no_such_bucket(b: &str) -> S3Error {
+pub(super) fn no_such_bucket(b: &str) -> S3Error {
     err(StatusCode::NOT_FOUND, "NoSuchBucket", format!("the bucket {b:?} does not exist"))
 }
 
-fn internal(e: impl std::fmt::Display) -> S3Error {
+pub(super) fn internal(e: impl std::fmt::Display) -> S3Error {
     err(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string())
 }
 
@@ -154,7 +154,7 @@ fn check_key(k: &str) -> Result<()> {
     Ok(())
 }
 
-fn etag(info: &ObjectInfo) -> String {
+pub(super) fn etag(info: &ObjectInfo) -> String {
     format!("\"{:08x}{:016x}\"", info.crc32c, info.generation)
 }
 
@@ -176,7 +176,7 @@ fn range(value: &str, size: u64) -> Result<(u64, u64)> {
 }
 
 impl S3 {
-    fn namespace(&self, bucket: &str) -> String {
+    pub(super) fn namespace(&self, bucket: &str) -> String {
         format!("{}/{bucket}", self.config.namespace_prefix)
     }
 
@@ -206,7 +206,7 @@ impl S3 {
         Err(err(StatusCode::FORBIDDEN, "AccessDenied", format!("this access key may not use bucket {bucket:?}")))
     }
 
-    async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
+    pub(super) async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
         Ok(self.manager.stat_object(&self.namespace(bucket), BUCKET_MARKER).await.map_err(internal)?.is_some())
     }
 
@@ -254,6 +254,22 @@ impl S3 {
             }
             Some(k) => {
                 check_key(k)?;
+                let upload = param("uploadId");
+                match (m.clone(), upload) {
+                    (Method::POST, None) if param("uploads").is_some() => return self.create_upload(bucket, k).await,
+                    (Method::PUT, Some(id)) => {
+                        let n = param("partNumber")
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .filter(|n| (1..=10_000).contains(n));
+                        let n = n.ok_or_else(|| {
+                            err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000")
+                        })?;
+                        return self.upload_part(bucket, k, id, n, &parts.headers, body, &payload_hash).await;
+                    }
+                    (Method::POST, Some(id)) => return self.complete_upload(bucket, k, id, body).await,
+                    (Method::DELETE, Some(id)) => return self.abort_upload(bucket, k, id).await,
+                    _ => {}
+                }
                 match *m {
                     Method::PUT => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
                     Method::GET => self.get(bucket, k, &parts.headers, false).await,
@@ -393,7 +409,7 @@ impl S3 {
         Ok(xml::document(listing.to_xml()))
     }
 
-    async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
+    pub(super) async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
         self.manager.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
     }
 
@@ -405,34 +421,12 @@ impl S3 {
         body: Body,
         payload_hash: &str,
     ) -> Result<Response> {
-        let header = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
-        let length = header(header::CONTENT_LENGTH)
-            .map(|v| v.parse::<u64>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
-            .transpose()?
-            .ok_or_else(|| err(StatusCode::LENGTH_REQUIRED, "MissingContentLength", "a PUT needs Content-Length"))?;
-        if length > self.config.max_object_size.0 {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                "EntityTooLarge",
-                format!("{length} bytes; one PUT takes at most {}", self.config.max_object_size.0),
-            ));
-        }
-        let expected = match payload_hash {
-            "UNSIGNED-PAYLOAD" => None,
-            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
-            other => {
-                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
-            }
-        };
-        let conditional = match header(header::IF_NONE_MATCH) {
+        let conditional = match headers.get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("?")) {
             None => false,
             Some("*") => true,
             Some(other) => {
-                return Err(err(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "NotImplemented",
-                    format!("If-None-Match: {other} (only *)"),
-                ));
+                let what = format!("If-None-Match: {other} (only *)");
+                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
             }
         };
         if !self.bucket_exists(bucket).await? {
@@ -444,18 +438,50 @@ impl S3 {
             return Err(err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists")));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let info = self.store_body(bucket, &path, headers, body, payload_hash).await?;
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        Ok(r)
+    }
+
+    /// Streams a request body into object `path` of `bucket` and commits it, or stores
+    /// nothing: a body without Content-Length, over the size limit, longer or shorter than
+    /// declared, idle past the timeout, or not hashing to the signed SHA-256.
+    pub(super) async fn store_body(
+        &self,
+        bucket: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: Body,
+        payload_hash: &str,
+    ) -> Result<ObjectInfo> {
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
+            .map(|v| v.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
+            .transpose()?
+            .ok_or_else(|| err(StatusCode::LENGTH_REQUIRED, "MissingContentLength", "a PUT needs Content-Length"))?;
+        let limit = self.config.max_object_size.0;
+        if length > limit {
+            let what = format!("{length} bytes; one PUT takes at most {limit}");
+            return Err(err(StatusCode::BAD_REQUEST, "EntityTooLarge", what));
+        }
+        let expected = match payload_hash {
+            "UNSIGNED-PAYLOAD" => None,
+            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
+            other => {
+                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
+            }
+        };
+        let mut w = self.manager.write_object(&self.namespace(bucket), path, self.durability).map_err(internal)?;
         let (mut hash, mut got) = (Sha256::new(), 0u64);
         let mut stream = body.into_data_stream();
         let received: Result<()> = async {
             loop {
                 let chunk = match tokio::time::timeout(self.idle, stream.next()).await {
                     Err(_) => {
-                        return Err(err(
-                            StatusCode::BAD_REQUEST,
-                            "RequestTimeout",
-                            "no body bytes within the idle timeout",
-                        ));
+                        let what = "no body bytes within the idle timeout";
+                        return Err(err(StatusCode::BAD_REQUEST, "RequestTimeout", what));
                     }
                     Ok(None) => return Ok(()),
                     Ok(Some(Err(e))) => return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", e.to_string())),
@@ -485,10 +511,7 @@ impl S3 {
             w.abort().await;
             return Err(e);
         }
-        let info = w.commit().await.map_err(internal)?;
-        let mut r = StatusCode::OK.into_response();
-        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
-        Ok(r)
+        w.commit().await.map_err(internal)
     }
 
     async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {

@@ -65,6 +65,36 @@ assert keys == [f"run1/step-2/shard-{i}.bin" for i in range(5)], keys
 every = [o["Key"] for o in s3.list_objects_v2(Bucket="ckpt")["Contents"]]
 assert every == sorted(every) and "lock" in every and odd in every
 
+# Multipart: boto3's transfer manager splits a 12 MiB file in 5 MiB parts.
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+import io  # noqa: E402
+
+big_data = os.urandom(12 << 20)
+tc = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2)
+s3.upload_fileobj(io.BytesIO(big_data), "ckpt", "model/weights.safetensors", Config=tc)
+assert s3.get_object(Bucket="ckpt", Key="model/weights.safetensors")["Body"].read() == big_data
+out = io.BytesIO()
+s3.download_fileobj("ckpt", "model/weights.safetensors", out, Config=tc)  # ranged GETs in parallel
+assert out.getvalue() == big_data
+# By hand: parts out of order, a wrong ETag, an unknown upload, an abort.
+up = s3.create_multipart_upload(Bucket="ckpt", Key="mp")["UploadId"]
+e1 = s3.upload_part(Bucket="ckpt", Key="mp", UploadId=up, PartNumber=1, Body=b"a" * 100)["ETag"]
+e2 = s3.upload_part(Bucket="ckpt", Key="mp", UploadId=up, PartNumber=2, Body=b"b" * 50)["ETag"]
+parts = lambda *p: {"Parts": [{"PartNumber": n, "ETag": e} for n, e in p]}  # noqa: E731
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((2, e2), (1, e1)))[0] == "InvalidPartOrder"
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e2)))[0] == "InvalidPart"
+assert code(s3.upload_part, Bucket="ckpt", Key="mp", UploadId="00ff", PartNumber=1, Body=b"x")[0] == "NoSuchUpload"
+assert code(s3.upload_part, Bucket="ckpt", Key="other", UploadId=up, PartNumber=1, Body=b"x")[0] == "NoSuchUpload"
+s3.complete_multipart_upload(Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))
+assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == b"a" * 100 + b"b" * 50
+up2 = s3.create_multipart_upload(Bucket="ckpt", Key="gone")["UploadId"]
+s3.upload_part(Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=1, Body=b"x")
+s3.abort_multipart_upload(Bucket="ckpt", Key="gone", UploadId=up2)
+assert code(s3.upload_part, Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=2, Body=b"x")[0] == "NoSuchUpload"
+assert code(s3.get_object, Bucket="ckpt", Key="gone")[0] == "NoSuchKey"
+# Malformed XML in a complete.
+import urllib.request as _ur  # noqa: E402,F401
+
 # Bad input: path traversal, a wrong secret, an unknown key, an unsigned request, too large.
 assert code(s3.put_object, Bucket="ckpt", Key="a/../../etc/passwd", Body=b"x")[0] == "InvalidArgument"
 bad = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key="wrong", region_name="us-east-1", config=cfg)

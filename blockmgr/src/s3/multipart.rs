@@ -1,0 +1,211 @@
+//! Multipart uploads: an upload is a marker object `u/<id>` (holding the key), its parts the
+//! objects `u/<id>/<part number>`; completing one writes the object from its parts in the
+//! order the client lists them, then removes the parts and the marker. Parts are ordinary
+//! named objects until then, replicated and tiered as any.
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::StreamExt;
+
+use super::{
+    server::{OBJECT_PREFIX, S3, err, etag, internal, no_such_bucket},
+    xml::{self, S3Error},
+};
+
+/// Largest CompleteMultipartUpload document read (10000 parts fit in ~1 MiB).
+const MAX_COMPLETE_XML: usize = 2 << 20;
+
+fn marker(id: &str) -> String {
+    format!("u/{id}")
+}
+
+fn part_path(id: &str, n: u32) -> String {
+    format!("u/{id}/{n:05}")
+}
+
+fn no_such_upload(id: &str) -> S3Error {
+    err(StatusCode::NOT_FOUND, "NoSuchUpload", format!("no upload {id:?} in progress"))
+}
+
+/// The `(PartNumber, ETag)` pairs of a CompleteMultipartUpload document, in order.
+fn parse_complete(doc: &str) -> Result<Vec<(u32, String)>, S3Error> {
+    let malformed = |why: &str| err(StatusCode::BAD_REQUEST, "MalformedXML", why.to_string());
+    let body = doc.split_once("<CompleteMultipartUpload").ok_or_else(|| malformed("no CompleteMultipartUpload"))?.1;
+    let body = body.split_once("</CompleteMultipartUpload>").ok_or_else(|| malformed("unclosed document"))?.0;
+    let value = |part: &str, tag: &str| -> Option<String> {
+        let open = format!("<{tag}>");
+        let close = format!("</{tag}>");
+        let (_, rest) = part.split_once(&open)?;
+        Some(rest.split_once(&close)?.0.trim().to_string())
+    };
+    let mut parts = Vec::new();
+    for chunk in body.split("<Part>").skip(1) {
+        let chunk = chunk.split_once("</Part>").ok_or_else(|| malformed("unclosed Part"))?.0;
+        let n =
+            value(chunk, "PartNumber").and_then(|n| n.parse::<u32>().ok()).ok_or_else(|| malformed("PartNumber"))?;
+        let tag = value(chunk, "ETag").ok_or_else(|| malformed("ETag"))?;
+        parts.push((n, tag.replace("&quot;", "\"")));
+    }
+    if parts.is_empty() {
+        return Err(malformed("no Part"));
+    }
+    Ok(parts)
+}
+
+impl S3 {
+    /// The upload `id` of `key`, checked: it exists and is for this key.
+    async fn check_upload(&self, bucket: &str, key: &str, id: &str) -> Result<(), S3Error> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(no_such_upload(id));
+        }
+        let ns = self.namespace(bucket);
+        let info =
+            self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.ok_or_else(|| no_such_upload(id))?;
+        let ns_ = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
+        let mut stream = std::pin::pin!(self.manager.read_object(&ns_, &info, 0, info.size));
+        let mut stored = Vec::new();
+        while let Some(c) = stream.next().await {
+            stored.extend_from_slice(&c.map_err(internal)?);
+        }
+        if stored != key.as_bytes() {
+            return Err(no_such_upload(id));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_upload(&self, bucket: &str, key: &str) -> Result<Response, S3Error> {
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let mut w =
+            self.manager.write_object(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
+        w.write(key.as_bytes()).await.map_err(internal)?;
+        w.commit().await.map_err(internal)?;
+        Ok(xml::document(format!(
+            "<InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
+             <Key>{}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>",
+            xml::escape(bucket),
+            xml::escape(key)
+        )))
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one request's parts")]
+    pub(super) async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        n: u32,
+        headers: &HeaderMap,
+        body: Body,
+        payload_hash: &str,
+    ) -> Result<Response, S3Error> {
+        self.check_upload(bucket, key, id).await?;
+        let info = self.store_body(bucket, &part_path(id, n), headers, body, payload_hash).await?;
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        Ok(r)
+    }
+
+    pub(super) async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        body: Body,
+    ) -> Result<Response, S3Error> {
+        self.check_upload(bucket, key, id).await?;
+        let doc = axum::body::to_bytes(body, MAX_COMPLETE_XML)
+            .await
+            .map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "the document is too large or cut short"))?;
+        let doc = std::str::from_utf8(&doc).map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "not UTF-8"))?;
+        let listed = parse_complete(doc)?;
+        if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(err(StatusCode::BAD_REQUEST, "InvalidPartOrder", "parts must be listed in ascending order"));
+        }
+        let ns = self.namespace(bucket);
+        let mut parts = Vec::with_capacity(listed.len());
+        for (n, tag) in &listed {
+            let info = self.manager.stat_object(&ns, &part_path(id, *n)).await.map_err(internal)?;
+            match info {
+                Some(info) if etag(&info) == *tag || etag(&info).trim_matches('"') == tag.trim_matches('"') => {
+                    parts.push(info)
+                }
+                _ => {
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidPart",
+                        format!("part {n} with ETag {tag} was not uploaded"),
+                    ));
+                }
+            }
+        }
+        let namespace = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let mut w = self.manager.write_object(&ns, &path, self.durability).map_err(internal)?;
+        for info in &parts {
+            let mut stream = std::pin::pin!(self.manager.read_object(&namespace, info, 0, info.size));
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => w.write(&c).await.map_err(internal)?,
+                    Err(e) => {
+                        w.abort().await;
+                        return Err(internal(e));
+                    }
+                }
+            }
+        }
+        let info = w.commit().await.map_err(internal)?;
+        self.remove_upload(&ns, id).await;
+        Ok(xml::document(format!(
+            "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
+             <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
+            xml::escape(bucket),
+            xml::escape(key),
+            xml::escape(&etag(&info))
+        )))
+    }
+
+    pub(super) async fn abort_upload(&self, bucket: &str, key: &str, id: &str) -> Result<Response, S3Error> {
+        self.check_upload(bucket, key, id).await?;
+        self.remove_upload(&self.namespace(bucket), id).await;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// Deletes an upload's parts, then its marker.
+    async fn remove_upload(&self, ns: &str, id: &str) {
+        let parts = self.manager.list_objects(ns, &format!("{}/", marker(id))).await.unwrap_or_default();
+        for p in parts {
+            if let Err(e) = self.manager.delete_object(ns, &p.path).await {
+                tracing::warn!(path = p.path, error = %e, "deleting a multipart part failed");
+            }
+        }
+        let _ = self.manager.delete_object(ns, &marker(id)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_documents_parse_and_malformed_ones_are_named() {
+        let doc = "<?xml version=\"1.0\"?><CompleteMultipartUpload xmlns=\"x\"><Part><ETag>&quot;ab&quot;</ETag>\
+                   <PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber><ETag>\"cd\"</ETag></Part>\
+                   </CompleteMultipartUpload>";
+        assert_eq!(parse_complete(doc).unwrap(), vec![(1, "\"ab\"".into()), (2, "\"cd\"".into())]);
+        for bad in [
+            "",
+            "<CompleteMultipartUpload>",
+            "<CompleteMultipartUpload></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>x</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>",
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>",
+        ] {
+            assert_eq!(parse_complete(bad).unwrap_err().code, "MalformedXML", "{bad}");
+        }
+    }
+}
