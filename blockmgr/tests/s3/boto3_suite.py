@@ -92,8 +92,59 @@ s3.upload_part(Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=1, Body=b"x")
 s3.abort_multipart_upload(Bucket="ckpt", Key="gone", UploadId=up2)
 assert code(s3.upload_part, Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=2, Body=b"x")[0] == "NoSuchUpload"
 assert code(s3.get_object, Bucket="ckpt", Key="gone")[0] == "NoSuchKey"
-# Malformed XML in a complete.
-import urllib.request as _ur  # noqa: E402,F401
+# Malformed XML in a complete (the garbage is what gets signed).
+up3 = s3.create_multipart_upload(Bucket="ckpt", Key="mx")["UploadId"]
+e3 = s3.upload_part(Bucket="ckpt", Key="mx", UploadId=up3, PartNumber=1, Body=b"m")["ETag"]
+
+
+def garbage(request, **kwargs):
+    request.data = b"<CompleteMultipartUpload><Part><PartNumber>one"
+    del request.headers["Content-Length"]
+    request.headers["Content-Length"] = str(len(request.data))
+    for h in [h for h in request.headers.keys() if h.lower() == "content-md5" or h.lower().startswith("x-amz-checksum")]:
+        del request.headers[h]
+
+
+s3.meta.events.register("before-sign.s3.CompleteMultipartUpload", garbage)
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mx", UploadId=up3, MultipartUpload=parts((1, e3)))[0] == "MalformedXML"
+s3.meta.events.unregister("before-sign.s3.CompleteMultipartUpload", garbage)
+
+# A body that does not hash to what was signed stores nothing.
+
+
+def tamper(request, **kwargs):
+    request.body = b"BYTES"  # after signing: same length, other bytes
+
+
+s3.meta.events.register("before-send.s3.PutObject", tamper)
+assert code(s3.put_object, Bucket="ckpt", Key="tampered", Body=b"bytes")[0] == "XAmzContentSHA256Mismatch"
+s3.meta.events.unregister("before-send.s3.PutObject", tamper)
+assert code(s3.head_object, Bucket="ckpt", Key="tampered")[1] == 404
+
+# Slow loris: a signed PUT that sends 10 of its 1000 bytes and stalls is cut off after the
+# node's idle timeout (2 s here) with RequestTimeout; nothing is stored, the node serves on.
+import socket  # noqa: E402
+import time  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+from botocore.auth import S3SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
+
+body = b"s" * 1000
+req = AWSRequest(method="PUT", url=f"{endpoint}/ckpt/slow", data=body)
+S3SigV4Auth(Credentials(ak, sk), "s3", "us-east-1").add_auth(req)
+host = urlsplit(endpoint)
+sock = socket.create_connection((host.hostname, host.port))
+head = f"PUT /ckpt/slow HTTP/1.1\r\nHost: {host.netloc}\r\nContent-Length: 1000\r\n"
+head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "host")
+sock.sendall(head.encode() + b"\r\n" + body[:10])
+started = time.time()
+sock.settimeout(30)
+answer = sock.recv(65536)
+assert b"RequestTimeout" in answer and time.time() - started < 20, answer
+sock.close()
+assert code(s3.head_object, Bucket="ckpt", Key="slow")[1] == 404
 
 # Bad input: path traversal, a wrong secret, an unknown key, an unsigned request, too large.
 assert code(s3.put_object, Bucket="ckpt", Key="a/../../etc/passwd", Body=b"x")[0] == "InvalidArgument"
