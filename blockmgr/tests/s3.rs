@@ -4,9 +4,13 @@
 
 mod common;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use common::Node;
+use bytes::Bytes;
+use common::{Node, blob::Backend};
+use futures::TryStreamExt;
+use kvtier_tiers::{Namespace, ObjectBlobs, Retries};
+use object_store::{ObjectStore, PutMode, PutPayload, aws::AmazonS3Builder, path::Path};
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/boto3_suite.py");
 const MAX_OBJECT: u64 = 8 << 20; // above a part (5 MiB), below the 12 MiB multipart object
@@ -19,21 +23,37 @@ fn python() -> String {
     python
 }
 
-fn node() -> Node {
-    Node::start_with(
-        "",
-        &format!(
-            "[s3]\nlisten = \"127.0.0.1:0\"\nmax_object_size = {MAX_OBJECT}\n\
-             [[s3.keys]]\naccess_key = \"AKIDWRITER\"\nsecret_key = \"writer-secret\"\nbuckets = [\"*\"]\n\
-             [[s3.keys]]\naccess_key = \"AKIDREADER\"\nsecret_key = \"reader-secret\"\nbuckets = [\"logs-*\"]\n"
-        ),
+fn s3_table(durability: &str) -> String {
+    format!(
+        "[s3]\nlisten = \"127.0.0.1:0\"\nmax_object_size = {MAX_OBJECT}\ndurability = \"{durability}\"\n\
+         [[s3.keys]]\naccess_key = \"AKIDWRITER\"\nsecret_key = \"writer-secret\"\nbuckets = [\"*\"]\n\
+         [[s3.keys]]\naccess_key = \"AKIDREADER\"\nsecret_key = \"reader-secret\"\nbuckets = [\"logs-*\"]\n"
     )
+}
+
+fn node() -> Node {
+    Node::start_with("", &s3_table("local_disk"))
+}
+
+fn endpoint(node: &Node) -> String {
+    format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"))
+}
+
+/// Runs a few lines of boto3 (client `s3`) against the node.
+fn boto3(node: &Node, code: &str) {
+    let script = format!(
+        "import boto3, os\nfrom botocore.config import Config\n\
+         s3 = boto3.client('s3', endpoint_url=os.environ['E'], aws_access_key_id='AKIDWRITER', \
+         aws_secret_access_key='writer-secret', region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}))\n{code}\n"
+    );
+    let out = Command::new(python()).args(["-c", &script]).env("E", endpoint(node)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
 async fn boto3_puts_gets_lists_and_is_refused_with_s3_errors() {
     let node = node();
-    let endpoint = format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"));
+    let endpoint = endpoint(&node);
     let out = Command::new(python())
         .arg(SUITE)
         .env("S3_ENDPOINT", &endpoint)
@@ -54,4 +74,65 @@ async fn boto3_puts_gets_lists_and_is_refused_with_s3_errors() {
     assert_eq!(client.read_object("s3/ckpt", "o/run1/step-2/shard-3.bin", whole).await.unwrap().as_ref(), b"s3");
     // The server kept serving through every refusal.
     assert!(node.http_get("/healthz").contains("ok"));
+}
+
+/// The `object_store` crate's S3 client (what Rust tools and many engines use), and objects
+/// put with write-back durability landing in Azure Blob (a real Azurite) under their names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite() {
+    let backend = Backend::azurite();
+    let node = Node::start_with("", &format!("{}\n{}", backend.toml(""), s3_table("write_back")));
+    boto3(&node, "s3.create_bucket(Bucket='ckpt')");
+    let store = AmazonS3Builder::new()
+        .with_endpoint(endpoint(&node))
+        .with_bucket_name("ckpt")
+        .with_region("us-east-1")
+        .with_access_key_id("AKIDWRITER")
+        .with_secret_access_key("writer-secret")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let data = Bytes::from((0..(3u32 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let path = Path::from("run1/step-7/rank-0.distcp");
+    store.put(&path, PutPayload::from_bytes(data.clone())).await.unwrap();
+    assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), data);
+    assert_eq!(store.get_range(&path, 1000..2000).await.unwrap(), data.slice(1000..2000));
+    assert_eq!(store.head(&path).await.unwrap().size, data.len() as u64);
+    // Conditional create: PutMode::Create sends If-None-Match: *.
+    let lock = Path::from("run1/LOCK");
+    store.put_opts(&lock, PutPayload::from_static(b"writer-1"), PutMode::Create.into()).await.unwrap();
+    let second = store.put_opts(&lock, PutPayload::from_static(b"writer-2"), PutMode::Create.into()).await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })),
+        "{second:?}"
+    );
+    assert_eq!(store.get(&lock).await.unwrap().bytes().await.unwrap().as_ref(), b"writer-1");
+    // Multipart through object_store's writer.
+    let big = Bytes::from((0..(11u32 << 20)).map(|i| (i % 241) as u8).collect::<Vec<u8>>());
+    let mut upload = object_store::WriteMultipart::new_with_chunk_size(
+        store.put_multipart(&Path::from("model.bin")).await.unwrap(),
+        5 << 20,
+    );
+    upload.write(&big);
+    upload.finish().await.unwrap();
+    assert_eq!(store.get(&Path::from("model.bin")).await.unwrap().bytes().await.unwrap(), big);
+    let listed: Vec<String> =
+        store.list(Some(&Path::from("run1"))).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+    assert_eq!(listed, vec!["run1/LOCK".to_string(), "run1/step-7/rank-0.distcp".to_string()]);
+    let dirs = store.list_with_delimiter(Some(&Path::from("run1"))).await.unwrap();
+    assert_eq!(dirs.common_prefixes, vec![Path::from("run1/step-7")]);
+    assert_eq!(dirs.objects.len(), 1);
+    store.delete(&lock).await.unwrap();
+    assert!(matches!(store.head(&lock).await, Err(object_store::Error::NotFound { .. })));
+
+    // Written with write-back durability: each object is exported to Blob under its name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.metric("objects_exported_total") < 3 {
+        assert!(std::time::Instant::now() < deadline, "the exports: {}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let blobs = ObjectBlobs::open(&format!("{}/objects", backend.url), &backend.options(), Retries::default()).unwrap();
+    let name = blobs.name(&Namespace::new("s3/ckpt").unwrap(), "o/run1/step-7/rank-0.distcp");
+    let file = blobs.read(&name, 0..data.len() as u64).await.unwrap().expect("the object's file in Azurite");
+    assert!(file == data, "Azurite holds the object's bytes");
 }
