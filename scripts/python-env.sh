@@ -11,7 +11,8 @@ VLLM_VERSION=0.32.0
 VENV="${KVTIER_VENV:-$HOME/.cache/kvtier/venv-vllm}"
 STAMP="$VENV/.kvtier-stamp"
 LMCACHE_VERSION=0.5.6
-WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION pytest==8.4.2 maturin==1.9.6"
+# s3fs and boto3: real S3 clients for the S3 endpoint tests (PyTorch DCP over s3fs among them).
+WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION s3fs==2025.12.0 boto3==1.41.5 pytest==8.4.2 maturin==1.9.6"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then
     echo "$VENV"

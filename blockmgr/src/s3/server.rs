@@ -257,6 +257,9 @@ impl S3 {
                 let upload = param("uploadId");
                 match (m.clone(), upload) {
                     (Method::POST, None) if param("uploads").is_some() => return self.create_upload(bucket, k).await,
+                    (Method::PUT, Some(_)) if parts.headers.contains_key("x-amz-copy-source") => {
+                        return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "UploadPartCopy"));
+                    }
                     (Method::PUT, Some(id)) => {
                         let n = param("partNumber")
                             .and_then(|n| n.parse::<u32>().ok())
@@ -270,7 +273,9 @@ impl S3 {
                     (Method::DELETE, Some(id)) => return self.abort_upload(bucket, k, id).await,
                     _ => {}
                 }
+                let copy_source = parts.headers.get("x-amz-copy-source").map(|v| v.to_str().unwrap_or(""));
                 match *m {
+                    Method::PUT if let Some(src) = copy_source => self.copy(key_index, bucket, k, src).await,
                     Method::PUT => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
                     Method::GET => self.get(bucket, k, &parts.headers, false).await,
                     Method::HEAD => self.get(bucket, k, &parts.headers, true).await,
@@ -512,6 +517,46 @@ impl S3 {
             return Err(e);
         }
         w.commit().await.map_err(internal)
+    }
+
+    /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
+    /// `bucket`/`key`, as a new object with the source's bytes.
+    async fn copy(&self, key_index: usize, bucket: &str, key: &str, source: &str) -> Result<Response> {
+        let bad = || err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("x-amz-copy-source {source:?}"));
+        let source = source.split('?').next().unwrap_or_default();
+        let source = decode(source).ok_or_else(bad)?;
+        let (src_bucket, src_key) = source.trim_start_matches('/').split_once('/').ok_or_else(bad)?;
+        check_bucket(src_bucket)?;
+        check_key(src_key)?;
+        self.allowed(key_index, src_bucket)?;
+        for b in [src_bucket, bucket] {
+            if !self.bucket_exists(b).await? {
+                return Err(no_such_bucket(b));
+            }
+        }
+        let info = self
+            .stat(src_bucket, src_key)
+            .await?
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
+        let ns = kvtier_tiers::Namespace::new(&self.namespace(src_bucket)).map_err(internal)?;
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let mut stream = std::pin::pin!(self.manager.read_object(&ns, &info, 0, info.size));
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => w.write(&c).await.map_err(internal)?,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(internal(e));
+                }
+            }
+        }
+        let copied = w.commit().await.map_err(internal)?;
+        Ok(xml::document(format!(
+            "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
+            xml::iso8601(copied.created_unix),
+            xml::escape(&etag(&copied))
+        )))
     }
 
     async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {

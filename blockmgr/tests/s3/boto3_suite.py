@@ -48,6 +48,11 @@ odd = "dir with space/ünïcødé+plus=eq&amp.txt"
 s3.put_object(Bucket="ckpt", Key=odd, Body=b"odd")
 assert s3.get_object(Bucket="ckpt", Key=odd)["Body"].read() == b"odd"
 
+# CopyObject (what s3fs and DCP's rename do), within and across buckets.
+s3.copy_object(Bucket="ckpt", Key="copy/of/odd", CopySource={"Bucket": "ckpt", "Key": odd})
+assert s3.get_object(Bucket="ckpt", Key="copy/of/odd")["Body"].read() == b"odd"
+assert code(s3.copy_object, Bucket="ckpt", Key="c2", CopySource={"Bucket": "ckpt", "Key": "absent"})[0] == "NoSuchKey"
+
 # Conditional create: the second If-None-Match: * put fails, the object keeps its bytes.
 s3.put_object(Bucket="ckpt", Key="lock", Body=b"first", IfNoneMatch="*")
 assert code(s3.put_object, Bucket="ckpt", Key="lock", Body=b"second", IfNoneMatch="*") == ("PreconditionFailed", 412)

@@ -58,6 +58,7 @@ region_size = "4160KiB"
         self.unix = ready["unix"]
         self.shm = ready["shm"]
         self.lmcache = ready.get("lmcache")
+        self.s3 = ready.get("s3")
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
