@@ -2,6 +2,7 @@
 //! named objects, every request signed with AWS Signature Version 4 ([`sigv4`]).
 //! Served on `[s3] listen`; virtual-host addressing and aws-chunked bodies are not there yet.
 
+mod delete_objects;
 mod multipart;
 pub(crate) mod server;
 pub mod sigv4;

@@ -140,7 +140,7 @@ fn check_bucket(b: &str) -> Result<()> {
 
 /// A key kvtier stores: 1 to 1024 bytes, no NUL, and no `.` or `..` segment (objects are
 /// exported to Blob under their keys: no key may climb out of its bucket).
-fn check_key(k: &str) -> Result<()> {
+pub(super) fn check_key(k: &str) -> Result<()> {
     if k.is_empty() || k.len() > MAX_KEY_BYTES || k.contains('\0') {
         return Err(err(StatusCode::BAD_REQUEST, "KeyTooLongError", "a key is 1 to 1024 bytes, no NUL"));
     }
@@ -243,8 +243,12 @@ impl S3 {
                 }
             }
             None if *m == Method::DELETE => self.delete_bucket(bucket).await,
+            None if *m == Method::POST && param("delete").is_some() => self.delete_objects(bucket, body).await,
             None if *m == Method::GET => {
                 if param("location").is_some() {
+                    if !self.bucket_exists(bucket).await? {
+                        return Err(no_such_bucket(bucket));
+                    }
                     return Ok(xml::document(format!(
                         "<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{}</LocationConstraint>",
                         xml::escape(&self.config.region)

@@ -26,6 +26,8 @@ assert code(s3.create_bucket, Bucket="ckpt")[0] == "BucketAlreadyOwnedByYou"
 assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["ckpt"]
 s3.head_bucket(Bucket="ckpt")
 assert code(s3.head_bucket, Bucket="nothere")[1] == 404
+assert s3.get_bucket_location(Bucket="ckpt")["LocationConstraint"] == "us-east-1"
+assert code(s3.get_bucket_location, Bucket="nothere")[0] == "NoSuchBucket"
 assert code(s3.put_object, Bucket="nothere", Key="k", Body=b"x")[0] == "NoSuchBucket"
 
 data = os.urandom(3 << 20) + b"tail"
@@ -170,6 +172,12 @@ assert code(s3.put_object, Bucket="ckpt", Key="big", Body=b"z" * big)[0] == "Ent
 other = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDREADER", aws_secret_access_key="reader-secret", region_name="us-east-1", config=cfg)
 assert code(other.get_object, Bucket="ckpt", Key="lock") == ("AccessDenied", 403)
 assert other.list_buckets()["Buckets"] == []
+
+# DeleteObjects: several keys at once, one of them refused.
+gone = s3.delete_objects(Bucket="ckpt", Delete={"Objects": [{"Key": "copy/of/odd"}, {"Key": "mp"}, {"Key": "a/../b"}]})
+assert sorted(d["Key"] for d in gone["Deleted"]) == ["copy/of/odd", "mp"], gone
+assert [e["Code"] for e in gone["Errors"]] == ["InvalidArgument"], gone
+assert code(s3.head_object, Bucket="ckpt", Key="mp")[1] == 404
 
 # Deletes; a bucket with objects is not deleted.
 assert code(s3.delete_bucket, Bucket="ckpt")[0] == "BucketNotEmpty"
