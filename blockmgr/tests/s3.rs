@@ -25,7 +25,7 @@ fn python() -> String {
 
 fn s3_table(durability: &str) -> String {
     format!(
-        "[s3]\nlisten = \"127.0.0.1:0\"\nmax_object_size = {MAX_OBJECT}\ndurability = \"{durability}\"\n\
+        "[s3]\nlisten = \"127.0.0.1:0\"\nmax_object_size = {MAX_OBJECT}\ndurability = \"{durability}\"\ndomain = \"s3.test\"\n\
          [[s3.keys]]\naccess_key = \"AKIDWRITER\"\nsecret_key = \"writer-secret\"\nbuckets = [\"*\"]\n\
          [[s3.keys]]\naccess_key = \"AKIDREADER\"\nsecret_key = \"reader-secret\"\nbuckets = [\"logs-*\"]\n"
     )

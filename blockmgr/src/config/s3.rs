@@ -15,6 +15,9 @@ pub struct S3Config {
     pub region: String,
     /// Namespace prefix of the buckets. Default `s3`.
     pub namespace_prefix: String,
+    /// Virtual-host-style addressing: a request to `B.<domain>` is for bucket `B` (path-style
+    /// requests work as well). Empty (default): path-style only.
+    pub domain: String,
     /// When a PUT is acknowledged: "local_disk" (default), "write_back" or "cache".
     pub durability: String,
     /// Largest object one PutObject may carry. Default 5 GiB (S3's).
@@ -41,6 +44,7 @@ impl Default for S3Config {
             listen: String::new(),
             region: "us-east-1".into(),
             namespace_prefix: "s3".into(),
+            domain: String::new(),
             durability: "local_disk".into(),
             max_object_size: super::ByteSize(5 << 30),
             keys: Vec::new(),

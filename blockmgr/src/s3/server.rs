@@ -219,9 +219,13 @@ impl S3 {
         let decoded =
             decode(&path).ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidURI", "the path does not decode"))?;
         let trimmed = decoded.strip_prefix('/').unwrap_or(&decoded);
-        let (bucket, key) = match trimmed.split_once('/') {
-            Some((b, k)) => (b, Some(k)),
-            None => (trimmed, None),
+        let (bucket, key) = match self.virtual_host_bucket(&parts.headers) {
+            // `B.<domain>/key`: the whole path is the key.
+            Some(b) => (b, Some(trimmed)),
+            None => match trimmed.split_once('/') {
+                Some((b, k)) => (b, Some(k)),
+                None => (trimmed, None),
+            },
         };
         let key = key.filter(|k| !k.is_empty());
         if bucket.is_empty() {
@@ -289,6 +293,18 @@ impl S3 {
             }
             None => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on a bucket"))),
         }
+    }
+
+    /// The bucket a virtual-host-style request names in its Host (`B.<domain>[:port]`).
+    fn virtual_host_bucket<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let domain = self.config.domain.as_str();
+        if domain.is_empty() {
+            return None;
+        }
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let host =
+            host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        host.strip_suffix(domain)?.strip_suffix('.').filter(|b| !b.is_empty())
     }
 
     async fn list_buckets(&self, key_index: usize) -> Result<Response> {

@@ -179,6 +179,18 @@ assert sorted(d["Key"] for d in gone["Deleted"]) == ["copy/of/odd", "mp"], gone
 assert [e["Code"] for e in gone["Errors"]] == ["InvalidArgument"], gone
 assert code(s3.head_object, Bucket="ckpt", Key="mp")[1] == 404
 
+# Virtual-host style: Host "ckpt.s3.test" (the node's s3.domain) names the bucket.
+vreq = AWSRequest(method="GET", url=f"http://ckpt.s3.test:{host.port}/run1/step-2/shard-4.bin")
+S3SigV4Auth(Credentials(ak, sk), "s3", "us-east-1").add_auth(vreq)
+sock = socket.create_connection((host.hostname, host.port))
+vhead = f"GET /run1/step-2/shard-4.bin HTTP/1.1\r\nConnection: close\r\n"
+vhead += "".join(f"{k}: {v}\r\n" for k, v in vreq.headers.items()) + f"Host: ckpt.s3.test:{host.port}\r\n"
+sock.sendall(vhead.encode() + b"\r\n")
+answer = b""
+while chunk := sock.recv(65536):
+    answer += chunk
+assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"s4"), answer[:300]
+
 # Deletes; a bucket with objects is not deleted.
 assert code(s3.delete_bucket, Bucket="ckpt")[0] == "BucketNotEmpty"
 s3.delete_object(Bucket="ckpt", Key="lock")
