@@ -1,11 +1,12 @@
 //! `kvtier-bench`: kvtier's benchmarks. Every result is printed next to a baseline measured
-//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier, LMCache's server) with the ratio; `--json` prints one
+//! in the same run (memcpy, raw O_DIRECT, raw TCP, numpy memcpy, vLLM's fs tier, LMCache's server, Azurite) with the ratio; `--json` prints one
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod blob;
 mod checkpoint;
 mod lmcache;
 mod report;
+mod s3;
 mod server;
 mod shm;
 mod sim;
@@ -104,6 +105,15 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         checkpoint_kib: usize,
     },
+    /// Objects through kvtier's S3 endpoint vs Azure Blob itself (Azurite): PUT, GET, p99.
+    S3 {
+        /// Object size in KiB.
+        #[arg(long, default_value_t = 2048)]
+        size_kib: usize,
+        /// Objects per phase.
+        #[arg(long, default_value_t = 256)]
+        count: usize,
+    },
     /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
     /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
     Lmcache {
@@ -172,6 +182,10 @@ async fn main() -> Result<()> {
             let nodes = if cli.quick { nodes.min(100) } else { nodes };
             sim::run(&sim::Args { nodes, blocks_per_node, checkpoint: checkpoint_kib << 10 }, scratch.path(), &mut out)
                 .await
+        }
+        Command::S3 { size_kib, count } => {
+            let count = if cli.quick { 16 } else { count };
+            s3::run(&s3::Args { size: size_kib << 10, count }, scratch.path(), &mut out).await
         }
         Command::Lmcache { layers, count, python } => {
             let (layers, count) = if cli.quick { (4, 8) } else { (layers, count) };

@@ -101,3 +101,9 @@ fn sim_of_many_nodes_restores_copies_and_reads_blob_once() {
         assert!((1.0..1.05).contains(&read), "{n} nodes: {read} Blob bytes read per checkpoint byte");
     }
 }
+
+#[test]
+fn s3_bench_prints_ratios_to_azurite() {
+    let results = run(&["s3", "--quick", "--json", "--size-kib", "256"]);
+    check(&results, &["s3_put_256KiB", "s3_get_256KiB", "s3_get_p99_us"]);
+}

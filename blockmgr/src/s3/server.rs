@@ -45,6 +45,17 @@ pub(super) struct S3 {
     creates: Mutex<()>,
 }
 
+/// Makes namespace `ns` a bucket (its marker object).
+pub(super) async fn write_bucket_marker(
+    manager: &Manager,
+    ns: &str,
+    durability: Durability,
+) -> Result<(), kvtier_tiers::Error> {
+    let mut w = manager.write_object(ns, BUCKET_MARKER, durability)?;
+    w.write(b"kvtier s3 bucket").await?;
+    w.commit().await.map(|_| ())
+}
+
 /// Serves the S3 endpoint on `listener` until `stop` resolves.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -338,10 +349,7 @@ impl S3 {
         if self.bucket_exists(bucket).await? {
             return Err(err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists")));
         }
-        let mut w =
-            self.manager.write_object(&self.namespace(bucket), BUCKET_MARKER, self.durability).map_err(internal)?;
-        w.write(b"kvtier s3 bucket").await.map_err(internal)?;
-        w.commit().await.map_err(internal)?;
+        write_bucket_marker(&self.manager, &self.namespace(bucket), self.durability).await.map_err(internal)?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut()
             .insert(header::LOCATION, format!("/{bucket}").parse().expect("a bucket name is a header value"));
