@@ -13,8 +13,11 @@ STAMP="$VENV/.kvtier-stamp"
 LMCACHE_VERSION=0.5.6
 # s3fs and boto3: real S3 clients for the S3 endpoint tests (PyTorch DCP over s3fs among them).
 WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION s3fs==2025.12.0 boto3==1.41.5 pytest==8.4.2 maturin==1.9.6"
+# NIXL (its OBJ plugin drives the S3 endpoint), without its dependencies: it asks for a torch
+# that would replace vLLM's; it needs only numpy and vLLM's CUDA 12 runtime libraries.
+NODEPS="nixl-cu12==1.5.1"
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT $NODEPS" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then
     echo "$VENV"
     exit 0
 fi
@@ -25,5 +28,7 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip >&2
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install --quiet $WANT >&2
-echo "$WANT" > "$STAMP"
+# shellcheck disable=SC2086
+"$VENV/bin/pip" install --quiet --no-deps $NODEPS >&2
+echo "$WANT $NODEPS" > "$STAMP"
 echo "$VENV"

@@ -488,8 +488,12 @@ impl S3 {
         body: Body,
         payload_hash: &str,
     ) -> Result<ObjectInfo> {
+        // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
+        // x-amz-decoded-content-length, the body its chunks.
+        let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+        let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
         let length = headers
-            .get(header::CONTENT_LENGTH)
+            .get(length_header)
             .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
             .map(|v| v.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
             .transpose()?
@@ -500,7 +504,7 @@ impl S3 {
             return Err(err(StatusCode::BAD_REQUEST, "EntityTooLarge", what));
         }
         let expected = match payload_hash {
-            "UNSIGNED-PAYLOAD" => None,
+            "UNSIGNED-PAYLOAD" | "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => None,
             h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
             other => {
                 return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
@@ -508,6 +512,7 @@ impl S3 {
         };
         let mut w = self.manager.write_object(&self.namespace(bucket), path, self.durability).map_err(internal)?;
         let (mut hash, mut got) = (Sha256::new(), 0u64);
+        let mut decoder = chunked.then(super::chunked::AwsChunked::new);
         let mut stream = body.into_data_stream();
         let received: Result<()> = async {
             loop {
@@ -516,16 +521,29 @@ impl S3 {
                         let what = "no body bytes within the idle timeout";
                         return Err(err(StatusCode::BAD_REQUEST, "RequestTimeout", what));
                     }
+                    Ok(None) if decoder.as_ref().is_some_and(|d| !d.is_done()) => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "IncompleteBody",
+                            "the aws-chunked body was cut short",
+                        ));
+                    }
                     Ok(None) => return Ok(()),
                     Ok(Some(Err(e))) => return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", e.to_string())),
                     Ok(Some(Ok(c))) => c,
                 };
-                got += chunk.len() as u64;
-                if got > length {
-                    return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", "more bytes than Content-Length"));
+                let pieces = match decoder.as_mut() {
+                    Some(d) => d.feed(&chunk).map_err(|e| err(StatusCode::BAD_REQUEST, "IncompleteBody", e))?,
+                    None => vec![chunk],
+                };
+                for piece in pieces {
+                    got += piece.len() as u64;
+                    if got > length {
+                        return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", "more bytes than declared"));
+                    }
+                    hash.update(&piece);
+                    w.write(&piece).await.map_err(internal)?;
                 }
-                hash.update(&chunk);
-                w.write(&chunk).await.map_err(internal)?;
             }
         }
         .await;

@@ -74,3 +74,51 @@ def test_pytorch_dcp_saves_and_loads_through_s3fs(s3_server, tmp_path):
     os.environ["AWS_ENDPOINT_URL"] = f"http://{s3_server.s3}"
     outs = run_ranks(tmp_path, 2, s3_server.grpc, url, "load")
     assert [o.strip() for o in outs] == [f"rank {r} loaded" for r in range(2)]
+
+
+def test_nixl_obj_plugin_moves_dram_to_kvtier_and_back(s3_server):
+    """NIXL's OBJ backend (nixl-cu12 1.5.1: aws-sdk-cpp, aws-chunked uploads with a trailing
+    checksum), as vLLM's `obj` tier and Dynamo's G4 use it: DRAM -> object -> DRAM, no GPU."""
+    nixl = pytest.importorskip("nixl_cu12._api", reason="the test venv has no nixl-cu12")
+    import time
+
+    import boto3
+    import numpy as np
+
+    boto3.client("s3").create_bucket(Bucket="g4-blocks")
+    agent = nixl.nixl_agent("kvtier-test", nixl.nixl_agent_config(backends=[]))
+    assert "OBJ" in agent.get_plugin_list()
+    agent.create_backend(
+        "OBJ",
+        {
+            "access_key": KEY,
+            "secret_key": SECRET,
+            "bucket": "g4-blocks",
+            "endpoint_override": f"http://{s3_server.s3}",
+            "scheme": "http",
+            "region": "us-east-1",
+            "use_virtual_addressing": "false",
+        },
+    )
+    size = 3 << 20
+    src = np.frombuffer(np.random.default_rng(7).bytes(size), dtype=np.uint8).copy()
+    dst = np.zeros(size, dtype=np.uint8)
+    part = np.zeros(1000, dtype=np.uint8)
+    agent.register_memory([(a.ctypes.data, a.nbytes, 0, "") for a in (src, dst, part)], "DRAM")
+    agent.register_memory([(0, size, 11, "blocks/seq-11")], "OBJ")
+
+    def run(op, buf, offset=0):
+        local = agent.get_xfer_descs([(buf.ctypes.data, buf.nbytes, 0)], "DRAM")
+        remote = agent.get_xfer_descs([(offset, buf.nbytes, 11)], "OBJ")
+        xfer = agent.initialize_xfer(op, local, remote, "kvtier-test")
+        state, deadline = agent.transfer(xfer), time.time() + 60
+        while state not in ("DONE", "ERR") and time.time() < deadline:
+            state = agent.check_xfer_state(xfer)
+            time.sleep(0.005)
+        agent.release_xfer_handle(xfer)
+        return state
+
+    assert run("WRITE", src) == "DONE"
+    assert boto3.client("s3").head_object(Bucket="g4-blocks", Key="blocks/seq-11")["ContentLength"] == size
+    assert run("READ", dst) == "DONE" and (dst == src).all()
+    assert run("READ", part, offset=123_456) == "DONE" and (part == src[123_456:124_456]).all()
