@@ -74,6 +74,8 @@ pub struct Metrics {
     pub namespace_misses: IntCounterVec,
     /// Block bytes served, by namespace.
     pub namespace_bytes_read: IntCounterVec,
+    /// S3 endpoint requests, by HTTP `method` and `code` (`OK`, or the S3 error code).
+    pub s3_requests: IntCounterVec,
     /// `lm://` requests refused or connections closed, by reason.
     pub lmcache_protocol_errors: IntCounterVec,
     /// Keys in the index.
@@ -226,6 +228,11 @@ impl Metrics {
                 "namespace_bytes_read_total",
                 "Block bytes served, by namespace",
                 &["namespace"],
+            ),
+            s3_requests: counter(
+                "s3_requests_total",
+                "S3 endpoint requests, by method and code (OK or the S3 error)",
+                &["method", "code"],
             ),
             lmcache_protocol_errors: counter(
                 "lmcache_protocol_errors_total",

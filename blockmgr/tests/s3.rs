@@ -72,8 +72,11 @@ async fn boto3_puts_gets_lists_and_is_refused_with_s3_errors() {
     assert_eq!(paths, (0..5).map(|i| format!("o/run1/step-2/shard-{i}.bin")).collect::<Vec<_>>());
     let whole = kvtier_blockmgr::ObjectRange::default();
     assert_eq!(client.read_object("s3/ckpt", "o/run1/step-2/shard-3.bin", whole).await.unwrap().as_ref(), b"s3");
-    // The server kept serving through every refusal.
+    // The server kept serving through every refusal, and counted them.
     assert!(node.http_get("/healthz").contains("ok"));
+    assert!(node.labelled_metric("s3_requests_total", "code=\"SignatureDoesNotMatch\"") >= 1);
+    assert!(node.labelled_metric("s3_requests_total", "code=\"OK\"") >= 40);
+    assert_eq!(node.labelled_metric("s3_requests_total", "code=\"RequestTimeout\""), 1);
 }
 
 /// The `object_store` crate's S3 client (what Rust tools and many engines use), and objects

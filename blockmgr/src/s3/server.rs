@@ -85,7 +85,10 @@ pub(super) fn internal(e: impl std::fmt::Display) -> S3Error {
 async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
     let method = req.method().clone();
     let head = method == Method::HEAD;
-    match s3.route(req).await {
+    let result = s3.route(req).await;
+    let code = result.as_ref().map_or_else(|e| e.code, |_| "OK");
+    s3.manager.metrics().s3_requests.with_label_values(&[method.as_str(), code]).inc();
+    match result {
         Ok(r) => r,
         // HEAD answers carry no body, only the status.
         Err(e) if head => e.status.into_response(),
