@@ -11,7 +11,7 @@ use axum::{
 use futures::StreamExt;
 
 use super::{
-    server::{OBJECT_PREFIX, S3, err, etag, internal, no_such_bucket},
+    server::{S3, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -144,22 +144,7 @@ impl S3 {
                 }
             }
         }
-        let namespace = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
-        let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&ns, &path, self.durability).map_err(internal)?;
-        for info in &parts {
-            let mut stream = std::pin::pin!(self.manager.read_object(&namespace, info, 0, info.size));
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(c) => w.write(&c).await.map_err(internal)?,
-                    Err(e) => {
-                        w.abort().await;
-                        return Err(internal(e));
-                    }
-                }
-            }
-        }
-        let info = w.commit().await.map_err(internal)?;
+        let info = self.join_objects(bucket, &parts, bucket, key).await?;
         self.remove_upload(&ns, id).await;
         Ok(xml::document(format!(
             "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\

@@ -587,25 +587,39 @@ impl S3 {
             .stat(src_bucket, src_key)
             .await?
             .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
-        let ns = kvtier_tiers::Namespace::new(&self.namespace(src_bucket)).map_err(internal)?;
-        let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&ns, &info, 0, info.size));
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => w.write(&c).await.map_err(internal)?,
-                Err(e) => {
-                    w.abort().await;
-                    return Err(internal(e));
-                }
-            }
-        }
-        let copied = w.commit().await.map_err(internal)?;
+        let copied = self.join_objects(src_bucket, &[info], bucket, key).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
             xml::iso8601(copied.created_unix),
             xml::escape(&etag(&copied))
         )))
+    }
+
+    /// Writes `sources` (objects of `source_bucket`) one after the other as object `key` of
+    /// `bucket` (CopyObject, a multipart completion); nothing is stored if one cannot be read.
+    pub(super) async fn join_objects(
+        &self,
+        source_bucket: &str,
+        sources: &[ObjectInfo],
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectInfo> {
+        let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        for info in sources {
+            let mut stream = std::pin::pin!(self.manager.read_object(&ns, info, 0, info.size));
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => w.write(&c).await.map_err(internal)?,
+                    Err(e) => {
+                        w.abort().await;
+                        return Err(internal(e));
+                    }
+                }
+            }
+        }
+        w.commit().await.map_err(internal)
     }
 
     async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {
