@@ -67,14 +67,10 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
     let chunk = 2 * args.layers * 256 * 8 * 128 * 2;
     let script = dir.join("lmcache_bench.py");
     std::fs::write(&script, SCRIPT)?;
-    let mut config = kvtier_blockmgr::Config::default();
-    config.data_dir = dir.join("node");
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.lmcache.listen = "127.0.0.1:0".into();
     // A chunk and its header in one block; three paths' working sets in memory.
-    config.max_block_size = ByteSize(((chunk as u64 + 4096) + (1 << 20) - 1) & !((1 << 20) - 1));
+    let block = ((chunk + 4096) + (1 << 20) - 1) & !((1 << 20) - 1);
+    let mut config = crate::report::memory_node_config(dir, block, 3 * args.count);
+    config.lmcache.listen = "127.0.0.1:0".into();
     // Regions of several chunks (docs/operations.md, "Sizing"): a 64 MiB region holds one.
     config.cpu.region_size = ByteSize(8 * config.max_block_size.0);
     config.cpu.capacity = ByteSize((3 * args.count as u64 + 32) * config.max_block_size.0);
