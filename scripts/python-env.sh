@@ -11,10 +11,13 @@ VLLM_VERSION=0.32.0
 VENV="${KVTIER_VENV:-$HOME/.cache/kvtier/venv-vllm}"
 STAMP="$VENV/.kvtier-stamp"
 LMCACHE_VERSION=0.5.6
-# s3fs and boto3: real S3 clients for the S3 endpoint tests (PyTorch DCP over s3fs among them).
-WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION s3fs==2025.12.0 boto3==1.41.5 pytest==8.4.2 maturin==1.9.6"
+# s3fs and boto3: real S3 clients for the S3 endpoint tests (PyTorch DCP over s3fs among them);
+# azure-storage-blob: the baseline of `kvtier-bench s3` (boto3 -> kvtier vs Azure's SDK -> Azurite).
+WANT="vllm==$VLLM_VERSION lmcache==$LMCACHE_VERSION s3fs==2025.12.0 boto3==1.41.5 azure-storage-blob==12.31.1 pytest==8.4.2 maturin==1.9.6"
 # NIXL (its OBJ plugin drives the S3 endpoint), without its dependencies: it asks for a torch
-# that would replace vLLM's; it needs only numpy and vLLM's CUDA 12 runtime libraries.
+# that would replace vLLM's; it needs only numpy. Not the `nixl` meta package vLLM imports
+# (`nixl._api`): with vLLM's CUDA 13 torch it picks nixl-cu13, whose OBJ plugin needs NVIDIA's
+# libcuobjclient (not on PyPI); the tests bind `nixl` to nixl-cu12 as that package would.
 NODEPS="nixl-cu12==1.5.1"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT $NODEPS" ]] && "$VENV/bin/python" -c 'import vllm' 2>/dev/null; then

@@ -31,6 +31,19 @@ def s3_server(make_server, monkeypatch):
     return server
 
 
+def nixl_api():
+    """NIXL's Python API as `nixl._api`, the name vLLM imports. PyPI's `nixl` meta package
+    would bind that name to nixl-cu13 here (vLLM's torch is built for CUDA 13), whose OBJ
+    plugin needs NVIDIA's libcuobjclient, which is not on PyPI; the venv has nixl-cu12, bound
+    the way the meta package binds it on a CUDA 12 stack."""
+    import sys
+
+    api = pytest.importorskip("nixl_cu12._api", reason="the test venv has no nixl-cu12")
+    sys.modules.setdefault("nixl", sys.modules["nixl_cu12"])
+    sys.modules.setdefault("nixl._api", api)
+    return api
+
+
 def fs():
     return s3fs.S3FileSystem(anon=False, skip_instance_cache=True, use_listings_cache=False)
 
@@ -77,9 +90,9 @@ def test_pytorch_dcp_saves_and_loads_through_s3fs(s3_server, tmp_path):
 
 
 def test_nixl_obj_plugin_moves_dram_to_kvtier_and_back(s3_server):
-    """NIXL's OBJ backend (nixl-cu12 1.5.1: aws-sdk-cpp, aws-chunked uploads with a trailing
+    """NIXL's OBJ backend (nixl 1.5.1: aws-sdk-cpp, aws-chunked uploads with a trailing
     checksum), as vLLM's `obj` tier and Dynamo's G4 use it: DRAM -> object -> DRAM, no GPU."""
-    nixl = pytest.importorskip("nixl_cu12._api", reason="the test venv has no nixl-cu12")
+    nixl = nixl_api()
     import time
 
     import boto3
@@ -122,3 +135,68 @@ def test_nixl_obj_plugin_moves_dram_to_kvtier_and_back(s3_server):
     assert boto3.client("s3").head_object(Bucket="g4-blocks", Key="blocks/seq-11")["ContentLength"] == size
     assert run("READ", dst) == "DONE" and (dst == src).all()
     assert run("READ", part, offset=123_456) == "DONE" and (part == src[123_456:124_456]).all()
+
+
+def test_vllms_own_obj_tier_offloads_to_kvtier_and_promotes_back(s3_server, monkeypatch, tmp_path):
+    """vLLM 0.32's native object tier (TieringOffloadingSpec, secondary tier `obj`: NIXL's OBJ
+    plugin with `endpoint_override`) pointed at kvtier's S3 endpoint, driven by vLLM's own
+    tiering manager: chunks cascade from the host tier to kvtier and come back byte-exact after
+    the host cache is reset. No GPU: a worker's GPU->host copy is a write into the primary."""
+    pytest.importorskip("vllm", reason="the vLLM venv (scripts/python-env.sh) is not active")
+    nixl_api()
+    import boto3
+    import numpy as np
+    from test_vllm import key, load, offloading_config, store
+    from vllm.v1.kv_offload.base import LookupResult
+    from vllm.v1.kv_offload.factory import OffloadingSpecFactory
+    from vllm.v1.kv_offload.tiering.obj.manager import ObjectStoreSecondaryTierManager
+
+    import kvtier
+
+    boto3.client("s3").create_bucket(Bucket="vllm-kv")
+    # vLLM 0.32's obj tier reads each finished transfer's NIXL telemetry but does not ask its
+    # agent to capture any; NIXL 1.5.1 then raises on every completed transfer unless telemetry
+    # is on for the process (docs/connectors.md says so too).
+    monkeypatch.setenv("NIXL_TELEMETRY_ENABLE", "y")
+    monkeypatch.setenv("NIXL_TELEMETRY_DIR", str(tmp_path))
+    extra = {
+        "spec_name": "TieringOffloadingSpec",
+        "secondary_tiers": [
+            {
+                "type": "obj",
+                "prefix": "llama",
+                "store_config": {
+                    "bucket": "vllm-kv",
+                    "endpoint_override": s3_server.s3,
+                    "scheme": "http",
+                    "access_key": KEY,
+                    "secret_key": SECRET,
+                    "region": "us-east-1",
+                },
+            }
+        ],
+    }
+    spec = OffloadingSpecFactory.create_spec(offloading_config(extra))
+    mgr = spec.get_manager()
+    (tier,) = mgr.secondary_tiers
+    assert isinstance(tier, ObjectStoreSecondaryTierManager)
+    primary = np.asarray(mgr.primary_tier.get_kv_memoryview())
+    keys = [key(900 + i) for i in range(4)]
+    payload = store(mgr, tier, primary, keys, seed=9)
+
+    # Each chunk is an S3 object of its own, and a kvtier named object: the same bytes.
+    listed = boto3.client("s3").list_objects_v2(Bucket="vllm-kv", Prefix="llama/")["Contents"]
+    assert len(listed) == len(keys) and all(o["Size"] == primary.shape[1] for o in listed), listed
+    client = kvtier.Client(s3_server.grpc)
+    stored = {client.read_object("s3/vllm-kv", "o/" + o["Key"]) for o in listed}
+    assert stored == {p.tobytes() for p in payload}
+
+    mgr.reset_cache()  # the host tier forgets; the lookup goes to kvtier through NIXL
+    primary[:] = 0
+    res, got = load(mgr, tier, primary, keys)
+    assert all(r is LookupResult.HIT for r in res), res
+    assert np.array_equal(got, payload), "promoted bytes differ from what vLLM offloaded"
+    # A chunk kvtier never had is a miss, not an error.
+    res, _ = load(mgr, tier, primary, [key(999)])
+    assert res == [LookupResult.MISS], res
+    mgr.shutdown()
