@@ -113,6 +113,12 @@ enum Command {
         /// Objects per phase.
         #[arg(long, default_value_t = 256)]
         count: usize,
+        /// Which clients: boto3 vs azure-storage-blob, object_store's S3 vs its Azure client, or both.
+        #[arg(long, value_enum, default_value = "all")]
+        clients: s3::Clients,
+        /// Python with boto3 and azure-storage-blob (the test venv of scripts/python-env.sh).
+        #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
+        python: String,
     },
     /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
     /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
@@ -183,9 +189,9 @@ async fn main() -> Result<()> {
             sim::run(&sim::Args { nodes, blocks_per_node, checkpoint: checkpoint_kib << 10 }, scratch.path(), &mut out)
                 .await
         }
-        Command::S3 { size_kib, count } => {
+        Command::S3 { size_kib, count, clients, python } => {
             let count = if cli.quick { 16 } else { count };
-            s3::run(&s3::Args { size: size_kib << 10, count }, scratch.path(), &mut out).await
+            s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
         }
         Command::Lmcache { layers, count, python } => {
             let (layers, count) = if cli.quick { (4, 8) } else { (layers, count) };

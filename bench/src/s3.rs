@@ -1,19 +1,25 @@
 //! `kvtier-bench s3`: 2 MiB objects through kvtier's S3 endpoint against Azure Blob itself
 //! (a real Azurite), in the same run: PUT and GET throughput at 8 requests in flight, and
-//! GET p99 latency.
+//! GET p99 latency, with two pairs of clients:
+//! - `boto3`: boto3 against kvtier vs Azure's Python SDK (azure-storage-blob) against
+//!   Azurite, what a Python user of each would run (`bench/python/s3_bench.py`, by `--python`);
+//! - `object-store`: the `object_store` crate's S3 client against kvtier vs its Azure client
+//!   against Azurite, one library on both sides, so the clients do the same work.
 //!
-//! Both sides use the `object_store` crate (its S3 client against kvtier, its Azure client
-//! against Azurite), so the clients do the same work; kvtier is one node in this process with
-//! `local_disk` durability (each PUT acknowledged on its SSD), Azurite writes to its own
-//! directory on the same disk.
+//! kvtier is one node in this process with `local_disk` durability (each PUT acknowledged on
+//! its SSD); Azurite writes to its own directory on the same disk.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use kvtier_blockmgr::{ByteSize, config::S3Key, server::RunningServer};
-use kvtier_tiers::conformance::{Azurite, pattern};
+use kvtier_tiers::conformance::{AZURITE_KEY, Azurite, pattern};
 use object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path};
 
 use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
@@ -21,11 +27,28 @@ use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
 /// Requests in flight.
 const IN_FLIGHT: usize = 8;
 
+const SCRIPT: &str = include_str!("../python/s3_bench.py");
+const KEY: (&str, &str) = ("bench", "bench-secret");
+const BASELINE: &str = "Azurite (Blob API)";
+
+/// Which clients a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Clients {
+    /// boto3 -> kvtier vs azure-storage-blob -> Azurite (needs `--python` with both).
+    Boto3,
+    /// `object_store`'s S3 client -> kvtier vs its Azure client -> Azurite.
+    ObjectStore,
+    /// Both pairs.
+    All,
+}
+
 /// Settings of one `s3` run.
 #[derive(Debug, Clone)]
 pub(crate) struct Args {
     pub(crate) size: usize,
     pub(crate) count: usize,
+    pub(crate) clients: Clients,
+    pub(crate) python: String,
 }
 
 struct Measures {
@@ -82,6 +105,52 @@ async fn measure(store: Arc<dyn ObjectStore>, what: &str, args: &Args) -> Result
     })
 }
 
+/// boto3 and azure-storage-blob in a Python process: (kvtier, Azurite) measures.
+async fn measure_boto3(args: &Args, dir: &std::path::Path, endpoint: &str, azurite: &Azurite) -> Result<[Measures; 2]> {
+    let script = dir.join("s3_bench.py");
+    std::fs::write(&script, SCRIPT)?;
+    let azure = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={}",
+        azurite.endpoint
+    );
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(&script)
+        .args(["--endpoint", endpoint, "--key", KEY.0, "--secret", KEY.1, "--bucket", "bench"])
+        .args(["--azure", &azure, "--container", "bench-boto3"])
+        .args(["--size", &args.size.to_string(), "--count", &args.count.to_string()])
+        .args(["--in-flight", &IN_FLIGHT.to_string()])
+        .stderr(Stdio::inherit());
+    let python = args.python.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        cmd.output().with_context(|| {
+            format!("running {python} (set --python to an interpreter with boto3 and azure-storage-blob)")
+        })
+    })
+    .await??;
+    ensure!(output.status.success(), "the Python side failed (its stderr is above)");
+    let mut found = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))?;
+        let key =
+            (v["side"].as_str().unwrap_or_default().to_string(), v["op"].as_str().unwrap_or_default().to_string());
+        found.insert(key, (v["mib_s"].as_f64().context("mib_s")?, v["p99_us"].as_f64().context("p99_us")?));
+    }
+    let side = |name: &str| -> Result<Measures> {
+        let get = |op: &str| {
+            found.get(&(name.to_string(), op.to_string())).copied().with_context(|| format!("no {name} {op} result"))
+        };
+        Ok(Measures { put_mib_s: get("put")?.0, get_mib_s: get("get")?.0, get_p99_us: get("get")?.1 })
+    };
+    Ok([side("kvtier")?, side("azurite")?])
+}
+
+fn emit(out: &mut Reporter, prefix: &str, size: usize, ours: &Measures, theirs: &Measures, baseline: &'static str) {
+    let name = size_name(size);
+    out.emit(Measured::throughput(format!("{prefix}_put_{name}"), ours.put_mib_s, theirs.put_mib_s, baseline));
+    out.emit(Measured::throughput(format!("{prefix}_get_{name}"), ours.get_mib_s, theirs.get_mib_s, baseline));
+    out.emit(Measured::latency(format!("{prefix}_get_p99_us"), ours.get_p99_us, theirs.get_p99_us, baseline));
+}
+
 pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
     let azurite = Azurite::start();
     let mut config = kvtier_blockmgr::Config::default();
@@ -90,32 +159,34 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
     config.server.metrics_listen = String::new();
     config.server.persist_on_shutdown = false;
     config.s3.listen = "127.0.0.1:0".into();
-    config.s3.keys =
-        vec![S3Key { access_key: "bench".into(), secret_key: "bench-secret".into(), buckets: vec!["*".into()] }];
+    config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
     config.cpu.capacity = ByteSize(((args.count * args.size) as u64 * 2).max(1 << 30));
     let node = RunningServer::start(config.clone()).await.context("starting the node")?;
     kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
     let endpoint = format!("http://{}", node.s3_addr.context("the node serves S3")?);
-    let kvtier: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_bucket_name("bench")
-            .with_region("us-east-1")
-            .with_access_key_id("bench")
-            .with_secret_access_key("bench-secret")
-            .with_allow_http(true)
-            .build()?,
-    );
-    let url = url::Url::parse("az://kvtier/bench-s3")?;
-    let (blob, _) = object_store::parse_url_opts(&url, azurite.options())?;
-    let blob: Arc<dyn ObjectStore> = Arc::from(blob);
 
-    let ours = measure(kvtier, "kvtier", args).await?;
-    let theirs = measure(blob, "Azurite", args).await?;
+    if args.clients != Clients::ObjectStore {
+        let [ours, theirs] = measure_boto3(args, dir, &endpoint, &azurite).await?;
+        emit(out, "s3_boto3", args.size, &ours, &theirs, "Azurite (Blob API) via azure-storage-blob");
+    }
+    if args.clients != Clients::Boto3 {
+        let kvtier: Arc<dyn ObjectStore> = Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&endpoint)
+                .with_bucket_name("bench")
+                .with_region("us-east-1")
+                .with_access_key_id(KEY.0)
+                .with_secret_access_key(KEY.1)
+                .with_allow_http(true)
+                .build()?,
+        );
+        let url = url::Url::parse("az://kvtier/bench-s3")?;
+        let (blob, _) = object_store::parse_url_opts(&url, azurite.options())?;
+        let blob: Arc<dyn ObjectStore> = Arc::from(blob);
+        let ours = measure(kvtier, "kvtier", args).await?;
+        let theirs = measure(blob, "Azurite", args).await?;
+        emit(out, "s3", args.size, &ours, &theirs, BASELINE);
+    }
     node.shutdown().await?;
-    let name = size_name(args.size);
-    out.emit(Measured::throughput(format!("s3_put_{name}"), ours.put_mib_s, theirs.put_mib_s, "Azurite (Blob API)"));
-    out.emit(Measured::throughput(format!("s3_get_{name}"), ours.get_mib_s, theirs.get_mib_s, "Azurite (Blob API)"));
-    out.emit(Measured::latency("s3_get_p99_us".into(), ours.get_p99_us, theirs.get_p99_us, "Azurite (Blob API)"));
     Ok(())
 }

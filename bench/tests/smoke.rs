@@ -104,6 +104,6 @@ fn sim_of_many_nodes_restores_copies_and_reads_blob_once() {
 
 #[test]
 fn s3_bench_prints_ratios_to_azurite() {
-    let results = run(&["s3", "--quick", "--json", "--size-kib", "256"]);
+    let results = run(&["s3", "--quick", "--json", "--size-kib", "256", "--clients", "object-store"]);
     check(&results, &["s3_put_256KiB", "s3_get_256KiB", "s3_get_p99_us"]);
 }

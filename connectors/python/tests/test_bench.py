@@ -86,3 +86,25 @@ def test_lmcache_bench_compares_every_path_with_lmcaches_own_server(tmp_path):
     # The gets really came from kvtier: 8 chunks per path, every one a hit.
     served = re.search(r"kvtier served (\d+) gets, (\d+) hits", out.stderr)
     assert served and int(served.group(1)) >= 24 and served.group(1) == served.group(2), out.stderr[-2000:]
+
+
+def test_s3_bench_runs_boto3_against_kvtier_and_azures_sdk_against_azurite(tmp_path):
+    """The clients the issue names: boto3 -> kvtier's S3 endpoint, azure-storage-blob ->
+    Azurite, in one run; the script compares every object it reads with what it put."""
+    out = subprocess.run(
+        [BENCH, "s3", "--quick", "--json", "--clients", "boto3", "--python", sys.executable, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = {r["bench"]: r for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))}
+    assert set(rows) == {"s3_boto3_put_2MiB", "s3_boto3_get_2MiB", "s3_boto3_get_p99_us"}, rows
+    for r in rows.values():
+        assert r["baseline_name"] == "Azurite (Blob API) via azure-storage-blob", r
+        assert r["value"] > 0 and r["baseline"] > 0, r
+    assert rows["s3_boto3_get_p99_us"]["unit"] == "us"
+    # A throughput's ratio is value / baseline, a latency's baseline / value (higher is better).
+    get, p99 = rows["s3_boto3_get_2MiB"], rows["s3_boto3_get_p99_us"]
+    assert abs(get["ratio"] - get["value"] / get["baseline"]) < 1e-9, get
+    assert abs(p99["ratio"] - p99["baseline"] / p99["value"]) < 1e-9, p99
