@@ -102,6 +102,9 @@ pub struct Metrics {
     pub object_export_bytes: IntCounter,
     /// Parts of objects' files this node staged in Blob (its share of the fan-in).
     pub object_parts_staged: IntCounter,
+    /// Parts joined into objects by adopting their chunks (S3 multipart completions): no
+    /// byte of them copied.
+    pub object_parts_joined: IntCounter,
     /// Exports that failed (and are retried).
     pub object_export_failures: IntCounter,
     /// Object chunks read back from their object's file in Blob (no node held them).
@@ -254,6 +257,7 @@ impl Metrics {
             objects_exported: one_counter("objects_exported_total", "Objects committed in Blob under their own names"),
             object_export_bytes: one_counter("object_export_bytes_total", "Bytes of the objects committed in Blob"),
             object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),
+            object_parts_joined: one_counter("object_parts_joined_total", "Parts joined into objects without a copy"),
             object_export_failures: one_counter("object_export_failures_total", "Object exports that failed"),
             object_blob_reads: one_counter("object_blob_reads_total", "Object chunks read from their file in Blob"),
             object_blob_read_bytes: one_counter(

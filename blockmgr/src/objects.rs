@@ -7,6 +7,11 @@
 //!   (8 bytes, big-endian), a JSON document naming the path, size, chunk size, generation
 //!   id and CRC-32C of the whole object.
 //!
+//! An object joined from parts (S3's CompleteMultipartUpload) adopts their chunks instead of
+//! copying them: its manifest lists **runs**, each the chunks of one part's generation (its
+//! id, where it starts in the object, its chunk size), and the parts' manifests are retired
+//! without their chunks. No node reads or relays the parts' bytes to join them.
+//!
 //! Blocks are immutable, so a new version never touches the old one: its chunks go under
 //! a new id, then its manifest under the next generation (the commit), then the catalog
 //! (in memory) points at it, then the old manifest and chunks are deleted. A reader
@@ -50,12 +55,67 @@ pub struct ObjectInfo {
     /// against it. (Manifests written before it existed have none.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunk_crc32c: Vec<u32>,
+    /// An object joined from parts: the runs of their chunks it adopted, in order (then `id`
+    /// names no chunk). Empty for an object written in one piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<Run>,
 }
 
 impl ObjectInfo {
     /// Number of chunks.
     pub fn chunks(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size.max(1))
+        match self.runs.last() {
+            None => self.size.div_ceil(self.chunk_size.max(1)),
+            Some(last) => last.first + last.chunks(),
+        }
+    }
+
+    /// The run holding chunk `index` (`None`: the object is in one piece).
+    fn run_of(&self, index: u64) -> Option<&Run> {
+        let after = self.runs.partition_point(|r| r.first <= index);
+        self.runs.get(after.checked_sub(1)?)
+    }
+
+    /// The block key of chunk `index`.
+    pub(crate) fn chunk_key(&self, ns: &Namespace, index: u64) -> BlockKey {
+        match self.run_of(index) {
+            None => chunk_key(ns, self.id, index),
+            Some(run) => chunk_key(ns, run.id, index - run.first),
+        }
+    }
+
+    /// The bytes of the object chunk `index` holds.
+    pub(crate) fn chunk_range(&self, index: u64) -> std::ops::Range<u64> {
+        let (start, within, chunk_size, end) = match self.run_of(index) {
+            None => (0, index, self.chunk_size, self.size),
+            Some(run) => (run.start, index - run.first, run.chunk_size, run.start + run.size),
+        };
+        let from = start + within * chunk_size;
+        from..(from + chunk_size).min(end)
+    }
+
+    /// The chunk holding byte `offset` (below the size).
+    pub(crate) fn chunk_at(&self, offset: u64) -> u64 {
+        let after = self.runs.partition_point(|r| r.start <= offset);
+        match after.checked_sub(1).and_then(|i| self.runs.get(i)) {
+            None => offset / self.chunk_size.max(1),
+            Some(run) => run.first + (offset - run.start) / run.chunk_size.max(1),
+        }
+    }
+
+    /// The CRC-32C chunk `index` was stored with (`None` for manifests older than the field).
+    pub(crate) fn chunk_crc32c(&self, index: u64) -> Option<u32> {
+        self.chunk_crc32c.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// Whether chunks with key id `id` belong to this version.
+    pub(crate) fn names_chunks_of(&self, id: u64) -> bool {
+        if self.runs.is_empty() { self.id == id } else { self.runs.iter().any(|r| r.id == id) }
+    }
+
+    /// The key ids of this version's chunks.
+    fn chunk_ids(&self) -> Vec<u64> {
+        if self.runs.is_empty() { vec![self.id] } else { self.runs.iter().map(|r| r.id).collect() }
     }
 }
 
@@ -157,6 +217,8 @@ pub struct ObjectWriter {
     namespace: Namespace,
     path: String,
     durability: Durability,
+    /// The manifest's durability: the chunks' (or, for a part, never write-back).
+    manifest_durability: Durability,
     chunk_size: u64,
     id: u64,
     buf: BytesMut,
@@ -244,12 +306,13 @@ impl ObjectWriter {
             created_unix: now_unix(),
             id: self.id,
             chunk_crc32c: std::mem::take(&mut self.chunk_crc32c),
+            runs: Vec::new(),
         };
         // From here a manifest may name the chunks, so they are never deleted on this
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        self.manager.commit_manifest(&self.namespace, info, self.durability).await
+        self.manager.commit_manifest(&self.namespace, info, self.manifest_durability).await
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
@@ -295,6 +358,30 @@ impl Manager {
 
     /// Starts a new version of `path` in `namespace`.
     pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
+        self.object_writer(namespace, path, durability, durability)
+    }
+
+    /// Starts a part of an object to be joined ([`ObjectInfo::joined`]): its chunks are
+    /// stored with `durability`, but a write-back part is never exported to Blob on its own
+    /// (its manifest stays on local disk), so its chunks stay pinned until the joined object
+    /// that adopts them is exported, or the part is deleted.
+    pub(crate) fn write_part(
+        &self,
+        namespace: &str,
+        path: &str,
+        durability: Durability,
+    ) -> Result<ObjectWriter, TierError> {
+        let manifest = if durability == Durability::WriteBack { Durability::LocalDisk } else { durability };
+        self.object_writer(namespace, path, durability, manifest)
+    }
+
+    fn object_writer(
+        &self,
+        namespace: &str,
+        path: &str,
+        durability: Durability,
+        manifest_durability: Durability,
+    ) -> Result<ObjectWriter, TierError> {
         check_path(path)?;
         let namespace = Namespace::new(namespace)?;
         Ok(ObjectWriter {
@@ -302,6 +389,7 @@ impl Manager {
             namespace,
             path: path.to_string(),
             durability,
+            manifest_durability,
             chunk_size: self.object_chunk_size(),
             id: rand::random(),
             buf: BytesMut::new(),
@@ -361,8 +449,8 @@ impl Manager {
             if at >= end || failed {
                 return None;
             }
-            let index = at / info.chunk_size;
-            let chunk = match m.get(&chunk_key(&ns, info.id, index)).await {
+            let index = info.chunk_at(at);
+            let chunk = match m.get(&info.chunk_key(&ns, index)).await {
                 GetOutcome::Hit { block, .. } => block.data,
                 // No node holds it: the object's file in Blob may.
                 GetOutcome::Miss { .. } if let Some(data) = m.chunk_from_blob(&ns, &info, index).await => data,
@@ -377,9 +465,10 @@ impl Manager {
                     ));
                 }
             };
-            let from = (at - index * info.chunk_size) as usize;
-            let to = ((end - index * info.chunk_size) as usize).min(chunk.len());
-            let next = index * info.chunk_size + to as u64;
+            let start = info.chunk_range(index).start;
+            let from = (at - start) as usize;
+            let to = ((end - start) as usize).min(chunk.len());
+            let next = start + to as u64;
             Some((Ok(chunk.slice(from..to)), (m, ns, info, next, false)))
         })
     }
@@ -396,10 +485,10 @@ impl Manager {
     }
 
     /// Deletes a generation's manifest, then its chunks.
-    async fn remove_generation(&self, ns: &Namespace, info: &ObjectInfo) {
+    pub(crate) async fn remove_generation(&self, ns: &Namespace, info: &ObjectInfo) {
         self.delete(&manifest_key(ns, &info.path, info.generation)).await;
         for i in 0..info.chunks() {
-            self.delete(&chunk_key(ns, info.id, i)).await;
+            self.delete(&info.chunk_key(ns, i)).await;
         }
     }
 
@@ -437,7 +526,10 @@ impl Manager {
             // here is normal. Orphans are left to a cluster-wide sweep.
             return;
         }
-        let live: HashSet<(Namespace, u64)> = newest.iter().map(|((ns, _), info)| (ns.clone(), info.id)).collect();
+        let live: HashSet<(Namespace, u64)> = newest
+            .iter()
+            .flat_map(|((ns, _), info)| info.chunk_ids().into_iter().map(move |id| (ns.clone(), id)))
+            .collect();
         let mut orphans = 0usize;
         for key in self.keys_with_prefix(CHUNK) {
             let Some(id) = chunk_id(&key) else { continue };
@@ -454,7 +546,9 @@ impl Manager {
 
 mod cluster;
 mod export;
+mod join;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use export::Exports;
+use join::Run;

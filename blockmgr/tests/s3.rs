@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Node, blob::Backend};
 use futures::TryStreamExt;
 use kvtier_tiers::{Namespace, ObjectBlobs, Retries};
-use object_store::{ObjectStore, PutMode, PutPayload, aws::AmazonS3Builder, path::Path};
+use object_store::{ObjectStore, PutMode, PutPayload, aws::AmazonS3Builder, multipart::MultipartStore, path::Path};
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/boto3_suite.py");
 const MAX_OBJECT: u64 = 8 << 20; // above a part (5 MiB), below the 12 MiB multipart object
@@ -119,6 +119,32 @@ async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite
     upload.write(&big);
     upload.finish().await.unwrap();
     assert_eq!(store.get(&Path::from("model.bin")).await.unwrap().bytes().await.unwrap(), big);
+    // By hand (object_store's MultipartStore): completing joins the parts into the object
+    // without writing a byte of them again (the object adopts their chunks).
+    let parts: Vec<Bytes> = [5u32 << 20, 5 << 20, 700_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bytes::from((0..n).map(|j| ((j as usize + i * 7) % 253) as u8).collect::<Vec<u8>>()))
+        .collect();
+    let whole = Bytes::from(parts.concat());
+    let joined = Path::from("model/joined.bin");
+    let upload = store.create_multipart(&joined).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        ids.push(store.put_part(&joined, &upload, i, PutPayload::from_bytes(p.clone())).await.unwrap());
+    }
+    let puts = || node.labelled_metric("namespace_puts_total", "namespace=\"s3/ckpt\"");
+    let (before, adopted) = (puts(), node.metric("object_parts_joined_total"));
+    store.complete_multipart(&joined, &upload, ids).await.unwrap();
+    // One block stored: the joined manifest (a copy would have stored the bytes again).
+    assert_eq!(puts() - before, 1, "completing stored more than a manifest: the parts were copied");
+    assert_eq!(node.metric("object_parts_joined_total") - adopted, 3);
+    assert_eq!(store.get(&joined).await.unwrap().bytes().await.unwrap(), whole);
+    let across = (5 << 20) - 10..(5 << 20) + 10;
+    assert_eq!(
+        store.get_range(&joined, across.clone()).await.unwrap(),
+        whole.slice(across.start as usize..across.end as usize)
+    );
     let listed: Vec<String> =
         store.list(Some(&Path::from("run1"))).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
     assert_eq!(listed, vec!["run1/LOCK".to_string(), "run1/step-7/rank-0.distcp".to_string()]);
@@ -128,14 +154,135 @@ async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite
     store.delete(&lock).await.unwrap();
     assert!(matches!(store.head(&lock).await, Err(object_store::Error::NotFound { .. })));
 
-    // Written with write-back durability: each object is exported to Blob under its name.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while node.metric("objects_exported_total") < 3 {
-        assert!(std::time::Instant::now() < deadline, "the exports: {}", node.stderr());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Written with write-back durability: each object is exported to Blob under its name
+    // (the joined one staged from its parts' chunks), and no part on its own.
     let blobs = ObjectBlobs::open(&format!("{}/objects", backend.url), &backend.options(), Retries::default()).unwrap();
-    let name = blobs.name(&Namespace::new("s3/ckpt").unwrap(), "o/run1/step-7/rank-0.distcp");
-    let file = blobs.read(&name, 0..data.len() as u64).await.unwrap().expect("the object's file in Azurite");
-    assert!(file == data, "Azurite holds the object's bytes");
+    let ns = Namespace::new("s3/ckpt").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (path, want) in [("o/run1/step-7/rank-0.distcp", &data), ("o/model.bin", &big), ("o/model/joined.bin", &whole)]
+    {
+        let name = blobs.name(&ns, path);
+        loop {
+            if let Ok(Some(file)) = blobs.read(&name, 0..want.len() as u64).await {
+                assert!(file == want, "Azurite holds other bytes for {path}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{path} was not exported: {}", node.stderr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut azure = object_store::azure::MicrosoftAzureBuilder::new().with_url("az://kvtier");
+    for (k, v) in backend.options() {
+        azure = azure.with_config(k.parse().unwrap(), v);
+    }
+    let files: Vec<String> = azure
+        .build()
+        .unwrap()
+        .list(Some(&Path::from("nodes/kv/objects")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(files.iter().any(|f| f.ends_with("joined.bin")), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("/u/")), "parts were exported on their own: {files:?}");
+}
+
+fn s3_client(node: &Node, bucket: &str) -> object_store::aws::AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint(node))
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("AKIDWRITER")
+        .with_secret_access_key("writer-secret")
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
+fn pattern_part(i: usize, len: usize) -> Bytes {
+    Bytes::from((0..len).map(|j| ((j + 31 * i) % 249) as u8).collect::<Vec<u8>>())
+}
+
+/// The fan-in through a cluster: one upload's parts sent to three different members, the
+/// completion to one of them, the object read from the third; its file in Blob is staged
+/// from the parts' chunks by their owners; it outlives a member's kill -9 and restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying() {
+    let shared = tempfile::tempdir().unwrap();
+    let objects = shared.path().join("objects");
+    let mut nodes = common::start_static_cluster(&["n1", "n2", "n3"], |id| {
+        format!(
+            "peer_timeout = \"3s\"\n\n[namespaces.\"s3/*\"]\nreplicas = 2\n\n[blob]\nurl = \"file://{}/nodes/{id}\"\n\
+             objects_url = \"file://{}\"\nflush_linger = \"10ms\"\n\n{}",
+            shared.path().display(),
+            objects.display(),
+            s3_table("write_back")
+        )
+    });
+    boto3(&nodes[0], "s3.create_bucket(Bucket='ckpt')");
+    let parts: Vec<Bytes> = [6 << 20, 5 << 20, 1 << 20].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
+    let whole = Bytes::from(parts.concat());
+    let path = Path::from("step-9/model.safetensors");
+    let upload = s3_client(&nodes[0], "ckpt").create_multipart(&path).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let via = s3_client(&nodes[(i + 1) % 3], "ckpt");
+        ids.push(via.put_part(&path, &upload, i, PutPayload::from_bytes(p.clone())).await.unwrap());
+    }
+    s3_client(&nodes[1], "ckpt").complete_multipart(&path, &upload, ids).await.unwrap();
+    assert_eq!(nodes[1].metric("object_parts_joined_total"), 3);
+    let reader = s3_client(&nodes[2], "ckpt");
+    assert_eq!(reader.get(&path).await.unwrap().bytes().await.unwrap(), whole);
+    assert_eq!(
+        reader.get_range(&path, (6 << 20) - 3..(6 << 20) + 3).await.unwrap(),
+        whole.slice((6 << 20) - 3..(6 << 20) + 3)
+    );
+
+    // Exported: the file under its name, staged from the chunks (no part exported alone).
+    let file = objects.join("s3%2Fckpt/o/step-9/model.safetensors");
+    common::wait_until("the joined object's export", Duration::from_secs(60), || {
+        std::fs::read(&file).is_ok_and(|b| b == whole)
+    });
+    assert!(!objects.join("s3%2Fckpt/u").exists(), "a part or marker was exported on its own");
+    let staged: u64 = nodes.iter().map(|n| n.metric("object_parts_staged_total")).sum();
+    assert!(staged >= 3, "{staged} parts staged");
+
+    nodes[0].kill9();
+    assert_eq!(
+        reader.get(&path).await.unwrap().bytes().await.unwrap(),
+        whole,
+        "two copies: one member's loss keeps it"
+    );
+    nodes[0].restart();
+    let back = s3_client(&nodes[0], "ckpt");
+    assert_eq!(back.get(&path).await.unwrap().bytes().await.unwrap(), whole);
+}
+
+/// A joined object's chunks are its own after a restart: the start-up sweep of chunks no
+/// manifest names keeps them (the parts' manifests are gone), and nothing of the parts is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_object_outlives_kill_9_and_the_restart_sweep() {
+    let mut node = node();
+    boto3(&node, "s3.create_bucket(Bucket='ckpt')");
+    let store = s3_client(&node, "ckpt");
+    let empty = node.client().await.stats().await.unwrap().index_blocks;
+    let parts: Vec<Bytes> = [5 << 20, 5 << 20, 3].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
+    let path = Path::from("joined.bin");
+    let upload = store.create_multipart(&path).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        ids.push(store.put_part(&path, &upload, i, PutPayload::from_bytes(p.clone())).await.unwrap());
+    }
+    store.complete_multipart(&path, &upload, ids).await.unwrap();
+    node.kill9();
+    node.restart();
+    let store = s3_client(&node, "ckpt");
+    assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), Bytes::from(parts.concat()));
+    let client = node.client().await;
+    let left: Vec<String> = client.list_objects("s3/ckpt", "u/").await.unwrap().into_iter().map(|o| o.path).collect();
+    assert!(left.is_empty(), "parts left behind: {left:?}");
+    // Deleting it deletes every chunk it adopted.
+    store.delete(&path).await.unwrap();
+    assert!(matches!(store.head(&path).await, Err(object_store::Error::NotFound { .. })));
+    assert_eq!(node.client().await.stats().await.unwrap().index_blocks, empty, "blocks of the object are left");
 }

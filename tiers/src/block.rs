@@ -14,6 +14,12 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }
 
+/// The CRC-32C of `a` followed by `b`, from their CRC-32Cs and `b`'s length (an object
+/// joined from parts whose bytes are not read again).
+pub fn crc32c_combine(a: u32, b: u32, b_len: u64) -> u32 {
+    crc32c::crc32c_combine(a, b, b_len as usize)
+}
+
 /// Checks a block length against the rule every tier and the manager enforce: 1 byte at
 /// least, `max` at most. The error names the key, the size and the limit.
 pub fn check_block_size(key: &BlockKey, len: u64, max: u64) -> crate::Result<()> {

@@ -45,8 +45,11 @@ pub mod conformance;
 mod fault_proxy;
 
 mod blob;
-pub use blob::{BlobTier, BlobTierBuilder, Compaction, ObjectBlobs, Retries, StoreRequests, Upload, chunks_per_part};
-pub use block::{Block, check_block_size, crc32c, crc32c_append};
+pub use blob::{
+    BlobTier, BlobTierBuilder, Compaction, MAX_PARTS, MIN_PART, ObjectBlobs, Retries, StoreRequests, Upload,
+    chunks_per_part,
+};
+pub use block::{Block, check_block_size, crc32c, crc32c_append, crc32c_combine};
 pub use cpu::{CpuTier, CpuTierBuilder, Reservation, sealed_memfd};
 pub use error::{Error, Result};
 pub use key::{BlockKey, Key, MAX_KEY_LEN, MAX_NAMESPACE_LEN, Namespace};

@@ -401,6 +401,21 @@ impl Cluster {
             .await?;
         Ok(got.into_inner().deleted)
     }
+
+    /// Asks member `id` to retire `generation` of `path` without its chunks.
+    pub(crate) async fn forget_object_on(
+        &self,
+        id: &str,
+        namespace: &str,
+        path: &str,
+        generation: u64,
+    ) -> Result<bool, String> {
+        let req = peer::ForgetObjectRequest { namespace: namespace.into(), path: path.into(), generation };
+        let got = self
+            .call(id, "forget_object", |c| async move { Ok(c.peer_rpc().forget_object(c.request(req)).await?) })
+            .await?;
+        Ok(got.into_inner().deleted)
+    }
 }
 
 /// Resync between members.

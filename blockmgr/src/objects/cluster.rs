@@ -18,6 +18,15 @@ enum Owners {
     These(Plan),
 }
 
+/// What [`Manager::on_path_primary`] does to a path.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// Delete the object, chunks and all.
+    Delete,
+    /// Retire this generation, keeping its chunks.
+    Forget(u64),
+}
+
 /// One owner's answer to "what is the current manifest": by owner id.
 type OwnerAnswer = (String, Result<Option<Vec<u8>>, String>);
 
@@ -163,23 +172,45 @@ impl Manager {
 
     /// Removes `path` (on its primary, or the next owner that answers): whether it existed.
     pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
-        let ns = Namespace::new(namespace)?;
         check_path(path)?;
-        let (plan, cluster) = match (self.path_owners(&ns, path), self.cluster()) {
+        self.on_path_primary(&Namespace::new(namespace)?, path, Removal::Delete).await
+    }
+
+    /// Retires `info`'s generation of its path without its chunks (a joined object adopted
+    /// them), on the path's primary: whether it was the current one.
+    pub(crate) async fn forget_object(&self, namespace: &str, info: &ObjectInfo) -> Result<bool, TierError> {
+        self.on_path_primary(&Namespace::new(namespace)?, &info.path, Removal::Forget(info.generation)).await
+    }
+
+    /// Runs `removal` of `path` on its primary (this node, or the first owner that answers).
+    async fn on_path_primary(&self, ns: &Namespace, path: &str, removal: Removal) -> Result<bool, TierError> {
+        let here = async || match removal {
+            Removal::Delete => self.delete_object_here(ns, path).await,
+            Removal::Forget(generation) => self.forget_object_here(ns, path, generation).await,
+        };
+        let (plan, cluster) = match (self.path_owners(ns, path), self.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return Ok(self.delete_object_here(&ns, path).await),
+            _ => return Ok(here().await),
         };
         let mut failures = Vec::new();
         for id in &plan.owners {
             if id == cluster.local_id() {
-                return Ok(self.delete_object_here(&ns, path).await);
+                return Ok(here().await);
             }
-            match cluster.delete_object_on(id, namespace, path).await {
+            let asked = match removal {
+                Removal::Delete => cluster.delete_object_on(id, ns.as_str(), path).await,
+                Removal::Forget(generation) => cluster.forget_object_on(id, ns.as_str(), path, generation).await,
+            };
+            match asked {
                 Ok(existed) => return Ok(existed),
                 Err(e) => failures.push(e),
             }
         }
-        Err(TierError::Unreachable { what: format!("deleting {namespace}/{path}"), failures: failures.join("; ") })
+        let doing = match removal {
+            Removal::Delete => "deleting",
+            Removal::Forget(_) => "retiring",
+        };
+        Err(TierError::Unreachable { what: format!("{doing} {ns}/{path}"), failures: failures.join("; ") })
     }
 
     /// A manifest just stored on this node (a copy from the path's primary): the catalog

@@ -25,17 +25,51 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace, ObjectBlobs, Upload, chunks_per_part};
+use kvtier_tiers::{
+    Block, BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, ObjectBlobs, Upload, chunks_per_part,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{ObjectInfo, chunk_key};
+use super::ObjectInfo;
 use crate::{Durability, GetOutcome, Manager, flight::SingleFlight};
 
 /// Longest pause between retries of a failed export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Parts one node stages at once.
 const STAGE_CONCURRENCY: usize = 4;
+
+/// The chunks of each part of `info`'s file in Blob, in order. An object in one piece has
+/// parts of equal chunk counts ([`chunks_per_part`]); a joined one's parts never straddle two
+/// of its runs (their chunk sizes may differ), and a run's short tail joins the part before
+/// it, so every part but the last is at least [`MIN_PART`] (a joined object's runs are, as
+/// S3's parts are) and there are at most [`MAX_PARTS`] (parts grow until there are).
+fn export_parts(info: &ObjectInfo) -> Vec<std::ops::Range<u64>> {
+    let chunks = info.chunks();
+    if info.runs.is_empty() {
+        let per = chunks_per_part(info.size, info.chunk_size);
+        return (0..chunks.div_ceil(per)).map(|p| p * per..((p + 1) * per).min(chunks)).collect();
+    }
+    let bytes = |r: &std::ops::Range<u64>| info.chunk_range(r.end - 1).end - info.chunk_range(r.start).start;
+    let mut scale = 1;
+    loop {
+        let mut parts = Vec::new();
+        for run in &info.runs {
+            let per = MIN_PART.div_ceil(run.chunk_size.max(1)).max(1) * scale;
+            let (first, end) = (run.first, run.first + run.chunks());
+            let at = parts.len();
+            parts.extend((first..end).step_by(per as usize).map(|c| c..(c + per).min(end)));
+            if parts.len() > at + 1 && bytes(parts.last().expect("two")) < MIN_PART {
+                let tail = parts.pop().expect("two");
+                parts.last_mut().expect("one").end = tail.end;
+            }
+        }
+        if parts.len() as u64 <= MAX_PARTS {
+            return parts;
+        }
+        scale *= 2;
+    }
+}
 
 /// Where objects' files go, and the manifests whose export waits (queued by the flush).
 #[derive(Debug)]
@@ -173,9 +207,8 @@ impl Manager {
                 }
             }
         }
-        let chunks: Vec<(BlockKey, Option<u32>)> = (0..info.chunks())
-            .map(|i| (chunk_key(&ns, info.id, i), info.chunk_crc32c.get(i as usize).copied()))
-            .collect();
+        let chunks: Vec<(BlockKey, Option<u32>)> =
+            (0..info.chunks()).map(|i| (info.chunk_key(&ns, i), info.chunk_crc32c(i))).collect();
         self.released_everywhere(&chunks).await;
         self.metrics().objects_exported.inc();
         self.metrics().object_export_bytes.inc_by(info.size);
@@ -193,12 +226,11 @@ impl Manager {
         info: &ObjectInfo,
         upload: &Upload,
     ) -> Result<Vec<String>, TierError> {
-        let per = chunks_per_part(info.size, info.chunk_size);
-        let parts = info.chunks().div_ceil(per);
+        let parts = export_parts(info).len() as u64;
         // Stager -> its parts; `None` is this node.
         let mut by_stager: BTreeMap<Option<String>, Vec<u32>> = BTreeMap::new();
-        for part in 0..parts {
-            let first = chunk_key(ns, info.id, part * per);
+        for (part, chunks) in export_parts(info).into_iter().enumerate() {
+            let first = info.chunk_key(ns, chunks.start);
             let stager = self
                 .plan(&first)
                 .and_then(|(cluster, plan)| plan.owners.first().filter(|p| *p != cluster.local_id()).cloned());
@@ -236,12 +268,14 @@ impl Manager {
             tier: "objects".into(),
             what: "staging object parts on a node without a Blob tier".into(),
         })?;
-        let per = chunks_per_part(info.size, info.chunk_size);
+        let layout = &export_parts(info);
         futures::stream::iter(parts.iter().copied())
             .map(|part| async move {
-                let first = u64::from(part) * per;
+                let chunks = layout.get(part as usize).cloned().ok_or_else(|| TierError::InvalidKey {
+                    reason: format!("{}: no part {part} to stage", info.path),
+                })?;
                 let mut data = BytesMut::new();
-                for index in first..(first + per).min(info.chunks()) {
+                for index in chunks {
                     data.extend_from_slice(&self.chunk(ns, info, index).await?);
                 }
                 let id = exports.blobs.stage(upload, part as usize, data.freeze()).await?;
@@ -255,10 +289,10 @@ impl Manager {
 
     /// Chunk `index` of `info` from any node, checked against the manifest's CRC-32C.
     async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
-        let key = chunk_key(ns, info.id, index);
+        let key = info.chunk_key(ns, index);
         match self.get(&key).await {
             GetOutcome::Hit { block, .. } => {
-                if let Some(&want) = info.chunk_crc32c.get(index as usize)
+                if let Some(want) = info.chunk_crc32c(index)
                     && want != block.crc32c
                 {
                     return Err(TierError::ChecksumMismatch {
@@ -285,7 +319,7 @@ impl Manager {
     /// node keeps it too when that owner says it is popular (a read replica, see
     /// cluster/read_replicas.rs). With no owner answering, this node reads the file itself.
     pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
-        let key = chunk_key(ns, info.id, index);
+        let key = info.chunk_key(ns, index);
         if let Some((cluster, plan)) = self.plan(&key) {
             for owner in &plan.owners {
                 if owner == cluster.local_id() {
@@ -319,7 +353,7 @@ impl Manager {
         reader: &str,
     ) -> (Option<Bytes>, bool) {
         let found = self.fetch_chunk_here(ns, info, index).await;
-        let keep = found.is_some() && self.keeps_fetched(&chunk_key(ns, info.id, index), reader);
+        let keep = found.is_some() && self.keeps_fetched(&info.chunk_key(ns, index), reader);
         (found, keep)
     }
 
@@ -328,22 +362,21 @@ impl Manager {
     pub(crate) async fn fetch_chunk_here(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
         let exports = self.exports()?.clone();
         let (manager, ns, info) = (self.clone(), ns.clone(), info.clone());
-        let key = chunk_key(&ns, info.id, index);
+        let key = info.chunk_key(&ns, index);
         exports.reads.run(&key, move || Box::pin(async move { manager.read_chunk_file(&ns, &info, index).await })).await
     }
 
     /// Chunk `index` of `info` read from the object's file (unless a copy is here now),
     /// checked against the manifest and cached here.
     async fn read_chunk_file(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
-        let key = chunk_key(ns, info.id, index);
+        let key = info.chunk_key(ns, index);
         if let GetOutcome::Hit { block, .. } = self.get_here(&key).await {
             return Some(block.data);
         }
         let exports = self.exports()?;
-        let want = *info.chunk_crc32c.get(index as usize)?;
-        let from = index * info.chunk_size;
+        let want = info.chunk_crc32c(index)?;
         let name = exports.blobs.name(ns, &info.path);
-        let bytes = match exports.blobs.read(&name, from..(from + info.chunk_size).min(info.size)).await {
+        let bytes = match exports.blobs.read(&name, info.chunk_range(index)).await {
             Ok(found) => found?,
             Err(e) => {
                 tracing::warn!(object = %name, chunk = index, error = %e, "reading a chunk from the object's file failed");
@@ -372,7 +405,7 @@ impl Manager {
         let mut is_exported = |ns: &Namespace, id: u64| {
             *exported.entry((ns.as_str().to_string(), id)).or_insert_with(|| {
                 self.list_objects_here(ns, "", |_| true).into_iter().any(|info| {
-                    info.id == id && self.in_own_blob(&super::manifest_key(ns, &info.path, info.generation))
+                    info.names_chunks_of(id) && self.in_own_blob(&super::manifest_key(ns, &info.path, info.generation))
                 })
             })
         };

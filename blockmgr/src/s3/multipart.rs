@@ -1,7 +1,14 @@
 //! Multipart uploads: an upload is a marker object `u/<id>` (holding the key), its parts the
-//! objects `u/<id>/<part number>`; completing one writes the object from its parts in the
-//! order the client lists them, then removes the parts and the marker. Parts are ordinary
-//! named objects until then, replicated and tiered as any.
+//! objects `u/<id>/<part number>`, replicated and tiered as any (written as parts: a
+//! write-back part is not exported to Blob on its own). Completing one joins the parts the
+//! client lists into the object without copying a byte (objects/join.rs: the object adopts
+//! their chunks, so parts staged by many writers through many nodes become one object, and
+//! its file in Blob is staged from them by their owners: the fan-in), then removes the parts
+//! it did not list.
+//!
+//! Of a completion and an abort (or two completions) racing for one upload, the one that
+//! deletes the marker goes on; the other finds no upload. A part that lands after its
+//! upload was claimed deletes itself.
 
 use axum::{
     body::Body,
@@ -11,7 +18,7 @@ use axum::{
 use futures::StreamExt;
 
 use super::{
-    server::{S3, err, etag, internal, no_such_bucket},
+    server::{OBJECT_PREFIX, S3, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -81,8 +88,9 @@ impl S3 {
             return Err(no_such_bucket(bucket));
         }
         let id = hex::encode(rand::random::<[u8; 16]>());
+        // Written as a part: the marker is bookkeeping, never exported to Blob.
         let mut w =
-            self.manager.write_object(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
+            self.manager.write_part(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
         w.write(key.as_bytes()).await.map_err(internal)?;
         w.commit().await.map_err(internal)?;
         Ok(xml::document(format!(
@@ -105,7 +113,14 @@ impl S3 {
         payload_hash: &str,
     ) -> Result<Response, S3Error> {
         self.check_upload(bucket, key, id).await?;
-        let info = self.store_body(bucket, &part_path(id, n), headers, body, payload_hash).await?;
+        let (ns, path) = (self.namespace(bucket), part_path(id, n));
+        let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
+        let info = self.store_body(writer, headers, body, payload_hash).await?;
+        // Completed or aborted meanwhile: this part would belong to nothing.
+        if self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.is_none() {
+            let _ = self.manager.delete_object(&ns, &path).await;
+            return Err(no_such_upload(id));
+        }
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
         Ok(r)
@@ -144,8 +159,21 @@ impl S3 {
                 }
             }
         }
-        let info = self.join_objects(bucket, &parts, bucket, key).await?;
-        self.remove_upload(&ns, id).await;
+        if let Some(small) = parts[..parts.len() - 1].iter().position(|p| p.size < kvtier_tiers::MIN_PART) {
+            let what = format!(
+                "part {} is {} bytes; every part but the last must be at least 5 MiB",
+                listed[small].0, parts[small].size
+            );
+            return Err(err(StatusCode::BAD_REQUEST, "EntityTooSmall", what));
+        }
+        // Claim the upload: a racing completion or abort now finds none.
+        if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
+            return Err(no_such_upload(id));
+        }
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability).await;
+        self.remove_upload(&ns, id).await; // the parts not listed
+        let info = joined.map_err(internal)?;
         Ok(xml::document(format!(
             "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
              <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",

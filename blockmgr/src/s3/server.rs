@@ -474,19 +474,19 @@ impl S3 {
             return Err(err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists")));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
-        let info = self.store_body(bucket, &path, headers, body, payload_hash).await?;
+        let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let info = self.store_body(writer, headers, body, payload_hash).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
         Ok(r)
     }
 
-    /// Streams a request body into object `path` of `bucket` and commits it, or stores
-    /// nothing: a body without Content-Length, over the size limit, longer or shorter than
-    /// declared, idle past the timeout, or not hashing to the signed SHA-256.
+    /// Streams a request body into `w` and commits it, or stores nothing: a body without
+    /// Content-Length, over the size limit, longer or shorter than declared, idle past the
+    /// timeout, or not hashing to the signed SHA-256.
     pub(super) async fn store_body(
         &self,
-        bucket: &str,
-        path: &str,
+        mut w: crate::objects::ObjectWriter,
         headers: &HeaderMap,
         body: Body,
         payload_hash: &str,
@@ -513,7 +513,6 @@ impl S3 {
                 return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
             }
         };
-        let mut w = self.manager.write_object(&self.namespace(bucket), path, self.durability).map_err(internal)?;
         let (mut hash, mut got) = (Sha256::new(), 0u64);
         let mut decoder = chunked.then(super::chunked::AwsChunked::new);
         let mut stream = body.into_data_stream();
@@ -587,7 +586,7 @@ impl S3 {
             .stat(src_bucket, src_key)
             .await?
             .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
-        let copied = self.join_objects(src_bucket, &[info], bucket, key).await?;
+        let copied = self.copy_object(src_bucket, &info, bucket, key).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
             xml::iso8601(copied.created_unix),
@@ -595,27 +594,25 @@ impl S3 {
         )))
     }
 
-    /// Writes `sources` (objects of `source_bucket`) one after the other as object `key` of
-    /// `bucket` (CopyObject, a multipart completion); nothing is stored if one cannot be read.
-    pub(super) async fn join_objects(
+    /// Writes `source` (an object of `source_bucket`) as object `key` of `bucket`, a copy of
+    /// its own (CopyObject); nothing is stored if the source cannot be read.
+    async fn copy_object(
         &self,
         source_bucket: &str,
-        sources: &[ObjectInfo],
+        source: &ObjectInfo,
         bucket: &str,
         key: &str,
     ) -> Result<ObjectInfo> {
         let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
         let path = format!("{OBJECT_PREFIX}{key}");
         let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        for info in sources {
-            let mut stream = std::pin::pin!(self.manager.read_object(&ns, info, 0, info.size));
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(c) => w.write(&c).await.map_err(internal)?,
-                    Err(e) => {
-                        w.abort().await;
-                        return Err(internal(e));
-                    }
+        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, 0, source.size));
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => w.write(&c).await.map_err(internal)?,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(internal(e));
                 }
             }
         }

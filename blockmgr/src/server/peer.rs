@@ -52,6 +52,11 @@ impl HasNamespace for v1::ObjectRef {
         &self.namespace
     }
 }
+impl HasNamespace for peer::ForgetObjectRequest {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
 impl HasNamespace for peer::StagePartsRequest {
     fn namespace(&self) -> &str {
         &self.namespace
@@ -137,6 +142,16 @@ impl peer_server::Peer for PeerService {
             return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
         }
         let deleted = self.manager.delete_object_here(&ns, path).await;
+        Ok(Response::new(v1::DeleteObjectResponse { deleted }))
+    }
+
+    async fn forget_object(
+        &self,
+        request: Request<peer::ForgetObjectRequest>,
+    ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
+        let ns = self.check(&request, "peer_forget_object")?;
+        let req = request.into_inner();
+        let deleted = self.manager.forget_object_here(&ns, &req.path, req.generation).await;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 

@@ -91,7 +91,8 @@ impl Node {
     pub fn start_on_port(port: u16, extra_tables: &str) -> Node {
         Self::start_with_config(|dir| {
             small_config(dir, "", extra_tables)
-                .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""))
+                // The server's listen line (it comes first; an `[s3]` in `extra_tables` keeps its own).
+                .replacen("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""), 1)
         })
     }
 

@@ -92,8 +92,22 @@ assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, 
 assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e2)))[0] == "InvalidPart"
 assert code(s3.upload_part, Bucket="ckpt", Key="mp", UploadId="00ff", PartNumber=1, Body=b"x")[0] == "NoSuchUpload"
 assert code(s3.upload_part, Bucket="ckpt", Key="other", UploadId=up, PartNumber=1, Body=b"x")[0] == "NoSuchUpload"
+# Every part but the last is at least 5 MiB (S3's rule): nothing is joined, the upload stays.
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))[0] == "EntityTooSmall"
+p1 = os.urandom(5 << 20)
+e1 = s3.upload_part(Bucket="ckpt", Key="mp", UploadId=up, PartNumber=1, Body=p1)["ETag"]  # replaces part 1
+e3 = s3.upload_part(Bucket="ckpt", Key="mp", UploadId=up, PartNumber=3, Body=b"never listed")["ETag"]
 s3.complete_multipart_upload(Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))
-assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == b"a" * 100 + b"b" * 50
+assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == p1 + b"b" * 50
+assert s3.get_object(Bucket="ckpt", Key="mp", Range="bytes=5242870-5242889")["Body"].read() == p1[-10:] + b"b" * 10
+# A completed upload is gone: a second completion, an abort, a part all find no upload.
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))[0] == "NoSuchUpload"
+assert code(s3.abort_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up)[0] == "NoSuchUpload"
+assert code(s3.upload_part, Bucket="ckpt", Key="mp", UploadId=up, PartNumber=4, Body=b"late")[0] == "NoSuchUpload"
+# Overwriting and deleting the joined object leave other objects whole.
+s3.put_object(Bucket="ckpt", Key="mp", Body=b"small now")
+assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == b"small now"
+assert s3.get_object(Bucket="ckpt", Key="model/weights.safetensors")["Body"].read() == big_data
 up2 = s3.create_multipart_upload(Bucket="ckpt", Key="gone")["UploadId"]
 s3.upload_part(Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=1, Body=b"x")
 s3.abort_multipart_upload(Bucket="ckpt", Key="gone", UploadId=up2)

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use self::format::{Entry, Stamp};
 pub use self::{
     compact::Compaction,
-    objects::{ObjectBlobs, Upload, chunks_per_part},
+    objects::{MAX_PARTS, MIN_PART, ObjectBlobs, Upload, chunks_per_part},
     store::Retries,
 };
 use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};

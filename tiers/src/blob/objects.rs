@@ -21,9 +21,9 @@ use super::{Counters, Retries, StoreRequests, store};
 use crate::{Error, Namespace, Result};
 
 /// The smallest part S3 accepts (all but the last part); parts are at least this big.
-pub(crate) const MIN_PART: u64 = 5 << 20;
+pub const MIN_PART: u64 = 5 << 20;
 /// The most parts of one upload S3 accepts.
-pub(crate) const MAX_PARTS: u64 = 10_000;
+pub const MAX_PARTS: u64 = 10_000;
 
 /// A multipart upload under way: what a node needs to stage a part of it (it crosses the
 /// wire to peers, so it is plain strings).
