@@ -292,12 +292,9 @@ impl ObjectWriter {
         (self.size, self.crc32c)
     }
 
-    /// Stores the last chunk and commits the manifest: from here readers see this version.
-    pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
-        if !self.buf.is_empty() {
-            self.store_chunk().await?;
-        }
-        let info = ObjectInfo {
+    /// The manifest of what was written (taking the chunks' CRCs).
+    fn manifest(&mut self) -> ObjectInfo {
+        ObjectInfo {
             path: self.path.clone(),
             size: self.size,
             generation: 0, // the path's primary assigns it
@@ -307,12 +304,43 @@ impl ObjectWriter {
             id: self.id,
             chunk_crc32c: std::mem::take(&mut self.chunk_crc32c),
             runs: Vec::new(),
-        };
+        }
+    }
+
+    /// Stores the last chunk and commits the manifest: from here readers see this version.
+    pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
+        if !self.buf.is_empty() {
+            self.store_chunk().await?;
+        }
+        let info = self.manifest();
         // From here a manifest may name the chunks, so they are never deleted on this
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        self.manager.commit_manifest(&self.namespace, info, self.manifest_durability).await
+        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, false).await?;
+        Ok(committed.expect("an unconditional commit commits"))
+    }
+
+    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`), decided by the
+    /// path's primary under its lock, so of writers racing through any nodes one wins.
+    /// `None`: the path has a version; this one's chunks are deleted.
+    pub async fn commit_if_absent(mut self) -> Result<Option<ObjectInfo>, TierError> {
+        if !self.buf.is_empty() {
+            self.store_chunk().await?;
+        }
+        let info = self.manifest();
+        self.finished = true;
+        match self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, true).await? {
+            Some(info) => Ok(Some(info)),
+            None => {
+                // Refused before any manifest was stored: nothing names the chunks.
+                self.finished = false;
+                if let Some(deleting) = self.delete_chunks() {
+                    let _ = deleting.await;
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
@@ -334,18 +362,23 @@ impl Drop for ObjectWriter {
 impl Manager {
     /// Commits a new version on this node (the path's primary, or a node alone): the next
     /// generation under the path's lock, its manifest stored (on the path's owners), the
-    /// catalog switched to it, the previous version deleted.
+    /// catalog switched to it, the previous version deleted. With `if_absent`, nothing is
+    /// done (`None`) when the path has a version here or on another owner.
     pub(crate) async fn commit_here(
         &self,
         ns: &Namespace,
         mut info: ObjectInfo,
         durability: Durability,
-    ) -> Result<ObjectInfo, TierError> {
+        if_absent: bool,
+    ) -> Result<Option<ObjectInfo>, TierError> {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
         // Another owner may know a newer version than this one (it was away meanwhile).
         let elsewhere = self.generation_elsewhere(ns, &info.path).await;
+        if if_absent && (old.is_some() || elsewhere > 0) {
+            return Ok(None);
+        }
         info.generation = old.as_ref().map_or(0, |o| o.generation).max(elsewhere) + 1;
         let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
         self.put(Block::new(manifest_key(ns, &info.path, info.generation), manifest), durability).await?;
@@ -353,7 +386,7 @@ impl Manager {
         if let Some(old) = old {
             self.remove_generation(ns, &old).await;
         }
-        Ok(info)
+        Ok(Some(info))
     }
 
     /// Starts a new version of `path` in `namespace`.

@@ -247,6 +247,27 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     let staged: u64 = nodes.iter().map(|n| n.metric("object_parts_staged_total")).sum();
     assert!(staged >= 3, "{staged} parts staged");
 
+    // Conditional creates racing through every member: one writer of each key wins, and the
+    // key holds its bytes (decided by the key's primary at the commit, not per node).
+    for round in 0..4 {
+        let lock = Path::from(format!("locks/lock-{round}"));
+        let racers = (0..6).map(|w| {
+            let (store, lock) = (s3_client(&nodes[w % 3], "ckpt"), lock.clone());
+            async move {
+                let body = pattern_part(100 + w, 1 << 20);
+                let put = store.put_opts(&lock, PutPayload::from_bytes(body.clone()), PutMode::Create.into()).await;
+                match put {
+                    Ok(_) => Some(body),
+                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => None,
+                    Err(e) => panic!("a racing create failed otherwise: {e}"),
+                }
+            }
+        });
+        let winners: Vec<Bytes> = futures::future::join_all(racers).await.into_iter().flatten().collect();
+        assert_eq!(winners.len(), 1, "round {round}: {} writers created the key", winners.len());
+        assert_eq!(reader.get(&lock).await.unwrap().bytes().await.unwrap(), winners[0]);
+    }
+
     nodes[0].kill9();
     assert_eq!(
         reader.get(&path).await.unwrap().bytes().await.unwrap(),

@@ -352,16 +352,19 @@ impl Cluster {
         namespace: &str,
         manifest: Vec<u8>,
         durability: Durability,
-    ) -> Result<Vec<u8>, String> {
+        if_absent: bool,
+    ) -> Result<Option<Vec<u8>>, String> {
         let req = peer::CommitObjectRequest {
             namespace: namespace.into(),
             manifest: Some(peer::Manifest { json: manifest.into() }),
             durability: crate::wire::durability_to_wire(durability) as i32,
+            if_absent,
         };
         let got = self
             .call(id, "commit_object", |c| async move { Ok(c.peer_rpc().commit_object(c.request(req)).await?) })
             .await?;
-        Ok(got.into_inner().json.to_vec())
+        let json = got.into_inner().json;
+        Ok((!json.is_empty()).then(|| json.to_vec()))
     }
 
     /// The current manifest of `path` as member `id` knows it.

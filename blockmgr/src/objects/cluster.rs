@@ -78,25 +78,29 @@ impl Manager {
     }
 
     /// Commits `info` (its chunks stored) on the path's primary, or the next owner that
-    /// answers: the committed version, with its generation.
+    /// answers: the committed version, with its generation. With `if_absent`, only if the
+    /// path has no version there (`None`: it has one, nothing was committed).
     pub(crate) async fn commit_manifest(
         &self,
         ns: &Namespace,
         info: ObjectInfo,
         durability: Durability,
-    ) -> Result<ObjectInfo, TierError> {
+        if_absent: bool,
+    ) -> Result<Option<ObjectInfo>, TierError> {
         let (plan, cluster) = match (self.path_owners(ns, &info.path), self.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return self.commit_here(ns, info, durability).await,
+            _ => return self.commit_here(ns, info, durability, if_absent).await,
         };
         let json = serde_json::to_vec(&info).expect("serializes");
         let mut failures = Vec::new();
         for id in &plan.owners {
             if id == cluster.local_id() {
-                return self.commit_here(ns, info, durability).await;
+                return self.commit_here(ns, info, durability, if_absent).await;
             }
-            match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability).await {
-                Ok(json) => return parse(&json, id),
+            match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability, if_absent).await {
+                Ok(Some(json)) => return parse(&json, id).map(Some),
+                Ok(None) if if_absent => return Ok(None),
+                Ok(None) => failures.push(format!("{id} answered no manifest")),
                 Err(e) => failures.push(e),
             }
         }

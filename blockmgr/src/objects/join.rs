@@ -103,7 +103,7 @@ impl Manager {
             retired.push(part);
         }
         let joined = ObjectInfo::joined(path, parts);
-        match self.commit_manifest(&ns, joined.clone(), durability).await {
+        match self.commit_manifest(&ns, joined.clone(), durability, false).await.map(|c| c.expect("unconditional")) {
             Ok(info) => {
                 self.metrics().object_parts_joined.inc_by(parts.len() as u64);
                 Ok(info)

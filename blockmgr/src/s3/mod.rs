@@ -20,5 +20,5 @@ pub async fn create_bucket(manager: &Manager, config: &S3Config, bucket: &str) -
         return Ok(());
     }
     let durability = config.durability()?;
-    server::write_bucket_marker(manager, &ns, durability).await.map_err(crate::Error::from)
+    server::write_bucket_marker(manager, &ns, durability).await.map(|_| ()).map_err(crate::Error::from)
 }

@@ -115,7 +115,7 @@ impl S3 {
         self.check_upload(bucket, key, id).await?;
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
-        let info = self.store_body(writer, headers, body, payload_hash).await?;
+        let info = self.receive_body(writer, headers, body, payload_hash).await?.commit().await.map_err(internal)?;
         // Completed or aborted meanwhile: this part would belong to nothing.
         if self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.is_none() {
             let _ = self.manager.delete_object(&ns, &path).await;

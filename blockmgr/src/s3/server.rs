@@ -19,7 +19,7 @@ use axum::{
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::{net::TcpListener, sync::Mutex};
+use tokio::net::TcpListener;
 
 use super::{
     sigv4::{self, AuthError},
@@ -41,19 +41,19 @@ pub(super) struct S3 {
     pub(super) config: S3Config,
     pub(super) durability: Durability,
     idle: Duration,
-    /// Conditional creates (`If-None-Match: *`) of one node are decided one at a time.
-    creates: Mutex<()>,
 }
 
 /// Makes namespace `ns` a bucket (its marker object).
+/// Creates bucket namespace `ns`'s marker unless it exists (decided by the marker path's
+/// primary, so of two creators through any nodes one creates it): whether this call did.
 pub(super) async fn write_bucket_marker(
     manager: &Manager,
     ns: &str,
     durability: Durability,
-) -> Result<(), kvtier_tiers::Error> {
+) -> Result<bool, kvtier_tiers::Error> {
     let mut w = manager.write_object(ns, BUCKET_MARKER, durability)?;
     w.write(b"kvtier s3 bucket").await?;
-    w.commit().await.map(|_| ())
+    Ok(w.commit_if_absent().await?.is_some())
 }
 
 /// Serves the S3 endpoint on `listener` until `stop` resolves.
@@ -65,7 +65,7 @@ pub(crate) async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let durability = config.durability().map_err(|e| e.to_string())?;
-    let app = Arc::new(S3 { manager, config, durability, idle, creates: Mutex::new(()) });
+    let app = Arc::new(S3 { manager, config, durability, idle });
     let router = Router::new().fallback(handle).with_state(app);
     axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(|e| format!("s3 http: {e}"))
 }
@@ -348,11 +348,13 @@ impl S3 {
     }
 
     async fn create_bucket(&self, bucket: &str) -> Result<Response> {
-        let _one = self.creates.lock().await;
+        let exists = || err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists"));
         if self.bucket_exists(bucket).await? {
-            return Err(err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists")));
+            return Err(exists());
         }
-        write_bucket_marker(&self.manager, &self.namespace(bucket), self.durability).await.map_err(internal)?;
+        if !write_bucket_marker(&self.manager, &self.namespace(bucket), self.durability).await.map_err(internal)? {
+            return Err(exists());
+        }
         let mut r = StatusCode::OK.into_response();
         r.headers_mut()
             .insert(header::LOCATION, format!("/{bucket}").parse().expect("a bucket name is a header value"));
@@ -468,29 +470,35 @@ impl S3 {
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
-        // A conditional create holds the node's create lock from check to commit.
-        let _one = if conditional { Some(self.creates.lock().await) } else { None };
+        let exists = || err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists"));
+        // Checked before the body is read (the common refusal costs no upload), and decided
+        // at the commit by the path's primary (of writers racing through any nodes, one wins).
         if conditional && self.stat(bucket, key).await?.is_some() {
-            return Err(err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists")));
+            return Err(exists());
         }
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let info = self.store_body(writer, headers, body, payload_hash).await?;
+        let writer = self.receive_body(writer, headers, body, payload_hash).await?;
+        let info = if conditional {
+            writer.commit_if_absent().await.map_err(internal)?.ok_or_else(exists)?
+        } else {
+            writer.commit().await.map_err(internal)?
+        };
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
         Ok(r)
     }
 
-    /// Streams a request body into `w` and commits it, or stores nothing: a body without
-    /// Content-Length, over the size limit, longer or shorter than declared, idle past the
-    /// timeout, or not hashing to the signed SHA-256.
-    pub(super) async fn store_body(
+    /// Streams a request body into `w`, ready to commit, or stores nothing (`w` aborted): a
+    /// body without Content-Length, over the size limit, longer or shorter than declared,
+    /// idle past the timeout, or not hashing to the signed SHA-256.
+    pub(super) async fn receive_body(
         &self,
         mut w: crate::objects::ObjectWriter,
         headers: &HeaderMap,
         body: Body,
         payload_hash: &str,
-    ) -> Result<ObjectInfo> {
+    ) -> Result<crate::objects::ObjectWriter> {
         // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
         // x-amz-decoded-content-length, the body its chunks.
         let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
@@ -564,7 +572,7 @@ impl S3 {
             w.abort().await;
             return Err(e);
         }
-        w.commit().await.map_err(internal)
+        Ok(w)
     }
 
     /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into

@@ -113,8 +113,9 @@ impl peer_server::Peer for PeerService {
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
         let info = parse_manifest(req.manifest)?;
-        let committed = self.manager.commit_here(&ns, info, durability).await.map_err(|e| status_of(&e))?;
-        Ok(Response::new(manifest(&committed)))
+        let committed =
+            self.manager.commit_here(&ns, info, durability, req.if_absent).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(committed.as_ref().map(manifest).unwrap_or_default()))
     }
 
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<peer::Manifest>, Status> {
