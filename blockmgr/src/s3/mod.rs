@@ -1,8 +1,9 @@
-//! The S3-compatible endpoint (issue 8, in progress): buckets as namespaces, objects as
-//! named objects, every request signed with AWS Signature Version 4 ([`sigv4`]).
-//! Served on `[s3] listen`; aws-chunked bodies with unsigned trailers are accepted (their
-//! trailing checksum is not verified yet), signed streaming chunks are not.
+//! The S3-compatible endpoint: buckets as namespaces, objects as named objects, every
+//! request signed with AWS Signature Version 4 ([`sigv4`]). Served on `[s3] listen`;
+//! aws-chunked bodies with unsigned trailers are accepted, signed streaming chunks are not;
+//! a body's declared checksum (header or trailer) is verified before it is committed.
 
+mod checksum;
 mod chunked;
 mod delete_objects;
 mod multipart;

@@ -60,6 +60,15 @@ s3.put_object(Bucket="ckpt", Key="lock", Body=b"first", IfNoneMatch="*")
 assert code(s3.put_object, Bucket="ckpt", Key="lock", Body=b"second", IfNoneMatch="*") == ("PreconditionFailed", 412)
 assert s3.get_object(Bucket="ckpt", Key="lock")["Body"].read() == b"first"
 
+# Additional checksums: boto3 sends one with every put (CRC32 by default), and each is checked
+# (CRC32C and CRC64NVME need awscrt in boto3; NIXL's uploads send CRC64NVME trailers).
+for algorithm in ("CRC32", "SHA1", "SHA256"):
+    s3.put_object(Bucket="ckpt", Key=f"sum/{algorithm}", Body=b"summed", ChecksumAlgorithm=algorithm)
+    assert s3.get_object(Bucket="ckpt", Key=f"sum/{algorithm}")["Body"].read() == b"summed"
+assert code(s3.put_object, Bucket="ckpt", Key="sum/bad", Body=b"summed", ChecksumCRC32="AAAAAA==") == ("BadDigest", 400)
+assert code(s3.put_object, Bucket="ckpt", Key="sum/bad", Body=b"x", ChecksumSHA256="47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")[0] == "BadDigest"
+assert code(s3.get_object, Bucket="ckpt", Key="sum/bad")[0] == "NoSuchKey"
+
 # Listing: prefix, delimiter, pages.
 for i in range(5):
     s3.put_object(Bucket="ckpt", Key=f"run1/step-2/shard-{i}.bin", Body=b"s%d" % i)
