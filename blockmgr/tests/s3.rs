@@ -77,6 +77,23 @@ async fn boto3_puts_gets_lists_and_is_refused_with_s3_errors() {
     assert!(node.labelled_metric("s3_requests_total", "code=\"SignatureDoesNotMatch\"") >= 1);
     assert!(node.labelled_metric("s3_requests_total", "code=\"OK\"") >= 40);
     assert_eq!(node.labelled_metric("s3_requests_total", "code=\"RequestTimeout\""), 1);
+    // Each operation's latency, under its own name.
+    let timed = |op: &str| node.labelled_metric("request_duration_seconds_count", &format!("op=\"s3_{op}\""));
+    for (op, at_least) in [
+        ("put_object", 10),
+        ("get_object", 10),
+        ("head_object", 1),
+        ("list_objects", 3),
+        ("create_multipart_upload", 3),
+        ("upload_part", 6),
+        ("complete_multipart_upload", 3),
+        ("abort_multipart_upload", 1),
+        ("delete_objects", 1),
+        ("copy_object", 1),
+        ("create_bucket", 1),
+    ] {
+        assert!(timed(op) >= at_least, "{op}: {} timed", timed(op));
+    }
 }
 
 /// The `object_store` crate's S3 client (what Rust tools and many engines use), and objects

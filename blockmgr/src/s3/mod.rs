@@ -7,6 +7,7 @@ mod checksum;
 mod chunked;
 mod delete_objects;
 mod multipart;
+mod objects;
 pub(crate) mod server;
 pub mod sigv4;
 pub mod xml;

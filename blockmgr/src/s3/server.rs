@@ -1,24 +1,20 @@
-//! The S3 endpoint's requests over named objects.
+//! The S3 endpoint's server: authentication, routing, buckets and listings (objects.rs
+//! serves the object requests, multipart.rs the uploads).
 //!
 //! Bucket `B` is namespace `<prefix>/B`; it exists while its marker object (`bucket`) does.
 //! Object `K` is the named object `o/K` of that namespace, so objects get everything named
 //! objects have (chunking, replicas, flush and export to Blob, cache-on-read). Every request
-//! is signed (SigV4) by a configured access key allowed the bucket. A body is streamed into
-//! the object as it arrives, its SHA-256 checked against the signed one before the commit; a
-//! body that stalls past the idle timeout, runs past its declared length or the size limit,
-//! or fails its hash stores nothing.
+//! is signed (SigV4) by a configured access key allowed the bucket, counted by method and
+//! outcome and timed by operation.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::Body,
     extract::{Request, State},
     http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use super::{
@@ -34,16 +30,15 @@ pub(super) const OBJECT_PREFIX: &str = "o/";
 /// Longest key S3 allows.
 const MAX_KEY_BYTES: usize = 1024;
 
-type Result<T, E = S3Error> = std::result::Result<T, E>;
+pub(super) type Result<T, E = S3Error> = std::result::Result<T, E>;
 
 pub(super) struct S3 {
     pub(super) manager: Manager,
     pub(super) config: S3Config,
     pub(super) durability: Durability,
-    idle: Duration,
+    pub(super) idle: Duration,
 }
 
-/// Makes namespace `ns` a bucket (its marker object).
 /// Creates bucket namespace `ns`'s marker unless it exists (decided by the marker path's
 /// primary, so of two creators through any nodes one creates it): whether this call did.
 pub(super) async fn write_bucket_marker(
@@ -85,9 +80,13 @@ pub(super) fn internal(e: impl std::fmt::Display) -> S3Error {
 async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
     let method = req.method().clone();
     let head = method == Method::HEAD;
+    let (op, started) = (s3.operation(&req), std::time::Instant::now());
     let result = s3.route(req).await;
     let code = result.as_ref().map_or_else(|e| e.code, |_| "OK");
-    s3.manager.metrics().s3_requests.with_label_values(&[method.as_str(), code]).inc();
+    let metrics = s3.manager.metrics();
+    metrics.s3_requests.with_label_values(&[method.as_str(), code]).inc();
+    // To the response's head: a GET's body streams after it.
+    metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
     match result {
         Ok(r) => r,
         // HEAD answers carry no body, only the status.
@@ -100,7 +99,7 @@ async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
 }
 
 /// `%xx`-decoded `s`; `None` when it does not decode to UTF-8.
-fn decode(s: &str) -> Option<String> {
+pub(super) fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -139,7 +138,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// A bucket name as S3 allows it: 3 to 63 of `a-z0-9.-`, starting and ending alphanumeric.
-fn check_bucket(b: &str) -> Result<()> {
+pub(super) fn check_bucket(b: &str) -> Result<()> {
     let ok = (3..=63).contains(&b.len())
         && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
         && b.as_bytes()[0].is_ascii_alphanumeric()
@@ -172,23 +171,6 @@ pub(super) fn etag(info: &ObjectInfo) -> String {
     format!("\"{:08x}{:016x}\"", info.crc32c, info.generation)
 }
 
-/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
-fn range(value: &str, size: u64) -> Result<(u64, u64)> {
-    let invalid = || err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("range {value:?} of {size} bytes"));
-    let spec = value.strip_prefix("bytes=").ok_or_else(invalid)?;
-    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
-    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(a), Ok(b)) if a <= b => (a, b.min(size.saturating_sub(1))),
-        (Ok(a), Err(_)) if b.is_empty() => (a, size.saturating_sub(1)),
-        (Err(_), Ok(n)) if a.is_empty() && n > 0 => (size.saturating_sub(n), size.saturating_sub(1)),
-        _ => return Err(invalid()),
-    };
-    if start >= size {
-        return Err(invalid());
-    }
-    Ok((start, end - start + 1))
-}
-
 impl S3 {
     pub(super) fn namespace(&self, bucket: &str) -> String {
         format!("{}/{bucket}", self.config.namespace_prefix)
@@ -213,7 +195,7 @@ impl S3 {
         Ok((i, v.payload_hash))
     }
 
-    fn allowed(&self, key: usize, bucket: &str) -> Result<()> {
+    pub(super) fn allowed(&self, key: usize, bucket: &str) -> Result<()> {
         if self.config.keys[key].allows(bucket) {
             return Ok(());
         }
@@ -306,6 +288,44 @@ impl S3 {
                 }
             }
             None => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on a bucket"))),
+        }
+    }
+
+    /// The S3 operation `req` asks for, as the `op` of `kvtier_request_duration_seconds`
+    /// (`s3_get_object`, ...): told from the method, path and query alone, before it is
+    /// authenticated or routed (a request refused on the way is timed under its operation).
+    fn operation(&self, req: &Request) -> &'static str {
+        let path = req.uri().path().trim_start_matches('/');
+        let (bucket, key) = match (self.virtual_host_bucket(req.headers()), path.split_once('/')) {
+            (Some(_), _) => (true, !path.is_empty()),
+            (None, Some((b, k))) => (!b.is_empty(), !k.is_empty()),
+            (None, None) => (!path.is_empty(), false),
+        };
+        let query = req.uri().query().unwrap_or("");
+        let has = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+        let copy = req.headers().contains_key("x-amz-copy-source");
+        let m = req.method();
+        match (bucket, key) {
+            (false, _) => "s3_list_buckets",
+            (true, false) => match *m {
+                Method::PUT => "s3_create_bucket",
+                Method::HEAD => "s3_head_bucket",
+                Method::DELETE => "s3_delete_bucket",
+                Method::POST => "s3_delete_objects",
+                Method::GET if has("location") => "s3_get_bucket_location",
+                _ => "s3_list_objects",
+            },
+            (true, true) => match *m {
+                Method::POST if has("uploads") => "s3_create_multipart_upload",
+                Method::POST => "s3_complete_multipart_upload",
+                Method::PUT if has("uploadId") => "s3_upload_part",
+                Method::DELETE if has("uploadId") => "s3_abort_multipart_upload",
+                Method::PUT if copy => "s3_copy_object",
+                Method::PUT => "s3_put_object",
+                Method::HEAD => "s3_head_object",
+                Method::DELETE => "s3_delete_object",
+                _ => "s3_get_object",
+            },
         }
     }
 
@@ -446,263 +466,11 @@ impl S3 {
         }
         Ok(xml::document(listing.to_xml()))
     }
-
-    pub(super) async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
-        self.manager.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
-    }
-
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        headers: &HeaderMap,
-        body: Body,
-        payload_hash: &str,
-    ) -> Result<Response> {
-        let conditional = match headers.get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("?")) {
-            None => false,
-            Some("*") => true,
-            Some(other) => {
-                let what = format!("If-None-Match: {other} (only *)");
-                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
-            }
-        };
-        if !self.bucket_exists(bucket).await? {
-            return Err(no_such_bucket(bucket));
-        }
-        let exists = || err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists"));
-        // Checked before the body is read (the common refusal costs no upload), and decided
-        // at the commit by the path's primary (of writers racing through any nodes, one wins).
-        if conditional && self.stat(bucket, key).await?.is_some() {
-            return Err(exists());
-        }
-        let path = format!("{OBJECT_PREFIX}{key}");
-        let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let writer = self.receive_body(writer, headers, body, payload_hash).await?;
-        let info = if conditional {
-            writer.commit_if_absent().await.map_err(internal)?.ok_or_else(exists)?
-        } else {
-            writer.commit().await.map_err(internal)?
-        };
-        let mut r = StatusCode::OK.into_response();
-        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
-        Ok(r)
-    }
-
-    /// Streams a request body into `w`, ready to commit, or stores nothing (`w` aborted): a
-    /// body without Content-Length, over the size limit, longer or shorter than declared,
-    /// idle past the timeout, or not hashing to the signed SHA-256.
-    pub(super) async fn receive_body(
-        &self,
-        mut w: crate::objects::ObjectWriter,
-        headers: &HeaderMap,
-        body: Body,
-        payload_hash: &str,
-    ) -> Result<crate::objects::ObjectWriter> {
-        // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
-        // x-amz-decoded-content-length, the body its chunks.
-        let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
-        let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
-        let length = headers
-            .get(length_header)
-            .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
-            .map(|v| v.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
-            .transpose()?
-            .ok_or_else(|| err(StatusCode::LENGTH_REQUIRED, "MissingContentLength", "a PUT needs Content-Length"))?;
-        let limit = self.config.max_object_size.0;
-        if length > limit {
-            let what = format!("{length} bytes; one PUT takes at most {limit}");
-            return Err(err(StatusCode::BAD_REQUEST, "EntityTooLarge", what));
-        }
-        let expected = match payload_hash {
-            "UNSIGNED-PAYLOAD" | "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => None,
-            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
-            other => {
-                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
-            }
-        };
-        // SHA-256 only of a signed payload (it costs more than the rest of a PUT).
-        let (mut hash, mut got) = (expected.is_some().then(Sha256::new), 0u64);
-        let mut checksum = super::checksum::Checksum::from_headers(headers)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
-        let mut decoder = chunked.then(super::chunked::AwsChunked::new);
-        let mut stream = body.into_data_stream();
-        let received: Result<()> = async {
-            loop {
-                let chunk = match tokio::time::timeout(self.idle, stream.next()).await {
-                    Err(_) => {
-                        let what = "no body bytes within the idle timeout";
-                        return Err(err(StatusCode::BAD_REQUEST, "RequestTimeout", what));
-                    }
-                    Ok(None) if decoder.as_ref().is_some_and(|d| !d.is_done()) => {
-                        return Err(err(
-                            StatusCode::BAD_REQUEST,
-                            "IncompleteBody",
-                            "the aws-chunked body was cut short",
-                        ));
-                    }
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(e))) => return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", e.to_string())),
-                    Ok(Some(Ok(c))) => c,
-                };
-                let pieces = match decoder.as_mut() {
-                    Some(d) => d.feed(&chunk).map_err(|e| err(StatusCode::BAD_REQUEST, "IncompleteBody", e))?,
-                    None => vec![chunk],
-                };
-                for piece in pieces {
-                    got += piece.len() as u64;
-                    if got > length {
-                        return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", "more bytes than declared"));
-                    }
-                    if let Some(h) = hash.as_mut() {
-                        h.update(&piece);
-                    }
-                    if let Some(c) = checksum.as_mut() {
-                        c.update(&piece);
-                    }
-                    w.write(&piece).await.map_err(internal)?;
-                }
-            }
-        }
-        .await;
-        let checked = received.and_then(|()| {
-            if got != length {
-                return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", format!("{got} of {length} bytes arrived")));
-            }
-            if let (Some(h), Some(want)) = (hash, expected)
-                && hex::encode(h.finalize()) != want
-            {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "XAmzContentSHA256Mismatch",
-                    "the body does not hash as signed",
-                ));
-            }
-            let trailers = decoder.as_ref().map_or(&[][..], |d| &d.trailers[..]);
-            match checksum {
-                Some(c) => c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e)),
-                None => Ok(()),
-            }
-        });
-        if let Err(e) = checked {
-            w.abort().await;
-            return Err(e);
-        }
-        Ok(w)
-    }
-
-    /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
-    /// `bucket`/`key`, as a new object with the source's bytes.
-    async fn copy(&self, key_index: usize, bucket: &str, key: &str, source: &str) -> Result<Response> {
-        let bad = || err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("x-amz-copy-source {source:?}"));
-        let source = source.split('?').next().unwrap_or_default();
-        let source = decode(source).ok_or_else(bad)?;
-        let (src_bucket, src_key) = source.trim_start_matches('/').split_once('/').ok_or_else(bad)?;
-        check_bucket(src_bucket)?;
-        check_key(src_key)?;
-        self.allowed(key_index, src_bucket)?;
-        for b in [src_bucket, bucket] {
-            if !self.bucket_exists(b).await? {
-                return Err(no_such_bucket(b));
-            }
-        }
-        let info = self
-            .stat(src_bucket, src_key)
-            .await?
-            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
-        let copied = self.copy_object(src_bucket, &info, bucket, key).await?;
-        Ok(xml::document(format!(
-            "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
-            xml::iso8601(copied.created_unix),
-            xml::escape(&etag(&copied))
-        )))
-    }
-
-    /// Writes `source` (an object of `source_bucket`) as object `key` of `bucket`, a copy of
-    /// its own (CopyObject); nothing is stored if the source cannot be read.
-    async fn copy_object(
-        &self,
-        source_bucket: &str,
-        source: &ObjectInfo,
-        bucket: &str,
-        key: &str,
-    ) -> Result<ObjectInfo> {
-        let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
-        let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, 0, source.size));
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => w.write(&c).await.map_err(internal)?,
-                Err(e) => {
-                    w.abort().await;
-                    return Err(internal(e));
-                }
-            }
-        }
-        w.commit().await.map_err(internal)
-    }
-
-    async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {
-        if !self.bucket_exists(bucket).await? {
-            return Err(no_such_bucket(bucket));
-        }
-        let info = self
-            .stat(bucket, key)
-            .await?
-            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{key:?} does not exist")))?;
-        let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        let (offset, len) = match ranged {
-            Some(r) => range(r, info.size)?,
-            None => (0, info.size),
-        };
-        let mut r = if head {
-            Response::new(Body::empty())
-        } else {
-            let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
-            let stream = self.manager.read_object(&ns, &info, offset, len).map(|c| c.map_err(std::io::Error::other));
-            Response::new(Body::from_stream(stream))
-        };
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_LENGTH, len.into());
-        h.insert(header::ETAG, etag(&info).parse().expect("hex"));
-        h.insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
-        h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
-        h.insert(header::CONTENT_TYPE, "binary/octet-stream".parse().expect("ascii"));
-        if ranged.is_some() {
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let value = format!("bytes {offset}-{}/{}", offset + len - 1, info.size);
-            r.headers_mut().insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
-        }
-        Ok(r)
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<Response> {
-        if !self.bucket_exists(bucket).await? {
-            return Err(no_such_bucket(bucket));
-        }
-        self.manager
-            .delete_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}"))
-            .await
-            .map_err(internal)?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_follow_http() {
-        assert_eq!(range("bytes=0-9", 100), Ok((0, 10)));
-        assert_eq!(range("bytes=90-200", 100), Ok((90, 10)));
-        assert_eq!(range("bytes=95-", 100), Ok((95, 5)));
-        assert_eq!(range("bytes=-10", 100), Ok((90, 10)));
-        for bad in ["bytes=100-", "bytes=5-1", "items=0-1", "bytes=x-y", "bytes=-0"] {
-            assert_eq!(range(bad, 100).unwrap_err().code, "InvalidRange", "{bad}");
-        }
-    }
 
     #[test]
     fn keys_that_could_climb_out_of_their_bucket_are_refused() {

@@ -1,0 +1,295 @@
+//! The S3 endpoint's object requests: PutObject, CopyObject, GetObject and HeadObject (with
+//! `Range`), DeleteObject. A body is streamed into the object as it arrives and checked
+//! before the commit (its length, the signed SHA-256, a declared checksum); a body that
+//! stalls past the idle timeout, runs past its declared length or the size limit, or fails a
+//! check stores nothing.
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::{
+    server::{OBJECT_PREFIX, Result, S3, check_bucket, check_key, decode, err, etag, internal, no_such_bucket},
+    xml,
+};
+use crate::objects::{ObjectInfo, ObjectWriter};
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
+fn range(value: &str, size: u64) -> Result<(u64, u64)> {
+    let invalid = || err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("range {value:?} of {size} bytes"));
+    let spec = value.strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b.min(size.saturating_sub(1))),
+        (Ok(a), Err(_)) if b.is_empty() => (a, size.saturating_sub(1)),
+        (Err(_), Ok(n)) if a.is_empty() && n > 0 => (size.saturating_sub(n), size.saturating_sub(1)),
+        _ => return Err(invalid()),
+    };
+    if start >= size {
+        return Err(invalid());
+    }
+    Ok((start, end - start + 1))
+}
+
+impl S3 {
+    pub(super) async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
+        self.manager.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
+    }
+
+    pub(super) async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &HeaderMap,
+        body: Body,
+        payload_hash: &str,
+    ) -> Result<Response> {
+        let conditional = match headers.get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("?")) {
+            None => false,
+            Some("*") => true,
+            Some(other) => {
+                let what = format!("If-None-Match: {other} (only *)");
+                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
+            }
+        };
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        let exists = || err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists"));
+        // Checked before the body is read (the common refusal costs no upload), and decided
+        // at the commit by the path's primary (of writers racing through any nodes, one wins).
+        if conditional && self.stat(bucket, key).await?.is_some() {
+            return Err(exists());
+        }
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let writer = self.receive_body(writer, headers, body, payload_hash).await?;
+        let info = if conditional {
+            writer.commit_if_absent().await.map_err(internal)?.ok_or_else(exists)?
+        } else {
+            writer.commit().await.map_err(internal)?
+        };
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        Ok(r)
+    }
+
+    /// Streams a request body into `w`, ready to commit, or stores nothing (`w` aborted): a
+    /// body without Content-Length, over the size limit, longer or shorter than declared,
+    /// idle past the timeout, or not hashing to the signed SHA-256.
+    pub(super) async fn receive_body(
+        &self,
+        mut w: ObjectWriter,
+        headers: &HeaderMap,
+        body: Body,
+        payload_hash: &str,
+    ) -> Result<ObjectWriter> {
+        // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
+        // x-amz-decoded-content-length, the body its chunks.
+        let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+        let length_header = if chunked { "x-amz-decoded-content-length" } else { "content-length" };
+        let length = headers
+            .get(length_header)
+            .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
+            .map(|v| v.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "Content-Length")))
+            .transpose()?
+            .ok_or_else(|| err(StatusCode::LENGTH_REQUIRED, "MissingContentLength", "a PUT needs Content-Length"))?;
+        let limit = self.config.max_object_size.0;
+        if length > limit {
+            let what = format!("{length} bytes; one PUT takes at most {limit}");
+            return Err(err(StatusCode::BAD_REQUEST, "EntityTooLarge", what));
+        }
+        let expected = match payload_hash {
+            "UNSIGNED-PAYLOAD" | "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => None,
+            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
+            other => {
+                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("payload mode {other:?}")));
+            }
+        };
+        // SHA-256 only of a signed payload (it costs more than the rest of a PUT).
+        let (mut hash, mut got) = (expected.is_some().then(Sha256::new), 0u64);
+        let mut checksum = super::checksum::Checksum::from_headers(headers)
+            .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+        let mut decoder = chunked.then(super::chunked::AwsChunked::new);
+        let mut stream = body.into_data_stream();
+        let received: Result<()> = async {
+            loop {
+                let chunk = match tokio::time::timeout(self.idle, stream.next()).await {
+                    Err(_) => {
+                        let what = "no body bytes within the idle timeout";
+                        return Err(err(StatusCode::BAD_REQUEST, "RequestTimeout", what));
+                    }
+                    Ok(None) if decoder.as_ref().is_some_and(|d| !d.is_done()) => {
+                        return Err(err(
+                            StatusCode::BAD_REQUEST,
+                            "IncompleteBody",
+                            "the aws-chunked body was cut short",
+                        ));
+                    }
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(e))) => return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", e.to_string())),
+                    Ok(Some(Ok(c))) => c,
+                };
+                let pieces = match decoder.as_mut() {
+                    Some(d) => d.feed(&chunk).map_err(|e| err(StatusCode::BAD_REQUEST, "IncompleteBody", e))?,
+                    None => vec![chunk],
+                };
+                for piece in pieces {
+                    got += piece.len() as u64;
+                    if got > length {
+                        return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", "more bytes than declared"));
+                    }
+                    if let Some(h) = hash.as_mut() {
+                        h.update(&piece);
+                    }
+                    if let Some(c) = checksum.as_mut() {
+                        c.update(&piece);
+                    }
+                    w.write(&piece).await.map_err(internal)?;
+                }
+            }
+        }
+        .await;
+        let checked = received.and_then(|()| {
+            if got != length {
+                return Err(err(StatusCode::BAD_REQUEST, "IncompleteBody", format!("{got} of {length} bytes arrived")));
+            }
+            if let (Some(h), Some(want)) = (hash, expected)
+                && hex::encode(h.finalize()) != want
+            {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "XAmzContentSHA256Mismatch",
+                    "the body does not hash as signed",
+                ));
+            }
+            let trailers = decoder.as_ref().map_or(&[][..], |d| &d.trailers[..]);
+            match checksum {
+                Some(c) => c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e)),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = checked {
+            w.abort().await;
+            return Err(e);
+        }
+        Ok(w)
+    }
+
+    /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
+    /// `bucket`/`key`, as a new object with the source's bytes.
+    pub(super) async fn copy(&self, key_index: usize, bucket: &str, key: &str, source: &str) -> Result<Response> {
+        let bad = || err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("x-amz-copy-source {source:?}"));
+        let source = source.split('?').next().unwrap_or_default();
+        let source = decode(source).ok_or_else(bad)?;
+        let (src_bucket, src_key) = source.trim_start_matches('/').split_once('/').ok_or_else(bad)?;
+        check_bucket(src_bucket)?;
+        check_key(src_key)?;
+        self.allowed(key_index, src_bucket)?;
+        for b in [src_bucket, bucket] {
+            if !self.bucket_exists(b).await? {
+                return Err(no_such_bucket(b));
+            }
+        }
+        let info = self
+            .stat(src_bucket, src_key)
+            .await?
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
+        let copied = self.copy_object(src_bucket, &info, bucket, key).await?;
+        Ok(xml::document(format!(
+            "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
+            xml::iso8601(copied.created_unix),
+            xml::escape(&etag(&copied))
+        )))
+    }
+
+    /// Writes `source` (an object of `source_bucket`) as object `key` of `bucket`, a copy of
+    /// its own (CopyObject); nothing is stored if the source cannot be read.
+    async fn copy_object(
+        &self,
+        source_bucket: &str,
+        source: &ObjectInfo,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectInfo> {
+        let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, 0, source.size));
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => w.write(&c).await.map_err(internal)?,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(internal(e));
+                }
+            }
+        }
+        w.commit().await.map_err(internal)
+    }
+
+    pub(super) async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        let info = self
+            .stat(bucket, key)
+            .await?
+            .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{key:?} does not exist")))?;
+        let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        let (offset, len) = match ranged {
+            Some(r) => range(r, info.size)?,
+            None => (0, info.size),
+        };
+        let mut r = if head {
+            Response::new(Body::empty())
+        } else {
+            let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
+            let stream = self.manager.read_object(&ns, &info, offset, len).map(|c| c.map_err(std::io::Error::other));
+            Response::new(Body::from_stream(stream))
+        };
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, len.into());
+        h.insert(header::ETAG, etag(&info).parse().expect("hex"));
+        h.insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
+        h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
+        h.insert(header::CONTENT_TYPE, "binary/octet-stream".parse().expect("ascii"));
+        if ranged.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {offset}-{}/{}", offset + len - 1, info.size);
+            r.headers_mut().insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
+        }
+        Ok(r)
+    }
+
+    pub(super) async fn delete(&self, bucket: &str, key: &str) -> Result<Response> {
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        self.manager
+            .delete_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}"))
+            .await
+            .map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_http() {
+        assert_eq!(range("bytes=0-9", 100), Ok((0, 10)));
+        assert_eq!(range("bytes=90-200", 100), Ok((90, 10)));
+        assert_eq!(range("bytes=95-", 100), Ok((95, 5)));
+        assert_eq!(range("bytes=-10", 100), Ok((90, 10)));
+        for bad in ["bytes=100-", "bytes=5-1", "items=0-1", "bytes=x-y", "bytes=-0"] {
+            assert_eq!(range(bad, 100).unwrap_err().code, "InvalidRange", "{bad}");
+        }
+    }
+}
