@@ -229,7 +229,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     let objects = shared.path().join("objects");
     let mut nodes = common::start_static_cluster(&["n1", "n2", "n3"], |id| {
         format!(
-            "peer_timeout = \"3s\"\n\n[namespaces.\"s3/*\"]\nreplicas = 2\n\n[blob]\nurl = \"file://{}/nodes/{id}\"\n\
+            "peer_timeout = \"3s\"\n\n[namespaces.\"s3*\"]\nreplicas = 2\n\n[blob]\nurl = \"file://{}/nodes/{id}\"\n\
              objects_url = \"file://{}\"\nflush_linger = \"10ms\"\n\n{}",
             shared.path().display(),
             objects.display(),
@@ -237,6 +237,13 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
         )
     });
     boto3(&nodes[0], "s3.create_bucket(Bucket='ckpt')");
+    boto3(&nodes[1], "s3.create_bucket(Bucket='logs')");
+    boto3(&nodes[2], "s3.create_bucket(Bucket='data')");
+    // Each member lists every bucket, whichever member holds its marker.
+    let all_buckets = "assert sorted(b['Name'] for b in s3.list_buckets()['Buckets']) == ['ckpt', 'data', 'logs']";
+    for node in &nodes {
+        boto3(node, all_buckets);
+    }
     let parts: Vec<Bytes> = [6 << 20, 5 << 20, 1 << 20].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
     let whole = Bytes::from(parts.concat());
     let path = Path::from("step-9/model.safetensors");
@@ -291,7 +298,9 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
         whole,
         "two copies: one member's loss keeps it"
     );
+    boto3(&nodes[2], all_buckets);
     nodes[0].restart();
+    boto3(&nodes[0], all_buckets);
     let back = s3_client(&nodes[0], "ckpt");
     assert_eq!(back.get(&path).await.unwrap().bytes().await.unwrap(), whole);
 }

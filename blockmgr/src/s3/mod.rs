@@ -17,10 +17,7 @@ use crate::{Manager, config::S3Config};
 /// Creates bucket `bucket` as `config` maps it (what an S3 CreateBucket does), for tools in
 /// the node's process (benchmarks, set-up); an existing bucket is left as it is.
 pub async fn create_bucket(manager: &Manager, config: &S3Config, bucket: &str) -> Result<(), crate::Error> {
-    let ns = format!("{}/{bucket}", config.namespace_prefix);
-    if manager.stat_object(&ns, "bucket").await?.is_some() {
-        return Ok(());
-    }
     let durability = config.durability()?;
-    server::write_bucket_marker(manager, &ns, durability).await.map(|_| ()).map_err(crate::Error::from)
+    server::write_bucket(manager, &config.namespace_prefix, bucket, durability).await?;
+    Ok(())
 }

@@ -25,6 +25,8 @@ use crate::{Durability, Manager, config::S3Config, objects::ObjectInfo};
 
 /// The marker object of a bucket.
 const BUCKET_MARKER: &str = "bucket";
+/// Where the bucket registry lists buckets (objects `b/<bucket>` of namespace `<prefix>`).
+const REGISTRY_PREFIX: &str = "b/";
 /// Object paths are `o/` + the key.
 pub(super) const OBJECT_PREFIX: &str = "o/";
 /// Longest key S3 allows.
@@ -39,16 +41,28 @@ pub(super) struct S3 {
     pub(super) idle: Duration,
 }
 
-/// Creates bucket namespace `ns`'s marker unless it exists (decided by the marker path's
-/// primary, so of two creators through any nodes one creates it): whether this call did.
-pub(super) async fn write_bucket_marker(
+/// The object of the bucket registry (namespace `<prefix>`, which no bucket's can be) that
+/// lists `bucket` cluster-wide for ListBuckets.
+fn registry_path(bucket: &str) -> String {
+    format!("{REGISTRY_PREFIX}{bucket}")
+}
+
+/// Creates bucket `bucket` (namespace `<prefix>/<bucket>`) unless it exists: its marker,
+/// decided by the marker path's primary (of two creators through any nodes, one creates
+/// it), then its registry entry. Whether this call created it.
+pub(super) async fn write_bucket(
     manager: &Manager,
-    ns: &str,
+    prefix: &str,
+    bucket: &str,
     durability: Durability,
 ) -> Result<bool, kvtier_tiers::Error> {
-    let mut w = manager.write_object(ns, BUCKET_MARKER, durability)?;
+    let mut w = manager.write_object(&format!("{prefix}/{bucket}"), BUCKET_MARKER, durability)?;
     w.write(b"kvtier s3 bucket").await?;
-    Ok(w.commit_if_absent().await?.is_some())
+    if w.commit_if_absent().await?.is_none() {
+        return Ok(false);
+    }
+    manager.write_object(prefix, &registry_path(bucket), durability)?.commit().await?;
+    Ok(true)
 }
 
 /// Serves the S3 endpoint on `listener` until `stop` resolves.
@@ -342,15 +356,26 @@ impl S3 {
     }
 
     async fn list_buckets(&self, key_index: usize) -> Result<Response> {
+        // The registry (every member's part of it), and the markers this node holds (buckets
+        // made before the registry was).
         let prefix = format!("{}/", self.config.namespace_prefix);
-        let mut names: Vec<(String, u64)> = self
+        let registered = self.manager.list_objects(&self.config.namespace_prefix, REGISTRY_PREFIX).await;
+        let registered = registered
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|info| Some((info.path.strip_prefix(REGISTRY_PREFIX)?.to_string(), info.created_unix)));
+        let here = self
             .manager
             .objects_named_here(BUCKET_MARKER)
             .into_iter()
-            .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)))
-            .filter(|(b, _)| !b.contains('/') && self.config.keys[key_index].allows(b))
-            .collect();
-        names.sort();
+            .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)));
+        let mut names: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for (b, created) in registered.chain(here) {
+            if !b.contains('/') && self.config.keys[key_index].allows(&b) {
+                let at = names.entry(b).or_insert(created);
+                *at = (*at).min(created);
+            }
+        }
         let buckets: String = names
             .iter()
             .map(|(b, t)| {
@@ -372,7 +397,8 @@ impl S3 {
         if self.bucket_exists(bucket).await? {
             return Err(exists());
         }
-        if !write_bucket_marker(&self.manager, &self.namespace(bucket), self.durability).await.map_err(internal)? {
+        let (manager, prefix) = (&self.manager, &self.config.namespace_prefix);
+        if !write_bucket(manager, prefix, bucket, self.durability).await.map_err(internal)? {
             return Err(exists());
         }
         let mut r = StatusCode::OK.into_response();
@@ -390,6 +416,7 @@ impl S3 {
             return Err(err(StatusCode::CONFLICT, "BucketNotEmpty", format!("{bucket:?} holds objects")));
         }
         self.manager.delete_object(&ns, BUCKET_MARKER).await.map_err(internal)?;
+        self.manager.delete_object(&self.config.namespace_prefix, &registry_path(bucket)).await.map_err(internal)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
