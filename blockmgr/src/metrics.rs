@@ -76,6 +76,8 @@ pub struct Metrics {
     pub namespace_bytes_read: IntCounterVec,
     /// S3 endpoint requests, by HTTP `method` and `code` (`OK`, or the S3 error code).
     pub s3_requests: IntCounterVec,
+    /// Multipart uploads removed with their parts after `s3.stale_uploads_expiry`.
+    pub s3_uploads_expired: IntCounter,
     /// `lm://` requests refused or connections closed, by reason.
     pub lmcache_protocol_errors: IntCounterVec,
     /// Keys in the index.
@@ -236,6 +238,10 @@ impl Metrics {
                 "s3_requests_total",
                 "S3 endpoint requests, by method and code (OK or the S3 error)",
                 &["method", "code"],
+            ),
+            s3_uploads_expired: one_counter(
+                "s3_uploads_expired_total",
+                "Multipart uploads removed, with their parts, after s3.stale_uploads_expiry",
             ),
             lmcache_protocol_errors: counter(
                 "lmcache_protocol_errors_total",

@@ -333,3 +333,34 @@ async fn a_joined_object_outlives_kill_9_and_the_restart_sweep() {
     assert!(matches!(store.head(&path).await, Err(object_store::Error::NotFound { .. })));
     assert_eq!(node.client().await.stats().await.unwrap().index_blocks, empty, "blocks of the object are left");
 }
+
+/// An upload its client never finishes is removed with its parts once
+/// `s3.stale_uploads_expiry` has passed; one begun since is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_are_removed_with_their_parts_after_the_expiry() {
+    let node = Node::start_with(
+        "",
+        &s3_table("write_back").replacen("[[s3.keys]]", "stale_uploads_expiry = \"3s\"\n[[s3.keys]]", 1),
+    );
+    boto3(&node, "s3.create_bucket(Bucket='ckpt')");
+    let store = s3_client(&node, "ckpt");
+    let path = Path::from("abandoned.bin");
+    let upload = store.create_multipart(&path).await.unwrap();
+    store.put_part(&path, &upload, 0, PutPayload::from_bytes(pattern_part(1, 5 << 20))).await.unwrap();
+    let client = node.client().await;
+    let pending = || async { client.list_objects("s3/ckpt", "u/").await.unwrap().len() };
+    assert_eq!(pending().await, 2, "the marker and its part");
+    common::wait_until("the abandoned upload's removal", Duration::from_secs(30), || {
+        node.metric("s3_uploads_expired_total") >= 1
+    });
+    assert_eq!(pending().await, 0, "its part went with it");
+    let late = store.put_part(&path, &upload, 1, PutPayload::from_bytes(pattern_part(2, 100))).await;
+    assert!(late.is_err(), "a part for a removed upload: {late:?}");
+    assert_eq!(pending().await, 0, "the late part deleted itself");
+    // A fresh upload is not touched before its own expiry, and completes.
+    let fresh = store.create_multipart(&path).await.unwrap();
+    let part = store.put_part(&path, &fresh, 0, PutPayload::from_bytes(pattern_part(3, 1000))).await.unwrap();
+    store.complete_multipart(&path, &fresh, vec![part]).await.unwrap();
+    assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), pattern_part(3, 1000));
+    assert_eq!(node.metric("s3_uploads_expired_total"), 1);
+}

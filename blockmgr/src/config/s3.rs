@@ -1,5 +1,7 @@
 //! `[s3]`: the S3-compatible endpoint.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Durability, Error};
@@ -22,6 +24,11 @@ pub struct S3Config {
     pub durability: String,
     /// Largest object one PutObject may carry. Default 5 GiB (S3's).
     pub max_object_size: super::ByteSize,
+    /// Multipart uploads neither completed nor aborted this long after they began are
+    /// removed with their parts (a client that died mid-upload would otherwise pin them,
+    /// write-back parts against `blob.max_unflushed`). Default 24h; `0s`: never.
+    #[serde(with = "super::humantime_serde")]
+    pub stale_uploads_expiry: Duration,
     /// The access keys; every request is signed with one of them (SigV4).
     pub keys: Vec<S3Key>,
 }
@@ -47,6 +54,7 @@ impl Default for S3Config {
             domain: String::new(),
             durability: "local_disk".into(),
             max_object_size: super::ByteSize(5 << 30),
+            stale_uploads_expiry: Duration::from_secs(24 * 3600),
             keys: Vec::new(),
         }
     }

@@ -201,6 +201,50 @@ impl S3 {
     }
 }
 
+/// Removes, every quarter of `s3.stale_uploads_expiry` (at most an hour apart), the uploads
+/// of every bucket begun longer than that ago: each claimed as a completion would claim it
+/// (so one racing completion or a sweep on another node wins), then its parts deleted.
+pub(super) async fn sweep_stale_uploads(s3: std::sync::Arc<S3>) {
+    let expiry = s3.config.stale_uploads_expiry;
+    if expiry.is_zero() {
+        return;
+    }
+    let every = (expiry / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(3600));
+    loop {
+        tokio::time::sleep(every).await;
+        match s3.remove_stale_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "s3: removed multipart uploads past stale_uploads_expiry"),
+            Err(e) => tracing::warn!(error = %e.message, "s3: sweeping stale multipart uploads failed"),
+        }
+    }
+}
+
+impl S3 {
+    /// The uploads begun more than `stale_uploads_expiry` ago, removed: how many.
+    async fn remove_stale_uploads(&self) -> Result<usize, S3Error> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let expiry = self.config.stale_uploads_expiry.as_secs();
+        let mut removed = 0;
+        for (bucket, _) in self.buckets().await? {
+            let ns = self.namespace(&bucket);
+            let uploads = self.manager.list_objects(&ns, "u/").await.map_err(internal)?;
+            for upload in uploads {
+                let Some(id) = upload.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
+                if now.saturating_sub(upload.created_unix) < expiry {
+                    continue;
+                }
+                if self.manager.delete_object(&ns, &upload.path).await.map_err(internal)? {
+                    self.remove_upload(&ns, id).await;
+                    self.manager.metrics().s3_uploads_expired.inc();
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,8 +75,11 @@ pub(crate) async fn serve(
 ) -> Result<(), String> {
     let durability = config.durability().map_err(|e| e.to_string())?;
     let app = Arc::new(S3 { manager, config, durability, idle });
+    let sweeper = tokio::spawn(super::multipart::sweep_stale_uploads(app.clone()));
     let router = Router::new().fallback(handle).with_state(app);
-    axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(|e| format!("s3 http: {e}"))
+    let served = axum::serve(listener, router).with_graceful_shutdown(stop).await;
+    sweeper.abort();
+    served.map_err(|e| format!("s3 http: {e}"))
 }
 
 pub(super) fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> S3Error {
@@ -355,9 +358,9 @@ impl S3 {
         host.strip_suffix(domain)?.strip_suffix('.').filter(|b| !b.is_empty())
     }
 
-    async fn list_buckets(&self, key_index: usize) -> Result<Response> {
-        // The registry (every member's part of it), and the markers this node holds (buckets
-        // made before the registry was).
+    /// Every bucket, with when it was made: the registry (every member's part of it), and
+    /// the markers this node holds (buckets made before the registry was).
+    pub(super) async fn buckets(&self) -> Result<Vec<(String, u64)>> {
         let prefix = format!("{}/", self.config.namespace_prefix);
         let registered = self.manager.list_objects(&self.config.namespace_prefix, REGISTRY_PREFIX).await;
         let registered = registered
@@ -370,12 +373,16 @@ impl S3 {
             .into_iter()
             .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)));
         let mut names: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        for (b, created) in registered.chain(here) {
-            if !b.contains('/') && self.config.keys[key_index].allows(&b) {
-                let at = names.entry(b).or_insert(created);
-                *at = (*at).min(created);
-            }
+        for (b, created) in registered.chain(here).filter(|(b, _)| !b.contains('/')) {
+            let at = names.entry(b).or_insert(created);
+            *at = (*at).min(created);
         }
+        Ok(names.into_iter().collect())
+    }
+
+    async fn list_buckets(&self, key_index: usize) -> Result<Response> {
+        let names: Vec<(String, u64)> =
+            self.buckets().await?.into_iter().filter(|(b, _)| self.config.keys[key_index].allows(b)).collect();
         let buckets: String = names
             .iter()
             .map(|(b, t)| {
