@@ -9,6 +9,7 @@ mod delete_objects;
 mod multipart;
 mod objects;
 pub(crate) mod server;
+mod sigv2;
 pub mod sigv4;
 pub mod xml;
 

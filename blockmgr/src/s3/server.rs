@@ -201,7 +201,18 @@ impl S3 {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let keys = &self.config.keys;
         let secret = |ak: &str| keys.iter().find(|k| k.access_key == ak).map(|k| k.secret_key.clone());
-        let v = sigv4::verify(&req, secret, now).map_err(|e| {
+        let v = match sigv4::verify(&req, secret, now) {
+            // No V4 signature: a V2 presigned URL (what boto3 presigns by default) may carry one.
+            Err(AuthError::Missing) if query.contains("AWSAccessKeyId=") => {
+                let resource = match self.virtual_host_bucket(headers) {
+                    Some(bucket) => format!("/{bucket}{path}"),
+                    None => path.to_string(),
+                };
+                super::sigv2::verify_presigned(&req, &resource, secret, now)
+            }
+            other => other,
+        };
+        let v = v.map_err(|e| {
             let status = match e {
                 AuthError::Malformed(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::FORBIDDEN,

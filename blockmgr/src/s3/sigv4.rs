@@ -1,4 +1,6 @@
-//! AWS Signature Version 4, as S3 clients sign requests (the `Authorization` header form).
+//! AWS Signature Version 4, as S3 clients sign requests: the `Authorization` header form,
+//! and presigned URLs (the signature and its scope in the query, `X-Amz-Expires` seconds of
+//! validity, the payload unsigned).
 //!
 //! The canonical request is S3's: the path exactly as sent (S3 does not normalise or
 //! re-encode it), the query's `key=value` pairs as sent and sorted, each signed header as
@@ -32,6 +34,9 @@ pub enum AuthError {
     /// `x-amz-date` is too far from the server's clock.
     #[error("the request time {0} is more than 15 minutes from the server's")]
     TimeSkewed(String),
+    /// A presigned URL past its `X-Amz-Expires`.
+    #[error("the presigned URL expired at {0}")]
+    Expired(String),
 }
 
 impl AuthError {
@@ -43,6 +48,7 @@ impl AuthError {
             AuthError::UnknownKey(_) => "InvalidAccessKeyId",
             AuthError::SignatureDoesNotMatch => "SignatureDoesNotMatch",
             AuthError::TimeSkewed(_) => "RequestTimeTooSkewed",
+            AuthError::Expired(_) => "AccessDenied",
         }
     }
 }
@@ -138,6 +144,13 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, AuthError> {
         (Some(c), Some(h), Some(s)) => (c, h, s),
         _ => return Err(bad("Credential, SignedHeaders and Signature are all needed")),
     };
+    authorization(credential, signed, signature)
+}
+
+/// The signature's parts from its credential (`<key>/<date>/<region>/<service>/aws4_request`),
+/// signed header names (`;`-separated) and hex signature, checked.
+fn authorization<'a>(credential: &'a str, signed: &'a str, signature: &'a str) -> Result<Authorization<'a>, AuthError> {
+    let bad = |why: &str| AuthError::Malformed(why.to_string());
     let scope: Vec<&str> = credential.split('/').collect();
     let [access_key, date, region, service, "aws4_request"] = scope[..] else {
         return Err(bad("Credential must be <key>/<date>/<region>/<service>/aws4_request"));
@@ -178,16 +191,16 @@ fn amz_date_seconds(d: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + min * 60 + s)
 }
 
-/// Checks the request's signature. `secret_of` gives an access key's secret; `now` is the
-/// server's clock in seconds since the epoch.
+/// Checks the request's signature, in its `Authorization` header or (a presigned URL) its
+/// query. `secret_of` gives an access key's secret; `now` is the server's clock in seconds
+/// since the epoch.
 pub fn verify(req: &Request<'_>, secret_of: impl Fn(&str) -> Option<String>, now: i64) -> Result<Verified, AuthError> {
-    let auth = req.header("authorization").ok_or(AuthError::Missing)?;
+    let Some(auth) = req.header("authorization") else {
+        return verify_presigned(req, secret_of, now);
+    };
     let auth = parse_authorization(auth)?;
     let amz_date = req.header("x-amz-date").ok_or_else(|| AuthError::Malformed("no x-amz-date header".into()))?;
     let when = amz_date_seconds(amz_date).ok_or_else(|| AuthError::Malformed(format!("x-amz-date {amz_date:?}")))?;
-    if !amz_date.starts_with(auth.date) {
-        return Err(AuthError::Malformed("the credential's date is not the request's".into()));
-    }
     if (now - when).abs() > MAX_SKEW_SECONDS {
         return Err(AuthError::TimeSkewed(amz_date.to_string()));
     }
@@ -195,8 +208,70 @@ pub fn verify(req: &Request<'_>, secret_of: impl Fn(&str) -> Option<String>, now
         .header("x-amz-content-sha256")
         .ok_or_else(|| AuthError::Malformed("no x-amz-content-sha256 header".into()))?
         .to_string();
-    let secret = secret_of(auth.access_key).ok_or_else(|| AuthError::UnknownKey(auth.access_key.to_string()))?;
+    check_signature(req, &auth, amz_date, canonical_query(req.query), &payload_hash, secret_of)?;
+    Ok(Verified { access_key: auth.access_key.to_string(), payload_hash })
+}
 
+/// Longest validity of a presigned URL (S3's: 7 days).
+const MAX_EXPIRES_SECONDS: i64 = 7 * 24 * 3600;
+
+/// A presigned URL: `X-Amz-Algorithm`, `-Credential`, `-Date`, `-Expires`, `-SignedHeaders`
+/// and `-Signature` in the query; the canonical query is every other pair; the payload is
+/// unsigned.
+fn verify_presigned(
+    req: &Request<'_>,
+    secret_of: impl Fn(&str) -> Option<String>,
+    now: i64,
+) -> Result<Verified, AuthError> {
+    let pairs: Vec<(&str, &str)> =
+        req.query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
+    let get = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let Some(signature) = get("X-Amz-Signature") else { return Err(AuthError::Missing) };
+    let bad = |why: String| AuthError::Malformed(why);
+    if get("X-Amz-Algorithm") != Some("AWS4-HMAC-SHA256") {
+        return Err(bad("X-Amz-Algorithm must be AWS4-HMAC-SHA256".into()));
+    }
+    let field = |name: &str| -> Result<String, AuthError> {
+        let v = get(name).ok_or_else(|| bad(format!("a presigned URL needs {name}")))?;
+        super::server::decode(v).ok_or_else(|| bad(format!("{name} does not decode")))
+    };
+    let (credential, signed, amz_date) =
+        (field("X-Amz-Credential")?, field("X-Amz-SignedHeaders")?, field("X-Amz-Date")?);
+    let expires: i64 = field("X-Amz-Expires")?.parse().map_err(|_| bad("X-Amz-Expires is not a number".into()))?;
+    if !(1..=MAX_EXPIRES_SECONDS).contains(&expires) {
+        return Err(bad(format!("X-Amz-Expires {expires}: 1 to {MAX_EXPIRES_SECONDS} seconds")));
+    }
+    let auth = authorization(&credential, &signed, signature)?;
+    let when = amz_date_seconds(&amz_date).ok_or_else(|| bad(format!("X-Amz-Date {amz_date:?}")))?;
+    if when - now > MAX_SKEW_SECONDS {
+        return Err(AuthError::TimeSkewed(amz_date));
+    }
+    if now > when + expires {
+        return Err(AuthError::Expired(format!("{amz_date} + {expires}s")));
+    }
+    let query: String = {
+        let rest: Vec<String> =
+            pairs.iter().filter(|(k, _)| *k != "X-Amz-Signature").map(|(k, v)| format!("{k}={v}")).collect();
+        canonical_query(&rest.join("&"))
+    };
+    check_signature(req, &auth, &amz_date, query, "UNSIGNED-PAYLOAD", secret_of)?;
+    Ok(Verified { access_key: auth.access_key.to_string(), payload_hash: "UNSIGNED-PAYLOAD".into() })
+}
+
+/// Recomputes the signature of `req` as `auth` scopes it, at `amz_date`, over `query` (its
+/// canonical form) and `payload_hash`, and compares it with `auth`'s in constant time.
+fn check_signature(
+    req: &Request<'_>,
+    auth: &Authorization<'_>,
+    amz_date: &str,
+    query: String,
+    payload_hash: &str,
+    secret_of: impl Fn(&str) -> Option<String>,
+) -> Result<(), AuthError> {
+    if !amz_date.starts_with(auth.date) {
+        return Err(AuthError::Malformed("the credential's date is not the request's".into()));
+    }
+    let secret = secret_of(auth.access_key).ok_or_else(|| AuthError::UnknownKey(auth.access_key.to_string()))?;
     let mut canonical_headers = String::new();
     for name in &auth.signed_headers {
         let value =
@@ -204,13 +279,10 @@ pub fn verify(req: &Request<'_>, secret_of: impl Fn(&str) -> Option<String>, now
         canonical_headers.push_str(&format!("{name}:{value}\n"));
     }
     let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{query}\n{canonical_headers}\n{}\n{payload_hash}",
         req.method,
         req.path,
-        canonical_query(req.query),
-        canonical_headers,
         auth.signed_headers.join(";"),
-        payload_hash
     );
     let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
     let string_to_sign =
@@ -220,8 +292,7 @@ pub fn verify(req: &Request<'_>, secret_of: impl Fn(&str) -> Option<String>, now
     mac.update(string_to_sign.as_bytes());
     let claimed = hex::decode(auth.signature).map_err(|_| AuthError::Malformed("signature".into()))?;
     // `verify_slice` compares in constant time.
-    mac.verify_slice(&claimed).map_err(|_| AuthError::SignatureDoesNotMatch)?;
-    Ok(Verified { access_key: auth.access_key.to_string(), payload_hash })
+    mac.verify_slice(&claimed).map_err(|_| AuthError::SignatureDoesNotMatch)
 }
 
 #[cfg(test)]
@@ -287,6 +358,31 @@ mod tests {
         let late = verify(&Request { headers: &headers, ..req }, secret, WHEN + MAX_SKEW_SECONDS + 1);
         assert!(matches!(late, Err(AuthError::TimeSkewed(_))), "{late:?}");
         assert_eq!(verify(&Request { headers: &[], ..req }, secret, WHEN), Err(AuthError::Missing));
+    }
+
+    /// AWS's presigned-URL example ("Example: GET Object", query string authentication).
+    const PRESIGNED: &str = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request\
+        &X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\
+        &X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+
+    fn presigned(query: &str, now: i64) -> Result<Verified, AuthError> {
+        let headers = [("Host", "examplebucket.s3.amazonaws.com")];
+        verify(&Request { method: "GET", path: "/test.txt", query, headers: &headers }, secret, now)
+    }
+
+    #[test]
+    fn the_aws_presigned_example_verifies_until_it_expires() {
+        let ok = presigned(PRESIGNED, WHEN + 3600).unwrap();
+        assert_eq!(ok.payload_hash, "UNSIGNED-PAYLOAD");
+        assert!(matches!(presigned(PRESIGNED, WHEN + 86_401), Err(AuthError::Expired(_))));
+        assert!(matches!(presigned(PRESIGNED, WHEN - 2 * MAX_SKEW_SECONDS), Err(AuthError::TimeSkewed(_))));
+        let changed = PRESIGNED.replace("Expires=86400", "Expires=86401");
+        assert_eq!(presigned(&changed, WHEN), Err(AuthError::SignatureDoesNotMatch));
+        let extra = format!("{PRESIGNED}&versionId=1");
+        assert_eq!(presigned(&extra, WHEN), Err(AuthError::SignatureDoesNotMatch));
+        let long = PRESIGNED.replace("Expires=86400", "Expires=999999");
+        assert!(matches!(presigned(&long, WHEN), Err(AuthError::Malformed(m)) if m.contains("X-Amz-Expires")));
+        assert_eq!(presigned("", WHEN), Err(AuthError::Missing));
     }
 
     #[test]

@@ -189,6 +189,37 @@ try:
     raise AssertionError("an unsigned GET was served")
 except urllib.error.HTTPError as e:
     assert e.code == 403 and b"<Code>AccessDenied</Code>" in e.read()
+# Presigned URLs (query-string signatures): a GET and a PUT by a client with no keys, V4
+# (signature_version="s3v4") and V2 (what boto3 presigns by default).
+v2_url = s3.generate_presigned_url("get_object", Params={"Bucket": "ckpt", "Key": "lock"}, ExpiresIn=600)
+assert "AWSAccessKeyId=" in v2_url and urllib.request.urlopen(v2_url).read() == b"first"
+s3v4 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key=sk, region_name="us-east-1",
+                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+url = s3v4.generate_presigned_url("get_object", Params={"Bucket": "ckpt", "Key": "lock"}, ExpiresIn=600)
+assert "X-Amz-Signature=" in url and urllib.request.urlopen(url).read() == b"first"
+put_url = s3v4.generate_presigned_url("put_object", Params={"Bucket": "ckpt", "Key": "presigned/upload.bin"}, ExpiresIn=600)
+urllib.request.urlopen(urllib.request.Request(put_url, data=b"via a presigned PUT", method="PUT"))
+assert s3.get_object(Bucket="ckpt", Key="presigned/upload.bin")["Body"].read() == b"via a presigned PUT"
+
+
+def refused(url, method="GET"):
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method=method, data=b"x" if method == "PUT" else None))
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, body.split(b"<Code>")[1].split(b"</Code>")[0].decode()
+    raise AssertionError(f"{url} was served")
+
+
+assert refused(url.replace("Signature=", "Signature=0")[:-1]) == (403, "SignatureDoesNotMatch")
+assert refused(url.replace("/ckpt/lock", "/ckpt/lock2")) == (403, "SignatureDoesNotMatch")
+assert refused(put_url, "GET") == (403, "SignatureDoesNotMatch"), "a PUT's URL does not GET"
+short = s3v4.generate_presigned_url("get_object", Params={"Bucket": "ckpt", "Key": "lock"}, ExpiresIn=1)
+short_v2 = s3.generate_presigned_url("get_object", Params={"Bucket": "ckpt", "Key": "lock"}, ExpiresIn=1)
+assert refused(v2_url.replace("/ckpt/lock", "/ckpt/lock2")) == (403, "SignatureDoesNotMatch")
+time.sleep(2.1)
+assert refused(short) == (403, "AccessDenied"), "an expired URL"
+assert refused(short_v2) == (403, "AccessDenied"), "an expired V2 URL"
 big = int(os.environ["S3_MAX_OBJECT"]) + 1
 assert code(s3.put_object, Bucket="ckpt", Key="big", Body=b"z" * big)[0] == "EntityTooLarge"
 # A key restricted to other buckets.
