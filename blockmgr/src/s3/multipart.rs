@@ -17,6 +17,8 @@ use axum::{
 };
 use futures::StreamExt;
 
+use crate::objects::ObjectInfo;
+
 use super::{
     server::{OBJECT_PREFIX, S3, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
@@ -180,6 +182,156 @@ impl S3 {
             xml::escape(bucket),
             xml::escape(key),
             xml::escape(&etag(&info))
+        )))
+    }
+
+    /// UploadPartCopy: part `n` of upload `id` from bytes of an existing object
+    /// (`x-amz-copy-source`, optionally `x-amz-copy-source-range: bytes=a-b`), copied.
+    #[expect(clippy::too_many_arguments, reason = "one request's parts")]
+    pub(super) async fn upload_part_copy(
+        &self,
+        key_index: usize,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        n: u32,
+        source: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, S3Error> {
+        self.check_upload(bucket, key, id).await?;
+        let (src_bucket, info) = self.copy_source(key_index, bucket, source).await?;
+        let range = match headers.get("x-amz-copy-source-range").map(|v| v.to_str().unwrap_or("?")) {
+            None => 0..info.size,
+            Some(r) => {
+                let (from, len) = super::objects::range(r, info.size)?;
+                from..from + len
+            }
+        };
+        let (ns, path) = (self.namespace(bucket), part_path(id, n));
+        let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
+        let part = self.copy_into(&src_bucket, &info, range, writer).await?;
+        if self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.is_none() {
+            let _ = self.manager.delete_object(&ns, &path).await;
+            return Err(no_such_upload(id));
+        }
+        Ok(xml::document(format!(
+            "<CopyPartResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyPartResult>",
+            xml::iso8601(part.created_unix),
+            xml::escape(&etag(&part))
+        )))
+    }
+
+    /// ListParts: the parts of upload `id` uploaded so far, by number, from
+    /// `part-number-marker` on, at most `max-parts` (1000).
+    pub(super) async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        params: &[(String, String)],
+    ) -> Result<Response, S3Error> {
+        self.check_upload(bucket, key, id).await?;
+        let number = |name: &str, default: u32| -> Result<u32, S3Error> {
+            match params.iter().find(|(k, _)| k == name) {
+                None => Ok(default),
+                Some((_, v)) => {
+                    v.parse().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", name.to_string()))
+                }
+            }
+        };
+        let (after, max) = (number("part-number-marker", 0)?, number("max-parts", 1000)?.min(1000));
+        let prefix = format!("{}/", marker(id));
+        let mut parts: Vec<(u32, ObjectInfo)> = self
+            .manager
+            .list_objects(&self.namespace(bucket), &prefix)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|p| Some((p.path.strip_prefix(&prefix)?.parse::<u32>().ok()?, p)))
+            .filter(|(n, _)| *n > after)
+            .collect();
+        parts.sort_by_key(|(n, _)| *n);
+        let truncated = parts.len() > max as usize;
+        parts.truncate(max as usize);
+        let listed: String = parts
+            .iter()
+            .map(|(n, p)| {
+                format!(
+                    "<Part><PartNumber>{n}</PartNumber><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size></Part>",
+                    xml::iso8601(p.created_unix),
+                    xml::escape(&etag(p)),
+                    p.size
+                )
+            })
+            .collect();
+        let next = parts.last().map_or(after, |(n, _)| *n);
+        Ok(xml::document(format!(
+            "<ListPartsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket><Key>{}</Key>\
+             <UploadId>{id}</UploadId><PartNumberMarker>{after}</PartNumberMarker>\
+             <NextPartNumberMarker>{next}</NextPartNumberMarker><MaxParts>{max}</MaxParts>\
+             <IsTruncated>{truncated}</IsTruncated>{listed}</ListPartsResult>",
+            xml::escape(bucket),
+            xml::escape(key),
+        )))
+    }
+
+    /// ListMultipartUploads: the bucket's uploads in progress whose key starts with `prefix`,
+    /// by key then id, at most `max-uploads` (1000), after `key-marker`/`upload-id-marker`.
+    pub(super) async fn list_uploads(&self, bucket: &str, params: &[(String, String)]) -> Result<Response, S3Error> {
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+        let (prefix, key_marker, id_marker) = (param("prefix"), param("key-marker"), param("upload-id-marker"));
+        let max = match param("max-uploads") {
+            "" => 1000,
+            v => v.parse::<usize>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "max-uploads"))?,
+        }
+        .min(1000);
+        let ns = self.namespace(bucket);
+        let namespace = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
+        let mut uploads = Vec::new();
+        for m in self.manager.list_objects(&ns, "u/").await.map_err(internal)? {
+            let Some(id) = m.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
+            // The marker holds the upload's key.
+            let mut key = Vec::new();
+            let mut stream = std::pin::pin!(self.manager.read_object(&namespace, &m, 0, m.size));
+            while let Some(c) = stream.next().await {
+                key.extend_from_slice(&c.map_err(internal)?);
+            }
+            let Ok(key) = String::from_utf8(key) else { continue };
+            // After the markers: keys past key-marker, or its own uploads past upload-id-marker.
+            let after = match (key_marker, id_marker) {
+                ("", _) => true,
+                (k, "") => key.as_str() > k,
+                (k, i) => (key.as_str(), id) > (k, i),
+            };
+            if key.starts_with(prefix) && after {
+                uploads.push((key, id.to_string(), m.created_unix));
+            }
+        }
+        uploads.sort();
+        let truncated = uploads.len() > max;
+        uploads.truncate(max);
+        let (next_key, next_id) = uploads.last().map_or(("", ""), |(k, i, _)| (k.as_str(), i.as_str()));
+        let listed: String = uploads
+            .iter()
+            .map(|(k, i, t)| {
+                format!(
+                    "<Upload><Key>{}</Key><UploadId>{i}</UploadId><Initiated>{}</Initiated></Upload>",
+                    xml::escape(k),
+                    xml::iso8601(*t)
+                )
+            })
+            .collect();
+        Ok(xml::document(format!(
+            "<ListMultipartUploadsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
+             <KeyMarker>{}</KeyMarker><UploadIdMarker>{}</UploadIdMarker><NextKeyMarker>{}</NextKeyMarker>\
+             <NextUploadIdMarker>{}</NextUploadIdMarker><Prefix>{}</Prefix><MaxUploads>{max}</MaxUploads>\
+             <IsTruncated>{truncated}</IsTruncated>{listed}</ListMultipartUploadsResult>",
+            xml::escape(bucket),
+            xml::escape(key_marker),
+            xml::escape(id_marker),
+            xml::escape(next_key),
+            xml::escape(next_id),
+            xml::escape(prefix),
         )))
     }
 

@@ -19,7 +19,7 @@ use super::{
 use crate::objects::{ObjectInfo, ObjectWriter};
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
-fn range(value: &str, size: u64) -> Result<(u64, u64)> {
+pub(super) fn range(value: &str, size: u64) -> Result<(u64, u64)> {
     let invalid = || err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("range {value:?} of {size} bytes"));
     let spec = value.strip_prefix("bytes=").ok_or_else(invalid)?;
     let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
@@ -183,6 +183,25 @@ impl S3 {
     /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
     /// `bucket`/`key`, as a new object with the source's bytes.
     pub(super) async fn copy(&self, key_index: usize, bucket: &str, key: &str, source: &str) -> Result<Response> {
+        let (src_bucket, info) = self.copy_source(key_index, bucket, source).await?;
+        let path = format!("{OBJECT_PREFIX}{key}");
+        let w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let copied = self.copy_into(&src_bucket, &info, 0..info.size, w).await?;
+        Ok(xml::document(format!(
+            "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
+            xml::iso8601(copied.created_unix),
+            xml::escape(&etag(&copied))
+        )))
+    }
+
+    /// The object `x-amz-copy-source` names (`/bucket/key` or `bucket/key`, URL-encoded), as
+    /// its bucket and current version, checked: both buckets exist and the key may read it.
+    pub(super) async fn copy_source(
+        &self,
+        key_index: usize,
+        bucket: &str,
+        source: &str,
+    ) -> Result<(String, ObjectInfo)> {
         let bad = || err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("x-amz-copy-source {source:?}"));
         let source = source.split('?').next().unwrap_or_default();
         let source = decode(source).ok_or_else(bad)?;
@@ -199,27 +218,20 @@ impl S3 {
             .stat(src_bucket, src_key)
             .await?
             .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
-        let copied = self.copy_object(src_bucket, &info, bucket, key).await?;
-        Ok(xml::document(format!(
-            "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
-            xml::iso8601(copied.created_unix),
-            xml::escape(&etag(&copied))
-        )))
+        Ok((src_bucket.to_string(), info))
     }
 
-    /// Writes `source` (an object of `source_bucket`) as object `key` of `bucket`, a copy of
-    /// its own (CopyObject); nothing is stored if the source cannot be read.
-    async fn copy_object(
+    /// Writes bytes `range` of `source` (an object of `source_bucket`) into `w` and commits
+    /// it: a copy of its own; nothing is stored if the source cannot be read.
+    pub(super) async fn copy_into(
         &self,
         source_bucket: &str,
         source: &ObjectInfo,
-        bucket: &str,
-        key: &str,
+        range: std::ops::Range<u64>,
+        mut w: ObjectWriter,
     ) -> Result<ObjectInfo> {
         let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
-        let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, 0, source.size));
+        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, range.start, range.end - range.start));
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(c) => w.write(&c).await.map_err(internal)?,

@@ -272,6 +272,7 @@ impl S3 {
             }
             None if *m == Method::DELETE => self.delete_bucket(bucket).await,
             None if *m == Method::POST && param("delete").is_some() => self.delete_objects(bucket, body).await,
+            None if *m == Method::GET && param("uploads").is_some() => self.list_uploads(bucket, &params).await,
             None if *m == Method::GET => {
                 if param("location").is_some() {
                     if !self.bucket_exists(bucket).await? {
@@ -289,9 +290,6 @@ impl S3 {
                 let upload = param("uploadId");
                 match (m.clone(), upload) {
                     (Method::POST, None) if param("uploads").is_some() => return self.create_upload(bucket, k).await,
-                    (Method::PUT, Some(_)) if parts.headers.contains_key("x-amz-copy-source") => {
-                        return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "UploadPartCopy"));
-                    }
                     (Method::PUT, Some(id)) => {
                         let n = param("partNumber")
                             .and_then(|n| n.parse::<u32>().ok())
@@ -299,8 +297,13 @@ impl S3 {
                         let n = n.ok_or_else(|| {
                             err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000")
                         })?;
+                        if let Some(src) = parts.headers.get("x-amz-copy-source") {
+                            let src = src.to_str().unwrap_or("");
+                            return self.upload_part_copy(key_index, bucket, k, id, n, src, &parts.headers).await;
+                        }
                         return self.upload_part(bucket, k, id, n, &parts.headers, body, &payload_hash).await;
                     }
+                    (Method::GET, Some(id)) => return self.list_parts(bucket, k, id, &params).await,
                     (Method::POST, Some(id)) => return self.complete_upload(bucket, k, id, body).await,
                     (Method::DELETE, Some(id)) => return self.abort_upload(bucket, k, id).await,
                     _ => {}
@@ -341,12 +344,15 @@ impl S3 {
                 Method::DELETE => "s3_delete_bucket",
                 Method::POST => "s3_delete_objects",
                 Method::GET if has("location") => "s3_get_bucket_location",
+                Method::GET if has("uploads") => "s3_list_multipart_uploads",
                 _ => "s3_list_objects",
             },
             (true, true) => match *m {
                 Method::POST if has("uploads") => "s3_create_multipart_upload",
                 Method::POST => "s3_complete_multipart_upload",
+                Method::PUT if has("uploadId") && copy => "s3_upload_part_copy",
                 Method::PUT if has("uploadId") => "s3_upload_part",
+                Method::GET if has("uploadId") => "s3_list_parts",
                 Method::DELETE if has("uploadId") => "s3_abort_multipart_upload",
                 Method::PUT if copy => "s3_copy_object",
                 Method::PUT => "s3_put_object",

@@ -117,6 +117,30 @@ assert code(s3.upload_part, Bucket="ckpt", Key="mp", UploadId=up, PartNumber=4, 
 s3.put_object(Bucket="ckpt", Key="mp", Body=b"small now")
 assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == b"small now"
 assert s3.get_object(Bucket="ckpt", Key="model/weights.safetensors")["Body"].read() == big_data
+# ListMultipartUploads, ListParts, UploadPartCopy (boto3's managed copy of a large object).
+up4 = s3.create_multipart_upload(Bucket="ckpt", Key="listed/a")["UploadId"]
+up5 = s3.create_multipart_upload(Bucket="ckpt", Key="listed/b")["UploadId"]
+s3.upload_part(Bucket="ckpt", Key="listed/a", UploadId=up4, PartNumber=2, Body=b"two")
+s3.upload_part(Bucket="ckpt", Key="listed/a", UploadId=up4, PartNumber=1, Body=b"one!")
+listed = s3.list_multipart_uploads(Bucket="ckpt", Prefix="listed/")["Uploads"]
+assert [(u["Key"], u["UploadId"]) for u in listed] == [("listed/a", up4), ("listed/b", up5)], listed
+after = s3.list_multipart_uploads(Bucket="ckpt", Prefix="listed/", KeyMarker="listed/a").get("Uploads", [])
+assert [u["Key"] for u in after] == ["listed/b"], after
+got = s3.list_parts(Bucket="ckpt", Key="listed/a", UploadId=up4)
+assert [(p["PartNumber"], p["Size"]) for p in got["Parts"]] == [(1, 4), (2, 3)] and not got["IsTruncated"], got
+page = s3.list_parts(Bucket="ckpt", Key="listed/a", UploadId=up4, MaxParts=1)
+assert [p["PartNumber"] for p in page["Parts"]] == [1] and page["IsTruncated"] and page["NextPartNumberMarker"] == 1
+assert code(s3.list_parts, Bucket="ckpt", Key="listed/b", UploadId=up4)[0] == "NoSuchUpload"
+for u, k in ((up4, "listed/a"), (up5, "listed/b")):
+    s3.abort_multipart_upload(Bucket="ckpt", Key=k, UploadId=u)
+assert s3.list_multipart_uploads(Bucket="ckpt", Prefix="listed/").get("Uploads", []) == []
+copy_tc = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+s3.copy({"Bucket": "ckpt", "Key": "model/weights.safetensors"}, "ckpt", "model/copy.safetensors", Config=copy_tc)
+assert s3.get_object(Bucket="ckpt", Key="model/copy.safetensors")["Body"].read() == big_data
+up6 = s3.create_multipart_upload(Bucket="ckpt", Key="ranged")["UploadId"]
+e6 = s3.upload_part_copy(Bucket="ckpt", Key="ranged", UploadId=up6, PartNumber=1, CopySource={"Bucket": "ckpt", "Key": "model/weights.safetensors"}, CopySourceRange="bytes=100-199")["CopyPartResult"]["ETag"]
+s3.complete_multipart_upload(Bucket="ckpt", Key="ranged", UploadId=up6, MultipartUpload=parts((1, e6)))
+assert s3.get_object(Bucket="ckpt", Key="ranged")["Body"].read() == big_data[100:200]
 up2 = s3.create_multipart_upload(Bucket="ckpt", Key="gone")["UploadId"]
 s3.upload_part(Bucket="ckpt", Key="gone", UploadId=up2, PartNumber=1, Body=b"x")
 s3.abort_multipart_upload(Bucket="ckpt", Key="gone", UploadId=up2)
