@@ -161,6 +161,8 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
     config.s3.listen = "127.0.0.1:0".into();
     config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
     config.cpu.capacity = ByteSize(((args.count * args.size) as u64 * 2).max(1 << 30));
+    // Twice what the run writes, not the default 8 GiB preallocated.
+    config.ssd.capacity = config.cpu.capacity;
     let node = RunningServer::start(config.clone()).await.context("starting the node")?;
     kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
     let endpoint = format!("http://{}", node.s3_addr.context("the node serves S3")?);

@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -208,157 +208,6 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Bytes of a new object arriving piece by piece; chunks are stored as they fill.
-/// Nothing is visible until [`ObjectWriter::commit`]. A writer dropped before its commit or
-/// abort (a request cancelled by its client, a dropped Python upload) deletes its chunks
-/// in the background, as an abort would.
-pub struct ObjectWriter {
-    manager: Manager,
-    namespace: Namespace,
-    path: String,
-    durability: Durability,
-    /// The manifest's durability: the chunks' (or, for a part, never write-back).
-    manifest_durability: Durability,
-    chunk_size: u64,
-    id: u64,
-    buf: BytesMut,
-    /// Chunks whose store began (the last may have failed or been cut short).
-    begun: u64,
-    size: u64,
-    crc32c: u32,
-    chunk_crc32c: Vec<u32>,
-    /// Set at commit or abort: from then on `Drop` leaves the chunks alone.
-    finished: bool,
-    /// The runtime the chunks were stored from, for `Drop`'s clean-up.
-    runtime: Option<tokio::runtime::Handle>,
-}
-
-impl std::fmt::Debug for ObjectWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectWriter")
-            .field("namespace", &self.namespace)
-            .field("path", &self.path)
-            .field("size", &self.size)
-            .field("chunks_begun", &self.begun)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ObjectWriter {
-    /// Appends bytes.
-    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), TierError> {
-        self.crc32c = kvtier_tiers::crc32c_append(self.crc32c, data);
-        self.size += data.len() as u64;
-        while !data.is_empty() {
-            let room = self.chunk_size as usize - self.buf.len();
-            let (now, rest) = data.split_at(room.min(data.len()));
-            self.buf.extend_from_slice(now);
-            data = rest;
-            if self.buf.len() as u64 == self.chunk_size {
-                self.store_chunk().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn store_chunk(&mut self) -> Result<(), TierError> {
-        let bytes = self.buf.split().freeze();
-        let key = chunk_key(&self.namespace, self.id, self.begun);
-        self.runtime.get_or_insert_with(tokio::runtime::Handle::current);
-        self.begun += 1;
-        let block = Block::new(key, bytes);
-        self.chunk_crc32c.push(block.crc32c);
-        self.manager.put(block, self.durability).await?;
-        Ok(())
-    }
-
-    /// Deletes every chunk this writer may have stored, on a task of its own: a caller
-    /// cancelled while waiting (hyper drops a handler whose client reset the stream) does not
-    /// cut the clean-up short. `None` if nothing was stored.
-    fn delete_chunks(&mut self) -> Option<tokio::task::JoinHandle<()>> {
-        self.finished = true;
-        let runtime = self.runtime.take()?;
-        let keys: Vec<BlockKey> = (0..self.begun).map(|i| chunk_key(&self.namespace, self.id, i)).collect();
-        let manager = self.manager.clone();
-        Some(runtime.spawn(async move {
-            for key in keys {
-                manager.delete(&key).await;
-            }
-        }))
-    }
-
-    /// Bytes received so far, and their CRC-32C.
-    pub fn received(&self) -> (u64, u32) {
-        (self.size, self.crc32c)
-    }
-
-    /// The manifest of what was written (taking the chunks' CRCs).
-    fn manifest(&mut self) -> ObjectInfo {
-        ObjectInfo {
-            path: self.path.clone(),
-            size: self.size,
-            generation: 0, // the path's primary assigns it
-            chunk_size: self.chunk_size,
-            crc32c: self.crc32c,
-            created_unix: now_unix(),
-            id: self.id,
-            chunk_crc32c: std::mem::take(&mut self.chunk_crc32c),
-            runs: Vec::new(),
-        }
-    }
-
-    /// Stores the last chunk and commits the manifest: from here readers see this version.
-    pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
-        if !self.buf.is_empty() {
-            self.store_chunk().await?;
-        }
-        let info = self.manifest();
-        // From here a manifest may name the chunks, so they are never deleted on this
-        // writer's behalf: a commit that fails or is cut short leaves them to the start-up
-        // sweep of unnamed chunks rather than risk breaking a version that did commit.
-        self.finished = true;
-        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, false).await?;
-        Ok(committed.expect("an unconditional commit commits"))
-    }
-
-    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`), decided by the
-    /// path's primary under its lock, so of writers racing through any nodes one wins.
-    /// `None`: the path has a version; this one's chunks are deleted.
-    pub async fn commit_if_absent(mut self) -> Result<Option<ObjectInfo>, TierError> {
-        if !self.buf.is_empty() {
-            self.store_chunk().await?;
-        }
-        let info = self.manifest();
-        self.finished = true;
-        match self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, true).await? {
-            Some(info) => Ok(Some(info)),
-            None => {
-                // Refused before any manifest was stored: nothing names the chunks.
-                self.finished = false;
-                if let Some(deleting) = self.delete_chunks() {
-                    let _ = deleting.await;
-                }
-                Ok(None)
-            }
-        }
-    }
-
-    /// Gives up: the chunks stored so far are deleted; the object stays as it was.
-    pub async fn abort(mut self) {
-        if let Some(deleting) = self.delete_chunks() {
-            let _ = deleting.await;
-        }
-    }
-}
-
-impl Drop for ObjectWriter {
-    fn drop(&mut self) {
-        if !self.finished && self.delete_chunks().is_some() {
-            tracing::debug!(path = %self.path, "an object upload dropped before its commit: deleting its chunks");
-        }
-    }
-}
-
 impl Manager {
     /// Commits a new version on this node (the path's primary, or a node alone): the next
     /// generation under the path's lock, its manifest stored (on the path's owners), the
@@ -387,52 +236,6 @@ impl Manager {
             self.remove_generation(ns, &old).await;
         }
         Ok(Some(info))
-    }
-
-    /// Starts a new version of `path` in `namespace`.
-    pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
-        self.object_writer(namespace, path, durability, durability)
-    }
-
-    /// Starts a part of an object to be joined ([`ObjectInfo::joined`]): its chunks are
-    /// stored with `durability`, but a write-back part is never exported to Blob on its own
-    /// (its manifest stays on local disk), so its chunks stay pinned until the joined object
-    /// that adopts them is exported, or the part is deleted.
-    pub(crate) fn write_part(
-        &self,
-        namespace: &str,
-        path: &str,
-        durability: Durability,
-    ) -> Result<ObjectWriter, TierError> {
-        let manifest = if durability == Durability::WriteBack { Durability::LocalDisk } else { durability };
-        self.object_writer(namespace, path, durability, manifest)
-    }
-
-    fn object_writer(
-        &self,
-        namespace: &str,
-        path: &str,
-        durability: Durability,
-        manifest_durability: Durability,
-    ) -> Result<ObjectWriter, TierError> {
-        check_path(path)?;
-        let namespace = Namespace::new(namespace)?;
-        Ok(ObjectWriter {
-            manager: self.clone(),
-            namespace,
-            path: path.to_string(),
-            durability,
-            manifest_durability,
-            chunk_size: self.object_chunk_size(),
-            id: rand::random(),
-            buf: BytesMut::new(),
-            begun: 0,
-            size: 0,
-            crc32c: 0,
-            chunk_crc32c: Vec::new(),
-            finished: false,
-            runtime: None,
-        })
     }
 
     /// The current version of `path` as this node's catalog has it.
@@ -582,6 +385,8 @@ mod export;
 mod join;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub(crate) use export::Exports;
 use join::Run;
+pub use writer::ObjectWriter;

@@ -3,6 +3,7 @@
 //! aws-chunked bodies with unsigned trailers are accepted, signed streaming chunks are not;
 //! a body's declared checksum (header or trailer) is verified before it is committed.
 
+mod buckets;
 mod checksum;
 mod chunked;
 mod delete_objects;
@@ -19,6 +20,6 @@ use crate::{Manager, config::S3Config};
 /// the node's process (benchmarks, set-up); an existing bucket is left as it is.
 pub async fn create_bucket(manager: &Manager, config: &S3Config, bucket: &str) -> Result<(), crate::Error> {
     let durability = config.durability()?;
-    server::write_bucket(manager, &config.namespace_prefix, bucket, durability).await?;
+    buckets::write_bucket(manager, &config.namespace_prefix, bucket, durability).await?;
     Ok(())
 }

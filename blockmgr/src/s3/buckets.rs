@@ -1,0 +1,109 @@
+//! The S3 endpoint's bucket requests: ListBuckets, CreateBucket, DeleteBucket. A bucket is a
+//! namespace with a marker object; the registry (objects `b/<bucket>` of namespace
+//! `<prefix>`) lists them cluster-wide.
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::{
+    server::{BUCKET_MARKER, OBJECT_PREFIX, REGISTRY_PREFIX, Result, S3, err, internal, no_such_bucket},
+    xml,
+};
+use crate::{Durability, Manager};
+
+/// The object of the bucket registry (namespace `<prefix>`, which no bucket's can be) that
+/// lists `bucket` cluster-wide for ListBuckets.
+fn registry_path(bucket: &str) -> String {
+    format!("{REGISTRY_PREFIX}{bucket}")
+}
+
+/// Creates bucket `bucket` (namespace `<prefix>/<bucket>`) unless it exists: its marker,
+/// decided by the marker path's primary (of two creators through any nodes, one creates
+/// it), then its registry entry. Whether this call created it.
+pub(super) async fn write_bucket(
+    manager: &Manager,
+    prefix: &str,
+    bucket: &str,
+    durability: Durability,
+) -> Result<bool, kvtier_tiers::Error> {
+    let mut w = manager.write_object(&format!("{prefix}/{bucket}"), BUCKET_MARKER, durability)?;
+    w.write(b"kvtier s3 bucket").await?;
+    if w.commit_if_absent().await?.is_none() {
+        return Ok(false);
+    }
+    manager.write_object(prefix, &registry_path(bucket), durability)?.commit().await?;
+    Ok(true)
+}
+
+impl S3 {
+    /// Every bucket, with when it was made: the registry (every member's part of it), and
+    /// the markers this node holds (buckets made before the registry was).
+    pub(super) async fn buckets(&self) -> Result<Vec<(String, u64)>> {
+        let prefix = format!("{}/", self.config.namespace_prefix);
+        let registered = self.manager.list_objects(&self.config.namespace_prefix, REGISTRY_PREFIX).await;
+        let registered = registered
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|info| Some((info.path.strip_prefix(REGISTRY_PREFIX)?.to_string(), info.created_unix)));
+        let here = self
+            .manager
+            .objects_named_here(BUCKET_MARKER)
+            .into_iter()
+            .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)));
+        let mut names: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for (b, created) in registered.chain(here).filter(|(b, _)| !b.contains('/')) {
+            let at = names.entry(b).or_insert(created);
+            *at = (*at).min(created);
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    pub(super) async fn list_buckets(&self, key_index: usize) -> Result<Response> {
+        let names: Vec<(String, u64)> =
+            self.buckets().await?.into_iter().filter(|(b, _)| self.config.keys[key_index].allows(b)).collect();
+        let buckets: String = names
+            .iter()
+            .map(|(b, t)| {
+                format!(
+                    "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+                    xml::escape(b),
+                    xml::iso8601(*t)
+                )
+            })
+            .collect();
+        Ok(xml::document(format!(
+            "<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>kvtier</ID>\
+             <DisplayName>kvtier</DisplayName></Owner><Buckets>{buckets}</Buckets></ListAllMyBucketsResult>"
+        )))
+    }
+
+    pub(super) async fn create_bucket(&self, bucket: &str) -> Result<Response> {
+        let exists = || err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists"));
+        if self.bucket_exists(bucket).await? {
+            return Err(exists());
+        }
+        let (manager, prefix) = (&self.manager, &self.config.namespace_prefix);
+        if !write_bucket(manager, prefix, bucket, self.durability).await.map_err(internal)? {
+            return Err(exists());
+        }
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, format!("/{bucket}").parse().expect("a bucket name is a header value"));
+        Ok(r)
+    }
+
+    pub(super) async fn delete_bucket(&self, bucket: &str) -> Result<Response> {
+        let ns = self.namespace(bucket);
+        if !self.bucket_exists(bucket).await? {
+            return Err(no_such_bucket(bucket));
+        }
+        if !self.manager.list_objects(&ns, OBJECT_PREFIX).await.map_err(internal)?.is_empty() {
+            return Err(err(StatusCode::CONFLICT, "BucketNotEmpty", format!("{bucket:?} holds objects")));
+        }
+        self.manager.delete_object(&ns, BUCKET_MARKER).await.map_err(internal)?;
+        self.manager.delete_object(&self.config.namespace_prefix, &registry_path(bucket)).await.map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
