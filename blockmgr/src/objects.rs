@@ -84,6 +84,11 @@ impl ObjectInfo {
         }
     }
 
+    /// The key id of chunk `index` (its version's, or its run's).
+    pub(crate) fn key_id_of(&self, index: u64) -> u64 {
+        self.run_of(index).map_or(self.id, |run| run.id)
+    }
+
     /// The bytes of the object chunk `index` holds.
     pub(crate) fn chunk_range(&self, index: u64) -> std::ops::Range<u64> {
         let (start, within, chunk_size, end) = match self.run_of(index) {
@@ -111,6 +116,11 @@ impl ObjectInfo {
     /// Whether chunks with key id `id` belong to this version.
     pub(crate) fn names_chunks_of(&self, id: u64) -> bool {
         if self.runs.is_empty() { self.id == id } else { self.runs.iter().any(|r| r.id == id) }
+    }
+
+    /// Whether this version names chunks of `other` (a joined object and a part it adopted).
+    pub(crate) fn shares_chunks_with(&self, other: &ObjectInfo) -> bool {
+        other.chunk_ids().into_iter().any(|id| self.names_chunks_of(id))
     }
 
     /// The key ids of this version's chunks.
@@ -224,16 +234,27 @@ impl Manager {
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
         // Another owner may know a newer version than this one (it was away meanwhile).
-        let elsewhere = self.generation_elsewhere(ns, &info.path).await;
-        if if_absent && (old.is_some() || elsewhere > 0) {
+        let elsewhere = self.newest_elsewhere(ns, &info.path, if_absent).await?;
+        let current = match (&old, elsewhere) {
+            (Some(o), Some(e)) if e.generation > o.generation => Some(e),
+            (Some(o), _) => Some(o.clone()),
+            (None, e) => e,
+        };
+        // This very version, committed by a call whose answer was lost (a primary that failed
+        // after storing the manifest, the retry now on the next owner): the same version
+        // again, not a new one, which would retire the chunks it names.
+        if let Some(c) = current.as_ref().filter(|c| c.id == info.id) {
+            return Ok(Some(c.clone()));
+        }
+        if if_absent && current.is_some() {
             return Ok(None);
         }
-        info.generation = old.as_ref().map_or(0, |o| o.generation).max(elsewhere) + 1;
+        info.generation = current.map_or(0, |c| c.generation) + 1;
         let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
         self.put(Block::new(manifest_key(ns, &info.path, info.generation), manifest), durability).await?;
         self.catalog.objects.write().insert(slot, info.clone());
         if let Some(old) = old {
-            self.remove_generation(ns, &old).await;
+            self.remove_generation_keeping(ns, &old, Some(&info)).await;
         }
         Ok(Some(info))
     }
@@ -322,8 +343,17 @@ impl Manager {
 
     /// Deletes a generation's manifest, then its chunks.
     pub(crate) async fn remove_generation(&self, ns: &Namespace, info: &ObjectInfo) {
+        self.remove_generation_keeping(ns, info, None).await;
+    }
+
+    /// Deletes a generation's manifest, then its chunks but those `keep` (the version that
+    /// replaces it) names too.
+    async fn remove_generation_keeping(&self, ns: &Namespace, info: &ObjectInfo, keep: Option<&ObjectInfo>) {
         self.delete(&manifest_key(ns, &info.path, info.generation)).await;
         for i in 0..info.chunks() {
+            if keep.is_some_and(|k| k.names_chunks_of(info.key_id_of(i))) {
+                continue;
+            }
             self.delete(&info.chunk_key(ns, i)).await;
         }
     }
@@ -351,7 +381,8 @@ impl Manager {
             }
         }
         for (ns, info) in stale {
-            self.remove_generation(&ns, &info).await;
+            let keep = newest.get(&(ns.clone(), info.path.clone()));
+            self.remove_generation_keeping(&ns, &info, keep).await;
         }
         if !newest.is_empty() {
             tracing::info!(objects = newest.len(), "objects: catalog rebuilt");

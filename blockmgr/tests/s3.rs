@@ -302,6 +302,23 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
         "two copies: one member's loss keeps it"
     );
     boto3(&nodes[2], all_buckets);
+    // A conditional create is decided only with every owner of the key answering: with n1
+    // (one of two owners) down it is refused, not decided blindly; without n1 it goes on.
+    let ids = ["n1", "n2", "n3"];
+    let key_owned = |by_n1: bool| {
+        (0..100)
+            .map(|i| format!("locks/down-{i}"))
+            .find(|k| common::path_owners(&ids, "s3/ckpt", &format!("o/{k}")).contains(&"n1") == by_n1)
+            .unwrap()
+    };
+    let writer = s3_client(&nodes[2], "ckpt");
+    let create = |k: String| {
+        let writer = writer.clone();
+        async move { writer.put_opts(&Path::from(k), PutPayload::from_static(b"l"), PutMode::Create.into()).await }
+    };
+    let blind = create(key_owned(true)).await;
+    assert!(blind.is_err(), "a create with an owner down was decided: {blind:?}");
+    create(key_owned(false)).await.unwrap();
     nodes[0].restart();
     boto3(&nodes[0], all_buckets);
     let back = s3_client(&nodes[0], "ckpt");

@@ -57,16 +57,35 @@ impl Manager {
         Some((plan, answers))
     }
 
-    /// The newest generation of `path` the other owners know (those that answer).
-    pub(crate) async fn generation_elsewhere(&self, ns: &Namespace, path: &str) -> u64 {
-        let Some((_, answers)) = self.ask_other_owners(ns, path).await else { return 0 };
-        answers
-            .into_iter()
-            .filter_map(|(_, a)| a.ok().flatten())
-            .filter_map(|json| serde_json::from_slice::<ObjectInfo>(&json).ok())
-            .map(|info| info.generation)
-            .max()
-            .unwrap_or(0)
+    /// The newest version of `path` the other owners know (those that answer; with
+    /// `all_answer`, an owner out of reach is an error: a decision that must see every copy,
+    /// as a conditional create's, is not taken without it).
+    pub(crate) async fn newest_elsewhere(
+        &self,
+        ns: &Namespace,
+        path: &str,
+        all_answer: bool,
+    ) -> Result<Option<ObjectInfo>, TierError> {
+        let Some((_, answers)) = self.ask_other_owners(ns, path).await else { return Ok(None) };
+        let mut newest: Option<ObjectInfo> = None;
+        let mut failures = Vec::new();
+        for (id, answer) in answers {
+            match answer {
+                Ok(Some(json)) => {
+                    let info = parse(&json, &id)?;
+                    if newest.as_ref().is_none_or(|n| n.generation < info.generation) {
+                        newest = Some(info);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => failures.push(format!("{id}: {e}")),
+            }
+        }
+        if all_answer && !failures.is_empty() {
+            let what = format!("deciding whether {ns}/{path} exists");
+            return Err(TierError::Unreachable { what, failures: failures.join("; ") });
+        }
+        Ok(newest)
     }
 
     /// Whether this node holds `path`'s manifests (always, alone).

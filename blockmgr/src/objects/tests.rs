@@ -130,3 +130,61 @@ async fn bad_paths_and_namespaces_are_clear_errors() {
     assert!(m.write_object("", "p", Durability::Cache).is_err());
     assert!(m.stat_object("bad namespace!", "p").await.is_err());
 }
+
+/// A commit retried after its answer was lost (the primary stored the manifest, then failed)
+/// answers the version that landed, and keeps its chunks: a new generation would retire them.
+#[tokio::test]
+async fn a_commit_retried_after_it_landed_is_the_same_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let data = pattern(4, 700_000);
+    let info = put(&m, "retried", &data).await;
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    let again = m.commit_here(&ns, info.clone(), Durability::LocalDisk, false).await.unwrap().unwrap();
+    assert_eq!(again.generation, info.generation, "the retry made a new generation");
+    assert_eq!(read(&m, "retried", 0, u64::MAX).await, data, "the retry retired the chunks");
+    // Conditionally too: the writer's own version is answered as committed, not refused.
+    let own = m.commit_here(&ns, info.clone(), Durability::LocalDisk, true).await.unwrap();
+    assert_eq!(own.map(|i| i.generation), Some(info.generation));
+    // Another writer's conditional commit of the path is refused.
+    let mut other = m.write_object(NS, "retried", Durability::LocalDisk).unwrap();
+    other.write(b"second writer").await.unwrap();
+    assert!(other.commit_if_absent().await.unwrap().is_none());
+    assert_eq!(read(&m, "retried", 0, u64::MAX).await, data);
+}
+
+/// A joined object keeps its chunks when one of its parts comes back (the part's manifest
+/// on an owner that missed its retiring, resynced back): retiring that part again, or the
+/// stale generation's removal, never deletes chunks the joined object names.
+#[tokio::test]
+async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    let (a, b) = (pattern(5, 600_000), pattern(6, 1000));
+    let mut parts = Vec::new();
+    for (path, data) in [("u/x/1", &a), ("u/x/2", &b)] {
+        let mut w = m.write_part(NS, path, Durability::LocalDisk).unwrap();
+        w.write(data).await.unwrap();
+        parts.push(w.commit().await.unwrap());
+    }
+    let joined = m.join_parts(NS, "o/joined", &parts, Durability::LocalDisk).await.unwrap();
+    assert!(joined.shares_chunks_with(&parts[0]) && joined.shares_chunks_with(&parts[1]));
+    assert!(m.stat_object(NS, "u/x/1").await.unwrap().is_none(), "the part was retired");
+    let whole = [a.as_ref(), b.as_ref()].concat();
+    assert_eq!(read(&m, "o/joined", 0, u64::MAX).await, whole);
+    // The part's manifest comes back, as a resynced copy would bring it.
+    let json = Bytes::from(serde_json::to_vec(&parts[0]).unwrap());
+    let key = super::manifest_key(&ns, "u/x/1", parts[0].generation);
+    m.put(kvtier_tiers::Block::new(key, json), Durability::LocalDisk).await.unwrap();
+    m.catalog.objects.write().insert((ns.clone(), "u/x/1".into()), parts[0].clone());
+    // Retiring it again (what an abort or the stale-upload sweep does for an adopted part)
+    // leaves the joined object whole.
+    assert!(m.forget_object(NS, &parts[0]).await.unwrap());
+    assert_eq!(read(&m, "o/joined", 0, u64::MAX).await, whole);
+    // Deleting the joined object deletes the adopted chunks: nothing of it is left.
+    assert!(m.delete_object(NS, "o/joined").await.unwrap());
+    let ns_ = kvtier_tiers::Namespace::new(NS).unwrap();
+    let chunk = joined.chunk_key(&ns_, 0);
+    assert!(matches!(m.get(&chunk).await, crate::GetOutcome::Miss { .. }));
+}

@@ -132,7 +132,9 @@ impl ObjectWriter {
         match self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, true).await? {
             Some(info) => Ok(Some(info)),
             None => {
-                // Refused before any manifest was stored: nothing names the chunks.
+                // Refused: the current version is another writer's (one of this writer's own,
+                // committed by a call whose answer was lost, is answered as committed), so no
+                // manifest names these chunks.
                 self.finished = false;
                 if let Some(deleting) = self.delete_chunks() {
                     let _ = deleting.await;

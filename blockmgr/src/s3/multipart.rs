@@ -73,16 +73,21 @@ impl S3 {
         let ns = self.namespace(bucket);
         let info =
             self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.ok_or_else(|| no_such_upload(id))?;
-        let ns_ = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&ns_, &info, 0, info.size));
+        match self.upload_key(&ns, &info).await {
+            Some(stored) if stored == key => Ok(()),
+            _ => Err(no_such_upload(id)),
+        }
+    }
+
+    /// The key upload marker `info` holds; `None` if it cannot be read (removed meanwhile).
+    async fn upload_key(&self, ns: &str, info: &ObjectInfo) -> Option<String> {
+        let namespace = kvtier_tiers::Namespace::new(ns).ok()?;
+        let mut stream = std::pin::pin!(self.manager.read_object(&namespace, info, 0, info.size));
         let mut stored = Vec::new();
         while let Some(c) = stream.next().await {
-            stored.extend_from_slice(&c.map_err(internal)?);
+            stored.extend_from_slice(&c.ok()?);
         }
-        if stored != key.as_bytes() {
-            return Err(no_such_upload(id));
-        }
-        Ok(())
+        String::from_utf8(stored).ok()
     }
 
     pub(super) async fn create_upload(&self, bucket: &str, key: &str) -> Result<Response, S3Error> {
@@ -174,7 +179,7 @@ impl S3 {
         }
         let path = format!("{OBJECT_PREFIX}{key}");
         let joined = self.manager.join_parts(&ns, &path, &parts, self.durability).await;
-        self.remove_upload(&ns, id).await; // the parts not listed
+        self.remove_upload(&ns, id, key).await; // the parts not listed
         let info = joined.map_err(internal)?;
         Ok(xml::document(format!(
             "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
@@ -286,17 +291,11 @@ impl S3 {
         }
         .min(1000);
         let ns = self.namespace(bucket);
-        let namespace = kvtier_tiers::Namespace::new(&ns).map_err(internal)?;
         let mut uploads = Vec::new();
         for m in self.manager.list_objects(&ns, "u/").await.map_err(internal)? {
             let Some(id) = m.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
-            // The marker holds the upload's key.
-            let mut key = Vec::new();
-            let mut stream = std::pin::pin!(self.manager.read_object(&namespace, &m, 0, m.size));
-            while let Some(c) = stream.next().await {
-                key.extend_from_slice(&c.map_err(internal)?);
-            }
-            let Ok(key) = String::from_utf8(key) else { continue };
+            // Skipped if it went meanwhile.
+            let Some(key) = self.upload_key(&ns, &m).await else { continue };
             // After the markers: keys past key-marker, or its own uploads past upload-id-marker.
             let after = match (key_marker, id_marker) {
                 ("", _) => true,
@@ -337,19 +336,37 @@ impl S3 {
 
     pub(super) async fn abort_upload(&self, bucket: &str, key: &str, id: &str) -> Result<Response, S3Error> {
         self.check_upload(bucket, key, id).await?;
-        self.remove_upload(&self.namespace(bucket), id).await;
+        // Claimed first, as a completion claims it: of the two, one goes on.
+        let ns = self.namespace(bucket);
+        if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
+            return Err(no_such_upload(id));
+        }
+        self.remove_upload(&ns, id, key).await;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
-    /// Deletes an upload's parts, then its marker.
-    async fn remove_upload(&self, ns: &str, id: &str) {
+    /// Deletes the parts of upload `id` (already claimed) of `key`. A part whose chunks the
+    /// object `key` names (its manifest brought back by an owner that missed the completion's
+    /// retiring it) is retired again, never deleted; if the object cannot be looked up, the
+    /// parts are left for a later sweep.
+    async fn remove_upload(&self, ns: &str, id: &str, key: &str) {
+        let joined = match self.manager.stat_object(ns, &format!("{OBJECT_PREFIX}{key}")).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                tracing::warn!(upload = id, error = %e, "the upload's object cannot be looked up: its parts are left");
+                return;
+            }
+        };
         let parts = self.manager.list_objects(ns, &format!("{}/", marker(id))).await.unwrap_or_default();
         for p in parts {
-            if let Err(e) = self.manager.delete_object(ns, &p.path).await {
-                tracing::warn!(path = p.path, error = %e, "deleting a multipart part failed");
+            let removed = match &joined {
+                Some(j) if j.shares_chunks_with(&p) => self.manager.forget_object(ns, &p).await,
+                _ => self.manager.delete_object(ns, &p.path).await,
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = p.path, error = %e, "removing a multipart part failed");
             }
         }
-        let _ = self.manager.delete_object(ns, &marker(id)).await;
     }
 }
 
@@ -386,8 +403,9 @@ impl S3 {
                 if now.saturating_sub(upload.created_unix) < expiry {
                     continue;
                 }
+                let Some(key) = self.upload_key(&ns, &upload).await else { continue };
                 if self.manager.delete_object(&ns, &upload.path).await.map_err(internal)? {
-                    self.remove_upload(&ns, id).await;
+                    self.remove_upload(&ns, id, &key).await;
                     self.manager.metrics().s3_uploads_expired.inc();
                     removed += 1;
                 }

@@ -271,6 +271,14 @@ fn check_signature(
     if !amz_date.starts_with(auth.date) {
         return Err(AuthError::Malformed("the credential's date is not the request's".into()));
     }
+    // S3's rule: every x-amz-* header is signed. Otherwise the holder of a signed request (a
+    // presigned URL, a replay within the skew) could add one, e.g. x-amz-copy-source, and turn
+    // a PUT into a copy from any bucket the key may read.
+    if let Some((name, _)) = req.headers.iter().find(|(n, _)| {
+        n.to_ascii_lowercase().starts_with("x-amz-") && !auth.signed_headers.iter().any(|s| s.eq_ignore_ascii_case(n))
+    }) {
+        return Err(AuthError::Malformed(format!("header {name} is not signed (every x-amz-* header must be)")));
+    }
     let secret = secret_of(auth.access_key).ok_or_else(|| AuthError::UnknownKey(auth.access_key.to_string()))?;
     let mut canonical_headers = String::new();
     for name in &auth.signed_headers {
@@ -380,6 +388,9 @@ mod tests {
         assert_eq!(presigned(&changed, WHEN), Err(AuthError::SignatureDoesNotMatch));
         let extra = format!("{PRESIGNED}&versionId=1");
         assert_eq!(presigned(&extra, WHEN), Err(AuthError::SignatureDoesNotMatch));
+        let smuggled = [("Host", "examplebucket.s3.amazonaws.com"), ("x-amz-copy-source", "/secret/key")];
+        let req = Request { method: "GET", path: "/test.txt", query: PRESIGNED, headers: &smuggled };
+        assert!(matches!(verify(&req, secret, WHEN), Err(AuthError::Malformed(m)) if m.contains("x-amz-copy-source")));
         let long = PRESIGNED.replace("Expires=86400", "Expires=999999");
         assert!(matches!(presigned(&long, WHEN), Err(AuthError::Malformed(m)) if m.contains("X-Amz-Expires")));
         assert_eq!(presigned("", WHEN), Err(AuthError::Missing));
