@@ -47,8 +47,7 @@ pub(super) fn verify_presigned(
     secret_of: impl Fn(&str) -> Option<String>,
     now: i64,
 ) -> Result<Verified, AuthError> {
-    let pairs: Vec<(&str, &str)> =
-        req.query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
+    let pairs = super::sigv4::query_pairs(req.query);
     let get = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     let (Some(access_key), Some(signature), Some(expires)) = (get("AWSAccessKeyId"), get("Signature"), get("Expires"))
     else {

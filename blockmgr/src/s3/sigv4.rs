@@ -95,10 +95,14 @@ fn trim_value(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A query's `key=value` pairs as sent (not decoded), in order.
+pub(super) fn query_pairs(query: &str) -> Vec<(&str, &str)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect()
+}
+
 /// The query as S3 signs it: its pairs as sent, sorted.
 fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(&str, &str)> =
-        query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
+    let mut pairs = query_pairs(query);
     pairs.sort_unstable();
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
@@ -223,8 +227,7 @@ fn verify_presigned(
     secret_of: impl Fn(&str) -> Option<String>,
     now: i64,
 ) -> Result<Verified, AuthError> {
-    let pairs: Vec<(&str, &str)> =
-        req.query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
+    let pairs = query_pairs(req.query);
     let get = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     let Some(signature) = get("X-Amz-Signature") else { return Err(AuthError::Missing) };
     let bad = |why: String| AuthError::Malformed(why);
