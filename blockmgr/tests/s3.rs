@@ -318,6 +318,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     };
     let blind = create(key_owned(true)).await;
     assert!(blind.is_err(), "a create with an owner down was decided: {blind:?}");
+    assert!(format!("{blind:?}").contains("status: 503"), "a 503 a client retries: {blind:?}");
     create(key_owned(false)).await.unwrap();
     nodes[0].restart();
     boto3(&nodes[0], all_buckets);

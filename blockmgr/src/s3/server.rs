@@ -66,8 +66,20 @@ pub(super) fn no_such_bucket(b: &str) -> S3Error {
     err(StatusCode::NOT_FOUND, "NoSuchBucket", format!("the bucket {b:?} does not exist"))
 }
 
-pub(super) fn internal(e: impl std::fmt::Display) -> S3Error {
-    err(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string())
+/// A failure of the store under a request, as S3 answers it: the store's temporary states
+/// (a node out of reach, too few copies, write-back backlog, a full tier) as 503s a client
+/// retries (`ServiceUnavailable`, `SlowDown`), a key the store refuses as `InvalidArgument`,
+/// anything else as `InternalError`.
+pub(super) fn internal<E: std::fmt::Display + 'static>(e: E) -> S3Error {
+    use kvtier_tiers::Error as Tier;
+    let message = e.to_string();
+    let (status, code) = match (&e as &dyn std::any::Any).downcast_ref::<Tier>() {
+        Some(Tier::Unreachable { .. } | Tier::Quorum { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        Some(Tier::Backpressure { .. } | Tier::NoSpace { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+        Some(Tier::InvalidKey { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    };
+    err(status, code, message)
 }
 
 async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
@@ -429,6 +441,17 @@ impl S3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_failures_map_to_the_s3_codes_clients_retry() {
+        let unreachable = kvtier_tiers::Error::Unreachable { what: "x".into(), failures: "n1: down".into() };
+        let e = internal(unreachable);
+        assert_eq!((e.status, e.code), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"));
+        assert!(e.message.contains("n1: down"), "{}", e.message);
+        let bad = internal(kvtier_tiers::Error::InvalidKey { reason: "r".into() });
+        assert_eq!((bad.status, bad.code), (StatusCode::BAD_REQUEST, "InvalidArgument"));
+        assert_eq!(internal("anything else").code, "InternalError");
+    }
 
     #[test]
     fn keys_that_could_climb_out_of_their_bucket_are_refused() {
