@@ -226,10 +226,11 @@ impl Manager {
         info: &ObjectInfo,
         upload: &Upload,
     ) -> Result<Vec<String>, TierError> {
-        let parts = export_parts(info).len() as u64;
+        let layout = export_parts(info);
+        let parts = layout.len() as u64;
         // Stager -> its parts; `None` is this node.
         let mut by_stager: BTreeMap<Option<String>, Vec<u32>> = BTreeMap::new();
-        for (part, chunks) in export_parts(info).into_iter().enumerate() {
+        for (part, chunks) in layout.into_iter().enumerate() {
             let first = info.chunk_key(ns, chunks.start);
             let stager = self
                 .plan(&first)

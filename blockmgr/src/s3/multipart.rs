@@ -90,6 +90,16 @@ impl S3 {
         String::from_utf8(stored).ok()
     }
 
+    /// A part just stored at `path` stays only if upload `id` is still open: one completed
+    /// or aborted meanwhile would leave it belonging to nothing, so it is deleted.
+    async fn keep_part(&self, ns: &str, id: &str, path: &str) -> Result<(), S3Error> {
+        if self.manager.stat_object(ns, &marker(id)).await.map_err(internal)?.is_none() {
+            let _ = self.manager.delete_object(ns, path).await;
+            return Err(no_such_upload(id));
+        }
+        Ok(())
+    }
+
     pub(super) async fn create_upload(&self, bucket: &str, key: &str) -> Result<Response, S3Error> {
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
@@ -123,11 +133,7 @@ impl S3 {
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
         let info = self.receive_body(writer, headers, body, payload_hash).await?.commit().await.map_err(internal)?;
-        // Completed or aborted meanwhile: this part would belong to nothing.
-        if self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.is_none() {
-            let _ = self.manager.delete_object(&ns, &path).await;
-            return Err(no_such_upload(id));
-        }
+        self.keep_part(&ns, id, &path).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
         Ok(r)
@@ -215,10 +221,7 @@ impl S3 {
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
         let part = self.copy_into(&src_bucket, &info, range, writer).await?;
-        if self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.is_none() {
-            let _ = self.manager.delete_object(&ns, &path).await;
-            return Err(no_such_upload(id));
-        }
+        self.keep_part(&ns, id, &path).await?;
         Ok(xml::document(format!(
             "<CopyPartResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyPartResult>",
             xml::iso8601(part.created_unix),
