@@ -107,7 +107,20 @@ impl ObjectWriter {
     }
 
     /// Stores the last chunk and commits the manifest: from here readers see this version.
-    pub async fn commit(mut self) -> Result<ObjectInfo, TierError> {
+    pub async fn commit(self) -> Result<ObjectInfo, TierError> {
+        Ok(self.finish(false).await?.expect("an unconditional commit commits"))
+    }
+
+    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`), decided by the
+    /// path's primary under its lock, so of writers racing through any nodes one wins.
+    /// `None`: the path has a version; this one's chunks are deleted.
+    pub async fn commit_if_absent(self) -> Result<Option<ObjectInfo>, TierError> {
+        self.finish(true).await
+    }
+
+    /// Stores the last chunk and commits the manifest (with `if_absent`, only if the path
+    /// has no version: `None` then).
+    async fn finish(mut self, if_absent: bool) -> Result<Option<ObjectInfo>, TierError> {
         if !self.buf.is_empty() {
             self.store_chunk().await?;
         }
@@ -116,32 +129,17 @@ impl ObjectWriter {
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, false).await?;
-        Ok(committed.expect("an unconditional commit commits"))
-    }
-
-    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`), decided by the
-    /// path's primary under its lock, so of writers racing through any nodes one wins.
-    /// `None`: the path has a version; this one's chunks are deleted.
-    pub async fn commit_if_absent(mut self) -> Result<Option<ObjectInfo>, TierError> {
-        if !self.buf.is_empty() {
-            self.store_chunk().await?;
+        let committed =
+            self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, if_absent).await?;
+        if committed.is_none()
+            && let Some(deleting) = self.delete_chunks()
+        {
+            // Refused: the current version is another writer's (one of this writer's own,
+            // committed by a call whose answer was lost, is answered as committed), so no
+            // manifest names these chunks.
+            let _ = deleting.await;
         }
-        let info = self.manifest();
-        self.finished = true;
-        match self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, true).await? {
-            Some(info) => Ok(Some(info)),
-            None => {
-                // Refused: the current version is another writer's (one of this writer's own,
-                // committed by a call whose answer was lost, is answered as committed), so no
-                // manifest names these chunks.
-                self.finished = false;
-                if let Some(deleting) = self.delete_chunks() {
-                    let _ = deleting.await;
-                }
-                Ok(None)
-            }
-        }
+        Ok(committed)
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
