@@ -7,6 +7,13 @@ use tonic::{Code, Status};
 
 use crate::{Durability, MissReason, NamespaceStats, Stats, TierStats};
 
+/// `data` cut into messages of at most `max` bytes (slices of it, no copy): a gRPC
+/// message must stay under both sides' limit (16 MiB), and blocks and chunks may be larger.
+pub(crate) fn pieces(data: bytes::Bytes, max: usize) -> impl Iterator<Item = bytes::Bytes> {
+    let max = max.max(1);
+    (0..data.len()).step_by(max).map(move |at| data.slice(at..(at + max).min(data.len())))
+}
+
 /// The wire enum of a tier.
 pub fn tier_to_wire(kind: TierKind) -> v1::Tier {
     match kind {

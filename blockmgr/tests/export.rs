@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Node, blob::Backend, data, start_three_sharing_blob, wait_until};
+use common::{Node, blob::Backend, data, start_three_sharing_blob, start_three_sharing_blob_on, wait_until};
 use kvtier_blockmgr::{Durability, ObjectRange};
 use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier};
 
@@ -223,4 +223,36 @@ async fn three_nodes_restoring_one_checkpoint_read_each_chunk_from_blob_once() {
     let again = clients[1].read_object(NS, PATH, ObjectRange::all()).await.unwrap();
     assert!(again == object);
     assert_eq!(nodes.iter().map(|n| n.metric("object_blob_reads_total")).sum::<u64>(), 10, "read from copies after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_the_default_16_mib_travel_between_members_in_pieces() {
+    // The default block and message sizes (objects in 16 MiB chunks, gRPC messages of at most
+    // 16 MiB) on smaller tiers: a chunk read back from Blob by its primary reaches the other
+    // readers through `Peer/FetchChunk`, which once answered it in one message too large to
+    // be read.
+    let shared = tempfile::tempdir().unwrap();
+    let small_tiers = "[cpu]\ncapacity = \"256MiB\"\n[ssd]\ncapacity = \"512MiB\"\n";
+    let (mut nodes, _) = start_three_sharing_blob_on(shared.path(), |dir, tables| {
+        common::default_config(dir, &format!("{small_tiers}{tables}"))
+    });
+    let object = data(12, 40_000_000);
+    write_back_on(&nodes, &object).await;
+    for node in &mut nodes {
+        assert!(node.terminate().success());
+        std::fs::remove_dir_all(node.data_dir()).unwrap();
+    }
+    for node in &mut nodes {
+        node.restart();
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+    for restored in futures::future::join_all(clients.iter().map(|c| c.read_object(NS, PATH, ObjectRange::all()))).await
+    {
+        assert!(restored.as_ref().is_ok_and(|r| *r == object), "{:?}", restored.map(|r| r.len()));
+    }
+    let reads: u64 = nodes.iter().map(|n| n.metric("object_blob_reads_total")).sum();
+    assert_eq!(reads, 3, "3 chunks, each read from Blob once");
 }

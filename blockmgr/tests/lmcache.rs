@@ -174,3 +174,19 @@ fn a_stalled_payload_is_dropped_after_the_idle_timeout() {
     assert_eq!(node.labelled_metric("lmcache_protocol_errors_total", "reason=\"stalled\""), 1);
     assert!(!exists(&mut connect(&node), KEY));
 }
+
+#[test]
+fn chunks_up_to_the_default_max_block_size_round_trip() {
+    // The default config: blocks up to 64 MiB, a chunk is its value header plus its payload.
+    let node = Node::start_with_config(|dir| common::default_config(dir, "[lmcache]\nlisten = \"127.0.0.1:0\"\n"));
+    let mut s = connect(&node);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let big = chunk(8, (64 << 20) - 4096);
+    put(&mut s, KEY, &big);
+    assert!(get(&mut s, KEY) == Some(big), "a chunk of 64 MiB less its header comes back whole");
+    // A payload of 64 MiB leaves no room for the header: refused, and the stream goes on.
+    let other = KEY.replace("1f2e3d", "bbbb");
+    put(&mut s, &other, &chunk(9, 64 << 20));
+    assert!(!exists(&mut s, &other));
+    assert_eq!(node.labelled_metric("lmcache_protocol_errors_total", "reason=\"oversize\""), 1);
+}

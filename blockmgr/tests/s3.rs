@@ -7,21 +7,17 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use bytes::Bytes;
-use common::{Node, blob::Backend};
+use common::{
+    Node,
+    blob::Backend,
+    s3::{boto3, endpoint, python},
+};
 use futures::TryStreamExt;
 use kvtier_tiers::{Namespace, ObjectBlobs, Retries};
 use object_store::{ObjectStore, PutMode, PutPayload, aws::AmazonS3Builder, multipart::MultipartStore, path::Path};
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/boto3_suite.py");
 const MAX_OBJECT: u64 = 8 << 20; // above a part (5 MiB), below the 12 MiB multipart object
-
-fn python() -> String {
-    let cache = std::env::var("KVTIER_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/kvtier", std::env::var("HOME").unwrap_or_default()));
-    let python = format!("{cache}/moto/bin/python");
-    assert!(std::path::Path::new(&python).exists(), "{python} is missing: run scripts/moto.sh install (boto3)");
-    python
-}
 
 fn s3_table(durability: &str) -> String {
     format!(
@@ -33,21 +29,6 @@ fn s3_table(durability: &str) -> String {
 
 fn node() -> Node {
     Node::start_with("", &s3_table("local_disk"))
-}
-
-fn endpoint(node: &Node) -> String {
-    format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"))
-}
-
-/// Runs a few lines of boto3 (client `s3`) against the node.
-fn boto3(node: &Node, code: &str) {
-    let script = format!(
-        "import boto3, os\nfrom botocore.config import Config\n\
-         s3 = boto3.client('s3', endpoint_url=os.environ['E'], aws_access_key_id='AKIDWRITER', \
-         aws_secret_access_key='writer-secret', region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}))\n{code}\n"
-    );
-    let out = Command::new(python()).args(["-c", &script]).env("E", endpoint(node)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

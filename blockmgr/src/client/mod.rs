@@ -297,12 +297,7 @@ impl Client {
                 length: b.data.len() as u64,
                 crc32c: Some(kvtier_tiers::crc32c(&b.data)),
             }));
-            let mut at = 0;
-            while at < b.data.len() {
-                let end = (at + self.chunk).min(b.data.len());
-                msgs.push(PutMsg::Data(b.data.slice(at..end)));
-                at = end;
-            }
+            msgs.extend(crate::wire::pieces(b.data.clone(), self.chunk).map(PutMsg::Data));
         }
         self.put_raw(msgs.into_iter().map(|m| v1::PutRequest { msg: Some(m) }).collect()).await.and_then(|r| {
             if r.results.len() != blocks.len() {

@@ -60,15 +60,10 @@ impl Client {
             crc32c,
         };
         let chunk = self.chunk;
-        let pieces = data.flat_map(move |b| {
-            let n = b.len().div_ceil(chunk).max(1);
-            futures::stream::iter(
-                (0..n).map(move |i| b.slice((i * chunk).min(b.len())..((i + 1) * chunk).min(b.len()))),
-            )
-        });
+        let pieces = data.flat_map(move |b| futures::stream::iter(crate::wire::pieces(b, chunk)));
         // `commit` follows the last piece: a call cancelled before it never commits.
         let msgs = futures::stream::once(async move { PutMsg::Open(open) })
-            .chain(pieces.filter(|p| futures::future::ready(!p.is_empty())).map(PutMsg::Data))
+            .chain(pieces.map(PutMsg::Data))
             .chain(futures::stream::once(async { PutMsg::Commit(v1::PutObjectCommit {}) }))
             .map(|m| v1::PutObjectRequest { msg: Some(m) });
         Ok(self.objects.clone().put_object(self.request(msgs)).await?.into_inner())

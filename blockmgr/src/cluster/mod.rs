@@ -506,11 +506,16 @@ impl Cluster {
             manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
             index,
         };
-        let got = self
-            .call(id, "fetch_chunk", |c| async move { Ok(c.peer_rpc().fetch_chunk(c.request(req)).await?) })
-            .await?;
-        let got = got.into_inner();
-        Ok(got.found.then_some((got.data, got.keep)))
+        self.call(id, "fetch_chunk", |c| async move {
+            let mut pieces = c.peer_rpc().fetch_chunk(c.request(req)).await?.into_inner();
+            let Some(first) = pieces.message().await? else { return Ok(None) };
+            let mut data = bytes::BytesMut::from(first.data);
+            while let Some(piece) = pieces.message().await? {
+                data.extend_from_slice(&piece.data);
+            }
+            Ok(first.found.then_some((data.freeze(), first.keep)))
+        })
+        .await
     }
 
     /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part

@@ -344,7 +344,7 @@ pub fn routes(manager: &Manager, server: &crate::config::ServerConfig) -> tonic:
     let objects = ObjectsServer::new(ObjectService::new(manager.clone(), server.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let peer = PeerServer::new(PeerService::new(manager.clone()))
+    let peer = PeerServer::new(PeerService::new(manager.clone(), server.chunk_size.0 as usize))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     tonic::service::Routes::new(service).add_service(objects).add_service(peer)

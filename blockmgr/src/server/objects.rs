@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Manager,
     config::ServerConfig,
-    wire::{durability_from_wire, status_of},
+    wire::{durability_from_wire, pieces, status_of},
 };
 
 /// Serves a manager's named objects.
@@ -130,9 +130,18 @@ impl objects_server::Objects for ObjectService {
         }
         let first = v1::GetObjectResponse { msg: Some(GetMsg::Info(v1::ObjectInfo::from(&info))) };
         let head = futures::stream::once(async move { Ok(first) });
-        let body = self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).map(|piece| {
-            piece.map(|data| v1::GetObjectResponse { msg: Some(GetMsg::Data(data)) }).map_err(|e| status_of(&e))
-        });
+        // Chunks are up to 16 MiB (max_block_size): cut into messages of `server.chunk_size`.
+        let max = self.config.chunk_size.0 as usize;
+        let body =
+            self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).flat_map(move |chunk| {
+                let msgs: Vec<_> = match chunk {
+                    Ok(data) => pieces(data, max)
+                        .map(|data| Ok(v1::GetObjectResponse { msg: Some(GetMsg::Data(data)) }))
+                        .collect(),
+                    Err(e) => vec![Err(status_of(&e))],
+                };
+                futures::stream::iter(msgs)
+            });
         Ok(Response::new(Box::pin(head.chain(body))))
     }
 

@@ -1,6 +1,8 @@
 //! The peer service: what members ask each other about named objects (commit on a path's
 //! primary, stat, list of owned paths, delete). Every call must come from a member.
 
+use std::pin::Pin;
+
 use bytes::Bytes;
 use kvtier_proto::{
     peer::v1::{self as peer, peer_server},
@@ -12,19 +14,22 @@ use tonic::{Request, Response, Status};
 use crate::{
     Manager,
     objects::ObjectInfo,
-    wire::{durability_from_wire, status_of},
+    wire::{durability_from_wire, pieces, status_of},
 };
 
 /// Serves a member's object requests from this node's catalog.
 #[derive(Debug, Clone)]
 pub struct PeerService {
     manager: Manager,
+    /// The largest piece of a chunk one message carries (`server.chunk_size`).
+    chunk_size: usize,
 }
 
 impl PeerService {
-    /// Serves `manager`'s catalog to its cluster's members.
-    pub fn new(manager: Manager) -> Self {
-        PeerService { manager }
+    /// Serves `manager`'s catalog to its cluster's members, chunks in messages of at most
+    /// `chunk_size` bytes.
+    pub fn new(manager: Manager, chunk_size: usize) -> Self {
+        PeerService { manager, chunk_size }
     }
 
     /// Refuses a caller that is not a member; the namespace the request names.
@@ -178,10 +183,12 @@ impl peer_server::Peer for PeerService {
         Ok(Response::new(peer::StagePartsResponse { part_ids }))
     }
 
+    type FetchChunkStream = Pin<Box<dyn futures::Stream<Item = Result<peer::FetchChunkResponse, Status>> + Send>>;
+
     async fn fetch_chunk(
         &self,
         request: Request<peer::FetchChunkRequest>,
-    ) -> Result<Response<peer::FetchChunkResponse>, Status> {
+    ) -> Result<Response<Self::FetchChunkStream>, Status> {
         let ns = self.check(&request, "peer_fetch_chunk")?;
         let reader = super::peer_of(&request).unwrap_or_default();
         let req = request.into_inner();
@@ -190,7 +197,13 @@ impl peer_server::Peer for PeerService {
             return Err(Status::invalid_argument(format!("{}: no chunk {}", info.path, req.index)));
         }
         let (found, keep) = self.manager.fetch_chunk_for(&ns, &info, req.index, &reader).await;
-        Ok(Response::new(peer::FetchChunkResponse { found: found.is_some(), data: found.unwrap_or_default(), keep }))
+        let first = peer::FetchChunkResponse { found: found.is_some(), data: Bytes::new(), keep };
+        let rest = found.into_iter().flat_map(|data| pieces(data, self.chunk_size));
+        let msgs: Vec<_> = std::iter::once(first)
+            .chain(rest.map(|data| peer::FetchChunkResponse { data, ..Default::default() }))
+            .map(Ok)
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
     }
 
     async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {

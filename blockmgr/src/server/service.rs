@@ -21,7 +21,7 @@ use crate::{
     Durability, GetOutcome, Manager, PutOutcome, PutWriter,
     config::ServerConfig,
     manager::MemberAnswer,
-    wire::{block_status, durability_from_wire, miss_to_wire, stats_to_wire, status_of, tier_to_wire},
+    wire::{block_status, durability_from_wire, miss_to_wire, pieces, stats_to_wire, status_of, tier_to_wire},
 };
 
 /// Blocks a get fetches ahead of the one being streamed.
@@ -272,14 +272,7 @@ impl BlockStore for BlockService {
                             tier: tier_to_wire(tier) as i32,
                             keep,
                         });
-                        let data = block.data;
-                        std::iter::once(header)
-                            .chain(
-                                (0..data.len())
-                                    .step_by(chunk)
-                                    .map(|at| GetMsg::Data(data.slice(at..(at + chunk).min(data.len())))),
-                            )
-                            .collect()
+                        std::iter::once(header).chain(pieces(block.data, chunk).map(GetMsg::Data)).collect()
                     }
                     MemberAnswer::Here(GetOutcome::Miss { reason, message }, _) => {
                         vec![GetMsg::Miss(v1::GetMiss {

@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 pub mod blob;
 pub mod hosts;
+pub mod s3;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
 pub const MIB: u64 = 1 << 20;
@@ -72,6 +73,16 @@ region_size = "2112KiB"
     )
 }
 
+/// The embedded defaults (1 GiB of memory, 8 GiB of SSD, blocks up to 64 MiB, objects in
+/// 16 MiB chunks: what a user gets) but for the data dir and ports picked by the OS, plus
+/// `tables`.
+pub fn default_config(dir: &Path, tables: &str) -> String {
+    format!(
+        "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\n{tables}\n",
+        dir.display()
+    )
+}
+
 impl Node {
     /// Starts a node on `small_config`.
     pub fn start() -> Node {
@@ -89,9 +100,14 @@ impl Node {
 
     /// Starts a node on `small_config` plus `extra_tables`, its gRPC on `port`.
     pub fn start_on_port(port: u16, extra_tables: &str) -> Node {
+        Self::start_on_port_with(port, |dir| small_config(dir, "", extra_tables))
+    }
+
+    /// Starts a node on the config `make` writes for its data dir, its gRPC on `port`.
+    pub fn start_on_port_with(port: u16, make: impl FnOnce(&Path) -> String) -> Node {
         Self::start_with_config(|dir| {
-            small_config(dir, "", extra_tables)
-                // The server's listen line (it comes first; an `[s3]` in `extra_tables` keeps its own).
+            make(dir)
+                // The server's listen line (it comes first; an `[s3]` in the tables keeps its own).
                 .replacen("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""), 1)
         })
     }
@@ -286,13 +302,23 @@ pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs
 /// table names it and every member, then `tables(id)` follows (more `[cluster]` keys first,
 /// then tables of its own).
 pub fn start_static_cluster(ids: &[&str], tables: impl Fn(&str) -> String) -> Vec<Node> {
+    start_static_cluster_on(ids, |dir, tables| small_config(dir, "", tables), tables)
+}
+
+/// [`start_static_cluster`] on the config `base` writes for a data dir and tables
+/// ([`small_config`] or [`default_config`]).
+pub fn start_static_cluster_on(
+    ids: &[&str],
+    base: impl Fn(&Path, &str) -> String,
+    tables: impl Fn(&str) -> String,
+) -> Vec<Node> {
     let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
     let members: Vec<String> = ids.iter().zip(&ports).map(|(id, p)| format!("\"{id}=127.0.0.1:{p}\"")).collect();
     ids.iter()
         .zip(&ports)
         .map(|(id, port)| {
             let table = format!("[cluster]\nnode_id = \"{id}\"\nmembers = [{}]\n{}", members.join(", "), tables(id));
-            Node::start_on_port(*port, &table)
+            Node::start_on_port_with(*port, |dir| base(dir, &table))
         })
         .collect()
 }
@@ -300,8 +326,16 @@ pub fn start_static_cluster(ids: &[&str], tables: impl Fn(&str) -> String) -> Ve
 /// Three members sharing one store: each its own segments (`<shared>/nodes/<id>`, outside
 /// its data dir, so wiping a disk keeps them), one objects location (`<shared>/objects`).
 pub fn start_three_sharing_blob(shared: &std::path::Path) -> (Vec<Node>, String) {
+    start_three_sharing_blob_on(shared, |dir, tables| small_config(dir, "", tables))
+}
+
+/// [`start_three_sharing_blob`] on the config `base` writes for a data dir and tables.
+pub fn start_three_sharing_blob_on(
+    shared: &std::path::Path,
+    base: impl Fn(&Path, &str) -> String,
+) -> (Vec<Node>, String) {
     let objects_url = format!("file://{}/objects", shared.display());
-    let nodes = start_static_cluster(&["n1", "n2", "n3"], |id| {
+    let nodes = start_static_cluster_on(&["n1", "n2", "n3"], base, |id| {
         format!(
             "peer_timeout = \"3s\"\n\n[blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects_url}\"\n\
              flush_linger = \"10ms\"\n",

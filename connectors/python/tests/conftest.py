@@ -15,21 +15,30 @@ BIN = os.environ.get("KVTIER_BIN", str(REPO / "target" / "debug" / "kvtier"))
 
 
 class Server:
-    def __init__(self, root: pathlib.Path, extra: str = "", memory: str = "64MiB"):
+    def __init__(self, root: pathlib.Path, extra: str = "", memory: str = "64MiB", defaults: bool = False):
+        """A small node (blocks up to 4 MiB), or with `defaults` the embedded defaults a user
+        gets (1 GiB of memory, 8 GiB of SSD, blocks up to 64 MiB, 16 MiB object chunks)."""
         self.root = root
         self.config = root / "kvtier.toml"
-        self.config.write_text(
-            f"""data_dir = "{root / 'data'}"
-max_block_size = "4MiB"
-[server]
-listen = "127.0.0.1:0"
-metrics_listen = ""
-[cpu]
+        top = "" if defaults else 'max_block_size = "4MiB"'
+        tiers = (
+            ""
+            if defaults
+            else f"""[cpu]
 capacity = "{memory}"
 region_size = "4MiB"
 [ssd]
 capacity = "128MiB"
 region_size = "4160KiB"
+"""
+        )
+        self.config.write_text(
+            f"""data_dir = "{root / 'data'}"
+{top}
+[server]
+listen = "127.0.0.1:0"
+metrics_listen = ""
+{tiers}
 {extra}
 """
         )
@@ -81,10 +90,10 @@ def server(tmp_path):
 def make_server(tmp_path):
     made = []
 
-    def make(extra: str = "", name: str = "node", memory: str = "64MiB"):
+    def make(extra: str = "", name: str = "node", memory: str = "64MiB", defaults: bool = False):
         root = tmp_path / f"{name}{len(made)}"
         root.mkdir()
-        s = Server(root, extra, memory)
+        s = Server(root, extra, memory, defaults)
         made.append(s)
         return s
 

@@ -1,0 +1,30 @@
+//! boto3 (from the moto venv scripts/moto.sh installs) against a node's S3 endpoint.
+
+use std::process::Command;
+
+use super::Node;
+
+/// The Python with boto3: the moto venv (a missing one fails the test, naming the fix).
+pub fn python() -> String {
+    let cache = std::env::var("KVTIER_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/kvtier", std::env::var("HOME").unwrap_or_default()));
+    let python = format!("{cache}/moto/bin/python");
+    assert!(std::path::Path::new(&python).exists(), "{python} is missing: run scripts/moto.sh install (boto3)");
+    python
+}
+
+/// The node's S3 endpoint URL.
+pub fn endpoint(node: &Node) -> String {
+    format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"))
+}
+
+/// Runs a few lines of boto3 (client `s3`, key `AKIDWRITER` / `writer-secret`) against the node.
+pub fn boto3(node: &Node, code: &str) {
+    let script = format!(
+        "import boto3, os\nfrom botocore.config import Config\n\
+         s3 = boto3.client('s3', endpoint_url=os.environ['E'], aws_access_key_id='AKIDWRITER', \
+         aws_secret_access_key='writer-secret', region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}))\n{code}\n"
+    );
+    let out = Command::new(python()).args(["-c", &script]).env("E", endpoint(node)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
