@@ -366,3 +366,24 @@ fn unknown_config_key_is_a_clear_error() {
     let err = common::spawn(&config, dir.path(), &[]).expect_err("must refuse the config");
     assert!(err.contains("unknown field") && err.contains("cpu2") && err.contains("kvtier.toml"), "{err}");
 }
+
+#[test_log::test]
+fn a_plain_http_blob_endpoint_without_allow_http_refuses_to_start_naming_the_key() {
+    // The store's client refuses plain HTTP unless allowed: such a node used to report ready
+    // and then fail every flush with "builder error" for ever.
+    for (url, options, allow_key) in [
+        (
+            "az://kvtier/nodes",
+            "azure_storage_endpoint = \"http://127.0.0.1:9/a\"\nazure_storage_account_name = \"a\"",
+            "azure_allow_http",
+        ),
+        ("s3://kvtier/nodes", "aws_endpoint = \"http://127.0.0.1:9\"\naws_region = \"us-east-1\"", "aws_allow_http"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kvtier.toml");
+        let blob = format!("[blob]\nurl = \"{url}\"\n[blob.options]\n{options}\n");
+        std::fs::write(&config, common::small_config(&dir.path().join("data"), "", &blob)).unwrap();
+        let err = common::spawn(&config, dir.path(), &[]).expect_err("the node must not start");
+        assert!(err.contains(&format!("blob.options.{allow_key}")) && err.contains("plain HTTP"), "{err}");
+    }
+}

@@ -376,7 +376,9 @@ impl Azurite {
     }
 
     /// Stops it (SIGTERM, so it saves what it holds) and waits until it is gone: its
-    /// endpoint then refuses connections, as a dead Blob endpoint does.
+    /// endpoint then refuses connections, as a dead Blob endpoint does. Never SIGKILL in a
+    /// fault test: Azurite keeps its index in memory and saves it every few seconds, so a
+    /// `kill -9` makes it forget blobs it acknowledged, which real Azure never does.
     pub fn stop(&mut self) {
         // SAFETY: signalling the process the script started for us.
         unsafe { libc::kill(self.pid, libc::SIGTERM) };

@@ -9,7 +9,7 @@
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreScheme, RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreScheme, RetryConfig,
     aws::{AmazonS3Builder, AmazonS3ConfigKey},
     azure::{AzureConfigKey, MicrosoftAzureBuilder},
     gcp::{GoogleCloudStorageBuilder, GoogleConfigKey},
@@ -81,6 +81,19 @@ pub(super) struct Opened {
     pub(super) prefix: Path,
 }
 
+/// Refuses a plain-HTTP `endpoint` unless the option `key` allows it: the store's client
+/// refuses every request to it otherwise, and a node would start, report ready and fail
+/// each flush with "builder error" for ever. (Azurite and other emulators speak HTTP.)
+fn plain_http_allowed(endpoint: Option<String>, allowed: Option<String>, key: &str) -> Result<()> {
+    match endpoint {
+        Some(endpoint) if endpoint.starts_with("http://") && allowed.as_deref() != Some("true") => Err(Error::config(
+            format!("blob.options.{key}"),
+            format!("the endpoint {endpoint} is plain HTTP, which the store's client refuses unless {key} = \"true\""),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The store, its multipart uploads and the prefix inside it that `url` names.
 pub(super) fn open(url: &url::Url, options: &[(String, String)], retries: Retries) -> Result<Opened> {
     let (scheme, prefix) =
@@ -119,6 +132,12 @@ pub(super) fn open(url: &url::Url, options: &[(String, String)], retries: Retrie
             for (k, v) in options {
                 b = b.with_config(AzureConfigKey::from_str(k).map_err(|_| unknown(k))?, v);
             }
+            let emulator = b.get_config_value(&AzureConfigKey::UseEmulator).is_some_and(|v| v == "true");
+            if !emulator {
+                let endpoint = b.get_config_value(&AzureConfigKey::Endpoint);
+                let allowed = b.get_config_value(&AzureConfigKey::Client(ClientConfigKey::AllowHttp));
+                plain_http_allowed(endpoint, allowed, "azure_allow_http")?;
+            }
             built(url, b.build())?
         }
         ObjectStoreScheme::AmazonS3 => {
@@ -126,6 +145,9 @@ pub(super) fn open(url: &url::Url, options: &[(String, String)], retries: Retrie
             for (k, v) in options {
                 b = b.with_config(AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k))?, v);
             }
+            let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+            let allowed = b.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp));
+            plain_http_allowed(endpoint, allowed, "aws_allow_http")?;
             built(url, b.build())?
         }
         ObjectStoreScheme::GoogleCloudStorage => {
