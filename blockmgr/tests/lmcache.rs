@@ -177,8 +177,10 @@ fn a_stalled_payload_is_dropped_after_the_idle_timeout() {
 
 #[test]
 fn chunks_up_to_the_default_max_block_size_round_trip() {
-    // The default config: blocks up to 64 MiB, a chunk is its value header plus its payload.
-    let node = Node::start_with_config(|dir| common::default_config(dir, "[lmcache]\nlisten = \"127.0.0.1:0\"\n"));
+    // The default config (but a smaller SSD): blocks up to 64 MiB, a chunk is its value
+    // header plus its payload.
+    let tables = "[ssd]\ncapacity = \"512MiB\"\n[lmcache]\nlisten = \"127.0.0.1:0\"\n";
+    let node = Node::start_with_config(|dir| common::default_config(dir, tables));
     let mut s = connect(&node);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let big = chunk(8, (64 << 20) - 4096);

@@ -23,19 +23,19 @@ const CHUNK: u64 = 16 * MIB;
 /// largest block (64 MiB), and the 40 MB file of the report.
 const SIZES: [u64; 9] = [0, 1, 4 * MIB + 1, CHUNK - 1, CHUNK, CHUNK + 1, 40_000_000, 64 * MIB, 64 * MIB + 3];
 
-fn node() -> Node {
-    Node::start_with_config(|dir| {
-        default_config(
-            dir,
-            "[s3]\nlisten = \"127.0.0.1:0\"\n[[s3.keys]]\naccess_key = \"AKIDWRITER\"\n\
-             secret_key = \"writer-secret\"\nbuckets = [\"*\"]\n",
-        )
-    })
+/// A node on the default config but for its SSD's capacity (8 GiB by default; the
+/// message, block and chunk sizes under test do not depend on it).
+fn node(ssd: &str) -> Node {
+    let tables = format!(
+        "[ssd]\ncapacity = \"{ssd}\"\n[s3]\nlisten = \"127.0.0.1:0\"\n[[s3.keys]]\naccess_key = \"AKIDWRITER\"\n\
+         secret_key = \"writer-secret\"\nbuckets = [\"*\"]\n"
+    );
+    Node::start_with_config(|dir| default_config(dir, &tables))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_of_every_size_round_trip_through_the_client_and_s3() {
-    let node = node();
+    let node = node("1GiB");
     let client = node.client().await;
     for (i, &size) in SIZES.iter().enumerate() {
         let body = data(i as u64, size as usize);
@@ -129,7 +129,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
 
 #[test]
 fn kvtier_cp_copies_files_from_empty_to_several_gib_in_and_out() {
-    let node = node();
+    let node = node("4GiB");
     let dir = tempfile::tempdir().unwrap();
     let sizes = [0, 1, CHUNK + 1, 40_000_000, 3 << 30];
     for (i, size) in sizes.into_iter().enumerate() {
@@ -148,7 +148,7 @@ fn kvtier_cp_copies_files_from_empty_to_several_gib_in_and_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_up_to_max_block_size_round_trip_over_grpc_and_shared_memory() {
-    let node = node();
+    let node = node("1GiB");
     let client = node.client().await;
     let max = 64 * MIB as usize;
     let blocks = [PutItem::new(b"max".to_vec(), data(1, max)), PutItem::new(b"max-1".to_vec(), data(2, max - 1))];

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import kvtier
+from conftest import Server
 
 MIB = 1 << 20
 KEY, SECRET = "AKIDSIZES", "sizes-secret"
@@ -23,9 +24,13 @@ buckets = ["*"]
 SIZES = [0, 1, 16 * MIB - 1, 16 * MIB + 1, 40_000_000, 64 * MIB + 3]
 
 
-@pytest.fixture
-def node(make_server):
-    return make_server(S3, defaults=True)
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """One node for the module: the defaults but for its SSD (8 GiB by default, of disk the
+    sizes under test do not need)."""
+    server = Server(tmp_path_factory.mktemp("sizes"), '[ssd]\ncapacity = "1GiB"\n' + S3, defaults=True)
+    yield server
+    server.stop()
 
 
 def payload(seed: int, size: int) -> bytes:
@@ -35,12 +40,13 @@ def payload(seed: int, size: int) -> bytes:
 def test_blocks_of_max_block_size_over_grpc_and_shared_memory(node):
     big, almost = payload(1, 64 * MIB), payload(2, 64 * MIB - 1)
     grpc = kvtier.Client(node.grpc)
-    grpc.put("kv/sizes", [b"max", b"max-1"], [big, almost])
+    assert all(r.ok for r in grpc.put("kv/sizes", [b"max", b"max-1"], [big, almost]))
     assert grpc.get("kv/sizes", [b"max", b"max-1"]) == [big, almost]
-    with pytest.raises(Exception, match="67108865"):
-        grpc.put("kv/sizes", [b"over"], [payload(3, 64 * MIB + 1)])
+    [over] = grpc.put("kv/sizes", [b"over"], [payload(3, 64 * MIB + 1)])
+    assert not over.ok and "67108865" in over.error, over
+    assert grpc.get("kv/sizes", [b"over"]) == [None]
     shm = kvtier.Client(node.unix, shm_socket=node.shm, namespaces=["kv/shm"])
-    shm.put("kv/shm", [b"max"], [big])
+    assert all(r.ok for r in shm.put("kv/shm", [b"max"], [big]))
     assert shm.get("kv/shm", [b"max"]) == [big]
     assert grpc.get("kv/shm", [b"max"]) == [big]
 
