@@ -6,10 +6,15 @@
 //! a reader that finds a tier no longer holding a block simply looks again.
 //!
 //! The index also keeps the count of unflushed bytes: blocks written with write-back
-//! durability that the Blob tier does not hold yet. Every change goes through `insert`,
-//! `set_tiers` and `remove`, so the count follows the entries exactly.
+//! durability that the Blob tier does not hold yet, and since when each has waited (what
+//! `/healthz` and `unflushed_oldest_seconds` report). Every change goes through `insert`,
+//! `set_tiers` and `remove`, so both follow the entries exactly.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use dashmap::DashMap;
 use kvtier_tiers::{BlockKey, TierKind};
@@ -102,11 +107,22 @@ impl Entry {
     }
 }
 
+/// What waits for Blob: the oldest write-back byte's age, and the bytes per namespace.
+#[derive(Debug, Default)]
+pub struct Unflushed {
+    /// When the oldest unflushed block became so (in this process), if any.
+    pub oldest: Option<Instant>,
+    /// Unflushed bytes by namespace.
+    pub by_namespace: HashMap<kvtier_tiers::Namespace, u64>,
+}
+
 /// Key -> [`Entry`].
 #[derive(Debug, Default)]
 pub struct Index {
     map: DashMap<BlockKey, Entry>,
     unflushed: AtomicU64,
+    /// Unflushed keys and since when (this process found them so, at the latest).
+    unflushed_since: DashMap<BlockKey, Instant>,
     /// Bumped whenever a key comes or goes (what resync's cached ownership checks).
     key_set: AtomicU64,
 }
@@ -120,11 +136,26 @@ impl Index {
     /// Records a new block (the caller holds the key's lock and checked it was absent).
     pub fn insert(&self, key: BlockKey, entry: Entry) {
         self.add_unflushed(entry.unflushed_bytes());
-        match self.map.insert(key, entry) {
+        let old = self.map.insert(key.clone(), entry);
+        match &old {
             Some(old) => self.sub_unflushed(old.unflushed_bytes()),
             None => {
                 self.key_set.fetch_add(1, Ordering::AcqRel);
             }
+        }
+        self.track(key, old.is_some_and(|o| o.unflushed()), entry.unflushed());
+    }
+
+    /// Keeps `unflushed_since` in step with a change of `key` from `was` to `is` unflushed.
+    fn track(&self, key: BlockKey, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => {
+                self.unflushed_since.entry(key).or_insert_with(Instant::now);
+            }
+            (true, false) => {
+                self.unflushed_since.remove(&key);
+            }
+            _ => {}
         }
     }
 
@@ -142,11 +173,13 @@ impl Index {
         match self.map.get_mut(key) {
             Some(mut e) => {
                 let before = e.unflushed_bytes();
+                let was = e.unflushed();
                 e.tiers = tiers;
-                let after = e.unflushed_bytes();
+                let (after, is) = (e.unflushed_bytes(), e.unflushed());
                 drop(e);
                 self.add_unflushed(after);
                 self.sub_unflushed(before);
+                self.track(key.clone(), was, is);
                 true
             }
             None => false,
@@ -158,7 +191,20 @@ impl Index {
         let (_, e) = self.map.remove(key)?;
         self.key_set.fetch_add(1, Ordering::AcqRel);
         self.sub_unflushed(e.unflushed_bytes());
+        self.track(key.clone(), e.unflushed(), false);
         Some(e)
+    }
+
+    /// How long write-back bytes have waited, and how many per namespace (a scan of the
+    /// unflushed keys: for a scrape, not a hot path).
+    pub fn unflushed_summary(&self) -> Unflushed {
+        let mut summary = Unflushed::default();
+        for item in self.unflushed_since.iter() {
+            let Some(entry) = self.get(item.key()) else { continue };
+            summary.oldest = Some(summary.oldest.map_or(*item.value(), |o| o.min(*item.value())));
+            *summary.by_namespace.entry(item.key().namespace.clone()).or_default() += entry.len;
+        }
+        summary
     }
 
     /// Bytes of write-back blocks the Blob tier does not hold yet.
@@ -228,5 +274,31 @@ mod tests {
         index.insert(key(4), Entry { durable: true, ..Entry::new(7, 4, ssd) });
         index.set_tiers(&key(4), TierSet::EMPTY); // lost: removed, no longer counted
         assert_eq!(index.unflushed(), 0);
+    }
+
+    #[test]
+    fn the_oldest_unflushed_block_and_the_bytes_per_namespace_follow_the_entries() {
+        let index = Index::default();
+        let key = |ns: &str, i: u8| BlockKey::parse(ns, &[i]).unwrap();
+        let ssd = TierSet::of(TierKind::Ssd);
+        assert!(index.unflushed_summary().oldest.is_none());
+        let before = Instant::now();
+        index.insert(key("a/x", 1), Entry { durable: true, ..Entry::new(100, 1, ssd) });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = Instant::now();
+        index.insert(key("b/y", 2), Entry { durable: true, ..Entry::new(30, 2, ssd) });
+        index.insert(key("b/y", 3), Entry::new(50, 3, ssd)); // a cache block never counts
+        let s = index.unflushed_summary();
+        assert!(s.oldest.is_some_and(|t| t >= before && t < second), "the first block is the oldest");
+        let ns = |n: &str| kvtier_tiers::Namespace::new(n).unwrap();
+        assert_eq!((s.by_namespace[&ns("a/x")], s.by_namespace[&ns("b/y")]), (100, 30));
+        // Re-inserting a still-unflushed block keeps its age; flushing it ends it.
+        index.insert(key("a/x", 1), Entry { durable: true, ..Entry::new(100, 1, ssd.with(TierKind::Cpu)) });
+        assert!(index.unflushed_summary().oldest.is_some_and(|t| t < second));
+        index.set_tiers(&key("a/x", 1), ssd.with(TierKind::Blob));
+        let s = index.unflushed_summary();
+        assert!(s.oldest.is_some_and(|t| t >= second) && !s.by_namespace.contains_key(&ns("a/x")));
+        index.remove(&key("b/y", 2));
+        assert!(index.unflushed_summary().oldest.is_none());
     }
 }

@@ -107,8 +107,21 @@ pub struct Metrics {
     /// Parts joined into objects by adopting their chunks (S3 multipart completions): no
     /// byte of them copied.
     pub object_parts_joined: IntCounter,
-    /// Exports that failed (and are retried).
-    pub object_export_failures: IntCounter,
+    /// Exports that failed (each is retried on its own), by reason (`blob`, `chunks`,
+    /// `stager`, `manifest`).
+    pub object_export_failures: IntCounterVec,
+    /// Exports that found their object's file in Blob already, with this version's bytes
+    /// (after a restart or a take-over), and wrote nothing.
+    pub objects_found_in_blob: IntCounter,
+    /// Objects whose export is queued or running on this node.
+    pub exports_queued: IntGauge,
+    /// How long the oldest of those has waited since first queued (seconds).
+    pub export_oldest: Gauge,
+    /// How long the oldest write-back byte on this node has waited for Blob (seconds): a
+    /// block's flush, a chunk's export, or an owner's copy waiting to hear of either.
+    pub unflushed_oldest: Gauge,
+    /// Bytes of write-back blocks Blob does not hold yet, by namespace.
+    pub namespace_unflushed_bytes: IntGaugeVec,
     /// Object chunks read back from their object's file in Blob (no node held them).
     pub object_blob_reads: IntCounter,
     /// Bytes of those chunks.
@@ -165,9 +178,12 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
-        let flush_lag = Gauge::new("flush_lag_seconds", "How long the oldest block in the flush queue has waited")
-            .expect("valid metric");
-        registry.register(Box::new(flush_lag.clone())).expect("unique metric");
+        let one_float_gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let flush_lag = one_float_gauge("flush_lag_seconds", "How long the oldest block in the flush queue has waited");
         let index_blocks = IntGauge::new("index_blocks", "Blocks in the index").expect("valid metric");
         registry.register(Box::new(index_blocks.clone())).expect("unique metric");
         let shm_sessions =
@@ -264,7 +280,29 @@ impl Metrics {
             object_export_bytes: one_counter("object_export_bytes_total", "Bytes of the objects committed in Blob"),
             object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),
             object_parts_joined: one_counter("object_parts_joined_total", "Parts joined into objects without a copy"),
-            object_export_failures: one_counter("object_export_failures_total", "Object exports that failed"),
+            object_export_failures: counter(
+                "object_export_failures_total",
+                "Object exports that failed (each retried on its own), by reason",
+                &["reason"],
+            ),
+            objects_found_in_blob: one_counter(
+                "objects_found_in_blob_total",
+                "Exports that found their object's file in Blob already, with this version's bytes",
+            ),
+            exports_queued: one_gauge("exports_queued", "Objects whose export is queued or running"),
+            export_oldest: one_float_gauge(
+                "export_oldest_seconds",
+                "How long the oldest queued or running export has waited since first queued",
+            ),
+            unflushed_oldest: one_float_gauge(
+                "unflushed_oldest_seconds",
+                "How long the oldest write-back byte on this node has waited for Blob",
+            ),
+            namespace_unflushed_bytes: gauge(
+                "namespace_unflushed_bytes",
+                "Bytes written with write-back durability not yet in Blob, by namespace",
+                &["namespace"],
+            ),
             object_blob_reads: one_counter("object_blob_reads_total", "Object chunks read from their file in Blob"),
             object_blob_read_bytes: one_counter(
                 "object_blob_read_bytes_total",

@@ -413,11 +413,12 @@ impl Manager {
 
 mod cluster;
 mod export;
+mod exports;
 mod join;
 #[cfg(test)]
 mod tests;
 mod writer;
 
-pub(crate) use export::Exports;
+pub(crate) use exports::Exports;
 use join::Run;
 pub use writer::ObjectWriter;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Node, blob::Backend, data, start_three_sharing_blob, start_three_sharing_blob_on, wait_until};
 use kvtier_blockmgr::{Durability, ObjectRange};
-use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier};
+use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier, conformance::FaultProxy};
 
 const NS: &str = "acme/ckpt";
 const PATH: &str = "run1/step-100/rank-0.distcp";
@@ -255,4 +255,106 @@ async fn chunks_of_the_default_16_mib_travel_between_members_in_pieces() {
     }
     let reads: u64 = nodes.iter().map(|n| n.metric("object_blob_reads_total")).sum();
     assert_eq!(reads, 3, "3 chunks, each read from Blob once");
+}
+
+/// A node whose Blob goes through a fault proxy (`az://kvtier/<prefix>`, objects under
+/// `<prefix>/objects`), its `[blob]` table plus `extra`.
+fn node_behind_proxy(prefix: &str, extra: &str) -> (kvtier_tiers::conformance::Azurite, FaultProxy, Node, String) {
+    let (azurite, proxy, blob) = common::blob::behind_fault_proxy(prefix, &format!("flush_linger = \"10ms\"\n{extra}"));
+    let node = Node::start_with("", &blob);
+    let objects = format!("az://kvtier/{prefix}/objects");
+    (azurite, proxy, node, objects)
+}
+
+async fn file_named(objects_url: &str, options: &[(String, String)], path: &str, len: u64) -> Option<Bytes> {
+    let blobs = ObjectBlobs::open(objects_url, options, Retries::default()).unwrap();
+    blobs.read(&blobs.name(&Namespace::new(NS).unwrap(), path), 0..len).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_export_backs_off_alone_and_shows_in_the_metrics_and_healthz() {
+    let (azurite, proxy, node, objects_url) = node_behind_proxy("exports", "degraded_after = \"3s\"");
+    // Every upload to one object's name is refused by the store; the others go through.
+    proxy.fail_matching(500, Some("PUT"), "stuck");
+    let client = node.client().await;
+    let body = |i: u64| data(20 + i, 3 << 20);
+    let put = |path: String, i: u64| {
+        let client = client.clone();
+        async move { client.put_object(NS, &path, pieces(&body(i)), Durability::WriteBack, None, None).await.unwrap() }
+    };
+    put("run1/stuck/rank-0".into(), 0).await;
+    for i in 1..=4 {
+        put(format!("run1/fine/rank-{i}"), i).await;
+    }
+    // The others reach Blob while the stuck one keeps failing: one export never holds up
+    // the rest (it once held up every later export on its node, for ever).
+    wait_until("the other exports", Duration::from_secs(30), || node.metric("objects_exported_total") == 4);
+    for i in 1..=4 {
+        let file = file_named(&objects_url, &azurite.options(), &format!("run1/fine/rank-{i}"), 3 << 20).await;
+        assert!(file == Some(body(i)), "fine/rank-{i} in Blob");
+    }
+    wait_until("failures counted by reason", Duration::from_secs(10), || {
+        node.labelled_metric("object_export_failures_total", "reason=\"blob\"") >= 2
+    });
+    assert_eq!(node.metric("exports_queued"), 1);
+    // The truth in the metrics and in /healthz: what waits, since when, for which namespace.
+    wait_until("degraded", Duration::from_secs(20), || node.http_status("/healthz").0 == 503);
+    let (_, why) = node.http_status("/healthz");
+    assert!(why.starts_with("degraded:") && why.contains("1 exports queued"), "{why}");
+    assert!(node.metric("export_oldest_seconds") >= 3 && node.metric("unflushed_oldest_seconds") >= 3);
+    let unflushed = node.labelled_metric("namespace_unflushed_bytes", &format!("namespace=\"{NS}\""));
+    assert!(unflushed >= 3 << 20, "{unflushed} bytes of {NS} unflushed");
+    assert_eq!(node.http_get("/livez"), "ok\n", "alive all the same");
+
+    // The store takes it again: the stuck export goes through, and all is well.
+    proxy.clear();
+    wait_until("the last export", Duration::from_secs(60), || {
+        node.metric("objects_exported_total") == 5 && node.metric("unflushed_bytes") == 0
+    });
+    assert_eq!(node.http_status("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(node.metric("exports_queued"), 0);
+    let file = file_named(&objects_url, &azurite.options(), "run1/stuck/rank-0", 3 << 20).await;
+    assert!(file == Some(body(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_redone_after_a_restart_finds_its_file_in_blob_when_its_chunks_are_gone() {
+    // Segments cannot be written: the object's file reaches Blob and its chunks are released,
+    // but its manifest's own flush (into a segment) keeps failing.
+    let (azurite, proxy, mut node, objects_url) = node_behind_proxy("redo", "");
+    proxy.fail_matching(500, Some("PUT"), "/seg/");
+    let client = node.client().await;
+    let object = data(30, 3 << 20);
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    wait_until("the export", Duration::from_secs(30), || node.metric("objects_exported_total") == 1);
+    // Other blocks push the released chunks out (they cannot be demoted: segments fail).
+    // The chunks' id, from the manifest (generation 1) read as the block it is.
+    use sha2::Digest;
+    let manifest_key = [b"m/".as_slice(), &sha2::Sha256::digest(PATH.as_bytes())[..24], &1u64.to_be_bytes()].concat();
+    let kvtier_blockmgr::GetItem::Hit { data: manifest, .. } = &client.get(NS, &[manifest_key]).await.unwrap()[0]
+    else {
+        panic!("no manifest")
+    };
+    let id = serde_json::from_slice::<serde_json::Value>(manifest).unwrap()["id"].as_u64().unwrap();
+    let chunk0 = [b"c/".as_slice(), &id.to_be_bytes(), &0u32.to_be_bytes()].concat();
+    for i in 0..48u64 {
+        let item = kvtier_blockmgr::PutItem::new(common::key(i), data(i, 1 << 20));
+        client.put("acme/other", &[item], Durability::LocalDisk).await.unwrap();
+    }
+    assert!(client.lookup(NS, &[chunk0]).await.unwrap().is_empty(), "chunk 0 was evicted");
+    assert!(node.metric("unflushed_bytes") > 0, "the manifest waits for its flush");
+
+    // After a kill -9 the manifest is unflushed, so the export is redone: its chunks are
+    // gone, but the file in Blob holds this version's bytes, which counts as done (it once
+    // failed for ever, pinning the manifest and holding up every later export).
+    node.kill9();
+    node.restart();
+    wait_until("the file found", Duration::from_secs(30), || node.metric("objects_found_in_blob_total") == 1);
+    assert_eq!(node.metric("objects_exported_total"), 0, "nothing uploaded again");
+    proxy.clear();
+    wait_until("the manifest flushed", Duration::from_secs(60), || node.metric("unflushed_bytes") == 0);
+    let file = file_named(&objects_url, &azurite.options(), PATH, object.len() as u64).await;
+    assert!(file == Some(object.clone()));
+    let read = node.client().await.read_object(NS, PATH, ObjectRange::all()).await.unwrap();
+    assert!(read == object, "read back from the file in Blob");
 }

@@ -14,10 +14,7 @@ use common::{
     data, key,
 };
 use kvtier_blockmgr::{Client, Durability, GetItem, MissReason, PutItem, Stats};
-use kvtier_tiers::{
-    BlobTierBuilder, BlockKey, Tier, TierExt, TierKind,
-    conformance::{Azurite, FaultProxy},
-};
+use kvtier_tiers::{BlobTierBuilder, BlockKey, Tier, TierExt, TierKind};
 use tonic::Code;
 
 const NS: &str = "acme/ckpt/run1";
@@ -202,29 +199,12 @@ async fn a_stale_copy_in_blob_never_passes_for_a_newer_version(mut backend: Back
     assert!(got == v2.data, "a wiped node reads v2 from Blob");
 }
 
-/// Azurite behind a fault proxy, and the `[blob]` table of a node that goes through it.
-fn faulty(prefix: &str, extra: &str) -> (Azurite, FaultProxy, String) {
-    let azurite = Azurite::start();
-    let upstream = azurite.endpoint.trim_start_matches("http://").split('/').next().unwrap().to_string();
-    let proxy = FaultProxy::start(&upstream);
-    let options: String = azurite
-        .options()
-        .into_iter()
-        .map(|(k, v)| match k.as_str() {
-            "azure_storage_endpoint" => format!("{k} = \"http://{}/devstoreaccount1\"\n", proxy.addr),
-            _ => format!("{k} = \"{v}\"\n"),
-        })
-        .collect();
-    let toml = format!("[blob]\nurl = \"az://kvtier/{prefix}\"\nretries = 1\n{extra}\n[blob.options]\n{options}");
-    (azurite, proxy, toml)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_from_blob_delay_the_flush_and_lose_nothing() {
     // Revoked credentials, a conflict, server errors: each fails the flush for a while;
     // the puts are acknowledged meanwhile and everything reaches Blob once it answers.
     for status in [403, 409, 500, 503] {
-        let (azurite, proxy, toml) = faulty(&format!("faults-{status}"), "");
+        let (azurite, proxy, toml) = common::blob::behind_fault_proxy(&format!("faults-{status}"), "");
         let node = Node::start_with("", &toml);
         let client = node.unix_client().await;
         proxy.fail(status, 3);
@@ -244,7 +224,7 @@ async fn http_errors_from_blob_delay_the_flush_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_on_read_through_are_misses_then_hits() {
-    let (_azurite, proxy, toml) = faulty("read-faults", "retry_timeout = \"1s\"");
+    let (_azurite, proxy, toml) = common::blob::behind_fault_proxy("read-faults", "retry_timeout = \"1s\"");
     let mut node = Node::start_with("", &toml);
     let client = node.unix_client().await;
     put_all(&client, &items(0..2), Durability::WriteBack).await;

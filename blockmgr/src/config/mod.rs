@@ -10,10 +10,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
 
+mod blob;
 mod cluster;
 mod lmcache;
 mod s3;
 pub use self::{
+    blob::BlobConfig,
     cluster::ClusterConfig,
     lmcache::LmcacheConfig,
     s3::{S3Config, S3Key},
@@ -269,78 +271,6 @@ impl Default for ShmConfig {
     }
 }
 
-/// `[blob]`: the last tier, in an object store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlobConfig {
-    /// Where blocks go: `az://container/prefix` (Azure Blob), `s3://bucket/prefix`,
-    /// `gs://bucket/prefix`, `file:///absolute/dir`, or a directory relative to `data_dir`.
-    /// Empty turns the tier off. Default `blob`: a local directory standing in for Blob.
-    pub url: String,
-    /// Where named objects written with write-back durability land under their own names,
-    /// `<objects_url>/<namespace>/<path>` (a `/` in the namespace written `%2F`), so other
-    /// tools read a checkpoint file where its name says. Same forms as `url`, with the same
-    /// `options`. Nodes of a cluster must share it (each file is written by its path's
-    /// primary, which changes with the members). Default empty: `<url>/objects`.
-    pub objects_url: String,
-    /// The store's options, as the `object_store` crate names them: for Azure
-    /// `azure_storage_account_name` and `azure_storage_account_key` (or
-    /// `azure_storage_sas_key`), `azure_storage_endpoint` for an emulator or sovereign
-    /// cloud; for S3 `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
-    /// `aws_endpoint`. Unset options are also read from the environment (`AZURE_*`, `AWS_*`).
-    /// Default none.
-    pub options: BTreeMap<String, String>,
-    /// Most bytes per segment object (blocks are packed into segments: a few PUTs per GiB
-    /// instead of one per block). Default 128 MiB.
-    pub segment_size: ByteSize,
-    /// Retries of one request to the store before its error surfaces (the flusher then
-    /// retries on its own, with exponential backoff). Default 3.
-    pub retries: usize,
-    /// No retry of a request starts later than this. Default 10s.
-    #[serde(with = "humantime_serde")]
-    pub retry_timeout: Duration,
-    /// Most bytes written with write-back durability that may wait for the flush to Blob,
-    /// as a fraction of the SSD tier's capacity. Past it, write-back puts wait up to
-    /// `flush_wait`, then fail with a backpressure error. Default 0.75.
-    pub max_unflushed: f64,
-    /// How long a write-back put waits for the flush to make room. Default 5s.
-    #[serde(with = "humantime_serde")]
-    pub flush_wait: Duration,
-    /// Segments written to the store at once. Default 4.
-    pub flush_concurrency: usize,
-    /// How long the flusher waits for more blocks to fill a segment. Default 50ms.
-    #[serde(with = "humantime_serde")]
-    pub flush_linger: Duration,
-    /// Above this fraction of SSD use, the flusher copies the blocks SSD will evict next to
-    /// Blob ahead of their eviction (demotion). 1.0 turns demotion off. Default 0.9.
-    pub demote_above: f64,
-    /// Compaction rewrites segments whose live fraction fell below this. Default 0.5.
-    pub compact_below: f64,
-    /// How often compaction runs; 0 turns it off. Default 10m.
-    #[serde(with = "humantime_serde")]
-    pub compact_interval: Duration,
-}
-
-impl Default for BlobConfig {
-    fn default() -> Self {
-        BlobConfig {
-            url: "blob".into(),
-            objects_url: String::new(),
-            options: BTreeMap::new(),
-            segment_size: ByteSize(128 << 20),
-            retries: 3,
-            retry_timeout: Duration::from_secs(10),
-            max_unflushed: 0.75,
-            flush_wait: Duration::from_secs(5),
-            flush_concurrency: 4,
-            flush_linger: Duration::from_millis(50),
-            demote_above: 0.9,
-            compact_below: 0.5,
-            compact_interval: Duration::from_secs(600),
-        }
-    }
-}
-
 /// One `[namespaces."pattern"]` entry.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -463,34 +393,9 @@ impl Config {
         if self.shm.session_limit.0 < self.max_block_size.0 {
             return bad("shm.session_limit", "must be at least max_block_size");
         }
-        if self.blob.segment_size.0 < self.max_block_size.0 {
-            return bad("blob.segment_size", "must be at least max_block_size");
-        }
-        for (field, value) in [
-            ("blob.flush_wait", self.blob.flush_wait),
-            ("blob.flush_linger", self.blob.flush_linger),
-            ("blob.compact_interval", self.blob.compact_interval),
-            ("blob.retry_timeout", self.blob.retry_timeout),
-        ] {
-            if value > Duration::from_secs(7 * 24 * 3600) {
-                return bad(field, "must be at most a week (168h)");
-            }
-        }
-        for (field, value) in [
-            ("blob.max_unflushed", self.blob.max_unflushed),
-            ("blob.demote_above", self.blob.demote_above),
-            ("blob.compact_below", self.blob.compact_below),
-        ] {
-            if !(0.0..=1.0).contains(&value) || (field == "blob.max_unflushed" && value == 0.0) {
-                return bad(field, "must be a fraction in (0, 1]");
-            }
-        }
-        if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 || self.blob.flush_concurrency == 0
-        {
-            return bad(
-                "cpu.demotion_concurrency / ssd.max_concurrent_reads / blob.flush_concurrency",
-                "must be positive",
-            );
+        self.blob.validate(self.max_block_size)?;
+        if self.cpu.demotion_concurrency == 0 || self.ssd.max_concurrent_reads == 0 {
+            return bad("cpu.demotion_concurrency / ssd.max_concurrent_reads", "must be positive");
         }
         let tls = &self.server.tls;
         if tls.enabled() == tls.key.as_os_str().is_empty() {

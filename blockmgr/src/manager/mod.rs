@@ -320,6 +320,27 @@ impl Manager {
         .unwrap_or(false)
     }
 
+    /// `None` when healthy; else why the node is degraded: its oldest write-back byte has
+    /// waited for Blob longer than `blob.degraded_after` (a flush or an export stuck, Blob
+    /// down), which the metrics alone let pass unnoticed.
+    pub fn degraded(&self) -> Option<String> {
+        let inner = &self.inner;
+        let oldest = inner.index.unflushed_summary().oldest?.elapsed();
+        let bound = inner.config.blob.degraded_after;
+        (oldest > bound).then(|| {
+            let exports = inner.exports.as_ref().map_or((0, Default::default()), |e| e.backlog());
+            format!(
+                "the oldest write-back byte has waited {:.0}s for Blob (blob.degraded_after {}s); {} bytes \
+                 unflushed, {} exports queued (the oldest {:.0}s)",
+                oldest.as_secs_f64(),
+                bound.as_secs(),
+                inner.index.unflushed(),
+                exports.0,
+                exports.1.as_secs_f64()
+            )
+        })
+    }
+
     /// Usage and counters.
     pub async fn stats(&self) -> Stats {
         self.inner.stats().await
@@ -343,6 +364,18 @@ impl Manager {
             let (queued, lag) = flusher.backlog();
             inner.metrics.flush_queue.set(queued as i64);
             inner.metrics.flush_lag.set(lag.as_secs_f64());
+        }
+        if let Some(exports) = &inner.exports {
+            let (queued, oldest) = exports.backlog();
+            inner.metrics.exports_queued.set(queued as i64);
+            inner.metrics.export_oldest.set(oldest.as_secs_f64());
+        }
+        let unflushed = inner.index.unflushed_summary();
+        inner.metrics.unflushed_oldest.set(unflushed.oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        // Namespaces that drained since the last scrape go back to no series at all.
+        inner.metrics.namespace_unflushed_bytes.reset();
+        for (ns, bytes) in &unflushed.by_namespace {
+            inner.metrics.namespace_unflushed_bytes.with_label_values(&[inner.namespaces.label(ns)]).add(*bytes as i64);
         }
         if let Some(blob) = &inner.blob {
             // The tier counts; Prometheus counters only go up, so add what is new.

@@ -47,7 +47,7 @@ impl NamespaceLabels {
         }
     }
 
-    fn label<'a>(&self, namespace: &'a Namespace) -> &'a str {
+    pub(super) fn label<'a>(&self, namespace: &'a Namespace) -> &'a str {
         if self.tracked.contains(namespace) {
             return namespace.as_str();
         }

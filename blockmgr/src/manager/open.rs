@@ -100,7 +100,7 @@ impl Manager {
                     kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
                 let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
                 let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
-                Some(Arc::new(crate::objects::Exports::new(blobs)))
+                Some(Arc::new(crate::objects::Exports::new(blobs, config.blob.export_concurrency)))
             }
             _ => None,
         };

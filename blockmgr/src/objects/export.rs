@@ -8,8 +8,11 @@
 //! they answer: each byte reaches Blob once, and no node relays the whole file. Then every
 //! owner of the chunks is told Blob has them (they become evictable), and the manifest
 //! itself is flushed into a segment, so a node with an empty disk learns of the object.
-//! A failed export is retried with backoff; one cut short by a crash is redone, since the
-//! manifest is still unflushed at the next start (or on the next primary).
+//! A failed export is retried with backoff (objects/exports.rs: on its own, without holding
+//! up the others); one cut short by a crash is redone, since the manifest is still unflushed
+//! at the next start (or on the next primary), unless the file it finds in Blob already
+//! holds this version's bytes (checked chunk by chunk against the manifest): its chunks may
+//! have been released and evicted since, and re-reading them would fail for ever.
 //!
 //! A chunk no node holds is read back from the file (a ranged GET) by its primary, once
 //! however many nodes ask at the same time (`Peer/FetchChunk`, a single flight there),
@@ -17,25 +20,18 @@
 //! readers, once it is popular: read replicas): N nodes restoring one checkpoint read it
 //! from Blob once, from peers after.
 
-use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{
-    Block, BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, ObjectBlobs, Upload, chunks_per_part,
+use kvtier_tiers::{Block, BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, Upload, chunks_per_part};
+
+use super::{
+    ObjectInfo,
+    exports::{ExportFailure, Exports, FailureReason},
 };
-use parking_lot::Mutex;
-use tokio::sync::Notify;
+use crate::{Durability, GetOutcome, Manager};
 
-use super::ObjectInfo;
-use crate::{Durability, GetOutcome, Manager, flight::SingleFlight};
-
-/// Longest pause between retries of a failed export.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Parts one node stages at once.
 const STAGE_CONCURRENCY: usize = 4;
 
@@ -71,66 +67,6 @@ fn export_parts(info: &ObjectInfo) -> Vec<std::ops::Range<u64>> {
     }
 }
 
-/// Where objects' files go, and the manifests whose export waits (queued by the flush).
-#[derive(Debug)]
-pub(crate) struct Exports {
-    pub(crate) blobs: Arc<ObjectBlobs>,
-    queue: Mutex<Queue>,
-    wake: Notify,
-    /// Chunks being read back from their object's file (one read each at a time).
-    reads: SingleFlight<Option<Bytes>>,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    keys: VecDeque<BlockKey>,
-    /// Queued or being exported: never queued twice (a take-over of the flushes while an
-    /// export runs must not start a second one).
-    members: HashSet<BlockKey>,
-    /// Exported, their manifest's own flush still to come: not exported again meanwhile.
-    exported: HashSet<BlockKey>,
-}
-
-impl Exports {
-    pub(crate) fn new(blobs: ObjectBlobs) -> Self {
-        Exports { blobs: Arc::new(blobs), queue: Mutex::default(), wake: Notify::new(), reads: SingleFlight::new() }
-    }
-
-    /// Queues the export of the object whose manifest is `key`, unless it is queued,
-    /// being exported, or exported already.
-    pub(crate) fn enqueue(&self, key: BlockKey) {
-        let mut q = self.queue.lock();
-        if !q.exported.contains(&key) && q.members.insert(key.clone()) {
-            q.keys.push_back(key);
-            self.wake.notify_one();
-        }
-    }
-
-    fn take(&self) -> Option<BlockKey> {
-        self.queue.lock().keys.pop_front()
-    }
-
-    /// `key`'s file is in Blob; its manifest's flush comes next.
-    fn exported(&self, key: &BlockKey) {
-        self.queue.lock().exported.insert(key.clone());
-    }
-
-    /// The export of `key` ended (done or moot): a later ask queues it again.
-    fn done(&self, key: &BlockKey) {
-        self.queue.lock().members.remove(key);
-    }
-
-    /// Whether `key`'s file is in Blob, its manifest's own flush still to come.
-    pub(crate) fn is_exported(&self, key: &BlockKey) -> bool {
-        self.queue.lock().exported.contains(key)
-    }
-
-    /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.
-    pub(crate) fn forget(&self, key: &BlockKey) {
-        self.queue.lock().exported.remove(key);
-    }
-}
-
 fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
     serde_json::from_slice(&block.data).map_err(|e| TierError::Corrupt {
         tier: "objects".into(),
@@ -140,48 +76,12 @@ fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
 }
 
 impl Manager {
-    /// Starts the export task: one object at a time, each retried with exponential backoff
-    /// until it succeeds. It holds the manager weakly, so it ends once the manager is dropped.
-    pub(crate) fn spawn_exporter(&self) {
-        let Some(exports) = self.exports().cloned() else { return };
-        let weak = self.downgrade();
-        tokio::spawn(async move {
-            loop {
-                let work = exports.wake.notified();
-                let Some(key) = exports.take() else {
-                    // Woken by new work; the timeout notices a dropped manager.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
-                    if weak.upgrade().is_none() {
-                        return;
-                    }
-                    continue;
-                };
-                let mut failures = 0u32;
-                loop {
-                    let Some(manager) = weak.upgrade() else { return };
-                    match manager.export(&key).await {
-                        Ok(()) => {
-                            exports.done(&key);
-                            break;
-                        }
-                        Err(e) => {
-                            manager.metrics().object_export_failures.inc();
-                            tracing::warn!(manifest = %key, error = %e, "exporting an object to Blob failed; retrying");
-                        }
-                    }
-                    drop(manager);
-                    failures += 1;
-                    let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        });
-    }
-
     /// Writes the object whose manifest is `key` to Blob under its name (see the module
     /// documentation). A manifest gone meanwhile (the version replaced or deleted), or one
-    /// another primary flushed, needs nothing.
-    async fn export(&self, key: &BlockKey) -> Result<(), TierError> {
+    /// another primary flushed, needs nothing; a file already in Blob with this version's
+    /// bytes (exported before a restart, or by a primary that died before its manifest's
+    /// flush, whose chunks may be gone by now) is not written again.
+    pub(super) async fn export(&self, key: &BlockKey) -> Result<(), ExportFailure> {
         let exports = self.exports().expect("the exporter runs with exports").clone();
         if !self.unflushed(key) {
             tracing::debug!(manifest = %key, "export skipped: not unflushed here");
@@ -192,31 +92,52 @@ impl Manager {
             tracing::debug!(manifest = %key, "export skipped: manifest not here");
             return Ok(());
         };
-        let info = parse(&block)?;
+        let info = parse(&block).map_err(|error| ExportFailure { reason: FailureReason::Manifest, error })?;
         let ns = key.namespace.clone();
         let name = exports.blobs.name(&ns, &info.path);
-        if info.size == 0 {
-            exports.blobs.put(&name, Bytes::new()).await?;
+        let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
+        if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
+            self.metrics().objects_found_in_blob.inc();
+            tracing::info!(object = %name, generation = info.generation, "the object's file is in Blob already");
+        } else if info.size == 0 {
+            exports.blobs.put(&name, Bytes::new()).await.map_err(blob)?;
         } else {
-            let upload = exports.blobs.begin(&name).await?;
+            let upload = exports.blobs.begin(&name).await.map_err(blob)?;
             match self.stage_everywhere(&ns, &info, &upload).await {
-                Ok(ids) => exports.blobs.finish(&upload, ids).await?,
+                Ok(ids) => exports.blobs.finish(&upload, ids).await.map_err(blob)?,
                 Err(e) => {
                     exports.blobs.abort(&upload).await;
                     return Err(e);
                 }
             }
+            self.metrics().objects_exported.inc();
+            self.metrics().object_export_bytes.inc_by(info.size);
         }
         let chunks: Vec<(BlockKey, Option<u32>)> =
             (0..info.chunks()).map(|i| (info.chunk_key(&ns, i), info.chunk_crc32c(i))).collect();
         self.released_everywhere(&chunks).await;
-        self.metrics().objects_exported.inc();
-        self.metrics().object_export_bytes.inc_by(info.size);
         tracing::debug!(object = %name, bytes = info.size, generation = info.generation, "object exported to Blob");
         // Marked before the manifest's flush is queued, whose end forgets it.
         exports.exported(key);
         self.queue_segment_flush(key.clone());
         Ok(())
+    }
+
+    /// Whether Blob's file `name` holds exactly `info`'s bytes: its size first, then each
+    /// chunk read back against the manifest's CRC-32C, stopping at the first that differs
+    /// (a file of another version of the same size costs one chunk's read).
+    async fn in_blob_already(&self, exports: &Exports, name: &str, info: &ObjectInfo) -> Result<bool, TierError> {
+        if exports.blobs.size(name).await? != Some(info.size) {
+            return Ok(false);
+        }
+        for index in 0..info.chunks() {
+            let Some(want) = info.chunk_crc32c(index) else { return Ok(false) };
+            match exports.blobs.read(name, info.chunk_range(index)).await? {
+                Some(bytes) if kvtier_tiers::crc32c(&bytes) == want => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Has every part of `info` staged by its stager; the part ids in order.
@@ -225,7 +146,7 @@ impl Manager {
         ns: &Namespace,
         info: &ObjectInfo,
         upload: &Upload,
-    ) -> Result<Vec<String>, TierError> {
+    ) -> Result<Vec<String>, ExportFailure> {
         let layout = export_parts(info);
         let parts = layout.len() as u64;
         // Stager -> its parts; `None` is this node.
@@ -240,19 +161,26 @@ impl Manager {
         let staged = futures::future::try_join_all(by_stager.into_iter().map(|(stager, parts)| async move {
             let ids = match (&stager, self.cluster()) {
                 (Some(id), Some(cluster)) => {
-                    cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| {
-                        TierError::Unreachable { what: format!("staging parts of {}", upload.name), failures }
+                    cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| ExportFailure {
+                        reason: FailureReason::Stager,
+                        error: TierError::Unreachable { what: format!("staging parts of {}", upload.name), failures },
                     })?
                 }
-                _ => self.stage_parts_here(ns, info, upload, &parts).await?,
+                _ => self.stage_parts_here(ns, info, upload, &parts).await.map_err(|error| {
+                    let reason = match error {
+                        TierError::Store { .. } => FailureReason::Blob,
+                        _ => FailureReason::Chunks,
+                    };
+                    ExportFailure { reason, error }
+                })?,
             };
-            Ok::<_, TierError>(parts.into_iter().zip(ids).collect::<Vec<_>>())
+            Ok::<_, ExportFailure>(parts.into_iter().zip(ids).collect::<Vec<_>>())
         }))
         .await?;
         let mut ids: BTreeMap<u32, String> = staged.into_iter().flatten().collect();
-        (0..parts as u32).map(|p| ids.remove(&p)).collect::<Option<Vec<_>>>().ok_or_else(|| TierError::Unreachable {
-            what: upload.name.clone(),
-            failures: "a stager skipped a part".into(),
+        (0..parts as u32).map(|p| ids.remove(&p)).collect::<Option<Vec<_>>>().ok_or_else(|| ExportFailure {
+            reason: FailureReason::Stager,
+            error: TierError::Unreachable { what: upload.name.clone(), failures: "a stager skipped a part".into() },
         })
     }
 

@@ -173,7 +173,8 @@ impl RunningServer {
         if let Some(listener) = metrics {
             let app = Router::new()
                 .route("/metrics", get(metrics_text))
-                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/healthz", get(healthz))
+                .route("/livez", get(|| async { "ok\n" }))
                 .with_state(manager.clone());
             let signal = wait_for(stopped.clone());
             tasks.push(tokio::spawn(async move {
@@ -277,6 +278,16 @@ impl RunningServer {
 
 async fn wait_for(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
+}
+
+/// "ok", or 503 and "degraded: why" while write-back bytes wait too long for Blob
+/// ([`Manager::degraded`]): for readiness and alerts. `/livez` only says the process answers
+/// (a liveness probe that restarted a node for a Blob outage would make things worse).
+async fn healthz(State(manager): State<Manager>) -> (axum::http::StatusCode, String) {
+    match manager.degraded() {
+        None => (axum::http::StatusCode::OK, "ok\n".into()),
+        Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("degraded: {why}\n")),
+    }
 }
 
 async fn metrics_text(State(manager): State<Manager>) -> String {

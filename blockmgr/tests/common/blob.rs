@@ -1,7 +1,10 @@
 //! A node's Blob store for tests: a local directory or a real Azurite, the same suite on
 //! both, and a way to make it unreachable and bring it back.
 
-use kvtier_tiers::{BlobTier, BlobTierBuilder, conformance::Azurite};
+use kvtier_tiers::{
+    BlobTier, BlobTierBuilder,
+    conformance::{Azurite, FaultProxy},
+};
 
 /// Where the node's Blob tier lives.
 pub enum Store {
@@ -66,6 +69,24 @@ impl Backend {
             }
         }
     }
+}
+
+/// Azurite behind a fault proxy, and the `[blob]` table (url `az://kvtier/<prefix>`, plus
+/// `extra` lines) of a node that goes through it.
+pub fn behind_fault_proxy(prefix: &str, extra: &str) -> (Azurite, FaultProxy, String) {
+    let azurite = Azurite::start();
+    let upstream = azurite.endpoint.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let proxy = FaultProxy::start(&upstream);
+    let options: String = azurite
+        .options()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "azure_storage_endpoint" => format!("{k} = \"http://{}/devstoreaccount1\"\n", proxy.addr),
+            _ => format!("{k} = \"{v}\"\n"),
+        })
+        .collect();
+    let toml = format!("[blob]\nurl = \"az://kvtier/{prefix}\"\nretries = 1\n{extra}\n[blob.options]\n{options}");
+    (azurite, proxy, toml)
 }
 
 /// Runs each named `async fn(Backend)` of the calling test file as two tests, `dir::<name>`

@@ -219,15 +219,22 @@ impl Node {
             .sum()
     }
 
-    /// A plain HTTP GET on the metrics port; returns the body.
+    /// A plain HTTP GET on the metrics port; returns the body (the answer must be 200).
     pub fn http_get(&self, path: &str) -> String {
+        let (status, body) = self.http_status(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// A plain HTTP GET on the metrics port; returns the status code and the body.
+    pub fn http_status(&self, path: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.addrs.metrics.as_ref().expect("metrics port")).unwrap();
         write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+        (status, body.to_string())
     }
 }
 

@@ -142,6 +142,16 @@ impl ObjectBlobs {
         }
     }
 
+    /// The size of `name`, or `None` if there is no such object.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>> {
+        Counters::count(&self.counters.other, 1);
+        match self.store.head(&path_of(name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("head", name, e)),
+        }
+    }
+
     /// Removes `name` (no error if it is not there).
     pub async fn delete(&self, name: &str) -> Result<()> {
         Counters::count(&self.counters.other, 1);

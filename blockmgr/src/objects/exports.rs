@@ -1,0 +1,213 @@
+//! The export queue: objects whose file must reach Blob (objects/export.rs does one export).
+//!
+//! Exports run `blob.export_concurrency` at a time, and each one that fails backs off on its
+//! own (100 ms doubling to 30 s) while the others go on: one object that cannot be exported
+//! (its chunks unreadable, its name refused by the store) never holds up the rest. What is
+//! queued, how long the oldest has waited and why exports fail are metrics, so a stuck
+//! export shows (`exports_queued`, `export_oldest_seconds`,
+//! `object_export_failures_total{reason}`).
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use kvtier_tiers::{BlockKey, ObjectBlobs};
+use parking_lot::Mutex;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{Manager, flight::SingleFlight};
+
+/// Longest pause between retries of a failed export.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why an export failed: the label of `object_export_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    /// The store refused or did not answer (begin, stage, commit, or the check of a file
+    /// already there).
+    Blob,
+    /// A chunk could be read from no node (or not with the manifest's checksum).
+    Chunks,
+    /// A member asked to stage parts did not (unreachable, or it failed).
+    Stager,
+    /// The manifest could not be read or parsed.
+    Manifest,
+}
+
+impl FailureReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Blob => "blob",
+            FailureReason::Chunks => "chunks",
+            FailureReason::Stager => "stager",
+            FailureReason::Manifest => "manifest",
+        }
+    }
+}
+
+/// A failed export: why, and the error.
+#[derive(Debug)]
+pub(crate) struct ExportFailure {
+    pub(crate) reason: FailureReason,
+    pub(crate) error: kvtier_tiers::Error,
+}
+
+/// One object's export, queued or running.
+#[derive(Debug)]
+struct Job {
+    key: BlockKey,
+    /// First queued: what `export_oldest_seconds` measures.
+    since: Instant,
+    /// Not to be tried before this (a failed one backs off).
+    due: Instant,
+    failures: u32,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: VecDeque<Job>,
+    /// When each running export was first queued.
+    running: Vec<(BlockKey, Instant)>,
+    /// Waiting or running: never queued twice (a take-over of the flushes while an export
+    /// runs must not start a second one).
+    members: HashSet<BlockKey>,
+    /// Exported, their manifest's own flush still to come: not exported again meanwhile.
+    exported: HashSet<BlockKey>,
+}
+
+/// Where objects' files go, and the manifests whose export waits (queued by the flush).
+#[derive(Debug)]
+pub(crate) struct Exports {
+    pub(crate) blobs: Arc<ObjectBlobs>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    concurrency: usize,
+    /// Chunks being read back from their object's file (one read each at a time).
+    pub(super) reads: SingleFlight<Option<Bytes>>,
+}
+
+impl Exports {
+    /// Exports to `blobs`, `concurrency` at a time.
+    pub(crate) fn new(blobs: ObjectBlobs, concurrency: usize) -> Self {
+        Exports {
+            blobs: Arc::new(blobs),
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            concurrency: concurrency.max(1),
+            reads: SingleFlight::new(),
+        }
+    }
+
+    /// Queues the export of the object whose manifest is `key`, unless it is queued,
+    /// being exported, or exported already.
+    pub(crate) fn enqueue(&self, key: BlockKey) {
+        let mut q = self.queue.lock();
+        if !q.exported.contains(&key) && q.members.insert(key.clone()) {
+            let now = Instant::now();
+            q.waiting.push_back(Job { key, since: now, due: now, failures: 0 });
+            drop(q);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The first waiting job that is due, now running; else when the next one is due.
+    fn take(&self) -> Result<Job, Option<Instant>> {
+        let mut q = self.queue.lock();
+        let now = Instant::now();
+        match q.waiting.iter().position(|job| job.due <= now) {
+            Some(at) => {
+                let job = q.waiting.remove(at).expect("a position in the queue");
+                q.running.push((job.key.clone(), job.since));
+                Ok(job)
+            }
+            None => Err(q.waiting.iter().map(|job| job.due).min()),
+        }
+    }
+
+    /// `job` ended: done (or moot), or failed and queued again after its backoff.
+    fn finish(&self, mut job: Job, failed: bool) {
+        let mut q = self.queue.lock();
+        q.running.retain(|(key, _)| *key != job.key);
+        if !failed {
+            q.members.remove(&job.key);
+            return;
+        }
+        job.failures += 1;
+        let pause = Duration::from_millis(100).saturating_mul(1 << job.failures.min(9)).min(MAX_BACKOFF);
+        job.due = Instant::now() + pause;
+        q.waiting.push_back(job);
+    }
+
+    /// Exports queued or running, and how long the oldest has waited since first queued.
+    pub(crate) fn backlog(&self) -> (usize, Duration) {
+        let q = self.queue.lock();
+        let oldest = q.waiting.iter().map(|job| job.since).chain(q.running.iter().map(|(_, since)| *since)).min();
+        (q.waiting.len() + q.running.len(), oldest.map(|t| t.elapsed()).unwrap_or_default())
+    }
+
+    /// `key`'s file is in Blob; its manifest's flush comes next.
+    pub(super) fn exported(&self, key: &BlockKey) {
+        self.queue.lock().exported.insert(key.clone());
+    }
+
+    /// Whether `key`'s file is in Blob, its manifest's own flush still to come.
+    pub(crate) fn is_exported(&self, key: &BlockKey) -> bool {
+        self.queue.lock().exported.contains(key)
+    }
+
+    /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.
+    pub(crate) fn forget(&self, key: &BlockKey) {
+        self.queue.lock().exported.remove(key);
+    }
+}
+
+impl Manager {
+    /// Starts the exporters: `blob.export_concurrency` tasks taking due exports from the
+    /// queue. They hold the manager weakly (strongly only while exporting), so they end
+    /// once it is dropped.
+    pub(crate) fn spawn_exporter(&self) {
+        let Some(exports) = self.exports().cloned() else { return };
+        for _ in 0..exports.concurrency {
+            let (weak, exports) = (self.downgrade(), exports.clone());
+            tokio::spawn(async move {
+                loop {
+                    let work = exports.wake.notified();
+                    let job = match exports.take() {
+                        Ok(job) => job,
+                        Err(next) => {
+                            // New work, the next retry coming due, or a look at whether the
+                            // manager was dropped, whichever is first.
+                            let second = Instant::now() + Duration::from_secs(1);
+                            let _ = tokio::time::timeout_at(next.map_or(second, |t| t.min(second)), work).await;
+                            if weak.upgrade().is_none() {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(manager) = weak.upgrade() else { return };
+                    let failed = match manager.export(&job.key).await {
+                        Ok(()) => false,
+                        Err(failure) => {
+                            let reason = failure.reason.as_str();
+                            manager.metrics().object_export_failures.with_label_values(&[reason]).inc();
+                            // Said at the first failures and then ever more rarely: a
+                            // stuck export shows in the metrics, not in a flood of lines.
+                            let n = job.failures + 1;
+                            if n.is_power_of_two() {
+                                tracing::warn!(manifest = %job.key, failures = n, reason, error = %failure.error,
+                                    "exporting an object to Blob failed; retrying with backoff");
+                            }
+                            true
+                        }
+                    };
+                    drop(manager);
+                    exports.finish(job, failed);
+                }
+            });
+        }
+    }
+}
