@@ -62,6 +62,8 @@ pub(crate) struct CpArgs {
     pub(crate) dst: String,
     pub(crate) recursive: bool,
     pub(crate) durability: Durability,
+    /// Tries again of a file whose put failed transiently (or with an unknown outcome).
+    pub(crate) retries: u32,
 }
 
 /// Copies; prints one summary line. A refused or failed file fails the copy (files
@@ -137,13 +139,30 @@ async fn upload(client: &Client, src: &Path, dst: &ObjectUrl, args: &CpArgs) -> 
         let to =
             if single && !(args.dst.ends_with('/') || dst.path.is_empty()) { dst.clone() } else { dst.join(&name) };
         let bar = bar.clone();
-        async move { upload_file(client, &path, &to, size, args.durability, &bar).await }
+        async move { upload_file(client, &path, &to, size, args.durability, &bar, args.retries).await }
     });
     let done: Vec<u64> = futures::stream::iter(jobs).buffer_unordered(PARALLEL).try_collect().await?;
     bar.finish_and_clear();
     Ok((done.len(), done.iter().sum()))
 }
 
+/// A file whose put failed with an unknown outcome every time it was tried, and whose
+/// object, read after, did not show its bytes: `kvtier cp` exits 3 for it.
+#[derive(Debug)]
+pub(crate) struct OutcomeUnknown(pub(crate) String);
+
+impl std::fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: the outcome is unknown (it may or may not have been stored); copying it again is safe", self.0)
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
+/// Copies one file, trying a transient failure again (`retries` times, backing off): a
+/// retry writes the same bytes as a newer version, so it is safe even when the first try's
+/// outcome was unknown. An unknown outcome is first looked up: if the object's current
+/// version has this file's size and CRC-32C, the put landed.
 async fn upload_file(
     client: &Client,
     path: &Path,
@@ -151,7 +170,50 @@ async fn upload_file(
     size: u64,
     durability: Durability,
     bar: &ProgressBar,
+    retries: u32,
 ) -> Result<u64> {
+    let what = || format!("{} -> {to}", path.display());
+    for attempt in 0.. {
+        let start = bar.position();
+        let (put, read_crc) = upload_once(client, path, to, size, durability, bar).await?;
+        let e = match put {
+            Ok(info) if read_crc.is_some_and(|crc| crc != info.crc32c) => {
+                bail!("{}: the node stored bytes whose CRC-32C differs from what was read", what());
+            }
+            Ok(info) => return Ok(info.size),
+            Err(e) => e,
+        };
+        let unknown = e.outcome() == kvtier_blockmgr::Outcome::Unknown;
+        if unknown
+            && let Some(crc) = read_crc
+            && let Ok(Some(info)) = client.stat_object(&to.namespace, &to.path).await
+            && (info.size, info.crc32c) == (size, crc)
+        {
+            return Ok(size); // it landed
+        }
+        if !e.is_transient() || attempt >= retries {
+            if unknown {
+                return Err(anyhow::Error::new(OutcomeUnknown(what())).context(e.to_string()));
+            }
+            return Err(e).with_context(what);
+        }
+        bar.set_position(start);
+        tracing::warn!(file = %what(), error = %e, attempt, "copying a file failed; trying again");
+        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(5))).await;
+    }
+    unreachable!("the loop returns")
+}
+
+/// One put of the file: the node's answer, and the CRC-32C of what was read when the whole
+/// file was (a put cut short never sent its commit).
+async fn upload_once(
+    client: &Client,
+    path: &Path,
+    to: &ObjectUrl,
+    size: u64,
+    durability: Durability,
+    bar: &ProgressBar,
+) -> Result<(Result<ObjectInfo, kvtier_blockmgr::ClientError>, Option<u32>)> {
     let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<u32>>();
     // Reads feed the put; the CRC-32C of what was read is checked against what the node
@@ -185,11 +247,7 @@ async fn upload_file(
         Ok(Err(e)) => return Err(e).with_context(|| format!("reading {}", path.display())),
         Err(_) => None, // the put ended before the last read
     };
-    let info = put.with_context(|| format!("{} -> {to}", path.display()))?;
-    if read_crc.is_some_and(|crc| crc != info.crc32c) {
-        bail!("{} -> {to}: the node stored bytes whose CRC-32C differs from what was read", path.display());
-    }
-    Ok(info.size)
+    Ok((put, read_crc))
 }
 
 async fn download(

@@ -195,6 +195,11 @@ impl Index {
         Some(e)
     }
 
+    /// Unflushed keys that have waited longer than `age` (in this process).
+    pub fn unflushed_longer_than(&self, age: std::time::Duration) -> Vec<BlockKey> {
+        self.unflushed_since.iter().filter(|e| e.value().elapsed() > age).map(|e| e.key().clone()).collect()
+    }
+
     /// How long write-back bytes have waited, and how many per namespace (a scan of the
     /// unflushed keys: for a scrape, not a hot path).
     pub fn unflushed_summary(&self) -> Unflushed {

@@ -39,3 +39,4 @@ pub use manager::{
     ResyncReport, Stats, TierStats,
 };
 pub use metrics::Metrics;
+pub use wire::Outcome;

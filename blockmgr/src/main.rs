@@ -86,6 +86,11 @@ enum Command {
         /// (write-back), or in the fastest tier (cache, evictable).
         #[arg(long, value_enum, default_value_t = DurabilityArg::Disk)]
         durability: DurabilityArg,
+        /// Tries again of a file whose upload failed transiently (no node to hold a copy,
+        /// backpressure) or with an unknown outcome, which is safe: the same bytes become a
+        /// newer version. Exit status 3: a file's outcome stayed unknown.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
         /// From: a file, a directory (with -r) or a kvtier:// URL.
         src: String,
         /// To.
@@ -172,7 +177,8 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(2);
+            // 3: a write whose outcome is unknown (it may have landed); 2: anything else.
+            std::process::exit(if e.downcast_ref::<cp::OutcomeUnknown>().is_some() { 3 } else { 2 });
         }
     }
 }
@@ -223,9 +229,9 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::Cp { server, recursive, durability, src, dst } => {
+        Command::Cp { server, recursive, durability, retries, src, dst } => {
             init_logging("warn", LogFormat::Text);
-            cp::cp(cp::CpArgs { server, src, dst, recursive, durability: durability.into() }).await.map(|()| 0)
+            cp::cp(cp::CpArgs { server, src, dst, recursive, durability: durability.into(), retries }).await.map(|()| 0)
         }
         Command::Lookup { target, keys } => {
             init_logging("warn", LogFormat::Text);

@@ -113,6 +113,11 @@ pub struct Metrics {
     /// Exports that found their object's file in Blob already, with this version's bytes
     /// (after a restart or a take-over), and wrote nothing.
     pub objects_found_in_blob: IntCounter,
+    /// Commits a member asked of this node (as a path's primary) that arrived past their
+    /// deadline (this node was stopped or cut off meanwhile) and were refused.
+    pub late_commits_refused: IntCounter,
+    /// Write-back chunks of uploads that never committed, removed by the orphan sweep.
+    pub orphan_chunks_removed: IntCounter,
     /// Objects whose export is queued or running on this node.
     pub exports_queued: IntGauge,
     /// How long the oldest of those has waited since first queued (seconds).
@@ -288,6 +293,14 @@ impl Metrics {
             objects_found_in_blob: one_counter(
                 "objects_found_in_blob_total",
                 "Exports that found their object's file in Blob already, with this version's bytes",
+            ),
+            late_commits_refused: one_counter(
+                "late_commits_refused_total",
+                "Commits that arrived past their sender's deadline and were refused",
+            ),
+            orphan_chunks_removed: one_counter(
+                "orphan_chunks_removed_total",
+                "Write-back chunks no member's manifest named, removed by the orphan sweep",
             ),
             exports_queued: one_gauge("exports_queued", "Objects whose export is queued or running"),
             export_oldest: one_float_gauge(

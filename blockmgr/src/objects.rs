@@ -124,7 +124,7 @@ impl ObjectInfo {
     }
 
     /// The key ids of this version's chunks.
-    fn chunk_ids(&self) -> Vec<u64> {
+    pub(crate) fn chunk_ids(&self) -> Vec<u64> {
         if self.runs.is_empty() { vec![self.id] } else { self.runs.iter().map(|r| r.id).collect() }
     }
 }
@@ -147,13 +147,24 @@ impl From<&ObjectInfo> for kvtier_proto::v1::ObjectInfo {
 #[derive(Debug)]
 pub(crate) struct Catalog {
     objects: RwLock<HashMap<(Namespace, String), ObjectInfo>>,
+    /// The version a manifest copy learned from the path's primary replaced, until that
+    /// version's own manifest is deleted (the commit's end): if the commit fails and is
+    /// undone, it is current again.
+    replaced: RwLock<HashMap<(Namespace, String), ObjectInfo>>,
+    /// Chunk ids of uploads and joins in progress here (see objects/orphans.rs).
+    writing: orphans::Writing,
     /// One commit or delete of a path at a time.
     locks: crate::flight::KeyLocks,
 }
 
 impl Catalog {
     pub(crate) fn new() -> Self {
-        Catalog { objects: RwLock::default(), locks: crate::flight::KeyLocks::new(256) }
+        Catalog {
+            objects: RwLock::default(),
+            replaced: RwLock::default(),
+            writing: orphans::Writing::default(),
+            locks: crate::flight::KeyLocks::new(256),
+        }
     }
 }
 
@@ -214,6 +225,11 @@ fn chunk_key(ns: &Namespace, id: u64, index: u64) -> BlockKey {
     BlockKey::new(ns.clone(), Key::new(&key).expect("14 bytes"))
 }
 
+/// `t` in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -229,6 +245,7 @@ impl Manager {
         mut info: ObjectInfo,
         durability: Durability,
         if_absent: bool,
+        deadline_unix_ms: Option<u64>,
     ) -> Result<Option<ObjectInfo>, TierError> {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
@@ -249,14 +266,59 @@ impl Manager {
         if if_absent && current.is_some() {
             return Ok(None);
         }
-        info.generation = current.map_or(0, |c| c.generation) + 1;
+        // Past every generation known, and at least the time in ms (as GCS numbers its
+        // generations): a stand-in primary that cannot reach an owner holding a newer copy
+        // (stopped, cut off) still numbers its commit above that copy's, so the later commit
+        // wins when they meet instead of two versions sharing one number.
+        info.generation = (current.map_or(0, |c| c.generation) + 1).max(unix_ms(std::time::SystemTime::now()));
         let manifest = Bytes::from(serde_json::to_vec(&info).expect("serializes"));
-        self.put(Block::new(manifest_key(ns, &info.path, info.generation), manifest), durability).await?;
+        let key = manifest_key(ns, &info.path, info.generation);
+        // A request that waited past its sender's patience (this node was stopped or cut off)
+        // commits nothing: the sender has moved on to the next owner.
+        if let Some(deadline) = deadline_unix_ms.filter(|&d| unix_ms(std::time::SystemTime::now()) > d) {
+            self.metrics().late_commits_refused.inc();
+            return Err(TierError::NotCommitted {
+                what: format!("{ns}/{}", info.path),
+                cause: format!("the commit arrived after its deadline ({deadline} ms since the epoch)"),
+            });
+        }
+        if let (Err(e), holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await {
+            return Err(self.undo_commit(&key, slot, old, e, &holding).await);
+        }
         self.catalog.objects.write().insert(slot, info.clone());
         if let Some(old) = old {
             self.remove_generation_keeping(ns, &old, Some(&info)).await;
         }
         Ok(Some(info))
+    }
+
+    /// A commit whose manifest put failed (too few copies): its copies are deleted on
+    /// every owner and the catalog gets `old` back. When every owner that may hold a copy
+    /// (`holding`: it stored one, or did not answer the put) answered the delete, nothing of
+    /// it remains and [`TierError::NotCommitted`] says so; otherwise a copy may stand on an
+    /// owner that did not answer (and land when it returns), and `failed` stands (an
+    /// unknown outcome).
+    async fn undo_commit(
+        &self,
+        key: &BlockKey,
+        slot: (Namespace, String),
+        old: Option<ObjectInfo>,
+        failed: TierError,
+        holding: &[String],
+    ) -> TierError {
+        let (_, failures) = self.delete_on_owners(key).await;
+        let unanswered: Vec<&str> =
+            failures.iter().filter(|(owner, _)| holding.contains(owner)).map(|(_, e)| e.as_str()).collect();
+        if let Some(old) = old {
+            self.catalog.objects.write().entry(slot.clone()).or_insert(old);
+        }
+        if unanswered.is_empty() {
+            let what = format!("{}/{}", slot.0, slot.1);
+            return TierError::NotCommitted { what, cause: format!("{failed}; its copies were removed") };
+        }
+        tracing::warn!(manifest = %key, error = %failed, unanswered = %unanswered.join("; "),
+            "a failed commit could not be undone everywhere: its outcome is unknown");
+        failed
     }
 
     /// The current version of `path` as this node's catalog has it.
@@ -415,6 +477,7 @@ mod cluster;
 mod export;
 mod exports;
 mod join;
+mod orphans;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -82,7 +82,10 @@ pub fn code_of(e: &TierError) -> Code {
         TierError::ChecksumMismatch { .. } => Code::DataLoss,
         TierError::Config { .. } => Code::FailedPrecondition,
         TierError::Unsupported { .. } => Code::FailedPrecondition,
-        TierError::Closed { .. } | TierError::Quorum { .. } | TierError::Unreachable { .. } => Code::Unavailable,
+        TierError::Closed { .. }
+        | TierError::Quorum { .. }
+        | TierError::Unreachable { .. }
+        | TierError::NotCommitted { .. } => Code::Unavailable,
         _ => Code::Internal,
     }
 }
@@ -90,6 +93,59 @@ pub fn code_of(e: &TierError) -> Code {
 /// A tier error as a gRPC status carrying its message.
 pub fn status_of(e: &TierError) -> Status {
     Status::new(code_of(e), e.to_string())
+}
+
+/// The metadata key of an error's [`Outcome`] (on a failed object put).
+pub const OUTCOME_HEADER: &str = "x-kvtier-outcome";
+
+/// What a failed write did, as S3 tells a 4xx/503 (not done) from a 500 (may have been).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was written and nothing will appear later: retry, or give up, freely.
+    NotApplied,
+    /// The commit may have landed, or may yet land (a node holding a copy of the manifest
+    /// did not answer): read the object to know. A retry of the same bytes is safe: it
+    /// writes them again as a newer version.
+    Unknown,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "not-applied",
+            Outcome::Unknown => "unknown",
+        }
+    }
+
+    /// The outcome a status says it had; `None` when it says none.
+    pub fn of(status: &Status) -> Option<Outcome> {
+        match status.metadata().get(OUTCOME_HEADER)?.to_str().ok()? {
+            "not-applied" => Some(Outcome::NotApplied),
+            "unknown" => Some(Outcome::Unknown),
+            _ => None,
+        }
+    }
+
+    /// The outcome of a commit that failed with `e`: not applied when it was refused before
+    /// anything was stored or undone everywhere ([`TierError::NotCommitted`]), else unknown
+    /// (a copy of the manifest may stand on a node that did not answer).
+    pub fn of_commit(e: &TierError) -> Outcome {
+        match e {
+            TierError::NotCommitted { .. }
+            | TierError::InvalidKey { .. }
+            | TierError::InvalidSize { .. }
+            | TierError::Backpressure { .. }
+            | TierError::Config { .. }
+            | TierError::Unsupported { .. } => Outcome::NotApplied,
+            _ => Outcome::Unknown,
+        }
+    }
+
+    /// `status` saying it had this outcome.
+    pub fn mark(self, mut status: Status) -> Status {
+        status.metadata_mut().insert(OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static(self.as_str()));
+        status
+    }
 }
 
 /// A per-block status on the wire.

@@ -151,6 +151,16 @@ pub enum Error {
         failures: String,
     },
 
+    /// A commit failed and was undone on every node it had reached: nothing of it remains
+    /// or can appear later, so the write definitely did not happen (a retry is a new write).
+    #[error("{what}: not committed ({cause})")]
+    NotCommitted {
+        /// What was being committed.
+        what: String,
+        /// Why it failed.
+        cause: String,
+    },
+
     /// None of the nodes that could answer was reachable.
     #[error("{what}: no node that holds it answered ({failures})")]
     Unreachable {

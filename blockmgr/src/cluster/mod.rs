@@ -34,6 +34,7 @@ use crate::{
     config::Config,
     manager::{Digest, key_from_wire},
     metrics::Metrics,
+    wire::Outcome,
 };
 
 /// How long a reader waits for a read replica before asking the owner instead.
@@ -251,18 +252,36 @@ impl Cluster {
     where
         F: Future<Output = Result<T, crate::ClientError>>,
     {
+        self.call_with_outcome(id, op, f).await.map_err(|(message, _)| message)
+    }
+
+    /// [`Cluster::call`], saying of a failure whether the request did nothing at `id`
+    /// (never sent, or answered so) or may have (no answer, or an answer that does not say).
+    async fn call_with_outcome<T, F>(
+        &self,
+        id: &str,
+        op: &str,
+        f: impl FnOnce(Client) -> F,
+    ) -> Result<T, (String, Outcome)>
+    where
+        F: Future<Output = Result<T, crate::ClientError>>,
+    {
         let result = match self.peer(id).await {
             Ok(client) => match tokio::time::timeout(self.timeout, f(client)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
-                    if matches!(&e, crate::ClientError::Status(s) if s.code() == tonic::Code::Unavailable) {
+                    let status = match &e {
+                        crate::ClientError::Status(s) => Some(s),
+                        _ => None,
+                    };
+                    if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
                         self.forget(id).await;
                     }
-                    Err(format!("{id}: {e}"))
+                    Err((format!("{id}: {e}"), status.and_then(Outcome::of).unwrap_or(Outcome::Unknown)))
                 }
-                Err(_) => Err(format!("{id}: no answer within {:?}", self.timeout)),
+                Err(_) => Err((format!("{id}: no answer within {:?}", self.timeout), Outcome::Unknown)),
             },
-            Err(e) => Err(e),
+            Err(e) => Err((e, Outcome::NotApplied)),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.peer_requests.with_label_values(&[op, outcome]).inc();
@@ -275,14 +294,17 @@ impl Cluster {
     }
 
     /// Stores `block` on member `id` with `durability`.
-    pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), String> {
+    ///
+    /// A failure says whether `id` may hold the copy all the same (no answer came).
+    pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), (String, Outcome)> {
         let item = [PutItem::new(block.key.key.as_bytes().to_vec(), block.data.clone())];
         let ns = block.key.namespace.as_str();
-        let reports = self.call(id, "put", |c| async move { c.put(ns, &item, durability).await }).await?;
+        let reports = self.call_with_outcome(id, "put", |c| async move { c.put(ns, &item, durability).await }).await?;
         match reports.into_iter().next().map(|r| r.result) {
             Some(Ok(())) => Ok(()),
-            Some(Err((code, message))) => Err(format!("{id}: {code}: {message}")),
-            None => Err(format!("{id}: no answer for the block")),
+            // Refused by the member for this block: it did not store it.
+            Some(Err((code, message))) => Err((format!("{id}: {code}: {message}"), Outcome::NotApplied)),
+            None => Err((format!("{id}: no answer for the block"), Outcome::Unknown)),
         }
     }
 
@@ -353,15 +375,20 @@ impl Cluster {
         manifest: Vec<u8>,
         durability: Durability,
         if_absent: bool,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, (String, Outcome)> {
+        // Past the wait below this node asks the next owner: the primary must not commit later.
+        let deadline = std::time::SystemTime::now() + self.timeout;
         let req = peer::CommitObjectRequest {
             namespace: namespace.into(),
             manifest: Some(peer::Manifest { json: manifest.into() }),
             durability: crate::wire::durability_to_wire(durability) as i32,
             if_absent,
+            deadline_unix_ms: Some(crate::objects::unix_ms(deadline)),
         };
-        let got = self
-            .call(id, "commit_object", |c| async move { Ok(c.peer_rpc().commit_object(c.request(req)).await?) })
+        let got =
+            self.call_with_outcome(id, "commit_object", |c| async move {
+                Ok(c.peer_rpc().commit_object(c.request(req)).await?)
+            })
             .await?;
         let json = got.into_inner().json;
         Ok((!json.is_empty()).then(|| json.to_vec()))
@@ -482,6 +509,16 @@ impl Cluster {
         let keys = keys.iter().map(|(k, unflushed)| peer::KeyRef { unflushed: *unflushed, ..key_to_wire(k) });
         let req = peer::FlushedRequest { keys: keys.collect() };
         let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
+        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
+    }
+
+    /// Which of the chunk `keys` a manifest or an upload of member `id` names
+    /// (`Peer/ChunksNamed`).
+    pub(crate) async fn chunks_named_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
+        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+        let got = self
+            .call(id, "chunks_named", |c| async move { Ok(c.peer_rpc().chunks_named(c.request(req)).await?) })
+            .await?;
         Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
     }
 

@@ -46,6 +46,11 @@ pub struct ClusterConfig {
     pub read_replica_after: u32,
     /// Most read replicas of one key an owner tracks and sends readers to. Default 8.
     pub read_replicas: usize,
+    /// A write-back chunk that no member's manifest names (its upload never committed: its
+    /// writer's node died, or a commit of unknown outcome left no manifest) is removed
+    /// once it has waited this long, at the next resync round; "0s": never. Default 10m.
+    #[serde(with = "super::humantime_serde")]
+    pub orphan_after: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -61,6 +66,7 @@ impl Default for ClusterConfig {
             resync_interval: Duration::from_secs(300),
             read_replica_after: 2,
             read_replicas: 8,
+            orphan_after: Duration::from_secs(600),
         }
     }
 }

@@ -89,7 +89,7 @@ impl Manager {
                         metrics.handoff_blocks.inc();
                         metrics.handoff_bytes.inc_by(len);
                     }
-                    Err(e) => report.failures.push(e),
+                    Err((e, _)) => report.failures.push(e),
                 }
             }
         }

@@ -168,7 +168,7 @@ impl Manager {
             // keeps the mark); a cluster does this after each resync, asking the members.
             manager.release_what_blob_has().await;
         }
-        manager.spawn_resync(config.cluster.resync_interval);
+        manager.spawn_resync(config.cluster.resync_interval, config.cluster.orphan_after);
         Ok(manager)
     }
 }

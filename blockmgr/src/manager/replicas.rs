@@ -151,6 +151,11 @@ impl Manager {
         self.inner.index.get(key).is_some_and(|e| e.tiers.has(TierKind::Blob))
     }
 
+    /// Write-back blocks here that Blob lacks and that have waited longer than `age`.
+    pub(crate) fn waiting_longer_than(&self, age: std::time::Duration) -> Vec<BlockKey> {
+        self.inner.index.unflushed_longer_than(age)
+    }
+
     /// Whether `key` is a write-back block here that Blob lacks.
     pub(crate) fn unflushed(&self, key: &BlockKey) -> bool {
         self.inner.index.get(key).is_some_and(|e| e.unflushed())
@@ -237,14 +242,24 @@ impl Manager {
 
     /// Stores `block` here and on its other owners.
     pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+        self.put_reporting(block, durability).await.0
+    }
+
+    /// [`Manager::put`], and the other owners that may hold a copy (they stored it, or did
+    /// not answer): what undoing it must reach.
+    pub(crate) async fn put_reporting(
+        &self,
+        block: Block,
+        durability: Durability,
+    ) -> (Result<PutOutcome, TierError>, Vec<String>) {
         let (local, route) = self.route(&block.key, durability);
         let here = self.put_here(block.clone(), local).await;
         if here.is_ok() && crate::objects::is_manifest_key(&block.key) {
             self.learn_manifest(&block.key).await;
         }
         match route {
-            None => here,
-            Some(route) => self.replicate(route, Some(block), here).await,
+            None => (here, Vec::new()),
+            Some(route) => self.replicate_reporting(route, Some(block), here).await,
         }
     }
 
@@ -268,24 +283,44 @@ impl Manager {
         block: Option<Block>,
         here: Result<PutOutcome, TierError>,
     ) -> Result<PutOutcome, TierError> {
+        self.replicate_reporting(route, block, here).await.0
+    }
+
+    /// [`Manager::replicate`], and the other owners that may hold a copy.
+    async fn replicate_reporting(
+        &self,
+        route: Box<Route>,
+        block: Option<Block>,
+        here: Result<PutOutcome, TierError>,
+    ) -> (Result<PutOutcome, TierError>, Vec<String>) {
         let Route { cluster, plan, durability } = *route;
         let local = cluster.local_id();
         let key = match (&block, &here) {
             (Some(b), _) => b.key.to_string(),
-            (None, Err(_)) => return here,
+            (None, Err(_)) => return (here, Vec::new()),
             (None, Ok(_)) => "a block".to_string(),
         };
         let mut failures = Vec::new();
         let mut stored = 0;
+        let mut holding = Vec::new();
         if let Some(block) = &block {
-            let sends = plan.owners.iter().filter(|id| *id != local).map(|id| {
+            let others: Vec<&String> = plan.owners.iter().filter(|id| *id != local).collect();
+            let sends = others.iter().map(|id| {
                 let copy = self.copy_durability(&plan, id, durability);
                 cluster.put_on(id, block, copy)
             });
-            for answer in join_all(sends).await {
+            for (id, answer) in others.iter().zip(join_all(sends).await) {
                 match answer {
-                    Ok(()) => stored += 1,
-                    Err(e) => failures.push(e),
+                    Ok(()) => {
+                        stored += 1;
+                        holding.push(id.to_string());
+                    }
+                    Err((e, outcome)) => {
+                        failures.push(e);
+                        if outcome == crate::wire::Outcome::Unknown {
+                            holding.push(id.to_string());
+                        }
+                    }
                 }
             }
         } else {
@@ -297,13 +332,14 @@ impl Manager {
             _ => {}
         }
         if stored < plan.quorum {
-            return Err(TierError::Quorum { key, stored, wanted: plan.quorum, failures: failures.join("; ") });
+            let failures = failures.join("; ");
+            return (Err(TierError::Quorum { key, stored, wanted: plan.quorum, failures }), holding);
         }
         if !failures.is_empty() {
             tracing::warn!(%key, stored, wanted = plan.owners.len(), failures = %failures.join("; "), "a copy failed; the quorum holds the block");
         }
         // A node that owns no copy may have had no room for its cache copy: fine.
-        here.or(Ok(PutOutcome { status: kvtier_tiers::PutStatus::Stored, tier: TierKind::Cpu }))
+        (here.or(Ok(PutOutcome { status: kvtier_tiers::PutStatus::Stored, tier: TierKind::Cpu })), holding)
     }
 
     /// Reads `key`: from this node's tiers, else from its owners (the other owners in an
@@ -424,8 +460,18 @@ impl Manager {
     /// Removes `key` here, from every owner and from the read replicas this node knows of:
     /// whether any owner had it.
     pub async fn delete(&self, key: &BlockKey) -> bool {
+        let (any, failures) = self.delete_on_owners(key).await;
+        for (owner, failure) in failures {
+            tracing::warn!(%key, %owner, error = %failure, "deleting a copy failed");
+        }
+        any
+    }
+
+    /// Deletes `key` here and on every owner: whether any held it, and each owner that did
+    /// not answer with what it said (it may keep its copy).
+    pub(crate) async fn delete_on_owners(&self, key: &BlockKey) -> (bool, Vec<(String, String)>) {
         let here = self.delete_here(key).await;
-        self.forget_manifest(key);
+        self.forget_manifest(key).await;
         if let Some(cluster) = &self.inner.cluster {
             // In the background: a read replica that does not answer must not fail the delete.
             for holder in cluster.reads.forget(key) {
@@ -437,17 +483,17 @@ impl Manager {
                 });
             }
         }
-        let Some((cluster, plan)) = self.plan(key) else { return here };
+        let Some((cluster, plan)) = self.plan(key) else { return (here, Vec::new()) };
         let local = cluster.local_id();
-        let deletes = plan.owners.iter().filter(|id| *id != local).map(|id| cluster.delete_on(id, key));
-        let mut any = here;
-        for (id, result) in plan.owners.iter().filter(|id| *id != local).zip(join_all(deletes).await) {
+        let others: Vec<&String> = plan.owners.iter().filter(|id| *id != local).collect();
+        let (mut any, mut failures) = (here, Vec::new());
+        for (id, result) in others.iter().zip(join_all(others.iter().map(|id| cluster.delete_on(id, key))).await) {
             match result {
                 Ok(had) => any |= had,
-                Err(e) => tracing::warn!(%key, owner = %id, error = %e, "deleting a copy failed"),
+                Err(e) => failures.push((id.to_string(), e)),
             }
         }
-        any
+        (any, failures)
     }
 
     /// The other nodes, with a cluster.

@@ -274,8 +274,10 @@ impl Manager {
 
     /// Runs [`Manager::resync`] at start, when this node comes back into the member list,
     /// and every `interval` (never with zero), and [`Manager::handoff`] at every change of
-    /// the member list (again every few seconds until it succeeds), one at a time.
-    pub(crate) fn spawn_resync(&self, interval: Duration) {
+    /// the member list (again every few seconds until it succeeds), one at a time; after
+    /// each round, the release of copies Blob has and the sweep of chunks that waited past
+    /// `orphan_after` with no manifest naming them.
+    pub(crate) fn spawn_resync(&self, interval: Duration, orphan_after: Duration) {
         let Some(cluster) = self.cluster().cloned() else { return };
         let me = self.clone();
         let mut changes = cluster.changes();
@@ -303,6 +305,7 @@ impl Manager {
                     me.resync().await;
                 }
                 me.release_what_blob_has().await;
+                me.sweep_orphan_chunks(orphan_after).await;
                 full = false;
                 let periodic = async {
                     if interval.is_zero() {

@@ -8,7 +8,7 @@
 use kvtier_tiers::{BlockKey, Error as TierError, Namespace};
 
 use super::{ObjectInfo, check_path, is_manifest_key, manifest_key};
-use crate::{Durability, GetOutcome, Manager, cluster::Plan};
+use crate::{Durability, GetOutcome, Manager, cluster::Plan, wire::Outcome};
 
 /// Where a path's metadata is decided: here, or on which members in order.
 enum Owners {
@@ -108,22 +108,40 @@ impl Manager {
     ) -> Result<Option<ObjectInfo>, TierError> {
         let (plan, cluster) = match (self.path_owners(ns, &info.path), self.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return self.commit_here(ns, info, durability, if_absent).await,
+            _ => return self.commit_here(ns, info, durability, if_absent, None).await,
         };
         let json = serde_json::to_vec(&info).expect("serializes");
+        let what = format!("committing {ns}/{}", info.path);
         let mut failures = Vec::new();
+        // Whether every owner asked did nothing (never reached, or answered so): only then
+        // is the failure definite.
+        let mut not_applied = true;
         for id in &plan.owners {
             if id == cluster.local_id() {
-                return self.commit_here(ns, info, durability, if_absent).await;
+                return match self.commit_here(ns, info, durability, if_absent, None).await {
+                    Err(e) if !not_applied && Outcome::of_commit(&e) == Outcome::NotApplied => {
+                        failures.push(format!("{id}: {e}"));
+                        break; // an owner before this one may have committed: unknown
+                    }
+                    done => done,
+                };
             }
             match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability, if_absent).await {
                 Ok(Some(json)) => return parse(&json, id).map(Some),
                 Ok(None) if if_absent => return Ok(None),
                 Ok(None) => failures.push(format!("{id} answered no manifest")),
-                Err(e) => failures.push(e),
+                Err((e, outcome)) => {
+                    not_applied &= outcome == Outcome::NotApplied;
+                    failures.push(e);
+                }
             }
         }
-        Err(TierError::Unreachable { what: format!("committing {ns}/{}", info.path), failures: failures.join("; ") })
+        let failures = failures.join("; ");
+        Err(if not_applied {
+            TierError::NotCommitted { what, cause: failures }
+        } else {
+            TierError::Unreachable { what, failures }
+        })
     }
 
     /// The current version of `path`, if any: the newest its owners know (all of them are
@@ -246,19 +264,37 @@ impl Manager {
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
         let slot = (key.namespace.clone(), info.path.clone());
         let mut objects = self.catalog.objects.write();
-        if objects.get(&slot).is_none_or(|have| have.generation < info.generation) {
-            objects.insert(slot, info);
+        if objects.get(&slot).is_none_or(|have| have.generation < info.generation)
+            && let Some(replaced) = objects.insert(slot.clone(), info)
+        {
+            self.catalog.replaced.write().insert(slot, replaced);
         }
     }
 
-    /// A manifest just deleted on this node: the catalog drops the version it names.
-    pub(crate) fn forget_manifest(&self, key: &BlockKey) {
+    /// A manifest just deleted on this node: the catalog drops the version it names, and the
+    /// version that one replaced becomes current again when its manifest is still here (a
+    /// failed commit undone); a replaced version's own deletion ends its memory.
+    pub(crate) async fn forget_manifest(&self, key: &BlockKey) {
         if !is_manifest_key(key) {
             return;
         }
-        self.catalog
-            .objects
-            .write()
-            .retain(|(ns, path), info| *ns != key.namespace || manifest_key(ns, path, info.generation) != *key);
+        let names = |(ns, path): &(Namespace, String), info: &ObjectInfo| {
+            *ns == key.namespace && manifest_key(ns, path, info.generation) == *key
+        };
+        let mut forgotten = Vec::new();
+        self.catalog.objects.write().retain(|slot, info| {
+            let current = names(slot, info);
+            if current {
+                forgotten.push(slot.clone());
+            }
+            !current
+        });
+        self.catalog.replaced.write().retain(|slot, info| !names(slot, info));
+        for slot in forgotten {
+            let Some(before) = self.catalog.replaced.write().remove(&slot) else { continue };
+            if let GetOutcome::Hit { .. } = self.get_here(&manifest_key(&slot.0, &slot.1, before.generation)).await {
+                self.catalog.objects.write().entry(slot).or_insert(before);
+            }
+        }
     }
 }

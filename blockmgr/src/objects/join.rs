@@ -85,6 +85,8 @@ impl Manager {
         durability: Durability,
     ) -> Result<ObjectInfo, TierError> {
         let ns = Namespace::new(namespace)?;
+        // Between a part's retirement and the joined commit no manifest names its chunks.
+        let _writing = self.writing(&ns, parts.iter().flat_map(ObjectInfo::chunk_ids));
         let mut retired: Vec<&ObjectInfo> = Vec::with_capacity(parts.len());
         for part in parts {
             let outcome = match self.forget_object(namespace, part).await {
@@ -108,6 +110,13 @@ impl Manager {
             Ok(info) => {
                 self.metrics().object_parts_joined.inc_by(parts.len() as u64);
                 Ok(info)
+            }
+            Err(e @ TierError::NotCommitted { .. }) => {
+                // Undone everywhere: nothing names the retired parts' chunks.
+                for p in retired {
+                    self.remove_generation(&ns, p).await;
+                }
+                Err(e)
             }
             Err(e) => {
                 // The commit may have landed on an owner whose answer was lost: the retired

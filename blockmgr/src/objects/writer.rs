@@ -30,6 +30,8 @@ pub struct ObjectWriter {
     finished: bool,
     /// The runtime the chunks were stored from, for `Drop`'s clean-up.
     runtime: Option<tokio::runtime::Handle>,
+    /// This upload's chunks are being written: no orphan sweep takes them.
+    _writing: super::orphans::WritingGuard,
 }
 
 impl std::fmt::Debug for ObjectWriter {
@@ -129,17 +131,17 @@ impl ObjectWriter {
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        let committed =
-            self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, if_absent).await?;
-        if committed.is_none()
+        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, if_absent).await;
+        // Refused (the current version is another writer's: one of this writer's own,
+        // committed by a call whose answer was lost, is answered as committed), or failed
+        // and undone everywhere: no manifest names these chunks. (After a failure of unknown
+        // outcome a manifest may; they stay, and the orphan sweep finds them if none does.)
+        if matches!(committed, Ok(None) | Err(TierError::NotCommitted { .. }))
             && let Some(deleting) = self.delete_chunks()
         {
-            // Refused: the current version is another writer's (one of this writer's own,
-            // committed by a call whose answer was lost, is answered as committed), so no
-            // manifest names these chunks.
             let _ = deleting.await;
         }
-        Ok(committed)
+        committed
     }
 
     /// Gives up: the chunks stored so far are deleted; the object stays as it was.
@@ -187,14 +189,16 @@ impl Manager {
     ) -> Result<ObjectWriter, TierError> {
         check_path(path)?;
         let namespace = Namespace::new(namespace)?;
+        let id = rand::random();
         Ok(ObjectWriter {
+            _writing: self.writing(&namespace, [id]),
             manager: self.clone(),
             namespace,
             path: path.to_string(),
             durability,
             manifest_durability,
             chunk_size: self.object_chunk_size(),
-            id: rand::random(),
+            id,
             buf: BytesMut::new(),
             begun: 0,
             size: 0,

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use crate::objects::ObjectInfo;
 
 use super::{
-    server::{OBJECT_PREFIX, S3, err, etag, internal, no_such_bucket},
+    server::{OBJECT_PREFIX, S3, commit_failed, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -132,7 +132,8 @@ impl S3 {
         self.check_upload(bucket, key, id).await?;
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
-        let info = self.receive_body(writer, headers, body, payload_hash).await?.commit().await.map_err(internal)?;
+        let info =
+            self.receive_body(writer, headers, body, payload_hash).await?.commit().await.map_err(commit_failed)?;
         self.keep_part(&ns, id, &path).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
@@ -186,7 +187,7 @@ impl S3 {
         let path = format!("{OBJECT_PREFIX}{key}");
         let joined = self.manager.join_parts(&ns, &path, &parts, self.durability).await;
         self.remove_upload(&ns, id, key).await; // the parts not listed
-        let info = joined.map_err(internal)?;
+        let info = joined.map_err(commit_failed)?;
         Ok(xml::document(format!(
             "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
              <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",

@@ -13,7 +13,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::{
-    server::{OBJECT_PREFIX, Result, S3, check_bucket, check_key, decode, err, etag, internal, no_such_bucket},
+    server::{
+        OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal, no_such_bucket,
+    },
     xml,
 };
 use crate::objects::{ObjectInfo, ObjectWriter};
@@ -69,9 +71,9 @@ impl S3 {
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let writer = self.receive_body(writer, headers, body, payload_hash).await?;
         let info = if conditional {
-            writer.commit_if_absent().await.map_err(internal)?.ok_or_else(exists)?
+            writer.commit_if_absent().await.map_err(commit_failed)?.ok_or_else(exists)?
         } else {
-            writer.commit().await.map_err(internal)?
+            writer.commit().await.map_err(commit_failed)?
         };
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
@@ -241,7 +243,7 @@ impl S3 {
                 }
             }
         }
-        w.commit().await.map_err(internal)
+        w.commit().await.map_err(commit_failed)
     }
 
     pub(super) async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {

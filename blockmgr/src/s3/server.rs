@@ -74,12 +74,30 @@ pub(super) fn internal<E: std::fmt::Display + 'static>(e: E) -> S3Error {
     use kvtier_tiers::Error as Tier;
     let message = e.to_string();
     let (status, code) = match (&e as &dyn std::any::Any).downcast_ref::<Tier>() {
-        Some(Tier::Unreachable { .. } | Tier::Quorum { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        Some(Tier::Unreachable { .. } | Tier::Quorum { .. } | Tier::NotCommitted { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
         Some(Tier::Backpressure { .. } | Tier::NoSpace { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
         Some(Tier::InvalidKey { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };
     err(status, code, message)
+}
+
+/// A failed commit (PutObject, UploadPart, CopyObject, CompleteMultipartUpload), as S3
+/// answers it: one that may have landed (a node holding a copy of the manifest did not
+/// answer) is a 500 `InternalError` saying so, as S3's own 500s may have written the object;
+/// one undone everywhere or refused before anything was stored is what [`internal`] says (a
+/// 503 to retry, or a 4xx), and definitely wrote nothing.
+pub(super) fn commit_failed(e: kvtier_tiers::Error) -> S3Error {
+    match crate::wire::Outcome::of_commit(&e) {
+        crate::wire::Outcome::Unknown => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("{e}: the outcome is unknown (the object may or may not have been written); a retry is safe"),
+        ),
+        crate::wire::Outcome::NotApplied => internal(e),
+    }
 }
 
 async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
@@ -451,6 +469,13 @@ mod tests {
         let bad = internal(kvtier_tiers::Error::InvalidKey { reason: "r".into() });
         assert_eq!((bad.status, bad.code), (StatusCode::BAD_REQUEST, "InvalidArgument"));
         assert_eq!(internal("anything else").code, "InternalError");
+        // A commit: undone everywhere is a 503 (nothing written); may have landed is a 500.
+        let undone = commit_failed(kvtier_tiers::Error::NotCommitted { what: "b/k".into(), cause: "c".into() });
+        assert_eq!((undone.status, undone.code), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"));
+        let quorum = kvtier_tiers::Error::Quorum { key: "m".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
+        let unknown = commit_failed(quorum);
+        assert_eq!((unknown.status, unknown.code), (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"));
+        assert!(unknown.message.contains("outcome is unknown"), "{}", unknown.message);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Manager,
     config::ServerConfig,
-    wire::{durability_from_wire, pieces, status_of},
+    wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
 /// Serves a manager's named objects.
@@ -94,16 +94,21 @@ impl objects_server::Objects for ObjectService {
         .await;
         if let Err(status) = received {
             writer.abort().await;
-            return Err(status);
+            // Before the commit: nothing of this put is visible, nor ever will be.
+            return Err(Outcome::NotApplied.mark(status));
         }
         // Once `commit` arrived the commit runs to its end, even if the client goes away
         // (hyper drops this handler when the client resets the stream): half a commit would
         // leave its chunks to the start-up sweep. (A handler dropped before `commit` drops
         // the writer, which deletes its chunks.)
+        // A failed commit says whether it may have landed (see `Outcome`).
         let info = tokio::spawn(writer.commit())
             .await
-            .map_err(|e| Status::internal(format!("the commit of {}/{} failed: {e}", open.namespace, open.path)))?
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| {
+                let status = Status::internal(format!("the commit of {}/{} failed: {e}", open.namespace, open.path));
+                Outcome::Unknown.mark(status)
+            })?
+            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(v1::ObjectInfo::from(&info)))
     }
 

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     Manager,
     objects::ObjectInfo,
-    wire::{durability_from_wire, pieces, status_of},
+    wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
 /// Serves a member's object requests from this node's catalog.
@@ -118,8 +118,11 @@ impl peer_server::Peer for PeerService {
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
         let info = parse_manifest(req.manifest)?;
-        let committed =
-            self.manager.commit_here(&ns, info, durability, req.if_absent).await.map_err(|e| status_of(&e))?;
+        let committed = self
+            .manager
+            .commit_here(&ns, info, durability, req.if_absent, req.deadline_unix_ms)
+            .await
+            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(committed.as_ref().map(manifest).unwrap_or_default()))
     }
 
@@ -211,6 +214,16 @@ impl peer_server::Peer for PeerService {
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let vouched = self.manager.in_blob_here(&keys);
         Ok(Response::new(peer::FlushedRequest { keys: vouched.iter().map(crate::cluster::key_to_wire).collect() }))
+    }
+
+    async fn chunks_named(
+        &self,
+        request: Request<peer::FlushedRequest>,
+    ) -> Result<Response<peer::FlushedRequest>, Status> {
+        self.check_member(&request, "peer_chunks_named")?;
+        let keys = keys_from_wire(&request.get_ref().keys)?;
+        let named = self.manager.chunks_named_here(&keys);
+        Ok(Response::new(peer::FlushedRequest { keys: named.iter().map(crate::cluster::key_to_wire).collect() }))
     }
 
     async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
