@@ -391,3 +391,30 @@ async fn checkpoints_survive_kill_9_a_stop_past_the_lease_a_partition_and_a_blob
     );
     assert_eq!((lost, short.len(), missing_in_blob), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_view_lags_etcd_reads_it_again_before_refusing_a_peer() {
+    use kvtier_proto::etcd::etcdserverpb::{PutRequest, kv_client::KvClient};
+    // n3 reaches etcd through a proxy the test can cut: its watch then breaks, and until it
+    // reconnects its view misses whoever registers meanwhile (as every view lags a node that
+    // has just registered: restarted, or back from a stop past its lease).
+    let etcd = Etcd::start();
+    let proxy = kvtier_tiers::conformance::FaultProxy::start(etcd.endpoint.trim_start_matches("http://"));
+    let tables = format!(
+        "[cluster]\nnode_id = \"n3\"\netcd = [\"http://{}\"]\netcd_prefix = \"/test\"\nlease_ttl = \"{TTL_S}s\"\n",
+        proxy.addr
+    );
+    let n3 = Node::start_on_port(free_port(), &tables);
+    wait_for_members(&n3, 1, Duration::from_secs(10));
+    proxy.fail(503, 0); // cuts every connection through it
+    // n9 registers (straight with etcd) while n3 is reconnecting, and asks n3 at once.
+    let mut kv = KvClient::connect(etcd.endpoint.clone()).await.unwrap();
+    let put = PutRequest { key: b"/test/members/n9".to_vec(), value: b"127.0.0.1:9".to_vec(), ..Default::default() };
+    kv.put(put).await.unwrap();
+    let n9 = kvtier_blockmgr::Client::connect(&n3.addrs.grpc).await.unwrap().as_peer("n9").unwrap();
+    let got = n9.get("ckpt/run1", &[key(1)]).await;
+    // Served (a miss: n3 has no such block), not refused as "not a member" (it once was, for
+    // seconds: 26 failed writes in one fault run).
+    assert!(matches!(got.as_deref(), Ok([GetItem::Miss { .. }])), "{got:?}");
+    assert_eq!(members(&n3), 2, "the view read again lists n9");
+}

@@ -14,6 +14,27 @@ use kvtier_proto::etcd::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, watch_request::RequestUnion,
 };
 use tokio::sync::{mpsc, oneshot};
+
+/// How long a request from an unknown member waits for the member list to be read again.
+const REFRESH_WAIT: Duration = Duration::from_secs(3);
+
+/// A way to ask the etcd session to read the member list now (see [`Cluster::is_member_now`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Refresh(mpsc::Sender<oneshot::Sender<()>>);
+
+impl Refresh {
+    /// Asks for a fresh read of the member list and waits for it (at most [`REFRESH_WAIT`]:
+    /// etcd may be out of reach).
+    pub(crate) async fn now(&self) {
+        let (done, read) = oneshot::channel();
+        let _ = tokio::time::timeout(REFRESH_WAIT, async {
+            if self.0.send(done).await.is_ok() {
+                let _ = read.await;
+            }
+        })
+        .await;
+    }
+}
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -45,14 +66,22 @@ pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address:
     let key = [prefix.as_slice(), cluster.local_id().as_bytes()].concat();
     let reg = Registration { endpoints: config.etcd.clone(), prefix, key, address, ttl: config.lease_ttl };
     let (ready_tx, ready_rx) = oneshot::channel();
+    let (refresh_tx, mut refreshes) = mpsc::channel(64);
+    *cluster.refresh.lock() = Some(Refresh(refresh_tx));
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         loop {
-            if let Err(e) = session(&cluster, &reg, &mut ready).await {
-                tracing::warn!(error = %e, "etcd membership: reconnecting");
-                cluster.mark_rejoined();
+            let end = session(&cluster, &reg, &mut ready, &mut refreshes).await;
+            cluster.mark_rejoined();
+            match end {
+                // Out of the member list: register again at once (its peers refuse it
+                // until then).
+                Err(SessionEnd::Out(why)) => tracing::warn!(%why, "etcd membership: registering again"),
+                Err(SessionEnd::Failed(e)) => {
+                    tracing::warn!(error = %e, "etcd membership: reconnecting");
+                    tokio::time::sleep(RETRY).await;
+                }
             }
-            tokio::time::sleep(RETRY).await;
         }
     });
     if tokio::time::timeout(config.lease_ttl, ready_rx).await.is_err() {
@@ -106,8 +135,34 @@ async fn refresh(etcd: &mut Etcd, cluster: &Cluster, prefix: &[u8]) -> Result<i6
     Ok(resp.header.map_or(0, |h| h.revision))
 }
 
-/// One registration: lease, key, renewals and watch, until something fails.
-async fn session(cluster: &Cluster, reg: &Registration, ready: &mut Option<oneshot::Sender<()>>) -> Result<(), String> {
+/// Why a session ended.
+enum SessionEnd {
+    /// This node's lease or key is gone: it is out of the member list.
+    Out(String),
+    /// etcd failed us.
+    Failed(String),
+}
+
+impl From<String> for SessionEnd {
+    fn from(e: String) -> Self {
+        SessionEnd::Failed(e)
+    }
+}
+
+impl From<&str> for SessionEnd {
+    fn from(e: &str) -> Self {
+        SessionEnd::Failed(e.to_string())
+    }
+}
+
+/// One registration: lease, key, renewals and watch, until something fails; the member list
+/// is also read again whenever `refreshes` asks.
+async fn session(
+    cluster: &Cluster,
+    reg: &Registration,
+    ready: &mut Option<oneshot::Sender<()>>,
+    refreshes: &mut mpsc::Receiver<oneshot::Sender<()>>,
+) -> Result<std::convert::Infallible, SessionEnd> {
     let mut etcd = connect(&reg.endpoints).await?;
     let ttl = reg.ttl.as_secs().max(1) as i64;
     let lease = etcd.lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await.map_err(|e| format!("lease: {e}"))?;
@@ -151,21 +206,29 @@ async fn session(cluster: &Cluster, reg: &Registration, ready: &mut Option<onesh
             }
             renewed = renewals.message() => match renewed {
                 Ok(Some(r)) if r.ttl > 0 => {}
-                Ok(Some(_)) => return Err(format!("lease {lease} expired (this node was out); registering again")),
+                Ok(Some(_)) => return Err(SessionEnd::Out(format!("lease {lease} expired (this node was out)"))),
                 Ok(None) => return Err("etcd ended the renewal stream".into()),
-                Err(e) => return Err(format!("renewing: {e}")),
+                Err(e) => return Err(format!("renewing: {e}").into()),
             },
+            Some(asked) = refreshes.recv() => {
+                refresh(&mut etcd, cluster, &reg.prefix).await?;
+                // Everyone who asked meanwhile is answered by this one read.
+                let _ = asked.send(());
+                while let Ok(asked) = refreshes.try_recv() {
+                    let _ = asked.send(());
+                }
+            }
             event = watch.message() => match event {
-                Ok(Some(w)) if w.canceled => return Err(format!("etcd canceled the watch: {}", w.cancel_reason)),
+                Ok(Some(w)) if w.canceled => return Err(format!("etcd canceled the watch: {}", w.cancel_reason).into()),
                 Ok(Some(w)) if !w.events.is_empty() => { refresh(&mut etcd, cluster, &reg.prefix).await?; }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("etcd ended the watch".into()),
-                Err(e) => return Err(format!("watching: {e}")),
+                Err(e) => return Err(format!("watching: {e}").into()),
             },
         }
         // Our own key gone (an expiry another node saw first) without our renewal noticing.
         if !cluster.is_member(cluster.local_id()) {
-            return Err("this node's key is gone; registering again".into());
+            return Err(SessionEnd::Out("this node's key is gone".into()));
         }
     }
 }

@@ -9,6 +9,7 @@
 mod etcd;
 pub mod placement;
 mod read_replicas;
+mod rpc;
 
 use std::{
     collections::HashMap,
@@ -16,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvtier_proto::{peer::v1 as peer, v1};
+use kvtier_proto::peer::v1 as peer;
 use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
@@ -29,12 +30,7 @@ pub fn placement_key(key: &BlockKey) -> Vec<u8> {
 }
 pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
 use crate::{
-    Client, Durability, Error, GetItem, PutItem,
-    client::MemberRead,
-    config::Config,
-    manager::{Digest, key_from_wire},
-    metrics::Metrics,
-    wire::Outcome,
+    Client, Durability, Error, GetItem, PutItem, client::MemberRead, config::Config, metrics::Metrics, wire::Outcome,
 };
 
 /// How long a reader waits for a read replica before asking the owner instead.
@@ -101,6 +97,8 @@ pub struct Cluster {
     /// Wakes resync when this node comes back (its member list may not change: it kept
     /// the old one while cut off).
     rejoin: tokio::sync::Notify,
+    /// Asks the etcd session to read the member list now (etcd membership only).
+    refresh: Mutex<Option<etcd::Refresh>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -137,6 +135,7 @@ impl Cluster {
             dialer,
             rejoined: std::sync::atomic::AtomicBool::new(false),
             rejoin: tokio::sync::Notify::new(),
+            refresh: Mutex::new(None),
         };
         cluster.set_members(members);
         Ok(Some(Arc::new(cluster)))
@@ -201,6 +200,21 @@ impl Cluster {
     /// Whether `id` is a member now.
     pub fn is_member(&self, id: &str) -> bool {
         self.view().addrs.contains_key(id)
+    }
+
+    /// Whether `id` is a member, reading the member list from etcd again first when this
+    /// view lacks it: a node that has just registered (restarted, or back from a stop past
+    /// its lease) is a member before every view has caught up with etcd, and refusing its
+    /// requests meanwhile failed writes for seconds. Static membership has nothing to read.
+    pub async fn is_member_now(&self, id: &str) -> bool {
+        if self.is_member(id) {
+            return true;
+        }
+        let refresh = self.refresh.lock().clone();
+        if let Some(refresh) = refresh {
+            refresh.now().await;
+        }
+        self.is_member(id)
     }
 
     /// Where the copies of a block placed by `placement_key` go, for `replicas` copies and a
@@ -362,224 +376,6 @@ impl Cluster {
         let ns = key.namespace.as_str();
         let deleted = self.call(id, "delete", |c| async move { c.delete(ns, &wire).await }).await?;
         Ok(deleted.first().copied().unwrap_or(false))
-    }
-}
-
-/// Object metadata between members: manifests travel as their stored JSON.
-impl Cluster {
-    /// Commits an object version on member `id` (its path's primary); the manifest stored.
-    pub(crate) async fn commit_object_on(
-        &self,
-        id: &str,
-        namespace: &str,
-        manifest: Vec<u8>,
-        durability: Durability,
-        if_absent: bool,
-    ) -> Result<Option<Vec<u8>>, (String, Outcome)> {
-        // Past the wait below this node asks the next owner: the primary must not commit later.
-        let deadline = std::time::SystemTime::now() + self.timeout;
-        let req = peer::CommitObjectRequest {
-            namespace: namespace.into(),
-            manifest: Some(peer::Manifest { json: manifest.into() }),
-            durability: crate::wire::durability_to_wire(durability) as i32,
-            if_absent,
-            deadline_unix_ms: Some(crate::objects::unix_ms(deadline)),
-        };
-        let got =
-            self.call_with_outcome(id, "commit_object", |c| async move {
-                Ok(c.peer_rpc().commit_object(c.request(req)).await?)
-            })
-            .await?;
-        let json = got.into_inner().json;
-        Ok((!json.is_empty()).then(|| json.to_vec()))
-    }
-
-    /// The current manifest of `path` as member `id` knows it.
-    pub(crate) async fn stat_object_on(
-        &self,
-        id: &str,
-        namespace: &str,
-        path: &str,
-    ) -> Result<Option<Vec<u8>>, String> {
-        let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
-        let got = self
-            .call(id, "stat_object", |c| async move { Ok(c.peer_rpc().stat_object(c.request(req)).await?) })
-            .await?;
-        let json = got.into_inner().json;
-        Ok((!json.is_empty()).then(|| json.to_vec()))
-    }
-
-    /// The manifests under `prefix` of the paths member `id` owns.
-    pub(crate) async fn list_objects_on(
-        &self,
-        id: &str,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<Vec<u8>>, String> {
-        let req = v1::ListObjectsRequest { namespace: namespace.into(), prefix: prefix.into() };
-        let got = self
-            .call(id, "list_objects", |c| async move { Ok(c.peer_rpc().list_objects(c.request(req)).await?) })
-            .await?;
-        Ok(got.into_inner().manifests.into_iter().map(|m| m.json.to_vec()).collect())
-    }
-
-    /// Deletes `path` on member `id` (its primary): whether it existed.
-    pub(crate) async fn delete_object_on(&self, id: &str, namespace: &str, path: &str) -> Result<bool, String> {
-        let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
-        let got = self
-            .call(id, "delete_object", |c| async move { Ok(c.peer_rpc().delete_object(c.request(req)).await?) })
-            .await?;
-        Ok(got.into_inner().deleted)
-    }
-
-    /// Asks member `id` to retire `generation` of `path` without its chunks.
-    pub(crate) async fn forget_object_on(
-        &self,
-        id: &str,
-        namespace: &str,
-        path: &str,
-        generation: u64,
-    ) -> Result<bool, String> {
-        let req = peer::ForgetObjectRequest { namespace: namespace.into(), path: path.into(), generation };
-        let got = self
-            .call(id, "forget_object", |c| async move { Ok(c.peer_rpc().forget_object(c.request(req)).await?) })
-            .await?;
-        Ok(got.into_inner().deleted)
-    }
-}
-
-/// Resync between members.
-impl Cluster {
-    /// Member `id`'s digests of the keys it holds that `node` owns.
-    pub(crate) async fn digests_on(&self, id: &str, node: &str) -> Result<Vec<Digest>, String> {
-        let req = peer::DigestsRequest { node: node.into() };
-        let got = self.call(id, "digests", |c| async move { Ok(c.peer_rpc().digests(c.request(req)).await?) }).await?;
-        Ok(got.into_inner().buckets.into_iter().map(|b| Digest { count: b.count, xor: b.xor }).collect())
-    }
-
-    /// The keys member `id` keeps (on disk or as write-back) that `node` owns and `id` does
-    /// not, each with whether it is a write-back block Blob lacks.
-    pub(crate) async fn held_for_on(&self, id: &str, node: &str) -> Result<Vec<(BlockKey, bool)>, String> {
-        self.list_keys_on(id, peer::OwnedKeysRequest { node: node.into(), bucket: 0, held_not_owned: true }).await
-    }
-
-    /// The keys of `bucket` member `id` holds that `node` and `id` both own, each with
-    /// whether it is a write-back block Blob lacks.
-    pub(crate) async fn owned_keys_on(
-        &self,
-        id: &str,
-        node: &str,
-        bucket: usize,
-    ) -> Result<Vec<(BlockKey, bool)>, String> {
-        self.list_keys_on(
-            id,
-            peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32, held_not_owned: false },
-        )
-        .await
-    }
-
-    async fn list_keys_on(&self, id: &str, req: peer::OwnedKeysRequest) -> Result<Vec<(BlockKey, bool)>, String> {
-        let got =
-            self.call(id, "owned_keys", |c| async move { Ok(c.peer_rpc().owned_keys(c.request(req)).await?) }).await?;
-        got.into_inner()
-            .keys
-            .into_iter()
-            .map(|k| {
-                let key = key_from_wire(&k.namespace, &k.key).ok_or_else(|| format!("{id} listed a malformed key"))?;
-                Ok((key, k.unflushed))
-            })
-            .collect()
-    }
-}
-
-/// Flush hand-off between owners.
-impl Cluster {
-    /// Tells member `id` that Blob has these write-back blocks (with the CRC-32C of the
-    /// bytes it has, when known).
-    pub(crate) async fn flushed_on(&self, id: &str, keys: &[(BlockKey, Option<u32>)]) -> Result<(), String> {
-        let keys = keys.iter().map(|(k, crc32c)| peer::KeyRef { crc32c: *crc32c, ..key_to_wire(k) }).collect();
-        let req = peer::FlushedRequest { keys };
-        self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
-        Ok(())
-    }
-
-    /// Which of `keys` member `id` lacks and owns (`Peer/Offer`, the handoff); each with
-    /// whether it is a write-back block Blob lacks.
-    pub(crate) async fn offer_to(&self, id: &str, keys: &[(BlockKey, bool)]) -> Result<Vec<BlockKey>, String> {
-        let keys = keys.iter().map(|(k, unflushed)| peer::KeyRef { unflushed: *unflushed, ..key_to_wire(k) });
-        let req = peer::FlushedRequest { keys: keys.collect() };
-        let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
-    }
-
-    /// Which of the chunk `keys` a manifest or an upload of member `id` names
-    /// (`Peer/ChunksNamed`).
-    pub(crate) async fn chunks_named_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
-        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
-        let got = self
-            .call(id, "chunks_named", |c| async move { Ok(c.peer_rpc().chunks_named(c.request(req)).await?) })
-            .await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
-    }
-
-    /// Which of `keys` member `id` knows Blob has (`Peer/InBlob`).
-    pub(crate) async fn in_blob_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
-        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
-        let got = self.call(id, "in_blob", |c| async move { Ok(c.peer_rpc().in_blob(c.request(req)).await?) }).await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
-    }
-
-    /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
-    /// file in Blob (`None`: the file lacks it), and whether to keep it as a read replica.
-    pub(crate) async fn fetch_chunk_on(
-        &self,
-        id: &str,
-        ns: &kvtier_tiers::Namespace,
-        info: &crate::objects::ObjectInfo,
-        index: u64,
-    ) -> Result<Option<(bytes::Bytes, bool)>, String> {
-        let req = peer::FetchChunkRequest {
-            namespace: ns.as_str().into(),
-            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
-            index,
-        };
-        self.call(id, "fetch_chunk", |c| async move {
-            let mut pieces = c.peer_rpc().fetch_chunk(c.request(req)).await?.into_inner();
-            let Some(first) = pieces.message().await? else { return Ok(None) };
-            let mut data = bytes::BytesMut::from(first.data);
-            while let Some(piece) = pieces.message().await? {
-                data.extend_from_slice(&piece.data);
-            }
-            Ok(first.found.then_some((data.freeze(), first.keep)))
-        })
-        .await
-    }
-
-    /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part
-    /// ids in the order asked.
-    pub(crate) async fn stage_parts_on(
-        &self,
-        id: &str,
-        ns: &kvtier_tiers::Namespace,
-        info: &crate::objects::ObjectInfo,
-        upload: &kvtier_tiers::Upload,
-        parts: &[u32],
-    ) -> Result<Vec<String>, String> {
-        let req = peer::StagePartsRequest {
-            namespace: ns.as_str().into(),
-            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
-            name: upload.name.clone(),
-            upload: upload.id.clone(),
-            parts: parts.to_vec(),
-        };
-        let staged = self
-            .call(id, "stage_parts", |c| async move { Ok(c.peer_rpc().stage_parts(c.request(req)).await?) })
-            .await?;
-        let ids = staged.into_inner().part_ids;
-        if ids.len() != parts.len() {
-            return Err(format!("{id} staged {} parts of the {} asked", ids.len(), parts.len()));
-        }
-        Ok(ids)
     }
 }
 

@@ -329,12 +329,12 @@ async fn next_message<T>(
 /// Who serves `request`: `manager` (the node and its cluster), or, for a request a member
 /// sent ([`crate::client::PEER_HEADER`]), this node alone, so a copy is never forwarded
 /// again. A request claiming to come from a non-member is refused.
-fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager, tonic::Status> {
+async fn serving<T>(manager: &Manager, request: &tonic::Request<T>) -> Result<Manager, tonic::Status> {
     let Some(from) = request.metadata().get(crate::client::PEER_HEADER) else { return Ok(manager.clone()) };
     let from = from.to_str().unwrap_or("?");
     check_peer_certificate(request, from)?;
     match manager.cluster() {
-        Some(cluster) if cluster.is_member(from) => Ok(manager.here_only()),
+        Some(cluster) if cluster.is_member_now(from).await => Ok(manager.here_only()),
         Some(cluster) => Err(tonic::Status::permission_denied(format!(
             "{from:?} is not a member of {}'s cluster: peer requests are refused",
             cluster.local_id()

@@ -33,11 +33,11 @@ impl PeerService {
     }
 
     /// Refuses a caller that is not a member; the namespace the request names.
-    fn check<T>(&self, request: &Request<T>, op: &str) -> Result<Namespace, Status>
+    async fn check<T>(&self, request: &Request<T>, op: &str) -> Result<Namespace, Status>
     where
         T: HasNamespace,
     {
-        self.check_member(request, op)?;
+        self.check_member(request, op).await?;
         Namespace::new(request.get_ref().namespace()).map_err(|e| status_of(&e))
     }
 }
@@ -80,11 +80,11 @@ impl HasNamespace for v1::ListObjectsRequest {
 
 impl PeerService {
     /// Refuses a caller that is not a member (for requests that name no namespace).
-    fn check_member<T>(&self, request: &Request<T>, op: &str) -> Result<(), Status> {
+    async fn check_member<T>(&self, request: &Request<T>, op: &str) -> Result<(), Status> {
         if request.metadata().get(crate::client::PEER_HEADER).is_none() {
             return Err(Status::permission_denied("the peer service answers cluster members only"));
         }
-        super::serving(&self.manager, request)?;
+        super::serving(&self.manager, request).await?;
         self.manager.metrics().requests.with_label_values(&[op]).inc();
         Ok(())
     }
@@ -114,7 +114,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::CommitObjectRequest>,
     ) -> Result<Response<peer::Manifest>, Status> {
-        let ns = self.check(&request, "peer_commit_object")?;
+        let ns = self.check(&request, "peer_commit_object").await?;
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
         let info = parse_manifest(req.manifest)?;
@@ -127,7 +127,7 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<peer::Manifest>, Status> {
-        let ns = self.check(&request, "peer_stat_object")?;
+        let ns = self.check(&request, "peer_stat_object").await?;
         let found = self.manager.stat_object_here(&ns, &request.get_ref().path);
         Ok(Response::new(found.as_ref().map(manifest).unwrap_or_default()))
     }
@@ -136,7 +136,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<v1::ListObjectsRequest>,
     ) -> Result<Response<peer::Manifests>, Status> {
-        let ns = self.check(&request, "peer_list_objects")?;
+        let ns = self.check(&request, "peer_list_objects").await?;
         let found = self.manager.list_objects_here(&ns, &request.get_ref().prefix, |p| self.manager.owns_path(&ns, p));
         Ok(Response::new(peer::Manifests { manifests: found.iter().map(manifest).collect() }))
     }
@@ -145,7 +145,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<v1::ObjectRef>,
     ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
-        let ns = self.check(&request, "peer_delete_object")?;
+        let ns = self.check(&request, "peer_delete_object").await?;
         let path = &request.get_ref().path;
         if path.is_empty() {
             return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
@@ -158,14 +158,14 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::ForgetObjectRequest>,
     ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
-        let ns = self.check(&request, "peer_forget_object")?;
+        let ns = self.check(&request, "peer_forget_object").await?;
         let req = request.into_inner();
         let deleted = self.manager.forget_object_here(&ns, &req.path, req.generation).await;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 
     async fn flushed(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedResponse>, Status> {
-        self.check_member(&request, "peer_flushed")?;
+        self.check_member(&request, "peer_flushed").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let crcs = request.get_ref().keys.iter().map(|k| k.crc32c);
         let keys: Vec<_> = keys.into_iter().zip(crcs).collect();
@@ -177,7 +177,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::StagePartsRequest>,
     ) -> Result<Response<peer::StagePartsResponse>, Status> {
-        let ns = self.check(&request, "peer_stage_parts")?;
+        let ns = self.check(&request, "peer_stage_parts").await?;
         let req = request.into_inner();
         let info = parse_manifest(req.manifest)?;
         let upload = kvtier_tiers::Upload { name: req.name, id: req.upload };
@@ -192,7 +192,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::FetchChunkRequest>,
     ) -> Result<Response<Self::FetchChunkStream>, Status> {
-        let ns = self.check(&request, "peer_fetch_chunk")?;
+        let ns = self.check(&request, "peer_fetch_chunk").await?;
         let reader = super::peer_of(&request).unwrap_or_default();
         let req = request.into_inner();
         let info = parse_manifest(req.manifest)?;
@@ -210,7 +210,7 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
-        self.check_member(&request, "peer_in_blob")?;
+        self.check_member(&request, "peer_in_blob").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let vouched = self.manager.in_blob_here(&keys);
         Ok(Response::new(peer::FlushedRequest { keys: vouched.iter().map(crate::cluster::key_to_wire).collect() }))
@@ -220,14 +220,14 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::FlushedRequest>,
     ) -> Result<Response<peer::FlushedRequest>, Status> {
-        self.check_member(&request, "peer_chunks_named")?;
+        self.check_member(&request, "peer_chunks_named").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let named = self.manager.chunks_named_here(&keys);
         Ok(Response::new(peer::FlushedRequest { keys: named.iter().map(crate::cluster::key_to_wire).collect() }))
     }
 
     async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
-        self.check_member(&request, "peer_offer")?;
+        self.check_member(&request, "peer_offer").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let offered: Vec<_> = keys.into_iter().zip(request.get_ref().keys.iter().map(|k| k.unflushed)).collect();
         let wanted = self.manager.wanted(&offered);
@@ -235,7 +235,7 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
-        self.check_member(&request, "peer_digests")?;
+        self.check_member(&request, "peer_digests").await?;
         let digests = self.manager.owned_digests(&request.get_ref().node);
         let buckets = digests.into_iter().map(|d| peer::BucketDigest { count: d.count, xor: d.xor }).collect();
         Ok(Response::new(peer::DigestsResponse { buckets }))
@@ -245,7 +245,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<peer::OwnedKeysRequest>,
     ) -> Result<Response<peer::OwnedKeysResponse>, Status> {
-        self.check_member(&request, "peer_owned_keys")?;
+        self.check_member(&request, "peer_owned_keys").await?;
         let req = request.get_ref();
         if req.bucket as usize >= crate::manager::BUCKETS {
             return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::manager::BUCKETS)));

@@ -42,8 +42,8 @@ impl BlockService {
 
     /// Who serves `request`: the node (and its cluster), or for a member's request this
     /// node alone.
-    fn serving<T>(&self, request: &Request<T>) -> Result<Manager, Status> {
-        super::serving(&self.manager, request)
+    async fn serving<T>(&self, request: &Request<T>) -> Result<Manager, Status> {
+        super::serving(&self.manager, request).await
     }
 
     fn begin(&self, op: &str) -> Instant {
@@ -135,7 +135,7 @@ fn failed(index: usize, code: tonic::Code, message: String) -> Pending {
 impl BlockStore for BlockService {
     async fn put(&self, request: Request<Streaming<v1::PutRequest>>) -> Result<Response<v1::PutResponse>, Status> {
         let started = self.begin("put");
-        let manager = self.serving(&request)?;
+        let manager = self.serving(&request).await?;
         let mut stream = request.into_inner();
         let open = match self.next(&mut stream).await? {
             Some(PutMsg::Open(open)) => open,
@@ -235,7 +235,7 @@ impl BlockStore for BlockService {
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let started = self.begin("get");
-        let manager = self.serving(&request)?;
+        let manager = self.serving(&request).await?;
         let member_read = super::member_read(&request);
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
@@ -307,7 +307,7 @@ impl BlockStore for BlockService {
 
     async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
         let started = self.begin("delete");
-        let manager = self.serving(&request)?;
+        let manager = self.serving(&request).await?;
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
         let mut deleted = Vec::with_capacity(keys.len());
