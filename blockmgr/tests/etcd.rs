@@ -9,49 +9,11 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{Node, block_owners, data, free_port, hosts::Hosts, key, path_owners, wait_until};
+use common::{Node, block_owners, data, free_port, key, path_owners, wait_until};
 use kvtier_blockmgr::{Durability, GetItem, PutItem};
-
-/// A one-member etcd for one test, killed on drop.
-struct Etcd {
-    endpoint: String,
-    pid: i32,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        Self::start_on("127.0.0.1")
-    }
-
-    /// One listening on `host` (a test network's bridge).
-    fn start_on(host: &str) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/etcd.sh");
-        let out = Command::new(script)
-            .arg("start")
-            .arg(dir.path())
-            .env("KVTIER_LISTEN_HOST", host)
-            .output()
-            .expect("running scripts/etcd.sh");
-        assert!(out.status.success(), "etcd did not start: {}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8(out.stdout).unwrap();
-        let (endpoint, pid) = line.trim().split_once(' ').expect("\"<endpoint> <pid>\"");
-        Etcd { endpoint: endpoint.to_string(), pid: pid.parse().unwrap(), _dir: dir }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        // SAFETY: a plain kill of the etcd this test started.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-    }
-}
+use kvtier_testkit::{Etcd, Hosts};
 
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 const TTL_S: u64 = 3;

@@ -16,7 +16,6 @@ use kvtier_blockmgr::Client;
 use tempfile::TempDir;
 
 pub mod blob;
-pub mod hosts;
 pub mod s3;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
@@ -119,7 +118,7 @@ impl Node {
 
     /// Starts a node on `small_config` plus `extra_tables` on host `i` of `hosts` (its
     /// listeners on the host's address), its gRPC on `port`.
-    pub fn start_on_host(hosts: &hosts::Hosts, i: usize, port: u16, extra_tables: &str) -> Node {
+    pub fn start_on_host(hosts: &kvtier_testkit::Hosts, i: usize, port: u16, extra_tables: &str) -> Node {
         let ip = hosts.ip(i);
         Self::start_under(hosts.prefix(i), |dir| {
             small_config(dir, "", extra_tables)

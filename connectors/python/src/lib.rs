@@ -37,6 +37,12 @@ create_exception!(_native, UnavailableError, KvtierError, "The kvtier server can
 create_exception!(_native, InvalidArgumentError, KvtierError, "A key, namespace, size or option was refused.");
 create_exception!(_native, PermissionDeniedError, KvtierError, "The server refused access (shm grants, namespaces).");
 create_exception!(_native, ResourceExhaustedError, KvtierError, "No room: memory, disk or a session limit.");
+create_exception!(
+    _native,
+    OutcomeUnknownError,
+    KvtierError,
+    "An object's commit failed and may have landed (a node holding a copy did not answer): read the object to know; writing it again is safe."
+);
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -82,6 +88,15 @@ fn client_tls(ca: Option<String>, cert: Option<String>, key: Option<String>) -> 
             Err(InvalidArgumentError::new_err("tls_cert and tls_key need tls_ca (the CA that signed the node)"))
         }
         None => ClientTls::from_env().map_err(client_error),
+    }
+}
+
+/// A failed write's error: [`OutcomeUnknownError`] when it may have landed (see
+/// `kvtier_blockmgr::Outcome`), else as [`client_error`] says (it wrote nothing).
+fn write_error(e: ClientError) -> PyErr {
+    match e.outcome() {
+        kvtier_blockmgr::Outcome::Unknown => OutcomeUnknownError::new_err(e.to_string()),
+        kvtier_blockmgr::Outcome::NotApplied => client_error(e),
     }
 }
 
@@ -583,6 +598,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
     m.add("PermissionDeniedError", py.get_type::<PermissionDeniedError>())?;
     m.add("ResourceExhaustedError", py.get_type::<ResourceExhaustedError>())?;
+    m.add("OutcomeUnknownError", py.get_type::<OutcomeUnknownError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

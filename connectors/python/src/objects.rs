@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::Code;
 
-use super::{Backend, Client, KvtierError, client_error, raw, runtime, tier_error};
+use super::{Backend, Client, KvtierError, client_error, raw, runtime, tier_error, write_error};
 
 /// An object's metadata, as Python sees it (a dict).
 #[derive(Serialize)]
@@ -231,7 +231,7 @@ impl RemoteUpload {
         self.pieces = None;
         let call = &mut self.call;
         match runtime().block_on(call) {
-            Ok(result) => result.map_err(client_error),
+            Ok(result) => result.map_err(write_error),
             Err(e) => Err(KvtierError::new_err(format!("the object upload task failed: {e}"))),
         }
     }

@@ -15,7 +15,9 @@ block bytes move through the server's shared-memory arena instead (same host onl
 ``ShmSession`` is the data plane's slot operations (alloc, commit, pin, release) and the
 mapped arena, for engines that copy block bytes themselves (``kvtier.vllm_shared``).
 
-Errors raise :class:`KvtierError` subclasses carrying the server's message.
+Errors raise :class:`KvtierError` subclasses carrying the server's message. A failed object
+write raises :class:`OutcomeUnknownError` when it may have landed all the same (read the
+object to know; writing it again is safe); any other error means it wrote nothing.
 """
 
 from ._native import (  # noqa: F401
@@ -24,6 +26,7 @@ from ._native import (  # noqa: F401
     InvalidArgumentError,
     KvtierError,
     Miss,
+    OutcomeUnknownError,
     PermissionDeniedError,
     PutResult,
     ResourceExhaustedError,
@@ -46,5 +49,6 @@ __all__ = [
     "InvalidArgumentError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "OutcomeUnknownError",
     "__version__",
 ]

@@ -8,11 +8,13 @@
 use std::process::Command;
 
 /// The machines of one test.
+#[derive(Debug)]
 pub struct Hosts {
     /// Namespaced hosts, or `None` on loopback.
     net: Option<Net>,
 }
 
+#[derive(Debug)]
 struct Net {
     tag: String,
     /// The second octet of the test's 10.x.0.0/24.
