@@ -3,6 +3,7 @@
 //! object per line with `bench`, `value`, `baseline`, `ratio`, `unit`, `baseline_name`.
 
 mod blob;
+mod chaos;
 mod checkpoint;
 mod lmcache;
 mod report;
@@ -120,6 +121,42 @@ enum Command {
         #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// Checkpoint files written through a cluster (nodes in network namespaces, etcd,
+    /// Azurite) by `kvtier cp`, the Python `kvtier://` filesystem and S3 while faults run one
+    /// at a time; then every acknowledged file is checked on every node, on a wiped node
+    /// and in Blob. Prints faults, writes acknowledged/failed/unknown, losses, settle time.
+    Chaos {
+        /// Nodes of the cluster.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Faults injected in all.
+        #[arg(long, default_value_t = 1000)]
+        faults: u64,
+        /// Rounds the faults are cut into: the checks run (and the files are deleted) after each.
+        #[arg(long, default_value_t = 10)]
+        rounds: u64,
+        /// Smallest file, in KiB.
+        #[arg(long, default_value_t = 1)]
+        min_kib: u64,
+        /// Largest file, in MiB.
+        #[arg(long, default_value_t = 200)]
+        max_mib: u64,
+        /// SSD of each node, in MiB.
+        #[arg(long, default_value_t = 4096)]
+        ssd_mib: u64,
+        /// Most MiB/s each of the three writers writes (its data must fit the disks).
+        #[arg(long, default_value_t = 2.0)]
+        mib_per_s: f64,
+        /// Seconds the writers run before the first fault (the throughput baseline).
+        #[arg(long, default_value_t = 20)]
+        warmup_s: u64,
+        /// Python with the `kvtier` package, fsspec and boto3 (the test venv).
+        #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
+        python: String,
+        /// Every node on loopback instead of hosts of their own (no partitions then).
+        #[arg(long)]
+        loopback: bool,
+    },
     /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
     /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
     Lmcache {
@@ -192,6 +229,25 @@ async fn main() -> Result<()> {
         Command::S3 { size_kib, count, clients, python } => {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
+        }
+        Command::Chaos { nodes, faults, rounds, min_kib, max_mib, ssd_mib, mib_per_s, warmup_s, python, loopback } => {
+            // --quick: what CI runs: three nodes, each kind of fault twice or more, small files.
+            let (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) =
+                if cli.quick { (3, 12, 1, 8, 1024, 5) } else { (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) };
+            let args = chaos::Args {
+                nodes,
+                faults,
+                rounds,
+                min_size: min_kib << 10,
+                max_size: max_mib << 20,
+                ssd: ssd_mib << 20,
+                mib_per_s,
+                warmup: std::time::Duration::from_secs(warmup_s),
+                settle_goal: std::time::Duration::from_secs(60),
+                python,
+                loopback,
+            };
+            chaos::run(&args, scratch.path(), &mut out).await
         }
         Command::Lmcache { layers, count, python } => {
             let (layers, count) = if cli.quick { (4, 8) } else { (layers, count) };

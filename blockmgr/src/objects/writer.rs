@@ -124,7 +124,12 @@ impl ObjectWriter {
     /// has no version: `None` then).
     async fn finish(mut self, if_absent: bool) -> Result<Option<ObjectInfo>, TierError> {
         if !self.buf.is_empty() {
-            self.store_chunk().await?;
+            // Before the manifest: a failure here commits nothing (dropped, the writer
+            // deletes its chunks), whatever the chunk's own put left behind.
+            self.store_chunk().await.map_err(|e| TierError::NotCommitted {
+                what: format!("{}/{}", self.namespace, self.path),
+                cause: format!("storing its last chunk: {e}"),
+            })?;
         }
         let info = self.manifest();
         // From here a manifest may name the chunks, so they are never deleted on this

@@ -5,10 +5,8 @@
 #![allow(dead_code, unreachable_pub, clippy::allow_attributes)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Child,
     time::Duration,
 };
 
@@ -21,16 +19,7 @@ pub mod s3;
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvtier");
 pub const MIB: u64 = 1 << 20;
 
-/// Where a started node listens.
-#[derive(Debug, Clone)]
-pub struct Addrs {
-    pub grpc: String,
-    pub unix: Option<String>,
-    pub metrics: Option<String>,
-    pub shm: Option<String>,
-    pub lmcache: Option<String>,
-    pub s3: Option<String>,
-}
+pub use kvtier_testkit::serve::Addrs;
 
 /// A running `kvtier serve`.
 pub struct Node {
@@ -202,9 +191,8 @@ impl Node {
     /// The value of the unlabelled metric `kvtier_<name>`.
     pub fn metric(&self, name: &str) -> u64 {
         let metrics = self.http_get("/metrics");
-        let prefix = format!("kvtier_{name} ");
-        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}"));
-        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+        assert!(metrics.contains(&format!("kvtier_{name} ")), "no kvtier_{name}");
+        kvtier_testkit::serve::metric(&metrics, name).unwrap() as u64
     }
 
     /// The sum of metric `kvtier_<name>` over its series whose labels contain `label`
@@ -227,13 +215,7 @@ impl Node {
 
     /// A plain HTTP GET on the metrics port; returns the status code and the body.
     pub fn http_status(&self, path: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(self.addrs.metrics.as_ref().expect("metrics port")).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
-        (status, body.to_string())
+        kvtier_testkit::serve::http_get(self.addrs.metrics.as_ref().expect("metrics port"), path).unwrap()
     }
 }
 
@@ -246,62 +228,10 @@ impl Drop for Node {
 
 /// Spawns `kvtier serve --config` (optionally wrapped by `prefix`, e.g. `unshare`), waits
 /// for its ready line. On failure returns what it printed.
+/// (KVTIER_TEST_LOG=debug, any RUST_LOG filter, lets a failing test's node say more.)
 pub fn spawn(config: &Path, dir: &Path, prefix: &[&str]) -> Result<(Child, Addrs, PathBuf), String> {
-    let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    let stderr_path = dir.join(format!("kvtier-{n}.stderr"));
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(config)
-        // KVTIER_TEST_LOG=debug (any RUST_LOG filter) lets a failing test's node say more.
-        .env("RUST_LOG", std::env::var("KVTIER_TEST_LOG").unwrap_or_else(|_| "info".into()))
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| format!("spawning {BIN}: {e}"))?;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("\"event\":\"ready\"") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) => {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let s = |k: &str| v[k].as_str().map(String::from);
-            Ok((
-                child,
-                Addrs {
-                    grpc: s("grpc").unwrap(),
-                    unix: s("unix"),
-                    metrics: s("metrics"),
-                    shm: s("shm"),
-                    lmcache: s("lmcache"),
-                    s3: s("s3"),
-                },
-                stderr_path,
-            ))
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            Err(format!(
-                "kvtier serve did not become ready ({status}); it logged:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            ))
-        }
-    }
+    let log = std::env::var("KVTIER_TEST_LOG").unwrap_or_else(|_| "info".into());
+    kvtier_testkit::serve::spawn(Path::new(BIN), config, dir, prefix, &log)
 }
 
 /// Members `ids` on loopback ports picked now, static membership: each node's `[cluster]`
@@ -391,20 +321,7 @@ pub async fn manifest_on(node: &Node, ns: &str, path: &str) -> Option<serde_json
     (!json.is_empty()).then(|| serde_json::from_slice(&json).unwrap())
 }
 
-/// A TCP port free at the moment (for configs that must name theirs), below Linux's
-/// ephemeral range (32768 and up, where the OS puts every `:0` listener and outgoing
-/// connection): a port the OS handed out could be taken by another test's node before
-/// ours binds it (CI saw it); one picked here only by another pick (1 in 12,000).
-pub fn free_port() -> u16 {
-    use std::hash::BuildHasher;
-    loop {
-        let random = std::hash::RandomState::new().hash_one(std::time::Instant::now());
-        let port = 20_000 + (random % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use kvtier_testkit::free_port;
 
 pub fn data(i: u64, len: usize) -> bytes::Bytes {
     kvtier_tiers::conformance::pattern(i, len)
