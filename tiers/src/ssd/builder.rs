@@ -11,7 +11,7 @@ use std::{
 use super::{
     DEFAULT_REGION_SIZE, SLOT_FILE, SsdTier,
     io::{self, BufPool, IoEngine, PsyncEngine},
-    layout::{DATA_START, HEADER, Superblock},
+    layout::{DATA_START, HEADER, Superblock, VERSION},
     recover,
 };
 use crate::{
@@ -29,6 +29,8 @@ pub struct SsdTierBuilder {
     direct_io: bool,
     sync_writes: bool,
     buffer_pool: usize,
+    /// New blocks in packed regions (always, but in tests of files written by a class layout).
+    packed: bool,
 }
 
 impl SsdTierBuilder {
@@ -42,7 +44,16 @@ impl SsdTierBuilder {
             direct_io: true,
             sync_writes: false,
             buffer_pool: 64 << 20,
+            packed: true,
         }
+    }
+
+    /// New blocks in regions of one size class each, as format version 1 placed them (to
+    /// write such files in tests).
+    #[cfg(test)]
+    pub(crate) fn with_class_layout(mut self) -> Self {
+        self.packed = false;
+        self
     }
 
     /// Bytes per region; fixed when the file is formatted. Default 65 MiB: 64 MiB of
@@ -90,6 +101,7 @@ impl SsdTierBuilder {
 
     fn build_blocking(self, runtime: tokio::runtime::Handle) -> Result<SsdTier> {
         let layout = SlabLayout::new("ssd", self.capacity, self.region_size, HEADER, HEADER, self.max_block_size)?;
+        let layout = if self.packed { layout.packed() } else { layout };
         let name = format!("ssd({})", self.dir.display());
         let io_err = |op: &'static str, path: &Path| {
             let name = name.clone();
@@ -191,7 +203,8 @@ fn format_new(path: &Path, layout: &SlabLayout) -> Result<(), (&'static str, std
         file.set_len(len).map_err(|e| ("ftruncate", e))?;
     }
     let mut page = vec![0u8; HEADER as usize];
-    Superblock { region_size: layout.region_size, regions: layout.regions, store_id: rand_u64() }.encode(&mut page);
+    Superblock { region_size: layout.region_size, regions: layout.regions, store_id: rand_u64(), version: VERSION }
+        .encode(&mut page);
     io::pwritev_all(&file, &[&page], 0).map_err(|e| ("write superblock", e))?;
     file.sync_all().map_err(|e| ("fsync", e))?;
     std::fs::rename(&tmp, path).map_err(|e| ("rename", e))?;
@@ -220,6 +233,15 @@ fn check_superblock(file: &File, layout: &SlabLayout, file_len: u64, pool: &Arc<
     let expected = DATA_START + layout.capacity();
     if file_len < expected {
         return Err(format!("truncated: {file_len} bytes, a store of this size needs {expected}"));
+    }
+    if sb.version < VERSION {
+        // Before any packed region is written: a build of the old format must refuse the
+        // file from now on rather than take packed regions for free space.
+        let mut page = pool.take(HEADER as usize);
+        Superblock { version: VERSION, ..sb }.encode(page.as_mut_slice());
+        io::pwritev_all(file, &[page.as_ref()], 0).map_err(|e| format!("cannot upgrade the superblock: {e}"))?;
+        file.sync_all().map_err(|e| format!("cannot upgrade the superblock (fsync): {e}"))?;
+        tracing::info!(from = sb.version, to = VERSION, "ssd: slot file format upgraded (its data stays as it is)");
     }
     Ok(sb.store_id)
 }

@@ -6,13 +6,19 @@
 //!                   region 1: ...
 //! slot              [slot header 4 KiB][data, padded to 4 KiB]
 //! ```
-//! A region header names the slot class and the epoch of the region's current class
-//! assignment. A slot header names its block (namespace, key, length, CRC-32C of the data),
+//! A region header names the slot class (0: packed, blocks of any size one after another;
+//! format version 2) and the epoch of the region's current class assignment. A slot header names its block (namespace, key, length, CRC-32C of the data),
 //! its generation (a store-wide counter, newer wins), its flags (version 2: bit 0 = written
 //! with write-back durability, so a restart knows it must still reach Blob) and repeats the store id, epoch, region
 //! and slot number, so a header left over from an earlier use of the space is recognised as
 //! stale. Every header ends with a CRC-32C of itself. A freed slot's header is zeroed (a
-//! tombstone), so deleted blocks do not come back after a restart.
+//! tombstone), so deleted blocks do not come back after a restart; in a packed region it is
+//! rewritten with flag bit 1 (deleted) instead, keeping its length, so the chain of headers
+//! recovery walks stays whole. In a packed region `slot` is the page the header is on.
+//!
+//! Version 2 of the format (packed regions) reads version 1 files and upgrades their
+//! superblock when it opens them; a version 1 build refuses a version 2 file, rather than
+//! misread its packed regions as free space.
 
 use crate::{BlockKey, Key, Namespace, slab::PAGE};
 
@@ -27,7 +33,9 @@ const REGION_MAGIC: &[u8; 8] = b"KVTREG\0\x01";
 const SLOT_MAGIC: &[u8; 8] = b"KVTBLK\0\x02";
 const SLOT_MAGIC_V1: &[u8; 8] = b"KVTBLK\0\x01";
 const FLAG_DURABLE: u8 = 1;
-const VERSION: u32 = 1;
+const FLAG_DELETED: u8 = 2;
+/// The format this build writes; it reads `VERSION - 1` too.
+pub(super) const VERSION: u32 = 2;
 
 /// The first page of the slot file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub(super) struct Superblock {
     pub(super) region_size: u64,
     pub(super) regions: u32,
     pub(super) store_id: u64,
+    /// The format version the file was written in.
+    pub(super) version: u32,
 }
 
 /// The first page of a region in use.
@@ -58,6 +68,8 @@ pub(super) struct SlotHeader {
     pub(super) len: u64,
     pub(super) crc32c: u32,
     pub(super) durable: bool,
+    /// A tombstone: the block was freed (packed regions only).
+    pub(super) deleted: bool,
     pub(super) key: BlockKey,
 }
 
@@ -129,7 +141,13 @@ fn writer(page: &mut [u8]) -> Writer<'_> {
 
 impl Superblock {
     pub(super) fn encode(&self, page: &mut [u8]) {
-        writer(page).bytes(SUPER_MAGIC).u32(VERSION).u64(self.region_size).u32(self.regions).u64(self.store_id).seal();
+        writer(page)
+            .bytes(SUPER_MAGIC)
+            .u32(self.version)
+            .u64(self.region_size)
+            .u32(self.regions)
+            .u64(self.store_id)
+            .seal();
     }
 
     /// Decodes a superblock, or says what is wrong with the page.
@@ -139,13 +157,14 @@ impl Superblock {
             return Err("not a kvtier slot file (bad superblock magic)".into());
         }
         let version = r.u32().ok_or("truncated superblock")?;
-        if version != VERSION {
-            return Err(format!("slot file format version {version}, this build reads version {VERSION}"));
+        if !(1..=VERSION).contains(&version) {
+            return Err(format!("slot file format version {version}, this build reads versions 1 to {VERSION}"));
         }
         let sb = Superblock {
             region_size: r.u64().ok_or("truncated superblock")?,
             regions: r.u32().ok_or("truncated superblock")?,
             store_id: r.u64().ok_or("truncated superblock")?,
+            version,
         };
         r.verify_seal().ok_or("superblock checksum mismatch (the file is corrupt)")?;
         Ok(sb)
@@ -190,7 +209,7 @@ impl SlotHeader {
             .bytes(ns)
             .u16(key.len() as u16)
             .bytes(key)
-            .u8(if self.durable { FLAG_DURABLE } else { 0 })
+            .u8(if self.durable { FLAG_DURABLE } else { 0 } | if self.deleted { FLAG_DELETED } else { 0 })
             .seal();
     }
 
@@ -212,8 +231,8 @@ impl SlotHeader {
         let flags = if v1 { 0 } else { r.u8()? };
         r.verify_seal()?;
         let key = BlockKey::new(Namespace::new(ns).ok()?, Key::new(key).ok()?);
-        let durable = flags & FLAG_DURABLE != 0;
-        Some(SlotHeader { store_id, epoch, region, slot, generation, len, crc32c, durable, key })
+        let (durable, deleted) = (flags & FLAG_DURABLE != 0, flags & FLAG_DELETED != 0);
+        Some(SlotHeader { store_id, epoch, region, slot, generation, len, crc32c, durable, deleted, key })
     }
 }
 
@@ -236,6 +255,7 @@ mod tests {
             len: 123_456,
             crc32c: 0xdead_beef,
             durable: true,
+            deleted: false,
             key: BlockKey::parse("acme/m", &[1; 64]).unwrap(),
         };
         let mut p = page();
@@ -267,7 +287,7 @@ mod tests {
 
     #[test]
     fn superblock_errors_say_what_is_wrong() {
-        let sb = Superblock { region_size: 1 << 28, regions: 32, store_id: 5 };
+        let sb = Superblock { region_size: 1 << 28, regions: 32, store_id: 5, version: VERSION };
         let mut p = page();
         sb.encode(&mut p);
         assert_eq!(Superblock::decode(&p), Ok(sb));

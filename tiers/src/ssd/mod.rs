@@ -6,10 +6,15 @@
 //! headers rebuild the index (`recover.rs`) and every acknowledged block reads back. With
 //! `sync_writes` the file is opened `O_DSYNC`, extending that to power loss.
 //!
+//! New blocks go into packed regions (slab/packed.rs): any size, one after another, so
+//! mixed sizes (files' tail chunks) fill the SSD instead of each stranding a region.
+//!
 //! Invariants:
 //! - A region's header is on disk before any slot in it is acknowledged.
-//! - A freed slot's header is zeroed before the slot can be reused, so a deleted block does
-//!   not return after a restart and a late tombstone never hits a new block.
+//! - A freed slot's header is a tombstone on disk before the slot can be reused (zeroed in a
+//!   class's region; in a packed region rewritten as deleted, keeping its length, so the
+//!   chain recovery walks holds), so a deleted block does not return after a restart and a
+//!   late tombstone never hits a new block.
 //! - A read returns bytes only if the header it read names the key and generation the
 //!   index expects and the data matches its CRC-32C; a mismatch drops the copy.
 
@@ -41,7 +46,7 @@ use self::{
 };
 use crate::{
     Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage,
-    slab::{Allocation, PAGE, Reclaim, SlabAllocator, SlabLayout, SlotAddr},
+    slab::{Allocation, PACKED, PAGE, Reclaim, SlabAllocator, SlabLayout, SlotAddr},
 };
 
 /// Default region size: 64 MiB of data plus 1 MiB for slot and region headers.
@@ -75,6 +80,8 @@ pub struct SsdTier {
     map: DashMap<BlockKey, SlotInfo>,
     /// Per class: generation -> key, oldest first (eviction order).
     fifo: Vec<Mutex<BTreeMap<u64, BlockKey>>>,
+    /// Per packed region: slot -> key, in the order they were written.
+    packed: Box<[Mutex<BTreeMap<u32, BlockKey>>]>,
     /// Per region: the epoch whose header is on disk.
     header_epoch: Box<[AtomicU64]>,
     region_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -124,6 +131,7 @@ impl SsdTier {
             direct_io,
             map: DashMap::new(),
             fifo: (0..classes).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            packed: (0..regions).map(|_| Mutex::new(BTreeMap::new())).collect(),
             header_epoch: (0..regions).map(|_| AtomicU64::new(0)).collect(),
             region_locks: (0..regions).map(|_| tokio::sync::Mutex::new(())).collect(),
             next_generation: AtomicU64::new(1),
@@ -152,12 +160,19 @@ impl SsdTier {
         Error::Io { tier: self.name.clone(), op, path: self.path.clone(), offset: Some(offset), source }
     }
 
+    /// Keeps slots in eviction order: a class's oldest first, a packed region's in place.
     fn track(&self, key: BlockKey, info: SlotInfo) {
-        self.fifo[info.addr.class as usize].lock().insert(info.generation, key);
+        match info.addr.class {
+            PACKED => self.packed[info.addr.region as usize].lock().insert(info.addr.slot, key),
+            class => self.fifo[class as usize].lock().insert(info.generation, key),
+        };
     }
 
     fn untrack(&self, info: &SlotInfo) {
-        self.fifo[info.addr.class as usize].lock().remove(&info.generation);
+        match info.addr.class {
+            PACKED => self.packed[info.addr.region as usize].lock().remove(&info.addr.slot),
+            class => self.fifo[class as usize].lock().remove(&info.generation),
+        };
     }
 
     /// Writes the region's header for this allocation's epoch unless it is already there.
@@ -171,7 +186,7 @@ impl SsdTier {
             return Ok(());
         }
         let mut page = self.pool.take(HEADER as usize);
-        let class_size = self.layout().class_size(al.addr.class);
+        let class_size = if al.addr.class == PACKED { 0 } else { self.layout().class_size(al.addr.class) };
         RegionHeader { store_id: self.store_id, region: al.addr.region, class_size, epoch: al.epoch }
             .encode(page.as_mut_slice());
         let offset = DATA_START + self.layout().region_offset(al.addr.region);
@@ -183,24 +198,44 @@ impl SsdTier {
         Ok(())
     }
 
-    /// Zeroes a slot's header, then returns the slot to the allocator. If zeroing fails the
-    /// slot is still freed (its next write replaces the header) and the block may return
-    /// after a restart; that is logged.
-    async fn release(&self, addr: SlotAddr) {
-        let offset = self.file_offset(addr);
+    /// Writes the tombstone of `key`'s slot (zeroes its header; in a packed region marks it
+    /// deleted, keeping its length), then returns the slot to the allocator. If the write
+    /// fails the slot is still freed (its next write replaces the header) and the block may
+    /// return after a restart; that is logged.
+    async fn release(&self, key: &BlockKey, info: SlotInfo) {
+        let offset = self.file_offset(info.addr);
         let mut page = self.pool.take(HEADER as usize);
-        page.as_mut_slice().fill(0);
-        if let Err(e) = self.io.write(offset, WriteData::Buf(page)).await {
-            tracing::warn!(tier = %self, offset, error = %e, "could not zero a freed slot header; its block may reappear after a restart");
+        match info.addr.class {
+            PACKED => self.header(key, &info, true).encode(page.as_mut_slice()),
+            _ => page.as_mut_slice().fill(0),
         }
-        self.alloc.free(addr);
+        if let Err(e) = self.io.write(offset, WriteData::Buf(page)).await {
+            tracing::warn!(tier = %self, offset, error = %e, "could not write a freed slot's tombstone; its block may reappear after a restart");
+        }
+        self.alloc.free(info.addr);
+    }
+
+    /// The header of `key`'s slot `info` (a tombstone when `deleted`).
+    fn header(&self, key: &BlockKey, info: &SlotInfo, deleted: bool) -> SlotHeader {
+        SlotHeader {
+            store_id: self.store_id,
+            epoch: info.epoch,
+            region: info.addr.region,
+            slot: info.addr.slot,
+            generation: info.generation,
+            len: info.len,
+            crc32c: info.crc32c,
+            durable: info.durable,
+            deleted,
+            key: key.clone(),
+        }
     }
 
     /// Removes `key` if it still is the copy with `generation`, then releases its slot.
     async fn drop_copy(&self, key: &BlockKey, generation: u64) {
         if let Some((_, info)) = self.map.remove_if(key, |_, v| v.generation == generation) {
             self.untrack(&info);
-            self.release(info.addr).await;
+            self.release(key, info).await;
         }
     }
 
@@ -227,17 +262,7 @@ impl SsdTier {
             crc32c: block.crc32c,
             durable: block.durable,
         };
-        let header = SlotHeader {
-            store_id: self.store_id,
-            epoch: al.epoch,
-            region: al.addr.region,
-            slot: al.addr.slot,
-            generation: info.generation,
-            len,
-            crc32c: block.crc32c,
-            durable: block.durable,
-            key: block.key.clone(),
-        };
+        let header = self.header(&block.key, &info, false);
         let offset = self.file_offset(al.addr);
         let data = self.write_data(&header, &block.data);
         guard.writing(self.io.write(offset, data)).await.map_err(|e| self.io_error("pwrite", offset, e))?;
@@ -245,7 +270,7 @@ impl SsdTier {
         match self.map.entry(block.key.clone()) {
             Entry::Occupied(_) => {
                 // A concurrent put of the same key won; ours is a duplicate.
-                self.release(al.addr).await;
+                self.release(&block.key, info).await;
                 Ok(PutStatus::Existed)
             }
             Entry::Vacant(v) => {
@@ -307,10 +332,23 @@ impl SsdTier {
         })
     }
 
+    /// Up to `max` blocks in eviction order: region by region, oldest region first, each
+    /// region's in the order they were written.
+    fn packed_candidates(&self, max: usize) -> Vec<BlockKey> {
+        let mut found = Vec::new();
+        for region in self.alloc.eviction_order() {
+            found.extend(self.packed[region as usize].lock().values().take(max - found.len()).cloned());
+            if found.len() == max {
+                break;
+            }
+        }
+        found
+    }
+
     async fn delete_one(&self, key: &BlockKey) -> bool {
         let Some((_, info)) = self.map.remove(key) else { return false };
         self.untrack(&info);
-        self.release(info.addr).await;
+        self.release(key, info).await;
         true
     }
 }
@@ -390,6 +428,9 @@ impl Tier for SsdTier {
     }
 
     fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
+        if self.layout().packed {
+            return self.packed_candidates(max);
+        }
         match self.alloc.reclaim_for(size) {
             Reclaim::Class(c) => self.fifo[c as usize].lock().values().take(max).cloned().collect(),
             Reclaim::Region(r) => {

@@ -2,6 +2,13 @@
 //!
 //! Regions are scanned in parallel on a few threads. Small slots are read in bulk (whole
 //! runs of slots per pread) so a store of 4 KiB blocks does not cost one syscall per slot.
+//! A packed region is walked from its first page, header to header (each names its
+//! length; a tombstone keeps it). Where a page holds no header of this region's epoch at its
+//! own position (a block whose write never happened: puts run concurrently, so a later one
+//! may be on disk and acknowledged), the following pages are searched, in bulk reads, for
+//! the next such header, and the walk goes on from it; the chain ends after the last one.
+//! A header names the store's random id, the region's epoch and its own page, so no data
+//! page is taken for one.
 //! A slot counts only if its header checks out and repeats this store's id, its region's
 //! epoch and its own position; anything else is free space. Where two slots name one key
 //! (a tombstone that never reached the disk), the newest generation wins and the others are
@@ -24,7 +31,7 @@ use super::{
 };
 use crate::{
     BlockKey,
-    slab::{SlabLayout, SlotAddr},
+    slab::{PACKED, SlabLayout, SlotAddr},
 };
 
 /// Slots at most this large are scanned by bulk reads.
@@ -39,6 +46,16 @@ pub(super) struct RecoveredRegion {
     class: u16,
     epoch: u64,
     slots: Vec<SlotHeader>,
+    /// Packed: the page after its chain's last header.
+    end: u32,
+}
+
+impl RecoveredRegion {
+    /// Where slot `h` of this region is.
+    fn addr(&self, layout: &SlabLayout, h: &SlotHeader) -> SlotAddr {
+        let pages = if self.class == PACKED { layout.packed_pages(h.len) } else { 0 };
+        SlotAddr { region: self.region, slot: h.slot, class: self.class, pages }
+    }
 }
 
 /// Scans every region and resolves duplicate keys.
@@ -86,11 +103,15 @@ pub(super) fn scan(
         pread_all(file, buf.as_mut_slice(), offset).is_ok()
             && crate::crc32c(&buf.as_ref()[..h.len as usize]) == h.crc32c
     };
-    let duplicates = drop_duplicates(&mut found, data_intact);
-    for addr in &duplicates {
+    let duplicates = drop_duplicates(&mut found, layout, data_intact);
+    for (addr, h) in &duplicates {
         let offset = DATA_START + layout.slot_offset(*addr);
-        if let Err(e) = pwritev_all(file, &[zeroed_aligned(pool, HEADER as usize).as_ref()], offset) {
-            tracing::warn!(offset, error = %e, "could not zero a duplicate slot");
+        let mut page = zeroed_aligned(pool, HEADER as usize);
+        if addr.class == PACKED {
+            SlotHeader { deleted: true, ..h.clone() }.encode(page.as_mut_slice());
+        }
+        if let Err(e) = pwritev_all(file, &[page.as_ref()], offset) {
+            tracing::warn!(offset, error = %e, "could not write the tombstone of a duplicate slot");
         }
     }
     let blocks: usize = found.iter().map(|r| r.slots.len()).sum();
@@ -123,6 +144,9 @@ fn scan_region(
     let Some(rh) = RegionHeader::decode(page.as_ref()) else { return Ok(None) };
     if rh.store_id != store_id || rh.region != region {
         return Ok(None);
+    }
+    if rh.class_size == 0 {
+        return walk_packed(file, layout, store_id, pool, region, rh.epoch).map(Some);
     }
     let Some(class) = layout.class_for(rh.class_size).filter(|&c| layout.class_size(c) == rh.class_size) else {
         tracing::warn!(
@@ -169,30 +193,112 @@ fn scan_region(
             slots.extend(valid(page.as_ref(), s));
         }
     }
-    Ok(Some(RecoveredRegion { region, class, epoch: rh.epoch, slots }))
+    Ok(Some(RecoveredRegion { region, class, epoch: rh.epoch, slots, end: 0 }))
+}
+
+/// A packed region's chain of headers from its first page: the live blocks, and where the
+/// chain ends (a page holding no header of this epoch at its own position).
+fn walk_packed(
+    file: &File,
+    layout: &SlabLayout,
+    store_id: u64,
+    pool: &Arc<BufPool>,
+    region: u32,
+    epoch: u64,
+) -> std::io::Result<RecoveredRegion> {
+    let first = DATA_START + layout.region_offset(region) + layout.region_header;
+    let total = layout.region_pages();
+    let valid = |page: &[u8], at: u32| {
+        SlotHeader::decode(page).filter(|h| {
+            h.store_id == store_id
+                && h.epoch == epoch
+                && h.region == region
+                && h.slot == at
+                && h.len >= 1
+                && at + layout.packed_pages(h.len) <= total
+        })
+    };
+    let mut page = pool.take(HEADER as usize);
+    let (mut at, mut end, mut slots) = (0u32, 0u32, Vec::new());
+    while at < total {
+        pread_all(file, page.as_mut_slice(), first + at as u64 * HEADER)?;
+        let found = match valid(page.as_ref(), at) {
+            Some(h) => Some(h),
+            None => match next_header(file, pool, first, at + 1, total, &valid)? {
+                Some((next, h)) => {
+                    at = next;
+                    Some(h)
+                }
+                None => None,
+            },
+        };
+        let Some(h) = found else { break };
+        at += layout.packed_pages(h.len);
+        end = at;
+        if !h.deleted {
+            slots.push(h);
+        }
+    }
+    Ok(RecoveredRegion { region, class: PACKED, epoch, slots, end })
+}
+
+/// The first page from `from` (below `total`) holding a header `valid` accepts, read in
+/// bulk.
+fn next_header(
+    file: &File,
+    pool: &Arc<BufPool>,
+    first: u64,
+    from: u32,
+    total: u32,
+    valid: &impl Fn(&[u8], u32) -> Option<SlotHeader>,
+) -> std::io::Result<Option<(u32, SlotHeader)>> {
+    let per_read = (BULK_READ / HEADER) as u32;
+    let mut at = from;
+    while at < total {
+        let count = per_read.min(total - at);
+        let len = (count as u64 * HEADER) as usize;
+        let mut buf = pool.take(len);
+        pread_all(file, &mut buf.as_mut_slice()[..len], first + at as u64 * HEADER)?;
+        for i in 0..count {
+            let p = (i as u64 * HEADER) as usize;
+            if let Some(h) = valid(&buf.as_ref()[p..p + HEADER as usize], at + i) {
+                return Ok(Some((at + i, h)));
+            }
+        }
+        at += count;
+    }
+    Ok(None)
 }
 
 /// Where a key has several copies (a tombstone that never reached the disk, or a put of the
 /// key cut short by a crash), keeps the newest copy whose data passes `intact` (the newest
-/// of all if none does) and returns the addresses of the others. Single copies are not
-/// read: their CRC-32C is checked when they are read.
-fn drop_duplicates(found: &mut [RecoveredRegion], intact: impl Fn(SlotAddr, &SlotHeader) -> bool) -> Vec<SlotAddr> {
+/// of all if none does) and returns the others, addresses and headers. Single copies are
+/// not read: their CRC-32C is checked when they are read.
+fn drop_duplicates(
+    found: &mut [RecoveredRegion],
+    layout: &SlabLayout,
+    intact: impl Fn(SlotAddr, &SlotHeader) -> bool,
+) -> Vec<(SlotAddr, SlotHeader)> {
     let mut copies: HashMap<BlockKey, Vec<(u64, SlotAddr, &SlotHeader)>> = HashMap::new();
     for r in found.iter() {
         for h in &r.slots {
-            let addr = SlotAddr { region: r.region, slot: h.slot, class: r.class };
-            copies.entry(h.key.clone()).or_default().push((h.generation, addr, h));
+            copies.entry(h.key.clone()).or_default().push((h.generation, r.addr(layout, h), h));
         }
     }
     let mut losers = Vec::new();
     for mut list in copies.into_values().filter(|l| l.len() > 1) {
         list.sort_by_key(|&(generation, ..)| std::cmp::Reverse(generation));
         let winner = list.iter().position(|&(_, addr, h)| intact(addr, h)).unwrap_or(0);
-        losers.extend(list.iter().enumerate().filter(|&(i, _)| i != winner).map(|(_, &(_, addr, _))| addr));
+        losers
+            .extend(list.iter().enumerate().filter(|&(i, _)| i != winner).map(|(_, &(_, addr, h))| (addr, h.clone())));
     }
-    let lost: HashSet<SlotAddr> = losers.iter().copied().collect();
+    let lost: HashSet<SlotAddr> = losers.iter().map(|(addr, _)| *addr).collect();
     for r in found.iter_mut() {
-        r.slots.retain(|h| !lost.contains(&SlotAddr { region: r.region, slot: h.slot, class: r.class }));
+        let region = (r.region, r.class);
+        r.slots.retain(|h| {
+            let pages = if region.1 == PACKED { layout.packed_pages(h.len) } else { 0 };
+            !lost.contains(&SlotAddr { region: region.0, slot: h.slot, class: region.1, pages })
+        });
     }
     losers
 }
@@ -201,14 +307,20 @@ impl SsdTier {
     /// Loads a scan's result into the allocator, index and eviction order.
     pub(super) fn restore(&self, found: Vec<RecoveredRegion>) {
         let mut max_generation = 0;
+        let layout = self.layout().clone();
         for r in found {
-            let used: Vec<u32> = r.slots.iter().map(|h| h.slot).collect();
-            self.alloc.restore_region(r.region, r.class, r.epoch, &used);
+            if r.class == PACKED {
+                let pages: Vec<u32> = r.slots.iter().map(|h| layout.packed_pages(h.len)).collect();
+                self.alloc.restore_packed(r.region, r.epoch, &pages, r.end);
+            } else {
+                let used: Vec<u32> = r.slots.iter().map(|h| h.slot).collect();
+                self.alloc.restore_region(r.region, r.class, r.epoch, &used);
+            }
             self.header_epoch[r.region as usize].store(r.epoch, Ordering::Release);
-            for h in r.slots {
+            for h in &r.slots {
                 max_generation = max_generation.max(h.generation);
                 let info = SlotInfo {
-                    addr: SlotAddr { region: r.region, slot: h.slot, class: r.class },
+                    addr: r.addr(&layout, h),
                     epoch: r.epoch,
                     generation: h.generation,
                     len: h.len,
@@ -216,7 +328,7 @@ impl SsdTier {
                     durable: h.durable,
                 };
                 self.track(h.key.clone(), info);
-                self.map.insert(h.key, info);
+                self.map.insert(h.key.clone(), info);
             }
         }
         self.next_generation.store(max_generation + 1, Ordering::Relaxed);
@@ -226,7 +338,7 @@ impl SsdTier {
 #[cfg(test)]
 impl RecoveredRegion {
     pub(super) fn for_test(region: u32, class: u16, epoch: u64, slots: Vec<SlotHeader>) -> Self {
-        RecoveredRegion { region, class, epoch, slots }
+        RecoveredRegion { region, class, epoch, slots, end: 0 }
     }
 
     pub(super) fn slot_numbers(&self) -> Vec<u32> {
@@ -237,7 +349,8 @@ impl RecoveredRegion {
 #[cfg(test)]
 pub(super) fn drop_duplicates_for_test(
     found: &mut [RecoveredRegion],
+    layout: &SlabLayout,
     intact: impl Fn(SlotAddr, &SlotHeader) -> bool,
 ) -> Vec<SlotAddr> {
-    drop_duplicates(found, intact)
+    drop_duplicates(found, layout, intact).into_iter().map(|(addr, _)| addr).collect()
 }

@@ -9,11 +9,19 @@
 //!
 //! Each assignment of a region to a class gets a fresh `epoch`, which the SSD tier writes
 //! into region and slot headers so that recovery can tell current slots from stale ones.
+//!
+//! A layout may instead be **packed** (the SSD's): a region takes blocks of any size one
+//! after another (packed.rs), so files' tail chunks, whose sizes are all different, no
+//! longer each strand a region of a class of their own (an SSD once refused blocks about a
+//! third full, or 3% full with few regions). Regions left by a class layout (older slot
+//! files) keep their classes until they empty.
 
 use parking_lot::Mutex;
 
 /// Alignment and granularity of every slot, region and I/O: 4 KiB.
 pub(crate) const PAGE: u64 = 4096;
+/// The class of a packed region's slots: blocks of any size, one after another.
+pub(crate) const PACKED: u16 = u16::MAX;
 const STEPS_PER_DOUBLING: u64 = 8;
 
 /// How capacity is cut: sizes are fixed at build time.
@@ -29,6 +37,8 @@ pub(crate) struct SlabLayout {
     classes: Vec<u64>,
     /// Number of regions.
     pub(crate) regions: u32,
+    /// New blocks go into packed regions (see the module documentation).
+    pub(crate) packed: bool,
 }
 
 impl SlabLayout {
@@ -76,7 +86,22 @@ impl SlabLayout {
         if regions > u32::MAX as u64 {
             return err("region_size", format!("{regions} regions is too many; use larger regions"));
         }
-        Ok(SlabLayout { region_size, region_header, slot_overhead, classes, regions: regions as u32 })
+        Ok(SlabLayout { region_size, region_header, slot_overhead, classes, regions: regions as u32, packed: false })
+    }
+
+    /// The same layout, packed (see the module documentation).
+    pub(crate) fn packed(self) -> Self {
+        SlabLayout { packed: true, ..self }
+    }
+
+    /// Pages after a region's header: what a packed region holds.
+    pub(crate) fn region_pages(&self) -> u32 {
+        ((self.region_size - self.region_header) / PAGE) as u32
+    }
+
+    /// Pages a block of `len` bytes takes in a packed region (its header included).
+    pub(crate) fn packed_pages(&self, len: u64) -> u32 {
+        ((self.slot_overhead + len).div_ceil(PAGE)) as u32
     }
 
     /// The smallest class whose slots hold `len` data bytes, or `None` if `len` is larger
@@ -112,8 +137,10 @@ impl SlabLayout {
     }
 
     /// Byte offset of a slot (of its header, where there is one) from the start of region 0.
+    /// A packed slot's number is the page it starts at.
     pub(crate) fn slot_offset(&self, addr: SlotAddr) -> u64 {
-        addr.region as u64 * self.region_size + self.region_header + addr.slot as u64 * self.slot_size(addr.class)
+        let step = if addr.class == PACKED { PAGE } else { self.slot_size(addr.class) };
+        addr.region as u64 * self.region_size + self.region_header + addr.slot as u64 * step
     }
 
     /// Byte offset of a region from the start of region 0.
@@ -132,12 +159,14 @@ impl SlabLayout {
     }
 }
 
-/// Where a block lives: region, slot within it, and the region's class.
+/// Where a block lives: region, slot within it, and the region's class ([`PACKED`]: the
+/// slot is the page it starts at, and it takes `pages`; 0 for a class's slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SlotAddr {
     pub(crate) region: u32,
     pub(crate) slot: u32,
     pub(crate) class: u16,
+    pub(crate) pages: u32,
 }
 
 /// A fresh allocation.
@@ -167,6 +196,8 @@ struct Region {
     /// Free slot numbers (a stack; lowest numbers on top).
     free: Vec<u32>,
     live: u32,
+    /// Packed: the first page no block has taken since the region was assigned.
+    next: u32,
     /// Being emptied for this class: takes no new blocks of its own class, and once empty
     /// no other class may take it.
     draining_for: Option<u16>,
@@ -184,6 +215,8 @@ struct State {
     used: u64,
     live: u64,
     next_epoch: u64,
+    /// Packed: the regions new blocks go into.
+    open: Vec<u32>,
 }
 
 /// Thread-safe slot bookkeeping over a [`SlabLayout`].
@@ -199,7 +232,7 @@ impl SlabAllocator {
         let classes = layout.classes.len();
         let state = State {
             regions: (0..n)
-                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, draining_for: None })
+                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, next: 0, draining_for: None })
                 .collect(),
             unassigned: (0..n as u32).rev().collect(),
             partial: vec![Vec::new(); classes],
@@ -207,6 +240,7 @@ impl SlabAllocator {
             used: 0,
             live: 0,
             next_epoch: 1,
+            open: Vec::new(),
         };
         SlabAllocator { layout, state: Mutex::new(state) }
     }
@@ -218,6 +252,9 @@ impl SlabAllocator {
     /// Takes a slot for `len` bytes, or `None` when no slot of its class is free and no
     /// region can be given to the class. `len` must fit the largest class.
     pub(crate) fn alloc(&self, len: u64) -> Option<Allocation> {
+        if self.layout.packed {
+            return self.alloc_packed(len);
+        }
         let class = self.layout.class_for(len)?;
         let mut st = self.state.lock();
         let region = match st.partial[class as usize].last() {
@@ -233,7 +270,7 @@ impl SlabAllocator {
         }
         st.used += self.layout.slot_size(class);
         st.live += 1;
-        Some(Allocation { addr: SlotAddr { region, slot, class }, epoch })
+        Some(Allocation { addr: SlotAddr { region, slot, class, pages: 0 }, epoch })
     }
 
     /// Gives `class` a region: an unassigned one, else an empty region drained for it, else
@@ -271,6 +308,9 @@ impl SlabAllocator {
 
     /// Returns a slot. Freeing a slot that is not allocated is a bug and panics.
     pub(crate) fn free(&self, addr: SlotAddr) {
+        if addr.class == PACKED {
+            return self.free_packed(addr);
+        }
         let mut st = self.state.lock();
         let r = &mut st.regions[addr.region as usize];
         assert_eq!(r.class, Some(addr.class), "freeing {addr:?} from a region of another class");
@@ -348,125 +388,7 @@ impl SlabAllocator {
     }
 }
 
+mod packed;
+
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use rand::{Rng, SeedableRng, rngs::StdRng};
-
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    fn layout(capacity: u64, region: u64, header: u64, overhead: u64, max: u64) -> SlabLayout {
-        SlabLayout::new("t", capacity, region, header, overhead, max).unwrap()
-    }
-
-    #[test]
-    fn classes_waste_at_most_an_eighth() {
-        let l = layout(64 * MIB, 64 * MIB, 0, 0, 64 * MIB);
-        for len in [1, 4096, 4097, 100_000, 2 * MIB, 2 * MIB + 1, 5 * MIB, 32 * MIB, 64 * MIB] {
-            let c = l.class_for(len).unwrap();
-            let size = l.class_size(c);
-            assert!(size >= len && size.is_multiple_of(PAGE));
-            assert!(size - len <= (len / 8).max(PAGE), "len {len} -> class {size}");
-        }
-        assert_eq!(l.class_size(l.class_for(2 * MIB).unwrap()), 2 * MIB, "powers of two are exact classes");
-        assert_eq!(l.class_for(64 * MIB + 1), None);
-        let small = layout(64 * MIB, 64 * MIB, 0, 0, MIB);
-        assert_eq!(small.class_for(64 * MIB), l.class_for(64 * MIB), "classes do not depend on max_block");
-    }
-
-    #[test]
-    fn config_errors_name_the_knob() {
-        let e = SlabLayout::new("ssd", 64 * MIB, 4 * MIB, 4096, 4096, 4 * MIB).unwrap_err().to_string();
-        assert!(e.contains("ssd.region_size") && e.contains("cannot hold"), "{e}");
-        let e = SlabLayout::new("cpu", MIB, 4 * MIB, 0, 0, MIB).unwrap_err().to_string();
-        assert!(e.contains("cpu.capacity"), "{e}");
-    }
-
-    #[test]
-    fn fills_to_capacity_then_refuses_and_reuses() {
-        let l = layout(8 * MIB, 2 * MIB, 0, 0, 2 * MIB);
-        let a = SlabAllocator::new(l);
-        let slots: Vec<_> = (0..4).map(|_| a.alloc(2 * MIB).unwrap()).collect();
-        assert!(a.alloc(2 * MIB).is_none());
-        assert!(a.alloc(4096).is_none(), "no region left for another class");
-        assert_eq!(a.usage(), (8 * MIB, 4));
-        a.free(slots[2].addr);
-        assert_eq!(a.reclaim_for(4096), Reclaim::Region(slots[2].addr.region));
-        let small = a.alloc(4096).expect("empty region moves to the small class");
-        assert_eq!(small.addr.region, slots[2].addr.region);
-        assert!(small.epoch > slots[2].epoch, "a new assignment gets a new epoch");
-        assert_eq!(a.reclaim_for(2 * MIB), Reclaim::Class(slots[0].addr.class));
-    }
-
-    #[test]
-    fn a_region_drained_for_another_class_is_not_refilled() {
-        let l = layout(4 * MIB, 2 * MIB, 0, 0, 2 * MIB);
-        let a = SlabAllocator::new(l);
-        let small: Vec<_> = (0..1024).map(|_| a.alloc(4096).unwrap().addr).collect(); // fills both regions
-        assert!(a.alloc(4096).is_none() && a.alloc(MIB).is_none());
-        let Reclaim::Region(r) = a.reclaim_for(MIB) else { panic!("a region must be named") };
-        assert_eq!(a.reclaim_for(MIB), Reclaim::Region(r), "the same region keeps draining");
-        let (mine, others): (Vec<_>, Vec<_>) = small.into_iter().partition(|s| s.region == r);
-        a.free(mine[0]);
-        assert!(a.alloc(4096).is_none(), "a draining region takes no new blocks of its class");
-        for s in &mine[1..] {
-            a.free(*s);
-        }
-        assert!(a.alloc(4096).is_none(), "an empty region drained for 1 MiB blocks is not taken back by 4 KiB ones");
-        let big = a.alloc(MIB).expect("the drained region moves to the class that asked");
-        assert_eq!(big.addr.region, r);
-        a.free(others[0]);
-        assert!(a.alloc(4096).is_some(), "other regions of the class still take blocks");
-    }
-
-    #[test]
-    fn random_alloc_free_never_overlaps_or_exceeds_capacity() {
-        let l = layout(64 * MIB, 4 * MIB, 4096, 4096, MIB);
-        let a = SlabAllocator::new(l.clone());
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut live: Vec<(SlotAddr, u64)> = Vec::new();
-        for _ in 0..20_000 {
-            if rng.random_bool(0.55) {
-                let len = rng.random_range(1..=MIB);
-                if let Some(al) = a.alloc(len) {
-                    live.push((al.addr, len));
-                }
-            } else if !live.is_empty() {
-                let (addr, _) = live.swap_remove(rng.random_range(0..live.len()));
-                a.free(addr);
-            }
-            let (used, n) = a.usage();
-            assert!(used <= l.capacity() && n == live.len() as u64);
-        }
-        let mut seen = HashSet::new();
-        let mut spans: Vec<(u64, u64)> = live
-            .iter()
-            .map(|&(addr, len)| {
-                assert!(seen.insert(l.slot_index(addr)));
-                let start = l.slot_offset(addr);
-                assert!(l.class_size(addr.class) >= len);
-                let end = start + l.slot_size(addr.class);
-                assert!(end <= l.region_offset(addr.region) + l.region_size, "slot spills out of its region");
-                (start, end)
-            })
-            .collect();
-        spans.sort();
-        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "slots overlap");
-    }
-
-    #[test]
-    fn restore_marks_slots_taken() {
-        let l = layout(8 * MIB, 4 * MIB, 4096, 4096, MIB);
-        let class = l.class_for(MIB).unwrap();
-        let a = SlabAllocator::new(l);
-        a.restore_region(1, class, 41, &[0, 2]);
-        let got = a.alloc(MIB).unwrap();
-        assert_eq!((got.addr.region, got.addr.slot, got.epoch), (1, 1, 41));
-        let other = a.alloc(4096).unwrap();
-        assert_eq!(other.addr.region, 0);
-        assert!(other.epoch > 41, "epochs after recovery exceed those found on disk");
-    }
-}
+mod tests;

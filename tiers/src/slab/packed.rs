@@ -1,0 +1,140 @@
+//! Packed regions: blocks of any size, one after another.
+//!
+//! A few regions are open at a time; a block takes the pages after the last one of the open
+//! region with the least room that still holds it (its header's page, then its data's), so
+//! small blocks fill the ends big ones leave. When none holds it an empty region is opened
+//! (with a new epoch), closing the open one with the least room past [`OPEN_REGIONS`]. A
+//! closed region takes nothing more; once its last block is freed it is empty and may be
+//! opened again. So space in a region is
+//! reused only whole, as in a log-structured store: the slot headers of a region form a
+//! chain from its first page that recovery walks (a freed block's header is rewritten as a
+//! tombstone of the same length, never zeroed, so the chain holds). Eviction goes region by
+//! region, oldest first; the evictor passes over blocks that may not go (write-back copies
+//! Blob lacks) to those of the next regions, so some region always empties when any can.
+
+use super::{Allocation, PACKED, SlabAllocator, SlotAddr, State};
+
+/// Regions taking blocks at once.
+const OPEN_REGIONS: usize = 4;
+
+impl SlabAllocator {
+    /// A packed slot for `len` bytes: at the end of the open region, else at the start of
+    /// an empty one; `None` when no region is empty.
+    pub(super) fn alloc_packed(&self, len: u64) -> Option<Allocation> {
+        let pages = self.layout.packed_pages(len);
+        if pages > self.layout.region_pages() {
+            return None;
+        }
+        let mut st = self.state.lock();
+        let total = self.layout.region_pages();
+        let room = |st: &State, r: u32| total - st.regions[r as usize].next;
+        let fits = st.open.iter().copied().filter(|&r| room(&st, r) >= pages).min_by_key(|&r| room(&st, r));
+        let region = match fits {
+            Some(r) => r,
+            None => {
+                let r = self.empty_region(&mut st)?;
+                if st.open.len() >= OPEN_REGIONS {
+                    // Closed: the rest of it stays unused until it empties.
+                    let fullest = st.open.iter().copied().min_by_key(|&o| room(&st, o)).expect("open regions");
+                    st.open.retain(|&o| o != fullest);
+                    if st.regions[fullest as usize].live == 0 {
+                        release_region(&mut st, fullest);
+                    }
+                }
+                let epoch = st.next_epoch;
+                st.next_epoch += 1;
+                let region = &mut st.regions[r as usize];
+                region.class = Some(PACKED);
+                region.epoch = epoch;
+                region.next = 0;
+                region.live = 0;
+                region.draining_for = None;
+                st.open.push(r);
+                r
+            }
+        };
+        let r = &mut st.regions[region as usize];
+        let slot = r.next;
+        r.next += pages;
+        r.live += 1;
+        let epoch = r.epoch;
+        st.used += pages as u64 * super::PAGE;
+        st.live += 1;
+        Some(Allocation { addr: SlotAddr { region, slot, class: PACKED, pages }, epoch })
+    }
+
+    /// A region holding no block: never used, or emptied (a class's, from a slot file
+    /// written by a class layout, included).
+    fn empty_region(&self, st: &mut State) -> Option<u32> {
+        if let Some(r) = st.unassigned.pop() {
+            return Some(r);
+        }
+        let r = st.regions.iter().position(|r| r.class.is_some_and(|c| c != PACKED) && r.live == 0)? as u32;
+        let old = st.regions[r as usize].class.expect("assigned");
+        st.partial[old as usize].retain(|&x| x != r);
+        st.class_regions[old as usize] -= 1;
+        Some(r)
+    }
+
+    pub(super) fn free_packed(&self, addr: SlotAddr) {
+        let mut st = self.state.lock();
+        let r = &mut st.regions[addr.region as usize];
+        assert_eq!(r.class, Some(PACKED), "freeing {addr:?} from a region that is not packed");
+        assert!(r.live > 0, "free of {addr:?} in a region with no live blocks");
+        r.live -= 1;
+        let empty = r.live == 0;
+        st.used -= addr.pages as u64 * super::PAGE;
+        st.live -= 1;
+        if empty {
+            // Open or not: it starts again from its first page, under a new epoch, when next
+            // opened (no allocation is in flight in it: each counts as live).
+            st.open.retain(|&o| o != addr.region);
+            release_region(&mut st, addr.region);
+        }
+    }
+
+    /// Regions holding blocks, oldest (first opened) first: the order their blocks are
+    /// evicted in (FIFO by region, as a log-structured store cleans), so the flusher's
+    /// demotion ahead of eviction copies to Blob the blocks eviction takes next.
+    pub(crate) fn eviction_order(&self) -> Vec<u32> {
+        let st = self.state.lock();
+        let mut regions: Vec<(u64, u32)> = st
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.class.is_some() && r.live > 0)
+            .map(|(i, r)| (r.epoch, i as u32))
+            .collect();
+        regions.sort_unstable();
+        regions.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Recovery: `region` is packed with the epoch found on disk, holding blocks of `live`
+    /// pages each, its chain ending at page `end`. Call once per region before any `alloc`.
+    pub(crate) fn restore_packed(&self, region: u32, epoch: u64, live: &[u32], end: u32) {
+        let mut st = self.state.lock();
+        st.unassigned.retain(|&r| r != region);
+        let r = &mut st.regions[region as usize];
+        r.class = Some(PACKED);
+        r.epoch = epoch;
+        r.next = end;
+        r.live = live.len() as u32;
+        r.draining_for = None;
+        let empty = live.is_empty();
+        st.used += live.iter().map(|&p| p as u64 * super::PAGE).sum::<u64>();
+        st.live += live.len() as u64;
+        st.next_epoch = st.next_epoch.max(epoch + 1);
+        if empty {
+            release_region(&mut st, region);
+        }
+    }
+}
+
+/// An empty packed region back among the unassigned.
+fn release_region(st: &mut State, region: u32) {
+    let r = &mut st.regions[region as usize];
+    r.class = None;
+    r.next = 0;
+    r.draining_for = None;
+    st.unassigned.push(region);
+}
