@@ -84,6 +84,14 @@ pub(super) async fn check(
             }
         }
         if started.elapsed() > limit {
+            // Not settled: say what is in Blob all the same.
+            let mut still = Vec::new();
+            for w in not_in_blob {
+                if !in_blob(&blobs, w).await {
+                    still.push(w);
+                }
+            }
+            not_in_blob = still;
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

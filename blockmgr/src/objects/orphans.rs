@@ -7,8 +7,9 @@
 //! manifest naming a chunk lives on other nodes (its path's owners), so every member is
 //! asked (`Peer/ChunksNamed`): a chunk that has waited longer than `cluster.orphan_after`,
 //! that no manifest of any member names (its catalog, or a version a learned manifest
-//! replaced) and no upload or join in progress anywhere is writing, is removed here. Each
-//! node sweeps its own copies; a round where a member does not answer removes nothing.
+//! replaced) and no upload or join in progress anywhere is writing, is removed here and on
+//! its other owners (removing only this copy, an owner's resync would pull it back, pinned
+//! again, for ever). A round where a member does not answer removes nothing.
 //!
 //! Known limit: a manifest held only by a node that is out of the member list for longer
 //! than `orphan_after` (and whose commit's outcome was unknown) comes back naming chunks
@@ -118,7 +119,7 @@ impl Manager {
             }
         }
         for key in &candidates {
-            self.delete_here(key).await;
+            self.delete(key).await;
         }
         if !candidates.is_empty() {
             self.metrics().orphan_chunks_removed.inc_by(candidates.len() as u64);
