@@ -113,8 +113,8 @@ pub struct Metrics {
     /// Exports that found their object's file in Blob already, with this version's bytes
     /// (after a restart or a take-over), and wrote nothing.
     pub objects_found_in_blob: IntCounter,
-    /// Commits a member asked of this node (as a path's primary) that arrived past their
-    /// deadline (this node was stopped or cut off meanwhile) and were refused.
+    /// Commits and block copies a member asked of this node that arrived past their deadline
+    /// (this node was stopped, cut off, or waited for room meanwhile) and were refused.
     pub late_commits_refused: IntCounter,
     /// Write-back chunks of uploads that never committed, removed by the orphan sweep.
     pub orphan_chunks_removed: IntCounter,
@@ -296,7 +296,7 @@ impl Metrics {
             ),
             late_commits_refused: one_counter(
                 "late_commits_refused_total",
-                "Commits that arrived past their sender's deadline and were refused",
+                "Commits and block copies that arrived past their sender's deadline and were refused",
             ),
             orphan_chunks_removed: one_counter(
                 "orphan_chunks_removed_total",

@@ -147,10 +147,6 @@ impl From<&ObjectInfo> for kvtier_proto::v1::ObjectInfo {
 #[derive(Debug)]
 pub(crate) struct Catalog {
     objects: RwLock<HashMap<(Namespace, String), ObjectInfo>>,
-    /// The version a manifest copy learned from the path's primary replaced, until that
-    /// version's own manifest is deleted (the commit's end): if the commit fails and is
-    /// undone, it is current again.
-    replaced: RwLock<HashMap<(Namespace, String), ObjectInfo>>,
     /// Chunk ids of uploads and joins in progress here (see objects/orphans.rs).
     writing: orphans::Writing,
     /// One commit or delete of a path at a time.
@@ -161,7 +157,6 @@ impl Catalog {
     pub(crate) fn new() -> Self {
         Catalog {
             objects: RwLock::default(),
-            replaced: RwLock::default(),
             writing: orphans::Writing::default(),
             locks: crate::flight::KeyLocks::new(256),
         }
@@ -231,7 +226,7 @@ pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
 }
 
 fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    unix_ms(std::time::SystemTime::now()) / 1000
 }
 
 impl Manager {
@@ -282,7 +277,17 @@ impl Manager {
                 cause: format!("the commit arrived after its deadline ({deadline} ms since the epoch)"),
             });
         }
-        if let (Err(e), holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await {
+        // Its export waits for the quorum: the file of a commit that fails must never
+        // replace the last version's in Blob.
+        let exports = self.exports().cloned();
+        if let Some(exports) = &exports {
+            exports.hold(&key);
+        }
+        let (stored, holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await;
+        if let Some(exports) = &exports {
+            exports.release(&key, stored.is_ok());
+        }
+        if let Err(e) = stored {
             return Err(self.undo_commit(&key, slot, old, e, &holding).await);
         }
         self.catalog.objects.write().insert(slot, info.clone());
@@ -292,12 +297,13 @@ impl Manager {
         Ok(Some(info))
     }
 
-    /// A commit whose manifest put failed (too few copies): its copies are deleted on
-    /// every owner and the catalog gets `old` back. When every owner that may hold a copy
-    /// (`holding`: it stored one, or did not answer the put) answered the delete, nothing of
-    /// it remains and [`TierError::NotCommitted`] says so; otherwise a copy may stand on an
-    /// owner that did not answer (and land when it returns), and `failed` stands (an
-    /// unknown outcome).
+    /// A commit whose manifest put failed (too few copies): its copy is deleted here and on
+    /// every owner that may hold one (`holding`: it stored one, or did not answer the put,
+    /// which past its deadline it will now refuse to store), and every catalog that took it
+    /// gets `old` back (the owners by its manifest put again, which they hold: learning it
+    /// again). When every such owner answered the delete, nothing of the commit remains and
+    /// [`TierError::NotCommitted`] says so; otherwise a copy may stand on an owner that did
+    /// not answer (and land when it returns), and `failed` stands (an unknown outcome).
     async fn undo_commit(
         &self,
         key: &BlockKey,
@@ -306,16 +312,23 @@ impl Manager {
         failed: TierError,
         holding: &[String],
     ) -> TierError {
-        let (_, failures) = self.delete_on_owners(key).await;
-        let unanswered: Vec<&str> =
-            failures.iter().filter(|(owner, _)| holding.contains(owner)).map(|(_, e)| e.as_str()).collect();
+        let (_, unanswered) = self.delete_on_these(key, holding).await;
         if let Some(old) = old {
+            let old_key = manifest_key(&slot.0, &slot.1, old.generation);
             self.catalog.objects.write().entry(slot.clone()).or_insert(old);
+            if let (Some(cluster), GetOutcome::Hit { block, .. }) = (self.cluster(), self.get_here(&old_key).await) {
+                for owner in holding {
+                    if let Err((e, _)) = cluster.put_on(owner, &block, Durability::LocalDisk).await {
+                        tracing::debug!(%owner, error = %e, "teaching an owner the version before an undone commit failed");
+                    }
+                }
+            }
         }
         if unanswered.is_empty() {
             let what = format!("{}/{}", slot.0, slot.1);
             return TierError::NotCommitted { what, cause: format!("{failed}; its copies were removed") };
         }
+        let unanswered: Vec<String> = unanswered.into_iter().map(|(owner, e)| format!("{owner}: {e}")).collect();
         tracing::warn!(manifest = %key, error = %failed, unanswered = %unanswered.join("; "),
             "a failed commit could not be undone everywhere: its outcome is unknown");
         failed

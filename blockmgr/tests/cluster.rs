@@ -397,7 +397,8 @@ async fn chunks_of_an_upload_that_never_committed_are_swept_and_committed_ones_n
     // Once every member answers and they have waited past orphan_after, each node removes
     // its own orphaned copies (they once stayed pinned for ever); the kept object's stay.
     let removed = |nodes: &[Node]| nodes.iter().map(|n| n.metric("orphan_chunks_removed_total")).sum::<u64>();
-    wait_until("the orphans swept", Duration::from_secs(30), || removed(&nodes) > 0 && unflushed(&nodes) <= before);
+    // (Two rounds at least two peer timeouts apart must find a chunk unnamed: 6 s here.)
+    wait_until("the orphans swept", Duration::from_secs(60), || removed(&nodes) > 0 && unflushed(&nodes) <= before);
     tokio::time::sleep(Duration::from_secs(4)).await; // more rounds: the kept chunks stay
     assert_eq!(unflushed(&nodes), before, "only the committed object waits");
     std::fs::remove_file(shared.path().join("objects")).unwrap();

@@ -116,6 +116,20 @@ pub trait Tier: Send + Sync + fmt::Debug + fmt::Display + 'static {
     /// evictable first (oldest first within the slot class that `size` needs). Layout is
     /// the tier's knowledge; whether a candidate may go is the caller's policy.
     fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey>;
+
+    /// [`Tier::eviction_candidates`] knowing which blocks the caller will not let go
+    /// (`stays`): a tier that frees space by whole regions names first the regions that
+    /// hold none of those, since a region that keeps one never empties (and evicting the
+    /// rest of it frees nothing). By default, the same as `eviction_candidates`.
+    fn eviction_candidates_keeping(
+        &self,
+        size: u64,
+        max: usize,
+        stays: &(dyn Fn(&BlockKey) -> bool + Sync),
+    ) -> Vec<BlockKey> {
+        let _ = stays;
+        self.eviction_candidates(size, max)
+    }
 }
 
 /// Single-block conveniences over any [`Tier`]; implemented for all of them.
@@ -174,6 +188,14 @@ macro_rules! forward_tier {
             }
             fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
                 (**self).eviction_candidates(size, max)
+            }
+            fn eviction_candidates_keeping(
+                &self,
+                size: u64,
+                max: usize,
+                stays: &(dyn Fn(&BlockKey) -> bool + Sync),
+            ) -> Vec<BlockKey> {
+                (**self).eviction_candidates_keeping(size, max, stays)
             }
         }
     };

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod error;
 mod member;
 mod objects;
 
@@ -33,12 +34,13 @@ use tower::ServiceExt;
 
 pub(crate) use self::member::{MemberHint, MemberRead};
 pub use self::{
+    error::ClientError,
     member::{READ_HEADER, TRIED_HEADER},
     objects::{ObjectInfo, ObjectRange},
 };
 use crate::{
     Durability, MissReason, Stats,
-    wire::{Outcome, durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},
+    wire::{durability_to_wire, miss_from_wire, stats_from_wire, tier_from_wire},
 };
 
 /// Largest gRPC message either side accepts (a data chunk plus framing).
@@ -48,77 +50,6 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Default size of the data chunks a client sends: blocks up to 4 MiB go as one message.
 pub const DEFAULT_CHUNK: usize = 4 << 20;
-
-/// What went wrong talking to a server.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The address could not be parsed.
-    #[error("invalid server address {addr:?}: {reason}")]
-    Address {
-        /// As given.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// No connection could be made (the cause is the error's source).
-    #[error("cannot connect to {addr}")]
-    Connect {
-        /// As given.
-        addr: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The server refused the request.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-    /// The server's answer did not follow the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl ClientError {
-    /// What a failed write did ([`Outcome`]): what the server said; else not applied when no
-    /// request reached it (a bad address, no connection) or it refused the request itself
-    /// (a bad argument, no such thing, no permission), and unknown otherwise (the
-    /// connection broke, a timeout, an error that does not say).
-    pub fn outcome(&self) -> Outcome {
-        use tonic::Code;
-        match self {
-            ClientError::Address { .. } | ClientError::Connect { .. } => Outcome::NotApplied,
-            ClientError::Status(status) => Outcome::of(status).unwrap_or(match status.code() {
-                Code::InvalidArgument
-                | Code::NotFound
-                | Code::AlreadyExists
-                | Code::PermissionDenied
-                | Code::FailedPrecondition
-                | Code::OutOfRange
-                | Code::Unimplemented
-                | Code::Unauthenticated => Outcome::NotApplied,
-                _ => Outcome::Unknown,
-            }),
-            ClientError::Protocol(_) => Outcome::Unknown,
-        }
-    }
-
-    /// Whether trying again later may succeed: a transient refusal (no node to hold a
-    /// copy, backpressure, a timeout) or an unknown outcome, not a refusal of the request.
-    pub fn is_transient(&self) -> bool {
-        use tonic::Code;
-        match self {
-            ClientError::Address { .. } => false,
-            ClientError::Connect { .. } | ClientError::Protocol(_) => true,
-            ClientError::Status(status) => {
-                self.outcome() == Outcome::Unknown
-                    || matches!(
-                        status.code(),
-                        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
-                    )
-            }
-        }
-    }
-}
 
 /// A block to put.
 #[derive(Debug, Clone)]
@@ -210,6 +141,11 @@ pub struct Client {
 /// The request header naming the member a peer request comes from. A node serves such a
 /// request from its own tiers only (it never forwards it), and only for a member.
 pub const PEER_HEADER: &str = "x-kvtier-peer";
+
+/// The request header of a put's deadline (ms since the Unix epoch): a node that reaches the
+/// commit of a block later (it was stopped, or waited for room) refuses it, so a put its
+/// sender counted as failed never lands behind the sender's back.
+pub const DEADLINE_HEADER: &str = "x-kvtier-deadline-ms";
 
 /// TLS for a connection to a node serving `[server.tls]` (PEM bytes).
 #[derive(Debug, Clone, Default)]
@@ -328,6 +264,17 @@ impl Client {
         blocks: &[PutItem],
         durability: Durability,
     ) -> Result<Vec<PutReport>, ClientError> {
+        self.put_by(namespace, blocks, durability, None).await
+    }
+
+    /// [`Client::put`], each block refused by the node unless committed by `deadline`.
+    pub async fn put_by(
+        &self,
+        namespace: &str,
+        blocks: &[PutItem],
+        durability: Durability,
+        deadline: Option<std::time::SystemTime>,
+    ) -> Result<Vec<PutReport>, ClientError> {
         let mut msgs = Vec::with_capacity(1 + blocks.len() * 2);
         msgs.push(PutMsg::Open(v1::PutOpen {
             namespace: namespace.into(),
@@ -341,7 +288,13 @@ impl Client {
             }));
             msgs.extend(crate::wire::pieces(b.data.clone(), self.chunk).map(PutMsg::Data));
         }
-        self.put_raw(msgs.into_iter().map(|m| v1::PutRequest { msg: Some(m) }).collect()).await.and_then(|r| {
+        let mut request = self.request(tokio_stream::iter(msgs.into_iter().map(|m| v1::PutRequest { msg: Some(m) })));
+        if let Some(deadline) = deadline {
+            let ms = deadline.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            request.metadata_mut().insert(DEADLINE_HEADER, ms.to_string().parse().expect("digits"));
+        }
+        let answer = self.rpc.clone().put(request).await.map(tonic::Response::into_inner).map_err(ClientError::from);
+        answer.and_then(|r| {
             if r.results.len() != blocks.len() {
                 return Err(ClientError::Protocol(format!("{} results for {} blocks", r.results.len(), blocks.len())));
             }

@@ -15,20 +15,36 @@ use kvtier_proto::etcd::etcdserverpb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// How long a request from an unknown member waits for the member list to be read again.
-const REFRESH_WAIT: Duration = Duration::from_secs(3);
+/// How long a request from an unknown member waits for the member list to be read again
+/// (well under a peer timeout: the asker must get its refusal, not a timeout).
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
+/// Reads of the member list asked by unknown members are at least this far apart (anyone
+/// can send a request naming a member: it must not make this node hammer etcd).
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// Pause before registering again after this node found itself out of the member list.
+const REREGISTER: Duration = Duration::from_millis(100);
 
 /// A way to ask the etcd session to read the member list now (see [`Cluster::is_member_now`]).
 #[derive(Debug, Clone)]
-pub(crate) struct Refresh(mpsc::Sender<oneshot::Sender<()>>);
+pub(crate) struct Refresh {
+    ask: mpsc::Sender<oneshot::Sender<()>>,
+    last: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+}
 
 impl Refresh {
     /// Asks for a fresh read of the member list and waits for it (at most [`REFRESH_WAIT`]:
-    /// etcd may be out of reach).
+    /// etcd may be out of reach); nothing when one was read less than [`REFRESH_EVERY`] ago.
     pub(crate) async fn now(&self) {
+        {
+            let mut last = self.last.lock();
+            if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let (done, read) = oneshot::channel();
         let _ = tokio::time::timeout(REFRESH_WAIT, async {
-            if self.0.send(done).await.is_ok() {
+            if self.ask.send(done).await.is_ok() {
                 let _ = read.await;
             }
         })
@@ -67,7 +83,7 @@ pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address:
     let reg = Registration { endpoints: config.etcd.clone(), prefix, key, address, ttl: config.lease_ttl };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (refresh_tx, mut refreshes) = mpsc::channel(64);
-    *cluster.refresh.lock() = Some(Refresh(refresh_tx));
+    *cluster.refresh.lock() = Some(Refresh { ask: refresh_tx, last: Arc::default() });
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         loop {
@@ -76,7 +92,10 @@ pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address:
             match end {
                 // Out of the member list: register again at once (its peers refuse it
                 // until then).
-                Err(SessionEnd::Out(why)) => tracing::warn!(%why, "etcd membership: registering again"),
+                Err(SessionEnd::Out(why)) => {
+                    tracing::warn!(%why, "etcd membership: registering again");
+                    tokio::time::sleep(REREGISTER).await;
+                }
                 Err(SessionEnd::Failed(e)) => {
                     tracing::warn!(error = %e, "etcd membership: reconnecting");
                     tokio::time::sleep(RETRY).await;

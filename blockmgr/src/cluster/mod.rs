@@ -150,6 +150,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// How long a request to a member may take before it counts as failed.
+    pub fn peer_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// This node's id.
     pub fn local_id(&self) -> &str {
         &self.local
@@ -313,7 +318,11 @@ impl Cluster {
     pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), (String, Outcome)> {
         let item = [PutItem::new(block.key.key.as_bytes().to_vec(), block.data.clone())];
         let ns = block.key.namespace.as_str();
-        let reports = self.call_with_outcome(id, "put", |c| async move { c.put(ns, &item, durability).await }).await?;
+        // Past this, the put counts as failed here: the member must not store it later.
+        let deadline = std::time::SystemTime::now() + self.timeout;
+        let reports = self
+            .call_with_outcome(id, "put", |c| async move { c.put_by(ns, &item, durability, Some(deadline)).await })
+            .await?;
         match reports.into_iter().next().map(|r| r.result) {
             Some(Ok(())) => Ok(()),
             // Refused by the member for this block: it did not store it.

@@ -157,24 +157,24 @@ impl Cluster {
         let keys = keys.iter().map(|(k, unflushed)| peer::KeyRef { unflushed: *unflushed, ..key_to_wire(k) });
         let req = peer::FlushedRequest { keys: keys.collect() };
         let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
+        Ok(keys_of(got))
     }
 
     /// Which of the chunk `keys` a manifest or an upload of member `id` names
     /// (`Peer/ChunksNamed`).
     pub(crate) async fn chunks_named_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
-        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+        let req = keys_request(keys);
         let got = self
             .call(id, "chunks_named", |c| async move { Ok(c.peer_rpc().chunks_named(c.request(req)).await?) })
             .await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
+        Ok(keys_of(got))
     }
 
     /// Which of `keys` member `id` knows Blob has (`Peer/InBlob`).
     pub(crate) async fn in_blob_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
-        let req = peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() };
+        let req = keys_request(keys);
         let got = self.call(id, "in_blob", |c| async move { Ok(c.peer_rpc().in_blob(c.request(req)).await?) }).await?;
-        Ok(got.into_inner().keys.iter().filter_map(|k| crate::manager::key_from_wire(&k.namespace, &k.key)).collect())
+        Ok(keys_of(got))
     }
 
     /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
@@ -229,4 +229,14 @@ impl Cluster {
         }
         Ok(ids)
     }
+}
+
+/// `keys` as a request naming them.
+fn keys_request(keys: &[BlockKey]) -> peer::FlushedRequest {
+    peer::FlushedRequest { keys: keys.iter().map(key_to_wire).collect() }
+}
+
+/// The keys a member answered (those it names malformed are left out).
+fn keys_of(answer: tonic::Response<peer::FlushedRequest>) -> Vec<BlockKey> {
+    answer.into_inner().keys.iter().filter_map(|k| key_from_wire(&k.namespace, &k.key)).collect()
 }

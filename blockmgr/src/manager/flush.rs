@@ -31,8 +31,14 @@ use tokio::sync::Notify;
 use super::{Durability, Inner};
 use crate::index::{Entry, TierSet};
 
-/// Longest pause between retries of a failed batch.
+/// Longest pause between retries of a failed batch (or export).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The pause before the retry that follows `failures` failures: 100 ms doubling, at most
+/// [`MAX_BACKOFF`].
+pub(crate) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF)
+}
 /// SSD eviction candidates looked at per pressed size class.
 const DEMOTE_SCAN: usize = 4096;
 
@@ -324,8 +330,7 @@ async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey
             return;
         }
         failures += 1;
-        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(9)).min(MAX_BACKOFF);
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(backoff(failures)).await;
     }
 }
 
@@ -395,7 +400,9 @@ fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
     let Some(ssd) = &inner.ssd else { return };
     for (len, over) in pressed {
         let mut covered = 0;
-        for key in ssd.eviction_candidates(len, DEMOTE_SCAN) {
+        // The order eviction will take them in (see Inner::evict_ssd).
+        let pinned = |k: &BlockKey| inner.index.get(k).is_some_and(|e| e.unflushed());
+        for key in ssd.eviction_candidates_keeping(len, DEMOTE_SCAN, &pinned) {
             if covered >= over {
                 break;
             }

@@ -13,6 +13,7 @@
 
 mod arena;
 mod blob;
+mod deletes;
 mod flush;
 mod handoff;
 mod movement;
@@ -33,6 +34,7 @@ pub use self::{
     writer::PutWriter,
 };
 pub(crate) use self::{
+    flush::backoff,
     replicas::MemberAnswer,
     resync::{BUCKETS, Digest, key_from_wire},
 };
@@ -374,8 +376,12 @@ impl Manager {
         inner.metrics.unflushed_oldest.set(unflushed.oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()));
         // Namespaces that drained since the last scrape go back to no series at all.
         inner.metrics.namespace_unflushed_bytes.reset();
+        let mut by_label: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for (ns, bytes) in &unflushed.by_namespace {
-            inner.metrics.namespace_unflushed_bytes.with_label_values(&[inner.namespaces.label(ns)]).add(*bytes as i64);
+            *by_label.entry(inner.namespaces.label(ns)).or_default() += bytes;
+        }
+        for (label, bytes) in by_label {
+            inner.metrics.namespace_unflushed_bytes.with_label_values(&[label]).set(bytes as i64);
         }
         if let Some(blob) = &inner.blob {
             // The tier counts; Prometheus counters only go up, so add what is new.

@@ -180,8 +180,10 @@ impl Inner {
         let demoting = self.flusher.as_ref().is_some_and(|f| f.demotes());
         for spare_cache in [true, false].into_iter().filter(|&spare| demoting || !spare) {
             let mut window = max + 8;
+            // Write-back copies Blob lacks never go: the SSD names regions without them first.
+            let pinned = |k: &BlockKey| self.index.get(k).is_some_and(|e| e.unflushed());
             loop {
-                let candidates = ssd.eviction_candidates(len, window);
+                let candidates = ssd.eviction_candidates_keeping(len, window, &pinned);
                 let (seen, skipped) =
                     self.evict_from(&candidates, max, held, spare_cache, &mut removed, &mut busy).await;
                 if removed == max {

@@ -457,45 +457,6 @@ impl Manager {
         route == ReadRoute::Here { keep: true } && cluster.reads.kept(key, reader)
     }
 
-    /// Removes `key` here, from every owner and from the read replicas this node knows of:
-    /// whether any owner had it.
-    pub async fn delete(&self, key: &BlockKey) -> bool {
-        let (any, failures) = self.delete_on_owners(key).await;
-        for (owner, failure) in failures {
-            tracing::warn!(%key, %owner, error = %failure, "deleting a copy failed");
-        }
-        any
-    }
-
-    /// Deletes `key` here and on every owner: whether any held it, and each owner that did
-    /// not answer with what it said (it may keep its copy).
-    pub(crate) async fn delete_on_owners(&self, key: &BlockKey) -> (bool, Vec<(String, String)>) {
-        let here = self.delete_here(key).await;
-        self.forget_manifest(key).await;
-        if let Some(cluster) = &self.inner.cluster {
-            // In the background: a read replica that does not answer must not fail the delete.
-            for holder in cluster.reads.forget(key) {
-                let (cluster, key) = (cluster.clone(), key.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = cluster.delete_on(&holder, &key).await {
-                        tracing::debug!(%key, %holder, error = %e, "deleting a read replica failed (it stays a cache copy)");
-                    }
-                });
-            }
-        }
-        let Some((cluster, plan)) = self.plan(key) else { return (here, Vec::new()) };
-        let local = cluster.local_id();
-        let others: Vec<&String> = plan.owners.iter().filter(|id| *id != local).collect();
-        let (mut any, mut failures) = (here, Vec::new());
-        for (id, result) in others.iter().zip(join_all(others.iter().map(|id| cluster.delete_on(id, key))).await) {
-            match result {
-                Ok(had) => any |= had,
-                Err(e) => failures.push((id.to_string(), e)),
-            }
-        }
-        (any, failures)
-    }
-
     /// The other nodes, with a cluster.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()

@@ -165,6 +165,15 @@ impl Tier for CountingTier {
     fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
         self.inner.eviction_candidates(size, max)
     }
+
+    fn eviction_candidates_keeping(
+        &self,
+        size: u64,
+        max: usize,
+        stays: &(dyn Fn(&BlockKey) -> bool + Sync),
+    ) -> Vec<BlockKey> {
+        self.inner.eviction_candidates_keeping(size, max, stays)
+    }
 }
 
 #[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]

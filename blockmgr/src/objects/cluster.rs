@@ -264,37 +264,20 @@ impl Manager {
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
         let slot = (key.namespace.clone(), info.path.clone());
         let mut objects = self.catalog.objects.write();
-        if objects.get(&slot).is_none_or(|have| have.generation < info.generation)
-            && let Some(replaced) = objects.insert(slot.clone(), info)
-        {
-            self.catalog.replaced.write().insert(slot, replaced);
+        if objects.get(&slot).is_none_or(|have| have.generation < info.generation) {
+            objects.insert(slot, info);
         }
     }
 
-    /// A manifest just deleted on this node: the catalog drops the version it names, and the
-    /// version that one replaced becomes current again when its manifest is still here (a
-    /// failed commit undone); a replaced version's own deletion ends its memory.
-    pub(crate) async fn forget_manifest(&self, key: &BlockKey) {
+    /// A manifest just deleted on this node: the catalog drops the version it names. (An
+    /// undone commit's primary teaches the owners the version before it again.)
+    pub(crate) fn forget_manifest(&self, key: &BlockKey) {
         if !is_manifest_key(key) {
             return;
         }
-        let names = |(ns, path): &(Namespace, String), info: &ObjectInfo| {
-            *ns == key.namespace && manifest_key(ns, path, info.generation) == *key
-        };
-        let mut forgotten = Vec::new();
-        self.catalog.objects.write().retain(|slot, info| {
-            let current = names(slot, info);
-            if current {
-                forgotten.push(slot.clone());
-            }
-            !current
-        });
-        self.catalog.replaced.write().retain(|slot, info| !names(slot, info));
-        for slot in forgotten {
-            let Some(before) = self.catalog.replaced.write().remove(&slot) else { continue };
-            if let GetOutcome::Hit { .. } = self.get_here(&manifest_key(&slot.0, &slot.1, before.generation)).await {
-                self.catalog.objects.write().entry(slot).or_insert(before);
-            }
-        }
+        self.catalog
+            .objects
+            .write()
+            .retain(|(ns, path), info| *ns != key.namespace || manifest_key(ns, path, info.generation) != *key);
     }
 }

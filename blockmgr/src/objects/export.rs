@@ -94,6 +94,7 @@ impl Manager {
         };
         let info = parse(&block).map_err(|error| ExportFailure { reason: FailureReason::Manifest, error })?;
         let ns = key.namespace.clone();
+        self.check_current(&ns, &info)?;
         let name = exports.blobs.name(&ns, &info.path);
         let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
         if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
@@ -104,7 +105,14 @@ impl Manager {
         } else {
             let upload = exports.blobs.begin(&name).await.map_err(blob)?;
             match self.stage_everywhere(&ns, &info, &upload).await {
-                Ok(ids) => exports.blobs.finish(&upload, ids).await.map_err(blob)?,
+                Ok(ids) => {
+                    // Replaced while its parts were staged: its file must not replace the newer's.
+                    if let Err(replaced) = self.check_current(&ns, &info) {
+                        exports.blobs.abort(&upload).await;
+                        return Err(replaced);
+                    }
+                    exports.blobs.finish(&upload, ids).await.map_err(blob)?
+                }
                 Err(e) => {
                     exports.blobs.abort(&upload).await;
                     return Err(e);
@@ -121,6 +129,20 @@ impl Manager {
         exports.exported(key);
         self.queue_segment_flush(key.clone());
         Ok(())
+    }
+
+    /// An error when a newer version of `info`'s path is current here (the path's primary
+    /// knows): this one's file must not replace the newer one's.
+    fn check_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<(), ExportFailure> {
+        match self.stat_object_here(ns, &info.path) {
+            Some(current) if current.generation > info.generation => Err(ExportFailure {
+                reason: FailureReason::Superseded,
+                error: TierError::InvalidKey {
+                    reason: format!("{ns}/{}: generation {} is current", info.path, current.generation),
+                },
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Whether Blob's file `name` holds exactly `info`'s bytes: its size first, then each
@@ -367,8 +389,13 @@ impl Manager {
                 }
             }
         }
-        let released: Vec<(BlockKey, Option<u32>)> =
-            pinned.into_iter().filter(|k| vouched.contains(k)).map(|k| (k, None)).collect();
+        let (released, kept): (Vec<BlockKey>, Vec<BlockKey>) = pinned.into_iter().partition(|k| vouched.contains(k));
+        if !kept.is_empty() {
+            // What waits for a flush another node owes, or for a manifest no member vouches for
+            // yet: a stuck node shows here (and in unflushed_oldest_seconds).
+            tracing::info!(copies = kept.len(), example = %kept[0], "write-back copies wait: no member vouches Blob has them");
+        }
+        let released: Vec<(BlockKey, Option<u32>)> = released.into_iter().map(|k| (k, None)).collect();
         if !released.is_empty() {
             tracing::info!(blocks = released.len(), "released write-back copies Blob already has");
             self.flushed_elsewhere(&released).await;

@@ -2,7 +2,10 @@
 //!
 //! Exports run `blob.export_concurrency` at a time, and each one that fails backs off on its
 //! own (100 ms doubling to 30 s) while the others go on: one object that cannot be exported
-//! (its chunks unreadable, its name refused by the store) never holds up the rest. What is
+//! (its chunks unreadable, its name refused by the store) never holds up the rest. Two
+//! versions of one path are never exported at once (the older, finishing last, would
+//! replace the newer's file), and a manifest is not exported before its commit has its
+//! write quorum (a commit that fails is undone: its file must never replace the last one). What is
 //! queued, how long the oldest has waited and why exports fail are metrics, so a stuck
 //! export shows (`exports_queued`, `export_oldest_seconds`,
 //! `object_export_failures_total{reason}`).
@@ -20,9 +23,6 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{Manager, flight::SingleFlight};
 
-/// Longest pause between retries of a failed export.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// Why an export failed: the label of `object_export_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureReason {
@@ -35,6 +35,9 @@ pub(crate) enum FailureReason {
     Stager,
     /// The manifest could not be read or parsed.
     Manifest,
+    /// A newer version was current (its commit may yet fail and be undone): tried again
+    /// later, by when this version's manifest is gone if the newer one stood.
+    Superseded,
 }
 
 impl FailureReason {
@@ -44,6 +47,7 @@ impl FailureReason {
             FailureReason::Chunks => "chunks",
             FailureReason::Stager => "stager",
             FailureReason::Manifest => "manifest",
+            FailureReason::Superseded => "superseded",
         }
     }
 }
@@ -76,6 +80,17 @@ struct Queue {
     members: HashSet<BlockKey>,
     /// Exported, their manifest's own flush still to come: not exported again meanwhile.
     exported: HashSet<BlockKey>,
+    /// Manifests whose commit is still waiting for its quorum, and those of them whose
+    /// export was asked for meanwhile.
+    held: HashSet<BlockKey>,
+    deferred: HashSet<BlockKey>,
+}
+
+/// The path a manifest key belongs to: its namespace and the hash of the path (the key
+/// less its generation).
+fn path_of(key: &BlockKey) -> (&kvtier_tiers::Namespace, &[u8]) {
+    let k = key.key.as_bytes();
+    (&key.namespace, &k[..k.len().min(26)])
 }
 
 /// Where objects' files go, and the manifests whose export waits (queued by the flush).
@@ -105,6 +120,10 @@ impl Exports {
     /// being exported, or exported already.
     pub(crate) fn enqueue(&self, key: BlockKey) {
         let mut q = self.queue.lock();
+        if q.held.contains(&key) {
+            q.deferred.insert(key);
+            return;
+        }
         if !q.exported.contains(&key) && q.members.insert(key.clone()) {
             let now = Instant::now();
             q.waiting.push_back(Job { key, since: now, due: now, failures: 0 });
@@ -113,11 +132,31 @@ impl Exports {
         }
     }
 
-    /// The first waiting job that is due, now running; else when the next one is due.
+    /// Holds back the export of `key` (a manifest being committed) until [`Exports::release`].
+    pub(crate) fn hold(&self, key: &BlockKey) {
+        self.queue.lock().held.insert(key.clone());
+    }
+
+    /// Ends [`Exports::hold`]: an export asked for meanwhile is queued if `committed`.
+    pub(crate) fn release(&self, key: &BlockKey, committed: bool) {
+        let deferred = {
+            let mut q = self.queue.lock();
+            q.held.remove(key);
+            q.deferred.remove(key)
+        };
+        if deferred && committed {
+            self.enqueue(key.clone());
+        }
+    }
+
+    /// The first waiting job that is due and whose path has no export running, now running;
+    /// else when the next one is due.
     fn take(&self) -> Result<Job, Option<Instant>> {
         let mut q = self.queue.lock();
         let now = Instant::now();
-        match q.waiting.iter().position(|job| job.due <= now) {
+        let busy =
+            |key: &BlockKey, running: &[(BlockKey, Instant)]| running.iter().any(|(r, _)| path_of(r) == path_of(key));
+        match q.waiting.iter().position(|job| job.due <= now && !busy(&job.key, &q.running)) {
             Some(at) => {
                 let job = q.waiting.remove(at).expect("a position in the queue");
                 q.running.push((job.key.clone(), job.since));
@@ -136,8 +175,7 @@ impl Exports {
             return;
         }
         job.failures += 1;
-        let pause = Duration::from_millis(100).saturating_mul(1 << job.failures.min(9)).min(MAX_BACKOFF);
-        job.due = Instant::now() + pause;
+        job.due = Instant::now() + crate::manager::backoff(job.failures);
         q.waiting.push_back(job);
     }
 

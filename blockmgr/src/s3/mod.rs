@@ -7,6 +7,7 @@ mod buckets;
 mod checksum;
 mod chunked;
 mod delete_objects;
+mod errors;
 mod multipart;
 mod objects;
 pub(crate) mod server;

@@ -361,6 +361,12 @@ pub fn routes(manager: &Manager, server: &crate::config::ServerConfig) -> tonic:
     tonic::service::Routes::new(service).add_service(objects).add_service(peer)
 }
 
+/// The deadline a put carries ([`crate::client::DEADLINE_HEADER`]), if any.
+fn deadline_of<T>(request: &tonic::Request<T>) -> Option<std::time::SystemTime> {
+    let ms: u64 = request.metadata().get(crate::client::DEADLINE_HEADER)?.to_str().ok()?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
 /// The member a peer request says it comes from ([`crate::client::PEER_HEADER`]).
 fn peer_of<T>(request: &tonic::Request<T>) -> Option<String> {
     request.metadata().get(crate::client::PEER_HEADER)?.to_str().ok().map(String::from)

@@ -90,6 +90,11 @@ impl PeerService {
     }
 }
 
+/// An answer naming `keys`.
+fn keys_answer(keys: &[kvtier_tiers::BlockKey]) -> Response<peer::FlushedRequest> {
+    Response::new(peer::FlushedRequest { keys: keys.iter().map(crate::cluster::key_to_wire).collect() })
+}
+
 /// Keys a member sent.
 fn keys_from_wire(keys: &[peer::KeyRef]) -> Result<Vec<kvtier_tiers::BlockKey>, Status> {
     keys.iter()
@@ -212,8 +217,7 @@ impl peer_server::Peer for PeerService {
     async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_in_blob").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
-        let vouched = self.manager.in_blob_here(&keys);
-        Ok(Response::new(peer::FlushedRequest { keys: vouched.iter().map(crate::cluster::key_to_wire).collect() }))
+        Ok(keys_answer(&self.manager.in_blob_here(&keys)))
     }
 
     async fn chunks_named(
@@ -222,16 +226,14 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_chunks_named").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
-        let named = self.manager.chunks_named_here(&keys);
-        Ok(Response::new(peer::FlushedRequest { keys: named.iter().map(crate::cluster::key_to_wire).collect() }))
+        Ok(keys_answer(&self.manager.chunks_named_here(&keys)))
     }
 
     async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_offer").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let offered: Vec<_> = keys.into_iter().zip(request.get_ref().keys.iter().map(|k| k.unflushed)).collect();
-        let wanted = self.manager.wanted(&offered);
-        Ok(Response::new(peer::FlushedRequest { keys: wanted.iter().map(crate::cluster::key_to_wire).collect() }))
+        Ok(keys_answer(&self.manager.wanted(&offered)))
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {

@@ -136,6 +136,7 @@ impl BlockStore for BlockService {
     async fn put(&self, request: Request<Streaming<v1::PutRequest>>) -> Result<Response<v1::PutResponse>, Status> {
         let started = self.begin("put");
         let manager = self.serving(&request).await?;
+        let deadline = super::deadline_of(&request);
         let mut stream = request.into_inner();
         let open = match self.next(&mut stream).await? {
             Some(PutMsg::Open(open)) => open,
@@ -202,7 +203,19 @@ impl BlockStore for BlockService {
                         w.write(&data).map_err(|e| Status::invalid_argument(format!("block {i}: {e}")))?;
                         if w.is_complete() {
                             let Some(Incoming::Writing(_, w)) = current.take() else { unreachable!() };
-                            pending[i] = Pending::Commit(Box::pin(manager.finish_put(w)));
+                            pending[i] = match deadline {
+                                // Its sender counts it failed by now (this node was stopped,
+                                // or waited for room): storing it would land it behind its back.
+                                Some(d) if std::time::SystemTime::now() > d => {
+                                    manager.metrics().late_commits_refused.inc();
+                                    failed(
+                                        i,
+                                        tonic::Code::DeadlineExceeded,
+                                        format!("block {i}: past its deadline; not stored"),
+                                    )
+                                }
+                                _ => Pending::Commit(Box::pin(manager.finish_put(w))),
+                            };
                         }
                     }
                 },

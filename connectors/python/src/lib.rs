@@ -10,6 +10,7 @@
 //! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
 //! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
 
+mod errors;
 mod lmcache;
 mod objects;
 mod session;
@@ -17,32 +18,23 @@ mod sessions;
 
 use std::sync::OnceLock;
 
+pub(crate) use self::errors::{
+    InvalidArgumentError, KvtierError, OutcomeUnknownError, PermissionDeniedError, ResourceExhaustedError,
+    UnavailableError, client_error, error, shm_error, tier_error, write_error,
+};
+
 use bytes::Bytes;
 use kvtier_blockmgr::{
-    Client as RpcClient, ClientError, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
+    Client as RpcClient, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
     shm::{ShmError, ShmGet, ShmPut},
 };
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
 use pyo3::{
     buffer::PyUntypedBuffer,
-    create_exception,
-    exceptions::PyException,
     prelude::*,
     types::{PyBytes, PyList},
 };
 use tonic::Code;
-
-create_exception!(_native, KvtierError, PyException, "A kvtier request failed; the message is the server's.");
-create_exception!(_native, UnavailableError, KvtierError, "The kvtier server cannot be reached.");
-create_exception!(_native, InvalidArgumentError, KvtierError, "A key, namespace, size or option was refused.");
-create_exception!(_native, PermissionDeniedError, KvtierError, "The server refused access (shm grants, namespaces).");
-create_exception!(_native, ResourceExhaustedError, KvtierError, "No room: memory, disk or a session limit.");
-create_exception!(
-    _native,
-    OutcomeUnknownError,
-    KvtierError,
-    "An object's commit failed and may have landed (a node holding a copy did not answer): read the object to know; writing it again is safe."
-);
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -54,17 +46,6 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("a tokio runtime for the kvtier client")
     })
-}
-
-/// A Python exception for a gRPC-style code and message.
-fn error(code: Code, message: String) -> PyErr {
-    match code {
-        Code::Unavailable | Code::DeadlineExceeded => UnavailableError::new_err(message),
-        Code::InvalidArgument | Code::OutOfRange => InvalidArgumentError::new_err(message),
-        Code::PermissionDenied | Code::Unauthenticated => PermissionDeniedError::new_err(message),
-        Code::ResourceExhausted => ResourceExhaustedError::new_err(message),
-        _ => KvtierError::new_err(message),
-    }
 }
 
 /// The client's TLS from its arguments (PEM file paths), else from the environment as the
@@ -89,44 +70,6 @@ fn client_tls(ca: Option<String>, cert: Option<String>, key: Option<String>) -> 
         }
         None => ClientTls::from_env().map_err(client_error),
     }
-}
-
-/// A failed write's error: [`OutcomeUnknownError`] when it may have landed (see
-/// `kvtier_blockmgr::Outcome`), else as [`client_error`] says (it wrote nothing).
-fn write_error(e: ClientError) -> PyErr {
-    match e.outcome() {
-        kvtier_blockmgr::Outcome::Unknown => OutcomeUnknownError::new_err(e.to_string()),
-        kvtier_blockmgr::Outcome::NotApplied => client_error(e),
-    }
-}
-
-fn client_error(e: ClientError) -> PyErr {
-    match &e {
-        ClientError::Status(s) => error(s.code(), format!("{}: {}", s.code(), s.message())),
-        ClientError::Connect { .. } => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
-            UnavailableError::new_err(message)
-        }
-        ClientError::Address { .. } => InvalidArgumentError::new_err(e.to_string()),
-        _ => KvtierError::new_err(e.to_string()),
-    }
-}
-
-fn shm_error(e: ShmError) -> PyErr {
-    match e {
-        ShmError::Refused { code, message } => error(code, message),
-        ShmError::Io { .. } => UnavailableError::new_err(e.to_string()),
-        ShmError::Protocol(_) => KvtierError::new_err(e.to_string()),
-    }
-}
-
-fn tier_error(e: &TierError) -> PyErr {
-    error(kvtier_blockmgr::wire::code_of(e), e.to_string())
 }
 
 fn durability(name: &str) -> PyResult<Durability> {

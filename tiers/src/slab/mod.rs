@@ -213,10 +213,13 @@ struct State {
     /// Per class: number of regions assigned.
     class_regions: Vec<u32>,
     used: u64,
+    /// Of `used`, the bytes of live blocks in packed regions.
+    packed_live: u64,
     live: u64,
     next_epoch: u64,
-    /// Packed: the regions new blocks go into.
-    open: Vec<u32>,
+    /// Packed: the regions new blocks go into, for blocks that may go (0) and written-back
+    /// ones that may have to stay (1).
+    open: [Vec<u32>; 2],
 }
 
 /// Thread-safe slot bookkeeping over a [`SlabLayout`].
@@ -238,9 +241,10 @@ impl SlabAllocator {
             partial: vec![Vec::new(); classes],
             class_regions: vec![0; classes],
             used: 0,
+            packed_live: 0,
             live: 0,
             next_epoch: 1,
-            open: Vec::new(),
+            open: [Vec::new(), Vec::new()],
         };
         SlabAllocator { layout, state: Mutex::new(state) }
     }
@@ -252,8 +256,14 @@ impl SlabAllocator {
     /// Takes a slot for `len` bytes, or `None` when no slot of its class is free and no
     /// region can be given to the class. `len` must fit the largest class.
     pub(crate) fn alloc(&self, len: u64) -> Option<Allocation> {
+        self.alloc_for(len, false)
+    }
+
+    /// [`SlabAllocator::alloc`] of a block that may have to stay (written back, until Blob
+    /// has it): a packed layout keeps such blocks in regions of their own (see packed.rs).
+    pub(crate) fn alloc_for(&self, len: u64, durable: bool) -> Option<Allocation> {
         if self.layout.packed {
-            return self.alloc_packed(len);
+            return self.alloc_packed(len, durable);
         }
         let class = self.layout.class_for(len)?;
         let mut st = self.state.lock();
@@ -356,9 +366,20 @@ impl SlabAllocator {
     }
 
     /// Bytes held by allocated slots (headers included) and the number of live slots.
+    /// Bytes held by allocated slots and the number of live slots; a packed region's bytes
+    /// are all it took (freed blocks' space in it is reusable only once it empties, and a
+    /// closed one takes no more), so this is what new blocks cannot have.
     pub(crate) fn usage(&self) -> (u64, u64) {
         let st = self.state.lock();
-        (st.used, st.live)
+        let total = self.layout.region_pages() as u64;
+        let packed: u64 = st
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.class == Some(PACKED))
+            .map(|(i, r)| if st.open.iter().any(|o| o.contains(&(i as u32))) { r.next as u64 } else { total })
+            .sum();
+        (st.used - st.packed_live + packed * PAGE, st.live)
     }
 
     /// Recovery: gives `region` to `class` with the epoch found on disk and marks `used`

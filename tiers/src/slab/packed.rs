@@ -2,7 +2,9 @@
 //!
 //! A few regions are open at a time; a block takes the pages after the last one of the open
 //! region with the least room that still holds it (its header's page, then its data's), so
-//! small blocks fill the ends big ones leave. When none holds it an empty region is opened
+//! small blocks fill the ends big ones leave. Written-back blocks (which may have to stay
+//! until Blob has them) have open regions of their own: a region is reused only whole, and
+//! one such block among cache blocks would keep all of them from being reclaimed. When none holds it an empty region is opened
 //! (with a new epoch), closing the open one with the least room past [`OPEN_REGIONS`]. A
 //! closed region takes nothing more; once its last block is freed it is empty and may be
 //! opened again. So space in a region is
@@ -20,7 +22,7 @@ const OPEN_REGIONS: usize = 4;
 impl SlabAllocator {
     /// A packed slot for `len` bytes: at the end of the open region, else at the start of
     /// an empty one; `None` when no region is empty.
-    pub(super) fn alloc_packed(&self, len: u64) -> Option<Allocation> {
+    pub(super) fn alloc_packed(&self, len: u64, durable: bool) -> Option<Allocation> {
         let pages = self.layout.packed_pages(len);
         if pages > self.layout.region_pages() {
             return None;
@@ -28,15 +30,16 @@ impl SlabAllocator {
         let mut st = self.state.lock();
         let total = self.layout.region_pages();
         let room = |st: &State, r: u32| total - st.regions[r as usize].next;
-        let fits = st.open.iter().copied().filter(|&r| room(&st, r) >= pages).min_by_key(|&r| room(&st, r));
+        let kind = usize::from(durable);
+        let fits = st.open[kind].iter().copied().filter(|&r| room(&st, r) >= pages).min_by_key(|&r| room(&st, r));
         let region = match fits {
             Some(r) => r,
             None => {
                 let r = self.empty_region(&mut st)?;
-                if st.open.len() >= OPEN_REGIONS {
+                if st.open[kind].len() >= OPEN_REGIONS {
                     // Closed: the rest of it stays unused until it empties.
-                    let fullest = st.open.iter().copied().min_by_key(|&o| room(&st, o)).expect("open regions");
-                    st.open.retain(|&o| o != fullest);
+                    let fullest = st.open[kind].iter().copied().min_by_key(|&o| room(&st, o)).expect("open regions");
+                    st.open[kind].retain(|&o| o != fullest);
                     if st.regions[fullest as usize].live == 0 {
                         release_region(&mut st, fullest);
                     }
@@ -49,7 +52,7 @@ impl SlabAllocator {
                 region.next = 0;
                 region.live = 0;
                 region.draining_for = None;
-                st.open.push(r);
+                st.open[kind].push(r);
                 r
             }
         };
@@ -59,6 +62,7 @@ impl SlabAllocator {
         r.live += 1;
         let epoch = r.epoch;
         st.used += pages as u64 * super::PAGE;
+        st.packed_live += pages as u64 * super::PAGE;
         st.live += 1;
         Some(Allocation { addr: SlotAddr { region, slot, class: PACKED, pages }, epoch })
     }
@@ -84,11 +88,12 @@ impl SlabAllocator {
         r.live -= 1;
         let empty = r.live == 0;
         st.used -= addr.pages as u64 * super::PAGE;
+        st.packed_live -= addr.pages as u64 * super::PAGE;
         st.live -= 1;
         if empty {
             // Open or not: it starts again from its first page, under a new epoch, when next
             // opened (no allocation is in flight in it: each counts as live).
-            st.open.retain(|&o| o != addr.region);
+            st.open.iter_mut().for_each(|open| open.retain(|&o| o != addr.region));
             release_region(&mut st, addr.region);
         }
     }
@@ -121,12 +126,33 @@ impl SlabAllocator {
         r.live = live.len() as u32;
         r.draining_for = None;
         let empty = live.is_empty();
-        st.used += live.iter().map(|&p| p as u64 * super::PAGE).sum::<u64>();
+        let bytes = live.iter().map(|&p| p as u64 * super::PAGE).sum::<u64>();
+        st.used += bytes;
+        st.packed_live += bytes;
         st.live += live.len() as u64;
         st.next_epoch = st.next_epoch.max(epoch + 1);
         if empty {
             release_region(&mut st, region);
         }
+    }
+}
+
+impl SlabAllocator {
+    /// Recovery, after every region is restored: the packed regions with the most room left
+    /// after their chain take blocks again (appending after a recovered chain is safe: no
+    /// header of that epoch lies past its end).
+    pub(crate) fn reopen_restored(&self) {
+        let mut st = self.state.lock();
+        let mut roomy: Vec<(u32, u32)> = st
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.class == Some(PACKED) && r.next < self.layout.region_pages())
+            .map(|(i, r)| (r.next, i as u32))
+            .collect();
+        roomy.sort_unstable();
+        // (Which kind each held is not on disk: they take blocks that may go.)
+        st.open[0] = roomy.into_iter().take(OPEN_REGIONS).map(|(_, r)| r).collect();
     }
 }
 

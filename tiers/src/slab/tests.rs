@@ -196,10 +196,13 @@ fn a_restored_packed_region_continues_after_its_chain() {
     let a = packed(12 * MIB, 4 * MIB, MIB);
     a.restore_packed(1, 40, &[3, 9], 20);
     a.restore_packed(2, 2, &[], 7);
-    assert_eq!(a.usage(), (12 * PAGE, 2));
+    a.reopen_restored();
+    assert_eq!(a.usage(), (20 * PAGE, 2), "its chain's pages are taken");
     let next = a.alloc(PAGE).unwrap();
-    assert_ne!(next.addr.region, 1, "a restored region is closed: new blocks open an empty one");
-    assert!(next.epoch > 40, "epochs after recovery exceed those found on disk");
-    a.alloc(2 * MIB).unwrap();
-    assert!(a.alloc(2 * MIB).is_some(), "an empty restored region is free for use");
+    assert_eq!((next.addr.region, next.addr.slot, next.epoch), (1, 20, 40), "appended after its chain");
+    assert_eq!(a.alloc(3 * MIB).unwrap().addr.region, 1, "and fills the rest of it");
+    let big = a.alloc(3 * MIB).unwrap();
+    assert_ne!(big.addr.region, 1);
+    assert!(big.epoch > 40, "epochs after recovery exceed those found on disk");
+    assert!(a.alloc(3 * MIB).is_some(), "an empty restored region is free for use");
 }

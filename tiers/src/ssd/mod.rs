@@ -80,8 +80,8 @@ pub struct SsdTier {
     map: DashMap<BlockKey, SlotInfo>,
     /// Per class: generation -> key, oldest first (eviction order).
     fifo: Vec<Mutex<BTreeMap<u64, BlockKey>>>,
-    /// Per packed region: slot -> key, in the order they were written.
-    packed: Box<[Mutex<BTreeMap<u32, BlockKey>>]>,
+    /// Per region: slot -> key (in the order they were written, in a packed region).
+    by_region: Box<[Mutex<BTreeMap<u32, BlockKey>>]>,
     /// Per region: the epoch whose header is on disk.
     header_epoch: Box<[AtomicU64]>,
     region_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -131,7 +131,7 @@ impl SsdTier {
             direct_io,
             map: DashMap::new(),
             fifo: (0..classes).map(|_| Mutex::new(BTreeMap::new())).collect(),
-            packed: (0..regions).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            by_region: (0..regions).map(|_| Mutex::new(BTreeMap::new())).collect(),
             header_epoch: (0..regions).map(|_| AtomicU64::new(0)).collect(),
             region_locks: (0..regions).map(|_| tokio::sync::Mutex::new(())).collect(),
             next_generation: AtomicU64::new(1),
@@ -160,19 +160,20 @@ impl SsdTier {
         Error::Io { tier: self.name.clone(), op, path: self.path.clone(), offset: Some(offset), source }
     }
 
-    /// Keeps slots in eviction order: a class's oldest first, a packed region's in place.
+    /// Keeps slots in eviction order: by region (packed eviction goes region by region,
+    /// a class region's included), and a class's oldest first.
     fn track(&self, key: BlockKey, info: SlotInfo) {
-        match info.addr.class {
-            PACKED => self.packed[info.addr.region as usize].lock().insert(info.addr.slot, key),
-            class => self.fifo[class as usize].lock().insert(info.generation, key),
-        };
+        if info.addr.class != PACKED {
+            self.fifo[info.addr.class as usize].lock().insert(info.generation, key.clone());
+        }
+        self.by_region[info.addr.region as usize].lock().insert(info.addr.slot, key);
     }
 
     fn untrack(&self, info: &SlotInfo) {
-        match info.addr.class {
-            PACKED => self.packed[info.addr.region as usize].lock().remove(&info.addr.slot),
-            class => self.fifo[class as usize].lock().remove(&info.generation),
-        };
+        if info.addr.class != PACKED {
+            self.fifo[info.addr.class as usize].lock().remove(&info.generation);
+        }
+        self.by_region[info.addr.region as usize].lock().remove(&info.addr.slot);
     }
 
     /// Writes the region's header for this allocation's epoch unless it is already there.
@@ -245,7 +246,7 @@ impl SsdTier {
         if self.map.contains_key(&block.key) {
             return Ok(PutStatus::Existed);
         }
-        let al = self.alloc.alloc(len).ok_or_else(|| Error::NoSpace {
+        let al = self.alloc.alloc_for(len, block.durable).ok_or_else(|| Error::NoSpace {
             tier: self.name.clone(),
             capacity: self.layout().capacity(),
             used: self.alloc.usage().0,
@@ -265,7 +266,13 @@ impl SsdTier {
         let header = self.header(&block.key, &info, false);
         let offset = self.file_offset(al.addr);
         let data = self.write_data(&header, &block.data);
-        guard.writing(self.io.write(offset, data)).await.map_err(|e| self.io_error("pwrite", offset, e))?;
+        if let Err(e) = guard.writing(self.io.write(offset, data)).await {
+            // Part of the header may be on disk: a tombstone, not a bare free, so the block
+            // (never acknowledged) does not come back after a restart.
+            guard.addr = None;
+            self.release(&block.key, info).await;
+            return Err(self.io_error("pwrite", offset, e));
+        }
         guard.addr = None;
         match self.map.entry(block.key.clone()) {
             Entry::Occupied(_) => {
@@ -333,16 +340,24 @@ impl SsdTier {
     }
 
     /// Up to `max` blocks in eviction order: region by region, oldest region first, each
-    /// region's in the order they were written.
-    fn packed_candidates(&self, max: usize) -> Vec<BlockKey> {
-        let mut found = Vec::new();
+    /// region's in the order they were written; regions holding a block that `stays` after
+    /// the others (such a region never empties: evicting the rest of it frees nothing).
+    fn packed_candidates(&self, max: usize, stays: &(dyn Fn(&BlockKey) -> bool + Sync)) -> Vec<BlockKey> {
+        let (mut free, mut kept) = (Vec::new(), Vec::new());
+        let mut found = 0;
         for region in self.alloc.eviction_order() {
-            found.extend(self.packed[region as usize].lock().values().take(max - found.len()).cloned());
-            if found.len() == max {
+            let keys: Vec<BlockKey> = self.by_region[region as usize].lock().values().cloned().collect();
+            if keys.iter().any(stays) {
+                kept.push(keys);
+            } else {
+                found += keys.len();
+                free.push(keys);
+            }
+            if found >= max {
                 break;
             }
         }
-        found
+        free.into_iter().chain(kept).flatten().take(max).collect()
     }
 
     async fn delete_one(&self, key: &BlockKey) -> bool {
@@ -428,8 +443,17 @@ impl Tier for SsdTier {
     }
 
     fn eviction_candidates(&self, size: u64, max: usize) -> Vec<BlockKey> {
+        self.eviction_candidates_keeping(size, max, &|_| false)
+    }
+
+    fn eviction_candidates_keeping(
+        &self,
+        size: u64,
+        max: usize,
+        stays: &(dyn Fn(&BlockKey) -> bool + Sync),
+    ) -> Vec<BlockKey> {
         if self.layout().packed {
-            return self.packed_candidates(max);
+            return self.packed_candidates(max, stays);
         }
         match self.alloc.reclaim_for(size) {
             Reclaim::Class(c) => self.fifo[c as usize].lock().values().take(max).cloned().collect(),

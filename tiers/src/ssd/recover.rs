@@ -331,6 +331,7 @@ impl SsdTier {
                 self.map.insert(h.key.clone(), info);
             }
         }
+        self.alloc.reopen_restored();
         self.next_generation.store(max_generation + 1, Ordering::Relaxed);
     }
 }

@@ -455,4 +455,13 @@ async fn a_slot_file_of_the_class_format_is_read_upgraded_and_packed_after() {
         assert!(tier.get(&b.key).await.unwrap().unwrap().data == b.data);
     }
     assert!(tier.get(&old[0].key).await.unwrap().is_none());
+    // Full, it names the class regions' blocks for eviction too (they would pin their
+    // regions for ever otherwise).
+    for i in 100.. {
+        if tier.put(Block::new(key(i), conformance::pattern(i, 200_000))).await.is_err() {
+            break;
+        }
+    }
+    let candidates = tier.eviction_candidates(200_000, 10_000);
+    assert!(old[1..].iter().all(|b| candidates.contains(&b.key)), "the old blocks are candidates");
 }
