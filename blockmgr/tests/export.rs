@@ -157,6 +157,27 @@ async fn write_back_on(nodes: &[Node], object: &Bytes) {
     });
 }
 
+/// Wipes every node's disk (the object is then only in Blob), restarts them, and has all of
+/// them restore `PATH` at once, byte-exact; their clients.
+async fn wipe_and_restore_everywhere(nodes: &mut [Node], object: &Bytes) -> Vec<kvtier_blockmgr::Client> {
+    for node in nodes.iter_mut() {
+        assert!(node.terminate().success());
+        std::fs::remove_dir_all(node.data_dir()).unwrap();
+    }
+    for node in nodes.iter_mut() {
+        node.restart();
+    }
+    let mut clients = Vec::new();
+    for node in nodes.iter() {
+        clients.push(node.client().await);
+    }
+    let restores = clients.iter().map(|c| c.read_object(NS, PATH, ObjectRange::all()));
+    for restored in futures::future::join_all(restores).await {
+        assert!(restored.as_ref().is_ok_and(|r| r == object), "{:?}", restored.map(|r| r.len()));
+    }
+    clients
+}
+
 #[tokio::test]
 async fn three_nodes_stage_the_parts_they_hold_and_commit_the_file_once() {
     let shared = tempfile::tempdir().unwrap();
@@ -202,21 +223,7 @@ async fn three_nodes_restoring_one_checkpoint_read_each_chunk_from_blob_once() {
 
     // Every disk wiped: the object is only in Blob (its file, and its manifest in the
     // primary's segments). All three nodes restore it at once.
-    for node in &mut nodes {
-        assert!(node.terminate().success());
-        std::fs::remove_dir_all(node.data_dir()).unwrap();
-    }
-    for node in &mut nodes {
-        node.restart();
-    }
-    let mut clients = Vec::new();
-    for node in &nodes {
-        clients.push(node.client().await);
-    }
-    let restores = clients.iter().map(|c| c.read_object(NS, PATH, ObjectRange::all()));
-    for restored in futures::future::join_all(restores).await {
-        assert!(restored.unwrap() == object, "every node restores the object byte-exact");
-    }
+    let clients = wipe_and_restore_everywhere(&mut nodes, &object).await;
     // Each chunk came from Blob once, read by its primary; the other readers got it from
     // the primary, and keep a copy of their own.
     let reads: Vec<u64> = nodes.iter().map(|n| n.metric("object_blob_reads_total")).collect();
@@ -239,21 +246,7 @@ async fn chunks_of_the_default_16_mib_travel_between_members_in_pieces() {
     });
     let object = data(12, 40_000_000);
     write_back_on(&nodes, &object).await;
-    for node in &mut nodes {
-        assert!(node.terminate().success());
-        std::fs::remove_dir_all(node.data_dir()).unwrap();
-    }
-    for node in &mut nodes {
-        node.restart();
-    }
-    let mut clients = Vec::new();
-    for node in &nodes {
-        clients.push(node.client().await);
-    }
-    for restored in futures::future::join_all(clients.iter().map(|c| c.read_object(NS, PATH, ObjectRange::all()))).await
-    {
-        assert!(restored.as_ref().is_ok_and(|r| *r == object), "{:?}", restored.map(|r| r.len()));
-    }
+    wipe_and_restore_everywhere(&mut nodes, &object).await;
     let reads: u64 = nodes.iter().map(|n| n.metric("object_blob_reads_total")).sum();
     assert_eq!(reads, 3, "3 chunks, each read from Blob once");
 }

@@ -96,7 +96,7 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
                 .await??;
                 *counted.lock().entry(fault).or_default() += 1;
                 eprintln!("chaos: fault {} of the run: {} of n{}", i + 1, fault.name(), node + 1);
-                tokio::time::sleep(Duration::from_millis(500 + (i % 4) * 500)).await;
+                tokio::time::sleep(Duration::from_millis(300 + (i % 4) * 250)).await;
             }
             Ok(())
         })
