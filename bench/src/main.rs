@@ -11,6 +11,7 @@ mod s3;
 mod server;
 mod shm;
 mod sim;
+mod ssd_fill;
 mod tiers;
 mod vllm;
 
@@ -48,6 +49,20 @@ enum Command {
         /// Operations in flight for the SSD phases.
         #[arg(long, default_value_t = 8)]
         qd: usize,
+    },
+    /// How full the SSD tier gets before its first "no space" with checkpoint files' chunks
+    /// (each file's last one its own size): a region per size class, chunks padded to powers
+    /// of two, packed regions; against the SSD's capacity.
+    SsdFill {
+        /// SSD capacities, in MiB (regions of 65 MiB: the count of regions is what matters).
+        #[arg(long, value_delimiter = ',', default_values_t = [1024u64, 8192])]
+        capacities_mib: Vec<u64>,
+        /// Chunk size of the files, in MiB (the default config's).
+        #[arg(long, default_value_t = 16)]
+        chunk_mib: u64,
+        /// Largest file, in MiB (files are 1 KiB to this, log-uniform).
+        #[arg(long, default_value_t = 200)]
+        max_mib: u64,
     },
     /// gRPC put/get through a node on loopback vs raw TCP with the same bytes.
     Server {
@@ -203,6 +218,15 @@ async fn main() -> Result<()> {
             };
             tiers::run(&args, scratch.path(), &mut out).await
         }
+        Command::SsdFill { capacities_mib, chunk_mib, max_mib } => {
+            let capacities = if cli.quick { vec![256] } else { capacities_mib };
+            let args = ssd_fill::Args {
+                capacities: capacities.iter().map(|m| m << 20).collect(),
+                chunk: chunk_mib << 20,
+                max_file: max_mib << 20,
+            };
+            ssd_fill::run(&args, scratch.path(), &mut out).await
+        }
         Command::Server { size_kib, count, concurrency } => {
             let args = server::Args { size: size_kib << 10, count: if cli.quick { 32 } else { count }, concurrency };
             server::run(&args, scratch.path(), &mut out).await
@@ -231,9 +255,10 @@ async fn main() -> Result<()> {
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
         }
         Command::Chaos { nodes, faults, rounds, min_kib, max_mib, ssd_mib, mib_per_s, warmup_s, python, loopback } => {
-            // --quick: what CI runs: three nodes, each kind of fault twice or more, small files.
+            // --quick: what CI runs: three nodes, each kind of fault twice or more, small
+            // files, two rounds (the faults of the second come after the first's deletes).
             let (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) =
-                if cli.quick { (3, 12, 1, 8, 1024, 5) } else { (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) };
+                if cli.quick { (3, 12, 2, 8, 1024, 5) } else { (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) };
             let args = chaos::Args {
                 nodes,
                 faults,

@@ -38,6 +38,11 @@ impl Result {
         Result { bench, value, baseline, ratio: baseline / value, unit, baseline_name }
     }
 
+    /// A share of a whole in percent (higher is better), e.g. how full a disk gets.
+    pub(crate) fn percent(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
+        Result { bench, value, baseline, ratio: value / baseline, unit: "%", baseline_name }
+    }
+
     /// A latency result in microseconds (lower is better).
     pub(crate) fn latency(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
         Result { bench, value, baseline, ratio: baseline / value, unit: "us", baseline_name }

@@ -48,10 +48,10 @@ impl SsdTierBuilder {
         }
     }
 
-    /// New blocks in regions of one size class each, as format version 1 placed them (to
-    /// write such files in tests).
-    #[cfg(test)]
-    pub(crate) fn with_class_layout(mut self) -> Self {
+    /// New blocks in regions of one size class each, as format version 1 placed them: to
+    /// write such files in tests and to measure what packed regions save
+    /// (`kvtier-bench ssd-fill`). Nothing else should want it: mixed sizes strand regions.
+    pub fn with_class_layout(mut self) -> Self {
         self.packed = false;
         self
     }
