@@ -19,9 +19,10 @@
 //! reader of an old generation whose chunks were deleted meanwhile gets an error, not
 //! bytes of the new one). At start the catalog is rebuilt from the manifests the index
 //! holds (local tiers and Blob); the highest generation of a path wins and older ones left
-//! by a crash mid-commit are removed.
+//! by a crash mid-commit are removed. A delete is a version too: a delete marker
+//! (objects/deletes.rs), so that no copy of the deleted version can bring it back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
@@ -59,6 +60,14 @@ pub struct ObjectInfo {
     /// names no chunk). Empty for an object written in one piece.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     runs: Vec<Run>,
+    /// A delete marker: the path was deleted at this generation (objects/deletes.rs). It
+    /// names no chunk, and only members see it: a stat, read or listing finds no object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    /// The chunk ids of the version this one replaced or deleted: a copy of such a chunk that
+    /// still waits for a flush (its node was away when they were deleted) is released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired: Vec<u64>,
 }
 
 impl ObjectInfo {
@@ -151,14 +160,17 @@ pub(crate) struct Catalog {
     writing: orphans::Writing,
     /// One commit or delete of a path at a time.
     locks: crate::flight::KeyLocks,
+    /// How long a member keeps a delete marker (`cluster.delete_marker_ttl`).
+    marker_ttl: std::time::Duration,
 }
 
 impl Catalog {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(marker_ttl: std::time::Duration) -> Self {
         Catalog {
             objects: RwLock::default(),
             writing: orphans::Writing::default(),
             locks: crate::flight::KeyLocks::new(256),
+            marker_ttl,
         }
     }
 }
@@ -233,7 +245,8 @@ impl Manager {
     /// Commits a new version on this node (the path's primary, or a node alone): the next
     /// generation under the path's lock, its manifest stored (on the path's owners), the
     /// catalog switched to it, the previous version deleted. With `if_absent`, nothing is
-    /// done (`None`) when the path has a version here or on another owner.
+    /// done (`None`) when the path has a version here or on another owner; a delete marker
+    /// is committed only over a version (`None`: there was none).
     pub(crate) async fn commit_here(
         &self,
         ns: &Namespace,
@@ -255,12 +268,20 @@ impl Manager {
         // This very version, committed by a call whose answer was lost (a primary that failed
         // after storing the manifest, the retry now on the next owner): the same version
         // again, not a new one, which would retire the chunks it names.
-        if let Some(c) = current.as_ref().filter(|c| c.id == info.id) {
+        if let Some(c) = current.as_ref().filter(|c| !c.deleted && c.id == info.id) {
             return Ok(Some(c.clone()));
         }
-        if if_absent && current.is_some() {
+        let live = current.as_ref().filter(|c| !c.deleted);
+        if if_absent && live.is_some() {
             return Ok(None);
         }
+        // A delete finds no version to delete.
+        if info.deleted && live.is_none() {
+            return Ok(None);
+        }
+        info.retired = live
+            .map(|c| c.chunk_ids().into_iter().filter(|id| !info.names_chunks_of(*id)).collect())
+            .unwrap_or_default();
         // Past every generation known, and at least the time in ms (as GCS numbers its
         // generations): a stand-in primary that cannot reach an owner holding a newer copy
         // (stopped, cut off) still numbers its commit above that copy's, so the later commit
@@ -316,9 +337,11 @@ impl Manager {
         if let Some(old) = old {
             let old_key = manifest_key(&slot.0, &slot.1, old.generation);
             self.catalog.objects.write().entry(slot.clone()).or_insert(old);
+            // As this node holds it: a copy still waiting for its export stays write-back.
+            let durability = if self.unflushed(&old_key) { Durability::WriteBack } else { Durability::LocalDisk };
             if let (Some(cluster), GetOutcome::Hit { block, .. }) = (self.cluster(), self.get_here(&old_key).await) {
                 for owner in holding {
-                    if let Err((e, _)) = cluster.put_on(owner, &block, Durability::LocalDisk).await {
+                    if let Err((e, _)) = cluster.put_on(owner, &block, durability).await {
                         tracing::debug!(%owner, error = %e, "teaching an owner the version before an undone commit failed");
                     }
                 }
@@ -334,8 +357,14 @@ impl Manager {
         failed
     }
 
-    /// The current version of `path` as this node's catalog has it.
+    /// The current version of `path` as this node's catalog has it (`None` if deleted).
     pub(crate) fn stat_object_here(&self, namespace: &Namespace, path: &str) -> Option<ObjectInfo> {
+        self.version_here(namespace, path).filter(|info| !info.deleted)
+    }
+
+    /// The newest version of `path` this node's catalog has, a delete marker included (what
+    /// members compare).
+    pub(crate) fn version_here(&self, namespace: &Namespace, path: &str) -> Option<ObjectInfo> {
         self.catalog.objects.read().get(&(namespace.clone(), path.to_string())).cloned()
     }
 
@@ -343,11 +372,27 @@ impl Manager {
     /// endpoint's bucket markers).
     pub(crate) fn objects_named_here(&self, path: &str) -> Vec<(String, ObjectInfo)> {
         let catalog = self.catalog.objects.read();
-        catalog.iter().filter(|((_, p), _)| p == path).map(|((ns, _), info)| (ns.to_string(), info.clone())).collect()
+        catalog
+            .iter()
+            .filter(|((_, p), info)| p == path && !info.deleted)
+            .map(|((ns, _), info)| (ns.to_string(), info.clone()))
+            .collect()
     }
 
-    /// This node's catalog entries of `namespace` under `prefix` that `keep` accepts, by path.
+    /// This node's objects of `namespace` under `prefix` that `keep` accepts, by path.
     pub(crate) fn list_objects_here(
+        &self,
+        namespace: &Namespace,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<ObjectInfo> {
+        let mut found = self.list_versions_here(namespace, prefix, keep);
+        found.retain(|info| !info.deleted);
+        found
+    }
+
+    /// [`Manager::list_objects_here`] with delete markers (what members compare).
+    pub(crate) fn list_versions_here(
         &self,
         namespace: &Namespace,
         prefix: &str,
@@ -405,17 +450,6 @@ impl Manager {
         })
     }
 
-    /// Removes `path` on this node (its primary, or a node alone). Whether it existed.
-    pub(crate) async fn delete_object_here(&self, ns: &Namespace, path: &str) -> bool {
-        let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, path, 0)).await;
-        let Some(info) = self.catalog.objects.write().remove(&(ns.clone(), path.to_string())) else {
-            return false;
-        };
-        self.remove_generation(ns, &info).await;
-        self.delete_export(ns, path).await;
-        true
-    }
-
     /// Deletes a generation's manifest, then its chunks.
     pub(crate) async fn remove_generation(&self, ns: &Namespace, info: &ObjectInfo) {
         self.remove_generation_keeping(ns, info, None).await;
@@ -423,7 +457,7 @@ impl Manager {
 
     /// Deletes a generation's manifest, then its chunks but those `keep` (the version that
     /// replaces it) names too.
-    async fn remove_generation_keeping(&self, ns: &Namespace, info: &ObjectInfo, keep: Option<&ObjectInfo>) {
+    pub(crate) async fn remove_generation_keeping(&self, ns: &Namespace, info: &ObjectInfo, keep: Option<&ObjectInfo>) {
         self.delete(&manifest_key(ns, &info.path, info.generation)).await;
         for i in 0..info.chunks() {
             if keep.is_some_and(|k| k.names_chunks_of(info.key_id_of(i))) {
@@ -432,61 +466,11 @@ impl Manager {
             self.delete(&info.chunk_key(ns, i)).await;
         }
     }
-
-    /// Rebuilds the catalog from the manifests in the index (after a restart). The highest
-    /// generation of a path wins; older ones (a crash mid-commit) are removed, and so are
-    /// chunks no manifest names (an upload cut short by a crash).
-    pub(crate) async fn rebuild_catalog(&self) {
-        let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
-        let mut stale = Vec::new();
-        for key in self.keys_with_prefix(MANIFEST) {
-            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else { continue };
-            let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else {
-                tracing::warn!(%key, "objects: skipping a manifest that does not parse");
-                continue;
-            };
-            let slot = (key.namespace.clone(), info.path.clone());
-            match newest.get(&slot) {
-                Some(have) if have.generation >= info.generation => stale.push((slot.0, info)),
-                _ => {
-                    if let Some(older) = newest.insert(slot.clone(), info) {
-                        stale.push((slot.0, older));
-                    }
-                }
-            }
-        }
-        for (ns, info) in stale {
-            let keep = newest.get(&(ns.clone(), info.path.clone()));
-            self.remove_generation_keeping(&ns, &info, keep).await;
-        }
-        if !newest.is_empty() {
-            tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
-        }
-        *self.catalog.objects.write() = newest.clone();
-        if self.cluster().is_some() {
-            // Chunks and manifests live on different owners: a chunk without a manifest
-            // here is normal. Orphans are left to a cluster-wide sweep.
-            return;
-        }
-        let live: HashSet<(Namespace, u64)> = newest
-            .iter()
-            .flat_map(|((ns, _), info)| info.chunk_ids().into_iter().map(move |id| (ns.clone(), id)))
-            .collect();
-        let mut orphans = 0usize;
-        for key in self.keys_with_prefix(CHUNK) {
-            let Some(id) = chunk_id(&key) else { continue };
-            if !live.contains(&(key.namespace.clone(), id)) {
-                self.delete(&key).await;
-                orphans += 1;
-            }
-        }
-        if orphans > 0 {
-            tracing::info!(chunks = orphans, "objects: removed chunks of uploads that never committed");
-        }
-    }
 }
 
+mod catalog;
 mod cluster;
+mod deletes;
 mod export;
 mod exports;
 mod join;

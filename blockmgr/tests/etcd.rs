@@ -380,3 +380,85 @@ async fn a_member_whose_view_lags_etcd_reads_it_again_before_refusing_a_peer() {
     assert!(matches!(got.as_deref(), Ok([GetItem::Miss { .. }])), "{got:?}");
     assert_eq!(members(&n3), 2, "the view read again lists n9");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_deleted_while_an_owner_was_out_stays_deleted_when_it_returns() {
+    let etcd = Etcd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let objects = format!("file://{}/objects", shared.path().display());
+    let nodes = start_nodes(&etcd, |_| format!("[blob]\nobjects_url = \"{objects}\"\nflush_linger = \"10ms\"\n"));
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(10));
+    }
+    // A file n3 keeps the manifest of, written back and exported: every copy released.
+    let ns = "ckpt/run1";
+    let path =
+        (0..200).map(|i| format!("step-{i}/rank-0.distcp")).find(|p| path_owners(&IDS, ns, p).contains(&"n3")).unwrap();
+    let writer = nodes[0].client().await;
+    let body = data(7, 1_500_000);
+    let put = |body: bytes::Bytes| {
+        let writer = writer.clone();
+        let path = path.clone();
+        async move { writer.put_object(ns, &path, futures::stream::iter([body]), Durability::WriteBack, None, None).await }
+    };
+    put(body.clone()).await.unwrap();
+    let blobs = kvtier_tiers::ObjectBlobs::open(&objects, &[], kvtier_tiers::Retries::default()).unwrap();
+    let file = blobs.name(&kvtier_tiers::Namespace::new(ns).unwrap(), &path);
+    let in_blob = async || blobs.size(&file).await.unwrap().is_some();
+    let started = Instant::now();
+    while !in_blob().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "the file never reached Blob");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("every copy released", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+
+    // n3 stops past its lease: the two others own the path now, and the delete lands on them.
+    nodes[2].signal(libc::SIGSTOP);
+    wait_for_members(&nodes[0], 2, Duration::from_secs(4 * TTL_S));
+    wait_for_members(&nodes[1], 2, Duration::from_secs(4 * TTL_S));
+    assert!(writer.delete_object(ns, &path).await.unwrap());
+    let started = Instant::now();
+    while in_blob().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "the delete never reached Blob");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // n3 comes back holding the old manifest and chunks. Without a trace of the delete, its
+    // copy spread again through resync and handoff: the object was listed, stat'ed and
+    // exported again (for ever, its chunks being gone elsewhere), its copies pinned.
+    nodes[2].signal(libc::SIGCONT);
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(4 * TTL_S));
+    }
+    let started = Instant::now();
+    while common::manifest_on(&nodes[2], ns, &path).await.is_none_or(|m| m["deleted"] != true) {
+        assert!(started.elapsed() < Duration::from_secs(20), "n3 never learned of the delete");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let client = node.client().await;
+        assert_eq!(client.stat_object(ns, &path).await.unwrap(), None, "n{} stats it", i + 1);
+        let listed = client.list_objects(ns, "").await.unwrap();
+        assert!(listed.iter().all(|o| o.path != path), "n{} lists it", i + 1);
+        assert!(client.read_object(ns, &path, kvtier_blockmgr::ObjectRange::all()).await.is_err());
+    }
+    wait_until("nothing pinned, no export waiting", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0 && n.metric("exports_queued") == 0)
+    });
+    assert!(!in_blob().await, "the deleted file came back to Blob");
+
+    // The path takes a new version, which every node reads and Blob gets.
+    let again = data(8, 700_000);
+    let info = put(again.clone()).await.unwrap();
+    for node in &nodes {
+        let got = node.client().await.read_object(ns, &path, kvtier_blockmgr::ObjectRange::all()).await.unwrap();
+        assert!(got == again);
+    }
+    let started = Instant::now();
+    while blobs.size(&file).await.unwrap() != Some(info.size) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the new version never reached Blob");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

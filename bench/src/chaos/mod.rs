@@ -10,7 +10,8 @@
 //! SIGSTOP past the lease, a partition past the lease, Azurite stopped or frozen), each
 //! once the cluster is whole again. After each round of faults the writers stop and the
 //! checks run (see verify.rs), with a node's disk wiped; the round's files are then
-//! deleted, so a long run's data fits its disks.
+//! deleted (so a long run's data fits its disks), and none of them may come back in a later
+//! round's checks or after the last deletes: not on any node, not in Blob.
 //!
 //! The baseline of the write throughput is the same writers before any fault (a warm-up);
 //! of the settle time, its goal (60 s).
@@ -19,6 +20,8 @@ mod cluster;
 mod faults;
 mod verify;
 mod writers;
+
+pub(crate) use writers::log_uniform;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
@@ -73,6 +76,8 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
     let baseline = mib_per_s(&warm.0, warm.1);
 
     let mut totals = Totals::default();
+    // Files deleted after their round: none may come back.
+    let mut deleted: Vec<Written> = Vec::new();
     let per_round = args.faults.div_ceil(args.rounds.max(1));
     let mut fault_no = 0u64;
     for round in 0..args.rounds.max(1) {
@@ -109,11 +114,17 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
             written.len()
         );
         let wipe = (round as usize) % cluster.len();
-        let findings = verify::check(&cluster, &written, wipe, SETTLE_LIMIT).await?;
+        let findings = verify::check(&cluster, &written, &deleted, wipe, SETTLE_LIMIT).await?;
         report_round(&cluster, round + 1, &written, &findings, &injected.lock());
         totals.add(&written, &findings, secs, &injected.lock());
-        delete_all(&cluster, &written).await;
+        deleted.extend(delete_all(&cluster, &written).await);
     }
+    let back = verify::check_deleted(&cluster, &deleted, SETTLE_LIMIT).await?;
+    eprintln!("chaos: after the last deletes: {} of {} deleted files came back", back.len(), deleted.len());
+    for what in back.iter().take(20) {
+        eprintln!("chaos:   {what}");
+    }
+    totals.resurrected += back.len();
 
     let value = mib_per_s(&totals.written, totals.secs);
     out.emit(Measured::throughput("chaos_write_under_faults".into(), value, baseline, "the same writers, no faults"));
@@ -127,7 +138,12 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
     ));
     let summary = totals.summary(args);
     println!("{summary}");
-    let bad = totals.lost + totals.corrupted + totals.missing + totals.failed_present + totals.unknown_corrupted;
+    let bad = totals.lost
+        + totals.corrupted
+        + totals.missing
+        + totals.failed_present
+        + totals.unknown_corrupted
+        + totals.resurrected;
     if bad > 0 || totals.settle_max.is_none() {
         bail!("chaos: {summary}");
     }
@@ -156,21 +172,33 @@ fn mib_per_s(written: &[Written], secs: f64) -> f64 {
     (bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)).max(1e-6)
 }
 
-/// Removes a round's files (bounded disk for long runs); what fails stays, harmlessly.
-async fn delete_all(cluster: &Cluster, written: &[Written]) {
+/// Deletes a round's files (bounded disk for long runs, and deletes to check: none may come
+/// back), each retried a few times; the files deleted.
+async fn delete_all(cluster: &Cluster, written: &[Written]) -> Vec<Written> {
     let addr = cluster.nodes.lock()[0].grpc.clone();
-    let Ok(client) = Client::connect(&addr).await else { return };
+    let Ok(client) = Client::connect(&addr).await else { return Vec::new() };
+    let mut deleted = Vec::new();
     for w in written {
         let (ns, path) = w.door.object(&w.name);
-        let _ = client.delete_object(ns, &path).await;
+        for attempt in 0..5 {
+            match client.delete_object(ns, &path).await {
+                Ok(_) => {
+                    deleted.push(w.clone());
+                    break;
+                }
+                Err(e) if attempt == 4 => eprintln!("chaos: deleting {} failed: {e}", w.name),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
+    deleted
 }
 
 fn report_round(cluster: &Cluster, round: u64, written: &[Written], f: &Findings, faults: &BTreeMap<Fault, u64>) {
     let count = |o: Outcome| written.iter().filter(|w| w.outcome == o).count();
     eprintln!(
         "chaos: round {round}: faults {:?}; files acked {}, failed {}, unknown {} ({} landed, {} absent); \
-         settle {}; lost {}, corrupted {}, missing from Blob {}, failed but present {}",
+         settle {}; lost {}, corrupted {}, missing from Blob {}, failed but present {}, deleted but back {}",
         faults.iter().map(|(k, v)| format!("{}: {v}", k.name())).collect::<Vec<_>>(),
         count(Outcome::Acked),
         count(Outcome::Failed),
@@ -182,8 +210,10 @@ fn report_round(cluster: &Cluster, round: u64, written: &[Written], f: &Findings
         f.corrupted.len(),
         f.missing_in_blob.len(),
         f.failed_but_present.len(),
+        f.resurrected.len(),
     );
-    for what in f.lost.iter().chain(&f.corrupted).chain(&f.missing_in_blob).chain(&f.failed_but_present).take(20) {
+    let said = f.lost.iter().chain(&f.corrupted).chain(&f.missing_in_blob).chain(&f.failed_but_present);
+    for what in said.chain(&f.resurrected).take(20) {
         eprintln!("chaos:   {what}");
     }
     for door in writers::Door::all() {
@@ -222,8 +252,8 @@ fn report_round(cluster: &Cluster, round: u64, written: &[Written], f: &Findings
             eprintln!("chaos:   n{}: {}", i + 1, said.join("; "));
         }
     }
-    let troubled =
-        f.settle_s.is_none() || !(f.lost.is_empty() && f.corrupted.is_empty() && f.missing_in_blob.is_empty());
+    let troubled = f.settle_s.is_none()
+        || !(f.lost.is_empty() && f.corrupted.is_empty() && f.missing_in_blob.is_empty() && f.resurrected.is_empty());
     if troubled {
         for i in 0..cluster.len() {
             eprintln!("chaos: --- n{} warned lately:\n{}", i + 1, cluster.log_tail(i, 30));
@@ -245,6 +275,7 @@ struct Totals {
     unknown_landed: usize,
     unknown_absent: usize,
     unknown_corrupted: usize,
+    resurrected: usize,
     settle_max: Option<f64>,
     rounds: u64,
 }
@@ -268,6 +299,7 @@ impl Totals {
         self.unknown_landed += f.unknown_landed;
         self.unknown_absent += f.unknown_absent;
         self.unknown_corrupted += f.unknown_corrupted.len();
+        self.resurrected += f.resurrected.len();
         self.settle_max = match (self.rounds, self.settle_max, f.settle_s) {
             (0, _, s) => s,
             (_, Some(a), Some(b)) => Some(a.max(b)),
@@ -299,6 +331,7 @@ impl Totals {
             "files_corrupted": self.corrupted,
             "files_missing_from_blob": self.missing,
             "failed_but_present": self.failed_present,
+            "files_deleted_but_back": self.resurrected,
             "unknown_corrupted": self.unknown_corrupted,
             "settle_max_s": self.settle_max,
             "settle_goal_s": args.settle_goal.as_secs_f64(),

@@ -37,13 +37,17 @@ pub(super) struct Findings {
     pub(super) unknown_corrupted: Vec<String>,
     /// Bytes still waiting for Blob across the nodes at the end of the settle.
     pub(super) unflushed_bytes: f64,
+    /// Files deleted in an earlier round that some node or Blob has again.
+    pub(super) resurrected: Vec<String>,
 }
 
 /// Waits for the settle (at most `limit`), then checks everything in `written`; node
-/// `wipe` is wiped and must read everything back too.
+/// `wipe` is wiped and must read everything back too; and none of `deleted` (files deleted
+/// after earlier rounds) may be found on any node or in Blob.
 pub(super) async fn check(
     cluster: &Arc<Cluster>,
     written: &[Written],
+    deleted: &[Written],
     wipe: usize,
     limit: Duration,
 ) -> Result<Findings> {
@@ -130,7 +134,70 @@ pub(super) async fn check(
         .await??;
     }
     read_all(cluster, wipe, &acked, &mut f).await;
+    f.resurrected = resurrected(cluster, &blobs, deleted).await;
     Ok(f)
+}
+
+/// After the last round's deletes: waits for the settle (at most `limit`), then which of
+/// `deleted` came back anywhere.
+pub(super) async fn check_deleted(cluster: &Arc<Cluster>, deleted: &[Written], limit: Duration) -> Result<Vec<String>> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let c = cluster.clone();
+        let settled = tokio::task::spawn_blocking(move || {
+            let sum = |name: &str| (0..c.len()).map(|i| c.metric(i, name)).sum::<f64>();
+            c.whole() && sum("unflushed_bytes") == 0.0 && sum("exports_queued") == 0.0
+        })
+        .await?;
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let options = cluster.azurite.lock().options();
+    let blobs = ObjectBlobs::open("az://kvtier/objects", &options, Retries::default())?;
+    Ok(resurrected(cluster, &blobs, deleted).await)
+}
+
+/// Which of `deleted` some node stats or lists, or Blob has a file of.
+async fn resurrected(cluster: &Cluster, blobs: &ObjectBlobs, deleted: &[Written]) -> Vec<String> {
+    let mut back = Vec::new();
+    for i in 0..cluster.len() {
+        let Ok(client) = client(cluster, i).await else {
+            back.push(format!("(node {} unreachable: the deleted files not checked there)", i + 1));
+            continue;
+        };
+        for w in deleted {
+            let (ns, path) = w.door.object(&w.name);
+            match client.stat_object(ns, &path).await {
+                Ok(None) => {}
+                Ok(Some(info)) => back.push(format!("{} on node {} (generation {})", w.name, i + 1, info.generation)),
+                Err(e) => back.push(format!("{} on node {}: {e}", w.name, i + 1)),
+            }
+        }
+        let mut listed = Vec::new();
+        for door in super::writers::Door::all() {
+            let ns = door.object("").0;
+            match client.list_objects(ns, "").await {
+                Ok(objects) => listed.extend(objects.into_iter().map(|o| (ns, o.path))),
+                Err(e) => back.push(format!("(listing {ns} on node {}: {e})", i + 1)),
+            }
+        }
+        for w in deleted {
+            let (ns, path) = w.door.object(&w.name);
+            if listed.iter().any(|(n, p)| *n == ns && *p == path) {
+                back.push(format!("{} listed by node {}", w.name, i + 1));
+            }
+        }
+    }
+    for w in deleted {
+        let (ns, path) = w.door.object(&w.name);
+        let Ok(ns) = Namespace::new(ns) else { continue };
+        if let Ok(Some(_)) = blobs.size(&blobs.name(&ns, &path)).await {
+            back.push(format!("{} in Blob", w.name));
+        }
+    }
+    back
 }
 
 async fn client(cluster: &Cluster, i: usize) -> Result<Client> {

@@ -183,7 +183,7 @@ async fn lane(door: Door, cluster: &Cluster, plan: &Plan, ledger: &Ledger) -> Re
 }
 
 /// A size between `min` and `max`, log-uniform (as many 1-10 KiB files as 10-100 MiB ones).
-fn log_uniform(seed: u64, min: u64, max: u64) -> u64 {
+pub(crate) fn log_uniform(seed: u64, min: u64, max: u64) -> u64 {
     let unit =
         (content(seed ^ 0x5EED, 8).iter().fold(0u64, |a, b| a << 8 | *b as u64) >> 11) as f64 / (1u64 << 53) as f64;
     ((min as f64).ln() + unit * ((max as f64).ln() - (min as f64).ln())).exp() as u64

@@ -74,8 +74,15 @@ impl Cluster {
     /// Deletes `path` on member `id` (its primary): whether it existed.
     pub(crate) async fn delete_object_on(&self, id: &str, namespace: &str, path: &str) -> Result<bool, String> {
         let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        // Past the wait below this node asks the next owner: the primary must not delete
+        // later (over a version committed meanwhile).
+        let deadline = crate::objects::unix_ms(std::time::SystemTime::now() + self.timeout).to_string();
         let got = self
-            .call(id, "delete_object", |c| async move { Ok(c.peer_rpc().delete_object(c.request(req)).await?) })
+            .call(id, "delete_object", |c| async move {
+                let mut request = c.request(req);
+                request.metadata_mut().insert(crate::client::DEADLINE_HEADER, deadline.parse().expect("digits"));
+                Ok(c.peer_rpc().delete_object(request).await?)
+            })
             .await?;
         Ok(got.into_inner().deleted)
     }

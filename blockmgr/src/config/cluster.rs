@@ -51,6 +51,12 @@ pub struct ClusterConfig {
     /// once it has waited this long, at the next resync round; "0s": never. Default 10m.
     #[serde(with = "super::humantime_serde")]
     pub orphan_after: Duration,
+    /// A delete leaves a marker on the path's owners so that a copy of the deleted version
+    /// (on a member that was away) cannot bring it back; each member removes it this long
+    /// after the delete. A member away for longer must come back with a wiped data dir.
+    /// Default 1d.
+    #[serde(with = "super::humantime_serde")]
+    pub delete_marker_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +73,7 @@ impl Default for ClusterConfig {
             read_replica_after: 2,
             read_replicas: 8,
             orphan_after: Duration::from_secs(600),
+            delete_marker_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

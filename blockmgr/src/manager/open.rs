@@ -160,9 +160,14 @@ impl Manager {
         if let Some(cluster) = &cluster {
             cluster.join_etcd(config).await?;
         }
-        let manager = Manager { inner, catalog: Arc::new(crate::objects::Catalog::new()), cluster };
+        let manager = Manager {
+            inner,
+            catalog: Arc::new(crate::objects::Catalog::new(config.cluster.delete_marker_ttl)),
+            cluster,
+        };
         manager.rebuild_catalog().await;
         manager.spawn_exporter();
+        manager.spawn_marker_expiry();
         if manager.cluster.is_none() {
             // Exported objects' chunks read as write-back again after a restart (the SSD
             // keeps the mark); a cluster does this after each resync, asking the members.

@@ -197,6 +197,11 @@ impl Manager {
     }
 
     /// Named objects' files in Blob, when there is a Blob tier to flush to.
+    /// Whether a put of `key` with `durability` would be taken (the tiers it needs exist).
+    pub(crate) fn accepts_durability(&self, key: &BlockKey, durability: crate::Durability) -> bool {
+        self.inner.check_durability(key, durability).is_ok()
+    }
+
     pub(crate) fn exports(&self) -> Option<&Arc<crate::objects::Exports>> {
         self.inner.exports.as_ref()
     }

@@ -154,7 +154,8 @@ impl Manager {
         };
         let mut failures = Vec::new();
         let mut answered = plan.owns(cluster.local_id());
-        let mut newest = if answered { self.stat_object_here(&ns, path) } else { None };
+        // Delete markers take part: an owner that missed a delete is outvoted.
+        let mut newest = if answered { self.version_here(&ns, path) } else { None };
         for (id, answer) in answers {
             match answer {
                 Ok(json) => {
@@ -175,7 +176,7 @@ impl Manager {
         if !answered || (newest.is_none() && !failures.is_empty()) {
             return Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
         }
-        Ok(newest)
+        Ok(newest.filter(|info| !info.is_deleted()))
     }
 
     /// Objects of `namespace` whose path starts with `prefix`, sorted by path: with a
@@ -189,7 +190,7 @@ impl Manager {
                 found.insert(info.path.clone(), info);
             }
         };
-        self.list_objects_here(&ns, prefix, |p| self.owns_path(&ns, p)).into_iter().for_each(&mut keep);
+        self.list_versions_here(&ns, prefix, |p| self.owns_path(&ns, p)).into_iter().for_each(&mut keep);
         let others: Vec<String> = cluster.view().addrs.keys().filter(|id| *id != cluster.local_id()).cloned().collect();
         let answers =
             futures::future::join_all(others.iter().map(|id| cluster.list_objects_on(id, namespace, prefix))).await;
@@ -208,7 +209,7 @@ impl Manager {
         if !failures.is_empty() {
             tracing::warn!(namespace, prefix, failures = %failures.join("; "), "objects: listing without some members");
         }
-        Ok(found.into_values().collect())
+        Ok(found.into_values().filter(|info| !info.is_deleted()).collect())
     }
 
     /// Removes `path` (on its primary, or the next owner that answers): whether it existed.
@@ -226,17 +227,17 @@ impl Manager {
     /// Runs `removal` of `path` on its primary (this node, or the first owner that answers).
     async fn on_path_primary(&self, ns: &Namespace, path: &str, removal: Removal) -> Result<bool, TierError> {
         let here = async || match removal {
-            Removal::Delete => self.delete_object_here(ns, path).await,
-            Removal::Forget(generation) => self.forget_object_here(ns, path, generation).await,
+            Removal::Delete => self.delete_object_here(ns, path, None).await,
+            Removal::Forget(generation) => Ok(self.forget_object_here(ns, path, generation).await),
         };
         let (plan, cluster) = match (self.path_owners(ns, path), self.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return Ok(here().await),
+            _ => return here().await,
         };
         let mut failures = Vec::new();
         for id in &plan.owners {
             if id == cluster.local_id() {
-                return Ok(here().await);
+                return here().await;
             }
             let asked = match removal {
                 Removal::Delete => cluster.delete_object_on(id, ns.as_str(), path).await,
@@ -254,18 +255,40 @@ impl Manager {
         Err(TierError::Unreachable { what: format!("{doing} {ns}/{path}"), failures: failures.join("; ") })
     }
 
-    /// A manifest just stored on this node (a copy from the path's primary): the catalog
-    /// takes it when it is newer than what it has.
+    /// A manifest just stored on this node (a copy from the path's primary, a resync or a
+    /// handoff): the catalog takes it when it is newer than what it has. Of the two, the
+    /// older version's manifest here is dead once the newer one is settled (its commit can
+    /// no longer be undone) or is a delete marker: a copy a delete or replace did not reach,
+    /// brought back by a member that was away, is dropped where it lands; so is a delete
+    /// marker past its time.
     pub(crate) async fn learn_manifest(&self, key: &BlockKey) {
         if !is_manifest_key(key) {
             return;
         }
         let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return };
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
-        let slot = (key.namespace.clone(), info.path.clone());
-        let mut objects = self.catalog.objects.write();
-        if objects.get(&slot).is_none_or(|have| have.generation < info.generation) {
-            objects.insert(slot, info);
+        let ns = key.namespace.clone();
+        let slot = (ns.clone(), info.path.clone());
+        let dead = if self.marker_expired(&ns, &info) {
+            Some(key.clone())
+        } else {
+            let mut objects = self.catalog.objects.write();
+            // A delete marker need not wait: were its commit undone, the undo puts the
+            // version before it back on every owner that took the marker.
+            let over = |newer: &ObjectInfo| newer.is_deleted() || self.settled(newer);
+            match objects.get(&slot) {
+                Some(have) if have.generation > info.generation => over(have).then(|| key.clone()),
+                Some(have) if have.generation == info.generation => None,
+                have => {
+                    let older = have.filter(|_| over(&info)).map(|h| manifest_key(&ns, &h.path, h.generation));
+                    objects.insert(slot, info);
+                    older
+                }
+            }
+        };
+        if let Some(dead) = dead {
+            tracing::debug!(manifest = %dead, "objects: dropping the manifest of a version a settled one replaced");
+            self.delete_here(&dead).await;
         }
     }
 

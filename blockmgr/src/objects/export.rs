@@ -20,7 +20,7 @@
 //! readers, once it is popular: read replicas): N nodes restoring one checkpoint read it
 //! from Blob once, from peers after.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -94,10 +94,21 @@ impl Manager {
         };
         let info = parse(&block).map_err(|error| ExportFailure { reason: FailureReason::Manifest, error })?;
         let ns = key.namespace.clone();
-        self.check_current(&ns, &info)?;
+        if !self.still_current(&ns, &info).await? {
+            exports.forget(key);
+            return Ok(());
+        }
         let name = exports.blobs.name(&ns, &info.path);
         let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
-        if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
+        if info.is_deleted() {
+            // A delete marker: the object's file goes. A node alone needs the marker no more.
+            exports.blobs.delete(&name).await.map_err(blob)?;
+            if self.cluster().is_none() {
+                exports.forget(key);
+                self.drop_marker(&ns, &info).await;
+                return Ok(());
+            }
+        } else if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
             self.metrics().objects_found_in_blob.inc();
             tracing::info!(object = %name, generation = info.generation, "the object's file is in Blob already");
         } else if info.size == 0 {
@@ -107,9 +118,10 @@ impl Manager {
             match self.stage_everywhere(&ns, &info, &upload).await {
                 Ok(ids) => {
                     // Replaced while its parts were staged: its file must not replace the newer's.
-                    if let Err(replaced) = self.check_current(&ns, &info) {
+                    let current = self.still_current(&ns, &info).await;
+                    if !matches!(current, Ok(true)) {
                         exports.blobs.abort(&upload).await;
-                        return Err(replaced);
+                        return current.map(|_| ());
                     }
                     exports.blobs.finish(&upload, ids).await.map_err(blob)?
                 }
@@ -131,18 +143,35 @@ impl Manager {
         Ok(())
     }
 
-    /// An error when a newer version of `info`'s path is current here (the path's primary
-    /// knows): this one's file must not replace the newer one's.
-    fn check_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<(), ExportFailure> {
-        match self.stat_object_here(ns, &info.path) {
-            Some(current) if current.generation > info.generation => Err(ExportFailure {
-                reason: FailureReason::Superseded,
-                error: TierError::InvalidKey {
-                    reason: format!("{ns}/{}: generation {} is current", info.path, current.generation),
-                },
-            }),
-            _ => Ok(()),
+    /// Whether `info` is still its path's newest version, here and on the path's other
+    /// owners that answer: this node may be one that was away when a newer version or a
+    /// delete was committed, and the old file must not go over the new one (or come back
+    /// after a delete). A newer version that is settled makes this one dead: its manifest
+    /// here is dropped and the catalog takes the newer one (`Ok(false)`: nothing to export).
+    /// One still young may yet be undone: `Superseded`, tried again later.
+    async fn still_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<bool, ExportFailure> {
+        let elsewhere = self.newest_elsewhere(ns, &info.path, false).await.ok().flatten();
+        let newer = [self.version_here(ns, &info.path), elsewhere]
+            .into_iter()
+            .flatten()
+            .filter(|v| v.generation > info.generation)
+            .max_by_key(|v| v.generation);
+        let Some(newer) = newer else { return Ok(true) };
+        if !self.settled(&newer) {
+            let reason = format!("{ns}/{}: generation {} is current", info.path, newer.generation);
+            return Err(ExportFailure { reason: FailureReason::Superseded, error: TierError::InvalidKey { reason } });
         }
+        tracing::info!(object = %info.path, %ns, generation = info.generation, newer = newer.generation,
+            deleted = newer.is_deleted(), "not exported: a newer version replaced it (this node missed it)");
+        {
+            let mut objects = self.catalog.objects.write();
+            let slot = (ns.clone(), info.path.clone());
+            if objects.get(&slot).is_none_or(|have| have.generation < newer.generation) {
+                objects.insert(slot, newer);
+            }
+        }
+        self.delete_here(&super::manifest_key(ns, &info.path, info.generation)).await;
+        Ok(false)
     }
 
     /// Whether Blob's file `name` holds exactly `info`'s bytes: its size first, then each
@@ -348,22 +377,36 @@ impl Manager {
         Some(data)
     }
 
-    /// Which of `keys` this node knows Blob has (`Peer/InBlob`): a block in its own
-    /// segments, or a chunk of a current version whose manifest it flushed (the export
-    /// flushes the manifest last). A cache copy vouches for nothing.
+    /// Which of `keys` need no flush, as this node knows (`Peer/InBlob`): a block in its
+    /// own segments; a chunk of a current version whose manifest it flushed (the export
+    /// flushes the manifest last); a chunk that a settled version retired (replaced or
+    /// deleted: no version names it any more; a copy of it on a node that was away when it
+    /// was deleted waited for ever). A cache copy vouches for nothing.
     pub(crate) fn in_blob_here(&self, keys: &[BlockKey]) -> Vec<BlockKey> {
-        let mut exported: BTreeMap<(String, u64), bool> = BTreeMap::new();
-        let mut is_exported = |ns: &Namespace, id: u64| {
-            *exported.entry((ns.as_str().to_string(), id)).or_insert_with(|| {
-                self.list_objects_here(ns, "", |_| true).into_iter().any(|info| {
-                    info.names_chunks_of(id) && self.in_own_blob(&super::manifest_key(ns, &info.path, info.generation))
-                })
-            })
-        };
+        // Per namespace: the chunk ids of exported versions, and those settled ones retired.
+        let mut known: HashMap<Namespace, (HashSet<u64>, HashSet<u64>)> = HashMap::new();
+        for key in keys.iter().filter(|k| super::is_chunk_key(k)) {
+            let ns = &key.namespace;
+            if known.contains_key(ns) {
+                continue;
+            }
+            let (mut exported, mut retired) = (HashSet::new(), HashSet::new());
+            for info in self.list_versions_here(ns, "", |_| true) {
+                let manifest = super::manifest_key(ns, &info.path, info.generation);
+                if !info.is_deleted() && self.in_own_blob(&manifest) {
+                    exported.extend(info.chunk_ids());
+                }
+                if self.settled(&info) {
+                    retired.extend(info.retired().iter().copied());
+                }
+            }
+            known.insert(ns.clone(), (exported, retired));
+        }
         keys.iter()
-            .filter(|k| match super::chunk_id(k) {
-                Some(id) => is_exported(&k.namespace, id),
-                None => self.in_own_blob(k),
+            .filter(|k| match (super::chunk_id(k), known.get(&k.namespace)) {
+                (Some(id), Some((exported, retired))) => exported.contains(&id) || retired.contains(&id),
+                (Some(_), None) => false,
+                (None, _) => self.in_own_blob(k),
             })
             .cloned()
             .collect()
@@ -401,14 +444,5 @@ impl Manager {
             self.flushed_elsewhere(&released).await;
         }
         released.len()
-    }
-
-    /// Removes `path`'s file from Blob (its object was deleted).
-    pub(crate) async fn delete_export(&self, ns: &Namespace, path: &str) {
-        let Some(exports) = self.exports() else { return };
-        let name = exports.blobs.name(ns, path);
-        if let Err(e) = exports.blobs.delete(&name).await {
-            tracing::warn!(object = %name, error = %e, "deleting a deleted object's file from Blob failed");
-        }
     }
 }

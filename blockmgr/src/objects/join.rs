@@ -67,6 +67,8 @@ impl ObjectInfo {
             id: rand::random(),
             chunk_crc32c,
             runs,
+            deleted: false,
+            retired: Vec::new(),
         }
     }
 }
@@ -168,6 +170,8 @@ mod tests {
             id,
             chunk_crc32c: (0..chunks).map(|i| i as u32 + id as u32 * 100).collect(),
             runs: Vec::new(),
+            deleted: false,
+            retired: Vec::new(),
         }
     }
 

@@ -105,6 +105,8 @@ impl ObjectWriter {
             id: self.id,
             chunk_crc32c: std::mem::take(&mut self.chunk_crc32c),
             runs: Vec::new(),
+            deleted: false,
+            retired: Vec::new(),
         }
     }
 

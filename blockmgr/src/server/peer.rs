@@ -133,7 +133,7 @@ impl peer_server::Peer for PeerService {
 
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<peer::Manifest>, Status> {
         let ns = self.check(&request, "peer_stat_object").await?;
-        let found = self.manager.stat_object_here(&ns, &request.get_ref().path);
+        let found = self.manager.version_here(&ns, &request.get_ref().path);
         Ok(Response::new(found.as_ref().map(manifest).unwrap_or_default()))
     }
 
@@ -142,7 +142,7 @@ impl peer_server::Peer for PeerService {
         request: Request<v1::ListObjectsRequest>,
     ) -> Result<Response<peer::Manifests>, Status> {
         let ns = self.check(&request, "peer_list_objects").await?;
-        let found = self.manager.list_objects_here(&ns, &request.get_ref().prefix, |p| self.manager.owns_path(&ns, p));
+        let found = self.manager.list_versions_here(&ns, &request.get_ref().prefix, |p| self.manager.owns_path(&ns, p));
         Ok(Response::new(peer::Manifests { manifests: found.iter().map(manifest).collect() }))
     }
 
@@ -155,7 +155,12 @@ impl peer_server::Peer for PeerService {
         if path.is_empty() {
             return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
         }
-        let deleted = self.manager.delete_object_here(&ns, path).await;
+        let deadline = super::deadline_of(&request).map(crate::objects::unix_ms);
+        let deleted = self
+            .manager
+            .delete_object_here(&ns, path, deadline)
+            .await
+            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 

@@ -114,8 +114,10 @@ def test_chaos_run_loses_nothing_acknowledged(tmp_path):
     """`kvtier-bench chaos --quick`, what CI runs of the fault run: three nodes as separate
     hosts (network namespaces), etcd, Azurite; writers through `kvtier cp`, `kvtier://` and
     S3 while twelve faults run one at a time (kill -9, SIGSTOP and a partition past the
-    lease, Azurite stopped and frozen). Every acknowledged file must read back byte-exact
-    from every node and from a wiped one, and be in Blob; no failed write may be there."""
+    lease, Azurite stopped and frozen), in two rounds. Every acknowledged file must read back
+    byte-exact from every node and from a wiped one, and be in Blob; no failed write may be
+    there; the first round's files, deleted before the second round's faults, and the
+    second's, deleted at the end, must stay deleted everywhere."""
     out = subprocess.run(
         [BENCH, "chaos", "--quick", "--json", "--python", sys.executable, "--dir", str(tmp_path)],
         capture_output=True,
@@ -125,9 +127,10 @@ def test_chaos_run_loses_nothing_acknowledged(tmp_path):
     assert out.returncode == 0, out.stderr[-8000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     summary = next(r for r in rows if r["bench"] == "chaos")
-    assert summary["faults"] == 12 and len(summary["faults_by_kind"]) == 5, summary
+    assert summary["faults"] == 12 and len(summary["faults_by_kind"]) == 5 and summary["rounds"] == 2, summary
     assert summary["files_acknowledged"] > 0 and summary["bytes_acknowledged"] > 0, summary
-    for bad in ["files_lost", "files_corrupted", "files_missing_from_blob", "failed_but_present", "unknown_corrupted"]:
+    bad_counts = ["files_lost", "files_corrupted", "files_missing_from_blob", "failed_but_present"]
+    for bad in bad_counts + ["unknown_corrupted", "files_deleted_but_back"]:
         assert summary[bad] == 0, summary
     assert summary["settle_max_s"] is not None, summary
     names = {r["bench"] for r in rows}

@@ -1,0 +1,62 @@
+//! The catalog at start: rebuilt from the manifests a node holds.
+
+use std::collections::{HashMap, HashSet};
+
+use kvtier_tiers::Namespace;
+
+use super::{CHUNK, MANIFEST, ObjectInfo, chunk_id};
+use crate::{GetOutcome, Manager};
+
+impl Manager {
+    /// Rebuilds the catalog from the manifests in the index (after a restart). The highest
+    /// generation of a path wins; older ones (a crash mid-commit) are removed, and so are
+    /// chunks no manifest names (an upload cut short by a crash).
+    pub(crate) async fn rebuild_catalog(&self) {
+        let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
+        let mut stale = Vec::new();
+        for key in self.keys_with_prefix(MANIFEST) {
+            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else { continue };
+            let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else {
+                tracing::warn!(%key, "objects: skipping a manifest that does not parse");
+                continue;
+            };
+            let slot = (key.namespace.clone(), info.path.clone());
+            match newest.get(&slot) {
+                Some(have) if have.generation >= info.generation => stale.push((slot.0, info)),
+                _ => {
+                    if let Some(older) = newest.insert(slot.clone(), info) {
+                        stale.push((slot.0, older));
+                    }
+                }
+            }
+        }
+        for (ns, info) in stale {
+            let keep = newest.get(&(ns.clone(), info.path.clone()));
+            self.remove_generation_keeping(&ns, &info, keep).await;
+        }
+        if !newest.is_empty() {
+            tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
+        }
+        *self.catalog.objects.write() = newest.clone();
+        if self.cluster().is_some() {
+            // Chunks and manifests live on different owners: a chunk without a manifest
+            // here is normal. Orphans are left to a cluster-wide sweep.
+            return;
+        }
+        let live: HashSet<(Namespace, u64)> = newest
+            .iter()
+            .flat_map(|((ns, _), info)| info.chunk_ids().into_iter().map(move |id| (ns.clone(), id)))
+            .collect();
+        let mut orphans = 0usize;
+        for key in self.keys_with_prefix(CHUNK) {
+            let Some(id) = chunk_id(&key) else { continue };
+            if !live.contains(&(key.namespace.clone(), id)) {
+                self.delete(&key).await;
+                orphans += 1;
+            }
+        }
+        if orphans > 0 {
+            tracing::info!(chunks = orphans, "objects: removed chunks of uploads that never committed");
+        }
+    }
+}
