@@ -17,7 +17,7 @@ mod vllm;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -206,7 +206,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let scratch = tempfile::tempdir_in(cli.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let parent = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
+    // `--dir` names where scratch goes, like `mkdir -p`: a directory that is not there yet
+    // is made rather than refused.
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating the scratch directory {}", parent.display()))?;
+    let scratch =
+        tempfile::tempdir_in(&parent).with_context(|| format!("creating scratch space in {}", parent.display()))?;
     let mut out = report::Reporter::new(cli.json);
     match cli.command {
         Command::Tiers { sizes_kib, working_set_mib, qd } => {
