@@ -341,7 +341,9 @@ async fn a_commit_short_of_its_write_quorum_is_undone_and_says_it_wrote_nothing(
         assert_eq!(got.map(|o| o.generation), Some(first.generation), "on {}", IDS[i]);
     }
     nodes[r].restart();
-    tokio::time::sleep(Duration::from_secs(1)).await; // its resync
+    wait_until("the returned owner's first resync", Duration::from_secs(20), || {
+        nodes[r].metric("resync_runs_total") > 0
+    });
     for node in &nodes {
         let got = node.client().await.stat_object(ns, &path).await.unwrap();
         assert_eq!(got.map(|o| o.generation), Some(first.generation), "after the owner's return");
@@ -358,6 +360,74 @@ async fn a_commit_short_of_its_write_quorum_is_undone_and_says_it_wrote_nothing(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(second.generation > first.generation);
+}
+
+/// `kvtier cp` with a commit whose second owner is frozen (SIGSTOP: it holds the request and
+/// answers nothing): the node cannot know whether that owner took the manifest, so cp says
+/// the outcome is unknown (exit 3), not that nothing was written. Once the owner answers
+/// again every node agrees on one version, and copying again (`--retries`) lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_an_owner_never_answered_is_unknown_and_copying_again_lands() {
+    let nodes = start_cluster(2);
+    let (ns, url_ns) = ("ckpt/run1", "ckpt%2Frun1");
+    let path = (0..200)
+        .map(|i| format!("step-{i}/.metadata"))
+        .find(|p| path_owners(&IDS, ns, p)[0] == "n1")
+        .expect("a path n1 is primary of");
+    let r = IDS.iter().position(|id| *id == path_owners(&IDS, ns, &path)[1]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, empty) = (dir.path().join("first"), dir.path().join("empty"));
+    std::fs::write(&first, data(7, 1000)).unwrap();
+    std::fs::write(&empty, b"").unwrap(); // no chunks: only the commit is at stake
+    let url = format!("kvtier://{url_ns}/{path}");
+    let cp = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["cp", "--server", &nodes[0].addrs.grpc];
+        args.extend_from_slice(extra);
+        args.extend([file.to_str().unwrap(), url.as_str()]);
+        let out = std::process::Command::new(common::BIN).args(&args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = cp(&first, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let before = nodes[0].client().await.stat_object(ns, &path).await.unwrap().expect("the first version");
+
+    nodes[r].signal(libc::SIGSTOP);
+    let (code, err) = cp(&empty, &["--retries", "0"]);
+    nodes[r].signal(libc::SIGCONT);
+    assert_eq!(code, Some(3), "an unanswered commit is not a definite failure: {err}");
+    assert!(err.contains("outcome is unknown"), "{err}");
+
+    // Whatever the frozen owner did with the manifest, the nodes come to agree on one version:
+    // the first, or the empty one (never a version one node serves and another does not).
+    let started = std::time::Instant::now();
+    let agreed = loop {
+        let mut seen = Vec::new();
+        for node in &nodes {
+            let got = node.client().await.stat_object(ns, &path).await;
+            seen.push(got.ok().flatten().map(|o| (o.generation, o.size)));
+        }
+        if seen.iter().all(|s| *s == seen[0]) {
+            break seen[0];
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the nodes never agreed: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (generation, size) = agreed.expect("the path has a version");
+    assert!(
+        (generation, size) == (before.generation, 1000) || (generation > before.generation && size == 0),
+        "agreed on {generation}/{size}; the first version was {}/1000",
+        before.generation
+    );
+
+    // Copying again is safe and lands (the node skips an owner it found unreachable for a
+    // moment, hence the retries).
+    let (code, err) = cp(&empty, &["--retries", "8"]);
+    assert_eq!(code, Some(0), "{err}");
+    for node in &nodes {
+        let got = node.client().await.stat_object(ns, &path).await.unwrap().expect("the copied version");
+        assert_eq!(got.size, 0, "on {}", node.addrs.grpc);
+        assert!(got.generation > before.generation, "on {}", node.addrs.grpc);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
