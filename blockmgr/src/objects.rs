@@ -162,6 +162,8 @@ pub(crate) struct Catalog {
     locks: crate::flight::KeyLocks,
     /// How long a member keeps a delete marker (`cluster.delete_marker_ttl`).
     marker_ttl: std::time::Duration,
+    /// Older manifests waiting for the version that replaced them to settle.
+    superseded: superseded::Superseded,
 }
 
 impl Catalog {
@@ -171,6 +173,7 @@ impl Catalog {
             writing: orphans::Writing::default(),
             locks: crate::flight::KeyLocks::new(256),
             marker_ttl,
+            superseded: superseded::Superseded::default(),
         }
     }
 }
@@ -258,8 +261,11 @@ impl Manager {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
-        // Another owner may know a newer version than this one (it was away meanwhile).
-        let elsewhere = self.newest_elsewhere(ns, &info.path, if_absent).await?;
+        // Another owner may know a newer version than this one (it was away meanwhile). A
+        // conditional create, and a delete of a path this node knows no live version of,
+        // must hear from every owner: one out of reach may hold the only copy.
+        let must_hear_all = if_absent || (info.deleted && old.as_ref().is_none_or(|o| o.deleted));
+        let elsewhere = self.newest_elsewhere(ns, &info.path, must_hear_all).await?;
         let current = match (&old, elsewhere) {
             (Some(o), Some(e)) if e.generation > o.generation => Some(e),
             (Some(o), _) => Some(o.clone()),
@@ -305,11 +311,17 @@ impl Manager {
             exports.hold(&key);
         }
         let (stored, holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await;
+        let failed = match stored {
+            Ok(_) => None,
+            Err(e) => Some(self.undo_commit(&key, info.generation, slot.clone(), old.clone(), e, &holding).await),
+        };
         if let Some(exports) = &exports {
-            exports.release(&key, stored.is_ok());
+            // An undone commit's manifest is gone from here: its export finds nothing to do.
+            // One too late to undo stands, and is exported.
+            exports.release(&key, true);
         }
-        if let Err(e) = stored {
-            return Err(self.undo_commit(&key, slot, old, e, &holding).await);
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.catalog.objects.write().insert(slot, info.clone());
         if let Some(old) = old {
@@ -325,14 +337,29 @@ impl Manager {
     /// again). When every such owner answered the delete, nothing of the commit remains and
     /// [`TierError::NotCommitted`] says so; otherwise a copy may stand on an owner that did
     /// not answer (and land when it returns), and `failed` stands (an unknown outcome).
+    ///
+    /// Members treat a version as settled (never undone: what it replaced may be dropped)
+    /// four peer timeouts after its generation; an undo that could not end by then (this
+    /// node was stopped mid-commit) is not begun: the version stands where it was stored,
+    /// resync spreads it, and the outcome is unknown.
     async fn undo_commit(
         &self,
         key: &BlockKey,
+        generation: u64,
         slot: (Namespace, String),
         old: Option<ObjectInfo>,
         failed: TierError,
         holding: &[String],
     ) -> TierError {
+        if let Some(cluster) = self.cluster() {
+            // Its deletes, then its puts, each at most a peer timeout (all owners at once).
+            let last_start = generation.saturating_add(2 * cluster.peer_timeout().as_millis() as u64);
+            if unix_ms(std::time::SystemTime::now()) > last_start {
+                tracing::warn!(manifest = %key, error = %failed,
+                    "a failed commit is past the time it could be undone in: it stands, its outcome is unknown");
+                return failed;
+            }
+        }
         let (_, unanswered) = self.delete_on_these(key, holding).await;
         if let Some(old) = old {
             let old_key = manifest_key(&slot.0, &slot.1, old.generation);
@@ -340,11 +367,14 @@ impl Manager {
             // As this node holds it: a copy still waiting for its export stays write-back.
             let durability = if self.unflushed(&old_key) { Durability::WriteBack } else { Durability::LocalDisk };
             if let (Some(cluster), GetOutcome::Hit { block, .. }) = (self.cluster(), self.get_here(&old_key).await) {
-                for owner in holding {
-                    if let Err((e, _)) = cluster.put_on(owner, &block, durability).await {
+                let puts = holding.iter().map(|owner| cluster.put_on(owner, &block, durability));
+                for (owner, put) in holding.iter().zip(futures::future::join_all(puts).await) {
+                    if let Err((e, _)) = put {
                         tracing::debug!(%owner, error = %e, "teaching an owner the version before an undone commit failed");
                     }
                 }
+            } else {
+                tracing::warn!(manifest = %old_key, "the version before an undone commit is not here to teach its owners again");
             }
         }
         if unanswered.is_empty() {
@@ -475,6 +505,7 @@ mod export;
 mod exports;
 mod join;
 mod orphans;
+mod superseded;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -354,3 +354,66 @@ async fn an_export_redone_after_a_restart_finds_its_file_in_blob_when_its_chunks
     let read = node.client().await.read_object(NS, PATH, ObjectRange::all()).await.unwrap();
     assert!(read == object, "read back from the file in Blob");
 }
+
+/// A primary frozen while holding a version it has not exported yet (Blob refused it)
+/// comes back while the owner that committed a newer version in its place is frozen in
+/// turn: its export must not put the old file in Blob (over the newer one's, had that one
+/// been exported). It waits to hear from that owner (`reason="owners"`), then learns the
+/// newer version and drops its own; the newer one is exported once both owners answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_hears_from_every_owner_before_its_file_can_go_over_a_newer_one() {
+    let shared = tempfile::tempdir().unwrap();
+    let (nodes, objects_url) = start_three_sharing_blob_on(shared.path(), |dir, tables| {
+        // One copy acknowledges: the second owner commits in the frozen primary's place. (The
+        // primary learns that version from its next resync.)
+        let tables = tables.replacen("peer_timeout", "resync_interval = \"1s\"\npeer_timeout", 1);
+        common::small_config(dir, "", &format!("{tables}\n[namespaces.\"acme/*\"]\nreplicas = 2\nwrite_quorum = 1\n"))
+    });
+    let ids = ["n1", "n2", "n3"];
+    let owners = common::path_owners(&ids, NS, PATH);
+    let at = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+    let (primary, second) = (&nodes[at(owners[0])], &nodes[at(owners[1])]);
+    let (old, new) = (data(40, 100_000), data(41, 120_000));
+    let put = |node: &Node, body: Bytes| {
+        let addr = node.addrs.grpc.clone();
+        async move {
+            let client = kvtier_blockmgr::Client::connect(&addr).await.unwrap();
+            client.put_object(NS, PATH, pieces(&body), Durability::WriteBack, None, None).await.unwrap()
+        }
+    };
+    let in_blob = || file_in_blob(&objects_url, &[], 1 << 20);
+
+    // The old version: acknowledged, but its export fails (a file where the objects'
+    // directory would go).
+    let blocker = shared.path().join("objects");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let first = put(primary, old.clone()).await;
+    wait_until("the old version's export failing", Duration::from_secs(20), || {
+        primary.labelled_metric("object_export_failures_total", "reason=\"blob\"") > 0
+    });
+    // The primary frozen, the second owner commits the new version in its place.
+    primary.signal(libc::SIGSTOP);
+    let newer = put(second, new.clone()).await;
+    assert!(newer.generation > first.generation);
+    std::fs::remove_file(&blocker).unwrap();
+
+    // The second owner frozen in turn, the primary back: Blob takes files again, but its
+    // export of the old version cannot hear whether an owner holds a newer one: it waits.
+    second.signal(libc::SIGSTOP);
+    primary.signal(libc::SIGCONT);
+    wait_until("the old export waiting on the owners", Duration::from_secs(60), || {
+        primary.labelled_metric("object_export_failures_total", "reason=\"owners\"") > 0
+    });
+    assert_eq!(in_blob().await, None, "no old file in Blob");
+    second.signal(libc::SIGCONT);
+    wait_until("everything exported", Duration::from_secs(60), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+    let exports: u64 = nodes.iter().map(|n| n.metric("objects_exported_total")).sum();
+    assert_eq!(exports, 1, "the new version's export only");
+    assert!(in_blob().await == Some(new.clone()), "the new version's file");
+    for node in &nodes {
+        let got = node.client().await.read_object(NS, PATH, ObjectRange::all()).await.unwrap();
+        assert!(got == new, "{} reads the new version", node.addrs.grpc);
+    }
+}

@@ -380,9 +380,15 @@ impl Azurite {
     /// fault test: Azurite keeps its index in memory and saves it every few seconds, so a
     /// `kill -9` makes it forget blobs it acknowledged, which real Azure never does.
     pub fn stop(&mut self) {
-        // SAFETY: signalling the process the script started for us.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        for _ in 0..300 {
+        // SAFETY: signalling the process the script started for us. (SIGCONT: a frozen one
+        // handles SIGTERM only once it runs.)
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+            libc::kill(self.pid, libc::SIGCONT);
+        }
+        // Saving its index takes a while with gigabytes of blobs on a busy machine (6 s was
+        // too short for a long fault run's).
+        for _ in 0..3000 {
             // Gone, or a zombie nobody reaps (its parent, the script, has exited).
             let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
             if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
@@ -390,7 +396,7 @@ impl Azurite {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("azurite (pid {}) did not stop within 6 s of SIGTERM", self.pid);
+        panic!("azurite (pid {}) did not stop within 60 s of SIGTERM", self.pid);
     }
 
     /// Freezes it (SIGSTOP): connections are accepted by the kernel but never answered, as

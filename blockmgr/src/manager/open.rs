@@ -167,7 +167,7 @@ impl Manager {
         };
         manager.rebuild_catalog().await;
         manager.spawn_exporter();
-        manager.spawn_marker_expiry();
+        manager.spawn_version_upkeep();
         if manager.cluster.is_none() {
             // Exported objects' chunks read as write-back again after a restart (the SSD
             // keeps the mark); a cluster does this after each resync, asking the members.

@@ -258,9 +258,9 @@ impl Manager {
     /// A manifest just stored on this node (a copy from the path's primary, a resync or a
     /// handoff): the catalog takes it when it is newer than what it has. Of the two, the
     /// older version's manifest here is dead once the newer one is settled (its commit can
-    /// no longer be undone) or is a delete marker: a copy a delete or replace did not reach,
-    /// brought back by a member that was away, is dropped where it lands; so is a delete
-    /// marker past its time.
+    /// no longer be undone; see objects/superseded.rs): a copy a delete or replace did not
+    /// reach, brought back by a member that was away, is dropped where it lands; so is a
+    /// delete marker past its time.
     pub(crate) async fn learn_manifest(&self, key: &BlockKey) {
         if !is_manifest_key(key) {
             return;
@@ -268,27 +268,27 @@ impl Manager {
         let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return };
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
         let ns = key.namespace.clone();
+        if self.marker_expired(&ns, &info) {
+            tracing::debug!(manifest = %key, "objects: dropping a delete marker past its time");
+            self.delete_here(key).await;
+            return;
+        }
         let slot = (ns.clone(), info.path.clone());
-        let dead = if self.marker_expired(&ns, &info) {
-            Some(key.clone())
-        } else {
+        // (the older generation, whether the newer one is settled)
+        let older = {
             let mut objects = self.catalog.objects.write();
-            // A delete marker need not wait: were its commit undone, the undo puts the
-            // version before it back on every owner that took the marker.
-            let over = |newer: &ObjectInfo| newer.is_deleted() || self.settled(newer);
             match objects.get(&slot) {
-                Some(have) if have.generation > info.generation => over(have).then(|| key.clone()),
+                Some(have) if have.generation > info.generation => Some((info.generation, self.settled(have))),
                 Some(have) if have.generation == info.generation => None,
                 have => {
-                    let older = have.filter(|_| over(&info)).map(|h| manifest_key(&ns, &h.path, h.generation));
-                    objects.insert(slot, info);
+                    let older = have.map(|h| (h.generation, self.settled(&info)));
+                    objects.insert(slot, info.clone());
                     older
                 }
             }
         };
-        if let Some(dead) = dead {
-            tracing::debug!(manifest = %dead, "objects: dropping the manifest of a version a settled one replaced");
-            self.delete_here(&dead).await;
+        if let Some((generation, newer_settled)) = older {
+            self.superseded(&ns, &info.path, generation, newer_settled).await;
         }
     }
 

@@ -26,6 +26,9 @@ use crate::{Durability, Manager};
 
 /// How often a node looks for delete markers past their time.
 const EXPIRY_EVERY: Duration = Duration::from_secs(30);
+/// How often it looks for manifests a version replaced that is settled by now (a
+/// write-back copy stays pinned as unflushed until then: the fault run's settle waits on it).
+const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 
 impl ObjectInfo {
     /// The delete marker of `path` (its generation is the primary's to assign).
@@ -109,15 +112,21 @@ impl Manager {
             && !self.unflushed(&manifest_key(ns, &info.path, info.generation))
     }
 
-    /// Starts the expiry of delete markers: a look every [`EXPIRY_EVERY`]. It holds the
-    /// manager weakly, so it ends once the manager is dropped.
-    pub(crate) fn spawn_marker_expiry(&self) {
+    /// Starts the upkeep of versions: every [`UPKEEP_EVERY`], the manifests a now-settled
+    /// version replaced are dropped; every [`EXPIRY_EVERY`], the delete markers past their
+    /// time. It holds the manager weakly, so it ends once the manager is dropped.
+    pub(crate) fn spawn_version_upkeep(&self) {
         let weak = self.downgrade();
         tokio::spawn(async move {
+            let mut last_expiry = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(EXPIRY_EVERY).await;
+                tokio::time::sleep(UPKEEP_EVERY).await;
                 let Some(manager) = weak.upgrade() else { return };
-                manager.expire_delete_markers().await;
+                manager.drop_settled_superseded().await;
+                if last_expiry.elapsed() >= EXPIRY_EVERY {
+                    last_expiry = tokio::time::Instant::now();
+                    manager.expire_delete_markers().await;
+                }
             }
         });
     }
@@ -156,6 +165,7 @@ impl Manager {
             objects.remove(&slot);
         }
         self.delete_here(&manifest_key(ns, &marker.path, marker.generation)).await;
+        self.drop_superseded_of(ns, &marker.path).await;
         true
     }
 }

@@ -143,14 +143,18 @@ impl Manager {
         Ok(())
     }
 
-    /// Whether `info` is still its path's newest version, here and on the path's other
-    /// owners that answer: this node may be one that was away when a newer version or a
-    /// delete was committed, and the old file must not go over the new one (or come back
-    /// after a delete). A newer version that is settled makes this one dead: its manifest
-    /// here is dropped and the catalog takes the newer one (`Ok(false)`: nothing to export).
-    /// One still young may yet be undone: `Superseded`, tried again later.
+    /// Whether `info` is still its path's newest version, here and on every other owner of
+    /// the path (one that does not answer: `Owners`, tried again later): this node may be
+    /// one that was away when a newer version or a delete was committed, and the old file
+    /// must not go over the new one (or come back after a delete). A newer version that is
+    /// settled makes this one dead: its manifest here is dropped and the catalog takes the
+    /// newer one (`Ok(false)`: nothing to export). One still young may yet be undone:
+    /// `Superseded`, tried again later.
     async fn still_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<bool, ExportFailure> {
-        let elsewhere = self.newest_elsewhere(ns, &info.path, false).await.ok().flatten();
+        let elsewhere = self
+            .newest_elsewhere(ns, &info.path, true)
+            .await
+            .map_err(|error| ExportFailure { reason: FailureReason::Owners, error })?;
         let newer = [self.version_here(ns, &info.path), elsewhere]
             .into_iter()
             .flatten()

@@ -38,6 +38,10 @@ pub(crate) enum FailureReason {
     /// A newer version was current (its commit may yet fail and be undone): tried again
     /// later, by when this version's manifest is gone if the newer one stood.
     Superseded,
+    /// An owner of the path did not answer whether it holds a newer version (this node may
+    /// be one that was away while a newer version was committed and exported: its file must
+    /// not go over that one's).
+    Owners,
 }
 
 impl FailureReason {
@@ -48,6 +52,7 @@ impl FailureReason {
             FailureReason::Stager => "stager",
             FailureReason::Manifest => "manifest",
             FailureReason::Superseded => "superseded",
+            FailureReason::Owners => "owners",
         }
     }
 }

@@ -175,7 +175,9 @@ impl objects_server::Objects for ObjectService {
     ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
         self.count("delete_object");
         let r = request.into_inner();
-        let deleted = self.manager.delete_object(&r.namespace, &r.path).await.map_err(|e| status_of(&e))?;
+        // A delete is a commit (of a delete marker): its failure says whether it may have landed.
+        let deleted = (self.manager.delete_object(&r.namespace, &r.path).await)
+            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 }

@@ -1,0 +1,98 @@
+//! Manifests a newer version replaced, kept until that version is settled.
+//!
+//! A member that learns a newer version of a path (a commit, a delete marker, a copy that
+//! resync or handoff brings) may not drop the older manifest at once: the newer commit may
+//! still be undone (short of its quorum), and then the primary teaches its owners the older
+//! version again from its own copy. So an older manifest goes only once the newer version
+//! is settled ([`Manager::settled`]): at once when it already is, else when a later look
+//! finds it so. Until then the older manifest stays where it is, out of the catalog; were it
+//! never dropped, a write-back copy would stay pinned as unflushed for ever, and a restart
+//! would rebuild the catalog from it after the newer version's marker expired.
+
+use kvtier_tiers::{BlockKey, Namespace};
+use parking_lot::Mutex;
+
+use super::manifest_key;
+use crate::Manager;
+
+/// An older manifest held on this node, waiting for the version that replaced it to settle.
+#[derive(Debug)]
+struct Waiting {
+    namespace: Namespace,
+    path: String,
+    generation: u64,
+}
+
+impl Waiting {
+    fn key(&self) -> BlockKey {
+        manifest_key(&self.namespace, &self.path, self.generation)
+    }
+}
+
+/// The older manifests on this node that wait for a newer version to settle.
+#[derive(Debug, Default)]
+pub(crate) struct Superseded {
+    waiting: Mutex<Vec<Waiting>>,
+}
+
+impl Manager {
+    /// `path`'s manifest of `generation` (of `ns`) is older than the catalog's version
+    /// `newer`: dropped now if `newer` is settled, else once it is.
+    pub(crate) async fn superseded(&self, ns: &Namespace, path: &str, generation: u64, newer_settled: bool) {
+        let waiting = Waiting { namespace: ns.clone(), path: path.to_string(), generation };
+        if newer_settled {
+            tracing::debug!(manifest = %waiting.key(), "objects: dropping the manifest of a version a settled one replaced");
+            self.delete_here(&waiting.key()).await;
+        } else {
+            self.catalog.superseded.waiting.lock().push(waiting);
+        }
+    }
+
+    /// Drops the waiting manifests whose newer version is now settled; forgets those whose
+    /// version is current again (the newer commit was undone). One whose path has no version
+    /// in the catalog waits on: an undo between its delete and its teaching the older version
+    /// again, or a delete marker whose expiry drops it ([`Manager::drop_superseded_of`]).
+    /// How many were dropped.
+    pub(crate) async fn drop_settled_superseded(&self) -> usize {
+        let dead: Vec<BlockKey> = {
+            let objects = self.catalog.objects.read();
+            let mut waiting = self.catalog.superseded.waiting.lock();
+            let mut dead = Vec::new();
+            waiting.retain(|w| match objects.get(&(w.namespace.clone(), w.path.clone())) {
+                Some(now) if now.generation > w.generation && self.settled(now) => {
+                    dead.push(w.key());
+                    false
+                }
+                Some(now) if now.generation > w.generation => true,
+                Some(_) => false,
+                None => true,
+            });
+            dead
+        };
+        for key in &dead {
+            tracing::debug!(manifest = %key, "objects: dropping the manifest of a version a settled one replaced");
+            self.delete_here(key).await;
+        }
+        dead.len()
+    }
+
+    /// Drops every waiting manifest of `path` (its delete marker expires: the versions it
+    /// replaced are long settled).
+    pub(crate) async fn drop_superseded_of(&self, ns: &Namespace, path: &str) {
+        let dead: Vec<BlockKey> = {
+            let mut waiting = self.catalog.superseded.waiting.lock();
+            let mut dead = Vec::new();
+            waiting.retain(|w| {
+                let of_path = w.namespace == *ns && w.path == path;
+                if of_path {
+                    dead.push(w.key());
+                }
+                !of_path
+            });
+            dead
+        };
+        for key in &dead {
+            self.delete_here(key).await;
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Deletes of objects under faults, through real `kvtier serve` processes (static
+//! membership, `ckpt/*` keeping 2 copies): a delete short of its quorum leaves the object
+//! whole, and a delete that cannot hear from an owner that may hold the object says so
+//! instead of answering "there was nothing to delete".
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, data, path_owners, start_static_cluster};
+use kvtier_blockmgr::{Durability, ObjectRange};
+
+const IDS: [&str; 3] = ["n1", "n2", "n3"];
+const NS: &str = "ckpt/run1";
+
+fn start_cluster(write_quorum: usize) -> Vec<Node> {
+    start_static_cluster(&IDS, |_| {
+        format!("peer_timeout = \"3s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\nwrite_quorum = {write_quorum}\n")
+    })
+}
+
+/// A path whose manifests' primary is `primary`, and the index of its second owner.
+fn path_with_primary(primary: &str) -> (String, usize) {
+    let path = (0..200)
+        .map(|i| format!("step-{i}/rank-0.distcp"))
+        .find(|p| path_owners(&IDS, NS, p)[0] == primary)
+        .expect("a path with that primary");
+    let second = IDS.iter().position(|id| *id == path_owners(&IDS, NS, &path)[1]).unwrap();
+    (path, second)
+}
+
+fn pieces(data: &bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> + Send + 'static {
+    futures::stream::iter([data.clone()])
+}
+
+/// The second owner is down, so a delete stores its marker on the primary only and is
+/// undone. The primary must still hold the object's manifest: it once dropped it on taking
+/// the marker, kept the version only in memory, and lost it at its next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_short_of_its_quorum_leaves_the_object_whole_on_its_primary() {
+    let mut nodes = start_cluster(2);
+    let (path, second) = path_with_primary("n1");
+    let object = data(1, 300_000);
+    let client = nodes[0].client().await;
+    client.put_object(NS, &path, pieces(&object), Durability::LocalDisk, None, None).await.unwrap();
+
+    nodes[second].kill9();
+    let err = client.delete_object(NS, &path).await.unwrap_err();
+    assert_eq!(err.outcome(), kvtier_blockmgr::Outcome::NotApplied, "{err}");
+
+    // The primary restarted (its catalog rebuilt from what it holds), the second owner
+    // still down: the object is whole.
+    nodes[0].kill9();
+    nodes[0].restart();
+    let client = nodes[0].client().await;
+    let info = client.stat_object(NS, &path).await.unwrap().expect("the object stands");
+    assert_eq!(info.size, object.len() as u64);
+    assert!(client.read_object(NS, &path, ObjectRange::all()).await.unwrap() == object);
+
+    // With both owners back, a delete goes through and holds everywhere.
+    nodes[second].restart();
+    let started = std::time::Instant::now();
+    loop {
+        match nodes[0].client().await.delete_object(NS, &path).await {
+            Ok(deleted) => break assert!(deleted),
+            Err(e) if started.elapsed() < Duration::from_secs(20) => assert!(e.is_transient(), "{e}"),
+            Err(e) => panic!("the delete never went through: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for node in &nodes {
+        let got = node.client().await.stat_object(NS, &path).await.unwrap();
+        assert!(got.is_none(), "on {}: {got:?}", node.addrs.grpc);
+    }
+}
+
+/// The only owner holding an object is frozen while a delete reaches the primary, which
+/// never learned the object (it was frozen when the object was written): the delete must
+/// fail as retryable, not answer "nothing to delete" and leave the object to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_cannot_hear_an_owner_holding_the_object_fails_rather_than_does_nothing() {
+    let nodes = start_cluster(1);
+    let (path, second) = path_with_primary("n1");
+    let object = data(2, 50_000);
+    // Written while the primary is frozen: only the second owner holds it.
+    nodes[0].signal(libc::SIGSTOP);
+    let writer = nodes[second].client().await;
+    writer.put_object(NS, &path, pieces(&object), Durability::LocalDisk, None, None).await.unwrap();
+    nodes[0].signal(libc::SIGCONT);
+
+    // Now the second owner is frozen, and the delete goes to the primary.
+    nodes[second].signal(libc::SIGSTOP);
+    let result = nodes[0].client().await.delete_object(NS, &path).await;
+    nodes[second].signal(libc::SIGCONT);
+    let err = result.expect_err("a delete that could not ask the owner holding the object");
+    assert!(err.is_transient(), "retryable: {err}");
+
+    // The object stands; deleted once both owners answer, it is gone from every node.
+    let got = nodes[0].client().await.read_object(NS, &path, ObjectRange::all()).await;
+    assert!(got.unwrap() == object);
+    let started = std::time::Instant::now();
+    loop {
+        match nodes[0].client().await.delete_object(NS, &path).await {
+            Ok(deleted) => break assert!(deleted),
+            Err(e) if started.elapsed() < Duration::from_secs(20) => assert!(e.is_transient(), "{e}"),
+            Err(e) => panic!("the delete never went through: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for node in &nodes {
+        let got = node.client().await.stat_object(NS, &path).await.unwrap();
+        assert!(got.is_none(), "on {}: {got:?}", node.addrs.grpc);
+    }
+}
