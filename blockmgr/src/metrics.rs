@@ -120,6 +120,8 @@ pub struct Metrics {
     pub orphan_chunks_removed: IntCounter,
     /// Objects whose export is queued or running on this node.
     pub exports_queued: IntGauge,
+    /// Deletes of Blob copies held until Blob takes them.
+    pub blob_deletes_held: IntGauge,
     /// How long the oldest of those has waited since first queued (seconds).
     pub export_oldest: Gauge,
     /// How long the oldest write-back byte on this node has waited for Blob (seconds): a
@@ -303,6 +305,10 @@ impl Metrics {
                 "Write-back chunks no member's manifest named, removed by the orphan sweep",
             ),
             exports_queued: one_gauge("exports_queued", "Objects whose export is queued or running"),
+            blob_deletes_held: one_gauge(
+                "blob_deletes_held",
+                "Deletes of Blob copies held (on disk) until Blob takes them",
+            ),
             export_oldest: one_float_gauge(
                 "export_oldest_seconds",
                 "How long the oldest queued or running export has waited since first queued",

@@ -313,6 +313,46 @@ async fn a_damaged_ssd_copy_is_read_from_blob_instead(backend: Backend) {
     assert!(node.http_get("/metrics").contains("kvtier_checksum_failures_total{tier=\"ssd\"} 1"));
 }
 
+async fn a_delete_made_while_blob_is_down_holds_through_restarts_and_wipes(mut backend: Backend) {
+    // Flushed blocks deleted while Blob is down: each delete is held (on disk) and retried.
+    // It once was only logged, so the copy stayed in Blob and a restart, or a node on a
+    // wiped disk, served the deleted block again.
+    let extra = "retries = 0\nretry_timeout = \"1s\"";
+    let mut node = Node::start_with("", &backend.toml(extra));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..4), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    backend.stop();
+    assert_eq!(client.delete(NS, &[key(0), key(1)]).await.unwrap(), vec![true, true]);
+    assert_eq!(node.metric("blob_deletes_held"), 2);
+
+    // Killed while Blob is still down, restarted once it is back: the held deletes come from
+    // the data dir and are applied before Blob's blocks are indexed.
+    node.kill9();
+    backend.resume();
+    node.restart();
+    let client = node.unix_client().await;
+    let missing = |got: &GetItem| matches!(got, GetItem::Miss { .. });
+    let got = client.get(NS, &[key(0), key(1), key(2)]).await.unwrap();
+    assert!(missing(&got[0]) && missing(&got[1]), "deleted blocks stay deleted after a restart: {got:?}");
+    assert!(matches!(got[2], GetItem::Hit { .. }), "the others stay: {got:?}");
+    common::wait_until("the held deletes applied", Duration::from_secs(30), || node.metric("blob_deletes_held") == 0);
+    assert_eq!(backend.view().await.get(&block_key(0)).await.unwrap().map(|b| b.key), None, "gone from Blob");
+
+    // Another delete while Blob is down, retried while the node runs: a node on a wiped disk
+    // (which has no held list) does not find it in Blob afterwards.
+    backend.stop();
+    assert_eq!(client.delete(NS, &[key(2)]).await.unwrap(), vec![true]);
+    backend.resume();
+    common::wait_until("the held delete retried", Duration::from_secs(30), || node.metric("blob_deletes_held") == 0);
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    node.restart();
+    let got = node.unix_client().await.get(NS, &[key(2), key(3)]).await.unwrap();
+    assert!(missing(&got[0]), "a wiped node does not bring the deleted block back: {got:?}");
+    assert!(matches!(got[1], GetItem::Hit { tier: TierKind::Blob, .. }), "{got:?}");
+}
+
 common::blob::on_both_backends!(
     demotion_goes_cpu_ssd_blob_and_reads_back,
     write_back_blocks_reach_blob_after_a_kill_9,
@@ -322,6 +362,7 @@ common::blob::on_both_backends!(
     a_stale_copy_in_blob_never_passes_for_a_newer_version,
     a_node_started_while_blob_is_down_serves_locally_then_catches_up,
     a_damaged_ssd_copy_is_read_from_blob_instead,
+    a_delete_made_while_blob_is_down_holds_through_restarts_and_wipes,
 );
 
 #[tokio::test]

@@ -21,6 +21,7 @@ impl Inner {
         let Some(blob) = &self.blob else { return Ok(true) };
         match blob.load().await {
             Ok(()) => {
+                self.apply_held_blob_deletes().await;
                 self.index_blob().await?;
                 Ok(true)
             }
@@ -36,20 +37,35 @@ impl Inner {
         }
     }
 
-    /// Deletes `key`'s Blob copy, if any. Before the tier is loaded the delete is held and
-    /// applied once it is, so a copy the load finds does not come back.
+    /// Deletes `key`'s Blob copy, if any. One that cannot be deleted now (Blob down, or not
+    /// loaded yet) is held on disk and retried (see `blob_deletes.rs`), so a copy a restart
+    /// finds does not come back.
     pub(super) async fn delete_from_blob(&self, key: &BlockKey) {
         let Some(blob) = &self.blob else { return };
-        if !blob.is_loaded() {
-            self.blob_deletes.lock().push(key.clone());
-            if !blob.is_loaded() {
-                return;
+        if blob.is_loaded() {
+            match blob.delete(key).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(%key, error = %e, "deleting the Blob copy failed; held and retried"),
             }
-            // Loaded meanwhile: the loader may have missed it; delete now.
         }
-        if let Err(e) = blob.delete(key).await {
-            tracing::warn!(%key, error = %e, "deleting the Blob copy failed");
+        self.blob_deletes.hold(key).await;
+    }
+
+    /// Makes the held Blob deletes it can (the tier loaded): how many are still held.
+    pub(super) async fn apply_held_blob_deletes(&self) -> usize {
+        let Some(blob) = &self.blob else { return 0 };
+        let held = self.blob_deletes.keys();
+        if held.is_empty() || !blob.is_loaded() {
+            return held.len();
         }
+        let results = blob.delete_batch(&held).await;
+        let done: Vec<BlockKey> =
+            held.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k.clone()).collect();
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            tracing::warn!(blocks = held.len() - done.len(), error = %e, "held Blob deletes failed again; retrying later");
+        }
+        self.blob_deletes.drop_keys(&done).await;
+        self.blob_deletes.len()
     }
 
     /// Indexes the Blob tier's blocks. Runs after SSD recovery: a block in both keeps both
@@ -57,7 +73,9 @@ impl Inner {
     pub(super) async fn index_blob(&self) -> Result<(), Error> {
         let Some(blob) = &self.blob else { return Ok(()) };
         let blocks = blob.blocks().await?;
-        for b in &blocks {
+        // A copy whose delete is still held is not indexed: it is deleted, not lost.
+        let held = self.blob_deletes.set();
+        for b in blocks.iter().filter(|b| !held.contains(&b.key)) {
             match self.index.get(&b.key) {
                 Some(e) if e.len == b.len && e.crc32c == b.crc32c => {
                     self.index.set_tiers(&b.key, e.tiers.with(TierKind::Blob));
@@ -144,10 +162,7 @@ pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) {
                 tracing::warn!(tier = %blob, error = %e, "Blob still unreachable; next try in {pause:?}");
                 continue;
             }
-            let held = std::mem::take(&mut *inner.blob_deletes.lock());
-            if !held.is_empty() && blob.delete_batch(&held).await.iter().any(|r| r.is_err()) {
-                tracing::warn!(blocks = held.len(), "applying deletes made while Blob was unreachable failed");
-            }
+            inner.apply_held_blob_deletes().await;
             if let Err(e) = inner.index_blob().await {
                 tracing::warn!(tier = %blob, error = %e, "indexing Blob after it came back failed");
             }
@@ -156,6 +171,21 @@ pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) {
             }
             tracing::info!(tier = %blob, "Blob reachable again: loaded");
             return;
+        }
+    });
+}
+
+/// Retries the held Blob deletes every few seconds while there are any. Holds the manager
+/// weakly: it ends with it.
+pub(super) fn spawn_held_delete_retries(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.blob_deletes.len() > 0 {
+                inner.apply_held_blob_deletes().await;
+            }
         }
     });
 }

@@ -473,6 +473,9 @@ async fn flush_once(inner: &Arc<Inner>, flusher: &Flusher, mut blocks: Vec<Block
             return blocks;
         }
     }
+    // Stored again: a delete held for an older copy of these keys must not take the new one.
+    let keys: Vec<BlockKey> = blocks.iter().map(|b| b.key.clone()).collect();
+    inner.blob_deletes.drop_keys(&keys).await;
     let results = flusher.blob.put_batch(&blocks).await;
     let mut failed = Vec::new();
     let mut stored = Vec::new();

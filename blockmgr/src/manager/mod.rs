@@ -13,6 +13,7 @@
 
 mod arena;
 mod blob;
+mod blob_deletes;
 mod deletes;
 mod flush;
 mod handoff;
@@ -83,8 +84,8 @@ pub(crate) struct Inner {
     /// Named objects' files in Blob (with the flusher): a write-back object's chunks are
     /// exported with it, never flushed into segments.
     exports: Option<Arc<crate::objects::Exports>>,
-    /// Deletes made before the Blob tier was loaded, applied once it is.
-    blob_deletes: parking_lot::Mutex<Vec<BlockKey>>,
+    /// Deletes of Blob copies not made yet (Blob down, or not loaded), held on disk.
+    blob_deletes: blob_deletes::BlobDeletes,
     config: Config,
     index: Index,
     policy: CpuPolicy,
@@ -361,6 +362,7 @@ impl Manager {
             }
         }
         inner.metrics.index_blocks.set(inner.index.len() as i64);
+        inner.metrics.blob_deletes_held.set(inner.blob_deletes.len() as i64);
         inner.metrics.unflushed_bytes.set(inner.index.unflushed() as i64);
         if let Some(flusher) = &inner.flusher {
             let (queued, lag) = flusher.backlog();

@@ -110,7 +110,9 @@ impl Manager {
             blob,
             flusher: flusher.clone(),
             exports,
-            blob_deletes: parking_lot::Mutex::new(Vec::new()),
+            blob_deletes: super::blob_deletes::BlobDeletes::open(
+                config.in_data_dir(std::path::Path::new("blob-deletes")),
+            ),
             config: config.clone(),
             index: Index::default(),
             policy,
@@ -153,6 +155,9 @@ impl Manager {
         }
         if !blob_loaded {
             blob::spawn_blob_loader(&inner);
+        }
+        if inner.blob.is_some() {
+            blob::spawn_held_delete_retries(&inner);
         }
         if let Some(blob) = &inner.blob {
             blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
