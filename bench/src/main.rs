@@ -277,7 +277,12 @@ async fn main() -> Result<()> {
                 python,
                 loopback,
             };
-            chaos::run(&args, scratch.path(), &mut out).await
+            // Ctrl-C or SIGTERM ends the run, not the process: the run's nodes, etcd,
+            // Azurite and network namespaces are dropped (stopped, removed) on the way out.
+            tokio::select! {
+                done = chaos::run(&args, scratch.path(), &mut out) => done,
+                signal = interrupted() => Err(anyhow::anyhow!("chaos: {signal}; the nodes, etcd, Azurite and network namespaces were stopped and removed")),
+            }
         }
         Command::Lmcache { layers, count, python } => {
             let (layers, count) = if cli.quick { (4, 8) } else { (layers, count) };
@@ -288,5 +293,16 @@ async fn main() -> Result<()> {
             let args = vllm::Args { size: size_kib << 10, count, memory: memory_mib << 20, python };
             vllm::run(&args, scratch.path(), &mut out).await
         }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM; which.
+async fn interrupted() -> &'static str {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+        _ = term.recv() => "terminated (SIGTERM)",
     }
 }
