@@ -33,6 +33,24 @@ fn pieces(data: &bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> + Se
     futures::stream::iter([data.clone()])
 }
 
+/// Deletes `path` through the first node, retrying while the answer is a transient failure
+/// (an owner just back may be skipped for a moment); then no node stats it.
+async fn delete_until_done_then_gone_everywhere(nodes: &[Node], path: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        match nodes[0].client().await.delete_object(NS, path).await {
+            Ok(deleted) => break assert!(deleted),
+            Err(e) if started.elapsed() < Duration::from_secs(20) => assert!(e.is_transient(), "{e}"),
+            Err(e) => panic!("the delete never went through: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for node in nodes {
+        let got = node.client().await.stat_object(NS, path).await.unwrap();
+        assert!(got.is_none(), "on {}: {got:?}", node.addrs.grpc);
+    }
+}
+
 /// The second owner is down, so a delete stores its marker on the primary only and is
 /// undone. The primary must still hold the object's manifest: it once dropped it on taking
 /// the marker, kept the version only in memory, and lost it at its next restart.
@@ -59,19 +77,7 @@ async fn a_delete_short_of_its_quorum_leaves_the_object_whole_on_its_primary() {
 
     // With both owners back, a delete goes through and holds everywhere.
     nodes[second].restart();
-    let started = std::time::Instant::now();
-    loop {
-        match nodes[0].client().await.delete_object(NS, &path).await {
-            Ok(deleted) => break assert!(deleted),
-            Err(e) if started.elapsed() < Duration::from_secs(20) => assert!(e.is_transient(), "{e}"),
-            Err(e) => panic!("the delete never went through: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for node in &nodes {
-        let got = node.client().await.stat_object(NS, &path).await.unwrap();
-        assert!(got.is_none(), "on {}: {got:?}", node.addrs.grpc);
-    }
+    delete_until_done_then_gone_everywhere(&nodes, &path).await;
 }
 
 /// The only owner holding an object is frozen while a delete reaches the primary, which
@@ -98,17 +104,5 @@ async fn a_delete_that_cannot_hear_an_owner_holding_the_object_fails_rather_than
     // The object stands; deleted once both owners answer, it is gone from every node.
     let got = nodes[0].client().await.read_object(NS, &path, ObjectRange::all()).await;
     assert!(got.unwrap() == object);
-    let started = std::time::Instant::now();
-    loop {
-        match nodes[0].client().await.delete_object(NS, &path).await {
-            Ok(deleted) => break assert!(deleted),
-            Err(e) if started.elapsed() < Duration::from_secs(20) => assert!(e.is_transient(), "{e}"),
-            Err(e) => panic!("the delete never went through: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for node in &nodes {
-        let got = node.client().await.stat_object(NS, &path).await.unwrap();
-        assert!(got.is_none(), "on {}: {got:?}", node.addrs.grpc);
-    }
+    delete_until_done_then_gone_everywhere(&nodes, &path).await;
 }
