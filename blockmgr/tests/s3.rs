@@ -14,7 +14,7 @@ use common::{
 };
 use futures::TryStreamExt;
 use kvtier_tiers::{Namespace, ObjectBlobs, Retries};
-use object_store::{ObjectStore, PutMode, PutPayload, aws::AmazonS3Builder, multipart::MultipartStore, path::Path};
+use object_store::{ObjectStore, PutMode, PutPayload, multipart::MultipartStore, path::Path};
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/boto3_suite.py");
 const MAX_OBJECT: u64 = 8 << 20; // above a part (5 MiB), below the 12 MiB multipart object
@@ -87,15 +87,7 @@ async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite
     let backend = Backend::azurite();
     let node = Node::start_with("", &format!("{}\n{}", backend.toml(""), s3_table("write_back")));
     boto3(&node, "s3.create_bucket(Bucket='ckpt')");
-    let store = AmazonS3Builder::new()
-        .with_endpoint(endpoint(&node))
-        .with_bucket_name("ckpt")
-        .with_region("us-east-1")
-        .with_access_key_id("AKIDWRITER")
-        .with_secret_access_key("writer-secret")
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let store = common::s3::store(&node, "ckpt");
     let data = Bytes::from((0..(3u32 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let path = Path::from("run1/step-7/rank-0.distcp");
     store.put(&path, PutPayload::from_bytes(data.clone())).await.unwrap();
@@ -189,18 +181,6 @@ async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite
     assert!(!files.iter().any(|f| f.contains("/u/")), "parts were exported on their own: {files:?}");
 }
 
-fn s3_client(node: &Node, bucket: &str) -> object_store::aws::AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(endpoint(node))
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("AKIDWRITER")
-        .with_secret_access_key("writer-secret")
-        .with_allow_http(true)
-        .build()
-        .unwrap()
-}
-
 fn pattern_part(i: usize, len: usize) -> Bytes {
     Bytes::from((0..len).map(|j| ((j + 31 * i) % 249) as u8).collect::<Vec<u8>>())
 }
@@ -232,15 +212,15 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     let parts: Vec<Bytes> = [6 << 20, 5 << 20, 1 << 20].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
     let whole = Bytes::from(parts.concat());
     let path = Path::from("step-9/model.safetensors");
-    let upload = s3_client(&nodes[0], "ckpt").create_multipart(&path).await.unwrap();
+    let upload = common::s3::store(&nodes[0], "ckpt").create_multipart(&path).await.unwrap();
     let mut ids = Vec::new();
     for (i, p) in parts.iter().enumerate() {
-        let via = s3_client(&nodes[(i + 1) % 3], "ckpt");
+        let via = common::s3::store(&nodes[(i + 1) % 3], "ckpt");
         ids.push(via.put_part(&path, &upload, i, PutPayload::from_bytes(p.clone())).await.unwrap());
     }
-    s3_client(&nodes[1], "ckpt").complete_multipart(&path, &upload, ids).await.unwrap();
+    common::s3::store(&nodes[1], "ckpt").complete_multipart(&path, &upload, ids).await.unwrap();
     assert_eq!(nodes[1].metric("object_parts_joined_total"), 3);
-    let reader = s3_client(&nodes[2], "ckpt");
+    let reader = common::s3::store(&nodes[2], "ckpt");
     assert_eq!(reader.get(&path).await.unwrap().bytes().await.unwrap(), whole);
     assert_eq!(
         reader.get_range(&path, (6 << 20) - 3..(6 << 20) + 3).await.unwrap(),
@@ -261,7 +241,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     for round in 0..4 {
         let lock = Path::from(format!("locks/lock-{round}"));
         let racers = (0..6).map(|w| {
-            let (store, lock) = (s3_client(&nodes[w % 3], "ckpt"), lock.clone());
+            let (store, lock) = (common::s3::store(&nodes[w % 3], "ckpt"), lock.clone());
             async move {
                 let body = pattern_part(100 + w, 1 << 20);
                 let put = store.put_opts(&lock, PutPayload::from_bytes(body.clone()), PutMode::Create.into()).await;
@@ -293,7 +273,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
             .find(|k| common::path_owners(&ids, "s3/ckpt", &format!("o/{k}")).contains(&"n1") == by_n1)
             .unwrap()
     };
-    let writer = s3_client(&nodes[2], "ckpt");
+    let writer = common::s3::store(&nodes[2], "ckpt");
     let create = |k: String| {
         let writer = writer.clone();
         async move { writer.put_opts(&Path::from(k), PutPayload::from_static(b"l"), PutMode::Create.into()).await }
@@ -304,7 +284,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     create(key_owned(false)).await.unwrap();
     nodes[0].restart();
     boto3(&nodes[0], all_buckets);
-    let back = s3_client(&nodes[0], "ckpt");
+    let back = common::s3::store(&nodes[0], "ckpt");
     assert_eq!(back.get(&path).await.unwrap().bytes().await.unwrap(), whole);
 }
 
@@ -314,7 +294,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
 async fn a_joined_object_outlives_kill_9_and_the_restart_sweep() {
     let mut node = node();
     boto3(&node, "s3.create_bucket(Bucket='ckpt')");
-    let store = s3_client(&node, "ckpt");
+    let store = common::s3::store(&node, "ckpt");
     let empty = node.client().await.stats().await.unwrap().index_blocks;
     let parts: Vec<Bytes> = [5 << 20, 5 << 20, 3].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
     let path = Path::from("joined.bin");
@@ -326,7 +306,7 @@ async fn a_joined_object_outlives_kill_9_and_the_restart_sweep() {
     store.complete_multipart(&path, &upload, ids).await.unwrap();
     node.kill9();
     node.restart();
-    let store = s3_client(&node, "ckpt");
+    let store = common::s3::store(&node, "ckpt");
     assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), Bytes::from(parts.concat()));
     let client = node.client().await;
     let left: Vec<String> = client.list_objects("s3/ckpt", "u/").await.unwrap().into_iter().map(|o| o.path).collect();
@@ -353,7 +333,7 @@ async fn abandoned_uploads_are_removed_with_their_parts_after_the_expiry() {
         &s3_table("write_back").replacen("[[s3.keys]]", "stale_uploads_expiry = \"3s\"\n[[s3.keys]]", 1),
     );
     boto3(&node, "s3.create_bucket(Bucket='ckpt')");
-    let store = s3_client(&node, "ckpt");
+    let store = common::s3::store(&node, "ckpt");
     let path = Path::from("abandoned.bin");
     let upload = store.create_multipart(&path).await.unwrap();
     store.put_part(&path, &upload, 0, PutPayload::from_bytes(pattern_part(1, 5 << 20))).await.unwrap();

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use common::{BIN, MIB, Node, data, default_config};
 use kvtier_blockmgr::{Durability, GetItem, ObjectRange, PutItem, shm::ShmPut};
-use object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path as S3Path};
+use object_store::{ObjectStore, PutPayload, path::Path as S3Path};
 
 const CHUNK: u64 = 16 * MIB;
 /// Around every boundary: empty, one byte, a gRPC message (4 MiB), a chunk (16 MiB), the
@@ -60,15 +60,7 @@ async fn objects_of_every_size_round_trip_through_the_client_and_s3() {
     }
 
     // S3: a PUT of each size (one request, up to S3's 5 GiB), a GET, a ranged GET.
-    let s3 = AmazonS3Builder::new()
-        .with_endpoint(format!("http://{}", node.addrs.s3.as_ref().unwrap()))
-        .with_bucket_name("sizes")
-        .with_region("us-east-1")
-        .with_access_key_id("AKIDWRITER")
-        .with_secret_access_key("writer-secret")
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    let s3 = common::s3::store(&node, "sizes");
     common::s3::boto3(&node, "s3.create_bucket(Bucket='sizes')");
     for (i, &size) in SIZES.iter().enumerate() {
         let body = data(100 + i as u64, size as usize);

@@ -18,6 +18,19 @@ pub fn endpoint(node: &Node) -> String {
     format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"))
 }
 
+/// object_store's S3 client for `bucket` on the node (key `AKIDWRITER` / `writer-secret`).
+pub fn store(node: &Node, bucket: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint(node))
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("AKIDWRITER")
+        .with_secret_access_key("writer-secret")
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
 /// Runs a few lines of boto3 (client `s3`, key `AKIDWRITER` / `writer-secret`) against the node.
 pub fn boto3(node: &Node, code: &str) {
     let script = format!(

@@ -14,6 +14,19 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 BIN = os.environ.get("KVTIER_BIN", str(REPO / "target" / "debug" / "kvtier"))
 
 
+def s3_table(key: str, secret: str) -> str:
+    """The `[s3]` table of a node listening for S3 on a free port, with one key for every
+    bucket."""
+    return f"""
+[s3]
+listen = "127.0.0.1:0"
+[[s3.keys]]
+access_key = "{key}"
+secret_key = "{secret}"
+buckets = ["*"]
+"""
+
+
 class Server:
     def __init__(self, root: pathlib.Path, extra: str = "", memory: str = "64MiB", defaults: bool = False):
         """A small node (blocks up to 4 MiB), or with `defaults` the embedded defaults a user

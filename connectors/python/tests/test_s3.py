@@ -4,19 +4,13 @@ PyTorch DCP saving and loading a checkpoint over s3fs, against a real `kvtier se
 import fsspec
 import pytest
 
+from conftest import s3_table
 from test_fsspec import run_ranks
 
 s3fs = pytest.importorskip("s3fs", reason="the test venv (scripts/python-env.sh) has no s3fs")
 
 KEY, SECRET = "AKIDTEST", "test-secret"
-S3 = f"""
-[s3]
-listen = "127.0.0.1:0"
-[[s3.keys]]
-access_key = "{KEY}"
-secret_key = "{SECRET}"
-buckets = ["*"]
-"""
+S3 = s3_table(KEY, SECRET)
 
 
 @pytest.fixture

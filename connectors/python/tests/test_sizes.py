@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 
 import kvtier
-from conftest import Server
+from conftest import Server, s3_table
 
 MIB = 1 << 20
 KEY, SECRET = "AKIDSIZES", "sizes-secret"
-S3 = f"""
-[s3]
-listen = "127.0.0.1:0"
-[[s3.keys]]
-access_key = "{KEY}"
-secret_key = "{SECRET}"
-buckets = ["*"]
-"""
+S3 = s3_table(KEY, SECRET)
 SIZES = [0, 1, 16 * MIB - 1, 16 * MIB + 1, 40_000_000, 64 * MIB + 3]
 
 
