@@ -353,6 +353,31 @@ async fn a_delete_made_while_blob_is_down_holds_through_restarts_and_wipes(mut b
     assert!(matches!(got[1], GetItem::Hit { tier: TierKind::Blob, .. }), "{got:?}");
 }
 
+async fn a_delete_before_blob_is_loaded_holds_for_a_block_only_blob_has(mut backend: Backend) {
+    // A node on a wiped disk starts while Blob is down: its Blob-only blocks are not indexed
+    // yet. A delete of one must still reach Blob once it is back (it answered "nothing to
+    // delete", and the load then indexed the block again).
+    let extra = "retries = 0\nretry_timeout = \"1s\"";
+    let mut node = Node::start_with("", &backend.toml(extra));
+    let client = node.unix_client().await;
+    put_all(&client, &items(0..2), Durability::WriteBack).await;
+    wait_for(&client, "the flush", |s| s.unflushed_bytes == 0).await;
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    backend.stop();
+    node.restart();
+    let client = node.unix_client().await;
+    client.delete(NS, &[key(0)]).await.unwrap();
+    assert_eq!(node.metric("blob_deletes_held"), 1);
+    backend.resume();
+    common::wait_until("Blob loaded, the delete applied", Duration::from_secs(60), || {
+        node.metric("blob_deletes_held") == 0 && node.metric("index_blocks") > 0
+    });
+    let got = client.get(NS, &[key(0), key(1)]).await.unwrap();
+    assert!(matches!(got[0], GetItem::Miss { .. }), "the deleted block stays deleted: {got:?}");
+    assert!(matches!(got[1], GetItem::Hit { tier: TierKind::Blob, .. }), "{got:?}");
+}
+
 common::blob::on_both_backends!(
     demotion_goes_cpu_ssd_blob_and_reads_back,
     write_back_blocks_reach_blob_after_a_kill_9,
@@ -363,6 +388,7 @@ common::blob::on_both_backends!(
     a_node_started_while_blob_is_down_serves_locally_then_catches_up,
     a_damaged_ssd_copy_is_read_from_blob_instead,
     a_delete_made_while_blob_is_down_holds_through_restarts_and_wipes,
+    a_delete_before_blob_is_loaded_holds_for_a_block_only_blob_has,
 );
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 //! restart, or a node started on a wiped disk, indexed it again, and a deleted object's
 //! manifest came back (the fault run saw deleted files listed again after a wipe). Such a
 //! delete is now held in a file in the data dir (`blob-deletes`, one `namespace<TAB>hex
-//! key` per line, rewritten whole), retried until Blob takes it, applied when Blob is
-//! loaded, and dropped when the key is flushed again (the copy to delete is the old one).
+//! key` per line: a hold appends a line, a drop rewrites the file), retried until Blob takes
+//! it, applied when Blob is loaded, and dropped when the key is flushed again (the copy to
+//! delete is the old one).
 
 use std::{collections::HashSet, path::PathBuf};
 
@@ -17,8 +18,8 @@ use kvtier_tiers::{BlockKey, Key, Namespace};
 #[derive(Debug)]
 pub(crate) struct BlobDeletes {
     path: PathBuf,
-    keys: parking_lot::Mutex<Vec<BlockKey>>,
-    /// One rewrite of the file at a time, each with the list as it is then.
+    keys: parking_lot::Mutex<HashSet<BlockKey>>,
+    /// One change of the file at a time.
     writes: tokio::sync::Mutex<()>,
 }
 
@@ -27,10 +28,12 @@ impl BlobDeletes {
     /// and named).
     pub(crate) fn open(path: PathBuf) -> BlobDeletes {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut keys = Vec::new();
+        let mut keys = HashSet::new();
         for line in text.lines().filter(|l| !l.is_empty()) {
             match parse(line) {
-                Some(key) => keys.push(key),
+                Some(key) => {
+                    keys.insert(key);
+                }
                 None => tracing::warn!(file = %path.display(), line, "skipping a held Blob delete that does not parse"),
             }
         }
@@ -47,24 +50,28 @@ impl BlobDeletes {
 
     /// The keys held.
     pub(crate) fn keys(&self) -> Vec<BlockKey> {
-        self.keys.lock().clone()
+        self.keys.lock().iter().cloned().collect()
     }
 
     /// The keys held, as a set.
     pub(crate) fn set(&self) -> HashSet<BlockKey> {
-        self.keys.lock().iter().cloned().collect()
+        self.keys.lock().clone()
     }
 
-    /// Holds the delete of `key`'s Blob copy (on disk before this returns).
+    /// Holds the delete of `key`'s Blob copy (a line appended to the file, on disk before
+    /// this returns: a long outage costs a line per delete, not the whole list each time).
     pub(crate) async fn hold(&self, key: &BlockKey) {
-        {
-            let mut keys = self.keys.lock();
-            if keys.contains(key) {
-                return;
-            }
-            keys.push(key.clone());
+        // The file's lock first: a drop's rewrite then either sees this key or comes after
+        // its line (never a line for a key already dropped).
+        let _one = self.writes.lock().await;
+        if !self.keys.lock().insert(key.clone()) {
+            return;
         }
-        self.persist().await;
+        let (path, line) = (self.path.clone(), line(key));
+        let appended = tokio::task::spawn_blocking(move || append(&path, line.as_bytes())).await;
+        if let Ok(Err(e)) | Err(e) = appended.map_err(std::io::Error::other) {
+            tracing::warn!(file = %self.path.display(), error = %e, "holding a Blob delete on disk failed (held in memory)");
+        }
     }
 
     /// Drops the held deletes of `keys` (done, or the keys were stored again).
@@ -75,8 +82,9 @@ impl BlobDeletes {
             if before == 0 {
                 return;
             }
-            let gone: HashSet<&BlockKey> = keys.iter().collect();
-            held.retain(|k| !gone.contains(k));
+            for key in keys {
+                held.remove(key);
+            }
             held.len() != before
         };
         if changed {
@@ -88,14 +96,24 @@ impl BlobDeletes {
     /// the other). A failure is logged: the deletes stay held in memory and are retried.
     async fn persist(&self) {
         let _one = self.writes.lock().await;
-        let text: String =
-            self.keys.lock().iter().map(|k| format!("{}\t{}\n", k.namespace, hex::encode(k.key.as_bytes()))).collect();
+        let text: String = self.keys.lock().iter().map(line).collect();
         let path = self.path.clone();
         let written = tokio::task::spawn_blocking(move || write_whole(&path, text.as_bytes())).await;
         if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
             tracing::warn!(file = %self.path.display(), error = %e, "writing the held Blob deletes failed");
         }
     }
+}
+
+fn line(key: &BlockKey) -> String {
+    format!("{}\t{}\n", key.namespace, hex::encode(key.key.as_bytes()))
+}
+
+fn append(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 fn parse(line: &str) -> Option<BlockKey> {

@@ -530,13 +530,9 @@ impl Inner {
                 self.index.insert(block.key.clone(), entry);
                 self.metrics.demotions.with_label_values(&["ssd", "blob"]).inc();
             }
-            _ => {
-                if let Some(blob) = &self.blob
-                    && let Err(e) = blob.delete(&block.key).await
-                {
-                    tracing::warn!(key = %block.key, error = %e, "deleting the Blob copy of a deleted block failed");
-                }
-            }
+            // Deleted (or replaced) while its flush was in flight: the copy just written goes,
+            // held and retried if Blob refuses now.
+            _ => self.delete_from_blob(&block.key).await,
         }
     }
 }

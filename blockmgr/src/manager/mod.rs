@@ -298,7 +298,13 @@ impl Manager {
         detached(async move {
             let _guard = inner.locks.lock(&key).await;
             inner.flushed_ahead.invalidate(&key);
-            let Some(entry) = inner.index.remove(&key) else { return Ok(false) };
+            let Some(entry) = inner.index.remove(&key) else {
+                // Blob not loaded yet: its copy is not indexed, but may be there.
+                if inner.blob.as_ref().is_some_and(|b| !b.is_loaded()) {
+                    inner.delete_from_blob(&key).await;
+                }
+                return Ok(false);
+            };
             inner.policy.forget(&key);
             if entry.tiers.has(TierKind::Cpu) {
                 let _ = inner.cpu.delete(&key).await;

@@ -16,7 +16,7 @@ use super::manifest_key;
 use crate::Manager;
 
 /// An older manifest held on this node, waiting for the version that replaced it to settle.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Waiting {
     namespace: Namespace,
     path: String,
@@ -29,6 +29,13 @@ impl Waiting {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Drop,
+    Wait,
+    Keep,
+}
+
 /// The older manifests on this node that wait for a newer version to settle.
 #[derive(Debug, Default)]
 pub(crate) struct Superseded {
@@ -36,44 +43,58 @@ pub(crate) struct Superseded {
 }
 
 impl Manager {
-    /// `path`'s manifest of `generation` (of `ns`) is older than the catalog's version
-    /// `newer`: dropped now if `newer` is settled, else once it is.
+    /// `path`'s manifest of `generation` (of `ns`) is older than the catalog's version,
+    /// which is settled or not: dropped now if it is, else once it is.
     pub(crate) async fn superseded(&self, ns: &Namespace, path: &str, generation: u64, newer_settled: bool) {
         let waiting = Waiting { namespace: ns.clone(), path: path.to_string(), generation };
         if newer_settled {
             tracing::debug!(manifest = %waiting.key(), "objects: dropping the manifest of a version a settled one replaced");
             self.delete_here(&waiting.key()).await;
-        } else {
-            self.catalog.superseded.waiting.lock().push(waiting);
+            return;
+        }
+        let mut all = self.catalog.superseded.waiting.lock();
+        if !all.iter().any(|w| w.namespace == waiting.namespace && w.path == waiting.path && w.generation == generation)
+        {
+            all.push(waiting);
         }
     }
 
-    /// Drops the waiting manifests whose newer version is now settled; forgets those whose
-    /// version is current again (the newer commit was undone). One whose path has no version
-    /// in the catalog waits on: an undo between its delete and its teaching the older version
-    /// again, or a delete marker whose expiry drops it ([`Manager::drop_superseded_of`]).
-    /// How many were dropped.
-    pub(crate) async fn drop_settled_superseded(&self) -> usize {
-        let dead: Vec<BlockKey> = {
-            let objects = self.catalog.objects.read();
-            let mut waiting = self.catalog.superseded.waiting.lock();
-            let mut dead = Vec::new();
-            waiting.retain(|w| match objects.get(&(w.namespace.clone(), w.path.clone())) {
-                Some(now) if now.generation > w.generation && self.settled(now) => {
-                    dead.push(w.key());
-                    false
-                }
-                Some(now) if now.generation > w.generation => true,
-                Some(_) => false,
-                None => true,
-            });
-            dead
-        };
-        for key in &dead {
-            tracing::debug!(manifest = %key, "objects: dropping the manifest of a version a settled one replaced");
-            self.delete_here(key).await;
+    /// What becomes of a waiting manifest, by the catalog now.
+    fn verdict(&self, w: &Waiting) -> Verdict {
+        match self.catalog.objects.read().get(&(w.namespace.clone(), w.path.clone())) {
+            Some(now) if now.generation > w.generation && self.settled(now) => Verdict::Drop,
+            Some(now) if now.generation > w.generation => Verdict::Wait,
+            // The newer commit was undone: this version is current again.
+            Some(_) => Verdict::Keep,
+            // An undo between its delete and its teaching the older version again, or a
+            // delete marker whose expiry drops it (`drop_superseded_of`).
+            None => Verdict::Wait,
         }
-        dead.len()
+    }
+
+    /// Drops the waiting manifests whose newer version is now settled, each under its
+    /// path's lock (an undo running long holds it: never dropped under it); forgets those
+    /// whose version is current again. How many were dropped.
+    pub(crate) async fn drop_settled_superseded(&self) -> usize {
+        let due: Vec<Waiting> = {
+            let mut all = self.catalog.superseded.waiting.lock();
+            all.retain(|w| self.verdict(w) != Verdict::Keep);
+            all.iter().filter(|w| self.verdict(w) == Verdict::Drop).cloned().collect()
+        };
+        let mut dropped = 0;
+        for w in due {
+            let _path = self.catalog.locks.lock(&manifest_key(&w.namespace, &w.path, 0)).await;
+            let verdict = self.verdict(&w);
+            if verdict == Verdict::Drop {
+                tracing::debug!(manifest = %w.key(), "objects: dropping the manifest of a version a settled one replaced");
+                self.delete_here(&w.key()).await;
+                dropped += 1;
+            }
+            if verdict != Verdict::Wait {
+                self.catalog.superseded.waiting.lock().retain(|o| o != &w);
+            }
+        }
+        dropped
     }
 
     /// Drops every waiting manifest of `path` (its delete marker expires: the versions it
