@@ -171,6 +171,11 @@ enum Command {
         /// Every node on loopback instead of hosts of their own (no partitions then).
         #[arg(long)]
         loopback: bool,
+        /// GiB of disk that must be free (under --dir and the system temp dir, where
+        /// Azurite keeps its blobs) for a round to start; below it the run stops and
+        /// reports the rounds it completed.
+        #[arg(long, default_value_t = 8)]
+        min_free_gib: u64,
     },
     /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
     /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
@@ -259,7 +264,19 @@ async fn main() -> Result<()> {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
         }
-        Command::Chaos { nodes, faults, rounds, min_kib, max_mib, ssd_mib, mib_per_s, warmup_s, python, loopback } => {
+        Command::Chaos {
+            nodes,
+            faults,
+            rounds,
+            min_kib,
+            max_mib,
+            ssd_mib,
+            mib_per_s,
+            warmup_s,
+            python,
+            loopback,
+            min_free_gib,
+        } => {
             // --quick: what CI runs: three nodes, each kind of fault twice or more, small
             // files, two rounds (the faults of the second come after the first's deletes).
             let (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) =
@@ -276,6 +293,7 @@ async fn main() -> Result<()> {
                 settle_goal: std::time::Duration::from_secs(60),
                 python,
                 loopback,
+                min_free: min_free_gib << 30,
             };
             // Ctrl-C or SIGTERM ends the run, not the process: the run's nodes, etcd,
             // Azurite and network namespaces are dropped (stopped, removed) on the way out.

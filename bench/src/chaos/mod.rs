@@ -25,7 +25,7 @@ pub(crate) use writers::log_uniform;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use kvtier_blockmgr::Client;
 
 use self::{
@@ -50,6 +50,8 @@ pub(crate) struct Args {
     pub(crate) settle_goal: Duration,
     pub(crate) python: String,
     pub(crate) loopback: bool,
+    /// Free disk a round needs to start (where the nodes and Azurite keep their data).
+    pub(crate) min_free: u64,
 }
 
 /// How long the checks wait for the settle before they give up and report.
@@ -83,6 +85,20 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
     for round in 0..args.rounds.max(1) {
         let faults = per_round.min(args.faults - fault_no);
         if faults == 0 {
+            break;
+        }
+        // A round that fills the disk ends the run with no figures at all (a 1000-fault run
+        // did, at fault 764: Azurite's workspace grows by gigabytes a round); stop before it.
+        let free = free_bytes(scratch)?.min(free_bytes(&std::env::temp_dir())?);
+        if free < args.min_free {
+            let why = format!(
+                "stopped before round {}: {} GiB of disk free, --min-free-gib {}",
+                round + 1,
+                free >> 30,
+                args.min_free >> 30
+            );
+            eprintln!("chaos: {why}");
+            totals.stopped = Some(why);
             break;
         }
         let first = fault_no;
@@ -144,10 +160,21 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
         + totals.failed_present
         + totals.unknown_corrupted
         + totals.resurrected;
-    if bad > 0 || totals.settle_max.is_none() {
+    if bad > 0 || totals.settle_max.is_none() || totals.stopped.is_some() {
         bail!("chaos: {summary}");
     }
     Ok(())
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs the call fills.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", path.display()));
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Runs the writers while `during` runs; the files written and how long it took.
@@ -278,6 +305,8 @@ struct Totals {
     resurrected: usize,
     settle_max: Option<f64>,
     rounds: u64,
+    /// Why the run ended before its last round (too little disk left).
+    stopped: Option<String>,
 }
 
 impl Totals {
@@ -335,6 +364,7 @@ impl Totals {
             "unknown_corrupted": self.unknown_corrupted,
             "settle_max_s": self.settle_max,
             "settle_goal_s": args.settle_goal.as_secs_f64(),
+            "stopped": self.stopped,
         })
     }
 }

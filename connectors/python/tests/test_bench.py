@@ -135,3 +135,22 @@ def test_chaos_run_loses_nothing_acknowledged(tmp_path):
     assert summary["settle_max_s"] is not None, summary
     names = {r["bench"] for r in rows}
     assert {"chaos_write_under_faults", "chaos_settle_max"} <= names, names
+
+
+def test_chaos_run_stops_and_reports_before_a_round_the_disk_cannot_hold(tmp_path):
+    """A fault run checks the free disk before each round: with too little it stops, still
+    prints what its completed rounds found, names why, and fails (a 1000-fault run once
+    died mid-round with the disk full and reported nothing)."""
+    out = subprocess.run(
+        [BENCH, "chaos", "--quick", "--json", "--min-free-gib", "1000000", "--python", sys.executable,
+         "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert "stopped before round 1" in out.stderr and "--min-free-gib 1000000" in out.stderr, out.stderr[-4000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summary = next(r for r in rows if r["bench"] == "chaos")
+    assert summary["stopped"].startswith("stopped before round 1"), summary
+    assert summary["rounds"] == 0 and summary["faults"] == 0, summary
