@@ -176,7 +176,7 @@ impl Manager {
         if !answered || (newest.is_none() && !failures.is_empty()) {
             return Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
         }
-        Ok(newest.filter(|info| !info.is_deleted()))
+        Ok(newest.filter(|info| !info.deleted))
     }
 
     /// Objects of `namespace` whose path starts with `prefix`, sorted by path: with a
@@ -209,7 +209,7 @@ impl Manager {
         if !failures.is_empty() {
             tracing::warn!(namespace, prefix, failures = %failures.join("; "), "objects: listing without some members");
         }
-        Ok(found.into_values().filter(|info| !info.is_deleted()).collect())
+        Ok(found.into_values().filter(|info| !info.deleted).collect())
     }
 
     /// Removes `path` (on its primary, or the next owner that answers): whether it existed.

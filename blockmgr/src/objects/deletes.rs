@@ -47,16 +47,6 @@ impl ObjectInfo {
             retired: Vec::new(),
         }
     }
-
-    /// Whether this version is a delete marker.
-    pub(crate) fn is_deleted(&self) -> bool {
-        self.deleted
-    }
-
-    /// Chunk ids of the version this one replaced or deleted.
-    pub(crate) fn retired(&self) -> &[u64] {
-        &self.retired
-    }
 }
 
 impl Manager {

@@ -100,7 +100,7 @@ impl Manager {
         }
         let name = exports.blobs.name(&ns, &info.path);
         let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
-        if info.is_deleted() {
+        if info.deleted {
             // A delete marker: the object's file goes. A node alone needs the marker no more.
             exports.blobs.delete(&name).await.map_err(blob)?;
             if self.cluster().is_none() {
@@ -166,7 +166,7 @@ impl Manager {
             return Err(ExportFailure { reason: FailureReason::Superseded, error: TierError::InvalidKey { reason } });
         }
         tracing::info!(object = %info.path, %ns, generation = info.generation, newer = newer.generation,
-            deleted = newer.is_deleted(), "not exported: a newer version replaced it (this node missed it)");
+            deleted = newer.deleted, "not exported: a newer version replaced it (this node missed it)");
         {
             let mut objects = self.catalog.objects.write();
             let slot = (ns.clone(), info.path.clone());
@@ -397,11 +397,11 @@ impl Manager {
             let (mut exported, mut retired) = (HashSet::new(), HashSet::new());
             for info in self.list_versions_here(ns, "", |_| true) {
                 let manifest = super::manifest_key(ns, &info.path, info.generation);
-                if !info.is_deleted() && self.in_own_blob(&manifest) {
+                if !info.deleted && self.in_own_blob(&manifest) {
                     exported.extend(info.chunk_ids());
                 }
                 if self.settled(&info) {
-                    retired.extend(info.retired().iter().copied());
+                    retired.extend(info.retired.iter().copied());
                 }
             }
             known.insert(ns.clone(), (exported, retired));

@@ -76,11 +76,15 @@ impl Manager {
     /// path's lock (an undo running long holds it: never dropped under it); forgets those
     /// whose version is current again. How many were dropped.
     pub(crate) async fn drop_settled_superseded(&self) -> usize {
-        let due: Vec<Waiting> = {
-            let mut all = self.catalog.superseded.waiting.lock();
-            all.retain(|w| self.verdict(w) != Verdict::Keep);
-            all.iter().filter(|w| self.verdict(w) == Verdict::Drop).cloned().collect()
-        };
+        let mut due = Vec::new();
+        self.catalog.superseded.waiting.lock().retain(|w| match self.verdict(w) {
+            Verdict::Keep => false,
+            Verdict::Drop => {
+                due.push(w.clone());
+                true
+            }
+            Verdict::Wait => true,
+        });
         let mut dropped = 0;
         for w in due {
             let _path = self.catalog.locks.lock(&manifest_key(&w.namespace, &w.path, 0)).await;
