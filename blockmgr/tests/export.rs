@@ -295,7 +295,11 @@ async fn a_failing_export_backs_off_alone_and_shows_in_the_metrics_and_healthz()
     wait_until("degraded", Duration::from_secs(20), || node.http_status("/healthz").0 == 503);
     let (_, why) = node.http_status("/healthz");
     assert!(why.starts_with("degraded:") && why.contains("1 exports queued"), "{why}");
-    assert!(node.metric("export_oldest_seconds") >= 3 && node.metric("unflushed_oldest_seconds") >= 3);
+    // (The export was queued a moment after its first chunk was written: its age reaches 3 s
+    // a moment after the one /healthz watches.)
+    wait_until("the ages past 3 s", Duration::from_secs(5), || {
+        node.metric("export_oldest_seconds") >= 3 && node.metric("unflushed_oldest_seconds") >= 3
+    });
     let unflushed = node.labelled_metric("namespace_unflushed_bytes", &format!("namespace=\"{NS}\""));
     assert!(unflushed >= 3 << 20, "{unflushed} bytes of {NS} unflushed");
     assert_eq!(node.http_get("/livez"), "ok\n", "alive all the same");
