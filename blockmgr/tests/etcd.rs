@@ -462,3 +462,68 @@ async fn an_object_deleted_while_an_owner_was_out_stays_deleted_when_it_returns(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A delete marker handed to an owner when the member list changes goes into that owner's
+/// own segments, not only its evictable cache: each owner's copies once lasted only until
+/// an eviction or a wiped disk, and once no owner knew a delete, a stale copy of the old
+/// version brought the deleted file back (the 1000-fault run). Here the owner handed the
+/// marker is then the only member left, with its disk wiped: it still knows the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_handed_a_delete_marker_keeps_it_in_its_own_segments() {
+    let etcd = Etcd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let segments = |id: &str| format!("file://{}/nodes/{id}", shared.path().display());
+    let objects = format!("file://{}/objects", shared.path().display());
+    let mut nodes = start_nodes(&etcd, |id| {
+        format!("[blob]\nurl = \"{}\"\nobjects_url = \"{objects}\"\nflush_linger = \"10ms\"\n", segments(id))
+    });
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(10));
+    }
+    // A path n1 and n2 own; with n2 out, n1 and n3 do.
+    let ns = "ckpt/run1";
+    let owned_by = |p: &str| {
+        let owners = path_owners(&IDS, ns, p);
+        owners.contains(&"n1") && owners.contains(&"n2")
+    };
+    let path = (0..200).map(|i| format!("step-{i}/rank-0.distcp")).find(|p| owned_by(p)).unwrap();
+
+    nodes[1].signal(libc::SIGSTOP);
+    wait_for_members(&nodes[0], 2, Duration::from_secs(4 * TTL_S));
+    wait_for_members(&nodes[2], 2, Duration::from_secs(4 * TTL_S));
+    let writer = nodes[0].client().await;
+    let body = futures::stream::iter([data(9, 200_000)]);
+    writer.put_object(ns, &path, body, Durability::WriteBack, None, None).await.unwrap();
+    assert!(writer.delete_object(ns, &path).await.unwrap());
+    wait_until("the marker flushed", Duration::from_secs(20), || {
+        [&nodes[0], &nodes[2]].iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+
+    // n2 back: an owner again, handed the marker (flushed: a plain copy).
+    nodes[1].signal(libc::SIGCONT);
+    for node in &nodes {
+        wait_for_members(node, 3, Duration::from_secs(4 * TTL_S));
+    }
+    use kvtier_tiers::Tier as _;
+    let view = kvtier_tiers::BlobTierBuilder::new(segments("n2"));
+    let started = Instant::now();
+    loop {
+        let blocks = view.clone().open().await.unwrap().blocks().await.unwrap();
+        if blocks.iter().any(|b| b.key.key.as_bytes().starts_with(b"m/")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the marker never reached n2's segments");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // n1 and n3 gone, n2's disk wiped: n2 alone knows the delete from its segments.
+    nodes[0].kill9();
+    nodes[2].kill9();
+    assert!(nodes[1].terminate().success());
+    std::fs::remove_dir_all(nodes[1].data_dir()).unwrap();
+    nodes[1].restart();
+    wait_for_members(&nodes[1], 1, Duration::from_secs(4 * TTL_S));
+    let marker = common::manifest_on_as(&nodes[1], "n2", ns, &path).await;
+    assert!(marker.as_ref().is_some_and(|m| m["deleted"] == true), "n2 knows the delete: {marker:?}");
+    assert_eq!(nodes[1].client().await.stat_object(ns, &path).await.unwrap(), None);
+}

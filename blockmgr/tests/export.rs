@@ -421,3 +421,102 @@ async fn an_export_hears_from_every_owner_before_its_file_can_go_over_a_newer_on
         assert!(got == new, "{} reads the new version", node.addrs.grpc);
     }
 }
+
+/// PATH's owners as indexes of the three nodes (primary, second owner, the other node), and
+/// a second path with the same owners.
+fn owners_and_a_second_path() -> ((usize, usize, usize), String) {
+    let ids = ["n1", "n2", "n3"];
+    let owners = common::path_owners(&ids, NS, PATH);
+    let second_path = (0..200)
+        .map(|i| format!("run1/step-{i}/rank-1.distcp"))
+        .find(|p| common::path_owners(&ids, NS, p) == owners)
+        .expect("a second path with the same owners");
+    let at = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+    let (primary, second) = (at(owners[0]), at(owners[1]));
+    ((primary, second, 3 - primary - second), second_path)
+}
+
+/// The manifests (delete markers included) in node `id`'s own segments under `shared`.
+async fn manifests_in_segments(shared: &std::path::Path, id: &str) -> usize {
+    let url = format!("file://{}/nodes/{id}", shared.display());
+    let segments = kvtier_tiers::BlobTierBuilder::new(&url).open().await.unwrap();
+    segments.blocks().await.unwrap().iter().filter(|b| b.key.key.as_bytes().starts_with(b"m/")).count()
+}
+
+/// With the primary down for good and the second owner's disk wiped: the second owner knows
+/// `deleted` is deleted, and it and the other node read `object` at PATH.
+async fn wiped_second_owner_serves_alone(
+    nodes: &mut [Node],
+    (primary, second, other): (usize, usize, usize),
+    deleted: &str,
+    object: &Bytes,
+) {
+    nodes[primary].kill9();
+    assert!(nodes[second].terminate().success());
+    std::fs::remove_dir_all(nodes[second].data_dir()).unwrap();
+    nodes[second].restart();
+
+    let marker = common::manifest_on(&nodes[second], NS, deleted).await;
+    assert!(marker.as_ref().is_some_and(|m| m["deleted"] == true), "the second owner knows the delete: {marker:?}");
+    for node in [second, other] {
+        let client = nodes[node].client().await;
+        let read = client.read_object(NS, PATH, ObjectRange::all()).await;
+        assert!(read.as_ref().is_ok_and(|r| r == object), "node {node}: {:?}", read.map(|r| r.len()));
+        assert_eq!(client.stat_object(NS, deleted).await.unwrap(), None, "node {node}");
+    }
+}
+
+/// Every owner of a path keeps its manifests in its own segments, delete markers included,
+/// not only the primary (whose flush the others once took as theirs: their copies became
+/// evictable and went with an eviction or a wiped disk). So with the primary down and the
+/// second owner's disk wiped, the second owner still serves the object written back and
+/// knows the deleted one is deleted. (The 1000-fault run found the gap: once no owner knew
+/// a delete, a stale copy of the old version brought a deleted file back on every node.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_owner_keeps_the_manifests_and_delete_markers_in_its_own_segments() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_three_sharing_blob(shared.path());
+    let (owners, deleted) = owners_and_a_second_path();
+
+    let object = data(50, 300_000);
+    write_back_on(&nodes, &object).await;
+    let client = nodes[0].client().await;
+    client.put_object(NS, &deleted, pieces(&data(51, 1000)), Durability::WriteBack, None, None).await.unwrap();
+    assert!(client.delete_object(NS, &deleted).await.unwrap());
+    wait_until("every copy flushed", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+    wiped_second_owner_serves_alone(&mut nodes, owners, &deleted, &object).await;
+}
+
+/// The same for the copies an owner pulls when it comes back (it was down while the
+/// object was written and the other deleted, each acknowledged by the primary alone): they
+/// go into its own segments too, not only into its evictable cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_back_from_an_absence_keeps_what_it_pulled_in_its_own_segments() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_three_sharing_blob_on(shared.path(), |dir, tables| {
+        let tables = tables.replacen("peer_timeout", "resync_interval = \"1s\"\npeer_timeout", 1);
+        common::small_config(dir, "", &format!("{tables}\n[namespaces.\"acme/*\"]\nreplicas = 2\nwrite_quorum = 1\n"))
+    });
+    let (owners, deleted) = owners_and_a_second_path();
+    let (primary, second, _) = owners;
+    nodes[second].kill9();
+
+    let object = data(52, 300_000);
+    let client = nodes[primary].client().await;
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    client.put_object(NS, &deleted, pieces(&data(53, 1000)), Durability::WriteBack, None, None).await.unwrap();
+    assert!(client.delete_object(NS, &deleted).await.unwrap());
+
+    // Back, it pulls both versions (the exports wait to hear from it, so whether its copies
+    // are still write-back ones is a race: either way they reach its segments).
+    nodes[second].restart();
+    let id = ["n1", "n2", "n3"][second];
+    let started = std::time::Instant::now();
+    while manifests_in_segments(shared.path(), id).await < 2 || nodes.iter().any(|n| n.metric("unflushed_bytes") > 0) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the pulled manifests never reached {id}'s segments");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wiped_second_owner_serves_alone(&mut nodes, owners, &deleted, &object).await;
+}

@@ -196,10 +196,32 @@ impl Inner {
             && let Some(crc32c) = self.flushed_ahead.remove(&key)
             && let Some(e) = self.index.get(&key).filter(|e| e.crc32c == crc32c)
         {
-            self.index.insert(key, Entry { durable: false, ..e });
+            if !self.keep_in_own_segments(&key) {
+                self.index.insert(key, Entry { durable: false, ..e });
+            }
             return;
         }
         self.queue_flush(key, durable);
+    }
+
+    /// Where another owner flushed an object's manifest (its export done): this node keeps
+    /// its own copy in its own segments instead of letting it become evictable, and says
+    /// whether it queued that flush (with a Blob tier; not for a `cache_only` namespace).
+    /// Why: the flush is once per block, so the only durable copy of a version was in the
+    /// primary's segments, and each other owner's went with an eviction and a restart or a
+    /// wiped disk. Once the primary was down or no owner any more, no owner knew the
+    /// version: a delete marker lost so let a stale copy of the deleted version back (the
+    /// 1000-fault run). A manifest is a few hundred bytes; a segment write per batch of them.
+    pub(super) fn keep_in_own_segments(&self, key: &BlockKey) -> bool {
+        let Some(flusher) = &self.flusher else { return false };
+        if !crate::objects::is_manifest_key(key) || !self.flushable(key) {
+            return false;
+        }
+        if let Some(exports) = &self.exports {
+            exports.exported(key); // its file is in Blob: its segment may follow
+        }
+        flusher.enqueue(key.clone());
+        true
     }
 
     /// Queues a write-back block just stored for its flush.

@@ -108,13 +108,16 @@ impl Inner {
 
     /// Another owner flushed these blocks (Blob has the bytes of the CRC-32C given, when
     /// given): this node's write-back copies of them need no flush any more (and may be
-    /// evicted). A copy of other bytes is left alone.
+    /// evicted), but for a manifest, which goes into this node's own segments first (see
+    /// [`Inner::keep_in_own_segments`]). A copy of other bytes is left alone.
     pub(crate) async fn flushed_elsewhere(&self, keys: &[(BlockKey, Option<u32>)]) {
         for (key, crc32c) in keys {
             let _guard = self.locks.lock(key).await;
             match self.index.get(key) {
                 Some(e) if e.unflushed() && crc32c.is_none_or(|c| c == e.crc32c) => {
-                    self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
+                    if !self.keep_in_own_segments(key) {
+                        self.index.insert(key.clone(), crate::index::Entry { durable: false, ..e });
+                    }
                 }
                 Some(_) => {}
                 // The news overtook the copy (the primary flushed before this owner's copy
@@ -159,6 +162,19 @@ impl Manager {
     /// Whether `key` is a write-back block here that Blob lacks.
     pub(crate) fn unflushed(&self, key: &BlockKey) -> bool {
         self.inner.index.get(key).is_some_and(|e| e.unflushed())
+    }
+
+    /// Queues `key` (a manifest) for this node's own segments if it is an owner of it whose
+    /// copy is neither a write-back one (that one goes there once the primary's export says
+    /// it is done, see [`Inner::flushed_elsewhere`]) nor there already: a copy handed off or
+    /// pulled when the member list changed, which was evictable and so could be lost with
+    /// the only copies that knew a delete.
+    pub(crate) fn keep_owned_manifest(&self, key: &BlockKey) {
+        let owner = self.plan(key).is_some_and(|(cluster, plan)| plan.owns(cluster.local_id()));
+        let copy = self.inner.index.get(key);
+        if owner && copy.is_some_and(|e| !e.durable && !e.tiers.has(TierKind::Blob)) {
+            self.inner.keep_in_own_segments(key);
+        }
     }
 
     /// Another owner flushed these blocks (see [`Inner::flushed_elsewhere`]).

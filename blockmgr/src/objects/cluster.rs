@@ -287,6 +287,9 @@ impl Manager {
                 }
             }
         };
+        if older.is_none_or(|(generation, _)| generation != info.generation) {
+            self.keep_owned_manifest(key); // the version this node knows as the newest
+        }
         if let Some((generation, newer_settled)) = older {
             self.superseded(&ns, &info.path, generation, newer_settled).await;
         }

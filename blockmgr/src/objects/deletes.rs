@@ -10,7 +10,9 @@
 //! it the object: in listings, in an export that could never finish (its chunks were gone)
 //! and in copies pinned as unflushed for ever. Members compare generations, and the
 //! marker's is newer: such a copy is dropped where it lands, and the chunks the delete
-//! retired are released wherever a copy still waits for a flush.
+//! retired are released wherever a copy still waits for a flush. Each owner keeps its
+//! markers, as its other manifests, in its own segments (`Inner::keep_in_own_segments`):
+//! an owner that knew a delete only in its cache forgot it with an eviction and a restart.
 //!
 //! Stats, reads and listings never show a marker; members exchange them. A marker is kept
 //! for `cluster.delete_marker_ttl` (1 day), then removed on each member: a member away for

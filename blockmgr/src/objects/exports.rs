@@ -192,7 +192,7 @@ impl Exports {
     }
 
     /// `key`'s file is in Blob; its manifest's flush comes next.
-    pub(super) fn exported(&self, key: &BlockKey) {
+    pub(crate) fn exported(&self, key: &BlockKey) {
         self.queue.lock().exported.insert(key.clone());
     }
 

@@ -313,10 +313,15 @@ fn owners_of(ids: &[&'static str], placement_key: &[u8], r: usize) -> Vec<&'stat
 /// `path`'s current manifest in `ns` as `node` keeps it, asked as member n1 (no
 /// forwarding): `None` if it keeps none.
 pub async fn manifest_on(node: &Node, ns: &str, path: &str) -> Option<serde_json::Value> {
+    manifest_on_as(node, "n1", ns, path).await
+}
+
+/// [`manifest_on`], asked as member `member`.
+pub async fn manifest_on_as(node: &Node, member: &str, ns: &str, path: &str) -> Option<serde_json::Value> {
     let mut peer =
         kvtier_proto::peer::v1::peer_client::PeerClient::connect(format!("http://{}", node.addrs.grpc)).await.unwrap();
     let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: ns.into(), path: path.into() });
-    request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, "n1".parse().unwrap());
+    request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, member.parse().unwrap());
     let json = peer.stat_object(request).await.unwrap().into_inner().json;
     (!json.is_empty()).then(|| serde_json::from_slice(&json).unwrap())
 }
