@@ -80,6 +80,26 @@ async fn boto3_puts_gets_lists_and_is_refused_with_s3_errors() {
     }
 }
 
+/// Every S3 operation kvtier does not implement, as boto3 sends it (PutObjectTagging,
+/// PutObjectAcl, DeleteBucketTagging, GetObject of a version, ...), is answered 501 and
+/// changes nothing: the suite checks the object, the listing and the buckets after each.
+#[tokio::test]
+async fn unimplemented_operations_answer_501_and_change_nothing() {
+    let node = node();
+    let out = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/unimplemented_suite.py"))
+        .env("S3_ENDPOINT", endpoint(&node))
+        .env("S3_KEY", "AKIDWRITER")
+        .env("S3_SECRET", "writer-secret")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "{stdout}\n{stderr}\n{}", node.stderr());
+    let refused = node.labelled_metric("request_duration_seconds_count", "op=\"s3_not_implemented\"");
+    assert!(refused >= 100, "{refused} requests timed as not implemented");
+    assert_eq!(node.labelled_metric("s3_requests_total", "code=\"NotImplemented\""), refused);
+}
+
 /// The `object_store` crate's S3 client (what Rust tools and many engines use), and objects
 /// put with write-back durability landing in Azure Blob (a real Azurite) under their names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

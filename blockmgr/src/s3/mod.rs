@@ -10,6 +10,7 @@ mod delete_objects;
 mod errors;
 mod multipart;
 mod objects;
+mod routes;
 pub(crate) mod server;
 mod sigv2;
 pub mod sigv4;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub(super) use super::errors::{commit_failed, err, internal, no_such_bucket};
 use super::{
+    routes::{self, Operation as Op, Target},
     sigv4::{self, AuthError},
     xml::{self, Entry, Listing, S3Error},
 };
@@ -114,6 +115,15 @@ fn params(query: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// What a request with `bucket` and `key` names.
+fn target(bucket: &str, key: Option<&str>) -> Target {
+    match (bucket.is_empty(), key) {
+        (true, _) => Target::Service,
+        (false, None) => Target::Bucket,
+        (false, Some(_)) => Target::Object,
+    }
+}
+
 /// The value of query parameter `name`.
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -207,83 +217,69 @@ impl S3 {
         let param = |name: &str| param(&params, name);
         let decoded =
             decode(&path).ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidURI", "the path does not decode"))?;
-        let trimmed = decoded.strip_prefix('/').unwrap_or(&decoded);
-        let (bucket, key) = match self.virtual_host_bucket(&parts.headers) {
-            // `B.<domain>/key`: the whole path is the key.
-            Some(b) => (b, Some(trimmed)),
-            None => match trimmed.split_once('/') {
-                Some((b, k)) => (b, Some(k)),
-                None => (trimmed, None),
-            },
-        };
-        let key = key.filter(|k| !k.is_empty());
-        if bucket.is_empty() {
-            return match parts.method {
-                Method::GET => self.list_buckets(key_index).await,
-                _ => Err(err(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET / (ListBuckets)")),
-            };
+        let (bucket, key) = self.resource(&decoded, &parts.headers);
+        let copy_source = parts.headers.get("x-amz-copy-source").map(|v| v.to_str().unwrap_or(""));
+        let op = routes::operation(&parts.method, target(bucket, key), &params, copy_source.is_some());
+        if op == Op::ListBuckets {
+            return self.list_buckets(key_index).await;
         }
-        check_bucket(bucket)?;
-        self.allowed(key_index, bucket)?;
+        if !bucket.is_empty() {
+            check_bucket(bucket)?;
+            self.allowed(key_index, bucket)?;
+        }
+        let k = key.unwrap_or("");
+        if key.is_some() {
+            check_key(k)?;
+        }
+        let upload = param("uploadId").unwrap_or("");
         let m = &parts.method;
-        match key {
-            None if *m == Method::PUT => self.create_bucket(bucket).await,
-            None if *m == Method::HEAD => {
-                if self.bucket_exists(bucket).await? {
-                    Ok(StatusCode::OK.into_response())
-                } else {
-                    Err(no_such_bucket(bucket))
+        match op {
+            Op::NotImplemented(name) => Err(err(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                format!("{name} is not implemented here; nothing was done"),
+            )),
+            Op::NotAllowed => Err(err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("S3 has no {m} operation on this resource with this query"),
+            )),
+            Op::ListBuckets => self.list_buckets(key_index).await,
+            Op::CreateBucket => self.create_bucket(bucket).await,
+            Op::HeadBucket => match self.bucket_exists(bucket).await? {
+                true => Ok(StatusCode::OK.into_response()),
+                false => Err(no_such_bucket(bucket)),
+            },
+            Op::DeleteBucket => self.delete_bucket(bucket).await,
+            Op::DeleteObjects => self.delete_objects(bucket, body).await,
+            Op::ListMultipartUploads => self.list_uploads(bucket, &params).await,
+            Op::GetBucketLocation => {
+                if !self.bucket_exists(bucket).await? {
+                    return Err(no_such_bucket(bucket));
+                }
+                Ok(xml::document(format!(
+                    "<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{}</LocationConstraint>",
+                    xml::escape(&self.config.region)
+                )))
+            }
+            Op::ListObjects => self.list(bucket, &params).await,
+            Op::CreateMultipartUpload => self.create_upload(bucket, k).await,
+            Op::UploadPart | Op::UploadPartCopy => {
+                let n = param("partNumber").and_then(|n| n.parse::<u32>().ok()).filter(|n| (1..=10_000).contains(n));
+                let n = n.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000"))?;
+                match copy_source {
+                    Some(src) => self.upload_part_copy(key_index, bucket, k, upload, n, src, &parts.headers).await,
+                    None => self.upload_part(bucket, k, upload, n, &parts.headers, body, &payload_hash).await,
                 }
             }
-            None if *m == Method::DELETE => self.delete_bucket(bucket).await,
-            None if *m == Method::POST && param("delete").is_some() => self.delete_objects(bucket, body).await,
-            None if *m == Method::GET && param("uploads").is_some() => self.list_uploads(bucket, &params).await,
-            None if *m == Method::GET => {
-                if param("location").is_some() {
-                    if !self.bucket_exists(bucket).await? {
-                        return Err(no_such_bucket(bucket));
-                    }
-                    return Ok(xml::document(format!(
-                        "<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{}</LocationConstraint>",
-                        xml::escape(&self.config.region)
-                    )));
-                }
-                self.list(bucket, &params).await
-            }
-            Some(k) => {
-                check_key(k)?;
-                let upload = param("uploadId");
-                match (m.clone(), upload) {
-                    (Method::POST, None) if param("uploads").is_some() => return self.create_upload(bucket, k).await,
-                    (Method::PUT, Some(id)) => {
-                        let n = param("partNumber")
-                            .and_then(|n| n.parse::<u32>().ok())
-                            .filter(|n| (1..=10_000).contains(n));
-                        let n = n.ok_or_else(|| {
-                            err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000")
-                        })?;
-                        if let Some(src) = parts.headers.get("x-amz-copy-source") {
-                            let src = src.to_str().unwrap_or("");
-                            return self.upload_part_copy(key_index, bucket, k, id, n, src, &parts.headers).await;
-                        }
-                        return self.upload_part(bucket, k, id, n, &parts.headers, body, &payload_hash).await;
-                    }
-                    (Method::GET, Some(id)) => return self.list_parts(bucket, k, id, &params).await,
-                    (Method::POST, Some(id)) => return self.complete_upload(bucket, k, id, body).await,
-                    (Method::DELETE, Some(id)) => return self.abort_upload(bucket, k, id).await,
-                    _ => {}
-                }
-                let copy_source = parts.headers.get("x-amz-copy-source").map(|v| v.to_str().unwrap_or(""));
-                match *m {
-                    Method::PUT if let Some(src) = copy_source => self.copy(key_index, bucket, k, src).await,
-                    Method::PUT => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
-                    Method::GET => self.get(bucket, k, &parts.headers, false).await,
-                    Method::HEAD => self.get(bucket, k, &parts.headers, true).await,
-                    Method::DELETE => self.delete(bucket, k).await,
-                    _ => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on an object"))),
-                }
-            }
-            None => Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", format!("{m} on a bucket"))),
+            Op::ListParts => self.list_parts(bucket, k, upload, &params).await,
+            Op::CompleteMultipartUpload => self.complete_upload(bucket, k, upload, body).await,
+            Op::AbortMultipartUpload => self.abort_upload(bucket, k, upload).await,
+            Op::CopyObject => self.copy(key_index, bucket, k, copy_source.unwrap_or("")).await,
+            Op::PutObject => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
+            Op::GetObject => self.get(bucket, k, &parts.headers, false).await,
+            Op::HeadObject => self.get(bucket, k, &parts.headers, true).await,
+            Op::DeleteObject => self.delete(bucket, k).await,
         }
     }
 
@@ -291,41 +287,25 @@ impl S3 {
     /// (`s3_get_object`, ...): told from the method, path and query alone, before it is
     /// authenticated or routed (a request refused on the way is timed under its operation).
     fn operation(&self, req: &Request) -> &'static str {
-        let path = req.uri().path().trim_start_matches('/');
-        let (bucket, key) = match (self.virtual_host_bucket(req.headers()), path.split_once('/')) {
-            (Some(_), _) => (true, !path.is_empty()),
-            (None, Some((b, k))) => (!b.is_empty(), !k.is_empty()),
-            (None, None) => (!path.is_empty(), false),
-        };
-        let query = req.uri().query().unwrap_or("");
-        let has = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+        let decoded = decode(req.uri().path()).unwrap_or_default();
+        let params = params(req.uri().query().unwrap_or("")).unwrap_or_default();
+        let (bucket, key) = self.resource(&decoded, req.headers());
         let copy = req.headers().contains_key("x-amz-copy-source");
-        let m = req.method();
-        match (bucket, key) {
-            (false, _) => "s3_list_buckets",
-            (true, false) => match *m {
-                Method::PUT => "s3_create_bucket",
-                Method::HEAD => "s3_head_bucket",
-                Method::DELETE => "s3_delete_bucket",
-                Method::POST => "s3_delete_objects",
-                Method::GET if has("location") => "s3_get_bucket_location",
-                Method::GET if has("uploads") => "s3_list_multipart_uploads",
-                _ => "s3_list_objects",
+        routes::operation(req.method(), target(bucket, key), &params, copy).label()
+    }
+
+    /// The bucket and key a decoded path names (a virtual-host-style request's bucket is in
+    /// its Host, and the whole path is the key).
+    fn resource<'a>(&self, decoded: &'a str, headers: &'a HeaderMap) -> (&'a str, Option<&'a str>) {
+        let trimmed = decoded.strip_prefix('/').unwrap_or(decoded);
+        let (bucket, key) = match self.virtual_host_bucket(headers) {
+            Some(b) => (b, Some(trimmed)),
+            None => match trimmed.split_once('/') {
+                Some((b, k)) => (b, Some(k)),
+                None => (trimmed, None),
             },
-            (true, true) => match *m {
-                Method::POST if has("uploads") => "s3_create_multipart_upload",
-                Method::POST => "s3_complete_multipart_upload",
-                Method::PUT if has("uploadId") && copy => "s3_upload_part_copy",
-                Method::PUT if has("uploadId") => "s3_upload_part",
-                Method::GET if has("uploadId") => "s3_list_parts",
-                Method::DELETE if has("uploadId") => "s3_abort_multipart_upload",
-                Method::PUT if copy => "s3_copy_object",
-                Method::PUT => "s3_put_object",
-                Method::HEAD => "s3_head_object",
-                Method::DELETE => "s3_delete_object",
-                _ => "s3_get_object",
-            },
-        }
+        };
+        (bucket, key.filter(|k| !k.is_empty()))
     }
 
     /// The bucket a virtual-host-style request names in its Host (`B.<domain>[:port]`).
