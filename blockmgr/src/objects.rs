@@ -152,6 +152,38 @@ impl From<&ObjectInfo> for kvtier_proto::v1::ObjectInfo {
     }
 }
 
+/// What a commit requires of the path's current version (S3's conditional writes), decided
+/// by the path's primary under the path's lock: of writers racing through any members, the
+/// condition holds for one at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitIf {
+    /// Nothing: the commit replaces whatever version there is.
+    #[default]
+    Any,
+    /// No live version (`If-None-Match: *`).
+    Absent,
+    /// The live version is this one (`If-Match` with its ETag).
+    Current {
+        /// The version's generation.
+        generation: u64,
+        /// Its bytes' CRC-32C.
+        crc32c: u32,
+    },
+}
+
+impl CommitIf {
+    /// Whether a path whose live version is `live` meets it.
+    pub(crate) fn holds(self, live: Option<&ObjectInfo>) -> bool {
+        match self {
+            CommitIf::Any => true,
+            CommitIf::Absent => live.is_none(),
+            CommitIf::Current { generation, crc32c } => {
+                live.is_some_and(|l| l.generation == generation && l.crc32c == crc32c)
+            }
+        }
+    }
+}
+
 /// Namespace + path -> the current generation's manifest.
 #[derive(Debug)]
 pub(crate) struct Catalog {
@@ -247,24 +279,24 @@ fn now_unix() -> u64 {
 impl Manager {
     /// Commits a new version on this node (the path's primary, or a node alone): the next
     /// generation under the path's lock, its manifest stored (on the path's owners), the
-    /// catalog switched to it, the previous version deleted. With `if_absent`, nothing is
-    /// done (`None`) when the path has a version here or on another owner; a delete marker
-    /// is committed only over a version (`None`: there was none).
+    /// catalog switched to it, the previous version deleted. Nothing is done (`None`) when
+    /// the path's current version, here or on another owner, does not meet `condition`; a
+    /// delete marker is committed only over a version (`None`: there was none).
     pub(crate) async fn commit_here(
         &self,
         ns: &Namespace,
         mut info: ObjectInfo,
         durability: Durability,
-        if_absent: bool,
+        condition: CommitIf,
         deadline_unix_ms: Option<u64>,
     ) -> Result<Option<ObjectInfo>, TierError> {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
         // Another owner may know a newer version than this one (it was away meanwhile). A
-        // conditional create, and a delete of a path this node knows no live version of,
-        // must hear from every owner: one out of reach may hold the only copy.
-        let must_hear_all = if_absent || (info.deleted && old.as_ref().is_none_or(|o| o.deleted));
+        // conditional write, and a delete of a path this node knows no live version of,
+        // must hear from every owner: one out of reach may hold the only copy (or the newest).
+        let must_hear_all = condition != CommitIf::Any || (info.deleted && old.as_ref().is_none_or(|o| o.deleted));
         let elsewhere = self.newest_elsewhere(ns, &info.path, must_hear_all).await?;
         let current = match (&old, elsewhere) {
             (Some(o), Some(e)) if e.generation > o.generation => Some(e),
@@ -278,7 +310,7 @@ impl Manager {
             return Ok(Some(c.clone()));
         }
         let live = current.as_ref().filter(|c| !c.deleted);
-        if if_absent && live.is_some() {
+        if !condition.holds(live) {
             return Ok(None);
         }
         // A delete finds no version to delete.

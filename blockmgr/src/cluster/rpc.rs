@@ -22,7 +22,7 @@ impl Cluster {
         namespace: &str,
         manifest: Vec<u8>,
         durability: Durability,
-        if_absent: bool,
+        condition: crate::objects::CommitIf,
     ) -> Result<Option<Vec<u8>>, (String, Outcome)> {
         // Past the wait below this node asks the next owner: the primary must not commit later.
         let deadline = std::time::SystemTime::now() + self.timeout;
@@ -30,8 +30,16 @@ impl Cluster {
             namespace: namespace.into(),
             manifest: Some(peer::Manifest { json: manifest.into() }),
             durability: crate::wire::durability_to_wire(durability) as i32,
-            if_absent,
+            if_absent: condition == crate::objects::CommitIf::Absent,
             deadline_unix_ms: Some(crate::objects::unix_ms(deadline)),
+            if_generation: match condition {
+                crate::objects::CommitIf::Current { generation, .. } => Some(generation),
+                _ => None,
+            },
+            if_crc32c: match condition {
+                crate::objects::CommitIf::Current { crc32c, .. } => crc32c,
+                _ => 0,
+            },
         };
         let got =
             self.call_with_outcome(id, "commit_object", |c| async move {

@@ -7,7 +7,7 @@
 
 use kvtier_tiers::{BlockKey, Error as TierError, Namespace};
 
-use super::{ObjectInfo, check_path, is_manifest_key, manifest_key};
+use super::{CommitIf, ObjectInfo, check_path, is_manifest_key, manifest_key};
 use crate::{Durability, GetOutcome, Manager, cluster::Plan, wire::Outcome};
 
 /// Where a path's metadata is decided: here, or on which members in order.
@@ -97,18 +97,18 @@ impl Manager {
     }
 
     /// Commits `info` (its chunks stored) on the path's primary, or the next owner that
-    /// answers: the committed version, with its generation. With `if_absent`, only if the
-    /// path has no version there (`None`: it has one, nothing was committed).
+    /// answers: the committed version, with its generation. Only if the path's current
+    /// version there meets `condition` (`None`: it does not, nothing was committed).
     pub(crate) async fn commit_manifest(
         &self,
         ns: &Namespace,
         info: ObjectInfo,
         durability: Durability,
-        if_absent: bool,
+        condition: CommitIf,
     ) -> Result<Option<ObjectInfo>, TierError> {
         let (plan, cluster) = match (self.path_owners(ns, &info.path), self.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
-            _ => return self.commit_here(ns, info, durability, if_absent, None).await,
+            _ => return self.commit_here(ns, info, durability, condition, None).await,
         };
         let json = serde_json::to_vec(&info).expect("serializes");
         let what = format!("committing {ns}/{}", info.path);
@@ -118,7 +118,7 @@ impl Manager {
         let mut not_applied = true;
         for id in &plan.owners {
             if id == cluster.local_id() {
-                return match self.commit_here(ns, info, durability, if_absent, None).await {
+                return match self.commit_here(ns, info, durability, condition, None).await {
                     Err(e) if !not_applied && Outcome::of_commit(&e) == Outcome::NotApplied => {
                         failures.push(format!("{id}: {e}"));
                         break; // an owner before this one may have committed: unknown
@@ -126,9 +126,9 @@ impl Manager {
                     done => done,
                 };
             }
-            match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability, if_absent).await {
+            match cluster.commit_object_on(id, ns.as_str(), json.clone(), durability, condition).await {
                 Ok(Some(json)) => return parse(&json, id).map(Some),
-                Ok(None) if if_absent => return Ok(None),
+                Ok(None) if condition != CommitIf::Any => return Ok(None),
                 Ok(None) => failures.push(format!("{id} answered no manifest")),
                 Err((e, outcome)) => {
                     not_applied &= outcome == Outcome::NotApplied;

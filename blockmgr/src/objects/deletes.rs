@@ -63,7 +63,8 @@ impl Manager {
     ) -> Result<bool, TierError> {
         let durability = self.marker_durability(&manifest_key(ns, path, 0));
         let marker = ObjectInfo::delete_marker(path);
-        let Some(marker) = self.commit_here(ns, marker, durability, false, deadline_unix_ms).await? else {
+        let Some(marker) = self.commit_here(ns, marker, durability, super::CommitIf::Any, deadline_unix_ms).await?
+        else {
             return Ok(false);
         };
         // A node alone keeps it only while it has a file to remove from Blob.

@@ -10,7 +10,7 @@
 use kvtier_tiers::{Error as TierError, Namespace};
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectInfo, manifest_key, now_unix};
+use super::{CommitIf, ObjectInfo, manifest_key, now_unix};
 use crate::{Durability, Manager};
 
 /// The chunks of another generation that a joined object adopted: `size` bytes in chunks of
@@ -78,14 +78,16 @@ impl Manager {
     /// `path`, adopting their chunks: each part's generation is retired first (if one was
     /// replaced or deleted meanwhile, nothing is joined, the parts retired so far are deleted
     /// and the error says which), then the joined manifest is committed with `durability`
-    /// (a commit that fails leaves the parts' chunks: it may have landed).
+    /// if the path's current version meets `condition` (`None`: it did not, and the parts
+    /// are gone; a commit that fails leaves the parts' chunks: it may have landed).
     pub(crate) async fn join_parts(
         &self,
         namespace: &str,
         path: &str,
         parts: &[ObjectInfo],
         durability: Durability,
-    ) -> Result<ObjectInfo, TierError> {
+        condition: CommitIf,
+    ) -> Result<Option<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
         // Between a part's retirement and the joined commit no manifest names its chunks.
         let _writing = self.writing(&ns, parts.iter().flat_map(ObjectInfo::chunk_ids));
@@ -108,10 +110,17 @@ impl Manager {
             retired.push(part);
         }
         let joined = ObjectInfo::joined(path, parts);
-        match self.commit_manifest(&ns, joined.clone(), durability, false).await.map(|c| c.expect("unconditional")) {
-            Ok(info) => {
+        match self.commit_manifest(&ns, joined.clone(), durability, condition).await {
+            Ok(Some(info)) => {
                 self.metrics().object_parts_joined.inc_by(parts.len() as u64);
-                Ok(info)
+                Ok(Some(info))
+            }
+            Ok(None) => {
+                // The condition failed at the commit: nothing names the retired parts' chunks.
+                for p in retired {
+                    self.remove_generation(&ns, p).await;
+                }
+                Ok(None)
             }
             Err(e @ TierError::NotCommitted { .. }) => {
                 // Undone everywhere: nothing names the retired parts' chunks.
@@ -127,7 +136,7 @@ impl Manager {
                 if let Ok(Some(info)) = self.stat_object(namespace, path).await
                     && info.id == joined.id
                 {
-                    return Ok(info);
+                    return Ok(Some(info));
                 }
                 tracing::warn!(%path, error = %e, "a joined object's commit failed: its parts' chunks are left");
                 Err(e)

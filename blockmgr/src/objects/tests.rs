@@ -2,7 +2,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use kvtier_tiers::conformance::pattern;
 
-use crate::{ByteSize, Config, Durability, Manager, Metrics};
+use crate::{ByteSize, Config, Durability, Manager, Metrics, objects::CommitIf};
 
 const NS: &str = "ckpt/run1";
 
@@ -140,11 +140,11 @@ async fn a_commit_retried_after_it_landed_is_the_same_version() {
     let data = pattern(4, 700_000);
     let info = put(&m, "retried", &data).await;
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
-    let again = m.commit_here(&ns, info.clone(), Durability::LocalDisk, false, None).await.unwrap().unwrap();
+    let again = m.commit_here(&ns, info.clone(), Durability::LocalDisk, CommitIf::Any, None).await.unwrap().unwrap();
     assert_eq!(again.generation, info.generation, "the retry made a new generation");
     assert_eq!(read(&m, "retried", 0, u64::MAX).await, data, "the retry retired the chunks");
     // Conditionally too: the writer's own version is answered as committed, not refused.
-    let own = m.commit_here(&ns, info.clone(), Durability::LocalDisk, true, None).await.unwrap();
+    let own = m.commit_here(&ns, info.clone(), Durability::LocalDisk, CommitIf::Absent, None).await.unwrap();
     assert_eq!(own.map(|i| i.generation), Some(info.generation));
     // Another writer's conditional commit of the path is refused.
     let mut other = m.write_object(NS, "retried", Durability::LocalDisk).unwrap();
@@ -168,7 +168,7 @@ async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_ch
         w.write(data).await.unwrap();
         parts.push(w.commit().await.unwrap());
     }
-    let joined = m.join_parts(NS, "o/joined", &parts, Durability::LocalDisk).await.unwrap();
+    let joined = m.join_parts(NS, "o/joined", &parts, Durability::LocalDisk, CommitIf::Any).await.unwrap().unwrap();
     assert!(joined.shares_chunks_with(&parts[0]) && joined.shares_chunks_with(&parts[1]));
     assert!(m.stat_object(NS, "u/x/1").await.unwrap().is_none(), "the part was retired");
     let whole = [a.as_ref(), b.as_ref()].concat();

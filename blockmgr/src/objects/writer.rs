@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
-use super::{ObjectInfo, check_path, chunk_key, now_unix};
+use super::{CommitIf, ObjectInfo, check_path, chunk_key, now_unix};
 use crate::{Durability, Manager};
 
 /// Bytes of a new object arriving piece by piece; chunks are stored as they fill.
@@ -112,19 +112,19 @@ impl ObjectWriter {
 
     /// Stores the last chunk and commits the manifest: from here readers see this version.
     pub async fn commit(self) -> Result<ObjectInfo, TierError> {
-        Ok(self.finish(false).await?.expect("an unconditional commit commits"))
+        Ok(self.commit_if(CommitIf::Any).await?.expect("an unconditional commit commits"))
     }
 
-    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`), decided by the
-    /// path's primary under its lock, so of writers racing through any nodes one wins.
-    /// `None`: the path has a version; this one's chunks are deleted.
+    /// Commits only if `path` has no version yet (S3's `If-None-Match: *`).
     pub async fn commit_if_absent(self) -> Result<Option<ObjectInfo>, TierError> {
-        self.finish(true).await
+        self.commit_if(CommitIf::Absent).await
     }
 
-    /// Stores the last chunk and commits the manifest (with `if_absent`, only if the path
-    /// has no version: `None` then).
-    async fn finish(mut self, if_absent: bool) -> Result<Option<ObjectInfo>, TierError> {
+    /// Stores the last chunk and commits the manifest only if the path's current version
+    /// meets `condition`, decided by the path's primary under its lock, so of writers racing
+    /// through any nodes one at most meets it. `None`: it did not; this one's chunks are
+    /// deleted.
+    pub async fn commit_if(mut self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
         if !self.buf.is_empty() {
             // Before the manifest: a failure here commits nothing (dropped, the writer
             // deletes its chunks), whatever the chunk's own put left behind.
@@ -138,7 +138,7 @@ impl ObjectWriter {
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, if_absent).await;
+        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, condition).await;
         // Refused (the current version is another writer's: one of this writer's own,
         // committed by a call whose answer was lost, is answered as committed), or failed
         // and undone everywhere: no manifest names these chunks. (After a failure of unknown

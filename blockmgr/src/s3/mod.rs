@@ -6,6 +6,7 @@
 mod buckets;
 mod checksum;
 mod chunked;
+mod conditions;
 mod delete_objects;
 mod errors;
 mod multipart;

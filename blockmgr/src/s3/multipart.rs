@@ -17,7 +17,7 @@ use axum::{
 };
 use futures::StreamExt;
 
-use crate::objects::ObjectInfo;
+use crate::objects::{CommitIf, ObjectInfo};
 
 use super::{
     server::{OBJECT_PREFIX, S3, commit_failed, err, etag, internal, no_such_bucket},
@@ -145,6 +145,7 @@ impl S3 {
         bucket: &str,
         key: &str,
         id: &str,
+        headers: &HeaderMap,
         body: Body,
     ) -> Result<Response, S3Error> {
         self.check_upload(bucket, key, id).await?;
@@ -180,14 +181,20 @@ impl S3 {
             );
             return Err(err(StatusCode::BAD_REQUEST, "EntityTooSmall", what));
         }
+        // A conditional completion (`If-None-Match: *`, `If-Match`) that fails already keeps
+        // its upload; one that loses a race at the commit loses its parts with it.
+        let condition = super::conditions::write(headers)?;
+        if condition != CommitIf::Any {
+            super::conditions::check_write(key, condition, self.stat(bucket, key).await?.as_ref())?;
+        }
         // Claim the upload: a racing completion or abort now finds none.
         if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
             return Err(no_such_upload(id));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
-        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability).await;
+        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability, condition).await;
         self.remove_upload(&ns, id, key).await; // the parts not listed
-        let info = joined.map_err(commit_failed)?;
+        let info = joined.map_err(commit_failed)?.ok_or_else(|| super::conditions::write_failed(key, condition))?;
         Ok(xml::document(format!(
             "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
              <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
@@ -211,7 +218,7 @@ impl S3 {
         headers: &HeaderMap,
     ) -> Result<Response, S3Error> {
         self.check_upload(bucket, key, id).await?;
-        let (src_bucket, info) = self.copy_source(key_index, bucket, source).await?;
+        let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let range = match headers.get("x-amz-copy-source-range").map(|v| v.to_str().unwrap_or("?")) {
             None => 0..info.size,
             Some(r) => {

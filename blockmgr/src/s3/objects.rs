@@ -13,12 +13,13 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::{
+    conditions::{self, Read},
     server::{
         OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal, no_such_bucket,
     },
     xml,
 };
-use crate::objects::{ObjectInfo, ObjectWriter};
+use crate::objects::{CommitIf, ObjectInfo, ObjectWriter};
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
 pub(super) fn range(value: &str, size: u64) -> Result<(u64, u64)> {
@@ -50,31 +51,20 @@ impl S3 {
         body: Body,
         payload_hash: &str,
     ) -> Result<Response> {
-        let conditional = match headers.get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("?")) {
-            None => false,
-            Some("*") => true,
-            Some(other) => {
-                let what = format!("If-None-Match: {other} (only *)");
-                return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
-            }
-        };
+        let condition = conditions::write(headers)?;
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
-        let exists = || err(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", format!("{key:?} exists"));
         // Checked before the body is read (the common refusal costs no upload), and decided
         // at the commit by the path's primary (of writers racing through any nodes, one wins).
-        if conditional && self.stat(bucket, key).await?.is_some() {
-            return Err(exists());
+        if condition != CommitIf::Any {
+            conditions::check_write(key, condition, self.stat(bucket, key).await?.as_ref())?;
         }
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let writer = self.receive_body(writer, headers, body, payload_hash).await?;
-        let info = if conditional {
-            writer.commit_if_absent().await.map_err(commit_failed)?.ok_or_else(exists)?
-        } else {
-            writer.commit().await.map_err(commit_failed)?
-        };
+        let committed = writer.commit_if(condition).await.map_err(commit_failed)?;
+        let info = committed.ok_or_else(|| conditions::write_failed(key, condition))?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
         Ok(r)
@@ -184,8 +174,15 @@ impl S3 {
 
     /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
     /// `bucket`/`key`, as a new object with the source's bytes.
-    pub(super) async fn copy(&self, key_index: usize, bucket: &str, key: &str, source: &str) -> Result<Response> {
-        let (src_bucket, info) = self.copy_source(key_index, bucket, source).await?;
+    pub(super) async fn copy(
+        &self,
+        key_index: usize,
+        bucket: &str,
+        key: &str,
+        source: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response> {
+        let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let path = format!("{OBJECT_PREFIX}{key}");
         let w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let copied = self.copy_into(&src_bucket, &info, 0..info.size, w).await?;
@@ -197,12 +194,14 @@ impl S3 {
     }
 
     /// The object `x-amz-copy-source` names (`/bucket/key` or `bucket/key`, URL-encoded), as
-    /// its bucket and current version, checked: both buckets exist and the key may read it.
+    /// its bucket and current version, checked: both buckets exist, the key may read it, and
+    /// it meets the `x-amz-copy-source-if-*` conditions among `headers`.
     pub(super) async fn copy_source(
         &self,
         key_index: usize,
         bucket: &str,
         source: &str,
+        headers: &HeaderMap,
     ) -> Result<(String, ObjectInfo)> {
         let bad = || err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("x-amz-copy-source {source:?}"));
         let source = source.split('?').next().unwrap_or_default();
@@ -220,6 +219,7 @@ impl S3 {
             .stat(src_bucket, src_key)
             .await?
             .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{src_key:?} does not exist")))?;
+        conditions::copy_source(headers, &info)?;
         Ok((src_bucket.to_string(), info))
     }
 
@@ -254,6 +254,12 @@ impl S3 {
             .stat(bucket, key)
             .await?
             .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", format!("{key:?} does not exist")))?;
+        if conditions::read(headers, &info)? == Read::NotModified {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+            r.headers_mut().insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
+            return Ok(r);
+        }
         let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
         let (offset, len) = match ranged {
             Some(r) => range(r, info.size)?,

@@ -273,9 +273,9 @@ impl S3 {
                 }
             }
             Op::ListParts => self.list_parts(bucket, k, upload, &params).await,
-            Op::CompleteMultipartUpload => self.complete_upload(bucket, k, upload, body).await,
+            Op::CompleteMultipartUpload => self.complete_upload(bucket, k, upload, &parts.headers, body).await,
             Op::AbortMultipartUpload => self.abort_upload(bucket, k, upload).await,
-            Op::CopyObject => self.copy(key_index, bucket, k, copy_source.unwrap_or("")).await,
+            Op::CopyObject => self.copy(key_index, bucket, k, copy_source.unwrap_or(""), &parts.headers).await,
             Op::PutObject => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
             Op::GetObject => self.get(bucket, k, &parts.headers, false).await,
             Op::HeadObject => self.get(bucket, k, &parts.headers, true).await,

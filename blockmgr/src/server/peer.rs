@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Manager,
-    objects::ObjectInfo,
+    objects::{CommitIf, ObjectInfo},
     wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
@@ -123,9 +123,14 @@ impl peer_server::Peer for PeerService {
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
         let info = parse_manifest(req.manifest)?;
+        let condition = match (req.if_generation, req.if_absent) {
+            (Some(generation), _) => CommitIf::Current { generation, crc32c: req.if_crc32c },
+            (None, true) => CommitIf::Absent,
+            (None, false) => CommitIf::Any,
+        };
         let committed = self
             .manager
-            .commit_here(&ns, info, durability, req.if_absent, req.deadline_unix_ms)
+            .commit_here(&ns, info, durability, condition, req.deadline_unix_ms)
             .await
             .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(committed.as_ref().map(manifest).unwrap_or_default()))
