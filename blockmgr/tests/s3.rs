@@ -298,6 +298,20 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
         let winners: Vec<Bytes> = futures::future::join_all(racers).await.into_iter().flatten().collect();
         assert_eq!(winners.len(), 1, "round {round}: {} writers swapped the key", winners.len());
         assert_eq!(reader.get(&lock).await.unwrap().bytes().await.unwrap(), winners[0]);
+
+        // A conditional delete through any member is decided by the key's primary: the ETag
+        // all of them read before the swap deletes nothing, the current one deletes it.
+        let stale = seen.expect("an ETag");
+        boto3(
+            &nodes[round % 3],
+            &format!(
+                "from botocore.exceptions import ClientError\nk = '{lock}'\n\
+                 try:\n    s3.delete_object(Bucket='ckpt', Key=k, IfMatch='{stale}')\n    raise SystemExit('deleted')\n\
+                 except ClientError as e:\n    assert e.response['Error']['Code'] == 'PreconditionFailed', e\n\
+                 s3.delete_object(Bucket='ckpt', Key=k, IfMatch=s3.head_object(Bucket='ckpt', Key=k)['ETag'])"
+            ),
+        );
+        assert!(matches!(reader.head(&lock).await, Err(object_store::Error::NotFound { .. })));
     }
 
     nodes[0].kill9();

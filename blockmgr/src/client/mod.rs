@@ -147,6 +147,10 @@ pub const PEER_HEADER: &str = "x-kvtier-peer";
 /// sender counted as failed never lands behind the sender's back.
 pub const DEADLINE_HEADER: &str = "x-kvtier-deadline-ms";
 
+/// The request header of a conditional delete (S3's `If-Match`): the version it may delete,
+/// `<generation>.<crc32c>`, decided by the path's primary.
+pub const IF_VERSION_HEADER: &str = "x-kvtier-if-version";
+
 /// TLS for a connection to a node serving `[server.tls]` (PEM bytes).
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {

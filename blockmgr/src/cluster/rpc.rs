@@ -80,8 +80,18 @@ impl Cluster {
     }
 
     /// Deletes `path` on member `id` (its primary): whether it existed.
-    pub(crate) async fn delete_object_on(&self, id: &str, namespace: &str, path: &str) -> Result<bool, String> {
+    pub(crate) async fn delete_object_on(
+        &self,
+        id: &str,
+        namespace: &str,
+        path: &str,
+        condition: crate::objects::CommitIf,
+    ) -> Result<bool, String> {
         let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
+        let version = match condition {
+            crate::objects::CommitIf::Current { generation, crc32c } => Some(format!("{generation}.{crc32c}")),
+            _ => None,
+        };
         // Past the wait below this node asks the next owner: the primary must not delete
         // later (over a version committed meanwhile).
         let deadline = crate::objects::unix_ms(std::time::SystemTime::now() + self.timeout).to_string();
@@ -89,6 +99,9 @@ impl Cluster {
             .call(id, "delete_object", |c| async move {
                 let mut request = c.request(req);
                 request.metadata_mut().insert(crate::client::DEADLINE_HEADER, deadline.parse().expect("digits"));
+                if let Some(v) = version {
+                    request.metadata_mut().insert(crate::client::IF_VERSION_HEADER, v.parse().expect("digits"));
+                }
                 Ok(c.peer_rpc().delete_object(request).await?)
             })
             .await?;

@@ -21,8 +21,8 @@ enum Owners {
 /// What [`Manager::on_path_primary`] does to a path.
 #[derive(Debug, Clone, Copy)]
 enum Removal {
-    /// Delete the object, chunks and all.
-    Delete,
+    /// Delete the object, chunks and all, if its live version meets the condition.
+    Delete(CommitIf),
     /// Retire this generation, keeping its chunks.
     Forget(u64),
 }
@@ -214,8 +214,14 @@ impl Manager {
 
     /// Removes `path` (on its primary, or the next owner that answers): whether it existed.
     pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
+        self.delete_object_if(namespace, path, CommitIf::Any).await
+    }
+
+    /// Removes `path` if its live version meets `condition` (S3's `If-Match` on a delete),
+    /// decided by its primary: whether there was a version that met it, now deleted.
+    pub async fn delete_object_if(&self, namespace: &str, path: &str, condition: CommitIf) -> Result<bool, TierError> {
         check_path(path)?;
-        self.on_path_primary(&Namespace::new(namespace)?, path, Removal::Delete).await
+        self.on_path_primary(&Namespace::new(namespace)?, path, Removal::Delete(condition)).await
     }
 
     /// Retires `info`'s generation of its path without its chunks (a joined object adopted
@@ -227,7 +233,7 @@ impl Manager {
     /// Runs `removal` of `path` on its primary (this node, or the first owner that answers).
     async fn on_path_primary(&self, ns: &Namespace, path: &str, removal: Removal) -> Result<bool, TierError> {
         let here = async || match removal {
-            Removal::Delete => self.delete_object_here(ns, path, None).await,
+            Removal::Delete(condition) => self.delete_object_here(ns, path, None, condition).await,
             Removal::Forget(generation) => Ok(self.forget_object_here(ns, path, generation).await),
         };
         let (plan, cluster) = match (self.path_owners(ns, path), self.cluster()) {
@@ -240,7 +246,7 @@ impl Manager {
                 return here().await;
             }
             let asked = match removal {
-                Removal::Delete => cluster.delete_object_on(id, ns.as_str(), path).await,
+                Removal::Delete(condition) => cluster.delete_object_on(id, ns.as_str(), path, condition).await,
                 Removal::Forget(generation) => cluster.forget_object_on(id, ns.as_str(), path, generation).await,
             };
             match asked {
@@ -249,7 +255,7 @@ impl Manager {
             }
         }
         let doing = match removal {
-            Removal::Delete => "deleting",
+            Removal::Delete(_) => "deleting",
             Removal::Forget(_) => "retiring",
         };
         Err(TierError::Unreachable { what: format!("{doing} {ns}/{path}"), failures: failures.join("; ") })

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use kvtier_tiers::{Error as TierError, Namespace};
 
-use super::{ObjectInfo, manifest_key, now_unix, unix_ms};
+use super::{CommitIf, ObjectInfo, manifest_key, now_unix, unix_ms};
 use crate::{Durability, Manager};
 
 /// How often a node looks for delete markers past their time.
@@ -53,18 +53,18 @@ impl ObjectInfo {
 
 impl Manager {
     /// Deletes `path` on this node (its primary, or a node alone): commits its delete
-    /// marker, unless the request is past its sender's deadline. Whether there was an object
-    /// to delete.
+    /// marker, unless the request is past its sender's deadline, or the live version does
+    /// not meet `condition`. Whether there was an object to delete (that met it).
     pub(crate) async fn delete_object_here(
         &self,
         ns: &Namespace,
         path: &str,
         deadline_unix_ms: Option<u64>,
+        condition: CommitIf,
     ) -> Result<bool, TierError> {
         let durability = self.marker_durability(&manifest_key(ns, path, 0));
         let marker = ObjectInfo::delete_marker(path);
-        let Some(marker) = self.commit_here(ns, marker, durability, super::CommitIf::Any, deadline_unix_ms).await?
-        else {
+        let Some(marker) = self.commit_here(ns, marker, durability, condition, deadline_unix_ms).await? else {
             return Ok(false);
         };
         // A node alone keeps it only while it has a file to remove from Blob.

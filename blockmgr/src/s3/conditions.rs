@@ -4,7 +4,8 @@
 //! same four as `x-amz-copy-source-if-*`, any failing one a 412. Writes (PutObject,
 //! CompleteMultipartUpload) take `If-None-Match: *` and `If-Match: <ETag>`, which become a
 //! [`CommitIf`] the path's primary decides at the commit, so of writers racing through any
-//! members one at most succeeds. These were once ignored: a stale `If-Match` overwrote the
+//! members one at most succeeds; so do deletes (DeleteObject's `If-Match`, an object's
+//! `ETag` in DeleteObjects: `*` or the ETag of the version to delete). These were once ignored: a stale `If-Match` overwrote the
 //! object, a conditional GET answered the whole body.
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -128,6 +129,18 @@ pub(super) fn check_write(key: &str, condition: CommitIf, now: Option<&ObjectInf
         }
         c if !c.holds(now) => Err(write_failed(key, c)),
         _ => Ok(()),
+    }
+}
+
+/// A delete's condition (`If-Match` on DeleteObject, an object's `ETag` in DeleteObjects):
+/// the version the ETag names; none for `*` (a delete needs a live version anyway).
+pub(super) fn delete(if_match: Option<&str>) -> CommitIf {
+    match if_match.map(str::trim) {
+        None | Some("*") => CommitIf::Any,
+        Some(tag) => {
+            let (crc32c, generation) = version_of(tag).unwrap_or((0, 0));
+            CommitIf::Current { generation, crc32c }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use axum::{body::Body, http::StatusCode, response::Response};
 
 use super::{
-    server::{OBJECT_PREFIX, S3, check_key, err, internal, no_such_bucket},
+    server::{S3, check_key, err, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -34,17 +34,31 @@ fn unescape(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// The keys of a `<Delete>` document, and whether it asks for a quiet answer.
-fn parse(doc: &str) -> Result<(Vec<String>, bool), S3Error> {
+/// An `<Object>` of a `<Delete>` document.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    key: String,
+    /// The version it may delete (a conditional delete): `*` or an ETag.
+    etag: Option<String>,
+    /// A version of a versioned bucket (501 but for `null`, an unversioned bucket's).
+    version: Option<String>,
+}
+
+/// The objects of a `<Delete>` document, and whether it asks for a quiet answer.
+fn parse(doc: &str) -> Result<(Vec<Target>, bool), S3Error> {
     let malformed = |why: &str| err(StatusCode::BAD_REQUEST, "MalformedXML", why.to_string());
     let body = doc.split_once("<Delete").ok_or_else(|| malformed("no Delete"))?.1;
     let body = body.split_once("</Delete>").ok_or_else(|| malformed("unclosed Delete"))?.0;
     let mut keys = Vec::new();
     for object in body.split("<Object>").skip(1) {
         let object = object.split_once("</Object>").ok_or_else(|| malformed("unclosed Object"))?.0;
-        let key =
-            object.split_once("<Key>").and_then(|(_, r)| r.split_once("</Key>")).ok_or_else(|| malformed("Key"))?.0;
-        keys.push(unescape(key).ok_or_else(|| malformed("an entity in a Key"))?);
+        let element = |tag: &str| {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            let value = object.split_once(&open).and_then(|(_, r)| r.split_once(&close)).map(|(v, _)| v);
+            value.map(|v| unescape(v).ok_or_else(|| malformed(&format!("an entity in a {tag}")))).transpose()
+        };
+        let key = element("Key")?.ok_or_else(|| malformed("Key"))?;
+        keys.push(Target { key, etag: element("ETag")?, version: element("VersionId")? });
     }
     if keys.is_empty() || keys.len() > MAX_KEYS {
         return Err(malformed("1 to 1000 Objects"));
@@ -62,12 +76,16 @@ impl S3 {
             .map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "the document is too large or cut short"))?;
         let doc = std::str::from_utf8(&doc).map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "not UTF-8"))?;
         let (keys, quiet) = parse(doc)?;
-        let ns = self.namespace(bucket);
         let mut result = String::from("<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
-        for key in keys {
+        for Target { key, etag, version } in keys {
             let outcome = match check_key(&key) {
                 Err(e) => Err(e),
-                Ok(()) => self.manager.delete_object(&ns, &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal),
+                Ok(()) if version.as_ref().is_some_and(|v| v != "null") => Err(err(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    "deleting a version (VersionId) is not implemented here; nothing was done",
+                )),
+                Ok(()) => self.delete_if(bucket, &key, etag.as_deref()).await,
             };
             match outcome {
                 Ok(_) if quiet => {}
@@ -93,7 +111,12 @@ mod tests {
     fn delete_documents_parse_with_entities_and_bad_ones_are_malformed() {
         let doc = "<Delete xmlns=\"x\"><Object><Key>a&amp;b &lt;c&gt;</Key></Object><Object><Key>d/e</Key>\
                    </Object><Quiet>true</Quiet></Delete>";
-        assert_eq!(parse(doc).unwrap(), (vec!["a&b <c>".to_string(), "d/e".to_string()], true));
+        let plain = |key: &str| Target { key: key.into(), etag: None, version: None };
+        assert_eq!(parse(doc).unwrap(), (vec![plain("a&b <c>"), plain("d/e")], true));
+        let conditional =
+            "<Delete><Object><Key>k</Key><ETag>&quot;e&quot;</ETag><VersionId>v</VersionId></Object></Delete>";
+        let target = Target { key: "k".into(), etag: Some("\"e\"".into()), version: Some("v".into()) };
+        assert_eq!(parse(conditional).unwrap(), (vec![target], false));
         for bad in
             ["", "<Delete></Delete>", "<Delete><Object><Key>x&bogus;</Key></Object></Delete>", "<Delete><Object>"]
         {

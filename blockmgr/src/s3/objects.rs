@@ -286,15 +286,33 @@ impl S3 {
         Ok(r)
     }
 
-    pub(super) async fn delete(&self, bucket: &str, key: &str) -> Result<Response> {
+    pub(super) async fn delete(&self, bucket: &str, key: &str, headers: &HeaderMap) -> Result<Response> {
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
-        self.manager
-            .delete_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}"))
-            .await
-            .map_err(internal)?;
+        let if_match = headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("\"?\""));
+        self.delete_if(bucket, key, if_match).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// Deletes `key`; with `if_match` (`*`, or an ETag), only the version it names, decided
+    /// by the path's primary: 404 `NoSuchKey` when there is none, 412 when another is there.
+    /// (Without a condition, deleting no object is a success, as in S3.)
+    pub(super) async fn delete_if(&self, bucket: &str, key: &str, if_match: Option<&str>) -> Result<()> {
+        let (ns, path) = (self.namespace(bucket), format!("{OBJECT_PREFIX}{key}"));
+        let deleted =
+            self.manager.delete_object_if(&ns, &path, conditions::delete(if_match)).await.map_err(internal)?;
+        if deleted || if_match.is_none() {
+            return Ok(());
+        }
+        match self.stat(bucket, key).await? {
+            None => Err(err(StatusCode::NOT_FOUND, "NoSuchKey", format!("If-Match: {key:?} does not exist"))),
+            Some(_) => Err(err(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                format!("{key:?} is not the version If-Match names"),
+            )),
+        }
     }
 }
 

@@ -279,7 +279,7 @@ impl S3 {
             Op::PutObject => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
             Op::GetObject => self.get(bucket, k, &parts.headers, false).await,
             Op::HeadObject => self.get(bucket, k, &parts.headers, true).await,
-            Op::DeleteObject => self.delete(bucket, k).await,
+            Op::DeleteObject => self.delete(bucket, k, &parts.headers).await,
         }
     }
 

@@ -367,6 +367,18 @@ fn deadline_of<T>(request: &tonic::Request<T>) -> Option<std::time::SystemTime> 
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
+/// The version a conditional delete may delete ([`crate::client::IF_VERSION_HEADER`]);
+/// unconditional without one (a malformed one matches no version).
+fn if_version_of<T>(request: &tonic::Request<T>) -> crate::objects::CommitIf {
+    let Some(v) = request.metadata().get(crate::client::IF_VERSION_HEADER) else {
+        return crate::objects::CommitIf::Any;
+    };
+    let parsed =
+        v.to_str().ok().and_then(|v| v.split_once('.')).and_then(|(g, c)| Some((g.parse().ok()?, c.parse().ok()?)));
+    let (generation, crc32c) = parsed.unwrap_or((0, 0));
+    crate::objects::CommitIf::Current { generation, crc32c }
+}
+
 /// The member a peer request says it comes from ([`crate::client::PEER_HEADER`]).
 fn peer_of<T>(request: &tonic::Request<T>) -> Option<String> {
     request.metadata().get(crate::client::PEER_HEADER)?.to_str().ok().map(String::from)

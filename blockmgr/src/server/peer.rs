@@ -161,9 +161,10 @@ impl peer_server::Peer for PeerService {
             return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
         }
         let deadline = super::deadline_of(&request).map(crate::objects::unix_ms);
+        let condition = super::if_version_of(&request);
         let deleted = self
             .manager
-            .delete_object_here(&ns, path, deadline)
+            .delete_object_here(&ns, path, deadline, condition)
             .await
             .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))

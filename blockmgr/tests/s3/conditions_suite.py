@@ -3,7 +3,8 @@ leaves: PutObject with If-Match (Dynamo KVBM's G4 lock take-over) and If-None-Ma
 GetObject and HeadObject with If-Match, If-None-Match, If-Modified-Since and
 If-Unmodified-Since (412, 304), CopyObject and UploadPartCopy with the
 x-amz-copy-source-if-* conditions, CompleteMultipartUpload with If-None-Match: * and
-If-Match. They were all ignored once: a stale If-Match overwrote the object. Prints "ok"
+If-Match, DeleteObject with If-Match and DeleteObjects with an ETag per object. They were all
+ignored once: a stale If-Match overwrote the object. Prints "ok"
 when every check passed; an assertion names what did not."""
 
 import datetime
@@ -97,4 +98,22 @@ p = s3.upload_part(Bucket=B, Key="fresh", UploadId=up, PartNumber=1, Body=b"only
 s3.complete_multipart_upload(Bucket=B, Key="fresh", UploadId=up, IfNoneMatch="*",
                              MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p}]})
 assert body("fresh") == b"only part"
+# Conditional deletes: DeleteObject's If-Match, DeleteObjects' ETag per object.
+now = s3.put_object(Bucket=B, Key="del", Body=b"d")["ETag"]
+assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch=first) == (412, "PreconditionFailed")
+assert body("del") == b"d", "a refused delete left the object"
+s3.delete_object(Bucket=B, Key="del", IfMatch=now)
+assert fails(s3.get_object, Bucket=B, Key="del")[0] == 404
+assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch=now) == (404, "NoSuchKey")
+assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch="*") == (404, "NoSuchKey")
+s3.delete_object(Bucket=B, Key="del")  # unconditional: no object is no error
+s3.put_object(Bucket=B, Key="del", Body=b"d2")
+s3.delete_object(Bucket=B, Key="del", IfMatch="*")
+assert fails(s3.get_object, Bucket=B, Key="del")[0] == 404
+tags = {k: s3.put_object(Bucket=B, Key=k, Body=k.encode())["ETag"] for k in ("m1", "m2", "m3")}
+many = s3.delete_objects(Bucket=B, Delete={"Objects": [
+    {"Key": "m1", "ETag": first}, {"Key": "m2", "ETag": tags["m2"]}, {"Key": "m3", "VersionId": "3HL4kqtJlcpXroDT"}]})
+assert [d["Key"] for d in many["Deleted"]] == ["m2"], many
+assert sorted((e["Key"], e["Code"]) for e in many["Errors"]) == [("m1", "PreconditionFailed"), ("m3", "NotImplemented")]
+assert body("m1") == b"m1" and body("m3") == b"m3" and fails(s3.get_object, Bucket=B, Key="m2")[0] == 404
 print("ok")
