@@ -104,6 +104,14 @@ async fn conditional_requests_answer_as_s3_and_a_failed_one_changes_nothing() {
     run_suite(&node, "conditions_suite.py");
 }
 
+/// Listings as boto3 pages through them, V1 (marker) and V2, with and without a delimiter,
+/// keys that need URL encoding, MaxKeys=0, FetchOwner, and ListBuckets a page at a time.
+#[tokio::test]
+async fn listings_page_through_every_key_once_in_v1_and_v2() {
+    let node = node();
+    run_suite(&node, "listing_suite.py");
+}
+
 /// The `object_store` crate's S3 client (what Rust tools and many engines use), and objects
 /// put with write-back durability landing in Azure Blob (a real Azurite) under their names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,9 +60,34 @@ impl S3 {
         Ok(names.into_iter().collect())
     }
 
-    pub(super) async fn list_buckets(&self, key_index: usize) -> Result<Response> {
-        let names: Vec<(String, u64)> =
-            self.buckets().await?.into_iter().filter(|(b, _)| self.config.keys[key_index].allows(b)).collect();
+    /// ListBuckets: the buckets the key may use, in name order; with `max-buckets` (1 to
+    /// 10,000) a page at a time, `continuation-token` (the last name of the page before)
+    /// resuming, and `prefix`.
+    pub(super) async fn list_buckets(&self, key_index: usize, params: &[(String, String)]) -> Result<Response> {
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let max = match param("max-buckets") {
+            None => usize::MAX,
+            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
+                err(StatusCode::BAD_REQUEST, "InvalidArgument", format!("max-buckets {v:?} (1 to 10000)"))
+            })?,
+        };
+        let (prefix, after) = (param("prefix").unwrap_or(""), param("continuation-token").unwrap_or(""));
+        let mut names: Vec<(String, u64)> = self
+            .buckets()
+            .await?
+            .into_iter()
+            .filter(|(b, _)| self.config.keys[key_index].allows(b) && b.starts_with(prefix) && b.as_str() > after)
+            .collect();
+        names.sort();
+        let next = (names.len() > max).then(|| names[max - 1].0.clone());
+        names.truncate(max);
+        let mut tail = String::new();
+        if let Some(n) = next {
+            tail.push_str(&format!("<ContinuationToken>{}</ContinuationToken>", xml::escape(&n)));
+        }
+        if !prefix.is_empty() {
+            tail.push_str(&format!("<Prefix>{}</Prefix>", xml::escape(prefix)));
+        }
         let buckets: String = names
             .iter()
             .map(|(b, t)| {
@@ -75,7 +100,7 @@ impl S3 {
             .collect();
         Ok(xml::document(format!(
             "<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>kvtier</ID>\
-             <DisplayName>kvtier</DisplayName></Owner><Buckets>{buckets}</Buckets></ListAllMyBucketsResult>"
+             <DisplayName>kvtier</DisplayName></Owner><Buckets>{buckets}</Buckets>{tail}</ListAllMyBucketsResult>"
         )))
     }
 

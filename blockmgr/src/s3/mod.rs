@@ -9,6 +9,7 @@ mod chunked;
 mod conditions;
 mod delete_objects;
 mod errors;
+mod listing;
 mod multipart;
 mod objects;
 mod routes;

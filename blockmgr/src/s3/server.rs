@@ -21,7 +21,7 @@ pub(super) use super::errors::{commit_failed, err, internal, no_such_bucket};
 use super::{
     routes::{self, Operation as Op, Target},
     sigv4::{self, AuthError},
-    xml::{self, Entry, Listing, S3Error},
+    xml::{self, S3Error},
 };
 use crate::{Durability, Manager, config::S3Config, objects::ObjectInfo};
 
@@ -221,7 +221,7 @@ impl S3 {
         let copy_source = parts.headers.get("x-amz-copy-source").map(|v| v.to_str().unwrap_or(""));
         let op = routes::operation(&parts.method, target(bucket, key), &params, copy_source.is_some());
         if op == Op::ListBuckets {
-            return self.list_buckets(key_index).await;
+            return self.list_buckets(key_index, &params).await;
         }
         if !bucket.is_empty() {
             check_bucket(bucket)?;
@@ -244,7 +244,7 @@ impl S3 {
                 "MethodNotAllowed",
                 format!("S3 has no {m} operation on this resource with this query"),
             )),
-            Op::ListBuckets => self.list_buckets(key_index).await,
+            Op::ListBuckets => self.list_buckets(key_index, &params).await,
             Op::CreateBucket => self.create_bucket(bucket).await,
             Op::HeadBucket => match self.bucket_exists(bucket).await? {
                 true => Ok(StatusCode::OK.into_response()),
@@ -318,80 +318,6 @@ impl S3 {
         let host =
             host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
         host.strip_suffix(domain)?.strip_suffix('.').filter(|b| !b.is_empty())
-    }
-
-    async fn list(&self, bucket: &str, params: &[(String, String)]) -> Result<Response> {
-        let param = |name: &str| param(params, name);
-        if !self.bucket_exists(bucket).await? {
-            return Err(no_such_bucket(bucket));
-        }
-        let prefix = param("prefix").unwrap_or("").to_string();
-        let delimiter = param("delimiter").unwrap_or("").to_string();
-        let max_keys = match param("max-keys") {
-            None => 1000,
-            Some(v) => {
-                v.parse::<usize>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "max-keys"))?.min(1000)
-            }
-        };
-        let continuation = param("continuation-token").map(String::from);
-        let start_after = param("start-after").map(String::from);
-        // Listing resumes after the token's key (the token is that key), else after start-after.
-        let after = continuation.clone().or_else(|| start_after.clone()).unwrap_or_default();
-        let all = self
-            .manager
-            .list_objects(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{prefix}"))
-            .await
-            .map_err(internal)?;
-        let mut listing = Listing {
-            bucket: bucket.into(),
-            prefix: prefix.clone(),
-            delimiter: delimiter.clone(),
-            max_keys,
-            continuation,
-            start_after,
-            ..Default::default()
-        };
-        let mut last = String::new();
-        for info in all {
-            let key = &info.path[OBJECT_PREFIX.len()..];
-            if key <= after.as_str() {
-                continue;
-            }
-            // Keys under one delimited prefix roll up into one common prefix.
-            let rolled = (!delimiter.is_empty())
-                .then(|| {
-                    key[prefix.len()..]
-                        .find(&delimiter)
-                        .map(|at| key[..prefix.len() + at + delimiter.len()].to_string())
-                })
-                .flatten();
-            if let Some(p) = &rolled
-                && listing.common_prefixes.last() == Some(p)
-            {
-                continue;
-            }
-            if listing.contents.len() + listing.common_prefixes.len() == max_keys {
-                listing.next = Some(last.clone());
-                break;
-            }
-            match rolled {
-                Some(p) => {
-                    // Resume past every key under this prefix.
-                    last = format!("{p}\u{10ffff}");
-                    listing.common_prefixes.push(p);
-                }
-                None => {
-                    last = key.to_string();
-                    listing.contents.push(Entry {
-                        key: key.into(),
-                        size: info.size,
-                        etag: etag(&info),
-                        modified: info.created_unix,
-                    });
-                }
-            }
-        }
-        Ok(xml::document(listing.to_xml()))
     }
 }
 

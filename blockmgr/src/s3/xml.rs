@@ -1,6 +1,4 @@
-//! S3's XML: error documents and the listings.
-
-use std::fmt::Write;
+//! S3's XML: error documents, escaping and dates (the listings are in listing.rs).
 
 use axum::{
     body::Body,
@@ -60,76 +58,6 @@ pub fn document(body: String) -> Response {
     let mut r = Response::new(Body::from(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}")));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     r
-}
-
-/// One object of a listing.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// The object's key.
-    pub key: String,
-    /// Bytes.
-    pub size: u64,
-    /// Its ETag (quoted).
-    pub etag: String,
-    /// Seconds since the epoch.
-    pub modified: u64,
-}
-
-/// `ListObjectsV2`'s result.
-#[derive(Debug, Clone, Default)]
-pub struct Listing {
-    pub(crate) bucket: String,
-    pub(crate) prefix: String,
-    pub(crate) delimiter: String,
-    pub(crate) max_keys: usize,
-    pub(crate) continuation: Option<String>,
-    pub(crate) start_after: Option<String>,
-    pub(crate) contents: Vec<Entry>,
-    pub(crate) common_prefixes: Vec<String>,
-    pub(crate) next: Option<String>,
-}
-
-impl Listing {
-    /// The `ListBucketResult` document.
-    pub fn to_xml(&self) -> String {
-        let mut x = String::from("<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
-        let _ = write!(x, "<Name>{}</Name><Prefix>{}</Prefix>", escape(&self.bucket), escape(&self.prefix));
-        if !self.delimiter.is_empty() {
-            let _ = write!(x, "<Delimiter>{}</Delimiter>", escape(&self.delimiter));
-        }
-        let _ = write!(
-            x,
-            "<MaxKeys>{}</MaxKeys><KeyCount>{}</KeyCount><IsTruncated>{}</IsTruncated>",
-            self.max_keys,
-            self.contents.len() + self.common_prefixes.len(),
-            self.next.is_some()
-        );
-        if let Some(c) = &self.continuation {
-            let _ = write!(x, "<ContinuationToken>{}</ContinuationToken>", escape(c));
-        }
-        if let Some(n) = &self.next {
-            let _ = write!(x, "<NextContinuationToken>{}</NextContinuationToken>", escape(n));
-        }
-        if let Some(s) = &self.start_after {
-            let _ = write!(x, "<StartAfter>{}</StartAfter>", escape(s));
-        }
-        for e in &self.contents {
-            let _ = write!(
-                x,
-                "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size>\
-                 <StorageClass>STANDARD</StorageClass></Contents>",
-                escape(&e.key),
-                iso8601(e.modified),
-                escape(&e.etag),
-                e.size
-            );
-        }
-        for p in &self.common_prefixes {
-            let _ = write!(x, "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>", escape(p));
-        }
-        x.push_str("</ListBucketResult>");
-        x
-    }
 }
 
 /// `2026-12-03T10:11:12.000Z` of seconds since the epoch.
