@@ -222,7 +222,14 @@ impl S3 {
         let range = match headers.get("x-amz-copy-source-range").map(|v| v.to_str().unwrap_or("?")) {
             None => 0..info.size,
             Some(r) => {
+                // Unlike a GET's Range, both ends are needed and must lie within the source.
                 let (from, len) = super::objects::range(r, info.size)?;
+                let last =
+                    r.strip_prefix("bytes=").and_then(|s| s.split_once('-')).and_then(|(_, b)| b.parse::<u64>().ok());
+                if last.is_none_or(|last| last >= info.size) {
+                    let what = format!("x-amz-copy-source-range {r:?} of a {}-byte source", info.size);
+                    return Err(err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", what));
+                }
                 from..from + len
             }
         };

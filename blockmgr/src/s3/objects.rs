@@ -21,6 +21,19 @@ use super::{
 };
 use crate::objects::{CommitIf, ObjectInfo, ObjectWriter};
 
+/// The digest a `Content-MD5` header declares (base64 of 16 bytes): S3 checks the body
+/// against it, the only check of a body sent `UNSIGNED-PAYLOAD` without a checksum. One that
+/// is not an MD5 is `InvalidDigest`.
+fn content_md5(headers: &HeaderMap) -> Result<Option<[u8; 16]>> {
+    use base64::Engine;
+    let Some(v) = headers.get("content-md5") else { return Ok(None) };
+    let decoded = v.to_str().ok().and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok());
+    let digest = decoded.and_then(|d| <[u8; 16]>::try_from(d).ok());
+    digest
+        .map(Some)
+        .ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidDigest", "Content-MD5 is not the base64 of an MD5"))
+}
+
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
 pub(super) fn range(value: &str, size: u64) -> Result<(u64, u64)> {
     let invalid = || err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("range {value:?} of {size} bytes"));
@@ -106,6 +119,7 @@ impl S3 {
         let (mut hash, mut got) = (expected.is_some().then(Sha256::new), 0u64);
         let mut checksum = super::checksum::Checksum::from_headers(headers)
             .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+        let mut md5 = content_md5(headers)?.map(|want| (md5::Md5::new(), want));
         let mut decoder = chunked.then(super::chunked::AwsChunked::new);
         let mut stream = body.into_data_stream();
         let received: Result<()> = async {
@@ -141,6 +155,9 @@ impl S3 {
                     if let Some(c) = checksum.as_mut() {
                         c.update(&piece);
                     }
+                    if let Some((h, _)) = md5.as_mut() {
+                        h.update(&piece);
+                    }
                     w.write(&piece).await.map_err(internal)?;
                 }
             }
@@ -158,6 +175,12 @@ impl S3 {
                     "XAmzContentSHA256Mismatch",
                     "the body does not hash as signed",
                 ));
+            }
+            if let Some((h, want)) = md5
+                && h.finalize()[..] != want
+            {
+                let what = "the body's MD5 is not the Content-MD5 sent";
+                return Err(err(StatusCode::BAD_REQUEST, "BadDigest", what));
             }
             let trailers = decoder.as_ref().map_or(&[][..], |d| &d.trailers[..]);
             match checksum {

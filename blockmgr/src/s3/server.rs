@@ -70,15 +70,19 @@ async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
     metrics.s3_requests.with_label_values(&[method.as_str(), code]).inc();
     // To the response's head: a GET's body streams after it.
     metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-    match result {
+    // Every answer names its request, as S3's do (the id a user quotes; the log line has it).
+    let request_id = format!("{:016X}", rand::random::<u64>());
+    let mut response = match result {
         Ok(r) => r,
         // HEAD answers carry no body, only the status.
         Err(e) if head => e.status.into_response(),
         Err(e) => {
-            tracing::debug!(code = e.code, message = %e.message, %method, "s3 request refused");
-            e.into_response()
+            tracing::debug!(code = e.code, message = %e.message, %method, request_id, "s3 request refused");
+            e.response(&request_id)
         }
-    }
+    };
+    response.headers_mut().insert("x-amz-request-id", request_id.parse().expect("hex"));
+    response
 }
 
 /// `%xx`-decoded `s`; `None` when it does not decode to UTF-8.
@@ -129,13 +133,19 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// A bucket name as S3 allows it: 3 to 63 of `a-z0-9.-`, starting and ending alphanumeric.
+/// A bucket name as S3 allows it: 3 to 63 of `a-z0-9.-`, starting and ending alphanumeric,
+/// no `..`, `.-` or `-.`, not an IP address, none of the prefixes and suffixes S3 reserves.
 pub(super) fn check_bucket(b: &str) -> Result<()> {
+    const RESERVED_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+    const RESERVED_SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
     let ok = (3..=63).contains(&b.len())
         && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
         && b.as_bytes()[0].is_ascii_alphanumeric()
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
-        && !b.contains("..");
+        && !["..", ".-", "-."].iter().any(|s| b.contains(s))
+        && b.parse::<std::net::Ipv4Addr>().is_err()
+        && !RESERVED_PREFIXES.iter().any(|p| b.starts_with(p))
+        && !RESERVED_SUFFIXES.iter().any(|s| b.ends_with(s));
     if ok {
         Ok(())
     } else {
@@ -333,7 +343,19 @@ mod tests {
         }
         assert!(check_key(&"k".repeat(1025)).is_err());
         assert!(check_bucket("my-bucket.1").is_ok());
-        for bad in ["ab", "My-Bucket", "-ab", "a..b", "a_b"] {
+        for bad in [
+            "ab",
+            "My-Bucket",
+            "-ab",
+            "a..b",
+            "a_b",
+            "192.168.5.4",
+            "foo.-bar",
+            "foo-.bar",
+            "xn--abc",
+            "sthree-x",
+            "b--x-s3",
+        ] {
             assert_eq!(check_bucket(bad).unwrap_err().code, "InvalidBucketName", "{bad}");
         }
     }

@@ -24,12 +24,16 @@ impl S3Error {
     }
 }
 
-impl IntoResponse for S3Error {
-    fn into_response(self) -> Response {
+impl S3Error {
+    /// The error document S3 answers, naming the request (`RequestId`, as the
+    /// `x-amz-request-id` header does; what a user quotes in a report).
+    pub fn response(self, request_id: &str) -> Response {
         let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message>\
+             <RequestId>{}</RequestId></Error>",
             self.code,
-            escape(&self.message)
+            escape(&self.message),
+            escape(request_id)
         );
         let mut r = (self.status, body).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));

@@ -1,6 +1,8 @@
 """boto3 (botocore's own signing and parsing) against kvtier's S3 endpoint. Prints "ok" when
 every check passed; an assertion names what did not."""
 
+import base64
+import hashlib
 import os
 import sys
 
@@ -139,6 +141,9 @@ s3.copy({"Bucket": "ckpt", "Key": "model/weights.safetensors"}, "ckpt", "model/c
 assert s3.get_object(Bucket="ckpt", Key="model/copy.safetensors")["Body"].read() == big_data
 up6 = s3.create_multipart_upload(Bucket="ckpt", Key="ranged")["UploadId"]
 e6 = s3.upload_part_copy(Bucket="ckpt", Key="ranged", UploadId=up6, PartNumber=1, CopySource={"Bucket": "ckpt", "Key": "model/weights.safetensors"}, CopySourceRange="bytes=100-199")["CopyPartResult"]["ETag"]
+# A copy range must lie within the source (S3: InvalidRange), not be cut short to fit.
+for bad in (f"bytes=100-{len(big_data)}", "bytes=100-", f"bytes={len(big_data)}-{len(big_data) + 5}"):
+    assert code(s3.upload_part_copy, Bucket="ckpt", Key="ranged", UploadId=up6, PartNumber=2, CopySource={"Bucket": "ckpt", "Key": "model/weights.safetensors"}, CopySourceRange=bad)[0] == "InvalidRange", bad
 s3.complete_multipart_upload(Bucket="ckpt", Key="ranged", UploadId=up6, MultipartUpload=parts((1, e6)))
 assert s3.get_object(Bucket="ckpt", Key="ranged")["Body"].read() == big_data[100:200]
 up2 = s3.create_multipart_upload(Bucket="ckpt", Key="gone")["UploadId"]
@@ -268,6 +273,22 @@ answer = b""
 while chunk := sock.recv(65536):
     answer += chunk
 assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"s4"), answer[:300]
+
+# Content-MD5 (the only body check of an unsigned payload): a wrong one stores nothing.
+md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()  # noqa: E731
+s3.put_object(Bucket="ckpt", Key="md5", Body=b"checked", ContentMD5=md5(b"checked"))
+assert code(s3.put_object, Bucket="ckpt", Key="md5", Body=b"changed", ContentMD5=md5(b"other")) == ("BadDigest", 400)
+assert code(s3.put_object, Bucket="ckpt", Key="md5", Body=b"changed", ContentMD5="bm90IGFuIG1kNQ==") == ("InvalidDigest", 400)
+assert s3.get_object(Bucket="ckpt", Key="md5")["Body"].read() == b"checked"
+# Bucket names S3 refuses; every error names its request, in the header and the document.
+for bad in ("192.168.5.4", "foo.-bar", "xn--abc", "sthree-b", "b--ol-s3"):
+    assert code(s3.create_bucket, Bucket=bad) == ("InvalidBucketName", 400), bad
+try:
+    s3.get_object(Bucket="ckpt", Key="absent")
+except ClientError as e:
+    meta = e.response["ResponseMetadata"]
+    assert len(meta["RequestId"]) == 16 and meta["HTTPHeaders"]["x-amz-request-id"] == meta["RequestId"], meta
+assert len(s3.head_bucket(Bucket="ckpt")["ResponseMetadata"]["RequestId"]) == 16
 
 # Deletes; a bucket with objects is not deleted.
 assert code(s3.delete_bucket, Bucket="ckpt")[0] == "BucketNotEmpty"
