@@ -22,7 +22,7 @@
 //! by a crash mid-commit are removed. A delete is a version too: a delete marker
 //! (objects/deletes.rs), so that no copy of the deleted version can bring it back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
@@ -68,9 +68,19 @@ pub struct ObjectInfo {
     /// still waits for a flush (its node was away when they were deleted) is released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retired: Vec<u64>,
+    /// What its writer said of it besides its bytes (S3's standard headers, user metadata,
+    /// declared checksum: `content-type`, `x-amz-meta-*`, ...), kept with the version and
+    /// answered with it. Members too old to know it drop it from the copies they make.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: BTreeMap<String, String>,
 }
 
 impl ObjectInfo {
+    /// What its writer said of it besides its bytes (see the field).
+    pub fn attributes(&self) -> &BTreeMap<String, String> {
+        &self.attributes
+    }
+
     /// Number of chunks.
     pub fn chunks(&self) -> u64 {
         match self.runs.last() {

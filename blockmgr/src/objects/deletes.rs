@@ -47,6 +47,7 @@ impl ObjectInfo {
             runs: Vec::new(),
             deleted: true,
             retired: Vec::new(),
+            attributes: Default::default(),
         }
     }
 }

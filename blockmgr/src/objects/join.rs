@@ -69,6 +69,7 @@ impl ObjectInfo {
             runs,
             deleted: false,
             retired: Vec::new(),
+            attributes: Default::default(),
         }
     }
 }
@@ -78,7 +79,7 @@ impl Manager {
     /// `path`, adopting their chunks: each part's generation is retired first (if one was
     /// replaced or deleted meanwhile, nothing is joined, the parts retired so far are deleted
     /// and the error says which), then the joined manifest is committed with `durability`
-    /// if the path's current version meets `condition` (`None`: it did not, and the parts
+    /// with `attributes` if the path's current version meets `condition` (`None`: it did not, and the parts
     /// are gone; a commit that fails leaves the parts' chunks: it may have landed).
     pub(crate) async fn join_parts(
         &self,
@@ -87,6 +88,7 @@ impl Manager {
         parts: &[ObjectInfo],
         durability: Durability,
         condition: CommitIf,
+        attributes: std::collections::BTreeMap<String, String>,
     ) -> Result<Option<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
         // Between a part's retirement and the joined commit no manifest names its chunks.
@@ -109,7 +111,7 @@ impl Manager {
             }
             retired.push(part);
         }
-        let joined = ObjectInfo::joined(path, parts);
+        let joined = ObjectInfo { attributes, ..ObjectInfo::joined(path, parts) };
         match self.commit_manifest(&ns, joined.clone(), durability, condition).await {
             Ok(Some(info)) => {
                 self.metrics().object_parts_joined.inc_by(parts.len() as u64);
@@ -181,6 +183,7 @@ mod tests {
             runs: Vec::new(),
             deleted: false,
             retired: Vec::new(),
+            attributes: Default::default(),
         }
     }
 

@@ -168,7 +168,11 @@ async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_ch
         w.write(data).await.unwrap();
         parts.push(w.commit().await.unwrap());
     }
-    let joined = m.join_parts(NS, "o/joined", &parts, Durability::LocalDisk, CommitIf::Any).await.unwrap().unwrap();
+    let joined = m
+        .join_parts(NS, "o/joined", &parts, Durability::LocalDisk, CommitIf::Any, Default::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(joined.shares_chunks_with(&parts[0]) && joined.shares_chunks_with(&parts[1]));
     assert!(m.stat_object(NS, "u/x/1").await.unwrap().is_none(), "the part was retired");
     let whole = [a.as_ref(), b.as_ref()].concat();

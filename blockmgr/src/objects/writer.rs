@@ -26,6 +26,8 @@ pub struct ObjectWriter {
     size: u64,
     crc32c: u32,
     chunk_crc32c: Vec<u32>,
+    /// What the writer says of the object besides its bytes (`ObjectInfo::attributes`).
+    attributes: std::collections::BTreeMap<String, String>,
     /// Set at commit or abort: from then on `Drop` leaves the chunks alone.
     finished: bool,
     /// The runtime the chunks were stored from, for `Drop`'s clean-up.
@@ -107,7 +109,14 @@ impl ObjectWriter {
             runs: Vec::new(),
             deleted: false,
             retired: Vec::new(),
+            attributes: std::mem::take(&mut self.attributes),
         }
+    }
+
+    /// Sets what the version will say of itself besides its bytes (S3's metadata: see
+    /// `ObjectInfo::attributes`).
+    pub fn set_attributes(&mut self, attributes: std::collections::BTreeMap<String, String>) {
+        self.attributes = attributes;
     }
 
     /// Stores the last chunk and commits the manifest: from here readers see this version.
@@ -211,6 +220,7 @@ impl Manager {
             size: 0,
             crc32c: 0,
             chunk_crc32c: Vec::new(),
+            attributes: Default::default(),
             finished: false,
             runtime: None,
         })

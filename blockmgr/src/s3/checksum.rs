@@ -97,8 +97,8 @@ impl Checksum {
 
     /// Compares the payload's checksum with the declared one (the header's, or the trailer
     /// line `x-amz-checksum-<algorithm>:<value>` among `trailers`); the error says which
-    /// failed.
-    pub(crate) fn verify(self, trailers: &[String]) -> Result<(), String> {
+    /// failed. What matched, as the object keeps it: (`x-amz-checksum-<algorithm>`, value).
+    pub(crate) fn verify(self, trailers: &[String]) -> Result<(String, String), String> {
         let header = self.header.clone();
         let declared = match self.declared.clone() {
             Some(v) => v,
@@ -114,7 +114,7 @@ impl Checksum {
         if computed != declared {
             return Err(format!("{header} {declared} does not match the body's ({computed})"));
         }
-        Ok(())
+        Ok((header, computed))
     }
 }
 

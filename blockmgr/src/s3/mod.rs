@@ -10,6 +10,7 @@ mod conditions;
 mod delete_objects;
 mod errors;
 mod listing;
+mod metadata;
 mod multipart;
 mod objects;
 mod routes;

@@ -66,7 +66,9 @@ fn parse_complete(doc: &str) -> Result<Vec<(u32, String)>, S3Error> {
 
 impl S3 {
     /// The upload `id` of `key`, checked: it exists and is for this key.
-    async fn check_upload(&self, bucket: &str, key: &str, id: &str) -> Result<(), S3Error> {
+    /// Upload `id` of `key` in `bucket`, in progress: its marker (which keeps the metadata
+    /// CreateMultipartUpload was given), or `NoSuchUpload`.
+    async fn check_upload(&self, bucket: &str, key: &str, id: &str) -> Result<ObjectInfo, S3Error> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(no_such_upload(id));
         }
@@ -74,7 +76,7 @@ impl S3 {
         let info =
             self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.ok_or_else(|| no_such_upload(id))?;
         match self.upload_key(&ns, &info).await {
-            Some(stored) if stored == key => Ok(()),
+            Some(stored) if stored == key => Ok(info),
             _ => Err(no_such_upload(id)),
         }
     }
@@ -100,7 +102,14 @@ impl S3 {
         Ok(())
     }
 
-    pub(super) async fn create_upload(&self, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    pub(super) async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, S3Error> {
+        // The object's metadata, kept on the upload's marker until the completion.
+        let attributes = super::metadata::from_request(headers)?;
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
@@ -109,6 +118,7 @@ impl S3 {
         let mut w =
             self.manager.write_part(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
         w.write(key.as_bytes()).await.map_err(internal)?;
+        w.set_attributes(attributes);
         w.commit().await.map_err(internal)?;
         Ok(xml::document(format!(
             "<InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
@@ -133,7 +143,7 @@ impl S3 {
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
         let info =
-            self.receive_body(writer, headers, body, payload_hash).await?.commit().await.map_err(commit_failed)?;
+            self.receive_body(writer, headers, body, payload_hash).await?.0.commit().await.map_err(commit_failed)?;
         self.keep_part(&ns, id, &path).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
@@ -148,7 +158,7 @@ impl S3 {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response, S3Error> {
-        self.check_upload(bucket, key, id).await?;
+        let upload = self.check_upload(bucket, key, id).await?;
         let doc = axum::body::to_bytes(body, MAX_COMPLETE_XML)
             .await
             .map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "the document is too large or cut short"))?;
@@ -192,7 +202,8 @@ impl S3 {
             return Err(no_such_upload(id));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
-        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability, condition).await;
+        let attributes = upload.attributes().clone();
+        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability, condition, attributes).await;
         self.remove_upload(&ns, id, key).await; // the parts not listed
         let info = joined.map_err(commit_failed)?.ok_or_else(|| super::conditions::write_failed(key, condition))?;
         Ok(xml::document(format!(

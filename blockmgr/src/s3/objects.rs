@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     conditions::{self, Read},
+    metadata,
     server::{
         OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal, no_such_bucket,
     },
@@ -65,6 +66,7 @@ impl S3 {
         payload_hash: &str,
     ) -> Result<Response> {
         let condition = conditions::write(headers)?;
+        let mut attributes = metadata::from_request(headers)?;
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
@@ -75,24 +77,33 @@ impl S3 {
         }
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let writer = self.receive_body(writer, headers, body, payload_hash).await?;
+        let (mut writer, checksum) = self.receive_body(writer, headers, body, payload_hash).await?;
+        attributes.extend(checksum.clone());
+        writer.set_attributes(attributes);
         let committed = writer.commit_if(condition).await.map_err(commit_failed)?;
         let info = committed.ok_or_else(|| conditions::write_failed(key, condition))?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        // The checksum the object keeps, as S3 confirms it.
+        if let Some((name, value)) = checksum
+            && let (Ok(n), Ok(v)) = (header::HeaderName::try_from(name), header::HeaderValue::from_str(&value))
+        {
+            r.headers_mut().insert(n, v);
+        }
         Ok(r)
     }
 
-    /// Streams a request body into `w`, ready to commit, or stores nothing (`w` aborted): a
-    /// body without Content-Length, over the size limit, longer or shorter than declared,
-    /// idle past the timeout, or not hashing to the signed SHA-256.
+    /// Streams a request body into `w`, ready to commit, with the checksum it declared and
+    /// matched (`x-amz-checksum-<algorithm>`, value), or stores nothing (`w` aborted): a body
+    /// without Content-Length, over the size limit, longer or shorter than declared, idle
+    /// past the timeout, or not hashing to the signed SHA-256, its Content-MD5 or checksum.
     pub(super) async fn receive_body(
         &self,
         mut w: ObjectWriter,
         headers: &HeaderMap,
         body: Body,
         payload_hash: &str,
-    ) -> Result<ObjectWriter> {
+    ) -> Result<(ObjectWriter, Option<(String, String)>)> {
         // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
         // x-amz-decoded-content-length, the body its chunks.
         let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
@@ -183,16 +194,15 @@ impl S3 {
                 return Err(err(StatusCode::BAD_REQUEST, "BadDigest", what));
             }
             let trailers = decoder.as_ref().map_or(&[][..], |d| &d.trailers[..]);
-            match checksum {
-                Some(c) => c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e)),
-                None => Ok(()),
-            }
+            checksum.map(|c| c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e))).transpose()
         });
-        if let Err(e) = checked {
-            w.abort().await;
-            return Err(e);
+        match checked {
+            Err(e) => {
+                w.abort().await;
+                Err(e)
+            }
+            Ok(checksum) => Ok((w, checksum)),
         }
-        Ok(w)
     }
 
     /// CopyObject: `x-amz-copy-source` (`/bucket/key` or `bucket/key`, URL-encoded) into
@@ -205,9 +215,30 @@ impl S3 {
         source: &str,
         headers: &HeaderMap,
     ) -> Result<Response> {
+        // The source's metadata, unless the copy replaces it (`x-amz-metadata-directive`).
+        let replace = match headers.get("x-amz-metadata-directive").map(|v| v.to_str().unwrap_or("?")) {
+            None | Some("COPY") => false,
+            Some("REPLACE") => true,
+            Some(other) => {
+                let what = format!("x-amz-metadata-directive {other:?} (COPY or REPLACE)");
+                return Err(err(StatusCode::BAD_REQUEST, "InvalidArgument", what));
+            }
+        };
         let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let path = format!("{OBJECT_PREFIX}{key}");
-        let w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        w.set_attributes(if replace {
+            let mut attributes = metadata::from_request(headers)?;
+            attributes.extend(
+                info.attributes()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("x-amz-checksum-"))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            attributes
+        } else {
+            info.attributes().clone()
+        });
         let copied = self.copy_into(&src_bucket, &info, 0..info.size, w).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
@@ -269,7 +300,14 @@ impl S3 {
         w.commit().await.map_err(commit_failed)
     }
 
-    pub(super) async fn get(&self, bucket: &str, key: &str, headers: &HeaderMap, head: bool) -> Result<Response> {
+    pub(super) async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &HeaderMap,
+        params: &[(String, String)],
+        head: bool,
+    ) -> Result<Response> {
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
@@ -300,7 +338,7 @@ impl S3 {
         h.insert(header::ETAG, etag(&info).parse().expect("hex"));
         h.insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
         h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
-        h.insert(header::CONTENT_TYPE, "binary/octet-stream".parse().expect("ascii"));
+        metadata::answer(&info, headers, if head { &[] } else { params }, ranged.is_none(), h)?;
         if ranged.is_some() {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let value = format!("bytes {offset}-{}/{}", offset + len - 1, info.size);

@@ -273,7 +273,7 @@ impl S3 {
                 )))
             }
             Op::ListObjects => self.list(bucket, &params).await,
-            Op::CreateMultipartUpload => self.create_upload(bucket, k).await,
+            Op::CreateMultipartUpload => self.create_upload(bucket, k, &parts.headers).await,
             Op::UploadPart | Op::UploadPartCopy => {
                 let n = param("partNumber").and_then(|n| n.parse::<u32>().ok()).filter(|n| (1..=10_000).contains(n));
                 let n = n.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000"))?;
@@ -287,8 +287,8 @@ impl S3 {
             Op::AbortMultipartUpload => self.abort_upload(bucket, k, upload).await,
             Op::CopyObject => self.copy(key_index, bucket, k, copy_source.unwrap_or(""), &parts.headers).await,
             Op::PutObject => self.put(bucket, k, &parts.headers, body, &payload_hash).await,
-            Op::GetObject => self.get(bucket, k, &parts.headers, false).await,
-            Op::HeadObject => self.get(bucket, k, &parts.headers, true).await,
+            Op::GetObject => self.get(bucket, k, &parts.headers, &params, false).await,
+            Op::HeadObject => self.get(bucket, k, &parts.headers, &params, true).await,
             Op::DeleteObject => self.delete(bucket, k, &parts.headers).await,
         }
     }

@@ -274,6 +274,31 @@ while chunk := sock.recv(65536):
     answer += chunk
 assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"s4"), answer[:300]
 
+# Metadata: the standard headers and x-amz-meta-* are kept and answered, a GET's response-*
+# overrides them, the declared checksum is answered with ChecksumMode, a copy keeps or
+# replaces them, a multipart upload's are its object's.
+std = dict(ContentType="text/csv", CacheControl="no-cache", ContentDisposition="attachment; filename=m.csv",
+           ContentEncoding="identity", ContentLanguage="en")
+put = s3.put_object(Bucket="ckpt", Key="meta", Body=b"a,b\n", Metadata={"run": "7", "Step": "x"}, ChecksumAlgorithm="SHA256", **std)
+h = s3.head_object(Bucket="ckpt", Key="meta")
+assert all(h[k] == v for k, v in std.items()) and h["Metadata"] == {"run": "7", "step": "x"}, h
+assert "ChecksumSHA256" not in h and s3.head_object(Bucket="ckpt", Key="meta", ChecksumMode="ENABLED")["ChecksumSHA256"] == put["ChecksumSHA256"]
+g = s3.get_object(Bucket="ckpt", Key="meta", ResponseContentType="application/json", ResponseCacheControl="max-age=5")
+assert g["ContentType"] == "application/json" and g["CacheControl"] == "max-age=5" and g["ContentLanguage"] == "en"
+assert s3.get_object(Bucket="ckpt", Key="lock")["ContentType"] == "binary/octet-stream", "none given"
+s3.copy_object(Bucket="ckpt", Key="meta-copy", CopySource={"Bucket": "ckpt", "Key": "meta"})
+assert s3.head_object(Bucket="ckpt", Key="meta-copy")["Metadata"] == {"run": "7", "step": "x"}
+s3.copy_object(Bucket="ckpt", Key="meta-copy", CopySource={"Bucket": "ckpt", "Key": "meta"}, MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"new": "1"})
+h = s3.head_object(Bucket="ckpt", Key="meta-copy")
+assert h["ContentType"] == "text/plain" and h["Metadata"] == {"new": "1"} and "CacheControl" not in h, h
+mu = s3.create_multipart_upload(Bucket="ckpt", Key="meta-mp", ContentType="application/x-tar", Metadata={"parts": "1"})["UploadId"]
+me = s3.upload_part(Bucket="ckpt", Key="meta-mp", UploadId=mu, PartNumber=1, Body=b"tar")["ETag"]
+s3.complete_multipart_upload(Bucket="ckpt", Key="meta-mp", UploadId=mu, MultipartUpload=parts((1, me)))
+h = s3.head_object(Bucket="ckpt", Key="meta-mp")
+assert h["ContentType"] == "application/x-tar" and h["Metadata"] == {"parts": "1"}, h
+assert code(s3.put_object, Bucket="ckpt", Key="meta", Body=b"x", Metadata={"big": "v" * 2100}) == ("MetadataTooLarge", 400)
+assert s3.head_object(Bucket="ckpt", Key="meta")["Metadata"] == {"run": "7", "step": "x"}
+
 # Content-MD5 (the only body check of an unsigned payload): a wrong one stores nothing.
 md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()  # noqa: E731
 s3.put_object(Bucket="ckpt", Key="md5", Body=b"checked", ContentMD5=md5(b"checked"))
