@@ -104,6 +104,23 @@ async fn conditional_requests_answer_as_s3_and_a_failed_one_changes_nothing() {
     run_suite(&node, "conditions_suite.py");
 }
 
+/// With `s3.md5_etags = false` nothing computes an MD5 of the bytes: an ETag is the object's
+/// CRC-32C and generation, and names its version to conditional requests all the same.
+#[tokio::test]
+async fn without_md5_etags_an_etag_still_names_its_version() {
+    let node = Node::start_with("", &s3_table("local_disk").replacen("domain", "md5_etags = false\ndomain", 1));
+    boto3(
+        &node,
+        "import hashlib\nfrom botocore.exceptions import ClientError\ns3.create_bucket(Bucket='bkt')\n\
+         e = s3.put_object(Bucket='bkt', Key='k', Body=b'x')['ETag']\n\
+         assert e != '\"%s\"' % hashlib.md5(b'x').hexdigest() and len(e) == 26, e\n\
+         s3.put_object(Bucket='bkt', Key='k', Body=b'y', IfMatch=e)\n\
+         try:\n    s3.put_object(Bucket='bkt', Key='k', Body=b'z', IfMatch=e)\n    raise SystemExit('stale')\n\
+         except ClientError as err:\n    assert err.response['Error']['Code'] == 'PreconditionFailed'\n\
+         assert s3.get_object(Bucket='bkt', Key='k')['Body'].read() == b'y'",
+    );
+}
+
 /// Listings as boto3 pages through them, V1 (marker) and V2, with and without a delimiter,
 /// keys that need URL encoding, MaxKeys=0, FetchOwner, and ListBuckets a page at a time.
 #[tokio::test]

@@ -29,6 +29,11 @@ pub struct S3Config {
     /// write-back parts against `blob.max_unflushed`). Default 24h; `0s`: never.
     #[serde(with = "super::humantime_serde")]
     pub stale_uploads_expiry: Duration,
+    /// ETags as S3 computes them: the MD5 of an object's bytes (of its parts' MD5s, with
+    /// `-<parts>`, for a multipart one), which tools such as `aws s3 sync` and SDK integrity
+    /// checks compare with their own. Costs an MD5 of every byte written through S3; `false`:
+    /// an ETag of the object's CRC-32C and generation instead (free). Default true.
+    pub md5_etags: bool,
     /// The access keys; every request is signed with one of them (SigV4).
     pub keys: Vec<S3Key>,
 }
@@ -55,6 +60,7 @@ impl Default for S3Config {
             durability: "local_disk".into(),
             max_object_size: super::ByteSize(5 << 30),
             stale_uploads_expiry: Duration::from_secs(24 * 3600),
+            md5_etags: true,
             keys: Vec::new(),
         }
     }

@@ -10,9 +10,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 
-#[cfg(test)]
-use super::server::etag;
-use super::server::{Result, err};
+use super::server::{Result, err, etag};
 use crate::objects::{CommitIf, ObjectInfo};
 
 /// A read's conditions met, or not modified (304).
@@ -22,18 +20,15 @@ pub(super) enum Read {
     NotModified,
 }
 
-/// The version an ETag names (`None`: no ETag of ours; see `server::etag`).
-fn version_of(tag: &str) -> Option<(u32, u64)> {
-    let t = tag.trim().trim_start_matches("W/").trim_matches('"');
-    if t.len() != 24 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((u32::from_str_radix(&t[..8], 16).ok()?, u64::from_str_radix(&t[8..], 16).ok()?))
+/// An ETag as compared: without a weak mark, quotes or spaces.
+fn bare(tag: &str) -> &str {
+    tag.trim().trim_start_matches("W/").trim_matches('"')
 }
 
 /// Whether `list` (`*`, or ETags separated by commas) names `info`.
 fn names(list: &str, info: &ObjectInfo) -> bool {
-    list.split(',').any(|t| t.trim() == "*" || version_of(t) == Some((info.crc32c, info.generation)))
+    let own = etag(info);
+    list.split(',').any(|t| t.trim() == "*" || bare(t) == bare(&own))
 }
 
 /// Header `name`'s value, if any (one that is not text matches nothing).
@@ -97,50 +92,61 @@ pub(super) fn copy_source(headers: &HeaderMap, info: &ObjectInfo) -> Result<()> 
     }
 }
 
-/// A write's condition on the version it replaces (`If-None-Match: *`, `If-Match`), as the
-/// primary decides it at the commit.
-pub(super) fn write(headers: &HeaderMap) -> Result<CommitIf> {
-    let condition = match (value(headers, header::IF_NONE_MATCH.as_str()), value(headers, header::IF_MATCH.as_str())) {
-        (None, None) => return Ok(CommitIf::Any),
-        (Some("*"), None) => CommitIf::Absent,
-        (None, Some(tag)) if tag.trim() != "*" => match version_of(tag) {
-            Some((crc32c, generation)) => CommitIf::Current { generation, crc32c },
-            // No version of ours has it: whatever is there, the condition fails.
-            None => CommitIf::Current { generation: 0, crc32c: 0 },
-        },
+/// What a write or delete asks of the version it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Asks {
+    /// Nothing.
+    Nothing,
+    /// No version (`If-None-Match: *` on a write).
+    Absent,
+    /// Some version (`If-Match: *` on a delete).
+    Any,
+    /// The version with this ETag (`If-Match`).
+    Match(String),
+}
+
+/// A write's condition (`If-None-Match: *`, `If-Match: <ETag>`).
+pub(super) fn write(headers: &HeaderMap) -> Result<Asks> {
+    match (value(headers, header::IF_NONE_MATCH.as_str()), value(headers, header::IF_MATCH.as_str())) {
+        (None, None) => Ok(Asks::Nothing),
+        (Some("*"), None) => Ok(Asks::Absent),
+        (None, Some(tag)) if tag.trim() != "*" => Ok(Asks::Match(tag.to_string())),
         (Some(other), None) => {
             let what = format!("If-None-Match: {other} on a write (S3 takes only *)");
-            return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
+            Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what))
         }
         _ => {
             let what = "If-Match: * or If-Match with If-None-Match on a write";
-            return Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what));
+            Err(err(StatusCode::NOT_IMPLEMENTED, "NotImplemented", what))
         }
-    };
-    Ok(condition)
-}
-
-/// `condition` on `key`'s version now, for the answers S3 gives before a body is read: 412
-/// when it fails already, 404 `NoSuchKey` for `If-Match` with no object.
-pub(super) fn check_write(key: &str, condition: CommitIf, now: Option<&ObjectInfo>) -> Result<()> {
-    match condition {
-        CommitIf::Current { .. } if now.is_none() => {
-            Err(err(StatusCode::NOT_FOUND, "NoSuchKey", format!("If-Match: {key:?} does not exist")))
-        }
-        c if !c.holds(now) => Err(write_failed(key, c)),
-        _ => Ok(()),
     }
 }
 
-/// A delete's condition (`If-Match` on DeleteObject, an object's `ETag` in DeleteObjects):
-/// the version the ETag names; none for `*` (a delete needs a live version anyway).
-pub(super) fn delete(if_match: Option<&str>) -> CommitIf {
+/// A delete's condition (`If-Match` on DeleteObject, an object's `ETag` in DeleteObjects).
+pub(super) fn delete(if_match: Option<&str>) -> Asks {
     match if_match.map(str::trim) {
-        None | Some("*") => CommitIf::Any,
-        Some(tag) => {
-            let (crc32c, generation) = version_of(tag).unwrap_or((0, 0));
-            CommitIf::Current { generation, crc32c }
+        None => Asks::Nothing,
+        Some("*") => Asks::Any,
+        Some(tag) => Asks::Match(tag.to_string()),
+    }
+}
+
+/// What the path's primary is to decide at the commit, given `key`'s version `now`: the
+/// answers S3 gives before a body is read where it fails already (412; 404 `NoSuchKey` for
+/// `If-Match` with no object). `If-Match` becomes the very version its ETag names, so a
+/// version committed in between fails it at the commit.
+pub(super) fn resolve(key: &str, asks: &Asks, now: Option<&ObjectInfo>) -> Result<CommitIf> {
+    let missing = || err(StatusCode::NOT_FOUND, "NoSuchKey", format!("If-Match: {key:?} does not exist"));
+    match (asks, now) {
+        (Asks::Nothing, _) => Ok(CommitIf::Any),
+        (Asks::Absent, None) => Ok(CommitIf::Absent),
+        (Asks::Absent, Some(_)) => Err(write_failed(key, CommitIf::Absent)),
+        (Asks::Any | Asks::Match(_), None) => Err(missing()),
+        (Asks::Any, Some(_)) => Ok(CommitIf::Any),
+        (Asks::Match(tag), Some(v)) if names(tag, v) => {
+            Ok(CommitIf::Current { generation: v.generation, crc32c: v.crc32c })
         }
+        (Asks::Match(_), Some(_)) => Err(write_failed(key, CommitIf::Current { generation: 0, crc32c: 0 })),
     }
 }
 
@@ -201,8 +207,8 @@ mod tests {
     fn writes_become_the_condition_the_primary_decides() {
         let o = info(7, 9, 1);
         let write = |h: &[(&'static str, &str)], now: Option<ObjectInfo>| {
-            let c = write(&headers(h)).map_err(|e| (e.status.as_u16(), e.code))?;
-            check_write("k", c, now.as_ref()).map_err(|e| (e.status.as_u16(), e.code)).map(|()| c)
+            let asks = write(&headers(h)).map_err(|e| (e.status.as_u16(), e.code))?;
+            resolve("k", &asks, now.as_ref()).map_err(|e| (e.status.as_u16(), e.code))
         };
         assert_eq!(write(&[], Some(o.clone())), Ok(CommitIf::Any));
         assert_eq!(write(&[("if-none-match", "*")], None), Ok(CommitIf::Absent));
@@ -213,6 +219,19 @@ mod tests {
         assert_eq!(write(&[("if-match", "\"stale\"")], Some(o.clone())), Err((412, "PreconditionFailed")));
         assert_eq!(write(&[("if-none-match", "\"x\"")], None), Err((501, "NotImplemented")));
         assert_eq!(write(&[("if-match", "*")], Some(o.clone())), Err((501, "NotImplemented")));
-        assert_eq!(write(&[("if-match", "*"), ("if-none-match", "*")], Some(o)), Err((501, "NotImplemented")));
+        assert_eq!(write(&[("if-match", "*"), ("if-none-match", "*")], Some(o.clone())), Err((501, "NotImplemented")));
+        // An MD5 ETag names its version as well.
+        let mut v = serde_json::to_value(&o).unwrap();
+        v["attributes"] = serde_json::json!({"etag": "0123456789abcdef0123456789abcdef"});
+        let md5: ObjectInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(write(&[("if-match", "\"0123456789abcdef0123456789abcdef\"")], Some(md5.clone())), Ok(current));
+        assert_eq!(
+            write(&[("if-match", &format!("\"{:08x}{:016x}\"", 9, 7))], Some(md5)),
+            Err((412, "PreconditionFailed"))
+        );
+        // Deletes: `*` needs a version, an ETag that version.
+        assert_eq!(resolve("k", &delete(Some("*")), None).map_err(|e| e.code), Err("NoSuchKey"));
+        assert_eq!(resolve("k", &delete(Some("*")), Some(&o)), Ok(CommitIf::Any));
+        assert_eq!(resolve("k", &delete(None), None), Ok(CommitIf::Any));
     }
 }

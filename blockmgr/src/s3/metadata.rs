@@ -52,6 +52,12 @@ pub(super) fn from_request(headers: &HeaderMap) -> Result<BTreeMap<String, Strin
     Ok(kept)
 }
 
+/// Whether attribute `name` is one S3 answers as a header (the others, such as the MD5 ETag
+/// or the upload an object came from, are kvtier's own).
+pub(super) fn answered(name: &str) -> bool {
+    STANDARD.iter().any(|(n, _)| *n == name) || name.starts_with(USER) || name.starts_with(CHECKSUM)
+}
+
 /// Sets `out`, a GET's or HEAD's answer, to what `info` keeps; `request` may ask for the
 /// checksum (`x-amz-checksum-mode: ENABLED`, what botocore sends by default; never with a
 /// part of the object, which it would not match) and, on a GET, override the standard
@@ -67,7 +73,7 @@ pub(super) fn answer(
     let checksum_mode =
         whole && request.get("x-amz-checksum-mode").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"));
     for (name, value) in attributes {
-        if name.starts_with(CHECKSUM) && !checksum_mode {
+        if !answered(name) || (name.starts_with(CHECKSUM) && !checksum_mode) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {

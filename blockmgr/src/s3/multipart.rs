@@ -20,7 +20,7 @@ use futures::StreamExt;
 use crate::objects::{CommitIf, ObjectInfo};
 
 use super::{
-    server::{OBJECT_PREFIX, S3, commit_failed, err, etag, internal, no_such_bucket},
+    server::{ETAG_ATTRIBUTE, OBJECT_PREFIX, S3, commit_failed, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -33,6 +33,21 @@ fn marker(id: &str) -> String {
 
 fn part_path(id: &str, n: u32) -> String {
     format!("u/{id}/{n:05}")
+}
+
+/// The attribute a completed object keeps its upload's id as: a completion retried after
+/// its answer was lost gets that answer again, as S3 gives it, not `NoSuchUpload`.
+const UPLOAD_ATTRIBUTE: &str = "upload-id";
+
+/// CompleteMultipartUpload's answer for `info`, the object it made.
+fn completion(bucket: &str, key: &str, info: &ObjectInfo) -> Response {
+    xml::document(format!(
+        "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
+         <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
+        xml::escape(bucket),
+        xml::escape(key),
+        xml::escape(&etag(info))
+    ))
 }
 
 fn no_such_upload(id: &str) -> S3Error {
@@ -142,8 +157,14 @@ impl S3 {
         self.check_upload(bucket, key, id).await?;
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
-        let info =
-            self.receive_body(writer, headers, body, payload_hash).await?.0.commit().await.map_err(commit_failed)?;
+        let info = {
+            // A part keeps its MD5 (its ETag, the same for the same bytes, and what the
+            // completed object's is made of) and its checksum.
+            let super::objects::Received { mut writer, checksum, md5 } =
+                self.receive_body(writer, headers, body, payload_hash).await?;
+            writer.set_attributes(checksum.into_iter().chain(md5).collect());
+            writer.commit().await.map_err(commit_failed)?
+        };
         self.keep_part(&ns, id, &path).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
@@ -158,7 +179,11 @@ impl S3 {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response, S3Error> {
-        let upload = self.check_upload(bucket, key, id).await?;
+        let upload = match self.check_upload(bucket, key, id).await {
+            Ok(upload) => upload,
+            // A completion retried after its answer was lost: S3 answers it again.
+            Err(e) => return self.completed(bucket, key, id).await?.ok_or(e),
+        };
         let doc = axum::body::to_bytes(body, MAX_COMPLETE_XML)
             .await
             .map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "the document is too large or cut short"))?;
@@ -193,26 +218,38 @@ impl S3 {
         }
         // A conditional completion (`If-None-Match: *`, `If-Match`) that fails already keeps
         // its upload; one that loses a race at the commit loses its parts with it.
-        let condition = super::conditions::write(headers)?;
-        if condition != CommitIf::Any {
-            super::conditions::check_write(key, condition, self.stat(bucket, key).await?.as_ref())?;
-        }
+        let condition = match super::conditions::write(headers)? {
+            super::conditions::Asks::Nothing => CommitIf::Any,
+            asks => super::conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
+        };
         // Claim the upload: a racing completion or abort now finds none.
         if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
-            return Err(no_such_upload(id));
+            return self.completed(bucket, key, id).await?.ok_or_else(|| no_such_upload(id));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
-        let attributes = upload.attributes().clone();
+        let mut attributes = upload.attributes().clone();
+        attributes.insert(UPLOAD_ATTRIBUTE.into(), id.into());
+        // S3's multipart ETag: the MD5 of the parts' MD5s, and how many there were.
+        let md5s: Option<Vec<Vec<u8>>> =
+            parts.iter().map(|p| p.attributes().get(ETAG_ATTRIBUTE).and_then(|h| hex::decode(h).ok())).collect();
+        if let Some(md5s) = md5s {
+            use md5::Digest;
+            let whole = hex::encode(md5::Md5::digest(md5s.concat()));
+            attributes.insert(ETAG_ATTRIBUTE.into(), format!("{whole}-{}", parts.len()));
+        }
         let joined = self.manager.join_parts(&ns, &path, &parts, self.durability, condition, attributes).await;
         self.remove_upload(&ns, id, key).await; // the parts not listed
         let info = joined.map_err(commit_failed)?.ok_or_else(|| super::conditions::write_failed(key, condition))?;
-        Ok(xml::document(format!(
-            "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
-             <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
-            xml::escape(bucket),
-            xml::escape(key),
-            xml::escape(&etag(&info))
-        )))
+        Ok(completion(bucket, key, &info))
+    }
+
+    /// The answer to a completion of upload `id` that already completed: `key`'s version now,
+    /// if that upload made it (the version keeps the upload's id), else `None`.
+    async fn completed(&self, bucket: &str, key: &str, id: &str) -> Result<Option<Response>, S3Error> {
+        let now = self.stat(bucket, key).await?;
+        Ok(now
+            .filter(|v| v.attributes().get(UPLOAD_ATTRIBUTE).is_some_and(|u| u == id))
+            .map(|v| completion(bucket, key, &v)))
     }
 
     /// UploadPartCopy: part `n` of upload `id` from bytes of an existing object
@@ -246,7 +283,7 @@ impl S3 {
         };
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
-        let part = self.copy_into(&src_bucket, &info, range, writer).await?;
+        let part = self.copy_into(&src_bucket, &info, range, writer, Default::default()).await?;
         self.keep_part(&ns, id, &path).await?;
         Ok(xml::document(format!(
             "<CopyPartResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyPartResult>",

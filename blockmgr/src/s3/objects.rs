@@ -16,11 +16,21 @@ use super::{
     conditions::{self, Read},
     metadata,
     server::{
-        OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal, no_such_bucket,
+        ETAG_ATTRIBUTE, OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal,
+        no_such_bucket,
     },
     xml,
 };
 use crate::objects::{CommitIf, ObjectInfo, ObjectWriter};
+
+/// A body received into a writer, and the digests its version keeps as attributes.
+pub(super) struct Received {
+    pub(super) writer: ObjectWriter,
+    /// The checksum it declared and matched: (`x-amz-checksum-<algorithm>`, value).
+    pub(super) checksum: Option<(String, String)>,
+    /// Its MD5 ETag (with `s3.md5_etags`): (`etag`, hex).
+    pub(super) md5: Option<(String, String)>,
+}
 
 /// The digest a `Content-MD5` header declares (base64 of 16 bytes): S3 checks the body
 /// against it, the only check of a body sent `UNSIGNED-PAYLOAD` without a checksum. One that
@@ -65,20 +75,21 @@ impl S3 {
         body: Body,
         payload_hash: &str,
     ) -> Result<Response> {
-        let condition = conditions::write(headers)?;
+        let asks = conditions::write(headers)?;
         let mut attributes = metadata::from_request(headers)?;
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
         // Checked before the body is read (the common refusal costs no upload), and decided
         // at the commit by the path's primary (of writers racing through any nodes, one wins).
-        if condition != CommitIf::Any {
-            conditions::check_write(key, condition, self.stat(bucket, key).await?.as_ref())?;
-        }
+        let condition = match asks {
+            conditions::Asks::Nothing => CommitIf::Any,
+            asks => conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
+        };
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let (mut writer, checksum) = self.receive_body(writer, headers, body, payload_hash).await?;
-        attributes.extend(checksum.clone());
+        let Received { mut writer, checksum, md5 } = self.receive_body(writer, headers, body, payload_hash).await?;
+        attributes.extend(checksum.clone().into_iter().chain(md5));
         writer.set_attributes(attributes);
         let committed = writer.commit_if(condition).await.map_err(commit_failed)?;
         let info = committed.ok_or_else(|| conditions::write_failed(key, condition))?;
@@ -93,17 +104,17 @@ impl S3 {
         Ok(r)
     }
 
-    /// Streams a request body into `w`, ready to commit, with the checksum it declared and
-    /// matched (`x-amz-checksum-<algorithm>`, value), or stores nothing (`w` aborted): a body
-    /// without Content-Length, over the size limit, longer or shorter than declared, idle
-    /// past the timeout, or not hashing to the signed SHA-256, its Content-MD5 or checksum.
+    /// Streams a request body into `w`, ready to commit, with what the version keeps of its
+    /// digests, or stores nothing (`w` aborted): a body without Content-Length, over the size
+    /// limit, longer or shorter than declared, idle past the timeout, or not hashing to the
+    /// signed SHA-256, its Content-MD5 or checksum.
     pub(super) async fn receive_body(
         &self,
         mut w: ObjectWriter,
         headers: &HeaderMap,
         body: Body,
         payload_hash: &str,
-    ) -> Result<(ObjectWriter, Option<(String, String)>)> {
+    ) -> Result<Received> {
         // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
         // x-amz-decoded-content-length, the body its chunks.
         let chunked = payload_hash == "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
@@ -130,7 +141,8 @@ impl S3 {
         let (mut hash, mut got) = (expected.is_some().then(Sha256::new), 0u64);
         let mut checksum = super::checksum::Checksum::from_headers(headers)
             .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
-        let mut md5 = content_md5(headers)?.map(|want| (md5::Md5::new(), want));
+        let declared_md5 = content_md5(headers)?;
+        let mut md5 = (self.config.md5_etags || declared_md5.is_some()).then(md5::Md5::new);
         let mut decoder = chunked.then(super::chunked::AwsChunked::new);
         let mut stream = body.into_data_stream();
         let received: Result<()> = async {
@@ -166,7 +178,7 @@ impl S3 {
                     if let Some(c) = checksum.as_mut() {
                         c.update(&piece);
                     }
-                    if let Some((h, _)) = md5.as_mut() {
+                    if let Some(h) = md5.as_mut() {
                         h.update(&piece);
                     }
                     w.write(&piece).await.map_err(internal)?;
@@ -187,21 +199,27 @@ impl S3 {
                     "the body does not hash as signed",
                 ));
             }
-            if let Some((h, want)) = md5
-                && h.finalize()[..] != want
+            let md5: Option<[u8; 16]> = md5.map(|h| h.finalize().into());
+            if let Some(want) = declared_md5
+                && md5 != Some(want)
             {
                 let what = "the body's MD5 is not the Content-MD5 sent";
                 return Err(err(StatusCode::BAD_REQUEST, "BadDigest", what));
             }
             let trailers = decoder.as_ref().map_or(&[][..], |d| &d.trailers[..]);
-            checksum.map(|c| c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e))).transpose()
+            let checksum = checksum
+                .map(|c| c.verify(trailers).map_err(|e| err(StatusCode::BAD_REQUEST, "BadDigest", e)))
+                .transpose()?;
+            // What the version keeps of the body's digests: its checksum, its MD5 ETag.
+            let md5 = md5.filter(|_| self.config.md5_etags).map(|d| (ETAG_ATTRIBUTE.to_string(), hex::encode(d)));
+            Ok((checksum, md5))
         });
         match checked {
             Err(e) => {
                 w.abort().await;
                 Err(e)
             }
-            Ok(checksum) => Ok((w, checksum)),
+            Ok((checksum, md5)) => Ok(Received { writer: w, checksum, md5 }),
         }
     }
 
@@ -226,8 +244,8 @@ impl S3 {
         };
         let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let path = format!("{OBJECT_PREFIX}{key}");
-        let mut w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        w.set_attributes(if replace {
+        let w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let attributes = if replace {
             let mut attributes = metadata::from_request(headers)?;
             attributes.extend(
                 info.attributes()
@@ -238,8 +256,8 @@ impl S3 {
             attributes
         } else {
             info.attributes().clone()
-        });
-        let copied = self.copy_into(&src_bucket, &info, 0..info.size, w).await?;
+        };
+        let copied = self.copy_into(&src_bucket, &info, 0..info.size, w, attributes).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
             xml::iso8601(copied.created_unix),
@@ -285,18 +303,30 @@ impl S3 {
         source: &ObjectInfo,
         range: std::ops::Range<u64>,
         mut w: ObjectWriter,
+        mut attributes: std::collections::BTreeMap<String, String>,
     ) -> Result<ObjectInfo> {
         let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
         let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, range.start, range.end - range.start));
+        let mut md5 = self.config.md5_etags.then(md5::Md5::new);
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(c) => w.write(&c).await.map_err(internal)?,
+                Ok(c) => {
+                    if let Some(h) = md5.as_mut() {
+                        h.update(&c);
+                    }
+                    w.write(&c).await.map_err(internal)?
+                }
                 Err(e) => {
                     w.abort().await;
                     return Err(internal(e));
                 }
             }
         }
+        // A copy is written in one piece: its ETag is its bytes' MD5, whatever the source's;
+        // it keeps only what S3 answers of the source's metadata.
+        attributes.retain(|name, _| metadata::answered(name));
+        attributes.extend(md5.map(|h| (ETAG_ATTRIBUTE.to_string(), hex::encode(h.finalize()))));
+        w.set_attributes(attributes);
         w.commit().await.map_err(commit_failed)
     }
 
@@ -361,8 +391,11 @@ impl S3 {
     /// (Without a condition, deleting no object is a success, as in S3.)
     pub(super) async fn delete_if(&self, bucket: &str, key: &str, if_match: Option<&str>) -> Result<()> {
         let (ns, path) = (self.namespace(bucket), format!("{OBJECT_PREFIX}{key}"));
-        let deleted =
-            self.manager.delete_object_if(&ns, &path, conditions::delete(if_match)).await.map_err(internal)?;
+        let condition = match conditions::delete(if_match) {
+            conditions::Asks::Nothing => CommitIf::Any,
+            asks => conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
+        };
+        let deleted = self.manager.delete_object_if(&ns, &path, condition).await.map_err(internal)?;
         if deleted || if_match.is_none() {
             return Ok(());
         }

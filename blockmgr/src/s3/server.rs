@@ -169,9 +169,17 @@ pub(super) fn check_key(k: &str) -> Result<()> {
     Ok(())
 }
 
+/// `info`'s ETag: the MD5 S3 would give it (kept as its `etag` attribute when written
+/// through S3 with `s3.md5_etags`), else its CRC-32C and generation; quoted.
 pub(super) fn etag(info: &ObjectInfo) -> String {
-    format!("\"{:08x}{:016x}\"", info.crc32c, info.generation)
+    match info.attributes().get(ETAG_ATTRIBUTE) {
+        Some(md5) => format!("\"{md5}\""),
+        None => format!("\"{:08x}{:016x}\"", info.crc32c, info.generation),
+    }
 }
+
+/// The attribute an object's MD5 ETag is kept as (never answered as a header of its own).
+pub(super) const ETAG_ATTRIBUTE: &str = "etag";
 
 impl S3 {
     pub(super) fn namespace(&self, bucket: &str) -> String {

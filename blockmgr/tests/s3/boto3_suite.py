@@ -111,13 +111,17 @@ e3 = s3.upload_part(Bucket="ckpt", Key="mp", UploadId=up, PartNumber=3, Body=b"n
 s3.complete_multipart_upload(Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))
 assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == p1 + b"b" * 50
 assert s3.get_object(Bucket="ckpt", Key="mp", Range="bytes=5242870-5242889")["Body"].read() == p1[-10:] + b"b" * 10
-# A completed upload is gone: a second completion, an abort, a part all find no upload.
-assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))[0] == "NoSuchUpload"
+# A completion retried (its answer lost) is answered again, as S3 does; otherwise a completed
+# upload is gone: an abort, a part, a completion once the object changed find no upload.
+mp_etag = s3.head_object(Bucket="ckpt", Key="mp")["ETag"]
+again = s3.complete_multipart_upload(Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))
+assert again["ETag"] == mp_etag and s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == p1 + b"b" * 50
 assert code(s3.abort_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up)[0] == "NoSuchUpload"
 assert code(s3.upload_part, Bucket="ckpt", Key="mp", UploadId=up, PartNumber=4, Body=b"late")[0] == "NoSuchUpload"
 # Overwriting and deleting the joined object leave other objects whole.
 s3.put_object(Bucket="ckpt", Key="mp", Body=b"small now")
 assert s3.get_object(Bucket="ckpt", Key="mp")["Body"].read() == b"small now"
+assert code(s3.complete_multipart_upload, Bucket="ckpt", Key="mp", UploadId=up, MultipartUpload=parts((1, e1), (2, e2)))[0] == "NoSuchUpload"
 assert s3.get_object(Bucket="ckpt", Key="model/weights.safetensors")["Body"].read() == big_data
 # ListMultipartUploads, ListParts, UploadPartCopy (boto3's managed copy of a large object).
 up4 = s3.create_multipart_upload(Bucket="ckpt", Key="listed/a")["UploadId"]
@@ -298,6 +302,23 @@ h = s3.head_object(Bucket="ckpt", Key="meta-mp")
 assert h["ContentType"] == "application/x-tar" and h["Metadata"] == {"parts": "1"}, h
 assert code(s3.put_object, Bucket="ckpt", Key="meta", Body=b"x", Metadata={"big": "v" * 2100}) == ("MetadataTooLarge", 400)
 assert s3.head_object(Bucket="ckpt", Key="meta")["Metadata"] == {"run": "7", "step": "x"}
+
+# ETags as S3 computes them: the MD5 of the bytes; of the parts' MD5s with -N for a
+# multipart object; a part's the same for the same bytes, so a completion naming the first
+# upload of a part re-sent with the same bytes goes through.
+hexmd5 = lambda b: hashlib.md5(b).hexdigest()  # noqa: E731
+assert s3.put_object(Bucket="ckpt", Key="etag", Body=b"bytes")["ETag"] == f'"{hexmd5(b"bytes")}"'
+assert s3.head_object(Bucket="ckpt", Key="etag")["ETag"] == f'"{hexmd5(b"bytes")}"'
+assert s3.copy_object(Bucket="ckpt", Key="etag-copy", CopySource={"Bucket": "ckpt", "Key": "etag"})["CopyObjectResult"]["ETag"] == f'"{hexmd5(b"bytes")}"'
+eu = s3.create_multipart_upload(Bucket="ckpt", Key="etag-mp")["UploadId"]
+first_part, last_part = os.urandom(5 << 20), b"last"
+ea = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=1, Body=first_part)["ETag"]
+assert ea == f'"{hexmd5(first_part)}"'
+assert s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=1, Body=first_part)["ETag"] == ea, "the same bytes again"
+eb = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=2, Body=last_part)["ETag"]
+done = s3.complete_multipart_upload(Bucket="ckpt", Key="etag-mp", UploadId=eu, MultipartUpload=parts((1, ea), (2, eb)))
+whole = hashlib.md5(hashlib.md5(first_part).digest() + hashlib.md5(last_part).digest()).hexdigest()
+assert done["ETag"] == f'"{whole}-2"' == s3.head_object(Bucket="ckpt", Key="etag-mp")["ETag"], done["ETag"]
 
 # Content-MD5 (the only body check of an unsigned payload): a wrong one stores nothing.
 md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()  # noqa: E731
