@@ -520,3 +520,33 @@ async fn an_owner_back_from_an_absence_keeps_what_it_pulled_in_its_own_segments(
     }
     wiped_second_owner_serves_alone(&mut nodes, owners, &deleted, &object).await;
 }
+
+/// A node that starts with a wiped disk while Blob is down learns its objects once Blob
+/// answers, without another restart. The catalog was rebuilt only from what the index held
+/// at start, so a version kept only in the node's own segments (a delete marker, its SSD copy
+/// evicted) stayed unknown, and a stale copy handed to the node meanwhile took its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_blob_is_down_learns_its_objects_when_blob_answers() {
+    let mut backend = Backend::azurite();
+    let mut node = Node::start_with("", &backend.toml(""));
+    let object = data(60, 300_000);
+    let client = node.unix_client().await;
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    wait_until("the export and the manifest's flush", Duration::from_secs(30), || {
+        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
+    });
+
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    backend.stop();
+    node.restart();
+    let client = node.unix_client().await;
+    assert_eq!(client.stat_object(NS, PATH).await.unwrap(), None, "with Blob down the node knows nothing yet");
+    backend.resume();
+    let started = std::time::Instant::now();
+    while client.stat_object(NS, PATH).await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the object never came back once Blob answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
+}

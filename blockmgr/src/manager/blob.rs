@@ -148,9 +148,11 @@ impl Inner {
 
 /// Loads the Blob tier of a node that started while the store was unreachable: retries with
 /// backoff (1 s to 30 s), then applies the deletes made meanwhile, indexes what Blob holds
-/// and wakes the flusher.
-pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) {
+/// and wakes the flusher. The receiver hears when it is done (the catalog then learns the
+/// manifests only Blob holds).
+pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) -> tokio::sync::oneshot::Receiver<()> {
     let weak = Arc::downgrade(inner);
+    let (loaded, heard) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut pause = Duration::from_secs(1);
         loop {
@@ -170,9 +172,11 @@ pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) {
                 flusher.wake();
             }
             tracing::info!(tier = %blob, "Blob reachable again: loaded");
+            let _ = loaded.send(());
             return;
         }
     });
+    heard
 }
 
 /// Retries the held Blob deletes every few seconds while there are any. Holds the manager

@@ -153,9 +153,7 @@ impl Manager {
             }
             flush::spawn_flusher(&inner, flusher);
         }
-        if !blob_loaded {
-            blob::spawn_blob_loader(&inner);
-        }
+        let blob_loaded_late = (!blob_loaded).then(|| blob::spawn_blob_loader(&inner));
         if inner.blob.is_some() {
             blob::spawn_held_delete_retries(&inner);
         }
@@ -171,6 +169,9 @@ impl Manager {
             cluster,
         };
         manager.rebuild_catalog().await;
+        if let Some(loaded) = blob_loaded_late {
+            manager.spawn_learn_when_blob_loads(loaded);
+        }
         manager.spawn_exporter();
         manager.spawn_version_upkeep();
         if manager.cluster.is_none() {

@@ -8,6 +8,31 @@ use super::{CHUNK, MANIFEST, ObjectInfo, chunk_id};
 use crate::{GetOutcome, Manager};
 
 impl Manager {
+    /// Once Blob, unreachable at start, is loaded: learns the manifests only Blob holds (this
+    /// node's own segments), which the catalog rebuilt at start could not see. Without it a
+    /// version kept only there (a delete marker above all, its SSD copy evicted) was missing
+    /// until the next start, and a stale copy of the version before, handed to the node
+    /// meanwhile, took its place and was flushed anew: a deleted file came back in the
+    /// 1000-fault run. It holds the manager weakly.
+    pub(crate) fn spawn_learn_when_blob_loads(&self, loaded: tokio::sync::oneshot::Receiver<()>) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            if loaded.await.is_err() {
+                return;
+            }
+            let Some(manager) = weak.upgrade() else { return };
+            let keys: Vec<_> =
+                manager.keys_with_prefix(MANIFEST).into_iter().filter(|k| manager.only_in_own_blob(k)).collect();
+            for key in &keys {
+                manager.learn_manifest(key).await;
+            }
+            tracing::info!(
+                manifests = keys.len(),
+                "objects: learned the manifests only Blob holds (loaded after the start)"
+            );
+        });
+    }
+
     /// Rebuilds the catalog from the manifests in the index (after a restart). The highest
     /// generation of a path wins; older ones (a crash mid-commit) are removed, and so are
     /// chunks no manifest names (an upload cut short by a crash).
