@@ -550,3 +550,32 @@ async fn a_node_started_while_blob_is_down_learns_its_objects_when_blob_answers(
     }
     assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
 }
+
+/// A manifest that cannot be read when a node rebuilds its catalog (Blob refuses its
+/// segment for a while) is learned once it can be: the catalog once skipped it until the
+/// next start, which lost a delete marker kept only in the node's segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_unreadable_at_start_is_learned_once_blob_serves_it() {
+    let (_azurite, proxy, mut node, _) = node_behind_proxy("unread", "");
+    let object = data(61, 200_000);
+    let client = node.client().await;
+    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
+    wait_until("the export and the manifest's flush", Duration::from_secs(30), || {
+        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
+    });
+
+    // Wiped, the node finds the manifest only in its segments, which Blob now refuses to read.
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    proxy.fail_matching(503, Some("GET"), "/seg/");
+    node.restart();
+    let client = node.client().await;
+    assert_eq!(client.stat_object(NS, PATH).await.unwrap(), None, "the manifest cannot be read yet");
+    proxy.clear();
+    let started = std::time::Instant::now();
+    while client.stat_object(NS, PATH).await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the manifest was never learned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
+}

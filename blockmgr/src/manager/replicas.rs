@@ -149,6 +149,11 @@ impl Manager {
         self.inner.flushes(key) && !(self.inner.exports.is_some() && crate::objects::is_chunk_key(key))
     }
 
+    /// Whether this node's index holds `key` (in any tier).
+    pub(crate) fn holds(&self, key: &BlockKey) -> bool {
+        self.inner.index.get(key).is_some()
+    }
+
     /// Whether `key` is only in this node's own Blob segments (no local copy).
     pub(crate) fn only_in_own_blob(&self, key: &BlockKey) -> bool {
         self.inner.index.get(key).is_some_and(|e| e.tiers == crate::index::TierSet::of(TierKind::Blob))

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kvtier_tiers::Namespace;
+use kvtier_tiers::{BlockKey, Namespace};
 
 use super::{CHUNK, MANIFEST, ObjectInfo, chunk_id};
 use crate::{GetOutcome, Manager};
@@ -23,13 +23,49 @@ impl Manager {
             let Some(manager) = weak.upgrade() else { return };
             let keys: Vec<_> =
                 manager.keys_with_prefix(MANIFEST).into_iter().filter(|k| manager.only_in_own_blob(k)).collect();
-            for key in &keys {
-                manager.learn_manifest(key).await;
-            }
             tracing::info!(
                 manifests = keys.len(),
-                "objects: learned the manifests only Blob holds (loaded after the start)"
+                "objects: learning the manifests only Blob holds (loaded after the start)"
             );
+            manager.spawn_learn_unread(keys);
+        });
+    }
+
+    /// Learns `keys`, manifests this node holds, as each can be read: those whose read failed
+    /// (Blob out of reach for a moment) are tried again with backoff (1 s to 30 s) for as
+    /// long as the index holds them. The catalog rebuilt at start once skipped such a
+    /// manifest until the next start: a delete marker among them let a stale copy of the
+    /// deleted version take its place (the 1000-fault run). It holds the manager weakly.
+    pub(crate) fn spawn_learn_unread(&self, mut keys: Vec<BlockKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_secs(1);
+            loop {
+                let Some(manager) = weak.upgrade() else { return };
+                let mut unread = Vec::new();
+                for key in keys {
+                    match manager.get_here(&key).await {
+                        GetOutcome::Hit { .. } => manager.learn_manifest(&key).await,
+                        // Gone meanwhile (deleted, dropped as damaged): nothing to learn.
+                        _ if !manager.holds(&key) => {}
+                        _ => unread.push(key),
+                    }
+                }
+                if unread.is_empty() {
+                    return;
+                }
+                tracing::warn!(
+                    manifests = unread.len(),
+                    "objects: manifests held here cannot be read yet; next try in {pause:?}"
+                );
+                keys = unread;
+                drop(manager);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
         });
     }
 
@@ -39,8 +75,12 @@ impl Manager {
     pub(crate) async fn rebuild_catalog(&self) {
         let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
         let mut stale = Vec::new();
+        let mut unread = Vec::new();
         for key in self.keys_with_prefix(MANIFEST) {
-            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else { continue };
+            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else {
+                unread.push(key);
+                continue;
+            };
             let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else {
                 tracing::warn!(%key, "objects: skipping a manifest that does not parse");
                 continue;
@@ -63,9 +103,13 @@ impl Manager {
             tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
         }
         *self.catalog.objects.write() = newest.clone();
-        if self.cluster().is_some() {
+        let unread: Vec<BlockKey> = unread.into_iter().filter(|k| self.holds(k)).collect();
+        let some_unread = !unread.is_empty();
+        self.spawn_learn_unread(unread);
+        if self.cluster().is_some() || some_unread {
             // Chunks and manifests live on different owners: a chunk without a manifest
-            // here is normal. Orphans are left to a cluster-wide sweep.
+            // here is normal. Orphans are left to a cluster-wide sweep. (Nor is a chunk an
+            // orphan while a manifest that may name it could not be read.)
             return;
         }
         let live: HashSet<(Namespace, u64)> = newest
