@@ -20,7 +20,7 @@ use futures::StreamExt;
 use crate::objects::{CommitIf, ObjectInfo};
 
 use super::{
-    server::{ETAG_ATTRIBUTE, OBJECT_PREFIX, S3, commit_failed, err, etag, internal, no_such_bucket},
+    server::{ETAG_ATTRIBUTE, OBJECT_PREFIX, PARTS_ATTRIBUTE, S3, commit_failed, err, etag, internal, no_such_bucket},
     xml::{self, S3Error},
 };
 
@@ -229,6 +229,8 @@ impl S3 {
         let path = format!("{OBJECT_PREFIX}{key}");
         let mut attributes = upload.attributes().clone();
         attributes.insert(UPLOAD_ATTRIBUTE.into(), id.into());
+        let sizes: Vec<String> = parts.iter().map(|p| p.size.to_string()).collect();
+        attributes.insert(PARTS_ATTRIBUTE.into(), sizes.join(","));
         // S3's multipart ETag: the MD5 of the parts' MD5s, and how many there were.
         let md5s: Option<Vec<Vec<u8>>> =
             parts.iter().map(|p| p.attributes().get(ETAG_ATTRIBUTE).and_then(|h| hex::decode(h).ok())).collect();

@@ -16,8 +16,8 @@ use super::{
     conditions::{self, Read},
     metadata,
     server::{
-        ETAG_ATTRIBUTE, OBJECT_PREFIX, Result, S3, check_bucket, check_key, commit_failed, decode, err, etag, internal,
-        no_such_bucket,
+        ETAG_ATTRIBUTE, OBJECT_PREFIX, PARTS_ATTRIBUTE, Result, S3, check_bucket, check_key, commit_failed, decode,
+        err, etag, internal, no_such_bucket,
     },
     xml,
 };
@@ -43,6 +43,27 @@ fn content_md5(headers: &HeaderMap) -> Result<Option<[u8; 16]>> {
     digest
         .map(Some)
         .ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidDigest", "Content-MD5 is not the base64 of an MD5"))
+}
+
+/// The sizes of the parts an object was uploaded in (one, the whole object, unless it was
+/// completed from a multipart upload, which keeps them as its `part-sizes` attribute).
+fn part_sizes(info: &ObjectInfo) -> Vec<u64> {
+    let kept = info.attributes().get(PARTS_ATTRIBUTE);
+    let sizes = kept.and_then(|s| s.split(',').map(|n| n.parse().ok()).collect::<Option<Vec<u64>>>());
+    sizes.unwrap_or_else(|| vec![info.size])
+}
+
+/// Part `n` (`partNumber`, 1 to 10,000) of `info`: (offset, length); past its last part,
+/// `InvalidPartNumber`.
+fn part_range(info: &ObjectInfo, n: &str) -> Result<(u64, u64)> {
+    let n = n.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n));
+    let n = n.ok_or_else(|| err(StatusCode::BAD_REQUEST, "InvalidArgument", "partNumber is 1 to 10000"))?;
+    let sizes = part_sizes(info);
+    if n > sizes.len() {
+        let what = format!("part {n} of an object of {} parts", sizes.len());
+        return Err(err(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidPartNumber", what));
+    }
+    Ok((sizes[..n - 1].iter().sum(), sizes[n - 1]))
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` of an object of `size` bytes: (offset, length).
@@ -352,10 +373,17 @@ impl S3 {
             return Ok(r);
         }
         let ranged = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        let (offset, len) = match ranged {
-            Some(r) => range(r, info.size)?,
-            None => (0, info.size),
+        let part = params.iter().find(|(k, _)| k == "partNumber").map(|(_, v)| v.as_str());
+        let (offset, len) = match (ranged, part) {
+            (Some(_), Some(_)) => {
+                let what = "a Range header and a partNumber in one request";
+                return Err(err(StatusCode::BAD_REQUEST, "InvalidRequest", what));
+            }
+            (Some(r), None) => range(r, info.size)?,
+            (None, Some(n)) => part_range(&info, n)?,
+            (None, None) => (0, info.size),
         };
+        let partial = (ranged.is_some() || part.is_some()) && len > 0;
         let mut r = if head {
             Response::new(Body::empty())
         } else {
@@ -368,8 +396,11 @@ impl S3 {
         h.insert(header::ETAG, etag(&info).parse().expect("hex"));
         h.insert(header::LAST_MODIFIED, xml::http_date(info.created_unix).parse().expect("a date"));
         h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("ascii"));
-        metadata::answer(&info, headers, if head { &[] } else { params }, ranged.is_none(), h)?;
-        if ranged.is_some() {
+        metadata::answer(&info, headers, if head { &[] } else { params }, !partial, h)?;
+        if part.is_some() {
+            h.insert("x-amz-mp-parts-count", part_sizes(&info).len().into());
+        }
+        if partial {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let value = format!("bytes {offset}-{}/{}", offset + len - 1, info.size);
             r.headers_mut().insert(header::CONTENT_RANGE, value.parse().expect("ascii"));

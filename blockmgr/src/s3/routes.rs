@@ -186,8 +186,6 @@ pub(super) fn operation(method: &Method, target: Target, params: &[(String, Stri
                     _ => "PutObject with a versionId",
                 })
             }
-            Method::GET if has("partNumber") => NotImplemented("GetObject of a part (partNumber)"),
-            Method::HEAD if has("partNumber") => NotImplemented("HeadObject of a part (partNumber)"),
             Method::PUT if copy => CopyObject,
             Method::PUT => PutObject,
             Method::GET => GetObject,
@@ -274,7 +272,7 @@ mod tests {
         assert_eq!(op(Method::HEAD, Object, &[("uploadId", "u")], false), NotAllowed);
         assert_eq!(op(Method::GET, Object, &[("versionId", "null")], false), GetObject);
         assert!(matches!(op(Method::DELETE, Object, &[("versionId", "v1")], false), NotImplemented(_)));
-        assert!(matches!(op(Method::GET, Object, &[("partNumber", "1")], false), NotImplemented(_)));
+        assert_eq!(op(Method::GET, Object, &[("partNumber", "1")], false), GetObject);
         // A presigned URL's own parameters are arguments.
         let presigned =
             [("X-Amz-Algorithm", "AWS4-HMAC-SHA256"), ("X-Amz-Signature", "ab"), ("response-content-type", "t")];

@@ -180,6 +180,8 @@ pub(super) fn etag(info: &ObjectInfo) -> String {
 
 /// The attribute an object's MD5 ETag is kept as (never answered as a header of its own).
 pub(super) const ETAG_ATTRIBUTE: &str = "etag";
+/// The attribute a multipart object keeps its parts' sizes as (`partNumber` reads).
+pub(super) const PARTS_ATTRIBUTE: &str = "part-sizes";
 
 impl S3 {
     pub(super) fn namespace(&self, bucket: &str) -> String {

@@ -319,6 +319,17 @@ eb = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=2, Bod
 done = s3.complete_multipart_upload(Bucket="ckpt", Key="etag-mp", UploadId=eu, MultipartUpload=parts((1, ea), (2, eb)))
 whole = hashlib.md5(hashlib.md5(first_part).digest() + hashlib.md5(last_part).digest()).hexdigest()
 assert done["ETag"] == f'"{whole}-2"' == s3.head_object(Bucket="ckpt", Key="etag-mp")["ETag"], done["ETag"]
+# partNumber reads: each part of a multipart object as uploaded; an object in one piece is
+# its one part.
+got = s3.get_object(Bucket="ckpt", Key="etag-mp", PartNumber=1)
+assert got["Body"].read() == first_part and got["PartsCount"] == 2, got
+assert got["ContentRange"] == f"bytes 0-{len(first_part) - 1}/{len(first_part) + 4}", got["ContentRange"]
+assert s3.get_object(Bucket="ckpt", Key="etag-mp", PartNumber=2)["Body"].read() == last_part
+assert s3.head_object(Bucket="ckpt", Key="etag-mp", PartNumber=2)["ContentLength"] == 4
+assert code(s3.get_object, Bucket="ckpt", Key="etag-mp", PartNumber=3) == ("InvalidPartNumber", 416)
+assert s3.get_object(Bucket="ckpt", Key="etag", PartNumber=1)["Body"].read() == b"bytes"
+assert code(s3.get_object, Bucket="ckpt", Key="etag", PartNumber=2) == ("InvalidPartNumber", 416)
+assert code(s3.get_object, Bucket="ckpt", Key="etag", PartNumber=1, Range="bytes=0-1")[0] == "InvalidRequest"
 
 # Content-MD5 (the only body check of an unsigned payload): a wrong one stores nothing.
 md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()  # noqa: E731

@@ -45,8 +45,6 @@ CALLS = [
     ("GetObject of a version", s3.get_object, dict(obj, VersionId="3HL4kqtJlcpXroDTDmJ")),
     ("HeadObject of a version", s3.head_object, dict(obj, VersionId="3HL4kqtJlcpXroDTDmJ")),
     ("DeleteObject of a version", s3.delete_object, dict(obj, VersionId="3HL4kqtJlcpXroDTDmJ")),
-    ("GetObject of a part", s3.get_object, dict(obj, PartNumber=1)),
-    ("HeadObject of a part", s3.head_object, dict(obj, PartNumber=1)),
 ]
 for bucket in (B, EMPTY):
     b = {"Bucket": bucket}
