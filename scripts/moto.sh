@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # moto's S3 server (PyPI `moto[server]`), an S3-compatible endpoint for the Blob tier's S3
-# backend tests.
+# backend tests; and the AWS CLI (PyPI `awscli`), which the S3 endpoint's tests run.
 #
 #   scripts/moto.sh install           pip-installs moto[server] into a venv under
-#                                     $KVTIER_CACHE/moto (once)
+#                                     $KVTIER_CACHE/moto, and awscli into one under
+#                                     $KVTIER_CACHE/awscli (it pins its own botocore) (once)
 #   scripts/moto.sh start DIR         starts it on a free port (log in DIR), creates the
 #                                     bucket `kvtier`, and prints one line: "<endpoint> <pid>",
 #                                     e.g. "http://127.0.0.1:41235 12345"
@@ -12,8 +13,13 @@
 set -euo pipefail
 source "$(dirname "$0")/emulator-lib.sh"
 venv="${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
+cli="${KVTIER_CACHE:-$HOME/.cache/kvtier}/awscli"
 
 install() {
+    if [[ ! -x "$cli/bin/aws" ]]; then
+        python3 -m venv "$cli" >&2
+        "$cli/bin/pip" install --quiet "awscli==1.*" >&2
+    fi
     [[ -x "$venv/bin/moto_server" ]] && return
     python3 -m venv "$venv" >&2
     "$venv/bin/pip" install --quiet --upgrade pip >&2

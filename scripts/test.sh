@@ -35,7 +35,7 @@ echo "azurite installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/azurite"
 
 step "moto (an S3-compatible server, from PyPI; the S3 backend's tests start their own)"
 scripts/moto.sh install
-echo "moto installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/moto"
+echo "moto and the AWS CLI installed under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/{moto,awscli}"
 
 step "etcd (Debian etcd-server; the membership tests start their own)"
 scripts/etcd.sh install

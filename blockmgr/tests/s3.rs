@@ -33,6 +33,7 @@ fn node() -> Node {
 /// Runs boto3 suite `name` (tests/s3/) against `node` as the writer's key; it must print "ok".
 fn run_suite(node: &Node, name: &str) {
     let out = Command::new(python())
+        .env("AWS", common::s3::aws_cli())
         .arg(format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR")))
         .env("S3_ENDPOINT", endpoint(node))
         .env("S3_KEY", "AKIDWRITER")
@@ -119,6 +120,14 @@ async fn without_md5_etags_an_etag_still_names_its_version() {
          except ClientError as err:\n    assert err.response['Error']['Code'] == 'PreconditionFailed'\n\
          assert s3.get_object(Bucket='bkt', Key='k')['Body'].read() == b'y'",
     );
+}
+
+/// The AWS CLI as a user types it: cp in and out (multipart and ranged), ls, sync twice, rm
+/// --recursive, s3api head-object, put-object-acl (501, nothing changed), a part's get-object.
+#[tokio::test]
+async fn the_aws_cli_copies_syncs_lists_and_removes() {
+    let node = node();
+    run_suite(&node, "awscli_suite.py");
 }
 
 /// Listings as boto3 pages through them, V1 (marker) and V2, with and without a delimiter,

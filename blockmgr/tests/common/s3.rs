@@ -13,6 +13,16 @@ pub fn python() -> String {
     python
 }
 
+/// The AWS CLI (PyPI `awscli`, in a venv of its own: it pins its own botocore); a missing one
+/// fails the test, naming the fix.
+pub fn aws_cli() -> String {
+    let cache = std::env::var("KVTIER_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/kvtier", std::env::var("HOME").unwrap_or_default()));
+    let aws = format!("{cache}/awscli/bin/aws");
+    assert!(std::path::Path::new(&aws).exists(), "{aws} is missing: run scripts/moto.sh install (the AWS CLI)");
+    aws
+}
+
 /// The node's S3 endpoint URL.
 pub fn endpoint(node: &Node) -> String {
     format!("http://{}", node.addrs.s3.as_ref().expect("the s3 address"))
