@@ -9,6 +9,7 @@ when every check passed; an assertion names what did not."""
 
 import datetime
 import os
+import sys
 
 import boto3
 from botocore.config import Config
@@ -30,6 +31,19 @@ def fails(fn, **kw):
 
 def body(key):
     return s3.get_object(Bucket=B, Key=key)["Body"].read()
+
+
+# Run against moto's server as a reference (S3_REFERENCE=moto): where moto differs from S3's
+# documentation, the check is skipped and the difference printed.
+REFERENCE = os.environ.get("S3_REFERENCE")
+
+
+def differs(why):
+    """Whether the reference server is known to differ from S3's documentation here."""
+    if REFERENCE == "moto":
+        print(f"moto differs from S3's documentation: {why}", file=sys.stderr)
+        return True
+    return False
 
 
 B = "conds"
@@ -62,16 +76,19 @@ assert s3.get_object(Bucket=B, Key="lock", IfModifiedSince=earlier)["Body"].read
 assert fails(s3.get_object, Bucket=B, Key="lock", IfUnmodifiedSince=earlier) == (412, "PreconditionFailed")
 assert s3.get_object(Bucket=B, Key="lock", IfUnmodifiedSince=later)["Body"].read() == b"owner-2"
 # If-Match true wins over If-Unmodified-Since false; If-None-Match false over If-Modified-Since.
-assert s3.get_object(Bucket=B, Key="lock", IfMatch=etag, IfUnmodifiedSince=earlier)["ContentLength"] == 7
-assert s3.get_object(Bucket=B, Key="lock", IfNoneMatch=first, IfModifiedSince=later)["ContentLength"] == 7
+if not differs("GetObject: If-Match true and If-Unmodified-Since false answer 200, not 412"):
+    assert s3.get_object(Bucket=B, Key="lock", IfMatch=etag, IfUnmodifiedSince=earlier)["ContentLength"] == 7
+if not differs("GetObject: If-Modified-Since is ignored when If-None-Match is present (RFC 9110 13.2.2)"):
+    assert s3.get_object(Bucket=B, Key="lock", IfNoneMatch=first, IfModifiedSince=later)["ContentLength"] == 7
 
 # CopyObject's source conditions: a failing one copies nothing.
 cond = dict(Bucket=B, Key="copy", CopySource={"Bucket": B, "Key": "lock"})
-assert fails(s3.copy_object, **cond, CopySourceIfMatch=first) == (412, "PreconditionFailed")
-assert fails(s3.copy_object, **cond, CopySourceIfNoneMatch=etag) == (412, "PreconditionFailed")
-assert fails(s3.copy_object, **cond, CopySourceIfModifiedSince=later) == (412, "PreconditionFailed")
-assert fails(s3.copy_object, **cond, CopySourceIfUnmodifiedSince=earlier) == (412, "PreconditionFailed")
-assert fails(s3.get_object, Bucket=B, Key="copy")[0] == 404, "a refused copy created nothing"
+if not differs("CopyObject: the x-amz-copy-source-if-* conditions are not ignored"):
+    assert fails(s3.copy_object, **cond, CopySourceIfMatch=first) == (412, "PreconditionFailed")
+    assert fails(s3.copy_object, **cond, CopySourceIfNoneMatch=etag) == (412, "PreconditionFailed")
+    assert fails(s3.copy_object, **cond, CopySourceIfModifiedSince=later) == (412, "PreconditionFailed")
+    assert fails(s3.copy_object, **cond, CopySourceIfUnmodifiedSince=earlier) == (412, "PreconditionFailed")
+    assert fails(s3.get_object, Bucket=B, Key="copy")[0] == 404, "a refused copy created nothing"
 s3.copy_object(**cond, CopySourceIfMatch=etag, CopySourceIfModifiedSince=earlier)
 assert body("copy") == b"owner-2"
 
@@ -81,14 +98,16 @@ s3.put_object(Bucket=B, Key="big-source", Body=os.urandom(PART))
 src_etag = s3.head_object(Bucket=B, Key="big-source")["ETag"]
 up = s3.create_multipart_upload(Bucket=B, Key="lock")["UploadId"]
 copy_part = dict(Bucket=B, Key="lock", UploadId=up, PartNumber=1, CopySource={"Bucket": B, "Key": "big-source"})
-assert fails(s3.upload_part_copy, **copy_part, CopySourceIfMatch=first) == (412, "PreconditionFailed")
-assert s3.list_parts(Bucket=B, Key="lock", UploadId=up).get("Parts", []) == [], "a refused part copy stored nothing"
+if not differs("UploadPartCopy: the x-amz-copy-source-if-* conditions are not ignored"):
+    assert fails(s3.upload_part_copy, **copy_part, CopySourceIfMatch=first) == (412, "PreconditionFailed")
+    assert s3.list_parts(Bucket=B, Key="lock", UploadId=up).get("Parts", []) == [], "a refused part copy stored nothing"
 p1 = s3.upload_part_copy(**copy_part, CopySourceIfMatch=src_etag)["CopyPartResult"]["ETag"]
 p2 = s3.upload_part(Bucket=B, Key="lock", UploadId=up, PartNumber=2, Body=b"tail")["ETag"]
 parts = {"Parts": [{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}]}
 complete = dict(Bucket=B, Key="lock", UploadId=up, MultipartUpload=parts)
 assert fails(s3.complete_multipart_upload, **complete, IfNoneMatch="*") == (412, "PreconditionFailed")
-assert fails(s3.complete_multipart_upload, **complete, IfMatch=first) == (412, "PreconditionFailed")
+if not differs("CompleteMultipartUpload: If-Match is not ignored"):
+    assert fails(s3.complete_multipart_upload, **complete, IfMatch=first) == (412, "PreconditionFailed")
 assert body("lock") == b"owner-2", "a refused completion left the object as it was"
 # Refused before it was claimed, the upload is still there to complete.
 done = s3.complete_multipart_upload(**complete, IfMatch=etag)
@@ -105,15 +124,20 @@ assert body("del") == b"d", "a refused delete left the object"
 s3.delete_object(Bucket=B, Key="del", IfMatch=now)
 assert fails(s3.get_object, Bucket=B, Key="del")[0] == 404
 assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch=now) == (404, "NoSuchKey")
-assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch="*") == (404, "NoSuchKey")
+if not differs("DeleteObject: If-Match: * checks that the object exists (none: refused)"):
+    assert fails(s3.delete_object, Bucket=B, Key="del", IfMatch="*") == (404, "NoSuchKey")
 s3.delete_object(Bucket=B, Key="del")  # unconditional: no object is no error
 s3.put_object(Bucket=B, Key="del", Body=b"d2")
 s3.delete_object(Bucket=B, Key="del", IfMatch="*")
 assert fails(s3.get_object, Bucket=B, Key="del")[0] == 404
 tags = {k: s3.put_object(Bucket=B, Key=k, Body=k.encode())["ETag"] for k in ("m1", "m2", "m3")}
-many = s3.delete_objects(Bucket=B, Delete={"Objects": [
-    {"Key": "m1", "ETag": first}, {"Key": "m2", "ETag": tags["m2"]}, {"Key": "m3", "VersionId": "3HL4kqtJlcpXroDT"}]})
+objects = [{"Key": "m1", "ETag": first}, {"Key": "m2", "ETag": tags["m2"]}]
+versions = not differs("DeleteObjects: a version the bucket lacks is an error, not reported deleted (kvtier: 501)")
+if versions:
+    objects.append({"Key": "m3", "VersionId": "3HL4kqtJlcpXroDT"})
+many = s3.delete_objects(Bucket=B, Delete={"Objects": objects})
 assert [d["Key"] for d in many["Deleted"]] == ["m2"], many
-assert sorted((e["Key"], e["Code"]) for e in many["Errors"]) == [("m1", "PreconditionFailed"), ("m3", "NotImplemented")]
+refused = [("m1", "PreconditionFailed")] + ([("m3", "NotImplemented")] if versions else [])
+assert sorted((e["Key"], e["Code"]) for e in many["Errors"]) == refused, many
 assert body("m1") == b"m1" and body("m3") == b"m3" and fails(s3.get_object, Bucket=B, Key="m2")[0] == 404
 print("ok")

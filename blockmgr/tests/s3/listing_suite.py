@@ -5,6 +5,7 @@ and ListBuckets a page at a time. V1's marker was once ignored: every page was t
 Prints "ok" when every check passed; an assertion names what did not."""
 
 import os
+import sys
 
 import boto3
 from botocore.config import Config
@@ -13,6 +14,19 @@ from botocore.exceptions import ClientError
 endpoint, ak, sk = os.environ["S3_ENDPOINT"], os.environ["S3_KEY"], os.environ["S3_SECRET"]
 cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
 s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key=sk, region_name="us-east-1", config=cfg)
+
+# Run against moto's server as a reference (S3_REFERENCE=moto): where moto differs from S3's
+# documentation, the check is skipped and the difference printed.
+REFERENCE = os.environ.get("S3_REFERENCE")
+
+
+def differs(why):
+    """Whether the reference server is known to differ from S3's documentation here."""
+    if REFERENCE == "moto":
+        print(f"moto differs from S3's documentation: {why}", file=sys.stderr)
+        return True
+    return False
+
 
 B = "listing"
 s3.create_bucket(Bucket=B)
@@ -40,7 +54,9 @@ for op in ("list_objects", "list_objects_v2"):
     for size in (1, 2, 3, 1000):
         assert pages(op, size) == (keys, []), f"{op} at {size}: {pages(op, size)}"
         got = pages(op, size, Delimiter="/")
-        assert got == (rolled, tops), f"{op} with a delimiter at {size}: {got}"
+        v1_paged = op == "list_objects" and size < len(rolled) + len(tops)
+        if not (v1_paged and differs("ListObjects V1: a common prefix is listed once across pages (NextMarker)")):
+            assert got == (rolled, tops), f"{op} with a delimiter at {size}: {got}"
         got = pages(op, size, Prefix="dir-1/")
         assert got == ([k for k in keys if k.startswith("dir-1/")], []), f"{op} under a prefix at {size}: {got}"
 
@@ -48,7 +64,9 @@ for op in ("list_objects", "list_objects_v2"):
 first = s3.list_objects(Bucket=B, MaxKeys=2, Delimiter="/")
 assert first["IsTruncated"] and [o["Key"] for o in first.get("Contents", [])] + [p["Prefix"] for p in first.get("CommonPrefixes", [])]
 after = s3.list_objects(Bucket=B, Marker=keys[4])
-assert [o["Key"] for o in after["Contents"]] == keys[5:] and after["Marker"] == keys[4] and not after["IsTruncated"]
+assert [o["Key"] for o in after["Contents"]] == keys[5:] and not after["IsTruncated"], after
+if not differs("ListObjects V1 answers the Marker it was given"):
+    assert after["Marker"] == keys[4], after
 assert "Owner" in after["Contents"][0], "V1 names each object's owner"
 
 # MaxKeys=0: nothing, and not truncated.
@@ -59,11 +77,12 @@ assert "Owner" not in s3.list_objects_v2(Bucket=B)["Contents"][0]
 assert "Owner" in s3.list_objects_v2(Bucket=B, FetchOwner=True)["Contents"][0]
 assert [o["Key"] for o in s3.list_objects_v2(Bucket=B, StartAfter=keys[-2])["Contents"]] == keys[-1:]
 # A token this endpoint never gave is refused.
-try:
-    s3.list_objects_v2(Bucket=B, ContinuationToken="!!")
-    raise AssertionError("a bad continuation token was taken")
-except ClientError as e:
-    assert e.response["Error"]["Code"] == "InvalidArgument", e
+if not differs("ListObjectsV2: a continuation token it never gave is InvalidArgument (400), not a 500"):
+    try:
+        s3.list_objects_v2(Bucket=B, ContinuationToken="!!")
+        raise AssertionError("a bad continuation token was taken")
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidArgument", e
 
 # ListBuckets a page at a time, and by prefix.
 for name in ("listing-b", "listing-c", "other-d"):
@@ -76,6 +95,7 @@ while True:
     token = page.get("ContinuationToken")
     if not token:
         break
-assert seen == every, (seen, every)
+if not differs("ListBuckets with MaxBuckets answers a ContinuationToken for the next page"):
+    assert seen == every, (seen, every)
 assert [b["Name"] for b in s3.list_buckets(Prefix="listing")["Buckets"]] == ["listing", "listing-b", "listing-c"]
 print("ok")
