@@ -78,9 +78,10 @@ impl Client {
         let durability = super::durability(durability)?;
         let upload = py.detach(|| match &self.backend {
             Backend::Remote(c) => Ok(Upload::Remote(RemoteUpload::start(c, namespace, path, durability, size))),
-            Backend::Embedded(m) => {
-                m.write_object(namespace, path, durability).map(Upload::Embedded).map_err(|e| tier_error(&e))
-            }
+            Backend::Embedded(m) => m
+                .write_object(namespace, path, durability)
+                .map(|w| Upload::Embedded(Box::new(w)))
+                .map_err(|e| tier_error(&e)),
         })?;
         Ok(ObjectUpload { path: path.to_string(), size, upload: Mutex::new(Some(upload)) })
     }
@@ -182,7 +183,7 @@ pub(crate) struct ObjectUpload {
 
 enum Upload {
     Remote(RemoteUpload),
-    Embedded(ObjectWriter),
+    Embedded(Box<ObjectWriter>),
 }
 
 /// A `PutObject` stream fed from Python: pieces go through a small channel to the call
