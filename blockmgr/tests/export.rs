@@ -530,25 +530,35 @@ async fn a_node_started_while_blob_is_down_learns_its_objects_when_blob_answers(
     let mut backend = Backend::azurite();
     let mut node = Node::start_with("", &backend.toml(""));
     let object = data(60, 300_000);
-    let client = node.unix_client().await;
-    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
-    wait_until("the export and the manifest's flush", Duration::from_secs(30), || {
-        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
-    });
-
-    assert!(node.terminate().success());
-    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    write_back_then_wipe(&mut node, &object).await;
     backend.stop();
     node.restart();
     let client = node.unix_client().await;
     assert_eq!(client.stat_object(NS, PATH).await.unwrap(), None, "with Blob down the node knows nothing yet");
     backend.resume();
+    learned_within_a_minute(&client, &object).await;
+}
+
+/// Writes `object` at PATH write-back through `node` (a node alone), waits until it is
+/// exported and its manifest flushed, then stops the node and wipes its disk.
+async fn write_back_then_wipe(node: &mut Node, object: &Bytes) {
+    let client = node.client().await;
+    client.put_object(NS, PATH, pieces(object), Durability::WriteBack, None, None).await.unwrap();
+    wait_until("the export and the manifest's flush", Duration::from_secs(30), || {
+        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
+    });
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.data_dir()).unwrap();
+}
+
+/// Waits until `client`'s node knows PATH (a minute at most), then reads it back as `object`.
+async fn learned_within_a_minute(client: &kvtier_blockmgr::Client, object: &Bytes) {
     let started = std::time::Instant::now();
     while client.stat_object(NS, PATH).await.unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(60), "the object never came back once Blob answered");
+        assert!(started.elapsed() < Duration::from_secs(60), "the node never learned the object");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
+    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == *object);
 }
 
 /// A manifest that cannot be read when a node rebuilds its catalog (Blob refuses its
@@ -558,24 +568,12 @@ async fn a_node_started_while_blob_is_down_learns_its_objects_when_blob_answers(
 async fn a_manifest_unreadable_at_start_is_learned_once_blob_serves_it() {
     let (_azurite, proxy, mut node, _) = node_behind_proxy("unread", "");
     let object = data(61, 200_000);
-    let client = node.client().await;
-    client.put_object(NS, PATH, pieces(&object), Durability::WriteBack, None, None).await.unwrap();
-    wait_until("the export and the manifest's flush", Duration::from_secs(30), || {
-        node.metric("objects_exported_total") == 1 && node.metric("unflushed_bytes") == 0
-    });
-
     // Wiped, the node finds the manifest only in its segments, which Blob now refuses to read.
-    assert!(node.terminate().success());
-    std::fs::remove_dir_all(node.data_dir()).unwrap();
+    write_back_then_wipe(&mut node, &object).await;
     proxy.fail_matching(503, Some("GET"), "/seg/");
     node.restart();
     let client = node.client().await;
     assert_eq!(client.stat_object(NS, PATH).await.unwrap(), None, "the manifest cannot be read yet");
     proxy.clear();
-    let started = std::time::Instant::now();
-    while client.stat_object(NS, PATH).await.unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(60), "the manifest was never learned");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(client.read_object(NS, PATH, ObjectRange::all()).await.unwrap() == object);
+    learned_within_a_minute(&client, &object).await;
 }

@@ -4,23 +4,24 @@ use std::process::Command;
 
 use super::Node;
 
-/// The Python with boto3: the moto venv (a missing one fails the test, naming the fix).
-pub fn python() -> String {
+/// `what` under the project's cache (`$KVTIER_CACHE`, `~/.cache/kvtier`); a missing one fails
+/// the test, naming the fix (`scripts/moto.sh install` makes both of these).
+fn cached(what: &str, why: &str) -> String {
     let cache = std::env::var("KVTIER_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/kvtier", std::env::var("HOME").unwrap_or_default()));
-    let python = format!("{cache}/moto/bin/python");
-    assert!(std::path::Path::new(&python).exists(), "{python} is missing: run scripts/moto.sh install (boto3)");
-    python
+    let path = format!("{cache}/{what}");
+    assert!(std::path::Path::new(&path).exists(), "{path} is missing: run scripts/moto.sh install ({why})");
+    path
 }
 
-/// The AWS CLI (PyPI `awscli`, in a venv of its own: it pins its own botocore); a missing one
-/// fails the test, naming the fix.
+/// The Python with boto3: the moto venv.
+pub fn python() -> String {
+    cached("moto/bin/python", "boto3")
+}
+
+/// The AWS CLI (PyPI `awscli`, in a venv of its own: it pins its own botocore).
 pub fn aws_cli() -> String {
-    let cache = std::env::var("KVTIER_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/kvtier", std::env::var("HOME").unwrap_or_default()));
-    let aws = format!("{cache}/awscli/bin/aws");
-    assert!(std::path::Path::new(&aws).exists(), "{aws} is missing: run scripts/moto.sh install (the AWS CLI)");
-    aws
+    cached("awscli/bin/aws", "the AWS CLI")
 }
 
 /// The node's S3 endpoint URL.
