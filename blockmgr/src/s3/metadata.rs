@@ -52,6 +52,16 @@ pub(super) fn from_request(headers: &HeaderMap) -> Result<BTreeMap<String, Strin
     Ok(kept)
 }
 
+/// Confirms the checksum `info` keeps (`x-amz-checksum-*`), as S3 answers a PutObject or
+/// UploadPart that declared one.
+pub(super) fn confirm_checksum(info: &ObjectInfo, out: &mut HeaderMap) {
+    for (name, value) in info.attributes().iter().filter(|(n, _)| n.starts_with(CHECKSUM)) {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+            out.insert(n, v);
+        }
+    }
+}
+
 /// Whether attribute `name` is one S3 answers as a header (the others, such as the MD5 ETag
 /// or the upload an object came from, are kvtier's own).
 pub(super) fn answered(name: &str) -> bool {

@@ -168,6 +168,7 @@ impl S3 {
         self.keep_part(&ns, id, &path).await?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
+        super::metadata::confirm_checksum(&info, r.headers_mut());
         Ok(r)
     }
 

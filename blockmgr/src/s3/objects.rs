@@ -110,18 +110,13 @@ impl S3 {
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let Received { mut writer, checksum, md5 } = self.receive_body(writer, headers, body, payload_hash).await?;
-        attributes.extend(checksum.clone().into_iter().chain(md5));
+        attributes.extend(checksum.into_iter().chain(md5));
         writer.set_attributes(attributes);
         let committed = writer.commit_if(condition).await.map_err(commit_failed)?;
         let info = committed.ok_or_else(|| conditions::write_failed(key, condition))?;
         let mut r = StatusCode::OK.into_response();
         r.headers_mut().insert(header::ETAG, etag(&info).parse().expect("hex"));
-        // The checksum the object keeps, as S3 confirms it.
-        if let Some((name, value)) = checksum
-            && let (Ok(n), Ok(v)) = (header::HeaderName::try_from(name), header::HeaderValue::from_str(&value))
-        {
-            r.headers_mut().insert(n, v);
-        }
+        metadata::confirm_checksum(&info, r.headers_mut());
         Ok(r)
     }
 

@@ -312,7 +312,9 @@ assert s3.head_object(Bucket="ckpt", Key="etag")["ETag"] == f'"{hexmd5(b"bytes")
 assert s3.copy_object(Bucket="ckpt", Key="etag-copy", CopySource={"Bucket": "ckpt", "Key": "etag"})["CopyObjectResult"]["ETag"] == f'"{hexmd5(b"bytes")}"'
 eu = s3.create_multipart_upload(Bucket="ckpt", Key="etag-mp")["UploadId"]
 first_part, last_part = os.urandom(5 << 20), b"last"
-ea = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=1, Body=first_part)["ETag"]
+sent = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=1, Body=first_part, ChecksumAlgorithm="SHA256")
+ea = sent["ETag"]
+assert sent["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(first_part).digest()).decode(), "a part's checksum confirmed"
 assert ea == f'"{hexmd5(first_part)}"'
 assert s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=1, Body=first_part)["ETag"] == ea, "the same bytes again"
 eb = s3.upload_part(Bucket="ckpt", Key="etag-mp", UploadId=eu, PartNumber=2, Body=last_part)["ETag"]
