@@ -527,3 +527,85 @@ async fn an_owner_handed_a_delete_marker_keeps_it_in_its_own_segments() {
     assert!(marker.as_ref().is_some_and(|m| m["deleted"] == true), "n2 knows the delete: {marker:?}");
     assert_eq!(nodes[1].client().await.stat_object(ns, &path).await.unwrap(), None);
 }
+
+/// A delete marker that only former owners of its path keep, in their segments, reaches the
+/// owners through resync: a former owner that restarted after the member list moved on hands
+/// nothing off (its first view is the new one), and resync listed only what a member keeps on
+/// disk. Four nodes: the path's owners A and B hold its version while the delete goes to C and
+/// D; D is gone, C comes back with a wiped disk (the marker only in its segments): without the
+/// marker, A and B kept serving the deleted file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_marker_only_a_former_owner_keeps_reaches_the_owners_through_resync() {
+    const IDS4: [&str; 4] = ["n1", "n2", "n3", "n4"];
+    let etcd = Etcd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let objects = format!("file://{}/objects", shared.path().display());
+    let mut nodes: Vec<Node> = IDS4
+        .iter()
+        .map(|id| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\netcd = [\"{}\"]\netcd_prefix = \"/test\"\nlease_ttl = \"{TTL_S}s\"\n\
+                 peer_timeout = \"3s\"\nresync_interval = \"1s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 2\n\n\
+                 [blob]\nurl = \"file://{}/nodes/{id}\"\nobjects_url = \"{objects}\"\nflush_linger = \"10ms\"\n",
+                etcd.endpoint,
+                shared.path().display()
+            );
+            Node::start_on_host(&Hosts::loopback(), 0, free_port(), &tables)
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_members(node, 4, Duration::from_secs(10));
+    }
+    let (ns, path) = ("ckpt/run1", "step-7/rank-0.distcp");
+    let owners = path_owners(&IDS4, ns, path);
+    let at = |id: &str| IDS4.iter().position(|i| *i == id).unwrap();
+    let (a, b) = (at(owners[0]), at(owners[1]));
+    let (c, d) = {
+        let rest: Vec<usize> = (0..4).filter(|i| *i != a && *i != b).collect();
+        (rest[0], rest[1])
+    };
+    let manifest_on = async |nodes: &[Node], i: usize| common::manifest_on_as(&nodes[i], IDS4[i], ns, path).await;
+
+    // A and B away: the version is written to C and D, then handed to A and B when they return.
+    let stop_owners = |nodes: &[Node], signal| {
+        nodes[a].signal(signal);
+        nodes[b].signal(signal);
+    };
+    stop_owners(&nodes, libc::SIGSTOP);
+    wait_for_members(&nodes[c], 2, Duration::from_secs(4 * TTL_S));
+    let writer = nodes[c].client().await;
+    writer
+        .put_object(ns, path, futures::stream::iter([data(12, 100_000)]), Durability::WriteBack, None, None)
+        .await
+        .unwrap();
+    stop_owners(&nodes, libc::SIGCONT);
+    let started = Instant::now();
+    while manifest_on(&nodes, a).await.is_none() || manifest_on(&nodes, b).await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the owners never got the version");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A and B away again: the delete goes to C and D, which keep the marker in their segments.
+    stop_owners(&nodes, libc::SIGSTOP);
+    wait_for_members(&nodes[c], 2, Duration::from_secs(4 * TTL_S));
+    assert!(nodes[c].client().await.delete_object(ns, path).await.unwrap());
+    wait_until("the marker in C's and D's segments", Duration::from_secs(20), || {
+        nodes[c].metric("unflushed_bytes") == 0 && nodes[d].metric("unflushed_bytes") == 0
+    });
+
+    // D gone for good, C's disk wiped; A and B back, then C (its first view the last one).
+    nodes[d].kill9();
+    nodes[c].kill9();
+    std::fs::remove_dir_all(nodes[c].data_dir()).unwrap();
+    stop_owners(&nodes, libc::SIGCONT);
+    wait_for_members(&nodes[a], 2, Duration::from_secs(4 * TTL_S));
+    nodes[c].restart();
+    wait_for_members(&nodes[a], 3, Duration::from_secs(4 * TTL_S));
+    let started = Instant::now();
+    let knows_delete = async |i: usize| manifest_on(&nodes, i).await.is_some_and(|m| m["deleted"] == true);
+    while !(knows_delete(a).await && knows_delete(b).await) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the owners never heard of the delete");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(nodes[a].client().await.stat_object(ns, path).await.unwrap(), None);
+}

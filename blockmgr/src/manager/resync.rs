@@ -129,13 +129,19 @@ impl Manager {
     }
 
     /// The keys this node keeps on disk or as write-back that `node` owns and this node
-    /// does not (`Peer/OwnedKeys` with `held_not_owned`).
+    /// does not (`Peer/OwnedKeys` with `held_not_owned`), and the delete markers it keeps
+    /// only in its own segments: an owner of a delete that restarted after the member list
+    /// moved on hands nothing off (its first view is the new one), and with its marker
+    /// evicted from disk no other route told the new owners of the delete.
     pub(crate) fn held_for(&self, node: &str) -> Vec<BlockKey> {
         let (me, ownership) = (self.local_id(), self.ownership());
+        let markers = self.marker_keys();
         let held = ownership.keys.iter().filter(|(key, _, _, owners)| {
             owners.iter().any(|o| o == node)
                 && !owners.contains(&me)
-                && self.inner.index.get(key).is_some_and(|e| e.durable || e.tiers.has(TierKind::Ssd))
+                && self.inner.index.get(key).is_some_and(|e| {
+                    e.durable || e.tiers.has(TierKind::Ssd) || (e.tiers.has(TierKind::Blob) && markers.contains(key))
+                })
         });
         held.map(|(key, ..)| key.clone()).collect()
     }

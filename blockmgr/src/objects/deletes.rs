@@ -125,6 +125,12 @@ impl Manager {
         });
     }
 
+    /// The manifest keys of the delete markers in the catalog.
+    pub(crate) fn marker_keys(&self) -> std::collections::HashSet<kvtier_tiers::BlockKey> {
+        let objects = self.catalog.objects.read();
+        objects.iter().filter(|(_, i)| i.deleted).map(|((ns, _), i)| manifest_key(ns, &i.path, i.generation)).collect()
+    }
+
     /// Removes the delete markers past their time from the catalog and this node's tiers
     /// (each member its own; one whose export is not done yet stays). How many.
     pub(crate) async fn expire_delete_markers(&self) -> usize {
