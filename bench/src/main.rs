@@ -157,10 +157,11 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         max_mib: u64,
         /// SSD of each node, in MiB.
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 2048)]
         ssd_mib: u64,
-        /// Most MiB/s each of the three writers writes (its data must fit the disks).
-        #[arg(long, default_value_t = 2.0)]
+        /// Most MiB/s each of the three writers writes (its data, and Azurite's workspace,
+        /// which grows 2.5-6 GiB a round, must fit the disk).
+        #[arg(long, default_value_t = 1.5)]
         mib_per_s: f64,
         /// Seconds the writers run before the first fault (the throughput baseline).
         #[arg(long, default_value_t = 20)]
