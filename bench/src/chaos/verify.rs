@@ -197,7 +197,40 @@ async fn resurrected(cluster: &Cluster, blobs: &ObjectBlobs, deleted: &[Written]
             back.push(format!("{} in Blob", w.name));
         }
     }
+    // The evidence for a file back (printed, not counted): which version each node's own
+    // catalog keeps of it.
+    let found: Vec<&Written> =
+        deleted.iter().filter(|w| back.iter().any(|b| b.starts_with(&format!("{} ", w.name)))).collect();
+    for w in found {
+        let (ns, path) = w.door.object(&w.name);
+        for i in 0..cluster.len() {
+            eprintln!("chaos:   {} kept by node {}: {}", w.name, i + 1, kept(cluster, i, ns, &path).await);
+        }
+    }
     back
+}
+
+/// The version node `i`'s own catalog keeps of `path` (asked as a member, so it answers from
+/// its catalog alone): its generation and whether it is a delete marker, or none.
+async fn kept(cluster: &Cluster, i: usize, ns: &str, path: &str) -> String {
+    use kvtier_proto::peer::v1::peer_client::PeerClient;
+    let addr = cluster.nodes.lock()[i].grpc.clone();
+    let Ok(mut peer) = PeerClient::connect(format!("http://{addr}")).await else { return "unreachable".into() };
+    let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: ns.into(), path: path.into() });
+    let me = format!("n{}", i + 1).parse().expect("ascii");
+    request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, me);
+    match peer.stat_object(request).await {
+        Err(e) => format!("error: {}", e.message()),
+        Ok(r) if r.get_ref().json.is_empty() => "none".into(),
+        Ok(r) => match serde_json::from_slice::<serde_json::Value>(&r.get_ref().json) {
+            Ok(m) => format!(
+                "generation {}{}",
+                m["generation"],
+                if m["deleted"] == true { " (a delete marker)" } else { "" }
+            ),
+            Err(e) => format!("a manifest that does not parse: {e}"),
+        },
+    }
 }
 
 async fn client(cluster: &Cluster, i: usize) -> Result<Client> {
