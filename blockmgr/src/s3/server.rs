@@ -240,9 +240,6 @@ impl S3 {
         let (bucket, key) = self.resource(&decoded, &parts.headers);
         let copy_source = parts.headers.get("x-amz-copy-source").map(|v| v.to_str().unwrap_or(""));
         let op = routes::operation(&parts.method, target(bucket, key), &params, copy_source.is_some());
-        if op == Op::ListBuckets {
-            return self.list_buckets(key_index, &params).await;
-        }
         if !bucket.is_empty() {
             check_bucket(bucket)?;
             self.allowed(key_index, bucket)?;
