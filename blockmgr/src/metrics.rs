@@ -113,6 +113,10 @@ pub struct Metrics {
     /// Exports that found their object's file in Blob already, with this version's bytes
     /// (after a restart or a take-over), and wrote nothing.
     pub objects_found_in_blob: IntCounter,
+    /// Exports put off until their version settled: this node holds a version another node
+    /// committed (it took over the path's flushes, or pulled the copy), and that node may
+    /// still undo it (a commit short of its quorum).
+    pub exports_waiting_to_settle: IntCounter,
     /// Commits and block copies a member asked of this node that arrived past their deadline
     /// (this node was stopped, cut off, or waited for room meanwhile) and were refused.
     pub late_commits_refused: IntCounter,
@@ -295,6 +299,10 @@ impl Metrics {
             objects_found_in_blob: one_counter(
                 "objects_found_in_blob_total",
                 "Exports that found their object's file in Blob already, with this version's bytes",
+            ),
+            exports_waiting_to_settle: one_counter(
+                "exports_waiting_to_settle_total",
+                "Exports put off until their version, committed by another node, could no longer be undone",
             ),
             late_commits_refused: one_counter(
                 "late_commits_refused_total",

@@ -358,9 +358,9 @@ impl Manager {
             Err(e) => Some(self.undo_commit(&key, info.generation, slot.clone(), old.clone(), e, &holding).await),
         };
         if let Some(exports) = &exports {
-            // An undone commit's manifest is gone from here: its export finds nothing to do.
-            // One too late to undo stands, and is exported.
-            exports.release(&key, true);
+            // An undone commit's manifest is gone from here: nothing to export. One too late
+            // to undo, or not undone everywhere, stands, and is exported.
+            exports.release(&key, !matches!(failed, Some(TierError::NotCommitted { .. })));
         }
         if let Some(e) = failed {
             return Err(e);

@@ -422,6 +422,57 @@ async fn an_export_hears_from_every_owner_before_its_file_can_go_over_a_newer_on
     }
 }
 
+/// A path's primary that pulls a delete another owner committed in its place (it was
+/// frozen) takes over that delete's export, but deletes the file from Blob only once the
+/// delete is settled: its committer may still undo it (a commit short of its quorum), and a
+/// file deleted for an undone delete was gone for good while every node read the version
+/// before it (the fault run at 38b3562 found 7 such files). It waits, says so in
+/// `exports_waiting_to_settle_total`, and then deletes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_another_owner_committed_leaves_blob_only_once_it_is_settled() {
+    let shared = tempfile::tempdir().unwrap();
+    let (nodes, objects_url) = start_three_sharing_blob_on(shared.path(), |dir, tables| {
+        // One copy acknowledges: the second owner commits in the frozen primary's place.
+        let tables = tables.replacen("peer_timeout", "resync_interval = \"1s\"\npeer_timeout", 1);
+        common::small_config(dir, "", &format!("{tables}\n[namespaces.\"acme/*\"]\nreplicas = 2\nwrite_quorum = 1\n"))
+    });
+    let ((primary, second, _), _) = owners_and_a_second_path();
+    let (primary, second) = (&nodes[primary], &nodes[second]);
+    let object = data(42, 100_000);
+    let in_blob = || file_in_blob(&objects_url, &[], 1 << 20);
+    write_back_on(&nodes, &object).await;
+    assert!(in_blob().await == Some(object.clone()));
+
+    primary.signal(libc::SIGSTOP);
+    assert!(second.client().await.delete_object(NS, PATH).await.unwrap());
+    let marker = common::manifest_on(second, NS, PATH).await.expect("the second owner's marker");
+    assert_eq!(marker["deleted"], true);
+    // Settled four peer timeouts (3 s here) after its generation (ms since the epoch).
+    let settles_at = std::time::UNIX_EPOCH + Duration::from_millis(marker["generation"].as_u64().unwrap() + 12_000);
+    primary.signal(libc::SIGCONT);
+
+    // The primary pulls the marker and puts its export off; the file is still there.
+    wait_until("the primary putting the delete's export off", Duration::from_secs(30), || {
+        primary.metric("exports_waiting_to_settle_total") > 0
+    });
+    assert!(std::time::SystemTime::now() < settles_at, "the test ran too slowly to tell");
+    assert!(in_blob().await == Some(object.clone()), "the file stays until the delete is settled");
+    let mut last_seen = std::time::SystemTime::now();
+    while in_blob().await.is_some() {
+        last_seen = std::time::SystemTime::now();
+        assert!(last_seen < settles_at + Duration::from_secs(30), "the file was never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let early = settles_at.duration_since(last_seen).unwrap_or_default();
+    assert!(early < Duration::from_secs(1), "the file went {early:?} before the delete was settled");
+    wait_until("the marker's flush", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.metric("unflushed_bytes") == 0)
+    });
+    for node in &nodes {
+        assert_eq!(node.client().await.stat_object(NS, PATH).await.unwrap(), None, "{}", node.addrs.grpc);
+    }
+}
+
 /// PATH's owners as indexes of the three nodes (primary, second owner, the other node), and
 /// a second path with the same owners.
 fn owners_and_a_second_path() -> ((usize, usize, usize), String) {

@@ -90,9 +90,15 @@ impl Manager {
     /// Until then a version it replaced may come back, so nothing of that one is dropped
     /// on its account.
     pub(crate) fn settled(&self, info: &ObjectInfo) -> bool {
-        let Some(cluster) = self.cluster() else { return true };
-        let window = 4 * cluster.peer_timeout();
-        info.generation.saturating_add(window.as_millis() as u64) < unix_ms(SystemTime::now())
+        self.settles_in(info).is_none()
+    }
+
+    /// How long until `info` is [settled](Manager::settled); `None` if it is.
+    pub(crate) fn settles_in(&self, info: &ObjectInfo) -> Option<std::time::Duration> {
+        let cluster = self.cluster()?;
+        let settles_at = info.generation.saturating_add((4 * cluster.peer_timeout()).as_millis() as u64);
+        let now = unix_ms(SystemTime::now());
+        (settles_at >= now).then(|| std::time::Duration::from_millis(settles_at - now + 1))
     }
 
     /// Whether `info` (of `ns`) is a delete marker past its time (`cluster.delete_marker_ttl`;

@@ -28,7 +28,7 @@ use kvtier_tiers::{Block, BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Nam
 
 use super::{
     ObjectInfo,
-    exports::{ExportFailure, Exports, FailureReason},
+    exports::{ExportFailure, Exported, Exports, FailureReason},
 };
 use crate::{Durability, GetOutcome, Manager};
 
@@ -80,23 +80,27 @@ impl Manager {
     /// documentation). A manifest gone meanwhile (the version replaced or deleted), or one
     /// another primary flushed, needs nothing; a file already in Blob with this version's
     /// bytes (exported before a restart, or by a primary that died before its manifest's
-    /// flush, whose chunks may be gone by now) is not written again.
-    pub(super) async fn export(&self, key: &BlockKey) -> Result<(), ExportFailure> {
+    /// flush, whose chunks may be gone by now) is not written again. A version another node
+    /// committed waits until it is settled (see objects/exports.rs).
+    pub(super) async fn export(&self, key: &BlockKey) -> Result<Exported, ExportFailure> {
         let exports = self.exports().expect("the exporter runs with exports").clone();
         if !self.unflushed(key) {
             tracing::debug!(manifest = %key, "export skipped: not unflushed here");
             exports.forget(key);
-            return Ok(());
+            return Ok(Exported::Done);
         }
         let GetOutcome::Hit { block, .. } = self.get_here(key).await else {
             tracing::debug!(manifest = %key, "export skipped: manifest not here");
-            return Ok(());
+            return Ok(Exported::Done);
         };
         let info = parse(&block).map_err(|error| ExportFailure { reason: FailureReason::Manifest, error })?;
+        if let Some(wait) = self.settles_in(&info).filter(|_| !exports.committed_here(key)) {
+            return Ok(Exported::NotSettled(wait));
+        }
         let ns = key.namespace.clone();
         if !self.still_current(&ns, &info).await? {
             exports.forget(key);
-            return Ok(());
+            return Ok(Exported::Done);
         }
         let name = exports.blobs.name(&ns, &info.path);
         let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
@@ -106,7 +110,7 @@ impl Manager {
             if self.cluster().is_none() {
                 exports.forget(key);
                 self.drop_marker(&ns, &info).await;
-                return Ok(());
+                return Ok(Exported::Done);
             }
         } else if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
             self.metrics().objects_found_in_blob.inc();
@@ -121,7 +125,7 @@ impl Manager {
                     let current = self.still_current(&ns, &info).await;
                     if !matches!(current, Ok(true)) {
                         exports.blobs.abort(&upload).await;
-                        return current.map(|_| ());
+                        return current.map(|_| Exported::Done);
                     }
                     exports.blobs.finish(&upload, ids).await.map_err(blob)?
                 }
@@ -140,7 +144,7 @@ impl Manager {
         // Marked before the manifest's flush is queued, whose end forgets it.
         exports.exported(key);
         self.queue_segment_flush(key.clone());
-        Ok(())
+        Ok(Exported::Done)
     }
 
     /// Whether `info` is still its path's newest version, here and on every other owner of

@@ -5,8 +5,12 @@
 //! (its chunks unreadable, its name refused by the store) never holds up the rest. Two
 //! versions of one path are never exported at once (the older, finishing last, would
 //! replace the newer's file), and a manifest is not exported before its commit has its
-//! write quorum (a commit that fails is undone: its file must never replace the last one). What is
-//! queued, how long the oldest has waited and why exports fail are metrics, so a stuck
+//! write quorum (a commit that fails is undone: its file must never replace the last one). A
+//! version another node committed (this node took over the path's flushes, or pulled the
+//! copy) waits until it is settled: its committer may still be undoing it, and a file deleted
+//! or replaced in Blob for a commit then undone brought a deleted file back for good (the
+//! fault run at 38b3562: the marker undone everywhere, the version before it taught back,
+//! its file gone from Blob). What is queued, how long the oldest has waited and why exports fail are metrics, so a stuck
 //! export shows (`exports_queued`, `export_oldest_seconds`,
 //! `object_export_failures_total{reason}`).
 
@@ -89,6 +93,32 @@ struct Queue {
     /// export was asked for meanwhile.
     held: HashSet<BlockKey>,
     deferred: HashSet<BlockKey>,
+    /// Manifests this node committed (its quorum reached, or an outcome unknown that stands),
+    /// with when: exported at once, settled or not, since only their committer can undo them.
+    /// Kept for [`COMMITTED_KEPT`], by when every version is long settled.
+    committed: HashSet<BlockKey>,
+    committed_at: VecDeque<(BlockKey, Instant)>,
+}
+
+/// How long a commit of this node's is remembered as such: far past any version's settling
+/// (four peer timeouts) unless peer timeouts are minutes long; after it, an export not done
+/// yet waits for settling as any other node's would, which it is by then.
+const COMMITTED_KEPT: Duration = Duration::from_secs(600);
+
+/// How one export ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    Done,
+    Failed,
+    PutOff(Duration),
+}
+
+/// What an export did: nothing more to do, or not yet (the version is another node's commit,
+/// not settled for this long).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Exported {
+    Done,
+    NotSettled(Duration),
 }
 
 /// The path a manifest key belongs to: its namespace and the hash of the path (the key
@@ -142,16 +172,33 @@ impl Exports {
         self.queue.lock().held.insert(key.clone());
     }
 
-    /// Ends [`Exports::hold`]: an export asked for meanwhile is queued if `committed`.
+    /// Ends [`Exports::hold`]: an export asked for meanwhile is queued if `committed` (the
+    /// commit stands: its quorum reached, or its outcome unknown), and the commit is
+    /// remembered as this node's.
     pub(crate) fn release(&self, key: &BlockKey, committed: bool) {
         let deferred = {
             let mut q = self.queue.lock();
             q.held.remove(key);
+            if committed {
+                let now = Instant::now();
+                while let Some((old, _)) = q.committed_at.front().filter(|(_, at)| now - *at > COMMITTED_KEPT) {
+                    let old = old.clone();
+                    q.committed.remove(&old);
+                    q.committed_at.pop_front();
+                }
+                q.committed.insert(key.clone());
+                q.committed_at.push_back((key.clone(), now));
+            }
             q.deferred.remove(key)
         };
         if deferred && committed {
             self.enqueue(key.clone());
         }
+    }
+
+    /// Whether this node committed `key` (lately: see [`COMMITTED_KEPT`]).
+    pub(crate) fn committed_here(&self, key: &BlockKey) -> bool {
+        self.queue.lock().committed.contains(key)
     }
 
     /// The first waiting job that is due and whose path has no export running, now running;
@@ -171,16 +218,22 @@ impl Exports {
         }
     }
 
-    /// `job` ended: done (or moot), or failed and queued again after its backoff.
-    fn finish(&self, mut job: Job, failed: bool) {
+    /// `job` ended: done (or moot), failed and queued again after its backoff, or put off
+    /// (queued again for then, not a failure).
+    fn finish(&self, mut job: Job, ended: Ended) {
         let mut q = self.queue.lock();
         q.running.retain(|(key, _)| *key != job.key);
-        if !failed {
-            q.members.remove(&job.key);
-            return;
-        }
-        job.failures += 1;
-        job.due = Instant::now() + crate::manager::backoff(job.failures);
+        job.due = match ended {
+            Ended::Done => {
+                q.members.remove(&job.key);
+                return;
+            }
+            Ended::Failed => {
+                job.failures += 1;
+                Instant::now() + crate::manager::backoff(job.failures)
+            }
+            Ended::PutOff(wait) => Instant::now() + wait,
+        };
         q.waiting.push_back(job);
     }
 
@@ -232,8 +285,13 @@ impl Manager {
                         }
                     };
                     let Some(manager) = weak.upgrade() else { return };
-                    let failed = match manager.export(&job.key).await {
-                        Ok(()) => false,
+                    let ended = match manager.export(&job.key).await {
+                        Ok(Exported::Done) => Ended::Done,
+                        Ok(Exported::NotSettled(wait)) => {
+                            manager.metrics().exports_waiting_to_settle.inc();
+                            tracing::debug!(manifest = %job.key, ?wait, "export put off until the version settles");
+                            Ended::PutOff(wait)
+                        }
                         Err(failure) => {
                             let reason = failure.reason.as_str();
                             manager.metrics().object_export_failures.with_label_values(&[reason]).inc();
@@ -244,11 +302,11 @@ impl Manager {
                                 tracing::warn!(manifest = %job.key, failures = n, reason, error = %failure.error,
                                     "exporting an object to Blob failed; retrying with backoff");
                             }
-                            true
+                            Ended::Failed
                         }
                     };
                     drop(manager);
-                    exports.finish(job, failed);
+                    exports.finish(job, ended);
                 }
             });
         }
