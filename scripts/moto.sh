@@ -2,7 +2,7 @@
 # moto's S3 server (PyPI `moto[server]`), an S3-compatible endpoint for the Blob tier's S3
 # backend tests; and the AWS CLI (PyPI `awscli`), which the S3 endpoint's tests run.
 #
-#   scripts/moto.sh install           pip-installs moto[server] into a venv under
+#   scripts/moto.sh install           pip-installs moto[server] and awscrt into a venv under
 #                                     $KVTIER_CACHE/moto, and awscli into one under
 #                                     $KVTIER_CACHE/awscli (it pins its own botocore) (once)
 #   scripts/moto.sh start DIR         starts it on a free port (log in DIR), creates the
@@ -20,10 +20,14 @@ install() {
         python3 -m venv "$cli" >&2
         "$cli/bin/pip" install --quiet "awscli==1.*" >&2
     fi
-    [[ -x "$venv/bin/moto_server" ]] && return
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet --upgrade pip >&2
-    "$venv/bin/pip" install --quiet "moto[server]==5.*" >&2
+    if [[ ! -x "$venv/bin/moto_server" ]]; then
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --upgrade pip >&2
+        "$venv/bin/pip" install --quiet "moto[server]==5.*" >&2
+    fi
+    # awscrt: the CRC-32C and CRC-64/NVME checksums botocore sends with it, and the S3
+    # checksum suite computes (a cache made before it lacks it).
+    "$venv/bin/python" -c "import awscrt" 2>/dev/null || "$venv/bin/pip" install --quiet "awscrt" >&2
 }
 
 start() {

@@ -58,7 +58,7 @@ fn run_suite_on(endpoint: &str, key: (&str, &str), env: &[(&str, &str)], name: &
 #[tokio::test]
 async fn the_suites_hold_against_moto_but_where_moto_differs_from_s3s_documentation() {
     let moto = kvtier_tiers::conformance::S3Server::start();
-    for suite in ["conditions_suite.py", "listing_suite.py"] {
+    for suite in ["conditions_suite.py", "listing_suite.py", "checksums_suite.py"] {
         let (stdout, stderr) = run_suite_on(&moto.endpoint, ("test", "test"), &[("S3_REFERENCE", "moto")], suite);
         assert!(stdout.trim_end().ends_with("ok"), "{suite} against moto:\n{stdout}\n{stderr}");
         let differs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("moto differs")).collect();
@@ -149,6 +149,15 @@ async fn without_md5_etags_an_etag_still_names_its_version() {
 async fn the_aws_cli_copies_syncs_lists_and_removes() {
     let node = node();
     run_suite(&node, "awscli_suite.py");
+}
+
+/// Multipart uploads' checksums as boto3 sends them (composite and full-object, each
+/// algorithm, parts with and without checksums, UploadPartCopy), and S3's refusals of wrong
+/// ones: the completion and HeadObject answer the object's checksum, as S3 computes it.
+#[tokio::test]
+async fn multipart_uploads_keep_and_answer_their_checksums_as_s3_does() {
+    let node = node();
+    run_suite(&node, "checksums_suite.py");
 }
 
 /// Listings as boto3 pages through them, V1 (marker) and V2, with and without a delimiter,

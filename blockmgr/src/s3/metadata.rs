@@ -90,6 +90,12 @@ pub(super) fn answer(
             out.insert(n, v);
         }
     }
+    // An object written in one piece has its whole bytes' checksum (a multipart upload's
+    // keeps the type it was completed with).
+    let has_checksum = attributes.keys().any(|n| n.starts_with(CHECKSUM));
+    if checksum_mode && has_checksum && !attributes.contains_key(super::upload_checksum::TYPE_HEADER) {
+        out.insert(super::upload_checksum::TYPE_HEADER, HeaderValue::from_static("FULL_OBJECT"));
+    }
     if !attributes.contains_key("content-type") {
         out.insert(header::CONTENT_TYPE, HeaderValue::from_static("binary/octet-stream"));
     }

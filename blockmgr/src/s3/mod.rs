@@ -17,6 +17,8 @@ mod routes;
 pub(crate) mod server;
 mod sigv2;
 pub mod sigv4;
+mod upload_checksum;
+mod upload_listing;
 pub mod xml;
 
 use crate::{Manager, config::S3Config};

@@ -21,13 +21,14 @@ use crate::objects::{CommitIf, ObjectInfo};
 
 use super::{
     server::{ETAG_ATTRIBUTE, OBJECT_PREFIX, PARTS_ATTRIBUTE, S3, commit_failed, err, etag, internal, no_such_bucket},
+    upload_checksum::{self, NamedPart, UploadChecksum},
     xml::{self, S3Error},
 };
 
 /// Largest CompleteMultipartUpload document read (10000 parts fit in ~1 MiB).
 const MAX_COMPLETE_XML: usize = 2 << 20;
 
-fn marker(id: &str) -> String {
+pub(super) fn marker(id: &str) -> String {
     format!("u/{id}")
 }
 
@@ -43,19 +44,23 @@ const UPLOAD_ATTRIBUTE: &str = "upload-id";
 fn completion(bucket: &str, key: &str, info: &ObjectInfo) -> Response {
     xml::document(format!(
         "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
-         <Key>{}</Key><ETag>{}</ETag></CompleteMultipartUploadResult>",
+         <Key>{}</Key><ETag>{}</ETag>{}</CompleteMultipartUploadResult>",
         xml::escape(bucket),
         xml::escape(key),
-        xml::escape(&etag(info))
+        xml::escape(&etag(info)),
+        upload_checksum::elements(info),
     ))
 }
+
+/// A part a CompleteMultipartUpload lists: its number, ETag, and checksum (algorithm, value).
+type Listed = (u32, String, Option<(String, String)>);
 
 fn no_such_upload(id: &str) -> S3Error {
     err(StatusCode::NOT_FOUND, "NoSuchUpload", format!("no upload {id:?} in progress"))
 }
 
-/// The `(PartNumber, ETag)` pairs of a CompleteMultipartUpload document, in order.
-fn parse_complete(doc: &str) -> Result<Vec<(u32, String)>, S3Error> {
+/// The parts a CompleteMultipartUpload document lists, in order.
+fn parse_complete(doc: &str) -> Result<Vec<Listed>, S3Error> {
     let malformed = |why: &str| err(StatusCode::BAD_REQUEST, "MalformedXML", why.to_string());
     let body = doc.split_once("<CompleteMultipartUpload").ok_or_else(|| malformed("no CompleteMultipartUpload"))?.1;
     let body = body.split_once("</CompleteMultipartUpload>").ok_or_else(|| malformed("unclosed document"))?.0;
@@ -71,7 +76,7 @@ fn parse_complete(doc: &str) -> Result<Vec<(u32, String)>, S3Error> {
         let n =
             value(chunk, "PartNumber").and_then(|n| n.parse::<u32>().ok()).ok_or_else(|| malformed("PartNumber"))?;
         let tag = value(chunk, "ETag").ok_or_else(|| malformed("ETag"))?;
-        parts.push((n, tag.replace("&quot;", "\"")));
+        parts.push((n, tag.replace("&quot;", "\""), upload_checksum::listed(chunk)));
     }
     if parts.is_empty() {
         return Err(malformed("no Part"));
@@ -83,7 +88,7 @@ impl S3 {
     /// The upload `id` of `key`, checked: it exists and is for this key.
     /// Upload `id` of `key` in `bucket`, in progress: its marker (which keeps the metadata
     /// CreateMultipartUpload was given), or `NoSuchUpload`.
-    async fn check_upload(&self, bucket: &str, key: &str, id: &str) -> Result<ObjectInfo, S3Error> {
+    pub(super) async fn check_upload(&self, bucket: &str, key: &str, id: &str) -> Result<ObjectInfo, S3Error> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(no_such_upload(id));
         }
@@ -97,7 +102,7 @@ impl S3 {
     }
 
     /// The key upload marker `info` holds; `None` if it cannot be read (removed meanwhile).
-    async fn upload_key(&self, ns: &str, info: &ObjectInfo) -> Option<String> {
+    pub(super) async fn upload_key(&self, ns: &str, info: &ObjectInfo) -> Option<String> {
         let namespace = kvtier_tiers::Namespace::new(ns).ok()?;
         let mut stream = std::pin::pin!(self.manager.read_object(&namespace, info, 0, info.size));
         let mut stored = Vec::new();
@@ -123,8 +128,13 @@ impl S3 {
         key: &str,
         headers: &HeaderMap,
     ) -> Result<Response, S3Error> {
-        // The object's metadata, kept on the upload's marker until the completion.
-        let attributes = super::metadata::from_request(headers)?;
+        // The object's metadata and its checksum's algorithm, kept on the upload's marker
+        // until the completion.
+        let mut attributes = super::metadata::from_request(headers)?;
+        let checksum = UploadChecksum::from_create(headers)?;
+        if let Some(c) = &checksum {
+            c.keep(&mut attributes);
+        }
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
@@ -135,12 +145,16 @@ impl S3 {
         w.write(key.as_bytes()).await.map_err(internal)?;
         w.set_attributes(attributes);
         w.commit().await.map_err(internal)?;
-        Ok(xml::document(format!(
+        let mut r = xml::document(format!(
             "<InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
              <Key>{}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>",
             xml::escape(bucket),
             xml::escape(key)
-        )))
+        ));
+        if let Some(c) = &checksum {
+            c.answer(r.headers_mut());
+        }
+        Ok(r)
     }
 
     #[expect(clippy::too_many_arguments, reason = "one request's parts")]
@@ -154,14 +168,14 @@ impl S3 {
         body: Body,
         payload_hash: &str,
     ) -> Result<Response, S3Error> {
-        self.check_upload(bucket, key, id).await?;
+        let upload = UploadChecksum::of_upload(&self.check_upload(bucket, key, id).await?);
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
         let info = {
             // A part keeps its MD5 (its ETag, the same for the same bytes, and what the
             // completed object's is made of) and its checksum.
             let super::objects::Received { mut writer, checksum, md5 } =
-                self.receive_body(writer, headers, body, payload_hash).await?;
+                self.receive_body(writer, headers, body, payload_hash, upload.as_ref()).await?;
             writer.set_attributes(checksum.into_iter().chain(md5).collect());
             writer.commit().await.map_err(commit_failed)?
         };
@@ -195,7 +209,7 @@ impl S3 {
         }
         let ns = self.namespace(bucket);
         let mut parts = Vec::with_capacity(listed.len());
-        for (n, tag) in &listed {
+        for (n, tag, _) in &listed {
             let info = self.manager.stat_object(&ns, &part_path(id, *n)).await.map_err(internal)?;
             match info {
                 Some(info) if etag(&info) == *tag || etag(&info).trim_matches('"') == tag.trim_matches('"') => {
@@ -223,12 +237,25 @@ impl S3 {
             super::conditions::Asks::Nothing => CommitIf::Any,
             asks => super::conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
         };
+        // The parts' checksums checked and combined before the upload is claimed (a mistaken
+        // completion keeps its upload, to be completed again).
+        let checksum = match UploadChecksum::of_upload(&upload) {
+            Some(c) => {
+                let named: Vec<_> = (listed.iter().zip(&parts))
+                    .map(|((number, _, listed), info)| NamedPart { number: *number, info, listed: listed.as_ref() })
+                    .collect();
+                c.complete(&named, headers)?
+            }
+            None => Default::default(),
+        };
         // Claim the upload: a racing completion or abort now finds none.
         if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
             return self.completed(bucket, key, id).await?.ok_or_else(|| no_such_upload(id));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
         let mut attributes = upload.attributes().clone();
+        UploadChecksum::strip(&mut attributes);
+        attributes.extend(checksum);
         attributes.insert(UPLOAD_ATTRIBUTE.into(), id.into());
         let sizes: Vec<String> = parts.iter().map(|p| p.size.to_string()).collect();
         attributes.insert(PARTS_ATTRIBUTE.into(), sizes.join(","));
@@ -268,7 +295,7 @@ impl S3 {
         source: &str,
         headers: &HeaderMap,
     ) -> Result<Response, S3Error> {
-        self.check_upload(bucket, key, id).await?;
+        let upload = UploadChecksum::of_upload(&self.check_upload(bucket, key, id).await?);
         let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let range = match headers.get("x-amz-copy-source-range").map(|v| v.to_str().unwrap_or("?")) {
             None => 0..info.size,
@@ -286,120 +313,14 @@ impl S3 {
         };
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
         let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
-        let part = self.copy_into(&src_bucket, &info, range, writer, Default::default()).await?;
+        let checksum = upload.map(|u| super::checksum::Checksum::computed(u.algorithm()));
+        let part = self.copy_into(&src_bucket, &info, range, writer, Default::default(), checksum).await?;
         self.keep_part(&ns, id, &path).await?;
         Ok(xml::document(format!(
-            "<CopyPartResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyPartResult>",
+            "<CopyPartResult><LastModified>{}</LastModified><ETag>{}</ETag>{}</CopyPartResult>",
             xml::iso8601(part.created_unix),
-            xml::escape(&etag(&part))
-        )))
-    }
-
-    /// ListParts: the parts of upload `id` uploaded so far, by number, from
-    /// `part-number-marker` on, at most `max-parts` (1000).
-    pub(super) async fn list_parts(
-        &self,
-        bucket: &str,
-        key: &str,
-        id: &str,
-        params: &[(String, String)],
-    ) -> Result<Response, S3Error> {
-        self.check_upload(bucket, key, id).await?;
-        let number = |name: &str, default: u32| -> Result<u32, S3Error> {
-            match params.iter().find(|(k, _)| k == name) {
-                None => Ok(default),
-                Some((_, v)) => {
-                    v.parse().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", name.to_string()))
-                }
-            }
-        };
-        let (after, max) = (number("part-number-marker", 0)?, number("max-parts", 1000)?.min(1000));
-        let prefix = format!("{}/", marker(id));
-        let mut parts: Vec<(u32, ObjectInfo)> = self
-            .manager
-            .list_objects(&self.namespace(bucket), &prefix)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .filter_map(|p| Some((p.path.strip_prefix(&prefix)?.parse::<u32>().ok()?, p)))
-            .filter(|(n, _)| *n > after)
-            .collect();
-        parts.sort_by_key(|(n, _)| *n);
-        let truncated = parts.len() > max as usize;
-        parts.truncate(max as usize);
-        let listed: String = parts
-            .iter()
-            .map(|(n, p)| {
-                format!(
-                    "<Part><PartNumber>{n}</PartNumber><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size></Part>",
-                    xml::iso8601(p.created_unix),
-                    xml::escape(&etag(p)),
-                    p.size
-                )
-            })
-            .collect();
-        let next = parts.last().map_or(after, |(n, _)| *n);
-        Ok(xml::document(format!(
-            "<ListPartsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket><Key>{}</Key>\
-             <UploadId>{id}</UploadId><PartNumberMarker>{after}</PartNumberMarker>\
-             <NextPartNumberMarker>{next}</NextPartNumberMarker><MaxParts>{max}</MaxParts>\
-             <IsTruncated>{truncated}</IsTruncated>{listed}</ListPartsResult>",
-            xml::escape(bucket),
-            xml::escape(key),
-        )))
-    }
-
-    /// ListMultipartUploads: the bucket's uploads in progress whose key starts with `prefix`,
-    /// by key then id, at most `max-uploads` (1000), after `key-marker`/`upload-id-marker`.
-    pub(super) async fn list_uploads(&self, bucket: &str, params: &[(String, String)]) -> Result<Response, S3Error> {
-        let param = |name: &str| params.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
-        let (prefix, key_marker, id_marker) = (param("prefix"), param("key-marker"), param("upload-id-marker"));
-        let max = match param("max-uploads") {
-            "" => 1000,
-            v => v.parse::<usize>().map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidArgument", "max-uploads"))?,
-        }
-        .min(1000);
-        let ns = self.namespace(bucket);
-        let mut uploads = Vec::new();
-        for m in self.manager.list_objects(&ns, "u/").await.map_err(internal)? {
-            let Some(id) = m.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
-            // Skipped if it went meanwhile.
-            let Some(key) = self.upload_key(&ns, &m).await else { continue };
-            // After the markers: keys past key-marker, or its own uploads past upload-id-marker.
-            let after = match (key_marker, id_marker) {
-                ("", _) => true,
-                (k, "") => key.as_str() > k,
-                (k, i) => (key.as_str(), id) > (k, i),
-            };
-            if key.starts_with(prefix) && after {
-                uploads.push((key, id.to_string(), m.created_unix));
-            }
-        }
-        uploads.sort();
-        let truncated = uploads.len() > max;
-        uploads.truncate(max);
-        let (next_key, next_id) = uploads.last().map_or(("", ""), |(k, i, _)| (k.as_str(), i.as_str()));
-        let listed: String = uploads
-            .iter()
-            .map(|(k, i, t)| {
-                format!(
-                    "<Upload><Key>{}</Key><UploadId>{i}</UploadId><Initiated>{}</Initiated></Upload>",
-                    xml::escape(k),
-                    xml::iso8601(*t)
-                )
-            })
-            .collect();
-        Ok(xml::document(format!(
-            "<ListMultipartUploadsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket>\
-             <KeyMarker>{}</KeyMarker><UploadIdMarker>{}</UploadIdMarker><NextKeyMarker>{}</NextKeyMarker>\
-             <NextUploadIdMarker>{}</NextUploadIdMarker><Prefix>{}</Prefix><MaxUploads>{max}</MaxUploads>\
-             <IsTruncated>{truncated}</IsTruncated>{listed}</ListMultipartUploadsResult>",
-            xml::escape(bucket),
-            xml::escape(key_marker),
-            xml::escape(id_marker),
-            xml::escape(next_key),
-            xml::escape(next_id),
-            xml::escape(prefix),
+            xml::escape(&etag(&part)),
+            upload_checksum::elements(&part),
         )))
     }
 
@@ -493,7 +414,7 @@ mod tests {
         let doc = "<?xml version=\"1.0\"?><CompleteMultipartUpload xmlns=\"x\"><Part><ETag>&quot;ab&quot;</ETag>\
                    <PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber><ETag>\"cd\"</ETag></Part>\
                    </CompleteMultipartUpload>";
-        assert_eq!(parse_complete(doc).unwrap(), vec![(1, "\"ab\"".into()), (2, "\"cd\"".into())]);
+        assert_eq!(parse_complete(doc).unwrap(), vec![(1, "\"ab\"".into(), None), (2, "\"cd\"".into(), None)]);
         for bad in [
             "",
             "<CompleteMultipartUpload>",

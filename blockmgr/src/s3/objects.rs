@@ -12,6 +12,7 @@ use axum::{
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::{checksum::Checksum, upload_checksum::UploadChecksum};
 use super::{
     conditions::{self, Read},
     metadata,
@@ -109,7 +110,8 @@ impl S3 {
         };
         let path = format!("{OBJECT_PREFIX}{key}");
         let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
-        let Received { mut writer, checksum, md5 } = self.receive_body(writer, headers, body, payload_hash).await?;
+        let Received { mut writer, checksum, md5 } =
+            self.receive_body(writer, headers, body, payload_hash, None).await?;
         attributes.extend(checksum.into_iter().chain(md5));
         writer.set_attributes(attributes);
         let committed = writer.commit_if(condition).await.map_err(commit_failed)?;
@@ -123,13 +125,15 @@ impl S3 {
     /// Streams a request body into `w`, ready to commit, with what the version keeps of its
     /// digests, or stores nothing (`w` aborted): a body without Content-Length, over the size
     /// limit, longer or shorter than declared, idle past the timeout, or not hashing to the
-    /// signed SHA-256, its Content-MD5 or checksum.
+    /// signed SHA-256, its Content-MD5 or checksum. A part of an `upload` that names a
+    /// checksum keeps one of that algorithm, computed here if its request declares none.
     pub(super) async fn receive_body(
         &self,
         mut w: ObjectWriter,
         headers: &HeaderMap,
         body: Body,
         payload_hash: &str,
+        upload: Option<&UploadChecksum>,
     ) -> Result<Received> {
         // aws-chunked (what AWS SDKs send with trailing checksums): the payload's length is
         // x-amz-decoded-content-length, the body its chunks.
@@ -155,8 +159,11 @@ impl S3 {
         };
         // SHA-256 only of a signed payload (it costs more than the rest of a PUT).
         let (mut hash, mut got) = (expected.is_some().then(Sha256::new), 0u64);
-        let mut checksum = super::checksum::Checksum::from_headers(headers)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+        let mut checksum =
+            Checksum::from_headers(headers).map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
+        if let Some(computed) = upload.map(|u| u.for_part(checksum.as_ref())).transpose()?.flatten() {
+            checksum = Some(computed);
+        }
         let declared_md5 = content_md5(headers)?;
         let mut md5 = (self.config.md5_etags || declared_md5.is_some()).then(md5::Md5::new);
         let mut decoder = chunked.then(super::chunked::AwsChunked::new);
@@ -273,7 +280,7 @@ impl S3 {
         } else {
             info.attributes().clone()
         };
-        let copied = self.copy_into(&src_bucket, &info, 0..info.size, w, attributes).await?;
+        let copied = self.copy_into(&src_bucket, &info, 0..info.size, w, attributes, None).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",
             xml::iso8601(copied.created_unix),
@@ -312,7 +319,8 @@ impl S3 {
     }
 
     /// Writes bytes `range` of `source` (an object of `source_bucket`) into `w` and commits
-    /// it: a copy of its own; nothing is stored if the source cannot be read.
+    /// it: a copy of its own, keeping `checksum` of its bytes if asked (a part of an upload
+    /// that names one); nothing is stored if the source cannot be read.
     pub(super) async fn copy_into(
         &self,
         source_bucket: &str,
@@ -320,6 +328,7 @@ impl S3 {
         range: std::ops::Range<u64>,
         mut w: ObjectWriter,
         mut attributes: std::collections::BTreeMap<String, String>,
+        mut checksum: Option<Checksum>,
     ) -> Result<ObjectInfo> {
         let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
         let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, range.start, range.end - range.start));
@@ -328,6 +337,9 @@ impl S3 {
             match chunk {
                 Ok(c) => {
                     if let Some(h) = md5.as_mut() {
+                        h.update(&c);
+                    }
+                    if let Some(h) = checksum.as_mut() {
                         h.update(&c);
                     }
                     w.write(&c).await.map_err(internal)?
@@ -342,6 +354,9 @@ impl S3 {
         // it keeps only what S3 answers of the source's metadata.
         attributes.retain(|name, _| metadata::answered(name));
         attributes.extend(md5.map(|h| (ETAG_ATTRIBUTE.to_string(), hex::encode(h.finalize()))));
+        if let Some(c) = checksum {
+            attributes.insert(format!("x-amz-checksum-{}", c.algorithm()), c.value());
+        }
         w.set_attributes(attributes);
         w.commit().await.map_err(commit_failed)
     }
