@@ -8,6 +8,7 @@ mod checkpoint;
 mod lmcache;
 mod report;
 mod s3;
+mod s3s_endpoint;
 mod server;
 mod shm;
 mod sim;

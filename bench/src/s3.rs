@@ -4,7 +4,10 @@
 //! - `boto3`: boto3 against kvtier vs Azure's Python SDK (azure-storage-blob) against
 //!   Azurite, what a Python user of each would run (`bench/python/s3_bench.py`, by `--python`);
 //! - `object-store`: the `object_store` crate's S3 client against kvtier vs its Azure client
-//!   against Azurite, one library on both sides, so the clients do the same work.
+//!   against Azurite, one library on both sides, so the clients do the same work. With it,
+//!   two measures of kvtier's own endpoint: with `s3.md5_etags` off against on (what S3's
+//!   MD5 ETags cost), and the same node behind the `s3s` crate's S3 stack
+//!   (bench/src/s3s_endpoint.rs) against kvtier's hand-written one (the framework's cost).
 //!
 //! kvtier is one node in this process with `local_disk` durability (each PUT acknowledged on
 //! its SSD); Azurite writes to its own directory on the same disk.
@@ -144,6 +147,38 @@ async fn measure_boto3(args: &Args, dir: &std::path::Path, endpoint: &str, azuri
     Ok([side("kvtier")?, side("azurite")?])
 }
 
+/// `object_store`'s S3 client for bucket `bench` at `endpoint`.
+fn s3_client(endpoint: &str) -> Result<Arc<dyn ObjectStore>> {
+    Ok(Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_bucket_name("bench")
+            .with_region("us-east-1")
+            .with_access_key_id(KEY.0)
+            .with_secret_access_key(KEY.1)
+            .with_allow_http(true)
+            .build()?,
+    ))
+}
+
+/// A node of this process serving S3 from `dir`, with MD5 ETags or not.
+async fn start_node(args: &Args, dir: &std::path::Path, md5_etags: bool) -> Result<RunningServer> {
+    let mut config = kvtier_blockmgr::Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.metrics_listen = String::new();
+    config.server.persist_on_shutdown = false;
+    config.s3.listen = "127.0.0.1:0".into();
+    config.s3.md5_etags = md5_etags;
+    config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
+    config.cpu.capacity = ByteSize(((args.count * args.size) as u64 * 2).max(1 << 30));
+    // Twice what the run writes, not the default 8 GiB preallocated.
+    config.ssd.capacity = config.cpu.capacity;
+    let node = RunningServer::start(config.clone()).await.context("starting the node")?;
+    kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
+    Ok(node)
+}
+
 fn emit(out: &mut Reporter, prefix: &str, size: usize, ours: &Measures, theirs: &Measures, baseline: &'static str) {
     let name = size_name(size);
     out.emit(Measured::throughput(format!("{prefix}_put_{name}"), ours.put_mib_s, theirs.put_mib_s, baseline));
@@ -153,18 +188,7 @@ fn emit(out: &mut Reporter, prefix: &str, size: usize, ours: &Measures, theirs: 
 
 pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
     let azurite = Azurite::start();
-    let mut config = kvtier_blockmgr::Config::default();
-    config.data_dir = dir.join("node");
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.s3.listen = "127.0.0.1:0".into();
-    config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
-    config.cpu.capacity = ByteSize(((args.count * args.size) as u64 * 2).max(1 << 30));
-    // Twice what the run writes, not the default 8 GiB preallocated.
-    config.ssd.capacity = config.cpu.capacity;
-    let node = RunningServer::start(config.clone()).await.context("starting the node")?;
-    kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
+    let node = start_node(args, &dir.join("node"), true).await?;
     let endpoint = format!("http://{}", node.s3_addr.context("the node serves S3")?);
 
     if args.clients != Clients::ObjectStore {
@@ -172,16 +196,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         emit(out, "s3_boto3", args.size, &ours, &theirs, "Azurite (Blob API) via azure-storage-blob");
     }
     if args.clients != Clients::Boto3 {
-        let kvtier: Arc<dyn ObjectStore> = Arc::new(
-            AmazonS3Builder::new()
-                .with_endpoint(&endpoint)
-                .with_bucket_name("bench")
-                .with_region("us-east-1")
-                .with_access_key_id(KEY.0)
-                .with_secret_access_key(KEY.1)
-                .with_allow_http(true)
-                .build()?,
-        );
+        let kvtier = s3_client(&endpoint)?;
         let url = url::Url::parse("az://kvtier/bench-s3")?;
         let (blob, _) = object_store::parse_url_opts(&url, azurite.options())?;
         let blob: Arc<dyn ObjectStore> = Arc::from(blob);
@@ -189,6 +204,18 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         let ours = measure(kvtier, "kvtier", args, &bodies).await?;
         let theirs = measure(blob, "Azurite", args, &bodies).await?;
         emit(out, "s3", args.size, &ours, &theirs, BASELINE);
+
+        // The same endpoint without MD5 ETags (a node of its own), and the same node behind s3s.
+        let plain = start_node(args, &dir.join("node-no-md5"), false).await?;
+        let plain_endpoint = format!("http://{}", plain.s3_addr.context("the node serves S3")?);
+        let no_md5 = measure(s3_client(&plain_endpoint)?, "kvtier without MD5 ETags", args, &bodies).await?;
+        plain.shutdown().await?;
+        emit(out, "s3_md5_off", args.size, &no_md5, &ours, "kvtier S3 endpoint with MD5 ETags");
+        let prefix = kvtier_blockmgr::config::S3Config::default().namespace_prefix;
+        let (addr, server) = crate::s3s_endpoint::serve(node.manager().clone(), &prefix, KEY).await?;
+        let on_s3s = measure(s3_client(&format!("http://{addr}"))?, "kvtier behind s3s", args, &bodies).await;
+        server.abort();
+        emit(out, "s3s", args.size, &on_s3s?, &ours, "kvtier's hand-written S3 endpoint");
     }
     node.shutdown().await?;
     Ok(())
