@@ -12,21 +12,11 @@ import os
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
-from reference import differs  # run against moto as a reference: S3_REFERENCE=moto
+from reference import differs, fails  # run against moto as a reference: S3_REFERENCE=moto
 
 endpoint, ak, sk = os.environ["S3_ENDPOINT"], os.environ["S3_KEY"], os.environ["S3_SECRET"]
 cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
 s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key=sk, region_name="us-east-1", config=cfg)
-
-
-def fails(fn, **kw):
-    """The (status, code) a call is refused with."""
-    try:
-        fn(**kw)
-    except ClientError as e:
-        return e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]
-    raise AssertionError(f"{fn.__name__}({kw}) was served")
 
 
 def body(key):
