@@ -3,6 +3,7 @@
 //! `<prefix>`) lists them cluster-wide.
 
 use axum::{
+    body::Body,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -104,14 +105,26 @@ impl S3 {
         )))
     }
 
-    pub(super) async fn create_bucket(&self, bucket: &str) -> Result<Response> {
-        let exists = || err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", format!("{bucket:?} exists"));
-        if self.bucket_exists(bucket).await? {
-            return Err(exists());
-        }
+    /// CreateBucket. Of a bucket that exists (all buckets are the caller's: a key sees only
+    /// its own), S3's answer depends on the region: us-east-1, kvtier's, answers 200 for
+    /// legacy compatibility, the others `BucketAlreadyOwnedByYou`; so a request naming another
+    /// region (`<LocationConstraint>`) gets the latter. Clients creating a bucket they may
+    /// race for rely on the 200 (Dynamo KVBM's G4 client, from every worker at once).
+    pub(super) async fn create_bucket(&self, bucket: &str, body: Body) -> Result<Response> {
+        let doc = axum::body::to_bytes(body, 64 << 10)
+            .await
+            .map_err(|_| err(StatusCode::BAD_REQUEST, "MalformedXML", "the document is too large or cut short"))?;
+        let region = String::from_utf8_lossy(&doc)
+            .split_once("<LocationConstraint>")
+            .and_then(|(_, rest)| rest.split_once("</LocationConstraint>"))
+            .map(|(region, _)| region.trim().to_string())
+            .filter(|r| !r.is_empty() && r != "us-east-1");
         let (manager, prefix) = (&self.manager, &self.config.namespace_prefix);
-        if !write_bucket(manager, prefix, bucket, self.durability).await.map_err(internal)? {
-            return Err(exists());
+        let created = !self.bucket_exists(bucket).await?
+            && write_bucket(manager, prefix, bucket, self.durability).await.map_err(internal)?;
+        if !created && let Some(region) = region {
+            let what = format!("{bucket:?} exists (S3 answers so outside us-east-1; this request names {region})");
+            return Err(err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", what));
         }
         let mut r = StatusCode::OK.into_response();
         r.headers_mut()

@@ -262,7 +262,7 @@ impl S3 {
                 format!("S3 has no {m} operation on this resource with this query"),
             )),
             Op::ListBuckets => self.list_buckets(key_index, &params).await,
-            Op::CreateBucket => self.create_bucket(bucket).await,
+            Op::CreateBucket => self.create_bucket(bucket, body).await,
             Op::HeadBucket => match self.bucket_exists(bucket).await? {
                 true => Ok(StatusCode::OK.into_response()),
                 false => Err(no_such_bucket(bucket)),
