@@ -41,11 +41,18 @@ step "etcd (Debian etcd-server; the membership tests start their own)"
 scripts/etcd.sh install
 /usr/bin/etcd --version | sed -n 1p  # sed reads to the end: head would close the pipe early, and SIGPIPE fails pipefail
 
+step "NVIDIA Dynamo's G4 client (kvbm-engine from crates.io, built outside the workspace once)"
+scripts/dynamo.sh install
+echo "kvbm-engine built under ${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo"
+
 step "format"
 cargo fmt --all --check
+cargo fmt --manifest-path connectors/dynamo/Cargo.toml --check
 
 step "lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo/target" \
+    cargo clippy --manifest-path connectors/dynamo/Cargo.toml --all-targets --locked -- -D warnings
 
 step "tests"
 "${runner[@]}"

@@ -1,0 +1,3 @@
+//! NVIDIA Dynamo's KVBM G4 (object) tier against kvtier. This crate builds Dynamo's own G4
+//! client (`kvbm-engine`, pinned) outside kvtier's workspace, so that its tests run against
+//! a `kvtier serve` with `[s3]` (scripts/dynamo.sh; blockmgr/tests/dynamo.rs).

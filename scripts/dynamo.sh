@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# NVIDIA Dynamo's KVBM G4 (object) client, the crates.io crate `kvbm-engine` (pinned in
+# connectors/dynamo/Cargo.toml), built outside kvtier's workspace and run against kvtier.
+#
+#   scripts/dynamo.sh install       the Debian packages its build needs (protoc for velo's
+#                                   gRPC, libclang and g++ for nixl-sys' bindings), and the
+#                                   build (once; target under $KVTIER_CACHE/dynamo)
+#   scripts/dynamo.sh test ENDPOINT ACCESS_KEY SECRET_KEY
+#                                   Dynamo's own `s3_integration` tests against that S3
+#                                   endpoint (they create their buckets)
+#   scripts/dynamo.sh g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT
+#                                   connectors/dynamo/tests/g4.rs: KVBM's G4 client as KVBM
+#                                   uses it, through each of ENDPOINTS (comma-separated),
+#                                   whose s3.max_object_size is MAX_OBJECT
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+manifest="$root/connectors/dynamo/Cargo.toml"
+export CARGO_TARGET_DIR="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo/target"
+# kvtier's tests run this under cargo, whose variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...)
+# build scripts here would see as another environment, and rebuild everything each time.
+for var in $(compgen -e); do
+    case "$var" in
+    CARGO_HOME | CARGO_TARGET_DIR) ;;
+    CARGO* | RUSTC* | RUSTDOC* | RUSTFLAGS) unset "$var" ;;
+    esac
+done
+
+packages() {
+    local missing=()
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
+    compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || missing+=(libclang-dev)
+    command -v g++ >/dev/null || missing+=(g++)
+    if ((${#missing[@]})); then
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+install() {
+    packages
+    cargo test --locked --manifest-path "$manifest" -p kvbm-engine --no-run >&2
+    cargo test --locked --manifest-path "$manifest" --tests --no-run >&2
+}
+
+# Credentials as the AWS default chain reads them (what KVBM's client uses).
+credentials() {
+    export AWS_ACCESS_KEY_ID="$1" AWS_SECRET_ACCESS_KEY="$2" AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+}
+
+case "${1:-}" in
+install) install ;;
+test)
+    install
+    credentials "$3" "$4"
+    S3_TEST_ENDPOINT="$2" cargo test --locked --manifest-path "$manifest" -p kvbm-engine s3_integration
+    ;;
+g4)
+    install
+    credentials "$3" "$4"
+    KVTIER_S3_ENDPOINTS="$2" KVTIER_S3_MAX_OBJECT="$5" cargo test --locked --manifest-path "$manifest" --test g4
+    ;;
+*)
+    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT" >&2
+    exit 2
+    ;;
+esac
