@@ -3,8 +3,10 @@
 # connectors/dynamo/Cargo.toml), built outside kvtier's workspace and run against kvtier.
 #
 #   scripts/dynamo.sh install       the Debian packages its build needs (protoc for velo's
-#                                   gRPC, libclang and g++ for nixl-sys' bindings), and the
-#                                   build (once; target under $KVTIER_CACHE/dynamo)
+#                                   gRPC, libclang and g++ for nixl-sys' bindings), the build
+#                                   (once; target under $KVTIER_CACHE/dynamo), and NIXL's
+#                                   runtime (PyPI's nixl-cu12 wheel, in a venv there): a KVBM
+#                                   layout is registered with NIXL even in host memory
 #   scripts/dynamo.sh test ENDPOINT ACCESS_KEY SECRET_KEY
 #                                   Dynamo's own `s3_integration` tests against that S3
 #                                   endpoint (they create their buckets)
@@ -15,7 +17,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 manifest="$root/connectors/dynamo/Cargo.toml"
-export CARGO_TARGET_DIR="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo/target"
+cache="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo"
+export CARGO_TARGET_DIR="$cache/target"
+nixl_version="1.5.1"
 # kvtier's tests run this under cargo, whose variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...)
 # build scripts here would see as another environment, and rebuild everything each time.
 for var in $(compgen -e); do
@@ -35,8 +39,22 @@ packages() {
     fi
 }
 
+# NIXL's C API and plugins from the wheel (its libraries only: --no-deps).
+nixl() {
+    if [[ ! -x "$cache/nixl/bin/python" ]]; then
+        python3 -m venv "$cache/nixl" >&2
+    fi
+    "$cache/nixl/bin/python" -c "import importlib.metadata as m; assert m.version('nixl-cu12') == '$nixl_version'" 2>/dev/null ||
+        "$cache/nixl/bin/pip" install --quiet --no-deps "nixl-cu12==$nixl_version" >&2
+    local site
+    site="$("$cache/nixl/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    export LD_LIBRARY_PATH="$site/.nixl_cu12.mesonpy.libs:$site/nixl_cu12.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export NIXL_PLUGIN_DIR="$site/nixl_cu12.libs/nixl"
+}
+
 install() {
     packages
+    nixl
     cargo test --locked --manifest-path "$manifest" -p kvbm-engine --no-run >&2
     cargo test --locked --manifest-path "$manifest" --tests --no-run >&2
 }

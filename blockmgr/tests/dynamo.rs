@@ -4,8 +4,9 @@
 //! kvtier's S3 endpoint: a put/get round trip, `If-Match` with a stale ETag refused and with
 //! the current one accepted, and an expired lock taken over by one of two racing instances
 //! (what KVBM's `S3LockManager` does with `If-None-Match: *` and `If-Match`). And KVBM's
-//! G4 client as KVBM's leader and workers use it (connectors/dynamo/tests/g4.rs) through a
-//! three-member cluster writing back to a real Azurite, where its blocks then are.
+//! G4 client as KVBM's leader and workers use it (connectors/dynamo/tests/g4.rs: blocks of
+//! KV layouts in host memory through `put/get_blocks_with_layout`, locks, bad input) through
+//! a three-member cluster writing back to a real Azurite, where its blocks then are.
 
 mod common;
 
@@ -69,7 +70,7 @@ async fn kvbms_g4_client_runs_through_a_write_back_cluster_and_its_blocks_reach_
     let endpoints: Vec<String> = nodes.iter().map(endpoint).collect();
     let all: Vec<&Node> = nodes.iter().collect();
     let stdout = dynamo_sh(&["g4", &endpoints.join(","), "AKIDDYNAMO", "dynamo-secret", &MAX_OBJECT.to_string()], &all);
-    assert!(stdout.contains("test result: ok. 4 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 5 passed"), "{stdout}");
 
     // Every block KVBM's worker wrote (`3/{pos}:...`) is exported: Azurite holds its bytes.
     let client = nodes[2].client().await;

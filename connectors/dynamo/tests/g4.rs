@@ -188,6 +188,41 @@ async fn lock_puts_racing_deletes_leave_only_whole_locks() {
     eprintln!("{} attempts found their lock deleted under them", errors.load(Ordering::Relaxed));
 }
 
+/// What KVBM's offload does: blocks of a host-memory KV layout (2 layers, K and V, 16 tokens of
+/// 128 bf16 each) put by block id under their hashes, then got back into a layout of another
+/// shape in memory (layer-separate: each layer's K and V its own region), byte-exact. A KVBM
+/// layout is registered with NIXL even in host memory: this needs NIXL's runtime
+/// (`libnixl_capi.so` and its POSIX plugin, from the `nixl-cu12` wheel scripts/dynamo.sh installs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_layouts_round_trip_through_put_and_get_blocks_with_layout() {
+    use kvbm_physical::{
+        testing::{TransferChecksums, create_fc_layout, create_lw_layout, create_test_agent_with_backends},
+        transfer::{FillPattern, StorageKind},
+    };
+    let members = endpoints();
+    let writer = client(&members[0], "kvbm-layouts", Some(0)).await;
+    let reader = client(&members[members.len() - 1], "kvbm-layouts", Some(0)).await;
+    let agent = create_test_agent_with_backends("kvtier-g4", &["POSIX"]).expect("a NIXL agent (libnixl_capi.so)");
+    let (blocks, ids): (usize, Vec<usize>) = (8, vec![0, 3, 5, 7]);
+    let hashes = chain(ids.len(), 0x1a70_0004);
+    let source = create_fc_layout(agent.clone(), StorageKind::System, blocks);
+    let sums = TransferChecksums::fill_and_capture(&source, &ids, FillPattern::Sequential).expect("filled");
+    let put = writer.put_blocks_with_layout(hashes.clone(), source, ids.clone()).await;
+    assert!(put.iter().all(Result::is_ok), "puts: {put:?}");
+    // Other block ids on the way back: what the reader's free list hands out.
+    let target = create_lw_layout(agent, StorageKind::System, blocks);
+    let into: Vec<usize> = vec![1, 2, 4, 6];
+    let got = reader.get_blocks_with_layout(hashes.clone(), target.clone(), into.clone()).await;
+    assert!(got.iter().all(Result::is_ok), "gets: {got:?}");
+    sums.verify_against(&target, &into).expect("the blocks come back byte-exact");
+    // A hash never put: that block fails, alone.
+    let mut asked = hashes[..2].to_vec();
+    asked.push(SequenceHash::root(0x1a70_dead));
+    let got = reader.get_blocks_with_layout(asked.clone(), target, vec![1, 2, 4]).await;
+    let failed: Vec<SequenceHash> = got.iter().filter_map(|r| r.err()).collect();
+    assert_eq!(failed, vec![asked[2]], "{got:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_clearly_and_stores_nothing() {
     let members = endpoints();
