@@ -20,12 +20,13 @@ manifest="$root/connectors/dynamo/Cargo.toml"
 cache="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo"
 export CARGO_TARGET_DIR="$cache/target"
 nixl_version="1.5.1"
-# kvtier's tests run this under cargo, whose variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...)
-# build scripts here would see as another environment, and rebuild everything each time.
+# kvtier's tests run this under cargo, which sets variables for the crate it runs (CARGO_PKG_*,
+# CARGO_MANIFEST_DIR, ...): build scripts here would see another environment and rebuild
+# everything each time. Only those go (a user's CARGO_NET_*, registries and proxies stay).
 for var in $(compgen -e); do
     case "$var" in
-    CARGO_HOME | CARGO_TARGET_DIR) ;;
-    CARGO* | RUSTC* | RUSTDOC* | RUSTFLAGS) unset "$var" ;;
+    CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_* | CARGO_PRIMARY_PACKAGE | \
+        CARGO_TARGET_TMPDIR | CARGO_RUSTC_CURRENT_DIR | OUT_DIR | RUSTC_BOOTSTRAP) unset "$var" ;;
     esac
 done
 

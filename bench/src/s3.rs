@@ -211,10 +211,13 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         let no_md5 = measure(s3_client(&plain_endpoint)?, "kvtier without MD5 ETags", args, &bodies).await?;
         plain.shutdown().await?;
         emit(out, "s3_md5_off", args.size, &no_md5, &ours, "kvtier S3 endpoint with MD5 ETags");
+        // A fresh node as well, so its PUTs create objects as the baseline's did (not replace them).
+        let fresh = start_node(args, &dir.join("node-s3s"), true).await?;
         let prefix = kvtier_blockmgr::config::S3Config::default().namespace_prefix;
-        let (addr, server) = crate::s3s_endpoint::serve(node.manager().clone(), &prefix, KEY).await?;
+        let (addr, server) = crate::s3s_endpoint::serve(fresh.manager().clone(), &prefix, KEY).await?;
         let on_s3s = measure(s3_client(&format!("http://{addr}"))?, "kvtier behind s3s", args, &bodies).await;
         server.abort();
+        fresh.shutdown().await?;
         emit(out, "s3s", args.size, &on_s3s?, &ours, "kvtier's hand-written S3 endpoint");
     }
     node.shutdown().await?;

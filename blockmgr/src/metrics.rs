@@ -117,8 +117,8 @@ pub struct Metrics {
     /// committed (it took over the path's flushes, or pulled the copy), and that node may
     /// still undo it (a commit short of its quorum).
     pub exports_waiting_to_settle: IntCounter,
-    /// Commits and block copies a member asked of this node that arrived past their deadline
-    /// (this node was stopped, cut off, or waited for room meanwhile) and were refused.
+    /// Commits, block copies and deletes a member asked of this node that arrived past their
+    /// deadline (this node was stopped, cut off, or waited for room meanwhile) and were refused.
     pub late_commits_refused: IntCounter,
     /// Write-back chunks of uploads that never committed, removed by the orphan sweep.
     pub orphan_chunks_removed: IntCounter,

@@ -348,19 +348,16 @@ impl Manager {
         }
         // Its export waits for the quorum: the file of a commit that fails must never
         // replace the last version's in Blob.
-        let exports = self.exports().cloned();
-        if let Some(exports) = &exports {
-            exports.hold(&key);
-        }
+        let hold = self.exports().map(|exports| exports.hold(&key));
         let (stored, holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await;
         let failed = match stored {
             Ok(_) => None,
             Err(e) => Some(self.undo_commit(&key, info.generation, slot.clone(), old.clone(), e, &holding).await),
         };
-        if let Some(exports) = &exports {
+        if let Some(hold) = hold {
             // An undone commit's manifest is gone from here: nothing to export. One too late
             // to undo, or not undone everywhere, stands, and is exported.
-            exports.release(&key, !matches!(failed, Some(TierError::NotCommitted { .. })));
+            hold.release(!matches!(failed, Some(TierError::NotCommitted { .. })));
         }
         if let Some(e) = failed {
             return Err(e);
@@ -380,10 +377,13 @@ impl Manager {
     /// [`TierError::NotCommitted`] says so; otherwise a copy may stand on an owner that did
     /// not answer (and land when it returns), and `failed` stands (an unknown outcome).
     ///
-    /// Members treat a version as settled (never undone: what it replaced may be dropped)
-    /// four peer timeouts after its generation; an undo that could not end by then (this
-    /// node was stopped mid-commit) is not begun: the version stands where it was stored,
-    /// resync spreads it, and the outcome is unknown.
+    /// Members treat a version as settled (never undone: what it replaced may be dropped,
+    /// its export done by any owner) four peer timeouts after its generation, so no step of
+    /// an undo may land later: the undo begins by two timeouts after it, its deletes are
+    /// refused by a member they reach past three (a member stopped meanwhile), and its puts,
+    /// each refused past a timeout from its sending, are sent by three or not at all. An undo
+    /// cut short so (this node or an owner was stopped mid-commit) leaves the version
+    /// standing where it was stored, resync spreads it, and the outcome is unknown.
     async fn undo_commit(
         &self,
         key: &BlockKey,
@@ -393,16 +393,24 @@ impl Manager {
         failed: TierError,
         holding: &[String],
     ) -> TierError {
-        if let Some(cluster) = self.cluster() {
-            // Its deletes, then its puts, each at most a peer timeout (all owners at once).
-            let last_start = generation.saturating_add(2 * cluster.peer_timeout().as_millis() as u64);
-            if unix_ms(std::time::SystemTime::now()) > last_start {
-                tracing::warn!(manifest = %key, error = %failed,
-                    "a failed commit is past the time it could be undone in: it stands, its outcome is unknown");
-                return failed;
-            }
+        // Its deletes, then its puts, each at most a peer timeout (all owners at once).
+        let after = |timeouts: u32| {
+            let t = self.cluster().map_or(std::time::Duration::ZERO, |c| timeouts * c.peer_timeout());
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(generation) + t
+        };
+        let too_late = |what: &str| {
+            tracing::warn!(manifest = %key, error = %failed,
+                "a failed commit is past the time {what}: it stands, its outcome is unknown");
+        };
+        if self.cluster().is_some() && std::time::SystemTime::now() > after(2) {
+            too_late("it could be undone in");
+            return failed;
         }
-        let (_, unanswered) = self.delete_on_these(key, holding).await;
+        let (_, unanswered) = self.delete_on_these(key, holding, self.cluster().map(|_| after(3))).await;
+        if self.cluster().is_some() && std::time::SystemTime::now() > after(3) {
+            too_late("its undo could teach the owners the version before it");
+            return failed;
+        }
         if let Some(old) = old {
             let old_key = manifest_key(&slot.0, &slot.1, old.generation);
             self.catalog.objects.write().entry(slot.clone()).or_insert(old);

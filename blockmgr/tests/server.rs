@@ -56,6 +56,23 @@ async fn round_trips_over_tcp_and_unix_socket() {
     );
 }
 
+/// A delete that arrives past the deadline its sender gave it deletes nothing (a member's
+/// undo of a commit, delayed while this node was stopped, must not land after the version
+/// settled); one in time deletes.
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_delete_past_its_deadline_deletes_nothing() {
+    let node = Node::start();
+    let client = node.client().await;
+    client.put(NS, &items(0..2, 100), Durability::Cache).await.unwrap();
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let refused = client.delete_by(NS, &[key(0)], Some(past)).await.unwrap_err();
+    assert!(refused.to_string().contains("past its deadline"), "{refused}");
+    assert_hits(&client.get(NS, &[key(0)]).await.unwrap(), 0..1, 100);
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    assert_eq!(client.delete_by(NS, &[key(0)], Some(soon)).await.unwrap(), [true]);
+    assert!(matches!(client.get(NS, &[key(0)]).await.unwrap()[0], GetItem::Miss { .. }));
+}
+
 #[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
 async fn kill_9_loses_no_block_acknowledged_on_ssd() {
     let mut node = Node::start();

@@ -387,11 +387,26 @@ impl Client {
 
     /// Deletes keys; answers whether each was present.
     pub async fn delete(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<bool>, ClientError> {
+        self.delete_by(namespace, keys, None).await
+    }
+
+    /// [`Client::delete`], refused by the node (nothing deleted) if it arrives past `deadline`.
+    pub async fn delete_by(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+        deadline: Option<std::time::SystemTime>,
+    ) -> Result<Vec<bool>, ClientError> {
         let req = v1::DeleteRequest {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
         };
-        Ok(self.rpc.clone().delete(self.request(req)).await?.into_inner().deleted)
+        let mut request = self.request(req);
+        if let Some(deadline) = deadline {
+            let ms = deadline.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            request.metadata_mut().insert(DEADLINE_HEADER, ms.to_string().parse().expect("digits"));
+        }
+        Ok(self.rpc.clone().delete(request).await?.into_inner().deleted)
     }
 
     /// Usage and counters of the node.

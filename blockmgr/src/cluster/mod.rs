@@ -381,9 +381,19 @@ impl Cluster {
 
     /// Deletes `key` from member `id`: whether it had a copy.
     pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
+        self.delete_on_by(id, key, None).await
+    }
+
+    /// [`Cluster::delete_on`], refused by member `id` if it arrives past `deadline`.
+    pub async fn delete_on_by(
+        &self,
+        id: &str,
+        key: &BlockKey,
+        deadline: Option<std::time::SystemTime>,
+    ) -> Result<bool, String> {
         let wire = [key.key.as_bytes().to_vec()];
         let ns = key.namespace.as_str();
-        let deleted = self.call(id, "delete", |c| async move { c.delete(ns, &wire).await }).await?;
+        let deleted = self.call(id, "delete", |c| async move { c.delete_by(ns, &wire, deadline).await }).await?;
         Ok(deleted.first().copied().unwrap_or(false))
     }
 }

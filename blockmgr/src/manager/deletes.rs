@@ -20,12 +20,18 @@ impl Manager {
     /// not answer with what it said (it may keep its copy).
     pub(crate) async fn delete_on_owners(&self, key: &BlockKey) -> (bool, Vec<(String, String)>) {
         let owners = self.plan(key).map(|(_, plan)| plan.owners).unwrap_or_default();
-        self.delete_on_these(key, &owners).await
+        self.delete_on_these(key, &owners, None).await
     }
 
-    /// Deletes `key` here and on `members` (but this node): whether any held it, and each
-    /// member that did not answer with what it said (it may keep its copy).
-    pub(crate) async fn delete_on_these(&self, key: &BlockKey, members: &[String]) -> (bool, Vec<(String, String)>) {
+    /// Deletes `key` here and on `members` (but this node), which refuse it past `deadline`:
+    /// whether any held it, and each member that did not answer, or refused, with what it
+    /// said (it may keep its copy).
+    pub(crate) async fn delete_on_these(
+        &self,
+        key: &BlockKey,
+        members: &[String],
+        deadline: Option<std::time::SystemTime>,
+    ) -> (bool, Vec<(String, String)>) {
         let here = self.delete_here(key).await;
         self.forget_manifest(key);
         if let Some(cluster) = &self.inner.cluster {
@@ -43,7 +49,8 @@ impl Manager {
         let local = cluster.local_id();
         let others: Vec<&String> = members.iter().filter(|id| *id != local).collect();
         let (mut any, mut failures) = (here, Vec::new());
-        for (id, result) in others.iter().zip(join_all(others.iter().map(|id| cluster.delete_on(id, key))).await) {
+        let deletes = others.iter().map(|id| cluster.delete_on_by(id, key, deadline));
+        for (id, result) in others.iter().zip(join_all(deletes).await) {
             match result {
                 Ok(had) => any |= had,
                 Err(e) => failures.push((id.to_string(), e)),

@@ -100,7 +100,12 @@ impl Manager {
                     kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
                 let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
                 let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
-                Some(Arc::new(crate::objects::Exports::new(blobs, config.blob.export_concurrency)))
+                Some(Arc::new(crate::objects::Exports::new(
+                    blobs,
+                    config.blob.export_concurrency,
+                    // How long a commit can still be undone: see Manager::settled.
+                    4 * config.cluster.peer_timeout,
+                )))
             }
             _ => None,
         };

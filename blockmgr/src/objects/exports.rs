@@ -95,15 +95,36 @@ struct Queue {
     deferred: HashSet<BlockKey>,
     /// Manifests this node committed (its quorum reached, or an outcome unknown that stands),
     /// with when: exported at once, settled or not, since only their committer can undo them.
-    /// Kept for [`COMMITTED_KEPT`], by when every version is long settled.
+    /// Kept while they may be unsettled (then `settled` says the same for them).
     committed: HashSet<BlockKey>,
     committed_at: VecDeque<(BlockKey, Instant)>,
 }
 
-/// How long a commit of this node's is remembered as such: far past any version's settling
-/// (four peer timeouts) unless peer timeouts are minutes long; after it, an export not done
-/// yet waits for settling as any other node's would, which it is by then.
-const COMMITTED_KEPT: Duration = Duration::from_secs(600);
+/// A manifest's export held back while its commit runs ([`Exports::hold`]).
+#[must_use = "the export stays held until the hold is released or dropped"]
+pub(crate) struct Hold {
+    exports: Arc<Exports>,
+    key: BlockKey,
+    committed: bool,
+}
+
+impl Hold {
+    /// The commit ended: it stands (`committed`: its quorum reached, or its outcome
+    /// unknown), or it was undone everywhere.
+    pub(crate) fn release(mut self, committed: bool) {
+        self.committed = committed;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.exports.release(&self.key, self.committed);
+    }
+}
+
+/// How long past its settling a commit of this node's is still remembered as such (its
+/// generation is the commit's start; the margin covers a commit that took long to store).
+const COMMITTED_MARGIN: Duration = Duration::from_secs(60);
 
 /// How one export ended.
 #[derive(Debug, Clone, Copy)]
@@ -135,18 +156,22 @@ pub(crate) struct Exports {
     queue: Mutex<Queue>,
     wake: Notify,
     concurrency: usize,
+    /// How long a version may be undone after its commit (four peer timeouts).
+    settling: Duration,
     /// Chunks being read back from their object's file (one read each at a time).
     pub(super) reads: SingleFlight<Option<Bytes>>,
 }
 
 impl Exports {
-    /// Exports to `blobs`, `concurrency` at a time.
-    pub(crate) fn new(blobs: ObjectBlobs, concurrency: usize) -> Self {
+    /// Exports to `blobs`, `concurrency` at a time; a version may be undone for `settling`
+    /// after its commit.
+    pub(crate) fn new(blobs: ObjectBlobs, concurrency: usize, settling: Duration) -> Self {
         Exports {
             blobs: Arc::new(blobs),
             queue: Mutex::default(),
             wake: Notify::new(),
             concurrency: concurrency.max(1),
+            settling,
             reads: SingleFlight::new(),
         }
     }
@@ -167,21 +192,25 @@ impl Exports {
         }
     }
 
-    /// Holds back the export of `key` (a manifest being committed) until [`Exports::release`].
-    pub(crate) fn hold(&self, key: &BlockKey) {
+    /// Holds back the export of `key` (a manifest being committed) until the [`Hold`] is
+    /// released, or dropped: a commit whose request went away mid-way (its sender cancelled
+    /// it) ends with it, its outcome unknown, and must not keep its export held for ever.
+    pub(crate) fn hold(self: &Arc<Self>, key: &BlockKey) -> Hold {
         self.queue.lock().held.insert(key.clone());
+        Hold { exports: self.clone(), key: key.clone(), committed: true }
     }
 
-    /// Ends [`Exports::hold`]: an export asked for meanwhile is queued if `committed` (the
-    /// commit stands: its quorum reached, or its outcome unknown), and the commit is
-    /// remembered as this node's.
-    pub(crate) fn release(&self, key: &BlockKey, committed: bool) {
+    /// Ends a hold: an export asked for meanwhile is queued if `committed` (the commit
+    /// stands: its quorum reached, or its outcome unknown), and the commit is remembered as
+    /// this node's.
+    fn release(&self, key: &BlockKey, committed: bool) {
         let deferred = {
             let mut q = self.queue.lock();
             q.held.remove(key);
             if committed {
                 let now = Instant::now();
-                while let Some((old, _)) = q.committed_at.front().filter(|(_, at)| now - *at > COMMITTED_KEPT) {
+                let kept = self.settling + COMMITTED_MARGIN;
+                while let Some((old, _)) = q.committed_at.front().filter(|(_, at)| now - *at > kept) {
                     let old = old.clone();
                     q.committed.remove(&old);
                     q.committed_at.pop_front();
@@ -196,7 +225,7 @@ impl Exports {
         }
     }
 
-    /// Whether this node committed `key` (lately: see [`COMMITTED_KEPT`]).
+    /// Whether this node committed `key` (lately: while it may be unsettled).
     pub(crate) fn committed_here(&self, key: &BlockKey) -> bool {
         self.queue.lock().committed.contains(key)
     }
@@ -226,6 +255,7 @@ impl Exports {
         job.due = match ended {
             Ended::Done => {
                 q.members.remove(&job.key);
+                q.committed.remove(&job.key);
                 return;
             }
             Ended::Failed => {
@@ -310,5 +340,39 @@ impl Manager {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exports() -> (tempfile::TempDir, Arc<Exports>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let blobs = ObjectBlobs::open(&url, &[], kvtier_tiers::Retries::default()).unwrap();
+        (dir, Arc::new(Exports::new(blobs, 1, Duration::from_secs(40))))
+    }
+
+    /// A commit's hold holds back its export until it ends; one dropped unreleased (its
+    /// request cancelled mid-commit) lets it go as a commit of unknown outcome, which stands.
+    #[test]
+    fn a_hold_dropped_unreleased_lets_its_export_go() {
+        let (_dir, exports) = exports();
+        let key = BlockKey::parse("ns", b"m/held").unwrap();
+        let hold = exports.hold(&key);
+        exports.enqueue(key.clone());
+        assert_eq!(exports.backlog().0, 0, "held back");
+        drop(hold);
+        assert_eq!(exports.backlog().0, 1, "queued once the hold went");
+        assert!(exports.committed_here(&key));
+
+        // Released as undone everywhere: nothing to export, and not this node's commit.
+        let undone = BlockKey::parse("ns", b"m/undone").unwrap();
+        let hold = exports.hold(&undone);
+        exports.enqueue(undone.clone());
+        hold.release(false);
+        assert_eq!(exports.backlog().0, 1);
+        assert!(!exports.committed_here(&undone));
     }
 }

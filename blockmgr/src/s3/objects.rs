@@ -280,6 +280,8 @@ impl S3 {
         } else {
             info.attributes().clone()
         };
+        let mut attributes = attributes;
+        super::upload_checksum::for_copy(&mut attributes);
         let copied = self.copy_into(&src_bucket, &info, 0..info.size, w, attributes, None).await?;
         Ok(xml::document(format!(
             "<CopyObjectResult><LastModified>{}</LastModified><ETag>{}</ETag></CopyObjectResult>",

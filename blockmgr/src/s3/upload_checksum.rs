@@ -180,6 +180,15 @@ impl UploadChecksum {
     }
 }
 
+/// What a copy in one piece keeps of its source's checksum attributes: a whole-object
+/// checksum holds for the copy's bytes as well; a composite one (of the source's parts,
+/// `-<parts>`) names parts the copy does not have, and goes.
+pub(super) fn for_copy(attributes: &mut BTreeMap<String, String>) {
+    if attributes.remove(TYPE_HEADER).is_some_and(|kind| kind == "COMPOSITE") {
+        attributes.retain(|name, _| !name.starts_with("x-amz-checksum-"));
+    }
+}
+
 /// An algorithm as XML elements and answer headers name it (`CRC32C`).
 fn xml_algorithm(algorithm: &str) -> &'static str {
     match algorithm {
@@ -248,6 +257,19 @@ mod tests {
         ] {
             assert_eq!(create(a, k).unwrap_err().code, "InvalidRequest", "{a:?} {k:?}");
         }
+    }
+
+    #[test]
+    fn a_copy_keeps_a_whole_object_checksum_and_drops_a_composite_one() {
+        let of = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let mut composite = of(&[("x-amz-checksum-crc32", "AAAAAA==-3"), (TYPE_HEADER, "COMPOSITE"), ("etag", "x")]);
+        for_copy(&mut composite);
+        assert_eq!(composite, of(&[("etag", "x")]));
+        let mut full = of(&[("x-amz-checksum-crc32", "AAAAAA=="), (TYPE_HEADER, "FULL_OBJECT")]);
+        for_copy(&mut full);
+        assert_eq!(full, of(&[("x-amz-checksum-crc32", "AAAAAA==")]));
     }
 
     #[test]

@@ -321,6 +321,12 @@ impl BlockStore for BlockService {
     async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
         let started = self.begin("delete");
         let manager = self.serving(&request).await?;
+        // A member's delete that waited past its sender's patience (this node was stopped or
+        // cut off) deletes nothing: an undo of a commit must not land after the version settled.
+        if super::deadline_of(&request).is_some_and(|d| std::time::SystemTime::now() > d) {
+            manager.metrics().late_commits_refused.inc();
+            return Err(Status::deadline_exceeded("the delete arrived past its deadline; nothing was deleted"));
+        }
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
         let mut deleted = Vec::with_capacity(keys.len());
