@@ -275,7 +275,7 @@ impl Manager {
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
         let ns = key.namespace.clone();
         if self.marker_expired(&ns, &info) {
-            tracing::debug!(manifest = %key, "objects: dropping a delete marker past its time");
+            tracing::info!(manifest = %key, "objects: dropping a delete marker past its time");
             self.delete_here(key).await;
             return;
         }
@@ -307,9 +307,15 @@ impl Manager {
         if !is_manifest_key(key) {
             return;
         }
-        self.catalog
-            .objects
-            .write()
-            .retain(|(ns, path), info| *ns != key.namespace || manifest_key(ns, path, info.generation) != *key);
+        self.catalog.objects.write().retain(|(ns, path), info| {
+            let forgotten = *ns == key.namespace && manifest_key(ns, path, info.generation) == *key;
+            // A delete marker leaving a catalog is how a deleted file can come back: said
+            // every time (the fault runs' evidence when one does).
+            if forgotten && info.deleted {
+                tracing::info!(%ns, %path, generation = info.generation,
+                    "objects: a delete marker left the catalog (its manifest was deleted here)");
+            }
+            !forgotten
+        });
     }
 }

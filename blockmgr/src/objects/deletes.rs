@@ -170,6 +170,7 @@ impl Manager {
             }
             objects.remove(&slot);
         }
+        tracing::info!(%ns, path = %marker.path, generation = marker.generation, "objects: a delete marker dropped");
         self.delete_here(&manifest_key(ns, &marker.path, marker.generation)).await;
         self.drop_superseded_of(ns, &marker.path).await;
         true
