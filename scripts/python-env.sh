@@ -26,6 +26,10 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT $NODEPS" ]] && "$VENV/bin/pytho
 fi
 
 echo "python-env: creating $VENV with $WANT (first run: ~5 minutes, ~8 GB)" >&2
+# A venv that exists but fails the check above is broken (an interrupted install, files removed
+# from site-packages): pip would take its recorded packages as installed and leave it broken,
+# so it is made again from nothing.
+rm -rf "$VENV"
 mkdir -p "$(dirname "$VENV")"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip >&2
