@@ -104,6 +104,9 @@ pub struct Metrics {
     pub object_export_bytes: IntCounter,
     /// Parts of objects' files this node staged in Blob (its share of the fan-in).
     pub object_parts_staged: IntCounter,
+    /// Bytes of those parts: more than `object_export_bytes` across the cluster when tries
+    /// that failed staged parts no commit took.
+    pub object_staged_bytes: IntCounter,
     /// Parts joined into objects by adopting their chunks (S3 multipart completions): no
     /// byte of them copied.
     pub object_parts_joined: IntCounter,
@@ -290,6 +293,7 @@ impl Metrics {
             objects_exported: one_counter("objects_exported_total", "Objects committed in Blob under their own names"),
             object_export_bytes: one_counter("object_export_bytes_total", "Bytes of the objects committed in Blob"),
             object_parts_staged: one_counter("object_parts_staged_total", "Parts of object files staged in Blob"),
+            object_staged_bytes: one_counter("object_staged_bytes_total", "Bytes of object file parts staged in Blob"),
             object_parts_joined: one_counter("object_parts_joined_total", "Parts joined into objects without a copy"),
             object_export_failures: counter(
                 "object_export_failures_total",

@@ -555,6 +555,7 @@ mod export;
 mod exports;
 mod join;
 mod orphans;
+mod staging;
 mod superseded;
 #[cfg(test)]
 mod tests;

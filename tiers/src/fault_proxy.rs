@@ -28,6 +28,8 @@ struct Rule {
     status: u16,
     method: Option<String>,
     path: String,
+    /// Matching requests still to fail (`None`: all of them).
+    left: Option<Arc<AtomicUsize>>,
 }
 
 /// See the module documentation. Stops when dropped.
@@ -85,7 +87,16 @@ impl FaultProxy {
     /// Answers every request of `method` (any, when `None`) whose path holds `path` with
     /// HTTP `status`, until [`FaultProxy::clear`]; connections open now are cut.
     pub fn fail_matching(&self, status: u16, method: Option<&str>, path: &str) {
-        let rule = Rule { status, method: method.map(str::to_string), path: path.to_string() };
+        self.set_rule(Rule { status, method: method.map(str::to_string), path: path.to_string(), left: None });
+    }
+
+    /// As [`FaultProxy::fail_matching`], for the next `times` matching requests only.
+    pub fn fail_matching_times(&self, status: u16, method: Option<&str>, path: &str, times: usize) {
+        let left = Some(Arc::new(AtomicUsize::new(times)));
+        self.set_rule(Rule { status, method: method.map(str::to_string), path: path.to_string(), left });
+    }
+
+    fn set_rule(&self, rule: Rule) {
         *self.rule.lock() = Some(rule);
         self.cut.send_modify(|g| *g += 1);
     }
@@ -131,7 +142,13 @@ async fn accept_loop(listener: TcpListener, upstream: String, faults: Faults, cu
                     let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
                     let mut words = line.split(' ');
                     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-                    if rule.method.as_deref().is_none_or(|m| m == method) && path.contains(&rule.path) {
+                    let counted = |left: &AtomicUsize| {
+                        left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+                    };
+                    if rule.method.as_deref().is_none_or(|m| m == method)
+                        && path.contains(&rule.path)
+                        && rule.left.as_deref().is_none_or(counted)
+                    {
                         let _ = answer(conn, head, rule.status).await;
                         return;
                     }

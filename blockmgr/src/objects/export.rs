@@ -5,7 +5,8 @@
 //! the whole object instead. The path's primary (who flushes the manifest) starts a
 //! multipart upload, asks each part's stager (the primary of the part's first chunk, which
 //! holds it) to stage that part straight to Blob, and commits the upload from the part ids
-//! they answer: each byte reaches Blob once, and no node relays the whole file. Then every
+//! they answer (objects/staging.rs): each byte reaches Blob once, and no node relays the
+//! whole file, and a try that fails keeps what it staged for the next. Then every
 //! owner of the chunks is told Blob has them (they become evictable), and the manifest
 //! itself is flushed into a segment, so a node with an empty disk learns of the object.
 //! A failed export is retried with backoff (objects/exports.rs: on its own, without holding
@@ -20,52 +21,16 @@
 //! readers, once it is popular: read replicas): N nodes restoring one checkpoint read it
 //! from Blob once, from peers after.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{Block, BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, Upload, chunks_per_part};
+use bytes::Bytes;
+use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
 use super::{
     ObjectInfo,
     exports::{ExportFailure, Exported, Exports, FailureReason},
 };
 use crate::{Durability, GetOutcome, Manager};
-
-/// Parts one node stages at once.
-const STAGE_CONCURRENCY: usize = 4;
-
-/// The chunks of each part of `info`'s file in Blob, in order. An object in one piece has
-/// parts of equal chunk counts ([`chunks_per_part`]); a joined one's parts never straddle two
-/// of its runs (their chunk sizes may differ), and a run's short tail joins the part before
-/// it, so every part but the last is at least [`MIN_PART`] (a joined object's runs are, as
-/// S3's parts are) and there are at most [`MAX_PARTS`] (parts grow until there are).
-fn export_parts(info: &ObjectInfo) -> Vec<std::ops::Range<u64>> {
-    let chunks = info.chunks();
-    if info.runs.is_empty() {
-        let per = chunks_per_part(info.size, info.chunk_size);
-        return (0..chunks.div_ceil(per)).map(|p| p * per..((p + 1) * per).min(chunks)).collect();
-    }
-    let bytes = |r: &std::ops::Range<u64>| info.chunk_range(r.end - 1).end - info.chunk_range(r.start).start;
-    let mut scale = 1;
-    loop {
-        let mut parts = Vec::new();
-        for run in &info.runs {
-            let per = MIN_PART.div_ceil(run.chunk_size.max(1)).max(1) * scale;
-            let (first, end) = (run.first, run.first + run.chunks());
-            let at = parts.len();
-            parts.extend((first..end).step_by(per as usize).map(|c| c..(c + per).min(end)));
-            if parts.len() > at + 1 && bytes(parts.last().expect("two")) < MIN_PART {
-                let tail = parts.pop().expect("two");
-                parts.last_mut().expect("one").end = tail.end;
-            }
-        }
-        if parts.len() as u64 <= MAX_PARTS {
-            return parts;
-        }
-        scale *= 2;
-    }
-}
 
 fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
     serde_json::from_slice(&block.data).map_err(|e| TierError::Corrupt {
@@ -83,6 +48,19 @@ impl Manager {
     /// flush, whose chunks may be gone by now) is not written again. A version another node
     /// committed waits until it is settled (see objects/exports.rs).
     pub(super) async fn export(&self, key: &BlockKey) -> Result<Exported, ExportFailure> {
+        let ended = self.export_once(key).await;
+        if matches!(ended, Ok(Exported::Done))
+            && let Some(exports) = self.exports()
+            && let Some(staging) = exports.take_staging(key)
+        {
+            // Moot now (the version replaced, or its file found in Blob): what a failed try
+            // staged goes.
+            exports.blobs.abort(&staging.upload).await;
+        }
+        ended
+    }
+
+    async fn export_once(&self, key: &BlockKey) -> Result<Exported, ExportFailure> {
         let exports = self.exports().expect("the exporter runs with exports").clone();
         if !self.unflushed(key) {
             tracing::debug!(manifest = %key, "export skipped: not unflushed here");
@@ -117,23 +95,9 @@ impl Manager {
             tracing::info!(object = %name, generation = info.generation, "the object's file is in Blob already");
         } else if info.size == 0 {
             exports.blobs.put(&name, Bytes::new()).await.map_err(blob)?;
+        } else if !self.upload(&exports, key, &info, &name).await? {
+            return Ok(Exported::Done); // replaced while its parts were staged
         } else {
-            let upload = exports.blobs.begin(&name).await.map_err(blob)?;
-            match self.stage_everywhere(&ns, &info, &upload).await {
-                Ok(ids) => {
-                    // Replaced while its parts were staged: its file must not replace the newer's.
-                    let current = self.still_current(&ns, &info).await;
-                    if !matches!(current, Ok(true)) {
-                        exports.blobs.abort(&upload).await;
-                        return current.map(|_| Exported::Done);
-                    }
-                    exports.blobs.finish(&upload, ids).await.map_err(blob)?
-                }
-                Err(e) => {
-                    exports.blobs.abort(&upload).await;
-                    return Err(e);
-                }
-            }
             self.metrics().objects_exported.inc();
             self.metrics().object_export_bytes.inc_by(info.size);
         }
@@ -154,7 +118,7 @@ impl Manager {
     /// settled makes this one dead: its manifest here is dropped and the catalog takes the
     /// newer one (`Ok(false)`: nothing to export). One still young may yet be undone:
     /// `Superseded`, tried again later.
-    async fn still_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<bool, ExportFailure> {
+    pub(super) async fn still_current(&self, ns: &Namespace, info: &ObjectInfo) -> Result<bool, ExportFailure> {
         let elsewhere = self
             .newest_elsewhere(ns, &info.path, true)
             .await
@@ -199,84 +163,8 @@ impl Manager {
         Ok(true)
     }
 
-    /// Has every part of `info` staged by its stager; the part ids in order.
-    async fn stage_everywhere(
-        &self,
-        ns: &Namespace,
-        info: &ObjectInfo,
-        upload: &Upload,
-    ) -> Result<Vec<String>, ExportFailure> {
-        let layout = export_parts(info);
-        let parts = layout.len() as u64;
-        // Stager -> its parts; `None` is this node.
-        let mut by_stager: BTreeMap<Option<String>, Vec<u32>> = BTreeMap::new();
-        for (part, chunks) in layout.into_iter().enumerate() {
-            let first = info.chunk_key(ns, chunks.start);
-            let stager = self
-                .plan(&first)
-                .and_then(|(cluster, plan)| plan.owners.first().filter(|p| *p != cluster.local_id()).cloned());
-            by_stager.entry(stager).or_default().push(part as u32);
-        }
-        let staged = futures::future::try_join_all(by_stager.into_iter().map(|(stager, parts)| async move {
-            let ids = match (&stager, self.cluster()) {
-                (Some(id), Some(cluster)) => {
-                    cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| ExportFailure {
-                        reason: FailureReason::Stager,
-                        error: TierError::Unreachable { what: format!("staging parts of {}", upload.name), failures },
-                    })?
-                }
-                _ => self.stage_parts_here(ns, info, upload, &parts).await.map_err(|error| {
-                    let reason = match error {
-                        TierError::Store { .. } => FailureReason::Blob,
-                        _ => FailureReason::Chunks,
-                    };
-                    ExportFailure { reason, error }
-                })?,
-            };
-            Ok::<_, ExportFailure>(parts.into_iter().zip(ids).collect::<Vec<_>>())
-        }))
-        .await?;
-        let mut ids: BTreeMap<u32, String> = staged.into_iter().flatten().collect();
-        (0..parts as u32).map(|p| ids.remove(&p)).collect::<Option<Vec<_>>>().ok_or_else(|| ExportFailure {
-            reason: FailureReason::Stager,
-            error: TierError::Unreachable { what: upload.name.clone(), failures: "a stager skipped a part".into() },
-        })
-    }
-
-    /// Stages `parts` of `info`'s upload from the chunks, read here or from their owners and
-    /// checked against the manifest; the part ids in the order asked.
-    pub(crate) async fn stage_parts_here(
-        &self,
-        ns: &Namespace,
-        info: &ObjectInfo,
-        upload: &Upload,
-        parts: &[u32],
-    ) -> Result<Vec<String>, TierError> {
-        let exports = self.exports().ok_or_else(|| TierError::Unsupported {
-            tier: "objects".into(),
-            what: "staging object parts on a node without a Blob tier".into(),
-        })?;
-        let layout = &export_parts(info);
-        futures::stream::iter(parts.iter().copied())
-            .map(|part| async move {
-                let chunks = layout.get(part as usize).cloned().ok_or_else(|| TierError::InvalidKey {
-                    reason: format!("{}: no part {part} to stage", info.path),
-                })?;
-                let mut data = BytesMut::new();
-                for index in chunks {
-                    data.extend_from_slice(&self.chunk(ns, info, index).await?);
-                }
-                let id = exports.blobs.stage(upload, part as usize, data.freeze()).await?;
-                self.metrics().object_parts_staged.inc();
-                Ok::<_, TierError>(id)
-            })
-            .buffered(STAGE_CONCURRENCY)
-            .try_collect()
-            .await
-    }
-
     /// Chunk `index` of `info` from any node, checked against the manifest's CRC-32C.
-    async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
+    pub(super) async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
         let key = info.chunk_key(ns, index);
         match self.get(&key).await {
             GetOutcome::Hit { block, .. } => {

@@ -15,7 +15,7 @@
 //! `object_export_failures_total{reason}`).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -25,6 +25,7 @@ use kvtier_tiers::{BlockKey, ObjectBlobs};
 use parking_lot::Mutex;
 use tokio::{sync::Notify, time::Instant};
 
+use super::staging::Staging;
 use crate::{Manager, flight::SingleFlight};
 
 /// Why an export failed: the label of `object_export_failures_total`.
@@ -160,6 +161,8 @@ pub(crate) struct Exports {
     settling: Duration,
     /// Chunks being read back from their object's file (one read each at a time).
     pub(super) reads: SingleFlight<Option<Bytes>>,
+    /// What failed exports staged, by manifest, for their next try (objects/staging.rs).
+    staged: Mutex<HashMap<BlockKey, Staging>>,
 }
 
 impl Exports {
@@ -173,6 +176,7 @@ impl Exports {
             concurrency: concurrency.max(1),
             settling,
             reads: SingleFlight::new(),
+            staged: Mutex::default(),
         }
     }
 
@@ -282,6 +286,16 @@ impl Exports {
     /// Whether `key`'s file is in Blob, its manifest's own flush still to come.
     pub(crate) fn is_exported(&self, key: &BlockKey) -> bool {
         self.queue.lock().exported.contains(key)
+    }
+
+    /// Keeps what a failed export of `key` staged, for its next try.
+    pub(super) fn keep_staging(&self, key: &BlockKey, staging: Staging) {
+        self.staged.lock().insert(key.clone(), staging);
+    }
+
+    /// What an earlier try of `key`'s export staged, if one kept it.
+    pub(super) fn take_staging(&self, key: &BlockKey) -> Option<Staging> {
+        self.staged.lock().remove(key)
     }
 
     /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.
