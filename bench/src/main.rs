@@ -175,7 +175,7 @@ enum Command {
         loopback: bool,
         /// GiB of disk that must be free (under --dir and the system temp dir, where
         /// Azurite keeps its blobs) for a round to start; below it the run stops and
-        /// reports the rounds it completed.
+        /// reports the rounds it completed (and under half of it, a round is cut short).
         #[arg(long, default_value_t = 8)]
         min_free_gib: u64,
     },

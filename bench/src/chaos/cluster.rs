@@ -47,6 +47,9 @@ pub(super) struct Cluster {
     pub(super) azurite: Mutex<Azurite>,
     _etcd: Etcd,
     bin: PathBuf,
+    /// Where the nodes' logs go when the cluster is dropped (outside the scratch directory,
+    /// which goes with the run): the evidence a finding needs, kept whatever the outcome.
+    logs: PathBuf,
 }
 
 /// Where the `kvtier` binary is: `$KVTIER_BIN`, else beside this one.
@@ -97,6 +100,7 @@ impl Cluster {
             azurite: Mutex::new(azurite),
             _etcd: etcd,
             bin,
+            logs: logs_dir(scratch),
         });
         for i in 0..n {
             cluster.spawn(i)?;
@@ -208,7 +212,30 @@ impl Drop for Cluster {
             self.signal(i, libc::SIGCONT);
             self.kill9(i);
         }
+        let mut kept = 0;
+        for (i, node) in self.nodes.lock().iter().enumerate() {
+            let to = self.logs.join(format!("n{}", i + 1));
+            let logs = std::fs::read_dir(&node.dir).into_iter().flatten().flatten();
+            for log in logs.filter(|e| e.file_name().to_string_lossy().ends_with(".stderr")) {
+                // A rename: the logs are on the scratch directory's filesystem.
+                let moved =
+                    std::fs::create_dir_all(&to).and_then(|()| std::fs::rename(log.path(), to.join(log.file_name())));
+                match moved {
+                    Ok(()) => kept += 1,
+                    Err(e) => eprintln!("chaos: keeping {} failed: {e}", log.path().display()),
+                }
+            }
+        }
+        if kept > 0 {
+            eprintln!("chaos: the nodes' logs ({kept} files) are in {}", self.logs.display());
+        }
     }
+}
+
+/// `chaos-logs/<start time>` beside the scratch directory.
+fn logs_dir(scratch: &Path) -> PathBuf {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    scratch.parent().unwrap_or(scratch).join("chaos-logs").join(since_epoch.as_secs().to_string())
 }
 
 fn node_config(id: &str, dir: &Path, ip: &str, ports: [u16; 3], ssd: u64, etcd: &str, blob_options: &str) -> String {

@@ -89,7 +89,7 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
         }
         // A round that fills the disk ends the run with no figures at all (a 1000-fault run
         // did, at fault 764: Azurite's workspace grows by gigabytes a round); stop before it.
-        let free = free_bytes(scratch)?.min(free_bytes(&std::env::temp_dir())?);
+        let free = free_disk(scratch)?;
         if free < args.min_free {
             let why = format!(
                 "stopped before round {}: {} GiB of disk free, --min-free-gib {}",
@@ -104,33 +104,48 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
         let first = fault_no;
         let injected = Arc::new(parking_lot::Mutex::new(BTreeMap::<Fault, u64>::new()));
         let counted = injected.clone();
-        let (written, secs) = phase(&cluster, &plan, 1_000_000 * (round + 1), move |c| async move {
-            let partitions = c.hosts.separate();
-            for i in first..first + faults {
-                let fault = Fault::nth(i, partitions);
-                let node = (i * 7 + i / 3) as usize % c.len();
-                let c2 = c.clone();
-                tokio::task::spawn_blocking(move || -> Result<()> {
-                    c2.wait_whole(Duration::from_secs(120))?;
-                    faults::inject(&c2, fault, node, Duration::from_millis(200 + (i % 5) * 300))
-                })
-                .await??;
-                *counted.lock().entry(fault).or_default() += 1;
-                eprintln!("chaos: fault {} of the run: {} of n{}", i + 1, fault.name(), node + 1);
-                tokio::time::sleep(Duration::from_millis(300 + (i % 4) * 250)).await;
+        let this_round = async {
+            let (written, secs) = phase(&cluster, &plan, 1_000_000 * (round + 1), move |c| async move {
+                let partitions = c.hosts.separate();
+                for i in first..first + faults {
+                    let fault = Fault::nth(i, partitions);
+                    let node = (i * 7 + i / 3) as usize % c.len();
+                    let c2 = c.clone();
+                    tokio::task::spawn_blocking(move || -> Result<()> {
+                        c2.wait_whole(Duration::from_secs(120))?;
+                        faults::inject(&c2, fault, node, Duration::from_millis(200 + (i % 5) * 300))
+                    })
+                    .await??;
+                    *counted.lock().entry(fault).or_default() += 1;
+                    eprintln!("chaos: fault {} of the run: {} of n{}", i + 1, fault.name(), node + 1);
+                    tokio::time::sleep(Duration::from_millis(300 + (i % 4) * 250)).await;
+                }
+                Ok(())
+            })
+            .await?;
+            fault_no += faults;
+            eprintln!(
+                "chaos: round {}: {} faults, {} files written; settling and checking",
+                round + 1,
+                faults,
+                written.len()
+            );
+            let wipe = (round as usize) % cluster.len();
+            let findings = verify::check(&cluster, &written, &deleted, wipe, SETTLE_LIMIT).await?;
+            Ok::<_, anyhow::Error>((written, secs, findings))
+        };
+        // The disk watched through the round too: a store growing without bound (Azurite's
+        // workspace grew by 31 GiB in one round's checks at e81cca5) ends the run with the
+        // rounds it completed, not with a full disk and no figures.
+        let (written, secs, findings) = tokio::select! {
+            done = this_round => done?,
+            why = disk_below(scratch, args.min_free / 2) => {
+                let why = format!("stopped in round {}: {why}", round + 1);
+                eprintln!("chaos: {why}");
+                totals.stopped = Some(why);
+                break;
             }
-            Ok(())
-        })
-        .await?;
-        fault_no += faults;
-        eprintln!(
-            "chaos: round {}: {} faults, {} files written; settling and checking",
-            round + 1,
-            faults,
-            written.len()
-        );
-        let wipe = (round as usize) % cluster.len();
-        let findings = verify::check(&cluster, &written, &deleted, wipe, SETTLE_LIMIT).await?;
+        };
         report_round(&cluster, round + 1, &written, &findings, &injected.lock());
         totals.add(&written, &findings, secs, &injected.lock());
         deleted.extend(delete_all(&cluster, &written).await);
@@ -164,6 +179,26 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
         bail!("chaos: {summary}");
     }
     Ok(())
+}
+
+/// Bytes free where the run keeps data: under `scratch` (the nodes) and the system temp dir
+/// (Azurite).
+fn free_disk(scratch: &Path) -> Result<u64> {
+    Ok(free_bytes(scratch)?.min(free_bytes(&std::env::temp_dir())?))
+}
+
+/// Returns (why) once less than `floor` bytes are free ([`free_disk`], looked at every 5 s).
+async fn disk_below(scratch: &Path, floor: u64) -> String {
+    loop {
+        match free_disk(scratch) {
+            Ok(free) if free < floor => {
+                return format!("{} GiB of disk free, under half of --min-free-gib", free >> 30);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("chaos: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// Bytes free to an unprivileged writer on the filesystem holding `path`.

@@ -135,6 +135,10 @@ def test_chaos_run_loses_nothing_acknowledged(tmp_path):
     assert summary["settle_max_s"] is not None, summary
     names = {r["bench"] for r in rows}
     assert {"chaos_write_under_faults", "chaos_settle_max"} <= names, names
+    # The nodes' logs outlive the run's scratch space: the evidence of whatever it found.
+    logs = list(tmp_path.glob("chaos-logs/*/n*/*.stderr"))
+    assert {p.parent.name for p in logs} == {"n1", "n2", "n3"}, out.stderr[-2000:]
+    assert "chaos: the nodes' logs" in out.stderr
 
 
 def test_chaos_run_stops_and_reports_before_a_round_the_disk_cannot_hold(tmp_path):
