@@ -489,22 +489,30 @@ impl BlobTier {
         futures::stream::iter(reads).buffered(32).collect().await
     }
 
-    /// One block's bytes by a ranged GET, checked against its CRC-32C.
+    /// One block's bytes by a ranged GET, checked against its CRC-32C. A segment gone
+    /// because a compaction moved the block meanwhile (the location was looked up before)
+    /// is read where the block is now: a miss there made callers drop a copy Blob still held.
     async fn read_one(&self, key: &BlockKey, loc: Option<Location>) -> Result<Option<Block>> {
-        let Some(loc) = loc else { return Ok(None) };
-        let range = loc.offset..loc.offset + loc.len;
-        Counters::count(&self.counters.gets, 1);
-        let data = match self.store.get_range(&loc.segment, range).await {
-            Ok(d) => {
-                Counters::count(&self.counters.get_bytes, d.len() as u64);
-                d
+        let Some(mut loc) = loc else { return Ok(None) };
+        let data = loop {
+            Counters::count(&self.counters.gets, 1);
+            match self.store.get_range(&loc.segment, loc.offset..loc.offset + loc.len).await {
+                Ok(d) => {
+                    Counters::count(&self.counters.get_bytes, d.len() as u64);
+                    break d;
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    let now = self.state.lock().index.get(key).cloned();
+                    if let Some(moved) = now.filter(|now| now.stamp != loc.stamp) {
+                        loc = moved;
+                        continue;
+                    }
+                    tracing::warn!(key = %key, segment = %loc.segment, "blob: the segment is gone; a miss");
+                    self.forget(key, &loc);
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.store_error("get", &loc.segment.to_string(), e)),
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                tracing::warn!(key = %key, segment = %loc.segment, "blob: the segment is gone; a miss");
-                self.forget(key, &loc);
-                return Ok(None);
-            }
-            Err(e) => return Err(self.store_error("get", &loc.segment.to_string(), e)),
         };
         let actual = crate::crc32c(&data);
         if data.len() as u64 != loc.len || actual != loc.crc32c {
