@@ -7,12 +7,12 @@
 //! replace the newer's file), and a manifest is not exported before its commit has its
 //! write quorum (a commit that fails is undone: its file must never replace the last one). A
 //! version another node committed (this node took over the path's flushes, or pulled the
-//! copy) waits until it is settled: its committer may still be undoing it, and a file deleted
-//! or replaced in Blob for a commit then undone brought a deleted file back for good (the
-//! fault run at 38b3562: the marker undone everywhere, the version before it taught back,
-//! its file gone from Blob). What is queued, how long the oldest has waited and why exports fail are metrics, so a stuck
-//! export shows (`exports_queued`, `export_oldest_seconds`,
-//! `object_export_failures_total{reason}`).
+//! copy) waits until it is settled: its committer may still be undoing it, and a file
+//! deleted or replaced in Blob for a commit then undone is gone for good (the fault run at
+//! 38b3562 found deleted files back with that signature: the marker gone everywhere, the
+//! version before it taught back, its file gone from Blob). What is queued, how long the
+//! oldest has waited and why exports fail are metrics, so a stuck export shows
+//! (`exports_queued`, `export_oldest_seconds`, `object_export_failures_total{reason}`).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
