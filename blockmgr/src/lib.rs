@@ -35,7 +35,7 @@ pub use client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, ObjectRang
 pub use config::{ByteSize, Config};
 pub use error::Error;
 pub use manager::{
-    ArenaPin, Durability, GetOutcome, Manager, MissReason, NamespaceStats, PinOutcome, PutOutcome, PutWriter,
+    ArenaPin, Durability, GetOutcome, Manager, MissReason, NamespaceStats, PinOutcome, Presence, PutOutcome, PutWriter,
     ResyncReport, Stats, TierStats,
 };
 pub use metrics::Metrics;

@@ -67,6 +67,8 @@ async fn key_longer_than_64_bytes() {
     assert!(r[1].result.is_ok(), "the rest of the batch is stored");
     let e = status(client.get(NS, &[vec![1; 65]]).await.unwrap_err());
     assert!(e.code() == Code::InvalidArgument && e.message().contains("key 0"), "{e:?}");
+    let e = status(client.has(NS, &[key(0), vec![1; 65]]).await.unwrap_err());
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("key 1"), "{e:?}");
     still_serving(&client, &[0, 1, 2]).await;
 }
 
@@ -77,6 +79,8 @@ async fn empty_or_malformed_namespace() {
         let e = status(client.put(ns, &[PutItem::new(key(9), data(9, 10))], Durability::Cache).await.unwrap_err());
         assert!(e.code() == Code::InvalidArgument && e.message().contains(why), "{ns:?}: {e:?}");
         let e = status(client.lookup(ns, &[key(0)]).await.unwrap_err());
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = status(client.has(ns, &[key(0)]).await.unwrap_err());
         assert_eq!(e.code(), Code::InvalidArgument);
     }
     still_serving(&client, &[0, 1, 2]).await;

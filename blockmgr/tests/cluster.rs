@@ -77,6 +77,44 @@ async fn blocks_land_on_their_owners_and_read_back_from_any_node() {
     );
 }
 
+/// `Has` answers for the cluster, whichever node is asked: a block the node lacks is asked
+/// of its owners (the next owner when one is down), with its length; a key no owner holds is
+/// absent. Asked as a member, a node answers for itself alone. (Lookup answers the asked
+/// node's own prefix only: Dynamo KVBM's `has_blocks` needs this.)
+#[tokio::test]
+async fn has_answers_which_blocks_the_cluster_holds_from_any_node() {
+    let mut nodes = start_cluster(2);
+    let writer = nodes[0].client().await;
+    let items: Vec<PutItem> = (0..24).map(|i| PutItem::new(key(i), data(i, 10_000 + i as usize))).collect();
+    for r in writer.put("ckpt/run1", &items, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    let mut keys: Vec<Vec<u8>> = items.iter().map(|i| i.key.clone()).collect();
+    keys.push(key(999)); // never written
+    let lengths = |has: &[Option<kvtier_blockmgr::Presence>]| -> Vec<Option<u64>> {
+        has.iter().map(|p| p.map(|p| p.length)).collect()
+    };
+    let mut want: Vec<Option<u64>> = items.iter().map(|i| Some(i.data.len() as u64)).collect();
+    want.push(None);
+    for node in &nodes {
+        let has = node.client().await.has("ckpt/run1", &keys).await.unwrap();
+        assert_eq!(lengths(&has), want, "through {}", node.addrs.grpc);
+    }
+    // n3 does not own every block: through it, the others are found on their owners, even
+    // with n2 killed (what n1 and n2 own is asked of n1 once n2 does not answer).
+    let owns = |id: &str, k: &[u8]| block_owners(&IDS, "ckpt/run1", k, 2).contains(&id);
+    assert!(keys[..24].iter().any(|k| !owns("n3", k) && owns("n2", k)), "some blocks n3 lacks are n2's");
+    nodes[1].kill9();
+    let has = nodes[2].client().await.has("ckpt/run1", &keys).await.unwrap();
+    assert_eq!(lengths(&has), want, "through n3 with n2 down");
+    // As a member, n3 answers for itself.
+    let peer = Client::connect(&nodes[2].addrs.grpc).await.unwrap().as_peer("n1").unwrap();
+    let own = peer.has("ckpt/run1", &keys).await.unwrap();
+    for (k, p) in keys.iter().zip(&own) {
+        assert_eq!(p.is_some(), owns("n3", k) && k != &key(999), "n3's own copy of {k:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_put_needs_its_write_quorum_and_an_owners_kill_9_loses_no_read() {
     let mut nodes = start_cluster(2);

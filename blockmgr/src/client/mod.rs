@@ -385,6 +385,30 @@ impl Client {
             .collect()
     }
 
+    /// Whether each of `keys` is stored, with its length and fastest tier: on the node, or
+    /// on the key's owners in its cluster (see `Has` in kvtier.proto). Reads no block bytes.
+    pub async fn has(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<crate::Presence>>, ClientError> {
+        let req = v1::HasRequest {
+            namespace: namespace.into(),
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+        };
+        let r = self.rpc.clone().has(self.request(req)).await?.into_inner();
+        if r.presence.len() != keys.len() {
+            return Err(ClientError::Protocol(format!("{} answers for {} keys", r.presence.len(), keys.len())));
+        }
+        r.presence
+            .into_iter()
+            .map(|p| {
+                if !p.present {
+                    return Ok(None);
+                }
+                let tier =
+                    tier_from_wire(p.tier).ok_or_else(|| ClientError::Protocol(format!("unknown tier {}", p.tier)))?;
+                Ok(Some(crate::Presence { length: p.length, tier }))
+            })
+            .collect()
+    }
+
     /// Deletes keys; answers whether each was present.
     pub async fn delete(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<bool>, ClientError> {
         self.delete_by(namespace, keys, None).await

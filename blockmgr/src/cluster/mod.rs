@@ -379,6 +379,17 @@ impl Cluster {
             .unwrap_or_else(|_| Err(format!("{id}: no answer within {REPLICA_READ_TIMEOUT:?}")))
     }
 
+    /// Which of `keys` (of one namespace) member `id` holds itself, in order.
+    pub(crate) async fn has_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<Option<crate::Presence>>, String> {
+        let Some(ns) = keys.first().map(|k| k.namespace.as_str()) else { return Ok(Vec::new()) };
+        let wire: Vec<Vec<u8>> = keys.iter().map(|k| k.key.as_bytes().to_vec()).collect();
+        let answers = self.call(id, "has", |c| async move { c.has(ns, &wire).await }).await?;
+        if answers.len() != keys.len() {
+            return Err(format!("{id} answered {} of {} keys", answers.len(), keys.len()));
+        }
+        Ok(answers)
+    }
+
     /// Deletes `key` from member `id`: whether it had a copy.
     pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
         self.delete_on_by(id, key, None).await

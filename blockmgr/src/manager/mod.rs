@@ -20,6 +20,7 @@ mod handoff;
 mod movement;
 mod namespaces;
 mod open;
+mod presence;
 mod replicas;
 mod resync;
 mod stats;
@@ -30,6 +31,7 @@ mod writer;
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
+    presence::Presence,
     resync::ResyncReport,
     types::{Durability, GetOutcome, MissReason, NamespaceStats, PutOutcome, Stats, TierStats},
     writer::PutWriter,

@@ -318,6 +318,24 @@ impl BlockStore for BlockService {
         Ok(Response::new(v1::LookupResponse { prefix_len: tiers.len() as u32, tiers }))
     }
 
+    async fn has(&self, request: Request<v1::HasRequest>) -> Result<Response<v1::HasResponse>, Status> {
+        let started = self.begin("has");
+        let manager = self.serving(&request).await?;
+        let req = request.into_inner();
+        let keys = self.keys(&req.namespace, &req.keys)?;
+        let presence = manager
+            .has(&keys)
+            .await
+            .into_iter()
+            .map(|p| match p {
+                Some(p) => v1::Presence { present: true, length: p.length, tier: tier_to_wire(p.tier) as i32 },
+                None => v1::Presence::default(),
+            })
+            .collect();
+        self.end("has", started);
+        Ok(Response::new(v1::HasResponse { presence }))
+    }
+
     async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
         let started = self.begin("delete");
         let manager = self.serving(&request).await?;
