@@ -73,7 +73,7 @@ pub(crate) fn snapshot(metrics: &Metrics) -> Vec<NamespaceStats> {
                 let entry = by_name
                     .entry(name.clone())
                     .or_insert_with(|| NamespaceStats { namespace: name, ..Default::default() });
-                set(entry, m.get_counter().get_value() as u64);
+                set(entry, m.get_counter().value() as u64);
             }
         }
     };

@@ -65,7 +65,7 @@ impl Inner {
         }
         use prometheus::core::Collector;
         let sum = |c: &prometheus::IntCounterVec| -> u64 {
-            c.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+            c.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().value() as u64).sum()
         };
         let hits = sum(&m.hits);
         let misses = sum(&m.misses);
