@@ -14,6 +14,10 @@
 #                                   connectors/dynamo/tests/g4.rs: KVBM's G4 client as KVBM
 #                                   uses it, through each of ENDPOINTS (comma-separated),
 #                                   whose s3.max_object_size is MAX_OBJECT
+#   scripts/dynamo.sh native GRPC_ENDPOINTS SHM_SOCKETS
+#                                   connectors/dynamo/tests/native.rs: kvtier's native G4
+#                                   client through each member (comma-separated gRPC
+#                                   addresses, and the same members' shared-memory sockets)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 manifest="$root/connectors/dynamo/Cargo.toml"
@@ -77,8 +81,12 @@ g4)
     credentials "$3" "$4"
     KVTIER_S3_ENDPOINTS="$2" KVTIER_S3_MAX_OBJECT="$5" cargo test --locked --manifest-path "$manifest" --test g4
     ;;
+native)
+    install
+    KVTIER_GRPC_ENDPOINTS="$2" KVTIER_SHM_SOCKETS="$3" cargo test --locked --manifest-path "$manifest" --test native
+    ;;
 *)
-    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT" >&2
+    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT | native GRPC_ENDPOINTS SHM_SOCKETS" >&2
     exit 2
     ;;
 esac

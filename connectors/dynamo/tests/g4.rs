@@ -17,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use bytes::Bytes;
 use futures::future::join_all;
@@ -46,17 +48,6 @@ async fn client(endpoint: &str, bucket: &str, rank: Option<usize>) -> Arc<S3Obje
     Arc::new(client)
 }
 
-/// A sequence of KVBM blocks' hashes: positions 0.., each past the first naming its parent.
-fn chain(n: usize, seed: u64) -> Vec<SequenceHash> {
-    let mut hash = SequenceHash::root(seed);
-    let mut hashes = vec![hash];
-    for i in 1..n {
-        hash = hash.extend(seed.rotate_left(i as u32) ^ i as u64);
-        hashes.push(hash);
-    }
-    hashes
-}
-
 /// Block `i`'s bytes: 2 MiB, a KVBM block of a mid-sized model, distinct per block.
 fn block(i: usize) -> Bytes {
     (0..2usize << 20).map(|j| (j.wrapping_mul(31) ^ i.wrapping_mul(131)) as u8).collect()
@@ -66,7 +57,7 @@ fn block(i: usize) -> Bytes {
 async fn blocks_round_trip_byte_exact_through_every_member_under_kvbms_keys() {
     let members = endpoints();
     let writer = client(&members[0], "kvbm-g4", Some(3)).await;
-    let hashes = chain(24, 0x5eed_0001);
+    let hashes = common::chain(24, 0x5eed_0001);
     let puts = hashes.iter().enumerate().map(|(i, h)| {
         let (writer, key) = (writer.clone(), writer.key_formatter().format_key(h));
         assert!(key.starts_with("3/") && key.contains(':'), "a worker's key: {key}");
@@ -122,7 +113,7 @@ async fn holder(client: &S3ObjectBlockClient, hash: &SequenceHash) -> Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_races_through_every_member_have_one_winner_per_hash() {
     let clients = join_all(endpoints().iter().map(|m| client(m, "kvbm-locks", None))).await;
-    let hashes = chain(6, 0x10c4_0002);
+    let hashes = common::chain(6, 0x10c4_0002);
     // Fresh locks (If-None-Match: *): one winner each.
     for (hash, won) in race(&clients, &hashes, 12, "fresh", Duration::from_secs(300)).await {
         assert_eq!(won.len(), 1, "{hash}: {won:?}");
@@ -130,7 +121,7 @@ async fn lock_races_through_every_member_have_one_winner_per_hash() {
     }
     // Locks past their deadline (taken for a millisecond by one instance; the wall clock
     // decides), taken over (If-Match on the ETag read) by exactly one of the racers.
-    let expired = chain(6, 0x10c4_0003);
+    let expired = common::chain(6, 0x10c4_0003);
     let brief = S3LockManager::new(clients[0].clone(), "brief".into()).with_timeout(Duration::from_millis(1));
     for hash in &expired {
         assert!(brief.try_acquire_lock(*hash).await.unwrap());
@@ -188,39 +179,17 @@ async fn lock_puts_racing_deletes_leave_only_whole_locks() {
     eprintln!("{} attempts found their lock deleted under them", errors.load(Ordering::Relaxed));
 }
 
-/// What KVBM's offload does: blocks of a host-memory KV layout (2 layers, K and V, 16 tokens of
-/// 128 bf16 each) put by block id under their hashes, then got back into a layout of another
-/// shape in memory (layer-separate: each layer's K and V its own region), byte-exact. A KVBM
-/// layout is registered with NIXL even in host memory: this needs NIXL's runtime
-/// (`libnixl_capi.so` and its POSIX plugin, from the `nixl-cu12` wheel scripts/dynamo.sh installs).
+/// KVBM's offload and onboard through `put/get_blocks_with_layout`, written through one member
+/// and read through each (the body both G4 clients run: tests/common/mod.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_layouts_round_trip_through_put_and_get_blocks_with_layout() {
-    use kvbm_physical::{
-        testing::{TransferChecksums, create_fc_layout, create_lw_layout, create_test_agent_with_backends},
-        transfer::{FillPattern, StorageKind},
-    };
     let members = endpoints();
-    let writer = client(&members[0], "kvbm-layouts", Some(0)).await;
-    let reader = client(&members[members.len() - 1], "kvbm-layouts", Some(0)).await;
-    let agent = create_test_agent_with_backends("kvtier-g4", &["POSIX"]).expect("a NIXL agent (libnixl_capi.so)");
-    let (blocks, ids): (usize, Vec<usize>) = (8, vec![0, 3, 5, 7]);
-    let hashes = chain(ids.len(), 0x1a70_0004);
-    let source = create_fc_layout(agent.clone(), StorageKind::System, blocks);
-    let sums = TransferChecksums::fill_and_capture(&source, &ids, FillPattern::Sequential).expect("filled");
-    let put = writer.put_blocks_with_layout(hashes.clone(), source, ids.clone()).await;
-    assert!(put.iter().all(Result::is_ok), "puts: {put:?}");
-    // Other block ids on the way back: what the reader's free list hands out.
-    let target = create_lw_layout(agent, StorageKind::System, blocks);
-    let into: Vec<usize> = vec![1, 2, 4, 6];
-    let got = reader.get_blocks_with_layout(hashes.clone(), target.clone(), into.clone()).await;
-    assert!(got.iter().all(Result::is_ok), "gets: {got:?}");
-    sums.verify_against(&target, &into).expect("the blocks come back byte-exact");
-    // A hash never put: that block fails, alone.
-    let mut asked = hashes[..2].to_vec();
-    asked.push(SequenceHash::root(0x1a70_dead));
-    let got = reader.get_blocks_with_layout(asked.clone(), target, vec![1, 2, 4]).await;
-    let failed: Vec<SequenceHash> = got.iter().filter_map(|r| r.err()).collect();
-    assert_eq!(failed, vec![asked[2]], "{got:?}");
+    let writer: Arc<dyn ObjectBlockOps> = client(&members[0], "kvbm-layouts", Some(0)).await;
+    let mut readers: Vec<Arc<dyn ObjectBlockOps>> = Vec::new();
+    for member in &members {
+        readers.push(client(member, "kvbm-layouts", Some(0)).await);
+    }
+    common::kv_layouts_round_trip_through_every_member(writer, readers, 0x1a70_0004).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
