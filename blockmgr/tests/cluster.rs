@@ -194,6 +194,59 @@ fn stream(data: &bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> + Se
     futures::stream::iter(parts)
 }
 
+/// Conditional object puts over gRPC (`put_object_if`): of writers racing through every
+/// member, one creates a missing path (if absent) and one replaces the version they all read
+/// (if it is current); the others commit nothing, and the object is the winner's, whole. A
+/// condition naming a replaced version, or any version of a missing path, commits nothing.
+/// (KVBM's lock take-over over kvtier's own protocol rests on this.)
+#[tokio::test]
+async fn conditional_object_puts_racing_through_every_member_commit_once() {
+    use kvtier_blockmgr::objects::CommitIf;
+    let nodes = start_cluster(2);
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+    let body = |round: u8, i: usize| bytes::Bytes::from(vec![round.wrapping_mul(16) + i as u8; 1000 + i]);
+    let race = |round: u8, condition: CommitIf| {
+        let tries = (0..9).map(|i| {
+            let client = clients[i % clients.len()].clone();
+            async move {
+                let put = client.put_object_if(
+                    "ckpt/run1",
+                    "locks/a",
+                    stream(&body(round, i)),
+                    Durability::LocalDisk,
+                    condition,
+                );
+                (i, put.await.unwrap())
+            }
+        });
+        futures::future::join_all(tries)
+    };
+    let winners = |outcomes: Vec<(usize, Option<kvtier_blockmgr::ObjectInfo>)>| -> Vec<usize> {
+        outcomes.into_iter().filter_map(|(i, won)| won.map(|_| i)).collect()
+    };
+    let read =
+        |c: Client| async move { c.read_object("ckpt/run1", "locks/a", kvtier_blockmgr::ObjectRange::all()).await };
+
+    let current_of_missing = CommitIf::Current { generation: 1, crc32c: 0 };
+    assert!(winners(race(0, current_of_missing).await).is_empty(), "no version to match");
+    let created = winners(race(1, CommitIf::Absent).await);
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(read(clients[2].clone()).await.unwrap() == body(1, created[0]));
+
+    let info = clients[1].stat_object("ckpt/run1", "locks/a").await.unwrap().expect("the winner's");
+    let seen = CommitIf::Current { generation: info.generation, crc32c: info.crc32c };
+    let replaced = winners(race(2, seen).await);
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert!(read(clients[0].clone()).await.unwrap() == body(2, replaced[0]));
+    // Stale now, and the path exists: neither commits, the object stays whole.
+    assert!(winners(race(3, seen).await).is_empty());
+    assert!(winners(race(4, CommitIf::Absent).await).is_empty());
+    assert!(read(clients[1].clone()).await.unwrap() == body(2, replaced[0]));
+}
+
 #[tokio::test]
 async fn objects_written_on_one_node_are_read_listed_replaced_and_deleted_from_any_other() {
     use kvtier_blockmgr::ObjectRange;

@@ -58,7 +58,55 @@ impl Client {
             durability: durability_to_wire(durability) as i32,
             size,
             crc32c,
+            ..Default::default()
         };
+        self.send_object(open, data).await
+    }
+
+    /// [`Client::put_object`], committed only if `path`'s live version meets `condition`
+    /// (decided by the path's primary: of writers racing through any nodes, one at most
+    /// meets it); `None` if it did not, and nothing of this put stays. A lock, a
+    /// compare-and-swap of a small file.
+    pub async fn put_object_if(
+        &self,
+        namespace: &str,
+        path: &str,
+        data: impl Stream<Item = Bytes> + Send + 'static,
+        durability: Durability,
+        condition: crate::objects::CommitIf,
+    ) -> Result<Option<ObjectInfo>, ClientError> {
+        use crate::objects::CommitIf;
+        let (if_absent, if_generation, if_crc32c) = match condition {
+            CommitIf::Any => (false, None, 0),
+            CommitIf::Absent => (true, None, 0),
+            CommitIf::Current { generation, crc32c } => (false, Some(generation), crc32c),
+        };
+        let open = v1::PutObjectOpen {
+            namespace: namespace.into(),
+            path: path.into(),
+            durability: durability_to_wire(durability) as i32,
+            if_absent,
+            if_generation,
+            if_crc32c,
+            ..Default::default()
+        };
+        match self.send_object(open, data).await {
+            Ok(info) => Ok(Some(info)),
+            Err(ClientError::Status(s))
+                if s.code() == tonic::Code::FailedPrecondition && condition != CommitIf::Any =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a put that `open` begins: `data`, then the commit.
+    async fn send_object(
+        &self,
+        open: v1::PutObjectOpen,
+        data: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<ObjectInfo, ClientError> {
         let chunk = self.chunk;
         let pieces = data.flat_map(move |b| futures::stream::iter(crate::wire::pieces(b, chunk)));
         // `commit` follows the last piece: a call cancelled before it never commits.

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Manager,
     config::ServerConfig,
+    objects::CommitIf,
     wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
@@ -102,13 +103,33 @@ impl objects_server::Objects for ObjectService {
         // leave its chunks to the start-up sweep. (A handler dropped before `commit` drops
         // the writer, which deletes its chunks.)
         // A failed commit says whether it may have landed (see `Outcome`).
-        let info = tokio::spawn(writer.commit())
+        let condition = match (open.if_generation, open.if_absent) {
+            (Some(generation), _) => CommitIf::Current { generation, crc32c: open.if_crc32c },
+            (None, true) => CommitIf::Absent,
+            (None, false) => CommitIf::Any,
+        };
+        let info = tokio::spawn(writer.commit_if(condition))
             .await
             .map_err(|e| {
                 let status = Status::internal(format!("the commit of {}/{} failed: {e}", open.namespace, open.path));
                 Outcome::Unknown.mark(status)
             })?
-            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
+            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?
+            .ok_or_else(|| {
+                let why = match condition {
+                    CommitIf::Absent => "it has a version".to_string(),
+                    _ => format!(
+                        "its version is not generation {} of crc32c {:#010x}",
+                        open.if_generation.unwrap_or(0),
+                        open.if_crc32c
+                    ),
+                };
+                let status = Status::failed_precondition(format!(
+                    "{}/{}: not committed: {why} (the put's condition)",
+                    open.namespace, open.path
+                ));
+                Outcome::NotApplied.mark(status)
+            })?;
         Ok(Response::new(v1::ObjectInfo::from(&info)))
     }
 
