@@ -96,9 +96,9 @@ async fn kvbms_g4_client_runs_through_a_write_back_cluster_and_its_blocks_reach_
 }
 
 /// kvtier's native G4 client (connectors/dynamo, `KvtierObjectBlockClient`) through a
-/// three-member write-back cluster: the KV layout round trip KVBM's S3 client passes (the same
-/// test body), over shared memory and gRPC, ranks apart, bad input refused; then every
-/// node's share of the blocks reaches Blob.
+/// three-member write-back cluster: the KV layout round trip and the lock races KVBM's S3
+/// client and lock manager pass (the same test bodies), over shared memory and gRPC, ranks
+/// apart, bad input refused; then every node's share of the blocks reaches Blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_g4_client_runs_through_a_write_back_cluster_over_shared_memory_and_grpc() {
     let backend = Backend::azurite();
@@ -114,7 +114,7 @@ async fn the_native_g4_client_runs_through_a_write_back_cluster_over_shared_memo
     let shm: Vec<String> = nodes.iter().map(|n| n.addrs.shm.clone().expect("a shared-memory socket")).collect();
     let all: Vec<&Node> = nodes.iter().collect();
     let stdout = dynamo_sh(&["native", &grpc.join(","), &shm.join(",")], &all);
-    assert!(stdout.contains("test result: ok. 4 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 6 passed"), "{stdout}");
 
     // The blocks went through the shared memory of the members it was given for, and each
     // member holds its share; write-back: all of it reaches Blob.

@@ -8,14 +8,7 @@
 //! Run by scripts/dynamo.sh (`g4`) with `KVTIER_S3_ENDPOINTS` (comma-separated members),
 //! `KVTIER_S3_MAX_OBJECT` (the endpoints' `s3.max_object_size`) and AWS_* credentials.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc};
 
 mod common;
 
@@ -25,7 +18,7 @@ use futures::future::join_all;
 use kvbm_engine::{
     SequenceHash,
     object::{
-        LockFileContent, ObjectBlockOps, ObjectLockManager, RankPrefixedKeyFormatter,
+        LockFileContent, ObjectBlockOps, RankPrefixedKeyFormatter,
         s3::{S3Config, S3LockManager, S3ObjectBlockClient},
     },
 };
@@ -82,27 +75,6 @@ async fn blocks_round_trip_byte_exact_through_every_member_under_kvbms_keys() {
     }
 }
 
-/// Every one of `racers` instances (spread over `clients`, locks held for `timeout`) tries
-/// each hash's lock at once; who won each.
-async fn race(
-    clients: &[Arc<S3ObjectBlockClient>],
-    hashes: &[SequenceHash],
-    racers: usize,
-    round: &str,
-    timeout: Duration,
-) -> Vec<(SequenceHash, Vec<String>)> {
-    let tries = hashes.iter().flat_map(|h| (0..racers).map(move |r| (*h, r))).map(|(hash, r)| {
-        let id = format!("{round}-{r}");
-        let manager = S3LockManager::new(clients[r % clients.len()].clone(), id.clone()).with_timeout(timeout);
-        async move { (hash, id, manager.try_acquire_lock(hash).await.expect("a lock attempt")) }
-    });
-    let outcomes = join_all(tries).await;
-    hashes
-        .iter()
-        .map(|h| (*h, outcomes.iter().filter(|(o, _, won)| o == h && *won).map(|(_, id, _)| id.clone()).collect()))
-        .collect()
-}
-
 /// The instance holding `hash`'s lock, as the lock object says.
 async fn holder(client: &S3ObjectBlockClient, hash: &SequenceHash) -> Option<String> {
     let bytes = client.get_object(&format!("{hash}.lock")).await.expect("reading a lock")?;
@@ -110,73 +82,41 @@ async fn holder(client: &S3ObjectBlockClient, hash: &SequenceHash) -> Option<Str
     Some(lock.instance_id)
 }
 
+/// `S3LockManager`s over `clients` (racer `r` through member `r`), and who holds a lock.
+fn s3_locks(clients: Vec<Arc<S3ObjectBlockClient>>) -> (common::Locks, common::Holder) {
+    let reader = clients[clients.len() - 1].clone();
+    let locks: common::Locks = Arc::new(move |r, id, timeout| {
+        Arc::new(S3LockManager::new(clients[r % clients.len()].clone(), id).with_timeout(timeout))
+    });
+    let holder: common::Holder = Arc::new(move |hash| {
+        let reader = reader.clone();
+        Box::pin(async move { holder(&reader, &hash).await })
+    });
+    (locks, holder)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_races_through_every_member_have_one_winner_per_hash() {
     let clients = join_all(endpoints().iter().map(|m| client(m, "kvbm-locks", None))).await;
-    let hashes = common::chain(6, 0x10c4_0002);
-    // Fresh locks (If-None-Match: *): one winner each.
-    for (hash, won) in race(&clients, &hashes, 12, "fresh", Duration::from_secs(300)).await {
-        assert_eq!(won.len(), 1, "{hash}: {won:?}");
-        assert_eq!(holder(&clients[1 % clients.len()], &hash).await, Some(won[0].clone()));
-    }
-    // Locks past their deadline (taken for a millisecond by one instance; the wall clock
-    // decides), taken over (If-Match on the ETag read) by exactly one of the racers.
-    let expired = common::chain(6, 0x10c4_0003);
-    let brief = S3LockManager::new(clients[0].clone(), "brief".into()).with_timeout(Duration::from_millis(1));
-    for hash in &expired {
-        assert!(brief.try_acquire_lock(*hash).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    for (hash, won) in race(&clients, &expired, 12, "takeover", Duration::from_secs(300)).await {
-        assert_eq!(won.len(), 1, "{hash}: {won:?}");
-        assert_eq!(holder(&clients[2 % clients.len()], &hash).await, Some(won[0].clone()));
-    }
-    // A held lock: nobody else wins it; released, it is free again; the meta marks it done.
-    for (hash, won) in race(&clients, &hashes, 4, "late", Duration::from_secs(300)).await {
-        assert!(won.is_empty(), "{hash}: {won:?} took a held lock");
-    }
-    let first = S3LockManager::new(clients[0].clone(), "finisher".into());
-    for hash in &hashes {
-        let owner = holder(&clients[0], hash).await.expect("held");
-        let manager = S3LockManager::new(clients[0].clone(), owner);
-        manager.create_meta(*hash).await.unwrap();
-        manager.release_lock(*hash).await.unwrap();
-        assert!(first.has_meta(*hash).await.unwrap());
-        assert!(first.try_acquire_lock(*hash).await.unwrap(), "a released lock is free");
-    }
+    let (locks, holder) = s3_locks(clients);
+    common::lock_races_have_one_winner_per_hash(locks, holder, 0x10c4_0002).await;
 }
 
-/// Lock puts racing deletes: holders take and release (DELETE) one lock again and again while
-/// others take it over; each attempt wins, loses, or fails naming why (an If-Match on a lock
-/// deleted meanwhile: S3's 404), and the lock object is only ever a whole lock of one racer.
+/// Lock puts racing deletes (the body both clients run): an If-Match on a lock deleted
+/// meanwhile fails with S3's 404, the one error allowed here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_puts_racing_deletes_leave_only_whole_locks() {
     let clients = join_all(endpoints().iter().map(|m| client(m, "kvbm-lock-churn", None))).await;
-    let hash = SequenceHash::root(0xc4u64 << 40);
-    let errors = Arc::new(AtomicUsize::new(0));
-    let racers = (0..8).map(|r| {
-        let (client, errors) = (clients[r % clients.len()].clone(), errors.clone());
-        async move {
-            // Deadlines already past: every lock found is taken over with If-Match.
-            let manager = S3LockManager::new(client, format!("churn-{r}")).with_timeout(Duration::ZERO);
-            for _ in 0..15 {
-                match manager.try_acquire_lock(hash).await {
-                    Ok(true) => manager.release_lock(hash).await.expect("a release"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        assert!(e.contains("NoSuchKey") || e.contains("does not exist"), "an unclear error: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    });
-    join_all(racers).await;
-    if let Some(owner) = holder(&clients[0], &hash).await {
-        assert!(owner.starts_with("churn-"), "{owner}");
-    }
-    eprintln!("{} attempts found their lock deleted under them", errors.load(Ordering::Relaxed));
+    let (locks, holder) = s3_locks(clients);
+    let deleted_meanwhile = |e: &str| e.contains("NoSuchKey") || e.contains("does not exist");
+    let failed = common::lock_puts_racing_deletes_leave_only_whole_locks(
+        locks,
+        holder,
+        SequenceHash::root(0xc4u64 << 40),
+        deleted_meanwhile,
+    )
+    .await;
+    eprintln!("{failed} attempts found their lock deleted under them");
 }
 
 /// KVBM's offload and onboard through `put/get_blocks_with_layout`, written through one member

@@ -14,7 +14,7 @@ use kvbm_engine::{
     LogicalLayoutHandle, SequenceHash,
     object::{KeyFormatter, ObjectBlockOps, RankPrefixedKeyFormatter},
 };
-use kvtier_dynamo::{Durability, KvtierConfig, KvtierObjectBlockClient};
+use kvtier_dynamo::{Durability, KvtierConfig, KvtierLockManager, KvtierObjectBlockClient};
 
 const NAMESPACE: &str = "kv/kvbm";
 
@@ -58,6 +58,50 @@ async fn kv_layouts_round_trip_over_grpc_alone() {
         readers.push(native(i, false, 1).await);
     }
     common::kv_layouts_round_trip_through_every_member(writer, readers, 0x4a71_0002).await;
+}
+
+/// `KvtierLockManager`s through every member (racer `r` through member `r`), in `namespace`,
+/// and who holds a lock (its object read through the last member).
+async fn native_locks(namespace: &'static str) -> (common::Locks, common::Holder) {
+    let mut clients = Vec::new();
+    for server in list("KVTIER_GRPC_ENDPOINTS") {
+        clients.push(kvtier_blockmgr::Client::connect(&server).await.expect("a member"));
+    }
+    let reader = clients[clients.len() - 1].clone();
+    let locks: common::Locks = Arc::new(move |r, id, timeout| {
+        Arc::new(KvtierLockManager::new(clients[r % clients.len()].clone(), namespace, id).with_timeout(timeout))
+    });
+    let holder: common::Holder = Arc::new(move |hash| {
+        let reader = reader.clone();
+        Box::pin(async move {
+            let path = format!("{hash}.lock");
+            let bytes = match reader.read_object(namespace, &path, kvtier_blockmgr::ObjectRange::all()).await {
+                Ok(bytes) => bytes,
+                Err(kvtier_blockmgr::ClientError::Status(s)) if s.code() == tonic::Code::NotFound => return None,
+                Err(e) => panic!("reading a lock: {e}"),
+            };
+            let lock: kvbm_engine::object::LockFileContent = serde_json::from_slice(&bytes).expect("a whole lock file");
+            Some(lock.instance_id)
+        })
+    });
+    (locks, holder)
+}
+
+/// The lock races KVBM's S3 lock manager passes (the same body), over kvtier's conditional
+/// object commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_races_through_every_member_have_one_winner_per_hash() {
+    let (locks, holder) = native_locks("kv/kvbm-locks").await;
+    common::lock_races_have_one_winner_per_hash(locks, holder, 0x4a71_0005).await;
+}
+
+/// Lock puts racing deletes (the same body): a lock released between the read and the
+/// take-over is taken again if absent, so no attempt fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_puts_racing_deletes_leave_only_whole_locks() {
+    let (locks, holder) = native_locks("kv/kvbm-lock-churn").await;
+    let none = |_: &str| false;
+    common::lock_puts_racing_deletes_leave_only_whole_locks(locks, holder, SequenceHash::root(0x4a71_0006), none).await;
 }
 
 /// A worker's keys carry its rank, as with KVBM's S3 client: another rank's client does not
