@@ -14,6 +14,9 @@
 #                                   connectors/dynamo/tests/g4.rs: KVBM's G4 client as KVBM
 #                                   uses it, through each of ENDPOINTS (comma-separated),
 #                                   whose s3.max_object_size is MAX_OBJECT
+#   scripts/dynamo.sh bench ACCESS_KEY SECRET_KEY ARGS...
+#                                   connectors/dynamo/examples/g4_bench.rs with ARGS (what
+#                                   `kvtier-bench dynamo` runs; it starts the servers)
 #   scripts/dynamo.sh native GRPC_ENDPOINTS SHM_SOCKETS
 #                                   connectors/dynamo/tests/native.rs: kvtier's native G4
 #                                   client through each member (comma-separated gRPC
@@ -62,6 +65,7 @@ install() {
     nixl
     cargo test --locked --manifest-path "$manifest" -p kvbm-engine --no-run >&2
     cargo test --locked --manifest-path "$manifest" --tests --no-run >&2
+    cargo build --locked --manifest-path "$manifest" --examples >&2
 }
 
 # Credentials as the AWS default chain reads them (what KVBM's client uses).
@@ -81,12 +85,18 @@ g4)
     credentials "$3" "$4"
     KVTIER_S3_ENDPOINTS="$2" KVTIER_S3_MAX_OBJECT="$5" cargo test --locked --manifest-path "$manifest" --test g4
     ;;
+bench)
+    install
+    credentials "$2" "$3"
+    shift 3
+    cargo run --locked --quiet --manifest-path "$manifest" --example g4_bench -- "$@"
+    ;;
 native)
     install
     KVTIER_GRPC_ENDPOINTS="$2" KVTIER_SHM_SOCKETS="$3" cargo test --locked --manifest-path "$manifest" --test native
     ;;
 *)
-    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT | native GRPC_ENDPOINTS SHM_SOCKETS" >&2
+    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT | native GRPC_ENDPOINTS SHM_SOCKETS | bench ACCESS_KEY SECRET_KEY ARGS..." >&2
     exit 2
     ;;
 esac

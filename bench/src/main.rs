@@ -5,6 +5,7 @@
 mod blob;
 mod chaos;
 mod checkpoint;
+mod dynamo;
 mod lmcache;
 mod report;
 mod s3;
@@ -137,6 +138,19 @@ enum Command {
         #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// NVIDIA Dynamo KVBM's G4 tier: KV blocks through KVBM's S3 client to kvtier and kvtier's
+    /// native client, vs KVBM's S3 client to a plain S3 server (moto): put, get, p99.
+    Dynamo {
+        /// Block sizes in KiB (KVBM's blocks of a mid-sized and a large model).
+        #[arg(long, value_delimiter = ',', default_values_t = [2048, 16384])]
+        sizes_kib: Vec<usize>,
+        /// MiB each client stores and loads per block size.
+        #[arg(long, default_value_t = 512)]
+        mib: usize,
+        /// Blocks per call (KVBM's offload engine batches).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
     /// Checkpoint files written through a cluster (nodes in network namespaces, etcd,
     /// Azurite) by `kvtier cp`, the Python `kvtier://` filesystem and S3 while faults run one
     /// at a time; then every acknowledged file is checked on every node, on a wiped node
@@ -265,6 +279,11 @@ async fn main() -> Result<()> {
         Command::S3 { size_kib, count, clients, python } => {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
+        }
+        Command::Dynamo { sizes_kib, mib, batch } => {
+            let (sizes_kib, mib) = if cli.quick { (vec![2048], 32) } else { (sizes_kib, mib) };
+            let args = dynamo::Args { sizes: sizes_kib.iter().map(|k| k << 10).collect(), bytes: mib << 20, batch };
+            dynamo::run(&args, scratch.path(), &mut out).await
         }
         Command::Chaos {
             nodes,

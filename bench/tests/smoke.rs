@@ -112,3 +112,19 @@ fn s3_bench_prints_ratios_to_azurite() {
         .collect();
     check(&results, &names.iter().map(String::as_str).collect::<Vec<_>>());
 }
+
+/// KVBM's G4 clients (connectors/dynamo, built by scripts/dynamo.sh) against kvtier and moto:
+/// the native client and KVBM's S3 client to kvtier, each against KVBM's S3 client to moto.
+#[test]
+fn dynamo_bench_prints_ratios_against_kvbms_s3_client_on_moto() {
+    let results = run(&["dynamo", "--quick", "--json"]);
+    let mut expected = Vec::new();
+    for client in ["native", "s3"] {
+        for op in ["put", "get"] {
+            expected.push(format!("dynamo_{client}_{op}_2MiB"));
+            expected.push(format!("dynamo_{client}_{op}_p99_2MiB"));
+        }
+    }
+    check(&results, &expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r["baseline_name"] == "KVBM's S3 client -> moto"), "{results:?}");
+}
