@@ -13,10 +13,10 @@
 use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use kvtier_blockmgr::{ByteSize, config::S3Key, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, server::RunningServer};
 use kvtier_tiers::conformance::S3Server;
 
-use crate::report::{Reporter, Result as Measured, size_name};
+use crate::report::{Reporter, Result as Measured, s3_node_config, size_name};
 
 const KEY: (&str, &str) = ("AKIDG4BENCH", "g4-bench-secret");
 const BASELINE: &str = "KVBM's S3 client -> moto";
@@ -37,17 +37,9 @@ type Figures = (f64, f64, f64);
 
 /// A node of this process: S3 (MD5 ETags, local-disk puts) and its shared-memory socket.
 async fn start_node(dir: &std::path::Path, bytes: usize) -> Result<RunningServer> {
-    let mut config = kvtier_blockmgr::Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.s3.listen = "127.0.0.1:0".into();
-    config.s3.durability = "local_disk".into();
-    config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
     // Every client's blocks of every size fit, in memory and on SSD.
-    config.cpu.capacity = ByteSize((bytes as u64 * 8).max(1 << 30));
-    config.ssd.capacity = config.cpu.capacity;
+    let mut config = s3_node_config(dir, KEY, (bytes as u64 * 8).max(1 << 30));
+    config.s3.durability = "local_disk".into();
     config.shm.session_limit = ByteSize(256 << 20);
     RunningServer::start(config).await.context("starting the node")
 }

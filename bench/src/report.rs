@@ -137,3 +137,20 @@ pub(crate) fn memory_node_config(dir: &std::path::Path, size: usize, blocks: usi
     config.cpu.capacity = ByteSize((blocks * size) as u64 + 4 * region);
     config
 }
+
+/// A node serving S3 from `dir` (ports chosen by the OS, nothing persisted at shutdown), every
+/// bucket open to the access key `key`; memory and SSD of `capacity` bytes each.
+pub(crate) fn s3_node_config(dir: &std::path::Path, key: (&str, &str), capacity: u64) -> kvtier_blockmgr::Config {
+    use kvtier_blockmgr::{ByteSize, config::S3Key};
+    let mut config = kvtier_blockmgr::Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.metrics_listen = String::new();
+    config.server.persist_on_shutdown = false;
+    config.s3.listen = "127.0.0.1:0".into();
+    config.s3.keys = vec![S3Key { access_key: key.0.into(), secret_key: key.1.into(), buckets: vec!["*".into()] }];
+    config.cpu.capacity = ByteSize(capacity);
+    // Not the default 8 GiB preallocated.
+    config.ssd.capacity = ByteSize(capacity);
+    config
+}

@@ -21,11 +21,11 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use kvtier_blockmgr::{ByteSize, config::S3Key, server::RunningServer};
+use kvtier_blockmgr::server::RunningServer;
 use kvtier_tiers::conformance::{AZURITE_KEY, Azurite, pattern};
 use object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path};
 
-use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};
+use crate::report::{Reporter, Result as Measured, bar, mib_per_s, s3_node_config, size_name};
 
 /// Requests in flight.
 const IN_FLIGHT: usize = 8;
@@ -163,17 +163,9 @@ fn s3_client(endpoint: &str) -> Result<Arc<dyn ObjectStore>> {
 
 /// A node of this process serving S3 from `dir`, with MD5 ETags or not.
 async fn start_node(args: &Args, dir: &std::path::Path, md5_etags: bool) -> Result<RunningServer> {
-    let mut config = kvtier_blockmgr::Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.server.listen = "127.0.0.1:0".into();
-    config.server.metrics_listen = String::new();
-    config.server.persist_on_shutdown = false;
-    config.s3.listen = "127.0.0.1:0".into();
+    // Twice what the run writes.
+    let mut config = s3_node_config(dir, KEY, ((args.count * args.size) as u64 * 2).max(1 << 30));
     config.s3.md5_etags = md5_etags;
-    config.s3.keys = vec![S3Key { access_key: KEY.0.into(), secret_key: KEY.1.into(), buckets: vec!["*".into()] }];
-    config.cpu.capacity = ByteSize(((args.count * args.size) as u64 * 2).max(1 << 30));
-    // Twice what the run writes, not the default 8 GiB preallocated.
-    config.ssd.capacity = config.cpu.capacity;
     let node = RunningServer::start(config.clone()).await.context("starting the node")?;
     kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
     Ok(node)
