@@ -106,3 +106,49 @@ async fn a_delete_that_cannot_hear_an_owner_holding_the_object_fails_rather_than
     assert!(got.unwrap() == object);
     delete_until_done_then_gone_everywhere(&nodes, &path).await;
 }
+
+/// A delete's marker a member hands to an owner that lacks it (what a handoff or a resync
+/// push does for an owner that was away) is kept there, and with the primary killed the
+/// object stays deleted through every node. The handle a node serves members' requests with
+/// has no cluster (it must not forward them), and the copy was judged by it as on a node
+/// alone: settled at once and past its time, dropped on arrival; the owner then knew the
+/// version before it as current, and a deleted file came back (the 1000-fault run at
+/// 00e44dc, round 5: one file on every node, its marker on none; thousands of "dropping a
+/// delete marker past its time" minutes after the deletes, 24 hours before their time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletes_marker_handed_to_an_owner_that_lacked_it_is_kept_and_the_object_stays_deleted() {
+    use sha2::Digest;
+    let mut nodes = start_cluster(2);
+    let (path, second) = path_with_primary("n1");
+    let object = data(3, 40_000);
+    let client = nodes[0].client().await;
+    client.put_object(NS, &path, pieces(&object), Durability::LocalDisk, None, None).await.unwrap();
+    assert!(client.delete_object(NS, &path).await.unwrap());
+    let marker = common::manifest_on(&nodes[0], NS, &path).await.expect("the primary's marker");
+    assert_eq!(marker["deleted"], true);
+    let generation = marker["generation"].as_u64().unwrap().to_be_bytes();
+    let key = [b"m/".as_slice(), &sha2::Sha256::digest(path.as_bytes())[..24], &generation].concat();
+
+    // The second owner without the marker (as one that was away when it was committed), then
+    // handed it by a member, as a handoff does.
+    let as_member = |node: &Node| {
+        let addr = node.addrs.grpc.clone();
+        async move { kvtier_blockmgr::Client::connect(&addr).await.unwrap().as_peer("n1").unwrap() }
+    };
+    let block = match as_member(&nodes[0]).await.get(NS, std::slice::from_ref(&key)).await.unwrap().pop() {
+        Some(kvtier_blockmgr::GetItem::Hit { data, .. }) => data,
+        other => panic!("the primary's marker block: {other:?}"),
+    };
+    let owner = as_member(&nodes[second]).await;
+    assert!(owner.delete(NS, std::slice::from_ref(&key)).await.unwrap()[0]);
+    let items = [kvtier_blockmgr::PutItem::new(key.clone(), block)];
+    assert!(owner.put(NS, &items, Durability::LocalDisk).await.unwrap()[0].result.is_ok());
+
+    let kept = common::manifest_on(&nodes[second], NS, &path).await.expect("the second owner keeps a version");
+    assert_eq!(kept["deleted"], true, "the second owner's own catalog: {kept}");
+    nodes[0].kill9();
+    for node in &nodes[1..] {
+        let got = node.client().await.stat_object(NS, &path).await;
+        assert!(matches!(got, Ok(None)), "through {}: {got:?}", node.addrs.grpc);
+    }
+}

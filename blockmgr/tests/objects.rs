@@ -117,8 +117,7 @@ async fn only_the_commit_message_commits_an_upload() {
         namespace: NS.into(),
         path: "weights.bin".into(),
         durability: v1::Durability::LocalDisk as i32,
-        size: None,
-        crc32c: None,
+        ..Default::default()
     };
     let msgs = vec![Msg::Open(open), Msg::Data(data(2, 1 << 20)), Msg::Data(data(3, 1 << 20))];
     let requests = futures::stream::iter(msgs).map(|m| v1::PutObjectRequest { msg: Some(m) });

@@ -45,7 +45,7 @@ impl Manager {
                 });
             }
         }
-        let Some(cluster) = &self.cluster else { return (here, Vec::new()) };
+        let Some(cluster) = self.cluster() else { return (here, Vec::new()) };
         let local = cluster.local_id();
         let others: Vec<&String> = members.iter().filter(|id| *id != local).collect();
         let (mut any, mut failures) = (here, Vec::new());

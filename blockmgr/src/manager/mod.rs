@@ -123,6 +123,9 @@ pub struct Manager {
     pub(crate) catalog: Arc<crate::objects::Catalog>,
     /// The other nodes, when there are any (see replicas.rs).
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// A handle serving a member's request ([`Manager::here_only`]): it acts on this node
+    /// alone, but judges as a member (see [`Manager::membership`]).
+    here_only: bool,
 }
 
 impl fmt::Debug for Manager {

@@ -172,6 +172,7 @@ impl Manager {
             inner,
             catalog: Arc::new(crate::objects::Catalog::new(config.cluster.delete_marker_ttl)),
             cluster,
+            here_only: false,
         };
         manager.rebuild_catalog().await;
         if let Some(loaded) = blob_loaded_late {

@@ -134,7 +134,7 @@ impl Inner {
 
 impl Manager {
     pub(crate) fn plan(&self, key: &BlockKey) -> Option<(&Arc<Cluster>, Plan)> {
-        let cluster = self.cluster.as_ref()?;
+        let cluster = self.cluster()?;
         Some((cluster, self.inner.plan_in(cluster, key)))
     }
 
@@ -180,7 +180,7 @@ impl Manager {
     /// pulled when the member list changed, which was evictable and so could be lost with
     /// the only copies that knew a delete.
     pub(crate) fn keep_owned_manifest(&self, key: &BlockKey) {
-        let owner = self.plan(key).is_some_and(|(cluster, plan)| plan.owns(cluster.local_id()));
+        let owner = self.membership().is_some_and(|c| self.inner.plan_in(c, key).owns(c.local_id()));
         let copy = self.inner.index.get(key);
         if owner && copy.is_some_and(|e| !e.durable && !e.tiers.has(TierKind::Blob)) {
             self.inner.keep_in_own_segments(key);
@@ -238,6 +238,7 @@ impl Manager {
             inner: Arc::downgrade(&self.inner),
             catalog: Arc::downgrade(&self.catalog),
             cluster: self.cluster.clone(),
+            here_only: self.here_only,
         }
     }
 }
@@ -247,12 +248,18 @@ pub(crate) struct WeakManager {
     inner: std::sync::Weak<Inner>,
     catalog: std::sync::Weak<crate::objects::Catalog>,
     cluster: Option<Arc<Cluster>>,
+    here_only: bool,
 }
 
 impl WeakManager {
     /// The manager, unless it was dropped.
     pub(crate) fn upgrade(&self) -> Option<Manager> {
-        Some(Manager { inner: self.inner.upgrade()?, catalog: self.catalog.upgrade()?, cluster: self.cluster.clone() })
+        Some(Manager {
+            inner: self.inner.upgrade()?,
+            catalog: self.catalog.upgrade()?,
+            cluster: self.cluster.clone(),
+            here_only: self.here_only,
+        })
     }
 }
 
@@ -434,7 +441,7 @@ impl Manager {
     /// Keeps a copy of `block` read from another node: an owner's own (a repair), or a read
     /// replica when `popular`; otherwise nothing.
     async fn keep_read(&self, plan: &Plan, block: &Block, popular: bool) {
-        let owner = self.cluster.as_ref().is_some_and(|c| plan.owns(c.local_id()));
+        let owner = self.cluster().is_some_and(|c| plan.owns(c.local_id()));
         let durability = match (owner, popular) {
             (true, _) => self.inner.owner_copy(false),
             (false, true) => Durability::Cache,
@@ -488,13 +495,24 @@ impl Manager {
         route == ReadRoute::Here { keep: true } && cluster.reads.kept(key, reader)
     }
 
-    /// The other nodes, with a cluster.
+    /// The other nodes, with a cluster, for acting on them (placing, copying, forwarding):
+    /// none for a [`Manager::here_only`] handle.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref().filter(|_| !self.here_only)
+    }
+
+    /// The cluster this node is a member of, for judging as a member does (whether a
+    /// version is settled, whether a delete marker is still needed, whether this node owns a
+    /// key), also on a [`Manager::here_only`] handle: one serving a member's request judged
+    /// as a node alone dropped the delete markers members handed it at once (they were
+    /// "settled" and past their time) and kept no handed-off manifest in its own segments.
+    pub(crate) fn membership(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
     }
 
-    /// This manager without its cluster: what a peer's request is served by.
+    /// This manager acting on this node alone: what a member's request is served by (a copy
+    /// is never forwarded again).
     pub fn here_only(&self) -> Manager {
-        Manager { cluster: None, ..self.clone() }
+        Manager { here_only: true, ..self.clone() }
     }
 }

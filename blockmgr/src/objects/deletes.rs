@@ -95,7 +95,7 @@ impl Manager {
 
     /// How long until `info` is [settled](Manager::settled); `None` if it is.
     pub(crate) fn settles_in(&self, info: &ObjectInfo) -> Option<std::time::Duration> {
-        let cluster = self.cluster()?;
+        let cluster = self.membership()?;
         let settles_at = info.generation.saturating_add((4 * cluster.peer_timeout()).as_millis() as u64);
         let now = unix_ms(SystemTime::now());
         (settles_at >= now).then(|| std::time::Duration::from_millis(settles_at - now + 1))
@@ -104,7 +104,7 @@ impl Manager {
     /// Whether `info` (of `ns`) is a delete marker past its time (`cluster.delete_marker_ttl`;
     /// a node alone needs none once it is settled) whose export is done.
     pub(crate) fn marker_expired(&self, ns: &Namespace, info: &ObjectInfo) -> bool {
-        let past_ttl = self.cluster().is_none()
+        let past_ttl = self.membership().is_none()
             || info.generation.saturating_add(self.catalog.marker_ttl.as_millis() as u64) < unix_ms(SystemTime::now());
         info.deleted
             && self.settled(info)

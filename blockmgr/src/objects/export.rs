@@ -85,7 +85,7 @@ impl Manager {
         if info.deleted {
             // A delete marker: the object's file goes. A node alone needs the marker no more.
             exports.blobs.delete(&name).await.map_err(blob)?;
-            if self.cluster().is_none() {
+            if self.membership().is_none() {
                 exports.forget(key);
                 self.drop_marker(&ns, &info).await;
                 return Ok(Exported::Done);
