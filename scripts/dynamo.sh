@@ -17,10 +17,11 @@
 #   scripts/dynamo.sh bench ACCESS_KEY SECRET_KEY ARGS...
 #                                   connectors/dynamo/examples/g4_bench.rs with ARGS (what
 #                                   `kvtier-bench dynamo` runs; it starts the servers)
-#   scripts/dynamo.sh native GRPC_ENDPOINTS SHM_SOCKETS
+#   scripts/dynamo.sh native GRPC_ENDPOINTS SHM_SOCKETS MAX_BLOCK
 #                                   connectors/dynamo/tests/native.rs: kvtier's native G4
 #                                   client through each member (comma-separated gRPC
-#                                   addresses, and the same members' shared-memory sockets)
+#                                   addresses, the same members' shared-memory sockets, and
+#                                   their max_block_size in bytes)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 manifest="$root/connectors/dynamo/Cargo.toml"
@@ -93,10 +94,10 @@ bench)
     ;;
 native)
     install
-    KVTIER_GRPC_ENDPOINTS="$2" KVTIER_SHM_SOCKETS="$3" cargo test --locked --manifest-path "$manifest" --test native
+    KVTIER_GRPC_ENDPOINTS="$2" KVTIER_SHM_SOCKETS="$3" KVTIER_MAX_BLOCK_SIZE="$4" cargo test --locked --manifest-path "$manifest" --test native
     ;;
 *)
-    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT | native GRPC_ENDPOINTS SHM_SOCKETS | bench ACCESS_KEY SECRET_KEY ARGS..." >&2
+    echo "usage: $0 install | test ENDPOINT ACCESS_KEY SECRET_KEY | g4 ENDPOINTS ACCESS_KEY SECRET_KEY MAX_OBJECT | native GRPC_ENDPOINTS SHM_SOCKETS MAX_BLOCK | bench ACCESS_KEY SECRET_KEY ARGS..." >&2
     exit 2
     ;;
 esac

@@ -113,7 +113,8 @@ async fn the_native_g4_client_runs_through_a_write_back_cluster_over_shared_memo
     let grpc: Vec<String> = nodes.iter().map(|n| n.addrs.grpc.clone()).collect();
     let shm: Vec<String> = nodes.iter().map(|n| n.addrs.shm.clone().expect("a shared-memory socket")).collect();
     let all: Vec<&Node> = nodes.iter().collect();
-    let stdout = dynamo_sh(&["native", &grpc.join(","), &shm.join(",")], &all);
+    // (small_config's max_block_size.)
+    let stdout = dynamo_sh(&["native", &grpc.join(","), &shm.join(","), &(1u64 << 20).to_string()], &all);
     assert!(stdout.contains("test result: ok. 6 passed"), "{stdout}");
 
     // The blocks went through the shared memory of the members it was given for, and each

@@ -4,7 +4,8 @@
 //! gRPC otherwise; ranks kept apart by their key prefixes; bad input refused clearly.
 //!
 //! Run by scripts/dynamo.sh (`native`) with `KVTIER_GRPC_ENDPOINTS` (comma-separated
-//! members) and `KVTIER_SHM_SOCKETS` (the same members' shared-memory sockets).
+//! members), `KVTIER_SHM_SOCKETS` (the same members' shared-memory sockets) and
+//! `KVTIER_MAX_BLOCK_SIZE` (their `max_block_size`).
 
 mod common;
 
@@ -124,11 +125,12 @@ async fn ranks_are_kept_apart_by_their_key_prefixes() {
 }
 
 /// What a G4 client can get wrong is refused clearly, storing nothing: a namespace kvtier
-/// refuses, a logical layout handle (a worker resolves it first), a node that is not there.
+/// refuses, blocks over the node's `max_block_size`, a logical layout handle (a worker
+/// resolves it first), a node that is not there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_clearly_and_stores_nothing() {
     use kvbm_physical::{
-        testing::{create_fc_layout, create_test_agent_with_backends},
+        testing::{create_fc_layout, create_fc_layout_with_config, create_test_agent_with_backends, custom_config},
         transfer::StorageKind,
     };
     let server = list("KVTIER_GRPC_ENDPOINTS")[0].clone();
@@ -144,6 +146,17 @@ async fn bad_input_is_refused_clearly_and_stores_nothing() {
     let put = grpc_only.put_blocks_with_layout(hashes.clone(), layout, vec![0, 1]).await;
     assert!(put.iter().all(Result::is_err), "{put:?}");
     assert!(native(0, false, 0).await.has_blocks(hashes.clone()).await.iter().all(|(_, s)| s.is_none()));
+    // Blocks larger than the members' max_block_size: each refused, none stored (over shared
+    // memory first, then gRPC, which names the limit in the client's log).
+    let limit: usize = std::env::var("KVTIER_MAX_BLOCK_SIZE").expect("KVTIER_MAX_BLOCK_SIZE").parse().unwrap();
+    let agent = create_test_agent_with_backends("kvtier-huge", &["POSIX"]).expect("a NIXL agent");
+    // 32 layers x K,V x 16 tokens x hidden x 2 bytes: the smallest such block over the limit.
+    let hidden = limit / (32 * 2 * 16 * 2) * 2;
+    let huge = create_fc_layout_with_config(agent, StorageKind::System, custom_config(2, 32, 2, 16, hidden, 2));
+    let huge_hashes = common::chain(2, 0x4a71_0007);
+    let put = native(0, true, 0).await.put_blocks_with_layout(huge_hashes.clone(), huge, vec![0, 1]).await;
+    assert!(put.iter().all(Result::is_err), "{put:?}");
+    assert!(native(1, false, 0).await.has_blocks(huge_hashes).await.iter().all(|(_, s)| s.is_none()));
     // A logical handle: refused per block, as KVBM's S3 client does.
     let client = native(0, false, 0).await;
     let handle = LogicalLayoutHandle::G2;
