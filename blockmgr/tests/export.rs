@@ -442,7 +442,8 @@ async fn an_export_hears_from_every_owner_before_its_file_can_go_over_a_newer_on
     // export of the old version cannot hear whether an owner holds a newer one: it waits.
     second.signal(libc::SIGSTOP);
     primary.signal(libc::SIGCONT);
-    wait_until("the old export waiting on the owners", Duration::from_secs(60), || {
+    // (Its next try may be 30 s away: the export backed off while Blob refused it.)
+    wait_until("the old export waiting on the owners", Duration::from_secs(120), || {
         primary.labelled_metric("object_export_failures_total", "reason=\"owners\"") > 0
     });
     assert_eq!(in_blob().await, None, "no old file in Blob");
