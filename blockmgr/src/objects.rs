@@ -182,6 +182,25 @@ pub enum CommitIf {
 }
 
 impl CommitIf {
+    /// From its three wire fields (`if_absent`, `if_generation`, `if_crc32c`: a put's
+    /// `PutObjectOpen`, a member's `CommitObjectRequest`); a generation wins over `if_absent`.
+    pub(crate) fn from_wire(if_absent: bool, if_generation: Option<u64>, if_crc32c: u32) -> Self {
+        match (if_generation, if_absent) {
+            (Some(generation), _) => CommitIf::Current { generation, crc32c: if_crc32c },
+            (None, true) => CommitIf::Absent,
+            (None, false) => CommitIf::Any,
+        }
+    }
+
+    /// Its three wire fields (see [`CommitIf::from_wire`]).
+    pub(crate) fn to_wire(self) -> (bool, Option<u64>, u32) {
+        match self {
+            CommitIf::Any => (false, None, 0),
+            CommitIf::Absent => (true, None, 0),
+            CommitIf::Current { generation, crc32c } => (false, Some(generation), crc32c),
+        }
+    }
+
     /// Whether a path whose live version is `live` meets it.
     pub(crate) fn holds(self, live: Option<&ObjectInfo>) -> bool {
         match self {

@@ -76,11 +76,7 @@ impl Client {
         condition: crate::objects::CommitIf,
     ) -> Result<Option<ObjectInfo>, ClientError> {
         use crate::objects::CommitIf;
-        let (if_absent, if_generation, if_crc32c) = match condition {
-            CommitIf::Any => (false, None, 0),
-            CommitIf::Absent => (true, None, 0),
-            CommitIf::Current { generation, crc32c } => (false, Some(generation), crc32c),
-        };
+        let (if_absent, if_generation, if_crc32c) = condition.to_wire();
         let open = v1::PutObjectOpen {
             namespace: namespace.into(),
             path: path.into(),

@@ -26,20 +26,15 @@ impl Cluster {
     ) -> Result<Option<Vec<u8>>, (String, Outcome)> {
         // Past the wait below this node asks the next owner: the primary must not commit later.
         let deadline = std::time::SystemTime::now() + self.timeout;
+        let (if_absent, if_generation, if_crc32c) = condition.to_wire();
         let req = peer::CommitObjectRequest {
             namespace: namespace.into(),
             manifest: Some(peer::Manifest { json: manifest.into() }),
             durability: crate::wire::durability_to_wire(durability) as i32,
-            if_absent: condition == crate::objects::CommitIf::Absent,
+            if_absent,
             deadline_unix_ms: Some(crate::objects::unix_ms(deadline)),
-            if_generation: match condition {
-                crate::objects::CommitIf::Current { generation, .. } => Some(generation),
-                _ => None,
-            },
-            if_crc32c: match condition {
-                crate::objects::CommitIf::Current { crc32c, .. } => crc32c,
-                _ => 0,
-            },
+            if_generation,
+            if_crc32c,
         };
         let got =
             self.call_with_outcome(id, "commit_object", |c| async move {

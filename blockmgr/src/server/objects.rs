@@ -103,11 +103,7 @@ impl objects_server::Objects for ObjectService {
         // leave its chunks to the start-up sweep. (A handler dropped before `commit` drops
         // the writer, which deletes its chunks.)
         // A failed commit says whether it may have landed (see `Outcome`).
-        let condition = match (open.if_generation, open.if_absent) {
-            (Some(generation), _) => CommitIf::Current { generation, crc32c: open.if_crc32c },
-            (None, true) => CommitIf::Absent,
-            (None, false) => CommitIf::Any,
-        };
+        let condition = CommitIf::from_wire(open.if_absent, open.if_generation, open.if_crc32c);
         let info = tokio::spawn(writer.commit_if(condition))
             .await
             .map_err(|e| {

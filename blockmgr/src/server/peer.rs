@@ -123,11 +123,7 @@ impl peer_server::Peer for PeerService {
         let req = request.into_inner();
         let durability = durability_from_wire(req.durability)?;
         let info = parse_manifest(req.manifest)?;
-        let condition = match (req.if_generation, req.if_absent) {
-            (Some(generation), _) => CommitIf::Current { generation, crc32c: req.if_crc32c },
-            (None, true) => CommitIf::Absent,
-            (None, false) => CommitIf::Any,
-        };
+        let condition = CommitIf::from_wire(req.if_absent, req.if_generation, req.if_crc32c);
         let committed = self
             .manager
             .commit_here(&ns, info, durability, condition, req.deadline_unix_ms)
