@@ -30,16 +30,19 @@ pub(crate) struct Args {
     pub(crate) bytes: usize,
     /// Blocks per call.
     pub(crate) batch: usize,
+    /// S3's MD5 ETags on the node (`s3.md5_etags`).
+    pub(crate) md5_etags: bool,
 }
 
 /// One client's figures for one op: MiB/s, p50 and p99 of a call in us.
 type Figures = (f64, f64, f64);
 
-/// A node of this process: S3 (MD5 ETags, local-disk puts) and its shared-memory socket.
-async fn start_node(dir: &std::path::Path, bytes: usize) -> Result<RunningServer> {
+/// A node of this process: S3 (local-disk puts, MD5 ETags or not) and its shared-memory socket.
+async fn start_node(dir: &std::path::Path, bytes: usize, md5_etags: bool) -> Result<RunningServer> {
     // Every client's blocks of every size fit, in memory and on SSD.
     let mut config = s3_node_config(dir, KEY, (bytes as u64 * 8).max(1 << 30));
     config.s3.durability = "local_disk".into();
+    config.s3.md5_etags = md5_etags;
     config.shm.session_limit = ByteSize(256 << 20);
     RunningServer::start(config).await.context("starting the node")
 }
@@ -76,7 +79,7 @@ fn measure(
 
 pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) -> Result<()> {
     let moto = tokio::task::spawn_blocking(S3Server::start).await?;
-    let node = start_node(&dir.join("node"), args.bytes).await?;
+    let node = start_node(&dir.join("node"), args.bytes, args.md5_etags).await?;
     for &size in &args.sizes {
         let found = {
             let (args, node, moto) = (args.clone(), &node, &moto);

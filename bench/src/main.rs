@@ -150,6 +150,10 @@ enum Command {
         /// Blocks per call (KVBM's offload engine batches).
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// The node's S3 endpoint without MD5 ETags (`s3.md5_etags = false`; KVBM uses ETags
+        /// only as If-Match tokens).
+        #[arg(long)]
+        no_md5_etags: bool,
     },
     /// Checkpoint files written through a cluster (nodes in network namespaces, etcd,
     /// Azurite) by `kvtier cp`, the Python `kvtier://` filesystem and S3 while faults run one
@@ -280,9 +284,10 @@ async fn main() -> Result<()> {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
         }
-        Command::Dynamo { sizes_kib, mib, batch } => {
+        Command::Dynamo { sizes_kib, mib, batch, no_md5_etags } => {
             let (sizes_kib, mib) = if cli.quick { (vec![2048], 32) } else { (sizes_kib, mib) };
-            let args = dynamo::Args { sizes: sizes_kib.iter().map(|k| k << 10).collect(), bytes: mib << 20, batch };
+            let sizes = sizes_kib.iter().map(|k| k << 10).collect();
+            let args = dynamo::Args { sizes, bytes: mib << 20, batch, md5_etags: !no_md5_etags };
             dynamo::run(&args, scratch.path(), &mut out).await
         }
         Command::Chaos {
