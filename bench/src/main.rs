@@ -194,8 +194,9 @@ enum Command {
         /// GiB of disk that must be free (under --dir and the system temp dir, where
         /// Azurite keeps its blobs) for a round to start; below it the run stops and
         /// reports the rounds it completed (and under half of it, a round is cut short).
-        #[arg(long, default_value_t = 8)]
-        min_free_gib: u64,
+        /// Default 8, or 2 with --quick (three nodes of 1 GiB SSD write well under 1 GiB).
+        #[arg(long)]
+        min_free_gib: Option<u64>,
     },
     /// LMCache's chunks (256 tokens of an 8B model) through kvtier's three LMCache paths
     /// (lm://, the remote storage plugin, the native L2 client) vs LMCache's own server.
@@ -307,6 +308,7 @@ async fn main() -> Result<()> {
             // files, two rounds (the faults of the second come after the first's deletes).
             let (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) =
                 if cli.quick { (3, 12, 2, 8, 1024, 5) } else { (nodes, faults, rounds, max_mib, ssd_mib, warmup_s) };
+            let min_free_gib = min_free_gib.unwrap_or(if cli.quick { 2 } else { 8 });
             let args = chaos::Args {
                 nodes,
                 faults,
