@@ -124,6 +124,33 @@ fn serve_prints_its_effective_config() {
     assert_eq!(config.ssd.capacity.0, 8 << 30, "the embedded default: SSD 8 GiB");
 }
 
+/// Sizes that are no whole number of the largest unit (1152 MiB once printed as "1.1GiB")
+/// print exactly, so the printed config, fed back, is the same node: the same SSD region count
+/// on the same data dir.
+#[test]
+fn a_printed_config_fed_back_prints_the_same_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.toml");
+    std::fs::write(
+        &first,
+        "[cpu]\ncapacity = \"1152MiB\"\n[ssd]\ncapacity = \"1.5GiB\"\n[server]\ntransfer_budget = \"100MB\"\n",
+    )
+    .unwrap();
+    let print = |path: &std::path::Path| {
+        let out = kvtier(&["serve", "--print-config", "--config", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let printed = print(&first);
+    let config = kvtier_blockmgr::Config::parse(&printed).expect("printed config parses");
+    assert_eq!(config.cpu.capacity.0, 1152 << 20, "{printed}");
+    assert_eq!(config.ssd.capacity.0, 1536 << 20, "{printed}");
+    assert_eq!(config.server.transfer_budget.0, 100_000_000, "{printed}");
+    let second = dir.path().join("second.toml");
+    std::fs::write(&second, &printed).unwrap();
+    assert_eq!(print(&second), printed, "the printed config, fed back, prints the same");
+}
+
 #[test]
 fn the_readme_demo_runs() {
     let out = kvtier(&["demo"]);

@@ -57,6 +57,15 @@ pub use memory::MemoryTier;
 pub use ssd::{DEFAULT_REGION_SIZE, SLOT_FILE, SsdTier, SsdTierBuilder};
 pub use tier::{BlockMeta, PutStatus, Tier, TierExt, TierKind, TierUsage};
 
+/// A byte count exactly, in the largest binary unit that divides it: `1152MiB`, `1GiB`,
+/// `1000B`. What configs print: `human_bytes` rounds (1152 MiB shows as `1.1 GiB`), and a
+/// size read back from a rounded print is another size.
+pub fn exact_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let unit = (1..UNITS.len()).rev().find(|&u| n != 0 && n % (1u64 << (10 * u)) == 0).unwrap_or(0);
+    format!("{}{}", n >> (10 * unit), UNITS[unit])
+}
+
 /// Formats a byte count with a binary unit: `1 GiB`, `1.5 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

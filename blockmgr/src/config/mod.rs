@@ -521,7 +521,8 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&kvtier_tiers::human_bytes(self.0).replace(' ', ""))
+        // Exact, so that what `--print-config` prints reads back as the same size.
+        f.write_str(&kvtier_tiers::exact_bytes(self.0))
     }
 }
 

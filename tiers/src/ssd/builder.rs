@@ -15,7 +15,7 @@ use super::{
     recover,
 };
 use crate::{
-    Error, Result, human_bytes,
+    Error, Result, exact_bytes,
     slab::{PAGE, SlabLayout},
 };
 
@@ -224,10 +224,10 @@ fn check_superblock(file: &File, layout: &SlabLayout, file_len: u64, pool: &Arc<
              restore the old ssd.capacity/ssd.region_size or use a new data dir",
             sb.region_size,
             sb.regions,
-            human_bytes(sb.region_size * sb.regions as u64),
+            exact_bytes(sb.region_size * sb.regions as u64),
             layout.region_size,
             layout.regions,
-            human_bytes(layout.capacity()),
+            exact_bytes(layout.capacity()),
         ));
     }
     let expected = DATA_START + layout.capacity();
