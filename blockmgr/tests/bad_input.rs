@@ -391,3 +391,25 @@ fn a_plain_http_blob_endpoint_without_allow_http_refuses_to_start_naming_the_key
         assert!(err.contains(&format!("blob.options.{allow_key}")) && err.contains("plain HTTP"), "{err}");
     }
 }
+
+/// A node gone (killed) under a connected client: the next put cannot connect, so it never
+/// left the client, and says so (NotApplied: safe to retry elsewhere, nothing landed). It
+/// once said Unknown, and a member deleting with its second owner down reported a delete
+/// that may have landed where none could (deletes.rs's quorum test flaked on it).
+#[tokio::test]
+async fn a_put_to_a_node_that_died_under_the_client_was_never_sent() {
+    let (mut node, client) = node_with_blocks().await;
+    node.kill9();
+    let items = [PutItem::new(b"after".to_vec(), Bytes::from_static(b"x"))];
+    // The first request may find the old connection breaking under it (unknown, honestly);
+    // the next ones dial again and are refused.
+    let mut e = client.put("test/bad", &items, Durability::Cache).await.expect_err("the node is gone");
+    for _ in 0..3 {
+        if e.to_string().contains("connect") {
+            break;
+        }
+        e = client.put("test/bad", &items, Durability::Cache).await.expect_err("the node is gone");
+    }
+    assert_eq!(e.outcome(), kvtier_blockmgr::Outcome::NotApplied, "{e}");
+    assert!(e.is_transient(), "{e}");
+}

@@ -40,6 +40,7 @@ impl ClientError {
         use tonic::Code;
         match self {
             ClientError::Address { .. } | ClientError::Connect { .. } => Outcome::NotApplied,
+            ClientError::Status(status) if never_sent(status) => Outcome::of(status).unwrap_or(Outcome::NotApplied),
             ClientError::Status(status) => Outcome::of(status).unwrap_or(match status.code() {
                 Code::InvalidArgument
                 | Code::NotFound
@@ -71,4 +72,21 @@ impl ClientError {
             }
         }
     }
+}
+
+/// Whether `status` is a lazily connecting channel's failure to connect: the request never
+/// left this process (tonic answers UNAVAILABLE "tcp connect error" over the io error).
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable);
+        }
+        source = e.source();
+    }
+    false
 }

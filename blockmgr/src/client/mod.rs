@@ -32,6 +32,7 @@ use kvtier_tiers::TierKind;
 use tonic::Code;
 use tower::ServiceExt;
 
+pub(crate) use self::error::never_sent;
 pub(crate) use self::member::{MemberHint, MemberRead};
 pub use self::{
     error::ClientError,

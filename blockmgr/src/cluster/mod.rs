@@ -296,7 +296,13 @@ impl Cluster {
                     if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
                         self.forget(id).await;
                     }
-                    Err((format!("{id}: {e}"), status.and_then(Outcome::of).unwrap_or(Outcome::Unknown)))
+                    // A request that never left (no connection) did nothing; any other failure
+                    // without the peer's word may have landed.
+                    let unsaid = match status {
+                        Some(s) if crate::client::never_sent(s) => Outcome::NotApplied,
+                        _ => Outcome::Unknown,
+                    };
+                    Err((format!("{id}: {e}"), status.and_then(Outcome::of).unwrap_or(unsaid)))
                 }
                 Err(_) => Err((format!("{id}: no answer within {:?}", self.timeout), Outcome::Unknown)),
             },
