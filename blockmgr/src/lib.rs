@@ -1,6 +1,6 @@
 //! kvtier's block manager: one node's tiers behind a batched API, served over gRPC.
 //!
-//! - [`Manager`]: tier policy (moka admission/eviction, demotion, promotion, single-flight
+//! - [`Manager`]: tier policy (admission/eviction per namespace, demotion, promotion, single-flight
 //!   reads) over a [`kvtier_tiers::CpuTier`] and an optional SSD tier.
 //! - [`server`]: the `kvtier.v1.BlockStore` gRPC service on TCP and a Unix socket, plus
 //!   `/metrics` and `/healthz` over HTTP.
@@ -39,4 +39,5 @@ pub use manager::{
     ResyncReport, Stats, TierStats,
 };
 pub use metrics::Metrics;
+pub use policy::PolicyKind;
 pub use wire::Outcome;

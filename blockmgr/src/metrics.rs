@@ -36,6 +36,9 @@ pub struct Metrics {
     pub checksum_failures: IntCounterVec,
     /// Blocks that left the node entirely to make room or after an error.
     pub dropped: IntCounter,
+    /// Blocks dropped because the block before them in a prefix chain left the node (no
+    /// prefix lookup can reach them).
+    pub unreachable_dropped: IntCounter,
     /// Blocks waiting to be moved out of memory or being moved.
     pub demotion_queue: IntGauge,
     /// Blocks waiting in the flush queue.
@@ -229,6 +232,10 @@ impl Metrics {
             flush_queue: one_gauge("flush_queue", "Blocks waiting to be flushed to Blob"),
             flush_lag,
             unflushed_bytes: one_gauge("unflushed_bytes", "Bytes written with write-back durability not yet in Blob"),
+            unreachable_dropped: one_counter(
+                "unreachable_dropped_total",
+                "Blocks dropped because their prefix parent left the node",
+            ),
             flushed_blocks: one_counter("flushed_blocks_total", "Blocks flushed to Blob (write-back and demoted)"),
             flushed_bytes: one_counter("flushed_bytes_total", "Bytes flushed to Blob"),
             flush_errors: one_counter("flush_errors_total", "Flush batches that failed (each is retried)"),

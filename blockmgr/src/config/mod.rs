@@ -284,6 +284,11 @@ pub struct NamespaceConfig {
     pub replicas: Option<usize>,
     /// Copies stored before a put is acknowledged. Default: `replicas`.
     pub write_quorum: Option<usize>,
+    /// How memory orders these blocks for eviction: `"kv"` (KV-cache prefixes: S3-FIFO,
+    /// chain tails first, blocks a departed parent left unreachable dropped), `"lru"`, or
+    /// `"checkpoint"` (first in, first out). Default `"kv"` for blocks and `"checkpoint"`
+    /// for named objects' chunks and manifests.
+    pub policy: Option<crate::policy::PolicyKind>,
 }
 
 /// Whether `namespace` matches `pattern`: an exact name, or a prefix ending in `*`.

@@ -94,7 +94,6 @@ impl Manager {
                 return Ok(sink);
             }
             if !asked {
-                inner.policy.run_pending();
                 movement::reclaim_cpu(inner, len);
                 asked = true;
             }

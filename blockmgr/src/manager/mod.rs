@@ -2,14 +2,15 @@
 //!
 //! Block path (see docs/architecture.md):
 //! - **put**: bytes land in the CPU arena (streamed straight into a reserved slot when
-//!   they arrive over the network), moka admits them, the index records them. With
+//!   they arrive over the network), the policy admits them, the index records them. With
 //!   [`Durability::LocalDisk`] the block is also on SSD before the put is acknowledged.
 //!   When memory is full the block goes to SSD directly.
-//! - **eviction**: moka picks victims; the demotion queue writes each to SSD (unless a copy
+//! - **eviction**: the namespace's policy picks victims (policy/); the demotion queue writes each to SSD (unless a copy
 //!   is already there) and only then frees its memory. A full SSD drops its oldest blocks.
 //! - **get**: memory hits are zero-copy; SSD hits are read once however many callers ask
 //!   (single flight), verified against their checksum, and promoted to memory.
-//! - **lookup** reads only the index: the longest present prefix and each block's tier.
+//! - **lookup** reads the index (the longest present prefix and each block's tier) and
+//!   teaches the policy the request's prefix chain.
 
 mod arena;
 mod blob;
@@ -26,6 +27,7 @@ mod resync;
 mod stats;
 mod store;
 mod types;
+mod unreachable;
 mod writer;
 
 use self::writer::{Budgeted, Sink};
@@ -105,6 +107,8 @@ pub(crate) struct Inner {
     transfer: Arc<Semaphore>,
     reserved: Arc<AtomicU64>,
     demote_tx: mpsc::UnboundedSender<BlockKey>,
+    /// Blocks a departed prefix parent left unreachable (unreachable.rs).
+    orphans_tx: mpsc::UnboundedSender<unreachable::Orphan>,
     background: Arc<Background>,
     metrics: Metrics,
     /// Which namespaces have counters of their own.
@@ -293,6 +297,7 @@ impl Manager {
 
     /// The tier of each key in the longest present prefix of `keys`. Reads only the index.
     pub fn lookup(&self, keys: &[BlockKey]) -> Vec<TierKind> {
+        self.inner.policy.chain(keys);
         keys.iter().map_while(|k| self.inner.index.get(k).and_then(|e| e.tiers.fastest())).collect()
     }
 
@@ -409,10 +414,8 @@ impl Manager {
         }
     }
 
-    /// Applies moka's pending evictions and waits until every background move (demotion,
-    /// promotion) has finished.
+    /// Waits until every background move (demotion, promotion) has finished.
     pub async fn settle(&self) {
-        self.inner.policy.run_pending();
         self.inner.background.wait_idle().await;
     }
 
@@ -462,5 +465,7 @@ impl Background {
     }
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

@@ -47,9 +47,9 @@ pub(super) fn spawn_demotion_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedR
 }
 
 /// The arena has no slot for `len` bytes: name victims by arena layout and queue their
-/// demotion. moka keeps committed blocks under its target, but that target leaves no room
+/// demotion. The policy keeps committed blocks under its target, but that target leaves no room
 /// for slab classes competing for regions, or for the slots puts and pins hold reserved
-/// (up to a quarter of the arena), so moka alone would never free them. Skipped while
+/// (up to a quarter of the arena), so the policy alone would never free them. Skipped while
 /// demotions are already under way, since those will free memory.
 pub(super) fn reclaim_cpu(inner: &Inner, len: u64) {
     if inner.metrics.demotion_queue.get() > 0 {
@@ -95,7 +95,7 @@ pub(super) async fn persist_memory(inner: &Arc<Inner>) -> usize {
 
 impl Inner {
     /// Moves `key` out of memory: to SSD unless a copy is already there, then frees its
-    /// memory. Unless `force`, a block moka has re-admitted meanwhile stays.
+    /// memory. Unless `force`, a block the policy has re-admitted meanwhile stays.
     pub(super) async fn demote(&self, key: &BlockKey, force: bool) {
         let _guard = self.locks.lock(key).await;
         let Some(entry) = self.index.get(key) else {
@@ -124,10 +124,11 @@ impl Inner {
         let _ = self.cpu.delete(key).await;
         self.policy.forget(key);
         self.metrics.evictions.with_label_values(&["cpu"]).inc();
+        self.index.set_tiers(key, keep);
         if keep.is_empty() {
             self.metrics.dropped.inc();
+            self.left_node(key);
         }
-        self.index.set_tiers(key, keep);
     }
 
     /// Writes a block to SSD, evicting the SSD's oldest blocks of the needed size class
@@ -247,10 +248,11 @@ impl Inner {
                 *removed += 1;
                 self.metrics.evictions.with_label_values(&["ssd"]).inc();
                 let tiers = self.index.get(victim).map_or(TierSet::EMPTY, |e| e.tiers.without(TierKind::Ssd));
+                self.index.set_tiers(victim, tiers);
                 if tiers.is_empty() {
                     self.metrics.dropped.inc();
+                    self.left_node(victim);
                 }
-                self.index.set_tiers(victim, tiers);
             }
         }
         (candidates.len(), unflushed)
@@ -332,22 +334,17 @@ impl Inner {
     }
 
     /// Copies a hit from a slower tier (`from`) into memory, if it is still indexed without
-    /// a memory copy and memory has room. moka may decline it, which sends it straight back out.
+    /// a memory copy and memory has room.
     pub(super) async fn promote(&self, block: Block, from: TierKind) {
         let _guard = self.locks.lock(&block.key).await;
         let Some(entry) = self.index.get(&block.key) else { return };
         if entry.tiers.has(TierKind::Cpu) || !self.is_current(&block) {
             return;
         }
-        match self.cpu.put(block.clone()).await {
-            Ok(PutStatus::Stored) => {
-                self.index.set_tiers(&block.key, entry.tiers.with(TierKind::Cpu));
-                self.admitted(&block.key, block.len());
-                self.metrics.promotions.with_label_values(&[from.as_str(), "cpu"]).inc();
-            }
-            // moka applies evictions lazily: let it catch up so later promotions find room.
-            Err(e) if e.is_no_space() => self.policy.run_pending(),
-            _ => {}
+        if let Ok(PutStatus::Stored) = self.cpu.put(block.clone()).await {
+            self.index.set_tiers(&block.key, entry.tiers.with(TierKind::Cpu));
+            self.admitted(&block.key, block.len());
+            self.metrics.promotions.with_label_values(&[from.as_str(), "cpu"]).inc();
         }
     }
 }

@@ -9,12 +9,12 @@ use std::{
 use kvtier_tiers::{BlobTier, BlobTierBuilder, CpuTier, CpuTierBuilder, SsdTierBuilder, Tier};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Background, Inner, LOCK_STRIPES, Limits, Manager, blob, flush, movement};
+use super::{Background, Inner, LOCK_STRIPES, Limits, Manager, blob, flush, movement, unreachable};
 use crate::{
     Config, Error, Metrics,
     flight::{KeyLocks, SingleFlight},
     index::Index,
-    policy::CpuPolicy,
+    policy::{CpuPolicy, PolicyKind},
 };
 
 impl Manager {
@@ -77,15 +77,21 @@ impl Manager {
     ) -> Result<Self, Error> {
         let cluster = crate::cluster::Cluster::from_config(config, metrics.clone(), dialer)?;
         let (demote_tx, demote_rx) = mpsc::unbounded_channel();
+        let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
         let background = Arc::new(Background::default());
         let listener_tx = demote_tx.clone();
         let (queue, listener_bg) = (metrics.demotion_queue.clone(), background.clone());
-        let policy = CpuPolicy::new(cpu.capacity(), move |key| {
-            queue.inc();
-            listener_bg.start();
-            // The receiver lives as long as the manager; a send after shutdown is moot.
-            let _ = listener_tx.send(key);
-        });
+        let namespaces = config.clone();
+        let policy = CpuPolicy::new(
+            cpu.capacity(),
+            move |key| {
+                queue.inc();
+                listener_bg.start();
+                // The receiver lives as long as the manager; a send after shutdown is moot.
+                let _ = listener_tx.send(key);
+            },
+            move |key| policy_of(&namespaces, key),
+        );
         let cpu_capacity = cpu.capacity();
         let flusher = match (&ssd, &blob) {
             (Some(ssd), Some(blob)) => {
@@ -133,6 +139,7 @@ impl Manager {
             transfer: Arc::new(Semaphore::new(config.server.transfer_budget.0 as usize)),
             reserved: Arc::new(AtomicU64::new(0)),
             demote_tx,
+            orphans_tx,
             background,
             metrics,
             namespaces: Default::default(),
@@ -147,6 +154,7 @@ impl Manager {
         inner.rebuild_index().await?;
         let blob_loaded = inner.load_blob().await?;
         movement::spawn_demotion_worker(&inner, demote_rx, config.cpu.demotion_concurrency);
+        unreachable::spawn_worker(&inner, orphans_rx);
         if let Some(flusher) = flusher {
             // Write-back blocks on SSD that Blob lacks (a kill -9 before their flush).
             let unflushed = inner.forget_write_back_of_cache_only();
@@ -200,4 +208,13 @@ fn blob_tier(config: &Config) -> Result<Option<Arc<BlobTier>>, Error> {
         .retries(kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout })
         .build()?;
     Ok(Some(Arc::new(tier)))
+}
+
+/// The memory policy of `key`: its namespace's, else `kv` for blocks and `checkpoint` for
+/// named objects' chunks and manifests.
+fn policy_of(config: &Config, key: &kvtier_tiers::BlockKey) -> PolicyKind {
+    config.namespace(key.namespace.as_str()).policy.unwrap_or(match crate::objects::is_object_key(key) {
+        true => PolicyKind::Checkpoint,
+        false => PolicyKind::Kv,
+    })
 }

@@ -211,24 +211,25 @@ impl Inner {
 
     /// Copies a block into memory and admits it. False when memory is full.
     pub(super) async fn put_cpu(&self, block: &Block) -> bool {
-        for attempt in 0..2 {
-            match self.cpu.put(block.clone()).await {
-                Ok(_) => {
-                    self.admitted(&block.key, block.len());
-                    return true;
-                }
-                Err(e) if e.is_no_space() && attempt == 0 => self.policy.run_pending(),
-                Err(e) if e.is_no_space() => movement::reclaim_cpu(self, block.len()),
-                Err(e) => {
-                    tracing::warn!(key = %block.key, error = %e, "cpu put failed");
-                    return false;
-                }
+        match self.cpu.put(block.clone()).await {
+            Ok(_) => {
+                self.admitted(&block.key, block.len());
+                true
+            }
+            // The policy keeps its blocks under its capacity as they come in; a full arena is
+            // slots held by puts and pins, or slab classes competing for regions.
+            Err(e) if e.is_no_space() => {
+                movement::reclaim_cpu(self, block.len());
+                false
+            }
+            Err(e) => {
+                tracing::warn!(key = %block.key, error = %e, "cpu put failed");
+                false
             }
         }
-        false
     }
 
-    /// Records a block of `len` bytes that just entered memory: moka weighs it, the
+    /// Records a block of `len` bytes that just entered memory: the policy weighs it, the
     /// written-bytes counter counts it.
     pub(super) fn admitted(&self, key: &BlockKey, len: u64) {
         self.policy.admit(key.clone(), self.cpu.footprint(len));

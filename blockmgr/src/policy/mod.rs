@@ -101,7 +101,6 @@ impl CpuPolicy {
     pub(crate) fn contains(&self, key: &BlockKey) -> bool {
         self.queues.lock().contains(key)
     }
-
 }
 
 #[cfg(test)]

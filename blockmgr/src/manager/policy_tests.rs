@@ -1,0 +1,109 @@
+//! The memory policy as the manager applies it (issue 20): fresh blocks are admitted,
+//! chains leave memory tail first, blocks a departed parent left unreachable are dropped.
+
+use kvtier_tiers::conformance::pattern;
+
+use super::*;
+use crate::ByteSize;
+
+const KIB: u64 = 1 << 10;
+
+/// 8 MiB of memory in 1 MiB regions, blocks of 256 KiB; SSD of 32 MiB unless `ssd` is off.
+fn config(dir: &std::path::Path, ssd: bool) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.into();
+    c.max_block_size = ByteSize(512 * KIB);
+    c.cpu.capacity = ByteSize(8 << 20);
+    c.cpu.region_size = ByteSize(1 << 20);
+    c.ssd.enabled = ssd;
+    c.ssd.capacity = ByteSize(32 << 20);
+    c.ssd.region_size = ByteSize((2 << 20) + 64 * KIB);
+    c.server.transfer_budget = ByteSize(4 << 20);
+    c
+}
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::parse("test/model", &i.to_be_bytes()).unwrap()
+}
+
+fn block(i: u64) -> Block {
+    Block::new(key(i), pattern(i, 256 * KIB as usize))
+}
+
+async fn put(m: &Manager, i: u64) -> TierKind {
+    m.put(block(i), Durability::Cache).await.unwrap().tier
+}
+
+#[test_log::test(tokio::test)]
+async fn a_fresh_block_is_admitted_into_a_memory_full_of_blocks_read_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path(), true), Metrics::new()).await.unwrap();
+    // 28 blocks of 256 KiB fill the policy's 7.5 MiB; each is read twice.
+    for i in 0..28 {
+        put(&m, i).await;
+    }
+    m.settle().await;
+    for _ in 0..2 {
+        for i in 0..28 {
+            if let GetOutcome::Miss { reason, .. } = m.get(&key(i)).await {
+                panic!("block {i}: {reason:?}");
+            }
+        }
+    }
+    m.settle().await;
+    // TinyLFU sent most such blocks straight to SSD (429 of 600 in the trace replay).
+    for i in 100..110 {
+        assert_eq!(put(&m, i).await, TierKind::Cpu, "fresh block {i} goes to memory");
+        m.settle().await;
+        assert_eq!(m.lookup(&[key(i)]), [TierKind::Cpu], "and stays there");
+    }
+}
+
+#[test_log::test(tokio::test)]
+async fn a_prefix_chain_leaves_memory_tail_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path(), true), Metrics::new()).await.unwrap();
+    let chain: Vec<BlockKey> = (0..10).map(key).collect();
+    assert!(m.lookup(&chain).is_empty(), "a miss that teaches the chain");
+    for i in 0..10 {
+        put(&m, i).await;
+    }
+    // Other blocks push half the chain out of memory.
+    for i in 100..123 {
+        put(&m, i).await;
+        m.settle().await;
+    }
+    let tiers = m.lookup(&chain);
+    assert_eq!(tiers.len(), 10, "the whole chain is on the node: {tiers:?}");
+    let in_memory = tiers.iter().take_while(|t| **t == TierKind::Cpu).count();
+    assert!(in_memory > 0 && in_memory < 10, "{tiers:?}");
+    assert!(
+        tiers[in_memory..].iter().all(|t| *t == TierKind::Ssd),
+        "the chain's head stays in memory, its tail left first: {tiers:?}"
+    );
+}
+
+#[test_log::test(tokio::test)]
+async fn blocks_a_departed_parent_left_unreachable_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path(), false), Metrics::new()).await.unwrap();
+    let chain: Vec<BlockKey> = (0..3).map(key).collect();
+    m.lookup(&chain);
+    for i in 0..3 {
+        put(&m, i).await;
+    }
+    // Block 2 is read, so it earns a longer stay than its parent 1; without an SSD, a block
+    // pushed out of memory leaves the node.
+    for _ in 0..3 {
+        assert!(matches!(m.get(&key(2)).await, GetOutcome::Hit { .. }));
+    }
+    for i in 100..140 {
+        put(&m, i).await;
+        m.settle().await;
+    }
+    assert!(m.lookup(&[key(1)]).is_empty(), "the parent left");
+    assert!(m.lookup(&[key(2)]).is_empty(), "its child, read more than it, went with it: no lookup reaches it");
+    assert!(m.inner.metrics.unreachable_dropped.get() >= 1);
+    // Blocks outside the chain are not touched by it.
+    assert_eq!(m.lookup(&[key(139)]), [TierKind::Cpu]);
+}
