@@ -62,7 +62,7 @@ pub use tier::{BlockMeta, PutStatus, Tier, TierExt, TierKind, TierUsage};
 /// size read back from a rounded print is another size.
 pub fn exact_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let unit = (1..UNITS.len()).rev().find(|&u| n != 0 && n % (1u64 << (10 * u)) == 0).unwrap_or(0);
+    let unit = (1..UNITS.len()).rev().find(|&u| n != 0 && n.is_multiple_of(1u64 << (10 * u))).unwrap_or(0);
     format!("{}{}", n >> (10 * unit), UNITS[unit])
 }
 

@@ -28,7 +28,9 @@ fn sizes_and_durations_parse_with_units() {
     assert_eq!(c.max_block_size.0, 2 << 20);
     assert_eq!(c.cpu.capacity.0, 1 << 30);
     assert_eq!(c.ssd.capacity.0, 3 << 29);
-    for (size, printed) in [(1152 << 20, "1152MiB"), (3 << 29, "1536MiB"), (10_000_000, "10000000B"), (0, "0B"), (5 << 40, "5TiB")] {
+    for (size, printed) in
+        [(1152 << 20, "1152MiB"), (3 << 29, "1536MiB"), (10_000_000, "10000000B"), (0, "0B"), (5 << 40, "5TiB")]
+    {
         assert_eq!(ByteSize(size).to_string(), printed);
         assert_eq!(printed.parse::<ByteSize>().unwrap(), ByteSize(size), "{printed} reads back");
     }
