@@ -15,6 +15,7 @@ mod shm;
 mod sim;
 mod ssd_fill;
 mod tiers;
+mod trace;
 mod vllm;
 
 use std::path::PathBuf;
@@ -137,6 +138,40 @@ enum Command {
         /// Python with boto3 and azure-storage-blob (the test venv of scripts/python-env.sh).
         #[arg(long, env = "KVTIER_PYTHON", default_value = "python3")]
         python: String,
+    },
+    /// Mooncake's request traces replayed through a node as an engine would (lookup, get the
+    /// hits, put the misses) at capacities from tight to ample: hit rate vs LRU, Belady's OPT
+    /// and the reuse bound of the same capacity, hits per tier, unreachable blocks held, and
+    /// a modelled time to first token vs recomputing.
+    Trace {
+        /// Trace files (JSON lines with `input_length` and `hash_ids`, one id per 512 tokens).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_values_t = [
+                "../shared/data/mooncake-traces/conversation_trace.jsonl".to_string(),
+                "../shared/data/mooncake-traces/synthetic_trace.jsonl".to_string(),
+            ]
+        )]
+        traces: Vec<String>,
+        /// KV bytes of 512 tokens for the model (64 MiB: an 8B model in bf16).
+        #[arg(long, default_value_t = 64 << 20)]
+        block_bytes: u64,
+        /// Block bytes and node capacities are divided by this.
+        #[arg(long, default_value_t = 4096)]
+        scale: u64,
+        /// Node capacities (memory + SSD) in percent of the trace's working set.
+        #[arg(long, value_delimiter = ',', default_values_t = [1.0, 5.0, 20.0, 50.0])]
+        capacity_pct: Vec<f64>,
+        /// Memory's share of the capacity, in percent (the rest is SSD).
+        #[arg(long, default_value_t = 20.0)]
+        memory_pct: f64,
+        /// Prefill speed the recompute time is modelled at (tokens/s).
+        #[arg(long, default_value_t = 10_000.0)]
+        prefill_tokens_per_s: f64,
+        /// Replay only the first N requests of each trace.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// NVIDIA Dynamo KVBM's G4 tier: KV blocks through KVBM's S3 client to kvtier and kvtier's
     /// native client, vs KVBM's S3 client to a plain S3 server (moto): put, get, p99.
@@ -284,6 +319,20 @@ async fn main() -> Result<()> {
         Command::S3 { size_kib, count, clients, python } => {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
+        }
+        Command::Trace { traces, block_bytes, scale, capacity_pct, memory_pct, prefill_tokens_per_s, limit } => {
+            // --quick: the first 1000 requests at a tight and an ample capacity.
+            let (capacity_pct, limit) = if cli.quick { (vec![5.0, 50.0], Some(1000)) } else { (capacity_pct, limit) };
+            let args = trace::Args {
+                traces: traces.into_iter().map(std::path::PathBuf::from).collect(),
+                block_bytes,
+                scale,
+                capacities: capacity_pct.iter().map(|p| p / 100.0).collect(),
+                memory_share: memory_pct / 100.0,
+                prefill_tokens_per_s,
+                limit,
+            };
+            trace::run(&args, scratch.path(), &mut out).await
         }
         Command::Dynamo { sizes_kib, mib, batch, no_md5_etags } => {
             let (sizes_kib, mib) = if cli.quick { (vec![2048], 32) } else { (sizes_kib, mib) };

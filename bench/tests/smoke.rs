@@ -128,3 +128,46 @@ fn dynamo_bench_prints_ratios_against_kvbms_s3_client_on_moto() {
     check(&results, &expected.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(results.iter().all(|r| r["baseline_name"] == "KVBM's S3 client -> moto"), "{results:?}");
 }
+
+/// A trace of its own (30 conversations of 10 turns, each turn extending the last by two
+/// blocks, all after one shared block), replayed at a tight and an ample capacity: every row
+/// the issue asks for is printed with its baseline; at ample capacity kvtier hits what an
+/// unbounded cache would, and nothing it holds is unreachable.
+#[test]
+fn trace_bench_prints_hit_rates_against_lru_opt_and_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conversations.jsonl");
+    let mut lines = String::new();
+    let mut next = 1u64;
+    let mut chains: Vec<Vec<u64>> = vec![vec![0]; 30];
+    for _turn in 0..10 {
+        for chain in chains.iter_mut() {
+            chain.extend([next, next + 1]);
+            next += 2;
+            let ids: Vec<String> = chain.iter().map(|b| b.to_string()).collect();
+            lines += &format!(
+                "{{\"timestamp\": 0, \"input_length\": {}, \"output_length\": 10, \"hash_ids\": [{}]}}\n",
+                chain.len() * 512 - 100,
+                ids.join(", ")
+            );
+        }
+    }
+    std::fs::write(&path, lines).unwrap();
+    let results = run(&["trace", "--quick", "--json", "--traces", path.to_str().unwrap(), "--scale", "16384"]);
+    let value = |name: &str| {
+        let r = results.iter().find(|r| r["bench"] == name).unwrap_or_else(|| panic!("no {name} in {results:?}"));
+        for field in ["value", "baseline", "ratio"] {
+            assert!(r[field].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{r}");
+        }
+        (r["value"].as_f64().unwrap(), r["baseline"].as_f64().unwrap())
+    };
+    for pct in ["5pct", "50pct"] {
+        for row in ["hit_vs_lru", "hit_vs_opt", "hit_vs_bound", "memory_hits", "unreachable", "ttft"] {
+            value(&format!("trace_{row}_conversations_{pct}"));
+        }
+    }
+    let (hit, bound) = value("trace_hit_vs_bound_conversations_50pct");
+    assert!((hit - bound).abs() < 1e-9, "at half the working set every reuse hits: {hit} vs {bound}");
+    assert_eq!(value("trace_unreachable_conversations_50pct").0, 0.0);
+    assert_eq!(value("trace_unreachable_conversations_5pct").0, 0.0, "dropped with their parents");
+}
