@@ -35,8 +35,8 @@ pub use client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, ObjectRang
 pub use config::{ByteSize, Config};
 pub use error::Error;
 pub use manager::{
-    ArenaPin, Durability, GetOutcome, Manager, MissReason, NamespaceStats, PinOutcome, Presence, PutOutcome, PutWriter,
-    ResyncReport, Stats, TierStats,
+    ArenaPin, Durability, GetOutcome, Looked, Manager, MissReason, NamespaceStats, PinOutcome, Presence, PutOutcome,
+    PutWriter, ResyncReport, Stats, TierStats,
 };
 pub use metrics::Metrics;
 pub use policy::PolicyKind;

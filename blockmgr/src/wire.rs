@@ -251,3 +251,25 @@ pub fn stats_from_wire(s: v1::StatsResponse) -> Result<Stats, String> {
             .collect(),
     })
 }
+
+/// A lookup's answer on the wire.
+pub(crate) fn looked_to_wire(looked: crate::Looked) -> v1::LookupResponse {
+    v1::LookupResponse {
+        prefix_len: looked.tiers.len() as u32,
+        tiers: looked.tiers.into_iter().map(|t| tier_to_wire(t) as i32).collect(),
+        load_us: looked.load_us,
+        pinned: looked.pinned,
+    }
+}
+
+/// A lookup's answer from the wire.
+pub(crate) fn looked_from_wire(r: v1::LookupResponse) -> Result<crate::Looked, String> {
+    let tiers = r
+        .tiers
+        .iter()
+        .map(|&t| tier_from_wire(t).ok_or_else(|| format!("unknown tier {t} in a lookup answer")))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A node from before load costs answers none: unknown, not free.
+    let load_us = if r.load_us.len() == tiers.len() { r.load_us } else { vec![u32::MAX; tiers.len()] };
+    Ok(crate::Looked { tiers, load_us, pinned: r.pinned })
+}

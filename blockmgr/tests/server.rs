@@ -163,6 +163,19 @@ async fn exceeding_memory_demotes_to_ssd_and_stays_within_capacity() {
     let tiers = client.lookup(NS, &keys).await.unwrap();
     assert_eq!(tiers.len(), 48);
     assert!(tiers.contains(&TierKind::Ssd) && tiers.contains(&TierKind::Cpu), "{tiers:?}");
+    // A lookup that pins says what each block would cost to load: SSD more than memory.
+    let looked = client.lookup_pinned(NS, &keys, std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!((looked.tiers.len(), looked.load_us.len(), looked.pinned), (48, 48, true), "{looked:?}");
+    let cost = |tier| looked.tiers.iter().zip(&looked.load_us).filter(|(t, _)| **t == tier).map(|(_, us)| *us).max();
+    let cheapest_ssd =
+        looked.tiers.iter().zip(&looked.load_us).filter(|(t, _)| **t == TierKind::Ssd).map(|(_, us)| *us).min();
+    assert!(cost(TierKind::Cpu) < cheapest_ssd, "{looked:?}");
+    let shm_looked = node.shm(&[NS]).lookup_pinned(NS, &[key(0).as_slice()], std::time::Duration::ZERO).unwrap();
+    assert_eq!(
+        (shm_looked.tiers.len(), shm_looked.pinned),
+        (1, false),
+        "the shm plane answers the same: {shm_looked:?}"
+    );
     assert_hits(&client.get(NS, &keys).await.unwrap(), 0..48, 512 << 10);
     let metrics = node.http_get("/metrics");
     for needle in [

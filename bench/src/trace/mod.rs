@@ -118,8 +118,8 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
             let hit = pct(got.memory_hits + got.ssd_hits);
             eprintln!(
                 "trace {name}: memory {memory} + SSD {ssd} blocks; hits {:.1}% (memory {}, SSD {}, lookup-then-miss {}); \
-                 unreachable held {}; dropped {}",
-                hit, got.memory_hits, got.ssd_hits, got.vanished, got.unreachable, got.dropped
+                 unreachable held {}; dropped {}; puts refused {}",
+                hit, got.memory_hits, got.ssd_hits, got.vanished, got.unreachable, got.dropped, got.refused
             );
             out.emit(Measured::percent(format!("trace_hit_vs_lru_{name}"), hit, lru, "LRU, same capacity"));
             out.emit(Measured::percent(format!("trace_hit_vs_opt_{name}"), hit, opt, "Belady OPT, same capacity"));

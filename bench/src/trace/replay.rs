@@ -50,6 +50,8 @@ pub(crate) struct Outcome {
     /// Blocks held at the end whose prefix parent is not: no lookup reaches them.
     pub(crate) unreachable: u64,
     pub(crate) dropped: u64,
+    /// Puts the node refused.
+    pub(crate) refused: u64,
     /// Mean modelled time to first token, loading the best prefix of the hits.
     pub(crate) ttft_ms: f64,
     /// Mean time to first token recomputing every token.
@@ -117,7 +119,14 @@ impl Replay<'_> {
                 keys[tiers.len()..].iter().map(|k| PutItem::new(k.clone(), data.clone())).collect();
             if !misses.is_empty() {
                 for report in client.put(NS, &misses, Durability::Cache).await? {
-                    report.result.map_err(|(code, why)| anyhow::anyhow!("put: {code:?}: {why}"))?;
+                    // A cache may refuse a put (no room it can make in time): the engine goes
+                    // on without storing it.
+                    if let Err((code, why)) = report.result {
+                        if out.refused == 0 {
+                            eprintln!("trace {}: a put refused: {code:?}: {why}", self.trace.name);
+                        }
+                        out.refused += 1;
+                    }
                 }
             }
             let (best, none) = self.ttft(&tiers, tokens);

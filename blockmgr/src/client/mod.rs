@@ -375,15 +375,24 @@ impl Client {
 
     /// The tier of each key of the longest present prefix of `keys`.
     pub async fn lookup(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<Vec<TierKind>, ClientError> {
+        Ok(self.lookup_pinned(namespace, keys, Duration::ZERO).await?.tiers)
+    }
+
+    /// [`Client::lookup`] with each block's expected load time, pinning the blocks it
+    /// reports for `pin` (up to the node's `server.max_lookup_pin`) or until a get reads each.
+    pub async fn lookup_pinned(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+        pin: Duration,
+    ) -> Result<crate::Looked, ClientError> {
         let req = v1::LookupRequest {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+            pin_ms: pin.as_millis().min(u32::MAX as u128) as u32,
         };
         let r = self.rpc.clone().lookup(self.request(req)).await?.into_inner();
-        r.tiers
-            .iter()
-            .map(|&t| tier_from_wire(t).ok_or_else(|| ClientError::Protocol(format!("unknown tier {t}"))))
-            .collect()
+        crate::wire::looked_from_wire(r).map_err(ClientError::Protocol)
     }
 
     /// Whether each of `keys` is stored, with its length and fastest tier: on the node, or

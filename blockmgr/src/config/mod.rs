@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     /// Most keys in one request. Default 4096.
     pub max_batch_keys: usize,
+    /// Longest pin a lookup may ask for (`LookupRequest.pin_ms`). Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub max_lookup_pin: Duration,
     /// Memory for block bytes in transit that are not in the CPU arena (put buffers, SSD
     /// reads being sent). Requests wait for it: backpressure, not OOM. Default 256 MiB.
     pub transfer_budget: ByteSize,
@@ -156,6 +159,7 @@ impl Default for ServerConfig {
             unix_socket: PathBuf::from("kvtier.sock"),
             metrics_listen: "127.0.0.1:50052".into(),
             max_batch_keys: 4096,
+            max_lookup_pin: Duration::from_secs(10),
             transfer_budget: ByteSize(256 << 20),
             stream_idle_timeout: Duration::from_secs(30),
             chunk_size: ByteSize(4 << 20),

@@ -18,6 +18,7 @@ mod blob_deletes;
 mod deletes;
 mod flush;
 mod handoff;
+mod lookup;
 mod movement;
 mod namespaces;
 mod open;
@@ -33,6 +34,7 @@ mod writer;
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
+    lookup::Looked,
     presence::Presence,
     resync::ResyncReport,
     types::{Durability, GetOutcome, MissReason, NamespaceStats, PutOutcome, Stats, TierStats},
@@ -107,6 +109,8 @@ pub(crate) struct Inner {
     transfer: Arc<Semaphore>,
     reserved: Arc<AtomicU64>,
     demote_tx: mpsc::UnboundedSender<BlockKey>,
+    /// Read speeds per tier, for the load costs lookups report (lookup.rs).
+    read_speeds: lookup::ReadSpeeds,
     /// Blocks a departed prefix parent left unreachable (unreachable.rs).
     orphans_tx: mpsc::UnboundedSender<unreachable::Orphan>,
     background: Arc<Background>,
@@ -252,6 +256,7 @@ impl Manager {
                 && let Ok(Some(block)) = inner.cpu.get(key).await
             {
                 inner.policy.touch(key);
+                inner.policy.unpin(key);
                 inner.count_hit(key, TierKind::Cpu, block.len(), started);
                 return GetOutcome::Hit { block, tier: TierKind::Cpu };
             }
@@ -276,7 +281,10 @@ impl Manager {
                 })
                 .await;
             match &outcome {
-                GetOutcome::Hit { block, tier } => inner.count_hit(key, *tier, block.len(), started),
+                GetOutcome::Hit { block, tier } => {
+                    inner.policy.unpin(key);
+                    inner.count_hit(key, *tier, block.len(), started)
+                }
                 GetOutcome::Miss { reason: MissReason::NotFound, .. } => {
                     drop(inner.locks.lock(key).await);
                     continue;
@@ -293,12 +301,6 @@ impl Manager {
         }
         inner.count_miss(key, MissReason::NotFound);
         GetOutcome::not_found()
-    }
-
-    /// The tier of each key in the longest present prefix of `keys`. Reads only the index.
-    pub fn lookup(&self, keys: &[BlockKey]) -> Vec<TierKind> {
-        self.inner.policy.chain(keys);
-        keys.iter().map_while(|k| self.inner.index.get(k).and_then(|e| e.tiers.fastest())).collect()
     }
 
     /// Removes a block from every tier of this node, in its own task. Returns whether it

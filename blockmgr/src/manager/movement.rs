@@ -181,8 +181,9 @@ impl Inner {
         let demoting = self.flusher.as_ref().is_some_and(|f| f.demotes());
         for spare_cache in [true, false].into_iter().filter(|&spare| demoting || !spare) {
             let mut window = max + 8;
-            // Write-back copies Blob lacks never go: the SSD names regions without them first.
-            let pinned = |k: &BlockKey| self.index.get(k).is_some_and(|e| e.unflushed());
+            // Write-back copies Blob lacks never go, nor blocks a lookup pinned: the SSD names
+            // regions without them first.
+            let pinned = |k: &BlockKey| self.policy.is_pinned(k) || self.index.get(k).is_some_and(|e| e.unflushed());
             loop {
                 let candidates = ssd.eviction_candidates_keeping(len, window, &pinned);
                 let (seen, skipped) =
@@ -215,9 +216,10 @@ impl Inner {
         // Write-back blocks Blob lacks always stay; cache blocks Blob lacks stay in the
         // first pass when they will be demoted.
         let stays = |victim: &BlockKey| {
-            self.index.get(victim).is_some_and(|e| {
-                e.unflushed() || (spare_cache && !e.tiers.has(TierKind::Blob) && self.flushable(victim))
-            })
+            self.policy.is_pinned(victim)
+                || self.index.get(victim).is_some_and(|e| {
+                    e.unflushed() || (spare_cache && !e.tiers.has(TierKind::Blob) && self.flushable(victim))
+                })
         };
         for victim in candidates {
             if *removed == max {

@@ -107,3 +107,34 @@ async fn blocks_a_departed_parent_left_unreachable_are_dropped() {
     // Blocks outside the chain are not touched by it.
     assert_eq!(m.lookup(&[key(139)]), [TierKind::Cpu]);
 }
+
+#[test_log::test(tokio::test)]
+async fn blocks_a_lookup_pinned_outlive_eviction_pressure_until_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path(), false), Metrics::new()).await.unwrap();
+    let chain: Vec<BlockKey> = (0..4).map(key).collect();
+    for i in 0..4 {
+        put(&m, i).await;
+    }
+    let looked = m.lookup_pinned(&chain, std::time::Duration::from_secs(30));
+    assert_eq!(looked.tiers, [TierKind::Cpu; 4]);
+    assert!(looked.pinned);
+    assert!(looked.load_us.iter().all(|us| *us < 1000), "256 KiB from memory: {looked:?}");
+    // Without an SSD, a block pushed out of memory leaves the node: 40 blocks through a
+    // memory of ~28 would push the chain out.
+    for i in 100..140 {
+        put(&m, i).await;
+        m.settle().await;
+    }
+    assert!(m.lookup(&[key(100)]).is_empty(), "the pressure was real");
+    assert_eq!(m.lookup(&chain), [TierKind::Cpu; 4], "pinned blocks stay");
+    for k in &chain {
+        assert!(matches!(m.get(k).await, GetOutcome::Hit { tier: TierKind::Cpu, .. }));
+    }
+    // Read: the pins are gone (the blocks now stay only as long as their reads earn).
+    assert!(chain.iter().all(|k| !m.inner.policy.is_pinned(k)));
+    // None asked, none taken; a pin past server.max_lookup_pin is cut to it.
+    assert!(!m.lookup_pinned(&[key(139)], std::time::Duration::ZERO).pinned);
+    assert!(m.lookup_pinned(&[key(139)], std::time::Duration::from_secs(3600)).pinned);
+    assert!(m.inner.policy.is_pinned(&key(139)));
+}

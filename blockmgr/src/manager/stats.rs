@@ -32,7 +32,9 @@ impl Inner {
             TierKind::Ssd => "get_ssd",
             _ => "get_other",
         };
-        self.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.latency.with_label_values(&[op]).observe(took.as_secs_f64());
+        self.read_speeds.observe(tier, len, took);
     }
 
     pub(super) fn count_miss(&self, key: &BlockKey, reason: MissReason) {

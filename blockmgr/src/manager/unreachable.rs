@@ -3,7 +3,7 @@
 //! stops at the first absent block; when the engine puts that parent again, it recomputes
 //! and puts the children too). Keeping them only spends memory and SSD, so they go, and
 //! their own children after them. Never a write-back block Blob lacks, never one on its way
-//! to Blob, and never while the parent is back.
+//! to Blob, never a pinned one, and never while the parent is back.
 
 use std::sync::{Arc, Weak};
 
@@ -43,7 +43,8 @@ impl Inner {
         let _guard = self.locks.lock(key).await;
         let Some(entry) = self.index.get(key) else { return };
         let to_blob = self.flusher.is_some() && self.flushable(key);
-        if self.index.get(parent).is_some() || entry.unflushed() || entry.tiers.has(TierKind::Blob) || to_blob {
+        let kept = entry.unflushed() || entry.tiers.has(TierKind::Blob) || to_blob || self.policy.is_pinned(key);
+        if self.index.get(parent).is_some() || kept {
             return;
         }
         self.policy.forget(key);

@@ -13,6 +13,7 @@
 //! at tight capacity, and the blocks it refused are those the next turn reads.
 
 mod chains;
+mod pins;
 mod queues;
 
 use kvtier_tiers::BlockKey;
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 pub use self::queues::PolicyKind;
 use self::{
     chains::{Chains, MAX_LINKS},
+    pins::{MAX_PINS, Pins},
     queues::Queues,
 };
 
@@ -34,6 +36,8 @@ type KindOf = Box<dyn Fn(&BlockKey) -> PolicyKind + Send + Sync>;
 pub(crate) struct CpuPolicy {
     queues: Mutex<Queues>,
     chains: Mutex<Chains>,
+    /// Locked after `queues` when both are.
+    pins: Mutex<Pins>,
     evicted: Listener,
     kind_of: KindOf,
 }
@@ -55,6 +59,7 @@ impl CpuPolicy {
         CpuPolicy {
             queues: Mutex::new(Queues::new(capacity / 16 * FILL_SIXTEENTHS)),
             chains: Mutex::new(Chains::new(MAX_LINKS)),
+            pins: Mutex::new(Pins::new(MAX_PINS)),
             evicted: Box::new(evicted),
             kind_of: Box::new(kind_of),
         }
@@ -67,7 +72,12 @@ impl CpuPolicy {
             PolicyKind::Kv => self.chains.lock().parent(&key).cloned(),
             _ => None,
         };
-        let out = self.queues.lock().admit(key, footprint, kind, parent.as_ref());
+        let out = {
+            let mut queues = self.queues.lock();
+            let pins = self.pins.lock();
+            let pinned = |k: &BlockKey| !pins.is_empty() && pins.is_pinned(k);
+            queues.admit(key, footprint, kind, parent.as_ref(), &pinned)
+        };
         // Outside the lock: the listener queues a demotion.
         for key in out {
             (self.evicted)(key);
@@ -90,6 +100,25 @@ impl CpuPolicy {
     /// the caller to drop.
     pub(crate) fn departed(&self, key: &BlockKey) -> Vec<BlockKey> {
         self.chains.lock().departed(key)
+    }
+
+    /// Pins `keys` for `lease` (pins.rs). False, pinning nothing, when the table is full.
+    pub(crate) fn pin(&self, keys: &[BlockKey], lease: std::time::Duration) -> bool {
+        self.pins.lock().pin(keys, lease)
+    }
+
+    /// Ends `key`'s pin (a get read it).
+    pub(crate) fn unpin(&self, key: &BlockKey) {
+        let mut pins = self.pins.lock();
+        if !pins.is_empty() {
+            pins.release(key);
+        }
+    }
+
+    /// Whether eviction must pass `key` by.
+    pub(crate) fn is_pinned(&self, key: &BlockKey) -> bool {
+        let pins = self.pins.lock();
+        !pins.is_empty() && pins.is_pinned(key)
     }
 
     /// Forgets a block that left memory for another reason (delete, explicit demotion).

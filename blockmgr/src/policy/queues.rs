@@ -165,18 +165,20 @@ impl Queues {
     }
 
     /// Records `key` (`weight` bytes) entering memory; `parent` is the block before it in a
-    /// prefix chain, if known. Returns the keys to evict to stay within capacity (never
-    /// `key` itself).
+    /// prefix chain, if known. Returns the keys to evict to stay within capacity: never
+    /// `key` itself, nor a key `pinned` names.
     pub(crate) fn admit(
         &mut self,
         key: BlockKey,
         weight: u64,
         kind: PolicyKind,
         parent: Option<&BlockKey>,
+        pinned: &dyn Fn(&BlockKey) -> bool,
     ) -> Vec<BlockKey> {
+        let keep = |k: &BlockKey| *k == key || pinned(k);
         if self.entries.contains_key(&key) {
             self.touch(&key);
-            return self.evict_over(&key);
+            return self.evict_over(&keep);
         }
         let h = hash(&key);
         let queue = match kind {
@@ -207,7 +209,7 @@ impl Queues {
             self.small_used += weight;
         }
         self.entries.insert(key.clone(), Entry { weight, kind, queue, pos, freq: 0 });
-        self.evict_over(&key)
+        self.evict_over(&keep)
     }
 
     /// Moves the small queue's share by `blocks` average-sized blocks.
@@ -250,8 +252,8 @@ impl Queues {
         }
     }
 
-    /// Evicts until the blocks fit, never `keep`.
-    fn evict_over(&mut self, keep: &BlockKey) -> Vec<BlockKey> {
+    /// Evicts until the blocks fit, never what `keep` names.
+    fn evict_over(&mut self, keep: &dyn Fn(&BlockKey) -> bool) -> Vec<BlockKey> {
         let mut out = Vec::new();
         while self.used > self.capacity {
             match self.victim(keep) {
@@ -275,8 +277,8 @@ impl Queues {
     }
 
     /// The next block to evict: the older of the plain queue's oldest and S3-FIFO's victim.
-    fn victim(&mut self, keep: &BlockKey) -> Option<BlockKey> {
-        let plain = self.plain.iter().find(|(_, k)| *k != keep).map(|(p, k)| (*p, k.clone()));
+    fn victim(&mut self, keep: &dyn Fn(&BlockKey) -> bool) -> Option<BlockKey> {
+        let plain = self.plain.iter().find(|(_, k)| !keep(k)).map(|(p, k)| (*p, k.clone()));
         let kv = self.kv_victim(keep);
         match (plain, kv) {
             (Some((pp, pk)), Some((kp, kk))) => Some(if pp.stamp <= kp.stamp { pk } else { kk }),
@@ -286,16 +288,16 @@ impl Queues {
     }
 
     /// S3-FIFO's next victim, moving blocks that earned another pass on the way.
-    fn kv_victim(&mut self, keep: &BlockKey) -> Option<(Pos, BlockKey)> {
+    fn kv_victim(&mut self, keep: &dyn Fn(&BlockKey) -> bool) -> Option<(Pos, BlockKey)> {
         // Each pass moves a block from small to main or spends one of a block's passes, so
-        // this ends; the bound guards against a queue holding only `keep`.
+        // this ends; the bound guards against queues holding only what `keep` names.
         for _ in 0..=(self.small.len() + self.main.len() * (MAX_FREQ as usize + 1) + 1) {
             let from_small = !self.small.is_empty()
                 && (self.main.is_empty() || self.small_used as f64 > self.small_share * self.kv_used as f64);
             let queue = if from_small { Queue::Small } else { Queue::Main };
-            let first = |q: &BTreeMap<Pos, BlockKey>| q.iter().find(|(_, k)| *k != keep).map(|(p, k)| (*p, k.clone()));
+            let first = |q: &BTreeMap<Pos, BlockKey>| q.iter().find(|(_, k)| !keep(k)).map(|(p, k)| (*p, k.clone()));
             let found = match queue {
-                Queue::Small => first(&self.small).or_else(|| first(&self.main)), // only `keep` in small
+                Queue::Small => first(&self.small).or_else(|| first(&self.main)), // only kept ones in small
                 _ => first(&self.main),
             };
             let (pos, key) = found?;

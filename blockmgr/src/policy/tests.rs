@@ -16,7 +16,7 @@ fn admit_all(q: &mut Queues, kind: PolicyKind, keys: &[BlockKey], chain: bool) -
     let mut out = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         let parent = if chain && i > 0 { Some(&keys[i - 1]) } else { None };
-        out.extend(q.admit(k.clone(), 1, kind, parent));
+        out.extend(q.admit(k.clone(), 1, kind, parent, &|_| false));
     }
     out
 }
@@ -31,7 +31,7 @@ fn a_fresh_block_enters_a_memory_full_of_blocks_read_before() {
         q.touch(k);
     }
     for i in 100..105 {
-        let evicted = q.admit(kv(i), 1, PolicyKind::Kv, None);
+        let evicted = q.admit(kv(i), 1, PolicyKind::Kv, None, &|_| false);
         assert_eq!(evicted.len(), 1, "one old block makes room");
         assert!(q.contains(&kv(i)), "fresh block {i} admitted (TinyLFU refused it)");
     }
@@ -72,7 +72,7 @@ fn a_block_put_again_soon_after_leaving_grows_the_small_queue() {
     // Evicted from the small queue, unread, then put again: too short a probation.
     let evicted = admit_all(&mut q, PolicyKind::Kv, &(100..105).map(kv).collect::<Vec<_>>(), false);
     assert_eq!(evicted.len(), 5);
-    q.admit(evicted[0].clone(), 1, PolicyKind::Kv, None);
+    q.admit(evicted[0].clone(), 1, PolicyKind::Kv, None, &|_| false);
     assert!(q.contains(&evicted[0]));
     assert!(q.small_share() > before, "{} -> {}", before, q.small_share());
 }
@@ -83,7 +83,7 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
     let lru: Vec<_> = (0..4).map(|i| key("lru", i)).collect();
     admit_all(&mut q, PolicyKind::Lru, &lru, false);
     q.touch(&lru[0]);
-    assert_eq!(q.admit(key("lru", 9), 1, PolicyKind::Lru, None), vec![lru[1].clone()]);
+    assert_eq!(q.admit(key("lru", 9), 1, PolicyKind::Lru, None, &|_| false), vec![lru[1].clone()]);
 
     let mut q = Queues::new(4);
     let steps: Vec<_> = (0..4).map(|i| key("ckpt", i)).collect();
@@ -91,7 +91,7 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
     q.touch(&steps[0]);
     q.touch(&steps[0]);
     assert_eq!(
-        q.admit(key("ckpt", 9), 1, PolicyKind::Checkpoint, None),
+        q.admit(key("ckpt", 9), 1, PolicyKind::Checkpoint, None, &|_| false),
         vec![steps[0].clone()],
         "the oldest step goes, read or not"
     );
@@ -100,21 +100,21 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
 #[test]
 fn namespaces_of_different_policies_share_memory_oldest_first() {
     let mut q = Queues::new(4);
-    q.admit(key("ckpt", 0), 1, PolicyKind::Checkpoint, None);
-    q.admit(kv(0), 1, PolicyKind::Kv, None);
-    q.admit(key("ckpt", 1), 1, PolicyKind::Checkpoint, None);
-    q.admit(kv(1), 1, PolicyKind::Kv, None);
-    assert_eq!(q.admit(kv(2), 1, PolicyKind::Kv, None), vec![key("ckpt", 0)]);
-    assert_eq!(q.admit(kv(3), 1, PolicyKind::Kv, None), vec![kv(0)]);
+    q.admit(key("ckpt", 0), 1, PolicyKind::Checkpoint, None, &|_| false);
+    q.admit(kv(0), 1, PolicyKind::Kv, None, &|_| false);
+    q.admit(key("ckpt", 1), 1, PolicyKind::Checkpoint, None, &|_| false);
+    q.admit(kv(1), 1, PolicyKind::Kv, None, &|_| false);
+    assert_eq!(q.admit(kv(2), 1, PolicyKind::Kv, None, &|_| false), vec![key("ckpt", 0)]);
+    assert_eq!(q.admit(kv(3), 1, PolicyKind::Kv, None, &|_| false), vec![kv(0)]);
 }
 
 #[test]
 fn forgetting_and_weights_keep_the_accounting() {
     let mut q = Queues::new(10);
-    q.admit(kv(0), 6, PolicyKind::Kv, None);
+    q.admit(kv(0), 6, PolicyKind::Kv, None, &|_| false);
     q.forget(&kv(0));
-    assert!(q.admit(kv(1), 10, PolicyKind::Kv, None).is_empty(), "the forgotten block's bytes are free");
-    assert_eq!(q.admit(kv(2), 3, PolicyKind::Kv, None), vec![kv(1)]);
+    assert!(q.admit(kv(1), 10, PolicyKind::Kv, None, &|_| false).is_empty(), "the forgotten block's bytes are free");
+    assert_eq!(q.admit(kv(2), 3, PolicyKind::Kv, None, &|_| false), vec![kv(1)]);
     assert_eq!(q.len(), 1);
 }
 

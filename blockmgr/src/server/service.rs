@@ -313,9 +313,11 @@ impl BlockStore for BlockService {
         let started = self.begin("lookup");
         let req = request.into_inner();
         let keys = self.keys(&req.namespace, &req.keys)?;
-        let tiers: Vec<i32> = self.manager.lookup(&keys).into_iter().map(|t| tier_to_wire(t) as i32).collect();
+        let answer = crate::wire::looked_to_wire(
+            self.manager.lookup_pinned(&keys, std::time::Duration::from_millis(req.pin_ms.into())),
+        );
         self.end("lookup", started);
-        Ok(Response::new(v1::LookupResponse { prefix_len: tiers.len() as u32, tiers }))
+        Ok(Response::new(answer))
     }
 
     async fn has(&self, request: Request<v1::HasRequest>) -> Result<Response<v1::HasResponse>, Status> {

@@ -453,20 +453,26 @@ impl ShmClient {
     /// The tier of each key in the longest present prefix of `keys` (the gRPC `Lookup`, on
     /// this socket: no HTTP/2 between a scheduler and its answer).
     pub fn lookup(&mut self, namespace: &str, keys: &[&[u8]]) -> Result<Vec<TierKind>, ShmError> {
+        Ok(self.lookup_pinned(namespace, keys, std::time::Duration::ZERO)?.tiers)
+    }
+
+    /// [`ShmClient::lookup`] with each block's expected load time, pinning the blocks it
+    /// reports for `pin` (up to the node's `server.max_lookup_pin`) or until a get reads each.
+    pub fn lookup_pinned(
+        &mut self,
+        namespace: &str,
+        keys: &[&[u8]],
+        pin: std::time::Duration,
+    ) -> Result<crate::Looked, ShmError> {
         let req = v1::LookupRequest {
             namespace: namespace.into(),
             keys: keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect(),
+            pin_ms: pin.as_millis().min(u32::MAX as u128) as u32,
         };
         let Resp::LookedUp(found) = self.call(Req::Lookup(req))? else {
             return Err(self.poison("lookup answered with something else".into()));
         };
-        found
-            .tiers
-            .iter()
-            .map(|&t| {
-                tier_from_wire(t).ok_or_else(|| ShmError::Protocol(format!("unknown tier {t} in a lookup answer")))
-            })
-            .collect()
+        crate::wire::looked_from_wire(found).map_err(ShmError::Protocol)
     }
 
     /// Reads `keys` into fresh buffers: `Ok(bytes)` for a hit, else the key's outcome (a

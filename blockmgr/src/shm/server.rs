@@ -435,8 +435,8 @@ impl Session {
 
     fn lookup(&self, req: v1::LookupRequest) -> Result<Resp, Resp> {
         let keys = self.keys(&req.namespace, &req.keys)?;
-        let tiers: Vec<i32> = self.manager.lookup(&keys).into_iter().map(|t| tier_to_wire(t) as i32).collect();
-        Ok(Resp::LookedUp(v1::LookupResponse { prefix_len: tiers.len() as u32, tiers }))
+        let pin = std::time::Duration::from_millis(req.pin_ms.into());
+        Ok(Resp::LookedUp(crate::wire::looked_to_wire(self.manager.lookup_pinned(&keys, pin))))
     }
 
     fn release(&mut self, req: v1::ShmRelease) -> Resp {

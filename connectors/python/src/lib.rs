@@ -321,6 +321,22 @@ impl Client {
         Ok(tiers.into_iter().map(|t| t.as_str().to_string()).collect())
     }
 
+    /// `lookup` with what each block would cost: `(tiers, load_us, pinned)`, where `load_us`
+    /// is the expected microseconds to load each block (its length over the speed the node
+    /// measured for its tier) and `pinned` whether the blocks are kept from eviction for
+    /// `pin_ms` or until a get reads each (`server.max_lookup_pin` at most).
+    #[pyo3(signature = (namespace, keys, pin_ms = 0))]
+    fn lookup_pinned(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        keys: Vec<Vec<u8>>,
+        pin_ms: u64,
+    ) -> PyResult<(Vec<String>, Vec<u32>, bool)> {
+        let looked = py.detach(|| self.lookup_looked(namespace, &keys, std::time::Duration::from_millis(pin_ms)))?;
+        Ok((looked.tiers.iter().map(|t| t.as_str().to_string()).collect(), looked.load_us, looked.pinned))
+    }
+
     /// Deletes blocks from every tier; whether each was present.
     fn delete(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<bool>> {
         py.detach(|| self.delete_keys(namespace, &keys))
@@ -368,14 +384,23 @@ impl Client {
     }
 
     fn lookup_tiers(&self, namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<TierKind>> {
+        Ok(self.lookup_looked(namespace, keys, std::time::Duration::ZERO)?.tiers)
+    }
+
+    fn lookup_looked(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+        pin: std::time::Duration,
+    ) -> PyResult<kvtier_blockmgr::Looked> {
         // The shm socket answers in tens of microseconds, without HTTP/2 and a runtime hop.
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        if let Some(tiers) = self.shm_call(namespace, |c| c.lookup(namespace, &refs))? {
-            return Ok(tiers);
+        if let Some(looked) = self.shm_call(namespace, |c| c.lookup_pinned(namespace, &refs, pin))? {
+            return Ok(looked);
         }
         match &self.backend {
-            Backend::Remote(c) => runtime().block_on(c.lookup(namespace, keys)).map_err(client_error),
-            Backend::Embedded(m) => Ok(m.lookup(&block_keys(namespace, keys)?)),
+            Backend::Remote(c) => runtime().block_on(c.lookup_pinned(namespace, keys, pin)).map_err(client_error),
+            Backend::Embedded(m) => Ok(m.lookup_pinned(&block_keys(namespace, keys)?, pin)),
         }
     }
 

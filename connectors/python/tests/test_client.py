@@ -92,6 +92,13 @@ def test_reads_of_more_than_free_shared_memory_come_back_whole(make_server):
     keys, values = blocks(100, 1 << 20, seed=5)
     assert all(r.ok for r in c.put(NS, keys, values, durability="local_disk"))
     assert c.lookup(NS, keys).count("ssd") >= 30
+    # What each block would cost to load, and a pin until the get (issue 20): an engine
+    # loads only what beats recomputing it, and finds at the get what the lookup reported.
+    tiers, load_us, pinned = c.lookup_pinned(NS, keys, pin_ms=5000)
+    assert len(tiers) == len(load_us) == 100 and pinned
+    cost = {t: [us for tt, us in zip(tiers, load_us) if tt == t] for t in ("cpu", "ssd")}
+    assert max(cost["cpu"]) < min(cost["ssd"]), cost
+    assert c.lookup_pinned(NS, keys[:1])[2] is False, "no pin asked, none taken"
     out = [np.zeros(1 << 20, dtype=np.uint8) for _ in keys]
     assert c.get_into(NS, keys, out) == [1 << 20] * 100
     assert all(np.array_equal(o, v) for o, v in zip(out, values))
