@@ -19,6 +19,10 @@ use crate::index::TierSet;
 /// that another move holds.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 const MAX_BUSY_WAITS: u32 = 500;
+/// Waits, at most, when an eviction round found nothing to take: the SSD's last blocks may
+/// be on their way out under another writer (off the tier's lists, their space not yet
+/// free). A full SSD whose blocks all must stay fails after these.
+const MAX_EMPTY_WAITS: u32 = 50;
 
 /// What one eviction round did.
 struct Evicted {
@@ -142,7 +146,7 @@ impl Inner {
         // 64 blocks at a time. Doubling, not jumping: a burst evicts past the blocks already
         // demoted to Blob, and the extra ones are dropped.
         let mut batch = 1;
-        let mut waits = 0;
+        let (mut waits, mut empty_waits) = (0, 0);
         loop {
             match ssd.put(block.clone()).await {
                 Ok(status) => {
@@ -161,6 +165,12 @@ impl Inner {
                     // for our lock, so they finish soon: wait a little rather than fail.
                     Evicted { busy, .. } if busy > 0 && waits < MAX_BUSY_WAITS => {
                         waits += 1;
+                        tokio::time::sleep(BUSY_WAIT).await;
+                    }
+                    // Nothing to take: concurrent evictions may be freeing the last of it
+                    // (the trace bench's writers saw puts refused at a full SSD).
+                    Evicted { busy: 0, .. } if empty_waits < MAX_EMPTY_WAITS => {
+                        empty_waits += 1;
                         tokio::time::sleep(BUSY_WAIT).await;
                     }
                     Evicted { .. } => return Err(e),
