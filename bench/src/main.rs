@@ -172,6 +172,9 @@ enum Command {
         /// Replay only the first N requests of each trace.
         #[arg(long)]
         limit: Option<usize>,
+        /// Draw hit rate against capacity into this SVG file.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// NVIDIA Dynamo KVBM's G4 tier: KV blocks through KVBM's S3 client to kvtier and kvtier's
     /// native client, vs KVBM's S3 client to a plain S3 server (moto): put, get, p99.
@@ -320,7 +323,7 @@ async fn main() -> Result<()> {
             let count = if cli.quick { 16 } else { count };
             s3::run(&s3::Args { size: size_kib << 10, count, clients, python }, scratch.path(), &mut out).await
         }
-        Command::Trace { traces, block_bytes, scale, capacity_pct, memory_pct, prefill_tokens_per_s, limit } => {
+        Command::Trace { traces, block_bytes, scale, capacity_pct, memory_pct, prefill_tokens_per_s, limit, plot } => {
             // --quick: the first 1000 requests at a tight and an ample capacity.
             let (capacity_pct, limit) = if cli.quick { (vec![5.0, 50.0], Some(1000)) } else { (capacity_pct, limit) };
             let args = trace::Args {
@@ -331,6 +334,7 @@ async fn main() -> Result<()> {
                 memory_share: memory_pct / 100.0,
                 prefill_tokens_per_s,
                 limit,
+                plot,
             };
             trace::run(&args, scratch.path(), &mut out).await
         }

@@ -153,7 +153,11 @@ fn trace_bench_prints_hit_rates_against_lru_opt_and_the_bound() {
         }
     }
     std::fs::write(&path, lines).unwrap();
-    let results = run(&["trace", "--quick", "--json", "--traces", path.to_str().unwrap(), "--scale", "16384"]);
+    let svg = dir.path().join("hit-rate.svg");
+    let (trace, plot) = (path.to_str().unwrap(), svg.to_str().unwrap());
+    let results = run(&["trace", "--quick", "--json", "--traces", trace, "--scale", "16384", "--plot", plot]);
+    let drawn = std::fs::read_to_string(&svg).expect("the plot is drawn");
+    assert!(drawn.starts_with("<svg") && drawn.contains("kvtier") && drawn.contains("Belady OPT"));
     let value = |name: &str| {
         let r = results.iter().find(|r| r["bench"] == name).unwrap_or_else(|| panic!("no {name} in {results:?}"));
         for field in ["value", "baseline", "ratio"] {

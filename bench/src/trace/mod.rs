@@ -12,6 +12,7 @@
 //! slower to load than to recompute is recomputed, and so is everything after it).
 
 mod models;
+mod plot;
 mod replay;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub(crate) struct Args {
     pub(crate) prefill_tokens_per_s: f64,
     /// Replay only the first requests of each trace.
     pub(crate) limit: Option<usize>,
+    /// Where to draw hit rate against capacity (SVG).
+    pub(crate) plot: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -148,11 +151,19 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
                 unit: "ms",
                 baseline_name: "recompute everything",
             });
-            plot.push((trace.name.clone(), share, hit, lru, opt, bound));
+            plot.push(plot::Point {
+                trace: trace.name.clone(),
+                capacity_pct: share * 100.0,
+                kvtier: hit,
+                lru,
+                opt,
+                bound,
+            });
         }
     }
-    for (trace, share, hit, lru, opt, bound) in plot {
-        eprintln!("plot {trace} {:.3} kvtier {hit:.2} lru {lru:.2} opt {opt:.2} bound {bound:.2}", share);
+    if let Some(path) = &args.plot {
+        plot::draw(&plot, path).with_context(|| format!("drawing {}", path.display()))?;
+        eprintln!("trace: hit rate against capacity drawn in {}", path.display());
     }
     Ok(())
 }
