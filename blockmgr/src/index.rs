@@ -89,12 +89,16 @@ pub struct Entry {
     pub tiers: TierSet,
     /// Written with write-back durability: its last local copy may not go before Blob has it.
     pub durable: bool,
+    /// Only ever put with cache durability (nothing promised it a disk copy): its SSD copy
+    /// may be moved (deleted and written anew) when memory evicts it. False when unknown
+    /// (recovered from SSD, handed by a peer).
+    pub cache: bool,
 }
 
 impl Entry {
     /// A block of `len` bytes with checksum `crc32c` in `tiers`, not write-back.
     pub fn new(len: u64, crc32c: u32, tiers: TierSet) -> Self {
-        Entry { len, crc32c, tiers, durable: false }
+        Entry { len, crc32c, tiers, durable: false, cache: false }
     }
 
     /// Write-back and not in Blob yet: it must reach Blob before it may leave the node.

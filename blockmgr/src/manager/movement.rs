@@ -111,10 +111,23 @@ impl Inner {
             return;
         }
         let mut keep = entry.tiers.without(TierKind::Cpu);
-        if !entry.tiers.has(TierKind::Ssd)
-            && self.ssd.is_some()
+        // A KV block read back from SSD since it was written there (else it would not be in
+        // memory beside its copy) is written at the SSD's head again, its old copy dropped:
+        // SSD eviction is first in, first out, and this gives a block that was read another
+        // pass, as S3-FIFO's main queue does (on Mooncake's trace, modelled: 0.95x -> 1.01x
+        // LRU at 5% of the working set). Only blocks nothing promised a disk copy.
+        let rewrite = entry.tiers.has(TierKind::Ssd)
+            && entry.cache
+            && !force
+            && self.policy.kind(key) == crate::policy::PolicyKind::Kv;
+        if (!entry.tiers.has(TierKind::Ssd) || rewrite)
+            && let Some(ssd) = &self.ssd
             && let Ok(Some(block)) = self.cpu.get(key).await
         {
+            if rewrite {
+                let _ = ssd.delete(key).await;
+                keep = keep.without(TierKind::Ssd);
+            }
             // A write-back block keeps its mark (it can be in memory only after its SSD copy
             // was found damaged): a restart must still know to flush it.
             match self.write_ssd(block.with_durable(entry.durable)).await {

@@ -74,6 +74,10 @@ impl Inner {
             && !e.tiers.has(TierKind::Blob)
             && self.flusher.is_some()
             && self.flushable(key);
+        if e.crc32c == crc32c && e.cache && durability.on_disk() {
+            // Promised a disk copy now: it is never moved off SSD again.
+            self.index.insert(key.clone(), Entry { cache: false, ..e });
+        }
         if e.crc32c != crc32c || !(to_disk || to_write_back) {
             return Ok(self.existed(e));
         }
@@ -101,7 +105,7 @@ impl Inner {
             self.write_ssd(block.with_durable(durable)).await?;
         }
         let tiers = e.tiers.with(TierKind::Ssd);
-        self.index.insert(key.clone(), Entry { durable, tiers, ..e });
+        self.index.insert(key.clone(), Entry { durable, tiers, cache: false, ..e });
         if to_write_back {
             self.queue_new_flush(key.clone(), true);
         }
@@ -155,8 +159,9 @@ impl Inner {
             Sink::Arena(reservation, _reserved) => {
                 let durable = durability == Durability::WriteBack;
                 self.cpu.commit(key.clone(), reservation, crc32c)?;
-                self.index
-                    .insert(key.clone(), Entry { durable, ..Entry::new(len, crc32c, TierSet::of(TierKind::Cpu)) });
+                let cache = durability == Durability::Cache;
+                let entry = Entry { durable, cache, ..Entry::new(len, crc32c, TierSet::of(TierKind::Cpu)) };
+                self.index.insert(key.clone(), entry);
                 drop(admitted); // the index counts it now
                 self.admitted(&key, len);
                 if durability.on_disk() {
@@ -181,7 +186,8 @@ impl Inner {
     pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
         let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
         let durable = durability == Durability::WriteBack;
-        let entry = |tiers| Entry { durable, ..Entry::new(len, crc32c, tiers) };
+        let cache = durability == Durability::Cache;
+        let entry = |tiers| Entry { durable, cache, ..Entry::new(len, crc32c, tiers) };
         if durability.on_disk() {
             self.write_ssd(block.clone().with_durable(durable)).await?;
             let in_memory = self.put_cpu(&block).await;

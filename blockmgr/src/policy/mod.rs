@@ -84,6 +84,11 @@ impl CpuPolicy {
         }
     }
 
+    /// The rule `key`'s namespace follows.
+    pub(crate) fn kind(&self, key: &BlockKey) -> PolicyKind {
+        (self.kind_of)(key)
+    }
+
     /// Records a hit.
     pub(crate) fn touch(&self, key: &BlockKey) {
         self.queues.lock().touch(key);
