@@ -11,6 +11,8 @@ use super::{Args, TOKENS_PER_BLOCK, Trace};
 use crate::report::bar;
 
 const NS: &str = "bench/trace";
+/// How long a lookup pins what it reports (the get follows at once).
+const PIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Keys per `Has` request when counting what the node holds.
 const HAS_BATCH: usize = 512;
 
@@ -101,7 +103,9 @@ impl Replay<'_> {
         let progress = bar(self.trace.blocks.len() as u64, &format!("trace {}", self.trace.name));
         for (blocks, &tokens) in self.trace.blocks.iter().zip(&self.trace.tokens) {
             let keys: Vec<Vec<u8>> = blocks.iter().map(|b| key(*b)).collect();
-            let found = client.lookup(NS, &keys).await?;
+            // As an engine that schedules the load: the lookup pins what it reports until the
+            // get reads it, so a hit the lookup saw is not evicted before the get.
+            let found = client.lookup_pinned(NS, &keys, PIN).await?.tiers;
             let mut tiers = Vec::new();
             if !found.is_empty() {
                 for item in client.get(NS, &keys[..found.len()]).await? {
