@@ -59,14 +59,15 @@ def offloading_config(
     )
 
 
-def engine(server, **kw):
+def engine(server, kvtier_extra=None, **kw):
     """One vLLM engine's offloading manager, built by vLLM's own spec factory from the
-    kv_connector_extra_config a user would pass."""
+    kv_connector_extra_config a user would pass (plus `kvtier_extra`)."""
     extra = {
         "spec_name": "KvtierOffloadingSpec",
         "spec_module_path": "kvtier.vllm",
         "kvtier_address": server.unix,
         "kvtier_shm_socket": server.shm,
+        **(kvtier_extra or {}),
     }
     spec = OffloadingSpecFactory.create_spec(offloading_config(extra, **kw))
     assert isinstance(spec, KvtierOffloadingSpec)
@@ -139,6 +140,23 @@ def test_chunks_offloaded_by_vllm_come_back_byte_exact(server):
     assert np.array_equal(got, payload), "promoted bytes differ from what vLLM offloaded"
     assert tier.get_stats()["loaded_chunks"] == 6
     mgr.shutdown()
+
+
+def test_chunks_slower_to_load_than_to_recompute_are_misses(server):
+    """kvtier says what each chunk would cost to load; with kvtier_max_load_us below that,
+    the tier answers MISS and vLLM recomputes (issue 20). A 256 KiB chunk from memory
+    costs ~26 us, so a 1 us budget refuses it and a generous one loads it."""
+    mgr, tier, primary = engine(server)
+    keys = [key(300 + i) for i in range(3)]
+    store(mgr, tier, primary, keys, seed=4)
+    strict, strict_tier, strict_primary = engine(server, {"kvtier_max_load_us": 1})
+    res, _ = load(strict, strict_tier, strict_primary, keys)
+    assert LookupResult.MISS in res and strict_tier.get_stats()["slow_chunks"] >= 1, res
+    ample, ample_tier, ample_primary = engine(server, {"kvtier_max_load_us": 10_000_000})
+    res, _ = load(ample, ample_tier, ample_primary, keys)
+    assert all(r is LookupResult.HIT for r in res), res
+    for m in (mgr, strict, ample):
+        m.shutdown()
 
 
 def test_two_engines_share_one_cache(server):

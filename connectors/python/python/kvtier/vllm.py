@@ -31,6 +31,15 @@ sha256_cbor`` (or set ``PYTHONHASHSEED``) so that hashes agree across processes 
 restarts. ``cache_salt`` is part of vLLM's block hash, so salted tenants never share keys.
 The namespace is derived from the model, KV dtype, layout, chunk geometry and parallelism.
 
+Loading beats recomputing only when the chunk comes fast enough: kvtier answers each lookup
+with the expected time to load each chunk (its tier's measured speed), and with
+``max_load_us`` (``kvtier_max_load_us``) set to the time the engine takes to recompute a
+chunk (its tokens over the prefill rate: 256 tokens of an 8B model at 10,000 tokens/s is
+25,600 us) the tier answers MISS from the first chunk slower than that, so vLLM recomputes
+instead of waiting on a slow disk. Unset, every stored chunk is a hit. The lookup pins what it
+reports (``pin_ms``, default 10 s, or until loaded) so a chunk answered HIT is still there
+when vLLM loads it.
+
 Failures never fail a request: a dead or erroring kvtier answers MISS to lookups (vLLM
 recomputes); a failed store is reported failed, which vLLM tolerates (the chunk is simply not
 offloaded); a load that loses blocks reports the keys that did load, and the rest are
@@ -124,6 +133,8 @@ class KvtierTier(SecondaryTierManager):
         transfer_threads: int = TRANSFER_THREADS,
         backpressure_detector=None,
         locality: str | None = None,
+        max_load_us: int | None = None,
+        pin_ms: int = 10_000,
     ) -> None:
         super().__init__(
             offloading_spec=offloading_spec,
@@ -134,6 +145,8 @@ class KvtierTier(SecondaryTierManager):
         self.locality = locality
         self.namespace = namespace or namespace_for(offloading_spec, self.block_size_bytes)
         self._address, self._shm_socket, self._durability = address, shm_socket, durability
+        self._max_load_us = None if max_load_us is None else int(max_load_us)
+        self._pin_ms = int(pin_ms)
         # Chunk c is bytes [c * size, (c + 1) * size) of the flat view.
         self._flat = primary_kv_view.cast("B") if primary_kv_view.ndim > 1 else primary_kv_view
         # kvtier is treated as down (every lookup a MISS, no connection attempts) until then.
@@ -148,7 +161,15 @@ class KvtierTier(SecondaryTierManager):
         self._done: list[JobResult] = []
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
-        self.stats = {"lookups": 0, "hits": 0, "stored_chunks": 0, "loaded_chunks": 0, "failed_jobs": 0, "errors": 0}
+        self.stats = {
+            "lookups": 0,
+            "hits": 0,
+            "stored_chunks": 0,
+            "loaded_chunks": 0,
+            "failed_jobs": 0,
+            "errors": 0,
+            "slow_chunks": 0,
+        }
         self._threads = [threading.Thread(target=self._run, args=(self._lookups,), name="kvtier-lookup", daemon=True)]
         self._threads += [
             threading.Thread(target=self._run, args=(self._transfers,), name=f"kvtier-transfer-{i}", daemon=True)
@@ -262,19 +283,27 @@ class KvtierTier(SecondaryTierManager):
 
     def _lookup(self, conn: "_Connection", keys: list[bytes]) -> None:
         present: list[bytes] = []
+        slow = 0
         client = conn.get()
         rest = keys
         try:
             # Keys of one request come in prefix order, so the longest-present-prefix
             # lookup settles them in one or two round trips.
             while client is not None and rest:
-                n = len(client.lookup(self.namespace, rest))
+                tiers, load_us, _ = client.lookup_pinned(self.namespace, rest, self._pin_ms)
+                n = len(tiers)
+                if self._max_load_us is not None:
+                    # The prefix worth loading ends at the first chunk slower than recomputing.
+                    fast = next((i for i, us in enumerate(load_us) if us > self._max_load_us), n)
+                    slow += n - fast
+                    n = fast
                 present.extend(rest[:n])
                 rest = rest[n + 1 :]
         except kvtier.KvtierError as e:
             self._failed(conn, e)
         now = time.monotonic()
         with self._lock:
+            self.stats["slow_chunks"] += slow
             for k in present:
                 self._remember(k)
             for k in keys:
@@ -397,12 +426,13 @@ class _Connection:
 class KvtierOffloadingSpec(TieringOffloadingSpec):
     """vLLM's tiering spec with kvtier as its secondary tier, configured by ``kvtier_*`` keys
     of ``kv_connector_extra_config``: ``kvtier_address``, ``kvtier_shm_socket``,
-    ``kvtier_namespace``, ``kvtier_durability``, ``kvtier_transfer_threads``."""
+    ``kvtier_namespace``, ``kvtier_durability``, ``kvtier_transfer_threads``,
+    ``kvtier_max_load_us``, ``kvtier_pin_ms``."""
 
     def __init__(self, config) -> None:
         extra = dict(config.extra_config)
         tier = {"type": "KvtierTier", "module_path": __name__}
-        for key in ("address", "shm_socket", "namespace", "durability", "transfer_threads"):
+        for key in ("address", "shm_socket", "namespace", "durability", "transfer_threads", "max_load_us", "pin_ms"):
             if f"kvtier_{key}" in extra:
                 tier[key] = extra[f"kvtier_{key}"]
         extra["secondary_tiers"] = [tier, *extra.get("secondary_tiers", [])]
