@@ -318,12 +318,23 @@ pub async fn manifest_on(node: &Node, ns: &str, path: &str) -> Option<serde_json
 
 /// [`manifest_on`], asked as member `member`.
 pub async fn manifest_on_as(node: &Node, member: &str, ns: &str, path: &str) -> Option<serde_json::Value> {
+    try_manifest_on_as(node, member, ns, path).await.unwrap()
+}
+
+/// [`manifest_on_as`], with the node's refusal as an error: a node back from a pause past
+/// its lease refuses peer requests until it is a member again.
+pub async fn try_manifest_on_as(
+    node: &Node,
+    member: &str,
+    ns: &str,
+    path: &str,
+) -> Result<Option<serde_json::Value>, tonic::Status> {
     let mut peer =
         kvtier_proto::peer::v1::peer_client::PeerClient::connect(format!("http://{}", node.addrs.grpc)).await.unwrap();
     let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: ns.into(), path: path.into() });
     request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, member.parse().unwrap());
-    let json = peer.stat_object(request).await.unwrap().into_inner().json;
-    (!json.is_empty()).then(|| serde_json::from_slice(&json).unwrap())
+    let json = peer.stat_object(request).await?.into_inner().json;
+    Ok((!json.is_empty()).then(|| serde_json::from_slice(&json).unwrap()))
 }
 
 pub use kvtier_testkit::free_port;
