@@ -43,7 +43,7 @@ class Engine:
     """What an LMCache worker builds: a config, its metadata, the event loop, the local CPU
     backend (the buffer every remote read is allocated from) and a RemoteBackend."""
 
-    def __init__(self, server, plugin=True, shm=True, worker=0, name="kvtier", cls="KvtierConnector"):
+    def __init__(self, server, plugin=True, shm=True, worker=0, name="kvtier", cls="KvtierConnector", options=None):
         extra = {"save_chunk_meta": True}
         if plugin:
             extra.update(
@@ -55,6 +55,8 @@ class Engine:
             )
             if shm:
                 extra[f"remote_storage_plugin.{name}.shm_socket"] = server.shm
+            for option, value in (options or {}).items():
+                extra[f"remote_storage_plugin.{name}.{option}"] = value
         self.config = LMCacheEngineConfig.from_dict(
             {
                 "chunk_size": CHUNK,
@@ -166,6 +168,24 @@ def test_plugin_connector_stores_and_reads_chunks_through_lmcache(make_server, s
     assert ns["puts"] == 6 and ns["hits"] >= 6
     kill_and_miss(server, reader, keys)
     reader.close()
+
+
+def test_chunks_slower_to_load_than_to_recompute_are_not_reported(make_server):
+    """With `max_load_us` below what kvtier expects a chunk to take (a chunk from memory
+    here: tens of microseconds), the lookup reports no prefix and LMCache recomputes; a
+    generous budget reports every chunk (issue 20)."""
+    server = make_server()
+    writer = Engine(server)
+    keys = [writer.key(i) for i in range(3)]
+    writer.store(keys, [writer.chunk(i) for i in range(3)])
+    writer.close()
+    strict = Engine(server, options={"max_load_us": 1})
+    assert strict.contains(keys) == 0
+    assert strict.backend.connection.getWrappedConnector().slow_chunks >= 3
+    strict.close()
+    ample = Engine(server, options={"max_load_us": 10_000_000, "pin_ms": 500})
+    assert ample.contains(keys) == 3
+    ample.close()
 
 
 def test_named_plugin_instances_read_their_own_options(make_server):

@@ -53,7 +53,11 @@ class KvtierConnector(RemoteConnector):
     Options, from ``extra_config`` as ``remote_storage_plugin.<name>.<option>``:
     ``url`` (gRPC address, default ``127.0.0.1:50051``), ``shm_socket`` (the server's
     ``kvtier-shm.sock``: chunks move through shared memory), ``namespace_prefix`` (default
-    ``lmcache``) and ``durability`` (``cache``, ``local_disk`` or ``write_back``).
+    ``lmcache``), ``durability`` (``cache``, ``local_disk`` or ``write_back``),
+    ``max_load_us`` (a chunk kvtier expects to load slower than this many microseconds, and
+    the rest of the prefix, is a miss: set it to the engine's time to recompute a chunk;
+    default unset, every stored chunk loads) and ``pin_ms`` (how long a lookup keeps its hits
+    from eviction waiting for the retrieve; default 10000).
     """
 
     def __init__(self, loop, local_cpu_backend, config, plugin_name: str = "kvtier"):
@@ -67,6 +71,13 @@ class KvtierConnector(RemoteConnector):
         self.shm_socket = option("shm_socket", None)
         self.prefix = option("namespace_prefix", "lmcache")
         self.durability = option("durability", "cache")
+        # Chunks kvtier expects to load slower than this (microseconds) end the prefix: the
+        # engine recomputes them (unset: load every stored chunk). A lookup pins its hits
+        # for `pin_ms` or until read, so a hit is there when LMCache retrieves it.
+        max_load_us = option("max_load_us", None)
+        self.max_load_us = None if max_load_us is None else int(max_load_us)
+        self.pin_ms = int(option("pin_ms", 10_000))
+        self.slow_chunks = 0
         self.loop = loop
         self.local_cpu_backend = local_cpu_backend
         self._head_len = _native.lmcache_header_len(len(self.meta_shapes))
@@ -159,11 +170,21 @@ class KvtierConnector(RemoteConnector):
                 runs.append((ns, [k]))
         present = 0
         for ns, run in runs:
-            found = self._call("lookup", lambda c: len(c.lookup(ns, run)), 0)
+            found = self._call("lookup", lambda c: self._worth_loading(c.lookup_pinned(ns, run, self.pin_ms)), 0)
             present += found
             if found < len(run):
                 break
         return present
+
+    def _worth_loading(self, looked) -> int:
+        """How many leading chunks of a lookup's answer load faster than `max_load_us`."""
+        tiers, load_us, _pinned = looked
+        n = len(tiers)
+        if self.max_load_us is not None:
+            fast = next((i for i, us in enumerate(load_us) if us > self.max_load_us), n)
+            self.slow_chunks += n - fast
+            n = fast
+        return n
 
     def _get_many(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:
         out: List[Optional[MemoryObj]] = [None] * len(keys)
