@@ -85,10 +85,18 @@ impl Manager {
     pub fn lookup_pinned(&self, keys: &[BlockKey], pin: Duration) -> Looked {
         let inner = &self.inner;
         inner.policy.chain(keys);
-        let found: Vec<(TierKind, u64)> =
-            keys.iter().map_while(|k| inner.index.get(k).and_then(|e| e.tiers.fastest().map(|t| (t, e.len)))).collect();
+        let present = || -> Vec<(TierKind, u64)> {
+            keys.iter().map_while(|k| inner.index.get(k).and_then(|e| e.tiers.fastest().map(|t| (t, e.len)))).collect()
+        };
+        let mut found = present();
         let pin = pin.min(inner.config.server.max_lookup_pin);
         let pinned = !pin.is_zero() && !found.is_empty() && inner.policy.pin(&keys[..found.len()], pin);
+        if pinned {
+            // A block evicted between the first read and its pin is not reported: read again
+            // under the pins (a pin on a key that left meanwhile just expires).
+            let pinned_len = found.len();
+            found = present().into_iter().take(pinned_len).collect();
+        }
         Looked {
             load_us: found.iter().map(|(t, len)| inner.read_speeds.load_us(*t, *len)).collect(),
             tiers: found.into_iter().map(|(t, _)| t).collect(),
