@@ -22,7 +22,7 @@ pub struct Looked {
 }
 
 /// Read speed per tier below memory, learned from the reads this node served (an
-/// exponentially weighted mean of nanoseconds per byte over reads of 64 KiB or more, so a
+/// exponentially weighted mean of picoseconds per byte over reads of 64 KiB or more, so a
 /// request's fixed costs do not pass for bandwidth). Memory is taken at 10 GB/s, a copy out
 /// of the arena: its gets are zero-copy here, and the engine's copy is what it waits for.
 #[derive(Debug)]
@@ -76,8 +76,7 @@ impl Manager {
     /// The tier of each key in the longest present prefix of `keys`. Reads only the index,
     /// and teaches the memory policy the chain.
     pub fn lookup(&self, keys: &[BlockKey]) -> Vec<TierKind> {
-        self.inner.policy.chain(keys);
-        keys.iter().map_while(|k| self.inner.index.get(k).and_then(|e| e.tiers.fastest())).collect()
+        self.lookup_pinned(keys, Duration::ZERO).tiers
     }
 
     /// [`Manager::lookup`] with each block's expected load time, pinning the blocks it
