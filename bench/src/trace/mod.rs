@@ -7,7 +7,8 @@
 //! Block bytes are a model's (64 MiB per 512 tokens: 8B in bf16) divided by `--scale`; the
 //! node's memory and SSD are the same share of the scaled working set, so the hit rates are
 //! those of the full size. The modelled TTFT loads each hit at the speed measured for its
-//! tier on this machine (blocks of 4 MiB through the same client) and recomputes the rest at
+//! tier on this machine (blocks of 4 MiB through the shared-memory plane, as a local engine
+//! loads) and recomputes the rest at
 //! `--prefill-tokens-per-s`; the engine loads the prefix that saves the most time (a hit
 //! slower to load than to recompute is recomputed, and so is everything after it).
 
@@ -89,7 +90,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
     let block = (args.block_bytes / args.scale).max(4096);
     let speeds = replay::tier_speeds(dir).await.context("measuring tier speeds")?;
     eprintln!(
-        "trace: load speeds through the client: memory {:.0} MiB/s, SSD {:.0} MiB/s; recompute {} tokens/s",
+        "trace: load speeds through shared memory: memory {:.0} MiB/s, SSD {:.0} MiB/s; recompute {} tokens/s",
         speeds.memory / (1 << 20) as f64,
         speeds.ssd / (1 << 20) as f64,
         args.prefill_tokens_per_s
