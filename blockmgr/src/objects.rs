@@ -572,6 +572,7 @@ mod cluster;
 mod deletes;
 mod export;
 mod exports;
+mod failure;
 mod join;
 mod orphans;
 mod staging;

@@ -28,7 +28,8 @@ use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
 use super::{
     ObjectInfo,
-    exports::{ExportFailure, Exported, Exports, FailureReason},
+    exports::{Exported, Exports},
+    failure::{ExportFailure, FailureReason},
 };
 use crate::{Durability, GetOutcome, Manager};
 
@@ -51,7 +52,7 @@ impl Manager {
         let ended = self.export_once(key).await;
         if matches!(ended, Ok(Exported::Done))
             && let Some(exports) = self.exports()
-            && let Some(staging) = exports.take_staging(key)
+            && let Some(staging) = exports.staged.take(key)
         {
             // Moot now (the version replaced, or its file found in Blob): what a failed try
             // staged goes.
@@ -95,7 +96,7 @@ impl Manager {
             tracing::info!(object = %name, generation = info.generation, "the object's file is in Blob already");
         } else if info.size == 0 {
             exports.blobs.put(&name, Bytes::new()).await.map_err(blob)?;
-        } else if !self.upload(&exports, key, &info, &name).await? {
+        } else if !self.upload((&exports.blobs, &exports.staged), key, &info, &name).await? {
             return Ok(Exported::Done); // replaced while its parts were staged
         } else {
             self.metrics().objects_exported.inc();

@@ -15,7 +15,7 @@
 //! (`exports_queued`, `export_oldest_seconds`, `object_export_failures_total{reason}`).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -25,49 +25,8 @@ use kvtier_tiers::{BlockKey, ObjectBlobs};
 use parking_lot::Mutex;
 use tokio::{sync::Notify, time::Instant};
 
-use super::staging::Staging;
+use super::staging::StagedUploads;
 use crate::{Manager, flight::SingleFlight};
-
-/// Why an export failed: the label of `object_export_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailureReason {
-    /// The store refused or did not answer (begin, stage, commit, or the check of a file
-    /// already there).
-    Blob,
-    /// A chunk could be read from no node (or not with the manifest's checksum).
-    Chunks,
-    /// A member asked to stage parts did not (unreachable, or it failed).
-    Stager,
-    /// The manifest could not be read or parsed.
-    Manifest,
-    /// A newer version was current (its commit may yet fail and be undone): tried again
-    /// later, by when this version's manifest is gone if the newer one stood.
-    Superseded,
-    /// An owner of the path did not answer whether it holds a newer version (this node may
-    /// be one that was away while a newer version was committed and exported: its file must
-    /// not go over that one's).
-    Owners,
-}
-
-impl FailureReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Blob => "blob",
-            FailureReason::Chunks => "chunks",
-            FailureReason::Stager => "stager",
-            FailureReason::Manifest => "manifest",
-            FailureReason::Superseded => "superseded",
-            FailureReason::Owners => "owners",
-        }
-    }
-}
-
-/// A failed export: why, and the error.
-#[derive(Debug)]
-pub(crate) struct ExportFailure {
-    pub(crate) reason: FailureReason,
-    pub(crate) error: kvtier_tiers::Error,
-}
 
 /// One object's export, queued or running.
 #[derive(Debug)]
@@ -162,7 +121,7 @@ pub(crate) struct Exports {
     /// Chunks being read back from their object's file (one read each at a time).
     pub(super) reads: SingleFlight<Option<Bytes>>,
     /// What failed exports staged, by manifest, for their next try (objects/staging.rs).
-    staged: Mutex<HashMap<BlockKey, Staging>>,
+    pub(super) staged: StagedUploads,
 }
 
 impl Exports {
@@ -176,7 +135,7 @@ impl Exports {
             concurrency: concurrency.max(1),
             settling,
             reads: SingleFlight::new(),
-            staged: Mutex::default(),
+            staged: StagedUploads::default(),
         }
     }
 
@@ -286,16 +245,6 @@ impl Exports {
     /// Whether `key`'s file is in Blob, its manifest's own flush still to come.
     pub(crate) fn is_exported(&self, key: &BlockKey) -> bool {
         self.queue.lock().exported.contains(key)
-    }
-
-    /// Keeps what a failed export of `key` staged, for its next try.
-    pub(super) fn keep_staging(&self, key: &BlockKey, staging: Staging) {
-        self.staged.lock().insert(key.clone(), staging);
-    }
-
-    /// What an earlier try of `key`'s export staged, if one kept it.
-    pub(super) fn take_staging(&self, key: &BlockKey) -> Option<Staging> {
-        self.staged.lock().remove(key)
     }
 
     /// `key`'s manifest is flushed (or gone): it needs no memory of its export any more.

@@ -8,15 +8,18 @@
 //! both bill them): the 1000-fault run at e81cca5 saw Azurite's workspace grow by 31 GiB in
 //! 15 minutes while the writers wrote 4.5 MiB/s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, Upload, chunks_per_part};
+use kvtier_tiers::{
+    BlockKey, Error as TierError, MAX_PARTS, MIN_PART, Namespace, ObjectBlobs, Upload, chunks_per_part,
+};
+use parking_lot::Mutex;
 
 use super::{
     ObjectInfo,
-    exports::{ExportFailure, Exports, FailureReason},
+    failure::{ExportFailure, FailureReason},
 };
 use crate::Manager;
 
@@ -37,6 +40,22 @@ pub(crate) struct Staging {
 impl Staging {
     fn new(upload: Upload) -> Self {
         Staging { upload, ids: BTreeMap::new(), commit_failed: false }
+    }
+}
+
+/// What failed exports staged, by manifest, for their next try.
+#[derive(Debug, Default)]
+pub(crate) struct StagedUploads(Mutex<HashMap<BlockKey, Staging>>);
+
+impl StagedUploads {
+    /// Keeps what a failed export of `key` staged, for its next try.
+    pub(super) fn keep(&self, key: &BlockKey, staging: Staging) {
+        self.0.lock().insert(key.clone(), staging);
+    }
+
+    /// What an earlier try of `key`'s export staged, if one kept it.
+    pub(super) fn take(&self, key: &BlockKey) -> Option<Staging> {
+        self.0.lock().remove(key)
     }
 }
 
@@ -79,21 +98,21 @@ impl Manager {
     /// for the next (see the module documentation).
     pub(super) async fn upload(
         &self,
-        exports: &Exports,
+        (blobs, staged): (&ObjectBlobs, &StagedUploads),
         key: &BlockKey,
         info: &ObjectInfo,
         name: &str,
     ) -> Result<bool, ExportFailure> {
         let ns = &key.namespace;
         let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
-        let mut staging = match exports.take_staging(key) {
+        let mut staging = match staged.take(key) {
             Some(staging) => staging,
-            None => Staging::new(exports.blobs.begin(name).await.map_err(blob)?),
+            None => Staging::new(blobs.begin(name).await.map_err(blob)?),
         };
         let ids = match self.stage_everywhere(ns, info, &mut staging).await {
             Ok(ids) => ids,
             Err(e) => {
-                exports.keep_staging(key, staging);
+                staged.keep(key, staging);
                 return Err(e);
             }
         };
@@ -101,20 +120,20 @@ impl Manager {
         match self.still_current(ns, info).await {
             Ok(true) => {}
             Ok(false) => {
-                exports.blobs.abort(&staging.upload).await;
+                blobs.abort(&staging.upload).await;
                 return Ok(false);
             }
             Err(e) => {
-                exports.keep_staging(key, staging);
+                staged.keep(key, staging);
                 return Err(e);
             }
         }
-        if let Err(error) = exports.blobs.finish(&staging.upload, ids).await {
+        if let Err(error) = blobs.finish(&staging.upload, ids).await {
             if staging.commit_failed {
-                exports.blobs.abort(&staging.upload).await;
+                blobs.abort(&staging.upload).await;
             } else {
                 staging.commit_failed = true;
-                exports.keep_staging(key, staging);
+                staged.keep(key, staging);
             }
             return Err(blob(error));
         }
