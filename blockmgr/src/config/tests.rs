@@ -52,6 +52,11 @@ fn unknown_and_malformed_keys_are_refused_by_name() {
     assert!(e.contains("blob.max_unflushed"), "{e}");
     let e = Config::parse("[namespaces.\"a/*\"]\ncache_olny = true").unwrap_err().to_string();
     assert!(e.contains("cache_olny"), "{e}");
+    let e = Config::parse("[namespaces.\"a/*\"]\npolicy = \"fifo\"").unwrap_err().to_string();
+    assert!(e.contains("fifo") && e.contains("checkpoint"), "names the bad policy and the good ones: {e}");
+    let c = Config::parse("[namespaces.\"a/*\"]\npolicy = \"lru\"").unwrap();
+    assert_eq!(c.namespace("a/b").policy, Some(crate::PolicyKind::Lru));
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "a policy prints and reads back");
 }
 
 #[test]
