@@ -75,7 +75,7 @@ impl CpuPolicy {
         let out = {
             let mut queues = self.queues.lock();
             let pins = self.pins.lock();
-            let pinned = |k: &BlockKey| !pins.is_empty() && pins.is_pinned(k);
+            let pinned = |k: &BlockKey| pins.is_pinned(k);
             queues.admit(key, footprint, kind, parent.as_ref(), &pinned)
         };
         // Outside the lock: the listener queues a demotion.
@@ -114,16 +114,12 @@ impl CpuPolicy {
 
     /// Ends `key`'s pin (a get read it).
     pub(crate) fn unpin(&self, key: &BlockKey) {
-        let mut pins = self.pins.lock();
-        if !pins.is_empty() {
-            pins.release(key);
-        }
+        self.pins.lock().release(key);
     }
 
     /// Whether eviction must pass `key` by.
     pub(crate) fn is_pinned(&self, key: &BlockKey) -> bool {
-        let pins = self.pins.lock();
-        !pins.is_empty() && pins.is_pinned(key)
+        self.pins.lock().is_pinned(key)
     }
 
     /// Forgets a block that left memory for another reason (delete, explicit demotion).

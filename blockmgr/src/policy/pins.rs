@@ -42,15 +42,15 @@ impl Pins {
         true
     }
 
+    // Both ask `is_empty` first: most of the time nothing is pinned, and eviction asks for
+    // every candidate (a lookup in an empty map still hashes the key).
     pub(crate) fn release(&mut self, key: &BlockKey) {
-        self.until.remove(key);
+        if !self.until.is_empty() {
+            self.until.remove(key);
+        }
     }
 
     pub(crate) fn is_pinned(&self, key: &BlockKey) -> bool {
-        self.until.get(key).is_some_and(|t| *t > Instant::now())
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.until.is_empty()
+        !self.until.is_empty() && self.until.get(key).is_some_and(|t| *t > Instant::now())
     }
 }

@@ -37,6 +37,15 @@ from ._native import (  # noqa: F401
 )
 
 
+def loadable_prefix(load_us, max_load_us=None) -> int:
+    """How many leading blocks of a lookup's answer (its ``load_us``, from
+    ``Client.lookup_pinned``) load no slower than ``max_load_us``: the prefix worth loading
+    ends at the first block slower to load than to recompute. ``None``: all of them."""
+    if max_load_us is None:
+        return len(load_us)
+    return next((i for i, us in enumerate(load_us) if us > max_load_us), len(load_us))
+
+
 __all__ = [
     "Client",
     "PutResult",
@@ -51,4 +60,5 @@ __all__ = [
     "ResourceExhaustedError",
     "OutcomeUnknownError",
     "__version__",
+    "loadable_prefix",
 ]

@@ -35,7 +35,7 @@ from lmcache.v1.protocol import DTYPE_TO_INT, strip_shape_padding
 from lmcache.v1.storage_backend.connector import ConnectorAdapter
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from . import _native
+from . import _native, loadable_prefix
 from ._native import KvtierError
 
 #: The native multiprocess-mode L2 client (see the module docstring).
@@ -179,11 +179,8 @@ class KvtierConnector(RemoteConnector):
     def _worth_loading(self, looked) -> int:
         """How many leading chunks of a lookup's answer load faster than `max_load_us`."""
         tiers, load_us, _pinned = looked
-        n = len(tiers)
-        if self.max_load_us is not None:
-            fast = next((i for i, us in enumerate(load_us) if us > self.max_load_us), n)
-            self.slow_chunks += n - fast
-            n = fast
+        n = loadable_prefix(load_us, self.max_load_us)
+        self.slow_chunks += len(tiers) - n
         return n
 
     def _get_many(self, keys: List[CacheEngineKey]) -> List[Optional[MemoryObj]]:

@@ -291,12 +291,8 @@ class KvtierTier(SecondaryTierManager):
             # lookup settles them in one or two round trips.
             while client is not None and rest:
                 tiers, load_us, _ = client.lookup_pinned(self.namespace, rest, self._pin_ms)
-                n = len(tiers)
-                if self._max_load_us is not None:
-                    # The prefix worth loading ends at the first chunk slower than recomputing.
-                    fast = next((i for i, us in enumerate(load_us) if us > self._max_load_us), n)
-                    slow += n - fast
-                    n = fast
+                n = kvtier.loadable_prefix(load_us, self._max_load_us)
+                slow += len(tiers) - n
                 present.extend(rest[:n])
                 rest = rest[n + 1 :]
         except kvtier.KvtierError as e:
