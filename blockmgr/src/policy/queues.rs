@@ -236,10 +236,15 @@ impl Queues {
 
     /// Forgets `key` (it left memory for another reason: deleted, demoted on demand).
     pub(crate) fn forget(&mut self, key: &BlockKey) {
-        if let Some(e) = self.entries.remove(key) {
-            self.queue_mut(e.queue).remove(&e.pos);
-            self.unweigh(&e);
-        }
+        self.take(key);
+    }
+
+    /// Removes `key` from its queue and the accounting.
+    fn take(&mut self, key: &BlockKey) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        self.queue_mut(e.queue).remove(&e.pos);
+        self.unweigh(&e);
+        Some(e)
     }
 
     fn unweigh(&mut self, e: &Entry) {
@@ -258,9 +263,7 @@ impl Queues {
         while self.used > self.capacity {
             match self.victim(keep) {
                 Some(v) => {
-                    let e = self.entries.remove(&v).expect("queued keys have entries");
-                    self.queue_mut(e.queue).remove(&e.pos);
-                    self.unweigh(&e);
+                    let e = self.take(&v).expect("queued keys have entries");
                     if e.kind == PolicyKind::Kv {
                         let bound = self.entries.len().max(1024);
                         match e.queue {
