@@ -201,6 +201,8 @@ struct Region {
     /// Being emptied for this class: takes no new blocks of its own class, and once empty
     /// no other class may take it.
     draining_for: Option<u16>,
+    /// Packed: opened for blocks that may have to stay (written back; see packed.rs).
+    durable: bool,
 }
 
 #[derive(Debug)]
@@ -220,6 +222,9 @@ struct State {
     /// Packed: the regions new blocks go into, for blocks that may go (0) and written-back
     /// ones that may have to stay (1).
     open: [Vec<u32>; 2],
+    /// Packed: freed blocks' places inside regions still holding others, by kind (as
+    /// `open`) and page count, for a block of exactly that many pages (packed.rs).
+    holes: [std::collections::HashMap<u32, Vec<packed::Hole>>; 2],
 }
 
 /// Thread-safe slot bookkeeping over a [`SlabLayout`].
@@ -235,7 +240,15 @@ impl SlabAllocator {
         let classes = layout.classes.len();
         let state = State {
             regions: (0..n)
-                .map(|_| Region { class: None, epoch: 0, free: Vec::new(), live: 0, next: 0, draining_for: None })
+                .map(|_| Region {
+                    class: None,
+                    epoch: 0,
+                    free: Vec::new(),
+                    live: 0,
+                    next: 0,
+                    draining_for: None,
+                    durable: false,
+                })
                 .collect(),
             unassigned: (0..n as u32).rev().collect(),
             partial: vec![Vec::new(); classes],
@@ -245,6 +258,7 @@ impl SlabAllocator {
             live: 0,
             next_epoch: 1,
             open: [Vec::new(), Vec::new()],
+            holes: Default::default(),
         };
         SlabAllocator { layout, state: Mutex::new(state) }
     }

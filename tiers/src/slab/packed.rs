@@ -6,18 +6,34 @@
 //! until Blob has them) have open regions of their own: a region is reused only whole, and
 //! one such block among cache blocks would keep all of them from being reclaimed. When none holds it an empty region is opened
 //! (with a new epoch), closing the open one with the least room past [`OPEN_REGIONS`]. A
-//! closed region takes nothing more; once its last block is freed it is empty and may be
-//! opened again. So space in a region is
-//! reused only whole, as in a log-structured store: the slot headers of a region form a
-//! chain from its first page that recovery walks (a freed block's header is rewritten as a
-//! tombstone of the same length, never zeroed, so the chain holds). Eviction goes region by
-//! region, oldest first; the evictor passes over blocks that may not go (write-back copies
-//! Blob lacks) to those of the next regions, so some region always empties when any can.
+//! closed region takes nothing more at its end; once its last block is freed it is empty and
+//! may be opened again. The slot headers of a region form a chain from its first page that
+//! recovery walks (a freed block's header is rewritten as a tombstone of the same length,
+//! never zeroed, so the chain holds).
+//!
+//! A freed block's pages are a **hole** that a later block of exactly as many pages (and of
+//! the same kind) takes, its header over the tombstone: the chain still holds, and a cache
+//! of equal-sized blocks (KV blocks) can evict block by block, in whatever order its policy
+//! chooses, instead of a whole region at a time. Without that, Mooncake's conversation trace
+//! left 9% of the SSD in holes that no block could use until their region emptied. Holes are
+//! kept in memory only: after a restart a region's holes wait for it to empty.
+//!
+//! Eviction by region goes oldest first; the evictor passes over blocks that may not go
+//! (write-back copies Blob lacks) to those of the next regions, so some region always
+//! empties when any can.
 
 use super::{Allocation, PACKED, SlabAllocator, SlotAddr, State};
 
 /// Regions taking blocks at once.
 const OPEN_REGIONS: usize = 4;
+
+/// A freed block's place: its region (while in the assignment of `epoch`) and first page.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hole {
+    region: u32,
+    slot: u32,
+    epoch: u64,
+}
 
 impl SlabAllocator {
     /// A packed slot for `len` bytes: at the end of the open region, else at the start of
@@ -28,9 +44,12 @@ impl SlabAllocator {
             return None;
         }
         let mut st = self.state.lock();
+        let kind = usize::from(durable);
+        if let Some(al) = take_hole(&mut st, kind, pages) {
+            return Some(al);
+        }
         let total = self.layout.region_pages();
         let room = |st: &State, r: u32| total - st.regions[r as usize].next;
-        let kind = usize::from(durable);
         let fits = st.open[kind].iter().copied().filter(|&r| room(&st, r) >= pages).min_by_key(|&r| room(&st, r));
         let region = match fits {
             Some(r) => r,
@@ -52,6 +71,7 @@ impl SlabAllocator {
                 region.next = 0;
                 region.live = 0;
                 region.draining_for = None;
+                region.durable = durable;
                 st.open[kind].push(r);
                 r
             }
@@ -87,6 +107,7 @@ impl SlabAllocator {
         assert!(r.live > 0, "free of {addr:?} in a region with no live blocks");
         r.live -= 1;
         let empty = r.live == 0;
+        let (epoch, kind) = (r.epoch, usize::from(r.durable));
         st.used -= addr.pages as u64 * super::PAGE;
         st.packed_live -= addr.pages as u64 * super::PAGE;
         st.live -= 1;
@@ -95,6 +116,9 @@ impl SlabAllocator {
             // opened (no allocation is in flight in it: each counts as live).
             st.open.iter_mut().for_each(|open| open.retain(|&o| o != addr.region));
             release_region(&mut st, addr.region);
+        } else {
+            let hole = Hole { region: addr.region, slot: addr.slot, epoch };
+            st.holes[kind].entry(addr.pages).or_default().push(hole);
         }
     }
 
@@ -125,6 +149,7 @@ impl SlabAllocator {
         r.next = end;
         r.live = live.len() as u32;
         r.draining_for = None;
+        r.durable = false;
         let empty = live.is_empty();
         let bytes = live.iter().map(|&p| p as u64 * super::PAGE).sum::<u64>();
         st.used += bytes;
@@ -156,11 +181,33 @@ impl SlabAllocator {
     }
 }
 
-/// An empty packed region back among the unassigned.
+/// A hole of exactly `pages` pages for a block of `kind`, taken: the newest still in its
+/// region's assignment (holes of regions emptied since are dropped on the way).
+fn take_hole(st: &mut State, kind: usize, pages: u32) -> Option<Allocation> {
+    let holes = st.holes[kind].get_mut(&pages)?;
+    while let Some(h) = holes.pop() {
+        let r = &mut st.regions[h.region as usize];
+        if r.class != Some(PACKED) || r.epoch != h.epoch {
+            continue;
+        }
+        r.live += 1;
+        st.used += pages as u64 * super::PAGE;
+        st.packed_live += pages as u64 * super::PAGE;
+        st.live += 1;
+        let addr = SlotAddr { region: h.region, slot: h.slot, class: PACKED, pages };
+        return Some(Allocation { addr, epoch: h.epoch });
+    }
+    None
+}
+
+/// An empty packed region back among the unassigned, its holes forgotten.
 fn release_region(st: &mut State, region: u32) {
     let r = &mut st.regions[region as usize];
     r.class = None;
     r.next = 0;
     r.draining_for = None;
+    for holes in st.holes.iter_mut().flat_map(|by_pages| by_pages.values_mut()) {
+        holes.retain(|h| h.region != region);
+    }
     st.unassigned.push(region);
 }

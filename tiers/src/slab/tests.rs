@@ -206,3 +206,33 @@ fn a_restored_packed_region_continues_after_its_chain() {
     assert!(big.epoch > 40, "epochs after recovery exceed those found on disk");
     assert!(a.alloc(3 * MIB).is_some(), "an empty restored region is free for use");
 }
+
+#[test]
+fn a_freed_blocks_pages_take_the_next_block_of_exactly_their_size() {
+    let a = packed(12 * MIB, 4 * MIB, MIB);
+    let ten_pages = 9 * PAGE; // a header page and nine of data
+    let blocks: Vec<Allocation> = (0..10).map(|_| a.alloc(ten_pages).unwrap()).collect();
+    let region = blocks[0].addr.region;
+    assert!(blocks.iter().all(|b| b.addr.region == region && b.addr.pages == 10));
+    a.free(blocks[3].addr);
+    // Another size, or a block that may have to stay, goes to the end (or its own region).
+    let other = a.alloc(4 * PAGE).unwrap();
+    assert_eq!((other.addr.region, other.addr.slot), (region, 100), "after the last block");
+    let durable = a.alloc_for(ten_pages, true).unwrap();
+    assert_ne!(durable.addr.region, region, "written-back blocks keep regions of their own");
+    // The same size takes the hole: same place, same epoch (the region header stands).
+    let refill = a.alloc(ten_pages - 100).unwrap();
+    assert_eq!((refill.addr.region, refill.addr.slot, refill.addr.pages), (region, 30, 10));
+    assert_eq!(refill.epoch, blocks[0].epoch);
+    assert_eq!(a.usage().1, 12);
+    // A region that empties forgets its holes: its next use starts over under a new epoch.
+    a.free(blocks[5].addr);
+    for b in blocks.iter().filter(|b| ![3, 5].contains(&(b.addr.slot / 10))) {
+        a.free(b.addr);
+    }
+    a.free(refill.addr);
+    a.free(other.addr);
+    let fresh = a.alloc(ten_pages).unwrap();
+    assert_ne!((fresh.addr.region, fresh.epoch), (region, blocks[0].epoch), "no hole of an emptied region");
+    assert_eq!(a.usage().1, 2);
+}

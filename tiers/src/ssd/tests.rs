@@ -465,3 +465,33 @@ async fn a_slot_file_of_the_class_format_is_read_upgraded_and_packed_after() {
     let candidates = tier.eviction_candidates(200_000, 10_000);
     assert!(old[1..].iter().all(|b| candidates.contains(&b.key)), "the old blocks are candidates");
 }
+
+#[tokio::test]
+async fn a_full_ssd_puts_a_block_where_one_of_its_size_was_deleted_and_both_survive_a_restart() {
+    // Equal-sized blocks (KV blocks) evicted one at a time: the freed place takes the next
+    // block, so the policy, not the region, decides what goes.
+    let dir = tempfile::tempdir().unwrap();
+    let len = 100_000;
+    let tier = builder(dir.path()).build().await.unwrap();
+    let mut n = 0;
+    loop {
+        match tier.put(Block::new(key(n), conformance::pattern(n, len))).await {
+            Ok(_) => n += 1,
+            Err(e) if e.is_no_space() => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(n > 100, "only {n} blocks fit");
+    let gone = n / 2;
+    assert!(tier.delete(&key(gone)).await.unwrap());
+    tier.put(Block::new(key(n), conformance::pattern(n, len))).await.expect("the freed place takes it");
+    let err = tier.put(Block::new(key(n + 1), conformance::pattern(n + 1, len))).await.unwrap_err();
+    assert!(err.is_no_space(), "one place was freed, one block took it: {err}");
+    drop(tier);
+    let tier = builder(dir.path()).build().await.unwrap();
+    assert_eq!(tier.usage().await.unwrap().blocks, n);
+    assert!(tier.get(&key(gone)).await.unwrap().is_none(), "the deleted block stays deleted");
+    for i in (0..=n).filter(|&i| i != gone) {
+        assert!(tier.get(&key(i)).await.unwrap().unwrap().data == conformance::pattern(i, len), "block {i}");
+    }
+}
