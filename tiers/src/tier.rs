@@ -130,6 +130,13 @@ pub trait Tier: Send + Sync + fmt::Debug + fmt::Display + 'static {
         let _ = stays;
         self.eviction_candidates(size, max)
     }
+
+    /// Bytes a block of `len` bytes takes in this tier, and so what removing one gives back
+    /// (slot headers and rounding included). Blocks of equal footprint can take each other's
+    /// places. By default, `len`.
+    fn footprint(&self, len: u64) -> u64 {
+        len
+    }
 }
 
 /// Single-block conveniences over any [`Tier`]; implemented for all of them.
@@ -196,6 +203,9 @@ macro_rules! forward_tier {
                 stays: &(dyn Fn(&BlockKey) -> bool + Sync),
             ) -> Vec<BlockKey> {
                 (**self).eviction_candidates_keeping(size, max, stays)
+            }
+            fn footprint(&self, len: u64) -> u64 {
+                (**self).footprint(len)
             }
         }
     };

@@ -463,6 +463,14 @@ impl Tier for SsdTier {
             Reclaim::Nothing => Vec::new(),
         }
     }
+
+    fn footprint(&self, len: u64) -> u64 {
+        let layout = self.layout();
+        if layout.packed {
+            return layout.packed_pages(len) as u64 * PAGE;
+        }
+        layout.class_for(len).map_or(len, |c| layout.slot_size(c))
+    }
 }
 
 #[cfg(test)]
