@@ -63,7 +63,7 @@ use crate::{
     Config, Metrics,
     flight::{KeyLocks, SingleFlight},
     index::Index,
-    policy::CpuPolicy,
+    policy::NodePolicy,
 };
 
 /// Per-key lock stripes. Unit tests use one, so every key shares a lock with every other:
@@ -94,7 +94,7 @@ pub(crate) struct Inner {
     blob_deletes: blob_deletes::BlobDeletes,
     config: Config,
     index: Index,
-    policy: CpuPolicy,
+    policy: NodePolicy,
     locks: KeyLocks,
     /// Write-back keys another owner said Blob has before this node's copy of them arrived
     /// (a `Peer/Flushed` that overtook the put carrying the copy), with the CRC-32C of the
@@ -108,7 +108,8 @@ pub(crate) struct Inner {
     read_slots: Semaphore,
     transfer: Arc<Semaphore>,
     reserved: Arc<AtomicU64>,
-    demote_tx: mpsc::UnboundedSender<BlockKey>,
+    /// Blocks memory's order pushed out, each with whether it was read there.
+    demote_tx: mpsc::UnboundedSender<(BlockKey, bool)>,
     /// Read speeds per tier, for the load costs lookups report (lookup.rs).
     read_speeds: lookup::ReadSpeeds,
     /// Blocks a departed prefix parent left unreachable (unreachable.rs).
@@ -318,6 +319,7 @@ impl Manager {
                 return Ok(false);
             };
             inner.policy.forget(&key);
+            inner.policy.ssd_forget(&key);
             if entry.tiers.has(TierKind::Cpu) {
                 let _ = inner.cpu.delete(&key).await;
             }

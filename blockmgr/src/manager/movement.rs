@@ -33,15 +33,19 @@ struct Evicted {
 
 /// Starts the task that drains the demotion queue, `concurrency` blocks at a time. It
 /// holds the manager weakly and ends when the manager is dropped.
-pub(super) fn spawn_demotion_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BlockKey>, concurrency: usize) {
+pub(super) fn spawn_demotion_worker(
+    inner: &Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<(BlockKey, bool)>,
+    concurrency: usize,
+) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let slots = Arc::new(Semaphore::new(concurrency));
     tokio::spawn(async move {
-        while let Some(key) = rx.recv().await {
+        while let Some((key, read)) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
             let Some(inner) = weak.upgrade() else { break };
             tokio::spawn(async move {
-                inner.demote(&key, false).await;
+                inner.demote(&key, false, read).await;
                 drop(permit);
                 inner.metrics.demotion_queue.dec();
                 inner.background.finish();
@@ -63,7 +67,7 @@ pub(super) fn reclaim_cpu(inner: &Inner, len: u64) {
         inner.policy.forget(&key);
         inner.metrics.demotion_queue.inc();
         inner.background.start();
-        let _ = inner.demote_tx.send(key);
+        let _ = inner.demote_tx.send((key, false));
     }
 }
 
@@ -86,7 +90,7 @@ pub(super) async fn persist_memory(inner: &Arc<Inner>) -> usize {
         .for_each_concurrent(8, |key| {
             let bar = bar.clone();
             async move {
-                inner.demote(&key, true).await;
+                inner.demote(&key, true, false).await;
                 bar.inc(1);
             }
         })
@@ -99,8 +103,9 @@ pub(super) async fn persist_memory(inner: &Arc<Inner>) -> usize {
 
 impl Inner {
     /// Moves `key` out of memory: to SSD unless a copy is already there, then frees its
-    /// memory. Unless `force`, a block the policy has re-admitted meanwhile stays.
-    pub(super) async fn demote(&self, key: &BlockKey, force: bool) {
+    /// memory. Unless `force`, a block the policy has re-admitted meanwhile stays. `read`: it
+    /// was read in memory, which gives it a better place in the SSD's order.
+    pub(super) async fn demote(&self, key: &BlockKey, force: bool, read: bool) {
         let _guard = self.locks.lock(key).await;
         let Some(entry) = self.index.get(key) else {
             // Deleted while queued; make sure no memory copy lingers.
@@ -111,29 +116,20 @@ impl Inner {
             return;
         }
         let mut keep = entry.tiers.without(TierKind::Cpu);
-        // A KV block read back from SSD since it was written there (else it would not be in
-        // memory beside its copy) is written at the SSD's head again, its old copy dropped:
-        // SSD eviction is first in, first out, and this gives a block that was read another
-        // pass, as S3-FIFO's main queue does (kvtier-bench trace, Mooncake's conversation
-        // trace at 5% of the working set: 0.91x -> 0.97x LRU). Only blocks nothing promised
-        // a disk copy.
-        let rewrite = entry.tiers.has(TierKind::Ssd)
-            && entry.cache
-            && !force
-            && self.policy.kind(key) == crate::policy::PolicyKind::Kv;
-        if (!entry.tiers.has(TierKind::Ssd) || rewrite)
-            && let Some(ssd) = &self.ssd
+        // A block read back from SSD kept its copy there (the SSD's order gave it another pass
+        // for that read): leaving memory costs it no second write.
+        if !entry.tiers.has(TierKind::Ssd)
+            && self.ssd.is_some()
             && let Ok(Some(block)) = self.cpu.get(key).await
         {
-            if rewrite {
-                let _ = ssd.delete(key).await;
-                keep = keep.without(TierKind::Ssd);
-            }
             // A write-back block keeps its mark (it can be in memory only after its SSD copy
             // was found damaged): a restart must still know to flush it.
             match self.write_ssd(block.with_durable(entry.durable)).await {
                 Ok(_) => {
                     keep = keep.with(TierKind::Ssd);
+                    if read {
+                        self.policy.ssd_touch(key);
+                    }
                     self.metrics.demotions.with_label_values(&["cpu", "ssd"]).inc();
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "demotion to SSD failed; the block is dropped"),
@@ -149,9 +145,9 @@ impl Inner {
         }
     }
 
-    /// Writes a block to SSD, evicting the SSD's oldest blocks of the needed size class
-    /// (or emptying a region for a new class) while it is full and eviction makes progress.
-    /// The caller holds the block's lock and updates the index.
+    /// Writes a block to SSD, evicting while it is full and eviction makes progress (see
+    /// [`Inner::evict_ssd`]), and enters it in the SSD's order. The caller holds the block's
+    /// lock and updates the index.
     pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, TierError> {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let len = block.len();
@@ -164,6 +160,9 @@ impl Inner {
         loop {
             match ssd.put(block.clone()).await {
                 Ok(status) => {
+                    if status == PutStatus::Stored {
+                        self.policy.ssd_admit(block.key.clone(), ssd.footprint(len), false);
+                    }
                     self.metrics.bytes_written.with_label_values(&["ssd"]).inc_by(len);
                     if let Some(flusher) = &self.flusher
                         && let Ok(u) = ssd.usage().await
@@ -194,16 +193,30 @@ impl Inner {
         }
     }
 
-    /// Removes up to `max` SSD candidates for a block of `len` bytes, skipping (and counting)
-    /// any whose lock is taken. Write-back blocks Blob lacks are never taken; while blocks
-    /// are being demoted to Blob, those Blob holds go first (dropping them loses nothing)
-    /// and cache blocks Blob lacks only when no other will do. The window of candidates
-    /// widens past what it skips. The caller holds `held`'s lock.
+    /// Removes up to `max` SSD blocks to make room for one of `len` bytes, skipping (and
+    /// counting) any whose lock is taken. First the SSD order's next victims of the same
+    /// footprint (their places take the block); when it has none, the tier's candidates by
+    /// layout (whole regions, oldest first), for a block no freed place fits. Write-back
+    /// blocks Blob lacks are never taken; while blocks are being demoted to Blob, those
+    /// Blob holds go first (dropping them loses nothing) and cache blocks Blob lacks only
+    /// when no other will do. The window of candidates widens past what it skips. The
+    /// caller holds `held`'s lock.
     async fn evict_ssd(&self, len: u64, max: usize, held: &BlockKey) -> Evicted {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let (mut removed, mut busy) = (0, 0);
-        let demoting = self.flusher.as_ref().is_some_and(|f| f.demotes());
-        for spare_cache in [true, false].into_iter().filter(|&spare| demoting || !spare) {
+        for spare_cache in [true, false].into_iter().filter(|&spare| self.flusher_demotes() || !spare) {
+            // Not `must_stay_on_ssd`: the policy checks pins itself, under its own lock.
+            let candidates =
+                self.ssd_victims_for(len, max + 8, &|k| k == held || self.index.get(k).is_some_and(|e| e.unflushed()));
+            self.evict_from(&candidates, max, held, spare_cache, &mut removed, &mut busy).await;
+            if removed == max {
+                return Evicted { removed, busy };
+            }
+        }
+        if removed > 0 || busy > 0 {
+            return Evicted { removed, busy };
+        }
+        for spare_cache in [true, false].into_iter().filter(|&spare| self.flusher_demotes() || !spare) {
             let mut window = max + 8;
             // The SSD names regions without blocks that must stay first.
             let pinned = |k: &BlockKey| self.must_stay_on_ssd(k);
@@ -221,6 +234,21 @@ impl Inner {
             }
         }
         Evicted { removed, busy }
+    }
+
+    /// The SSD order's next `max` victims whose places a block of `len` bytes would take
+    /// (of its footprint), none that `keep` names: the blocks SSD eviction takes first.
+    /// `keep` must not call into the policy.
+    pub(super) fn ssd_victims_for(&self, len: u64, max: usize, keep: &dyn Fn(&BlockKey) -> bool) -> Vec<BlockKey> {
+        let Some(ssd) = &self.ssd else { return Vec::new() };
+        let footprint = ssd.footprint(len);
+        let other_size = |k: &BlockKey| self.index.get(k).is_some_and(|e| ssd.footprint(e.len) != footprint);
+        self.policy.ssd_victims(max, &|k| other_size(k) || keep(k))
+    }
+
+    /// Whether blocks are being demoted to Blob ahead of SSD eviction.
+    fn flusher_demotes(&self) -> bool {
+        self.flusher.as_ref().is_some_and(|f| f.demotes())
     }
 
     /// Whether SSD eviction must pass `key` by: a write-back copy Blob lacks, or a block a
@@ -274,7 +302,11 @@ impl Inner {
                 unflushed += 1;
                 continue;
             }
-            if ssd.delete(victim).await.unwrap_or(false) {
+            if !ssd.delete(victim).await.unwrap_or(false) {
+                // Gone already (deleted, dropped as damaged): out of the SSD's order too.
+                self.policy.ssd_forget(victim);
+            } else {
+                self.policy.ssd_evicted(victim);
                 *removed += 1;
                 self.metrics.evictions.with_label_values(&["ssd"]).inc();
                 let tiers = self.index.get(victim).map_or(TierSet::EMPTY, |e| e.tiers.without(TierKind::Ssd));
@@ -302,6 +334,7 @@ impl Inner {
             // The key was deleted and stored again with other bytes while we read: not it.
             Ok(Some(block)) if !self.is_current(&block) => GetOutcome::not_found(),
             Ok(Some(block)) => {
+                self.policy.ssd_touch(&key);
                 let me = self.clone();
                 let copy = block.clone();
                 self.background.start();
@@ -328,6 +361,7 @@ impl Inner {
                 if let Some(entry) = self.index.get(&key) {
                     self.index.set_tiers(&key, entry.tiers.without(TierKind::Ssd));
                 }
+                self.policy.ssd_forget(&key);
                 GetOutcome::Miss { reason: MissReason::ChecksumMismatch, message: e.to_string() }
             }
             Err(e) => {
@@ -354,6 +388,7 @@ impl Inner {
                 tracing::error!(%key, "a write-back block's only copy was damaged on SSD before it reached Blob");
             }
             self.index.set_tiers(key, left); // none left: removed
+            self.policy.ssd_forget(key);
         }
     }
 

@@ -14,7 +14,7 @@ use crate::{
     Config, Error, Metrics,
     flight::{KeyLocks, SingleFlight},
     index::Index,
-    policy::{CpuPolicy, PolicyKind},
+    policy::{NodePolicy, PolicyKind},
 };
 
 impl Manager {
@@ -82,13 +82,13 @@ impl Manager {
         let listener_tx = demote_tx.clone();
         let (queue, listener_bg) = (metrics.demotion_queue.clone(), background.clone());
         let namespaces = config.clone();
-        let policy = CpuPolicy::new(
+        let policy = NodePolicy::new(
             cpu.capacity(),
-            move |key| {
+            move |key, read| {
                 queue.inc();
                 listener_bg.start();
                 // The receiver lives as long as the manager; a send after shutdown is moot.
-                let _ = listener_tx.send(key);
+                let _ = listener_tx.send((key, read));
             },
             move |key| policy_of(&namespaces, key),
         );

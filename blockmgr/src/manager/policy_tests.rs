@@ -138,3 +138,44 @@ async fn blocks_a_lookup_pinned_outlive_eviction_pressure_until_read() {
     assert!(m.lookup_pinned(&[key(139)], std::time::Duration::from_secs(3600)).pinned);
     assert!(m.inner.policy.is_pinned(&key(139)));
 }
+
+#[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
+async fn a_block_read_from_a_full_ssd_outlives_blocks_written_after_it_that_nobody_read() {
+    // SSD eviction went first in, first out by region: a block read from SSD went with the
+    // unread blocks written beside it, and the next turn of a conversation missed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), true);
+    c.blob.url = String::new();
+    let m = Manager::open(&c, Metrics::new()).await.unwrap();
+    // ~30 blocks of memory, 120 of SSD (8 per region).
+    for i in 0..100 {
+        put(&m, i).await;
+    }
+    m.settle().await;
+    let read: Vec<u64> = (0..6).collect();
+    for &i in &read {
+        assert!(matches!(m.get(&key(i)).await, GetOutcome::Hit { tier: TierKind::Ssd, .. }), "block {i} on SSD");
+    }
+    m.settle().await;
+    let ssd_written = || m.metrics().bytes_written.with_label_values(&["ssd"]).get();
+    let before = ssd_written();
+    for i in 100..250 {
+        put(&m, i).await;
+    }
+    m.settle().await;
+    // Each new block reaches SSD once; the read ones kept their copies (no second write).
+    assert!(
+        ssd_written() - before <= 150 * 256 * KIB,
+        "{} blocks' bytes written",
+        (ssd_written() - before) / (256 * KIB)
+    );
+    let stats = m.stats().await;
+    assert!(stats.dropped >= 100, "the SSD was full and evicted: {stats:?}");
+    let held = |i: u64| !m.lookup(&[key(i)]).is_empty();
+    for &i in &read {
+        assert!(held(i), "block {i}, read from SSD, is still held");
+        assert!(matches!(m.get(&key(i)).await, GetOutcome::Hit { .. }));
+    }
+    let unread_left = (6..40).filter(|&i| held(i)).count();
+    assert!(unread_left <= 4, "{unread_left} of the 34 unread blocks written after them are still held");
+}

@@ -119,6 +119,8 @@ impl Inner {
             for b in &blocks {
                 let entry = Entry { durable: b.durable, ..Entry::new(b.len, b.crc32c, TierSet::of(TierKind::Ssd)) };
                 self.index.insert(b.key.clone(), entry);
+                // (Their order before the restart is not on disk: they start it afresh.)
+                self.policy.ssd_admit(b.key.clone(), ssd.footprint(b.len), false);
             }
             tracing::info!(blocks = blocks.len(), tier = %ssd, "index rebuilt");
         }

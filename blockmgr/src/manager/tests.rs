@@ -174,6 +174,9 @@ impl Tier for CountingTier {
     ) -> Vec<BlockKey> {
         self.inner.eviction_candidates_keeping(size, max, stays)
     }
+    fn footprint(&self, len: u64) -> u64 {
+        self.inner.footprint(len)
+    }
 }
 
 #[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]

@@ -48,6 +48,7 @@ impl Inner {
             return;
         }
         self.policy.forget(key);
+        self.policy.ssd_forget(key);
         if entry.tiers.has(TierKind::Cpu) {
             let _ = self.cpu.delete(key).await;
         }

@@ -164,9 +164,10 @@ impl Queues {
         }
     }
 
-    /// Records `key` (`weight` bytes) entering memory; `parent` is the block before it in a
-    /// prefix chain, if known. Returns the keys to evict to stay within capacity: never
-    /// `key` itself, nor a key `pinned` names.
+    /// Records `key` (`weight` bytes) entering the tier; `parent` is the block before it in a
+    /// prefix chain, if known. Returns the blocks to evict to stay within capacity, each with
+    /// whether it was read while here (or earned main): never `key` itself, nor a key
+    /// `pinned` names.
     pub(crate) fn admit(
         &mut self,
         key: BlockKey,
@@ -174,7 +175,7 @@ impl Queues {
         kind: PolicyKind,
         parent: Option<&BlockKey>,
         pinned: &dyn Fn(&BlockKey) -> bool,
-    ) -> Vec<BlockKey> {
+    ) -> Vec<(BlockKey, bool)> {
         let keep = |k: &BlockKey| *k == key || pinned(k);
         if self.entries.contains_key(&key) {
             self.touch(&key);
@@ -258,23 +259,57 @@ impl Queues {
     }
 
     /// Evicts until the blocks fit, never what `keep` names.
-    fn evict_over(&mut self, keep: &dyn Fn(&BlockKey) -> bool) -> Vec<BlockKey> {
+    fn evict_over(&mut self, keep: &dyn Fn(&BlockKey) -> bool) -> Vec<(BlockKey, bool)> {
         let mut out = Vec::new();
         while self.used > self.capacity {
             match self.victim(keep) {
                 Some(v) => {
-                    let e = self.take(&v).expect("queued keys have entries");
-                    if e.kind == PolicyKind::Kv {
-                        let bound = self.entries.len().max(1024);
-                        match e.queue {
-                            Queue::Small => self.ghost_small.add(hash(&v), bound),
-                            _ => self.ghost_main.add(hash(&v), bound),
-                        }
-                    }
-                    out.push(v);
+                    let read = self.evicted(&v).expect("queued keys have entries");
+                    out.push((v, read));
                 }
                 None => break,
             }
+        }
+        out
+    }
+
+    /// Removes `key` as evicted (a `kv` key is kept in its queue's ghost list). Returns
+    /// whether it was read while here, if it was here.
+    pub(crate) fn evicted(&mut self, key: &BlockKey) -> Option<bool> {
+        let e = self.take(key)?;
+        if e.kind == PolicyKind::Kv {
+            let bound = self.entries.len().max(1024);
+            match e.queue {
+                Queue::Small => self.ghost_small.add(hash(key), bound),
+                _ => self.ghost_main.add(hash(key), bound),
+            }
+        }
+        Some(e.queue == Queue::Main || e.freq > 0)
+    }
+
+    /// The next `max` blocks to evict, in order, none that `keep` names, left in place: for
+    /// a tier that evicts on demand (the SSD) and reports each one it took ([`Self::evicted`]).
+    /// Blocks that earned another pass get it on the way, as in an eviction.
+    pub(crate) fn victims(&mut self, max: usize, keep: &dyn Fn(&BlockKey) -> bool) -> Vec<BlockKey> {
+        // Taken out as an eviction would (so the queue shares move as they would), then put
+        // back where they were.
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(v) = self.victim(keep) else { break };
+            let e = self.take(&v).expect("queued keys have entries");
+            taken.push((v, e));
+        }
+        let out = taken.iter().map(|(k, _)| k.clone()).collect();
+        for (key, e) in taken {
+            self.queue_mut(e.queue).insert(e.pos, key.clone());
+            self.used += e.weight;
+            if e.kind == PolicyKind::Kv {
+                self.kv_used += e.weight;
+            }
+            if e.queue == Queue::Small {
+                self.small_used += e.weight;
+            }
+            self.entries.insert(key, e);
         }
         out
     }

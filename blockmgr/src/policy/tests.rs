@@ -10,13 +10,18 @@ fn kv(i: u64) -> BlockKey {
     key("kv", i)
 }
 
+/// Admits `key` of `weight`; returns what was evicted (without whether it was read).
+fn admit(q: &mut Queues, key: BlockKey, weight: u64, kind: PolicyKind) -> Vec<BlockKey> {
+    q.admit(key, weight, kind, None, &|_| false).into_iter().map(|(k, _)| k).collect()
+}
+
 /// Admits `keys` of weight 1 in order, each with the key before it as its parent when
 /// `chain`; returns what was evicted.
 fn admit_all(q: &mut Queues, kind: PolicyKind, keys: &[BlockKey], chain: bool) -> Vec<BlockKey> {
     let mut out = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         let parent = if chain && i > 0 { Some(&keys[i - 1]) } else { None };
-        out.extend(q.admit(k.clone(), 1, kind, parent, &|_| false));
+        out.extend(q.admit(k.clone(), 1, kind, parent, &|_| false).into_iter().map(|(k, _)| k));
     }
     out
 }
@@ -31,7 +36,7 @@ fn a_fresh_block_enters_a_memory_full_of_blocks_read_before() {
         q.touch(k);
     }
     for i in 100..105 {
-        let evicted = q.admit(kv(i), 1, PolicyKind::Kv, None, &|_| false);
+        let evicted = admit(&mut q, kv(i), 1, PolicyKind::Kv);
         assert_eq!(evicted.len(), 1, "one old block makes room");
         assert!(q.contains(&kv(i)), "fresh block {i} admitted (TinyLFU refused it)");
     }
@@ -72,7 +77,7 @@ fn a_block_put_again_soon_after_leaving_grows_the_small_queue() {
     // Evicted from the small queue, unread, then put again: too short a probation.
     let evicted = admit_all(&mut q, PolicyKind::Kv, &(100..105).map(kv).collect::<Vec<_>>(), false);
     assert_eq!(evicted.len(), 5);
-    q.admit(evicted[0].clone(), 1, PolicyKind::Kv, None, &|_| false);
+    admit(&mut q, evicted[0].clone(), 1, PolicyKind::Kv);
     assert!(q.contains(&evicted[0]));
     assert!(q.small_share() > before, "{} -> {}", before, q.small_share());
 }
@@ -83,7 +88,7 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
     let lru: Vec<_> = (0..4).map(|i| key("lru", i)).collect();
     admit_all(&mut q, PolicyKind::Lru, &lru, false);
     q.touch(&lru[0]);
-    assert_eq!(q.admit(key("lru", 9), 1, PolicyKind::Lru, None, &|_| false), vec![lru[1].clone()]);
+    assert_eq!(admit(&mut q, key("lru", 9), 1, PolicyKind::Lru), vec![lru[1].clone()]);
 
     let mut q = Queues::new(4);
     let steps: Vec<_> = (0..4).map(|i| key("ckpt", i)).collect();
@@ -91,7 +96,7 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
     q.touch(&steps[0]);
     q.touch(&steps[0]);
     assert_eq!(
-        q.admit(key("ckpt", 9), 1, PolicyKind::Checkpoint, None, &|_| false),
+        admit(&mut q, key("ckpt", 9), 1, PolicyKind::Checkpoint),
         vec![steps[0].clone()],
         "the oldest step goes, read or not"
     );
@@ -100,21 +105,21 @@ fn lru_keeps_what_was_read_last_and_checkpoints_go_first_in_first_out() {
 #[test]
 fn namespaces_of_different_policies_share_memory_oldest_first() {
     let mut q = Queues::new(4);
-    q.admit(key("ckpt", 0), 1, PolicyKind::Checkpoint, None, &|_| false);
-    q.admit(kv(0), 1, PolicyKind::Kv, None, &|_| false);
-    q.admit(key("ckpt", 1), 1, PolicyKind::Checkpoint, None, &|_| false);
-    q.admit(kv(1), 1, PolicyKind::Kv, None, &|_| false);
-    assert_eq!(q.admit(kv(2), 1, PolicyKind::Kv, None, &|_| false), vec![key("ckpt", 0)]);
-    assert_eq!(q.admit(kv(3), 1, PolicyKind::Kv, None, &|_| false), vec![kv(0)]);
+    admit(&mut q, key("ckpt", 0), 1, PolicyKind::Checkpoint);
+    admit(&mut q, kv(0), 1, PolicyKind::Kv);
+    admit(&mut q, key("ckpt", 1), 1, PolicyKind::Checkpoint);
+    admit(&mut q, kv(1), 1, PolicyKind::Kv);
+    assert_eq!(admit(&mut q, kv(2), 1, PolicyKind::Kv), vec![key("ckpt", 0)]);
+    assert_eq!(admit(&mut q, kv(3), 1, PolicyKind::Kv), vec![kv(0)]);
 }
 
 #[test]
 fn forgetting_and_weights_keep_the_accounting() {
     let mut q = Queues::new(10);
-    q.admit(kv(0), 6, PolicyKind::Kv, None, &|_| false);
+    admit(&mut q, kv(0), 6, PolicyKind::Kv);
     q.forget(&kv(0));
-    assert!(q.admit(kv(1), 10, PolicyKind::Kv, None, &|_| false).is_empty(), "the forgotten block's bytes are free");
-    assert_eq!(q.admit(kv(2), 3, PolicyKind::Kv, None, &|_| false), vec![kv(1)]);
+    assert!(admit(&mut q, kv(1), 10, PolicyKind::Kv).is_empty(), "the forgotten block's bytes are free");
+    assert_eq!(admit(&mut q, kv(2), 3, PolicyKind::Kv), vec![kv(1)]);
     assert_eq!(q.len(), 1);
 }
 
@@ -133,4 +138,21 @@ fn chains_name_the_children_a_departed_block_leaves_and_stay_bounded() {
     c.learn(&(10..20).map(kv).collect::<Vec<_>>());
     assert!(c.len() <= 4, "{} links kept", c.len());
     assert_eq!(c.parent(&kv(19)), Some(&kv(18)), "the newest links stay");
+}
+
+#[test]
+fn an_order_without_capacity_names_victims_on_demand_and_forgets_only_what_went() {
+    // The SSD's order: it evicts when a write finds the SSD full, asking for victims.
+    let mut q = Queues::new(u64::MAX);
+    let blocks: Vec<_> = (0..4).map(kv).collect();
+    assert!(admit_all(&mut q, PolicyKind::Kv, &blocks, false).is_empty(), "no capacity to evict for");
+    q.touch(&blocks[1]);
+    assert_eq!(q.victims(2, &|_| false), vec![kv(0), kv(2)], "the read block earns another pass");
+    assert_eq!(q.victims(2, &|_| false), vec![kv(0), kv(2)], "named, not removed");
+    assert_eq!(q.victims(1, &|k| *k == kv(0)), vec![kv(2)], "what the caller keeps is passed by");
+    assert_eq!(q.evicted(&kv(0)), Some(false));
+    assert_eq!(q.evicted(&kv(1)), Some(true), "read while here");
+    assert_eq!(q.evicted(&kv(0)), None);
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.victims(4, &|_| false), vec![kv(2), kv(3)], "the rest, in order");
 }
