@@ -5,9 +5,10 @@
 //! - **write-back** blocks ([`Durability::WriteBack`]) are on SSD when acknowledged and are
 //!   queued at once. Until Blob has them they are not evictable from SSD; the SSD slot
 //!   header marks them, so after a `kill -9` those Blob lacks are queued again at start.
-//! - **demoted** blocks: once SSD use passes `blob.demote_above`, the oldest blocks of the
-//!   size class being written, as many bytes as use is over that mark, are copied to Blob
-//!   ahead of their eviction (SSD evicts oldest first), so eviction drops copies Blob holds.
+//! - **demoted** blocks: once SSD use passes `blob.demote_above`, the blocks SSD eviction
+//!   would take next for the size being written (the SSD order's victims, then the tier's
+//!   by region), as many bytes as use is over that mark, are copied to Blob ahead of their
+//!   eviction, so eviction drops copies Blob holds.
 //!   A cache block that eviction reaches first (the flush fell behind) is dropped as before:
 //!   it is a cache.
 //!
@@ -415,8 +416,8 @@ fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
         })
 }
 
-/// Queues, for each pressed size class, the oldest SSD blocks Blob lacks among the first
-/// `over` bytes of eviction candidates.
+/// Queues, for each pressed size, the SSD blocks Blob lacks among the first `over` bytes of
+/// what eviction takes next.
 fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
     let pressed = std::mem::take(&mut flusher.queue.lock().pressed);
     let Some(ssd) = &inner.ssd else { return };
