@@ -199,6 +199,11 @@ impl Index {
         Some(e)
     }
 
+    /// Whether `key` is a write-back block Blob lacks (it may not leave the node's disk).
+    pub fn is_unflushed(&self, key: &BlockKey) -> bool {
+        self.get(key).is_some_and(|e| e.unflushed())
+    }
+
     /// Unflushed keys that have waited longer than `age` (in this process).
     pub fn unflushed_longer_than(&self, age: std::time::Duration) -> Vec<BlockKey> {
         self.unflushed_since.iter().filter(|e| e.value().elapsed() > age).map(|e| e.key().clone()).collect()

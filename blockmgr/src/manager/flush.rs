@@ -425,7 +425,7 @@ fn fill_from_pressure(inner: &Inner, flusher: &Flusher) {
         let mut covered = 0;
         // The order eviction will take them in (see Inner::evict_ssd): the SSD order's
         // victims of this size, then the tier's by layout.
-        let pinned = |k: &BlockKey| inner.index.get(k).is_some_and(|e| e.unflushed());
+        let pinned = |k: &BlockKey| inner.index.is_unflushed(k);
         let first = inner.ssd_victims_for(len, over.div_ceil(len.max(1)) as usize + 8, &|_| false);
         let seen: HashSet<BlockKey> = first.iter().cloned().collect();
         let then = ssd.eviction_candidates_keeping(len, DEMOTE_SCAN, &pinned).into_iter().filter(|k| !seen.contains(k));

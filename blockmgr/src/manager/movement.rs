@@ -206,8 +206,7 @@ impl Inner {
         let (mut removed, mut busy) = (0, 0);
         for spare_cache in [true, false].into_iter().filter(|&spare| self.flusher_demotes() || !spare) {
             // Not `must_stay_on_ssd`: the policy checks pins itself, under its own lock.
-            let candidates =
-                self.ssd_victims_for(len, max + 8, &|k| k == held || self.index.get(k).is_some_and(|e| e.unflushed()));
+            let candidates = self.ssd_victims_for(len, max + 8, &|k| k == held || self.index.is_unflushed(k));
             self.evict_from(&candidates, max, held, spare_cache, &mut removed, &mut busy).await;
             if removed == max {
                 return Evicted { removed, busy };
@@ -254,7 +253,7 @@ impl Inner {
     /// Whether SSD eviction must pass `key` by: a write-back copy Blob lacks, or a block a
     /// lookup pinned.
     fn must_stay_on_ssd(&self, key: &BlockKey) -> bool {
-        self.policy.is_pinned(key) || self.index.get(key).is_some_and(|e| e.unflushed())
+        self.policy.is_pinned(key) || self.index.is_unflushed(key)
     }
 
     /// One pass of [`Inner::evict_ssd`] over `candidates`. Returns how many it looked at and

@@ -171,7 +171,7 @@ impl Manager {
 
     /// Whether `key` is a write-back block here that Blob lacks.
     pub(crate) fn unflushed(&self, key: &BlockKey) -> bool {
-        self.inner.index.get(key).is_some_and(|e| e.unflushed())
+        self.inner.index.is_unflushed(key)
     }
 
     /// Queues `key` (a manifest) for this node's own segments if it is an owner of it whose
