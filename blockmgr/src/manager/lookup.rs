@@ -21,6 +21,15 @@ pub struct Looked {
     pub pinned: bool,
 }
 
+impl Looked {
+    /// How many leading blocks load no slower than `max_load_us` (all of them for `None`):
+    /// the prefix worth loading ends at the first block slower to load than to recompute.
+    /// (`kvtier.loadable_prefix` is the same cut for the Python connectors.)
+    pub fn loadable(&self, max_load_us: Option<u32>) -> usize {
+        self.load_us.iter().take_while(|&&us| max_load_us.is_none_or(|max| us <= max)).count()
+    }
+}
+
 /// Read speed per tier below memory, learned from the reads this node served (an
 /// exponentially weighted mean of picoseconds per byte over reads of 64 KiB or more, so a
 /// request's fixed costs do not pass for bandwidth). Memory is taken at 10 GB/s, a copy out

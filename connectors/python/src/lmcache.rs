@@ -92,6 +92,11 @@ struct Shared {
     shm_socket: Option<String>,
     prefix: String,
     durability: Durability,
+    /// Chunks expected to load slower than this (microseconds) are reported absent, and so
+    /// is the rest of their prefix: the engine recomputes them (issue 20).
+    max_load_us: Option<u32>,
+    /// How long an exists keeps the chunks it reports from eviction, waiting for their load.
+    pin: std::time::Duration,
     /// Connected on first use, and again after a failed connect (at most once a second).
     client: Mutex<(Option<Arc<Client>>, Option<Instant>)>,
     done: Mutex<Vec<Completion>>,
@@ -175,9 +180,23 @@ impl LMCacheL2Client {
     /// plane when `shm_socket` is given (same host). Keys map under `namespace_prefix`;
     /// stores are acknowledged per `durability` ("cache", "local_disk", "write_back").
     /// Nothing is connected until the first submit: a server that is down makes misses.
+    /// `max_load_us`: a chunk kvtier expects to load slower than this many microseconds
+    /// (the engine's time to recompute one), and the rest of its prefix, is reported absent
+    /// (unset: every stored chunk). An exists pins what it reports for `pin_ms` or until
+    /// loaded.
     #[new]
-    #[pyo3(signature = (address, shm_socket=None, namespace_prefix="lmcache".to_string(), durability="cache"))]
-    fn new(address: String, shm_socket: Option<String>, namespace_prefix: String, durability: &str) -> PyResult<Self> {
+    #[pyo3(signature = (
+        address, shm_socket=None, namespace_prefix="lmcache".to_string(), durability="cache",
+        max_load_us=None, pin_ms=10_000,
+    ))]
+    fn new(
+        address: String,
+        shm_socket: Option<String>,
+        namespace_prefix: String,
+        durability: &str,
+        max_load_us: Option<u32>,
+        pin_ms: u64,
+    ) -> PyResult<Self> {
         let durability = crate::durability(durability)?;
         kvtier_blockmgr::lmcache::keys::object_key(&namespace_prefix, "m@0@0@0")
             .map_err(|e| InvalidArgumentError::new_err(format!("namespace_prefix {namespace_prefix:?}: {e}")))?;
@@ -191,6 +210,8 @@ impl LMCacheL2Client {
             shm_socket,
             prefix: namespace_prefix,
             durability,
+            max_load_us,
+            pin: std::time::Duration::from_millis(pin_ms),
             client: Mutex::new((None, None)),
             done: Mutex::new(Vec::new()),
             running: Mutex::new(0),
@@ -341,7 +362,7 @@ fn run(shared: &Shared, keys: &[String], op: Op) -> Result<Vec<bool>, String> {
                 }
             }
             Op::Exists => {
-                let present = client.lookup_tiers(&ns, &names).map_err(err)?.len();
+                let present = client.lookup_looked(&ns, &names, shared.pin).map_err(err)?.loadable(shared.max_load_us);
                 for (i, _) in &members[..present.min(members.len())] {
                     results[*i] = true;
                 }

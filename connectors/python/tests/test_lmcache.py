@@ -259,9 +259,9 @@ def test_partial_chunks_come_back_with_their_own_shape(make_server):
 # -- multiprocess mode: the native_plugin L2 adapter ------------------------------------
 
 
-def l2_adapter(server, shm=True):
+def l2_adapter(server, shm=True, **options):
     """The adapter LMCache's MP server builds from `--l2-adapter <json>`."""
-    params = {"address": server.grpc}
+    params = {"address": server.grpc, **options}
     if shm:
         params["shm_socket"] = server.shm
     spec = {"type": "native_plugin", "module_path": "kvtier.lmcache", "class_name": "KvtierL2Client", "adapter_params": params}
@@ -343,6 +343,27 @@ def test_native_l2_adapter_stores_looks_up_and_loads(make_server, shm):
     assert not store(adapter, [okey(50)], [mp_obj(50)])
     assert adapter.report_status()["is_healthy"]
     adapter.close()
+
+
+def test_native_l2_adapter_reports_no_chunk_slower_to_load_than_to_recompute(make_server):
+    """`max_load_us` in the adapter's params: below what kvtier expects a chunk to take (from
+    memory here: tens of microseconds) the lookup finds nothing and LMCache recomputes; a
+    generous budget finds every chunk, and they load (issue 20)."""
+    server = make_server()
+    writer = l2_adapter(server)
+    keys = [okey(i) for i in range(3)]
+    objs = [mp_obj(i) for i in range(3)]
+    assert store(writer, keys, objs)
+    writer.close()
+    strict = l2_adapter(server, max_load_us=1)
+    assert lookup(strict, keys) == [False, False, False]
+    strict.close()
+    ample = l2_adapter(server, max_load_us=10_000_000, pin_ms=500)
+    assert lookup(ample, keys) == [True, True, True]
+    fresh = [mp_obj(100 + i) for i in range(3)]
+    assert load(ample, keys, fresh) == [True] * 3
+    assert all(raw(a) == raw(b) for a, b in zip(objs, fresh)), "byte-exact"
+    ample.close()
 
 
 def test_native_l2_client_refuses_bad_input_with_clear_errors(make_server):
