@@ -196,6 +196,16 @@ impl ShmSession {
             .collect())
     }
 
+    /// What a prefix lookup of `keys` in `namespace` finds, pinning nothing: the tier of each
+    /// key of the longest present prefix, and the microseconds each is expected to take to
+    /// load (as `Client.lookup_pinned` reports them).
+    fn lookup(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<(Vec<String>, Vec<u32>)> {
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let looked =
+            self.with(py, |c| c.lookup_pinned(namespace, &refs, std::time::Duration::ZERO))?.map_err(shm_error)?;
+        Ok((looked.tiers.iter().map(|t| t.as_str().to_string()).collect(), looked.load_us))
+    }
+
     /// Pins `keys` of `namespace` in the arena (blocks on SSD are read into it first): a
     /// [`Slot`] to read until released, or a [`Miss`] saying why not.
     fn pin(&self, py: Python<'_>, namespace: &str, keys: Vec<Vec<u8>>) -> PyResult<Vec<Py<PyAny>>> {

@@ -188,6 +188,30 @@ def test_chunks_one_engine_stores_are_loaded_by_another_through_the_arena(server
         m.shutdown()
 
 
+def test_chunks_slower_to_load_than_to_recompute_are_misses(server):
+    """`kvtier_max_load_us` below what kvtier expects a chunk to take (from memory here: tens
+    of microseconds): lookups miss, nothing is pinned, and vLLM recomputes; a generous budget
+    finds and loads every chunk (issue 20)."""
+    spec_a = spec_for(server)
+    a = Rank(spec_a, seed=3)
+    mgr_a = spec_a.get_manager()
+    keys = [key(100 + i) for i in range(3)]
+    assert store(mgr_a, [a], keys, blocks=[0, 1, 2]).keys_to_store == keys
+    strict = spec_for(server, extra={"kvtier_max_load_us": 1}).get_manager()
+    res, _ = lookup(strict, keys)
+    assert res[0] is LookupResult.MISS
+    assert strict.stats["slow_chunks"] == 3 and strict.stats["hits"] == 0
+    ample_spec = spec_for(server, extra={"kvtier_max_load_us": 10_000_000})
+    b = Rank(ample_spec)
+    ample = ample_spec.get_manager()
+    res, ctx = lookup(ample, keys)
+    assert res == [LookupResult.HIT] * 3 and ample.stats["slow_chunks"] == 0
+    load(ample, [b], keys, ctx, blocks=[5, 6, 7])
+    assert [b.block(i) for i in (5, 6, 7)] == [a.block(i) for i in (0, 1, 2)]
+    for m in (mgr_a, strict, ample):
+        m.shutdown()
+
+
 def test_tensor_parallel_ranks_write_their_own_part_of_each_chunk(server):
     specs = [spec_for(server, rank=r, world_size=2) for r in range(2)]
     ranks = [Rank(s, seed=10 + r) for r, s in enumerate(specs)]

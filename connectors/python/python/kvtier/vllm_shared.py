@@ -98,7 +98,9 @@ class ArenaLoadStoreSpec(CPULoadStoreSpec):
 class KvtierSharedOffloadingSpec(OffloadingSpec):
     """Configured by ``kv_connector_extra_config``: ``kvtier_shm_socket`` (required),
     ``kvtier_namespace``, ``kvtier_durability`` ("cache" or "local_disk"),
-    ``kvtier_alloc_wait_ms`` (default 0)."""
+    ``kvtier_alloc_wait_ms`` (default 0), ``kvtier_max_load_us`` (a chunk kvtier expects to
+    load slower than this many microseconds, and the rest of its request's prefix, is a
+    MISS: set it to the engine's time to recompute a chunk; unset, every stored chunk loads)."""
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -113,6 +115,8 @@ class KvtierSharedOffloadingSpec(OffloadingSpec):
         #: How long a store may wait for room in a full arena, on vLLM's scheduler thread.
         #: 0: never; a chunk that finds no room is not offloaded, and kvtier starts making room.
         self.alloc_wait_ms = int(self.extra_config.get("kvtier_alloc_wait_ms", 0))
+        max_load_us = self.extra_config.get("kvtier_max_load_us")
+        self.max_load_us = None if max_load_us is None else int(max_load_us)
         self._manager: KvtierArenaManager | None = None
         self._worker: KvtierArenaWorker | None = None
 
@@ -187,7 +191,15 @@ class KvtierArenaManager(OffloadingManager):
         self._requests: weakref.WeakSet[_Request] = weakref.WeakSet()
         self._storing: set[bytes] = set()  # keys with an allocation not yet committed
         self._reset: list = []  # what reset_cache dropped, given back at the next step's end
-        self.stats = {"lookups": 0, "hits": 0, "stored_chunks": 0, "loaded_chunks": 0, "skipped_stores": 0, "errors": 0}
+        self.stats = {
+            "lookups": 0,
+            "hits": 0,
+            "stored_chunks": 0,
+            "loaded_chunks": 0,
+            "skipped_stores": 0,
+            "errors": 0,
+            "slow_chunks": 0,
+        }
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._commits: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [
@@ -397,11 +409,38 @@ class KvtierArenaManager(OffloadingManager):
         sessions, got = self._connected(), []
         try:
             if sessions is not None:
+                batch = self._without_slow(sessions, batch)
                 got = sessions.pin.pin(self.spec.namespace, [k for _, k in batch])
         except kvtier.KvtierError as e:
             self._failed(sessions, e)
         finally:
             self._settle(batch, sessions, got)
+
+    def _without_slow(self, sessions: _Sessions, batch: list[tuple[_Request, bytes]]) -> list[tuple[_Request, bytes]]:
+        """`batch` less the chunks kvtier expects to load slower than ``max_load_us`` and
+        those after them in their request (a pin would read them from SSD first): those are
+        misses, and the engine recomputes them."""
+        limit = self.spec.max_load_us
+        if limit is None:
+            return batch
+        by_request: dict[int, tuple[_Request, list[bytes]]] = {}
+        for req, k in batch:
+            by_request.setdefault(id(req), (req, []))[1].append(k)
+        slow = set()
+        for req, keys in by_request.values():
+            _, load_us = sessions.pin.lookup(self.spec.namespace, keys)
+            n = kvtier.loadable_prefix(load_us, limit)
+            if n < len(load_us):
+                slow.update((id(req), k) for k in keys[n:])
+        if not slow:
+            return batch
+        with self._lock:
+            for req, k in batch:
+                if (id(req), k) in slow:
+                    req.asking.discard(k)
+                    req.missed.add(k)
+            self.stats["slow_chunks"] += len(slow)
+        return [(req, k) for req, k in batch if (id(req), k) not in slow]
 
     def _settle(self, batch, sessions: _Sessions | None, got: list) -> None:
         """Records each key's pin (or miss); pins nobody can use are given back."""
