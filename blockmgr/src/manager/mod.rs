@@ -114,6 +114,9 @@ pub(crate) struct Inner {
     read_speeds: lookup::ReadSpeeds,
     /// Blocks a departed prefix parent left unreachable (unreachable.rs).
     orphans_tx: mpsc::UnboundedSender<unreachable::Orphan>,
+    /// Unreachable blocks kept only because a lookup had them pinned: dropped when a get
+    /// releases the pin (unreachable.rs).
+    pinned_orphans: parking_lot::Mutex<std::collections::HashMap<BlockKey, BlockKey>>,
     background: Arc<Background>,
     metrics: Metrics,
     /// Which namespaces have counters of their own.
@@ -257,7 +260,7 @@ impl Manager {
                 && let Ok(Some(block)) = inner.cpu.get(key).await
             {
                 inner.policy.touch(key);
-                inner.policy.unpin(key);
+                inner.unpin(key);
                 inner.count_hit(key, TierKind::Cpu, block.len(), started);
                 return GetOutcome::Hit { block, tier: TierKind::Cpu };
             }
@@ -283,7 +286,7 @@ impl Manager {
                 .await;
             match &outcome {
                 GetOutcome::Hit { block, tier } => {
-                    inner.policy.unpin(key);
+                    inner.unpin(key);
                     inner.count_hit(key, *tier, block.len(), started)
                 }
                 GetOutcome::Miss { reason: MissReason::NotFound, .. } => {

@@ -140,6 +140,7 @@ impl Manager {
             reserved: Arc::new(AtomicU64::new(0)),
             demote_tx,
             orphans_tx,
+            pinned_orphans: Default::default(),
             read_speeds: Default::default(),
             background,
             metrics,

@@ -139,6 +139,33 @@ async fn blocks_a_lookup_pinned_outlive_eviction_pressure_until_read() {
     assert!(m.inner.policy.is_pinned(&key(139)));
 }
 
+#[test_log::test(tokio::test)]
+async fn a_pinned_child_whose_parent_left_is_dropped_once_its_pin_is_read() {
+    // A get releases one pin per block, in order, so a parent's pin can end before its
+    // child's and the parent leave meanwhile: the child, pinned at that moment, was passed
+    // by and stayed, unreachable, until evicted. Here only the child is pinned.
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(&config(dir.path(), false), Metrics::new()).await.unwrap();
+    let chain: Vec<BlockKey> = (0..2).map(key).collect();
+    m.lookup(&chain);
+    for i in 0..2 {
+        put(&m, i).await;
+    }
+    assert!(m.lookup_pinned(&chain[1..], std::time::Duration::from_secs(30)).pinned);
+    // Without an SSD, a block pushed out of memory (~28 blocks) leaves the node.
+    for i in 100..140 {
+        put(&m, i).await;
+        m.settle().await;
+    }
+    assert!(m.lookup(&chain[..1]).is_empty(), "the parent left");
+    assert_eq!(m.lookup(&chain[1..]), [TierKind::Cpu], "the child is pinned");
+    let dropped = m.inner.metrics.unreachable_dropped.get();
+    assert!(matches!(m.get(&chain[1]).await, GetOutcome::Hit { .. }), "and readable while pinned");
+    m.settle().await;
+    assert!(m.lookup(&chain[1..]).is_empty(), "read, its pin ended, and no lookup can reach it");
+    assert_eq!(m.inner.metrics.unreachable_dropped.get(), dropped + 1);
+}
+
 #[test_log::test(tokio::test(flavor = "multi_thread", worker_threads = 2))]
 async fn a_block_read_from_a_full_ssd_outlives_blocks_written_after_it_that_nobody_read() {
     // SSD eviction went first in, first out by region: a block read from SSD went with the
