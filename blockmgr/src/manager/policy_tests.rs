@@ -34,6 +34,16 @@ async fn put(m: &Manager, i: u64) -> TierKind {
     m.put(block(i), Durability::Cache).await.unwrap().tier
 }
 
+/// Puts blocks 100..140 one at a time, each settled: 40 blocks through a memory of ~28
+/// push out whatever nothing keeps, and without an SSD a block pushed out of memory leaves
+/// the node.
+async fn push_out(m: &Manager) {
+    for i in 100..140 {
+        put(m, i).await;
+        m.settle().await;
+    }
+}
+
 #[test_log::test(tokio::test)]
 async fn a_fresh_block_is_admitted_into_a_memory_full_of_blocks_read_before() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,10 +107,7 @@ async fn blocks_a_departed_parent_left_unreachable_are_dropped() {
     for _ in 0..3 {
         assert!(matches!(m.get(&key(2)).await, GetOutcome::Hit { .. }));
     }
-    for i in 100..140 {
-        put(&m, i).await;
-        m.settle().await;
-    }
+    push_out(&m).await;
     assert!(m.lookup(&[key(1)]).is_empty(), "the parent left");
     assert!(m.lookup(&[key(2)]).is_empty(), "its child, read more than it, went with it: no lookup reaches it");
     assert!(m.inner.metrics.unreachable_dropped.get() >= 1);
@@ -120,12 +127,7 @@ async fn blocks_a_lookup_pinned_outlive_eviction_pressure_until_read() {
     assert_eq!(looked.tiers, [TierKind::Cpu; 4]);
     assert!(looked.pinned);
     assert!(looked.load_us.iter().all(|us| *us < 1000), "256 KiB from memory: {looked:?}");
-    // Without an SSD, a block pushed out of memory leaves the node: 40 blocks through a
-    // memory of ~28 would push the chain out.
-    for i in 100..140 {
-        put(&m, i).await;
-        m.settle().await;
-    }
+    push_out(&m).await;
     assert!(m.lookup(&[key(100)]).is_empty(), "the pressure was real");
     assert_eq!(m.lookup(&chain), [TierKind::Cpu; 4], "pinned blocks stay");
     for k in &chain {
@@ -152,11 +154,7 @@ async fn a_pinned_child_whose_parent_left_is_dropped_once_its_pin_is_read() {
         put(&m, i).await;
     }
     assert!(m.lookup_pinned(&chain[1..], std::time::Duration::from_secs(30)).pinned);
-    // Without an SSD, a block pushed out of memory (~28 blocks) leaves the node.
-    for i in 100..140 {
-        put(&m, i).await;
-        m.settle().await;
-    }
+    push_out(&m).await;
     assert!(m.lookup(&chain[..1]).is_empty(), "the parent left");
     assert_eq!(m.lookup(&chain[1..]), [TierKind::Cpu], "the child is pinned");
     let dropped = m.inner.metrics.unreachable_dropped.get();
