@@ -16,10 +16,8 @@ use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::{StreamExt, TryStreamExt};
-use kvtier_tiers::{
-    BlobTierBuilder, Block, BlockKey, Tier, TierExt,
-    conformance::{Azurite, pattern},
-};
+use kvtier_testkit::{Azurite, pattern};
+use kvtier_tiers::{BlobTierBuilder, Block, BlockKey, Tier, TierExt};
 use object_store::{ObjectStore, path::Path};
 
 use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
 use kvtier_blockmgr::{ByteSize, Client, Config, Durability, ObjectRange, server::RunningServer};
-use kvtier_tiers::conformance::{Azurite, pattern};
+use kvtier_testkit::{Azurite, pattern};
 use object_store::{ObjectStore, WriteMultipart, path::Path};
 
 use crate::report::{Reporter, Result as Measured, bar, mib_per_s, size_name};

@@ -14,7 +14,7 @@ use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
 use kvtier_blockmgr::{ByteSize, server::RunningServer};
-use kvtier_tiers::conformance::S3Server;
+use kvtier_testkit::S3Server;
 
 use crate::report::{Reporter, Result as Measured, s3_node_config, size_name};
 

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use kvtier_blockmgr::server::RunningServer;
-use kvtier_tiers::conformance::{AZURITE_KEY, Azurite, pattern};
+use kvtier_testkit::{AZURITE_KEY, Azurite, pattern};
 use object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path};
 
 use crate::report::{Reporter, Result as Measured, bar, mib_per_s, s3_node_config, size_name};

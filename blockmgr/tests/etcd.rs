@@ -191,7 +191,7 @@ async fn checkpoints_survive_kill_9_a_stop_past_the_lease_a_partition_and_a_blob
     // network they share.
     let hosts = Hosts::new(IDS.len());
     let etcd = Etcd::start_on(&hosts.services());
-    let mut azurite = kvtier_tiers::conformance::Azurite::start_on(&hosts.services());
+    let mut azurite = kvtier_testkit::Azurite::start_on(&hosts.services());
     let options: String = azurite.options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
     let mut nodes = start_nodes_on(&hosts, &etcd, |id| {
         format!(
@@ -361,7 +361,7 @@ async fn a_member_whose_view_lags_etcd_reads_it_again_before_refusing_a_peer() {
     // reconnects its view misses whoever registers meanwhile (as every view lags a node that
     // has just registered: restarted, or back from a stop past its lease).
     let etcd = Etcd::start();
-    let proxy = kvtier_tiers::conformance::FaultProxy::start(etcd.endpoint.trim_start_matches("http://"));
+    let proxy = kvtier_testkit::FaultProxy::start(etcd.endpoint.trim_start_matches("http://"));
     let tables = format!(
         "[cluster]\nnode_id = \"n3\"\netcd = [\"http://{}\"]\netcd_prefix = \"/test\"\nlease_ttl = \"{TTL_S}s\"\n",
         proxy.addr

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Node, blob::Backend, data, start_three_sharing_blob, start_three_sharing_blob_on, wait_until};
 use kvtier_blockmgr::{Durability, ObjectRange};
-use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier, conformance::FaultProxy};
+use kvtier_testkit::FaultProxy;
+use kvtier_tiers::{Namespace, ObjectBlobs, Retries, Tier};
 
 const NS: &str = "acme/ckpt";
 const PATH: &str = "run1/step-100/rank-0.distcp";
@@ -253,7 +254,7 @@ async fn chunks_of_the_default_16_mib_travel_between_members_in_pieces() {
 
 /// A node whose Blob goes through a fault proxy (`az://kvtier/<prefix>`, objects under
 /// `<prefix>/objects`), its `[blob]` table plus `extra`.
-fn node_behind_proxy(prefix: &str, extra: &str) -> (kvtier_tiers::conformance::Azurite, FaultProxy, Node, String) {
+fn node_behind_proxy(prefix: &str, extra: &str) -> (kvtier_testkit::Azurite, FaultProxy, Node, String) {
     let (azurite, proxy, blob) = common::blob::behind_fault_proxy(prefix, &format!("flush_linger = \"10ms\"\n{extra}"));
     let node = Node::start_with("", &blob);
     let objects = format!("az://kvtier/{prefix}/objects");

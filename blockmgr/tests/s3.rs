@@ -57,7 +57,7 @@ fn run_suite_on(endpoint: &str, key: (&str, &str), env: &[(&str, &str)], name: &
 /// reference is asking for something S3 does not do.
 #[tokio::test]
 async fn the_suites_hold_against_moto_but_where_moto_differs_from_s3s_documentation() {
-    let moto = kvtier_tiers::conformance::S3Server::start();
+    let moto = kvtier_testkit::S3Server::start();
     for suite in ["conditions_suite.py", "listing_suite.py", "checksums_suite.py"] {
         let (stdout, stderr) = run_suite_on(&moto.endpoint, ("test", "test"), &[("S3_REFERENCE", "moto")], suite);
         assert!(stdout.trim_end().ends_with("ok"), "{suite} against moto:\n{stdout}\n{stderr}");

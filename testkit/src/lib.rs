@@ -1,13 +1,16 @@
 //! kvtier's fixtures for tests and benchmarks (never a dependency of the product): hosts in
 //! network namespaces that can be cut off, a one-member etcd, and `kvtier serve` as a
-//! process. (Azurite, moto and the
-//! fault proxy are in `kvtier_tiers::conformance`.)
+//! process, the object-store emulators (Azurite, moto) and a fault proxy in front of them.
 
+mod emulators;
 mod etcd;
+mod fault_proxy;
 mod hosts;
 pub mod serve;
 
+pub use emulators::{AZURITE_KEY, Azurite, S3Server};
 pub use etcd::Etcd;
+pub use fault_proxy::FaultProxy;
 pub use hosts::Hosts;
 
 /// A TCP port free at the moment (for configs that must name theirs), below Linux's
@@ -23,4 +26,18 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Deterministic bytes for block `i` of length `len`.
+pub fn pattern(i: u64, len: usize) -> bytes::Bytes {
+    let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
 }

@@ -41,8 +41,6 @@ mod tier;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-#[cfg(any(test, feature = "conformance"))]
-mod fault_proxy;
 
 mod blob;
 pub use blob::{

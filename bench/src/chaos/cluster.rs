@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use kvtier_testkit::{Etcd, Hosts, serve};
-use kvtier_tiers::conformance::Azurite;
+use kvtier_testkit::Azurite;
 use parking_lot::Mutex;
 
 /// The lease of every member: a node stopped or cut off longer than this is out.

@@ -38,7 +38,8 @@ use kvtier_blockmgr::{
     config::NamespaceConfig,
     server::routes,
 };
-use kvtier_tiers::{Block, BlockKey, CpuTierBuilder, MemoryTier, conformance::pattern};
+use kvtier_testkit::pattern;
+use kvtier_tiers::{Block, BlockKey, CpuTierBuilder, MemoryTier};
 
 use self::net::SimNet;
 use crate::report::{Reporter, Result as Measured, bar};

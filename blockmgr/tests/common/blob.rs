@@ -1,10 +1,8 @@
 //! A node's Blob store for tests: a local directory or a real Azurite, the same suite on
 //! both, and a way to make it unreachable and bring it back.
 
-use kvtier_tiers::{
-    BlobTier, BlobTierBuilder,
-    conformance::{Azurite, FaultProxy},
-};
+use kvtier_testkit::{Azurite, FaultProxy};
+use kvtier_tiers::{BlobTier, BlobTierBuilder};
 
 /// Where the node's Blob tier lives.
 pub enum Store {

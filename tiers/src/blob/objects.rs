@@ -191,8 +191,8 @@ mod tests {
     /// Every backend: a directory, memory, a real Azurite and a real S3 server (moto).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parts_staged_in_any_order_make_one_file_under_its_own_name() {
-        let azurite = crate::conformance::Azurite::start();
-        let s3 = crate::conformance::S3Server::start();
+        let azurite = kvtier_testkit::Azurite::start();
+        let s3 = kvtier_testkit::S3Server::start();
         let open =
             |url: &str, options: Vec<(String, String)>| ObjectBlobs::open(url, &options, Retries::default()).unwrap();
         let backends = [

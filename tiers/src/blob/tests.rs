@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use super::BlobTierBuilder;
-use crate::{
-    Tier,
-    conformance::{Azurite, Subject},
-};
+use kvtier_testkit::Azurite;
+
+use crate::{Tier, conformance::Subject};
 
 fn subject(url: String, options: Vec<(String, String)>) -> Subject {
     let (url2, options2) = (url.clone(), options.clone());
@@ -40,7 +39,7 @@ async fn azurite_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn an_s3_compatible_store_passes_the_conformance_suite() {
-    let s3 = crate::conformance::S3Server::start();
+    let s3 = kvtier_testkit::S3Server::start();
     crate::conformance::run_all(&subject("s3://kvtier/conformance".into(), s3.options())).await;
 }
 
