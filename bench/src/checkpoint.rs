@@ -21,7 +21,8 @@ use std::{sync::Arc, time::Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
-use kvtier_blockmgr::{ByteSize, Client, Config, Durability, ObjectRange, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, Client, Config, Durability, ObjectRange};
+use kvtier_server::RunningServer;
 use kvtier_testkit::{Azurite, pattern};
 use object_store::{ObjectStore, WriteMultipart, path::Path};
 

@@ -13,7 +13,8 @@
 use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use kvtier_blockmgr::{ByteSize, server::RunningServer};
+use kvtier_blockmgr::ByteSize;
+use kvtier_server::RunningServer;
 use kvtier_testkit::S3Server;
 
 use crate::report::{Reporter, Result as Measured, s3_node_config, size_name};

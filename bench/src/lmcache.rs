@@ -18,7 +18,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use kvtier_blockmgr::{ByteSize, server::RunningServer};
+use kvtier_blockmgr::ByteSize;
+use kvtier_server::RunningServer;
 
 use crate::report::{Reporter, Result as Measured, size_name};
 

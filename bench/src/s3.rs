@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use kvtier_blockmgr::server::RunningServer;
+use kvtier_server::RunningServer;
 use kvtier_testkit::{AZURITE_KEY, Azurite, pattern};
 use object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path};
 
@@ -167,7 +167,7 @@ async fn start_node(args: &Args, dir: &std::path::Path, md5_etags: bool) -> Resu
     let mut config = s3_node_config(dir, KEY, ((args.count * args.size) as u64 * 2).max(1 << 30));
     config.s3.md5_etags = md5_etags;
     let node = RunningServer::start(config.clone()).await.context("starting the node")?;
-    kvtier_blockmgr::s3::create_bucket(node.manager(), &config.s3, "bench").await?;
+    kvtier_s3::create_bucket(node.manager(), &config.s3, "bench").await?;
     Ok(node)
 }
 

@@ -1,6 +1,6 @@
 //! kvtier's objects behind the `s3s` crate (S3's routing, DTOs, errors and SigV4 over a
 //! trait): PutObject and GetObject only, over the same node and the same object calls as
-//! kvtier's own endpoint (blockmgr/src/s3), doing the same work per request (SigV4 with the
+//! kvtier's own endpoint (connectors/s3), doing the same work per request (SigV4 with the
 //! signed payload's SHA-256 checked, the body's MD5 as its ETag). What `kvtier-bench s3`
 //! measures to decide between building the endpoint on s3s and the hand-written one
 //! (issue 18): the difference between the two is the framework's.

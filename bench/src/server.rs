@@ -10,7 +10,8 @@
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use kvtier_blockmgr::{ByteSize, Client, Durability, GetItem, PutItem, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, Client, Durability, GetItem, PutItem};
+use kvtier_server::RunningServer;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -9,7 +9,8 @@
 use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use kvtier_blockmgr::{ByteSize, server::RunningServer};
+use kvtier_blockmgr::ByteSize;
+use kvtier_server::RunningServer;
 
 use crate::report::{Reporter, Result as Measured, memory_node_config, size_name};
 

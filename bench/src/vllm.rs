@@ -16,7 +16,8 @@
 use std::{collections::HashMap, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use kvtier_blockmgr::{ByteSize, server::RunningServer};
+use kvtier_blockmgr::ByteSize;
+use kvtier_server::RunningServer;
 
 use crate::report::{Reporter, Result as Measured, size_name};
 

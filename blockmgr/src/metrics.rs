@@ -10,6 +10,8 @@ use prometheus::{
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Where long tasks report how far they are (nowhere unless [`Metrics::with_progress`]).
+    progress: std::sync::Arc<dyn crate::progress::Progress>,
     /// Requests by operation.
     pub requests: IntCounterVec,
     /// Request latency by operation (seconds).
@@ -158,6 +160,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// These metrics, with long tasks (resync, persisting memory) reported to `progress`
+    /// (the `kvtier` binary's progress bars).
+    pub fn with_progress(mut self, progress: std::sync::Arc<dyn crate::progress::Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Where long tasks report.
+    pub(crate) fn progress(&self) -> &dyn crate::progress::Progress {
+        self.progress.as_ref()
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("kvtier".into()), None).expect("valid prefix");
@@ -350,6 +364,7 @@ impl Metrics {
             tier_used: gauge("tier_used_bytes", "Bytes allocated in a tier", &["tier"]),
             tier_blocks: gauge("tier_blocks", "Blocks in a tier", &["tier"]),
             registry,
+            progress: crate::progress::none(),
         }
     }
 

@@ -10,8 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use kvtier_testkit::{Etcd, Hosts, serve};
 use kvtier_testkit::Azurite;
+use kvtier_testkit::{Etcd, Hosts, serve};
 use parking_lot::Mutex;
 
 /// The lease of every member: a node stopped or cut off longer than this is out.

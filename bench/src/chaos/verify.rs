@@ -218,7 +218,7 @@ async fn kept(cluster: &Cluster, i: usize, ns: &str, path: &str) -> String {
     let Ok(mut peer) = PeerClient::connect(format!("http://{addr}")).await else { return "unreachable".into() };
     let mut request = tonic::Request::new(kvtier_proto::v1::ObjectRef { namespace: ns.into(), path: path.into() });
     let me = format!("n{}", i + 1).parse().expect("ascii");
-    request.metadata_mut().insert(kvtier_blockmgr::client::PEER_HEADER, me);
+    request.metadata_mut().insert(kvtier_client::PEER_HEADER, me);
     match peer.stat_object(request).await {
         Err(e) => format!("error: {}", e.message()),
         Ok(r) if r.get_ref().json.is_empty() => "none".into(),

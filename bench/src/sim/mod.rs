@@ -36,8 +36,8 @@ use kvtier_blockmgr::{
     ByteSize, Config, Durability, Manager, Metrics,
     cluster::{Placement, placement_key},
     config::NamespaceConfig,
-    server::routes,
 };
+use kvtier_server::routes;
 use kvtier_testkit::pattern;
 use kvtier_tiers::{Block, BlockKey, CpuTierBuilder, MemoryTier};
 

@@ -18,11 +18,8 @@ use std::{
 
 use bytes::Bytes;
 use http_body::Frame;
-use kvtier_blockmgr::{
-    Client,
-    client::{Transport, TransportError},
-    cluster::Dialer,
-};
+use kvtier_blockmgr::cluster::Dialer;
+use kvtier_client::{Client, Transport, TransportError};
 use tonic::service::Routes;
 use tower::ServiceExt;
 

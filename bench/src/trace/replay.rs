@@ -4,7 +4,8 @@ use std::{collections::HashMap, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use kvtier_blockmgr::{ByteSize, Client, Config, Durability, GetItem, PutItem, server::RunningServer};
+use kvtier_blockmgr::{ByteSize, Client, Config, Durability, GetItem, PutItem};
+use kvtier_server::RunningServer;
 use kvtier_tiers::TierKind;
 
 use super::{Args, TOKENS_PER_BLOCK, Trace};
@@ -241,7 +242,7 @@ pub(crate) async fn tier_speeds(dir: &std::path::Path) -> Result<Speeds> {
     // read promotes into memory, which pushes memory blocks out.
     let socket = node.shm_socket.clone().context("the node has an shm socket")?;
     let (memory, ssd) = tokio::task::spawn_blocking(move || {
-        let mut shm = kvtier_blockmgr::shm::ShmClient::connect(&socket, &[NS])?;
+        let mut shm = kvtier_client::shm::ShmClient::connect(&socket, &[NS])?;
         let mut bufs: Vec<Vec<u8>> = vec![vec![0; BLOCK as usize]; memory.len().max(ssd.len())];
         let mut read = |keys: &[Vec<u8>], from: TierKind| -> Result<f64> {
             let names: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
@@ -250,7 +251,7 @@ pub(crate) async fn tier_speeds(dir: &std::path::Path) -> Result<Speeds> {
             let got = shm.get_into(NS, &names, &mut outs)?;
             let secs = started.elapsed().as_secs_f64();
             ensure!(
-                got.iter().all(|g| matches!(g, kvtier_blockmgr::shm::ShmGet::Hit { tier, .. } if *tier == from)),
+                got.iter().all(|g| matches!(g, kvtier_client::shm::ShmGet::Hit { tier, .. } if *tier == from)),
                 "speeds: a block was not read from {from:?} through shared memory: {got:?}"
             );
             Ok((keys.len() as u64 * BLOCK) as f64 / secs)

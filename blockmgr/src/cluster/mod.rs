@@ -2,13 +2,16 @@
 //! [`placement`]), and the connections that carry copies between them.
 //!
 //! The manager routes puts, gets and deletes through here (manager/replicas.rs). A request
-//! from a peer carries [`PEER_HEADER`](crate::client::PEER_HEADER) and is served from the
+//! from a peer carries [`PEER_HEADER`](kvtier_client::PEER_HEADER) and is served from the
 //! node's own tiers only, so a copy is never forwarded twice; it is refused unless the
 //! sender is a member.
 
+mod error;
 mod etcd;
+mod peer_service;
 pub mod placement;
 mod read_replicas;
+pub mod requests;
 mod rpc;
 
 use std::{
@@ -21,7 +24,7 @@ use kvtier_proto::peer::v1 as peer;
 use kvtier_tiers::{Block, BlockKey, TierKind};
 use parking_lot::{Mutex, RwLock};
 
-pub use self::placement::Placement;
+pub use self::{error::PeerError, peer_service::PeerService, placement::Placement};
 
 /// What places `key` on members (its namespace and bytes; every generation of an object's
 /// manifest alike): what [`Placement::owners`] takes.
@@ -29,9 +32,9 @@ pub fn placement_key(key: &BlockKey) -> Vec<u8> {
     crate::objects::placement_key(key)
 }
 pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
-use crate::{
-    Client, Durability, Error, GetItem, PutItem, client::MemberRead, config::Config, metrics::Metrics, wire::Outcome,
-};
+use kvtier_client::MemberRead;
+
+use crate::{Client, Durability, Error, GetItem, PutItem, config::Config, metrics::Metrics, wire::Outcome};
 
 /// How long a reader waits for a read replica before asking the owner instead.
 const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,7 +46,7 @@ const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
 /// cluster's TLS) unless the node was built with another, as the cluster simulation of
 /// `kvtier-bench sim` builds its nodes over an in-process network.
 pub type Dialer =
-    Arc<dyn Fn(&str) -> futures::future::BoxFuture<'static, Result<Client, crate::ClientError>> + Send + Sync>;
+    Arc<dyn Fn(&str) -> futures::future::BoxFuture<'static, Result<Client, kvtier_client::ClientError>> + Send + Sync>;
 
 /// The members as this node sees them now.
 #[derive(Debug, Default)]
@@ -84,7 +87,7 @@ pub struct Cluster {
     down: Mutex<HashMap<String, Instant>>,
     /// TLS to the other members (`[server.tls]` on): the cluster CA, this node's
     /// certificate as client identity, and each member's id as the name to verify.
-    tls: Option<crate::ClientTls>,
+    tls: Option<kvtier_client::ClientTls>,
     timeout: Duration,
     metrics: Metrics,
     /// Reads other members asked this node for, and the read replicas they made.
@@ -232,10 +235,13 @@ impl Cluster {
     }
 
     /// A connection to member `id` (made on first use, remade when its address changed).
-    async fn peer(&self, id: &str) -> Result<Client, String> {
-        let Some(addr) = self.view().addrs.get(id).cloned() else { return Err(format!("{id} is not a member")) };
+    async fn peer(&self, id: &str) -> Result<Client, PeerError> {
+        let Some(addr) = self.view().addrs.get(id).cloned() else {
+            return Err(PeerError::NotAMember { member: id.to_string() });
+        };
         if self.down.lock().get(id).is_some_and(|until| Instant::now() < *until) {
-            return Err(format!("{id} ({addr}) was unreachable moments ago"));
+            let reason = "was unreachable moments ago".to_string();
+            return Err(PeerError::Unreachable { member: id.to_string(), addr, reason });
         }
         let mut peers = self.peers.lock().await;
         if let Some((at, client)) = peers.get(id)
@@ -246,7 +252,7 @@ impl Cluster {
         let connecting = match &self.dialer {
             Some(dial) => dial(&addr),
             None => {
-                let tls = self.tls.clone().map(|t| crate::ClientTls { domain: Some(id.to_string()), ..t });
+                let tls = self.tls.clone().map(|t| kvtier_client::ClientTls { domain: Some(id.to_string()), ..t });
                 let addr = addr.clone();
                 Box::pin(async move { Client::connect_with(&addr, tls.as_ref()).await })
             }
@@ -254,43 +260,35 @@ impl Cluster {
         let connected = tokio::time::timeout(self.timeout, connecting).await;
         match connected.map_err(|_| "connecting timed out".to_string()).and_then(|c| c.map_err(|e| e.to_string())) {
             Ok(client) => {
-                let client = client.as_peer(&self.local).map_err(|e| e.to_string())?;
+                let client = client.as_peer(&self.local).map_err(|e| PeerError::Unreachable {
+                    member: id.to_string(),
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
                 peers.insert(id.to_string(), (addr, client.clone()));
                 self.down.lock().remove(id);
                 Ok(client)
             }
-            Err(e) => {
+            Err(reason) => {
                 self.down.lock().insert(id.to_string(), Instant::now() + RETRY_DOWN_AFTER);
-                Err(format!("{id} ({addr}): {e}"))
+                Err(PeerError::Unreachable { member: id.to_string(), addr, reason })
             }
         }
     }
 
     /// Runs one request to `id` under the peer timeout, counting it.
-    async fn call<T, F>(&self, id: &str, op: &str, f: impl FnOnce(Client) -> F) -> Result<T, String>
+    /// A failure says whether the request did nothing at `id` (never sent, or answered so)
+    /// or may have (no answer, or an answer that does not say): [`PeerError::outcome`].
+    async fn call<T, F>(&self, id: &str, op: &str, f: impl FnOnce(Client) -> F) -> Result<T, PeerError>
     where
-        F: Future<Output = Result<T, crate::ClientError>>,
-    {
-        self.call_with_outcome(id, op, f).await.map_err(|(message, _)| message)
-    }
-
-    /// [`Cluster::call`], saying of a failure whether the request did nothing at `id`
-    /// (never sent, or answered so) or may have (no answer, or an answer that does not say).
-    async fn call_with_outcome<T, F>(
-        &self,
-        id: &str,
-        op: &str,
-        f: impl FnOnce(Client) -> F,
-    ) -> Result<T, (String, Outcome)>
-    where
-        F: Future<Output = Result<T, crate::ClientError>>,
+        F: Future<Output = Result<T, kvtier_client::ClientError>>,
     {
         let result = match self.peer(id).await {
             Ok(client) => match tokio::time::timeout(self.timeout, f(client)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
                     let status = match &e {
-                        crate::ClientError::Status(s) => Some(s),
+                        kvtier_client::ClientError::Status(s) => Some(s),
                         _ => None,
                     };
                     if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
@@ -299,14 +297,15 @@ impl Cluster {
                     // A request that never left (no connection) did nothing; any other failure
                     // without the peer's word may have landed.
                     let unsaid = match status {
-                        Some(s) if crate::client::never_sent(s) => Outcome::NotApplied,
+                        Some(s) if kvtier_client::never_sent(s) => Outcome::NotApplied,
                         _ => Outcome::Unknown,
                     };
-                    Err((format!("{id}: {e}"), status.and_then(Outcome::of).unwrap_or(unsaid)))
+                    let outcome = status.and_then(Outcome::of).unwrap_or(unsaid);
+                    Err(PeerError::Failed { member: id.to_string(), source: e, outcome })
                 }
-                Err(_) => Err((format!("{id}: no answer within {:?}", self.timeout), Outcome::Unknown)),
+                Err(_) => Err(PeerError::Timeout { member: id.to_string(), timeout: self.timeout }),
             },
-            Err(e) => Err((e, Outcome::NotApplied)),
+            Err(e) => Err(e),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.peer_requests.with_label_values(&[op, outcome]).inc();
@@ -321,25 +320,28 @@ impl Cluster {
     /// Stores `block` on member `id` with `durability`.
     ///
     /// A failure says whether `id` may hold the copy all the same (no answer came).
-    pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), (String, Outcome)> {
+    pub async fn put_on(&self, id: &str, block: &Block, durability: Durability) -> Result<(), PeerError> {
         let item = [PutItem::new(block.key.key.as_bytes().to_vec(), block.data.clone())];
         let ns = block.key.namespace.as_str();
         // Past this, the put counts as failed here: the member must not store it later.
         let deadline = std::time::SystemTime::now() + self.timeout;
-        let reports = self
-            .call_with_outcome(id, "put", |c| async move { c.put_by(ns, &item, durability, Some(deadline)).await })
-            .await?;
+        let reports =
+            self.call(id, "put", |c| async move { c.put_by(ns, &item, durability, Some(deadline)).await }).await?;
         match reports.into_iter().next().map(|r| r.result) {
             Some(Ok(())) => Ok(()),
             // Refused by the member for this block: it did not store it.
-            Some(Err((code, message))) => Err((format!("{id}: {code}: {message}"), Outcome::NotApplied)),
-            None => Err((format!("{id}: no answer for the block"), Outcome::Unknown)),
+            Some(Err((code, message))) => Err(PeerError::Failed {
+                member: id.to_string(),
+                source: kvtier_client::ClientError::Status(tonic::Status::new(code, message)),
+                outcome: Outcome::NotApplied,
+            }),
+            None => Err(PeerError::protocol(id, format!("{id}: no answer for the block"))),
         }
     }
 
     /// Reads `key` from member `id`'s own tiers, with the tier it came from: `None` if it
     /// has no copy.
-    pub async fn get_from(&self, id: &str, key: &BlockKey) -> Result<Option<(Block, TierKind)>, String> {
+    pub async fn get_from(&self, id: &str, key: &BlockKey) -> Result<Option<(Block, TierKind)>, PeerError> {
         let wire = [key.key.as_bytes().to_vec()];
         let ns = key.namespace.as_str();
         let mut items = self.call(id, "get", |c| async move { c.get(ns, &wire).await }).await?;
@@ -369,7 +371,7 @@ impl Cluster {
     /// Reads `key` from member `id` as a reader whose own copy is missing: the bytes, or
     /// the read replicas to read from instead (see read_replicas.rs). `tried`: holders an
     /// earlier answer named that did not have it.
-    pub(crate) async fn read_from(&self, id: &str, key: &BlockKey, tried: &[String]) -> Result<MemberRead, String> {
+    pub(crate) async fn read_from(&self, id: &str, key: &BlockKey, tried: &[String]) -> Result<MemberRead, PeerError> {
         let ns = key.namespace.as_str();
         let k = key.key.as_bytes();
         self.call(id, "read", |c| async move { c.read_as_member(ns, k, tried).await }).await
@@ -377,27 +379,31 @@ impl Cluster {
 
     /// Reads `key` from member `id`, a read replica an owner named: within a couple of
     /// seconds (a replica that does not answer by then is passed by for the owner).
-    pub(crate) async fn read_from_replica(&self, id: &str, key: &BlockKey) -> Result<MemberRead, String> {
+    pub(crate) async fn read_from_replica(&self, id: &str, key: &BlockKey) -> Result<MemberRead, PeerError> {
         let (ns, k) = (key.namespace.as_str(), key.key.as_bytes());
         let read = self.call(id, "read", |c| async move { c.read_as_member(ns, k, &[]).await });
         tokio::time::timeout(REPLICA_READ_TIMEOUT.min(self.timeout), read)
             .await
-            .unwrap_or_else(|_| Err(format!("{id}: no answer within {REPLICA_READ_TIMEOUT:?}")))
+            .unwrap_or_else(|_| Err(PeerError::Timeout { member: id.to_string(), timeout: REPLICA_READ_TIMEOUT }))
     }
 
     /// Which of `keys` (of one namespace) member `id` holds itself, in order.
-    pub(crate) async fn has_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<Option<crate::Presence>>, String> {
+    pub(crate) async fn has_on(
+        &self,
+        id: &str,
+        keys: &[BlockKey],
+    ) -> Result<Vec<Option<kvtier_client::Presence>>, PeerError> {
         let Some(ns) = keys.first().map(|k| k.namespace.as_str()) else { return Ok(Vec::new()) };
         let wire: Vec<Vec<u8>> = keys.iter().map(|k| k.key.as_bytes().to_vec()).collect();
         let answers = self.call(id, "has", |c| async move { c.has(ns, &wire).await }).await?;
         if answers.len() != keys.len() {
-            return Err(format!("{id} answered {} of {} keys", answers.len(), keys.len()));
+            return Err(PeerError::protocol(id, format!("{id} answered {} of {} keys", answers.len(), keys.len())));
         }
         Ok(answers)
     }
 
     /// Deletes `key` from member `id`: whether it had a copy.
-    pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, String> {
+    pub async fn delete_on(&self, id: &str, key: &BlockKey) -> Result<bool, PeerError> {
         self.delete_on_by(id, key, None).await
     }
 
@@ -407,7 +413,7 @@ impl Cluster {
         id: &str,
         key: &BlockKey,
         deadline: Option<std::time::SystemTime>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerError> {
         let wire = [key.key.as_bytes().to_vec()];
         let ns = key.namespace.as_str();
         let deleted = self.call(id, "delete", |c| async move { c.delete_by(ns, &wire, deadline).await }).await?;
@@ -426,11 +432,11 @@ pub(crate) fn key_to_wire(k: &BlockKey) -> peer::KeyRef {
 }
 
 /// The members' TLS, from `[server.tls]`: none when it is off.
-fn peer_tls(tls: &crate::config::TlsConfig) -> Result<Option<crate::ClientTls>, Error> {
+fn peer_tls(tls: &crate::config::TlsConfig) -> Result<Option<kvtier_client::ClientTls>, Error> {
     if !tls.enabled() {
         return Ok(None);
     }
     let crate::config::TlsPems { cert, key, ca } = tls.read_pems()?;
     let ca = ca.ok_or_else(|| Error::Config("server.tls.ca: a cluster with TLS needs its CA".into()))?;
-    Ok(Some(crate::ClientTls { ca, identity: Some((cert, key)), domain: None }))
+    Ok(Some(kvtier_client::ClientTls { ca, identity: Some((cert, key)), domain: None }))
 }

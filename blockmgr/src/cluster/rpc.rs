@@ -6,11 +6,10 @@
 use kvtier_proto::{peer::v1 as peer, v1};
 use kvtier_tiers::BlockKey;
 
-use super::{Cluster, key_to_wire};
+use super::{Cluster, PeerError, key_to_wire};
 use crate::{
     Durability,
     manager::{Digest, key_from_wire},
-    wire::Outcome,
 };
 
 /// Object metadata between members: manifests travel as their stored JSON.
@@ -23,7 +22,7 @@ impl Cluster {
         manifest: Vec<u8>,
         durability: Durability,
         condition: crate::objects::CommitIf,
-    ) -> Result<Option<Vec<u8>>, (String, Outcome)> {
+    ) -> Result<Option<Vec<u8>>, PeerError> {
         // Past the wait below this node asks the next owner: the primary must not commit later.
         let deadline = std::time::SystemTime::now() + self.timeout;
         let (if_absent, if_generation, if_crc32c) = condition.to_wire();
@@ -36,10 +35,8 @@ impl Cluster {
             if_generation,
             if_crc32c,
         };
-        let got =
-            self.call_with_outcome(id, "commit_object", |c| async move {
-                Ok(c.peer_rpc().commit_object(c.request(req)).await?)
-            })
+        let got = self
+            .call(id, "commit_object", |c| async move { Ok(c.peer_rpc().commit_object(c.request(req)).await?) })
             .await?;
         let json = got.into_inner().json;
         Ok((!json.is_empty()).then(|| json.to_vec()))
@@ -51,7 +48,7 @@ impl Cluster {
         id: &str,
         namespace: &str,
         path: &str,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, PeerError> {
         let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
         let got = self
             .call(id, "stat_object", |c| async move { Ok(c.peer_rpc().stat_object(c.request(req)).await?) })
@@ -66,7 +63,7 @@ impl Cluster {
         id: &str,
         namespace: &str,
         prefix: &str,
-    ) -> Result<Vec<Vec<u8>>, String> {
+    ) -> Result<Vec<Vec<u8>>, PeerError> {
         let req = v1::ListObjectsRequest { namespace: namespace.into(), prefix: prefix.into() };
         let got = self
             .call(id, "list_objects", |c| async move { Ok(c.peer_rpc().list_objects(c.request(req)).await?) })
@@ -81,7 +78,7 @@ impl Cluster {
         namespace: &str,
         path: &str,
         condition: crate::objects::CommitIf,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerError> {
         let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
         let version = match condition {
             crate::objects::CommitIf::Current { generation, crc32c } => Some(format!("{generation}.{crc32c}")),
@@ -93,9 +90,9 @@ impl Cluster {
         let got = self
             .call(id, "delete_object", |c| async move {
                 let mut request = c.request(req);
-                request.metadata_mut().insert(crate::client::DEADLINE_HEADER, deadline.parse().expect("digits"));
+                request.metadata_mut().insert(kvtier_client::DEADLINE_HEADER, deadline.parse().expect("digits"));
                 if let Some(v) = version {
-                    request.metadata_mut().insert(crate::client::IF_VERSION_HEADER, v.parse().expect("digits"));
+                    request.metadata_mut().insert(kvtier_client::IF_VERSION_HEADER, v.parse().expect("digits"));
                 }
                 Ok(c.peer_rpc().delete_object(request).await?)
             })
@@ -110,7 +107,7 @@ impl Cluster {
         namespace: &str,
         path: &str,
         generation: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerError> {
         let req = peer::ForgetObjectRequest { namespace: namespace.into(), path: path.into(), generation };
         let got = self
             .call(id, "forget_object", |c| async move { Ok(c.peer_rpc().forget_object(c.request(req)).await?) })
@@ -122,7 +119,7 @@ impl Cluster {
 /// Resync between members.
 impl Cluster {
     /// Member `id`'s digests of the keys it holds that `node` owns.
-    pub(crate) async fn digests_on(&self, id: &str, node: &str) -> Result<Vec<Digest>, String> {
+    pub(crate) async fn digests_on(&self, id: &str, node: &str) -> Result<Vec<Digest>, PeerError> {
         let req = peer::DigestsRequest { node: node.into() };
         let got = self.call(id, "digests", |c| async move { Ok(c.peer_rpc().digests(c.request(req)).await?) }).await?;
         Ok(got.into_inner().buckets.into_iter().map(|b| Digest { count: b.count, xor: b.xor }).collect())
@@ -130,7 +127,7 @@ impl Cluster {
 
     /// The keys member `id` keeps (on disk or as write-back) that `node` owns and `id` does
     /// not, each with whether it is a write-back block Blob lacks.
-    pub(crate) async fn held_for_on(&self, id: &str, node: &str) -> Result<Vec<(BlockKey, bool)>, String> {
+    pub(crate) async fn held_for_on(&self, id: &str, node: &str) -> Result<Vec<(BlockKey, bool)>, PeerError> {
         self.list_keys_on(id, peer::OwnedKeysRequest { node: node.into(), bucket: 0, held_not_owned: true }).await
     }
 
@@ -141,7 +138,7 @@ impl Cluster {
         id: &str,
         node: &str,
         bucket: usize,
-    ) -> Result<Vec<(BlockKey, bool)>, String> {
+    ) -> Result<Vec<(BlockKey, bool)>, PeerError> {
         self.list_keys_on(
             id,
             peer::OwnedKeysRequest { node: node.into(), bucket: bucket as u32, held_not_owned: false },
@@ -149,14 +146,15 @@ impl Cluster {
         .await
     }
 
-    async fn list_keys_on(&self, id: &str, req: peer::OwnedKeysRequest) -> Result<Vec<(BlockKey, bool)>, String> {
+    async fn list_keys_on(&self, id: &str, req: peer::OwnedKeysRequest) -> Result<Vec<(BlockKey, bool)>, PeerError> {
         let got =
             self.call(id, "owned_keys", |c| async move { Ok(c.peer_rpc().owned_keys(c.request(req)).await?) }).await?;
         got.into_inner()
             .keys
             .into_iter()
             .map(|k| {
-                let key = key_from_wire(&k.namespace, &k.key).ok_or_else(|| format!("{id} listed a malformed key"))?;
+                let key = key_from_wire(&k.namespace, &k.key)
+                    .ok_or_else(|| PeerError::protocol(id, format!("{id} listed a malformed key")))?;
                 Ok((key, k.unflushed))
             })
             .collect()
@@ -167,7 +165,7 @@ impl Cluster {
 impl Cluster {
     /// Tells member `id` that Blob has these write-back blocks (with the CRC-32C of the
     /// bytes it has, when known).
-    pub(crate) async fn flushed_on(&self, id: &str, keys: &[(BlockKey, Option<u32>)]) -> Result<(), String> {
+    pub(crate) async fn flushed_on(&self, id: &str, keys: &[(BlockKey, Option<u32>)]) -> Result<(), PeerError> {
         let keys = keys.iter().map(|(k, crc32c)| peer::KeyRef { crc32c: *crc32c, ..key_to_wire(k) }).collect();
         let req = peer::FlushedRequest { keys };
         self.call(id, "flushed", |c| async move { Ok(c.peer_rpc().flushed(c.request(req)).await?) }).await?;
@@ -176,7 +174,7 @@ impl Cluster {
 
     /// Which of `keys` member `id` lacks and owns (`Peer/Offer`, the handoff); each with
     /// whether it is a write-back block Blob lacks.
-    pub(crate) async fn offer_to(&self, id: &str, keys: &[(BlockKey, bool)]) -> Result<Vec<BlockKey>, String> {
+    pub(crate) async fn offer_to(&self, id: &str, keys: &[(BlockKey, bool)]) -> Result<Vec<BlockKey>, PeerError> {
         let keys = keys.iter().map(|(k, unflushed)| peer::KeyRef { unflushed: *unflushed, ..key_to_wire(k) });
         let req = peer::FlushedRequest { keys: keys.collect() };
         let got = self.call(id, "offer", |c| async move { Ok(c.peer_rpc().offer(c.request(req)).await?) }).await?;
@@ -185,7 +183,7 @@ impl Cluster {
 
     /// Which of the chunk `keys` a manifest or an upload of member `id` names
     /// (`Peer/ChunksNamed`).
-    pub(crate) async fn chunks_named_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
+    pub(crate) async fn chunks_named_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, PeerError> {
         let req = keys_request(keys);
         let got = self
             .call(id, "chunks_named", |c| async move { Ok(c.peer_rpc().chunks_named(c.request(req)).await?) })
@@ -194,7 +192,7 @@ impl Cluster {
     }
 
     /// Which of `keys` member `id` knows Blob has (`Peer/InBlob`).
-    pub(crate) async fn in_blob_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, String> {
+    pub(crate) async fn in_blob_on(&self, id: &str, keys: &[BlockKey]) -> Result<Vec<BlockKey>, PeerError> {
         let req = keys_request(keys);
         let got = self.call(id, "in_blob", |c| async move { Ok(c.peer_rpc().in_blob(c.request(req)).await?) }).await?;
         Ok(keys_of(got))
@@ -208,7 +206,7 @@ impl Cluster {
         ns: &kvtier_tiers::Namespace,
         info: &crate::objects::ObjectInfo,
         index: u64,
-    ) -> Result<Option<(bytes::Bytes, bool)>, String> {
+    ) -> Result<Option<(bytes::Bytes, bool)>, PeerError> {
         let req = peer::FetchChunkRequest {
             namespace: ns.as_str().into(),
             manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
@@ -235,7 +233,7 @@ impl Cluster {
         info: &crate::objects::ObjectInfo,
         upload: &kvtier_tiers::Upload,
         parts: &[u32],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, PeerError> {
         let req = peer::StagePartsRequest {
             namespace: ns.as_str().into(),
             manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
@@ -248,7 +246,10 @@ impl Cluster {
             .await?;
         let ids = staged.into_inner().part_ids;
         if ids.len() != parts.len() {
-            return Err(format!("{id} staged {} parts of the {} asked", ids.len(), parts.len()));
+            return Err(PeerError::protocol(
+                id,
+                format!("{id} staged {} parts of the {} asked", ids.len(), parts.len()),
+            ));
         }
         Ok(ids)
     }

@@ -14,11 +14,15 @@ mod blob;
 mod cluster;
 mod lmcache;
 mod s3;
+mod server;
+mod shm;
 pub use self::{
     blob::BlobConfig,
     cluster::ClusterConfig,
     lmcache::LmcacheConfig,
     s3::{S3Config, S3Key},
+    server::{ServerConfig, TlsConfig, TlsPems},
+    shm::{ShmConfig, ShmGrant},
 };
 
 /// The whole configuration.
@@ -67,105 +71,6 @@ impl Default for Config {
             lmcache: LmcacheConfig::default(),
             s3: S3Config::default(),
             log: LogConfig::default(),
-        }
-    }
-}
-
-/// `[server]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// gRPC TCP address. Default `127.0.0.1:50051` (use `0.0.0.0:50051` to serve other hosts).
-    pub listen: String,
-    /// gRPC Unix socket, relative to `data_dir` unless absolute; empty disables it.
-    /// Default `kvtier.sock`.
-    pub unix_socket: PathBuf,
-    /// HTTP address for `/metrics` (Prometheus) and `/healthz`; empty disables it.
-    /// Default `127.0.0.1:50052`.
-    pub metrics_listen: String,
-    /// Most keys in one request. Default 4096.
-    pub max_batch_keys: usize,
-    /// Longest pin a lookup may ask for (`LookupRequest.pin_ms`). Default 10s.
-    #[serde(with = "humantime_serde")]
-    pub max_lookup_pin: Duration,
-    /// Memory for block bytes in transit that are not in the CPU arena (put buffers, SSD
-    /// reads being sent). Requests wait for it: backpressure, not OOM. Default 256 MiB.
-    pub transfer_budget: ByteSize,
-    /// A put stream that sends nothing for this long is abandoned. Default 30s.
-    #[serde(with = "humantime_serde")]
-    pub stream_idle_timeout: Duration,
-    /// Size of the data chunks a get streams back. Blocks up to this size travel as one
-    /// message, which the client takes without copying. Default 4 MiB.
-    pub chunk_size: ByteSize,
-    /// On SIGTERM, move blocks that are only in memory to SSD before exiting, so a restart
-    /// finds a warm cache. Default true.
-    pub persist_on_shutdown: bool,
-    /// Longest a graceful shutdown may take before exiting anyway. Default 30s.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_timeout: Duration,
-    /// TLS on the TCP gRPC port (the Unix socket stays local and plain).
-    pub tls: TlsConfig,
-}
-
-/// `[server.tls]`: with `cert` and `key`, gRPC over TCP is TLS (rustls).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM certificate chain of this node. Empty (default): plaintext. In a cluster, name
-    /// the node id among its DNS names: members dial each other by id.
-    pub cert: PathBuf,
-    /// PEM private key of `cert`.
-    pub key: PathBuf,
-    /// PEM CA that signs the cluster's certificates: members verify each other with it (and
-    /// present `cert` to each other), and with `require_client_cert` every TCP client must
-    /// present a certificate it signed (mTLS): others are refused at the handshake.
-    pub ca: PathBuf,
-    /// Refuse TCP clients without a certificate signed by `ca`. Default false.
-    pub require_client_cert: bool,
-}
-
-impl TlsConfig {
-    /// Whether TLS is on.
-    pub fn enabled(&self) -> bool {
-        !self.cert.as_os_str().is_empty()
-    }
-
-    /// The PEM files read, each error naming the setting and the file.
-    pub fn read_pems(&self) -> Result<TlsPems, Error> {
-        let read = |field: &str, path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Error::Config(format!("server.tls.{field}: cannot read {}: {e}", path.display())))
-        };
-        let ca = if self.ca.as_os_str().is_empty() { None } else { Some(read("ca", &self.ca)?) };
-        Ok(TlsPems { cert: read("cert", &self.cert)?, key: read("key", &self.key)?, ca })
-    }
-}
-
-/// The contents of `[server.tls]`'s files.
-#[derive(Debug, Clone)]
-pub struct TlsPems {
-    /// The certificate chain.
-    pub cert: Vec<u8>,
-    /// Its private key.
-    pub key: Vec<u8>,
-    /// The cluster CA, when set.
-    pub ca: Option<Vec<u8>>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:50051".into(),
-            unix_socket: PathBuf::from("kvtier.sock"),
-            metrics_listen: "127.0.0.1:50052".into(),
-            max_batch_keys: 4096,
-            max_lookup_pin: Duration::from_secs(10),
-            transfer_budget: ByteSize(256 << 20),
-            stream_idle_timeout: Duration::from_secs(30),
-            chunk_size: ByteSize(4 << 20),
-            persist_on_shutdown: true,
-            shutdown_timeout: Duration::from_secs(30),
-            tls: TlsConfig::default(),
         }
     }
 }
@@ -233,48 +138,6 @@ impl Default for SsdConfig {
     }
 }
 
-/// `[shm]`: the shared-memory data plane (see [`crate::shm`]).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShmConfig {
-    /// Unix socket local clients map the CPU arena through; relative to `data_dir` unless
-    /// absolute; empty disables the data plane. Default `kvtier-shm.sock`.
-    pub socket: PathBuf,
-    /// Who may use the data plane besides the server's own uid and root (who may open every
-    /// namespace), and which namespaces each may open. Only a uid granted every namespace
-    /// (`"*"`) maps the arena itself; the others get private windows. Default none.
-    pub grants: Vec<ShmGrant>,
-    /// Most bytes one session may hold in allocated and pinned slots at once. Default 512 MiB.
-    pub session_limit: ByteSize,
-    /// How long an allocation, or the in-memory copy that pins a block read from SSD, waits
-    /// for memory to be freed (blocks demoted to SSD) when the arena is full, before the
-    /// client is told to send the block over gRPC (or the pin is a miss). Default 200ms.
-    #[serde(with = "humantime_serde")]
-    pub alloc_wait: Duration,
-    /// Recompute the CRC-32C of blocks committed through shared memory and refuse those that
-    /// disagree with the client's. Off, the client's checksum is trusted (faster puts; a
-    /// wrong one shows as a checksum miss on a later read from SSD). Default true.
-    pub verify_commits: bool,
-    /// Give every session a private window (a memfd of `session_limit` bytes of its own,
-    /// blocks copied in and out by the server) instead of the arena. Sessions of uids that
-    /// may not open every namespace always get one, so they never map another tenant's
-    /// blocks. Default false.
-    pub private_windows: bool,
-}
-
-impl Default for ShmConfig {
-    fn default() -> Self {
-        ShmConfig {
-            socket: PathBuf::from("kvtier-shm.sock"),
-            grants: Vec::new(),
-            session_limit: ByteSize(512 << 20),
-            alloc_wait: Duration::from_millis(200),
-            verify_commits: true,
-            private_windows: false,
-        }
-    }
-}
-
 /// One `[namespaces."pattern"]` entry.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -296,47 +159,10 @@ pub struct NamespaceConfig {
 }
 
 /// Whether `namespace` matches `pattern`: an exact name, or a prefix ending in `*`.
-fn matches(pattern: &str, namespace: &str) -> bool {
+pub(super) fn matches(pattern: &str, namespace: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => namespace.starts_with(prefix),
         None => namespace == pattern,
-    }
-}
-
-/// One `[[shm.grants]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ShmGrant {
-    /// The peer's uid (from the socket's credentials, not from anything the client says).
-    pub uid: u32,
-    /// Namespaces it may open: exact names, or prefixes ending in `*` (`"tenant-a/*"`, `"*"`).
-    pub namespaces: Vec<String>,
-}
-
-impl ShmConfig {
-    /// Whether a peer with `uid` maps the arena itself (it may read every namespace, and
-    /// private windows are not forced); otherwise it gets a private window.
-    pub fn shares_arena(&self, uid: u32) -> bool {
-        // SAFETY: geteuid cannot fail.
-        let all = uid == 0
-            || uid == unsafe { libc::geteuid() }
-            || self.grants.iter().any(|g| g.uid == uid && g.namespaces.iter().any(|n| n == "*"));
-        all && !self.private_windows
-    }
-
-    /// Whether a peer with `uid` may open `namespace`.
-    pub fn allows(&self, uid: u32, namespace: &str) -> bool {
-        // SAFETY: geteuid cannot fail.
-        if uid == 0 || uid == unsafe { libc::geteuid() } {
-            return true;
-        }
-        self.grants.iter().filter(|g| g.uid == uid).flat_map(|g| &g.namespaces).any(|p| matches(p, namespace))
-    }
-
-    /// Whether a peer with `uid` may map the arena at all.
-    pub fn admits(&self, uid: u32) -> bool {
-        // SAFETY: geteuid cannot fail.
-        uid == 0 || uid == unsafe { libc::geteuid() } || self.grants.iter().any(|g| g.uid == uid)
     }
 }
 

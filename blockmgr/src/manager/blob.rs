@@ -154,10 +154,11 @@ pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) -> tokio::sync::oneshot::Rec
     let weak = Arc::downgrade(inner);
     let (loaded, heard) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let mut pause = Duration::from_secs(1);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut pause = backoff.next_pause();
         loop {
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
+            pause = backoff.next_pause();
             let Some(inner) = weak.upgrade() else { return };
             let blob = inner.blob.clone().expect("a loader implies a Blob tier");
             if let Err(e) = blob.load().await {

@@ -53,7 +53,7 @@ impl Manager {
         for (id, result) in others.iter().zip(join_all(deletes).await) {
             match result {
                 Ok(had) => any |= had,
-                Err(e) => failures.push((id.to_string(), e)),
+                Err(e) => failures.push((id.to_string(), e.to_string())),
             }
         }
         (any, failures)

@@ -72,7 +72,7 @@ impl Manager {
             let wanted = match cluster.offer_to(&owner, &keys).await {
                 Ok(wanted) => wanted,
                 Err(e) => {
-                    report.failures.push(e);
+                    report.failures.push(e.to_string());
                     continue;
                 }
             };
@@ -89,7 +89,7 @@ impl Manager {
                         metrics.handoff_blocks.inc();
                         metrics.handoff_bytes.inc_by(len);
                     }
-                    Err((e, _)) => report.failures.push(e),
+                    Err(e) => report.failures.push(e.to_string()),
                 }
             }
         }

@@ -10,25 +10,7 @@ use kvtier_tiers::{BlockKey, TierKind};
 
 use super::Manager;
 
-/// What a lookup found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Looked {
-    /// The tier of each key of the longest present prefix.
-    pub tiers: Vec<TierKind>,
-    /// The expected microseconds to load each of them (see [`ReadSpeeds`]).
-    pub load_us: Vec<u32>,
-    /// Whether they are pinned until the lease ends or a get reads each.
-    pub pinned: bool,
-}
-
-impl Looked {
-    /// How many leading blocks load no slower than `max_load_us` (all of them for `None`):
-    /// the prefix worth loading ends at the first block slower to load than to recompute.
-    /// (`kvtier.loadable_prefix` is the same cut for the Python connectors.)
-    pub fn loadable(&self, max_load_us: Option<u32>) -> usize {
-        self.load_us.iter().take_while(|&&us| max_load_us.is_none_or(|max| us <= max)).count()
-    }
-}
+use kvtier_types::Looked;
 
 /// Read speed per tier below memory, learned from the reads this node served (an
 /// exponentially weighted mean of picoseconds per byte over reads of 64 KiB or more, so a

@@ -15,8 +15,10 @@
 mod arena;
 mod blob;
 mod blob_deletes;
+mod cluster_reads;
 mod deletes;
 mod flush;
+mod flush_worker;
 mod handoff;
 mod lookup;
 mod movement;
@@ -34,17 +36,16 @@ mod writer;
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
-    lookup::Looked,
-    presence::Presence,
+    cluster_reads::MemberAnswer,
     resync::ResyncReport,
-    types::{Durability, GetOutcome, MissReason, NamespaceStats, PutOutcome, Stats, TierStats},
+    types::{GetOutcome, PutOutcome},
     writer::PutWriter,
 };
 pub(crate) use self::{
-    flush::backoff,
-    replicas::MemberAnswer,
+    flush::RETRY,
     resync::{BUCKETS, Digest, key_from_wire},
 };
+use kvtier_types::{Durability, MissReason, NamespaceStats, Stats, TierStats};
 
 use std::{
     fmt,

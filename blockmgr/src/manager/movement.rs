@@ -8,7 +8,6 @@ use std::{
 };
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use kvtier_tiers::{Block, BlockKey, Error as TierError, PutStatus, TierExt, TierKind};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -81,22 +80,21 @@ pub(super) async fn persist_memory(inner: &Arc<Inner>) -> usize {
         return 0;
     }
     tracing::info!(blocks = keys.len(), "persisting memory-only blocks to SSD before exit");
-    let bar = ProgressBar::new(keys.len() as u64).with_style(
-        ProgressStyle::with_template("persisting {bar:40} {pos}/{len} blocks ({per_sec}, eta {eta})")
-            .expect("valid template"),
-    );
+    let bar = inner.metrics.progress().start("persisting", keys.len() as u64);
     let started = Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
     futures::stream::iter(keys)
         .for_each_concurrent(8, |key| {
-            let bar = bar.clone();
+            let (bar, done) = (&bar, &done);
             async move {
                 inner.demote(&key, true, false).await;
-                bar.inc(1);
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bar.advance(1);
             }
         })
         .await;
-    bar.finish_and_clear();
-    let done = bar.position() as usize;
+    drop(bar);
+    let done = done.into_inner();
     tracing::info!(blocks = done, elapsed_ms = started.elapsed().as_millis() as u64, "memory persisted");
     done
 }

@@ -9,7 +9,7 @@ use std::{
 use kvtier_tiers::{BlobTier, BlobTierBuilder, CpuTier, CpuTierBuilder, SsdTierBuilder, Tier};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Background, Inner, LOCK_STRIPES, Limits, Manager, blob, flush, movement, unreachable};
+use super::{Background, Inner, LOCK_STRIPES, Limits, Manager, blob, flush, flush_worker, movement, unreachable};
 use crate::{
     Config, Error, Metrics,
     flight::{KeyLocks, SingleFlight},
@@ -166,7 +166,7 @@ impl Manager {
             for key in unflushed {
                 inner.queue_flush(key, true);
             }
-            flush::spawn_flusher(&inner, flusher);
+            flush_worker::spawn_flusher(&inner, flusher);
         }
         let blob_loaded_late = (!blob_loaded).then(|| blob::spawn_blob_loader(&inner));
         if inner.blob.is_some() {

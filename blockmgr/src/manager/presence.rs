@@ -7,18 +7,11 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use kvtier_tiers::{BlockKey, TierKind};
+use kvtier_tiers::BlockKey;
 
 use super::Manager;
 
-/// A stored block: its length, and the fastest tier holding it on the node that answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Presence {
-    /// The block's length in bytes.
-    pub length: u64,
-    /// The fastest tier holding it.
-    pub tier: TierKind,
-}
+use kvtier_types::Presence;
 
 impl Manager {
     /// Whether each of `keys` is stored (see the module documentation), in order.

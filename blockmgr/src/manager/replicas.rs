@@ -1,6 +1,6 @@
 //! Copies on other nodes. With a cluster, a put stores the block here and sends it to the
-//! key's other owners, acknowledging once the write quorum holds it; a get that misses here
-//! asks the owners and keeps what it finds; a delete reaches every owner.
+//! key's other owners, acknowledging once the write quorum holds it (reads across the
+//! cluster: cluster_reads.rs); a delete reaches every owner.
 //!
 //! Each copy's durability is the sender's decision: the primary owner takes the put's own
 //! (so a write-back block is flushed to Blob by the primary alone: each byte once), another
@@ -9,32 +9,12 @@
 
 use std::sync::Arc;
 
-use futures::future::join_all;
+use futures::{StreamExt, stream::FuturesUnordered};
 use kvtier_tiers::{Block, BlockKey, Error as TierError, TierExt, TierKind};
 
-use super::{Durability, GetOutcome, Inner, Manager, MissReason, PutOutcome};
-use crate::{
-    client::MemberRead,
-    cluster::{Cluster, Plan, ReadRoute},
-};
+use super::{Durability, GetOutcome, Inner, Manager, PutOutcome};
 
-/// How this node answers a member's read of a key the member lacks.
-pub(crate) enum MemberAnswer {
-    /// The outcome here; `true`: the reader keeps it as a read replica.
-    Here(GetOutcome, bool),
-    /// Read it from these read replicas instead; `true`: the reader is one now (keeps it).
-    Elsewhere(Vec<String>, bool),
-}
-
-/// The owners other than `local`, starting at one that depends on `local` and `key`:
-/// readers spread over the copies instead of all asking the primary first.
-fn spread<'a>(owners: &'a [String], local: &str, key: &BlockKey) -> impl Iterator<Item = &'a str> {
-    let others: Vec<&str> = owners.iter().map(String::as_str).filter(|o| *o != local).collect();
-    let n = others.len();
-    let h = xxhash_rust::xxh3::xxh3_64(&[local.as_bytes(), &[0], key.key.as_bytes()].concat());
-    let start = if n == 0 { 0 } else { (h % n as u64) as usize };
-    others.into_iter().cycle().skip(start).take(n)
-}
+use crate::cluster::{Cluster, Plan};
 
 /// Where a put's copies go, decided when it starts.
 pub(crate) struct Route {
@@ -53,7 +33,7 @@ impl Inner {
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
     }
 
-    fn plan_in(&self, cluster: &Cluster, key: &BlockKey) -> Plan {
+    pub(super) fn plan_in(&self, cluster: &Cluster, key: &BlockKey) -> Plan {
         let (replicas, quorum) = self.replication(key);
         cluster.plan(&crate::objects::placement_key(key), replicas, quorum)
     }
@@ -312,8 +292,10 @@ impl Manager {
         }
     }
 
-    /// Sends the block to the owners other than this node and waits for the quorum. `here`
-    /// is this node's own outcome; `block` is `None` when it is not in hand (this node
+    /// Sends the block to the owners other than this node and waits for the quorum, not for
+    /// every owner: once the write quorum holds it the put is acknowledged and the copies
+    /// still in flight finish in the background (a slow or frozen owner costs the put
+    /// nothing while the quorum stands). `here` is this node's own outcome; `block` is `None` when it is not in hand (this node
     /// failed to store it, or it left before it could be read back).
     pub(super) async fn replicate(
         &self,
@@ -341,33 +323,60 @@ impl Manager {
         let mut failures = Vec::new();
         let mut stored = 0;
         let mut holding = Vec::new();
-        if let Some(block) = &block {
-            let others: Vec<&String> = plan.owners.iter().filter(|id| *id != local).collect();
-            let sends = others.iter().map(|id| {
-                let copy = self.copy_durability(&plan, id, durability);
-                cluster.put_on(id, block, copy)
-            });
-            for (id, answer) in others.iter().zip(join_all(sends).await) {
-                match answer {
-                    Ok(()) => {
-                        stored += 1;
-                        holding.push(id.to_string());
-                    }
-                    Err((e, outcome)) => {
-                        failures.push(e);
-                        if outcome == crate::wire::Outcome::Unknown {
-                            holding.push(id.to_string());
-                        }
-                    }
-                }
-            }
-        } else {
-            failures.push(format!("{local}: the block left this node before it could be sent on"));
-        }
         match (&here, plan.owns(local)) {
             (Ok(_), true) => stored += 1,
             (Err(e), true) => failures.push(format!("{local}: {e}")),
             _ => {}
+        }
+        if let Some(block) = &block {
+            let mut sends: FuturesUnordered<_> = plan
+                .owners
+                .iter()
+                .filter(|id| *id != local)
+                .map(|id| {
+                    let (cluster, block, id) = (cluster.clone(), block.clone(), id.clone());
+                    let copy = self.copy_durability(&plan, &id, durability);
+                    async move {
+                        let answer = cluster.put_on(&id, &block, copy).await;
+                        (id, answer)
+                    }
+                })
+                .collect();
+            let mut pending: Vec<String> = plan.owners.iter().filter(|id| *id != local).cloned().collect();
+            while stored < plan.quorum {
+                let Some((id, answer)) = sends.next().await else { break };
+                pending.retain(|p| *p != id);
+                match answer {
+                    Ok(()) => {
+                        stored += 1;
+                        holding.push(id);
+                    }
+                    Err(e) => {
+                        if e.outcome() == crate::wire::Outcome::Unknown {
+                            holding.push(id);
+                        }
+                        failures.push(e.to_string());
+                    }
+                }
+            }
+            if !sends.is_empty() {
+                // The quorum holds it: the rest land (or fail, logged) after the answer. An
+                // owner still in flight may come to hold a copy: an undo must reach it.
+                holding.extend(pending);
+                // Counted as background work: a graceful shutdown (`settle`) waits for them.
+                let (key, inner) = (key.clone(), self.inner.clone());
+                inner.background.start();
+                tokio::spawn(async move {
+                    while let Some((id, answer)) = sends.next().await {
+                        if let Err(e) = answer {
+                            tracing::warn!(%key, member = %id, error = %e, "a copy after the quorum failed; resync repairs it");
+                        }
+                    }
+                    inner.background.finish();
+                });
+            }
+        } else {
+            failures.push(format!("{local}: the block left this node before it could be sent on"));
         }
         if stored < plan.quorum {
             let failures = failures.join("; ");
@@ -378,121 +387,6 @@ impl Manager {
         }
         // A node that owns no copy may have had no room for its cache copy: fine.
         (here.or(Ok(PutOutcome { status: kvtier_tiers::PutStatus::Stored, tier: TierKind::Cpu })), holding)
-    }
-
-    /// Reads `key`: from this node's tiers, else from its owners (the other owners in an
-    /// order that differs by reader and key, so reads spread over the copies), or from the
-    /// read replicas an owner names. An owner that lacked its copy keeps what it reads; any
-    /// other node keeps it only when the owner says the key is popular (a read replica).
-    pub async fn get(&self, key: &BlockKey) -> GetOutcome {
-        let outcome = self.get_here(key).await;
-        let Some((cluster, plan)) = self.plan(key) else { return outcome };
-        if !matches!(outcome, GetOutcome::Miss { reason: MissReason::NotFound, .. }) {
-            return outcome;
-        }
-        for owner in spread(&plan.owners, cluster.local_id(), key) {
-            if let Some(hit) = self.read_through_owner(cluster, &plan, owner, key).await {
-                return hit;
-            }
-        }
-        outcome
-    }
-
-    /// Reads `key` from `owner`, or from the read replicas it names (and from `owner` again,
-    /// telling it which of them lacked the key): the hit, kept here as the owner says.
-    async fn read_through_owner(
-        &self,
-        cluster: &Cluster,
-        plan: &Plan,
-        owner: &str,
-        key: &BlockKey,
-    ) -> Option<GetOutcome> {
-        let mut tried: Vec<String> = Vec::new();
-        loop {
-            match cluster.read_from(owner, key, &tried).await {
-                Ok(MemberRead::Hit { data, crc32c, tier, keep }) => {
-                    let block = Block::with_crc32c(key.clone(), data, crc32c);
-                    self.keep_read(plan, &block, keep).await;
-                    return Some(GetOutcome::Hit { block, tier });
-                }
-                Ok(MemberRead::Elsewhere { holders, keep }) if tried.is_empty() => {
-                    for holder in holders {
-                        match cluster.read_from_replica(&holder, key).await {
-                            Ok(MemberRead::Hit { data, crc32c, tier, .. }) => {
-                                let block = Block::with_crc32c(key.clone(), data, crc32c);
-                                self.keep_read(plan, &block, keep).await;
-                                return Some(GetOutcome::Hit { block, tier });
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!(%key, %holder, error = %e, "a read replica could not be read"),
-                        }
-                        tried.push(holder);
-                    }
-                }
-                Ok(_) => return None,
-                Err(e) => {
-                    tracing::debug!(%key, %owner, error = %e, "an owner could not be read");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Keeps a copy of `block` read from another node: an owner's own (a repair), or a read
-    /// replica when `popular`; otherwise nothing.
-    async fn keep_read(&self, plan: &Plan, block: &Block, popular: bool) {
-        let owner = self.cluster().is_some_and(|c| plan.owns(c.local_id()));
-        let durability = match (owner, popular) {
-            (true, _) => self.inner.owner_copy(false),
-            (false, true) => Durability::Cache,
-            (false, false) => return,
-        };
-        match self.put_here(block.clone(), durability).await {
-            Ok(_) if !owner => self.metrics().read_replicas_kept.inc(),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(key = %block.key, error = %e, "keeping a copy read from a peer failed"),
-        }
-    }
-
-    /// Answers member `reader`'s read of `key`, which it lacks (`tried`: read replicas it
-    /// was sent to that lacked it too). An owner counts the read, and may tell the reader
-    /// to keep its copy as a read replica or send it to one (see cluster/read_replicas.rs);
-    /// any other node (a read replica) answers what it holds.
-    pub(crate) async fn answer_member_read(&self, key: &BlockKey, reader: &str, tried: &[String]) -> MemberAnswer {
-        let Some(cluster) = self.inner.cluster.clone() else {
-            return MemberAnswer::Here(self.get_here(key).await, false);
-        };
-        let plan = self.inner.plan_in(&cluster, key);
-        let answered = |outcome: &GetOutcome, by: &str| {
-            if matches!(outcome, GetOutcome::Hit { .. }) {
-                self.metrics().peer_reads.with_label_values(&[by]).inc();
-            }
-        };
-        if !plan.owns(cluster.local_id()) {
-            let outcome = self.get_here(key).await;
-            answered(&outcome, "replica");
-            return MemberAnswer::Here(outcome, false);
-        }
-        match cluster.route_read(key, &plan, reader, tried, true) {
-            ReadRoute::Elsewhere { holders, keep } => {
-                self.metrics().peer_reads.with_label_values(&["redirect"]).inc();
-                MemberAnswer::Elsewhere(holders, keep)
-            }
-            ReadRoute::Here { keep } => {
-                let outcome = self.get_here(key).await;
-                answered(&outcome, "owner");
-                let keep = keep && matches!(outcome, GetOutcome::Hit { .. }) && cluster.reads.kept(key, reader);
-                MemberAnswer::Here(outcome, keep)
-            }
-        }
-    }
-
-    /// Whether member `reader`, asking this node (the primary) for a chunk read from Blob,
-    /// keeps it as a read replica; counted as a read of it.
-    pub(crate) fn keeps_fetched(&self, key: &BlockKey, reader: &str) -> bool {
-        let Some(cluster) = &self.inner.cluster else { return false };
-        let route = cluster.route_read(key, &self.inner.plan_in(cluster, key), reader, &[], false);
-        route == ReadRoute::Here { keep: true } && cluster.reads.kept(key, reader)
     }
 
     /// The other nodes, with a cluster, for acting on them (placing, copying, forwarding):

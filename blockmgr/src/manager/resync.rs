@@ -181,21 +181,17 @@ impl Manager {
         let peers: Vec<String> = cluster.view().addrs.keys().filter(|id| **id != me).cloned().collect();
         let metrics = self.metrics().clone();
         let mut report = ResyncReport { peers: peers.len(), ..Default::default() };
-        // Drawn only where stderr is a terminal (a node run by hand); metrics count the rest.
-        let bar = indicatif::ProgressBar::new(0).with_style(
-            indicatif::ProgressStyle::with_template("resync {bar:30} {pos}/{len} blocks {msg}")
-                .expect("a valid template"),
-        );
+        let bar = metrics.progress().start("resync", 0);
         for peer in &peers {
             let listed = self.listed_by(&cluster, peer, &mut report).await;
             let missing: Vec<(BlockKey, bool)> = listed
                 .into_iter()
                 .filter(|(k, unflushed)| self.lacks(k, *unflushed) && self.owned_by(k, &me))
                 .collect();
-            bar.inc_length(missing.len() as u64);
-            bar.set_message(format!("from {peer}"));
+            bar.grow(missing.len() as u64);
+            bar.note(format!("from {peer}"));
             for (key, unflushed) in missing {
-                bar.inc(1);
+                bar.advance(1);
                 match self.pull(&cluster, peer, &key, unflushed).await {
                     Ok(Some(len)) => {
                         report.blocks += 1;
@@ -208,7 +204,7 @@ impl Manager {
                 }
             }
         }
-        bar.finish_and_clear();
+        drop(bar);
         metrics.resync_runs.inc();
         if !report.failures.is_empty() {
             metrics.resync_failures.inc_by(report.failures.len() as u64);
@@ -234,14 +230,14 @@ impl Manager {
         let mut listed = match cluster.held_for_on(peer, me).await {
             Ok(keys) => keys,
             Err(e) => {
-                report.failures.push(e);
+                report.failures.push(e.to_string());
                 return Vec::new();
             }
         };
         let theirs = match cluster.digests_on(peer, me).await {
             Ok(d) => d,
             Err(e) => {
-                report.failures.push(e);
+                report.failures.push(e.to_string());
                 return listed;
             }
         };
@@ -251,7 +247,7 @@ impl Manager {
         for bucket in differing {
             match cluster.owned_keys_on(peer, me, bucket).await {
                 Ok(keys) => listed.extend(keys),
-                Err(e) => report.failures.push(e),
+                Err(e) => report.failures.push(e.to_string()),
             }
         }
         listed
@@ -267,7 +263,7 @@ impl Manager {
         key: &BlockKey,
         unflushed: bool,
     ) -> Result<Option<u64>, String> {
-        let Some((block, _)) = cluster.get_from(peer, key).await? else { return Ok(None) };
+        let Some((block, _)) = cluster.get_from(peer, key).await.map_err(|e| e.to_string())? else { return Ok(None) };
         let len = block.len();
         self.put_here(block, self.inner.owner_copy(unflushed))
             .await

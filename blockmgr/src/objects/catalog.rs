@@ -42,7 +42,8 @@ impl Manager {
         }
         let weak = self.downgrade();
         tokio::spawn(async move {
-            let mut pause = std::time::Duration::from_secs(1);
+            let mut backoff =
+                crate::backoff::Backoff::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
             loop {
                 let Some(manager) = weak.upgrade() else { return };
                 let mut unread = Vec::new();
@@ -57,6 +58,7 @@ impl Manager {
                 if unread.is_empty() {
                     return;
                 }
+                let pause = backoff.next_pause();
                 tracing::warn!(
                     manifests = unread.len(),
                     "objects: manifests held here cannot be read yet; next try in {pause:?}"
@@ -64,7 +66,6 @@ impl Manager {
                 keys = unread;
                 drop(manager);
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(30));
             }
         });
     }

@@ -28,7 +28,7 @@ enum Removal {
 }
 
 /// One owner's answer to "what is the current manifest": by owner id.
-type OwnerAnswer = (String, Result<Option<Vec<u8>>, String>);
+type OwnerAnswer = (String, Result<Option<Vec<u8>>, crate::cluster::PeerError>);
 
 fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
     serde_json::from_slice(json).map_err(|e| TierError::Unreachable {
@@ -130,9 +130,9 @@ impl Manager {
                 Ok(Some(json)) => return parse(&json, id).map(Some),
                 Ok(None) if condition != CommitIf::Any => return Ok(None),
                 Ok(None) => failures.push(format!("{id} answered no manifest")),
-                Err((e, outcome)) => {
-                    not_applied &= outcome == Outcome::NotApplied;
-                    failures.push(e);
+                Err(e) => {
+                    not_applied &= e.outcome() == Outcome::NotApplied;
+                    failures.push(e.to_string());
                 }
             }
         }
@@ -167,7 +167,7 @@ impl Manager {
                         }
                     }
                 }
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(e.to_string()),
             }
         }
         // "No such object" only when no owner that could hold it was out of reach: an owner
@@ -202,7 +202,7 @@ impl Manager {
                         keep(parse(&json, id)?);
                     }
                 }
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(e.to_string()),
             }
         }
         // A member down is covered by the other owners of its paths (R >= 2).
@@ -226,7 +226,7 @@ impl Manager {
 
     /// Retires `info`'s generation of its path without its chunks (a joined object adopted
     /// them), on the path's primary: whether it was the current one.
-    pub(crate) async fn forget_object(&self, namespace: &str, info: &ObjectInfo) -> Result<bool, TierError> {
+    pub async fn forget_object(&self, namespace: &str, info: &ObjectInfo) -> Result<bool, TierError> {
         self.on_path_primary(&Namespace::new(namespace)?, &info.path, Removal::Forget(info.generation)).await
     }
 
@@ -251,7 +251,7 @@ impl Manager {
             };
             match asked {
                 Ok(existed) => return Ok(existed),
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(e.to_string()),
             }
         }
         let doing = match removal {

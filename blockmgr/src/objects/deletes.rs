@@ -132,7 +132,7 @@ impl Manager {
     }
 
     /// The manifest keys of the delete markers in the catalog.
-    pub(crate) fn marker_keys(&self) -> std::collections::HashSet<kvtier_tiers::BlockKey> {
+    pub fn marker_keys(&self) -> std::collections::HashSet<kvtier_tiers::BlockKey> {
         let objects = self.catalog.objects.read();
         objects.iter().filter(|(_, i)| i.deleted).map(|((ns, _), i)| manifest_key(ns, &i.path, i.generation)).collect()
     }

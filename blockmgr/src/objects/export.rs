@@ -222,7 +222,7 @@ impl Manager {
 
     /// `Peer/FetchChunk` on the chunk's primary: chunk `index` of `info` for member
     /// `reader`, and whether it keeps it as a read replica.
-    pub(crate) async fn fetch_chunk_for(
+    pub async fn fetch_chunk_for(
         &self,
         ns: &Namespace,
         info: &ObjectInfo,

@@ -223,7 +223,7 @@ impl Exports {
             }
             Ended::Failed => {
                 job.failures += 1;
-                Instant::now() + crate::manager::backoff(job.failures)
+                Instant::now() + crate::manager::RETRY.pause_after(job.failures)
             }
             Ended::PutOff(wait) => Instant::now() + wait,
         };

@@ -33,7 +33,7 @@ impl Run {
 impl ObjectInfo {
     /// `path` joined from `parts` in order, adopting their chunks (a part of no bytes adds
     /// none). The generation is the path primary's to assign.
-    pub(crate) fn joined(path: &str, parts: &[ObjectInfo]) -> ObjectInfo {
+    pub fn joined(path: &str, parts: &[ObjectInfo]) -> ObjectInfo {
         let chunk_size = parts.first().map_or(1, |p| p.chunk_size);
         let (mut runs, mut chunk_crc32c, mut size, mut crc32c) = (Vec::new(), Vec::new(), 0u64, 0u32);
         let mut first = 0;
@@ -81,7 +81,7 @@ impl Manager {
     /// and the error says which), then the joined manifest is committed with `durability`
     /// with `attributes` if the path's current version meets `condition` (`None`: it did not, and the parts
     /// are gone; a commit that fails leaves the parts' chunks: it may have landed).
-    pub(crate) async fn join_parts(
+    pub async fn join_parts(
         &self,
         namespace: &str,
         path: &str,

@@ -168,7 +168,10 @@ impl Manager {
                 (Some(id), Some(cluster)) => {
                     cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| ExportFailure {
                         reason: FailureReason::Stager,
-                        error: TierError::Unreachable { what: format!("staging parts of {}", upload.name), failures },
+                        error: TierError::Unreachable {
+                            what: format!("staging parts of {}", upload.name),
+                            failures: failures.to_string(),
+                        },
                     })?
                 }
                 _ => self.stage_parts_here(ns, info, upload, &parts).await.map_err(|error| {

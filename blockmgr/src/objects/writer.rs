@@ -186,12 +186,7 @@ impl Manager {
     /// stored with `durability`, but a write-back part is never exported to Blob on its own
     /// (its manifest stays on local disk), so its chunks stay pinned until the joined object
     /// that adopts them is exported, or the part is deleted.
-    pub(crate) fn write_part(
-        &self,
-        namespace: &str,
-        path: &str,
-        durability: Durability,
-    ) -> Result<ObjectWriter, TierError> {
+    pub fn write_part(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
         let manifest = if durability == Durability::WriteBack { Durability::LocalDisk } else { durability };
         self.object_writer(namespace, path, durability, manifest)
     }

@@ -15,7 +15,7 @@ use kvbm_engine::{
     object::{DefaultKeyFormatter, KeyFormatter, LayoutConfigExt, ObjectBlockOps},
 };
 use kvbm_physical::transfer::PhysicalLayout;
-use kvtier_blockmgr::{
+use kvtier_client::{
     Client, Durability, GetItem, PutItem,
     shm::{ShmClient, ShmGet, ShmPut},
 };
@@ -216,7 +216,7 @@ impl KvtierObjectBlockClient {
                             GetItem::Hit { data, .. } if data.len() == r.len() => {
                                 // SAFETY: see `Regions::slices_mut`.
                                 let mut parts = unsafe { r.slices_mut() };
-                                read[i] = kvtier_blockmgr::shm::scatter(&data, &mut parts).is_ok();
+                                read[i] = kvtier_client::shm::scatter(&data, &mut parts).is_ok();
                             }
                             GetItem::Hit { data, .. } => {
                                 warn("get", &anyhow!("{} bytes stored, the layout's block is {}", data.len(), r.len()))

@@ -15,7 +15,7 @@ use kvbm_engine::{
     SequenceHash,
     object::{LockFileContent, ObjectLockManager},
 };
-use kvtier_blockmgr::{Client, ClientError, Durability, objects::CommitIf};
+use kvtier_client::{Client, ClientError, Durability, CommitIf};
 
 /// KVBM's G4 locks over kvtier (see the module documentation).
 pub struct KvtierLockManager {
@@ -68,7 +68,7 @@ impl KvtierLockManager {
 
     /// The lock at `path` and the version it is; `None` if there is none.
     async fn read(&self, path: &str) -> Result<Option<(Vec<u8>, CommitIf)>> {
-        let got = self.client.get_object(&self.namespace, path, kvtier_blockmgr::ObjectRange::all()).await;
+        let got = self.client.get_object(&self.namespace, path, kvtier_client::ObjectRange::all()).await;
         let (info, bytes) = match got {
             Ok(found) => found,
             Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => return Ok(None),

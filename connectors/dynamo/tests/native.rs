@@ -66,7 +66,7 @@ async fn kv_layouts_round_trip_over_grpc_alone() {
 async fn native_locks(namespace: &'static str) -> (common::Locks, common::Holder) {
     let mut clients = Vec::new();
     for server in list("KVTIER_GRPC_ENDPOINTS") {
-        clients.push(kvtier_blockmgr::Client::connect(&server).await.expect("a member"));
+        clients.push(kvtier_client::Client::connect(&server).await.expect("a member"));
     }
     let reader = clients[clients.len() - 1].clone();
     let locks: common::Locks = Arc::new(move |r, id, timeout| {
@@ -76,9 +76,9 @@ async fn native_locks(namespace: &'static str) -> (common::Locks, common::Holder
         let reader = reader.clone();
         Box::pin(async move {
             let path = format!("{hash}.lock");
-            let bytes = match reader.read_object(namespace, &path, kvtier_blockmgr::ObjectRange::all()).await {
+            let bytes = match reader.read_object(namespace, &path, kvtier_client::ObjectRange::all()).await {
                 Ok(bytes) => bytes,
-                Err(kvtier_blockmgr::ClientError::Status(s)) if s.code() == tonic::Code::NotFound => return None,
+                Err(kvtier_client::ClientError::Status(s)) if s.code() == tonic::Code::NotFound => return None,
                 Err(e) => panic!("reading a lock: {e}"),
             };
             let lock: kvbm_engine::object::LockFileContent = serde_json::from_slice(&bytes).expect("a whole lock file");

@@ -1,6 +1,6 @@
 //! The Python exceptions a kvtier failure raises, by what it was.
 
-use kvtier_blockmgr::{ClientError, shm::ShmError};
+use kvtier_client::{ClientError, shm::ShmError};
 use kvtier_tiers::Error as TierError;
 use pyo3::{create_exception, exceptions::PyException, prelude::*};
 use tonic::Code;
@@ -63,5 +63,5 @@ pub(crate) fn shm_error(e: ShmError) -> PyErr {
 }
 
 pub(crate) fn tier_error(e: &TierError) -> PyErr {
-    error(kvtier_blockmgr::wire::code_of(e), e.to_string())
+    error(kvtier_types::wire::code_of(e), e.to_string())
 }

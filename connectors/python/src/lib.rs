@@ -26,8 +26,8 @@ pub(crate) use self::errors::{
 use bytes::Bytes;
 use kvtier_blockmgr::{
     Client as RpcClient, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
-    shm::{ShmError, ShmGet, ShmPut},
 };
+use kvtier_client::shm::{ShmError, ShmGet, ShmPut};
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
 use pyo3::{
     buffer::PyUntypedBuffer,
@@ -378,7 +378,7 @@ impl Client {
     fn shm_call<T>(
         &self,
         namespace: &str,
-        op: impl FnOnce(&mut kvtier_blockmgr::shm::ShmClient) -> Result<T, ShmError>,
+        op: impl FnOnce(&mut kvtier_client::shm::ShmClient) -> Result<T, ShmError>,
     ) -> PyResult<Option<T>> {
         self.shm.as_ref().and_then(|s| s.call(namespace, op)).transpose().map_err(shm_error)
     }
@@ -525,7 +525,7 @@ impl Client {
         if !rest.is_empty() {
             let wanted: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
             for (i, data) in rest.into_iter().zip(self.get_unshared(namespace, &wanted)?) {
-                results[i] = data.filter(|d| kvtier_blockmgr::shm::scatter(d, &mut outs[i]).is_ok()).map(|d| d.len());
+                results[i] = data.filter(|d| kvtier_client::shm::scatter(d, &mut outs[i]).is_ok()).map(|d| d.len());
             }
         }
         Ok(results)

@@ -1,6 +1,6 @@
 //! LMCache support in the native module.
 //!
-//! - The key mapping and value header of `kvtier_blockmgr::lmcache::keys`, for the
+//! - The key mapping and value header of `kvtier_lmcache::keys`, for the
 //!   `kvtier.lmcache` remote connector (so it stores what `lm://` serves, and the reverse).
 //! - [`LMCacheL2Client`]: the native client LMCache's multiprocess mode wraps in its
 //!   `NativeConnectorL2Adapter` (`native_plugin` L2 adapter). Each submit returns a future
@@ -18,10 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvtier_blockmgr::{
-    Durability,
-    lmcache::keys::{ValueHeader, engine_key, object_key},
-};
+use kvtier_blockmgr::Durability;
+use kvtier_lmcache::keys::{ValueHeader, engine_key, object_key};
 use pyo3::{prelude::*, types::PyBytes, types::PyList};
 
 use crate::{Client, InvalidArgumentError, Raw, runtime};
@@ -50,7 +48,7 @@ fn lmcache_header<'py>(
     groups: Vec<(i32, Vec<i32>)>,
     length: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    if groups.is_empty() || groups.len() > kvtier_blockmgr::lmcache::keys::MAX_GROUPS {
+    if groups.is_empty() || groups.len() > kvtier_lmcache::keys::MAX_GROUPS {
         return Err(InvalidArgumentError::new_err(format!("{} groups: 1 to 64 are allowed", groups.len())));
     }
     let groups = groups
@@ -198,7 +196,7 @@ impl LMCacheL2Client {
         pin_ms: u64,
     ) -> PyResult<Self> {
         let durability = crate::durability(durability)?;
-        kvtier_blockmgr::lmcache::keys::object_key(&namespace_prefix, "m@0@0@0")
+        kvtier_lmcache::keys::object_key(&namespace_prefix, "m@0@0@0")
             .map_err(|e| InvalidArgumentError::new_err(format!("namespace_prefix {namespace_prefix:?}: {e}")))?;
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };

@@ -5,7 +5,7 @@
 
 use std::{ffi::c_int, sync::Mutex};
 
-use kvtier_blockmgr::shm::{ShmAlloc, ShmArena, ShmClient, ShmGet, ShmPin, ShmPut};
+use kvtier_client::shm::{ShmAlloc, ShmArena, ShmClient, ShmGet, ShmPin, ShmPut};
 use kvtier_tiers::TierKind;
 use pyo3::{IntoPyObjectExt, exceptions::PyBufferError, ffi, prelude::*};
 
@@ -242,7 +242,7 @@ impl ShmSession {
     }
 }
 
-fn slot(s: kvtier_blockmgr::shm::ShmSlot, tier: Option<TierKind>) -> Slot {
+fn slot(s: kvtier_client::shm::ShmSlot, tier: Option<TierKind>) -> Slot {
     Slot { handle: s.handle, offset: s.offset, length: s.len, tier: tier.map(|t| t.as_str().to_string()) }
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvtier_blockmgr::shm::{ShmClient, ShmError};
+use kvtier_client::shm::{ShmClient, ShmError};
 
 pub(crate) struct ShmSessions {
     path: String,

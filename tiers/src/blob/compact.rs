@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 
 use object_store::{ObjectStore, path::Path};
 
-use super::{BlobTier, Location, format::Stamp};
+use super::{BlobTier, format::Stamp, state::Location};
 use crate::{Block, Result};
 
 /// What one [`BlobTier::compact`] did.

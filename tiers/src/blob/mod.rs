@@ -15,19 +15,15 @@
 //! next open (and a compaction by one removes segments the other still points at). Readers
 //! may share a prefix with its writer; segments never change once written.
 
+mod builder;
 mod compact;
 mod format;
 mod objects;
 mod staged_parts;
+mod state;
 mod store;
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt, future::BoxFuture};
@@ -35,195 +31,17 @@ use object_store::{ObjectStore, PutPayload, path::Path};
 use parking_lot::Mutex;
 
 use self::format::{Entry, Stamp};
+use self::{
+    builder::Counters,
+    state::{Location, State},
+};
 pub use self::{
+    builder::{BlobTierBuilder, StoreRequests},
     compact::Compaction,
     objects::{MAX_PARTS, MIN_PART, ObjectBlobs, Upload, chunks_per_part},
     store::Retries,
 };
 use crate::{Block, BlockKey, BlockMeta, Error, PutStatus, Result, Tier, TierKind, TierUsage, check_block_size};
-
-/// Where a stored block's bytes are.
-#[derive(Debug, Clone)]
-struct Location {
-    segment: Arc<Path>,
-    stamp: Stamp,
-    offset: u64,
-    len: u64,
-    crc32c: u32,
-}
-
-/// A segment object and how much of it is still referenced.
-#[derive(Debug)]
-struct Segment {
-    path: Arc<Path>,
-    total: u64,
-    live: u64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    index: HashMap<BlockKey, Location>,
-    segments: BTreeMap<Stamp, Segment>,
-    deletions: BTreeSet<Stamp>,
-    next_seq: u64,
-    used: u64,
-}
-
-impl State {
-    /// Records a segment and places its entries (newer locations than theirs win).
-    fn add_segment(&mut self, stamp: Stamp, path: Arc<Path>, entries: Vec<Entry>) {
-        self.segments
-            .insert(stamp, Segment { path: path.clone(), total: entries.iter().map(|e| e.len).sum(), live: 0 });
-        for e in entries {
-            if self.index.get(&e.key).is_some_and(|l| l.stamp > stamp) {
-                continue;
-            }
-            let loc = Location { segment: path.clone(), stamp, offset: e.offset, len: e.len, crc32c: e.crc32c };
-            self.used += loc.len;
-            self.segments.get_mut(&stamp).expect("just added").live += loc.len;
-            if let Some(old) = self.index.insert(e.key, loc) {
-                self.unreference(&old);
-            }
-        }
-    }
-
-    /// Removes `key`'s location if it is older than `before` (any location for `None`).
-    fn remove(&mut self, key: &BlockKey, before: Option<Stamp>) -> Option<Location> {
-        let loc = self.index.get(key)?;
-        if before.is_some_and(|b| loc.stamp >= b) {
-            return None;
-        }
-        let old = self.index.remove(key)?;
-        self.unreference(&old);
-        Some(old)
-    }
-
-    fn unreference(&mut self, loc: &Location) {
-        self.used -= loc.len;
-        if let Some(seg) = self.segments.get_mut(&loc.stamp) {
-            seg.live -= loc.len;
-        }
-    }
-}
-
-/// Requests a [`BlobTier`] has sent to its store since it opened (what metrics export).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreRequests {
-    /// PUTs (segments, indexes, deletion records).
-    pub puts: u64,
-    /// Bytes sent by PUTs.
-    pub put_bytes: u64,
-    /// GETs, whole or ranged.
-    pub gets: u64,
-    /// Bytes received by GETs.
-    pub get_bytes: u64,
-    /// LISTs and DELETEs.
-    pub other: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    puts: AtomicU64,
-    put_bytes: AtomicU64,
-    gets: AtomicU64,
-    get_bytes: AtomicU64,
-    other: AtomicU64,
-}
-
-impl Counters {
-    fn count(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> StoreRequests {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StoreRequests {
-            puts: get(&self.puts),
-            put_bytes: get(&self.put_bytes),
-            gets: get(&self.gets),
-            get_bytes: get(&self.get_bytes),
-            other: get(&self.other),
-        }
-    }
-}
-
-/// Builds a [`BlobTier`].
-#[derive(Debug, Clone)]
-pub struct BlobTierBuilder {
-    url: String,
-    options: Vec<(String, String)>,
-    segment_size: u64,
-    max_block_size: u64,
-    retries: Retries,
-}
-
-impl BlobTierBuilder {
-    /// A tier at `url`: `az://container/prefix`, `s3://bucket/prefix`, `gs://bucket/prefix`,
-    /// `file:///absolute/dir`. `options` are `object_store`'s (account, keys, endpoint, ...).
-    pub fn new(url: impl Into<String>) -> Self {
-        BlobTierBuilder {
-            url: url.into(),
-            options: Vec::new(),
-            segment_size: 128 << 20,
-            max_block_size: 64 << 20,
-            retries: Retries::default(),
-        }
-    }
-
-    /// How each request to the store is retried. Default [`Retries::default`].
-    pub fn retries(mut self, retries: Retries) -> Self {
-        self.retries = retries;
-        self
-    }
-
-    /// Options for the store, as `object_store` names them (e.g. `azure_storage_account_name`).
-    pub fn options(mut self, options: impl IntoIterator<Item = (String, String)>) -> Self {
-        self.options.extend(options);
-        self
-    }
-
-    /// Most bytes per segment object. Default 128 MiB.
-    pub fn segment_size(mut self, bytes: u64) -> Self {
-        self.segment_size = bytes;
-        self
-    }
-
-    /// Largest block accepted. Default 64 MiB.
-    pub fn max_block_size(mut self, bytes: u64) -> Self {
-        self.max_block_size = bytes;
-        self
-    }
-
-    /// Connects and rebuilds the index from the records under the prefix.
-    pub async fn open(self) -> Result<BlobTier> {
-        let tier = self.build()?;
-        tier.load().await?;
-        Ok(tier)
-    }
-
-    /// Sets the tier up without touching the store; [`BlobTier::load`] then replays its
-    /// records. (A node whose store is unreachable at start serves its local tiers
-    /// meanwhile.)
-    pub fn build(self) -> Result<BlobTier> {
-        let (parsed, local_dir) = store::parse(&self.url, "blob.url")?;
-        let store::Opened { store, prefix, .. } = store::open(&parsed, &self.options, self.retries)?;
-        let tier = BlobTier {
-            store,
-            prefix: prefix.to_string(),
-            url: self.url,
-            writer: rand::random(),
-            segment_size: self.segment_size.max(1),
-            max_block_size: self.max_block_size,
-            state: Mutex::new(State::default()),
-            loaded: std::sync::atomic::AtomicBool::new(false),
-            local_dir,
-            counters: Counters::default(),
-            stamping: tokio::sync::RwLock::new(()),
-            compacting: tokio::sync::Mutex::new(()),
-        };
-        Ok(tier)
-    }
-}
 
 /// Blocks in an object store. See the module documentation.
 pub struct BlobTier {
