@@ -10,6 +10,9 @@
 # hosts in network namespaces (`ip netns`, veth, a bridge) to cut one off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A test whose dependency is missing fails here instead of skipping (testkit's require_all,
+# the Python suite's conftest.py): CI must not pass on tests that did not run.
+export KVTIER_REQUIRE_ALL=1
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -54,6 +57,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 CARGO_TARGET_DIR="${KVTIER_CACHE:-$HOME/.cache/kvtier}/dynamo/target" \
     cargo clippy --manifest-path connectors/dynamo/Cargo.toml --all-targets --locked -- -D warnings
 
+step "layers (crates depend downwards, no module cycle: scripts/check-layers.py)"
+python3 scripts/check-layers.py
+
 step "tests"
 "${runner[@]}"
 
@@ -64,7 +70,10 @@ step "python package and vLLM connector (pytest, against real kvtier serve proce
 # The venv (vLLM, pytest, maturin) is ~8 GB and lives outside the repo; created on first use.
 venv="$(scripts/python-env.sh)"
 # `pip install` of the package from the repo, as a user would (maturin builds the wheel).
-"$venv/bin/pip" install --quiet "./connectors/python[fsspec]"
+# `test` brings the linters and the stub checker (ruff, mypy), pinned in pyproject.toml.
+"$venv/bin/pip" install --quiet "./connectors/python[fsspec,test]"
+"$venv/bin/ruff" check connectors/python
+"$venv/bin/ruff" format --check connectors/python
 cargo build --locked --bin kvtier --bin kvtier-bench
 KVTIER_BIN="$PWD/target/debug/kvtier" KVTIER_BENCH_BIN="$PWD/target/debug/kvtier-bench" "$venv/bin/python" -m pytest -v -p no:cacheprovider -o tmp_path_retention_policy=failed connectors/python/tests
 

@@ -29,6 +29,9 @@ impl Hosts {
         let net = Net { tag: format!("{:04x}", pid & 0xffff), octet: 100 + (pid % 150) as u8, hosts: n };
         match net.create() {
             Ok(()) => Hosts { net: Some(net) },
+            Err(e) if crate::require_all() => {
+                panic!("network namespaces unavailable ({e}), and KVTIER_REQUIRE_ALL=1 (CI) requires the partition leg")
+            }
             Err(e) => {
                 eprintln!("network namespaces unavailable ({e}); the nodes share loopback and cannot be cut off");
                 drop(net); // removes what was made

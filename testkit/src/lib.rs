@@ -13,6 +13,13 @@ pub use etcd::Etcd;
 pub use fault_proxy::FaultProxy;
 pub use hosts::Hosts;
 
+/// Whether every test must run in full (`KVTIER_REQUIRE_ALL=1`, which scripts/test.sh and
+/// so CI set): a test whose dependency is missing then fails instead of skipping or
+/// falling back to a weaker leg.
+pub fn require_all() -> bool {
+    std::env::var("KVTIER_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
 /// A TCP port free at the moment (for configs that must name theirs), below Linux's
 /// ephemeral range (32768 and up, where the OS puts every `:0` listener and outgoing
 /// connection): a port the OS handed out could be taken by another test's node before

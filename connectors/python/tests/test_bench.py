@@ -146,8 +146,18 @@ def test_chaos_run_stops_and_reports_before_a_round_the_disk_cannot_hold(tmp_pat
     prints what its completed rounds found, names why, and fails (a 1000-fault run once
     died mid-round with the disk full and reported nothing)."""
     out = subprocess.run(
-        [BENCH, "chaos", "--quick", "--json", "--min-free-gib", "1000000", "--python", sys.executable,
-         "--dir", str(tmp_path)],
+        [
+            BENCH,
+            "chaos",
+            "--quick",
+            "--json",
+            "--min-free-gib",
+            "1000000",
+            "--python",
+            sys.executable,
+            "--dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

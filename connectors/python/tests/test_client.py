@@ -14,7 +14,8 @@ NS = "llama-8b/bf16/tp0"
 
 def blocks(n, size, seed=0):
     rng = np.random.default_rng(seed)
-    return [f"key-{seed}-{i}".encode() for i in range(n)], [rng.integers(0, 255, size, dtype=np.uint8) for _ in range(n)]
+    keys = [f"key-{seed}-{i}".encode() for i in range(n)]
+    return keys, [rng.integers(0, 255, size, dtype=np.uint8) for _ in range(n)]
 
 
 def test_grpc_round_trip_lookup_delete_and_stats(server):
@@ -148,7 +149,9 @@ def test_a_dead_server_raises_unavailable_not_a_crash(server):
 
 def test_embedded_manager_in_process(tmp_path):
     c = kvtier.Client.embedded(
-        f'data_dir = "{tmp_path}"\nmax_block_size = "4MiB"\n[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n'
+        f'data_dir = "{tmp_path}"\nmax_block_size = "4MiB"\n'
+        '[cpu]\ncapacity = "16MiB"\nregion_size = "4MiB"\n'
+        '[ssd]\ncapacity = "64MiB"\nregion_size = "4160KiB"\n'
     )
     keys, values = blocks(3, 300_000, seed=4)
     assert all(r.ok and r.tier == "cpu" for r in c.put(NS, keys, values, durability="local_disk"))
@@ -246,7 +249,11 @@ def test_blocks_in_parts_join_on_put_and_split_on_read(server, tmp_path, where):
     """A value given as a tuple of buffers is stored as their concatenation; a read into a
     tuple fills them in order (a header and a payload that live apart)."""
     if where == "embedded":
-        c = kvtier.Client.embedded(f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "1MiB"\n[cpu]\ncapacity = "64MiB"\nregion_size = "1MiB"\n[ssd]\nenabled = false\n')
+        c = kvtier.Client.embedded(
+            f'data_dir = "{tmp_path / "emb"}"\nmax_block_size = "1MiB"\n'
+            '[cpu]\ncapacity = "64MiB"\nregion_size = "1MiB"\n'
+            "[ssd]\nenabled = false\n"
+        )
     else:
         c = kvtier.Client(server.grpc, shm_socket=server.shm if where == "shm" else None)
     head, body = b"HDR!" * 10, np.arange(50_000, dtype=np.uint8)

@@ -41,7 +41,10 @@ def test_files_round_trip_with_ranges_listing_and_deletes(fs, server):
         assert f.read(100) == data[16_777_200:16_777_300]
     assert fs.cat_file("kvtier://acme%2Fckpt/run1/step-100/rank-0.distcp", start=5, end=9) == data[5:9]
 
-    assert fs.ls("kvtier://acme%2Fckpt/run1", detail=False) == ["acme%2Fckpt/run1/step-100", "acme%2Fckpt/run1/step-200"]
+    assert fs.ls("kvtier://acme%2Fckpt/run1", detail=False) == [
+        "acme%2Fckpt/run1/step-100",
+        "acme%2Fckpt/run1/step-200",
+    ]
     listed = fs.ls("acme%2Fckpt/run1/step-100")
     assert [(e["name"], e["type"], e["size"]) for e in listed] == [
         ("acme%2Fckpt/run1/step-100/.metadata", "file", 4),
@@ -154,7 +157,7 @@ def run_ranks(tmp_path, world: int, address: str, url: str, phase: str) -> list[
         for r in range(world)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outs]
 

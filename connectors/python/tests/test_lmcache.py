@@ -17,26 +17,26 @@ import pytest
 
 pytest.importorskip("lmcache", reason="the test venv (scripts/python-env.sh) has no lmcache")
 
-import torch  # noqa: E402
-from lmcache.utils import CacheEngineKey  # noqa: E402
-from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
-from lmcache.v1.distributed.api import ObjectKey  # noqa: E402
-from lmcache.v1.distributed.l2_adapters import create_l2_adapter  # noqa: E402
-from lmcache.v1.distributed.l2_adapters.config import (  # noqa: E402
+import torch
+from lmcache.utils import CacheEngineKey
+from lmcache.v1.config import LMCacheEngineConfig
+from lmcache.v1.distributed.api import ObjectKey
+from lmcache.v1.distributed.l2_adapters import create_l2_adapter
+from lmcache.v1.distributed.l2_adapters.config import (
     add_l2_adapters_args,
     parse_args_to_l2_adapters_config,
 )
-from lmcache.v1.memory_management import MemoryFormat, MemoryObjMetadata, TensorMemoryObj  # noqa: E402
-from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
-from lmcache.v1.storage_backend import RemoteBackend  # noqa: E402
-from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
+from lmcache.v1.memory_management import MemoryFormat, MemoryObjMetadata, TensorMemoryObj
+from lmcache.v1.metadata import LMCacheMetadata
+from lmcache.v1.storage_backend import RemoteBackend
+from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend
 
-from conftest import BIN  # noqa: E402
+from conftest import BIN
 
 MODEL = "meta-llama/Llama-3.1-8B"
 CHUNK = 16  # tokens per chunk; the layout is an 8B model's, with fewer layers
 KV_SHAPE = (4, 2, CHUNK, 8, 128)  # layers, K/V, tokens, kv heads, head size
-LM_SERVER = "[lmcache]\nlisten = \"127.0.0.1:0\"\n"
+LM_SERVER = '[lmcache]\nlisten = "127.0.0.1:0"\n'
 
 
 class Engine:
@@ -115,7 +115,8 @@ class Engine:
             o.ref_count_down()
 
     def contains(self, keys):
-        return asyncio.run_coroutine_threadsafe(self.backend.batched_async_contains("lookup", keys), self.loop).result(10)
+        lookup = self.backend.batched_async_contains("lookup", keys)
+        return asyncio.run_coroutine_threadsafe(lookup, self.loop).result(10)
 
     def close(self):
         self.backend.close()
@@ -163,7 +164,9 @@ def test_plugin_connector_stores_and_reads_chunks_through_lmcache(make_server, s
     server = make_server()
     reader, keys, _ = store_drop_and_read_back(server, lambda s: Engine(s, plugin=True, shm=shm))
     # kvtier counts the model's namespace.
-    stats = {n["namespace"]: n for n in reader.backend.connection.getWrappedConnector()._connected().stats()["namespaces"]}
+    stats = {
+        n["namespace"]: n for n in reader.backend.connection.getWrappedConnector()._connected().stats()["namespaces"]
+    }
     ns = stats[f"lmcache/{MODEL}/ws2.w0.bfloat16"]
     assert ns["puts"] == 6 and ns["hits"] >= 6
     kill_and_miss(server, reader, keys)
@@ -264,7 +267,12 @@ def l2_adapter(server, shm=True, **options):
     params = {"address": server.grpc, **options}
     if shm:
         params["shm_socket"] = server.shm
-    spec = {"type": "native_plugin", "module_path": "kvtier.lmcache", "class_name": "KvtierL2Client", "adapter_params": params}
+    spec = {
+        "type": "native_plugin",
+        "module_path": "kvtier.lmcache",
+        "class_name": "KvtierL2Client",
+        "adapter_params": params,
+    }
     parser = add_l2_adapters_args(argparse.ArgumentParser())
     config = parse_args_to_l2_adapters_config(parser.parse_args(["--l2-adapter", json.dumps(spec)]))
     return create_l2_adapter(config.adapters[0])
@@ -274,8 +282,12 @@ def mp_obj(seed, elements=64 * 1024):
     t = torch.empty(elements, dtype=torch.bfloat16)
     t.copy_(torch.randn(elements, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16))
     meta = MemoryObjMetadata(
-        shape=torch.Size([elements]), dtype=torch.bfloat16, address=t.data_ptr(), phy_size=2 * elements,
-        fmt=MemoryFormat.KV_2LTD, ref_count=1,
+        shape=torch.Size([elements]),
+        dtype=torch.bfloat16,
+        address=t.data_ptr(),
+        phy_size=2 * elements,
+        fmt=MemoryFormat.KV_2LTD,
+        ref_count=1,
     )
     return TensorMemoryObj(t, meta, parent_allocator=None)
 
@@ -409,5 +421,5 @@ def test_kvtier_stat_shows_lmcache_hit_rates_per_model(make_server):
     engine.backend.batched_get_blocking(keys + [engine.key(9)])
     engine.close()
     out = subprocess.run([BIN, "stat", "--server", server.grpc], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith(f"lmcache/{MODEL}/ws2.w0.bfloat16"))
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"lmcache/{MODEL}/ws2.w0.bfloat16"))
     assert "75.0%" in line, out

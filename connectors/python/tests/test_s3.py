@@ -140,12 +140,12 @@ def test_vllms_own_obj_tier_offloads_to_kvtier_and_promotes_back(s3_server, monk
     nixl_api()
     import boto3
     import numpy as np
-    from test_vllm import key, load, offloading_config, store
     from vllm.v1.kv_offload.base import LookupResult
     from vllm.v1.kv_offload.factory import OffloadingSpecFactory
     from vllm.v1.kv_offload.tiering.obj.manager import ObjectStoreSecondaryTierManager
 
     import kvtier
+    from test_vllm import key, load, offloading_config, store
 
     boto3.client("s3").create_bucket(Bucket="vllm-kv")
     # vLLM 0.32's obj tier reads each finished transfer's NIXL telemetry but does not ask its

@@ -20,8 +20,21 @@ class Pki:
         self.root = root
         self.name = name
         root.mkdir(exist_ok=True)
-        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                      "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN=kvtier test {name}")
+        self._openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=kvtier test {name}",
+        )
         self.ca = root / f"{name}.pem"
 
     def _openssl(self, *args):
@@ -30,12 +43,36 @@ class Pki:
     def issue(self, cn: str, sans: str):
         """A certificate and key for `cn`, with `sans` (e.g. "IP:127.0.0.1,DNS:localhost")."""
         stem = f"{self.name}-{cn}"
-        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{stem}.key",
-                      "-out", f"{stem}.csr", "-subj", f"/CN={cn}")
+        self._openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{stem}.key",
+            "-out",
+            f"{stem}.csr",
+            "-subj",
+            f"/CN={cn}",
+        )
         (self.root / f"{stem}.ext").write_text(f"subjectAltName={sans}\n")
-        self._openssl("x509", "-req", "-in", f"{stem}.csr", "-CA", f"{self.name}.pem",
-                      "-CAkey", f"{self.name}.key", "-CAcreateserial", "-out", f"{stem}.pem",
-                      "-days", "2", "-extfile", f"{stem}.ext")
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{stem}.csr",
+            "-CA",
+            f"{self.name}.pem",
+            "-CAkey",
+            f"{self.name}.key",
+            "-CAcreateserial",
+            "-out",
+            f"{stem}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{stem}.ext",
+        )
         return str(self.root / f"{stem}.pem"), str(self.root / f"{stem}.key")
 
 

@@ -15,7 +15,6 @@ import pytest
 vllm = pytest.importorskip("vllm", reason="the vLLM venv (scripts/python-env.sh) is not active")
 
 import torch  # noqa: E402
-from test_vllm import END, key, offloading_config  # noqa: E402
 from vllm.v1.kv_offload.base import (  # noqa: E402
     CanonicalKVCacheRef,
     CanonicalKVCaches,
@@ -30,6 +29,7 @@ from vllm.v1.kv_offload.factory import OffloadingSpecFactory  # noqa: E402
 import kvtier  # noqa: E402
 import kvtier.vllm_shared as shared  # noqa: E402
 from kvtier.vllm_shared import ROW, KvtierArenaWorker, KvtierSharedOffloadingSpec  # noqa: E402
+from test_vllm import END, key, offloading_config  # noqa: E402
 
 PAGES = (40960, 24576)  # two KV tensors: one rank's bytes of one block in each
 BLOCKS = 32  # GPU blocks per tensor
@@ -165,7 +165,9 @@ def test_chunks_one_engine_stores_are_loaded_by_another_through_the_arena(server
     keys = [key(i) for i in range(8)]
     out = store(mgr_a, [a], keys, blocks=list(range(8, 16)))
     assert out.keys_to_store == keys
-    assert all(int(c) * ROW < len(a.worker._inner[out.store_spec.arena_id].region._arena) for c in out.store_spec.chunk_ids)
+    assert all(
+        int(c) * ROW < len(a.worker._inner[out.store_spec.arena_id].region._arena) for c in out.store_spec.chunk_ids
+    )
     assert mgr_a.stats["stored_chunks"] == 8
     # Each chunk is one kvtier block: tensor 0's page, then tensor 1's.
     direct = kvtier.Client(server.unix).get(spec_a.namespace, [bytes(k) for k in keys])

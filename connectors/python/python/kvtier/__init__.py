@@ -20,7 +20,9 @@ write raises :class:`OutcomeUnknownError` when it may have landed all the same (
 object to know; writing it again is safe); any other error means it wrote nothing.
 """
 
-from ._native import (  # noqa: F401
+from collections.abc import Sequence
+
+from ._native import (
     Arena,
     Client,
     InvalidArgumentError,
@@ -37,7 +39,7 @@ from ._native import (  # noqa: F401
 )
 
 
-def loadable_prefix(load_us, max_load_us=None) -> int:
+def loadable_prefix(load_us: Sequence[int], max_load_us: int | None = None) -> int:
     """How many leading blocks of a lookup's answer (its ``load_us``, from
     ``Client.lookup_pinned``) load no slower than ``max_load_us``: the prefix worth loading
     ends at the first block slower to load than to recompute. ``None``: all of them."""

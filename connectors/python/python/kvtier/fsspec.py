@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime
 import os
 import urllib.parse
+from collections.abc import Mapping
+from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
@@ -92,7 +94,7 @@ class KvtierFileSystem(AbstractFileSystem):
             raise ValueError(f"{path!r}: a kvtier:// URL names a namespace first: kvtier://NAMESPACE/PATH")
         return urllib.parse.unquote(head), rest
 
-    def _entry(self, ns_part: str, meta: dict) -> dict:
+    def _entry(self, ns_part: str, meta: Mapping[str, Any]) -> dict:
         return {
             "name": f"{ns_part}/{meta['path']}",
             "size": meta["size"],
@@ -201,7 +203,7 @@ class KvtierFileSystem(AbstractFileSystem):
                 out.write(data)
 
     def created(self, path):
-        return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.info(path)["created"], tz=datetime.UTC)
 
     modified = created
 
@@ -231,9 +233,7 @@ class KvtierFile(AbstractBufferedFile):
         if start >= end:
             return b""
         try:
-            data = self.fs.client.read_object(
-                self.namespace, self.key, start, end - start, generation=self.generation
-            )
+            data = self.fs.client.read_object(self.namespace, self.key, start, end - start, generation=self.generation)
         except KvtierError as e:
             raise OSError(f"kvtier://{self.path}: {e}") from e
         if data is None:

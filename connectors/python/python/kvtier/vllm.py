@@ -272,7 +272,7 @@ class KvtierTier(SecondaryTierManager):
                     self._in_flight -= 1
                     self._idle.notify_all()
 
-    def _failed(self, conn: "_Connection", e: Exception) -> None:
+    def _failed(self, conn: _Connection, e: Exception) -> None:
         """A request failed: count it and, if the node is unreachable, stop asking for a while."""
         with self._lock:
             self.stats["errors"] += 1
@@ -281,7 +281,7 @@ class KvtierTier(SecondaryTierManager):
             conn.client = None
             self._down_until = time.monotonic() + RECONNECT_S
 
-    def _lookup(self, conn: "_Connection", keys: list[bytes]) -> None:
+    def _lookup(self, conn: _Connection, keys: list[bytes]) -> None:
         present: list[bytes] = []
         slow = 0
         client = conn.get()
@@ -326,7 +326,7 @@ class KvtierTier(SecondaryTierManager):
         for i in range(0, len(pairs), per):
             yield pairs[i : i + per]
 
-    def _store(self, conn: "_Connection", job: TransferJob) -> JobResult:
+    def _store(self, conn: _Connection, job: TransferJob) -> JobResult:
         started, moved, ok = time.monotonic(), 0, True
         client = conn.get()
         if client is None:
@@ -351,11 +351,9 @@ class KvtierTier(SecondaryTierManager):
             for k in stored:
                 self._remember(k)
             self.stats["stored_chunks"] += len(stored)
-        return JobResult(
-            job_id=job.job_id, success=ok, transfer_time=time.monotonic() - started, transfer_bytes=moved
-        )
+        return JobResult(job_id=job.job_id, success=ok, transfer_time=time.monotonic() - started, transfer_bytes=moved)
 
-    def _load(self, conn: "_Connection", job: TransferJob) -> JobResult:
+    def _load(self, conn: _Connection, job: TransferJob) -> JobResult:
         started = time.monotonic()
         loaded: list[bytes] = []
         client = conn.get()
@@ -374,7 +372,9 @@ class KvtierTier(SecondaryTierManager):
                 self._missing[k] = now
             self.stats["loaded_chunks"] += len(loaded)
         if lost:
-            logger.warning("kvtier tier: %d of %d chunks could not be loaded; vLLM recomputes them", len(lost), len(keys))
+            logger.warning(
+                "kvtier tier: %d of %d chunks could not be loaded; vLLM recomputes them", len(lost), len(keys)
+            )
             return JobResult(job_id=job.job_id, success=False, successful_keys=[OffloadKey(k) for k in loaded])
         return JobResult(
             job_id=job.job_id,

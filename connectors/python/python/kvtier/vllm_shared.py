@@ -80,7 +80,7 @@ class PrivateWindowError(RuntimeError):
     def __init__(self) -> None:
         super().__init__(
             "kvtier gives this uid a private window instead of its arena (its [[shm.grants]] entry "
-            'does not cover every namespace, or shm.private_windows is on); KvtierSharedOffloadingSpec '
+            "does not cover every namespace, or shm.private_windows is on); KvtierSharedOffloadingSpec "
             'needs the arena: grant the uid namespaces = ["*"], or use kvtier.vllm.KvtierOffloadingSpec'
         )
 
@@ -375,7 +375,9 @@ class KvtierArenaManager(OffloadingManager):
             self._hold(sessions.arena_id, len(to_store))
         if got == [] and wanted:
             return None
-        return PrepareStoreOutput(keys_to_store=to_store, store_spec=self._spec(ids, sessions.arena_id), evicted_keys=[])
+        return PrepareStoreOutput(
+            keys_to_store=to_store, store_spec=self._spec(ids, sessions.arena_id), evicted_keys=[]
+        )
 
     def complete_store(self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True) -> None:
         req = self._request(req_context)
