@@ -15,7 +15,7 @@ use kvbm_engine::{
     SequenceHash,
     object::{LockFileContent, ObjectLockManager},
 };
-use kvtier_client::{Client, ClientError, Durability, CommitIf};
+use kvtier_client::{Client, ClientError, CommitIf, Durability};
 
 /// KVBM's G4 locks over kvtier (see the module documentation).
 pub struct KvtierLockManager {
