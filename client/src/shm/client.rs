@@ -19,9 +19,10 @@ use kvtier_types::{
 };
 
 use super::{
-    ShmAlloc, ShmArena, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot,
+    PutSource, ShmAlloc, ShmArena, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot,
     arena::Mapping,
     frame::{decode, frame, frame_len, read_frame, recv_with_fd},
+    scatter,
 };
 
 /// Bytes of blocks committed together: the server checksums one group while the client
@@ -293,16 +294,16 @@ impl ShmClient {
     ///
     /// Blocks go in batches the session's limit can hold at once (a batch of one block
     /// larger than the limit is refused by the server, and the caller sends it otherwise).
-    pub fn put_parts(
+    pub fn put_parts<P: PutSource>(
         &mut self,
         namespace: &str,
-        blocks: &[(&[u8], &[&[u8]])],
+        blocks: &[(&[u8], &[P])],
         durability: Durability,
     ) -> Result<Vec<ShmPut>, ShmError> {
         let mut outcomes = Vec::with_capacity(blocks.len());
         let (mut start, mut bytes) = (0, 0u64);
         for (i, (_, parts)) in blocks.iter().enumerate() {
-            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            let len: u64 = parts.iter().map(|p| p.raw().1 as u64).sum();
             if i > start && bytes + len > self.session_limit {
                 outcomes.extend(self.put_batch(namespace, &blocks[start..i], durability)?);
                 (start, bytes) = (i, 0);
@@ -317,14 +318,14 @@ impl ShmClient {
 
     /// One alloc, the copies, the commits: [`ShmClient::put_parts`] of blocks that fit the
     /// session's limit together.
-    fn put_batch(
+    fn put_batch<P: PutSource>(
         &mut self,
         namespace: &str,
-        blocks: &[(&[u8], &[&[u8]])],
+        blocks: &[(&[u8], &[P])],
         durability: Durability,
     ) -> Result<Vec<ShmPut>, ShmError> {
         let sizes: Vec<(&[u8], u64)> =
-            blocks.iter().map(|(k, parts)| (*k, parts.iter().map(|p| p.len() as u64).sum())).collect();
+            blocks.iter().map(|(k, parts)| (*k, parts.iter().map(|p| p.raw().1 as u64).sum())).collect();
         let allocated = self.alloc(namespace, &sizes, durability, None)?;
         // Copy and commit overlap: each group of blocks is committed (the server checksums
         // it) while the next group is being copied; the answers are read at the end.
@@ -338,10 +339,12 @@ impl ShmClient {
                 ShmAlloc::Slot(slot) => {
                     let (dst, mut at) = (self.slot(&slot), 0);
                     for part in blocks[i].1 {
+                        let (src, len) = part.raw();
                         // SAFETY: the slot is ours alone until committed, inside the mapping,
-                        // and exactly as long as the parts together (checked by `alloc`).
-                        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(at), part.len()) };
-                        at += part.len();
+                        // and exactly as long as the parts together (checked by `alloc`); a
+                        // part is readable per its type (a slice, or `ForeignBytes::new`).
+                        unsafe { std::ptr::copy_nonoverlapping(src, dst.add(at), len) };
+                        at += len;
                     }
                     handles.push(slot.handle);
                     positions.push(i);
@@ -438,7 +441,7 @@ impl ShmClient {
     /// pins. `copy` returning `Err` turns that key into a miss with its message. Keys the
     /// server deferred (the session's limit reached, or no room while others were pinned)
     /// are asked for again once the pins are released.
-    fn read(
+    pub(super) fn read(
         &mut self,
         namespace: &str,
         keys: &[&[u8]],
@@ -475,21 +478,6 @@ impl ShmClient {
         }
         Ok(outcomes)
     }
-}
-
-/// Copies `data` into `parts` in order; `Err` when they hold less than all of it.
-pub fn scatter(data: &[u8], parts: &mut [&mut [u8]]) -> Result<(), String> {
-    let room: usize = parts.iter().map(|p| p.len()).sum();
-    if room < data.len() {
-        return Err(format!("the block is {} bytes; the buffers hold {room}", data.len()));
-    }
-    let mut rest = data;
-    for part in parts.iter_mut() {
-        let n = part.len().min(rest.len());
-        part[..n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-    }
-    Ok(())
 }
 
 fn unexpected(msg: Option<Resp>) -> ShmError {

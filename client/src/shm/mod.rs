@@ -21,11 +21,13 @@
 
 mod arena;
 mod client;
+mod foreign;
 pub mod frame;
 mod types;
 
 pub use self::{
     arena::ShmArena,
-    client::{ShmClient, scatter},
+    client::ShmClient,
+    foreign::{ForeignBytes, PutSource, scatter, scatter_foreign},
     types::{ShmAlloc, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot},
 };

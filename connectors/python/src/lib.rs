@@ -10,9 +10,11 @@
 //! Every call releases the GIL while it waits or copies. Buffers are anything exposing the
 //! buffer protocol, C-contiguous (bytes, bytearray, memoryview, numpy arrays).
 
+mod buffers;
 mod errors;
 mod lmcache;
 mod objects;
+mod put_result;
 mod session;
 mod sessions;
 
@@ -27,13 +29,15 @@ use bytes::Bytes;
 use kvtier_blockmgr::{
     Client as RpcClient, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
 };
-use kvtier_client::shm::{ShmError, ShmGet, ShmPut};
+use kvtier_client::shm::{ForeignBytes, ShmError, ShmGet, ShmPut};
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
 use pyo3::{
-    buffer::PyUntypedBuffer,
     prelude::*,
     types::{PyBytes, PyList},
 };
+
+pub(crate) use self::buffers::{Raw, buffers, foreign, raw};
+use self::put_result::PutResult;
 use tonic::Code;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -76,42 +80,6 @@ fn durability(name: &str) -> PyResult<Durability> {
     name.parse().map_err(InvalidArgumentError::new_err)
 }
 
-/// The outcome of one block of a put.
-#[pyclass(frozen, get_all, module = "kvtier._native")]
-#[derive(Debug, Clone)]
-struct PutResult {
-    /// True when the block is stored (now, or already before: see `existed`).
-    ok: bool,
-    /// The key was already stored: the put was a no-op.
-    existed: bool,
-    /// The fastest tier holding the block ("cpu", "ssd", ...), or None when not stored.
-    tier: Option<String>,
-    /// Why the block was not stored (the server's message), or None.
-    error: Option<String>,
-}
-
-#[pymethods]
-impl PutResult {
-    fn __repr__(&self) -> String {
-        match &self.error {
-            Some(e) => format!("PutResult(ok=False, error={e:?})"),
-            None => {
-                format!("PutResult(ok=True, existed={}, tier={:?})", self.existed, self.tier.as_deref().unwrap_or("?"))
-            }
-        }
-    }
-}
-
-impl PutResult {
-    fn stored(existed: bool, tier: Option<TierKind>) -> Self {
-        PutResult { ok: true, existed, tier: tier.map(|t| t.as_str().to_string()), error: None }
-    }
-
-    fn failed(message: String) -> Self {
-        PutResult { ok: false, existed: false, tier: None, error: Some(message) }
-    }
-}
-
 /// Where requests go.
 enum Backend {
     Remote(Box<RpcClient>),
@@ -125,61 +93,6 @@ struct Client {
     /// The shared-memory session, when the node is on this host and one was asked for.
     shm: Option<sessions::ShmSessions>,
     address: String,
-}
-
-/// A buffer's address and length, checked contiguous (and writable when asked), to use with
-/// the GIL released while `_hold` keeps the buffer alive.
-struct Raw {
-    addr: usize,
-    len: usize,
-    _hold: PyUntypedBuffer,
-}
-
-fn raw(obj: &Bound<'_, PyAny>, writable: bool, what: &str, i: usize) -> PyResult<Raw> {
-    let buf = PyUntypedBuffer::get(obj)
-        .map_err(|e| InvalidArgumentError::new_err(format!("{what} {i}: not a buffer ({e})")))?;
-    if !buf.is_c_contiguous() {
-        return Err(InvalidArgumentError::new_err(format!("{what} {i}: the buffer is not C-contiguous")));
-    }
-    if writable && buf.readonly() {
-        return Err(InvalidArgumentError::new_err(format!("{what} {i}: the buffer is read-only")));
-    }
-    Ok(Raw { addr: buf.buf_ptr() as usize, len: buf.len_bytes(), _hold: buf })
-}
-
-/// One buffer per key from a Python list, each checked by [`raw`]. An item may also be a
-/// tuple (or list) of buffers: the block is those buffers one after the other (a header
-/// and a payload that live apart, with no copy to join them).
-fn buffers(list: &Bound<'_, PyList>, keys: usize, writable: bool, what: &str) -> PyResult<Vec<Vec<Raw>>> {
-    if keys != list.len() {
-        return Err(InvalidArgumentError::new_err(format!("{keys} keys for {} {what}s", list.len())));
-    }
-    list.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if b.is_instance_of::<pyo3::types::PyTuple>() || b.is_instance_of::<PyList>() {
-                b.try_iter()?.map(|part| raw(&part?, writable, what, i)).collect()
-            } else {
-                Ok(vec![raw(&b, writable, what, i)?])
-            }
-        })
-        .collect()
-}
-
-impl Raw {
-    /// # Safety
-    /// The buffer must not be resized or freed while the slice lives (`_hold` pins it) and,
-    /// for a mutable slice, nothing else may access it meanwhile.
-    unsafe fn bytes(&self) -> &[u8] {
-        // SAFETY: per the caller.
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
-    }
-
-    #[expect(clippy::mut_from_ref, reason = "the buffer is Python's; exclusivity is the caller's contract")]
-    unsafe fn bytes_mut(&self) -> &mut [u8] {
-        // SAFETY: per the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
-    }
 }
 
 fn block_keys(namespace: &str, keys: &[Vec<u8>]) -> PyResult<Vec<BlockKey>> {
@@ -277,11 +190,8 @@ impl Client {
     ) -> PyResult<Vec<PutResult>> {
         let durability = self::durability(durability)?;
         let bufs = buffers(values, keys.len(), false, "value")?;
-        py.detach(|| {
-            // SAFETY: the buffers are held by `bufs` and only read.
-            let data: Vec<Vec<&[u8]>> = bufs.iter().map(|p| p.iter().map(|b| unsafe { b.bytes() }).collect()).collect();
-            self.put_bytes(namespace, &keys, &data, durability)
-        })
+        // `bufs` holds the buffers until the copies are done.
+        py.detach(|| self.put_bytes(namespace, &keys, &foreign(&bufs), durability))
     }
 
     /// Reads blocks; `None` for each key not found.
@@ -306,12 +216,8 @@ impl Client {
         buffers: &Bound<'_, PyList>,
     ) -> PyResult<Vec<Option<usize>>> {
         let bufs = self::buffers(buffers, keys.len(), true, "buffer")?;
-        py.detach(|| {
-            // SAFETY: held by `bufs`; Python code cannot run while the GIL is released here.
-            let mut outs: Vec<Vec<&mut [u8]>> =
-                bufs.iter().map(|p| p.iter().map(|b| unsafe { b.bytes_mut() }).collect()).collect();
-            self.get_into_bytes(namespace, &keys, &mut outs)
-        })
+        // `bufs` holds the buffers until the copies are done.
+        py.detach(|| self.get_into_bytes(namespace, &keys, &foreign(&bufs)))
     }
 
     /// The tiers ("cpu", "ssd", ...) of the longest present prefix of `keys`: its length is
@@ -408,11 +314,11 @@ impl Client {
         &self,
         namespace: &str,
         keys: &[Vec<u8>],
-        data: &[Vec<&[u8]>],
+        data: &[Vec<ForeignBytes>],
         durability: Durability,
     ) -> PyResult<Vec<PutResult>> {
         let mut results: Vec<Option<PutResult>> = vec![None; keys.len()];
-        let blocks: Vec<(&[u8], &[&[u8]])> =
+        let blocks: Vec<(&[u8], &[ForeignBytes])> =
             keys.iter().map(Vec::as_slice).zip(data.iter().map(Vec::as_slice)).collect();
         if let Some(outcomes) = self.shm_call(namespace, |c| c.put_parts(namespace, &blocks, durability))? {
             for (slot, outcome) in results.iter_mut().zip(outcomes) {
@@ -431,8 +337,10 @@ impl Client {
         }
         match &self.backend {
             Backend::Remote(c) => {
-                let items: Vec<PutItem> =
-                    rest.iter().map(|&i| PutItem::new(keys[i].clone(), Bytes::from(data[i].concat()))).collect();
+                let items: Vec<PutItem> = rest
+                    .iter()
+                    .map(|&i| PutItem::new(keys[i].clone(), Bytes::from(ForeignBytes::concat(&data[i]))))
+                    .collect();
                 let reports = runtime().block_on(c.put(namespace, &items, durability)).map_err(client_error)?;
                 for (&i, r) in rest.iter().zip(reports) {
                     results[i] = Some(match r.result {
@@ -503,15 +411,12 @@ impl Client {
         &self,
         namespace: &str,
         keys: &[Vec<u8>],
-        outs: &mut [Vec<&mut [u8]>],
+        outs: &[Vec<ForeignBytes>],
     ) -> PyResult<Vec<Option<usize>>> {
         let mut results: Vec<Option<usize>> = vec![None; keys.len()];
         let mut rest: Vec<usize> = (0..keys.len()).collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let got = {
-            let mut parts: Vec<&mut [&mut [u8]]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-            self.shm_call(namespace, |c| c.get_into_parts(namespace, &refs, &mut parts))?
-        };
+        let got = self.shm_call(namespace, |c| c.get_into_foreign(namespace, &refs, outs))?;
         if let Some(got) = got {
             rest.clear();
             for (i, g) in got.into_iter().enumerate() {
@@ -525,22 +430,22 @@ impl Client {
         if !rest.is_empty() {
             let wanted: Vec<Vec<u8>> = rest.iter().map(|&i| keys[i].clone()).collect();
             for (i, data) in rest.into_iter().zip(self.get_unshared(namespace, &wanted)?) {
-                results[i] = data.filter(|d| kvtier_client::shm::scatter(d, &mut outs[i]).is_ok()).map(|d| d.len());
+                results[i] = data.filter(|d| kvtier_client::shm::scatter_foreign(d, &outs[i]).is_ok()).map(|d| d.len());
             }
         }
         Ok(results)
     }
 }
 
-/// One block (in parts) into an embedded manager, its bytes copied once: straight into a CPU slot.
-async fn embedded_put(m: &Manager, key: BlockKey, parts: &[&[u8]], durability: Durability) -> PutResult {
-    let crc = parts.iter().fold(0, |crc, p| kvtier_tiers::crc32c_append(crc, p));
-    let len = parts.iter().map(|p| p.len() as u64).sum();
+/// One block (in parts) into an embedded manager. Its bytes are copied out of the foreign
+/// parts first (once: the checksum and the slot then read our copy, so bytes changed
+/// meanwhile cannot make them disagree), then into a CPU slot.
+async fn embedded_put(m: &Manager, key: BlockKey, parts: &[ForeignBytes], durability: Durability) -> PutResult {
+    let data = ForeignBytes::concat(parts);
+    let crc = kvtier_tiers::crc32c_append(0, &data);
     let started = async {
-        let mut writer = m.begin_put(key, len, Some(crc), durability).await?;
-        for part in parts {
-            writer.write(part)?;
-        }
+        let mut writer = m.begin_put(key, data.len() as u64, Some(crc), durability).await?;
+        writer.write(&data)?;
         m.finish_put(writer).await
     };
     match started.await {

@@ -22,6 +22,8 @@ use kvtier_blockmgr::Durability;
 use kvtier_lmcache::keys::{ValueHeader, engine_key, object_key};
 use pyo3::{prelude::*, types::PyBytes, types::PyList};
 
+use kvtier_client::shm::ForeignBytes;
+
 use crate::{Client, InvalidArgumentError, Raw, runtime};
 
 /// `(namespace, key bytes)` of a `CacheEngineKey` string under `prefix`.
@@ -340,20 +342,19 @@ fn run(shared: &Shared, keys: &[String], op: Op) -> Result<Vec<bool>, String> {
         let err = |e: PyErr| e.to_string();
         match &op {
             Op::Get(bufs) => {
-                // SAFETY: each buffer is held by `bufs` until this returns, and LMCache does
-                // not touch a load's buffers before its completion.
-                let mut outs: Vec<Vec<&mut [u8]>> =
-                    members.iter().map(|(i, _)| bufs[*i].iter().map(|b| unsafe { b.bytes_mut() }).collect()).collect();
-                let room: Vec<usize> = outs.iter().map(|o| o.iter().map(|p| p.len()).sum()).collect();
-                let got = client.get_into_bytes(&ns, &names, &mut outs).map_err(err)?;
+                // `bufs` holds the buffers, and LMCache does not touch a load's buffers before
+                // its completion.
+                let outs: Vec<Vec<ForeignBytes>> =
+                    members.iter().map(|(i, _)| bufs[*i].iter().map(Raw::foreign).collect()).collect();
+                let room: Vec<usize> = outs.iter().map(|o| o.iter().map(ForeignBytes::len).sum()).collect();
+                let got = client.get_into_bytes(&ns, &names, &outs).map_err(err)?;
                 for (((i, _), n), room) in members.iter().zip(got).zip(room) {
                     results[*i] = n == Some(room);
                 }
             }
             Op::Set(bufs) => {
-                // SAFETY: held by `bufs`, only read.
-                let data: Vec<Vec<&[u8]>> =
-                    members.iter().map(|(i, _)| bufs[*i].iter().map(|b| unsafe { b.bytes() }).collect()).collect();
+                let data: Vec<Vec<ForeignBytes>> =
+                    members.iter().map(|(i, _)| bufs[*i].iter().map(Raw::foreign).collect()).collect();
                 let put = client.put_bytes(&ns, &names, &data, shared.durability).map_err(err)?;
                 for ((i, _), r) in members.iter().zip(put) {
                     results[*i] = r.ok;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use futures::StreamExt;
 use kvtier_blockmgr::{ClientError, Durability, ObjectRange, objects::ObjectWriter};
+use kvtier_client::shm::ForeignBytes;
 use kvtier_tiers::Namespace;
 use pyo3::{prelude::*, types::PyBytes};
 use serde::Serialize;
@@ -255,14 +256,18 @@ impl ObjectUpload {
         let Some(upload) = guard.as_mut() else {
             return Err(KvtierError::new_err(format!("{}: the upload is already committed or aborted", self.path)));
         };
-        // SAFETY: `data` holds the buffer; Python code cannot run while the GIL is released.
-        let bytes = unsafe { data.bytes() };
-        let sent = py.detach(|| match upload {
-            Upload::Remote(r) => {
-                let tx = r.pieces.as_ref().expect("the sender lives until the upload ends");
-                Ok(tx.blocking_send(Some(Bytes::copy_from_slice(bytes))).is_ok())
+        // `data` holds the buffer while its bytes are copied out (by pointer: with the GIL
+        // released, another Python thread may write it).
+        let bytes = data.foreign();
+        let sent = py.detach(|| {
+            let piece = Bytes::from(ForeignBytes::concat(&[bytes]));
+            match upload {
+                Upload::Remote(r) => {
+                    let tx = r.pieces.as_ref().expect("the sender lives until the upload ends");
+                    Ok(tx.blocking_send(Some(piece)).is_ok())
+                }
+                Upload::Embedded(w) => runtime().block_on(w.write(&piece)).map(|()| true).map_err(|e| tier_error(&e)),
             }
-            Upload::Embedded(w) => runtime().block_on(w.write(bytes)).map(|()| true).map_err(|e| tier_error(&e)),
         });
         match sent {
             Ok(true) => Ok(()),
