@@ -86,17 +86,10 @@ impl PutSource for ForeignBytes {
 
 /// Copies `data` into `parts` in order; `Err` when they hold less than all of it.
 pub fn scatter(data: &[u8], parts: &mut [&mut [u8]]) -> Result<(), String> {
-    let room: usize = parts.iter().map(|p| p.len()).sum();
-    if room < data.len() {
-        return Err(format!("the block is {} bytes; the buffers hold {room}", data.len()));
-    }
-    let mut rest = data;
-    for part in parts.iter_mut() {
-        let n = part.len().min(rest.len());
-        part[..n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-    }
-    Ok(())
+    // SAFETY: each part is borrowed exclusively for the whole call.
+    let parts: Vec<ForeignBytes> =
+        parts.iter_mut().map(|p| unsafe { ForeignBytes::new(p.as_mut_ptr(), p.len()) }).collect();
+    scatter_foreign(data, &parts)
 }
 
 /// [`scatter`] into foreign memory: `data` across `parts` in order.
