@@ -9,6 +9,7 @@
 //! - [`Config`]: the `kvtier.toml` file.
 
 mod backoff;
+mod clock;
 pub mod cluster;
 /// `kvtier.toml`.
 pub mod config;
@@ -16,9 +17,11 @@ mod error;
 mod flight;
 /// Where each block lives.
 pub mod index;
+mod keys;
 mod manager;
 mod metrics;
 pub mod objects;
+pub mod peer;
 mod policy;
 pub mod progress;
 pub use kvtier_types::wire;

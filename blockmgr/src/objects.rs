@@ -25,14 +25,15 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use kvtier_tiers::{Block, BlockKey, Error as TierError, Key, Namespace};
+use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 use parking_lot::RwLock;
-use sha2::{Digest, Sha256};
 
-use crate::{Durability, GetOutcome, Manager};
-
-const MANIFEST: &[u8] = b"m/";
-const CHUNK: &[u8] = b"c/";
+pub(crate) use crate::keys::{is_chunk_key, is_manifest_key};
+use crate::{
+    Durability, GetOutcome, Manager,
+    clock::{now_unix, unix_ms},
+    keys::{chunk_id, chunk_key, manifest_key},
+};
 
 pub use self::manifest::ObjectInfo;
 pub use kvtier_types::CommitIf;
@@ -72,61 +73,6 @@ fn check_path(path: &str) -> Result<(), TierError> {
         return Err(invalid(format!("object path {path:?}: 1 to 1024 bytes, no NUL")));
     }
     Ok(())
-}
-
-fn manifest_key(ns: &Namespace, path: &str, generation: u64) -> BlockKey {
-    let digest = Sha256::digest(path.as_bytes());
-    let mut key = MANIFEST.to_vec();
-    key.extend_from_slice(&digest[..24]);
-    key.extend_from_slice(&generation.to_be_bytes());
-    BlockKey::new(ns.clone(), Key::new(&key).expect("34 bytes"))
-}
-
-/// Whether `key` is an object's manifest (by its prefix and length).
-pub(crate) fn is_manifest_key(key: &BlockKey) -> bool {
-    let k = key.key.as_bytes();
-    k.starts_with(MANIFEST) && k.len() == 34
-}
-
-/// Whether `key` is an object's chunk (by its prefix and length).
-pub(crate) fn is_chunk_key(key: &BlockKey) -> bool {
-    let k = key.key.as_bytes();
-    k.starts_with(CHUNK) && k.len() == 14
-}
-
-/// Whether `key` is an object's chunk or manifest.
-pub(crate) fn is_object_key(key: &BlockKey) -> bool {
-    is_manifest_key(key) || is_chunk_key(key)
-}
-
-/// What places `key` on nodes: its namespace and bytes, except that every generation of a
-/// path's manifest places alike (so the same nodes always know a path's versions).
-pub(crate) fn placement_key(key: &BlockKey) -> Vec<u8> {
-    let k = key.key.as_bytes();
-    let k = if is_manifest_key(key) { &k[..26] } else { k };
-    [key.namespace.as_str().as_bytes(), &[0], k].concat()
-}
-
-/// The id of the version a chunk belongs to.
-fn chunk_id(key: &BlockKey) -> Option<u64> {
-    let k = key.key.as_bytes();
-    is_chunk_key(key).then(|| u64::from_be_bytes(k[2..10].try_into().expect("8 bytes")))
-}
-
-fn chunk_key(ns: &Namespace, id: u64, index: u64) -> BlockKey {
-    let mut key = CHUNK.to_vec();
-    key.extend_from_slice(&id.to_be_bytes());
-    key.extend_from_slice(&(index as u32).to_be_bytes());
-    BlockKey::new(ns.clone(), Key::new(&key).expect("14 bytes"))
-}
-
-/// `t` in milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn now_unix() -> u64 {
-    unix_ms(std::time::SystemTime::now()) / 1000
 }
 
 impl Manager {

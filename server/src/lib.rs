@@ -21,7 +21,7 @@ use tokio::{
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
-pub use kvtier_blockmgr::cluster::PeerService;
+pub use kvtier_blockmgr::peer::PeerService;
 
 pub use self::{objects::ObjectService, progress::Bars, service::BlockService};
 use kvtier_client::{MAX_FRAME, MAX_MESSAGE};

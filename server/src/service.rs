@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use kvtier_blockmgr::cluster::requests;
+use kvtier_blockmgr::peer::requests;
 use kvtier_blockmgr::{
     Durability, GetOutcome, Manager, MemberAnswer, PutOutcome, PutWriter,
     config::ServerConfig,

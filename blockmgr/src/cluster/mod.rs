@@ -8,10 +8,8 @@
 
 mod error;
 mod etcd;
-mod peer_service;
 pub mod placement;
 mod read_replicas;
-pub mod requests;
 mod rpc;
 
 use std::{
@@ -21,15 +19,15 @@ use std::{
 };
 
 use kvtier_proto::peer::v1 as peer;
-use kvtier_tiers::{Block, BlockKey, TierKind};
+use kvtier_tiers::{Block, BlockKey, Key, Namespace, TierKind};
 use parking_lot::{Mutex, RwLock};
 
-pub use self::{error::PeerError, peer_service::PeerService, placement::Placement};
+pub use self::{error::PeerError, placement::Placement};
 
 /// What places `key` on members (its namespace and bytes; every generation of an object's
 /// manifest alike): what [`Placement::owners`] takes.
 pub fn placement_key(key: &BlockKey) -> Vec<u8> {
-    crate::objects::placement_key(key)
+    crate::keys::placement_key(key)
 }
 pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
 use kvtier_client::MemberRead;
@@ -419,6 +417,21 @@ impl Cluster {
         let deleted = self.call(id, "delete", |c| async move { c.delete_by(ns, &wire, deadline).await }).await?;
         Ok(deleted.first().copied().unwrap_or(false))
     }
+}
+
+/// Buckets the key space is compared in.
+pub(crate) const BUCKETS: usize = 256;
+
+/// A bucket's digest: how many keys, and the XOR of their hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Digest {
+    pub(crate) count: u64,
+    pub(crate) xor: u64,
+}
+
+/// A key as listed by a peer.
+pub(crate) fn key_from_wire(namespace: &str, key: &[u8]) -> Option<BlockKey> {
+    Some(BlockKey::new(Namespace::new(namespace).ok()?, Key::new(key).ok()?))
 }
 
 /// A key as a member names it to another.

@@ -6,11 +6,8 @@
 use kvtier_proto::{peer::v1 as peer, v1};
 use kvtier_tiers::BlockKey;
 
-use super::{Cluster, PeerError, key_to_wire};
-use crate::{
-    Durability,
-    manager::{Digest, key_from_wire},
-};
+use super::{Cluster, Digest, PeerError, key_from_wire, key_to_wire};
+use crate::Durability;
 
 /// Object metadata between members: manifests travel as their stored JSON.
 impl Cluster {
@@ -21,7 +18,7 @@ impl Cluster {
         namespace: &str,
         manifest: Vec<u8>,
         durability: Durability,
-        condition: crate::objects::CommitIf,
+        condition: kvtier_types::CommitIf,
     ) -> Result<Option<Vec<u8>>, PeerError> {
         // Past the wait below this node asks the next owner: the primary must not commit later.
         let deadline = std::time::SystemTime::now() + self.timeout;
@@ -31,7 +28,7 @@ impl Cluster {
             manifest: Some(peer::Manifest { json: manifest.into() }),
             durability: crate::wire::durability_to_wire(durability) as i32,
             if_absent,
-            deadline_unix_ms: Some(crate::objects::unix_ms(deadline)),
+            deadline_unix_ms: Some(crate::clock::unix_ms(deadline)),
             if_generation,
             if_crc32c,
         };
@@ -77,16 +74,16 @@ impl Cluster {
         id: &str,
         namespace: &str,
         path: &str,
-        condition: crate::objects::CommitIf,
+        condition: kvtier_types::CommitIf,
     ) -> Result<bool, PeerError> {
         let req = v1::ObjectRef { namespace: namespace.into(), path: path.into() };
         let version = match condition {
-            crate::objects::CommitIf::Current { generation, crc32c } => Some(format!("{generation}.{crc32c}")),
+            kvtier_types::CommitIf::Current { generation, crc32c } => Some(format!("{generation}.{crc32c}")),
             _ => None,
         };
         // Past the wait below this node asks the next owner: the primary must not delete
         // later (over a version committed meanwhile).
-        let deadline = crate::objects::unix_ms(std::time::SystemTime::now() + self.timeout).to_string();
+        let deadline = crate::clock::unix_ms(std::time::SystemTime::now() + self.timeout).to_string();
         let got = self
             .call(id, "delete_object", |c| async move {
                 let mut request = c.request(req);
@@ -198,18 +195,19 @@ impl Cluster {
         Ok(keys_of(got))
     }
 
-    /// Asks member `id`, a chunk's primary, for chunk `index` of `info` from the object's
-    /// file in Blob (`None`: the file lacks it), and whether to keep it as a read replica.
+    /// Asks member `id`, a chunk's primary, for chunk `index` of the version `manifest` (its
+    /// JSON) from the object's file in Blob (`None`: the file lacks it), and whether to keep
+    /// it as a read replica.
     pub(crate) async fn fetch_chunk_on(
         &self,
         id: &str,
         ns: &kvtier_tiers::Namespace,
-        info: &crate::objects::ObjectInfo,
+        manifest: Vec<u8>,
         index: u64,
     ) -> Result<Option<(bytes::Bytes, bool)>, PeerError> {
         let req = peer::FetchChunkRequest {
             namespace: ns.as_str().into(),
-            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
+            manifest: Some(peer::Manifest { json: manifest.into() }),
             index,
         };
         self.call(id, "fetch_chunk", |c| async move {
@@ -224,19 +222,19 @@ impl Cluster {
         .await
     }
 
-    /// Asks member `id` to stage `parts` of `info`'s upload to Blob (the fan-in); the part
-    /// ids in the order asked.
+    /// Asks member `id` to stage `parts` of the upload of the version `manifest` (its JSON)
+    /// to Blob (the fan-in); the part ids in the order asked.
     pub(crate) async fn stage_parts_on(
         &self,
         id: &str,
         ns: &kvtier_tiers::Namespace,
-        info: &crate::objects::ObjectInfo,
+        manifest: Vec<u8>,
         upload: &kvtier_tiers::Upload,
         parts: &[u32],
     ) -> Result<Vec<String>, PeerError> {
         let req = peer::StagePartsRequest {
             namespace: ns.as_str().into(),
-            manifest: Some(peer::Manifest { json: serde_json::to_vec(info).expect("serializes").into() }),
+            manifest: Some(peer::Manifest { json: manifest.into() }),
             name: upload.name.clone(),
             upload: upload.id.clone(),
             parts: parts.to_vec(),

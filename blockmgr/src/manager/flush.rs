@@ -210,7 +210,7 @@ impl Inner {
     /// 1000-fault run). A manifest is a few hundred bytes; a segment write per batch of them.
     pub(super) fn keep_in_own_segments(&self, key: &BlockKey) -> bool {
         let Some(flusher) = &self.flusher else { return false };
-        if !crate::objects::is_manifest_key(key) || !self.flushable(key) {
+        if !crate::keys::is_manifest_key(key) || !self.flushable(key) {
             return false;
         }
         if let Some(exports) = &self.exports {
@@ -228,8 +228,8 @@ impl Inner {
             && self.flushes(&key)
         {
             match &self.exports {
-                Some(exports) if crate::objects::is_manifest_key(&key) => exports.enqueue(key),
-                Some(_) if crate::objects::is_chunk_key(&key) => {}
+                Some(exports) if crate::keys::is_manifest_key(&key) => exports.enqueue(key),
+                Some(_) if crate::keys::is_chunk_key(&key) => {}
                 _ => flusher.enqueue(key),
             }
         }

@@ -124,8 +124,8 @@ fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
             // An object's chunks reach Blob in its file (objects/export.rs), never in
             // segments; a write-back manifest only once that file is there (a manifest in a
             // segment first would tell its export there is nothing left to do).
-            crate::objects::is_chunk_key(key)
-                || (e.durable && crate::objects::is_manifest_key(key) && !exports.is_exported(key))
+            crate::keys::is_chunk_key(key)
+                || (e.durable && crate::keys::is_manifest_key(key) && !exports.is_exported(key))
         })
 }
 

@@ -31,7 +31,7 @@ impl Manager {
         let (mut first, mut later): (Offers, Offers) = Default::default();
         for (key, _, _, owners) in &ownership.keys {
             let (replicas, _) = self.inner.replication(key);
-            let former = before.placement.owners(&crate::objects::placement_key(key), replicas);
+            let former = before.placement.owners(&crate::keys::placement_key(key), replicas);
             if former.len() == owners.len() && former.iter().all(|f| owners.iter().any(|o| o == f)) {
                 continue; // the same owners (a new primary takes the flush over, not the copy)
             }

@@ -33,6 +33,7 @@ mod types;
 mod unreachable;
 mod writer;
 
+pub(crate) use self::flush::RETRY;
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
@@ -40,10 +41,6 @@ pub use self::{
     resync::ResyncReport,
     types::{GetOutcome, PutOutcome},
     writer::PutWriter,
-};
-pub(crate) use self::{
-    flush::RETRY,
-    resync::{BUCKETS, Digest, key_from_wire},
 };
 use kvtier_types::{Durability, MissReason, NamespaceStats, Stats, TierStats};
 
@@ -239,7 +236,7 @@ impl Manager {
             let (route, key) = (writer.route.take(), writer.key.clone());
             let result = me.inner.finish(writer).await;
             me.inner.count_put(&key.namespace, &result);
-            if result.is_ok() && crate::objects::is_manifest_key(&key) {
+            if result.is_ok() && crate::keys::is_manifest_key(&key) {
                 me.learn_manifest(&key).await;
             }
             let Some(route) = route else { return result };

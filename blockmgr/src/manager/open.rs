@@ -215,7 +215,7 @@ fn blob_tier(config: &Config) -> Result<Option<Arc<BlobTier>>, Error> {
 /// The memory policy of `key`: its namespace's, else `kv` for blocks and `checkpoint` for
 /// named objects' chunks and manifests.
 fn policy_of(config: &Config, key: &kvtier_tiers::BlockKey) -> PolicyKind {
-    config.namespace(key.namespace.as_str()).policy.unwrap_or(match crate::objects::is_object_key(key) {
+    config.namespace(key.namespace.as_str()).policy.unwrap_or(match crate::keys::is_object_key(key) {
         true => PolicyKind::Checkpoint,
         false => PolicyKind::Kv,
     })

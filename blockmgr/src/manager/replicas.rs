@@ -29,13 +29,13 @@ impl Inner {
     /// 1 for blocks and 2 for named objects unless set.
     pub(super) fn replication(&self, key: &BlockKey) -> (usize, usize) {
         let ns = self.config.namespace(key.namespace.as_str());
-        let replicas = ns.replicas.unwrap_or(if crate::objects::is_object_key(key) { 2 } else { 1 });
+        let replicas = ns.replicas.unwrap_or(if crate::keys::is_object_key(key) { 2 } else { 1 });
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
     }
 
     pub(super) fn plan_in(&self, cluster: &Cluster, key: &BlockKey) -> Plan {
         let (replicas, quorum) = self.replication(key);
-        cluster.plan(&crate::objects::placement_key(key), replicas, quorum)
+        cluster.plan(&crate::keys::placement_key(key), replicas, quorum)
     }
 
     /// The durability of an owner's copy fetched from a peer (a repair or a resync pull):
@@ -126,7 +126,7 @@ impl Manager {
     /// Whether this node flushes `key` itself (alone, or as its primary) and is not an
     /// object's chunk (which its object's export flushes): what it must not wait to be told.
     pub(crate) fn flushes_here(&self, key: &BlockKey) -> bool {
-        self.inner.flushes(key) && !(self.inner.exports.is_some() && crate::objects::is_chunk_key(key))
+        self.inner.flushes(key) && !(self.inner.exports.is_some() && crate::keys::is_chunk_key(key))
     }
 
     /// Whether this node's index holds `key` (in any tier).
@@ -272,7 +272,7 @@ impl Manager {
     ) -> (Result<PutOutcome, TierError>, Vec<String>) {
         let (local, route) = self.route(&block.key, durability);
         let here = self.put_here(block.clone(), local).await;
-        if here.is_ok() && crate::objects::is_manifest_key(&block.key) {
+        if here.is_ok() && crate::keys::is_manifest_key(&block.key) {
             self.learn_manifest(&block.key).await;
         }
         match route {

@@ -15,24 +15,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kvtier_tiers::{BlockKey, Key, Namespace, TierKind};
+use kvtier_tiers::{BlockKey, TierKind};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::Manager;
-use crate::cluster::{Cluster, View};
+use crate::cluster::{BUCKETS, Cluster, Digest, View};
 
 /// How soon a handoff that failed (an owner unreachable) is tried again.
 const HANDOFF_RETRY: Duration = Duration::from_secs(5);
-
-/// Buckets the key space is compared in.
-pub(crate) const BUCKETS: usize = 256;
-
-/// A bucket's digest: how many keys, and the XOR of their hashes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Digest {
-    pub(crate) count: u64,
-    pub(crate) xor: u64,
-}
 
 /// What one resync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,7 +83,7 @@ impl Manager {
             .map(|key| {
                 let (bucket, hash) = bucket_and_hash(&key);
                 let (replicas, _) = self.inner.replication(&key);
-                let owners = view.placement.owners(&crate::objects::placement_key(&key), replicas);
+                let owners = view.placement.owners(&crate::keys::placement_key(&key), replicas);
                 let owners = owners.into_iter().map(String::from).collect();
                 (key, bucket, hash, owners)
             })
@@ -268,7 +258,7 @@ impl Manager {
         self.put_here(block, self.inner.owner_copy(unflushed))
             .await
             .map_err(|e| format!("{key}: keeping the copy pulled from {peer}: {e}"))?;
-        if crate::objects::is_manifest_key(key) {
+        if crate::keys::is_manifest_key(key) {
             self.learn_manifest(key).await;
         }
         Ok(Some(len))
@@ -328,9 +318,4 @@ impl Manager {
             }
         });
     }
-}
-
-/// A key as listed by a peer.
-pub(crate) fn key_from_wire(namespace: &str, key: &[u8]) -> Option<BlockKey> {
-    Some(BlockKey::new(Namespace::new(namespace).ok()?, Key::new(key).ok()?))
 }

@@ -440,7 +440,7 @@ async fn a_flushed_notice_that_overtakes_the_copy_releases_it_on_arrival() {
     // the primary says Blob has them.
     let placement = crate::cluster::Placement::new(["a", "b"]);
     let not_primary: Vec<u64> =
-        (0..100).filter(|&i| placement.owners(&crate::objects::placement_key(&key(i)), 2)[0] == "b").take(3).collect();
+        (0..100).filter(|&i| placement.owners(&crate::keys::placement_key(&key(i)), 2)[0] == "b").take(3).collect();
     let (early, late, deleted) = (not_primary[0], not_primary[1], not_primary[2]);
     // The primary's notice for `early` arrives before this node's copy of it does.
     m.flushed_elsewhere(&[(key(early), Some(block(early, 10_000).crc32c))]).await;
@@ -456,7 +456,7 @@ async fn a_flushed_notice_that_overtakes_the_copy_releases_it_on_arrival() {
     assert!(m.unflushed(&key(deleted)), "a notice from before a delete releases nothing");
     // A notice about other bytes under a key (another version) releases no copy.
     let other =
-        (0..200).filter(|&i| placement.owners(&crate::objects::placement_key(&key(i)), 2)[0] == "b").nth(3).unwrap();
+        (0..200).filter(|&i| placement.owners(&crate::keys::placement_key(&key(i)), 2)[0] == "b").nth(3).unwrap();
     m.flushed_elsewhere(&[(key(other), Some(block(other, 9_999).crc32c))]).await;
     m.put(block(other, 10_000), Durability::WriteBack).await.unwrap();
     m.flushed_elsewhere(&[(key(other), Some(block(other, 9_999).crc32c))]).await;

@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use kvtier_tiers::{BlockKey, Namespace};
 
-use super::{CHUNK, MANIFEST, ObjectInfo, chunk_id};
+use super::{ObjectInfo, chunk_id};
+use crate::keys::{CHUNK, MANIFEST};
 use crate::{GetOutcome, Manager};
 
 impl Manager {

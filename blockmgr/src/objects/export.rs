@@ -202,7 +202,7 @@ impl Manager {
                 if owner == cluster.local_id() {
                     break; // this node is the first owner up: it reads the file
                 }
-                match cluster.fetch_chunk_on(owner, ns, info, index).await {
+                match cluster.fetch_chunk_on(owner, ns, serde_json::to_vec(info).expect("serializes"), index).await {
                     Ok(found) => {
                         let (data, keep) = found?;
                         if keep {

@@ -165,15 +165,16 @@ impl Manager {
         let upload = &staging.upload;
         let staged = futures::future::join_all(by_stager.into_iter().map(|(stager, parts)| async move {
             let ids = match (&stager, self.cluster()) {
-                (Some(id), Some(cluster)) => {
-                    cluster.stage_parts_on(id, ns, info, upload, &parts).await.map_err(|failures| ExportFailure {
+                (Some(id), Some(cluster)) => cluster
+                    .stage_parts_on(id, ns, serde_json::to_vec(info).expect("serializes"), upload, &parts)
+                    .await
+                    .map_err(|failures| ExportFailure {
                         reason: FailureReason::Stager,
                         error: TierError::Unreachable {
                             what: format!("staging parts of {}", upload.name),
                             failures: failures.to_string(),
                         },
-                    })?
-                }
+                    })?,
                 _ => self.stage_parts_here(ns, info, upload, &parts).await.map_err(|error| {
                     let reason = match error {
                         TierError::Store { .. } => FailureReason::Blob,

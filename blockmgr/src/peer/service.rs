@@ -93,13 +93,13 @@ impl PeerService {
 
 /// An answer naming `keys`.
 fn keys_answer(keys: &[kvtier_tiers::BlockKey]) -> Response<peer::FlushedRequest> {
-    Response::new(peer::FlushedRequest { keys: keys.iter().map(super::key_to_wire).collect() })
+    Response::new(peer::FlushedRequest { keys: keys.iter().map(crate::cluster::key_to_wire).collect() })
 }
 
 /// Keys a member sent.
 fn keys_from_wire(keys: &[peer::KeyRef]) -> Result<Vec<kvtier_tiers::BlockKey>, Status> {
     keys.iter()
-        .map(|k| crate::manager::key_from_wire(&k.namespace, &k.key))
+        .map(|k| crate::cluster::key_from_wire(&k.namespace, &k.key))
         .collect::<Option<_>>()
         .ok_or_else(|| Status::invalid_argument("a malformed key"))
 }
@@ -157,7 +157,7 @@ impl peer_server::Peer for PeerService {
         if path.is_empty() {
             return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
         }
-        let deadline = deadline_of(&request).map(crate::objects::unix_ms);
+        let deadline = deadline_of(&request).map(crate::clock::unix_ms);
         let condition = if_version_of(&request);
         let deleted = self
             .manager
@@ -257,8 +257,8 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<peer::OwnedKeysResponse>, Status> {
         self.check_member(&request, "peer_owned_keys").await?;
         let req = request.get_ref();
-        if req.bucket as usize >= crate::manager::BUCKETS {
-            return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::manager::BUCKETS)));
+        if req.bucket as usize >= crate::cluster::BUCKETS {
+            return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::cluster::BUCKETS)));
         }
         let listed = if req.held_not_owned {
             self.manager.held_for(&req.node)
@@ -267,7 +267,7 @@ impl peer_server::Peer for PeerService {
         };
         let keys = listed
             .into_iter()
-            .map(|k| peer::KeyRef { unflushed: self.manager.unflushed(&k), ..super::key_to_wire(&k) })
+            .map(|k| peer::KeyRef { unflushed: self.manager.unflushed(&k), ..crate::cluster::key_to_wire(&k) })
             .collect();
         Ok(Response::new(peer::OwnedKeysResponse { keys }))
     }
