@@ -193,6 +193,10 @@ pub(crate) enum Reclaim {
 struct Region {
     class: Option<u16>,
     epoch: u64,
+    /// Packed: when its newest block was placed (`State::fills`; 0 for regions recovered at
+    /// start, whose blocks' order is unknown). Eviction goes by it, not by `epoch`: a hole
+    /// refilled in an old region holds a block as new as any.
+    filled: u64,
     /// Free slot numbers (a stack; lowest numbers on top).
     free: Vec<u32>,
     live: u32,
@@ -219,6 +223,8 @@ struct State {
     packed_live: u64,
     live: u64,
     next_epoch: u64,
+    /// Packed blocks placed since start (each region's `filled` is one of these).
+    fills: u64,
     /// Packed: the regions new blocks go into, for blocks that may go (0) and written-back
     /// ones that may have to stay (1).
     open: [Vec<u32>; 2],
@@ -243,6 +249,7 @@ impl SlabAllocator {
                 .map(|_| Region {
                     class: None,
                     epoch: 0,
+                    filled: 0,
                     free: Vec::new(),
                     live: 0,
                     next: 0,
@@ -257,6 +264,7 @@ impl SlabAllocator {
             packed_live: 0,
             live: 0,
             next_epoch: 1,
+            fills: 0,
             open: [Vec::new(), Vec::new()],
             holes: Default::default(),
         };

@@ -76,10 +76,13 @@ impl SlabAllocator {
                 r
             }
         };
+        st.fills += 1;
+        let fills = st.fills;
         let r = &mut st.regions[region as usize];
         let slot = r.next;
         r.next += pages;
         r.live += 1;
+        r.filled = fills;
         let epoch = r.epoch;
         st.used += pages as u64 * super::PAGE;
         st.packed_live += pages as u64 * super::PAGE;
@@ -122,17 +125,20 @@ impl SlabAllocator {
         }
     }
 
-    /// Regions holding blocks, oldest (first opened) first: the order their blocks are
-    /// evicted in (FIFO by region, as a log-structured store cleans), so the flusher's
-    /// demotion ahead of eviction copies to Blob the blocks eviction takes next.
+    /// Regions holding blocks, the one whose newest block is oldest first (then the first
+    /// opened): the order their blocks are evicted in (FIFO by region, as a log-structured
+    /// store cleans), so the flusher's demotion ahead of eviction copies to Blob the blocks
+    /// eviction takes next. By the newest block, not the opening: a hole refilled in an old
+    /// region holds a block as new as any, which going first would lose moments after it
+    /// was written (an S3 object's second part, read back right after its completion).
     pub(crate) fn eviction_order(&self) -> Vec<u32> {
         let st = self.state.lock();
-        let mut regions: Vec<(u64, u32)> = st
+        let mut regions: Vec<((u64, u64), u32)> = st
             .regions
             .iter()
             .enumerate()
             .filter(|(_, r)| r.class.is_some() && r.live > 0)
-            .map(|(i, r)| (r.epoch, i as u32))
+            .map(|(i, r)| ((r.filled, r.epoch), i as u32))
             .collect();
         regions.sort_unstable();
         regions.into_iter().map(|(_, r)| r).collect()
@@ -146,6 +152,7 @@ impl SlabAllocator {
         let r = &mut st.regions[region as usize];
         r.class = Some(PACKED);
         r.epoch = epoch;
+        r.filled = 0;
         r.next = end;
         r.live = live.len() as u32;
         r.draining_for = None;
@@ -186,10 +193,12 @@ impl SlabAllocator {
 fn take_hole(st: &mut State, kind: usize, pages: u32) -> Option<Allocation> {
     let holes = st.holes[kind].get_mut(&pages)?;
     while let Some(h) = holes.pop() {
-        let r = &mut st.regions[h.region as usize];
-        if r.class != Some(PACKED) || r.epoch != h.epoch {
+        if st.regions[h.region as usize].class != Some(PACKED) || st.regions[h.region as usize].epoch != h.epoch {
             continue;
         }
+        st.fills += 1;
+        let r = &mut st.regions[h.region as usize];
+        r.filled = st.fills;
         r.live += 1;
         st.used += pages as u64 * super::PAGE;
         st.packed_live += pages as u64 * super::PAGE;

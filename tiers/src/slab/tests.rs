@@ -191,6 +191,21 @@ fn packed_regions_are_evicted_oldest_first() {
     assert_eq!(a.eviction_order(), [held[0].region, held[4].region], "an emptied region holds nothing to evict");
 }
 
+/// A block placed in a hole of the oldest region is the newest block there is: its region
+/// goes to the back of the eviction order, or the next eviction loses it moments after it was
+/// written (an S3 object's part, NotFound right after its completion).
+#[test]
+fn a_refilled_hole_makes_its_region_the_last_to_be_evicted() {
+    let a = packed(12 * MIB, 4 * MIB, MIB);
+    let old: Vec<SlotAddr> = (0..3).map(|_| a.alloc(MIB).unwrap().addr).collect();
+    let newer = a.alloc(3 * MIB).unwrap().addr;
+    assert_eq!(a.eviction_order(), [old[0].region, newer.region]);
+    a.free(old[1]);
+    let refilled = a.alloc(MIB).unwrap().addr;
+    assert_eq!((refilled.region, refilled.slot), (old[1].region, old[1].slot), "the hole is taken");
+    assert_eq!(a.eviction_order(), [newer.region, old[0].region], "the refilled region goes last");
+}
+
 #[test]
 fn a_restored_packed_region_continues_after_its_chain() {
     let a = packed(12 * MIB, 4 * MIB, MIB);
