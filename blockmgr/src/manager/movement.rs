@@ -194,7 +194,8 @@ impl Inner {
     /// Removes up to `max` SSD blocks to make room for one of `len` bytes, skipping (and
     /// counting) any whose lock is taken. First the SSD order's next victims of the same
     /// footprint (their places take the block); when it has none, the tier's candidates by
-    /// layout (whole regions, oldest first), for a block no freed place fits. Write-back
+    /// layout (whole regions, the one whose newest block is oldest first), for a block no
+    /// freed place fits. Write-back
     /// blocks Blob lacks are never taken; while blocks are being demoted to Blob, those
     /// Blob holds go first (dropping them loses nothing) and cache blocks Blob lacks only
     /// when no other will do. The window of candidates widens past what it skips. The

@@ -18,7 +18,7 @@
 //! left 9% of the SSD in holes that no block could use until their region emptied. Holes are
 //! kept in memory only: after a restart a region's holes wait for it to empty.
 //!
-//! Eviction by region goes oldest first; the evictor passes over blocks that may not go
+//! Eviction by region goes oldest first (by each region's newest block); the evictor passes over blocks that may not go
 //! (write-back copies Blob lacks) to those of the next regions, so some region always
 //! empties when any can.
 
