@@ -295,8 +295,9 @@ impl Manager {
     /// Sends the block to the owners other than this node and waits for the quorum, not for
     /// every owner: once the write quorum holds it the put is acknowledged and the copies
     /// still in flight finish in the background (a slow or frozen owner costs the put
-    /// nothing while the quorum stands). `here` is this node's own outcome; `block` is `None` when it is not in hand (this node
-    /// failed to store it, or it left before it could be read back).
+    /// nothing while the quorum stands). `here` is this node's own outcome; `block` is
+    /// `None` when it is not in hand (this node failed to store it, or it left before it
+    /// could be read back).
     pub(super) async fn replicate(
         &self,
         route: Box<Route>,
@@ -329,10 +330,10 @@ impl Manager {
             _ => {}
         }
         if let Some(block) = &block {
-            let mut sends: FuturesUnordered<_> = plan
-                .owners
+            // The other owners; those still unanswered when the quorum holds may yet hold a copy.
+            let mut pending: Vec<String> = plan.owners.iter().filter(|id| *id != local).cloned().collect();
+            let mut sends: FuturesUnordered<_> = pending
                 .iter()
-                .filter(|id| *id != local)
                 .map(|id| {
                     let (cluster, block, id) = (cluster.clone(), block.clone(), id.clone());
                     let copy = self.copy_durability(&plan, &id, durability);
@@ -342,7 +343,6 @@ impl Manager {
                     }
                 })
                 .collect();
-            let mut pending: Vec<String> = plan.owners.iter().filter(|id| *id != local).cloned().collect();
             while stored < plan.quorum {
                 let Some((id, answer)) = sends.next().await else { break };
                 pending.retain(|p| *p != id);

@@ -76,17 +76,11 @@ impl SlabAllocator {
                 r
             }
         };
-        st.fills += 1;
-        let fills = st.fills;
         let r = &mut st.regions[region as usize];
         let slot = r.next;
         r.next += pages;
-        r.live += 1;
-        r.filled = fills;
         let epoch = r.epoch;
-        st.used += pages as u64 * super::PAGE;
-        st.packed_live += pages as u64 * super::PAGE;
-        st.live += 1;
+        placed(&mut st, region, pages);
         Some(Allocation { addr: SlotAddr { region, slot, class: PACKED, pages }, epoch })
     }
 
@@ -188,21 +182,28 @@ impl SlabAllocator {
     }
 }
 
+/// Counts a block of `pages` pages placed in `region` (at its end or in a hole): live, used,
+/// and the region's newest block now.
+fn placed(st: &mut State, region: u32, pages: u32) {
+    st.fills += 1;
+    let r = &mut st.regions[region as usize];
+    r.filled = st.fills;
+    r.live += 1;
+    st.used += pages as u64 * super::PAGE;
+    st.packed_live += pages as u64 * super::PAGE;
+    st.live += 1;
+}
+
 /// A hole of exactly `pages` pages for a block of `kind`, taken: the newest still in its
 /// region's assignment (holes of regions emptied since are dropped on the way).
 fn take_hole(st: &mut State, kind: usize, pages: u32) -> Option<Allocation> {
     let holes = st.holes[kind].get_mut(&pages)?;
     while let Some(h) = holes.pop() {
-        if st.regions[h.region as usize].class != Some(PACKED) || st.regions[h.region as usize].epoch != h.epoch {
+        let r = &st.regions[h.region as usize];
+        if r.class != Some(PACKED) || r.epoch != h.epoch {
             continue;
         }
-        st.fills += 1;
-        let r = &mut st.regions[h.region as usize];
-        r.filled = st.fills;
-        r.live += 1;
-        st.used += pages as u64 * super::PAGE;
-        st.packed_live += pages as u64 * super::PAGE;
-        st.live += 1;
+        placed(st, h.region, pages);
         let addr = SlotAddr { region: h.region, slot: h.slot, class: PACKED, pages };
         return Some(Allocation { addr, epoch: h.epoch });
     }
