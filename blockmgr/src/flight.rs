@@ -18,6 +18,8 @@ use kvtier_tiers::BlockKey;
 use parking_lot::Mutex;
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
+use crate::tasks::Tasks;
+
 /// Striped async locks keyed by [`BlockKey`]. Holders never take a second stripe with
 /// `lock` (only `try_lock`), so stripes cannot deadlock.
 #[derive(Debug)]
@@ -61,6 +63,8 @@ type Flights<V> = Arc<Mutex<HashMap<BlockKey, (u64, Shared<BoxFuture<'static, V>
 pub(crate) struct SingleFlight<V: Clone> {
     inflight: Flights<V>,
     next_id: AtomicU64,
+    /// Where the flights run: a shutdown waits for them.
+    tasks: Tasks,
 }
 
 impl<V: Clone> std::fmt::Debug for SingleFlight<V> {
@@ -70,8 +74,8 @@ impl<V: Clone> std::fmt::Debug for SingleFlight<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
-    pub(crate) fn new() -> Self {
-        SingleFlight { inflight: Arc::new(Mutex::new(HashMap::new())), next_id: AtomicU64::new(0) }
+    pub(crate) fn new(tasks: Tasks) -> Self {
+        SingleFlight { inflight: Arc::new(Mutex::new(HashMap::new())), next_id: AtomicU64::new(0), tasks }
     }
 
     /// Runs `make()` in a task unless a call for `key` is already running, in which case
@@ -85,7 +89,7 @@ impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let (table_ref, owned) = (self.inflight.clone(), key.clone());
                     let work = make();
-                    let task = tokio::spawn(async move {
+                    let task = self.tasks.spawn(async move {
                         let value = work.await;
                         let mut table = table_ref.lock();
                         if table.get(&owned).is_some_and(|(i, _)| *i == id) {
@@ -117,7 +121,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_share_one_execution() {
-        let flight = SingleFlight::<u64>::new();
+        let flight = SingleFlight::<u64>::new(Tasks::default());
         let runs = AtomicUsize::new(0);
         let key = BlockKey::parse("ns", b"k").unwrap();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
@@ -141,7 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_flight_still_finishes_and_leaves_the_table() {
-        let flight = SingleFlight::<u64>::new();
+        let flight = SingleFlight::<u64>::new(Tasks::default());
         let key = BlockKey::parse("ns", b"k").unwrap();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

@@ -24,6 +24,7 @@ pub mod objects;
 pub mod peer;
 mod policy;
 pub mod progress;
+mod tasks;
 pub use kvtier_types::wire;
 
 pub use config::{ByteSize, Config};

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub demotion_queue: IntGauge,
     /// Blocks waiting in the flush queue.
     pub flush_queue: IntGauge,
+    /// The node's background tasks still running (loops, flushes, copies after a quorum,
+    /// reads in flight): a number that only grows is a leak.
+    pub background_tasks: IntGauge,
     /// How long the oldest block in the flush queue has waited (seconds).
     pub flush_lag: Gauge,
     /// Bytes of write-back blocks Blob does not hold yet.
@@ -244,6 +247,7 @@ impl Metrics {
             dropped,
             demotion_queue,
             flush_queue: one_gauge("flush_queue", "Blocks waiting to be flushed to Blob"),
+            background_tasks: one_gauge("background_tasks", "The node's background tasks still running"),
             flush_lag,
             unflushed_bytes: one_gauge("unflushed_bytes", "Bytes written with write-back durability not yet in Blob"),
             unreachable_dropped: one_counter(

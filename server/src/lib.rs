@@ -226,7 +226,8 @@ impl RunningServer {
     }
 
     /// Stops accepting, waits for requests in flight, persists memory-only blocks to SSD
-    /// (if configured), all within `server.shutdown_timeout`.
+    /// (if configured), then stops the node's background work and joins it
+    /// ([`Manager::shutdown`]), all within `server.shutdown_timeout`.
     pub async fn shutdown(self) -> Result<(), Error> {
         let RunningServer { manager, config, stop, tasks, unix_socket, shm_socket, .. } = self;
         let _ = stop.send(true);
@@ -242,6 +243,7 @@ impl RunningServer {
             if config.server.persist_on_shutdown {
                 manager.persist_memory().await;
             }
+            manager.shutdown().await;
         };
         if tokio::time::timeout(config.server.shutdown_timeout, drain).await.is_err() {
             tracing::warn!(timeout = ?config.server.shutdown_timeout, "shutdown timed out; exiting with work unfinished");

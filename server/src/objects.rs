@@ -99,33 +99,28 @@ impl objects_server::Objects for ObjectService {
             return Err(Outcome::NotApplied.mark(status));
         }
         // Once `commit` arrived the commit runs to its end, even if the client goes away
-        // (hyper drops this handler when the client resets the stream): half a commit would
-        // leave its chunks to the start-up sweep. (A handler dropped before `commit` drops
-        // the writer, which deletes its chunks.)
+        // (`commit_if` runs it in the node's tasks). A handler dropped before `commit` drops
+        // the writer, which deletes its chunks.
         // A failed commit says whether it may have landed (see `Outcome`).
         let condition = CommitIf::from_wire(open.if_absent, open.if_generation, open.if_crc32c);
-        let info = tokio::spawn(writer.commit_if(condition))
-            .await
-            .map_err(|e| {
-                let status = Status::internal(format!("the commit of {}/{} failed: {e}", open.namespace, open.path));
-                Outcome::Unknown.mark(status)
-            })?
-            .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?
-            .ok_or_else(|| {
-                let why = match condition {
-                    CommitIf::Absent => "it has a version".to_string(),
-                    _ => format!(
-                        "its version is not generation {} of crc32c {:#010x}",
-                        open.if_generation.unwrap_or(0),
-                        open.if_crc32c
-                    ),
-                };
-                let status = Status::failed_precondition(format!(
-                    "{}/{}: not committed: {why} (the put's condition)",
-                    open.namespace, open.path
-                ));
-                Outcome::NotApplied.mark(status)
-            })?;
+        let info =
+            writer.commit_if(condition).await.map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?.ok_or_else(
+                || {
+                    let why = match condition {
+                        CommitIf::Absent => "it has a version".to_string(),
+                        _ => format!(
+                            "its version is not generation {} of crc32c {:#010x}",
+                            open.if_generation.unwrap_or(0),
+                            open.if_crc32c
+                        ),
+                    };
+                    let status = Status::failed_precondition(format!(
+                        "{}/{}: not committed: {why} (the put's condition)",
+                        open.namespace, open.path
+                    ));
+                    Outcome::NotApplied.mark(status)
+                },
+            )?;
         Ok(Response::new(v1::ObjectInfo::from(&info)))
     }
 

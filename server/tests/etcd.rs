@@ -351,3 +351,29 @@ async fn a_member_whose_view_lags_etcd_reads_it_again_before_refusing_a_peer() {
     assert!(matches!(got.as_deref(), Ok([GetItem::Miss { .. }])), "{got:?}");
     assert_eq!(members(&n3), 2, "the view read again lists n9");
 }
+
+/// A node stopped with SIGTERM revokes its lease on the way out: the others see it leave at
+/// once, not when its lease (two minutes here) runs out, and stop sending it copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_gracefully_leaves_the_member_list_at_once() {
+    const LEASE_S: u64 = 120;
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|id| {
+            let tables = format!(
+                "[cluster]\nnode_id = \"{id}\"\netcd = [\"{}\"]\netcd_prefix = \"/graceful\"\nlease_ttl = \"{LEASE_S}s\"\n",
+                etcd.endpoint
+            );
+            Node::start_on_port(free_port(), &tables)
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_members(node, 2, Duration::from_secs(10));
+    }
+    let status = nodes[1].terminate();
+    assert!(status.success(), "{status:?}: {}", nodes[1].stderr());
+    assert!(nodes[1].stderr().contains("lease revoked"), "{}", nodes[1].stderr());
+    // (A quarter of the lease: without the revoke it would still be listed.)
+    wait_for_members(&nodes[0], 1, Duration::from_secs(LEASE_S / 4));
+}

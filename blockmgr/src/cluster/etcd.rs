@@ -3,6 +3,7 @@
 //! the TTL, and watches the prefix: every change re-reads the member list into the
 //! cluster's view. A node that stops renewing (killed, stopped, cut off) drops out when its
 //! lease expires; when it comes back its renewal finds the lease gone and it registers anew.
+//! A node shut down gracefully revokes its lease: it leaves the list at once.
 //!
 //! etcd does the agreeing; this is only its client. The etcd v3 API is compiled from its
 //! protos by kvtier-proto (no system `protoc`).
@@ -10,8 +11,9 @@
 use std::{sync::Arc, time::Duration};
 
 use kvtier_proto::etcd::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
-    kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, watch_request::RequestUnion,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest, kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,10 +57,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::Cluster;
-use crate::config::ClusterConfig;
+use crate::{config::ClusterConfig, tasks::Tasks};
 
 /// Pause before reconnecting after etcd failed us.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a shutdown waits for etcd to revoke this node's lease.
+const REVOKE_WAIT: Duration = Duration::from_secs(2);
 
 struct Etcd {
     kv: KvClient<Channel>,
@@ -77,29 +81,35 @@ struct Registration {
 
 /// Starts keeping `cluster`'s view from etcd, registering this node at `address`; waits
 /// until the first member list is in (or `lease_ttl`, then goes on alone and keeps trying).
-pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address: String) {
+/// At shutdown (`tasks`) it revokes its lease and ends.
+pub(crate) async fn join(cluster: Arc<Cluster>, config: &ClusterConfig, address: String, tasks: &Tasks) {
     let prefix = format!("{}/members/", config.etcd_prefix.trim_end_matches('/')).into_bytes();
     let key = [prefix.as_slice(), cluster.local_id().as_bytes()].concat();
     let reg = Registration { endpoints: config.etcd.clone(), prefix, key, address, ttl: config.lease_ttl };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (refresh_tx, mut refreshes) = mpsc::channel(64);
     *cluster.refresh.lock() = Some(Refresh { ask: refresh_tx, last: Arc::default() });
-    tokio::spawn(async move {
+    let stop = tasks.clone();
+    tasks.spawn(async move {
         let mut ready = Some(ready_tx);
         loop {
-            let end = session(&cluster, &reg, &mut ready, &mut refreshes).await;
+            let end = session(&cluster, &reg, &mut ready, &mut refreshes, &stop).await;
+            if stop.stopping() {
+                return;
+            }
             cluster.mark_rejoined();
             match end {
                 // Out of the member list: register again at once (its peers refuse it
                 // until then).
-                Err(SessionEnd::Out(why)) => {
+                SessionEnd::Out(why) => {
                     tracing::warn!(%why, "etcd membership: registering again");
-                    tokio::time::sleep(REREGISTER).await;
+                    stop.pause(REREGISTER).await;
                 }
-                Err(SessionEnd::Failed(e)) => {
+                SessionEnd::Failed(e) => {
                     tracing::warn!(error = %e, "etcd membership: reconnecting");
-                    tokio::time::sleep(RETRY).await;
+                    stop.pause(RETRY).await;
                 }
+                SessionEnd::Stopped => return,
             }
         }
     });
@@ -160,6 +170,8 @@ enum SessionEnd {
     Out(String),
     /// etcd failed us.
     Failed(String),
+    /// The node is shutting down (its lease revoked, if etcd answered).
+    Stopped,
 }
 
 impl From<String> for SessionEnd {
@@ -174,18 +186,45 @@ impl From<&str> for SessionEnd {
     }
 }
 
-/// One registration: lease, key, renewals and watch, until something fails; the member list
-/// is also read again whenever `refreshes` asks.
+/// One registration: lease, key, renewals and watch, until something fails or shutdown; the
+/// member list is also read again whenever `refreshes` asks.
 async fn session(
     cluster: &Cluster,
     reg: &Registration,
     ready: &mut Option<oneshot::Sender<()>>,
     refreshes: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    stop: &Tasks,
+) -> SessionEnd {
+    let mut granted = None;
+    let Some(Err(end)) = stop.unless_stopped(registered(cluster, reg, ready, refreshes, &mut granted)).await else {
+        // Shutting down: leave the member list now rather than when the lease runs out.
+        if let Some((mut leases, id)) = granted {
+            match tokio::time::timeout(REVOKE_WAIT, leases.lease_revoke(LeaseRevokeRequest { id })).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(node = cluster.local_id(), lease = id, "etcd membership: left (lease revoked)")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "etcd membership: revoking the lease failed; it runs out"),
+                Err(_) => tracing::warn!("etcd membership: etcd did not answer the revoke; the lease runs out"),
+            }
+        }
+        return SessionEnd::Stopped;
+    };
+    end
+}
+
+/// [`session`]'s work, until something fails; `granted` is the lease once there is one.
+async fn registered(
+    cluster: &Cluster,
+    reg: &Registration,
+    ready: &mut Option<oneshot::Sender<()>>,
+    refreshes: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    granted: &mut Option<(LeaseClient<Channel>, i64)>,
 ) -> Result<std::convert::Infallible, SessionEnd> {
     let mut etcd = connect(&reg.endpoints).await?;
     let ttl = reg.ttl.as_secs().max(1) as i64;
     let lease = etcd.lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await.map_err(|e| format!("lease: {e}"))?;
     let lease = lease.into_inner().id;
+    *granted = Some((etcd.lease.clone(), lease));
     let put = PutRequest { key: reg.key.clone(), value: reg.address.clone().into_bytes(), lease, ..Default::default() };
     etcd.kv.put(put).await.map_err(|e| format!("registering: {e}"))?;
     tracing::info!(node = cluster.local_id(), address = %reg.address, lease, "etcd membership: registered");

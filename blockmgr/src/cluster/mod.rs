@@ -32,7 +32,9 @@ pub fn placement_key(key: &BlockKey) -> Vec<u8> {
 pub(crate) use self::read_replicas::{ReadReplicas, ReadRoute};
 use kvtier_client::MemberRead;
 
-use crate::{Client, Durability, Error, GetItem, PutItem, config::Config, metrics::Metrics, wire::Outcome};
+use crate::{
+    Client, Durability, Error, GetItem, PutItem, config::Config, metrics::Metrics, tasks::Tasks, wire::Outcome,
+};
 
 /// How long a reader waits for a read replica before asking the owner instead.
 const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -143,10 +145,10 @@ impl Cluster {
     }
 
     /// Keeps the view from etcd when `config` names it (waiting for the first member list).
-    pub async fn join_etcd(self: &Arc<Self>, config: &Config) -> Result<(), Error> {
+    pub(crate) async fn join_etcd(self: &Arc<Self>, config: &Config, tasks: &Tasks) -> Result<(), Error> {
         if !config.cluster.etcd.is_empty() {
             let address = config.cluster.advertised(&config.server.listen)?;
-            etcd::join(self.clone(), &config.cluster, address).await;
+            etcd::join(self.clone(), &config.cluster, address, tasks).await;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use super::{Budgeted, Inner};
 use crate::{
     Error, GetOutcome, MissReason,
     index::{Entry, TierSet},
+    tasks::Tasks,
 };
 
 impl Inner {
@@ -153,11 +154,14 @@ impl Inner {
 pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) -> tokio::sync::oneshot::Receiver<()> {
     let weak = Arc::downgrade(inner);
     let (loaded, heard) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let tasks = inner.tasks.clone();
+    inner.tasks.spawn(async move {
         let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut pause = backoff.next_pause();
         loop {
-            tokio::time::sleep(pause).await;
+            if !tasks.pause(pause).await {
+                return;
+            }
             pause = backoff.next_pause();
             let Some(inner) = weak.upgrade() else { return };
             let blob = inner.blob.clone().expect("a loader implies a Blob tier");
@@ -181,12 +185,12 @@ pub(super) fn spawn_blob_loader(inner: &Arc<Inner>) -> tokio::sync::oneshot::Rec
 }
 
 /// Retries the held Blob deletes every few seconds while there are any. Holds the manager
-/// weakly: it ends with it.
+/// weakly: it ends with it (the deletes stay held on disk).
 pub(super) fn spawn_held_delete_retries(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+    let tasks = inner.tasks.clone();
+    inner.tasks.spawn(async move {
+        while tasks.pause(Duration::from_secs(5)).await {
             let Some(inner) = weak.upgrade() else { return };
             if inner.blob_deletes.len() > 0 {
                 inner.apply_held_blob_deletes().await;
@@ -197,16 +201,16 @@ pub(super) fn spawn_held_delete_retries(inner: &Arc<Inner>) {
 
 /// Compacts the Blob tier every `interval` (0: never), rewriting segments less than
 /// `below` live. Holds the tier weakly: it ends with the manager.
-pub(super) fn spawn_compaction(blob: &Arc<BlobTier>, interval: Duration, below: f64) {
+pub(super) fn spawn_compaction(tasks: &Tasks, blob: &Arc<BlobTier>, interval: Duration, below: f64) {
     if interval.is_zero() {
         return;
     }
     let weak = Arc::downgrade(blob);
-    tokio::spawn(async move {
+    let stop = tasks.clone();
+    tasks.spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        while stop.unless_stopped(ticks.tick()).await.is_some() {
             let Some(blob) = weak.upgrade() else { return };
             match blob.compact(below).await {
                 Ok(c) if c.segments_removed + c.deletions_removed + c.orphans_removed > 0 => {

@@ -38,7 +38,7 @@ impl Manager {
             // In the background: a read replica that does not answer must not fail the delete.
             for holder in cluster.reads.forget(key) {
                 let (cluster, key) = (cluster.clone(), key.clone());
-                tokio::spawn(async move {
+                self.tasks().spawn(async move {
                     if let Err(e) = cluster.delete_on(&holder, &key).await {
                         tracing::debug!(%key, %holder, error = %e, "deleting a read replica failed (it stays a cache copy)");
                     }

@@ -9,6 +9,8 @@ use std::{
 
 use kvtier_tiers::{Block, BlockKey, Tier, TierExt, TierKind};
 
+use crate::tasks::Tasks;
+
 use super::{
     Inner,
     flush::{DEMOTE_SCAN, Flusher, RETRY},
@@ -17,13 +19,14 @@ use crate::index::{Entry, TierSet};
 
 /// Starts the flush task: it forms batches and runs up to `blob.flush_concurrency` of them
 /// at once. Every task holds the manager weakly (strongly only while it works, not while
-/// it waits), so all end once the manager is dropped.
+/// it waits), so all end once the manager is dropped; at shutdown the batch under way is
+/// tried once more at most, and what is left stays unflushed on SSD for the next start.
 pub(super) fn spawn_flusher(inner: &Arc<Inner>, flusher: Arc<Flusher>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let slots = Arc::new(tokio::sync::Semaphore::new(flusher.concurrency));
-    tokio::spawn(async move {
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+    let tasks = inner.tasks.clone();
+    inner.tasks.spawn(async move {
+        while let Some(Ok(slot)) = tasks.unless_stopped(slots.clone().acquire_owned()).await {
             let work = flusher.wake.notified();
             let Some(inner) = weak.upgrade() else { return };
             let batch = take_batch(&inner, &flusher).await;
@@ -31,13 +34,13 @@ pub(super) fn spawn_flusher(inner: &Arc<Inner>, flusher: Arc<Flusher>) {
             if batch.is_empty() {
                 drop(slot);
                 // Woken by new work; the timeout notices a dropped manager.
-                let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
+                let _ = tasks.unless_stopped(tokio::time::timeout(Duration::from_secs(1), work)).await;
                 continue;
             }
-            let (weak, flusher) = (weak.clone(), flusher.clone());
-            tokio::spawn(async move {
+            let (weak, flusher, stop) = (weak.clone(), flusher.clone(), tasks.clone());
+            tasks.spawn(async move {
                 let keys: Vec<BlockKey> = batch.iter().map(|(k, _)| k.clone()).collect();
-                flush_batch(&weak, &flusher, batch).await;
+                flush_batch(&weak, &flusher, &stop, batch).await;
                 flusher.done(&keys);
                 drop(slot);
             });
@@ -46,15 +49,15 @@ pub(super) fn spawn_flusher(inner: &Arc<Inner>, flusher: Arc<Flusher>) {
 }
 
 /// Reads a batch and stores it in Blob, retrying what fails with exponential backoff until
-/// it succeeds or the manager is gone (what is left then stays unflushed on SSD, and the
-/// next start queues it again).
-async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey, Entry)>) {
+/// it succeeds or the manager is gone or shutting down (what is left then stays unflushed
+/// on SSD, and the next start queues it again).
+async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, tasks: &Tasks, batch: Vec<(BlockKey, Entry)>) {
     let Some(inner) = weak.upgrade() else { return };
     let mut pending = read_batch(&inner, flusher, batch).await;
     drop(inner);
     if pending.is_empty() {
         // Nothing readable (every key moved or failed): do not spin on a requeue.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tasks.pause(Duration::from_millis(100)).await;
         return;
     }
     let mut failures = 0u32;
@@ -66,7 +69,9 @@ async fn flush_batch(weak: &Weak<Inner>, flusher: &Flusher, batch: Vec<(BlockKey
             return;
         }
         failures += 1;
-        tokio::time::sleep(RETRY.pause_after(failures)).await;
+        if !tasks.pause(RETRY.pause_after(failures)).await {
+            return;
+        }
     }
 }
 

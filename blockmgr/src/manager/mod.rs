@@ -62,6 +62,7 @@ use crate::{
     flight::{KeyLocks, SingleFlight},
     index::Index,
     policy::NodePolicy,
+    tasks::Tasks,
 };
 
 /// Per-key lock stripes. Unit tests use one, so every key shares a lock with every other:
@@ -116,6 +117,8 @@ pub(crate) struct Inner {
     /// releases the pin (unreachable.rs).
     pinned_orphans: parking_lot::Mutex<std::collections::HashMap<BlockKey, BlockKey>>,
     background: Arc<Background>,
+    /// Every task the node starts: [`Manager::shutdown`] joins them.
+    tasks: Tasks,
     metrics: Metrics,
     /// Which namespaces have counters of their own.
     namespaces: namespaces::NamespaceLabels,
@@ -176,7 +179,7 @@ impl Manager {
         inner.check_size(&block.key, block.len())?;
         inner.check_durability(&block.key, durability)?;
         let namespace = block.key.namespace.clone();
-        detached(async move {
+        detached(&self.inner.tasks, async move {
             let result = async {
                 // Room in the unflushed budget is waited for before the key's lock: the
                 // flush that makes room takes key locks.
@@ -232,7 +235,7 @@ impl Manager {
         mut writer: PutWriter,
     ) -> impl Future<Output = Result<PutOutcome, TierError>> + Send + 'static {
         let me = self.clone();
-        detached(async move {
+        detached(&self.inner.tasks, async move {
             let (route, key) = (writer.route.take(), writer.key.clone());
             let result = me.inner.finish(writer).await;
             me.inner.count_put(&key.namespace, &result);
@@ -309,7 +312,7 @@ impl Manager {
     /// was present.
     pub(crate) async fn delete_here(&self, key: &BlockKey) -> bool {
         let (inner, key) = (self.inner.clone(), key.clone());
-        detached(async move {
+        detached(&self.inner.tasks, async move {
             let _guard = inner.locks.lock(&key).await;
             inner.flushed_ahead.invalidate(&key);
             let Some(entry) = inner.index.remove(&key) else {
@@ -383,6 +386,7 @@ impl Manager {
             }
         }
         inner.metrics.index_blocks.set(inner.index.len() as i64);
+        inner.metrics.background_tasks.set(inner.tasks.running() as i64);
         inner.metrics.blob_deletes_held.set(inner.blob_deletes.len() as i64);
         inner.metrics.unflushed_bytes.set(inner.index.unflushed() as i64);
         if let Some(flusher) = &inner.flusher {
@@ -424,6 +428,21 @@ impl Manager {
         self.inner.background.wait_idle().await;
     }
 
+    /// Stops the node's background work and waits for it: loops (flush, export, resync,
+    /// demotion, membership, ...) end at their next wait, work under way (a flush attempt,
+    /// a copy after the quorum, a put a caller gave up on) finishes; with etcd, this node
+    /// leaves the member list at once rather than when its lease runs out. Call it after
+    /// [`Manager::settle`] and [`Manager::persist_memory`]: what is still queued then (an
+    /// unflushed block, an export) stays on disk and is queued again at the next start.
+    pub async fn shutdown(&self) {
+        self.inner.tasks.shutdown().await;
+    }
+
+    /// The node's tasks, for the layers that start their own.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
     /// Moves every block held only in memory to SSD (graceful shutdown), with progress.
     /// Returns how many were persisted.
     pub async fn persist_memory(&self) -> usize {
@@ -434,10 +453,11 @@ impl Manager {
 /// Starts `work` in its own task now and returns a future of its result: the caller may
 /// give up, the work is never cut short half way (a lock held, an index half updated, a
 /// write in flight).
-fn detached<T: Send + 'static>(
+pub(crate) fn detached<T: Send + 'static>(
+    tasks: &Tasks,
     work: impl Future<Output = Result<T, TierError>> + Send + 'static,
 ) -> impl Future<Output = Result<T, TierError>> + Send + 'static {
-    let task = tokio::spawn(work);
+    let task = tasks.spawn(work);
     async move { task.await.unwrap_or_else(|e| Err(TierError::Generic { tier: "manager".into(), source: Box::new(e) })) }
 }
 

@@ -31,7 +31,8 @@ struct Evicted {
 }
 
 /// Starts the task that drains the demotion queue, `concurrency` blocks at a time. It
-/// holds the manager weakly and ends when the manager is dropped.
+/// holds the manager weakly and ends when the manager is dropped or shuts down (what is
+/// still queued then stays in memory: `persist_memory` ran before).
 pub(super) fn spawn_demotion_worker(
     inner: &Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<(BlockKey, bool)>,
@@ -39,16 +40,25 @@ pub(super) fn spawn_demotion_worker(
 ) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let slots = Arc::new(Semaphore::new(concurrency));
-    tokio::spawn(async move {
-        while let Some((key, read)) = rx.recv().await {
+    let tasks = inner.tasks.clone();
+    inner.tasks.spawn(async move {
+        while let Some(Some((key, read))) = tasks.unless_stopped(rx.recv()).await {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
             let Some(inner) = weak.upgrade() else { break };
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 inner.demote(&key, false, read).await;
                 drop(permit);
                 inner.metrics.demotion_queue.dec();
                 inner.background.finish();
             });
+        }
+        // Shut down: what is left will not be moved, and must not hold `settle` up.
+        rx.close();
+        if let Some(inner) = weak.upgrade() {
+            while rx.try_recv().is_ok() {
+                inner.metrics.demotion_queue.dec();
+                inner.background.finish();
+            }
         }
     });
 }
@@ -336,7 +346,7 @@ impl Inner {
                 let me = self.clone();
                 let copy = block.clone();
                 self.background.start();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     me.promote(copy, TierKind::Ssd).await;
                     me.background.finish();
                 });

@@ -79,6 +79,7 @@ impl Manager {
         let (demote_tx, demote_rx) = mpsc::unbounded_channel();
         let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
         let background = Arc::new(Background::default());
+        let tasks = crate::tasks::Tasks::default();
         let listener_tx = demote_tx.clone();
         let (queue, listener_bg) = (metrics.demotion_queue.clone(), background.clone());
         let namespaces = config.clone();
@@ -111,6 +112,7 @@ impl Manager {
                     config.blob.export_concurrency,
                     // How long a commit can still be undone: see Manager::settled.
                     4 * config.cluster.peer_timeout,
+                    tasks.clone(),
                 )))
             }
             _ => None,
@@ -133,8 +135,8 @@ impl Manager {
                 .max_capacity(65_536)
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
-            ssd_reads: SingleFlight::new(),
-            blob_reads: SingleFlight::new(),
+            ssd_reads: SingleFlight::new(tasks.clone()),
+            blob_reads: SingleFlight::new(tasks.clone()),
             read_slots: Semaphore::new(config.ssd.max_concurrent_reads),
             transfer: Arc::new(Semaphore::new(config.server.transfer_budget.0 as usize)),
             reserved: Arc::new(AtomicU64::new(0)),
@@ -143,6 +145,7 @@ impl Manager {
             pinned_orphans: Default::default(),
             read_speeds: Default::default(),
             background,
+            tasks,
             metrics,
             namespaces: Default::default(),
             limits: Limits {
@@ -173,10 +176,10 @@ impl Manager {
             blob::spawn_held_delete_retries(&inner);
         }
         if let Some(blob) = &inner.blob {
-            blob::spawn_compaction(blob, config.blob.compact_interval, config.blob.compact_below);
+            blob::spawn_compaction(&inner.tasks, blob, config.blob.compact_interval, config.blob.compact_below);
         }
         if let Some(cluster) = &cluster {
-            cluster.join_etcd(config).await?;
+            cluster.join_etcd(config, &inner.tasks).await?;
         }
         let manager = Manager {
             inner,

@@ -78,7 +78,7 @@ impl Inner {
         }
         for (owner, keys) in by_owner {
             let cluster = cluster.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = cluster.flushed_on(&owner, &keys).await {
                     tracing::debug!(%owner, error = %e, "telling an owner its copies are flushed failed");
                 }
@@ -366,7 +366,7 @@ impl Manager {
                 // Counted as background work: a graceful shutdown (`settle`) waits for them.
                 let (key, inner) = (key.clone(), self.inner.clone());
                 inner.background.start();
-                tokio::spawn(async move {
+                self.inner.tasks.spawn(async move {
                     while let Some((id, answer)) = sends.next().await {
                         if let Err(e) = answer {
                             tracing::warn!(%key, member = %id, error = %e, "a copy after the quorum failed; resync repairs it");

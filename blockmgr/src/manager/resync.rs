@@ -268,36 +268,49 @@ impl Manager {
     /// and every `interval` (never with zero), and [`Manager::handoff`] at every change of
     /// the member list (again every few seconds until it succeeds), one at a time; after
     /// each round, the release of copies Blob has and the sweep of chunks that waited past
-    /// `orphan_after` with no manifest naming them.
+    /// `orphan_after` with no manifest naming them. It holds the manager weakly (strongly
+    /// only for a round) and ends at shutdown, cutting a round short: every round repairs
+    /// what the last one left, and each copy it makes is a put that runs to its end.
     pub(crate) fn spawn_resync(&self, interval: Duration, orphan_after: Duration) {
         let Some(cluster) = self.cluster().cloned() else { return };
-        let me = self.clone();
+        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
         let mut changes = cluster.changes();
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             let mut handed_from = cluster.view();
             let mut full = true;
             loop {
                 // Let a burst of changes (several members joining) settle first.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let taken = me.take_over_flushes();
-                if taken > 0 {
-                    tracing::info!(blocks = taken, "flush take-over: this node is now the primary of unflushed blocks");
+                if !tasks.pause(Duration::from_millis(500)).await {
+                    return;
                 }
-                let mut retry = false;
-                if cluster.view().addrs != handed_from.addrs {
-                    let (report, placed_over) = me.handoff(&handed_from).await;
-                    if report.failures.is_empty() {
-                        handed_from = placed_over;
-                    } else {
-                        retry = true; // an owner did not take what it lacks: offer it again
+                let Some(me) = weak.upgrade() else { return };
+                let round = async {
+                    let taken = me.take_over_flushes();
+                    if taken > 0 {
+                        tracing::info!(
+                            blocks = taken,
+                            "flush take-over: this node is now the primary of unflushed blocks"
+                        );
                     }
-                }
-                let rejoined = cluster.take_rejoined();
-                if full || rejoined {
-                    me.resync().await;
-                }
-                me.release_what_blob_has().await;
-                me.sweep_orphan_chunks(orphan_after).await;
+                    let mut retry = false;
+                    if cluster.view().addrs != handed_from.addrs {
+                        let (report, placed_over) = me.handoff(&handed_from).await;
+                        if report.failures.is_empty() {
+                            handed_from = placed_over;
+                        } else {
+                            retry = true; // an owner did not take what it lacks: offer it again
+                        }
+                    }
+                    let rejoined = cluster.take_rejoined();
+                    if full || rejoined {
+                        me.resync().await;
+                    }
+                    me.release_what_blob_has().await;
+                    me.sweep_orphan_chunks(orphan_after).await;
+                    retry
+                };
+                let Some(retry) = tasks.unless_stopped(round).await else { return };
+                drop(me);
                 full = false;
                 let periodic = async {
                     if interval.is_zero() {
@@ -314,6 +327,7 @@ impl Manager {
                     () = periodic => full = true,
                     () = cluster.rejoined() => {}
                     () = again => {}
+                    () = tasks.stopped() => return,
                 }
             }
         });

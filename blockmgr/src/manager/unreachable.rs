@@ -21,14 +21,22 @@ pub(super) type Orphan = (BlockKey, BlockKey);
 const MAX_PINNED_ORPHANS: usize = 1 << 16;
 
 /// Starts the task that drops unreachable blocks, one at a time. It holds the manager
-/// weakly and ends when the manager is dropped.
+/// weakly and ends when the manager is dropped or shuts down (what is left then is dropped
+/// by eviction in its time).
 pub(super) fn spawn_worker(inner: &Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Orphan>) {
     let weak: Weak<Inner> = Arc::downgrade(inner);
-    tokio::spawn(async move {
-        while let Some((child, parent)) = rx.recv().await {
+    let tasks = inner.tasks.clone();
+    inner.tasks.spawn(async move {
+        while let Some(Some((child, parent))) = tasks.unless_stopped(rx.recv()).await {
             let Some(inner) = weak.upgrade() else { break };
             inner.drop_unreachable(&child, &parent).await;
             inner.background.finish();
+        }
+        rx.close();
+        if let Some(inner) = weak.upgrade() {
+            while rx.try_recv().is_ok() {
+                inner.background.finish();
+            }
         }
     });
 }

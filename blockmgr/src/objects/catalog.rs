@@ -16,9 +16,9 @@ impl Manager {
     /// meanwhile, took its place and was flushed anew: a deleted file came back in the
     /// 1000-fault run. It holds the manager weakly.
     pub(crate) fn spawn_learn_when_blob_loads(&self, loaded: tokio::sync::oneshot::Receiver<()>) {
-        let weak = self.downgrade();
-        tokio::spawn(async move {
-            if loaded.await.is_err() {
+        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
+        self.tasks().spawn(async move {
+            if !matches!(tasks.unless_stopped(loaded).await, Some(Ok(()))) {
                 return;
             }
             let Some(manager) = weak.upgrade() else { return };
@@ -41,8 +41,8 @@ impl Manager {
         if keys.is_empty() {
             return;
         }
-        let weak = self.downgrade();
-        tokio::spawn(async move {
+        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
+        self.tasks().spawn(async move {
             let mut backoff =
                 crate::backoff::Backoff::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
             loop {
@@ -66,7 +66,9 @@ impl Manager {
                 );
                 keys = unread;
                 drop(manager);
-                tokio::time::sleep(pause).await;
+                if !tasks.pause(pause).await {
+                    return;
+                }
             }
         });
     }

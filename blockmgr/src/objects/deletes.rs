@@ -114,13 +114,13 @@ impl Manager {
 
     /// Starts the upkeep of versions: every [`UPKEEP_EVERY`], the manifests a now-settled
     /// version replaced are dropped; every [`EXPIRY_EVERY`], the delete markers past their
-    /// time. It holds the manager weakly, so it ends once the manager is dropped.
+    /// time. It holds the manager weakly, so it ends once the manager is dropped or shuts
+    /// down.
     pub(crate) fn spawn_version_upkeep(&self) {
-        let weak = self.downgrade();
-        tokio::spawn(async move {
+        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
+        self.tasks().spawn(async move {
             let mut last_expiry = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(UPKEEP_EVERY).await;
+            while tasks.pause(UPKEEP_EVERY).await {
                 let Some(manager) = weak.upgrade() else { return };
                 manager.drop_settled_superseded().await;
                 if last_expiry.elapsed() >= EXPIRY_EVERY {

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use tokio::{sync::Notify, time::Instant};
 
 use super::staging::StagedUploads;
-use crate::{Manager, flight::SingleFlight};
+use crate::{Manager, flight::SingleFlight, tasks::Tasks};
 
 /// One object's export, queued or running.
 #[derive(Debug)]
@@ -127,14 +127,14 @@ pub(crate) struct Exports {
 impl Exports {
     /// Exports to `blobs`, `concurrency` at a time; a version may be undone for `settling`
     /// after its commit.
-    pub(crate) fn new(blobs: ObjectBlobs, concurrency: usize, settling: Duration) -> Self {
+    pub(crate) fn new(blobs: ObjectBlobs, concurrency: usize, settling: Duration, tasks: Tasks) -> Self {
         Exports {
             blobs: Arc::new(blobs),
             queue: Mutex::default(),
             wake: Notify::new(),
             concurrency: concurrency.max(1),
             settling,
-            reads: SingleFlight::new(),
+            reads: SingleFlight::new(tasks),
             staged: StagedUploads::default(),
         }
     }
@@ -256,13 +256,14 @@ impl Exports {
 impl Manager {
     /// Starts the exporters: `blob.export_concurrency` tasks taking due exports from the
     /// queue. They hold the manager weakly (strongly only while exporting), so they end
-    /// once it is dropped.
+    /// once it is dropped, or at shutdown (an export under way finishes first; what is
+    /// queued is queued again at the next start).
     pub(crate) fn spawn_exporter(&self) {
         let Some(exports) = self.exports().cloned() else { return };
         for _ in 0..exports.concurrency {
-            let (weak, exports) = (self.downgrade(), exports.clone());
-            tokio::spawn(async move {
-                loop {
+            let (weak, exports, tasks) = (self.downgrade(), exports.clone(), self.tasks().clone());
+            self.tasks().spawn(async move {
+                while !tasks.stopping() {
                     let work = exports.wake.notified();
                     let job = match exports.take() {
                         Ok(job) => job,
@@ -270,7 +271,8 @@ impl Manager {
                             // New work, the next retry coming due, or a look at whether the
                             // manager was dropped, whichever is first.
                             let second = Instant::now() + Duration::from_secs(1);
-                            let _ = tokio::time::timeout_at(next.map_or(second, |t| t.min(second)), work).await;
+                            let due = next.map_or(second, |t| t.min(second));
+                            let _ = tasks.unless_stopped(tokio::time::timeout_at(due, work)).await;
                             if weak.upgrade().is_none() {
                                 return;
                             }
@@ -314,7 +316,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let blobs = ObjectBlobs::open(&url, &[], kvtier_tiers::Retries::default()).unwrap();
-        (dir, Arc::new(Exports::new(blobs, 1, Duration::from_secs(40))))
+        (dir, Arc::new(Exports::new(blobs, 1, Duration::from_secs(40), Tasks::default())))
     }
 
     /// A commit's hold holds back its export until it ends; one dropped unreleased (its

@@ -133,7 +133,17 @@ impl ObjectWriter {
     /// meets `condition`, decided by the path's primary under its lock, so of writers racing
     /// through any nodes one at most meets it. `None`: it did not; this one's chunks are
     /// deleted.
-    pub async fn commit_if(mut self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
+    ///
+    /// Once called, the commit runs to its end in the node's tasks even if the caller goes
+    /// away (an HTTP client that resets its request drops the handler awaiting this): half a
+    /// commit would leave its chunks to the start-up sweep, and its outcome to nobody. A
+    /// shutdown waits for it.
+    pub async fn commit_if(self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
+        let tasks = self.manager.tasks().clone();
+        crate::manager::detached(&tasks, self.commit_to_end(condition)).await
+    }
+
+    async fn commit_to_end(mut self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
         if !self.buf.is_empty() {
             // Before the manifest: a failure here commits nothing (dropped, the writer
             // deletes its chunks), whatever the chunk's own put left behind.

@@ -73,7 +73,9 @@ impl Closed {
     }
 }
 
-/// Accepts `lm://` clients on `listener` until `stopped` turns true.
+/// Accepts `lm://` clients on `listener` until `stopped` turns true, then returns once
+/// every connection has ended (each ends at the signal; a put under way finishes in the
+/// manager).
 pub async fn serve(
     listener: TcpListener,
     manager: Manager,
@@ -82,9 +84,15 @@ pub async fn serve(
 ) -> Result<(), String> {
     let mut stop = stopped.clone();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            _ = stop.wait_for(|&s| s) => return Ok(()),
+            // (Awaited in a block: the guard `wait_for` yields is not held while draining.)
+            () = async { let _ = stop.wait_for(|&s| s).await; } => {
+                connections.close();
+                connections.wait().await;
+                return Ok(());
+            }
             accepted = async {
                 let slot = slots.clone().acquire_owned().await.expect("never closed");
                 listener.accept().await.map(|a| (a, slot))
@@ -94,7 +102,7 @@ pub async fn serve(
             Ok(((stream, peer), slot)) => {
                 let _ = stream.set_nodelay(true);
                 let (manager, settings, mut stop) = (manager.clone(), settings.clone(), stopped.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _slot = slot;
                     tokio::select! {
                         _ = stop.wait_for(|&s| s) => {}

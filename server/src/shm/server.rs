@@ -23,7 +23,8 @@ use kvtier_blockmgr::{
     wire::{block_status, durability_from_wire, miss_to_wire, tier_to_wire},
 };
 
-/// Accepts shm clients on `listener` until `stopped` turns true.
+/// Accepts shm clients on `listener` until `stopped` turns true, then returns once every
+/// session has ended.
 pub(crate) async fn serve(
     listener: UnixListener,
     manager: Manager,
@@ -32,14 +33,20 @@ pub(crate) async fn serve(
     stopped: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut stop = stopped.clone();
+    let sessions = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
-            _ = stop.wait_for(|&s| s) => return Ok(()),
+            // (Awaited in a block: the guard `wait_for` yields is not held while draining.)
+            () = async { let _ = stop.wait_for(|&s| s).await; } => {
+                sessions.close();
+                sessions.wait().await;
+                return Ok(());
+            }
             accepted = listener.accept() => {
                 let (stream, _) = accepted.map_err(|e| format!("shm accept: {e}"))?;
                 let session = Session::new(manager.clone(), config.clone(), max_batch_keys);
                 let stopped = stopped.clone();
-                tokio::spawn(async move { session.run(stream, stopped).await });
+                sessions.spawn(async move { session.run(stream, stopped).await });
             }
         }
     }
