@@ -455,7 +455,11 @@ async fn chunks_of_an_upload_that_never_committed_are_swept_and_committed_ones_n
     let removed = |nodes: &[Node]| nodes.iter().map(|n| n.metric("orphan_chunks_removed_total")).sum::<u64>();
     // (Two rounds at least two peer timeouts apart must find a chunk unnamed: 6 s here.)
     wait_until("the orphans swept", Duration::from_secs(60), || removed(&nodes) > 0 && unflushed(&nodes) <= before);
-    tokio::time::sleep(Duration::from_secs(4)).await; // more rounds: the kept chunks stay
+    // Four more rounds (a sweep follows each resync) on every node: the kept chunks stay.
+    let rounds: Vec<u64> = nodes.iter().map(|n| n.metric("resync_runs_total")).collect();
+    wait_until("four more rounds everywhere", Duration::from_secs(60), || {
+        nodes.iter().zip(&rounds).all(|(n, r)| n.metric("resync_runs_total") >= r + 4)
+    });
     assert_eq!(unflushed(&nodes), before, "only the committed object waits");
     std::fs::remove_file(shared.path().join("objects")).unwrap();
     wait_until("the export", Duration::from_secs(60), || unflushed(&nodes) == 0);

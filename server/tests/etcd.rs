@@ -113,10 +113,10 @@ async fn write_back_blocks_reach_blob_once_and_a_replica_takes_over_a_dead_prima
     for r in writer.put("ckpt/run1", &items, Durability::WriteBack).await.unwrap() {
         assert!(r.result.is_ok(), "{:?}", r.result);
     }
+    // Once no node holds an unflushed byte, no flush is left to come.
     wait_until("20 flushes", Duration::from_secs(15), || flushed(&nodes, &[0, 1, 2]) >= 20);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(flushed(&nodes, &[0, 1, 2]), 20, "each block flushed once, by its primary");
     wait_until("replicas released", Duration::from_secs(10), || nodes.iter().all(|n| n.metric("unflushed_bytes") == 0));
+    assert_eq!(flushed(&nodes, &[0, 1, 2]), 20, "each block flushed once, by its primary");
 
     // Blocks whose primary is n2, acknowledged, then n2 killed before its flush: once its
     // lease expires, the surviving owners take the flush over, still once per block.

@@ -104,7 +104,9 @@ async fn objects_written_while_blob_is_down_and_ssd_is_pressed_all_land_in_blob(
     for (path, object) in &objects {
         client.put_object(NS, path, pieces(object), Durability::WriteBack, None, None).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until("an export failing while Blob is down", Duration::from_secs(60), || {
+        node.labelled_metric("object_export_failures_total", "reason=\"blob\"") > 0
+    });
     backend.resume();
     wait_until("every export", Duration::from_secs(60), || node.metric("objects_exported_total") == 8);
     wait_until("nothing unflushed", Duration::from_secs(60), || node.metric("unflushed_bytes") == 0);
