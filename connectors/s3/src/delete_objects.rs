@@ -10,30 +10,6 @@ use super::{
 /// S3's limit on keys per request.
 const MAX_KEYS: usize = 1000;
 
-/// `s` with XML's entities (`&amp;` `&lt;` `&gt;` `&quot;` `&apos;`, `&#NN;`) replaced.
-fn unescape(s: &str) -> Option<String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let end = rest[at..].find(';')? + at;
-        let entity = &rest[at + 1..end];
-        out.push(match entity {
-            "amp" => '&',
-            "lt" => '<',
-            "gt" => '>',
-            "quot" => '"',
-            "apos" => '\'',
-            e if e.starts_with("#x") => char::from_u32(u32::from_str_radix(&e[2..], 16).ok()?)?,
-            e if e.starts_with('#') => char::from_u32(e[1..].parse().ok()?)?,
-            _ => return None,
-        });
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
 /// An `<Object>` of a `<Delete>` document.
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
@@ -47,23 +23,21 @@ struct Target {
 /// The objects of a `<Delete>` document, and whether it asks for a quiet answer.
 fn parse(doc: &str) -> Result<(Vec<Target>, bool), S3Error> {
     let malformed = |why: &str| err(StatusCode::BAD_REQUEST, "MalformedXML", why.to_string());
-    let body = doc.split_once("<Delete").ok_or_else(|| malformed("no Delete"))?.1;
-    let body = body.split_once("</Delete>").ok_or_else(|| malformed("unclosed Delete"))?.0;
-    let mut keys = Vec::new();
-    for object in body.split("<Object>").skip(1) {
-        let object = object.split_once("</Object>").ok_or_else(|| malformed("unclosed Object"))?.0;
-        let element = |tag: &str| {
-            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-            let value = object.split_once(&open).and_then(|(_, r)| r.split_once(&close)).map(|(v, _)| v);
-            value.map(|v| unescape(v).ok_or_else(|| malformed(&format!("an entity in a {tag}")))).transpose()
-        };
-        let key = element("Key")?.ok_or_else(|| malformed("Key"))?;
-        keys.push(Target { key, etag: element("ETag")?, version: element("VersionId")? });
+    let doc = xml::parse_document(doc, "Delete", "Object")?;
+    let mut keys = Vec::with_capacity(doc.records.len());
+    for mut object in doc.records {
+        let key = object.remove("Key").ok_or_else(|| malformed("an Object without a Key"))?;
+        keys.push(Target { key, etag: object.remove("ETag"), version: object.remove("VersionId") });
     }
     if keys.is_empty() || keys.len() > MAX_KEYS {
         return Err(malformed("1 to 1000 Objects"));
     }
-    Ok((keys, body.contains("<Quiet>true</Quiet>")))
+    let quiet = match doc.top.get("Quiet").map(|q| q.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(malformed(&format!("Quiet is {other:?}, not true or false"))),
+    };
+    Ok((keys, quiet))
 }
 
 impl S3 {
@@ -117,11 +91,37 @@ mod tests {
             "<Delete><Object><Key>k</Key><ETag>&quot;e&quot;</ETag><VersionId>v</VersionId></Object></Delete>";
         let target = Target { key: "k".into(), etag: Some("\"e\"".into()), version: Some("v".into()) };
         assert_eq!(parse(conditional).unwrap(), (vec![target], false));
-        for bad in
-            ["", "<Delete></Delete>", "<Delete><Object><Key>x&bogus;</Key></Object></Delete>", "<Delete><Object>"]
-        {
+        for bad in [
+            "",
+            "<Delete></Delete>",
+            "<Delete><Object><Key>x&bogus;</Key></Object></Delete>",
+            "<Delete><Object>",
+            "<Delete><Object><ETag>e</ETag></Object></Delete>",
+            "<Delete><Object><Key>a</Key><Key>b</Key></Object></Delete>",
+            "<Delete><Object><Key>a</Key></Object><Quiet>yes</Quiet></Delete>",
+            "<Delete><Object><Key>a</Object></Key></Delete>",
+            "<Other><Object><Key>a</Key></Object></Other>",
+        ] {
             assert_eq!(parse(bad).unwrap_err().code, "MalformedXML", "{bad}");
         }
-        assert_eq!(unescape("&#65;&#x42;").as_deref(), Some("AB"));
+    }
+
+    /// What other writers send: Go's SDK escapes a quote as `&#34;`, keys may begin or end
+    /// with spaces (S3 keeps them), and a key may come as CDATA around a comment.
+    #[test]
+    fn keys_keep_their_spaces_and_any_well_formed_spelling_reads_the_same() {
+        let doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- by hand -->\
+                   <s3:Delete xmlns:s3=\"http://s3.amazonaws.com/doc/2006-03-01/\">\n  <s3:Object>\
+                   <s3:Key> spaced key </s3:Key><s3:ETag>&#34;e&#34;</s3:ETag></s3:Object>\
+                   <Object><Key><![CDATA[a<b]]><!-- x -->&#x41;</Key></Object><Quiet> false </Quiet></s3:Delete>";
+        let (keys, quiet) = parse(doc).unwrap();
+        assert!(!quiet);
+        assert_eq!(
+            keys,
+            vec![
+                Target { key: " spaced key ".into(), etag: Some("\"e\"".into()), version: None },
+                Target { key: "a<bA".into(), etag: None, version: None },
+            ]
+        );
     }
 }

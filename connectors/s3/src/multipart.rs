@@ -62,21 +62,13 @@ fn no_such_upload(id: &str) -> S3Error {
 /// The parts a CompleteMultipartUpload document lists, in order.
 fn parse_complete(doc: &str) -> Result<Vec<Listed>, S3Error> {
     let malformed = |why: &str| err(StatusCode::BAD_REQUEST, "MalformedXML", why.to_string());
-    let body = doc.split_once("<CompleteMultipartUpload").ok_or_else(|| malformed("no CompleteMultipartUpload"))?.1;
-    let body = body.split_once("</CompleteMultipartUpload>").ok_or_else(|| malformed("unclosed document"))?.0;
-    let value = |part: &str, tag: &str| -> Option<String> {
-        let open = format!("<{tag}>");
-        let close = format!("</{tag}>");
-        let (_, rest) = part.split_once(&open)?;
-        Some(rest.split_once(&close)?.0.trim().to_string())
-    };
-    let mut parts = Vec::new();
-    for chunk in body.split("<Part>").skip(1) {
-        let chunk = chunk.split_once("</Part>").ok_or_else(|| malformed("unclosed Part"))?.0;
+    let doc = xml::parse_document(doc, "CompleteMultipartUpload", "Part")?;
+    let mut parts = Vec::with_capacity(doc.records.len());
+    for part in doc.records {
         let n =
-            value(chunk, "PartNumber").and_then(|n| n.parse::<u32>().ok()).ok_or_else(|| malformed("PartNumber"))?;
-        let tag = value(chunk, "ETag").ok_or_else(|| malformed("ETag"))?;
-        parts.push((n, tag.replace("&quot;", "\""), upload_checksum::listed(chunk)));
+            part.get("PartNumber").and_then(|n| n.trim().parse::<u32>().ok()).ok_or_else(|| malformed("PartNumber"))?;
+        let tag = part.get("ETag").ok_or_else(|| malformed("ETag"))?.trim().to_string();
+        parts.push((n, tag, upload_checksum::listed(&part)));
     }
     if parts.is_empty() {
         return Err(malformed("no Part"));
@@ -415,6 +407,11 @@ mod tests {
                    <PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber><ETag>\"cd\"</ETag></Part>\
                    </CompleteMultipartUpload>";
         assert_eq!(parse_complete(doc).unwrap(), vec![(1, "\"ab\"".into(), None), (2, "\"cd\"".into(), None)]);
+        // Go's SDK (rclone, MinIO's mc) escapes the ETag's quotes as `&#34;`.
+        let go = "<CompleteMultipartUpload><Part><PartNumber> 3 </PartNumber><ETag>&#34;ef&#34;</ETag>\
+                  <ChecksumCRC32C>AAAAAA==</ChecksumCRC32C></Part></CompleteMultipartUpload>";
+        let listed = Some(("crc32c".to_string(), "AAAAAA==".to_string()));
+        assert_eq!(parse_complete(go).unwrap(), vec![(3, "\"ef\"".into(), listed)]);
         for bad in [
             "",
             "<CompleteMultipartUpload>",

@@ -175,24 +175,13 @@ fn authorization<'a>(credential: &'a str, signed: &'a str, signature: &'a str) -
 /// Seconds since the epoch of an `x-amz-date` (`YYYYMMDDTHHMMSSZ`).
 fn amz_date_seconds(d: &str) -> Option<i64> {
     let b = d.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    if b.len() != 16 || !d.is_ascii() || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| d.get(r)?.parse::<i64>().ok();
-    let (y, m, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, min, s) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + min * 60 + s)
+    // As RFC 3339, which humantime reads (and checks: month, day of that month, time).
+    let rfc3339 = format!("{}-{}-{}T{}:{}:{}Z", &d[0..4], &d[4..6], &d[6..8], &d[9..11], &d[11..13], &d[13..15]);
+    let t = humantime::parse_rfc3339(&rfc3339).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
 /// Checks the request's signature, in its `Authorization` header or (a presigned URL) its
@@ -315,7 +304,15 @@ mod tests {
         assert_eq!(amz_date_seconds("19700101T000000Z"), Some(0));
         assert_eq!(amz_date_seconds("20130524T000000Z"), Some(1_369_353_600));
         assert_eq!(amz_date_seconds("20261203T101112Z"), Some(1_796_292_672));
-        for bad in ["20130524", "2013-05-24T00:00:00Z", "20131324T000000Z", "20130524T250000Z"] {
+        // (A February 30th, and non-ASCII of the right length, too.)
+        for bad in [
+            "20130524",
+            "2013-05-24T00:00:00Z",
+            "20131324T000000Z",
+            "20130524T250000Z",
+            "20130230T000000Z",
+            "2013052\u{e9}T00000Z",
+        ] {
             assert_eq!(amz_date_seconds(bad), None, "{bad}");
         }
     }

@@ -217,12 +217,10 @@ pub(super) fn elements(info: &ObjectInfo) -> String {
 }
 
 /// The checksum a completion's `<Part>` lists (`<ChecksumCRC32C>...`): (algorithm, value).
-pub(super) fn listed(part: &str) -> Option<(String, String)> {
+pub(super) fn listed(part: &std::collections::HashMap<String, String>) -> Option<(String, String)> {
     checksum::NAMES.into_iter().find_map(|algorithm| {
-        let tag = format!("Checksum{}", xml_algorithm(algorithm));
-        let (_, rest) = part.split_once(&format!("<{tag}>"))?;
-        let value = rest.split_once(&format!("</{tag}>"))?.0.trim();
-        Some((algorithm.to_string(), value.to_string()))
+        let value = part.get(&format!("Checksum{}", xml_algorithm(algorithm)))?;
+        Some((algorithm.to_string(), value.trim().to_string()))
     })
 }
 
@@ -274,12 +272,10 @@ mod tests {
 
     #[test]
     fn a_completions_part_lists_its_checksum() {
-        let part = "<PartNumber>1</PartNumber><ETag>\"x\"</ETag><ChecksumCRC32C>AAAAAA==</ChecksumCRC32C>";
-        assert_eq!(listed(part), Some(("crc32c".into(), "AAAAAA==".into())));
-        assert_eq!(
-            listed("<PartNumber>1</PartNumber><ChecksumCRC32>q</ChecksumCRC32>"),
-            Some(("crc32".into(), "q".into()))
-        );
-        assert_eq!(listed("<PartNumber>1</PartNumber>"), None);
+        let part = |fields: &[(&str, &str)]| fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let crc32c = part(&[("PartNumber", "1"), ("ETag", "\"x\""), ("ChecksumCRC32C", "AAAAAA==")]);
+        assert_eq!(listed(&crc32c), Some(("crc32c".into(), "AAAAAA==".into())));
+        assert_eq!(listed(&part(&[("PartNumber", "1"), ("ChecksumCRC32", " q ")])), Some(("crc32".into(), "q".into())));
+        assert_eq!(listed(&part(&[("PartNumber", "1")])), None);
     }
 }
