@@ -24,6 +24,7 @@ pub mod objects;
 pub mod peer;
 mod policy;
 pub mod progress;
+pub mod store;
 mod tasks;
 pub use kvtier_types::wire;
 
@@ -36,4 +37,5 @@ pub use kvtier_types::{Durability, Looked, MissReason, NamespaceStats, Presence,
 pub use manager::{ArenaPin, GetOutcome, Manager, MemberAnswer, PinOutcome, PutOutcome, PutWriter, ResyncReport};
 pub use metrics::Metrics;
 pub use policy::PolicyKind;
+pub use store::{BlockStore, StoreError};
 pub use wire::Outcome;
