@@ -11,6 +11,8 @@ draws the result).
    its file): a test may use any module. KNOWN_CYCLES lists
    the cycles not yet broken; a cycle not listed fails, and a listed one that is gone must be
    removed from the list.
+3. The client links no server: `cargo tree -p kvtier-client` (its features as a user's build
+   resolves them, not the workspace's) names none of CLIENT_NEVER_LINKS.
 """
 
 import json
@@ -43,6 +45,21 @@ KNOWN_CYCLES = {
         ["manager", "objects"],
     ],
 }
+
+
+# What a Rust user of kvtier-client must not link: a server (axum: tonic's `router`), the
+# node's caches and metrics, the node itself and its front ends.
+CLIENT_NEVER_LINKS = {"axum", "moka", "prometheus", "kvtier-blockmgr", "kvtier-s3", "kvtier-lmcache", "kvtier-server"}
+
+
+def check_client_links():
+    tree = subprocess.check_output(
+        ["cargo", "tree", "-p", "kvtier-client", "-e", "normal", "--prefix", "none", "--format", "{p}", "--locked"],
+        cwd=ROOT,
+        text=True,
+    )
+    linked = {line.split()[0] for line in tree.splitlines() if line.strip()}
+    return [f"kvtier-client links {name}" for name in sorted(linked & CLIENT_NEVER_LINKS)]
 
 
 def layer_of(name):
@@ -193,7 +210,7 @@ def main():
     meta = json.loads(
         subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps", "--locked"], cwd=ROOT)
     )
-    errors = check_crates(meta) + check_modules(meta)
+    errors = check_crates(meta) + check_modules(meta) + check_client_links()
     for e in errors:
         print(f"layering: {e}", file=sys.stderr)
     if errors:
