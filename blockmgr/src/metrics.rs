@@ -86,6 +86,9 @@ pub struct Metrics {
     pub s3_requests: IntCounterVec,
     /// Multipart uploads removed with their parts after `s3.stale_uploads_expiry`.
     pub s3_uploads_expired: IntCounter,
+    /// S3 GETs whose body was cut short: a chunk could not be read after the status and
+    /// headers went out (the client sees fewer bytes than Content-Length).
+    pub s3_bodies_cut: IntCounter,
     /// `lm://` requests refused or connections closed, by reason.
     pub lmcache_protocol_errors: IntCounterVec,
     /// Keys in the index.
@@ -293,6 +296,10 @@ impl Metrics {
                 "s3_requests_total",
                 "S3 endpoint requests, by method and code (OK or the S3 error)",
                 &["method", "code"],
+            ),
+            s3_bodies_cut: one_counter(
+                "s3_bodies_cut_total",
+                "S3 GET bodies cut short: a chunk could not be read after the headers were sent",
             ),
             s3_uploads_expired: one_counter(
                 "s3_uploads_expired_total",

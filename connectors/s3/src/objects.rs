@@ -400,7 +400,20 @@ impl S3 {
             Response::new(Body::empty())
         } else {
             let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
-            let stream = self.manager.read_object(&ns, &info, offset, len).map(|c| c.map_err(std::io::Error::other));
+            // The status and headers are gone by the time a chunk fails: the connection is
+            // cut (the client sees a short body), and only the log and metric say why.
+            let (metrics, object, mut at) = (self.manager.metrics().clone(), format!("{bucket}/{key}"), offset);
+            let stream = self.manager.read_object(&ns, &info, offset, len).map(move |chunk| match chunk {
+                Ok(chunk) => {
+                    at += chunk.len() as u64;
+                    Ok(chunk)
+                }
+                Err(e) => {
+                    metrics.s3_bodies_cut.inc();
+                    tracing::warn!(%object, at, error = %e, "S3 GET cut short: a chunk could not be read after the headers went out");
+                    Err(std::io::Error::other(e))
+                }
+            });
             Response::new(Body::from_stream(stream))
         };
         let h = r.headers_mut();
