@@ -6,6 +6,8 @@
 //! node's own tiers only, so a copy is never forwarded twice; it is refused unless the
 //! sender is a member.
 
+#[cfg(test)]
+mod connect_tests;
 mod error;
 mod etcd;
 pub mod placement;
@@ -48,6 +50,9 @@ const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
 pub type Dialer =
     Arc<dyn Fn(&str) -> futures::future::BoxFuture<'static, Result<Client, kvtier_client::ClientError>> + Send + Sync>;
 
+/// One member's connection, and the lock a connect to it holds.
+type PeerSlot = Arc<tokio::sync::Mutex<Option<(String, Client)>>>;
+
 /// The members as this node sees them now.
 #[derive(Debug, Default)]
 pub struct View {
@@ -81,8 +86,10 @@ pub struct Cluster {
     view: RwLock<Arc<View>>,
     /// Bumped at every change of the member list (resync waits on it).
     changed: tokio::sync::watch::Sender<u64>,
-    /// Open connections by member, with the address each was made to.
-    peers: tokio::sync::Mutex<HashMap<String, (String, Client)>>,
+    /// Open connections by member, with the address each was made to. Each member's slot
+    /// has a lock of its own, held while connecting to it: callers of one member share its
+    /// connect, and a member slow to connect (a partition drops its SYNs) holds up no other.
+    peers: Mutex<HashMap<String, PeerSlot>>,
     /// Members whose last connection failed, until when they are skipped.
     down: Mutex<HashMap<String, Instant>>,
     /// TLS to the other members (`[server.tls]` on): the cluster CA, this node's
@@ -129,7 +136,7 @@ impl Cluster {
             local: config.cluster.local_id(),
             view: RwLock::new(Arc::default()),
             changed: tokio::sync::watch::Sender::new(0),
-            peers: tokio::sync::Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             tls: peer_tls(&config.server.tls)?,
             timeout: config.cluster.peer_timeout,
@@ -239,15 +246,23 @@ impl Cluster {
         let Some(addr) = self.view().addrs.get(id).cloned() else {
             return Err(PeerError::NotAMember { member: id.to_string() });
         };
-        if self.down.lock().get(id).is_some_and(|until| Instant::now() < *until) {
+        let down = || {
             let reason = "was unreachable moments ago".to_string();
-            return Err(PeerError::Unreachable { member: id.to_string(), addr, reason });
+            Err(PeerError::Unreachable { member: id.to_string(), addr: addr.clone(), reason })
+        };
+        if self.is_down(id) {
+            return down();
         }
-        let mut peers = self.peers.lock().await;
-        if let Some((at, client)) = peers.get(id)
+        let slot = self.peers.lock().entry(id.to_string()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some((at, client)) = slot.as_ref()
             && *at == addr
         {
             return Ok(client.clone());
+        }
+        // Waited behind a connect that failed: fail as fast as it marked the member.
+        if self.is_down(id) {
+            return down();
         }
         let connecting = match &self.dialer {
             Some(dial) => dial(&addr),
@@ -265,7 +280,7 @@ impl Cluster {
                     addr: addr.clone(),
                     reason: e.to_string(),
                 })?;
-                peers.insert(id.to_string(), (addr, client.clone()));
+                *slot = Some((addr, client.clone()));
                 self.down.lock().remove(id);
                 Ok(client)
             }
@@ -292,7 +307,7 @@ impl Cluster {
                         _ => None,
                     };
                     if status.is_some_and(|s| s.code() == tonic::Code::Unavailable) {
-                        self.forget(id).await;
+                        self.forget(id);
                     }
                     // A request that never left (no connection) did nothing; any other failure
                     // without the peer's word may have landed.
@@ -313,8 +328,13 @@ impl Cluster {
     }
 
     /// Drops the connection to `id`, so the next request reconnects.
-    async fn forget(&self, id: &str) {
-        self.peers.lock().await.remove(id);
+    fn forget(&self, id: &str) {
+        self.peers.lock().remove(id);
+    }
+
+    /// Whether `id` failed to connect moments ago (and is skipped until [`RETRY_DOWN_AFTER`]).
+    fn is_down(&self, id: &str) -> bool {
+        self.down.lock().get(id).is_some_and(|until| Instant::now() < *until)
     }
 
     /// Stores `block` on member `id` with `durability`.
