@@ -108,16 +108,10 @@ mod tests {
     /// the data dir.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_cuts_a_hung_resync_round_short_and_lets_the_data_dir_go() {
-        use crate::{ByteSize, Config, Manager, Metrics};
+        use crate::{Manager, Metrics};
         let dir = tempfile::tempdir().unwrap();
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().into();
-        config.cpu.capacity = ByteSize(8 << 20);
-        config.cpu.region_size = ByteSize(1 << 20);
-        config.ssd.capacity = ByteSize(32 << 20);
-        config.ssd.region_size = ByteSize(2 << 20);
-        config.max_block_size = ByteSize(512 << 10);
+        let mut config = crate::config::small_for_tests(dir.path());
         config.cluster.node_id = "n1".into();
         config.cluster.members = vec!["n1=127.0.0.1:1".into(), format!("n2={}", hung.local_addr().unwrap())];
         config.cluster.peer_timeout = Duration::from_secs(600);

@@ -398,5 +398,20 @@ mod humantime_serde {
     }
 }
 
+/// A small node in `dir` for unit tests: 8 MiB of memory (1 MiB regions), 32 MiB of SSD,
+/// blocks up to 512 KiB, a 4 MiB transfer budget.
+#[cfg(test)]
+pub(crate) fn small_for_tests(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.into();
+    c.max_block_size = ByteSize(512 << 10);
+    c.cpu.capacity = ByteSize(8 << 20);
+    c.cpu.region_size = ByteSize(1 << 20);
+    c.ssd.capacity = ByteSize(32 << 20);
+    c.ssd.region_size = ByteSize((2 << 20) + (64 << 10));
+    c.server.transfer_budget = ByteSize(4 << 20);
+    c
+}
+
 #[cfg(test)]
 mod tests;

@@ -9,21 +9,12 @@ use futures::future::BoxFuture;
 use kvtier_tiers::{BlockMeta, CpuTierBuilder, PutStatus, SsdTierBuilder, TierUsage, conformance::pattern};
 
 use super::*;
-use crate::ByteSize;
 
 const MIB: u64 = 1 << 20;
 
 /// 8 MiB of memory (8 regions of 1 MiB), 32 MiB of SSD, 512 KiB blocks at most.
 fn config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.into();
-    c.max_block_size = ByteSize(512 << 10);
-    c.cpu.capacity = ByteSize(8 * MIB);
-    c.cpu.region_size = ByteSize(MIB);
-    c.ssd.capacity = ByteSize(32 * MIB);
-    c.ssd.region_size = ByteSize(2 * MIB + 64 * 1024);
-    c.server.transfer_budget = ByteSize(4 * MIB);
-    c
+    crate::config::small_for_tests(dir)
 }
 
 fn key(i: u64) -> BlockKey {

@@ -227,21 +227,15 @@ impl BlockStore for Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ByteSize, Config, Metrics};
+    use crate::Metrics;
 
     /// One node (memory and SSD) through the manager itself.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_single_node_passes_the_store_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().into();
-        config.cpu.capacity = ByteSize(16 << 20);
-        config.cpu.region_size = ByteSize(2 << 20);
-        config.ssd.capacity = ByteSize(64 << 20);
-        config.ssd.region_size = ByteSize(4 << 20);
-        config.max_block_size = ByteSize(1 << 20);
+        let config = crate::config::small_for_tests(dir.path());
         let node = Manager::open(&config, Metrics::new()).await.unwrap();
-        conformance::run(&node, "conformance/node", 1 << 20).await;
+        conformance::run(&node, "conformance/node", config.max_block_size.0).await;
         node.shutdown().await;
     }
 }
