@@ -41,9 +41,6 @@ use crate::{
 /// How long a reader waits for a read replica before asking the owner instead.
 const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a member whose connection failed is skipped before it is tried again.
-const RETRY_DOWN_AFTER: Duration = Duration::from_secs(2);
-
 /// How this node reaches a member, from the member's address: a client over TCP (with the
 /// cluster's TLS) unless the node was built with another, as the cluster simulation of
 /// `kvtier-bench sim` builds its nodes over an in-process network.
@@ -96,6 +93,8 @@ pub struct Cluster {
     /// certificate as client identity, and each member's id as the name to verify.
     tls: Option<kvtier_client::ClientTls>,
     timeout: Duration,
+    /// How long a member whose connection failed is skipped before it is tried again.
+    retry_down_after: Duration,
     metrics: Metrics,
     /// Reads other members asked this node for, and the read replicas they made.
     pub(crate) reads: ReadReplicas,
@@ -140,6 +139,7 @@ impl Cluster {
             down: Mutex::new(HashMap::new()),
             tls: peer_tls(&config.server.tls)?,
             timeout: config.cluster.peer_timeout,
+            retry_down_after: config.cluster.retry_down_after,
             metrics,
             reads: ReadReplicas::new(config.cluster.read_replica_after, config.cluster.read_replicas),
             dialer,
@@ -285,7 +285,7 @@ impl Cluster {
                 Ok(client)
             }
             Err(reason) => {
-                self.down.lock().insert(id.to_string(), Instant::now() + RETRY_DOWN_AFTER);
+                self.down.lock().insert(id.to_string(), Instant::now() + self.retry_down_after);
                 Err(PeerError::Unreachable { member: id.to_string(), addr, reason })
             }
         }
@@ -332,7 +332,7 @@ impl Cluster {
         self.peers.lock().remove(id);
     }
 
-    /// Whether `id` failed to connect moments ago (and is skipped until [`RETRY_DOWN_AFTER`]).
+    /// Whether `id` failed to connect moments ago (it is skipped for `retry_down_after`).
     fn is_down(&self, id: &str) -> bool {
         self.down.lock().get(id).is_some_and(|until| Instant::now() < *until)
     }

@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// A peer request that takes longer counts as a failed copy. Default 10s.
     #[serde(with = "super::humantime_serde")]
     pub peer_timeout: Duration,
+    /// A member this node could not connect to is skipped (its copies fail at once, as
+    /// unreachable) for this long before the next connect is tried: a member that is down
+    /// costs one connect timeout per this interval, not one per request. Default 2s.
+    #[serde(with = "super::humantime_serde")]
+    pub retry_down_after: Duration,
     /// Besides at start and when this node comes back into the member list, resync (pull
     /// the blocks this node owns and lacks from every member) this often; "0s": only then.
     /// At the other changes of the member list the blocks that moved are handed to their
@@ -69,6 +74,7 @@ impl Default for ClusterConfig {
             lease_ttl: Duration::from_secs(10),
             advertise: String::new(),
             peer_timeout: Duration::from_secs(10),
+            retry_down_after: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
             read_replica_after: 2,
             read_replicas: 8,
