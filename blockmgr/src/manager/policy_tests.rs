@@ -4,21 +4,13 @@
 use kvtier_tiers::conformance::pattern;
 
 use super::*;
-use crate::ByteSize;
 
 const KIB: u64 = 1 << 10;
 
-/// 8 MiB of memory in 1 MiB regions, blocks of 256 KiB; SSD of 32 MiB unless `ssd` is off.
+/// The small test node (8 MiB of memory, 32 MiB of SSD unless `ssd` is off); blocks of 256 KiB.
 fn config(dir: &std::path::Path, ssd: bool) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.into();
-    c.max_block_size = ByteSize(512 * KIB);
-    c.cpu.capacity = ByteSize(8 << 20);
-    c.cpu.region_size = ByteSize(1 << 20);
+    let mut c = crate::config::small_for_tests(dir);
     c.ssd.enabled = ssd;
-    c.ssd.capacity = ByteSize(32 << 20);
-    c.ssd.region_size = ByteSize((2 << 20) + 64 * KIB);
-    c.server.transfer_budget = ByteSize(4 << 20);
     c
 }
 

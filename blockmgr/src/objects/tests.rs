@@ -2,20 +2,13 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use kvtier_tiers::conformance::pattern;
 
-use crate::{ByteSize, Config, Durability, Manager, Metrics, objects::CommitIf};
+use crate::{Config, Durability, Manager, Metrics, objects::CommitIf};
 
 const NS: &str = "ckpt/run1";
 
 /// 512 KiB chunks (the largest block), memory and SSD, no Blob tier.
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.into();
-    c.max_block_size = ByteSize(512 << 10);
-    c.cpu.capacity = ByteSize(8 << 20);
-    c.cpu.region_size = ByteSize(1 << 20);
-    c.ssd.capacity = ByteSize(32 << 20);
-    c.ssd.region_size = ByteSize((2 << 20) + (64 << 10));
-    c.server.transfer_budget = ByteSize(4 << 20);
+    let mut c = crate::config::small_for_tests(dir);
     c.blob.url = String::new();
     c
 }
