@@ -38,16 +38,11 @@ impl StoreError {
     }
 }
 
+/// Classed by the gRPC code the node answers it with (`wire::code_of`): a caller of the
+/// node in process and one over gRPC see the same class for the same failure.
 impl From<TierError> for StoreError {
     fn from(e: TierError) -> Self {
-        match e {
-            TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => StoreError::Invalid(e.to_string()),
-            TierError::Backpressure { .. }
-            | TierError::Quorum { .. }
-            | TierError::Unreachable { .. }
-            | TierError::Closed { .. } => StoreError::Unavailable(e.to_string()),
-            e => StoreError::Failed(e.to_string()),
-        }
+        of_code(crate::wire::code_of(&e), e.to_string())
     }
 }
 
@@ -228,6 +223,29 @@ impl BlockStore for Client {
 mod tests {
     use super::*;
     use crate::Metrics;
+
+    /// A failure is classed the same in process as over gRPC: retryable when the store is
+    /// busy or short of members, invalid when the request is, failed otherwise.
+    #[test]
+    fn failures_are_classed_by_what_the_caller_should_do() {
+        let busy = TierError::Backpressure { tier: "ssd".into(), waiting: 2, limit: 1, cause: None };
+        let short = TierError::Quorum { key: "k".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
+        let undone = TierError::NotCommitted { what: "a/b".into(), cause: "undone".into() };
+        let closed = TierError::Closed { tier: "cpu".into() };
+        for e in [busy, short, undone, closed] {
+            let message = e.to_string();
+            let classed = StoreError::from(e);
+            assert!(classed.is_retryable(), "{classed:?}");
+            let over_grpc = StoreError::from(ClientError::Status(tonic::Status::unavailable(message)));
+            assert!(over_grpc.is_retryable(), "{over_grpc:?}");
+        }
+        let bad = BlockKey::parse("ns", b"").unwrap_err();
+        assert!(matches!(StoreError::from(bad), StoreError::Invalid(_)));
+        let status = tonic::Status::invalid_argument("key is 0 bytes");
+        assert!(matches!(StoreError::from(ClientError::Status(status)), StoreError::Invalid(_)));
+        let damaged = TierError::config("ssd.capacity", "changed");
+        assert!(matches!(StoreError::from(damaged), StoreError::Failed(_)));
+    }
 
     /// One node (memory and SSD) through the manager itself.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

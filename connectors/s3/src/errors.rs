@@ -18,14 +18,15 @@ pub(super) fn no_such_bucket(b: &str) -> S3Error {
 /// retries (`ServiceUnavailable`, `SlowDown`), a key the store refuses as `InvalidArgument`,
 /// anything else as `InternalError`.
 pub(super) fn internal<E: std::fmt::Display + 'static>(e: E) -> S3Error {
-    use kvtier_tiers::Error as Tier;
+    use tonic::Code;
     let message = e.to_string();
-    let (status, code) = match (&e as &dyn std::any::Any).downcast_ref::<Tier>() {
-        Some(Tier::Unreachable { .. } | Tier::Quorum { .. } | Tier::NotCommitted { .. }) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
-        }
-        Some(Tier::Backpressure { .. } | Tier::NoSpace { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
-        Some(Tier::InvalidKey { .. } | Tier::InvalidSize { .. }) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+    // Classed as the gRPC service classes it (`wire::code_of`): one answer to "retry?" for
+    // every front end.
+    let code = (&e as &dyn std::any::Any).downcast_ref::<kvtier_tiers::Error>().map(kvtier_blockmgr::wire::code_of);
+    let (status, code) = match code {
+        Some(Code::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        Some(Code::ResourceExhausted) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+        Some(Code::InvalidArgument) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };
     err(status, code, message)
