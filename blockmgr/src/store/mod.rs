@@ -56,13 +56,11 @@ impl From<ClientError> for StoreError {
     }
 }
 
-/// The store error a gRPC status code stands for.
+/// The store error a gRPC status code stands for (retryable as the client judges it).
 fn of_code(code: Code, message: String) -> StoreError {
     match code {
         Code::InvalidArgument | Code::OutOfRange => StoreError::Invalid(message),
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted => {
-            StoreError::Unavailable(message)
-        }
+        code if kvtier_client::transient_code(code) => StoreError::Unavailable(message),
         _ => StoreError::Failed(message),
     }
 }

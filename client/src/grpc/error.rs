@@ -59,19 +59,19 @@ impl ClientError {
     /// Whether trying again later may succeed: a transient refusal (no node to hold a
     /// copy, backpressure, a timeout) or an unknown outcome, not a refusal of the request.
     pub fn is_transient(&self) -> bool {
-        use tonic::Code;
         match self {
             ClientError::Address { .. } => false,
             ClientError::Connect { .. } | ClientError::Protocol(_) => true,
-            ClientError::Status(status) => {
-                self.outcome() == Outcome::Unknown
-                    || matches!(
-                        status.code(),
-                        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
-                    )
-            }
+            ClientError::Status(status) => self.outcome() == Outcome::Unknown || transient_code(status.code()),
         }
     }
+}
+
+/// Whether a request refused with `code` may succeed later: no node to hold a copy,
+/// backpressure, a timeout, an abort.
+pub fn transient_code(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(code, Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted)
 }
 
 /// Whether `status` is a lazily connecting channel's failure to connect: the request never

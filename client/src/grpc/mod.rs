@@ -38,7 +38,7 @@ use kvtier_types::{
 };
 
 pub use self::{
-    error::{ClientError, never_sent},
+    error::{ClientError, never_sent, transient_code},
     member::{MemberHint, MemberRead, READ_HEADER, TRIED_HEADER},
     objects::{ObjectInfo, ObjectRange},
 };
