@@ -169,7 +169,7 @@ async fn wait_for_peers(nodes: &[RunningServer], shards: usize) -> Result<()> {
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     for node in nodes {
         for i in 0..shards {
-            while !matches!(node.manager().stat_object(NS, &shard_path(i)).await, Ok(Some(_))) {
+            while !matches!(node.objects().stat_object(NS, &shard_path(i)).await, Ok(Some(_))) {
                 ensure!(Instant::now() < deadline, "{}: shard {i} not found after a restart", node.grpc_addr);
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

@@ -167,7 +167,7 @@ async fn start_node(args: &Args, dir: &std::path::Path, md5_etags: bool) -> Resu
     let mut config = s3_node_config(dir, KEY, ((args.count * args.size) as u64 * 2).max(1 << 30));
     config.s3.md5_etags = md5_etags;
     let node = RunningServer::start(config.clone()).await.context("starting the node")?;
-    kvtier_s3::create_bucket(node.manager(), &config.s3, "bench").await?;
+    kvtier_s3::create_bucket(node.objects(), &config.s3, "bench").await?;
     Ok(node)
 }
 
@@ -206,7 +206,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
         // A fresh node as well, so its PUTs create objects as the baseline's did (not replace them).
         let fresh = start_node(args, &dir.join("node-s3s"), true).await?;
         let prefix = kvtier_blockmgr::config::S3Config::default().namespace_prefix;
-        let (addr, server) = crate::s3s_endpoint::serve(fresh.manager().clone(), &prefix, KEY).await?;
+        let (addr, server) = crate::s3s_endpoint::serve(fresh.objects().clone(), &prefix, KEY).await?;
         let on_s3s = measure(s3_client(&format!("http://{addr}"))?, "kvtier behind s3s", args, &bodies).await;
         server.abort();
         fresh.shutdown().await?;

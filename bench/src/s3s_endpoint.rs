@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use kvtier_blockmgr::{Durability, Manager};
+use kvtier_blockmgr::Durability;
 use kvtier_tiers::Namespace;
 use md5::Digest;
 use s3s::{
@@ -21,7 +21,7 @@ use s3s::{
 /// Where objects of bucket `b` live, as kvtier's endpoint keeps them: namespace
 /// `<prefix>/<b>`, path `o/<key>`, the MD5 ETag in the `etag` attribute.
 struct Objects {
-    manager: Manager,
+    manager: kvtier_blockmgr::Objects,
     prefix: String,
 }
 
@@ -85,7 +85,7 @@ impl<S: futures::Stream + Unpin> futures::Stream for Shareable<S> {
 /// An s3s endpoint over `manager` (buckets under namespace prefix `prefix`), signed with
 /// `key`, served on a free local port until the returned task is aborted.
 pub(crate) async fn serve(
-    manager: Manager,
+    manager: kvtier_blockmgr::Objects,
     prefix: &str,
     key: (&str, &str),
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {

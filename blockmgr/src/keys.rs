@@ -32,11 +32,6 @@ pub(crate) fn is_chunk_key(key: &BlockKey) -> bool {
     k.starts_with(CHUNK) && k.len() == 14
 }
 
-/// Whether `key` is an object's chunk or manifest.
-pub(crate) fn is_object_key(key: &BlockKey) -> bool {
-    is_manifest_key(key) || is_chunk_key(key)
-}
-
 /// What places `key` on nodes: its namespace and bytes, except that every generation of a
 /// path's manifest places alike (so the same nodes always know a path's versions).
 pub(crate) fn placement_key(key: &BlockKey) -> Vec<u8> {

@@ -36,6 +36,7 @@ pub use kvtier_client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, Obj
 pub use kvtier_types::{Durability, Looked, MissReason, NamespaceStats, Presence, Stats, TierStats};
 pub use manager::{ArenaPin, GetOutcome, Manager, MemberAnswer, PinOutcome, PutOutcome, PutWriter, ResyncReport};
 pub use metrics::Metrics;
+pub use objects::Objects;
 pub use policy::PolicyKind;
 pub use store::{BlockStore, StoreError};
 pub use wire::Outcome;

@@ -22,21 +22,132 @@
 //! by a crash mid-commit are removed. A delete is a version too: a delete marker
 //! (objects/deletes.rs), so that no copy of the deleted version can bring it back.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
+use kvtier_tiers::{Block, BlockKey, CpuTier, Error as TierError, Namespace, Tier};
 use parking_lot::RwLock;
 
 pub(crate) use crate::keys::{is_chunk_key, is_manifest_key};
 use crate::{
-    Durability, GetOutcome, Manager,
+    Config, Durability, Error, GetOutcome, Manager, Metrics,
     clock::{now_unix, unix_ms},
     keys::{chunk_id, chunk_key, manifest_key},
+    manager::Tiers,
+    tasks::Tasks,
 };
 
 pub use self::manifest::ObjectInfo;
 pub use kvtier_types::CommitIf;
+
+/// Named objects over one node (and, through it, its cluster). Cloning shares it.
+#[derive(Clone)]
+pub struct Objects {
+    /// The node the objects' blocks live on.
+    node: Manager,
+    catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// An [`Objects`] that does not keep its node alive (for its background tasks).
+pub(crate) struct WeakObjects {
+    node: crate::manager::WeakManager,
+    catalog: Arc<Catalog>,
+}
+
+impl WeakObjects {
+    /// The objects, unless their node was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Objects> {
+        Some(Objects { node: self.node.upgrade()?, catalog: self.catalog.clone() })
+    }
+}
+
+impl Objects {
+    /// Opens a node as `config` sets it, with named objects on it. Must run inside a tokio
+    /// runtime.
+    pub async fn open(config: &Config, metrics: Metrics) -> Result<Objects, Error> {
+        Self::build(Tiers::from_config(config).await?, config, metrics, None).await
+    }
+
+    /// Named objects on a node over a CPU and a slow tier built by the caller, no Blob tier
+    /// (tests).
+    pub async fn with_tiers(
+        cpu: CpuTier,
+        ssd: Option<Arc<dyn Tier>>,
+        config: &Config,
+        metrics: Metrics,
+    ) -> Result<Objects, Error> {
+        Self::build(Tiers::given(cpu, ssd), config, metrics, None).await
+    }
+
+    /// Named objects on a node over a CPU and a slow tier built by the caller, its Blob
+    /// tier from `config`, that reaches the other members through `dialer` instead of TCP
+    /// (the cluster simulation of `kvtier-bench sim` runs many such nodes in one process).
+    pub async fn with_transport(
+        cpu: CpuTier,
+        ssd: Arc<dyn Tier>,
+        config: &Config,
+        metrics: Metrics,
+        dialer: crate::cluster::Dialer,
+    ) -> Result<Objects, Error> {
+        Self::build(Tiers::given_with_blob(cpu, ssd, config)?, config, metrics, Some(dialer)).await
+    }
+
+    async fn build(
+        tiers: Tiers,
+        config: &Config,
+        metrics: Metrics,
+        dialer: Option<crate::cluster::Dialer>,
+    ) -> Result<Objects, Error> {
+        let tasks = Tasks::default();
+        // Objects' files in Blob go with write-back (an SSD and a Blob tier to flush to).
+        let exports = match (tiers.flushes(), config.objects_url()) {
+            (true, Some(url)) => {
+                let retries =
+                    kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
+                let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
+                let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
+                Some(Arc::new(Exports::new(
+                    blobs,
+                    config.blob.export_concurrency,
+                    // How long a commit can still be undone: see Objects::settled.
+                    4 * config.cluster.peer_timeout,
+                    tasks.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let catalog = Arc::new(Catalog::new(config.cluster.delete_marker_ttl, exports));
+        let node = Manager::build(tiers, config, metrics, dialer, tasks, Some(catalog.clone())).await?;
+        Ok(Objects { node, catalog })
+    }
+
+    /// The node under the objects.
+    pub fn node(&self) -> &Manager {
+        &self.node
+    }
+
+    /// These objects on the node as it serves a member's request: acting on this node
+    /// alone ([`Manager::here_only`]).
+    pub fn here_only(&self) -> Objects {
+        Objects { node: self.node.here_only(), catalog: self.catalog.clone() }
+    }
+
+    /// A handle that does not keep the node alive (for background tasks).
+    pub(crate) fn downgrade(&self) -> WeakObjects {
+        WeakObjects { node: self.node.downgrade(), catalog: self.catalog.clone() }
+    }
+
+    /// Where objects' files go in Blob, when they go there.
+    pub(crate) fn exports(&self) -> Option<&Arc<Exports>> {
+        self.catalog.exports.as_ref()
+    }
+}
 
 /// Namespace + path -> the current generation's manifest.
 #[derive(Debug)]
@@ -50,16 +161,20 @@ pub(crate) struct Catalog {
     marker_ttl: std::time::Duration,
     /// Older manifests waiting for the version that replaced them to settle.
     superseded: superseded::Superseded,
+    /// Objects' files in Blob (with write-back to Blob): a write-back object's chunks are
+    /// exported with it, never flushed into segments.
+    exports: Option<Arc<Exports>>,
 }
 
 impl Catalog {
-    pub(crate) fn new(marker_ttl: std::time::Duration) -> Self {
+    pub(crate) fn new(marker_ttl: std::time::Duration, exports: Option<Arc<Exports>>) -> Self {
         Catalog {
             objects: RwLock::default(),
             writing: orphans::Writing::default(),
             locks: crate::flight::KeyLocks::new(256),
             marker_ttl,
             superseded: superseded::Superseded::default(),
+            exports,
         }
     }
 }
@@ -75,7 +190,7 @@ fn check_path(path: &str) -> Result<(), TierError> {
     Ok(())
 }
 
-impl Manager {
+impl Objects {
     /// Commits a new version on this node (the path's primary, or a node alone): the next
     /// generation under the path's lock, its manifest stored (on the path's owners), the
     /// catalog switched to it, the previous version deleted. Nothing is done (`None`) when
@@ -129,7 +244,7 @@ impl Manager {
         // A request that waited past its sender's patience (this node was stopped or cut off)
         // commits nothing: the sender has moved on to the next owner.
         if let Some(deadline) = deadline_unix_ms.filter(|&d| unix_ms(std::time::SystemTime::now()) > d) {
-            self.metrics().late_commits_refused.inc();
+            self.node.metrics().late_commits_refused.inc();
             return Err(TierError::NotCommitted {
                 what: format!("{ns}/{}", info.path),
                 cause: format!("the commit arrived after its deadline ({deadline} ms since the epoch)"),
@@ -138,7 +253,7 @@ impl Manager {
         // Its export waits for the quorum: the file of a commit that fails must never
         // replace the last version's in Blob.
         let hold = self.exports().map(|exports| exports.hold(&key));
-        let (stored, holding) = self.put_reporting(Block::new(key.clone(), manifest), durability).await;
+        let (stored, holding) = self.node.put_reporting(Block::new(key.clone(), manifest), durability).await;
         let failed = match stored {
             Ok(_) => None,
             Err(e) => Some(self.undo_commit(&key, info.generation, slot.clone(), old.clone(), e, &holding).await),
@@ -184,19 +299,19 @@ impl Manager {
     ) -> TierError {
         // Its deletes, then its puts, each at most a peer timeout (all owners at once).
         let after = |timeouts: u32| {
-            let t = self.cluster().map_or(std::time::Duration::ZERO, |c| timeouts * c.peer_timeout());
+            let t = self.node.cluster().map_or(std::time::Duration::ZERO, |c| timeouts * c.peer_timeout());
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(generation) + t
         };
         let too_late = |what: &str| {
             tracing::warn!(manifest = %key, error = %failed,
                 "a failed commit is past the time {what}: it stands, its outcome is unknown");
         };
-        if self.cluster().is_some() && std::time::SystemTime::now() > after(2) {
+        if self.node.cluster().is_some() && std::time::SystemTime::now() > after(2) {
             too_late("it could be undone in");
             return failed;
         }
-        let (_, unanswered) = self.delete_on_these(key, holding, self.cluster().map(|_| after(3))).await;
-        if self.cluster().is_some() && std::time::SystemTime::now() > after(3) {
+        let (_, unanswered) = self.node.delete_on_these(key, holding, self.node.cluster().map(|_| after(3))).await;
+        if self.node.cluster().is_some() && std::time::SystemTime::now() > after(3) {
             too_late("its undo could teach the owners the version before it");
             return failed;
         }
@@ -204,8 +319,10 @@ impl Manager {
             let old_key = manifest_key(&slot.0, &slot.1, old.generation);
             self.catalog.objects.write().entry(slot.clone()).or_insert(old);
             // As this node holds it: a copy still waiting for its export stays write-back.
-            let durability = if self.unflushed(&old_key) { Durability::WriteBack } else { Durability::LocalDisk };
-            if let (Some(cluster), GetOutcome::Hit { block, .. }) = (self.cluster(), self.get_here(&old_key).await) {
+            let durability = if self.node.unflushed(&old_key) { Durability::WriteBack } else { Durability::LocalDisk };
+            if let (Some(cluster), GetOutcome::Hit { block, .. }) =
+                (self.node.cluster(), self.node.get_here(&old_key).await)
+            {
                 let puts = holding.iter().map(|owner| cluster.put_on(owner, &block, durability));
                 for (owner, put) in holding.iter().zip(futures::future::join_all(puts).await) {
                     if let Err(e) = put {
@@ -260,7 +377,7 @@ impl Manager {
         found
     }
 
-    /// [`Manager::list_objects_here`] with delete markers (what members compare).
+    /// [`Objects::list_objects_here`] with delete markers (what members compare).
     pub(crate) fn list_versions_here(
         &self,
         namespace: &Namespace,
@@ -296,7 +413,7 @@ impl Manager {
                 return None;
             }
             let index = info.chunk_at(at);
-            let chunk = match m.get(&info.chunk_key(&ns, index)).await {
+            let chunk = match m.node.get(&info.chunk_key(&ns, index)).await {
                 GetOutcome::Hit { block, .. } => block.data,
                 // No node holds it: the object's file in Blob may.
                 GetOutcome::Miss { .. } if let Some(data) = m.chunk_from_blob(&ns, &info, index).await => data,
@@ -327,12 +444,12 @@ impl Manager {
     /// Deletes a generation's manifest, then its chunks but those `keep` (the version that
     /// replaces it) names too.
     pub(crate) async fn remove_generation_keeping(&self, ns: &Namespace, info: &ObjectInfo, keep: Option<&ObjectInfo>) {
-        self.delete(&manifest_key(ns, &info.path, info.generation)).await;
+        self.node.delete(&manifest_key(ns, &info.path, info.generation)).await;
         for i in 0..info.chunks() {
             if keep.is_some_and(|k| k.names_chunks_of(info.key_id_of(i))) {
                 continue;
             }
-            self.delete(&info.chunk_key(ns, i)).await;
+            self.node.delete(&info.chunk_key(ns, i)).await;
         }
     }
 }
@@ -343,6 +460,7 @@ mod deletes;
 mod export;
 mod exports;
 mod failure;
+mod hooks;
 mod join;
 mod manifest;
 mod orphans;

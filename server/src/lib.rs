@@ -26,7 +26,7 @@ pub use kvtier_blockmgr::peer::PeerService;
 pub use self::{objects::ObjectService, progress::Bars, service::BlockService};
 use kvtier_client::{MAX_FRAME, MAX_MESSAGE};
 
-use kvtier_blockmgr::{Config, Error, Manager, Metrics};
+use kvtier_blockmgr::{Config, Error, Manager, Metrics, Objects};
 
 /// A started server: where it listens, and how to stop it.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub struct RunningServer {
     pub lmcache_addr: Option<SocketAddr>,
     /// The S3 endpoint, if enabled.
     pub s3_addr: Option<SocketAddr>,
-    manager: Manager,
+    objects: Objects,
     config: Config,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), String>>>,
@@ -63,7 +63,7 @@ impl RunningServer {
         // (to hand it blocks) queue on the port until it serves, instead of being refused.
         let tcp = TcpListener::bind(&config.server.listen).await.map_err(bind_err(&config.server.listen))?;
         let grpc_addr = tcp.local_addr().map_err(bind_err(&config.server.listen))?;
-        let manager = Manager::open(&config, Metrics::new().with_progress(std::sync::Arc::new(progress::Bars))).await?;
+        let objects = Objects::open(&config, Metrics::new().with_progress(std::sync::Arc::new(progress::Bars))).await?;
         let unix = if config.server.unix_socket.as_os_str().is_empty() {
             None
         } else {
@@ -105,6 +105,7 @@ impl RunningServer {
         };
         let s3_addr = s3.as_ref().and_then(|l| l.local_addr().ok());
 
+        let manager = objects.node().clone();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let tls = server_tls(&config.server.tls)?;
@@ -119,7 +120,7 @@ impl RunningServer {
                 .http2_adaptive_window(Some(false))
                 .max_frame_size(Some(MAX_FRAME))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_routes(routes(&manager, &config.server)))
+                .add_routes(routes(&objects, &config.server)))
         };
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
         let (signal, router) = (wait_for(stopped.clone()), grpc(tls)?);
@@ -160,7 +161,7 @@ impl RunningServer {
         if let Some(listener) = s3 {
             let serve = kvtier_s3::serve(
                 listener,
-                manager.clone(),
+                objects.clone(),
                 config.s3.clone(),
                 config.server.stream_idle_timeout,
                 wait_for(stopped.clone()),
@@ -198,16 +199,21 @@ impl RunningServer {
             shm_socket,
             lmcache_addr,
             s3_addr,
-            manager,
+            objects,
             config,
             stop,
             tasks,
         })
     }
 
-    /// The manager behind the server.
+    /// The node behind the server.
     pub fn manager(&self) -> &Manager {
-        &self.manager
+        self.objects.node()
+    }
+
+    /// The named objects the server serves.
+    pub fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     /// One JSON line describing where the server listens (printed by `kvtier serve`).
@@ -229,7 +235,8 @@ impl RunningServer {
     /// (if configured), then stops the node's background work and joins it
     /// ([`Manager::shutdown`]), all within `server.shutdown_timeout`.
     pub async fn shutdown(self) -> Result<(), Error> {
-        let RunningServer { manager, config, stop, tasks, unix_socket, shm_socket, .. } = self;
+        let RunningServer { objects, config, stop, tasks, unix_socket, shm_socket, .. } = self;
+        let manager = objects.node();
         let _ = stop.send(true);
         let drain = async {
             for t in tasks {
@@ -325,20 +332,20 @@ async fn next_message<T>(
     }
 }
 
-/// The gRPC services of a node serving `manager`: the block API, named objects and what
-/// members ask each other. The TCP and Unix listeners serve them; so can anything else
-/// that carries gRPC requests (see [`kvtier_client::Transport`]).
-pub fn routes(manager: &Manager, server: &kvtier_blockmgr::config::ServerConfig) -> tonic::service::Routes {
-    let service = BlockStoreServer::new(BlockService::new(manager.clone(), server.clone()))
+/// The gRPC services of a node serving `objects` (and the node under them): the block API,
+/// named objects and what members ask each other. The TCP and Unix listeners serve them;
+/// so can anything else that carries gRPC requests (see [`kvtier_client::Transport`]).
+pub fn routes(objects: &Objects, server: &kvtier_blockmgr::config::ServerConfig) -> tonic::service::Routes {
+    let service = BlockStoreServer::new(BlockService::new(objects.node().clone(), server.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let objects = ObjectsServer::new(ObjectService::new(manager.clone(), server.clone()))
+    let object_service = ObjectsServer::new(ObjectService::new(objects.clone(), server.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let peer = PeerServer::new(PeerService::new(manager.clone(), server.chunk_size.0 as usize))
+    let peer = PeerServer::new(PeerService::new(objects.clone(), server.chunk_size.0 as usize))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tonic::service::Routes::new(service).add_service(objects).add_service(peer)
+    tonic::service::Routes::new(service).add_service(object_service).add_service(peer)
 }
 
 /// The TCP port's TLS settings, read from `[server.tls]` (none when it is off).

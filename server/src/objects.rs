@@ -8,23 +8,23 @@ use kvtier_tiers::Namespace;
 use tonic::{Request, Response, Status, Streaming};
 
 use kvtier_blockmgr::{
-    Manager,
+    Objects,
     config::ServerConfig,
     objects::CommitIf,
     wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
-/// Serves a manager's named objects.
+/// Serves a node's named objects.
 #[derive(Debug, Clone)]
 pub struct ObjectService {
-    manager: Manager,
+    objects: Objects,
     config: ServerConfig,
 }
 
 impl ObjectService {
-    /// Serves `manager`'s objects with the limits of `config`.
-    pub fn new(manager: Manager, config: ServerConfig) -> Self {
-        ObjectService { manager, config }
+    /// Serves `objects` with the limits of `config`.
+    pub fn new(objects: Objects, config: ServerConfig) -> Self {
+        ObjectService { objects, config }
     }
 
     /// The next message of a put, or `None` at its end; silence past the idle timeout is an
@@ -38,7 +38,7 @@ impl ObjectService {
     }
 
     fn count(&self, op: &str) {
-        self.manager.metrics().requests.with_label_values(&[op]).inc();
+        self.objects.node().metrics().requests.with_label_values(&[op]).inc();
     }
 }
 
@@ -59,7 +59,7 @@ impl objects_server::Objects for ObjectService {
         };
         let durability = durability_from_wire(open.durability)?;
         let mut writer =
-            self.manager.write_object(&open.namespace, &open.path, durability).map_err(|e| status_of(&e))?;
+            self.objects.write_object(&open.namespace, &open.path, durability).map_err(|e| status_of(&e))?;
         let received = async {
             // Only `commit` commits: hyper ends the request body cleanly on a client's
             // RST_STREAM CANCEL, so an aborted upload looks, here, like one that ended.
@@ -134,7 +134,7 @@ impl objects_server::Objects for ObjectService {
         let req = request.into_inner();
         let ns = Namespace::new(&req.namespace).map_err(|e| status_of(&e))?;
         let info = self
-            .manager
+            .objects
             .stat_object(&req.namespace, &req.path)
             .await
             .map_err(|e| status_of(&e))?
@@ -150,7 +150,7 @@ impl objects_server::Objects for ObjectService {
         // Chunks are up to 16 MiB (max_block_size): cut into messages of `server.chunk_size`.
         let max = self.config.chunk_size.0 as usize;
         let body =
-            self.manager.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).flat_map(move |chunk| {
+            self.objects.read_object(&ns, &info, req.offset, req.length.unwrap_or(u64::MAX)).flat_map(move |chunk| {
                 let msgs: Vec<_> = match chunk {
                     Ok(data) => pieces(data, max)
                         .map(|data| Ok(v1::GetObjectResponse { msg: Some(GetMsg::Data(data)) }))
@@ -165,7 +165,7 @@ impl objects_server::Objects for ObjectService {
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<v1::ObjectInfo>, Status> {
         self.count("stat_object");
         let r = request.into_inner();
-        match self.manager.stat_object(&r.namespace, &r.path).await.map_err(|e| status_of(&e))? {
+        match self.objects.stat_object(&r.namespace, &r.path).await.map_err(|e| status_of(&e))? {
             Some(info) => Ok(Response::new(v1::ObjectInfo::from(&info))),
             None => Err(not_found(&r.namespace, &r.path)),
         }
@@ -177,7 +177,7 @@ impl objects_server::Objects for ObjectService {
     ) -> Result<Response<v1::ListObjectsResponse>, Status> {
         self.count("list_objects");
         let r = request.into_inner();
-        let found = self.manager.list_objects(&r.namespace, &r.prefix).await.map_err(|e| status_of(&e))?;
+        let found = self.objects.list_objects(&r.namespace, &r.prefix).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(v1::ListObjectsResponse { objects: found.iter().map(v1::ObjectInfo::from).collect() }))
     }
 
@@ -188,7 +188,7 @@ impl objects_server::Objects for ObjectService {
         self.count("delete_object");
         let r = request.into_inner();
         // A delete is a commit (of a delete marker): its failure says whether it may have landed.
-        let deleted = (self.manager.delete_object(&r.namespace, &r.path).await)
+        let deleted = (self.objects.delete_object(&r.namespace, &r.path).await)
             .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kvtier_blockmgr::{
-    ByteSize, Config, Durability, Manager, Metrics,
+    ByteSize, Config, Durability, Metrics, Objects,
     cluster::{Placement, placement_key},
     config::NamespaceConfig,
 };
@@ -77,7 +77,7 @@ pub(crate) async fn run(args: &Args, scratch: &Path, out: &mut Reporter) -> Resu
 struct Node {
     id: String,
     config: Config,
-    manager: Manager,
+    objects: Objects,
 }
 
 /// A cluster of `n` simulated nodes.
@@ -95,7 +95,7 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n);
         for id in &ids {
             let config = node_config(id, &members, dir);
-            nodes.push(Node { id: id.clone(), manager: open(&config, &net).await?, config });
+            nodes.push(Node { id: id.clone(), objects: open(&config, &net).await?, config });
             progress.inc(1);
         }
         progress.finish_and_clear();
@@ -120,7 +120,7 @@ impl Cluster {
         tokio::time::sleep(Duration::from_millis(200)).await; // their background tasks end
         let mut nodes = Vec::with_capacity(configs.len());
         for (id, config) in configs {
-            nodes.push(Node { manager: open(&config, &net).await?, id, config });
+            nodes.push(Node { objects: open(&config, &net).await?, id, config });
         }
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let cluster = Cluster { net, nodes };
@@ -145,8 +145,8 @@ impl Cluster {
     async fn sum(&self, f: impl Fn(&Metrics) -> u64) -> u64 {
         let mut total = 0;
         for n in &self.nodes {
-            n.manager.refresh_gauges().await;
-            total += f(n.manager.metrics());
+            n.objects.node().refresh_gauges().await;
+            total += f(n.objects.node().metrics());
         }
         total
     }
@@ -154,7 +154,7 @@ impl Cluster {
     async fn unflushed(&self) -> u64 {
         let mut total = 0;
         for n in &self.nodes {
-            total += n.manager.stats().await.unflushed_bytes;
+            total += n.objects.node().stats().await.unflushed_bytes;
         }
         total
     }
@@ -174,13 +174,13 @@ fn node_config(id: &str, members: &[String], dir: &Path) -> Config {
 }
 
 /// A node over small memory tiers, reached through `net`.
-async fn open(config: &Config, net: &Arc<SimNet>) -> Result<Manager> {
+async fn open(config: &Config, net: &Arc<SimNet>) -> Result<Objects> {
     std::fs::create_dir_all(&config.data_dir)?;
     let cpu = CpuTierBuilder::new(2 << 20).with_region_size(256 << 10).with_max_block_size(CHUNK).build()?;
     let ssd = Arc::new(MemoryTier::new(64 << 20, CHUNK));
-    let manager = Manager::with_transport(cpu, ssd, config, Metrics::new(), net.dialer()).await?;
-    net.attach(&config.cluster.node_id, routes(&manager, &config.server));
-    Ok(manager)
+    let objects = Objects::with_transport(cpu, ssd, config, Metrics::new(), net.dialer()).await?;
+    net.attach(&config.cluster.node_id, routes(&objects, &config.server));
+    Ok(objects)
 }
 
 async fn run_one(n: usize, args: &Args, dir: &Path, out: &mut Reporter) -> Result<()> {
@@ -233,7 +233,7 @@ async fn writes(cluster: &Cluster, n: usize, args: &Args, out: &mut Reporter) ->
                 for b in 0..args.blocks_per_node {
                     let key = BlockKey::parse(BLOCKS, format!("{i:05}-{b:04}").as_bytes())?;
                     let data = pattern((i * 10_000 + b) as u64, BLOCK);
-                    node.manager.put(Block::new(key.clone(), data), Durability::WriteBack).await?;
+                    node.objects.node().put(Block::new(key.clone(), data), Durability::WriteBack).await?;
                     keys.push((node.id.as_str(), key));
                 }
                 progress.inc(1);
@@ -292,7 +292,7 @@ async fn loss(mut cluster: Cluster, n: usize, written: &[BlockKey], out: &mut Re
     let started = Instant::now();
     let members: Vec<String> = survivors.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
     for node in &mut cluster.nodes {
-        node.manager.cluster().context("a cluster node")?.set_members(survivors.clone());
+        node.objects.node().cluster().context("a cluster node")?.set_members(survivors.clone());
         node.config.cluster.members = members.clone(); // for a restart (the restore's wipe)
     }
     cluster.settle().await;
@@ -325,9 +325,9 @@ async fn loss(mut cluster: Cluster, n: usize, written: &[BlockKey], out: &mut Re
         traffic.bytes() as f64 / (1 << 20) as f64
     );
     // Every written block still reads back, through any node.
-    let reader = &cluster.nodes[0].manager;
+    let reader = &cluster.nodes[0].objects;
     for key in written.iter().step_by((written.len() / 200).max(1)) {
-        ensure!(matches!(reader.get(key).await, kvtier_blockmgr::GetOutcome::Hit { .. }), "{key} lost");
+        ensure!(matches!(reader.node().get(key).await, kvtier_blockmgr::GetOutcome::Hit { .. }), "{key} lost");
     }
     Ok(cluster)
 }
@@ -335,7 +335,7 @@ async fn loss(mut cluster: Cluster, n: usize, written: &[BlockKey], out: &mut Re
 /// Step 4: a checkpoint file written back, every node wiped, then read by every node in waves.
 async fn restore(cluster: Cluster, n: usize, args: &Args, out: &mut Reporter) -> Result<()> {
     let data = pattern(7, args.checkpoint);
-    let writer = &cluster.nodes[0].manager;
+    let writer = &cluster.nodes[0].objects;
     let mut w = writer.write_object(FILES, "step-100/model.safetensors", Durability::WriteBack)?;
     w.write(&data).await?;
     w.commit().await?;
@@ -353,7 +353,7 @@ async fn restore(cluster: Cluster, n: usize, args: &Args, out: &mut Reporter) ->
         let reads = readers.iter().map(|node| {
             let (data, progress) = (&data, progress.clone());
             async move {
-                let m = &node.manager;
+                let m = &node.objects;
                 let info = m.stat_object(FILES, "step-100/model.safetensors").await?.context("the checkpoint")?;
                 let ns = kvtier_tiers::Namespace::new(FILES)?;
                 let got: Vec<Bytes> = m.read_object(&ns, &info, 0, info.size).try_collect().await?;

@@ -33,7 +33,7 @@ impl Manager {
         deadline: Option<std::time::SystemTime>,
     ) -> (bool, Vec<(String, String)>) {
         let here = self.delete_here(key).await;
-        self.forget_manifest(key);
+        self.deleted(key);
         if let Some(cluster) = &self.inner.cluster {
             // In the background: a read replica that does not answer must not fail the delete.
             for holder in cluster.reads.forget(key) {

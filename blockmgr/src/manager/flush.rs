@@ -210,10 +210,10 @@ impl Inner {
     /// 1000-fault run). A manifest is a few hundred bytes; a segment write per batch of them.
     pub(super) fn keep_in_own_segments(&self, key: &BlockKey) -> bool {
         let Some(flusher) = &self.flusher else { return false };
-        if !crate::keys::is_manifest_key(key) || !self.flushable(key) {
+        if self.role(key) != super::Role::Record || !self.flushable(key) {
             return false;
         }
-        if let Some(exports) = &self.exports {
+        if let Some(exports) = self.exports() {
             exports.exported(key); // its file is in Blob: its segment may follow
         }
         flusher.enqueue(key.clone());
@@ -227,9 +227,9 @@ impl Inner {
         if let (true, Some(flusher)) = (durable, &self.flusher)
             && self.flushes(&key)
         {
-            match &self.exports {
-                Some(exports) if crate::keys::is_manifest_key(&key) => exports.enqueue(key),
-                Some(_) if crate::keys::is_chunk_key(&key) => {}
+            match (self.exports(), self.role(&key)) {
+                (Some(exports), super::Role::Record) => exports.enqueue(key),
+                (Some(_), super::Role::Piece) => {}
                 _ => flusher.enqueue(key),
             }
         }

@@ -12,7 +12,7 @@ use kvtier_tiers::{Block, BlockKey, Tier, TierExt, TierKind};
 use crate::tasks::Tasks;
 
 use super::{
-    Inner,
+    Inner, Role,
     flush::{DEMOTE_SCAN, Flusher, RETRY},
 };
 use crate::index::{Entry, TierSet};
@@ -125,12 +125,13 @@ fn wants_flush(inner: &Inner, key: &BlockKey, e: &Entry) -> bool {
     !e.tiers.has(TierKind::Blob)
         && (e.tiers.has(TierKind::Cpu) || e.tiers.has(TierKind::Ssd))
         && inner.flushable(key)
-        && !inner.exports.as_ref().is_some_and(|exports| {
+        && !inner.exports().is_some_and(|exports| match inner.role(key) {
             // An object's chunks reach Blob in its file (objects/export.rs), never in
             // segments; a write-back manifest only once that file is there (a manifest in a
             // segment first would tell its export there is nothing left to do).
-            crate::keys::is_chunk_key(key)
-                || (e.durable && crate::keys::is_manifest_key(key) && !exports.is_exported(key))
+            Role::Piece => true,
+            Role::Record => e.durable && !exports.is_exported(key),
+            Role::Block => false,
         })
 }
 
@@ -259,7 +260,7 @@ impl Inner {
     /// in Blob again (the demotion's point); one deleted, or stored again with other bytes,
     /// must not outlive that in Blob: its copy is deleted there.
     async fn flushed(&self, block: &Block, deleted: bool) {
-        if let Some(exports) = &self.exports {
+        if let Some(exports) = self.exports() {
             exports.forget(&block.key); // a manifest: its export is done with
         }
         let _guard = self.locks.lock(&block.key).await;

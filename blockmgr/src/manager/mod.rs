@@ -20,6 +20,7 @@ mod deletes;
 mod flush;
 mod flush_worker;
 mod handoff;
+mod hooks;
 mod lookup;
 mod movement;
 mod namespaces;
@@ -33,7 +34,6 @@ mod types;
 mod unreachable;
 mod writer;
 
-pub(crate) use self::flush::RETRY;
 use self::writer::{Budgeted, Sink};
 pub use self::{
     arena::{ArenaPin, PinOutcome},
@@ -41,6 +41,12 @@ pub use self::{
     resync::ResyncReport,
     types::{GetOutcome, PutOutcome},
     writer::PutWriter,
+};
+pub(crate) use self::{
+    flush::RETRY,
+    hooks::{ExportQueue, Hooks, Role},
+    open::Tiers,
+    replicas::WeakManager,
 };
 use kvtier_types::{Durability, MissReason, NamespaceStats, Stats, TierStats};
 
@@ -86,9 +92,8 @@ pub(crate) struct Inner {
     blob: Option<Arc<BlobTier>>,
     /// Write-back to Blob; present when there are both an SSD and a Blob tier.
     flusher: Option<Arc<flush::Flusher>>,
-    /// Named objects' files in Blob (with the flusher): a write-back object's chunks are
-    /// exported with it, never flushed into segments.
-    exports: Option<Arc<crate::objects::Exports>>,
+    /// The layer above (named objects): what its keys are, and what it must hear.
+    hooks: Option<Arc<dyn Hooks>>,
     /// Deletes of Blob copies not made yet (Blob down, or not loaded), held on disk.
     blob_deletes: blob_deletes::BlobDeletes,
     config: Config,
@@ -132,8 +137,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
-    /// Named objects: path -> current manifest (see crate::objects).
-    pub(crate) catalog: Arc<crate::objects::Catalog>,
     /// The other nodes, when there are any (see replicas.rs).
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// A handle serving a member's request ([`Manager::here_only`]): it acts on this node
@@ -239,8 +242,8 @@ impl Manager {
             let (route, key) = (writer.route.take(), writer.key.clone());
             let result = me.inner.finish(writer).await;
             me.inner.count_put(&key.namespace, &result);
-            if result.is_ok() && crate::keys::is_manifest_key(&key) {
-                me.learn_manifest(&key).await;
+            if result.is_ok() {
+                me.stored(&key).await;
             }
             let Some(route) = route else { return result };
             let block = if result.is_ok() { me.copy_for_peers(&key).await } else { None };
@@ -337,7 +340,7 @@ impl Manager {
             inner.delete_from_blob(&key).await;
             if let Some(flusher) = &inner.flusher {
                 flusher.deleted(&key, entry.unflushed());
-                if let Some(exports) = &inner.exports {
+                if let Some(exports) = inner.exports() {
                     exports.forget(&key);
                 }
             }
@@ -355,7 +358,7 @@ impl Manager {
         let oldest = inner.index.unflushed_summary().oldest?.elapsed();
         let bound = inner.config.blob.degraded_after;
         (oldest > bound).then(|| {
-            let exports = inner.exports.as_ref().map_or((0, Default::default()), |e| e.backlog());
+            let exports = inner.exports().map_or((0, Default::default()), |e| e.backlog());
             format!(
                 "the oldest write-back byte has waited {:.0}s for Blob (blob.degraded_after {}s); {} bytes \
                  unflushed, {} exports queued (the oldest {:.0}s)",
@@ -394,7 +397,7 @@ impl Manager {
             inner.metrics.flush_queue.set(queued as i64);
             inner.metrics.flush_lag.set(lag.as_secs_f64());
         }
-        if let Some(exports) = &inner.exports {
+        if let Some(exports) = inner.exports() {
             let (queued, oldest) = exports.backlog();
             inner.metrics.exports_queued.set(queued as i64);
             inner.metrics.export_oldest.set(oldest.as_secs_f64());

@@ -9,18 +9,27 @@ use std::{
 use kvtier_tiers::{BlobTier, BlobTierBuilder, CpuTier, CpuTierBuilder, SsdTierBuilder, Tier};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Background, Inner, LOCK_STRIPES, Limits, Manager, blob, flush, flush_worker, movement, unreachable};
+use super::{
+    Background, Hooks, Inner, LOCK_STRIPES, Limits, Manager, Role, blob, flush, flush_worker, movement, unreachable,
+};
 use crate::{
     Config, Error, Metrics,
     flight::{KeyLocks, SingleFlight},
     index::Index,
     policy::{NodePolicy, PolicyKind},
+    tasks::Tasks,
 };
 
-impl Manager {
-    /// Builds the tiers from `config`, recovers the SSD tier's blocks into the index and
-    /// starts the demotion worker. Must run inside a tokio runtime.
-    pub async fn open(config: &Config, metrics: Metrics) -> Result<Self, Error> {
+/// The tiers a node is built over.
+pub(crate) struct Tiers {
+    cpu: CpuTier,
+    ssd: Option<Arc<dyn Tier>>,
+    blob: Option<Arc<BlobTier>>,
+}
+
+impl Tiers {
+    /// Every tier as `config` sets it.
+    pub(crate) async fn from_config(config: &Config) -> Result<Tiers, Error> {
         config.validate()?;
         let cpu = CpuTierBuilder::new(config.cpu.capacity.0)
             .with_region_size(config.cpu.region_size.0)
@@ -40,7 +49,32 @@ impl Manager {
         } else {
             None
         };
-        Self::assemble(cpu, ssd, blob_tier(config)?, config, metrics, None).await
+        Ok(Tiers { cpu, ssd, blob: blob_tier(config)? })
+    }
+
+    /// The caller's CPU and slow tiers, no Blob tier.
+    pub(crate) fn given(cpu: CpuTier, ssd: Option<Arc<dyn Tier>>) -> Tiers {
+        Tiers { cpu, ssd, blob: None }
+    }
+
+    /// The caller's CPU and slow tiers, the Blob tier `config` names.
+    pub(crate) fn given_with_blob(cpu: CpuTier, ssd: Arc<dyn Tier>, config: &Config) -> Result<Tiers, Error> {
+        Ok(Tiers { cpu, ssd: Some(ssd), blob: blob_tier(config)? })
+    }
+
+    /// Whether write-back blocks flush to Blob (there are an SSD and a Blob tier).
+    pub(crate) fn flushes(&self) -> bool {
+        self.ssd.is_some() && self.blob.is_some()
+    }
+}
+
+impl Manager {
+    /// Builds the tiers from `config`, recovers the SSD tier's blocks into the index and
+    /// starts the background work. Every key is a plain block: named objects are opened
+    /// with [`crate::Objects::open`], which builds its node. Must run inside a tokio runtime.
+    pub async fn open(config: &Config, metrics: Metrics) -> Result<Self, Error> {
+        let tiers = Tiers::from_config(config).await?;
+        Self::build(tiers, config, metrics, None, Tasks::default(), None).await
     }
 
     /// Assembles a manager over tiers built by the caller (tests use a [`kvtier_tiers::MemoryTier`]
@@ -51,38 +85,28 @@ impl Manager {
         config: &Config,
         metrics: Metrics,
     ) -> Result<Self, Error> {
-        Self::assemble(cpu, ssd, None, config, metrics, None).await
+        Self::build(Tiers::given(cpu, ssd), config, metrics, None, Tasks::default(), None).await
     }
 
-    /// Assembles a manager over a CPU and a slow tier built by the caller, its Blob tier
-    /// from `config`, that reaches the other members through `dialer` instead of TCP (the
-    /// cluster simulation of `kvtier-bench sim` runs many such nodes in one process).
-    pub async fn with_transport(
-        cpu: CpuTier,
-        ssd: Arc<dyn Tier>,
-        config: &Config,
-        metrics: Metrics,
-        dialer: crate::cluster::Dialer,
-    ) -> Result<Self, Error> {
-        Self::assemble(cpu, Some(ssd), blob_tier(config)?, config, metrics, Some(dialer)).await
-    }
-
-    async fn assemble(
-        cpu: CpuTier,
-        ssd: Option<Arc<dyn Tier>>,
-        blob: Option<Arc<BlobTier>>,
+    /// Builds a node over `tiers`, its members reached through `dialer` instead of TCP when
+    /// given (the cluster simulation of `kvtier-bench sim` runs many nodes in one process),
+    /// its background work on `tasks`, the layer above told what it asks through `hooks`.
+    pub(crate) async fn build(
+        tiers: Tiers,
         config: &Config,
         metrics: Metrics,
         dialer: Option<crate::cluster::Dialer>,
+        tasks: Tasks,
+        hooks: Option<Arc<dyn Hooks>>,
     ) -> Result<Self, Error> {
+        let Tiers { cpu, ssd, blob } = tiers;
         let cluster = crate::cluster::Cluster::from_config(config, metrics.clone(), dialer)?;
         let (demote_tx, demote_rx) = mpsc::unbounded_channel();
         let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
         let background = Arc::new(Background::default());
-        let tasks = crate::tasks::Tasks::default();
         let listener_tx = demote_tx.clone();
         let (queue, listener_bg) = (metrics.demotion_queue.clone(), background.clone());
-        let namespaces = config.clone();
+        let (namespaces, roles) = (config.clone(), hooks.clone());
         let policy = NodePolicy::new(
             cpu.capacity(),
             move |key, read| {
@@ -91,7 +115,7 @@ impl Manager {
                 // The receiver lives as long as the manager; a send after shutdown is moot.
                 let _ = listener_tx.send((key, read));
             },
-            move |key| policy_of(&namespaces, key),
+            move |key| policy_of(&namespaces, roles.as_deref(), key),
         );
         let cpu_capacity = cpu.capacity();
         let flusher = match (&ssd, &blob) {
@@ -101,28 +125,12 @@ impl Manager {
             }
             _ => None,
         };
-        let exports = match (&flusher, config.objects_url()) {
-            (Some(_), Some(url)) => {
-                let retries =
-                    kvtier_tiers::Retries { max_retries: config.blob.retries, timeout: config.blob.retry_timeout };
-                let options: Vec<(String, String)> = config.blob.options.clone().into_iter().collect();
-                let blobs = kvtier_tiers::ObjectBlobs::open(&url, &options, retries)?;
-                Some(Arc::new(crate::objects::Exports::new(
-                    blobs,
-                    config.blob.export_concurrency,
-                    // How long a commit can still be undone: see Manager::settled.
-                    4 * config.cluster.peer_timeout,
-                    tasks.clone(),
-                )))
-            }
-            _ => None,
-        };
         let inner = Arc::new(Inner {
             cpu: Arc::new(cpu),
             ssd,
             blob,
             flusher: flusher.clone(),
-            exports,
+            hooks,
             blob_deletes: super::blob_deletes::BlobDeletes::open(
                 config.in_data_dir(std::path::Path::new("blob-deletes")),
             ),
@@ -181,22 +189,9 @@ impl Manager {
         if let Some(cluster) = &cluster {
             cluster.join_etcd(config, &inner.tasks).await?;
         }
-        let manager = Manager {
-            inner,
-            catalog: Arc::new(crate::objects::Catalog::new(config.cluster.delete_marker_ttl)),
-            cluster,
-            here_only: false,
-        };
-        manager.rebuild_catalog().await;
-        if let Some(loaded) = blob_loaded_late {
-            manager.spawn_learn_when_blob_loads(loaded);
-        }
-        manager.spawn_exporter();
-        manager.spawn_version_upkeep();
-        if manager.cluster.is_none() {
-            // Exported objects' chunks read as write-back again after a restart (the SSD
-            // keeps the mark); a cluster does this after each resync, asking the members.
-            manager.release_what_blob_has().await;
+        let manager = Manager { inner, cluster, here_only: false };
+        if let Some(hooks) = &manager.inner.hooks {
+            hooks.clone().started(&manager, blob_loaded_late).await;
         }
         manager.spawn_resync(config.cluster.resync_interval, config.cluster.orphan_after);
         Ok(manager)
@@ -215,11 +210,9 @@ fn blob_tier(config: &Config) -> Result<Option<Arc<BlobTier>>, Error> {
     Ok(Some(Arc::new(tier)))
 }
 
-/// The memory policy of `key`: its namespace's, else `kv` for blocks and `checkpoint` for
-/// named objects' chunks and manifests.
-fn policy_of(config: &Config, key: &kvtier_tiers::BlockKey) -> PolicyKind {
-    config.namespace(key.namespace.as_str()).policy.unwrap_or(match crate::keys::is_object_key(key) {
-        true => PolicyKind::Checkpoint,
-        false => PolicyKind::Kv,
-    })
+/// The memory policy of `key`: its namespace's, else its role's (`kv` for blocks,
+/// `checkpoint` for named objects' chunks and manifests).
+fn policy_of(config: &Config, hooks: Option<&dyn Hooks>, key: &kvtier_tiers::BlockKey) -> PolicyKind {
+    let role = hooks.map_or(Role::Block, |hooks| hooks.role(key));
+    config.namespace(key.namespace.as_str()).policy.unwrap_or_else(|| role.policy())
 }

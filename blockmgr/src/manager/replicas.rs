@@ -29,7 +29,7 @@ impl Inner {
     /// 1 for blocks and 2 for named objects unless set.
     pub(super) fn replication(&self, key: &BlockKey) -> (usize, usize) {
         let ns = self.config.namespace(key.namespace.as_str());
-        let replicas = ns.replicas.unwrap_or(if crate::keys::is_object_key(key) { 2 } else { 1 });
+        let replicas = ns.replicas.unwrap_or_else(|| self.role(key).replicas());
         (replicas, ns.write_quorum.unwrap_or(replicas).min(replicas))
     }
 
@@ -126,7 +126,7 @@ impl Manager {
     /// Whether this node flushes `key` itself (alone, or as its primary) and is not an
     /// object's chunk (which its object's export flushes): what it must not wait to be told.
     pub(crate) fn flushes_here(&self, key: &BlockKey) -> bool {
-        self.inner.flushes(key) && !(self.inner.exports.is_some() && crate::keys::is_chunk_key(key))
+        self.inner.flushes(key) && !(self.inner.exports().is_some() && self.inner.role(key) == super::Role::Piece)
     }
 
     /// Whether this node's index holds `key` (in any tier).
@@ -208,25 +208,15 @@ impl Manager {
         self.inner.check_durability(key, durability).is_ok()
     }
 
-    pub(crate) fn exports(&self) -> Option<&Arc<crate::objects::Exports>> {
-        self.inner.exports.as_ref()
-    }
-
     /// A handle that does not keep the manager alive (for its background tasks).
     pub(crate) fn downgrade(&self) -> WeakManager {
-        WeakManager {
-            inner: Arc::downgrade(&self.inner),
-            catalog: Arc::downgrade(&self.catalog),
-            cluster: self.cluster.clone(),
-            here_only: self.here_only,
-        }
+        WeakManager { inner: Arc::downgrade(&self.inner), cluster: self.cluster.clone(), here_only: self.here_only }
     }
 }
 
 /// A [`Manager`] held weakly.
 pub(crate) struct WeakManager {
     inner: std::sync::Weak<Inner>,
-    catalog: std::sync::Weak<crate::objects::Catalog>,
     cluster: Option<Arc<Cluster>>,
     here_only: bool,
 }
@@ -234,12 +224,7 @@ pub(crate) struct WeakManager {
 impl WeakManager {
     /// The manager, unless it was dropped.
     pub(crate) fn upgrade(&self) -> Option<Manager> {
-        Some(Manager {
-            inner: self.inner.upgrade()?,
-            catalog: self.catalog.upgrade()?,
-            cluster: self.cluster.clone(),
-            here_only: self.here_only,
-        })
+        Some(Manager { inner: self.inner.upgrade()?, cluster: self.cluster.clone(), here_only: self.here_only })
     }
 }
 
@@ -272,8 +257,8 @@ impl Manager {
     ) -> (Result<PutOutcome, TierError>, Vec<String>) {
         let (local, route) = self.route(&block.key, durability);
         let here = self.put_here(block.clone(), local).await;
-        if here.is_ok() && crate::keys::is_manifest_key(&block.key) {
-            self.learn_manifest(&block.key).await;
+        if here.is_ok() {
+            self.stored(&block.key).await;
         }
         match route {
             None => (here, Vec::new()),

@@ -125,7 +125,7 @@ impl Manager {
     /// evicted from disk no other route told the new owners of the delete.
     pub(crate) fn held_for(&self, node: &str) -> Vec<BlockKey> {
         let (me, ownership) = (self.local_id(), self.ownership());
-        let markers = self.marker_keys();
+        let markers = self.inner.hooks.as_ref().map(|hooks| hooks.kept_in_blob()).unwrap_or_default();
         let held = ownership.keys.iter().filter(|(key, _, _, owners)| {
             owners.iter().any(|o| o == node)
                 && !owners.contains(&me)
@@ -258,9 +258,7 @@ impl Manager {
         self.put_here(block, self.inner.owner_copy(unflushed))
             .await
             .map_err(|e| format!("{key}: keeping the copy pulled from {peer}: {e}"))?;
-        if crate::keys::is_manifest_key(key) {
-            self.learn_manifest(key).await;
-        }
+        self.stored(key).await;
         Ok(Some(len))
     }
 
@@ -305,8 +303,9 @@ impl Manager {
                     if full || rejoined {
                         me.resync().await;
                     }
-                    me.release_what_blob_has().await;
-                    me.sweep_orphan_chunks(orphan_after).await;
+                    if let Some(hooks) = &me.inner.hooks {
+                        hooks.clone().resynced(&me, orphan_after).await;
+                    }
                     retry
                 };
                 let Some(retry) = tasks.unless_stopped(round).await else { return };

@@ -4,11 +4,12 @@ use std::collections::{HashMap, HashSet};
 
 use kvtier_tiers::{BlockKey, Namespace};
 
-use super::{ObjectInfo, chunk_id};
+use super::Objects;
+use super::{ObjectInfo, chunk_id, is_manifest_key, manifest_key};
+use crate::GetOutcome;
 use crate::keys::{CHUNK, MANIFEST};
-use crate::{GetOutcome, Manager};
 
-impl Manager {
+impl Objects {
     /// Once Blob, unreachable at start, is loaded: learns the manifests only Blob holds (this
     /// node's own segments), which the catalog rebuilt at start could not see. Without it a
     /// version kept only there (a delete marker above all, its SSD copy evicted) was missing
@@ -16,14 +17,18 @@ impl Manager {
     /// meanwhile, took its place and was flushed anew: a deleted file came back in the
     /// 1000-fault run. It holds the manager weakly.
     pub(crate) fn spawn_learn_when_blob_loads(&self, loaded: tokio::sync::oneshot::Receiver<()>) {
-        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
-        self.tasks().spawn(async move {
+        let (weak, tasks) = (self.downgrade(), self.node.tasks().clone());
+        self.node.tasks().spawn(async move {
             if !matches!(tasks.unless_stopped(loaded).await, Some(Ok(()))) {
                 return;
             }
             let Some(manager) = weak.upgrade() else { return };
-            let keys: Vec<_> =
-                manager.keys_with_prefix(MANIFEST).into_iter().filter(|k| manager.only_in_own_blob(k)).collect();
+            let keys: Vec<_> = manager
+                .node
+                .keys_with_prefix(MANIFEST)
+                .into_iter()
+                .filter(|k| manager.node.only_in_own_blob(k))
+                .collect();
             tracing::info!(
                 manifests = keys.len(),
                 "objects: learning the manifests only Blob holds (loaded after the start)"
@@ -41,18 +46,18 @@ impl Manager {
         if keys.is_empty() {
             return;
         }
-        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
-        self.tasks().spawn(async move {
+        let (weak, tasks) = (self.downgrade(), self.node.tasks().clone());
+        self.node.tasks().spawn(async move {
             let mut backoff =
                 crate::backoff::Backoff::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
             loop {
                 let Some(manager) = weak.upgrade() else { return };
                 let mut unread = Vec::new();
                 for key in keys {
-                    match manager.get_here(&key).await {
+                    match manager.node.get_here(&key).await {
                         GetOutcome::Hit { .. } => manager.learn_manifest(&key).await,
                         // Gone meanwhile (deleted, dropped as damaged): nothing to learn.
-                        _ if !manager.holds(&key) => {}
+                        _ if !manager.node.holds(&key) => {}
                         _ => unread.push(key),
                     }
                 }
@@ -80,8 +85,8 @@ impl Manager {
         let mut newest: HashMap<(Namespace, String), ObjectInfo> = HashMap::new();
         let mut stale = Vec::new();
         let mut unread = Vec::new();
-        for key in self.keys_with_prefix(MANIFEST) {
-            let GetOutcome::Hit { block, .. } = self.get_here(&key).await else {
+        for key in self.node.keys_with_prefix(MANIFEST) {
+            let GetOutcome::Hit { block, .. } = self.node.get_here(&key).await else {
                 unread.push(key);
                 continue;
             };
@@ -107,10 +112,10 @@ impl Manager {
             tracing::info!(objects = newest.len(), "objects: catalog rebuilt");
         }
         *self.catalog.objects.write() = newest.clone();
-        let unread: Vec<BlockKey> = unread.into_iter().filter(|k| self.holds(k)).collect();
+        let unread: Vec<BlockKey> = unread.into_iter().filter(|k| self.node.holds(k)).collect();
         let some_unread = !unread.is_empty();
         self.spawn_learn_unread(unread);
-        if self.cluster().is_some() || some_unread {
+        if self.node.cluster().is_some() || some_unread {
             // Chunks and manifests live on different owners: a chunk without a manifest
             // here is normal. Orphans are left to a cluster-wide sweep. (Nor is a chunk an
             // orphan while a manifest that may name it could not be read.)
@@ -121,15 +126,41 @@ impl Manager {
             .flat_map(|((ns, _), info)| info.chunk_ids().into_iter().map(move |id| (ns.clone(), id)))
             .collect();
         let mut orphans = 0usize;
-        for key in self.keys_with_prefix(CHUNK) {
+        for key in self.node.keys_with_prefix(CHUNK) {
             let Some(id) = chunk_id(&key) else { continue };
             if !live.contains(&(key.namespace.clone(), id)) {
-                self.delete(&key).await;
+                self.node.delete(&key).await;
                 orphans += 1;
             }
         }
         if orphans > 0 {
             tracing::info!(chunks = orphans, "objects: removed chunks of uploads that never committed");
         }
+    }
+}
+
+impl super::Catalog {
+    /// The manifest keys of the delete markers in the catalog.
+    pub(crate) fn marker_keys(&self) -> std::collections::HashSet<kvtier_tiers::BlockKey> {
+        let objects = self.objects.read();
+        objects.iter().filter(|(_, i)| i.deleted).map(|((ns, _), i)| manifest_key(ns, &i.path, i.generation)).collect()
+    }
+
+    /// A manifest just deleted on this node: the catalog drops the version it names. (An
+    /// undone commit's primary teaches the owners the version before it again.)
+    pub(crate) fn forget_manifest(&self, key: &BlockKey) {
+        if !is_manifest_key(key) {
+            return;
+        }
+        self.objects.write().retain(|(ns, path), info| {
+            let forgotten = *ns == key.namespace && manifest_key(ns, path, info.generation) == *key;
+            // A delete marker leaving a catalog is how a deleted file can come back: said
+            // every time (the fault runs' evidence when one does).
+            if forgotten && info.deleted {
+                tracing::info!(%ns, %path, generation = info.generation,
+                    "objects: a delete marker left the catalog (its manifest was deleted here)");
+            }
+            !forgotten
+        });
     }
 }

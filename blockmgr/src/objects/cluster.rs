@@ -7,8 +7,9 @@
 
 use kvtier_tiers::{BlockKey, Error as TierError, Namespace};
 
+use super::Objects;
 use super::{CommitIf, ObjectInfo, check_path, is_manifest_key, manifest_key};
-use crate::{Durability, GetOutcome, Manager, cluster::Plan, wire::Outcome};
+use crate::{Durability, GetOutcome, cluster::Plan, wire::Outcome};
 
 /// Where a path's metadata is decided: here, or on which members in order.
 enum Owners {
@@ -18,7 +19,7 @@ enum Owners {
     These(Plan),
 }
 
-/// What [`Manager::on_path_primary`] does to a path.
+/// What [`Objects::on_path_primary`] does to a path.
 #[derive(Debug, Clone, Copy)]
 enum Removal {
     /// Delete the object, chunks and all, if its live version meets the condition.
@@ -37,9 +38,9 @@ fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
     })
 }
 
-impl Manager {
+impl Objects {
     fn path_owners(&self, ns: &Namespace, path: &str) -> Owners {
-        match self.plan(&manifest_key(ns, path, 0)) {
+        match self.node.plan(&manifest_key(ns, path, 0)) {
             Some((_, plan)) => Owners::These(plan),
             None => Owners::Here,
         }
@@ -48,7 +49,9 @@ impl Manager {
     /// The path's owners, and what each of the others says its current manifest is (the
     /// JSON, or `None` for no such object); `None` for a node alone.
     async fn ask_other_owners(&self, ns: &Namespace, path: &str) -> Option<(Plan, Vec<OwnerAnswer>)> {
-        let (Owners::These(plan), Some(cluster)) = (self.path_owners(ns, path), self.cluster()) else { return None };
+        let (Owners::These(plan), Some(cluster)) = (self.path_owners(ns, path), self.node.cluster()) else {
+            return None;
+        };
         let others = plan.owners.iter().filter(|id| *id != cluster.local_id());
         let answers = futures::future::join_all(
             others.map(|id| async move { (id.clone(), cluster.stat_object_on(id, ns.as_str(), path).await) }),
@@ -90,7 +93,7 @@ impl Manager {
 
     /// Whether this node holds `path`'s manifests (always, alone).
     pub(crate) fn owns_path(&self, ns: &Namespace, path: &str) -> bool {
-        match (self.path_owners(ns, path), self.cluster()) {
+        match (self.path_owners(ns, path), self.node.cluster()) {
             (Owners::Here, _) | (_, None) => true,
             (Owners::These(plan), Some(c)) => plan.owns(c.local_id()),
         }
@@ -106,7 +109,7 @@ impl Manager {
         durability: Durability,
         condition: CommitIf,
     ) -> Result<Option<ObjectInfo>, TierError> {
-        let (plan, cluster) = match (self.path_owners(ns, &info.path), self.cluster()) {
+        let (plan, cluster) = match (self.path_owners(ns, &info.path), self.node.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
             _ => return self.commit_here(ns, info, durability, condition, None).await,
         };
@@ -149,7 +152,8 @@ impl Manager {
     /// may not have resynced the latest commit yet).
     pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
-        let (Some((plan, answers)), Some(cluster)) = (self.ask_other_owners(&ns, path).await, self.cluster()) else {
+        let (Some((plan, answers)), Some(cluster)) = (self.ask_other_owners(&ns, path).await, self.node.cluster())
+        else {
             return Ok(self.stat_object_here(&ns, path));
         };
         let mut failures = Vec::new();
@@ -183,7 +187,7 @@ impl Manager {
     /// cluster, every member's owned paths (the newest generation wins where two disagree).
     pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
         let ns = Namespace::new(namespace)?;
-        let Some(cluster) = self.cluster() else { return Ok(self.list_objects_here(&ns, prefix, |_| true)) };
+        let Some(cluster) = self.node.cluster() else { return Ok(self.list_objects_here(&ns, prefix, |_| true)) };
         let mut found: std::collections::BTreeMap<String, ObjectInfo> = std::collections::BTreeMap::new();
         let mut keep = |info: ObjectInfo| {
             if found.get(&info.path).is_none_or(|have| have.generation < info.generation) {
@@ -236,7 +240,7 @@ impl Manager {
             Removal::Delete(condition) => self.delete_object_here(ns, path, None, condition).await,
             Removal::Forget(generation) => Ok(self.forget_object_here(ns, path, generation).await),
         };
-        let (plan, cluster) = match (self.path_owners(ns, path), self.cluster()) {
+        let (plan, cluster) = match (self.path_owners(ns, path), self.node.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
             _ => return here().await,
         };
@@ -271,12 +275,12 @@ impl Manager {
         if !is_manifest_key(key) {
             return;
         }
-        let GetOutcome::Hit { block, .. } = self.get_here(key).await else { return };
+        let GetOutcome::Hit { block, .. } = self.node.get_here(key).await else { return };
         let Ok(info) = serde_json::from_slice::<ObjectInfo>(&block.data) else { return };
         let ns = key.namespace.clone();
         if self.marker_expired(&ns, &info) {
             tracing::info!(manifest = %key, "objects: dropping a delete marker past its time");
-            self.delete_here(key).await;
+            self.node.delete_here(key).await;
             return;
         }
         let slot = (ns.clone(), info.path.clone());
@@ -294,28 +298,10 @@ impl Manager {
             }
         };
         if older.is_none_or(|(generation, _)| generation != info.generation) {
-            self.keep_owned_manifest(key); // the version this node knows as the newest
+            self.node.keep_owned_manifest(key); // the version this node knows as the newest
         }
         if let Some((generation, newer_settled)) = older {
             self.superseded(&ns, &info.path, generation, newer_settled).await;
         }
-    }
-
-    /// A manifest just deleted on this node: the catalog drops the version it names. (An
-    /// undone commit's primary teaches the owners the version before it again.)
-    pub(crate) fn forget_manifest(&self, key: &BlockKey) {
-        if !is_manifest_key(key) {
-            return;
-        }
-        self.catalog.objects.write().retain(|(ns, path), info| {
-            let forgotten = *ns == key.namespace && manifest_key(ns, path, info.generation) == *key;
-            // A delete marker leaving a catalog is how a deleted file can come back: said
-            // every time (the fault runs' evidence when one does).
-            if forgotten && info.deleted {
-                tracing::info!(%ns, %path, generation = info.generation,
-                    "objects: a delete marker left the catalog (its manifest was deleted here)");
-            }
-            !forgotten
-        });
     }
 }

@@ -23,8 +23,9 @@ use std::time::{Duration, SystemTime};
 
 use kvtier_tiers::{Error as TierError, Namespace};
 
+use super::Objects;
 use super::{CommitIf, ObjectInfo, manifest_key, now_unix, unix_ms};
-use crate::{Durability, Manager};
+use crate::Durability;
 
 /// How often a node looks for delete markers past their time.
 const EXPIRY_EVERY: Duration = Duration::from_secs(30);
@@ -52,7 +53,7 @@ impl ObjectInfo {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Deletes `path` on this node (its primary, or a node alone): commits its delete
     /// marker, unless the request is past its sender's deadline, or the live version does
     /// not meet `condition`. Whether there was an object to delete (that met it).
@@ -81,7 +82,9 @@ impl Manager {
         let candidates = [Durability::WriteBack, Durability::LocalDisk];
         candidates
             .into_iter()
-            .find(|d| (*d != Durability::WriteBack || self.exports().is_some()) && self.accepts_durability(key, *d))
+            .find(|d| {
+                (*d != Durability::WriteBack || self.exports().is_some()) && self.node.accepts_durability(key, *d)
+            })
             .unwrap_or(Durability::Cache)
     }
 
@@ -93,9 +96,9 @@ impl Manager {
         self.settles_in(info).is_none()
     }
 
-    /// How long until `info` is [settled](Manager::settled); `None` if it is.
+    /// How long until `info` is [settled](Objects::settled); `None` if it is.
     pub(crate) fn settles_in(&self, info: &ObjectInfo) -> Option<std::time::Duration> {
-        let cluster = self.membership()?;
+        let cluster = self.node.membership()?;
         let settles_at = info.generation.saturating_add((4 * cluster.peer_timeout()).as_millis() as u64);
         let now = unix_ms(SystemTime::now());
         (settles_at >= now).then(|| std::time::Duration::from_millis(settles_at - now + 1))
@@ -104,12 +107,12 @@ impl Manager {
     /// Whether `info` (of `ns`) is a delete marker past its time (`cluster.delete_marker_ttl`;
     /// a node alone needs none once it is settled) whose export is done.
     pub(crate) fn marker_expired(&self, ns: &Namespace, info: &ObjectInfo) -> bool {
-        let past_ttl = self.membership().is_none()
+        let past_ttl = self.node.membership().is_none()
             || info.generation.saturating_add(self.catalog.marker_ttl.as_millis() as u64) < unix_ms(SystemTime::now());
         info.deleted
             && self.settled(info)
             && past_ttl
-            && !self.unflushed(&manifest_key(ns, &info.path, info.generation))
+            && !self.node.unflushed(&manifest_key(ns, &info.path, info.generation))
     }
 
     /// Starts the upkeep of versions: every [`UPKEEP_EVERY`], the manifests a now-settled
@@ -117,8 +120,8 @@ impl Manager {
     /// time. It holds the manager weakly, so it ends once the manager is dropped or shuts
     /// down.
     pub(crate) fn spawn_version_upkeep(&self) {
-        let (weak, tasks) = (self.downgrade(), self.tasks().clone());
-        self.tasks().spawn(async move {
+        let (weak, tasks) = (self.downgrade(), self.node.tasks().clone());
+        self.node.tasks().spawn(async move {
             let mut last_expiry = tokio::time::Instant::now();
             while tasks.pause(UPKEEP_EVERY).await {
                 let Some(manager) = weak.upgrade() else { return };
@@ -129,12 +132,6 @@ impl Manager {
                 }
             }
         });
-    }
-
-    /// The manifest keys of the delete markers in the catalog.
-    pub fn marker_keys(&self) -> std::collections::HashSet<kvtier_tiers::BlockKey> {
-        let objects = self.catalog.objects.read();
-        objects.iter().filter(|(_, i)| i.deleted).map(|((ns, _), i)| manifest_key(ns, &i.path, i.generation)).collect()
     }
 
     /// Removes the delete markers past their time from the catalog and this node's tiers
@@ -171,7 +168,7 @@ impl Manager {
             objects.remove(&slot);
         }
         tracing::info!(%ns, path = %marker.path, generation = marker.generation, "objects: a delete marker dropped");
-        self.delete_here(&manifest_key(ns, &marker.path, marker.generation)).await;
+        self.node.delete_here(&manifest_key(ns, &marker.path, marker.generation)).await;
         self.drop_superseded_of(ns, &marker.path).await;
         true
     }

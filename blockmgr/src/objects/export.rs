@@ -26,12 +26,13 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
+use super::Objects;
 use super::{
     ObjectInfo,
     exports::{Exported, Exports},
     failure::{ExportFailure, FailureReason},
 };
-use crate::{Durability, GetOutcome, Manager};
+use crate::{Durability, GetOutcome};
 
 fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
     serde_json::from_slice(&block.data).map_err(|e| TierError::Corrupt {
@@ -41,7 +42,7 @@ fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
     })
 }
 
-impl Manager {
+impl Objects {
     /// Writes the object whose manifest is `key` to Blob under its name (see the module
     /// documentation). A manifest gone meanwhile (the version replaced or deleted), or one
     /// another primary flushed, needs nothing; a file already in Blob with this version's
@@ -63,12 +64,12 @@ impl Manager {
 
     async fn export_once(&self, key: &BlockKey) -> Result<Exported, ExportFailure> {
         let exports = self.exports().expect("the exporter runs with exports").clone();
-        if !self.unflushed(key) {
+        if !self.node.unflushed(key) {
             tracing::debug!(manifest = %key, "export skipped: not unflushed here");
             exports.forget(key);
             return Ok(Exported::Done);
         }
-        let GetOutcome::Hit { block, .. } = self.get_here(key).await else {
+        let GetOutcome::Hit { block, .. } = self.node.get_here(key).await else {
             tracing::debug!(manifest = %key, "export skipped: manifest not here");
             return Ok(Exported::Done);
         };
@@ -86,29 +87,29 @@ impl Manager {
         if info.deleted {
             // A delete marker: the object's file goes. A node alone needs the marker no more.
             exports.blobs.delete(&name).await.map_err(blob)?;
-            if self.membership().is_none() {
+            if self.node.membership().is_none() {
                 exports.forget(key);
                 self.drop_marker(&ns, &info).await;
                 return Ok(Exported::Done);
             }
         } else if self.in_blob_already(&exports, &name, &info).await.map_err(blob)? {
-            self.metrics().objects_found_in_blob.inc();
+            self.node.metrics().objects_found_in_blob.inc();
             tracing::info!(object = %name, generation = info.generation, "the object's file is in Blob already");
         } else if info.size == 0 {
             exports.blobs.put(&name, Bytes::new()).await.map_err(blob)?;
         } else if !self.upload((&exports.blobs, &exports.staged), key, &info, &name).await? {
             return Ok(Exported::Done); // replaced while its parts were staged
         } else {
-            self.metrics().objects_exported.inc();
-            self.metrics().object_export_bytes.inc_by(info.size);
+            self.node.metrics().objects_exported.inc();
+            self.node.metrics().object_export_bytes.inc_by(info.size);
         }
         let chunks: Vec<(BlockKey, Option<u32>)> =
             (0..info.chunks()).map(|i| (info.chunk_key(&ns, i), info.chunk_crc32c(i))).collect();
-        self.released_everywhere(&chunks).await;
+        self.node.released_everywhere(&chunks).await;
         tracing::debug!(object = %name, bytes = info.size, generation = info.generation, "object exported to Blob");
         // Marked before the manifest's flush is queued, whose end forgets it.
         exports.exported(key);
-        self.queue_segment_flush(key.clone());
+        self.node.queue_segment_flush(key.clone());
         Ok(Exported::Done)
     }
 
@@ -143,7 +144,7 @@ impl Manager {
                 objects.insert(slot, newer);
             }
         }
-        self.delete_here(&super::manifest_key(ns, &info.path, info.generation)).await;
+        self.node.delete_here(&super::manifest_key(ns, &info.path, info.generation)).await;
         Ok(false)
     }
 
@@ -167,7 +168,7 @@ impl Manager {
     /// Chunk `index` of `info` from any node, checked against the manifest's CRC-32C.
     pub(super) async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
         let key = info.chunk_key(ns, index);
-        match self.get(&key).await {
+        match self.node.get(&key).await {
             GetOutcome::Hit { block, .. } => {
                 if let Some(want) = info.chunk_crc32c(index)
                     && want != block.crc32c
@@ -197,7 +198,7 @@ impl Manager {
     /// cluster/read_replicas.rs). With no owner answering, this node reads the file itself.
     pub(crate) async fn chunk_from_blob(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
         let key = info.chunk_key(ns, index);
-        if let Some((cluster, plan)) = self.plan(&key) {
+        if let Some((cluster, plan)) = self.node.plan(&key) {
             for owner in &plan.owners {
                 if owner == cluster.local_id() {
                     break; // this node is the first owner up: it reads the file
@@ -206,8 +207,8 @@ impl Manager {
                     Ok(found) => {
                         let (data, keep) = found?;
                         if keep {
-                            match self.put_here(Block::new(key, data.clone()), Durability::Cache).await {
-                                Ok(_) => self.metrics().read_replicas_kept.inc(),
+                            match self.node.put_here(Block::new(key, data.clone()), Durability::Cache).await {
+                                Ok(_) => self.node.metrics().read_replicas_kept.inc(),
                                 Err(e) => tracing::debug!(chunk = index, error = %e, "keeping a read replica failed"),
                             }
                         }
@@ -230,7 +231,7 @@ impl Manager {
         reader: &str,
     ) -> (Option<Bytes>, bool) {
         let found = self.fetch_chunk_here(ns, info, index).await;
-        let keep = found.is_some() && self.keeps_fetched(&info.chunk_key(ns, index), reader);
+        let keep = found.is_some() && self.node.keeps_fetched(&info.chunk_key(ns, index), reader);
         (found, keep)
     }
 
@@ -247,7 +248,7 @@ impl Manager {
     /// checked against the manifest and cached here.
     async fn read_chunk_file(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Option<Bytes> {
         let key = info.chunk_key(ns, index);
-        if let GetOutcome::Hit { block, .. } = self.get_here(&key).await {
+        if let GetOutcome::Hit { block, .. } = self.node.get_here(&key).await {
             return Some(block.data);
         }
         let exports = self.exports()?;
@@ -265,10 +266,10 @@ impl Manager {
             tracing::warn!(object = %name, chunk = index, "the object's file in Blob holds other bytes (another version)");
             return None;
         }
-        self.metrics().object_blob_reads.inc();
-        self.metrics().object_blob_read_bytes.inc_by(block.len());
+        self.node.metrics().object_blob_reads.inc();
+        self.node.metrics().object_blob_read_bytes.inc_by(block.len());
         let data = block.data.clone();
-        if let Err(e) = self.put_here(block, Durability::Cache).await {
+        if let Err(e) = self.node.put_here(block, Durability::Cache).await {
             tracing::debug!(object = %name, chunk = index, error = %e, "caching a chunk read from Blob failed");
         }
         Some(data)
@@ -290,7 +291,7 @@ impl Manager {
             let (mut exported, mut retired) = (HashSet::new(), HashSet::new());
             for info in self.list_versions_here(ns, "", |_| true) {
                 let manifest = super::manifest_key(ns, &info.path, info.generation);
-                if !info.deleted && self.in_own_blob(&manifest) {
+                if !info.deleted && self.node.in_own_blob(&manifest) {
                     exported.extend(info.chunk_ids());
                 }
                 if self.settled(&info) {
@@ -303,7 +304,7 @@ impl Manager {
             .filter(|k| match (super::chunk_id(k), known.get(&k.namespace)) {
                 (Some(id), Some((exported, retired))) => exported.contains(&id) || retired.contains(&id),
                 (Some(_), None) => false,
-                (None, _) => self.in_own_blob(k),
+                (None, _) => self.node.in_own_blob(k),
             })
             .cloned()
             .collect()
@@ -314,12 +315,13 @@ impl Manager {
     /// stopped or restarted, which brings the SSD's write-back mark back) would otherwise
     /// stay pinned, counted against `blob.max_unflushed`, for ever. How many.
     pub(crate) async fn release_what_blob_has(&self) -> usize {
-        let pinned: Vec<BlockKey> = self.unflushed_keys().into_iter().filter(|k| !self.flushes_here(k)).collect();
+        let pinned: Vec<BlockKey> =
+            self.node.unflushed_keys().into_iter().filter(|k| !self.node.flushes_here(k)).collect();
         if pinned.is_empty() {
             return 0;
         }
         let mut vouched: HashSet<BlockKey> = self.in_blob_here(&pinned).into_iter().collect();
-        if let Some(cluster) = self.cluster() {
+        if let Some(cluster) = self.node.cluster() {
             let others: Vec<String> =
                 cluster.view().addrs.keys().filter(|id| *id != cluster.local_id()).cloned().collect();
             for member in others {
@@ -338,7 +340,7 @@ impl Manager {
         let released: Vec<(BlockKey, Option<u32>)> = released.into_iter().map(|k| (k, None)).collect();
         if !released.is_empty() {
             tracing::info!(blocks = released.len(), "released write-back copies Blob already has");
-            self.flushed_elsewhere(&released).await;
+            self.node.flushed_elsewhere(&released).await;
         }
         released.len()
     }

@@ -25,8 +25,9 @@ use kvtier_tiers::{BlockKey, ObjectBlobs};
 use parking_lot::Mutex;
 use tokio::{sync::Notify, time::Instant};
 
+use super::Objects;
 use super::staging::StagedUploads;
-use crate::{Manager, flight::SingleFlight, tasks::Tasks};
+use crate::{flight::SingleFlight, tasks::Tasks};
 
 /// One object's export, queued or running.
 #[derive(Debug)]
@@ -253,7 +254,7 @@ impl Exports {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Starts the exporters: `blob.export_concurrency` tasks taking due exports from the
     /// queue. They hold the manager weakly (strongly only while exporting), so they end
     /// once it is dropped, or at shutdown (an export under way finishes first; what is
@@ -261,8 +262,8 @@ impl Manager {
     pub(crate) fn spawn_exporter(&self) {
         let Some(exports) = self.exports().cloned() else { return };
         for _ in 0..exports.concurrency {
-            let (weak, exports, tasks) = (self.downgrade(), exports.clone(), self.tasks().clone());
-            self.tasks().spawn(async move {
+            let (weak, exports, tasks) = (self.downgrade(), exports.clone(), self.node.tasks().clone());
+            self.node.tasks().spawn(async move {
                 while !tasks.stopping() {
                     let work = exports.wake.notified();
                     let job = match exports.take() {
@@ -283,13 +284,13 @@ impl Manager {
                     let ended = match manager.export(&job.key).await {
                         Ok(Exported::Done) => Ended::Done,
                         Ok(Exported::NotSettled(wait)) => {
-                            manager.metrics().exports_waiting_to_settle.inc();
+                            manager.node.metrics().exports_waiting_to_settle.inc();
                             tracing::debug!(manifest = %job.key, ?wait, "export put off until the version settles");
                             Ended::PutOff(wait)
                         }
                         Err(failure) => {
                             let reason = failure.reason.as_str();
-                            manager.metrics().object_export_failures.with_label_values(&[reason]).inc();
+                            manager.node.metrics().object_export_failures.with_label_values(&[reason]).inc();
                             // Said at the first failures and then ever more rarely: a
                             // stuck export shows in the metrics, not in a flood of lines.
                             let n = job.failures + 1;

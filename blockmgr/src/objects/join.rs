@@ -3,15 +3,16 @@
 //! the parts' generations are retired without their chunks first, so that no later
 //! replacement or deletion of a part can take chunks the joined object needs.
 //!
-//! The parts are written with [`Manager::write_part`], so a write-back part is never exported
+//! The parts are written with [`Objects::write_part`], so a write-back part is never exported
 //! on its own: its chunks stay pinned until the joined object is exported to Blob (which
 //! releases them) or the part is deleted.
 
 use kvtier_tiers::{Error as TierError, Namespace};
 use serde::{Deserialize, Serialize};
 
+use super::Objects;
 use super::{CommitIf, ObjectInfo, manifest_key, now_unix};
-use crate::{Durability, Manager};
+use crate::Durability;
 
 /// The chunks of another generation that a joined object adopted: `size` bytes in chunks of
 /// `chunk_size` under key id `id`, from byte `start` and chunk `first` of the object.
@@ -74,7 +75,7 @@ impl ObjectInfo {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Joins `parts` (committed objects of `namespace`, in order) into a new version of
     /// `path`, adopting their chunks: each part's generation is retired first (if one was
     /// replaced or deleted meanwhile, nothing is joined, the parts retired so far are deleted
@@ -114,7 +115,7 @@ impl Manager {
         let joined = ObjectInfo { attributes, ..ObjectInfo::joined(path, parts) };
         match self.commit_manifest(&ns, joined.clone(), durability, condition).await {
             Ok(Some(info)) => {
-                self.metrics().object_parts_joined.inc_by(parts.len() as u64);
+                self.node.metrics().object_parts_joined.inc_by(parts.len() as u64);
                 Ok(Some(info))
             }
             Ok(None) => {
@@ -159,8 +160,8 @@ impl Manager {
             }
             objects.remove(&slot);
         }
-        // A part is never exported on its own ([`Manager::write_part`]): no file to remove.
-        self.delete(&manifest_key(ns, path, generation)).await;
+        // A part is never exported on its own ([`Objects::write_part`]): no file to remove.
+        self.node.delete(&manifest_key(ns, path, generation)).await;
         true
     }
 }

@@ -26,8 +26,8 @@ use std::{
 use kvtier_tiers::{BlockKey, Namespace};
 use parking_lot::Mutex;
 
+use super::Objects;
 use super::chunk_id;
-use crate::Manager;
 
 /// Chunk ids of uploads and joins in progress on this node (a count per id: a join may hold
 /// the same part's id as an upload does), those that ended lately, and the chunks a sweep
@@ -99,7 +99,7 @@ impl Drop for WritingGuard {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Marks chunk `ids` of `ns` as being written (an upload, a join) until the guard drops:
     /// no sweep takes them meanwhile.
     pub(crate) fn writing(&self, ns: &Namespace, ids: impl IntoIterator<Item = u64>) -> WritingGuard {
@@ -114,7 +114,7 @@ impl Manager {
     /// Which of `keys` (chunks) a manifest this node holds names, or an upload or join in
     /// progress here (or ended within two peer timeouts) is writing (`Peer/ChunksNamed`).
     pub(crate) fn chunks_named_here(&self, keys: &[BlockKey]) -> Vec<BlockKey> {
-        let grace = self.cluster().map_or(Duration::ZERO, |c| 2 * c.peer_timeout());
+        let grace = self.node.cluster().map_or(Duration::ZERO, |c| 2 * c.peer_timeout());
         let mut named: HashSet<(Namespace, u64)> = HashSet::new();
         for ((ns, _), info) in self.catalog.objects.read().iter() {
             named.extend(info.chunk_ids().into_iter().map(|id| (ns.clone(), id)));
@@ -132,12 +132,12 @@ impl Manager {
     /// Removes this node's write-back chunks that have waited longer than `orphan_after`
     /// and that no member names (see the module documentation); how many.
     pub(crate) async fn sweep_orphan_chunks(&self, orphan_after: std::time::Duration) -> usize {
-        let Some(cluster) = self.cluster() else { return 0 };
+        let Some(cluster) = self.node.cluster() else { return 0 };
         if orphan_after.is_zero() {
             return 0;
         }
         let waiting: Vec<BlockKey> =
-            self.waiting_longer_than(orphan_after).into_iter().filter(super::is_chunk_key).collect();
+            self.node.waiting_longer_than(orphan_after).into_iter().filter(super::is_chunk_key).collect();
         if waiting.is_empty() {
             return 0;
         }
@@ -161,10 +161,10 @@ impl Manager {
         let candidates = self.catalog.writing.confirmed(&candidates, 2 * cluster.peer_timeout());
         tracing::debug!(waited, unnamed, confirmed = candidates.len(), "orphan sweep");
         for key in &candidates {
-            self.delete(key).await;
+            self.node.delete(key).await;
         }
         if !candidates.is_empty() {
-            self.metrics().orphan_chunks_removed.inc_by(candidates.len() as u64);
+            self.node.metrics().orphan_chunks_removed.inc_by(candidates.len() as u64);
             tracing::info!(chunks = candidates.len(), "removed write-back chunks no member's manifest names");
         }
         candidates.len()

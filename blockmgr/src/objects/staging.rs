@@ -17,11 +17,11 @@ use kvtier_tiers::{
 };
 use parking_lot::Mutex;
 
+use super::Objects;
 use super::{
     ObjectInfo,
     failure::{ExportFailure, FailureReason},
 };
-use crate::Manager;
 
 /// Parts one node stages at once.
 const STAGE_CONCURRENCY: usize = 4;
@@ -91,7 +91,7 @@ fn export_parts(info: &ObjectInfo) -> Vec<std::ops::Range<u64>> {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Stages the parts of `info` (manifest `key`) not staged by an earlier try, and commits
     /// them as Blob's file `name` if `info` is still its path's newest version by then
     /// (`false`: it is not, and nothing was committed). A failed try keeps what it staged
@@ -158,13 +158,14 @@ impl Manager {
             }
             let first = info.chunk_key(ns, chunks.start);
             let stager = self
+                .node
                 .plan(&first)
                 .and_then(|(cluster, plan)| plan.owners.first().filter(|p| *p != cluster.local_id()).cloned());
             by_stager.entry(stager).or_default().push(part as u32);
         }
         let upload = &staging.upload;
         let staged = futures::future::join_all(by_stager.into_iter().map(|(stager, parts)| async move {
-            let ids = match (&stager, self.cluster()) {
+            let ids = match (&stager, self.node.cluster()) {
                 (Some(id), Some(cluster)) => cluster
                     .stage_parts_on(id, ns, serde_json::to_vec(info).expect("serializes"), upload, &parts)
                     .await
@@ -227,8 +228,8 @@ impl Manager {
                 }
                 let bytes = data.len() as u64;
                 let id = exports.blobs.stage(upload, part as usize, data.freeze()).await?;
-                self.metrics().object_parts_staged.inc();
-                self.metrics().object_staged_bytes.inc_by(bytes);
+                self.node.metrics().object_parts_staged.inc();
+                self.node.metrics().object_staged_bytes.inc_by(bytes);
                 Ok::<_, TierError>(id)
             })
             .buffered(STAGE_CONCURRENCY)

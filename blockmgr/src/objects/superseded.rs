@@ -4,7 +4,7 @@
 //! resync or handoff brings) may not drop the older manifest at once: the newer commit may
 //! still be undone (short of its quorum), and then the primary teaches its owners the older
 //! version again from its own copy. So an older manifest goes only once the newer version
-//! is settled ([`Manager::settled`]): at once when it already is, else when a later look
+//! is settled ([`Objects::settled`]): at once when it already is, else when a later look
 //! finds it so. Until then the older manifest stays where it is, out of the catalog; were it
 //! never dropped, a write-back copy would stay pinned as unflushed for ever, and a restart
 //! would rebuild the catalog from it after the newer version's marker expired.
@@ -12,8 +12,8 @@
 use kvtier_tiers::{BlockKey, Namespace};
 use parking_lot::Mutex;
 
+use super::Objects;
 use super::manifest_key;
-use crate::Manager;
 
 /// An older manifest held on this node, waiting for the version that replaced it to settle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +42,14 @@ pub(crate) struct Superseded {
     waiting: Mutex<Vec<Waiting>>,
 }
 
-impl Manager {
+impl Objects {
     /// `path`'s manifest of `generation` (of `ns`) is older than the catalog's version,
     /// which is settled or not: dropped now if it is, else once it is.
     pub(crate) async fn superseded(&self, ns: &Namespace, path: &str, generation: u64, newer_settled: bool) {
         let waiting = Waiting { namespace: ns.clone(), path: path.to_string(), generation };
         if newer_settled {
             tracing::debug!(manifest = %waiting.key(), "objects: dropping the manifest of a version a settled one replaced");
-            self.delete_here(&waiting.key()).await;
+            self.node.delete_here(&waiting.key()).await;
             return;
         }
         let mut all = self.catalog.superseded.waiting.lock();
@@ -91,7 +91,7 @@ impl Manager {
             let verdict = self.verdict(&w);
             if verdict == Verdict::Drop {
                 tracing::debug!(manifest = %w.key(), "objects: dropping the manifest of a version a settled one replaced");
-                self.delete_here(&w.key()).await;
+                self.node.delete_here(&w.key()).await;
                 dropped += 1;
             }
             if verdict != Verdict::Wait {
@@ -117,7 +117,7 @@ impl Manager {
             dead
         };
         for key in &dead {
-            self.delete_here(key).await;
+            self.node.delete_here(key).await;
         }
     }
 }

@@ -2,7 +2,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use kvtier_tiers::conformance::pattern;
 
-use crate::{Config, Durability, Manager, Metrics, objects::CommitIf};
+use crate::{Config, Durability, Metrics, Objects, objects::CommitIf};
 
 const NS: &str = "ckpt/run1";
 
@@ -13,7 +13,7 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-async fn put(m: &Manager, path: &str, data: &Bytes) -> crate::objects::ObjectInfo {
+async fn put(m: &Objects, path: &str, data: &Bytes) -> crate::objects::ObjectInfo {
     let mut w = m.write_object(NS, path, Durability::LocalDisk).unwrap();
     // In uneven pieces, as a stream delivers them.
     for piece in data.chunks(100_000) {
@@ -22,7 +22,7 @@ async fn put(m: &Manager, path: &str, data: &Bytes) -> crate::objects::ObjectInf
     w.commit().await.unwrap()
 }
 
-async fn read(m: &Manager, path: &str, offset: u64, len: u64) -> Vec<u8> {
+async fn read(m: &Objects, path: &str, offset: u64, len: u64) -> Vec<u8> {
     let info = m.stat_object(NS, path).await.unwrap().expect("the object exists");
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
     let pieces: Vec<Bytes> = m.read_object(&ns, &info, offset, len).try_collect().await.unwrap();
@@ -32,7 +32,7 @@ async fn read(m: &Manager, path: &str, offset: u64, len: u64) -> Vec<u8> {
 #[tokio::test]
 async fn objects_round_trip_in_chunks_with_ranges_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     let data = pattern(1, 1_300_000);
     let info = put(&m, "shard-0.pt", &data).await;
     assert_eq!((info.size, info.chunks()), (1_300_000, 3));
@@ -50,7 +50,7 @@ async fn objects_round_trip_in_chunks_with_ranges_and_survive_a_restart() {
     assert!(m.list_objects("elsewhere/ns", "").await.unwrap().is_empty(), "namespaces are separate");
 
     drop(m);
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     assert_eq!(m.stat_object(NS, "shard-0.pt").await.unwrap(), Some(info));
     assert_eq!(read(&m, "shard-0.pt", 0, u64::MAX).await, data, "the catalog is rebuilt from the manifests");
     assert_eq!(m.list_objects(NS, "").await.unwrap().len(), 3);
@@ -59,14 +59,14 @@ async fn objects_round_trip_in_chunks_with_ranges_and_survive_a_restart() {
 #[tokio::test]
 async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     let v1 = put(&m, "model.bin", &pattern(1, 700_000)).await;
     let v2_data = pattern(2, 900_000);
     let v2 = put(&m, "model.bin", &v2_data).await;
     assert!(v1.generation < v2.generation, "{} then {}", v1.generation, v2.generation);
     assert_eq!(read(&m, "model.bin", 0, u64::MAX).await, v2_data);
     // The old generation is gone: one manifest and two chunks are left.
-    assert_eq!(m.stats().await.index_blocks, 1 + 2);
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2);
     // A reader that resolved v1 before the replace gets an error, never v2's bytes.
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
     let err = m.read_object(&ns, &v1, 0, u64::MAX).try_collect::<Vec<_>>().await.unwrap_err().to_string();
@@ -75,47 +75,47 @@ async fn a_new_version_replaces_the_old_and_deletes_leave_nothing_behind() {
     assert!(m.delete_object(NS, "model.bin").await.unwrap());
     assert!(!m.delete_object(NS, "model.bin").await.unwrap());
     assert_eq!(m.stat_object(NS, "model.bin").await.unwrap(), None);
-    assert_eq!(m.stats().await.index_blocks, 0, "manifest and chunks deleted");
+    assert_eq!(m.node().stats().await.index_blocks, 0, "manifest and chunks deleted");
 
     // An abandoned write leaves nothing either, and changes nothing.
     let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
     w.write(&pattern(3, 1_200_000)).await.unwrap();
     w.abort().await;
-    assert_eq!((m.stat_object(NS, "model.bin").await.unwrap(), m.stats().await.index_blocks), (None, 0));
+    assert_eq!((m.stat_object(NS, "model.bin").await.unwrap(), m.node().stats().await.index_blocks), (None, 0));
 
     // One dropped without either (a cancelled request) deletes its chunks in the background.
     let kept = pattern(4, 600_000);
     put(&m, "kept.bin", &kept).await;
     let mut w = m.write_object(NS, "model.bin", Durability::LocalDisk).unwrap();
     w.write(&pattern(5, 1_200_000)).await.unwrap();
-    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the dropped upload's two chunks are stored");
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2 + 2, "the dropped upload's two chunks are stored");
     drop(w);
     for _ in 0..100 {
-        if m.stats().await.index_blocks == 1 + 2 {
+        if m.node().stats().await.index_blocks == 1 + 2 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(m.stats().await.index_blocks, 1 + 2, "the dropped upload's chunks are deleted");
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2, "the dropped upload's chunks are deleted");
 
     // One cut short by a crash (chunks stored, no manifest, no writer left to clean up) is
     // cleared at the next start; a committed object beside it stays whole.
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
     for i in 0..2 {
         let chunk = kvtier_tiers::Block::new(super::chunk_key(&ns, 7, i), pattern(6, 1000));
-        m.put(chunk, Durability::LocalDisk).await.unwrap();
+        m.node().put(chunk, Durability::LocalDisk).await.unwrap();
     }
-    assert_eq!(m.stats().await.index_blocks, 1 + 2 + 2, "the crashed upload's two chunks are stored");
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2 + 2, "the crashed upload's two chunks are stored");
     drop(m);
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
-    assert_eq!(m.stats().await.index_blocks, 1 + 2, "only the committed object is left");
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2, "only the committed object is left");
     assert_eq!(read(&m, "kept.bin", 0, u64::MAX).await, kept);
 }
 
 #[tokio::test]
 async fn bad_paths_and_namespaces_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     for bad in ["", "a\0b", &"x".repeat(1025)] {
         let err = m.write_object(NS, bad, Durability::Cache).expect_err("refused").to_string();
         assert!(err.contains("object path"), "{err}");
@@ -129,7 +129,7 @@ async fn bad_paths_and_namespaces_are_clear_errors() {
 #[tokio::test]
 async fn a_commit_retried_after_it_landed_is_the_same_version() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     let data = pattern(4, 700_000);
     let info = put(&m, "retried", &data).await;
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
@@ -152,7 +152,7 @@ async fn a_commit_retried_after_it_landed_is_the_same_version() {
 #[tokio::test]
 async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
     let ns = kvtier_tiers::Namespace::new(NS).unwrap();
     let (a, b) = (pattern(5, 600_000), pattern(6, 1000));
     let mut parts = Vec::new();
@@ -173,7 +173,7 @@ async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_ch
     // The part's manifest comes back, as a resynced copy would bring it.
     let json = Bytes::from(serde_json::to_vec(&parts[0]).unwrap());
     let key = super::manifest_key(&ns, "u/x/1", parts[0].generation);
-    m.put(kvtier_tiers::Block::new(key, json), Durability::LocalDisk).await.unwrap();
+    m.node().put(kvtier_tiers::Block::new(key, json), Durability::LocalDisk).await.unwrap();
     m.catalog.objects.write().insert((ns.clone(), "u/x/1".into()), parts[0].clone());
     // Retiring it again (what an abort or the stale-upload sweep does for an adopted part)
     // leaves the joined object whole.
@@ -183,5 +183,42 @@ async fn a_part_that_comes_back_after_its_join_never_takes_the_joined_objects_ch
     assert!(m.delete_object(NS, "o/joined").await.unwrap());
     let ns_ = kvtier_tiers::Namespace::new(NS).unwrap();
     let chunk = joined.chunk_key(&ns_, 0);
-    assert!(matches!(m.get(&chunk).await, crate::GetOutcome::Miss { .. }));
+    assert!(matches!(m.node().get(&chunk).await, crate::GetOutcome::Miss { .. }));
+}
+
+/// The node knows no objects: opened alone (`Manager::open`) on a data dir that holds some,
+/// it keeps their manifests and chunks as plain blocks (a chunk no manifest names is not
+/// swept: only the objects layer knows what names it), and objects opened on the same dir
+/// afterwards find every object whole. A manifest put through the node's block API (as a
+/// member's copy arrives) is learnt by the catalog through the node's hook.
+#[tokio::test]
+async fn a_node_opened_without_objects_keeps_their_blocks_as_plain_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    let data = pattern(1, 700_000);
+    let info = put(&m, "model.bin", &data).await;
+    let ns = kvtier_tiers::Namespace::new(NS).unwrap();
+    let stray = kvtier_tiers::Block::new(super::chunk_key(&ns, 9, 0), pattern(2, 1000));
+    m.node().put(stray.clone(), Durability::LocalDisk).await.unwrap();
+    drop(m);
+
+    let node = crate::Manager::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    assert_eq!(node.stats().await.index_blocks, 1 + 2 + 1, "nothing of the objects was touched");
+    let manifest = super::manifest_key(&ns, "model.bin", info.generation);
+    let crate::GetOutcome::Hit { block, .. } = node.get(&manifest).await else { panic!("the manifest is a block") };
+    drop(node);
+
+    let m = Objects::open(&config(dir.path()), Metrics::new()).await.unwrap();
+    assert_eq!(m.stat_object(NS, "model.bin").await.unwrap(), Some(info.clone()));
+    assert_eq!(read(&m, "model.bin", 0, u64::MAX).await, data);
+    assert_eq!(m.node().stats().await.index_blocks, 1 + 2, "the objects layer swept the chunk no manifest names");
+
+    // The manifest of another path, stored as a plain block: the catalog learns it.
+    let mut copied: crate::objects::ObjectInfo = serde_json::from_slice(&block.data).unwrap();
+    copied.path = "copy.bin".into();
+    let key = super::manifest_key(&ns, "copy.bin", copied.generation);
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&copied).unwrap());
+    m.node().put(kvtier_tiers::Block::new(key, bytes), Durability::LocalDisk).await.unwrap();
+    assert_eq!(m.stat_object(NS, "copy.bin").await.unwrap(), Some(copied));
+    assert_eq!(read(&m, "copy.bin", 0, u64::MAX).await, data, "it names the same chunks");
 }

@@ -4,15 +4,16 @@
 use bytes::BytesMut;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
+use super::Objects;
 use super::{CommitIf, ObjectInfo, check_path, chunk_key, now_unix};
-use crate::{Durability, Manager};
+use crate::Durability;
 
 /// Bytes of a new object arriving piece by piece; chunks are stored as they fill.
 /// Nothing is visible until [`ObjectWriter::commit`]. A writer dropped before its commit or
 /// abort (a request cancelled by its client, a dropped Python upload) deletes its chunks
 /// in the background, as an abort would.
 pub struct ObjectWriter {
-    manager: Manager,
+    objects: Objects,
     namespace: Namespace,
     path: String,
     durability: Durability,
@@ -71,7 +72,7 @@ impl ObjectWriter {
         self.begun += 1;
         let block = Block::new(key, bytes);
         self.chunk_crc32c.push(block.crc32c);
-        self.manager.put(block, self.durability).await?;
+        self.objects.node.put(block, self.durability).await?;
         Ok(())
     }
 
@@ -82,10 +83,10 @@ impl ObjectWriter {
         self.finished = true;
         let runtime = self.runtime.take()?;
         let keys: Vec<BlockKey> = (0..self.begun).map(|i| chunk_key(&self.namespace, self.id, i)).collect();
-        let manager = self.manager.clone();
+        let objects = self.objects.clone();
         Some(runtime.spawn(async move {
             for key in keys {
-                manager.delete(&key).await;
+                objects.node.delete(&key).await;
             }
         }))
     }
@@ -139,7 +140,7 @@ impl ObjectWriter {
     /// commit would leave its chunks to the start-up sweep, and its outcome to nobody. A
     /// shutdown waits for it.
     pub async fn commit_if(self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
-        let tasks = self.manager.tasks().clone();
+        let tasks = self.objects.node.tasks().clone();
         crate::manager::detached(&tasks, self.commit_to_end(condition)).await
     }
 
@@ -157,7 +158,7 @@ impl ObjectWriter {
         // writer's behalf: a commit that fails or is cut short leaves them to the start-up
         // sweep of unnamed chunks rather than risk breaking a version that did commit.
         self.finished = true;
-        let committed = self.manager.commit_manifest(&self.namespace, info, self.manifest_durability, condition).await;
+        let committed = self.objects.commit_manifest(&self.namespace, info, self.manifest_durability, condition).await;
         // Refused (the current version is another writer's: one of this writer's own,
         // committed by a call whose answer was lost, is answered as committed), or failed
         // and undone everywhere: no manifest names these chunks. (After a failure of unknown
@@ -186,7 +187,7 @@ impl Drop for ObjectWriter {
     }
 }
 
-impl Manager {
+impl Objects {
     /// Starts a new version of `path` in `namespace`.
     pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
         self.object_writer(namespace, path, durability, durability)
@@ -213,12 +214,12 @@ impl Manager {
         let id = rand::random();
         Ok(ObjectWriter {
             _writing: self.writing(&namespace, [id]),
-            manager: self.clone(),
+            objects: self.clone(),
             namespace,
             path: path.to_string(),
             durability,
             manifest_durability,
-            chunk_size: self.object_chunk_size(),
+            chunk_size: self.node.object_chunk_size(),
             id,
             buf: BytesMut::new(),
             begun: 0,

@@ -13,24 +13,23 @@ use tonic::{Request, Response, Status};
 
 use super::requests::{deadline_of, if_version_of, peer_of, serving};
 use crate::{
-    Manager,
-    objects::{CommitIf, ObjectInfo},
+    objects::{CommitIf, ObjectInfo, Objects},
     wire::{Outcome, durability_from_wire, pieces, status_of},
 };
 
 /// Serves a member's object requests from this node's catalog.
 #[derive(Debug, Clone)]
 pub struct PeerService {
-    manager: Manager,
+    objects: Objects,
     /// The largest piece of a chunk one message carries (`server.chunk_size`).
     chunk_size: usize,
 }
 
 impl PeerService {
-    /// Serves `manager`'s catalog to its cluster's members, chunks in messages of at most
+    /// Serves `objects`' catalog to its cluster's members, chunks in messages of at most
     /// `chunk_size` bytes.
-    pub fn new(manager: Manager, chunk_size: usize) -> Self {
-        PeerService { manager, chunk_size }
+    pub fn new(objects: Objects, chunk_size: usize) -> Self {
+        PeerService { objects, chunk_size }
     }
 
     /// Refuses a caller that is not a member; the namespace the request names.
@@ -85,8 +84,8 @@ impl PeerService {
         if request.metadata().get(kvtier_client::PEER_HEADER).is_none() {
             return Err(Status::permission_denied("the peer service answers cluster members only"));
         }
-        serving(&self.manager, request).await?;
-        self.manager.metrics().requests.with_label_values(&[op]).inc();
+        serving(self.objects.node(), request).await?;
+        self.objects.node().metrics().requests.with_label_values(&[op]).inc();
         Ok(())
     }
 }
@@ -126,7 +125,7 @@ impl peer_server::Peer for PeerService {
         let info = parse_manifest(req.manifest)?;
         let condition = CommitIf::from_wire(req.if_absent, req.if_generation, req.if_crc32c);
         let committed = self
-            .manager
+            .objects
             .commit_here(&ns, info, durability, condition, req.deadline_unix_ms)
             .await
             .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
@@ -135,7 +134,7 @@ impl peer_server::Peer for PeerService {
 
     async fn stat_object(&self, request: Request<v1::ObjectRef>) -> Result<Response<peer::Manifest>, Status> {
         let ns = self.check(&request, "peer_stat_object").await?;
-        let found = self.manager.version_here(&ns, &request.get_ref().path);
+        let found = self.objects.version_here(&ns, &request.get_ref().path);
         Ok(Response::new(found.as_ref().map(manifest).unwrap_or_default()))
     }
 
@@ -144,7 +143,7 @@ impl peer_server::Peer for PeerService {
         request: Request<v1::ListObjectsRequest>,
     ) -> Result<Response<peer::Manifests>, Status> {
         let ns = self.check(&request, "peer_list_objects").await?;
-        let found = self.manager.list_versions_here(&ns, &request.get_ref().prefix, |p| self.manager.owns_path(&ns, p));
+        let found = self.objects.list_versions_here(&ns, &request.get_ref().prefix, |p| self.objects.owns_path(&ns, p));
         Ok(Response::new(peer::Manifests { manifests: found.iter().map(manifest).collect() }))
     }
 
@@ -160,7 +159,7 @@ impl peer_server::Peer for PeerService {
         let deadline = deadline_of(&request).map(crate::clock::unix_ms);
         let condition = if_version_of(&request);
         let deleted = self
-            .manager
+            .objects
             .delete_object_here(&ns, path, deadline, condition)
             .await
             .map_err(|e| Outcome::of_commit(&e).mark(status_of(&e)))?;
@@ -173,7 +172,7 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<v1::DeleteObjectResponse>, Status> {
         let ns = self.check(&request, "peer_forget_object").await?;
         let req = request.into_inner();
-        let deleted = self.manager.forget_object_here(&ns, &req.path, req.generation).await;
+        let deleted = self.objects.forget_object_here(&ns, &req.path, req.generation).await;
         Ok(Response::new(v1::DeleteObjectResponse { deleted }))
     }
 
@@ -182,7 +181,7 @@ impl peer_server::Peer for PeerService {
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let crcs = request.get_ref().keys.iter().map(|k| k.crc32c);
         let keys: Vec<_> = keys.into_iter().zip(crcs).collect();
-        self.manager.flushed_elsewhere(&keys).await;
+        self.objects.node().flushed_elsewhere(&keys).await;
         Ok(Response::new(peer::FlushedResponse {}))
     }
 
@@ -195,7 +194,7 @@ impl peer_server::Peer for PeerService {
         let info = parse_manifest(req.manifest)?;
         let upload = kvtier_tiers::Upload { name: req.name, id: req.upload };
         let part_ids =
-            self.manager.stage_parts_here(&ns, &info, &upload, &req.parts).await.map_err(|e| status_of(&e))?;
+            self.objects.stage_parts_here(&ns, &info, &upload, &req.parts).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(peer::StagePartsResponse { part_ids }))
     }
 
@@ -212,7 +211,7 @@ impl peer_server::Peer for PeerService {
         if req.index >= info.chunks() {
             return Err(Status::invalid_argument(format!("{}: no chunk {}", info.path, req.index)));
         }
-        let (found, keep) = self.manager.fetch_chunk_for(&ns, &info, req.index, &reader).await;
+        let (found, keep) = self.objects.fetch_chunk_for(&ns, &info, req.index, &reader).await;
         let first = peer::FetchChunkResponse { found: found.is_some(), data: Bytes::new(), keep };
         let rest = found.into_iter().flat_map(|data| pieces(data, self.chunk_size));
         let msgs: Vec<_> = std::iter::once(first)
@@ -225,7 +224,7 @@ impl peer_server::Peer for PeerService {
     async fn in_blob(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_in_blob").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
-        Ok(keys_answer(&self.manager.in_blob_here(&keys)))
+        Ok(keys_answer(&self.objects.in_blob_here(&keys)))
     }
 
     async fn chunks_named(
@@ -234,19 +233,19 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_chunks_named").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
-        Ok(keys_answer(&self.manager.chunks_named_here(&keys)))
+        Ok(keys_answer(&self.objects.chunks_named_here(&keys)))
     }
 
     async fn offer(&self, request: Request<peer::FlushedRequest>) -> Result<Response<peer::FlushedRequest>, Status> {
         self.check_member(&request, "peer_offer").await?;
         let keys = keys_from_wire(&request.get_ref().keys)?;
         let offered: Vec<_> = keys.into_iter().zip(request.get_ref().keys.iter().map(|k| k.unflushed)).collect();
-        Ok(keys_answer(&self.manager.wanted(&offered)))
+        Ok(keys_answer(&self.objects.node().wanted(&offered)))
     }
 
     async fn digests(&self, request: Request<peer::DigestsRequest>) -> Result<Response<peer::DigestsResponse>, Status> {
         self.check_member(&request, "peer_digests").await?;
-        let digests = self.manager.owned_digests(&request.get_ref().node);
+        let digests = self.objects.node().owned_digests(&request.get_ref().node);
         let buckets = digests.into_iter().map(|d| peer::BucketDigest { count: d.count, xor: d.xor }).collect();
         Ok(Response::new(peer::DigestsResponse { buckets }))
     }
@@ -261,13 +260,13 @@ impl peer_server::Peer for PeerService {
             return Err(Status::invalid_argument(format!("bucket {} of {}", req.bucket, crate::cluster::BUCKETS)));
         }
         let listed = if req.held_not_owned {
-            self.manager.held_for(&req.node)
+            self.objects.node().held_for(&req.node)
         } else {
-            self.manager.owned_keys(&req.node, req.bucket as usize)
+            self.objects.node().owned_keys(&req.node, req.bucket as usize)
         };
         let keys = listed
             .into_iter()
-            .map(|k| peer::KeyRef { unflushed: self.manager.unflushed(&k), ..crate::cluster::key_to_wire(&k) })
+            .map(|k| peer::KeyRef { unflushed: self.objects.node().unflushed(&k), ..crate::cluster::key_to_wire(&k) })
             .collect();
         Ok(Response::new(peer::OwnedKeysResponse { keys }))
     }

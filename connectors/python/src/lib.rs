@@ -27,7 +27,7 @@ pub(crate) use self::errors::{
 
 use bytes::Bytes;
 use kvtier_blockmgr::{
-    Client as RpcClient, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, PutItem,
+    Client as RpcClient, ClientTls, Config, Durability, GetItem, GetOutcome, Manager, Metrics, Objects, PutItem,
 };
 use kvtier_client::shm::{ForeignBytes, ShmError, ShmGet, ShmPut};
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace, PutStatus, TierKind};
@@ -83,7 +83,7 @@ fn durability(name: &str) -> PyResult<Durability> {
 /// Where requests go.
 enum Backend {
     Remote(Box<RpcClient>),
-    Embedded(Manager),
+    Embedded(Objects),
 }
 
 /// A client of one kvtier node (remote, or embedded in this process).
@@ -150,7 +150,7 @@ impl Client {
                     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                         kvtier_blockmgr::Error::Config(format!("data_dir {}: {e}", config.data_dir.display()))
                     })?;
-                    Manager::open(&config, Metrics::new()).await
+                    Objects::open(&config, Metrics::new()).await
                 })
             })
             .map_err(|e| match &e {
@@ -253,7 +253,7 @@ impl Client {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let stats = py.detach(|| match &self.backend {
             Backend::Remote(c) => runtime().block_on(c.stats()).map_err(client_error),
-            Backend::Embedded(m) => Ok(runtime().block_on(m.stats())),
+            Backend::Embedded(m) => Ok(runtime().block_on(m.node().stats())),
         })?;
         let text = serde_json::to_string(&stats).map_err(|e| KvtierError::new_err(e.to_string()))?;
         py.import("json")?.call_method1("loads", (text,))
@@ -274,7 +274,8 @@ impl Client {
             Backend::Remote(c) => runtime().block_on(c.delete(namespace, keys)).map_err(client_error),
             Backend::Embedded(m) => {
                 let keys = block_keys(namespace, keys)?;
-                Ok(runtime().block_on(async { futures::future::join_all(keys.iter().map(|k| m.delete(k))).await }))
+                Ok(runtime()
+                    .block_on(async { futures::future::join_all(keys.iter().map(|k| m.node().delete(k))).await }))
             }
         }
     }
@@ -306,7 +307,7 @@ impl Client {
         }
         match &self.backend {
             Backend::Remote(c) => runtime().block_on(c.lookup_pinned(namespace, keys, pin)).map_err(client_error),
-            Backend::Embedded(m) => Ok(m.lookup_pinned(&block_keys(namespace, keys)?, pin)),
+            Backend::Embedded(m) => Ok(m.node().lookup_pinned(&block_keys(namespace, keys)?, pin)),
         }
     }
 
@@ -353,7 +354,7 @@ impl Client {
                 let bkeys = block_keys(namespace, keys)?;
                 runtime().block_on(async {
                     for &i in &rest {
-                        results[i] = Some(embedded_put(m, bkeys[i].clone(), &data[i], durability).await);
+                        results[i] = Some(embedded_put(m.node(), bkeys[i].clone(), &data[i], durability).await);
                     }
                 });
             }
@@ -398,7 +399,7 @@ impl Client {
             }
             Backend::Embedded(m) => {
                 let keys = block_keys(namespace, keys)?;
-                let outcomes = runtime().block_on(futures::future::join_all(keys.iter().map(|k| m.get(k))));
+                let outcomes = runtime().block_on(futures::future::join_all(keys.iter().map(|k| m.node().get(k))));
                 Ok(outcomes
                     .into_iter()
                     .map(|o| if let GetOutcome::Hit { block, .. } = o { Some(block.data) } else { None })

@@ -12,7 +12,7 @@ use super::{
     server::{BUCKET_MARKER, OBJECT_PREFIX, REGISTRY_PREFIX, Result, S3, err, internal, no_such_bucket},
     xml,
 };
-use kvtier_blockmgr::{Durability, Manager};
+use kvtier_blockmgr::{Durability, Objects};
 
 /// The object of the bucket registry (namespace `<prefix>`, which no bucket's can be) that
 /// lists `bucket` cluster-wide for ListBuckets.
@@ -24,17 +24,17 @@ fn registry_path(bucket: &str) -> String {
 /// decided by the marker path's primary (of two creators through any nodes, one creates
 /// it), then its registry entry. Whether this call created it.
 pub(super) async fn write_bucket(
-    manager: &Manager,
+    objects: &Objects,
     prefix: &str,
     bucket: &str,
     durability: Durability,
 ) -> Result<bool, kvtier_tiers::Error> {
-    let mut w = manager.write_object(&format!("{prefix}/{bucket}"), BUCKET_MARKER, durability)?;
+    let mut w = objects.write_object(&format!("{prefix}/{bucket}"), BUCKET_MARKER, durability)?;
     w.write(b"kvtier s3 bucket").await?;
     if w.commit_if_absent().await?.is_none() {
         return Ok(false);
     }
-    manager.write_object(prefix, &registry_path(bucket), durability)?.commit().await?;
+    objects.write_object(prefix, &registry_path(bucket), durability)?.commit().await?;
     Ok(true)
 }
 
@@ -43,13 +43,13 @@ impl S3 {
     /// the markers this node holds (buckets made before the registry was).
     pub(super) async fn buckets(&self) -> Result<Vec<(String, u64)>> {
         let prefix = format!("{}/", self.config.namespace_prefix);
-        let registered = self.manager.list_objects(&self.config.namespace_prefix, REGISTRY_PREFIX).await;
+        let registered = self.objects.list_objects(&self.config.namespace_prefix, REGISTRY_PREFIX).await;
         let registered = registered
             .map_err(internal)?
             .into_iter()
             .filter_map(|info| Some((info.path.strip_prefix(REGISTRY_PREFIX)?.to_string(), info.created_unix)));
         let here = self
-            .manager
+            .objects
             .objects_named_here(BUCKET_MARKER)
             .into_iter()
             .filter_map(|(ns, info)| Some((ns.strip_prefix(&prefix)?.to_string(), info.created_unix)));
@@ -119,9 +119,9 @@ impl S3 {
             .and_then(|(_, rest)| rest.split_once("</LocationConstraint>"))
             .map(|(region, _)| region.trim().to_string())
             .filter(|r| !r.is_empty() && r != "us-east-1");
-        let (manager, prefix) = (&self.manager, &self.config.namespace_prefix);
+        let (objects, prefix) = (&self.objects, &self.config.namespace_prefix);
         let created = !self.bucket_exists(bucket).await?
-            && write_bucket(manager, prefix, bucket, self.durability).await.map_err(internal)?;
+            && write_bucket(objects, prefix, bucket, self.durability).await.map_err(internal)?;
         if !created && let Some(region) = region {
             let what = format!("{bucket:?} exists (S3 answers so outside us-east-1; this request names {region})");
             return Err(err(StatusCode::CONFLICT, "BucketAlreadyOwnedByYou", what));
@@ -137,11 +137,11 @@ impl S3 {
         if !self.bucket_exists(bucket).await? {
             return Err(no_such_bucket(bucket));
         }
-        if !self.manager.list_objects(&ns, OBJECT_PREFIX).await.map_err(internal)?.is_empty() {
+        if !self.objects.list_objects(&ns, OBJECT_PREFIX).await.map_err(internal)?.is_empty() {
             return Err(err(StatusCode::CONFLICT, "BucketNotEmpty", format!("{bucket:?} holds objects")));
         }
-        self.manager.delete_object(&ns, BUCKET_MARKER).await.map_err(internal)?;
-        self.manager.delete_object(&self.config.namespace_prefix, &registry_path(bucket)).await.map_err(internal)?;
+        self.objects.delete_object(&ns, BUCKET_MARKER).await.map_err(internal)?;
+        self.objects.delete_object(&self.config.namespace_prefix, &registry_path(bucket)).await.map_err(internal)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 }

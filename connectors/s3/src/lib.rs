@@ -21,13 +21,13 @@ mod upload_checksum;
 mod upload_listing;
 pub mod xml;
 
-use kvtier_blockmgr::{Manager, config::S3Config};
+use kvtier_blockmgr::{Objects, config::S3Config};
 pub use server::serve;
 
 /// Creates bucket `bucket` as `config` maps it (what an S3 CreateBucket does), for tools in
 /// the node's process (benchmarks, set-up); an existing bucket is left as it is.
-pub async fn create_bucket(manager: &Manager, config: &S3Config, bucket: &str) -> Result<(), kvtier_blockmgr::Error> {
+pub async fn create_bucket(objects: &Objects, config: &S3Config, bucket: &str) -> Result<(), kvtier_blockmgr::Error> {
     let durability = config.durability()?;
-    buckets::write_bucket(manager, &config.namespace_prefix, bucket, durability).await?;
+    buckets::write_bucket(objects, &config.namespace_prefix, bucket, durability).await?;
     Ok(())
 }

@@ -87,7 +87,7 @@ impl S3 {
             return Err(no_such_bucket(bucket));
         }
         let all = self
-            .manager
+            .objects
             .list_objects(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{}", ask.prefix))
             .await
             .map_err(internal)?;

@@ -86,7 +86,7 @@ impl S3 {
         }
         let ns = self.namespace(bucket);
         let info =
-            self.manager.stat_object(&ns, &marker(id)).await.map_err(internal)?.ok_or_else(|| no_such_upload(id))?;
+            self.objects.stat_object(&ns, &marker(id)).await.map_err(internal)?.ok_or_else(|| no_such_upload(id))?;
         match self.upload_key(&ns, &info).await {
             Some(stored) if stored == key => Ok(info),
             _ => Err(no_such_upload(id)),
@@ -96,7 +96,7 @@ impl S3 {
     /// The key upload marker `info` holds; `None` if it cannot be read (removed meanwhile).
     pub(super) async fn upload_key(&self, ns: &str, info: &ObjectInfo) -> Option<String> {
         let namespace = kvtier_tiers::Namespace::new(ns).ok()?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&namespace, info, 0, info.size));
+        let mut stream = std::pin::pin!(self.objects.read_object(&namespace, info, 0, info.size));
         let mut stored = Vec::new();
         while let Some(c) = stream.next().await {
             stored.extend_from_slice(&c.ok()?);
@@ -107,8 +107,8 @@ impl S3 {
     /// A part just stored at `path` stays only if upload `id` is still open: one completed
     /// or aborted meanwhile would leave it belonging to nothing, so it is deleted.
     async fn keep_part(&self, ns: &str, id: &str, path: &str) -> Result<(), S3Error> {
-        if self.manager.stat_object(ns, &marker(id)).await.map_err(internal)?.is_none() {
-            let _ = self.manager.delete_object(ns, path).await;
+        if self.objects.stat_object(ns, &marker(id)).await.map_err(internal)?.is_none() {
+            let _ = self.objects.delete_object(ns, path).await;
             return Err(no_such_upload(id));
         }
         Ok(())
@@ -133,7 +133,7 @@ impl S3 {
         let id = hex::encode(rand::random::<[u8; 16]>());
         // Written as a part: the marker is bookkeeping, never exported to Blob.
         let mut w =
-            self.manager.write_part(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
+            self.objects.write_part(&self.namespace(bucket), &marker(&id), self.durability).map_err(internal)?;
         w.write(key.as_bytes()).await.map_err(internal)?;
         w.set_attributes(attributes);
         w.commit().await.map_err(internal)?;
@@ -162,7 +162,7 @@ impl S3 {
     ) -> Result<Response, S3Error> {
         let upload = UploadChecksum::of_upload(&self.check_upload(bucket, key, id).await?);
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
-        let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
+        let writer = self.objects.write_part(&ns, &path, self.durability).map_err(internal)?;
         let info = {
             // A part keeps its MD5 (its ETag, the same for the same bytes, and what the
             // completed object's is made of) and its checksum.
@@ -202,7 +202,7 @@ impl S3 {
         let ns = self.namespace(bucket);
         let mut parts = Vec::with_capacity(listed.len());
         for (n, tag, _) in &listed {
-            let info = self.manager.stat_object(&ns, &part_path(id, *n)).await.map_err(internal)?;
+            let info = self.objects.stat_object(&ns, &part_path(id, *n)).await.map_err(internal)?;
             match info {
                 Some(info) if etag(&info) == *tag || etag(&info).trim_matches('"') == tag.trim_matches('"') => {
                     parts.push(info)
@@ -241,7 +241,7 @@ impl S3 {
             None => Default::default(),
         };
         // Claim the upload: a racing completion or abort now finds none.
-        if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
+        if !self.objects.delete_object(&ns, &marker(id)).await.map_err(internal)? {
             return self.completed(bucket, key, id).await?.ok_or_else(|| no_such_upload(id));
         }
         let path = format!("{OBJECT_PREFIX}{key}");
@@ -259,7 +259,7 @@ impl S3 {
             let whole = hex::encode(md5::Md5::digest(md5s.concat()));
             attributes.insert(ETAG_ATTRIBUTE.into(), format!("{whole}-{}", parts.len()));
         }
-        let joined = self.manager.join_parts(&ns, &path, &parts, self.durability, condition, attributes).await;
+        let joined = self.objects.join_parts(&ns, &path, &parts, self.durability, condition, attributes).await;
         self.remove_upload(&ns, id, key).await; // the parts not listed
         let info = joined.map_err(commit_failed)?.ok_or_else(|| super::conditions::write_failed(key, condition))?;
         Ok(completion(bucket, key, &info))
@@ -304,7 +304,7 @@ impl S3 {
             }
         };
         let (ns, path) = (self.namespace(bucket), part_path(id, n));
-        let writer = self.manager.write_part(&ns, &path, self.durability).map_err(internal)?;
+        let writer = self.objects.write_part(&ns, &path, self.durability).map_err(internal)?;
         let checksum = upload.map(|u| super::checksum::Checksum::computed(u.algorithm()));
         let part = self.copy_into(&src_bucket, &info, range, writer, Default::default(), checksum).await?;
         self.keep_part(&ns, id, &path).await?;
@@ -320,7 +320,7 @@ impl S3 {
         self.check_upload(bucket, key, id).await?;
         // Claimed first, as a completion claims it: of the two, one goes on.
         let ns = self.namespace(bucket);
-        if !self.manager.delete_object(&ns, &marker(id)).await.map_err(internal)? {
+        if !self.objects.delete_object(&ns, &marker(id)).await.map_err(internal)? {
             return Err(no_such_upload(id));
         }
         self.remove_upload(&ns, id, key).await;
@@ -332,18 +332,18 @@ impl S3 {
     /// retiring it) is retired again, never deleted; if the object cannot be looked up, the
     /// parts are left for a later sweep.
     async fn remove_upload(&self, ns: &str, id: &str, key: &str) {
-        let joined = match self.manager.stat_object(ns, &format!("{OBJECT_PREFIX}{key}")).await {
+        let joined = match self.objects.stat_object(ns, &format!("{OBJECT_PREFIX}{key}")).await {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::warn!(upload = id, error = %e, "the upload's object cannot be looked up: its parts are left");
                 return;
             }
         };
-        let parts = self.manager.list_objects(ns, &format!("{}/", marker(id))).await.unwrap_or_default();
+        let parts = self.objects.list_objects(ns, &format!("{}/", marker(id))).await.unwrap_or_default();
         for p in parts {
             let removed = match &joined {
-                Some(j) if j.shares_chunks_with(&p) => self.manager.forget_object(ns, &p).await,
-                _ => self.manager.delete_object(ns, &p.path).await,
+                Some(j) if j.shares_chunks_with(&p) => self.objects.forget_object(ns, &p).await,
+                _ => self.objects.delete_object(ns, &p.path).await,
             };
             if let Err(e) = removed {
                 tracing::warn!(path = p.path, error = %e, "removing a multipart part failed");
@@ -379,16 +379,16 @@ impl S3 {
         let mut removed = 0;
         for (bucket, _) in self.buckets().await? {
             let ns = self.namespace(&bucket);
-            let uploads = self.manager.list_objects(&ns, "u/").await.map_err(internal)?;
+            let uploads = self.objects.list_objects(&ns, "u/").await.map_err(internal)?;
             for upload in uploads {
                 let Some(id) = upload.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
                 if now.saturating_sub(upload.created_unix) < expiry {
                     continue;
                 }
                 let Some(key) = self.upload_key(&ns, &upload).await else { continue };
-                if self.manager.delete_object(&ns, &upload.path).await.map_err(internal)? {
+                if self.objects.delete_object(&ns, &upload.path).await.map_err(internal)? {
                     self.remove_upload(&ns, id, &key).await;
-                    self.manager.metrics().s3_uploads_expired.inc();
+                    self.objects.node().metrics().s3_uploads_expired.inc();
                     removed += 1;
                 }
             }

@@ -86,7 +86,7 @@ pub(super) fn range(value: &str, size: u64) -> Result<(u64, u64)> {
 
 impl S3 {
     pub(super) async fn stat(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
-        self.manager.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
+        self.objects.stat_object(&self.namespace(bucket), &format!("{OBJECT_PREFIX}{key}")).await.map_err(internal)
     }
 
     pub(super) async fn put(
@@ -109,7 +109,7 @@ impl S3 {
             asks => conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
         };
         let path = format!("{OBJECT_PREFIX}{key}");
-        let writer = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let writer = self.objects.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let Received { mut writer, checksum, md5 } =
             self.receive_body(writer, headers, body, payload_hash, None).await?;
         attributes.extend(checksum.into_iter().chain(md5));
@@ -267,7 +267,7 @@ impl S3 {
         };
         let (src_bucket, info) = self.copy_source(key_index, bucket, source, headers).await?;
         let path = format!("{OBJECT_PREFIX}{key}");
-        let w = self.manager.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
+        let w = self.objects.write_object(&self.namespace(bucket), &path, self.durability).map_err(internal)?;
         let attributes = if replace {
             let mut attributes = metadata::from_request(headers)?;
             attributes.extend(
@@ -333,7 +333,7 @@ impl S3 {
         mut checksum: Option<Checksum>,
     ) -> Result<ObjectInfo> {
         let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
-        let mut stream = std::pin::pin!(self.manager.read_object(&ns, source, range.start, range.end - range.start));
+        let mut stream = std::pin::pin!(self.objects.read_object(&ns, source, range.start, range.end - range.start));
         let mut md5 = self.config.md5_etags.then(md5::Md5::new);
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -402,8 +402,8 @@ impl S3 {
             let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
             // The status and headers are gone by the time a chunk fails: the connection is
             // cut (the client sees a short body), and only the log and metric say why.
-            let (metrics, object, mut at) = (self.manager.metrics().clone(), format!("{bucket}/{key}"), offset);
-            let stream = self.manager.read_object(&ns, &info, offset, len).map(move |chunk| match chunk {
+            let (metrics, object, mut at) = (self.objects.node().metrics().clone(), format!("{bucket}/{key}"), offset);
+            let stream = self.objects.read_object(&ns, &info, offset, len).map(move |chunk| match chunk {
                 Ok(chunk) => {
                     at += chunk.len() as u64;
                     Ok(chunk)
@@ -451,7 +451,7 @@ impl S3 {
             conditions::Asks::Nothing => CommitIf::Any,
             asks => conditions::resolve(key, &asks, self.stat(bucket, key).await?.as_ref())?,
         };
-        let deleted = self.manager.delete_object_if(&ns, &path, condition).await.map_err(internal)?;
+        let deleted = self.objects.delete_object_if(&ns, &path, condition).await.map_err(internal)?;
         if deleted || if_match.is_none() {
             return Ok(());
         }

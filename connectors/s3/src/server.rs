@@ -23,7 +23,7 @@ use super::{
     sigv4::{self, AuthError},
     xml::{self, S3Error},
 };
-use kvtier_blockmgr::{Durability, Manager, config::S3Config, objects::ObjectInfo};
+use kvtier_blockmgr::{Durability, Objects, config::S3Config, objects::ObjectInfo};
 
 /// The marker object of a bucket.
 pub(super) const BUCKET_MARKER: &str = "bucket";
@@ -37,7 +37,7 @@ const MAX_KEY_BYTES: usize = 1024;
 pub(super) type Result<T, E = S3Error> = std::result::Result<T, E>;
 
 pub(super) struct S3 {
-    pub(super) manager: Manager,
+    pub(super) objects: Objects,
     pub(super) config: S3Config,
     pub(super) durability: Durability,
     pub(super) idle: Duration,
@@ -46,13 +46,13 @@ pub(super) struct S3 {
 /// Serves the S3 endpoint on `listener` until `stop` resolves.
 pub async fn serve(
     listener: TcpListener,
-    manager: Manager,
+    objects: Objects,
     config: S3Config,
     idle: Duration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let durability = config.durability().map_err(|e| e.to_string())?;
-    let app = Arc::new(S3 { manager, config, durability, idle });
+    let app = Arc::new(S3 { objects, config, durability, idle });
     let sweeper = tokio::spawn(super::multipart::sweep_stale_uploads(app.clone()));
     let router = Router::new().fallback(handle).with_state(app);
     let served = axum::serve(listener, router).with_graceful_shutdown(stop).await;
@@ -66,7 +66,7 @@ async fn handle(State(s3): State<Arc<S3>>, req: Request) -> Response {
     let (op, started) = (s3.operation(&req), std::time::Instant::now());
     let result = s3.route(req).await;
     let code = result.as_ref().map_or_else(|e| e.code, |_| "OK");
-    let metrics = s3.manager.metrics();
+    let metrics = s3.objects.node().metrics();
     metrics.s3_requests.with_label_values(&[method.as_str(), code]).inc();
     // To the response's head: a GET's body streams after it.
     metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
@@ -226,7 +226,7 @@ impl S3 {
     }
 
     pub(super) async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
-        Ok(self.manager.stat_object(&self.namespace(bucket), BUCKET_MARKER).await.map_err(internal)?.is_some())
+        Ok(self.objects.stat_object(&self.namespace(bucket), BUCKET_MARKER).await.map_err(internal)?.is_some())
     }
 
     async fn route(&self, req: Request) -> Result<Response> {

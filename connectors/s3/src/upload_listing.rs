@@ -34,7 +34,7 @@ impl S3 {
         let (after, max) = (number("part-number-marker", 0)?, number("max-parts", 1000)?.min(1000));
         let prefix = format!("{}/", marker(id));
         let mut parts: Vec<(u32, ObjectInfo)> = self
-            .manager
+            .objects
             .list_objects(&self.namespace(bucket), &prefix)
             .await
             .map_err(internal)?
@@ -81,7 +81,7 @@ impl S3 {
         .min(1000);
         let ns = self.namespace(bucket);
         let mut uploads = Vec::new();
-        for m in self.manager.list_objects(&ns, "u/").await.map_err(internal)? {
+        for m in self.objects.list_objects(&ns, "u/").await.map_err(internal)? {
             let Some(id) = m.path.strip_prefix("u/").filter(|id| !id.contains('/')) else { continue };
             // Skipped if it went meanwhile.
             let Some(key) = self.upload_key(&ns, &m).await else { continue };
