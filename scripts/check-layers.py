@@ -12,7 +12,8 @@ draws the result).
    the cycles not yet broken; a cycle not listed fails, and a listed one that is gone must be
    removed from the list.
 3. The client links no server: `cargo tree -p kvtier-client` (its features as a user's build
-   resolves them, not the workspace's) names none of CLIENT_NEVER_LINKS.
+   resolves them, not the workspace's) names none of CLIENT_NEVER_LINKS, and does not turn on
+   kvtier-proto's `etcd` feature.
 """
 
 import json
@@ -55,7 +56,16 @@ def check_client_links():
         text=True,
     )
     linked = {line.split()[0] for line in tree.splitlines() if line.strip()}
-    return [f"kvtier-client links {name}" for name in sorted(linked & CLIENT_NEVER_LINKS)]
+    errors = [f"kvtier-client links {name}" for name in sorted(linked & CLIENT_NEVER_LINKS)]
+    # Nor compiles etcd's API (kvtier-proto's `etcd` feature, the node's membership only).
+    features = subprocess.check_output(
+        ["cargo", "tree", "-p", "kvtier-client", "-e", "normal,features", "--prefix", "none", "--locked"],
+        cwd=ROOT,
+        text=True,
+    )
+    if 'kvtier-proto feature "etcd"' in features:
+        errors.append("kvtier-client compiles etcd's API (kvtier-proto's etcd feature)")
+    return errors
 
 
 def layer_of(name):

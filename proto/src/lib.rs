@@ -21,6 +21,7 @@ pub mod peer {
 }
 
 /// etcd's v3 API, client side (the KV, Lease and Watch services kvtier's membership uses).
+#[cfg(feature = "etcd")]
 #[expect(missing_docs, reason = "generated code")]
 pub mod etcd {
     /// `etcdserverpb`: the services and their messages.
