@@ -13,7 +13,6 @@
 use std::{
     fmt,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    ptr::NonNull,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -87,48 +86,38 @@ impl CpuTierBuilder {
     }
 }
 
-/// The mapped memory.
+/// The mapped memory: raw (never handed out as a reference to the whole), since who may
+/// touch which bytes is governed by slot ownership (writers own a slot exclusively until
+/// commit; committed slots are read-only) and by the processes sharing the memfd.
 #[derive(Debug)]
 struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: memmap2::MmapRaw,
     memfd: Option<OwnedFd>,
 }
-
-// SAFETY: the mapping is plain memory; who may touch which bytes is governed by slot
-// ownership (writers own a slot exclusively until commit; committed slots are read-only).
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn new(len: u64, mlock: bool, prefault: bool) -> Result<Self> {
         let len = usize::try_from(len).map_err(|_| Error::config("cpu.capacity", "larger than the address space"))?;
         let memfd = create_memfd(len);
-        let (mut flags, fd) = match &memfd {
-            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
-        };
+        let mut options = memmap2::MmapOptions::new();
+        options.len(len);
         if prefault {
-            flags |= libc::MAP_POPULATE;
+            options.populate();
         }
-        // SAFETY: a fresh mapping of `len` bytes; the kernel picks the address.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Io {
-                tier: "cpu".into(),
-                op: "mmap",
-                path: "memfd:kvtier-cpu".into(),
-                offset: None,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let mapping = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len, memfd };
-        // SAFETY: advice on our own mapping; failure only loses the hint.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        // SAFETY: locking our own mapping.
-        if mlock && unsafe { libc::mlock(ptr, len) } != 0 {
-            let source = std::io::Error::last_os_error();
+        let mapped = match &memfd {
+            Some(fd) => options.map_raw(fd.as_raw_fd()),
+            None => options.map_anon().map(memmap2::MmapRaw::from),
+        };
+        let map = mapped.map_err(|source| Error::Io {
+            tier: "cpu".into(),
+            op: "mmap",
+            path: "memfd:kvtier-cpu".into(),
+            offset: None,
+            source,
+        })?;
+        // Failure only loses the hint.
+        let _ = map.advise(memmap2::Advice::HugePage);
+        if mlock && let Err(source) = map.lock() {
             return Err(Error::config(
                 "cpu.mlock",
                 format!(
@@ -137,7 +126,12 @@ impl Mapping {
                 ),
             ));
         }
-        Ok(mapping)
+        Ok(Mapping { map, memfd })
+    }
+
+    /// The first byte of the mapping.
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 }
 
@@ -169,13 +163,6 @@ pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> std::io::Result<OwnedF
     Ok(fd)
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped; no slot handle outlives the arena.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 struct Arena {
     mapping: Mapping,
     alloc: SlabAllocator,
@@ -192,9 +179,9 @@ impl fmt::Debug for Arena {
 impl Arena {
     fn slot_ptr(&self, addr: SlotAddr) -> *mut u8 {
         let offset = self.alloc.layout().slot_offset(addr) as usize;
-        debug_assert!(offset + self.alloc.layout().class_size(addr.class) as usize <= self.mapping.len);
+        debug_assert!(offset + self.alloc.layout().class_size(addr.class) as usize <= self.mapping.map.len());
         // SAFETY: the offset lies inside the mapping (slab layout invariant).
-        unsafe { self.mapping.ptr.as_ptr().add(offset) }
+        unsafe { self.mapping.base().add(offset) }
     }
 }
 
@@ -352,15 +339,15 @@ impl CpuTier {
 
     /// Bytes of the arena's mapping (what a client maps from [`CpuTier::memfd`]).
     pub fn mapping_len(&self) -> u64 {
-        self.arena.mapping.len as u64
+        self.arena.mapping.map.len() as u64
     }
 
     /// The offset in the arena of `bytes`, when they lie inside it (a block this tier
     /// returned, or a reservation's bytes); None for bytes elsewhere.
     pub fn arena_offset(&self, bytes: &[u8]) -> Option<u64> {
-        let base = self.arena.mapping.ptr.as_ptr() as usize;
+        let base = self.arena.mapping.base() as usize;
         let start = bytes.as_ptr() as usize;
-        let inside = start >= base && start + bytes.len() <= base + self.arena.mapping.len;
+        let inside = start >= base && start + bytes.len() <= base + self.arena.mapping.map.len();
         inside.then(|| (start - base) as u64)
     }
 

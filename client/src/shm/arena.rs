@@ -1,53 +1,36 @@
 //! The server's arena (or a private window) as this process maps it.
 
-use std::{ptr::NonNull, sync::Arc};
-
-pub(super) struct Mapping {
-    pub(super) ptr: NonNull<u8>,
-    pub(super) len: usize,
-}
-
-// SAFETY: plain shared memory; the protocol decides who writes which bytes when.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; the mapping itself is never changed after connect.
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what connect mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
+use std::sync::Arc;
 
 /// The arena as this process mapped it. It stays mapped while any clone lives, also after
 /// its session closed or the server died (then it is memory no one else sees any more).
 #[derive(Clone)]
 pub struct ShmArena {
-    pub(super) map: Arc<Mapping>,
+    pub(super) map: Arc<memmap2::MmapRaw>,
     pub(super) id: u64,
     pub(super) private: bool,
 }
 
 impl std::fmt::Debug for ShmArena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ShmArena({} bytes, id {}, private {})", self.map.len, self.id, self.private)
+        write!(f, "ShmArena({} bytes, id {}, private {})", self.map.len(), self.id, self.private)
     }
 }
 
 impl ShmArena {
     /// The first byte of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map.ptr.as_ptr()
+        self.map.as_mut_ptr()
     }
 
     /// Bytes mapped.
     pub fn len(&self) -> usize {
-        self.map.len
+        self.map.len()
     }
 
     /// Never true: the server refuses to run with an empty arena.
     pub fn is_empty(&self) -> bool {
-        self.map.len == 0
+        self.map.len() == 0
     }
 
     /// Which arena this is: the memfd's inode number. Two sessions mapped the same memory

@@ -3,9 +3,8 @@
 
 use std::{
     io::{self, Write},
-    os::{fd::AsRawFd, unix::net::UnixStream},
+    os::unix::net::UnixStream,
     path::Path,
-    ptr::NonNull,
     sync::Arc,
 };
 
@@ -20,7 +19,6 @@ use kvtier_types::{
 
 use super::{
     PutSource, ShmAlloc, ShmArena, ShmError, ShmGet, ShmPin, ShmPut, ShmSlot,
-    arena::Mapping,
     frame::{decode, frame, frame_len, read_frame, recv_with_fd},
     scatter,
 };
@@ -76,21 +74,9 @@ impl ShmClient {
         let id = std::os::unix::fs::MetadataExt::ino(&fd.metadata().map_err(io_err)?);
         let len =
             usize::try_from(welcome.arena_size).map_err(|_| ShmError::Protocol("arena larger than memory".into()))?;
-        // SAFETY: mapping a memfd the server sealed at exactly `len` bytes.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io_err(io::Error::last_os_error()));
-        }
-        let map = Arc::new(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len });
+        // A memfd the server sealed at exactly `len` bytes: it cannot shrink under the mapping.
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&fd).map_err(io_err)?;
+        let map = Arc::new(map);
         let arena = ShmArena { map, id, private: welcome.private_window };
         Ok(ShmClient { stream, path, arena, session_limit: welcome.session_limit, poisoned: false })
     }

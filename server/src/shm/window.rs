@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    ptr::NonNull,
 };
 
 /// Slots start on pages, as arena slots do (engines copying by DMA address them by page).
@@ -17,36 +16,19 @@ const PAGE: u64 = 4096;
 
 pub(super) struct Window {
     fd: OwnedFd,
-    ptr: NonNull<u8>,
+    map: memmap2::MmapRaw,
     len: u64,
     /// Free extents: offset -> length, never adjacent (freeing merges neighbours).
     free: BTreeMap<u64, u64>,
 }
-
-// SAFETY: the mapping is owned by the window; the session task is its only user.
-unsafe impl Send for Window {}
 
 impl Window {
     /// A fresh window of `len` bytes (rounded up to pages); memory is taken only as touched.
     pub(super) fn new(len: u64) -> io::Result<Self> {
         let len = len.div_ceil(PAGE) * PAGE;
         let fd = kvtier_tiers::sealed_memfd(c"kvtier-shm-window", len as usize)?;
-        // SAFETY: mapping our own memfd of exactly `len` bytes.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).expect("mmap returned null");
-        Ok(Window { fd, ptr, len, free: BTreeMap::from([(0, len)]) })
+        let map = memmap2::MmapOptions::new().len(len as usize).map_raw(fd.as_raw_fd())?;
+        Ok(Window { fd, map, len, free: BTreeMap::from([(0, len)]) })
     }
 
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
@@ -88,20 +70,13 @@ impl Window {
     pub(super) fn bytes(&self, offset: u64, len: u64) -> &[u8] {
         assert!(offset + len <= self.len, "a window slot inside the window");
         // SAFETY: inside the mapping (asserted); plain bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), len as usize) }
+        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(offset as usize), len as usize) }
     }
 
     pub(super) fn bytes_mut(&mut self, offset: u64, len: u64) -> &mut [u8] {
         assert!(offset + len <= self.len, "a window slot inside the window");
         // SAFETY: inside the mapping (asserted); the slot is this session's alone.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset as usize), len as usize) }
-    }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len as usize) };
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset as usize), len as usize) }
     }
 }
 
