@@ -17,16 +17,16 @@ pub(super) fn no_such_bucket(b: &str) -> S3Error {
 /// (a node out of reach, too few copies, write-back backlog, a full tier) as 503s a client
 /// retries (`ServiceUnavailable`, `SlowDown`), a key the store refuses as `InvalidArgument`,
 /// anything else as `InternalError`.
-pub(super) fn internal<E: std::fmt::Display + 'static>(e: E) -> S3Error {
+pub(super) fn internal(e: kvtier_tiers::Error) -> S3Error {
     use tonic::Code;
     let message = e.to_string();
     // Classed as the gRPC service classes it (`wire::code_of`): one answer to "retry?" for
     // every front end.
-    let code = (&e as &dyn std::any::Any).downcast_ref::<kvtier_tiers::Error>().map(kvtier_blockmgr::wire::code_of);
+    let code = kvtier_blockmgr::wire::code_of(&e);
     let (status, code) = match code {
-        Some(Code::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-        Some(Code::ResourceExhausted) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
-        Some(Code::InvalidArgument) => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        Code::ResourceExhausted => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     };
     err(status, code, message)
@@ -60,7 +60,10 @@ mod tests {
         assert!(e.message.contains("n1: down"), "{}", e.message);
         let bad = internal(kvtier_tiers::Error::InvalidKey { reason: "r".into() });
         assert_eq!((bad.status, bad.code), (StatusCode::BAD_REQUEST, "InvalidArgument"));
-        assert_eq!(internal("anything else").code, "InternalError");
+        let corrupt =
+            kvtier_tiers::Error::Corrupt { tier: "ssd".into(), path: "r0".into(), reason: "a damaged header".into() };
+        let corrupt = internal(corrupt);
+        assert_eq!((corrupt.status, corrupt.code), (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"));
         // A commit: undone everywhere is a 503 (nothing written); may have landed is a 500.
         let undone = commit_failed(kvtier_tiers::Error::NotCommitted { what: "b/k".into(), cause: "c".into() });
         assert_eq!((undone.status, undone.code), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"));

@@ -162,7 +162,9 @@ impl UploadChecksum {
         } else {
             checksum::composite(self.algorithm, &values.iter().map(|(v, _)| *v).collect::<Vec<_>>())
         }
-        .ok_or_else(|| super::server::internal(format!("a part's {header} is not one")))?;
+        .ok_or_else(|| {
+            err(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("a part's {header} is not one"))
+        })?;
         if let Some(declared) = headers.get(&header) {
             let declared = declared.to_str().unwrap_or("?");
             let bare = |v: &str| v.split_once('-').map_or(v, |(v, _)| v).to_string();
