@@ -12,6 +12,10 @@ pub enum Error {
     #[error(transparent)]
     Tier(#[from] kvtier_tiers::Error),
 
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] kvtier_types::NodeError),
+
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

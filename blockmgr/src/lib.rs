@@ -33,7 +33,7 @@ pub use error::Error;
 /// The client's types, re-exported for the callers of both (the node uses the client as
 /// its peer transport).
 pub use kvtier_client::{Client, ClientError, ClientTls, GetItem, ObjectInfo, ObjectRange, PutItem, PutReport};
-pub use kvtier_types::{Durability, Looked, MissReason, NamespaceStats, Presence, Stats, TierStats};
+pub use kvtier_types::{Durability, Looked, MissReason, NamespaceStats, NodeError, Presence, Stats, TierStats};
 pub use manager::{ArenaPin, GetOutcome, Manager, MemberAnswer, PinOutcome, PutOutcome, PutWriter, ResyncReport};
 pub use metrics::Metrics;
 pub use objects::Objects;

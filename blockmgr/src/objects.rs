@@ -24,6 +24,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use crate::NodeError;
 use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, CpuTier, Error as TierError, Namespace, Tier};
 use parking_lot::RwLock;
@@ -179,11 +180,11 @@ impl Catalog {
     }
 }
 
-fn invalid(what: String) -> TierError {
-    TierError::InvalidKey { reason: what }
+fn invalid(what: String) -> NodeError {
+    NodeError::Tier(TierError::InvalidKey { reason: what })
 }
 
-fn check_path(path: &str) -> Result<(), TierError> {
+fn check_path(path: &str) -> Result<(), NodeError> {
     if path.is_empty() || path.len() > 1024 || path.contains('\0') {
         return Err(invalid(format!("object path {path:?}: 1 to 1024 bytes, no NUL")));
     }
@@ -203,7 +204,7 @@ impl Objects {
         durability: Durability,
         condition: CommitIf,
         deadline_unix_ms: Option<u64>,
-    ) -> Result<Option<ObjectInfo>, TierError> {
+    ) -> Result<Option<ObjectInfo>, NodeError> {
         let slot = (ns.clone(), info.path.clone());
         let _one_at_a_time = self.catalog.locks.lock(&manifest_key(ns, &info.path, 0)).await;
         let old = self.catalog.objects.read().get(&slot).cloned();
@@ -245,7 +246,7 @@ impl Objects {
         // commits nothing: the sender has moved on to the next owner.
         if let Some(deadline) = deadline_unix_ms.filter(|&d| unix_ms(std::time::SystemTime::now()) > d) {
             self.node.metrics().late_commits_refused.inc();
-            return Err(TierError::NotCommitted {
+            return Err(NodeError::NotCommitted {
                 what: format!("{ns}/{}", info.path),
                 cause: format!("the commit arrived after its deadline ({deadline} ms since the epoch)"),
             });
@@ -261,7 +262,7 @@ impl Objects {
         if let Some(hold) = hold {
             // An undone commit's manifest is gone from here: nothing to export. One too late
             // to undo, or not undone everywhere, stands, and is exported.
-            hold.release(!matches!(failed, Some(TierError::NotCommitted { .. })));
+            hold.release(!matches!(failed, Some(NodeError::NotCommitted { .. })));
         }
         if let Some(e) = failed {
             return Err(e);
@@ -278,7 +279,7 @@ impl Objects {
     /// which past its deadline it will now refuse to store), and every catalog that took it
     /// gets `old` back (the owners by its manifest put again, which they hold: learning it
     /// again). When every such owner answered the delete, nothing of the commit remains and
-    /// [`TierError::NotCommitted`] says so; otherwise a copy may stand on an owner that did
+    /// [`NodeError::NotCommitted`] says so; otherwise a copy may stand on an owner that did
     /// not answer (and land when it returns), and `failed` stands (an unknown outcome).
     ///
     /// Members treat a version as settled (never undone: what it replaced may be dropped,
@@ -294,9 +295,9 @@ impl Objects {
         generation: u64,
         slot: (Namespace, String),
         old: Option<ObjectInfo>,
-        failed: TierError,
+        failed: NodeError,
         holding: &[String],
-    ) -> TierError {
+    ) -> NodeError {
         // Its deletes, then its puts, each at most a peer timeout (all owners at once).
         let after = |timeouts: u32| {
             let t = self.node.cluster().map_or(std::time::Duration::ZERO, |c| timeouts * c.peer_timeout());
@@ -335,7 +336,7 @@ impl Objects {
         }
         if unanswered.is_empty() {
             let what = format!("{}/{}", slot.0, slot.1);
-            return TierError::NotCommitted { what, cause: format!("{failed}; its copies were removed") };
+            return NodeError::NotCommitted { what, cause: format!("{failed}; its copies were removed") };
         }
         let unanswered: Vec<String> = unanswered.into_iter().map(|(owner, e)| format!("{owner}: {e}")).collect();
         tracing::warn!(manifest = %key, error = %failed, unanswered = %unanswered.join("; "),
@@ -405,7 +406,7 @@ impl Objects {
         info: &ObjectInfo,
         offset: u64,
         len: u64,
-    ) -> impl futures::Stream<Item = Result<Bytes, TierError>> + Send + 'static {
+    ) -> impl futures::Stream<Item = Result<Bytes, NodeError>> + Send + 'static {
         let end = offset.saturating_add(len).min(info.size);
         let state = (self.clone(), namespace.clone(), info.clone(), offset.min(end), false);
         futures::stream::unfold(state, move |(m, ns, info, at, failed)| async move {
@@ -423,7 +424,7 @@ impl Objects {
                         info.path, info.generation
                     );
                     return Some((
-                        Err(TierError::Unsupported { tier: "objects".into(), what }),
+                        Err(NodeError::Tier(TierError::Unsupported { tier: "objects".into(), what })),
                         (m, ns, info, at, true),
                     ));
                 }

@@ -11,8 +11,9 @@ use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use kvtier_blockmgr::NodeError;
 use kvtier_proto::v1::{self, block_store_server::BlockStore, get_response::Msg as GetMsg, put_request::Msg as PutMsg};
-use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace};
+use kvtier_tiers::{BlockKey, Key, Namespace};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -107,10 +108,10 @@ enum Pending {
     Receiving,
     Done(v1::PutResult),
     /// Already running in the manager's task.
-    Commit(BoxFuture<'static, Result<PutOutcome, TierError>>),
+    Commit(BoxFuture<'static, Result<PutOutcome, NodeError>>),
 }
 
-fn result(index: usize, r: Result<PutOutcome, &TierError>) -> v1::PutResult {
+fn result(index: usize, r: Result<PutOutcome, &NodeError>) -> v1::PutResult {
     match r {
         Ok(o) => v1::PutResult {
             index: index as u32,
@@ -171,7 +172,7 @@ impl BlockStore for BlockService {
                     let key = Key::new(&h.key).map(|k| BlockKey::new(ns.clone(), k));
                     let writer = match key {
                         Ok(key) => manager.begin_put(key, h.length, h.crc32c, durability).await,
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.into()),
                     };
                     match writer {
                         Ok(w) => {

@@ -120,63 +120,6 @@ pub enum Error {
         source: Box<object_store::Error>,
     },
 
-    /// Writes that must reach a slower tier are further behind than allowed (backpressure):
-    /// the caller should retry later. Nothing was stored.
-    #[error(
-        "{tier}: backpressure: {waiting} bytes wait to be flushed (limit {limit}); retry later{}",
-        cause.as_ref().map(|c| format!(" (the last flush failed: {c})")).unwrap_or_default()
-    )]
-    Backpressure {
-        /// The tier being written to.
-        tier: String,
-        /// Bytes waiting.
-        waiting: u64,
-        /// The configured limit.
-        limit: u64,
-        /// Why the flush is behind, when a flush failed.
-        cause: Option<String>,
-    },
-
-    /// Fewer nodes than the write quorum stored a block: the put is not acknowledged (the
-    /// copies that were made stay, and a retry completes them).
-    #[error("{key}: stored on {stored} of the {wanted} nodes the write quorum needs ({failures})")]
-    Quorum {
-        /// The block.
-        key: String,
-        /// Copies stored.
-        stored: usize,
-        /// Copies needed.
-        wanted: usize,
-        /// What each failed copy said, by node.
-        failures: String,
-    },
-
-    /// A commit failed and was undone on every node it had reached: nothing of it remains
-    /// or can appear later, so the write definitely did not happen (a retry is a new write).
-    #[error("{what}: not committed ({cause})")]
-    NotCommitted {
-        /// What was being committed.
-        what: String,
-        /// Why it failed.
-        cause: String,
-    },
-
-    /// None of the nodes that could answer was reachable.
-    #[error("{what}: no node that holds it answered ({failures})")]
-    Unreachable {
-        /// What was asked.
-        what: String,
-        /// What each node said, by node.
-        failures: String,
-    },
-
-    /// The tier has been shut down.
-    #[error("{tier}: closed")]
-    Closed {
-        /// The tier's identity.
-        tier: String,
-    },
-
     /// Anything else, with its source.
     #[error("{tier}: {source}")]
     Generic {

@@ -6,11 +6,13 @@
 //! this crate, and neither on the other's internals.
 
 mod durability;
+mod error;
 mod stats;
 mod values;
 pub mod wire;
 
 pub use durability::Durability;
+pub use error::NodeError;
 pub use stats::{NamespaceStats, Stats, TierStats};
 pub use values::{CommitIf, Looked, MissReason, Presence};
 pub use wire::Outcome;

@@ -5,7 +5,7 @@ use kvtier_proto::v1;
 use kvtier_tiers::{Error as TierError, TierKind};
 use tonic::{Code, Status};
 
-use crate::{Durability, Looked, MissReason, NamespaceStats, Stats, TierStats};
+use crate::{Durability, Looked, MissReason, NamespaceStats, NodeError, Stats, TierStats};
 
 /// `data` cut into messages of at most `max` bytes (slices of it, no copy): a gRPC
 /// message must stay under both sides' limit (16 MiB), and blocks and chunks may be larger.
@@ -73,26 +73,48 @@ pub fn miss_from_wire(value: i32) -> MissReason {
     }
 }
 
-/// The gRPC code for a tier error.
-pub fn code_of(e: &TierError) -> Code {
-    match e {
-        TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => Code::InvalidArgument,
-        TierError::NoSpace { .. } | TierError::Backpressure { .. } => Code::ResourceExhausted,
-        TierError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */) => Code::ResourceExhausted,
-        TierError::ChecksumMismatch { .. } => Code::DataLoss,
-        TierError::Config { .. } => Code::FailedPrecondition,
-        TierError::Unsupported { .. } => Code::FailedPrecondition,
-        TierError::Closed { .. }
-        | TierError::Quorum { .. }
-        | TierError::Unreachable { .. }
-        | TierError::NotCommitted { .. } => Code::Unavailable,
-        _ => Code::Internal,
+/// An error a node answers with, as the gRPC code that tells the caller what to do (retry,
+/// fix the request, give up).
+pub trait Coded: std::fmt::Display {
+    /// The code.
+    fn code(&self) -> Code;
+}
+
+impl Coded for TierError {
+    fn code(&self) -> Code {
+        match self {
+            TierError::InvalidKey { .. } | TierError::InvalidSize { .. } => Code::InvalidArgument,
+            TierError::NoSpace { .. } => Code::ResourceExhausted,
+            TierError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */) => Code::ResourceExhausted,
+            TierError::ChecksumMismatch { .. } => Code::DataLoss,
+            TierError::Config { .. } => Code::FailedPrecondition,
+            TierError::Unsupported { .. } => Code::FailedPrecondition,
+            _ => Code::Internal,
+        }
     }
 }
 
-/// A tier error as a gRPC status carrying its message.
-pub fn status_of(e: &TierError) -> Status {
-    Status::new(code_of(e), e.to_string())
+impl Coded for NodeError {
+    fn code(&self) -> Code {
+        match self {
+            NodeError::Tier(e) => e.code(),
+            NodeError::Backpressure { .. } => Code::ResourceExhausted,
+            NodeError::Closed { .. }
+            | NodeError::Quorum { .. }
+            | NodeError::Unreachable { .. }
+            | NodeError::NotCommitted { .. } => Code::Unavailable,
+        }
+    }
+}
+
+/// The gRPC code for a tier's or a node's error.
+pub fn code_of(e: &impl Coded) -> Code {
+    e.code()
+}
+
+/// A tier's or a node's error as a gRPC status carrying its message.
+pub fn status_of(e: &impl Coded) -> Status {
+    Status::new(e.code(), e.to_string())
 }
 
 /// The metadata key of an error's [`Outcome`] (on a failed object put).
@@ -127,16 +149,18 @@ impl Outcome {
     }
 
     /// The outcome of a commit that failed with `e`: not applied when it was refused before
-    /// anything was stored or undone everywhere ([`TierError::NotCommitted`]), else unknown
+    /// anything was stored or undone everywhere ([`NodeError::NotCommitted`]), else unknown
     /// (a copy of the manifest may stand on a node that did not answer).
-    pub fn of_commit(e: &TierError) -> Outcome {
+    pub fn of_commit(e: &NodeError) -> Outcome {
         match e {
-            TierError::NotCommitted { .. }
-            | TierError::InvalidKey { .. }
-            | TierError::InvalidSize { .. }
-            | TierError::Backpressure { .. }
-            | TierError::Config { .. }
-            | TierError::Unsupported { .. } => Outcome::NotApplied,
+            NodeError::NotCommitted { .. }
+            | NodeError::Backpressure { .. }
+            | NodeError::Tier(
+                TierError::InvalidKey { .. }
+                | TierError::InvalidSize { .. }
+                | TierError::Config { .. }
+                | TierError::Unsupported { .. },
+            ) => Outcome::NotApplied,
             _ => Outcome::Unknown,
         }
     }
@@ -149,7 +173,7 @@ impl Outcome {
 }
 
 /// A per-block status on the wire.
-pub fn block_status(result: Result<(), &TierError>) -> v1::BlockStatus {
+pub fn block_status(result: Result<(), &NodeError>) -> v1::BlockStatus {
     match result {
         Ok(()) => v1::BlockStatus { code: Code::Ok as u32, message: String::new() },
         Err(e) => v1::BlockStatus { code: code_of(e) as u32, message: e.to_string() },

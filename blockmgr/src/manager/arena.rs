@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::NodeError;
 use kvtier_tiers::{Block, BlockKey, CpuTier, Error as TierError, TierKind};
 
 use super::{Durability, GetOutcome, Manager, MissReason, PutWriter, movement, writer::Sink};
@@ -56,7 +57,7 @@ impl Manager {
     /// Starts a put whose bytes a local client writes into a CPU slot through the shared
     /// mapping ([`PutWriter::arena_offset`]), then [`PutWriter::mark_filled`] and
     /// [`Manager::finish_put`]. When the arena has no free slot, memory is reclaimed (blocks
-    /// demoted to SSD) for up to `wait`; then it fails with [`TierError::NoSpace`], and the
+    /// demoted to SSD) for up to `wait`; then it fails with [`NodeError::Tier(TierError::NoSpace)`], and the
     /// client sends the block over gRPC instead.
     pub async fn begin_put_in_arena(
         &self,
@@ -66,7 +67,7 @@ impl Manager {
         durability: Durability,
         wait: Duration,
         holding: bool,
-    ) -> Result<PutWriter, TierError> {
+    ) -> Result<PutWriter, NodeError> {
         let (durability, route) = self.route(&key, durability);
         self.inner.check_size(&key, len)?;
         self.inner.check_durability(&key, durability)?;
@@ -85,7 +86,7 @@ impl Manager {
         len: u64,
         wait: Duration,
         holding: bool,
-    ) -> Result<Sink, TierError> {
+    ) -> Result<Sink, NodeError> {
         let inner = &self.inner;
         let deadline = Instant::now() + wait;
         let mut asked = false;
@@ -100,12 +101,12 @@ impl Manager {
             let reserved = inner.reserved.load(std::sync::atomic::Ordering::Relaxed);
             let by_reservations = reserved + inner.cpu.footprint(len) > inner.limits.reserve_limit;
             if Instant::now() >= deadline || (holding && by_reservations) {
-                return Err(TierError::NoSpace {
+                return Err(NodeError::Tier(TierError::NoSpace {
                     tier: inner.cpu.to_string(),
                     capacity: inner.cpu.capacity(),
                     used: inner.reserved.load(std::sync::atomic::Ordering::Relaxed),
                     required: inner.cpu.footprint(len),
-                });
+                }));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

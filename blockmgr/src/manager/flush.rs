@@ -15,7 +15,7 @@
 //! Namespaces configured `cache_only` never reach Blob. A failed batch is retried with
 //! exponential backoff until it succeeds; meanwhile write-back puts go on until
 //! `blob.max_unflushed` bytes wait, then wait up to `blob.flush_wait` and fail with
-//! [`TierError::Backpressure`].
+//! [`NodeError::Backpressure`].
 //!
 //! [`Durability::WriteBack`]: super::Durability::WriteBack
 
@@ -25,7 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvtier_tiers::{BlobTier, BlockKey, Error as TierError};
+use crate::NodeError;
+use kvtier_tiers::{BlobTier, BlockKey};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -263,14 +264,14 @@ impl Inner {
     /// For a write-back put, waits (up to `blob.flush_wait`) until `len` bytes fit under the
     /// unflushed limit, or fails with backpressure. Other puts need no room. Never called
     /// with a key's lock held: the flush that makes room takes key locks.
-    pub(super) async fn admit(&self, durability: Durability, len: u64) -> Result<Option<Admitted<'_>>, TierError> {
+    pub(super) async fn admit(&self, durability: Durability, len: u64) -> Result<Option<Admitted<'_>>, NodeError> {
         match (&self.flusher, durability) {
             (Some(flusher), Durability::WriteBack) => self.admit_write_back(flusher, len).await.map(Some),
             _ => Ok(None),
         }
     }
 
-    async fn admit_write_back<'a>(&'a self, flusher: &'a Flusher, len: u64) -> Result<Admitted<'a>, TierError> {
+    async fn admit_write_back<'a>(&'a self, flusher: &'a Flusher, len: u64) -> Result<Admitted<'a>, NodeError> {
         let deadline = tokio::time::Instant::now() + flusher.wait;
         loop {
             let progress = flusher.progress.notified();
@@ -284,7 +285,7 @@ impl Inner {
                 }
                 if tokio::time::Instant::now() >= deadline {
                     self.metrics.flush_backpressure.inc();
-                    return Err(TierError::Backpressure {
+                    return Err(NodeError::Backpressure {
                         tier: flusher.blob.to_string(),
                         waiting,
                         limit: flusher.limit,

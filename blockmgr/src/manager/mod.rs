@@ -59,6 +59,7 @@ use std::{
     time::Instant,
 };
 
+use crate::NodeError;
 use bytes::BytesMut;
 use kvtier_tiers::{BlobTier, Block, BlockKey, CpuTier, Error as TierError, Tier, TierExt, TierKind};
 use tokio::sync::{Semaphore, mpsc};
@@ -177,7 +178,7 @@ impl Manager {
 
     /// Stores a block whose bytes are already in hand, on this node only. The work runs in
     /// its own task: a caller that gives up never leaves a put half done.
-    pub(crate) async fn put_here(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+    pub(crate) async fn put_here(&self, block: Block, durability: Durability) -> Result<PutOutcome, NodeError> {
         let inner = self.inner.clone();
         inner.check_size(&block.key, block.len())?;
         inner.check_durability(&block.key, durability)?;
@@ -209,7 +210,7 @@ impl Manager {
         len: u64,
         expected_crc32c: Option<u32>,
         durability: Durability,
-    ) -> Result<PutWriter, TierError> {
+    ) -> Result<PutWriter, NodeError> {
         let inner = &self.inner;
         let (durability, route) = self.route(&key, durability);
         inner.check_size(&key, len)?;
@@ -222,7 +223,7 @@ impl Manager {
                     .clone()
                     .acquire_many_owned(inner.budget_permits(len))
                     .await
-                    .map_err(|_| TierError::Closed { tier: "manager".into() })?;
+                    .map_err(|_| NodeError::Closed { what: "the node".into() })?;
                 Sink::Heap(BytesMut::with_capacity(len as usize), permit)
             }
         };
@@ -236,7 +237,7 @@ impl Manager {
     pub fn finish_put(
         &self,
         mut writer: PutWriter,
-    ) -> impl Future<Output = Result<PutOutcome, TierError>> + Send + 'static {
+    ) -> impl Future<Output = Result<PutOutcome, NodeError>> + Send + 'static {
         let me = self.clone();
         detached(&self.inner.tasks, async move {
             let (route, key) = (writer.route.take(), writer.key.clone());
@@ -458,10 +459,14 @@ impl Manager {
 /// write in flight).
 pub(crate) fn detached<T: Send + 'static>(
     tasks: &Tasks,
-    work: impl Future<Output = Result<T, TierError>> + Send + 'static,
-) -> impl Future<Output = Result<T, TierError>> + Send + 'static {
+    work: impl Future<Output = Result<T, NodeError>> + Send + 'static,
+) -> impl Future<Output = Result<T, NodeError>> + Send + 'static {
     let task = tasks.spawn(work);
-    async move { task.await.unwrap_or_else(|e| Err(TierError::Generic { tier: "manager".into(), source: Box::new(e) })) }
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(NodeError::Tier(TierError::Generic { tier: "manager".into(), source: Box::new(e) }))
+        })
+    }
 }
 
 /// Counts background moves so that [`Manager::settle`] can wait for them.

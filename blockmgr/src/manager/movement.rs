@@ -7,6 +7,7 @@ use std::{
     time::Instant,
 };
 
+use crate::NodeError;
 use futures::StreamExt;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, PutStatus, TierExt, TierKind};
 use tokio::sync::{Semaphore, mpsc};
@@ -156,7 +157,7 @@ impl Inner {
     /// Writes a block to SSD, evicting while it is full and eviction makes progress (see
     /// [`Inner::evict_ssd`]), and enters it in the SSD's order. The caller holds the block's
     /// lock and updates the index.
-    pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, TierError> {
+    pub(super) async fn write_ssd(&self, block: Block) -> Result<PutStatus, NodeError> {
         let ssd = self.ssd.as_ref().expect("callers check for an SSD tier");
         let len = block.len();
         // One eviction frees a slot when the class has a region (unless a concurrent writer
@@ -194,9 +195,9 @@ impl Inner {
                         empty_waits += 1;
                         tokio::time::sleep(BUSY_WAIT).await;
                     }
-                    Evicted { .. } => return Err(e),
+                    Evicted { .. } => return Err(e.into()),
                 },
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }

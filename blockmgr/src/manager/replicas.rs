@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
+use crate::NodeError;
 use futures::{StreamExt, stream::FuturesUnordered};
-use kvtier_tiers::{Block, BlockKey, Error as TierError, TierExt, TierKind};
+use kvtier_tiers::{Block, BlockKey, TierExt, TierKind};
 
 use super::{Durability, GetOutcome, Inner, Manager, PutOutcome};
 
@@ -244,7 +245,7 @@ impl Manager {
     }
 
     /// Stores `block` here and on its other owners.
-    pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+    pub async fn put(&self, block: Block, durability: Durability) -> Result<PutOutcome, NodeError> {
         self.put_reporting(block, durability).await.0
     }
 
@@ -254,7 +255,7 @@ impl Manager {
         &self,
         block: Block,
         durability: Durability,
-    ) -> (Result<PutOutcome, TierError>, Vec<String>) {
+    ) -> (Result<PutOutcome, NodeError>, Vec<String>) {
         let (local, route) = self.route(&block.key, durability);
         let here = self.put_here(block.clone(), local).await;
         if here.is_ok() {
@@ -287,8 +288,8 @@ impl Manager {
         &self,
         route: Box<Route>,
         block: Option<Block>,
-        here: Result<PutOutcome, TierError>,
-    ) -> Result<PutOutcome, TierError> {
+        here: Result<PutOutcome, NodeError>,
+    ) -> Result<PutOutcome, NodeError> {
         self.replicate_reporting(route, block, here).await.0
     }
 
@@ -297,8 +298,8 @@ impl Manager {
         &self,
         route: Box<Route>,
         block: Option<Block>,
-        here: Result<PutOutcome, TierError>,
-    ) -> (Result<PutOutcome, TierError>, Vec<String>) {
+        here: Result<PutOutcome, NodeError>,
+    ) -> (Result<PutOutcome, NodeError>, Vec<String>) {
         let Route { cluster, plan, durability } = *route;
         let local = cluster.local_id();
         let key = match (&block, &here) {
@@ -365,7 +366,7 @@ impl Manager {
         }
         if stored < plan.quorum {
             let failures = failures.join("; ");
-            return (Err(TierError::Quorum { key, stored, wanted: plan.quorum, failures }), holding);
+            return (Err(NodeError::Quorum { key, stored, wanted: plan.quorum, failures }), holding);
         }
         if !failures.is_empty() {
             tracing::warn!(%key, stored, wanted = plan.owners.len(), failures = %failures.join("; "), "a copy failed; the quorum holds the block");

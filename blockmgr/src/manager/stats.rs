@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use kvtier_tiers::{BlockKey, Error as TierError, Namespace, PutStatus, TierKind};
+use crate::NodeError;
+use kvtier_tiers::{BlockKey, Namespace, PutStatus, TierKind};
 
 use super::{
     Inner, MissReason, PutOutcome, Stats, TierStats,
@@ -11,7 +12,7 @@ use super::{
 };
 
 impl Inner {
-    pub(super) fn count_put(&self, namespace: &Namespace, result: &Result<PutOutcome, TierError>) {
+    pub(super) fn count_put(&self, namespace: &Namespace, result: &Result<PutOutcome, NodeError>) {
         if result.is_ok() {
             self.namespaces.count(&self.metrics, namespace, Counted::Put);
         }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
+use crate::NodeError;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, PutStatus, Tier, TierExt, TierKind};
 
 use super::{
@@ -15,12 +16,12 @@ use crate::{
 };
 
 impl Inner {
-    pub(super) fn check_size(&self, key: &BlockKey, len: u64) -> Result<(), TierError> {
-        kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)
+    pub(super) fn check_size(&self, key: &BlockKey, len: u64) -> Result<(), NodeError> {
+        Ok(kvtier_tiers::check_block_size(key, len, self.limits.max_block_size)?)
     }
 
-    pub(super) fn check_durability(&self, key: &BlockKey, durability: Durability) -> Result<(), TierError> {
-        let refuse = |what: String| Err(TierError::Unsupported { tier: "manager".into(), what });
+    pub(super) fn check_durability(&self, key: &BlockKey, durability: Durability) -> Result<(), NodeError> {
+        let refuse = |what: String| Err(NodeError::Tier(TierError::Unsupported { tier: "manager".into(), what }));
         if durability.on_disk() && self.ssd.is_none() {
             return refuse(format!("durability {} needs an SSD tier (ssd.enabled = false)", durability.as_str()));
         }
@@ -67,7 +68,7 @@ impl Inner {
         e: Entry,
         durability: Durability,
         crc32c: u32,
-    ) -> Result<PutOutcome, TierError> {
+    ) -> Result<PutOutcome, NodeError> {
         let to_disk = durability.on_disk() && self.ssd.is_some() && !e.tiers.has(TierKind::Ssd);
         let to_write_back = durability == Durability::WriteBack
             && !e.durable
@@ -137,19 +138,19 @@ impl Inner {
         self.cpu.reserve(key, len).ok().map(|r| Sink::Arena(r, guard))
     }
 
-    pub(super) async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, TierError> {
+    pub(super) async fn finish(&self, writer: PutWriter) -> Result<PutOutcome, NodeError> {
         let PutWriter { key, len, expected_crc32c, durability, crc32c, written, sink, .. } = writer;
         if written != len {
-            return Err(TierError::InvalidSize { key: key.to_string(), size: written, max: len });
+            return Err(NodeError::Tier(TierError::InvalidSize { key: key.to_string(), size: written, max: len }));
         }
         if let Some(expected) = expected_crc32c.filter(|&e| e != crc32c) {
-            return Err(TierError::ChecksumMismatch {
+            return Err(NodeError::Tier(TierError::ChecksumMismatch {
                 tier: "ingress".into(),
                 key: key.to_string(),
                 location: "the bytes received".into(),
                 expected,
                 actual: crc32c,
-            });
+            }));
         }
         // Before the key's lock: the flush that makes room takes key locks.
         let admitted = self.admit(durability, len).await?;
@@ -185,7 +186,7 @@ impl Inner {
 
     /// Places a new block (the caller holds its lock, saw it absent, and holds its room in
     /// the unflushed budget if it is write-back).
-    pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, TierError> {
+    pub(super) async fn store(&self, block: Block, durability: Durability) -> Result<PutOutcome, NodeError> {
         let (key, len, crc32c) = (block.key.clone(), block.len(), block.crc32c);
         let durable = durability == Durability::WriteBack;
         let cache = durability == Durability::Cache;
@@ -205,12 +206,12 @@ impl Inner {
         }
         // Memory is full: write around it.
         if self.ssd.is_none() {
-            return Err(TierError::NoSpace {
+            return Err(NodeError::Tier(TierError::NoSpace {
                 tier: self.cpu.to_string(),
                 capacity: self.cpu.capacity(),
                 used: self.cpu.usage().await.map(|u| u.used).unwrap_or(0),
                 required: len,
-            });
+            }));
         }
         self.write_ssd(block).await?;
         self.index.insert(key, entry(TierSet::of(TierKind::Ssd)));

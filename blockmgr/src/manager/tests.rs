@@ -283,7 +283,10 @@ async fn streamed_puts_check_length_and_checksum() {
     let mut w = m.begin_put(other.key.clone(), other.len(), Some(other.crc32c ^ 1), Durability::Cache).await.unwrap();
     w.write(&other.data).unwrap();
     let err = m.finish_put(w).await.unwrap_err();
-    assert!(matches!(err, TierError::ChecksumMismatch { .. }) && err.to_string().contains("test/model/"), "{err}");
+    assert!(
+        matches!(err, NodeError::Tier(TierError::ChecksumMismatch { .. })) && err.to_string().contains("test/model/"),
+        "{err}"
+    );
 
     let mut w = m.begin_put(other.key.clone(), other.len(), None, Durability::Cache).await.unwrap();
     w.write(&other.data[..5000]).unwrap();
@@ -295,7 +298,7 @@ async fn streamed_puts_check_length_and_checksum() {
     drop(w);
     assert_eq!(m.stats().await.tiers[0].used_bytes, used, "an abandoned put frees its space");
     let err = m.begin_put(key(4), 0, None, Durability::Cache).await.unwrap_err();
-    assert!(matches!(err, TierError::InvalidSize { .. }));
+    assert!(matches!(err, NodeError::Tier(TierError::InvalidSize { .. })));
     let err = m.begin_put(key(4), (512 << 10) + 1, None, Durability::Cache).await.unwrap_err();
     assert!(err.to_string().contains("524289"), "{err}");
 }
@@ -350,7 +353,7 @@ async fn local_disk_without_ssd_is_refused_clearly() {
     let mut refused = false;
     for i in 0..40 {
         if let Err(e) = m.put(block(i + 10, 512 << 10), Durability::Cache).await {
-            assert!(e.is_no_space(), "{e}");
+            assert!(e.as_tier().is_some_and(kvtier_tiers::Error::is_no_space), "{e}");
             refused = true;
         }
     }

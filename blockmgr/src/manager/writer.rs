@@ -9,6 +9,7 @@ use std::{
     },
 };
 
+use crate::NodeError;
 use bytes::{Bytes, BytesMut};
 use kvtier_tiers::{BlockKey, Error as TierError, Reservation};
 use tokio::sync::OwnedSemaphorePermit;
@@ -51,10 +52,14 @@ impl fmt::Debug for PutWriter {
 
 impl PutWriter {
     /// Appends bytes; refuses bytes past the declared length.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), TierError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), NodeError> {
         let end = self.written + data.len() as u64;
         if end > self.len {
-            return Err(TierError::InvalidSize { key: self.key.to_string(), size: end, max: self.len });
+            return Err(NodeError::Tier(TierError::InvalidSize {
+                key: self.key.to_string(),
+                size: end,
+                max: self.len,
+            }));
         }
         match &mut self.sink {
             Sink::Arena(r, _) => r.write(data)?,
@@ -104,12 +109,12 @@ impl PutWriter {
     /// in the slot, so a declared one that disagrees fails the commit; without, the declared
     /// checksum is taken as is and a wrong one only shows when the block is read back.
     /// `declared` replaces the checksum given when the put began, if any.
-    pub fn mark_filled(&mut self, declared: Option<u32>, verify: bool) -> Result<(), TierError> {
+    pub fn mark_filled(&mut self, declared: Option<u32>, verify: bool) -> Result<(), NodeError> {
         let Sink::Arena(reservation, _) = &mut self.sink else {
-            return Err(TierError::Unsupported {
+            return Err(NodeError::Tier(TierError::Unsupported {
                 tier: "manager".into(),
                 what: format!("{}: the block is not in the shared arena", self.key),
-            });
+            }));
         };
         reservation.mark_filled();
         self.written = self.len;

@@ -5,7 +5,8 @@
 //! that owns no copy asks the owners, in order, and a listing asks every member for the
 //! paths it owns. Chunks are ordinary blocks with their own owners.
 
-use kvtier_tiers::{BlockKey, Error as TierError, Namespace};
+use crate::NodeError;
+use kvtier_tiers::{BlockKey, Namespace};
 
 use super::Objects;
 use super::{CommitIf, ObjectInfo, check_path, is_manifest_key, manifest_key};
@@ -31,8 +32,8 @@ enum Removal {
 /// One owner's answer to "what is the current manifest": by owner id.
 type OwnerAnswer = (String, Result<Option<Vec<u8>>, crate::cluster::PeerError>);
 
-fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, TierError> {
-    serde_json::from_slice(json).map_err(|e| TierError::Unreachable {
+fn parse(json: &[u8], from: &str) -> Result<ObjectInfo, NodeError> {
+    serde_json::from_slice(json).map_err(|e| NodeError::Unreachable {
         what: "an object's manifest".into(),
         failures: format!("{from} sent a manifest that does not parse: {e}"),
     })
@@ -68,7 +69,7 @@ impl Objects {
         ns: &Namespace,
         path: &str,
         all_answer: bool,
-    ) -> Result<Option<ObjectInfo>, TierError> {
+    ) -> Result<Option<ObjectInfo>, NodeError> {
         let Some((_, answers)) = self.ask_other_owners(ns, path).await else { return Ok(None) };
         let mut newest: Option<ObjectInfo> = None;
         let mut failures = Vec::new();
@@ -86,7 +87,7 @@ impl Objects {
         }
         if all_answer && !failures.is_empty() {
             let what = format!("deciding whether {ns}/{path} exists");
-            return Err(TierError::Unreachable { what, failures: failures.join("; ") });
+            return Err(NodeError::Unreachable { what, failures: failures.join("; ") });
         }
         Ok(newest)
     }
@@ -108,7 +109,7 @@ impl Objects {
         info: ObjectInfo,
         durability: Durability,
         condition: CommitIf,
-    ) -> Result<Option<ObjectInfo>, TierError> {
+    ) -> Result<Option<ObjectInfo>, NodeError> {
         let (plan, cluster) = match (self.path_owners(ns, &info.path), self.node.cluster()) {
             (Owners::These(plan), Some(cluster)) => (plan, cluster),
             _ => return self.commit_here(ns, info, durability, condition, None).await,
@@ -141,16 +142,16 @@ impl Objects {
         }
         let failures = failures.join("; ");
         Err(if not_applied {
-            TierError::NotCommitted { what, cause: failures }
+            NodeError::NotCommitted { what, cause: failures }
         } else {
-            TierError::Unreachable { what, failures }
+            NodeError::Unreachable { what, failures }
         })
     }
 
     /// The current version of `path`, if any: the newest its owners know (all of them are
     /// asked, this node's catalog among them when it is one: an owner back from an absence
     /// may not have resynced the latest commit yet).
-    pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, TierError> {
+    pub async fn stat_object(&self, namespace: &str, path: &str) -> Result<Option<ObjectInfo>, NodeError> {
         let ns = Namespace::new(namespace)?;
         let (Some((plan, answers)), Some(cluster)) = (self.ask_other_owners(&ns, path).await, self.node.cluster())
         else {
@@ -178,14 +179,14 @@ impl Objects {
         // that answered may be one back from an absence (not resynced yet) while the one
         // holding the object does not answer.
         if !answered || (newest.is_none() && !failures.is_empty()) {
-            return Err(TierError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
+            return Err(NodeError::Unreachable { what: format!("{namespace}/{path}"), failures: failures.join("; ") });
         }
         Ok(newest.filter(|info| !info.deleted))
     }
 
     /// Objects of `namespace` whose path starts with `prefix`, sorted by path: with a
     /// cluster, every member's owned paths (the newest generation wins where two disagree).
-    pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+    pub async fn list_objects(&self, namespace: &str, prefix: &str) -> Result<Vec<ObjectInfo>, NodeError> {
         let ns = Namespace::new(namespace)?;
         let Some(cluster) = self.node.cluster() else { return Ok(self.list_objects_here(&ns, prefix, |_| true)) };
         let mut found: std::collections::BTreeMap<String, ObjectInfo> = std::collections::BTreeMap::new();
@@ -217,25 +218,25 @@ impl Objects {
     }
 
     /// Removes `path` (on its primary, or the next owner that answers): whether it existed.
-    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, TierError> {
+    pub async fn delete_object(&self, namespace: &str, path: &str) -> Result<bool, NodeError> {
         self.delete_object_if(namespace, path, CommitIf::Any).await
     }
 
     /// Removes `path` if its live version meets `condition` (S3's `If-Match` on a delete),
     /// decided by its primary: whether there was a version that met it, now deleted.
-    pub async fn delete_object_if(&self, namespace: &str, path: &str, condition: CommitIf) -> Result<bool, TierError> {
+    pub async fn delete_object_if(&self, namespace: &str, path: &str, condition: CommitIf) -> Result<bool, NodeError> {
         check_path(path)?;
         self.on_path_primary(&Namespace::new(namespace)?, path, Removal::Delete(condition)).await
     }
 
     /// Retires `info`'s generation of its path without its chunks (a joined object adopted
     /// them), on the path's primary: whether it was the current one.
-    pub async fn forget_object(&self, namespace: &str, info: &ObjectInfo) -> Result<bool, TierError> {
+    pub async fn forget_object(&self, namespace: &str, info: &ObjectInfo) -> Result<bool, NodeError> {
         self.on_path_primary(&Namespace::new(namespace)?, &info.path, Removal::Forget(info.generation)).await
     }
 
     /// Runs `removal` of `path` on its primary (this node, or the first owner that answers).
-    async fn on_path_primary(&self, ns: &Namespace, path: &str, removal: Removal) -> Result<bool, TierError> {
+    async fn on_path_primary(&self, ns: &Namespace, path: &str, removal: Removal) -> Result<bool, NodeError> {
         let here = async || match removal {
             Removal::Delete(condition) => self.delete_object_here(ns, path, None, condition).await,
             Removal::Forget(generation) => Ok(self.forget_object_here(ns, path, generation).await),
@@ -262,7 +263,7 @@ impl Objects {
             Removal::Delete(_) => "deleting",
             Removal::Forget(_) => "retiring",
         };
-        Err(TierError::Unreachable { what: format!("{doing} {ns}/{path}"), failures: failures.join("; ") })
+        Err(NodeError::Unreachable { what: format!("{doing} {ns}/{path}"), failures: failures.join("; ") })
     }
 
     /// A manifest just stored on this node (a copy from the path's primary, a resync or a

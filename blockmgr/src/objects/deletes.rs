@@ -21,7 +21,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use kvtier_tiers::{Error as TierError, Namespace};
+use crate::NodeError;
+use kvtier_tiers::Namespace;
 
 use super::Objects;
 use super::{CommitIf, ObjectInfo, manifest_key, now_unix, unix_ms};
@@ -63,7 +64,7 @@ impl Objects {
         path: &str,
         deadline_unix_ms: Option<u64>,
         condition: CommitIf,
-    ) -> Result<bool, TierError> {
+    ) -> Result<bool, NodeError> {
         let durability = self.marker_durability(&manifest_key(ns, path, 0));
         let marker = ObjectInfo::delete_marker(path);
         let Some(marker) = self.commit_here(ns, marker, durability, condition, deadline_unix_ms).await? else {

@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::NodeError;
 use bytes::Bytes;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
 
@@ -34,11 +35,13 @@ use super::{
 };
 use crate::{Durability, GetOutcome};
 
-fn parse(block: &Block) -> Result<ObjectInfo, TierError> {
-    serde_json::from_slice(&block.data).map_err(|e| TierError::Corrupt {
-        tier: "objects".into(),
-        path: block.key.to_string().into(),
-        reason: format!("the manifest does not parse: {e}"),
+fn parse(block: &Block) -> Result<ObjectInfo, NodeError> {
+    serde_json::from_slice(&block.data).map_err(|e| {
+        NodeError::Tier(TierError::Corrupt {
+            tier: "objects".into(),
+            path: block.key.to_string().into(),
+            reason: format!("the manifest does not parse: {e}"),
+        })
     })
 }
 
@@ -83,7 +86,7 @@ impl Objects {
             return Ok(Exported::Done);
         }
         let name = exports.blobs.name(&ns, &info.path);
-        let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
+        let blob = |error: TierError| ExportFailure { reason: FailureReason::Blob, error: error.into() };
         if info.deleted {
             // A delete marker: the object's file goes. A node alone needs the marker no more.
             exports.blobs.delete(&name).await.map_err(blob)?;
@@ -133,7 +136,10 @@ impl Objects {
         let Some(newer) = newer else { return Ok(true) };
         if !self.settled(&newer) {
             let reason = format!("{ns}/{}: generation {} is current", info.path, newer.generation);
-            return Err(ExportFailure { reason: FailureReason::Superseded, error: TierError::InvalidKey { reason } });
+            return Err(ExportFailure {
+                reason: FailureReason::Superseded,
+                error: NodeError::Tier(TierError::InvalidKey { reason }),
+            });
         }
         tracing::info!(object = %info.path, %ns, generation = info.generation, newer = newer.generation,
             deleted = newer.deleted, "not exported: a newer version replaced it (this node missed it)");
@@ -166,24 +172,24 @@ impl Objects {
     }
 
     /// Chunk `index` of `info` from any node, checked against the manifest's CRC-32C.
-    pub(super) async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, TierError> {
+    pub(super) async fn chunk(&self, ns: &Namespace, info: &ObjectInfo, index: u64) -> Result<Bytes, NodeError> {
         let key = info.chunk_key(ns, index);
         match self.node.get(&key).await {
             GetOutcome::Hit { block, .. } => {
                 if let Some(want) = info.chunk_crc32c(index)
                     && want != block.crc32c
                 {
-                    return Err(TierError::ChecksumMismatch {
+                    return Err(NodeError::Tier(TierError::ChecksumMismatch {
                         tier: "objects".into(),
                         key: key.to_string(),
                         location: format!("chunk {index} of {ns}/{}", info.path),
                         expected: want,
                         actual: block.crc32c,
-                    });
+                    }));
                 }
                 Ok(block.data)
             }
-            GetOutcome::Miss { reason, message } => Err(TierError::Unreachable {
+            GetOutcome::Miss { reason, message } => Err(NodeError::Unreachable {
                 what: format!("chunk {index} of {ns}/{} generation {}", info.path, info.generation),
                 failures: format!("{reason:?}: {message}"),
             }),

@@ -39,5 +39,5 @@ impl FailureReason {
 #[derive(Debug)]
 pub(crate) struct ExportFailure {
     pub(crate) reason: FailureReason,
-    pub(crate) error: kvtier_tiers::Error,
+    pub(crate) error: crate::NodeError,
 }

@@ -7,6 +7,7 @@
 //! on its own: its chunks stay pinned until the joined object is exported to Blob (which
 //! releases them) or the part is deleted.
 
+use crate::NodeError;
 use kvtier_tiers::{Error as TierError, Namespace};
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +91,7 @@ impl Objects {
         durability: Durability,
         condition: CommitIf,
         attributes: std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<ObjectInfo>, TierError> {
+    ) -> Result<Option<ObjectInfo>, NodeError> {
         let ns = Namespace::new(namespace)?;
         // Between a part's retirement and the joined commit no manifest names its chunks.
         let _writing = self.writing(&ns, parts.iter().flat_map(ObjectInfo::chunk_ids));
@@ -98,9 +99,9 @@ impl Objects {
         for part in parts {
             let outcome = match self.forget_object(namespace, part).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(TierError::InvalidKey {
+                Ok(false) => Err(NodeError::Tier(TierError::InvalidKey {
                     reason: format!("{namespace}/{}: replaced or deleted while being joined into {path}", part.path),
-                }),
+                })),
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
@@ -125,7 +126,7 @@ impl Objects {
                 }
                 Ok(None)
             }
-            Err(e @ TierError::NotCommitted { .. }) => {
+            Err(e @ NodeError::NotCommitted { .. }) => {
                 // Undone everywhere: nothing names the retired parts' chunks.
                 for p in retired {
                     self.remove_generation(&ns, p).await;

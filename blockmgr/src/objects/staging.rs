@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::NodeError;
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use kvtier_tiers::{
@@ -104,7 +105,7 @@ impl Objects {
         name: &str,
     ) -> Result<bool, ExportFailure> {
         let ns = &key.namespace;
-        let blob = |error| ExportFailure { reason: FailureReason::Blob, error };
+        let blob = |error: TierError| ExportFailure { reason: FailureReason::Blob, error: error.into() };
         let mut staging = match staged.take(key) {
             Some(staging) => staging,
             None => Staging::new(blobs.begin(name).await.map_err(blob)?),
@@ -171,14 +172,14 @@ impl Objects {
                     .await
                     .map_err(|failures| ExportFailure {
                         reason: FailureReason::Stager,
-                        error: TierError::Unreachable {
+                        error: NodeError::Unreachable {
                             what: format!("staging parts of {}", upload.name),
                             failures: failures.to_string(),
                         },
                     })?,
                 _ => self.stage_parts_here(ns, info, upload, &parts).await.map_err(|error| {
                     let reason = match error {
-                        TierError::Store { .. } => FailureReason::Blob,
+                        NodeError::Tier(TierError::Store { .. }) => FailureReason::Blob,
                         _ => FailureReason::Chunks,
                     };
                     ExportFailure { reason, error }
@@ -199,7 +200,7 @@ impl Objects {
         }
         (0..parts).map(|p| staging.ids.get(&p).cloned()).collect::<Option<Vec<_>>>().ok_or_else(|| ExportFailure {
             reason: FailureReason::Stager,
-            error: TierError::Unreachable { what: upload.name.clone(), failures: "a stager skipped a part".into() },
+            error: NodeError::Unreachable { what: upload.name.clone(), failures: "a stager skipped a part".into() },
         })
     }
 
@@ -211,16 +212,18 @@ impl Objects {
         info: &ObjectInfo,
         upload: &Upload,
         parts: &[u32],
-    ) -> Result<Vec<String>, TierError> {
-        let exports = self.exports().ok_or_else(|| TierError::Unsupported {
-            tier: "objects".into(),
-            what: "staging object parts on a node without a Blob tier".into(),
+    ) -> Result<Vec<String>, NodeError> {
+        let exports = self.exports().ok_or_else(|| {
+            NodeError::Tier(TierError::Unsupported {
+                tier: "objects".into(),
+                what: "staging object parts on a node without a Blob tier".into(),
+            })
         })?;
         let layout = &export_parts(info);
         futures::stream::iter(parts.iter().copied())
             .map(|part| async move {
-                let chunks = layout.get(part as usize).cloned().ok_or_else(|| TierError::InvalidKey {
-                    reason: format!("{}: no part {part} to stage", info.path),
+                let chunks = layout.get(part as usize).cloned().ok_or_else(|| {
+                    NodeError::Tier(TierError::InvalidKey { reason: format!("{}: no part {part} to stage", info.path) })
                 })?;
                 let mut data = BytesMut::new();
                 for index in chunks {
@@ -230,7 +233,7 @@ impl Objects {
                 let id = exports.blobs.stage(upload, part as usize, data.freeze()).await?;
                 self.node.metrics().object_parts_staged.inc();
                 self.node.metrics().object_staged_bytes.inc_by(bytes);
-                Ok::<_, TierError>(id)
+                Ok::<_, NodeError>(id)
             })
             .buffered(STAGE_CONCURRENCY)
             .try_collect()

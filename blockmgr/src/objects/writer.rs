@@ -1,8 +1,9 @@
 //! Writing a named object: [`ObjectWriter`] stores chunks as they fill and commits the
 //! manifest (objects.rs describes the layout).
 
+use crate::NodeError;
 use bytes::BytesMut;
-use kvtier_tiers::{Block, BlockKey, Error as TierError, Namespace};
+use kvtier_tiers::{Block, BlockKey, Namespace};
 
 use super::Objects;
 use super::{CommitIf, ObjectInfo, check_path, chunk_key, now_unix};
@@ -50,7 +51,7 @@ impl std::fmt::Debug for ObjectWriter {
 
 impl ObjectWriter {
     /// Appends bytes.
-    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), TierError> {
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), NodeError> {
         self.crc32c = kvtier_tiers::crc32c_append(self.crc32c, data);
         self.size += data.len() as u64;
         while !data.is_empty() {
@@ -65,7 +66,7 @@ impl ObjectWriter {
         Ok(())
     }
 
-    async fn store_chunk(&mut self) -> Result<(), TierError> {
+    async fn store_chunk(&mut self) -> Result<(), NodeError> {
         let bytes = self.buf.split().freeze();
         let key = chunk_key(&self.namespace, self.id, self.begun);
         self.runtime.get_or_insert_with(tokio::runtime::Handle::current);
@@ -121,12 +122,12 @@ impl ObjectWriter {
     }
 
     /// Stores the last chunk and commits the manifest: from here readers see this version.
-    pub async fn commit(self) -> Result<ObjectInfo, TierError> {
+    pub async fn commit(self) -> Result<ObjectInfo, NodeError> {
         Ok(self.commit_if(CommitIf::Any).await?.expect("an unconditional commit commits"))
     }
 
     /// Commits only if `path` has no version yet (S3's `If-None-Match: *`).
-    pub async fn commit_if_absent(self) -> Result<Option<ObjectInfo>, TierError> {
+    pub async fn commit_if_absent(self) -> Result<Option<ObjectInfo>, NodeError> {
         self.commit_if(CommitIf::Absent).await
     }
 
@@ -139,16 +140,16 @@ impl ObjectWriter {
     /// away (an HTTP client that resets its request drops the handler awaiting this): half a
     /// commit would leave its chunks to the start-up sweep, and its outcome to nobody. A
     /// shutdown waits for it.
-    pub async fn commit_if(self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
+    pub async fn commit_if(self, condition: CommitIf) -> Result<Option<ObjectInfo>, NodeError> {
         let tasks = self.objects.node.tasks().clone();
         crate::manager::detached(&tasks, self.commit_to_end(condition)).await
     }
 
-    async fn commit_to_end(mut self, condition: CommitIf) -> Result<Option<ObjectInfo>, TierError> {
+    async fn commit_to_end(mut self, condition: CommitIf) -> Result<Option<ObjectInfo>, NodeError> {
         if !self.buf.is_empty() {
             // Before the manifest: a failure here commits nothing (dropped, the writer
             // deletes its chunks), whatever the chunk's own put left behind.
-            self.store_chunk().await.map_err(|e| TierError::NotCommitted {
+            self.store_chunk().await.map_err(|e| NodeError::NotCommitted {
                 what: format!("{}/{}", self.namespace, self.path),
                 cause: format!("storing its last chunk: {e}"),
             })?;
@@ -163,7 +164,7 @@ impl ObjectWriter {
         // committed by a call whose answer was lost, is answered as committed), or failed
         // and undone everywhere: no manifest names these chunks. (After a failure of unknown
         // outcome a manifest may; they stay, and the orphan sweep finds them if none does.)
-        if matches!(committed, Ok(None) | Err(TierError::NotCommitted { .. }))
+        if matches!(committed, Ok(None) | Err(NodeError::NotCommitted { .. }))
             && let Some(deleting) = self.delete_chunks()
         {
             let _ = deleting.await;
@@ -189,7 +190,7 @@ impl Drop for ObjectWriter {
 
 impl Objects {
     /// Starts a new version of `path` in `namespace`.
-    pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
+    pub fn write_object(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, NodeError> {
         self.object_writer(namespace, path, durability, durability)
     }
 
@@ -197,7 +198,7 @@ impl Objects {
     /// stored with `durability`, but a write-back part is never exported to Blob on its own
     /// (its manifest stays on local disk), so its chunks stay pinned until the joined object
     /// that adopts them is exported, or the part is deleted.
-    pub fn write_part(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, TierError> {
+    pub fn write_part(&self, namespace: &str, path: &str, durability: Durability) -> Result<ObjectWriter, NodeError> {
         let manifest = if durability == Durability::WriteBack { Durability::LocalDisk } else { durability };
         self.object_writer(namespace, path, durability, manifest)
     }
@@ -208,7 +209,7 @@ impl Objects {
         path: &str,
         durability: Durability,
         manifest_durability: Durability,
-    ) -> Result<ObjectWriter, TierError> {
+    ) -> Result<ObjectWriter, NodeError> {
         check_path(path)?;
         let namespace = Namespace::new(namespace)?;
         let id = rand::random();

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use crate::NodeError;
 use bytes::Bytes;
 use kvtier_proto::{
     peer::v1::{self as peer, peer_server},
@@ -154,7 +155,7 @@ impl peer_server::Peer for PeerService {
         let ns = self.check(&request, "peer_delete_object").await?;
         let path = &request.get_ref().path;
         if path.is_empty() {
-            return Err(status_of(&TierError::InvalidKey { reason: "an empty object path".into() }));
+            return Err(status_of(&NodeError::Tier(TierError::InvalidKey { reason: "an empty object path".into() })));
         }
         let deadline = deadline_of(&request).map(crate::clock::unix_ms);
         let condition = if_version_of(&request);

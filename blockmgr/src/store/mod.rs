@@ -8,6 +8,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+use crate::NodeError;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use kvtier_tiers::{Block, BlockKey, Error as TierError, TierKind};
@@ -40,6 +41,12 @@ impl StoreError {
 
 /// Classed by the gRPC code the node answers it with (`wire::code_of`): a caller of the
 /// node in process and one over gRPC see the same class for the same failure.
+impl From<NodeError> for StoreError {
+    fn from(e: NodeError) -> Self {
+        of_code(crate::wire::code_of(&e), e.to_string())
+    }
+}
+
 impl From<TierError> for StoreError {
     fn from(e: TierError) -> Self {
         of_code(crate::wire::code_of(&e), e.to_string())
@@ -226,10 +233,10 @@ mod tests {
     /// busy or short of members, invalid when the request is, failed otherwise.
     #[test]
     fn failures_are_classed_by_what_the_caller_should_do() {
-        let busy = TierError::Backpressure { tier: "ssd".into(), waiting: 2, limit: 1, cause: None };
-        let short = TierError::Quorum { key: "k".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
-        let undone = TierError::NotCommitted { what: "a/b".into(), cause: "undone".into() };
-        let closed = TierError::Closed { tier: "cpu".into() };
+        let busy = NodeError::Backpressure { tier: "ssd".into(), waiting: 2, limit: 1, cause: None };
+        let short = NodeError::Quorum { key: "k".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
+        let undone = NodeError::NotCommitted { what: "a/b".into(), cause: "undone".into() };
+        let closed = NodeError::Closed { what: "the node".into() };
         for e in [busy, short, undone, closed] {
             let message = e.to_string();
             let classed = StoreError::from(e);
@@ -241,7 +248,7 @@ mod tests {
         assert!(matches!(StoreError::from(bad), StoreError::Invalid(_)));
         let status = tonic::Status::invalid_argument("key is 0 bytes");
         assert!(matches!(StoreError::from(ClientError::Status(status)), StoreError::Invalid(_)));
-        let damaged = TierError::config("ssd.capacity", "changed");
+        let damaged = NodeError::Tier(TierError::config("ssd.capacity", "changed"));
         assert!(matches!(StoreError::from(damaged), StoreError::Failed(_)));
     }
 

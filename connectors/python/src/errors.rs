@@ -1,7 +1,6 @@
 //! The Python exceptions a kvtier failure raises, by what it was.
 
 use kvtier_client::{ClientError, shm::ShmError};
-use kvtier_tiers::Error as TierError;
 use pyo3::{create_exception, exceptions::PyException, prelude::*};
 use tonic::Code;
 
@@ -62,6 +61,6 @@ pub(crate) fn shm_error(e: ShmError) -> PyErr {
     }
 }
 
-pub(crate) fn tier_error(e: &TierError) -> PyErr {
+pub(crate) fn tier_error(e: &impl kvtier_types::wire::Coded) -> PyErr {
     error(kvtier_types::wire::code_of(e), e.to_string())
 }

@@ -159,6 +159,7 @@ impl Client {
                     InvalidArgumentError::new_err(t.to_string())
                 }
                 kvtier_blockmgr::Error::Tier(t) => tier_error(t),
+                kvtier_blockmgr::Error::Node(n) => tier_error(n),
                 _ => KvtierError::new_err(e.to_string()),
             })?;
         Ok(Client { backend: Backend::Embedded(manager), shm: None, address: "embedded".into() })

@@ -28,7 +28,7 @@ pub(super) async fn write_bucket(
     prefix: &str,
     bucket: &str,
     durability: Durability,
-) -> Result<bool, kvtier_tiers::Error> {
+) -> Result<bool, kvtier_blockmgr::NodeError> {
     let mut w = objects.write_object(&format!("{prefix}/{bucket}"), BUCKET_MARKER, durability)?;
     w.write(b"kvtier s3 bucket").await?;
     if w.commit_if_absent().await?.is_none() {

@@ -17,7 +17,7 @@ pub(super) fn no_such_bucket(b: &str) -> S3Error {
 /// (a node out of reach, too few copies, write-back backlog, a full tier) as 503s a client
 /// retries (`ServiceUnavailable`, `SlowDown`), a key the store refuses as `InvalidArgument`,
 /// anything else as `InternalError`.
-pub(super) fn internal(e: kvtier_tiers::Error) -> S3Error {
+pub(super) fn internal(e: kvtier_blockmgr::NodeError) -> S3Error {
     use tonic::Code;
     let message = e.to_string();
     // Classed as the gRPC service classes it (`wire::code_of`): one answer to "retry?" for
@@ -37,7 +37,7 @@ pub(super) fn internal(e: kvtier_tiers::Error) -> S3Error {
 /// answer) is a 500 `InternalError` saying so, as S3's own 500s may have written the object;
 /// one undone everywhere or refused before anything was stored is what [`internal`] says (a
 /// 503 to retry, or a 4xx), and definitely wrote nothing.
-pub(super) fn commit_failed(e: kvtier_tiers::Error) -> S3Error {
+pub(super) fn commit_failed(e: kvtier_blockmgr::NodeError) -> S3Error {
     match kvtier_blockmgr::wire::Outcome::of_commit(&e) {
         kvtier_blockmgr::wire::Outcome::Unknown => err(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,23 +51,24 @@ pub(super) fn commit_failed(e: kvtier_tiers::Error) -> S3Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvtier_blockmgr::NodeError;
 
     #[test]
     fn store_failures_map_to_the_s3_codes_clients_retry() {
-        let unreachable = kvtier_tiers::Error::Unreachable { what: "x".into(), failures: "n1: down".into() };
+        let unreachable = NodeError::Unreachable { what: "x".into(), failures: "n1: down".into() };
         let e = internal(unreachable);
         assert_eq!((e.status, e.code), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"));
         assert!(e.message.contains("n1: down"), "{}", e.message);
-        let bad = internal(kvtier_tiers::Error::InvalidKey { reason: "r".into() });
+        let bad = internal(NodeError::invalid("r"));
         assert_eq!((bad.status, bad.code), (StatusCode::BAD_REQUEST, "InvalidArgument"));
         let corrupt =
             kvtier_tiers::Error::Corrupt { tier: "ssd".into(), path: "r0".into(), reason: "a damaged header".into() };
-        let corrupt = internal(corrupt);
+        let corrupt = internal(corrupt.into());
         assert_eq!((corrupt.status, corrupt.code), (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"));
         // A commit: undone everywhere is a 503 (nothing written); may have landed is a 500.
-        let undone = commit_failed(kvtier_tiers::Error::NotCommitted { what: "b/k".into(), cause: "c".into() });
+        let undone = commit_failed(NodeError::NotCommitted { what: "b/k".into(), cause: "c".into() });
         assert_eq!((undone.status, undone.code), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"));
-        let quorum = kvtier_tiers::Error::Quorum { key: "m".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
+        let quorum = NodeError::Quorum { key: "m".into(), stored: 1, wanted: 2, failures: "n2: down".into() };
         let unknown = commit_failed(quorum);
         assert_eq!((unknown.status, unknown.code), (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"));
         assert!(unknown.message.contains("outcome is unknown"), "{}", unknown.message);

@@ -332,7 +332,7 @@ impl S3 {
         mut attributes: std::collections::BTreeMap<String, String>,
         mut checksum: Option<Checksum>,
     ) -> Result<ObjectInfo> {
-        let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(internal)?;
+        let ns = kvtier_tiers::Namespace::new(&self.namespace(source_bucket)).map_err(|e| internal(e.into()))?;
         let mut stream = std::pin::pin!(self.objects.read_object(&ns, source, range.start, range.end - range.start));
         let mut md5 = self.config.md5_etags.then(md5::Md5::new);
         while let Some(chunk) = stream.next().await {
@@ -399,7 +399,7 @@ impl S3 {
         let mut r = if head {
             Response::new(Body::empty())
         } else {
-            let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(internal)?;
+            let ns = kvtier_tiers::Namespace::new(&self.namespace(bucket)).map_err(|e| internal(e.into()))?;
             // The status and headers are gone by the time a chunk fails: the connection is
             // cut (the client sees a short body), and only the log and metric say why.
             let (metrics, object, mut at) = (self.objects.node().metrics().clone(), format!("{bucket}/{key}"), offset);

@@ -3,6 +3,7 @@
 
 use std::{collections::HashMap, os::fd::AsRawFd, path::Path, time::Instant};
 
+use kvtier_blockmgr::NodeError;
 use kvtier_proto::v1::{self, shm_request::Msg as Req, shm_response::Msg as Resp};
 use kvtier_tiers::{BlockKey, Error as TierError, Key, Namespace};
 use tokio::{
@@ -277,12 +278,14 @@ impl Session {
         Some(held)
     }
 
-    fn over_limit(&self, len: u64) -> Option<TierError> {
-        (self.held_bytes + len > self.config.session_limit.0).then(|| TierError::NoSpace {
-            tier: "shm session (release pins or commit allocations first)".into(),
-            capacity: self.config.session_limit.0,
-            used: self.held_bytes,
-            required: len,
+    fn over_limit(&self, len: u64) -> Option<NodeError> {
+        (self.held_bytes + len > self.config.session_limit.0).then(|| {
+            NodeError::Tier(TierError::NoSpace {
+                tier: "shm session (release pins or commit allocations first)".into(),
+                capacity: self.config.session_limit.0,
+                used: self.held_bytes,
+                required: len,
+            })
         })
     }
 
@@ -294,7 +297,7 @@ impl Session {
         let mut holding = false;
         for header in req.blocks {
             let outcome = match Key::new(&header.key) {
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
                 Ok(key) => {
                     let key = BlockKey::new(ns.clone(), key);
                     if !self.manager.lookup(std::slice::from_ref(&key)).is_empty() {
@@ -483,8 +486,8 @@ fn error(code: Code, message: String) -> Resp {
     Resp::Error(v1::BlockStatus { code: code as u32, message })
 }
 
-fn unknown_handle(handle: u64, why: &str) -> TierError {
-    TierError::Unsupported { tier: "shm".into(), what: format!("handle {handle} {why}") }
+fn unknown_handle(handle: u64, why: &str) -> NodeError {
+    NodeError::Tier(TierError::Unsupported { tier: "shm".into(), what: format!("handle {handle} {why}") })
 }
 
 /// Reads one request; `None` when the client closed the connection between requests.

@@ -1,6 +1,7 @@
 //! The requests of a session with a private window (see `shm/window.rs`): the same
 //! protocol, with bytes copied between the window and the blocks' real homes.
 
+use kvtier_blockmgr::NodeError;
 use kvtier_proto::v1;
 use kvtier_tiers::{BlockKey, Error as TierError};
 
@@ -15,14 +16,16 @@ impl Session {
         len: u64,
         crc: Option<u32>,
         durability: Durability,
-    ) -> Result<(Held, u64), TierError> {
+    ) -> Result<(Held, u64), NodeError> {
         let writer = self.manager.begin_put(key, len, crc, durability).await?;
         let window = self.window.as_mut().expect("a window session");
-        let offset = window.alloc(len).ok_or_else(|| TierError::NoSpace {
-            tier: "shm window (release pins or commit allocations first)".into(),
-            capacity: window.len(),
-            used: self.held_bytes,
-            required: len,
+        let offset = window.alloc(len).ok_or_else(|| {
+            NodeError::Tier(TierError::NoSpace {
+                tier: "shm window (release pins or commit allocations first)".into(),
+                capacity: window.len(),
+                used: self.held_bytes,
+                required: len,
+            })
         })?;
         Ok((Held::WindowAlloc(writer, offset), offset))
     }
@@ -34,18 +37,18 @@ impl Session {
         mut writer: PutWriter,
         offset: u64,
         declared: Option<u32>,
-    ) -> Result<PutWriter, TierError> {
+    ) -> Result<PutWriter, NodeError> {
         let data = self.window.as_ref().expect("a window session").bytes(offset, writer.len());
         if let Some(declared) = declared {
             let actual = kvtier_tiers::crc32c(data);
             if actual != declared {
-                return Err(TierError::ChecksumMismatch {
+                return Err(NodeError::Tier(TierError::ChecksumMismatch {
                     tier: "shm".into(),
                     key: writer.key().to_string(),
                     location: format!("the session's window at offset {offset}"),
                     expected: declared,
                     actual,
-                });
+                }));
             }
         }
         writer.write(data)?;
