@@ -114,3 +114,45 @@ async fn a_frozen_owner_does_not_hold_up_puts_the_quorum_acknowledged() {
         }
     }
 }
+
+/// A delete through the node that acknowledged a put at its write quorum waits for that
+/// put's copies still on their way: one landing after the delete would bring the block back
+/// on its owner (and resync would spread it again). The third owner is frozen while the
+/// blocks are put and deleted, so its copies and the deletes wait in its socket together;
+/// once it runs, every delete answers and no node holds any of the blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_after_a_quorum_put_waits_for_its_copies_so_none_lands_after_it() {
+    let nodes = start_static_cluster(&IDS, |_| {
+        "peer_timeout = \"300s\"\n\n[namespaces.\"ckpt/*\"]\nreplicas = 3\nwrite_quorum = 2\n".to_string()
+    });
+    let writer = nodes[0].client().await;
+    let warm = [PutItem::new(key(0), data(0, 10_000))];
+    assert!(writer.put("ckpt/run1", &warm, Durability::LocalDisk).await.unwrap()[0].result.is_ok());
+
+    nodes[2].signal(libc::SIGSTOP);
+    let items: Vec<PutItem> = (30..46).map(|i| PutItem::new(key(i), data(i, 200_000))).collect();
+    for r in writer.put("ckpt/run1", &items, Durability::LocalDisk).await.unwrap() {
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    let keys: Vec<Vec<u8>> = items.iter().map(|i| i.key.clone()).collect();
+    let deletes_at_n1 = || nodes[0].labelled_metric("requests_total", "op=\"delete\"");
+    let before = deletes_at_n1();
+    let delete = {
+        let (writer, keys) = (writer.clone(), keys.clone());
+        tokio::spawn(async move { writer.delete("ckpt/run1", &keys).await })
+    };
+    // n3 runs again once n1 has the delete: without the wait, n1 would have sent it on to
+    // n3 at once, behind the copies but racing them there.
+    let started = std::time::Instant::now();
+    while deletes_at_n1() == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "the delete never reached n1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes[2].signal(libc::SIGCONT);
+    let deleted = tokio::time::timeout(Duration::from_secs(60), delete).await.expect("the delete hung").unwrap();
+    assert_eq!(deleted.unwrap(), vec![true; keys.len()]);
+    for k in &keys {
+        let have = holders(&nodes, "ckpt/run1", k).await;
+        assert!(have.is_empty(), "{k:?} is back on {have:?} after its delete was acknowledged");
+    }
+}

@@ -32,6 +32,9 @@ impl Manager {
         members: &[String],
         deadline: Option<std::time::SystemTime>,
     ) -> (bool, Vec<(String, String)>) {
+        // A copy this node's put sent on after its quorum could land after the delete and
+        // bring the block back on its owner: it ends (stored, refused, or timed out) first.
+        self.inner.copies_in_flight.settled(key).await;
         let here = self.delete_here(key).await;
         self.deleted(key);
         if let Some(cluster) = &self.inner.cluster {

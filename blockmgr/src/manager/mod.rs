@@ -21,6 +21,7 @@ mod flush;
 mod flush_worker;
 mod handoff;
 mod hooks;
+mod in_flight;
 mod lookup;
 mod movement;
 mod namespaces;
@@ -106,6 +107,9 @@ pub(crate) struct Inner {
     /// bytes Blob has: the copy, when it comes with those bytes, needs no flush. Bounded, and
     /// forgotten after five minutes or a delete.
     flushed_ahead: moka::sync::Cache<BlockKey, u32>,
+    /// Copies sent on after their put's write quorum held, still under way: a delete of
+    /// their key waits for them (in_flight.rs).
+    copies_in_flight: Arc<in_flight::CopiesInFlight>,
     /// Owners of the keys held here, placed once per member list and key set (resync.rs).
     ownership: parking_lot::Mutex<Option<Arc<resync::Ownership>>>,
     ssd_reads: SingleFlight<GetOutcome>,

@@ -139,6 +139,7 @@ impl Manager {
             policy,
             locks: KeyLocks::new(LOCK_STRIPES),
             ownership: parking_lot::Mutex::new(None),
+            copies_in_flight: Default::default(),
             flushed_ahead: moka::sync::Cache::builder()
                 .max_capacity(65_536)
                 .time_to_live(std::time::Duration::from_secs(300))

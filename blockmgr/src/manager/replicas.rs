@@ -352,12 +352,15 @@ impl Manager {
                 // Counted as background work: a graceful shutdown (`settle`) waits for them.
                 let (key, inner) = (key.clone(), self.inner.clone());
                 inner.background.start();
+                // A delete of the key on this node waits for these copies (in_flight.rs).
+                let in_flight = inner.copies_in_flight.begin(&block.key);
                 self.inner.tasks.spawn(async move {
                     while let Some((id, answer)) = sends.next().await {
                         if let Err(e) = answer {
                             tracing::warn!(%key, member = %id, error = %e, "a copy after the quorum failed; resync repairs it");
                         }
                     }
+                    drop(in_flight);
                     inner.background.finish();
                 });
             }
