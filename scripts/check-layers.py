@@ -14,6 +14,8 @@ draws the result).
 3. The client links no server: `cargo tree -p kvtier-client` (its features as a user's build
    resolves them, not the workspace's) names none of CLIENT_NEVER_LINKS, and does not turn on
    kvtier-proto's `etcd` feature.
+4. Files a reader can hold in their head: no Rust source file (crates, tests, benches, the
+   Dynamo connector) over MAX_LINES lines.
 """
 
 import json
@@ -212,16 +214,30 @@ def check_modules(meta):
     return errors
 
 
+MAX_LINES = 500
+
+
+def check_file_sizes():
+    errors = []
+    for path in sorted(ROOT.rglob("*.rs")):
+        if "target" in path.relative_to(ROOT).parts or path.relative_to(ROOT).parts[0].startswith("."):
+            continue
+        lines = path.read_text().count("\n")
+        if lines > MAX_LINES:
+            errors.append(f"{path.relative_to(ROOT)}: {lines} lines (at most {MAX_LINES}); split it along a seam")
+    return errors
+
+
 def main():
     meta = json.loads(
         subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps", "--locked"], cwd=ROOT)
     )
-    errors = check_crates(meta) + check_modules(meta) + check_client_links()
+    errors = check_crates(meta) + check_modules(meta) + check_client_links() + check_file_sizes()
     for e in errors:
         print(f"layering: {e}", file=sys.stderr)
     if errors:
         sys.exit(1)
-    print("layering: crates depend downwards; no module cycle beyond the known ones")
+    print(f"layering: crates depend downwards; no module cycle beyond the known ones; no file over {MAX_LINES} lines")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::{
     Node,
     blob::Backend,
+    data,
     s3::{boto3, endpoint, python},
 };
 use futures::TryStreamExt;
@@ -269,10 +270,6 @@ async fn object_store_s3_client_round_trips_and_write_back_objects_reach_azurite
     assert!(!files.iter().any(|f| f.contains("/u/")), "parts were exported on their own: {files:?}");
 }
 
-fn pattern_part(i: usize, len: usize) -> Bytes {
-    Bytes::from((0..len).map(|j| ((j + 31 * i) % 249) as u8).collect::<Vec<u8>>())
-}
-
 /// The fan-in through a cluster: one upload's parts sent to three different members, the
 /// completion to one of them, the object read from the third; its file in Blob is staged
 /// from the parts' chunks by their owners; it outlives a member's kill -9 and restart.
@@ -294,10 +291,8 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
     boto3(&nodes[2], "s3.create_bucket(Bucket='data')");
     // Each member lists every bucket, whichever member holds its marker.
     let all_buckets = "assert sorted(b['Name'] for b in s3.list_buckets()['Buckets']) == ['ckpt', 'data', 'logs']";
-    for node in &nodes {
-        boto3(node, all_buckets);
-    }
-    let parts: Vec<Bytes> = [6 << 20, 5 << 20, 1 << 20].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
+    nodes.iter().for_each(|node| boto3(node, all_buckets));
+    let parts: Vec<Bytes> = [6 << 20, 5 << 20, 1 << 20].iter().enumerate().map(|(i, &n)| data(i as u64, n)).collect();
     let whole = Bytes::from(parts.concat());
     let path = Path::from("step-9/model.safetensors");
     let upload = common::s3::store(&nodes[0], "ckpt").create_multipart(&path).await.unwrap();
@@ -331,7 +326,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
         let racers = (0..6).map(|w| {
             let (store, lock) = (common::s3::store(&nodes[w % 3], "ckpt"), lock.clone());
             async move {
-                let body = pattern_part(100 + w, 1 << 20);
+                let body = data((100 + w) as u64, 1 << 20);
                 let put = store.put_opts(&lock, PutPayload::from_bytes(body.clone()), PutMode::Create.into()).await;
                 match put {
                     Ok(_) => Some(body),
@@ -351,7 +346,7 @@ async fn a_multipart_upload_fans_in_through_every_member_and_survives_one_dying(
             let (store, lock) = (common::s3::store(&nodes[w % 3], "ckpt"), lock.clone());
             let update = PutMode::Update(UpdateVersion { e_tag: seen.clone(), version: None });
             async move {
-                let body = pattern_part(200 + w, 100_000);
+                let body = data((200 + w) as u64, 100_000);
                 match store.put_opts(&lock, PutPayload::from_bytes(body.clone()), update.into()).await {
                     Ok(_) => Some(body),
                     Err(object_store::Error::Precondition { .. }) => None,
@@ -417,7 +412,7 @@ async fn a_joined_object_outlives_kill_9_and_the_restart_sweep() {
     boto3(&node, "s3.create_bucket(Bucket='ckpt')");
     let store = common::s3::store(&node, "ckpt");
     let empty = node.client().await.stats().await.unwrap().index_blocks;
-    let parts: Vec<Bytes> = [5 << 20, 5 << 20, 3].iter().enumerate().map(|(i, &n)| pattern_part(i, n)).collect();
+    let parts: Vec<Bytes> = [5 << 20, 5 << 20, 3].iter().enumerate().map(|(i, &n)| data(i as u64, n)).collect();
     let path = Path::from("joined.bin");
     let upload = store.create_multipart(&path).await.unwrap();
     let mut ids = Vec::new();
@@ -457,7 +452,7 @@ async fn abandoned_uploads_are_removed_with_their_parts_after_the_expiry() {
     let store = common::s3::store(&node, "ckpt");
     let path = Path::from("abandoned.bin");
     let upload = store.create_multipart(&path).await.unwrap();
-    store.put_part(&path, &upload, 0, PutPayload::from_bytes(pattern_part(1, 5 << 20))).await.unwrap();
+    store.put_part(&path, &upload, 0, PutPayload::from_bytes(data(1, 5 << 20))).await.unwrap();
     let client = node.client().await;
     let pending = || async { client.list_objects("s3/ckpt", "u/").await.unwrap().len() };
     assert_eq!(pending().await, 2, "the marker and its part");
@@ -465,14 +460,14 @@ async fn abandoned_uploads_are_removed_with_their_parts_after_the_expiry() {
         node.metric("s3_uploads_expired_total") >= 1
     });
     assert_eq!(pending().await, 0, "its part went with it");
-    let late = store.put_part(&path, &upload, 1, PutPayload::from_bytes(pattern_part(2, 100))).await;
+    let late = store.put_part(&path, &upload, 1, PutPayload::from_bytes(data(2, 100))).await;
     assert!(late.is_err(), "a part for a removed upload: {late:?}");
     assert_eq!(pending().await, 0, "the late part deleted itself");
     // A fresh upload is not touched before its own expiry, and completes.
     let fresh = store.create_multipart(&path).await.unwrap();
-    let part = store.put_part(&path, &fresh, 0, PutPayload::from_bytes(pattern_part(3, 1000))).await.unwrap();
+    let part = store.put_part(&path, &fresh, 0, PutPayload::from_bytes(data(3, 1000))).await.unwrap();
     store.complete_multipart(&path, &fresh, vec![part]).await.unwrap();
-    assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), pattern_part(3, 1000));
+    assert_eq!(store.get(&path).await.unwrap().bytes().await.unwrap(), data(3, 1000));
     assert_eq!(node.metric("s3_uploads_expired_total"), 1);
 }
 

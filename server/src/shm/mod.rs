@@ -13,7 +13,7 @@ mod window;
 
 use kvtier_proto::v1;
 
-pub(crate) use self::server::{open_socket_permissions, serve};
+pub(crate) use self::server::serve;
 
 /// The request's kind, for metrics and logs.
 fn op_name(req: &v1::ShmRequest) -> &'static str {
@@ -26,5 +26,14 @@ fn op_name(req: &v1::ShmRequest) -> &'static str {
         Some(Msg::Release(_)) => "shm_release",
         Some(Msg::Lookup(_)) => "shm_lookup",
         None => "shm_unknown",
+    }
+}
+
+/// Makes the socket connectable by every local uid: who may map the arena is decided by
+/// the peer's credentials ([`kvtier_blockmgr::config::ShmConfig::admits`]), not by file permissions.
+pub(crate) fn open_socket_permissions(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot open the shm socket to other users");
     }
 }

@@ -1,7 +1,7 @@
 //! Server side of the shm data plane: one task per connected client, requests answered in
 //! order, everything the session holds released when the connection closes.
 
-use std::{collections::HashMap, os::fd::AsRawFd, path::Path, time::Instant};
+use std::{collections::HashMap, os::fd::AsRawFd, time::Instant};
 
 use kvtier_blockmgr::NodeError;
 use kvtier_proto::v1::{self, shm_request::Msg as Req, shm_response::Msg as Resp};
@@ -50,15 +50,6 @@ pub(crate) async fn serve(
                 sessions.spawn(async move { session.run(stream, stopped).await });
             }
         }
-    }
-}
-
-/// Makes the socket connectable by every local uid: who may map the arena is decided by
-/// the peer's credentials ([`ShmConfig::admits`]), not by file permissions.
-pub(crate) fn open_socket_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot open the shm socket to other users");
     }
 }
 
