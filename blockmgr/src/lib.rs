@@ -2,10 +2,12 @@
 //! cluster, with named objects on top. The services that expose it (gRPC, shm, `kvtier`)
 //! are in `kvtier-server`; the S3 and lm:// front ends in `connectors/`.
 //!
-//! - [`Manager`]: tier policy (admission/eviction per namespace, demotion, promotion, single-flight
-//!   reads) over a [`kvtier_tiers::CpuTier`] and an optional SSD tier.
+//! - [`Manager`]: one node: tier policy (admission/eviction per namespace, demotion,
+//!   promotion, single-flight reads) over a [`kvtier_tiers::CpuTier`], an optional SSD tier
+//!   and Blob, and its copies on the other members (replication, resync, handoff).
 //! - [`cluster`]: membership, placement and the peer transport.
-//! - [`objects`]: named objects (files of any size) as blocks.
+//! - [`Objects`]: named objects (files of any size) as blocks, a layer over the node that
+//!   the node calls only through its hooks (manager/hooks.rs).
 //! - [`Config`]: the `kvtier.toml` file.
 
 mod backoff;
