@@ -49,9 +49,11 @@ enum Command {
         /// Bytes per size and tier, in MiB.
         #[arg(long, default_value_t = 1024)]
         working_set_mib: usize,
-        /// Operations in flight for the SSD phases.
-        #[arg(long, default_value_t = 8)]
-        qd: usize,
+        /// Operations in flight for the SSD phases: each is measured, raw O_DIRECT and the
+        /// tier alike, and each side's best is the headline (the disk's limit is its best
+        /// queue depth, not ours).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32, 64])]
+        qds: Vec<usize>,
     },
     /// How full the SSD tier gets before its first "no space" with checkpoint files' chunks
     /// (each file's last one its own size): a region per size class, chunks padded to powers
@@ -278,11 +280,11 @@ async fn main() -> Result<()> {
         tempfile::tempdir_in(&parent).with_context(|| format!("creating scratch space in {}", parent.display()))?;
     let mut out = report::Reporter::new(cli.json);
     match cli.command {
-        Command::Tiers { sizes_kib, working_set_mib, qd } => {
+        Command::Tiers { sizes_kib, working_set_mib, qds } => {
             let args = tiers::Args {
                 sizes: sizes_kib.iter().map(|k| k << 10).collect(),
                 working_set: if cli.quick { 32 << 20 } else { working_set_mib << 20 },
-                qd,
+                qds: if cli.quick { vec![1, 8] } else { qds },
                 rounds: if cli.quick { 1 } else { 3 },
             };
             tiers::run(&args, scratch.path(), &mut out).await

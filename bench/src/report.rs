@@ -1,6 +1,8 @@
 //! How results are printed: one JSON object per line with `--json`, a table otherwise.
 //! Every result carries its baseline, measured in the same run, and the ratio.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 /// One measurement next to its baseline.
@@ -18,13 +20,18 @@ pub(crate) struct Result {
     /// Unit of `value` and `baseline`.
     pub(crate) unit: &'static str,
     /// What the baseline is.
-    pub(crate) baseline_name: &'static str,
+    pub(crate) baseline_name: Cow<'static, str>,
 }
 
 impl Result {
     /// A throughput result (higher is better).
-    pub(crate) fn throughput(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
-        Result { bench, value, baseline, ratio: value / baseline, unit: "MiB/s", baseline_name }
+    pub(crate) fn throughput(
+        bench: String,
+        value: f64,
+        baseline: f64,
+        baseline_name: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Result { bench, value, baseline, ratio: value / baseline, unit: "MiB/s", baseline_name: baseline_name.into() }
     }
 
     /// A count per unit of work (lower is better), e.g. PUTs per GiB.
@@ -33,19 +40,29 @@ impl Result {
         value: f64,
         baseline: f64,
         unit: &'static str,
-        baseline_name: &'static str,
+        baseline_name: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Result { bench, value, baseline, ratio: baseline / value, unit, baseline_name }
+        Result { bench, value, baseline, ratio: baseline / value, unit, baseline_name: baseline_name.into() }
     }
 
     /// A share of a whole in percent (higher is better), e.g. how full a disk gets.
-    pub(crate) fn percent(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
-        Result { bench, value, baseline, ratio: value / baseline, unit: "%", baseline_name }
+    pub(crate) fn percent(
+        bench: String,
+        value: f64,
+        baseline: f64,
+        baseline_name: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Result { bench, value, baseline, ratio: value / baseline, unit: "%", baseline_name: baseline_name.into() }
     }
 
     /// A latency result in microseconds (lower is better).
-    pub(crate) fn latency(bench: String, value: f64, baseline: f64, baseline_name: &'static str) -> Self {
-        Result { bench, value, baseline, ratio: baseline / value, unit: "us", baseline_name }
+    pub(crate) fn latency(
+        bench: String,
+        value: f64,
+        baseline: f64,
+        baseline_name: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Result { bench, value, baseline, ratio: baseline / value, unit: "us", baseline_name: baseline_name.into() }
     }
 }
 

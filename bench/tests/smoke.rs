@@ -32,6 +32,15 @@ fn check(results: &[serde_json::Value], expected: &[&str]) {
 fn tiers_bench_prints_ratios() {
     let results = run(&["tiers", "--quick", "--json", "--sizes-kib", "256"]);
     check(&results, &["cpu_put_256KiB", "cpu_get_256KiB", "ssd_put_256KiB", "ssd_get_256KiB"]);
+    // Each queue depth is a row of its own; the headline compares each side at its best.
+    check(&results, &["ssd_put_256KiB_qd1", "ssd_get_256KiB_qd1", "ssd_put_256KiB_qd8", "ssd_get_256KiB_qd8"]);
+    let headline = results.iter().find(|r| r["bench"] == "ssd_get_256KiB").unwrap();
+    let best_raw = ["ssd_get_256KiB_qd1", "ssd_get_256KiB_qd8"]
+        .iter()
+        .map(|b| results.iter().find(|r| r["bench"] == *b).unwrap()["baseline"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(headline["baseline"].as_f64(), Some(best_raw), "{headline}");
+    assert!(headline["baseline_name"].as_str().unwrap().contains("best QD"), "{headline}");
 }
 
 #[test]

@@ -134,7 +134,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
                 baseline: lru_mem as f64,
                 ratio: got.memory_hits as f64 / lru_mem.max(1) as f64,
                 unit: "hits",
-                baseline_name: "LRU memory over FIFO SSD",
+                baseline_name: "LRU memory over FIFO SSD".into(),
             });
             out.emit(Measured {
                 bench: format!("trace_unreachable_{name}"),
@@ -142,7 +142,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
                 baseline: unique as f64,
                 ratio: 1.0 - got.unreachable as f64 / unique as f64,
                 unit: "blocks",
-                baseline_name: "unique blocks (ratio: share reachable)",
+                baseline_name: "unique blocks (ratio: share reachable)".into(),
             });
             out.emit(Measured {
                 bench: format!("trace_ttft_{name}"),
@@ -150,7 +150,7 @@ pub(crate) async fn run(args: &Args, dir: &std::path::Path, out: &mut Reporter) 
                 baseline: got.recompute_ms,
                 ratio: got.recompute_ms / got.ttft_ms,
                 unit: "ms",
-                baseline_name: "recompute everything",
+                baseline_name: "recompute everything".into(),
             });
             plot.push(plot::Point {
                 trace: trace.name.clone(),
