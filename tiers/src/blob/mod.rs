@@ -25,7 +25,7 @@ mod store;
 
 use std::sync::{Arc, atomic::Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use object_store::{ObjectStore, PutPayload, path::Path};
 use parking_lot::Mutex;
@@ -214,35 +214,28 @@ impl BlobTier {
         Ok(())
     }
 
-    /// Stores `blocks` as the segment `stamp`, then its index; returns the entries.
+    /// Stores `blocks` as the segment `stamp`, then its index; returns the entries. The
+    /// segment's body is the blocks' own buffers one after another (`PutPayload` is a list of
+    /// `Bytes`): nothing is copied into a segment buffer first.
     async fn write_segment_at(&self, stamp: Stamp, blocks: &[&Block]) -> Result<Vec<Entry>> {
-        let total: usize = blocks.iter().map(|b| b.data.len()).sum();
-        let mut data = BytesMut::with_capacity(total);
         let mut entries = Vec::with_capacity(blocks.len());
+        let mut offset = 0u64;
         for b in blocks {
-            entries.push(Entry {
-                key: b.key.clone(),
-                offset: data.len() as u64,
-                len: b.data.len() as u64,
-                crc32c: b.crc32c,
-            });
-            data.extend_from_slice(&b.data);
+            entries.push(Entry { key: b.key.clone(), offset, len: b.data.len() as u64, crc32c: b.crc32c });
+            offset += b.data.len() as u64;
         }
+        let body: PutPayload = blocks.iter().map(|b| b.data.clone()).collect();
         let segment = stamp.name(&self.prefix, "seg", "seg");
         let index = stamp.name(&self.prefix, "idx", "idx");
-        self.put_object(&segment, data.freeze()).await?;
-        self.put_object(&index, format::encode_index(&entries)).await?;
+        self.put_object(&segment, body).await?;
+        self.put_object(&index, format::encode_index(&entries).into()).await?;
         Ok(entries)
     }
 
-    async fn put_object(&self, name: &str, bytes: Bytes) -> Result<()> {
+    async fn put_object(&self, name: &str, body: PutPayload) -> Result<()> {
         Counters::count(&self.counters.puts, 1);
-        Counters::count(&self.counters.put_bytes, bytes.len() as u64);
-        self.store
-            .put(&Path::from(name), PutPayload::from_bytes(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.store_error("put", name, e))
+        Counters::count(&self.counters.put_bytes, body.content_length() as u64);
+        self.store.put(&Path::from(name), body).await.map(|_| ()).map_err(|e| self.store_error("put", name, e))
     }
 
     async fn put_blocks(&self, blocks: &[Block]) -> Vec<Result<PutStatus>> {
@@ -369,7 +362,7 @@ impl BlobTier {
         let _stamping = self.stamping.read().await;
         let stamp = self.stamp();
         let name = stamp.name(&self.prefix, "del", "del");
-        if let Err(e) = self.put_object(&name, format::encode_deletes(&present)).await {
+        if let Err(e) = self.put_object(&name, format::encode_deletes(&present).into()).await {
             return self.each_failed(keys.len(), &e);
         }
         let mut state = self.state.lock();
