@@ -116,7 +116,9 @@ impl BlobTier {
         Ok(report)
     }
 
-    /// Deletes segment objects that no index names and that are older than `age`.
+    /// Deletes segment objects that no index names and that are older than `age`: uploads of
+    /// the earlier format whose `idx` object never landed. One with a footer is whole, so
+    /// another writer's (under the same prefix, made after this load): kept.
     async fn remove_orphans(&self, age: Duration) -> Result<usize> {
         let objects = self.list_dir("seg").await?;
         let cutoff = unix_seconds_now() - age.as_secs() as i64;
@@ -124,7 +126,10 @@ impl BlobTier {
         for meta in objects {
             let Some(stamp) = meta.location.filename().and_then(|f| Stamp::parse(f, "seg")) else { continue };
             let named = self.state.lock().segments.contains_key(&stamp);
-            if !named && meta.last_modified.timestamp() <= cutoff {
+            if !named
+                && meta.last_modified.timestamp() <= cutoff
+                && self.read_footer(&meta.location, meta.size).await?.is_none()
+            {
                 tracing::info!(object = %meta.location, "blob: removing a segment no index names");
                 self.delete_object(meta.location.as_ref()).await?;
                 removed += 1;

@@ -1,9 +1,12 @@
 //! The objects the Blob tier writes under its prefix, and their names.
 //!
 //! ```text
-//! <prefix>/seg/<seq>-<writer>.seg   block bytes, back to back (ranged GETs read one block)
-//! <prefix>/idx/<seq>-<writer>.idx   what is in that segment; written after it, so an index
-//!                                   names only complete segments
+//! <prefix>/seg/<seq>-<writer>.seg   block bytes, back to back (ranged GETs read one block),
+//!                                   then the segment's index record and a trailer: the
+//!                                   record's length (u64 LE) and `KVTSEGF1`. One PUT writes
+//!                                   both, and a PUT is atomic: a segment is whole or absent.
+//! <prefix>/idx/<seq>-<writer>.idx   the index of a segment without a footer (written by
+//!                                   versions before it, after the segment); still read
 //! <prefix>/del/<seq>-<writer>.del   keys deleted at <seq> (entries older than it are gone)
 //! ```
 //!
@@ -17,6 +20,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::BlockKey;
 
 const MAGIC: &[u8; 8] = b"KVTBLOB1";
+/// The last 8 bytes of a segment that carries its index.
+const FOOTER_MAGIC: &[u8; 8] = b"KVTSEGF1";
+/// A footer's trailer: the index record's length and [`FOOTER_MAGIC`].
+pub(super) const TRAILER_LEN: usize = 16;
 const KIND_INDEX: u8 = 1;
 const KIND_DELETES: u8 = 2;
 
@@ -60,6 +67,24 @@ pub(super) fn encode_index(entries: &[Entry]) -> Bytes {
         buf.put_u32_le(e.crc32c);
     }
     seal(buf)
+}
+
+/// What follows a segment's blocks: its index record, the record's length and the footer magic.
+pub(super) fn encode_footer(entries: &[Entry]) -> Bytes {
+    let index = encode_index(entries);
+    let mut buf = BytesMut::with_capacity(index.len() + TRAILER_LEN);
+    buf.put_slice(&index);
+    buf.put_u64_le(index.len() as u64);
+    buf.put_slice(FOOTER_MAGIC);
+    buf.freeze()
+}
+
+/// The length of the index record before a segment's last [`TRAILER_LEN`] bytes, when they
+/// are a footer's trailer (else the segment has no footer: its index, if any, is an `idx`
+/// object).
+pub(super) fn trailer(tail: &[u8]) -> Option<u64> {
+    let tail = tail.get(tail.len().checked_sub(TRAILER_LEN)?..)?;
+    (&tail[8..] == FOOTER_MAGIC).then(|| u64::from_le_bytes(tail[..8].try_into().expect("8 bytes")))
 }
 
 pub(super) fn encode_deletes(keys: &[BlockKey]) -> Bytes {
@@ -164,6 +189,19 @@ mod tests {
         assert!(decode_index(&torn).unwrap_err().contains("checksum"));
         assert!(decode_index(b"PK\x03\x04 a zip file, not ours").unwrap_err().contains("magic"));
         assert_eq!(decode_deletes(&encode_deletes(&[key(9)])).unwrap(), vec![key(9)]);
+    }
+
+    #[test]
+    fn a_footer_carries_the_index_and_names_its_length() {
+        let entries: Vec<Entry> =
+            (0..3).map(|i| Entry { key: key(i), offset: i as u64 * 100, len: 100, crc32c: i as u32 }).collect();
+        let footer = encode_footer(&entries);
+        let len = trailer(&footer).expect("a trailer") as usize;
+        assert_eq!(len + TRAILER_LEN, footer.len());
+        assert_eq!(decode_index(&footer[..len]).unwrap(), entries);
+        // A segment without one: block bytes end it.
+        assert_eq!(trailer(&[7u8; 64]), None);
+        assert_eq!(trailer(b"short"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 mod builder;
 mod compact;
+mod footer;
 mod format;
 mod objects;
 mod staged_parts;
@@ -129,59 +130,73 @@ impl BlobTier {
                 tracing::warn!(dir = %dir.display(), error = %e, "blob: cannot create the directory");
             }
         }
-        let mut records: Vec<(Stamp, bool, Path)> = Vec::new();
-        for (dir, ext, is_index) in [("idx", "idx", true), ("del", "del", false)] {
+        let mut records: Vec<(Stamp, Record)> = Vec::new();
+        for (dir, ext) in [("idx", "idx"), ("del", "del"), ("seg", "seg")] {
             for meta in self.list_dir(dir).await? {
                 match meta.location.filename().and_then(|f| Stamp::parse(f, ext)) {
-                    Some(stamp) => records.push((stamp, is_index, meta.location)),
+                    Some(stamp) => records.push((stamp, Record::of(dir, meta.location, meta.size))),
                     None => {
                         tracing::warn!(object = %meta.location, "blob: skipping an object that is not a kvtier record")
                     }
                 }
             }
         }
-        records.sort_by_key(|(stamp, is_index, _)| (*stamp, !*is_index));
-        let fetches: Vec<_> = records.iter().map(|(_, _, path)| self.fetch(path)).collect();
-        let bodies: Vec<_> = futures::stream::iter(fetches).buffered(16).collect().await;
+        // A segment with an `idx` object is of the earlier format: its index is that object.
+        let indexed: std::collections::HashSet<Stamp> =
+            records.iter().filter(|(_, r)| matches!(r, Record::Index(_))).map(|(s, _)| *s).collect();
+        records.retain(|(stamp, r)| !matches!(r, Record::Segment(..)) || !indexed.contains(stamp));
+        // Segments (an index either way) before the deletions of the same stamp.
+        records.sort_by_key(|(stamp, r)| (*stamp, matches!(r, Record::Deletes(_))));
+        let reads: Vec<_> = records.iter().map(|(_, r)| self.read_record(r)).collect();
+        let bodies: Vec<_> = futures::stream::iter(reads).buffered(16).collect().await;
         let mut state = self.state.lock();
-        for ((stamp, is_index, path), body) in records.iter().zip(bodies) {
+        for ((stamp, record), body) in records.iter().zip(bodies) {
             state.next_seq = state.next_seq.max(stamp.seq);
-            let body = match body {
-                Ok(b) => b,
+            match body {
                 // Listed, then gone: removed by a compaction since (another process's).
                 Err(Error::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {
-                    tracing::warn!(object = %path, "blob: a listed record vanished before it was read; skipped");
-                    continue;
+                    tracing::warn!(object = %record.path(), "blob: a listed record vanished before it was read; skipped");
                 }
                 Err(e) => return Err(e),
-            };
-            if *is_index {
-                let entries = match format::decode_index(&body) {
-                    Ok(e) => e,
-                    Err(why) => {
-                        tracing::warn!(object = %path, why, "blob: skipping a damaged index");
-                        continue;
+                Ok(Loaded::Skipped) => {}
+                Ok(Loaded::Index(entries)) => {
+                    let segment = Arc::new(Path::from(stamp.name(&self.prefix, "seg", "seg")));
+                    state.add_segment(*stamp, segment, entries);
+                }
+                Ok(Loaded::Deletes(keys)) => {
+                    state.deletions.insert(*stamp);
+                    for k in keys {
+                        state.remove(&k, Some(*stamp));
                     }
-                };
-                let segment = Arc::new(Path::from(stamp.name(&self.prefix, "seg", "seg")));
-                state.add_segment(*stamp, segment, entries);
-            } else {
-                let keys = match format::decode_deletes(&body) {
-                    Ok(k) => k,
-                    Err(why) => {
-                        tracing::warn!(object = %path, why, "blob: skipping a damaged deletion record");
-                        continue;
-                    }
-                };
-                state.deletions.insert(*stamp);
-                for k in keys {
-                    state.remove(&k, Some(*stamp));
                 }
             }
         }
         tracing::info!(tier = %self, blocks = state.index.len(), bytes = state.used, "blob: index rebuilt");
         self.loaded.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// What a record listed at load says.
+    async fn read_record(&self, record: &Record) -> Result<Loaded> {
+        Ok(match record {
+            Record::Index(path) => match format::decode_index(&self.fetch(path).await?) {
+                Ok(entries) => Loaded::Index(entries),
+                Err(why) => {
+                    tracing::warn!(object = %path, why, "blob: skipping a damaged index");
+                    Loaded::Skipped
+                }
+            },
+            Record::Deletes(path) => match format::decode_deletes(&self.fetch(path).await?) {
+                Ok(keys) => Loaded::Deletes(keys),
+                Err(why) => {
+                    tracing::warn!(object = %path, why, "blob: skipping a damaged deletion record");
+                    Loaded::Skipped
+                }
+            },
+            // No footer: an upload of the earlier format whose index never landed (compaction
+            // removes it once old enough), or damaged (said).
+            Record::Segment(path, size) => self.read_footer(path, *size).await?.map_or(Loaded::Skipped, Loaded::Index),
+        })
     }
 
     /// Every object under `dir` of the prefix (`idx`, `del`, `seg`).
@@ -214,9 +229,9 @@ impl BlobTier {
         Ok(())
     }
 
-    /// Stores `blocks` as the segment `stamp`, then its index; returns the entries. The
-    /// segment's body is the blocks' own buffers one after another (`PutPayload` is a list of
-    /// `Bytes`): nothing is copied into a segment buffer first.
+    /// Stores `blocks` as the segment `stamp`, its index in its footer (one PUT); returns the
+    /// entries. The segment's body is the blocks' own buffers one after another (`PutPayload`
+    /// is a list of `Bytes`): nothing is copied into a segment buffer first.
     async fn write_segment_at(&self, stamp: Stamp, blocks: &[&Block]) -> Result<Vec<Entry>> {
         let mut entries = Vec::with_capacity(blocks.len());
         let mut offset = 0u64;
@@ -224,11 +239,9 @@ impl BlobTier {
             entries.push(Entry { key: b.key.clone(), offset, len: b.data.len() as u64, crc32c: b.crc32c });
             offset += b.data.len() as u64;
         }
-        let body: PutPayload = blocks.iter().map(|b| b.data.clone()).collect();
-        let segment = stamp.name(&self.prefix, "seg", "seg");
-        let index = stamp.name(&self.prefix, "idx", "idx");
-        self.put_object(&segment, body).await?;
-        self.put_object(&index, format::encode_index(&entries).into()).await?;
+        let footer = format::encode_footer(&entries);
+        let body: PutPayload = blocks.iter().map(|b| b.data.clone()).chain(std::iter::once(footer)).collect();
+        self.put_object(&stamp.name(&self.prefix, "seg", "seg"), body).await?;
         Ok(entries)
     }
 
@@ -415,24 +428,67 @@ impl Tier for BlobTier {
     }
 }
 
+/// An object listed at load.
+enum Record {
+    /// A segment's index, of the earlier format.
+    Index(Path),
+    /// Keys deleted.
+    Deletes(Path),
+    /// A segment, with its size: its index is in its footer.
+    Segment(Path, u64),
+}
+
+impl Record {
+    fn of(dir: &str, path: Path, size: u64) -> Record {
+        match dir {
+            "idx" => Record::Index(path),
+            "del" => Record::Deletes(path),
+            _ => Record::Segment(path, size),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Record::Index(p) | Record::Deletes(p) | Record::Segment(p, _) => p,
+        }
+    }
+}
+
+/// What a record said.
+enum Loaded {
+    Index(Vec<Entry>),
+    Deletes(Vec<BlockKey>),
+    Skipped,
+}
+
 /// Damages `key`'s bytes in whichever segment its index names under `url`, through the
 /// store itself (for tests: a bit flipped at rest).
 #[cfg(any(test, feature = "conformance"))]
 pub(crate) async fn damage_copy(url: &str, options: Vec<(String, String)>, key: &crate::BlockKey) {
     let (url, _) = store::parse(url, "blob.url").unwrap();
     let store::Opened { store, prefix, .. } = store::open(&url, &options, Retries::default()).unwrap();
-    let idx: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/idx")))).try_collect().await.unwrap();
-    for meta in idx {
-        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
-        if let Some(e) = format::decode_index(&bytes).unwrap().into_iter().find(|e| &e.key == key) {
-            let seg = Path::from(meta.location.as_ref().replace("/idx/", "/seg/").replace(".idx", ".seg"));
-            let mut data = store.get(&seg).await.unwrap().bytes().await.unwrap().to_vec();
+    let segments: Vec<_> = store.list(Some(&Path::from(format!("{prefix}/seg")))).try_collect().await.unwrap();
+    for meta in segments {
+        let mut data = store.get(&meta.location).await.unwrap().bytes().await.unwrap().to_vec();
+        // Its index: in its footer, or (the earlier format) its `idx` object.
+        let entries = match format::trailer(&data) {
+            Some(len) => {
+                let end = data.len() - format::TRAILER_LEN;
+                format::decode_index(&data[end - len as usize..end]).unwrap()
+            }
+            None => {
+                let idx = Path::from(meta.location.as_ref().replace("/seg/", "/idx/").replace(".seg", ".idx"));
+                let Ok(got) = store.get(&idx).await else { continue };
+                format::decode_index(&got.bytes().await.unwrap()).unwrap()
+            }
+        };
+        if let Some(e) = entries.into_iter().find(|e| &e.key == key) {
             data[(e.offset + e.len / 2) as usize] ^= 0x40;
-            store.put(&seg, data.into()).await.unwrap();
+            store.put(&meta.location, data.into()).await.unwrap();
             return;
         }
     }
-    panic!("{key} is in no index");
+    panic!("{key} is in no segment's index");
 }
 
 #[cfg(test)]

@@ -52,16 +52,26 @@ async fn blocks_are_packed_into_few_segments_and_foreign_objects_are_skipped() {
     let blocks: Vec<Block> =
         (0..64).map(|i| Block::new(BlockKey::parse("t/m", &[i as u8; 8]).unwrap(), pattern(i, 64 << 10))).collect();
     assert!(tier.put_batch(&blocks).await.into_iter().all(|r| r.is_ok()));
-    let count = |d: &str| std::fs::read_dir(dir.path().join("kv").join(d)).unwrap().count();
-    assert_eq!((count("seg"), count("idx")), (4, 4), "64 blocks of 64 KiB in 1 MiB segments");
+    let count = |d: &str| std::fs::read_dir(dir.path().join("kv").join(d)).map_or(0, |r| r.count());
+    // One PUT per segment: its index is in its footer.
+    assert_eq!((count("seg"), count("idx")), (4, 0), "64 blocks of 64 KiB in 1 MiB segments");
+    assert_eq!(tier.requests().puts, 4);
 
-    // A torn index and an object that is not ours: skipped on reopen, the rest served.
+    // A segment of the earlier format (its index an `idx` object written after it) still
+    // reads; a torn index and an object that is not ours are skipped on reopen.
+    let legacy = Block::new(BlockKey::parse("t/m", b"legacy").unwrap(), pattern(7, 5000));
+    let entry = super::format::Entry { key: legacy.key.clone(), offset: 0, len: 5000, crc32c: legacy.crc32c };
+    std::fs::create_dir_all(dir.path().join("kv/idx")).unwrap();
+    std::fs::write(dir.path().join("kv/seg/0000000000000100-00000001.seg"), &legacy.data).unwrap();
+    std::fs::write(dir.path().join("kv/idx/0000000000000100-00000001.idx"), super::format::encode_index(&[entry]))
+        .unwrap();
     std::fs::write(dir.path().join("kv/idx/00000000000000ff-00000001.idx"), b"KVTBLOB1 torn").unwrap();
     std::fs::write(dir.path().join("kv/idx/readme.txt"), b"hello").unwrap();
     drop(tier);
     let tier = BlobTierBuilder::new(&url).open().await.unwrap();
-    assert_eq!(tier.usage().await.unwrap().blocks, 64);
+    assert_eq!(tier.usage().await.unwrap().blocks, 64 + 1);
     assert_eq!(tier.get(&blocks[63].key).await.unwrap().unwrap().data, blocks[63].data);
+    assert_eq!(tier.get(&legacy.key).await.unwrap().unwrap().data, legacy.data);
     // A new segment after the torn record's number never reuses its name.
     let more = Block::new(BlockKey::parse("t/m", b"more").unwrap(), pattern(99, 1000));
     tier.put(more.clone()).await.unwrap();
@@ -143,7 +153,7 @@ async fn compaction_rewrites_sparse_segments_and_what_it_keeps_survives_a_reopen
     assert_eq!((report.segments_removed, report.blocks_moved), (2, 1), "{report:?}");
     // The deletion record stays: segment 3 is older than it (records are kept conservatively).
     assert_eq!(report.deletions_removed, 0);
-    assert_eq!((count("seg"), count("idx"), count("del")), (2, 2, 1));
+    assert_eq!((count("seg"), count("idx"), count("del")), (2, 0, 1));
     assert_eq!(tier.usage().await.unwrap().used, used, "compaction moves bytes, it does not lose them");
     assert_eq!(tier.compact(0.5).await.unwrap(), super::Compaction::default(), "nothing left to do");
     // Once every segment older than it is gone, so is the deletion record.
@@ -174,13 +184,19 @@ async fn compaction_removes_segments_no_index_names_once_old_enough() {
     let tier = BlobTierBuilder::new(&url).open().await.unwrap();
     let block = Block::new(BlockKey::parse("t/m", b"kept").unwrap(), pattern(1, 4096));
     tier.put_batch(std::slice::from_ref(&block)).await.into_iter().for_each(|r| assert!(r.is_ok()));
-    // An upload whose index never landed.
+    // An upload of the earlier format whose index never landed.
     std::fs::write(dir.path().join("kv/seg/00000000000000ff-00000001.seg"), vec![7u8; 4096]).unwrap();
+    // A whole segment (its index in its footer) this tier never loaded: another writer's,
+    // made after this load.
+    let named: Vec<_> = std::fs::read_dir(dir.path().join("kv/seg")).unwrap().map(|e| e.unwrap().path()).collect();
+    let other = dir.path().join("kv/seg/00000000000001ff-00000002.seg");
+    std::fs::copy(named.iter().find(|p| !p.ends_with("00000000000000ff-00000001.seg")).unwrap(), &other).unwrap();
     let count = || std::fs::read_dir(dir.path().join("kv/seg")).unwrap().count();
     assert_eq!(tier.compact(0.5).await.unwrap().orphans_removed, 0, "younger than an hour: maybe in flight");
-    assert_eq!(count(), 2);
+    assert_eq!(count(), 3);
     assert_eq!(tier.compact_with(0.5, std::time::Duration::ZERO).await.unwrap().orphans_removed, 1);
-    assert_eq!(count(), 1, "the named segment stays");
+    assert_eq!(count(), 2, "the named segment stays, and so does the whole one another writer made");
+    assert!(other.exists());
     use crate::TierExt;
     assert!(tier.get(&block.key).await.unwrap().unwrap() == block);
 }
