@@ -133,12 +133,6 @@ impl Objects {
         &self.node
     }
 
-    /// These objects on the node as it serves a member's request: acting on this node
-    /// alone ([`Manager::here_only`]).
-    pub fn here_only(&self) -> Objects {
-        Objects { node: self.node.here_only(), catalog: self.catalog.clone() }
-    }
-
     /// A handle that does not keep the node alive (for background tasks).
     pub(crate) fn downgrade(&self) -> WeakObjects {
         WeakObjects { node: self.node.downgrade(), catalog: self.catalog.clone() }

@@ -27,10 +27,21 @@ pub(crate) enum Role {
     Piece,
 }
 
+/// How the node keeps a key when its namespace's config leaves it open.
 impl Role {
     /// The layer above's (a record or a piece).
     pub(crate) fn is_above(self) -> bool {
         self != Role::Block
+    }
+
+    /// The memory policy.
+    pub(crate) fn policy(self) -> PolicyKind {
+        if self.is_above() { PolicyKind::Checkpoint } else { PolicyKind::Kv }
+    }
+
+    /// The number of copies.
+    pub(crate) fn replicas(self) -> usize {
+        if self.is_above() { 2 } else { 1 }
     }
 }
 
@@ -80,19 +91,6 @@ pub(crate) trait ExportQueue: Send + Sync {
     fn forget(&self, key: &BlockKey);
     /// Exports queued, and how long the oldest has waited.
     fn backlog(&self) -> (usize, Duration);
-}
-
-/// How the node keeps a key when its namespace's config leaves it open.
-impl Role {
-    /// The memory policy.
-    pub(crate) fn policy(self) -> PolicyKind {
-        if self.is_above() { PolicyKind::Checkpoint } else { PolicyKind::Kv }
-    }
-
-    /// The number of copies.
-    pub(crate) fn replicas(self) -> usize {
-        if self.is_above() { 2 } else { 1 }
-    }
 }
 
 impl super::Inner {
