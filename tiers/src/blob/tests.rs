@@ -67,11 +67,29 @@ async fn blocks_are_packed_into_few_segments_and_foreign_objects_are_skipped() {
         .unwrap();
     std::fs::write(dir.path().join("kv/idx/00000000000000ff-00000001.idx"), b"KVTBLOB1 torn").unwrap();
     std::fs::write(dir.path().join("kv/idx/readme.txt"), b"hello").unwrap();
+    // A segment whose footer is damaged (a bit flipped in its index) and one whose trailer
+    // names more bytes than it has: skipped with a warning, never read as an index.
+    let mut damaged = legacy.data.to_vec();
+    let footer = super::format::encode_footer(&[super::format::Entry {
+        key: BlockKey::parse("t/m", b"damaged").unwrap(),
+        offset: 0,
+        len: 5000,
+        crc32c: legacy.crc32c,
+    }]);
+    damaged.extend_from_slice(&footer);
+    let flip = damaged.len() - footer.len() + 20;
+    damaged[flip] ^= 0x01;
+    std::fs::write(dir.path().join("kv/seg/0000000000000101-00000001.seg"), &damaged).unwrap();
+    let mut overlong = vec![0u8; 100];
+    overlong.extend_from_slice(&u64::MAX.to_le_bytes());
+    overlong.extend_from_slice(b"KVTSEGF1");
+    std::fs::write(dir.path().join("kv/seg/0000000000000102-00000001.seg"), &overlong).unwrap();
     drop(tier);
     let tier = BlobTierBuilder::new(&url).open().await.unwrap();
     assert_eq!(tier.usage().await.unwrap().blocks, 64 + 1);
     assert_eq!(tier.get(&blocks[63].key).await.unwrap().unwrap().data, blocks[63].data);
     assert_eq!(tier.get(&legacy.key).await.unwrap().unwrap().data, legacy.data);
+    assert!(tier.get(&BlockKey::parse("t/m", b"damaged").unwrap()).await.unwrap().is_none());
     // A new segment after the torn record's number never reuses its name.
     let more = Block::new(BlockKey::parse("t/m", b"more").unwrap(), pattern(99, 1000));
     tier.put(more.clone()).await.unwrap();
