@@ -186,8 +186,7 @@ pub(crate) async fn run(args: &Args, dir: &Path, out: &mut Reporter) -> Result<(
                 .await?,
         );
         let progress = bar((args.rounds * args.qds.len() * n * 2) as u64, &format!("ssd {name}"));
-        // (queue depth, raw put, tier put, raw get, tier get), medians over the rounds.
-        let mut by_qd = Vec::new();
+        let mut by_qd: Vec<AtDepth> = Vec::new();
         for &qd in &args.qds {
             let (mut put_base, mut put_ours, mut get_base, mut get_ours) = (vec![], vec![], vec![], vec![]);
             for _ in 0..args.rounds {
@@ -222,20 +221,28 @@ pub(crate) async fn run(args: &Args, dir: &Path, out: &mut Reporter) -> Result<(
                     anyhow::ensure!(g.context("ssd get")? == Some(size), "ssd get returned the wrong block");
                 }
             }
-            by_qd.push((qd, median(put_base), median(put_ours), median(get_base), median(get_ours)));
+            by_qd.push(AtDepth {
+                qd,
+                raw_put: median(put_base),
+                put: median(put_ours),
+                raw_get: median(get_base),
+                get: median(get_ours),
+            });
         }
         progress.finish_and_clear();
-        for &(qd, put_base, put_ours, get_base, get_ours) in &by_qd {
-            out.emit(Measured::throughput(format!("ssd_put_{name}_qd{qd}"), put_ours, put_base, "raw O_DIRECT pwrite"));
-            out.emit(Measured::throughput(format!("ssd_get_{name}_qd{qd}"), get_ours, get_base, "raw O_DIRECT pread"));
+        for d in &by_qd {
+            let qd = d.qd;
+            out.emit(Measured::throughput(format!("ssd_put_{name}_qd{qd}"), d.put, d.raw_put, "raw O_DIRECT pwrite"));
+            out.emit(Measured::throughput(format!("ssd_get_{name}_qd{qd}"), d.get, d.raw_get, "raw O_DIRECT pread"));
         }
-        // Each side at its best queue depth.
-        let best = |pick: fn(&(usize, f64, f64, f64, f64)) -> f64| {
-            by_qd.iter().map(|r| (pick(r), r.0)).fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+        // Each side at its best queue depth: (MiB/s, the depth).
+        let best = |pick: fn(&AtDepth) -> f64| {
+            by_qd.iter().map(|d| (pick(d), d.qd)).fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
         };
-        for (op, ours, base, call) in
-            [("put", best(|r| r.2), best(|r| r.1), "pwrite"), ("get", best(|r| r.4), best(|r| r.3), "pread")]
-        {
+        for (op, ours, base, call) in [
+            ("put", best(|d| d.put), best(|d| d.raw_put), "pwrite"),
+            ("get", best(|d| d.get), best(|d| d.raw_get), "pread"),
+        ] {
             out.emit(Measured::throughput(
                 format!("ssd_{op}_{name}"),
                 ours.0,
@@ -251,6 +258,15 @@ pub(crate) async fn run(args: &Args, dir: &Path, out: &mut Reporter) -> Result<(
         }
     }
     Ok(())
+}
+
+/// One queue depth's medians over the rounds, in MiB/s: raw O_DIRECT and the SSD tier.
+struct AtDepth {
+    qd: usize,
+    raw_put: f64,
+    put: f64,
+    raw_get: f64,
+    get: f64,
 }
 
 /// The raw O_DIRECT baseline: a preallocated file of `n` blocks of `size` bytes.
